@@ -1,0 +1,13 @@
+//! A Dynamo-style storage node (DeCandia et al., SOSP 2007).
+//!
+//! The crate has a pure protocol core and (in later modules) an I/O shell. The core
+//! modules never touch a socket, a clock, or a disk: they take inputs, including the
+//! current time as a [`time::Millis`], and return decisions.
+//!
+//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+
+pub mod node_id;
+pub mod ring;
+pub mod time;
+
+pub use node_id::NodeId;
