@@ -49,6 +49,9 @@ mod tests {
         assert_eq!(Millis(u64::MAX) + Duration::from_secs(1), Millis(u64::MAX));
         assert_eq!(Millis(5) - Duration::from_secs(1), Millis(0));
         assert_eq!(Millis(3).saturating_since(Millis(10)), Duration::ZERO);
-        assert_eq!(Millis(1500).saturating_since(Millis(500)), Duration::from_secs(1));
+        assert_eq!(
+            Millis(1500).saturating_since(Millis(500)),
+            Duration::from_secs(1)
+        );
     }
 }
