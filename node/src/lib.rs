@@ -5,7 +5,9 @@
 //! current time as a [`time::Millis`], and return decisions.
 //!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
 
+pub mod membership;
 pub mod node_id;
 pub mod ring;
 pub mod time;

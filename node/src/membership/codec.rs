@@ -1,0 +1,380 @@
+//! The member table's wire and disk format, and its digest.
+//!
+//! Layout: one format byte ([`TABLE_FORMAT_VERSION`]), then the postcard encoding of
+//! the members as a sequence in id order. The encoding is canonical (one table, one
+//! byte string), so equal digests mean equal tables and gossip can skip the transfer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use super::table::{MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember};
+use crate::NodeId;
+use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
+
+/// The format byte that starts an encoded table. A new layout gets a new number and
+/// the decoder keeps reading the old ones.
+pub const TABLE_FORMAT_VERSION: u8 = 1;
+
+/// The most bytes one encoded member can take: id and address (each a 2-byte length
+/// and its bytes), then the weight, state and version as varints (5, 1 and 10 bytes
+/// at most).
+const MAX_MEMBER_LEN: usize = (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10;
+
+/// The longest encoded table [`MemberTable::decode`] reads: the format byte, the
+/// member count (a 2-byte varint up to [`MAX_MEMBERS`]) and [`MAX_MEMBERS`] members of
+/// the largest size. About 2 MiB.
+pub const MAX_ENCODED_LEN: usize = 1 + 2 + MAX_MEMBERS * MAX_MEMBER_LEN;
+
+/// The MD5 of a table's canonical encoding: peers whose digests agree hold equal
+/// tables.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableDigest(pub [u8; 16]);
+
+impl fmt::Debug for TableDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableDigest({self})")
+    }
+}
+
+impl fmt::Display for TableDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// Why bytes are not a valid encoded member table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty member table encoding")]
+    Empty,
+    /// Longer than [`MAX_ENCODED_LEN`].
+    #[error("member table encoding is {len} bytes, the limit is {MAX_ENCODED_LEN}")]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+    },
+    /// The format byte is not one this build reads.
+    #[error("unsupported member table format {found}")]
+    UnsupportedFormat {
+        /// The format byte found.
+        found: u8,
+    },
+    /// More than [`MAX_MEMBERS`] members.
+    #[error("member table has {count} members, the limit is {MAX_MEMBERS}")]
+    TooManyMembers {
+        /// The member count the input declared.
+        count: u64,
+    },
+    /// The bytes do not parse (truncated, bad varint, unknown state, bad UTF-8, ...).
+    #[error("malformed member table: {0}")]
+    Malformed(#[source] postcard::Error),
+    /// Bytes are left after the last member.
+    #[error("{len} trailing bytes after the member table")]
+    TrailingBytes {
+        /// How many.
+        len: usize,
+    },
+    /// A member's id is not a valid node id.
+    #[error("invalid member id: {0}")]
+    InvalidId(#[from] NodeIdError),
+    /// A member's address is not a valid `host:port`.
+    #[error("invalid address for {id}: {reason}")]
+    InvalidAddress {
+        /// The member.
+        id: NodeId,
+        /// What is wrong with the address.
+        reason: &'static str,
+    },
+    /// A member's weight is outside `1..=MAX_WEIGHT`.
+    #[error("invalid weight {weight} for {id}")]
+    InvalidWeight {
+        /// The member.
+        id: NodeId,
+        /// The rejected weight.
+        weight: u32,
+    },
+    /// Members are not in strictly increasing id order (a duplicate, or a
+    /// non-canonical encoding).
+    #[error("members are not in strictly increasing id order at {id}")]
+    Unordered {
+        /// The first member out of order.
+        id: NodeId,
+    },
+}
+
+impl MemberTable {
+    /// The table's canonical encoding, for gossip and for persisting.
+    pub fn encode(&self) -> Vec<u8> {
+        let members: Vec<&Member> = self.iter().collect();
+        let bytes = vec![TABLE_FORMAT_VERSION];
+        // Postcard cannot fail on strings, integers, unit enums and a sequence of
+        // known length written to a growable buffer.
+        postcard::to_extend(&members, bytes).expect("postcard encodes a member list")
+    }
+
+    /// Reads a table from bytes received from a peer or from disk.
+    ///
+    /// Never panics, and allocates at most in proportion to `bytes.len()`, which is
+    /// capped at [`MAX_ENCODED_LEN`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversized, truncated or garbage input, an unknown format,
+    /// more than [`MAX_MEMBERS`] members, invalid fields, or members out of order.
+    pub fn decode(bytes: &[u8]) -> Result<MemberTable, DecodeError> {
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len() });
+        }
+        let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if format != TABLE_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedFormat { found: format });
+        }
+        // Postcard writes a sequence's length as a varint; reading it as a u64 first
+        // lets us refuse a huge count before reading any member.
+        let (count, mut rest) =
+            postcard::take_from_bytes::<u64>(rest).map_err(DecodeError::Malformed)?;
+        if count > MAX_MEMBERS as u64 {
+            return Err(DecodeError::TooManyMembers { count });
+        }
+        let mut members = BTreeMap::new();
+        let mut last: Option<NodeId> = None;
+        for _ in 0..count {
+            let (raw, tail) =
+                postcard::take_from_bytes::<RawMember>(rest).map_err(DecodeError::Malformed)?;
+            rest = tail;
+            let member = Member::try_from(raw)?;
+            if last.as_ref().is_some_and(|last| last >= member.id()) {
+                return Err(DecodeError::Unordered {
+                    id: member.id().clone(),
+                });
+            }
+            last = Some(member.id().clone());
+            members.insert(member.id().clone(), member);
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { len: rest.len() });
+        }
+        Ok(MemberTable { members })
+    }
+
+    /// The MD5 of [`encode`](Self::encode): equal for equal tables, so peers compare
+    /// digests before sending whole tables.
+    pub fn digest(&self) -> TableDigest {
+        TableDigest(Md5::digest(self.encode()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::membership::table::tests::{id, tables};
+    use crate::membership::{MAX_WEIGHT, MemberState};
+
+    fn sample() -> MemberTable {
+        let mut t = MemberTable::new();
+        t.join(id("dynamo-1"), "dynamo-1.dynamo:7000", 2).unwrap();
+        t.join(id("dynamo-0"), "dynamo-0.dynamo:7000", 1).unwrap();
+        t.mark_member(&id("dynamo-0")).unwrap();
+        t
+    }
+
+    /// Hand-encodes one member after the format byte and count, to forge bad input.
+    fn forged(members: &[(&str, &str, u32, u32, u64)]) -> Vec<u8> {
+        let mut bytes = vec![TABLE_FORMAT_VERSION];
+        bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
+        for &(id, address, weight, state, version) in members {
+            bytes = postcard::to_extend(&(id, address, weight, state, version), bytes).unwrap();
+        }
+        bytes
+    }
+
+    #[test]
+    fn round_trips_and_starts_with_the_format_byte() {
+        let t = sample();
+        let bytes = t.encode();
+        assert_eq!(bytes[0], TABLE_FORMAT_VERSION);
+        assert_eq!(MemberTable::decode(&bytes), Ok(t.clone()));
+        assert_eq!(
+            MemberTable::decode(&MemberTable::new().encode()),
+            Ok(MemberTable::new())
+        );
+        assert_eq!(
+            bytes,
+            forged(&[
+                ("dynamo-0", "dynamo-0.dynamo:7000", 1, 1, 2),
+                ("dynamo-1", "dynamo-1.dynamo:7000", 2, 0, 1),
+            ]),
+            "the layout is the documented one"
+        );
+    }
+
+    #[test]
+    fn digest_tells_tables_apart() {
+        let a = sample();
+        let mut b = a.clone();
+        assert_eq!(a.digest(), b.digest());
+        b.set_weight(&id("dynamo-1"), 3).unwrap();
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(format!("{}", a.digest()).len(), 32);
+    }
+
+    #[test]
+    fn rejects_empty_oversized_and_unknown_formats() {
+        assert_eq!(MemberTable::decode(&[]), Err(DecodeError::Empty));
+        let huge = vec![TABLE_FORMAT_VERSION; MAX_ENCODED_LEN + 1];
+        assert_eq!(
+            MemberTable::decode(&huge),
+            Err(DecodeError::TooLarge {
+                len: MAX_ENCODED_LEN + 1
+            })
+        );
+        let mut bytes = sample().encode();
+        bytes[0] = 2;
+        assert_eq!(
+            MemberTable::decode(&bytes),
+            Err(DecodeError::UnsupportedFormat { found: 2 })
+        );
+    }
+
+    #[test]
+    fn rejects_more_members_than_the_limit_before_reading_them() {
+        let mut bytes = vec![TABLE_FORMAT_VERSION];
+        bytes = postcard::to_extend(&(MAX_MEMBERS as u64 + 1), bytes).unwrap();
+        assert_eq!(
+            MemberTable::decode(&bytes),
+            Err(DecodeError::TooManyMembers {
+                count: MAX_MEMBERS as u64 + 1
+            })
+        );
+        bytes.truncate(1);
+        bytes = postcard::to_extend(&u64::MAX, bytes).unwrap();
+        assert!(matches!(
+            MemberTable::decode(&bytes),
+            Err(DecodeError::TooManyMembers { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_invalid_fields() {
+        let cases = [
+            forged(&[("bad id", "a:1", 1, 0, 1)]),
+            forged(&[("a", "no-port", 1, 0, 1)]),
+            forged(&[("a", "a:1", 0, 0, 1)]),
+            forged(&[("a", "a:1", MAX_WEIGHT + 1, 0, 1)]),
+            forged(&[("a", "a:1", 1, 4, 1)]),
+            forged(&[("b", "b:1", 1, 0, 1), ("a", "a:1", 1, 0, 1)]),
+            forged(&[("a", "a:1", 1, 0, 1), ("a", "a:1", 1, 0, 1)]),
+        ];
+        let errors: Vec<_> = cases
+            .iter()
+            .map(|c| MemberTable::decode(c).unwrap_err())
+            .collect();
+        assert!(matches!(
+            errors[0],
+            DecodeError::InvalidId(NodeIdError::BadChar(' '))
+        ));
+        assert!(matches!(errors[1], DecodeError::InvalidAddress { .. }));
+        assert!(matches!(
+            errors[2],
+            DecodeError::InvalidWeight { weight: 0, .. }
+        ));
+        assert!(matches!(errors[3], DecodeError::InvalidWeight { .. }));
+        assert!(
+            matches!(errors[4], DecodeError::Malformed(_)),
+            "unknown state"
+        );
+        assert_eq!(errors[5], DecodeError::Unordered { id: id("a") });
+        assert_eq!(errors[6], DecodeError::Unordered { id: id("a") });
+    }
+
+    #[test]
+    fn rejects_truncation_and_trailing_bytes() {
+        let bytes = sample().encode();
+        for len in 1..bytes.len() {
+            assert!(
+                MemberTable::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            MemberTable::decode(&longer),
+            Err(DecodeError::TrailingBytes { len: 1 })
+        );
+    }
+
+    /// The size bound holds for the largest table that can be built.
+    #[test]
+    fn a_full_table_of_the_longest_fields_fits_the_size_bound() {
+        let mut t = MemberTable::new();
+        let address = format!("{}:65535", "h".repeat(MAX_ADDRESS_LEN - 6));
+        for i in 0..MAX_MEMBERS {
+            let name = format!("{i:0>width$}", width = MAX_NODE_ID_LEN);
+            t.join(id(&name), &address, MAX_WEIGHT).unwrap();
+            t.leave(&id(&name)).unwrap();
+            t.mark_removed(&id(&name)).unwrap();
+        }
+        let bytes = t.encode();
+        assert!(
+            bytes.len() <= MAX_ENCODED_LEN,
+            "{} > {MAX_ENCODED_LEN}",
+            bytes.len()
+        );
+        let back = MemberTable::decode(&bytes).unwrap();
+        assert_eq!(back.len(), MAX_MEMBERS);
+        assert!(back.iter().all(|m| m.state() == MemberState::Removed));
+    }
+
+    #[test]
+    fn member_serde_validates_too() {
+        let good = postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64)).unwrap();
+        let member: Member = postcard::from_bytes(&good).unwrap();
+        assert_eq!((member.id(), member.version()), (&id("a"), 1));
+        let bad = postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64)).unwrap();
+        assert!(postcard::from_bytes::<Member>(&bad).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = MemberTable::decode(&bytes);
+            let mut framed = vec![TABLE_FORMAT_VERSION];
+            framed.extend_from_slice(&bytes);
+            let _ = MemberTable::decode(&framed);
+        }
+
+        /// Flipping bytes of a real encoding either still decodes to a valid table
+        /// (which then round-trips) or is an error; never a panic.
+        #[test]
+        fn corrupted_encodings_never_panic(
+            ts in tables(1),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = ts[0].encode();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            if let Ok(t) = MemberTable::decode(&bytes) {
+                prop_assert_eq!(MemberTable::decode(&t.encode()), Ok(t));
+            }
+        }
+
+        #[test]
+        fn every_table_round_trips_with_a_stable_digest(ts in tables(2)) {
+            for t in &ts {
+                let back = MemberTable::decode(&t.encode()).unwrap();
+                prop_assert_eq!(&back, t);
+                prop_assert_eq!(back.digest(), t.digest());
+            }
+            prop_assert_eq!(ts[0] == ts[1], ts[0].digest() == ts[1].digest());
+        }
+    }
+}
