@@ -5,9 +5,12 @@
 //! current time as a [`time::Millis`], and return decisions.
 //!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
+//!   hints and meta records.
 
 pub mod node_id;
 pub mod ring;
+pub mod storage;
 pub mod time;
 
 pub use node_id::NodeId;
