@@ -6,10 +6,13 @@
 //!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
+//! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
+//!   hints and meta records.
 
 pub mod membership;
 pub mod node_id;
 pub mod ring;
+pub mod storage;
 pub mod time;
 
 pub use node_id::NodeId;

@@ -1,0 +1,527 @@
+//! The on-disk engine: sled 0.34, one tree per keyspace.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sled::{IVec, Tree};
+
+use super::keys::{self, KeyRange};
+use super::{Durability, Result, StorageEngine, StorageError, UpdateFn, check_limit};
+use crate::NodeId;
+use crate::ring::TokenRange;
+
+/// The longest accepted flush interval: past it, buffered writes would sit in memory
+/// for so long that a crash loses far more than a write buffer should.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The default page cache size: 128 MiB, small enough for a modest pod.
+const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The default flush interval for buffered writes (sled's own default).
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a [`SledConfig`] setting was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SledConfigError {
+    /// The flush interval was under one millisecond (sled counts whole milliseconds).
+    #[error("flush interval must be at least 1 ms")]
+    FlushIntervalTooShort,
+    /// The flush interval was over [`MAX_FLUSH_INTERVAL`].
+    #[error("flush interval must be at most {MAX_FLUSH_INTERVAL:?}")]
+    FlushIntervalTooLong,
+    /// The page cache was given zero bytes.
+    #[error("cache capacity must be at least 1 byte")]
+    ZeroCacheCapacity,
+}
+
+/// Where and how to open a [`SledEngine`]. Settings are checked when set, so a config
+/// value is always valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledConfig {
+    /// The database directory (created if missing).
+    path: PathBuf,
+    /// How often sled's background thread writes buffered writes to disk; `None` runs no
+    /// such thread, for nodes that write everything with [`Durability::Sync`].
+    flush_interval: Option<Duration>,
+    /// Memory for sled's page cache.
+    cache_capacity_bytes: u64,
+}
+
+impl SledConfig {
+    /// A config for the database at `path`, flushing buffered writes every 500 ms, with
+    /// a 128 MiB page cache.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            flush_interval: Some(DEFAULT_FLUSH_INTERVAL),
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
+        }
+    }
+
+    /// Sets the periodic flush interval (Dynamo §6.1's writer thread), or `None` for
+    /// none: then [`Durability::Buffered`] writes reach disk only at a
+    /// [`StorageEngine::flush`], a later `Sync` write, or a clean close.
+    ///
+    /// # Errors
+    /// [`SledConfigError`] for an interval under 1 ms or over [`MAX_FLUSH_INTERVAL`].
+    pub fn with_flush_interval(
+        mut self,
+        interval: Option<Duration>,
+    ) -> Result<Self, SledConfigError> {
+        if let Some(interval) = interval {
+            if interval < Duration::from_millis(1) {
+                return Err(SledConfigError::FlushIntervalTooShort);
+            }
+            if interval > MAX_FLUSH_INTERVAL {
+                return Err(SledConfigError::FlushIntervalTooLong);
+            }
+        }
+        self.flush_interval = interval;
+        Ok(self)
+    }
+
+    /// Sets the page cache size in bytes.
+    ///
+    /// # Errors
+    /// [`SledConfigError::ZeroCacheCapacity`] for zero.
+    pub fn with_cache_capacity_bytes(mut self, bytes: u64) -> Result<Self, SledConfigError> {
+        if bytes == 0 {
+            return Err(SledConfigError::ZeroCacheCapacity);
+        }
+        self.cache_capacity_bytes = bytes;
+        Ok(self)
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The periodic flush interval, if any.
+    pub fn flush_interval(&self) -> Option<Duration> {
+        self.flush_interval
+    }
+
+    /// The page cache size in bytes.
+    pub fn cache_capacity_bytes(&self) -> u64 {
+        self.cache_capacity_bytes
+    }
+}
+
+/// A [`StorageEngine`] on sled, with trees "data", "hints" and "meta".
+///
+/// Updates are compare-and-swap loops, so an update closure may run more than once.
+/// [`Durability::Sync`] flushes sled (an fsync) after the write. Dropping the engine
+/// flushes too, but only logs a failure: call [`StorageEngine::flush`] before a clean
+/// shutdown to see errors.
+pub struct SledEngine {
+    /// The database, for flushes (one flush covers every tree).
+    db: sled::Db,
+    /// Data keyspace: token ++ user key -> value.
+    data: Tree,
+    /// Hints keyspace: target ++ 0x00 ++ user key -> value.
+    hints: Tree,
+    /// Meta keyspace: record name -> value.
+    meta: Tree,
+    /// Entries in `data`, counted once at open and kept by every write, because sled's
+    /// own `len` walks the whole tree. Signed so that a transiently reordered decrement
+    /// cannot wrap.
+    data_len: AtomicI64,
+    /// The config it was opened with, for `Debug`.
+    config: SledConfig,
+}
+
+/// Wraps a sled error with what was being done.
+fn backend(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
+    move |source| StorageError::Backend {
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// What a compare-and-swap update did.
+struct Updated {
+    /// Whether the key held a value before.
+    existed: bool,
+    /// The stored value after the update.
+    value: Option<Vec<u8>>,
+}
+
+impl SledEngine {
+    /// Opens (or creates) the database described by `config`.
+    ///
+    /// Cost: counts the data entries, one pass over the data tree.
+    ///
+    /// # Errors
+    /// [`StorageError::Backend`] when sled cannot open the directory (missing
+    /// permissions, another process holds it, a damaged log).
+    pub fn open(config: &SledConfig) -> Result<Self> {
+        let flush_every_ms = config
+            .flush_interval
+            .map(|interval| u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(flush_every_ms)
+            .open()
+            .map_err(backend("open the database"))?;
+        let data = db
+            .open_tree("data")
+            .map_err(backend("open the data tree"))?;
+        let hints = db
+            .open_tree("hints")
+            .map_err(backend("open the hints tree"))?;
+        let meta = db
+            .open_tree("meta")
+            .map_err(backend("open the meta tree"))?;
+        let mut data_len = 0i64;
+        for entry in data.iter().keys() {
+            entry.map_err(backend("count data entries"))?;
+            data_len += 1;
+        }
+        Ok(Self {
+            db,
+            data,
+            hints,
+            meta,
+            data_len: AtomicI64::new(data_len),
+            config: config.clone(),
+        })
+    }
+
+    /// Flushes everything if `durability` asks for it.
+    fn settle(&self, durability: Durability) -> Result<()> {
+        match durability {
+            Durability::Sync => self.flush(),
+            Durability::Buffered => Ok(()),
+        }
+    }
+
+    /// Atomically sets `key` in `tree` to `f(current)`, retrying `f` when another writer
+    /// changed the key between the read and the swap.
+    fn cas_update(tree: &Tree, key: &[u8], f: UpdateFn<'_>) -> Result<Updated> {
+        let mut current: Option<IVec> = tree.get(key).map_err(backend("read for an update"))?;
+        loop {
+            let value = f(current.as_deref());
+            if value.as_deref() == current.as_deref() {
+                // Nothing to write; the read was a consistent snapshot.
+                return Ok(Updated {
+                    existed: current.is_some(),
+                    value,
+                });
+            }
+            let swapped = tree
+                .compare_and_swap(key, current.as_ref(), value.clone())
+                .map_err(backend("swap an updated value"))?;
+            match swapped {
+                Ok(()) => {
+                    return Ok(Updated {
+                        existed: current.is_some(),
+                        value,
+                    });
+                }
+                Err(conflict) => current = conflict.current,
+            }
+        }
+    }
+
+    /// Moves the data entry count by what an update or removal did.
+    fn count(&self, existed: bool, exists: bool) {
+        match (existed, exists) {
+            (false, true) => self.data_len.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.data_len.fetch_sub(1, Ordering::Relaxed),
+            _ => return,
+        };
+    }
+
+    /// Up to `limit` entries of `tree` in `ranges`, in order, keys mapped by `user_key`.
+    fn collect_ranges(
+        tree: &Tree,
+        ranges: Vec<KeyRange>,
+        limit: usize,
+        user_key: impl Fn(&[u8]) -> Result<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for range in ranges {
+            for entry in tree.range::<Vec<u8>, _>(range) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                let (key, value) = entry.map_err(backend("scan"))?;
+                out.push((user_key(&key)?, value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for SledEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledEngine")
+            .field("config", &self.config)
+            .field("data_len", &self.approximate_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageEngine for SledEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let value = self
+            .data
+            .get(keys::data_key(key))
+            .map_err(backend("read a data entry"))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn update(
+        &self,
+        key: &[u8],
+        f: UpdateFn<'_>,
+        durability: Durability,
+    ) -> Result<Option<Vec<u8>>> {
+        let updated = Self::cas_update(&self.data, &keys::data_key(key), f)?;
+        self.count(updated.existed, updated.value.is_some());
+        self.settle(durability)?;
+        Ok(updated.value)
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<bool> {
+        let removed = self
+            .data
+            .remove(keys::data_key(key))
+            .map_err(backend("remove a data entry"))?
+            .is_some();
+        self.count(removed, false);
+        Ok(removed)
+    }
+
+    fn scan(
+        &self,
+        range: TokenRange,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_limit(limit)?;
+        let ranges = keys::scan_ranges(range, after)?;
+        let user_key = |internal: &[u8]| keys::data_user_key(internal).map(<[u8]>::to_vec);
+        Self::collect_ranges(&self.data, ranges, limit, user_key)
+    }
+
+    fn approximate_len(&self) -> u64 {
+        u64::try_from(self.data_len.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn hint_update(
+        &self,
+        target: &NodeId,
+        key: &[u8],
+        f: UpdateFn<'_>,
+        durability: Durability,
+    ) -> Result<Option<Vec<u8>>> {
+        let updated = Self::cas_update(&self.hints, &keys::hint_key(target, key), f)?;
+        self.settle(durability)?;
+        Ok(updated.value)
+    }
+
+    fn hints_for(
+        &self,
+        target: &NodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_limit(limit)?;
+        let range = keys::hint_range(target, after);
+        let user_key = |internal: &[u8]| Ok(keys::hint_user_key(target, internal).to_vec());
+        Self::collect_ranges(&self.hints, vec![range], limit, user_key)
+    }
+
+    fn remove_hint_if(&self, target: &NodeId, key: &[u8], expected: &[u8]) -> Result<bool> {
+        let swapped = self
+            .hints
+            .compare_and_swap(keys::hint_key(target, key), Some(expected), None::<IVec>)
+            .map_err(backend("remove a hint"))?;
+        Ok(swapped.is_ok())
+    }
+
+    fn hint_targets(&self) -> Result<Vec<(NodeId, u64)>> {
+        let hint_keys = self
+            .hints
+            .iter()
+            .keys()
+            .map(|key| key.map_err(backend("scan hints")));
+        keys::count_hint_targets(hint_keys)
+    }
+
+    fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let value = self.meta.get(name).map_err(backend("read a meta record"))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn meta_put(&self, name: &str, value: &[u8], durability: Durability) -> Result<()> {
+        self.meta
+            .insert(name, value)
+            .map_err(backend("write a meta record"))?;
+        self.settle(durability)
+    }
+
+    fn meta_remove(&self, name: &str) -> Result<()> {
+        self.meta
+            .remove(name)
+            .map_err(backend("remove a meta record"))?;
+        self.settle(Durability::Sync)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(backend("flush to disk"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    /// A fresh engine in a temporary directory, removed when the guard drops.
+    fn engine() -> (SledEngine, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        (engine, dir)
+    }
+
+    crate::storage::suite::storage_engine_suite!(engine());
+
+    #[test]
+    fn config_rejects_out_of_range_settings() {
+        let config = SledConfig::new("/tmp/x");
+        assert_eq!(
+            config.clone().with_flush_interval(Some(Duration::ZERO)),
+            Err(SledConfigError::FlushIntervalTooShort)
+        );
+        assert_eq!(
+            config
+                .clone()
+                .with_flush_interval(Some(Duration::from_micros(999))),
+            Err(SledConfigError::FlushIntervalTooShort)
+        );
+        assert_eq!(
+            config
+                .clone()
+                .with_flush_interval(Some(MAX_FLUSH_INTERVAL + Duration::from_millis(1))),
+            Err(SledConfigError::FlushIntervalTooLong)
+        );
+        assert_eq!(
+            config.clone().with_cache_capacity_bytes(0),
+            Err(SledConfigError::ZeroCacheCapacity)
+        );
+        let tuned = config
+            .with_flush_interval(None)
+            .unwrap()
+            .with_cache_capacity_bytes(1 << 20)
+            .unwrap();
+        assert_eq!(tuned.flush_interval(), None);
+        assert_eq!(tuned.cache_capacity_bytes(), 1 << 20);
+        assert_eq!(tuned.path(), Path::new("/tmp/x"));
+    }
+
+    #[test]
+    fn every_keyspace_survives_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig::new(dir.path())
+            .with_flush_interval(None)
+            .unwrap();
+        let n1 = NodeId::new("n1").unwrap();
+        {
+            let engine = SledEngine::open(&config).unwrap();
+            for i in 0..10u8 {
+                engine
+                    .update(&[i], &mut |_| Some(vec![i; 3]), Durability::Buffered)
+                    .unwrap();
+            }
+            engine.remove(&[3]).unwrap();
+            engine
+                .hint_update(&n1, b"k", &mut |_| Some(b"hint".to_vec()), Durability::Sync)
+                .unwrap();
+            engine
+                .meta_put("incarnation", b"7", Durability::Sync)
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        let engine = SledEngine::open(&config).unwrap();
+        assert_eq!(engine.approximate_len(), 9);
+        assert_eq!(engine.get(&[5]).unwrap(), Some(vec![5; 3]));
+        assert_eq!(engine.get(&[3]).unwrap(), None);
+        assert_eq!(
+            engine.hints_for(&n1, None, 10).unwrap(),
+            vec![(b"k".to_vec(), b"hint".to_vec())]
+        );
+        assert_eq!(engine.hint_targets().unwrap(), vec![(n1, 1)]);
+        assert_eq!(engine.meta_get("incarnation").unwrap(), Some(b"7".to_vec()));
+        let all = engine.scan(TokenRange::full(), None, 100).unwrap();
+        assert_eq!(all.len(), 9);
+    }
+
+    /// Writes `internal_key -> garbage` straight into a tree of the closed database.
+    fn plant(dir: &Path, tree: &str, internal_key: &[u8]) {
+        let db = sled::open(dir).unwrap();
+        db.open_tree(tree)
+            .unwrap()
+            .insert(internal_key, b"garbage".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn corrupted_data_keys_fail_the_scan_instead_of_panicking() {
+        for bad_key in [b"short".to_vec(), [0u8; 20].to_vec()] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = SledConfig::new(dir.path());
+            {
+                let engine = SledEngine::open(&config).unwrap();
+                engine
+                    .update(b"good", &mut |_| Some(b"v".to_vec()), Durability::Sync)
+                    .unwrap();
+            }
+            plant(dir.path(), "data", &bad_key);
+            let engine = SledEngine::open(&config).unwrap();
+            let scanned = engine.scan(TokenRange::full(), None, 10);
+            assert!(
+                matches!(
+                    scanned,
+                    Err(StorageError::Corrupted {
+                        keyspace: "data",
+                        ..
+                    })
+                ),
+                "{bad_key:?}: {scanned:?}"
+            );
+            // Point reads do not touch the bad entry.
+            assert_eq!(engine.get(b"good").unwrap(), Some(b"v".to_vec()));
+        }
+    }
+
+    #[test]
+    fn corrupted_hint_keys_fail_hint_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledEngine::open(&SledConfig::new(dir.path())).unwrap());
+        plant(dir.path(), "hints", b"no separator");
+        let engine = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        assert!(matches!(
+            engine.hint_targets(),
+            Err(StorageError::Corrupted {
+                keyspace: "hints",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn opening_a_locked_directory_is_an_error() {
+        let (_engine, dir) = engine();
+        let second = SledEngine::open(&SledConfig::new(dir.path()));
+        assert!(matches!(second, Err(StorageError::Backend { .. })));
+    }
+}
