@@ -4,7 +4,8 @@
 //! modules never touch a socket, a clock, or a disk: they take inputs, including the
 //! current time as a [`time::Millis`], and return decisions.
 //!
-//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
+//!   partitions), preference lists, and the ranges that move between ring versions.
 
 pub mod node_id;
 pub mod ring;

@@ -96,10 +96,7 @@ mod tests {
     #[test]
     fn token_is_big_endian_md5() {
         // MD5("") = d41d8cd98f00b204e9800998ecf8427e (RFC 1321 test suite).
-        assert_eq!(
-            Token::of(b""),
-            Token(0xd41d8cd98f00b204e9800998ecf8427e)
-        );
+        assert_eq!(Token::of(b""), Token(0xd41d8cd98f00b204e9800998ecf8427e));
     }
 
     #[test]
