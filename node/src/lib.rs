@@ -8,6 +8,8 @@
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
 //! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
 //!   hints and meta records.
+//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
+//!   partitions), preference lists, and the ranges that move between ring versions.
 
 pub mod membership;
 pub mod node_id;
