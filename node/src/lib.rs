@@ -4,7 +4,6 @@
 //! modules never touch a socket, a clock, or a disk: they take inputs, including the
 //! current time as a [`time::Millis`], and return decisions.
 //!
-//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
 //! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
 //!   hints and meta records.
