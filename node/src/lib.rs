@@ -5,8 +5,11 @@
 //! current time as a [`time::Millis`], and return decisions.
 //!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`quorum`]: get and put coordinator state machines: sloppy quorum, hinted
+//!   handoff targets, read repair.
 
 pub mod node_id;
+pub mod quorum;
 pub mod ring;
 pub mod time;
 
