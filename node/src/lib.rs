@@ -9,7 +9,6 @@
 //!   hints and meta records.
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
 //!   partitions), preference lists, and the ranges that move between ring versions.
-//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
 //! * [`quorum`]: get and put coordinator state machines: sloppy quorum, hinted
 //!   handoff targets, read repair.
 
