@@ -5,6 +5,8 @@
 //! current time as a [`time::Millis`], and return decisions.
 //!
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
+//! * [`merkle`]: Merkle trees per key range and the stepwise exchange that finds the
+//!   buckets two replicas disagree on (anti-entropy).
 //! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
 //!   hints and meta records.
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
@@ -13,6 +15,7 @@
 //!   handoff targets, read repair.
 
 pub mod membership;
+pub mod merkle;
 pub mod node_id;
 pub mod quorum;
 pub mod ring;
