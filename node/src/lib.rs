@@ -5,9 +5,12 @@
 //! current time as a [`time::Millis`], and return decisions.
 //!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`version`]: vector clocks with actor incarnations, dotted sibling sets, client
+//!   contexts and the stored state encoding.
 
 pub mod node_id;
 pub mod ring;
 pub mod time;
+pub mod version;
 
 pub use node_id::NodeId;
