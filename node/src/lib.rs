@@ -13,6 +13,9 @@
 //!   partitions), preference lists, and the ranges that move between ring versions.
 //! * [`quorum`]: get and put coordinator state machines: sloppy quorum, hinted
 //!   handoff targets, read repair.
+//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
+//! * [`version`]: vector clocks with actor incarnations, dotted sibling sets, client
+//!   contexts and the stored state encoding.
 
 pub mod membership;
 pub mod merkle;
@@ -21,5 +24,6 @@ pub mod quorum;
 pub mod ring;
 pub mod storage;
 pub mod time;
+pub mod version;
 
 pub use node_id::NodeId;

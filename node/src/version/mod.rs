@@ -1,0 +1,44 @@
+//! Versioning: vector clocks, sibling sets and client contexts (Dynamo §4.4).
+//!
+//! No I/O: every function here maps values to values; wall-clock time comes in as
+//! [`Millis`](crate::time::Millis) parameters.
+//!
+//! Dynamo §4.4 gives every write a vector clock, returns all concurrent versions of a
+//! key to the client with one context, and lets the client's next write (with that
+//! context) supersede them. This module keeps that contract with two fixes Riak
+//! learned in production:
+//!
+//! * **Dotted version vectors** ([`SiblingSet`]): the key's state has one clock for
+//!   everything seen and each live version keeps only the [`Dot`] of the write that
+//!   made it. Two writes with the same context through one coordinator both survive,
+//!   and siblings do not pile up as with per-version clocks.
+//! * **Actor incarnations** ([`Actor`]): clock entries belong to a node *in one life
+//!   of its storage*. A node that restarts without its data takes a new incarnation,
+//!   so it cannot reissue a dot and make a new write look already superseded (KV679).
+//!
+//! Clocks are truncated past a threshold, oldest entry first, as in the paper, but
+//! never an entry that a live version's dot needs.
+//!
+//! The pieces: [`VectorClock`] and [`Dot`]; [`SiblingSet`] with
+//! [`put`](SiblingSet::put) (coordinator write) and [`merge`](SiblingSet::merge)
+//! (replica sync, read reconciliation, repair, handoff, anti-entropy);
+//! [`context::encode`] / [`context::decode`] for the opaque client context; and
+//! [`SiblingSet::to_bytes`] / [`SiblingSet::from_bytes`] for storage.
+
+mod clock;
+pub mod context;
+mod siblings;
+mod stored;
+
+#[cfg(test)]
+mod history_tests;
+
+pub use clock::{Actor, Causality, ClockEntry, Dot, VectorClock};
+pub use context::ContextError;
+pub use siblings::{
+    LimitsError, MAX_SIBLINGS_LIMIT, PutOutcome, Sibling, SiblingLimits, SiblingSet, Value,
+    VersionError,
+};
+pub use stored::{
+    MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, STORAGE_FORMAT_VERSION, StorageFormatError,
+};
