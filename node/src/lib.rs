@@ -1,21 +1,36 @@
 //! A Dynamo-style storage node (DeCandia et al., SOSP 2007).
 //!
-//! The crate has a pure protocol core and (in later modules) an I/O shell. The core
-//! modules never touch a socket, a clock, or a disk: they take inputs, including the
-//! current time as a [`time::Millis`], and return decisions.
+//! # The pure core
 //!
-//! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
-//! * [`merkle`]: Merkle trees per key range and the stepwise exchange that finds the
-//!   buckets two replicas disagree on (anti-entropy).
-//! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
-//!   hints and meta records.
+//! The protocol lives in modules that never touch a socket, a clock or a disk: they take
+//! inputs, including the current time as a [`time::Millis`], and return decisions. That
+//! makes them testable exhaustively and drivable by a deterministic simulator.
+//!
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
 //!   partitions), preference lists, and the ranges that move between ring versions.
-//! * [`quorum`]: get and put coordinator state machines: sloppy quorum, hinted
-//!   handoff targets, read repair.
-//! * [`ring`]: MD5 consistent hashing, weighted virtual nodes, preference lists.
 //! * [`version`]: vector clocks with actor incarnations, dotted sibling sets, client
 //!   contexts and the stored state encoding.
+//! * [`quorum`]: get and put coordinator state machines: sloppy quorum, hinted
+//!   handoff targets, read repair.
+//! * [`merkle`]: Merkle trees per key range and the stepwise exchange that finds the
+//!   buckets two replicas disagree on (anti-entropy).
+//! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
+//!
+//! # The driving loop
+//!
+//! A coordinator serving a put: look up the key's extended preference list in the
+//! [`ring::Ring`]; build a [`quorum::PutCoordinator`] with the node's
+//! [`quorum::QuorumConfig`], the failure detector's view of health, and the new
+//! [`version::SiblingSet`] produced by [`version::SiblingSet::put`] with the client's
+//! context; then loop: send what `poll_transmit` returns, feed each reply to
+//! `handle_ack` / `handle_failure`, call `handle_timeout` when `poll_timeout` passes,
+//! and answer the client when `poll_outcome` decides. Writes that landed on stand-ins
+//! carry a hint; gets end with `poll_read_repair`.
+//!
+//! # The shell
+//!
+//! * [`storage`]: byte-level storage engines (sled, in-memory) for data, hints and meta
+//!   records.
 
 pub mod membership;
 pub mod merkle;
