@@ -35,10 +35,12 @@
 pub mod membership;
 pub mod merkle;
 pub mod node_id;
+pub mod proto;
 pub mod quorum;
 pub mod ring;
 pub mod storage;
 pub mod time;
+pub mod transport;
 pub mod version;
 
 pub use node_id::NodeId;
