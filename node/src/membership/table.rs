@@ -466,7 +466,7 @@ fn check_weight(weight: u32) -> Result<(), MembershipError> {
 /// Only the shape is checked (the shell resolves the host): printable ASCII without
 /// spaces, bounded, a non-empty host and a decimal port in `1..=65535`. The host is
 /// everything before the last `:`, so `[::1]:7000` passes.
-fn check_address(address: &str) -> Result<(), &'static str> {
+pub(crate) fn check_address(address: &str) -> Result<(), &'static str> {
     if address.len() > MAX_ADDRESS_LEN {
         return Err("longer than 256 bytes");
     }

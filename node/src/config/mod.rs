@@ -1,0 +1,1195 @@
+//! The node's configuration: flags, `DYNAMO_*` environment variables and a YAML file,
+//! merged and checked once.
+//!
+//! Part of the I/O shell, but with its I/O at the edges: [`load_from_args`] takes the
+//! arguments and an environment lookup as parameters, and reads only the config file
+//! the arguments name. Everything else is pure.
+//!
+//! Every setting has one name used everywhere: the YAML key `read-quorum`, the flag
+//! `--read-quorum` and the variable `DYNAMO_READ_QUORUM`. Precedence is
+//! flag > environment variable > config file (`--config FILE`) > default.
+//!
+//! The settings are the knobs the paper gives an operator: the replication factor `N`
+//! and the quorum sizes `R` and `W` (Dynamo §4.5, "R + W > N yields a quorum-like
+//! system", typically (3, 2, 2)), the node's weight in virtual nodes (§4.2), the
+//! partitioning strategy (§6.2), seeds and the gossip period (§4.8), and the choice
+//! between synchronous and buffered writes (§6.1).
+//!
+//! A [`NodeConfig`] is always valid: the only ways to make one are
+//! `NodeConfig::try_from(RawConfig)` (which [`load_from_args`] and deserialization use),
+//! and it refuses, with a [`ConfigError`] naming the key, anything the node could not
+//! run with.
+//!
+//! ```
+//! use dynamo_node::config::{RawConfig, NodeConfig};
+//!
+//! let yaml = "node-id: dynamo-0\nstorage: memory\nread-quorum: 1\n";
+//! let config = NodeConfig::try_from(RawConfig::from_yaml(yaml).unwrap()).unwrap();
+//! assert_eq!(config.read_quorum(), 1);
+//! assert_eq!(config.write_quorum(), 2); // the default
+//! assert_eq!(config.internode_listen().port(), 7001); // client port + 1
+//!
+//! let too_big = RawConfig::from_yaml("node-id: dynamo-0\nstorage: memory\nwrite-quorum: 4\n");
+//! let err = NodeConfig::try_from(too_big.unwrap()).unwrap_err();
+//! assert_eq!(err.to_string(), "write-quorum (4) is larger than replication-factor (3)");
+//! ```
+
+mod load;
+mod raw;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use load::{Invocation, load_from_args};
+pub use raw::{
+    AdminToken, DurabilityMode, MAX_ADMIN_TOKEN_LEN, Partitioning, REDACTED, RawConfig,
+    StorageKind, YamlError,
+};
+
+use crate::NodeId;
+use crate::membership::{MAX_WEIGHT, check_address};
+use crate::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
+use crate::storage::{Durability, SledConfig, SledConfigError};
+
+/// Default client API address: loopback, so a node exposes nothing until told to.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
+/// Default replication factor `N` (Dynamo §4.5's common (3, 2, 2)).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+/// Default read quorum `R`.
+pub const DEFAULT_READ_QUORUM: u32 = 2;
+/// Default write quorum `W`.
+pub const DEFAULT_WRITE_QUORUM: u32 = 2;
+/// The largest accepted replication factor: more replicas than this cost every write
+/// far more than they add in durability.
+pub const MAX_REPLICATION_FACTOR: u32 = 16;
+/// Default node weight.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Default tokens per unit of weight under strategy 1.
+pub const DEFAULT_TOKENS_PER_WEIGHT: u32 = 256;
+/// Default flush interval of buffered writes (sled's own default).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Default coordinator timeout for R or W replies.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default gossip period (Dynamo §4.8.1 gossips "every second").
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest accepted request timeout or gossip interval: longer is a unit mistake
+/// (`2000s` for `2000ms`), not a setting.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default largest key, in bytes.
+pub const DEFAULT_MAX_KEY_BYTES: u32 = 1024;
+/// The largest accepted `max-key-bytes`.
+pub const MAX_KEY_BYTES_LIMIT: u32 = 64 * 1024;
+/// Default largest value, in bytes (1 MiB; the paper's objects are "usually less than
+/// 1 MB", Dynamo §2.1).
+pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1024 * 1024;
+/// The largest accepted `max-value-bytes` (64 MiB).
+pub const MAX_VALUE_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
+/// Default most siblings kept per key.
+pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
+/// The largest accepted `max-siblings`.
+pub const MAX_SIBLINGS_LIMIT: u32 = 10_000;
+/// Default log filter.
+pub const DEFAULT_LOG: &str = "info";
+
+/// Why a configuration was refused. Each message names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The command line was refused by the argument parser, or asked for `--help` or
+    /// `--version` (print it with [`clap::Error::print`] and exit with
+    /// [`clap::Error::exit_code`]).
+    #[error("{0}")]
+    Args(clap::Error),
+    /// An environment variable has a value its setting cannot take.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable, e.g. `DYNAMO_READ_QUORUM`.
+        var: String,
+        /// The argument parser's complaint.
+        message: String,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {error}", path = path.display())]
+    ReadFile {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The config file is not valid YAML of the expected shape (an unknown key, a
+    /// mistyped value, a bad enum value).
+    #[error("config file {path}: {error}", path = path.display())]
+    File {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        error: YamlError,
+    },
+    /// A required key is not set anywhere.
+    #[error("{key} is required")]
+    Missing {
+        /// The key.
+        key: &'static str,
+    },
+    /// A key is set to an empty value.
+    #[error("{key} is empty")]
+    Empty {
+        /// The key.
+        key: &'static str,
+    },
+    /// A number is outside its allowed range.
+    #[error("{key} is {value}; allowed are {min}..={max}")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// The rejected value.
+        value: u64,
+        /// The smallest allowed value.
+        min: u64,
+        /// The largest allowed value.
+        max: u64,
+    },
+    /// `read-quorum` or `write-quorum` exceeds `replication-factor`.
+    #[error("{key} ({value}) is larger than replication-factor ({n})")]
+    QuorumAboveReplicas {
+        /// `read-quorum` or `write-quorum`.
+        key: &'static str,
+        /// The quorum size.
+        value: u32,
+        /// The replication factor.
+        n: u32,
+    },
+    /// `tokens-per-weight` or `partitions` is out of the ring's bounds.
+    #[error("{key}: {error}")]
+    Partitioning {
+        /// `tokens-per-weight` or `partitions`.
+        key: &'static str,
+        /// The ring's reason.
+        error: RingError,
+    },
+    /// A partitioning parameter was set for the other strategy, where it would be
+    /// silently ignored.
+    #[error("{key} applies only with partitioning: {strategy}")]
+    NotApplicable {
+        /// `tokens-per-weight` or `partitions`.
+        key: &'static str,
+        /// The strategy it belongs to.
+        strategy: &'static str,
+    },
+    /// `weight` times `tokens-per-weight` is more virtual nodes than a ring may hold.
+    #[error(
+        "weight ({weight}) times tokens-per-weight ({tokens_per_weight}) exceeds the ring's {MAX_VIRTUAL_NODES} virtual nodes"
+    )]
+    TooManyVirtualNodes {
+        /// The node's weight.
+        weight: u32,
+        /// Tokens per unit of weight.
+        tokens_per_weight: u32,
+    },
+    /// `storage: sled` without `data-dir`.
+    #[error("storage: sled needs data-dir (or choose storage: memory, which keeps nothing)")]
+    SledWithoutDataDir,
+    /// `flush-interval` is out of sled's bounds.
+    #[error("flush-interval: {0}")]
+    FlushInterval(SledConfigError),
+    /// A duration is under the 1 ms resolution of the node's timers.
+    #[error("{key} must be at least 1ms")]
+    DurationTooShort {
+        /// The key.
+        key: &'static str,
+    },
+    /// A duration is over [`MAX_INTERVAL`].
+    #[error("{key} must be at most 1h")]
+    DurationTooLong {
+        /// The key.
+        key: &'static str,
+    },
+    /// Two listeners would bind the same port on overlapping addresses.
+    #[error("{first} ({first_addr}) and {second} ({second_addr}) use the same port")]
+    SamePort {
+        /// The first listener's key.
+        first: &'static str,
+        /// Its address.
+        first_addr: SocketAddr,
+        /// The second listener's key.
+        second: &'static str,
+        /// Its address.
+        second_addr: SocketAddr,
+    },
+    /// `internode-listen` was left to default while `listen` uses the last port.
+    #[error("listen uses port 65535, so internode-listen cannot default to the next port; set it")]
+    NoDefaultInternodePort,
+    /// `advertise` was left to default while `internode-listen` binds a wildcard
+    /// address, which peers cannot connect to.
+    #[error(
+        "advertise is required when internode-listen ({internode_listen}) is a wildcard address peers cannot connect to"
+    )]
+    WildcardAdvertise {
+        /// The wildcard internode address.
+        internode_listen: SocketAddr,
+    },
+    /// `advertise` or an entry of `seeds` is not a `host:port`.
+    #[error("{key}: {value:?} is not host:port ({reason})")]
+    Address {
+        /// `advertise` or `seeds`.
+        key: &'static str,
+        /// The rejected address.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The admin token is unusable. The message never includes the token.
+    #[error("admin-token {reason}")]
+    AdminToken {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A TLS file was given without the others it needs.
+    #[error("{given} needs {missing}")]
+    TlsIncomplete {
+        /// The key that was set.
+        given: &'static str,
+        /// The key or keys missing.
+        missing: &'static str,
+    },
+}
+
+/// Where the node keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// sled, opened with this config (path `data-dir`, flushing every
+    /// `flush-interval`).
+    Sled(SledConfig),
+    /// The in-memory engine.
+    Memory,
+}
+
+/// The TLS files for the gRPC listeners and outgoing internode calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle (PEM) peers' certificates must chain to, for mutual TLS.
+    pub ca: Option<PathBuf>,
+}
+
+/// A node's complete, checked configuration (see the [module docs](self)).
+///
+/// Built only through `TryFrom<RawConfig>`, which fills in defaults and refuses
+/// invalid combinations, so every value is usable as is. Deserializes from YAML the
+/// same way (unknown keys rejected). `Debug` redacts the admin token, and
+/// [`to_yaml`](Self::to_yaml) prints the effective settings with it redacted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawConfig")]
+pub struct NodeConfig {
+    node_id: NodeId,
+    listen: SocketAddr,
+    internode_listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    advertise: String,
+    /// Kept beside `storage` so a memory node given a data dir prints it back.
+    data_dir: Option<PathBuf>,
+    seeds: Vec<String>,
+    replication_factor: u32,
+    read_quorum: u32,
+    write_quorum: u32,
+    weight: u32,
+    partitioning: PartitionStrategy,
+    storage: StorageConfig,
+    durability: Durability,
+    flush_interval: Duration,
+    request_timeout: Duration,
+    gossip_interval: Duration,
+    max_key_bytes: u32,
+    max_value_bytes: u32,
+    max_siblings: u32,
+    admin_token: Option<AdminToken>,
+    tls: Option<TlsConfig>,
+    log: String,
+}
+
+impl NodeConfig {
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Where the client API (`Kv`) listens.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Where the node-to-node services (`Replica`, `Admin`) listen.
+    pub fn internode_listen(&self) -> SocketAddr {
+        self.internode_listen
+    }
+
+    /// Where HTTP (metrics, health) listens, if it does.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.http_listen
+    }
+
+    /// The `host:port` peers use to reach [`internode_listen`](Self::internode_listen);
+    /// the address this node puts in the member table.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+
+    /// The data directory, if given.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// Seed nodes' internode `host:port`s (checked for shape, not resolved).
+    pub fn seeds(&self) -> &[String] {
+        &self.seeds
+    }
+
+    /// `N`, in `1..=`[`MAX_REPLICATION_FACTOR`].
+    pub fn replication_factor(&self) -> usize {
+        to_usize(self.replication_factor)
+    }
+
+    /// `R`, in `1..=N`.
+    pub fn read_quorum(&self) -> usize {
+        to_usize(self.read_quorum)
+    }
+
+    /// `W`, in `1..=N`.
+    pub fn write_quorum(&self) -> usize {
+        to_usize(self.write_quorum)
+    }
+
+    /// This node's weight, in `1..=`[`MAX_WEIGHT`].
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The partitioning strategy with its parameter.
+    pub fn partitioning(&self) -> PartitionStrategy {
+        self.partitioning
+    }
+
+    /// The storage engine and its settings.
+    pub fn storage(&self) -> &StorageConfig {
+        &self.storage
+    }
+
+    /// How durable a write must be before a replica acknowledges it.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// How often buffered writes reach disk.
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval
+    }
+
+    /// How long a coordinator waits for a quorum.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The gossip period.
+    pub fn gossip_interval(&self) -> Duration {
+        self.gossip_interval
+    }
+
+    /// The largest accepted key, in bytes.
+    pub fn max_key_bytes(&self) -> usize {
+        to_usize(self.max_key_bytes)
+    }
+
+    /// The largest accepted value, in bytes.
+    pub fn max_value_bytes(&self) -> usize {
+        to_usize(self.max_value_bytes)
+    }
+
+    /// The most siblings kept per key.
+    pub fn max_siblings(&self) -> usize {
+        to_usize(self.max_siblings)
+    }
+
+    /// The token the Admin API requires, if any.
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin_token.as_ref()
+    }
+
+    /// TLS settings, if TLS is on.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The log filter.
+    pub fn log(&self) -> &str {
+        &self.log
+    }
+
+    /// The effective settings as a [`RawConfig`] with every applicable key set: the
+    /// partitioning parameter of the other strategy is left out, and `http-listen`,
+    /// `data-dir`, `admin-token` and the TLS keys only when unset. Reading it back
+    /// gives the same config.
+    pub fn to_raw(&self) -> RawConfig {
+        let (partitioning, tokens_per_weight, partitions) = match self.partitioning {
+            PartitionStrategy::RandomTokens { tokens_per_weight } => {
+                (Partitioning::RandomTokens, Some(tokens_per_weight), None)
+            }
+            PartitionStrategy::EqualPartitions { q } => {
+                (Partitioning::EqualPartitions, None, Some(q))
+            }
+        };
+        let tls = self.tls.as_ref();
+        RawConfig {
+            node_id: Some(self.node_id.clone()),
+            listen: Some(self.listen),
+            internode_listen: Some(self.internode_listen),
+            http_listen: self.http_listen,
+            advertise: Some(self.advertise.clone()),
+            data_dir: self.data_dir.clone(),
+            seeds: Some(self.seeds.clone()),
+            replication_factor: Some(self.replication_factor),
+            read_quorum: Some(self.read_quorum),
+            write_quorum: Some(self.write_quorum),
+            weight: Some(self.weight),
+            partitioning: Some(partitioning),
+            tokens_per_weight,
+            partitions,
+            storage: Some(match self.storage {
+                StorageConfig::Sled(_) => StorageKind::Sled,
+                StorageConfig::Memory => StorageKind::Memory,
+            }),
+            durability: Some(self.durability.into()),
+            flush_interval: Some(self.flush_interval),
+            request_timeout: Some(self.request_timeout),
+            gossip_interval: Some(self.gossip_interval),
+            max_key_bytes: Some(self.max_key_bytes),
+            max_value_bytes: Some(self.max_value_bytes),
+            max_siblings: Some(self.max_siblings),
+            admin_token: self.admin_token.clone(),
+            tls_cert: tls.map(|t| t.cert.clone()),
+            tls_key: tls.map(|t| t.key.clone()),
+            tls_ca: tls.and_then(|t| t.ca.clone()),
+            log: Some(self.log.clone()),
+        }
+    }
+
+    /// The effective settings as YAML, every key named as its flag, `admin-token`
+    /// shown as [`REDACTED`].
+    ///
+    /// # Errors
+    /// When a path is not valid UTF-8 and so has no YAML form.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(&self.to_raw())
+    }
+}
+
+impl TryFrom<RawConfig> for NodeConfig {
+    type Error = ConfigError;
+
+    /// Fills in defaults and checks every rule; the one place a `NodeConfig` is made.
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let node_id = raw
+            .node_id
+            .clone()
+            .ok_or(ConfigError::Missing { key: "node-id" })?;
+
+        let (listen, internode_listen, http_listen) = listeners(&raw)?;
+        let advertise = match raw.advertise.clone() {
+            Some(advertise) => advertise,
+            None if internode_listen.ip().is_unspecified() => {
+                return Err(ConfigError::WildcardAdvertise { internode_listen });
+            }
+            None => internode_listen.to_string(),
+        };
+        check_address(&advertise).map_err(|reason| ConfigError::Address {
+            key: "advertise",
+            value: advertise.clone(),
+            reason,
+        })?;
+        let seeds = raw.seeds.clone().unwrap_or_default();
+        for seed in &seeds {
+            check_address(seed).map_err(|reason| ConfigError::Address {
+                key: "seeds",
+                value: seed.clone(),
+                reason,
+            })?;
+        }
+
+        let replication_factor = raw.replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR);
+        in_range(
+            "replication-factor",
+            replication_factor,
+            1,
+            MAX_REPLICATION_FACTOR,
+        )?;
+        let read_quorum = raw.read_quorum.unwrap_or(DEFAULT_READ_QUORUM);
+        check_quorum("read-quorum", read_quorum, replication_factor)?;
+        let write_quorum = raw.write_quorum.unwrap_or(DEFAULT_WRITE_QUORUM);
+        check_quorum("write-quorum", write_quorum, replication_factor)?;
+
+        let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
+        in_range("weight", weight, 1, MAX_WEIGHT)?;
+        let partitioning = partitioning(&raw, weight)?;
+
+        let flush_interval = raw.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
+        // Sled's builder owns the flush interval's bounds; checking with it here keeps
+        // one rule for both engines.
+        let sled = SledConfig::new(raw.data_dir.clone().unwrap_or_default())
+            .with_flush_interval(Some(flush_interval))
+            .map_err(ConfigError::FlushInterval)?;
+        if raw
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Empty { key: "data-dir" });
+        }
+        let storage = match raw.storage.unwrap_or_default() {
+            StorageKind::Sled if raw.data_dir.is_none() => {
+                return Err(ConfigError::SledWithoutDataDir);
+            }
+            StorageKind::Sled => StorageConfig::Sled(sled),
+            StorageKind::Memory => StorageConfig::Memory,
+        };
+        let durability = raw.durability.unwrap_or_default().into();
+
+        let request_timeout = raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        check_interval("request-timeout", request_timeout)?;
+        let gossip_interval = raw.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
+        check_interval("gossip-interval", gossip_interval)?;
+
+        let max_key_bytes = raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES);
+        in_range("max-key-bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT)?;
+        let max_value_bytes = raw.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES);
+        in_range("max-value-bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)?;
+        let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
+        in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
+
+        if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
+            return Err(ConfigError::AdminToken { reason });
+        }
+        let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca)?;
+        let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
+        if log.trim().is_empty() {
+            return Err(ConfigError::Empty { key: "log" });
+        }
+
+        Ok(NodeConfig {
+            node_id,
+            listen,
+            internode_listen,
+            http_listen,
+            advertise,
+            data_dir: raw.data_dir,
+            seeds,
+            replication_factor,
+            read_quorum,
+            write_quorum,
+            weight,
+            partitioning,
+            storage,
+            durability,
+            flush_interval,
+            request_timeout,
+            gossip_interval,
+            max_key_bytes,
+            max_value_bytes,
+            max_siblings,
+            admin_token: raw.admin_token,
+            tls,
+            log,
+        })
+    }
+}
+
+/// The client, internode and HTTP listen addresses, with the internode default applied
+/// and no two of them on one port.
+fn listeners(raw: &RawConfig) -> Result<(SocketAddr, SocketAddr, Option<SocketAddr>), ConfigError> {
+    let listen = raw.listen.unwrap_or(DEFAULT_LISTEN);
+    let internode_listen = match raw.internode_listen {
+        Some(addr) => addr,
+        // Port 0 asks the OS for any free port; the internode listener gets its own.
+        None if listen.port() == 0 => listen,
+        None => {
+            let port = listen
+                .port()
+                .checked_add(1)
+                .ok_or(ConfigError::NoDefaultInternodePort)?;
+            SocketAddr::new(listen.ip(), port)
+        }
+    };
+    let mut bound = vec![("listen", listen), ("internode-listen", internode_listen)];
+    bound.extend(raw.http_listen.map(|addr| ("http-listen", addr)));
+    for (i, &(first, first_addr)) in bound.iter().enumerate() {
+        for &(second, second_addr) in &bound[i + 1..] {
+            if conflicts(first_addr, second_addr) {
+                return Err(ConfigError::SamePort {
+                    first,
+                    first_addr,
+                    second,
+                    second_addr,
+                });
+            }
+        }
+    }
+    Ok((listen, internode_listen, raw.http_listen))
+}
+
+/// Whether two listeners cannot both bind: the same fixed port on the same address, or
+/// on any address if either binds all of them.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    let overlapping = |x: IpAddr, y: IpAddr| x == y || x.is_unspecified() || y.is_unspecified();
+    a.port() != 0 && a.port() == b.port() && overlapping(a.ip(), b.ip())
+}
+
+/// The partitioning strategy, built by the ring's own checked constructors.
+fn partitioning(raw: &RawConfig, weight: u32) -> Result<PartitionStrategy, ConfigError> {
+    match raw.partitioning.unwrap_or_default() {
+        Partitioning::RandomTokens => {
+            if raw.partitions.is_some() {
+                return Err(ConfigError::NotApplicable {
+                    key: "partitions",
+                    strategy: "equal-partitions",
+                });
+            }
+            let tokens_per_weight = raw.tokens_per_weight.unwrap_or(DEFAULT_TOKENS_PER_WEIGHT);
+            let strategy =
+                PartitionStrategy::random_tokens(tokens_per_weight).map_err(|error| {
+                    ConfigError::Partitioning {
+                        key: "tokens-per-weight",
+                        error,
+                    }
+                })?;
+            if u64::from(weight) * u64::from(tokens_per_weight) > MAX_VIRTUAL_NODES {
+                return Err(ConfigError::TooManyVirtualNodes {
+                    weight,
+                    tokens_per_weight,
+                });
+            }
+            Ok(strategy)
+        }
+        Partitioning::EqualPartitions => {
+            if raw.tokens_per_weight.is_some() {
+                return Err(ConfigError::NotApplicable {
+                    key: "tokens-per-weight",
+                    strategy: "random-tokens",
+                });
+            }
+            let q = raw.partitions.unwrap_or(crate::ring::DEFAULT_PARTITIONS);
+            PartitionStrategy::equal_partitions(q).map_err(|error| ConfigError::Partitioning {
+                key: "partitions",
+                error,
+            })
+        }
+    }
+}
+
+fn tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    for (name, path) in [("tls-cert", &cert), ("tls-key", &key), ("tls-ca", &ca)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::Empty { key: name });
+        }
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig { cert, key, ca })),
+        (Some(_), None) => Err(ConfigError::TlsIncomplete {
+            given: "tls-cert",
+            missing: "tls-key",
+        }),
+        (None, Some(_)) => Err(ConfigError::TlsIncomplete {
+            given: "tls-key",
+            missing: "tls-cert",
+        }),
+        (None, None) if ca.is_some() => Err(ConfigError::TlsIncomplete {
+            given: "tls-ca",
+            missing: "tls-cert and tls-key",
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+fn in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key,
+            value: value.into(),
+            min: min.into(),
+            max: max.into(),
+        })
+    }
+}
+
+fn check_quorum(key: &'static str, value: u32, n: u32) -> Result<(), ConfigError> {
+    if value > n {
+        return Err(ConfigError::QuorumAboveReplicas { key, value, n });
+    }
+    in_range(key, value, 1, n)
+}
+
+fn check_interval(key: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value < Duration::from_millis(1) {
+        Err(ConfigError::DurationTooShort { key })
+    } else if value > MAX_INTERVAL {
+        Err(ConfigError::DurationTooLong { key })
+    } else {
+        Ok(())
+    }
+}
+
+/// Widens a validated count; every bound here is far below `usize::MAX` on the 32-
+/// and 64-bit targets the node runs on.
+fn to_usize(value: u32) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn raw(yaml: &str) -> RawConfig {
+        RawConfig::from_yaml(yaml).unwrap()
+    }
+
+    /// `yaml` over a minimal valid config (node n1, memory storage).
+    fn build(yaml: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::try_from(raw(yaml).or(raw("node-id: n1\nstorage: memory\n")))
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_node_id_and_data_dir() {
+        let config =
+            NodeConfig::try_from(raw("node-id: dynamo-0\ndata-dir: /var/lib/dynamo\n")).unwrap();
+        assert_eq!(config.node_id().as_str(), "dynamo-0");
+        assert_eq!(config.listen(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.internode_listen(), "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(config.http_listen(), None);
+        assert_eq!(config.advertise(), "127.0.0.1:7001");
+        assert_eq!(config.data_dir(), Some(Path::new("/var/lib/dynamo")));
+        assert!(config.seeds().is_empty());
+        // Dynamo §4.5: "(N,R,W) ... (3,2,2)" is the common configuration.
+        assert_eq!(
+            (
+                config.replication_factor(),
+                config.read_quorum(),
+                config.write_quorum()
+            ),
+            (3, 2, 2)
+        );
+        assert_eq!(config.weight(), 1);
+        // Dynamo §6.2: strategy 3 balances load best; it is the default.
+        assert_eq!(
+            config.partitioning(),
+            PartitionStrategy::EqualPartitions {
+                q: crate::ring::DEFAULT_PARTITIONS
+            }
+        );
+        let StorageConfig::Sled(sled) = config.storage() else {
+            panic!("sled is the default engine")
+        };
+        assert_eq!(sled.path(), Path::new("/var/lib/dynamo"));
+        assert_eq!(sled.flush_interval(), Some(Duration::from_millis(500)));
+        assert_eq!(config.durability(), Durability::Sync);
+        assert_eq!(config.flush_interval(), Duration::from_millis(500));
+        assert_eq!(config.request_timeout(), Duration::from_secs(2));
+        assert_eq!(config.gossip_interval(), Duration::from_secs(1));
+        assert_eq!(config.max_key_bytes(), 1024);
+        assert_eq!(config.max_value_bytes(), 1 << 20);
+        assert_eq!(config.max_siblings(), 100);
+        assert!(config.admin_token().is_none());
+        assert!(config.tls().is_none());
+        assert_eq!(config.log(), "info");
+    }
+
+    #[test]
+    fn explicit_settings_are_kept() {
+        let config = build(
+            "listen: 0.0.0.0:8000\ninternode-listen: 0.0.0.0:9000\nhttp-listen: 0.0.0.0:9100\n\
+             advertise: dynamo-0.dynamo:9000\nseeds: [dynamo-0.dynamo:9000]\n\
+             replication-factor: 5\nread-quorum: 1\nwrite-quorum: 5\nweight: 4\n\
+             partitioning: random-tokens\ntokens-per-weight: 64\ndurability: buffered\n\
+             admin-token: s3cret\ntls-cert: /tls/crt\ntls-key: /tls/key\nlog: debug\n",
+        )
+        .unwrap();
+        assert_eq!(config.internode_listen().port(), 9000);
+        assert_eq!(config.http_listen().map(|a| a.port()), Some(9100));
+        assert_eq!(config.advertise(), "dynamo-0.dynamo:9000");
+        assert_eq!(config.seeds(), ["dynamo-0.dynamo:9000"]);
+        assert_eq!(config.read_quorum(), 1);
+        assert_eq!(config.write_quorum(), 5);
+        assert_eq!(
+            config.partitioning(),
+            PartitionStrategy::RandomTokens {
+                tokens_per_weight: 64
+            }
+        );
+        assert_eq!(config.storage(), &StorageConfig::Memory);
+        assert_eq!(config.durability(), Durability::Buffered);
+        assert_eq!(config.admin_token().map(AdminToken::expose), Some("s3cret"));
+        assert_eq!(
+            config.tls(),
+            Some(&TlsConfig {
+                cert: "/tls/crt".into(),
+                key: "/tls/key".into(),
+                ca: None
+            })
+        );
+    }
+
+    #[test]
+    fn each_invalid_setting_is_refused_with_its_key_named() {
+        let cases: &[(&str, &str)] = &[
+            // Dynamo §4.5: R and W count replies among the N replicas.
+            (
+                "read-quorum: 4",
+                "read-quorum (4) is larger than replication-factor (3)",
+            ),
+            (
+                "write-quorum: 4",
+                "write-quorum (4) is larger than replication-factor (3)",
+            ),
+            (
+                "replication-factor: 2\nread-quorum: 3",
+                "read-quorum (3) is larger than replication-factor (2)",
+            ),
+            (
+                "replication-factor: 0",
+                "replication-factor is 0; allowed are 1..=16",
+            ),
+            (
+                "replication-factor: 17",
+                "replication-factor is 17; allowed are 1..=16",
+            ),
+            ("read-quorum: 0", "read-quorum is 0; allowed are 1..=3"),
+            ("write-quorum: 0", "write-quorum is 0; allowed are 1..=3"),
+            ("weight: 0", "weight is 0; allowed are 1..=10000"),
+            ("weight: 10001", "weight is 10001; allowed are 1..=10000"),
+            (
+                "partitioning: random-tokens\ntokens-per-weight: 0",
+                "tokens-per-weight: tokens per weight is 0",
+            ),
+            (
+                "partitioning: random-tokens\ntokens-per-weight: 1025",
+                "tokens-per-weight: tokens per weight is 1025",
+            ),
+            ("partitions: 0", "partitions: partition count is 0"),
+            ("partitions: 65537", "partitions: partition count is 65537"),
+            (
+                "partitioning: random-tokens\npartitions: 8",
+                "partitions applies only with partitioning: equal-partitions",
+            ),
+            (
+                "tokens-per-weight: 8",
+                "tokens-per-weight applies only with partitioning: random-tokens",
+            ),
+            (
+                "partitioning: random-tokens\ntokens-per-weight: 1024\nweight: 2000",
+                "weight (2000) times tokens-per-weight (1024)",
+            ),
+            ("storage: sled", "storage: sled needs data-dir"),
+            ("storage: sled\ndata-dir: ''", "data-dir is empty"),
+            (
+                "listen: 127.0.0.1:7000\ninternode-listen: 127.0.0.1:7000",
+                "listen (127.0.0.1:7000) and internode-listen (127.0.0.1:7000) use the same port",
+            ),
+            (
+                "http-listen: 0.0.0.0:7001",
+                "internode-listen (127.0.0.1:7001) and http-listen (0.0.0.0:7001) use the same port",
+            ),
+            (
+                "http-listen: 127.0.0.1:7000",
+                "listen (127.0.0.1:7000) and http-listen (127.0.0.1:7000) use the same port",
+            ),
+            ("listen: 127.0.0.1:65535", "listen uses port 65535"),
+            (
+                "listen: 0.0.0.0:7000",
+                "advertise is required when internode-listen (0.0.0.0:7001)",
+            ),
+            (
+                "advertise: dynamo-0",
+                "advertise: \"dynamo-0\" is not host:port",
+            ),
+            (
+                "internode-listen: 127.0.0.1:0",
+                "advertise: \"127.0.0.1:0\" is not host:port",
+            ),
+            (
+                "seeds: ['a:7001', 'b:0']",
+                "seeds: \"b:0\" is not host:port",
+            ),
+            (
+                "max-key-bytes: 0",
+                "max-key-bytes is 0; allowed are 1..=65536",
+            ),
+            ("max-key-bytes: 65537", "max-key-bytes is 65537"),
+            (
+                "max-value-bytes: 0",
+                "max-value-bytes is 0; allowed are 1..=67108864",
+            ),
+            ("max-value-bytes: 67108865", "max-value-bytes is 67108865"),
+            (
+                "max-siblings: 0",
+                "max-siblings is 0; allowed are 1..=10000",
+            ),
+            (
+                "request-timeout: 0s",
+                "request-timeout must be at least 1ms",
+            ),
+            (
+                "request-timeout: 500us",
+                "request-timeout must be at least 1ms",
+            ),
+            (
+                "gossip-interval: 0s",
+                "gossip-interval must be at least 1ms",
+            ),
+            ("gossip-interval: 2h", "gossip-interval must be at most 1h"),
+            (
+                "flush-interval: 0s",
+                "flush-interval: flush interval must be at least 1 ms",
+            ),
+            (
+                "flush-interval: 2m",
+                "flush-interval: flush interval must be at most",
+            ),
+            ("tls-cert: /c", "tls-cert needs tls-key"),
+            ("tls-key: /k", "tls-key needs tls-cert"),
+            ("tls-ca: /ca", "tls-ca needs tls-cert and tls-key"),
+            ("tls-cert: ''\ntls-key: /k", "tls-cert is empty"),
+            ("admin-token: ''", "admin-token is empty"),
+            (
+                "admin-token: 'top secret'",
+                "admin-token may only hold printable ASCII",
+            ),
+            ("log: ' '", "log is empty"),
+        ];
+        for (yaml, expected) in cases {
+            match build(yaml) {
+                Ok(config) => panic!("{yaml:?} was accepted: {config:?}"),
+                Err(err) => {
+                    let message = err.to_string();
+                    assert!(message.contains(expected), "{yaml:?}: got {message:?}");
+                    assert!(!message.contains("secret"), "token leaked: {message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn node_id_is_required_and_checked() {
+        let err = NodeConfig::try_from(raw("storage: memory")).unwrap_err();
+        assert_eq!(err.to_string(), "node-id is required");
+        let err = RawConfig::from_yaml("node-id: 'a b'\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("node-id: node id contains"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bounds_themselves_are_accepted() {
+        for yaml in [
+            "replication-factor: 16\nread-quorum: 16\nwrite-quorum: 16",
+            "replication-factor: 1\nread-quorum: 1\nwrite-quorum: 1",
+            "weight: 10000",
+            "partitioning: random-tokens\ntokens-per-weight: 104\nweight: 10000",
+            "max-key-bytes: 65536\nmax-value-bytes: 67108864\nmax-siblings: 10000",
+            "request-timeout: 1ms\ngossip-interval: 1h\nflush-interval: 1m",
+            // Different addresses may share a port; port 0 (any free port) never clashes.
+            "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7000\nhttp-listen: '[::1]:7000'",
+            "listen: 127.0.0.1:0\nhttp-listen: 127.0.0.1:0\nadvertise: n1:7001",
+            "listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001",
+            "tls-cert: /c\ntls-key: /k\ntls-ca: /ca",
+        ] {
+            if let Err(err) = build(yaml) {
+                panic!("{yaml:?} was refused: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn node_config_deserializes_through_validation() {
+        let config: NodeConfig = serde_yaml::from_str("node-id: n1\nstorage: memory\n").unwrap();
+        assert_eq!(config.node_id().as_str(), "n1");
+        let err =
+            serde_yaml::from_str::<NodeConfig>("node-id: n1\nstorage: memory\nread-quorum: 9\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("read-quorum"), "{err}");
+        let err = serde_yaml::from_str::<NodeConfig>("node-id: n1\nstorage: memory\nbogus: 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn admin_token_never_shows_in_debug_or_yaml() {
+        let config = build("admin-token: hunter2-token").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let yaml = config.to_yaml().unwrap();
+        assert!(!yaml.contains("hunter2"), "{yaml}");
+        assert!(yaml.contains(&format!("admin-token: {REDACTED}")), "{yaml}");
+    }
+
+    #[test]
+    fn effective_yaml_lists_the_applicable_keys() {
+        let yaml = build("").unwrap().to_yaml().unwrap();
+        for line in [
+            "node-id: n1",
+            "read-quorum: 2",
+            "partitioning: equal-partitions",
+            "partitions: 256",
+            "flush-interval: 500ms",
+            "request-timeout: 2s",
+            "log: info",
+        ] {
+            assert!(
+                yaml.lines().any(|l| l == line),
+                "{line:?} missing from\n{yaml}"
+            );
+        }
+        assert!(!yaml.contains("tokens-per-weight"), "{yaml}");
+        assert!(!yaml.contains("admin-token"), "{yaml}");
+    }
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        let ip = prop_oneof![
+            Just(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Just(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Just(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        (ip, 0u16..=3).prop_map(|(ip, port)| SocketAddr::new(ip, 7000 + port))
+    }
+
+    fn raw_config() -> impl Strategy<Value = RawConfig> {
+        (
+            (
+                addr(),
+                proptest::option::of(addr()),
+                proptest::option::of(addr()),
+            ),
+            proptest::option::of("[a-z]{1,8}:[1-9][0-9]{0,3}"),
+            proptest::collection::vec("[a-z]{1,8}:[1-9][0-9]{0,3}", 0..3),
+            (1u32..=16, 1u32..=16, 1u32..=16, 1u32..=100),
+            (any::<bool>(), 1u32..=1024, 1u32..=4096),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                1u64..=60_000,
+                1u64..=3_600_000,
+                1u64..=3_600_000,
+            ),
+            (
+                1u32..=MAX_KEY_BYTES_LIMIT,
+                1u32..=MAX_VALUE_BYTES_LIMIT,
+                1u32..=MAX_SIBLINGS_LIMIT,
+            ),
+            (any::<bool>(), any::<bool>(), "[a-z_=,]{1,20}"),
+        )
+            .prop_map(
+                |(
+                    (listen, internode, http),
+                    advertise,
+                    seeds,
+                    (n, r, w, weight),
+                    (random, tokens, q),
+                    (sled, buffered, flush, timeout, gossip),
+                    (key, value, siblings),
+                    (tls, ca, log),
+                )| {
+                    let ms = Duration::from_millis;
+                    RawConfig {
+                        node_id: Some(NodeId::new("n1").unwrap()),
+                        listen: Some(listen),
+                        internode_listen: internode,
+                        http_listen: http,
+                        advertise,
+                        data_dir: sled.then(|| "/data".into()),
+                        seeds: Some(seeds),
+                        replication_factor: Some(n),
+                        // Quorums within N, so most cases pass and round-trip.
+                        read_quorum: Some(1 + r % n),
+                        write_quorum: Some(1 + w % n),
+                        weight: Some(weight),
+                        partitioning: Some(if random {
+                            Partitioning::RandomTokens
+                        } else {
+                            Partitioning::EqualPartitions
+                        }),
+                        tokens_per_weight: random.then_some(tokens),
+                        partitions: (!random).then_some(q),
+                        storage: Some(if sled {
+                            StorageKind::Sled
+                        } else {
+                            StorageKind::Memory
+                        }),
+                        durability: Some(if buffered {
+                            DurabilityMode::Buffered
+                        } else {
+                            DurabilityMode::Sync
+                        }),
+                        flush_interval: Some(ms(flush)),
+                        request_timeout: Some(ms(timeout)),
+                        gossip_interval: Some(ms(gossip)),
+                        max_key_bytes: Some(key),
+                        max_value_bytes: Some(value),
+                        max_siblings: Some(siblings),
+                        admin_token: None,
+                        tls_cert: tls.then(|| "/c".into()),
+                        tls_key: tls.then(|| "/k".into()),
+                        tls_ca: (tls && ca).then(|| "/ca".into()),
+                        log: Some(log),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The printed effective config reads back as the same config, so
+        /// `--check-config` output is a faithful config file.
+        #[test]
+        fn effective_yaml_round_trips(raw in raw_config()) {
+            let Ok(config) = NodeConfig::try_from(raw) else {
+                return Err(TestCaseError::reject("invalid combination"));
+            };
+            let yaml = config.to_yaml().unwrap();
+            let again = NodeConfig::try_from(RawConfig::from_yaml(&yaml).unwrap()).unwrap();
+            prop_assert_eq!(again, config);
+        }
+
+        /// Whatever is accepted satisfies the invariants the node relies on.
+        #[test]
+        fn accepted_configs_hold_their_invariants(raw in raw_config()) {
+            if let Ok(config) = NodeConfig::try_from(raw) {
+                let n = config.replication_factor();
+                prop_assert!((1..=16).contains(&n));
+                prop_assert!((1..=n).contains(&config.read_quorum()));
+                prop_assert!((1..=n).contains(&config.write_quorum()));
+                prop_assert!(config.partitioning().validate().is_ok());
+                prop_assert!(check_address(config.advertise()).is_ok());
+                let ports = [Some(config.listen()), Some(config.internode_listen()), config.http_listen()];
+                let ports: Vec<_> = ports.into_iter().flatten().collect();
+                for (i, a) in ports.iter().enumerate() {
+                    for b in &ports[i + 1..] {
+                        prop_assert!(!conflicts(*a, *b));
+                    }
+                }
+            }
+        }
+    }
+}
