@@ -6,11 +6,6 @@
 //! inputs, including the current time as a [`time::Millis`], and return decisions. That
 //! makes them testable exhaustively and drivable by a deterministic simulator.
 //!
-//! * [`config`] (I/O shell): the node's settings from flags, `DYNAMO_*` environment
-//!   variables and a YAML file, defaulted and validated once.
-//! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
-//! * [`storage`] (I/O shell): byte-level storage engines (sled, in-memory) for data,
-//!   hints and meta records.
 //! * [`ring`]: MD5 consistent hashing, weighted virtual nodes (random tokens or equal
 //!   partitions), preference lists, and the ranges that move between ring versions.
 //! * [`version`]: vector clocks with actor incarnations, dotted sibling sets, client
@@ -34,6 +29,8 @@
 //!
 //! # The shell
 //!
+//! * [`config`]: the node's settings from flags, `DYNAMO_*` environment variables and a
+//!   YAML file, validated once.
 //! * [`storage`]: byte-level storage engines (sled, in-memory) for data, hints and meta
 //!   records.
 
