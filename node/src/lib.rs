@@ -42,6 +42,7 @@ pub mod proto;
 pub mod quorum;
 pub mod ring;
 pub mod storage;
+pub mod store;
 pub mod time;
 pub mod transport;
 pub mod version;

@@ -42,3 +42,11 @@ pub use siblings::{
 pub use stored::{
     MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, STORAGE_FORMAT_VERSION, StorageFormatError,
 };
+
+/// Sibling sets are what the quorum machines reconcile: merging replies is the replica
+/// merge (a join-semilattice: commutative, associative, idempotent).
+impl crate::quorum::Reconcile for SiblingSet {
+    fn reconcile(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}

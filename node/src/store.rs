@@ -1,0 +1,397 @@
+//! Sibling sets on top of a byte-level storage engine (I/O shell).
+//!
+//! The engine stores opaque bytes with an atomic read-modify-write per key; this layer
+//! decodes the stored [`SiblingSet`], applies the version rules (a coordinator's put, a
+//! replica's merge) inside that atomic update, and encodes the result. Two concurrent
+//! writes to one key therefore never lose either (the engine retries the closure on a
+//! conflict, which is why the closures here are pure).
+//!
+//! Hinted writes (Dynamo §4.6) are kept twice on a stand-in: merged into its data, so
+//! reads that reach the stand-in see them, and merged into a hint record for the home
+//! node, which the handoff loop delivers and then deletes.
+
+use std::sync::Arc;
+
+use crate::NodeId;
+use crate::storage::{Durability, StorageEngine, StorageError};
+use crate::time::Millis;
+use crate::version::{
+    Actor, SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
+};
+
+/// What can go wrong reading or writing a key's versions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Stored bytes did not decode: on-disk corruption or a format from the future.
+    #[error("stored state of a key is unreadable: {0}")]
+    Corrupt(#[from] StorageFormatError),
+    /// The write broke a version rule (too many siblings).
+    #[error(transparent)]
+    Version(#[from] VersionError),
+}
+
+/// Typed access to one node's keys and hints.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared with the handoff loop and the servers; the engine does its own locking.
+    engine: Arc<dyn StorageEngine>,
+    limits: SiblingLimits,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Encodes a state for the engine; the empty state is stored as "no record".
+fn encode(state: &SiblingSet) -> Option<Vec<u8>> {
+    (!state.is_empty()).then(|| state.to_bytes())
+}
+
+/// Decodes a stored state; a missing record is the empty state.
+pub fn decode_state(bytes: Option<&[u8]>) -> Result<SiblingSet, StorageFormatError> {
+    match bytes {
+        None | Some([]) => Ok(SiblingSet::new()),
+        Some(bytes) => SiblingSet::from_bytes(bytes),
+    }
+}
+
+/// Encodes a state for the wire: the empty state is empty bytes.
+pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
+    encode(state).unwrap_or_default()
+}
+
+impl Store {
+    /// Wraps an engine.
+    pub fn new(engine: Arc<dyn StorageEngine>, limits: SiblingLimits) -> Self {
+        Self { engine, limits }
+    }
+
+    /// The engine underneath (for metadata and flushes).
+    pub fn engine(&self) -> &Arc<dyn StorageEngine> {
+        &self.engine
+    }
+
+    /// This replica's versions of `key` (empty if none).
+    ///
+    /// # Errors
+    /// Storage failures and undecodable stored bytes.
+    pub fn read(&self, key: &[u8]) -> Result<SiblingSet, StoreError> {
+        Ok(decode_state(self.engine.get(key)?.as_deref())?)
+    }
+
+    /// The coordinator's write (Dynamo §4.4): supersedes what `context` covers, adds the
+    /// new version under `actor`, and returns the key's whole new state, which is then
+    /// replicated.
+    ///
+    /// # Errors
+    /// Storage failures, corrupt stored state, or too many siblings (the key is left
+    /// unchanged).
+    pub fn coordinate(
+        &self,
+        key: &[u8],
+        context: &VectorClock,
+        value: Value,
+        actor: &Actor,
+        now: Millis,
+        durability: Durability,
+    ) -> Result<SiblingSet, StoreError> {
+        let mut outcome: Option<Result<SiblingSet, StoreError>> = None;
+        self.engine.update(
+            key,
+            &mut |current| {
+                let result =
+                    decode_state(current)
+                        .map_err(StoreError::from)
+                        .and_then(|mut state| {
+                            state
+                                .put(context, value.clone(), actor, now, &self.limits)
+                                .map_err(StoreError::from)?;
+                            Ok(state)
+                        });
+                let next = match &result {
+                    Ok(state) => encode(state),
+                    // Leave the record exactly as it was.
+                    Err(_) => current.map(<[u8]>::to_vec),
+                };
+                outcome = Some(result);
+                next
+            },
+            durability,
+        )?;
+        outcome.unwrap_or_else(|| Ok(SiblingSet::new()))
+    }
+
+    /// The replica's write: merges `incoming` into the stored state (Dynamo §4.5 replica
+    /// writes, read repair, hint delivery) and returns the merged state.
+    ///
+    /// # Errors
+    /// Storage failures or corrupt stored state (the record is left unchanged).
+    pub fn merge(
+        &self,
+        key: &[u8],
+        incoming: &SiblingSet,
+        durability: Durability,
+    ) -> Result<SiblingSet, StoreError> {
+        let engine = Arc::clone(&self.engine);
+        merge_with(|f| engine.update(key, f, durability).map(|_| ()), incoming)
+    }
+
+    /// Records a hinted write for `home` (merged with any earlier hint for the key).
+    ///
+    /// # Errors
+    /// Storage failures or corrupt stored hint.
+    pub fn add_hint(
+        &self,
+        home: &NodeId,
+        key: &[u8],
+        incoming: &SiblingSet,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let engine = Arc::clone(&self.engine);
+        merge_with(
+            |f| engine.hint_update(home, key, f, durability).map(|_| ()),
+            incoming,
+        )
+        .map(|_| ())
+    }
+
+    /// Up to `limit` hints for `home` after key `after`, as (key, encoded state, state).
+    ///
+    /// # Errors
+    /// Storage failures or corrupt stored hints.
+    pub fn hints_for(
+        &self,
+        home: &NodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StoreError> {
+        self.engine
+            .hints_for(home, after, limit)?
+            .into_iter()
+            .map(|(key, raw)| {
+                let state = decode_state(Some(&raw))?;
+                Ok(Hint { key, raw, state })
+            })
+            .collect()
+    }
+
+    /// Deletes a delivered hint unless it changed since it was read.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn remove_hint(&self, home: &NodeId, hint: &Hint) -> Result<bool, StoreError> {
+        Ok(self.engine.remove_hint_if(home, &hint.key, &hint.raw)?)
+    }
+}
+
+/// One stored hint.
+#[derive(Debug, Clone)]
+pub struct Hint {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// The stored bytes, for compare-and-delete after delivery.
+    pub raw: Vec<u8>,
+    /// The decoded state to deliver.
+    pub state: SiblingSet,
+}
+
+/// Runs a merge of `incoming` through an engine's atomic update.
+fn merge_with(
+    update: impl FnOnce(&mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> Result<(), StorageError>,
+    incoming: &SiblingSet,
+) -> Result<SiblingSet, StoreError> {
+    let mut outcome: Option<Result<SiblingSet, StoreError>> = None;
+    update(&mut |current| {
+        let result = decode_state(current).map(|mut state| {
+            state.merge(incoming);
+            state
+        });
+        let next = match &result {
+            Ok(state) => encode(state),
+            Err(_) => current.map(<[u8]>::to_vec),
+        };
+        outcome = Some(result.map_err(StoreError::from));
+        next
+    })?;
+    outcome.unwrap_or_else(|| Ok(SiblingSet::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    fn store() -> Store {
+        Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default())
+    }
+
+    fn actor(name: &str) -> Actor {
+        Actor::new(NodeId::new(name).unwrap(), 1)
+    }
+
+    #[test]
+    fn coordinate_then_read_returns_the_value_and_a_covering_context() {
+        let store = store();
+        let state = store
+            .coordinate(
+                b"k",
+                &VectorClock::new(),
+                Value::data(&b"v1"[..]),
+                &actor("a"),
+                Millis(1),
+                Durability::Sync,
+            )
+            .unwrap();
+        assert_eq!(store.read(b"k").unwrap(), state);
+        // A put with the read's context supersedes the first value (Dynamo §4.4).
+        let next = store
+            .coordinate(
+                b"k",
+                &state.context(),
+                Value::data(&b"v2"[..]),
+                &actor("a"),
+                Millis(2),
+                Durability::Sync,
+            )
+            .unwrap();
+        assert_eq!(next.values().collect::<Vec<_>>(), vec![&b"v2"[..]]);
+    }
+
+    #[test]
+    fn concurrent_blind_writes_through_two_coordinators_become_siblings() {
+        let store = store();
+        let a = store
+            .coordinate(
+                b"k",
+                &VectorClock::new(),
+                Value::data(&b"a"[..]),
+                &actor("a"),
+                Millis(1),
+                Durability::Buffered,
+            )
+            .unwrap();
+        let other = Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default());
+        let b = other
+            .coordinate(
+                b"k",
+                &VectorClock::new(),
+                Value::data(&b"b"[..]),
+                &actor("b"),
+                Millis(1),
+                Durability::Buffered,
+            )
+            .unwrap();
+        let merged = store.merge(b"k", &b, Durability::Sync).unwrap();
+        assert_eq!(merged.len(), 2);
+        // Merging again is idempotent.
+        assert_eq!(store.merge(b"k", &a, Durability::Sync).unwrap(), merged);
+    }
+
+    #[test]
+    fn too_many_siblings_is_an_error_and_leaves_the_key_unchanged() {
+        let limits = SiblingLimits::new(2, 1, 10).unwrap();
+        let store = Store::new(Arc::new(MemoryEngine::new()), limits);
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            store
+                .coordinate(
+                    b"k",
+                    &VectorClock::new(),
+                    Value::data(vec![i as u8]),
+                    &actor(name),
+                    Millis(1),
+                    Durability::Sync,
+                )
+                .unwrap();
+        }
+        let before = store.read(b"k").unwrap();
+        let err = store
+            .coordinate(
+                b"k",
+                &VectorClock::new(),
+                Value::data(&b"c"[..]),
+                &actor("c"),
+                Millis(1),
+                Durability::Sync,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Version(VersionError::TooManySiblings { .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(store.read(b"k").unwrap(), before);
+    }
+
+    #[test]
+    fn corrupt_stored_bytes_are_an_error_not_a_panic() {
+        let engine = Arc::new(MemoryEngine::new());
+        engine
+            .update(
+                b"k",
+                &mut |_| Some(vec![0xff, 0x00, 0x13]),
+                Durability::Sync,
+            )
+            .unwrap();
+        let store = Store::new(engine, SiblingLimits::default());
+        assert!(matches!(store.read(b"k"), Err(StoreError::Corrupt(_))));
+        let incoming = SiblingSet::new();
+        assert!(matches!(
+            store.merge(b"k", &incoming, Durability::Sync),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn hints_merge_per_key_and_are_removed_only_if_unchanged() {
+        let store = store();
+        let home = NodeId::new("home").unwrap();
+        let mut v1 = SiblingSet::new();
+        v1.put(
+            &VectorClock::new(),
+            Value::data(&b"1"[..]),
+            &actor("a"),
+            Millis(1),
+            &SiblingLimits::default(),
+        )
+        .unwrap();
+        store.add_hint(&home, b"k", &v1, Durability::Sync).unwrap();
+        let hints = store.hints_for(&home, None, 10).unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].state, v1);
+        // A second hinted write for the key lands while the first is being delivered.
+        let mut v2 = SiblingSet::new();
+        v2.put(
+            &VectorClock::new(),
+            Value::data(&b"2"[..]),
+            &actor("b"),
+            Millis(1),
+            &SiblingLimits::default(),
+        )
+        .unwrap();
+        store.add_hint(&home, b"k", &v2, Durability::Sync).unwrap();
+        assert!(
+            !store.remove_hint(&home, &hints[0]).unwrap(),
+            "changed hint must survive"
+        );
+        let hints = store.hints_for(&home, None, 10).unwrap();
+        assert_eq!(hints[0].state.len(), 2);
+        assert!(store.remove_hint(&home, &hints[0]).unwrap());
+        assert!(store.hints_for(&home, None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn wire_encoding_of_the_empty_state_is_empty() {
+        assert!(encode_state(&SiblingSet::new()).is_empty());
+        assert_eq!(decode_state(Some(&[])).unwrap(), SiblingSet::new());
+    }
+}
