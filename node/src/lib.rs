@@ -34,7 +34,9 @@
 //! * [`storage`]: byte-level storage engines (sled, in-memory) for data, hints and meta
 //!   records.
 
+pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod membership;
 pub mod merkle;
 pub mod node_id;

@@ -1,0 +1,193 @@
+//! One node's view of the cluster (I/O shell): the gossiped member table, the ring
+//! derived from it, and the failure detector's view of each peer.
+//!
+//! Every node derives the ring from the member table alone, so nodes whose tables agree
+//! agree on placement. (Strategy 3's minimal-movement reassignment depends on ring
+//! history; until the partition layout itself is gossiped, each node builds the
+//! strategy 3 assignment from scratch from the member set, which is deterministic but
+//! may move more partitions on a join than the minimum.)
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::NodeId;
+use crate::membership::{DetectorConfig, FailureDetector, MemberTable};
+use crate::ring::{PartitionStrategy, Ring, RingError};
+use crate::time::Millis;
+
+/// The node's clocks: monotonic time for timeouts, wall time for version timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    /// Milliseconds since the node started (monotonic).
+    pub fn monotonic(&self) -> Millis {
+        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Milliseconds since the Unix epoch (wall clock; only orders vector clock entries for
+    /// truncation, so skew costs at most extra siblings).
+    pub fn wall(&self) -> Millis {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The member table, ring and peer health, behind one lock.
+///
+/// A std `Mutex`: it is never held across an `.await`, and every critical section is a
+/// lookup or a small merge.
+#[derive(Debug)]
+pub struct Cluster {
+    me: NodeId,
+    strategy: PartitionStrategy,
+    clock: Clock,
+    state: Mutex<ClusterState>,
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    table: MemberTable,
+    ring: Ring,
+    detector: FailureDetector,
+}
+
+impl Cluster {
+    /// A view starting from `table` (loaded from disk, or empty).
+    ///
+    /// # Errors
+    /// The table's members do not form a valid ring under `strategy`.
+    pub fn new(
+        me: NodeId,
+        table: MemberTable,
+        strategy: PartitionStrategy,
+        detector: DetectorConfig,
+        clock: Clock,
+    ) -> Result<Self, RingError> {
+        let ring = Ring::build(&table.ring_members(), strategy, 0, None)?;
+        Ok(Self {
+            me,
+            strategy,
+            clock,
+            state: Mutex::new(ClusterState {
+                table,
+                ring,
+                detector: FailureDetector::new(detector),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+        // A panic while holding the lock cannot leave the state half-merged (merges
+        // build the new table first), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The node's clocks.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// A copy of the member table.
+    pub fn table(&self) -> MemberTable {
+        self.lock().table.clone()
+    }
+
+    /// A copy of the ring.
+    pub fn ring(&self) -> Ring {
+        self.lock().ring.clone()
+    }
+
+    /// Merges a table learned from gossip or an admin change; returns whether ours changed.
+    ///
+    /// # Errors
+    /// The merged member set does not form a valid ring (then nothing changes).
+    pub fn merge_table(&self, other: &MemberTable) -> Result<bool, RingError> {
+        let mut state = self.lock();
+        let mut merged = state.table.clone();
+        if !merged.merge(other) {
+            return Ok(false);
+        }
+        self.install(&mut state, merged)?;
+        Ok(true)
+    }
+
+    /// Applies a membership change to a copy of the table and installs it if it succeeds.
+    ///
+    /// # Errors
+    /// The change's own error, or an invalid resulting ring.
+    pub fn change<T, E: From<RingError>>(
+        &self,
+        change: impl FnOnce(&mut MemberTable) -> Result<T, E>,
+    ) -> Result<(T, MemberTable), E> {
+        let mut state = self.lock();
+        let mut table = state.table.clone();
+        let result = change(&mut table)?;
+        self.install(&mut state, table.clone())?;
+        Ok((result, table))
+    }
+
+    fn install(&self, state: &mut ClusterState, table: MemberTable) -> Result<(), RingError> {
+        let epoch = state.ring.epoch() + 1;
+        state.ring = Ring::build(&table.ring_members(), self.strategy, epoch, None)?;
+        state.table = table;
+        Ok(())
+    }
+
+    /// Every distinct ring member clockwise from `key`, home replicas first.
+    pub fn extended_preference_list(&self, key: &[u8]) -> Vec<NodeId> {
+        self.lock().ring.preference_list_for_key(key, usize::MAX)
+    }
+
+    /// The address peers use to reach `node`, if it is in the table.
+    pub fn address_of(&self, node: &NodeId) -> Option<String> {
+        self.lock().table.get(node).map(|m| m.address().to_owned())
+    }
+
+    /// Whether `node` should be sent requests now (not believed down).
+    pub fn is_available(&self, node: &NodeId) -> bool {
+        node == &self.me
+            || self
+                .lock()
+                .detector
+                .is_available(node, self.clock.monotonic())
+    }
+
+    /// Records that `node` answered.
+    pub fn record_success(&self, node: &NodeId) {
+        if node != &self.me {
+            self.lock().detector.handle_success(node);
+        }
+    }
+
+    /// Records that a call to `node` failed (no answer).
+    pub fn record_failure(&self, node: &NodeId) {
+        if node != &self.me {
+            let now = self.clock.monotonic();
+            self.lock().detector.handle_failure(node, now);
+        }
+    }
+
+    /// Down peers due for a background probe.
+    pub fn poll_probes(&self) -> Vec<NodeId> {
+        let now = self.clock.monotonic();
+        self.lock().detector.poll_probe(now)
+    }
+}

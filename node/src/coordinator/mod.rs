@@ -1,0 +1,494 @@
+//! Server-driven coordination (Dynamo §4.5): the async shell around the pure
+//! [`quorum`](crate::quorum) state machines.
+//!
+//! Any node accepts any request. A put is coordinated by a node among the key's first N
+//! replicas: the receiving node forwards it there when it is not one of them. The
+//! coordinator writes locally first (durably: in buffered mode it is the one durable
+//! replica of Dynamo §6.1), then replicates the key's whole new state to the rest of the
+//! first N healthy nodes, and answers after W acknowledgements. A get asks the first N
+//! healthy nodes, answers after R with every concurrent version, and repairs stale
+//! replicas in the background once the late replies are in (read repair).
+//!
+//! The machine keeps running after the client has its answer: late acknowledgements,
+//! retries on stand-ins, and read repair happen in a spawned task, bounded by the
+//! request timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::NodeId;
+use crate::cluster::Cluster;
+use crate::quorum::{
+    ConfigError, GetCoordinator, GetOutcome, PutCoordinator, PutOutcome, QuorumConfig, QuorumError,
+};
+use crate::storage::Durability;
+use crate::store::{Store, StoreError};
+use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
+use crate::version::{Actor, SiblingSet, Value, VectorClock};
+
+/// Why a client request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// The request itself is invalid (key or value size, quorum override).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The quorum could not be reached.
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
+    /// No node can serve the key now (empty ring, every home replica unreachable).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The local store failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// A node the put was forwarded to refused it.
+    #[error("forwarded put refused by {address}: {error}")]
+    Forwarded {
+        /// The node the put went to.
+        address: String,
+        /// Its answer.
+        error: ReplicaError,
+    },
+}
+
+impl From<ConfigError> for CoordinatorError {
+    fn from(e: ConfigError) -> Self {
+        CoordinatorError::InvalidArgument(e.to_string())
+    }
+}
+
+/// Bounds on what clients may send.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl RequestLimits {
+    /// Checks a key's size.
+    ///
+    /// # Errors
+    /// Empty or oversized keys.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), CoordinatorError> {
+        if key.is_empty() {
+            return Err(CoordinatorError::InvalidArgument("key is empty".into()));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "key is {} bytes, the limit is {}",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a value's size.
+    ///
+    /// # Errors
+    /// Oversized values.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), CoordinatorError> {
+        if value.len() > self.max_value_bytes {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "value is {} bytes, the limit is {}",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Coordinates client gets and puts on one node.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    actor: Actor,
+    store: Store,
+    cluster: Arc<Cluster>,
+    transport: Arc<dyn Transport>,
+    quorum: QuorumConfig,
+    timeout: Duration,
+    /// Buffered mode: only one replica per write (the coordinator) writes durably.
+    buffered: bool,
+    limits: RequestLimits,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("actor", &self.inner.actor)
+            .field("quorum", &self.inner.quorum)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// This node's clock actor (node id and incarnation).
+    pub actor: Actor,
+    /// Default N, R, W.
+    pub quorum: QuorumConfig,
+    /// Deadline of one request, including replication.
+    pub timeout: Duration,
+    /// The node's durability mode.
+    pub durability: Durability,
+    /// Client input bounds.
+    pub limits: RequestLimits,
+}
+
+impl Coordinator {
+    /// A coordinator over the node's store, cluster view and transport.
+    pub fn new(
+        config: CoordinatorConfig,
+        store: Store,
+        cluster: Arc<Cluster>,
+        transport: Arc<dyn Transport>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                actor: config.actor,
+                store,
+                cluster,
+                transport,
+                quorum: config.quorum,
+                timeout: config.timeout,
+                buffered: config.durability == Durability::Buffered,
+                limits: config.limits,
+            }),
+        }
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self) -> RequestLimits {
+        self.inner.limits
+    }
+
+    /// The default quorum settings.
+    pub fn quorum(&self) -> QuorumConfig {
+        self.inner.quorum
+    }
+
+    /// Reads every concurrent version of `key` from R of its N replicas.
+    ///
+    /// # Errors
+    /// Invalid input, an unreachable quorum, or an empty ring.
+    pub async fn get(&self, key: &[u8], r: Option<u32>) -> Result<SiblingSet, CoordinatorError> {
+        self.inner.limits.check_key(key)?;
+        let config = self.inner.quorum.with_overrides(r, None)?;
+        let extended = self.inner.cluster.extended_preference_list(key);
+        if extended.is_empty() {
+            return Err(no_members());
+        }
+        let clock = self.inner.cluster.clock();
+        let machine = GetCoordinator::new(
+            config,
+            &extended,
+            |node| self.inner.cluster.is_available(node),
+            clock.monotonic(),
+            self.inner.timeout,
+        );
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        tokio::spawn(Arc::clone(&self.inner).drive_get(key.to_vec(), machine, outcome_tx));
+        match outcome_rx.await {
+            Ok(GetOutcome::Success { state, .. }) => Ok(state),
+            Ok(GetOutcome::Failed(error)) => Err(error.into()),
+            Err(_) => Err(CoordinatorError::Unavailable("get task ended early".into())),
+        }
+    }
+
+    /// Writes `value` (or a tombstone when `None`) with the client's `context`, through a
+    /// coordinator among the key's home replicas; returns the new version's context.
+    ///
+    /// # Errors
+    /// Invalid input, an unreachable quorum, or no reachable home replica.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        context: VectorClock,
+        value: Option<Vec<u8>>,
+        w: Option<u32>,
+    ) -> Result<VectorClock, CoordinatorError> {
+        self.check_put(key, value.as_deref(), w)?;
+        let extended = self.inner.cluster.extended_preference_list(key);
+        if extended.is_empty() {
+            return Err(no_members());
+        }
+        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
+        let home = &extended[..extended.len().min(n)];
+        let me = self.inner.cluster.me();
+        if home.contains(me) {
+            return self.coordinate_put(key, context, value, w).await;
+        }
+        // Not a home replica: hand the put to the first reachable one (Dynamo §4.5).
+        let put = ForwardedPut {
+            key: key.to_vec(),
+            context,
+            value,
+            w,
+        };
+        let mut failures = Vec::new();
+        for node in home {
+            if !self.inner.cluster.is_available(node) {
+                failures.push(format!("{node}: believed down"));
+                continue;
+            }
+            let Some(address) = self.inner.cluster.address_of(node) else {
+                continue;
+            };
+            match self
+                .inner
+                .transport
+                .coordinate_put(&address, put.clone())
+                .await
+            {
+                Ok(context) => {
+                    self.inner.cluster.record_success(node);
+                    return crate::version::context::decode(&context).map_err(|e| {
+                        CoordinatorError::Unavailable(format!("bad context from {node}: {e}"))
+                    });
+                }
+                Err(TransportError::Rejected { address, error }) => {
+                    self.inner.cluster.record_success(node);
+                    return Err(CoordinatorError::Forwarded { address, error });
+                }
+                Err(other) => {
+                    self.inner.cluster.record_failure(node);
+                    failures.push(format!("{node}: {other}"));
+                }
+            }
+        }
+        Err(CoordinatorError::Unavailable(format!(
+            "no home replica of the key could coordinate the write ({})",
+            failures.join(", ")
+        )))
+    }
+
+    fn check_put(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        w: Option<u32>,
+    ) -> Result<(), CoordinatorError> {
+        self.inner.limits.check_key(key)?;
+        if let Some(value) = value {
+            self.inner.limits.check_value(value)?;
+        }
+        self.inner.quorum.with_overrides(None, w)?;
+        Ok(())
+    }
+
+    /// Coordinates a put on this node, whether or not it is a home replica (the
+    /// receiving end of a forwarded put never forwards again).
+    ///
+    /// # Errors
+    /// Invalid input, local storage failure, or an unreachable write quorum.
+    pub async fn coordinate_put(
+        &self,
+        key: &[u8],
+        context: VectorClock,
+        value: Option<Vec<u8>>,
+        w: Option<u32>,
+    ) -> Result<VectorClock, CoordinatorError> {
+        self.check_put(key, value.as_deref(), w)?;
+        let config = self.inner.quorum.with_overrides(None, w)?;
+        let value = value.map_or(Value::Tombstone, Value::data);
+        let clock = self.inner.cluster.clock();
+        let inner = Arc::clone(&self.inner);
+        let owned_key = key.to_vec();
+        // The coordinator's own write is always durable: in sync mode every replica's
+        // is, and in buffered mode the coordinator is the one durable replica.
+        let state = tokio::task::spawn_blocking(move || {
+            inner.store.coordinate(
+                &owned_key,
+                &context,
+                value,
+                &inner.actor,
+                clock.wall(),
+                Durability::Sync,
+            )
+        })
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("local write task failed: {e}")))??;
+        let extended = self.inner.cluster.extended_preference_list(key);
+        let me = self.inner.cluster.me().clone();
+        let machine = PutCoordinator::new(
+            config,
+            &extended,
+            |node| self.inner.cluster.is_available(node),
+            &me,
+            state.clone(),
+            clock.monotonic(),
+            self.inner.timeout,
+            self.inner.buffered,
+        );
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        tokio::spawn(Arc::clone(&self.inner).drive_put(key.to_vec(), machine, outcome_tx));
+        match outcome_rx.await {
+            Ok(PutOutcome::Success { .. }) => Ok(state.context()),
+            Ok(PutOutcome::Failed(error)) => Err(error.into()),
+            Err(_) => Err(CoordinatorError::Unavailable("put task ended early".into())),
+        }
+    }
+}
+
+fn no_members() -> CoordinatorError {
+    CoordinatorError::Unavailable("the ring has no members yet: join nodes first".into())
+}
+
+impl Inner {
+    /// Sends a replica read to `node` (or reads locally) and reports the result.
+    async fn read_replica(&self, node: &NodeId, key: &[u8]) -> Result<SiblingSet, String> {
+        if node == self.cluster.me() {
+            return self.store.read(key).map_err(|e| e.to_string());
+        }
+        let address = self
+            .cluster
+            .address_of(node)
+            .ok_or_else(|| format!("no address for {node}"))?;
+        let result = self.transport.read(&address, key).await;
+        self.observe(node, result.as_ref().err());
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn write_replica(&self, node: &NodeId, write: ReplicaWrite) -> Result<(), String> {
+        let address = self
+            .cluster
+            .address_of(node)
+            .ok_or_else(|| format!("no address for {node}"))?;
+        let result = self.transport.write(&address, write).await;
+        self.observe(node, result.as_ref().err());
+        result.map_err(|e| e.to_string())
+    }
+
+    fn observe(&self, node: &NodeId, error: Option<&TransportError>) {
+        match error {
+            Some(e) if !e.is_answer() => self.cluster.record_failure(node),
+            _ => self.cluster.record_success(node),
+        }
+    }
+
+    async fn drive_get(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        mut machine: GetCoordinator<SiblingSet>,
+        outcome_tx: oneshot::Sender<GetOutcome<SiblingSet>>,
+    ) {
+        let key = Arc::new(key);
+        let (reply_tx, mut replies) = mpsc::unbounded_channel();
+        let mut outcome_tx = Some(outcome_tx);
+        let clock = self.cluster.clock();
+        loop {
+            while let Some(node) = machine.poll_transmit() {
+                let (inner, key, reply_tx) =
+                    (Arc::clone(&self), Arc::clone(&key), reply_tx.clone());
+                tokio::spawn(async move {
+                    let result = inner.read_replica(&node, &key).await;
+                    let _ = reply_tx.send((node, result));
+                });
+            }
+            if let Some(outcome) = machine.poll_outcome() {
+                if let Some(tx) = outcome_tx.take() {
+                    let _ = tx.send(outcome);
+                }
+            }
+            if machine.is_finished() {
+                break;
+            }
+            let Some(deadline) = machine.poll_timeout() else {
+                break;
+            };
+            let wait = deadline.saturating_since(clock.monotonic());
+            tokio::select! {
+                Some((node, result)) = replies.recv() => match result {
+                    Ok(state) => machine.handle_reply(&node, state, clock.monotonic()),
+                    Err(reason) => machine.handle_failure(&node, reason, clock.monotonic()),
+                },
+                () = tokio::time::sleep(wait) => machine.handle_timeout(clock.monotonic()),
+            }
+        }
+        // Read repair (Dynamo §4.6/§5): bring every replica that answered with an older
+        // state up to the merged one.
+        if let Some(repairs) = machine.poll_read_repair() {
+            for (node, state) in repairs {
+                let write = ReplicaWrite {
+                    key: key.to_vec(),
+                    state,
+                    durable: false,
+                    hint_for: None,
+                };
+                let result = if &node == self.cluster.me() {
+                    self.store
+                        .merge(&write.key, &write.state, Durability::Buffered)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                } else {
+                    self.write_replica(&node, write).await
+                };
+                if let Err(reason) = result {
+                    tracing::debug!(%node, %reason, "read repair failed");
+                }
+            }
+        }
+    }
+
+    async fn drive_put(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        mut machine: PutCoordinator<SiblingSet>,
+        outcome_tx: oneshot::Sender<PutOutcome>,
+    ) {
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let mut outcome_tx = Some(outcome_tx);
+        let clock = self.cluster.clock();
+        let me = self.cluster.me().clone();
+        loop {
+            while let Some(send) = machine.poll_transmit() {
+                if send.to == me {
+                    // The local write happened before the machine started.
+                    machine.handle_ack(&me, clock.monotonic());
+                    continue;
+                }
+                let write = ReplicaWrite {
+                    key: key.clone(),
+                    state: send.state,
+                    durable: send.durable,
+                    hint_for: send.hint_for,
+                };
+                let (inner, ack_tx, node) = (Arc::clone(&self), ack_tx.clone(), send.to);
+                tokio::spawn(async move {
+                    let result = inner.write_replica(&node, write).await;
+                    let _ = ack_tx.send((node, result));
+                });
+            }
+            if let Some(outcome) = machine.poll_outcome() {
+                if let Some(tx) = outcome_tx.take() {
+                    let _ = tx.send(outcome);
+                }
+            }
+            if machine.is_finished() {
+                break;
+            }
+            let Some(deadline) = machine.poll_timeout() else {
+                break;
+            };
+            let wait = deadline.saturating_since(clock.monotonic());
+            tokio::select! {
+                Some((node, result)) = acks.recv() => match result {
+                    Ok(()) => machine.handle_ack(&node, clock.monotonic()),
+                    Err(reason) => machine.handle_failure(&node, reason, clock.monotonic()),
+                },
+                () = tokio::time::sleep(wait) => machine.handle_timeout(clock.monotonic()),
+            }
+        }
+    }
+}
