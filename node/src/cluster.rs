@@ -11,9 +11,21 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::NodeId;
-use crate::membership::{DetectorConfig, FailureDetector, MemberTable};
+use crate::membership::{DetectorConfig, FailureDetector, MemberTable, MembershipError};
 use crate::ring::{PartitionStrategy, Ring, RingError};
 use crate::time::Millis;
+
+/// Why a membership change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// The member table refused the change (unknown member, invalid transition).
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// The resulting member set forms no valid ring.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
 
 /// The node's clocks: monotonic time for timeouts, wall time for version timestamps.
 #[derive(Debug, Clone, Copy)]
@@ -133,10 +145,10 @@ impl Cluster {
     ///
     /// # Errors
     /// The change's own error, or an invalid resulting ring.
-    pub fn change<T, E: From<RingError>>(
+    pub fn change<T>(
         &self,
-        change: impl FnOnce(&mut MemberTable) -> Result<T, E>,
-    ) -> Result<(T, MemberTable), E> {
+        change: impl FnOnce(&mut MemberTable) -> Result<T, MembershipError>,
+    ) -> Result<(T, MemberTable), ChangeError> {
         let mut state = self.lock();
         let mut table = state.table.clone();
         let result = change(&mut table)?;

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use dynamo_node::config::{self, ConfigError, Invocation};
+use dynamo_node::node::{Node, NodeError};
 
 /// Exit code for a configuration the node refuses (clap uses 2 for usage errors too).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -36,9 +37,66 @@ fn main() -> ExitCode {
         print!("{yaml}");
         return ExitCode::SUCCESS;
     }
-    // PLACEHOLDER until the node runtime exists: replace this line with `Node::run(config)`.
-    print!("{yaml}");
-    ExitCode::SUCCESS
+    drop(yaml);
+    init_logging(config.log());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dynamo-node: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dynamo-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the node, announces where it listens, and stops it cleanly on SIGTERM or
+/// SIGINT (in-flight requests drain, storage is flushed).
+async fn run(config: dynamo_node::config::NodeConfig) -> Result<(), NodeError> {
+    let node = Node::start(config).await?;
+    // One machine-readable line, so scripts and tests that asked for port 0 learn the
+    // ports actually bound.
+    println!(
+        "dynamo-node ready client={} internode={}",
+        node.client_addr, node.internode_addr
+    );
+    let trigger = node.shutdown_trigger();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        let _ = trigger.send(true);
+    });
+    node.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the node runs until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Reports why the configuration was refused and exits with 2. The message is

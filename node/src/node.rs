@@ -1,0 +1,664 @@
+//! One storage node: owns the store, the cluster view, the coordinator and the
+//! transport, serves the gRPC APIs, and runs the background loops (gossip, hinted
+//! handoff). `dynamo-node` the binary only parses configuration and calls
+//! [`Node::start`].
+//!
+//! Shutdown is an input: [`RunningNode::shutdown`] stops accepting requests, lets
+//! in-flight ones finish (tonic's graceful shutdown), flushes storage, and records a
+//! clean-shutdown marker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::NodeId;
+use crate::cluster::{Clock, Cluster};
+use crate::config::{NodeConfig, StorageConfig};
+use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
+use crate::membership::{DetectorConfig, MemberState, MemberTable};
+use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
+use crate::quorum::QuorumConfig;
+use crate::ring::PartitionStrategy;
+use crate::server::{AdminService, KvService, admin_token_interceptor};
+use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
+use crate::store::{Store, StoreError};
+use crate::transport::grpc::{GrpcTransport, GrpcTransportConfig, replica_server};
+use crate::transport::{
+    ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport, TransportError,
+};
+use crate::version::{Actor, SiblingLimits, SiblingSet};
+
+/// Meta record names.
+const META_MEMBERS: &str = "members";
+const META_INCARNATION: &str = "incarnation";
+const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
+
+/// Hints delivered per target per handoff round.
+const HANDOFF_BATCH: usize = 128;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The storage engine failed to open or flush.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// Persisted node state (member table, incarnation) is unreadable.
+    #[error("persisted node state is unreadable: {0}")]
+    Corrupt(String),
+    /// A listener could not be bound.
+    #[error("binding {what} on {address}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Settings that only fail when combined at start.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A server task failed.
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// What the node's servers and loops share.
+#[derive(Debug)]
+pub struct NodeShared {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) store: Store,
+    pub(crate) coordinator: Coordinator,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) quorum: QuorumConfig,
+    pub(crate) incarnation: u64,
+    pub(crate) durability: Durability,
+    pub(crate) strategy: PartitionStrategy,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) advertise: String,
+}
+
+impl NodeShared {
+    /// Writes the member table to disk so a restarted node remembers membership.
+    pub(crate) fn persist_table(&self, table: &MemberTable) -> Result<(), StorageError> {
+        self.store
+            .engine()
+            .meta_put(META_MEMBERS, &table.encode(), Durability::Sync)
+    }
+
+    pub(crate) fn partitioning_name(&self) -> &'static str {
+        match self.strategy {
+            PartitionStrategy::RandomTokens { .. } => "random-tokens",
+            PartitionStrategy::EqualPartitions { .. } => "equal-partitions",
+        }
+    }
+
+    pub(crate) fn durability_name(&self) -> &'static str {
+        match self.durability {
+            Durability::Sync => "sync",
+            Durability::Buffered => "buffered",
+        }
+    }
+
+    /// Merges a table learned from a peer, persists it if it changed, and finishes our
+    /// own join (Joining -> Member) once we see it.
+    fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
+        let changed = self.cluster.merge_table(table).map_err(|e| e.to_string())?;
+        let mut table = self.cluster.table();
+        let me = self.cluster.me().clone();
+        // A joining node serves its ranges at once: without range transfer it has no
+        // data to wait for, and reads repair what it lacks.
+        let joining = table
+            .get(&me)
+            .is_some_and(|m| m.state() == MemberState::Joining);
+        if joining {
+            if let Ok((_, new_table)) = self
+                .cluster
+                .change(|t| t.mark_member(&me).map(|_| ()))
+            {
+                table = new_table;
+            }
+        }
+        if changed || joining {
+            self.persist_table(&table).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Stores a replica write (and a hint when it stands in for another node).
+    fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+        let durability = if write.durable {
+            Durability::Sync
+        } else {
+            self.durability
+        };
+        self.store.merge(&write.key, &write.state, durability)?;
+        if let Some(home) = &write.hint_for {
+            // Dynamo §4.6: the stand-in keeps the write with a hint naming its home, and
+            // hands it over when the home node is back.
+            self.store.add_hint(home, &write.key, &write.state, durability)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves peers: the receiving end of the transport.
+#[derive(Debug)]
+struct PeerHandler {
+    node: Arc<NodeShared>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::Internal(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl ReplicaHandler for PeerHandler {
+    async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || node.store.read(&key))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
+        let limits = self.node.coordinator.limits();
+        limits
+            .check_key(&write.key)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || node.store_write(&write))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
+        let context = self
+            .node
+            .coordinator
+            .coordinate_put(&put.key, put.context, put.value, put.w)
+            .await
+            .map_err(|e| crate::server::coordinator_replica_error(&e))?;
+        Ok(crate::version::context::encode(&context))
+    }
+
+    async fn gossip(&self, table: MemberTable) -> Result<MemberTable, ReplicaError> {
+        self.node
+            .learn_table(&table)
+            .map_err(ReplicaError::InvalidArgument)?;
+        Ok(self.node.cluster.table())
+    }
+}
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Where the client API (`Kv`) listens.
+    pub client_addr: SocketAddr,
+    /// Where the internode API (`Replica`, `Admin`) listens.
+    pub internode_addr: SocketAddr,
+    shared: Arc<NodeShared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// The node's shared state (for in-process tests and tools).
+    pub fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
+    }
+
+    /// Stops serving, drains in-flight requests, flushes storage, and waits for it.
+    ///
+    /// # Errors
+    /// A server or the final flush failed.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        self.task
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))?
+    }
+
+    /// Waits until the node stops (it only stops through [`RunningNode::shutdown`] or a
+    /// server failure).
+    ///
+    /// # Errors
+    /// A server failed.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        self.task
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))?
+    }
+
+    /// A handle that triggers shutdown from elsewhere (a signal handler).
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Entry point of the node.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Opens storage, binds the listeners, and starts serving.
+    ///
+    /// # Errors
+    /// Storage cannot be opened, persisted state is corrupt, or a port is taken.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        let engine: Arc<dyn StorageEngine> = match config.storage() {
+            StorageConfig::Sled(sled) => {
+                let sled = sled.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || SledEngine::open(&sled))
+                        .await
+                        .map_err(|e| NodeError::Server(e.to_string()))??,
+                )
+            }
+            StorageConfig::Memory => Arc::new(MemoryEngine::new()),
+        };
+        let incarnation = choose_incarnation(engine.as_ref(), config.node_id(), config.durability())?;
+        let table = match engine.meta_get(META_MEMBERS)? {
+            Some(bytes) => MemberTable::decode(&bytes)
+                .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
+            None => MemberTable::new(),
+        };
+        let client_listener = bind("client API", config.listen()).await?;
+        let internode_listener = bind("internode API", config.internode_listen()).await?;
+        let client_addr = local_addr(&client_listener, config.listen())?;
+        let internode_addr = local_addr(&internode_listener, config.internode_listen())?;
+        // A configured port 0 (tests) advertises the port actually bound.
+        let advertise = match config.advertise().rsplit_once(':') {
+            Some((host, "0")) => format!("{host}:{}", internode_addr.port()),
+            _ => config.advertise().to_owned(),
+        };
+
+        let clock = Clock::default();
+        let cluster = Arc::new(
+            Cluster::new(
+                config.node_id().clone(),
+                table,
+                config.partitioning(),
+                DetectorConfig::default(),
+                clock,
+            )
+            .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
+        );
+        // Our address may have changed since the table was saved (a restarted pod gets a
+        // new IP); announce the current one.
+        let me = config.node_id().clone();
+        let moved = cluster
+            .table()
+            .get(&me)
+            .is_some_and(|m| m.state() != MemberState::Removed && m.address() != advertise);
+        if moved {
+            let (_, table) = cluster
+                .change(|t| t.set_address(&me, &advertise))
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+        }
+        let max_siblings = config.max_siblings();
+        let limits = SiblingLimits::new(
+            max_siblings,
+            (max_siblings / 5).max(1),
+            SiblingLimits::default().max_clock_entries(),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let store = Store::new(Arc::clone(&engine), limits);
+        let quorum = QuorumConfig::new(
+            to_u32(config.replication_factor()),
+            to_u32(config.read_quorum()),
+            to_u32(config.write_quorum()),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let transport_config = GrpcTransportConfig::new(
+            config.request_timeout(),
+            config.request_timeout().min(Duration::from_secs(1)),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(transport_config));
+        let coordinator = Coordinator::new(
+            CoordinatorConfig {
+                actor: Actor::new(config.node_id().clone(), incarnation),
+                quorum,
+                timeout: config.request_timeout(),
+                durability: config.durability(),
+                limits: RequestLimits {
+                    max_key_bytes: config.max_key_bytes(),
+                    max_value_bytes: config.max_value_bytes(),
+                },
+            },
+            store.clone(),
+            Arc::clone(&cluster),
+            Arc::clone(&transport),
+        );
+        let shared = Arc::new(NodeShared {
+            cluster,
+            store,
+            coordinator: coordinator.clone(),
+            transport,
+            quorum,
+            incarnation,
+            durability: config.durability(),
+            strategy: config.partitioning(),
+            seeds: config.seeds().to_vec(),
+            advertise,
+        });
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(
+            Arc::clone(&shared),
+            config,
+            client_listener,
+            internode_listener,
+            shutdown_rx,
+        ));
+        tracing::info!(
+            node = %shared.cluster.me(), %client_addr, %internode_addr,
+            advertise = %shared.advertise, incarnation, "node started"
+        );
+        Ok(RunningNode {
+            client_addr,
+            internode_addr,
+            shared,
+            shutdown: shutdown_tx,
+            task,
+        })
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener, address: SocketAddr) -> Result<SocketAddr, NodeError> {
+    listener.local_addr().map_err(|source| NodeError::Bind {
+        what: "listener",
+        address,
+        source,
+    })
+}
+
+/// Picks this start's clock incarnation. A node whose data may be incomplete (new or
+/// wiped data dir, or an unclean stop in buffered mode, which can lose acknowledged
+/// writes of its own) takes a fresh one, so it never reissues a version counter it
+/// already used (Riak's KV679).
+fn choose_incarnation(
+    engine: &dyn StorageEngine,
+    node: &NodeId,
+    durability: Durability,
+) -> Result<u64, NodeError> {
+    let stored = engine
+        .meta_get(META_INCARNATION)?
+        .map(|b| {
+            <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| NodeError::Corrupt("incarnation record".into()))
+        })
+        .transpose()?;
+    let clean = engine.meta_get(META_CLEAN_SHUTDOWN)?.is_some();
+    engine.meta_remove(META_CLEAN_SHUTDOWN)?;
+    let keep = match stored {
+        Some(_) if durability == Durability::Sync || clean => stored,
+        _ => None,
+    };
+    let incarnation = match keep {
+        Some(incarnation) => incarnation,
+        None => {
+            let mut hasher = Md5::new();
+            hasher.update(node.as_str().as_bytes());
+            hasher.update(Clock::default().wall().0.to_be_bytes());
+            hasher.update(std::process::id().to_be_bytes());
+            hasher.update(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos()
+                    .to_be_bytes(),
+            );
+            if let Some(previous) = stored {
+                hasher.update(previous.to_be_bytes());
+            }
+            let digest: [u8; 16] = hasher.finalize().into();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            let fresh = u64::from_be_bytes(first);
+            engine.meta_put(META_INCARNATION, &fresh.to_be_bytes(), Durability::Sync)?;
+            fresh
+        }
+    };
+    Ok(incarnation)
+}
+
+async fn serve(
+    shared: Arc<NodeShared>,
+    config: NodeConfig,
+    client_listener: TcpListener,
+    internode_listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KvServer<KvService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+
+    let kv = KvServer::new(KvService::new(shared.coordinator.clone()))
+        .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);
+    let client_server = tonic::transport::Server::builder()
+        .add_service(health_service.clone())
+        .add_service(reflection.clone())
+        .add_service(kv)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            wait_for(shutdown.clone()),
+        );
+
+    let handler = Arc::new(PeerHandler {
+        node: Arc::clone(&shared),
+    });
+    let admin = AdminServer::with_interceptor(
+        AdminService::new(Arc::clone(&shared)),
+        admin_token_interceptor(config.admin_token().cloned()),
+    );
+    let internode_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(replica_server(handler))
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(internode_listener),
+            wait_for(shutdown.clone()),
+        );
+
+    let gossip = tokio::spawn(gossip_loop(
+        Arc::clone(&shared),
+        config.gossip_interval(),
+        shutdown.clone(),
+    ));
+    let handoff = tokio::spawn(handoff_loop(
+        Arc::clone(&shared),
+        config.gossip_interval(),
+        shutdown.clone(),
+    ));
+
+    let (client, internode) = tokio::join!(client_server, internode_server);
+    gossip.abort();
+    handoff.abort();
+    let engine = Arc::clone(shared.store.engine());
+    tokio::task::spawn_blocking(move || {
+        engine.flush()?;
+        engine.meta_put(META_CLEAN_SHUTDOWN, &[1], Durability::Sync)
+    })
+    .await
+    .map_err(|e| NodeError::Server(e.to_string()))??;
+    tracing::info!(node = %shared.cluster.me(), "node stopped");
+    client.map_err(|e| NodeError::Server(format!("client API: {e}")))?;
+    internode.map_err(|e| NodeError::Server(format!("internode API: {e}")))?;
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A small xorshift generator for choosing gossip peers: no need for cryptographic
+/// randomness, and seeding it from the incarnation keeps nodes from moving in step.
+#[derive(Debug)]
+struct PeerPicker(u64);
+
+impl PeerPicker {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Dynamo §4.8: every interval, exchange member tables with a random peer; sometimes
+/// (and always while we know no peers) with a seed, so logical partitions heal.
+async fn gossip_loop(
+    node: Arc<NodeShared>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut picker = PeerPicker(node.incarnation);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        ticker.tick().await;
+        let table = node.cluster.table();
+        let me = node.cluster.me();
+        let peers: Vec<(NodeId, String)> = table
+            .iter()
+            .filter(|m| m.id() != me && m.state() != MemberState::Removed)
+            .filter(|m| node.cluster.is_available(m.id()))
+            .map(|m| (m.id().clone(), m.address().to_owned()))
+            .collect();
+        let seeds: Vec<&String> = node.seeds.iter().filter(|s| **s != node.advertise).collect();
+        let random = picker.next();
+        let (peer, address) = if !seeds.is_empty() && (peers.is_empty() || random % 4 == 0) {
+            let index = usize::try_from((random / 4) % seeds.len() as u64).unwrap_or(0);
+            (None, seeds[index].clone())
+        } else if let Some(peer) = peers.get(
+            usize::try_from((random / 4) % (peers.len().max(1) as u64)).unwrap_or(0),
+        ) {
+            (Some(peer.0.clone()), peer.1.clone())
+        } else {
+            // Alone: still finish our own join if an admin added us locally.
+            if let Err(error) = node.learn_table(&table) {
+                tracing::warn!(%error, "applying the member table");
+            }
+            continue;
+        };
+        match node.transport.gossip(&address, table).await {
+            Ok(theirs) => {
+                if let Some(peer) = &peer {
+                    node.cluster.record_success(peer);
+                }
+                if let Err(error) = node.learn_table(&theirs) {
+                    tracing::warn!(%address, %error, "gossip brought an unusable member table");
+                }
+            }
+            Err(error) => {
+                if let Some(peer) = &peer {
+                    if !error.is_answer() {
+                        node.cluster.record_failure(peer);
+                    }
+                }
+                tracing::debug!(%address, %error, "gossip failed");
+            }
+        }
+    }
+}
+
+/// Dynamo §4.6: hand hinted writes to their home nodes once those answer again, and
+/// delete each hint after its home acknowledged it.
+async fn handoff_loop(
+    node: Arc<NodeShared>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        ticker.tick().await;
+        let probes = node.cluster.poll_probes();
+        let targets = match node.store.engine().hint_targets() {
+            Ok(targets) => targets,
+            Err(error) => {
+                tracing::warn!(%error, "reading hint targets");
+                continue;
+            }
+        };
+        for (home, _) in targets {
+            if !node.cluster.is_available(&home) && !probes.contains(&home) {
+                continue;
+            }
+            if let Err(error) = deliver_hints(&node, &home).await {
+                tracing::debug!(%home, %error, "hint delivery paused");
+            }
+        }
+    }
+}
+
+async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<(), String> {
+    let address = node
+        .cluster
+        .address_of(home)
+        .ok_or_else(|| format!("no address for {home}"))?;
+    let hints = node
+        .store
+        .hints_for(home, None, HANDOFF_BATCH)
+        .map_err(|e| e.to_string())?;
+    for hint in hints {
+        let write = ReplicaWrite {
+            key: hint.key.clone(),
+            state: hint.state.clone(),
+            durable: true,
+            hint_for: None,
+        };
+        match node.transport.write(&address, write).await {
+            Ok(()) => {
+                node.cluster.record_success(home);
+                node.store.remove_hint(home, &hint).map_err(|e| e.to_string())?;
+            }
+            Err(error) => {
+                if !matches!(error, TransportError::Rejected { .. }) {
+                    node.cluster.record_failure(home);
+                }
+                return Err(error.to_string());
+            }
+        }
+    }
+    Ok(())
+}

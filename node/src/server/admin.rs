@@ -1,0 +1,188 @@
+//! Administration: the member table and ring, explicit membership changes (Dynamo §4.8.1:
+//! "an administrator uses a command line tool or a browser to connect to a Dynamo node
+//! and issue a membership change"), and node status.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::NodeId;
+use crate::membership::{Member, MemberState, MembershipError};
+use crate::node::NodeShared;
+use crate::proto::{self, admin_server};
+use crate::cluster::ChangeError;
+
+/// Serves `dynamo.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    node: Arc<NodeShared>,
+}
+
+impl AdminService {
+    /// A service over the node's shared state.
+    pub fn new(node: Arc<NodeShared>) -> Self {
+        Self { node }
+    }
+}
+
+/// Refuses requests without `authorization: Bearer <token>` when a token is configured.
+pub fn admin_token_interceptor(
+    token: Option<crate::config::AdminToken>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let Some(token) = &token else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(p) if token.verify(p.as_bytes()) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("admin token does not match")),
+            None => Err(Status::unauthenticated(
+                "admin calls need 'authorization: Bearer <token>'",
+            )),
+        }
+    }
+}
+
+fn change_status(error: ChangeError) -> Status {
+    match error {
+        ChangeError::Membership(MembershipError::UnknownMember { .. }) => {
+            Status::not_found(error.to_string())
+        }
+        ChangeError::Membership(
+            MembershipError::AlreadyJoined { .. } | MembershipError::InvalidTransition { .. },
+        ) => Status::failed_precondition(error.to_string()),
+        _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+pub(crate) fn state_to_proto(state: MemberState) -> proto::MemberState {
+    match state {
+        MemberState::Joining => proto::MemberState::Joining,
+        MemberState::Member => proto::MemberState::Member,
+        MemberState::Leaving => proto::MemberState::Leaving,
+        MemberState::Removed => proto::MemberState::Removed,
+    }
+}
+
+fn parse_node_id(id: &str) -> Result<NodeId, Status> {
+    NodeId::new(id).map_err(|e| Status::invalid_argument(format!("node_id: {e}")))
+}
+
+impl AdminService {
+    fn member_info(&self, member: &Member) -> proto::MemberInfo {
+        let ring = self.node.cluster.ring();
+        let ownership = ring.ownership();
+        proto::MemberInfo {
+            node_id: member.id().to_string(),
+            address: member.address().to_owned(),
+            weight: member.weight(),
+            state: state_to_proto(member.state()) as i32,
+            version: member.version(),
+            ownership: ownership.get(member.id()).copied().unwrap_or(0.0),
+            reachable: self.node.cluster.is_available(member.id()),
+        }
+    }
+
+    async fn apply(
+        &self,
+        change: impl FnOnce(&mut crate::membership::MemberTable) -> Result<Member, MembershipError>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let (member, table) = self
+            .node
+            .cluster
+            .change(change)
+            .map_err(change_status)?;
+        self.node
+            .persist_table(&table)
+            .map_err(|e| Status::internal(format!("persisting the member table: {e}")))?;
+        tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
+        Ok(Response::new(proto::MemberChangeResponse {
+            member: Some(self.member_info(&member)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for AdminService {
+    async fn ring(
+        &self,
+        _request: Request<proto::RingRequest>,
+    ) -> Result<Response<proto::RingResponse>, Status> {
+        let table = self.node.cluster.table();
+        Ok(Response::new(proto::RingResponse {
+            members: table.iter().map(|m| self.member_info(m)).collect(),
+            table_digest: table.digest().to_string(),
+            partitioning: self.node.partitioning_name().to_owned(),
+            replication_factor: self.node.quorum.n(),
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_node_id(&request.node_id)?;
+        let weight = if request.weight == 0 { 1 } else { request.weight };
+        self.apply(|table| table.join(id, &request.address, weight))
+            .await
+    }
+
+    async fn leave(
+        &self,
+        request: Request<proto::LeaveRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let id = parse_node_id(&request.into_inner().node_id)?;
+        self.apply(|table| table.leave(&id)).await
+    }
+
+    async fn set_weight(
+        &self,
+        request: Request<proto::SetWeightRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_node_id(&request.node_id)?;
+        self.apply(|table| table.set_weight(&id, request.weight))
+            .await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let node = &self.node;
+        let hints = node
+            .store
+            .engine()
+            .hint_targets()
+            .map_err(|e| Status::internal(format!("reading hint backlog: {e}")))?;
+        let state = node
+            .cluster
+            .table()
+            .get(node.cluster.me())
+            .map_or(proto::MemberState::Unspecified, |m| state_to_proto(m.state()));
+        Ok(Response::new(proto::StatusResponse {
+            node_id: node.cluster.me().to_string(),
+            incarnation: node.incarnation,
+            state: state as i32,
+            keys: node.store.engine().approximate_len(),
+            hints: hints
+                .into_iter()
+                .map(|(target, keys)| proto::HintBacklog {
+                    target: target.to_string(),
+                    keys,
+                })
+                .collect(),
+            durability: node.durability_name().to_owned(),
+            n: node.quorum.n(),
+            r: node.quorum.r(),
+            w: node.quorum.w(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}

@@ -1,0 +1,72 @@
+//! The client API: Dynamo's get() and put() (§4.1), plus delete.
+
+use tonic::{Request, Response, Status};
+
+use super::coordinator_status;
+use crate::coordinator::Coordinator;
+use crate::proto::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, kv_server,
+};
+use crate::version::{VectorClock, context};
+
+/// Serves `dynamo.v1.Kv` through the node's coordinator.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    coordinator: Coordinator,
+}
+
+impl KvService {
+    /// A service over `coordinator`.
+    pub fn new(coordinator: Coordinator) -> Self {
+        Self { coordinator }
+    }
+}
+
+fn decode_context(bytes: &[u8]) -> Result<VectorClock, Status> {
+    context::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed context: {e}")))
+}
+
+#[tonic::async_trait]
+impl kv_server::Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let request = request.into_inner();
+        let state = self
+            .coordinator
+            .get(&request.key, request.r)
+            .await
+            .map_err(|e| coordinator_status(&e))?;
+        Ok(Response::new(GetResponse {
+            values: state.values().map(|v| v.to_vec().into()).collect(),
+            context: context::encode(&state.context()).into(),
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        let context = decode_context(&request.context)?;
+        let new_context = self
+            .coordinator
+            .put(&request.key, context, Some(request.value.to_vec()), request.w)
+            .await
+            .map_err(|e| coordinator_status(&e))?;
+        Ok(Response::new(PutResponse {
+            context: context::encode(&new_context).into(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let context = decode_context(&request.context)?;
+        let new_context = self
+            .coordinator
+            .put(&request.key, context, None, request.w)
+            .await
+            .map_err(|e| coordinator_status(&e))?;
+        Ok(Response::new(DeleteResponse {
+            context: context::encode(&new_context).into(),
+        }))
+    }
+}

@@ -1,0 +1,41 @@
+//! The node's gRPC services (I/O shell): `Kv` for clients, `Admin` for operators, and the
+//! mapping of internal errors to gRPC statuses at this boundary only.
+
+mod admin;
+mod kv;
+
+pub use admin::{AdminService, admin_token_interceptor};
+pub use kv::KvService;
+
+use tonic::Status;
+
+use crate::coordinator::CoordinatorError;
+use crate::transport::ReplicaError;
+
+/// The gRPC status for a failed client request.
+pub(crate) fn coordinator_status(error: &CoordinatorError) -> Status {
+    match error {
+        CoordinatorError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        CoordinatorError::Quorum(_) | CoordinatorError::Unavailable(_) => {
+            Status::unavailable(error.to_string())
+        }
+        CoordinatorError::Store(_) => Status::internal(error.to_string()),
+        CoordinatorError::Forwarded { error: inner, .. } => match inner {
+            ReplicaError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
+            ReplicaError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            ReplicaError::Internal(_) => Status::internal(error.to_string()),
+            _ => Status::unavailable(error.to_string()),
+        },
+        _ => Status::internal(error.to_string()),
+    }
+}
+
+/// The [`ReplicaError`] a node returns to a peer for a failed coordination.
+pub(crate) fn coordinator_replica_error(error: &CoordinatorError) -> ReplicaError {
+    match error {
+        CoordinatorError::InvalidArgument(m) => ReplicaError::InvalidArgument(m.clone()),
+        CoordinatorError::Store(_) => ReplicaError::Internal(error.to_string()),
+        CoordinatorError::Forwarded { error, .. } => error.clone(),
+        _ => ReplicaError::Unavailable(error.to_string()),
+    }
+}
