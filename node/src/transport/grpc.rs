@@ -524,6 +524,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cached_channel_reaches_a_peer_that_restarts_on_the_same_address() {
+        // Dynamo §4.6: temporary failures end; the caller must not need a new transport.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(replica_server(Arc::new(TestReplica::new("first"))))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let transport = transport(Duration::from_secs(5));
+        transport.read(&address, b"k").await.unwrap();
+
+        stop.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let error = transport.read(&address, b"k").await.unwrap_err();
+        assert!(
+            matches!(error, TransportError::Unreachable { .. }),
+            "{error:?}"
+        );
+
+        let listener = TcpListener::bind(&address).await.unwrap();
+        let replica = Arc::new(TestReplica::new("second"));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(replica_server(replica.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let merged = transport
+            .gossip(&address, MemberTable::new())
+            .await
+            .unwrap();
+        assert!(merged.get(&node("second")).is_some());
+    }
+
+    #[tokio::test]
     async fn an_invalid_address_is_unreachable() {
         let error = transport(Duration::from_secs(1))
             .read("not an address", b"k")

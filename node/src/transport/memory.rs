@@ -369,6 +369,8 @@ impl Transport for MemoryTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, HashSet};
+
     use tokio::time::Instant;
 
     use super::*;
@@ -630,6 +632,164 @@ mod tests {
         a.read("b", b"k").await.unwrap();
         a.read("c", b"k").await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// The fault operations of the model test, on nodes 0..3.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Cut(usize, usize),
+        Heal(usize, usize),
+        PartitionOff(usize),
+        Isolate(usize),
+        Reconnect(usize),
+        Drop(usize, usize, u64),
+        Crash(usize),
+        Restart(usize),
+        HealAll,
+        Write(usize, usize),
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let node = || 0usize..3;
+        prop_oneof![
+            (node(), node()).prop_map(|(a, b)| Op::Cut(a, b)),
+            (node(), node()).prop_map(|(a, b)| Op::Heal(a, b)),
+            node().prop_map(Op::PartitionOff),
+            node().prop_map(Op::Isolate),
+            node().prop_map(Op::Reconnect),
+            (node(), node(), 0u64..3).prop_map(|(a, b, n)| Op::Drop(a, b, n)),
+            node().prop_map(Op::Crash),
+            node().prop_map(Op::Restart),
+            Just(Op::HealAll),
+            (node(), node()).prop_map(|(a, b)| Op::Write(a, b)),
+            (node(), node()).prop_map(|(a, b)| Op::Write(a, b)),
+        ]
+    }
+
+    /// What a call should end with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        Ok,
+        Unreachable,
+        Timeout,
+    }
+
+    /// A reference model of the documented fault semantics.
+    #[derive(Default)]
+    struct Model {
+        cut: HashSet<(usize, usize)>,
+        isolated: HashSet<usize>,
+        drops: HashMap<(usize, usize), u64>,
+        down: HashSet<usize>,
+    }
+
+    impl Model {
+        /// `None`: refused; `Some(false)`: lost; `Some(true)`: delivered.
+        fn hop(&mut self, from: usize, to: usize) -> Option<bool> {
+            if self.isolated.contains(&from)
+                || self.isolated.contains(&to)
+                || self.cut.contains(&(from, to))
+            {
+                return None;
+            }
+            match self.drops.get_mut(&(from, to)) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    Some(false)
+                }
+                _ => Some(true),
+            }
+        }
+
+        /// The outcome of a write `from -> to`, and whether the callee applied it.
+        fn write(&mut self, from: usize, to: usize) -> (Outcome, bool) {
+            if self.down.contains(&to) {
+                return (Outcome::Unreachable, false);
+            }
+            match self.hop(from, to) {
+                None => (Outcome::Unreachable, false),
+                Some(false) => (Outcome::Timeout, false),
+                Some(true) => match self.hop(to, from) {
+                    None => (Outcome::Unreachable, true),
+                    Some(false) => (Outcome::Timeout, true),
+                    Some(true) => (Outcome::Ok, true),
+                },
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn faults_behave_as_documented(ops in proptest::collection::vec(arb_op(), 1..24)) {
+            const NAMES: [&str; 3] = ["a", "b", "c"];
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (network, replicas) = cluster();
+                let mut model = Model::default();
+                for (step, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Cut(a, b) => {
+                            network.cut(NAMES[a], NAMES[b]);
+                            model.cut.insert((a, b));
+                        }
+                        Op::Heal(a, b) => {
+                            network.heal(NAMES[a], NAMES[b]);
+                            model.cut.remove(&(a, b));
+                        }
+                        Op::PartitionOff(a) => {
+                            let rest: Vec<&str> =
+                                (0..3).filter(|&b| b != a).map(|b| NAMES[b]).collect();
+                            network.partition(&[NAMES[a]], &rest);
+                            for b in (0..3).filter(|&b| b != a) {
+                                model.cut.insert((a, b));
+                                model.cut.insert((b, a));
+                            }
+                        }
+                        Op::Isolate(a) => {
+                            network.isolate(NAMES[a]);
+                            model.isolated.insert(a);
+                        }
+                        Op::Reconnect(a) => {
+                            network.reconnect(NAMES[a]);
+                            model.isolated.remove(&a);
+                        }
+                        Op::Drop(a, b, n) => {
+                            network.set_drop(NAMES[a], NAMES[b], n);
+                            model.drops.insert((a, b), n);
+                        }
+                        Op::Crash(a) => {
+                            network.unregister(NAMES[a]);
+                            model.down.insert(a);
+                        }
+                        Op::Restart(a) => {
+                            network.register(NAMES[a], replicas[a].clone());
+                            model.down.remove(&a);
+                        }
+                        Op::HealAll => {
+                            network.heal_all();
+                            model = Model { down: model.down, ..Model::default() };
+                        }
+                        Op::Write(from, to) => {
+                            let key = step.to_be_bytes();
+                            let result = network.endpoint(NAMES[from]).write(NAMES[to], write_of(&key)).await;
+                            let got = match result {
+                                Ok(()) => Outcome::Ok,
+                                Err(TransportError::Unreachable { .. }) => Outcome::Unreachable,
+                                Err(TransportError::Timeout { .. }) => Outcome::Timeout,
+                                Err(other) => panic!("unexpected {other:?}"),
+                            };
+                            let applied = !replicas[to].stored(&key).is_empty();
+                            assert_eq!((got, applied), model.write(from, to), "step {step}");
+                        }
+                    }
+                }
+            });
+        }
     }
 
     #[tokio::test(start_paused = true)]
