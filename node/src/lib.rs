@@ -33,6 +33,8 @@
 //!   YAML file, validated once.
 //! * [`storage`]: byte-level storage engines (sled, in-memory) for data, hints and meta
 //!   records.
+//! * [`transport`]: node-to-node calls over gRPC, and an in-memory network with
+//!   deterministic faults for multi-node tests in one process.
 
 pub mod cluster;
 pub mod config;

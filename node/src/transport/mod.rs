@@ -2,15 +2,37 @@
 //!
 //! The coordinator, hinted handoff and gossip talk to peers only through [`Transport`], and
 //! a node serves its peers through [`ReplicaHandler`]. Two implementations connect them:
-//! gRPC over real sockets (`tonic`, in production and multi-process tests) and an
-//! in-memory network with injectable faults (drop, delay, partition) for tests that run
-//! many nodes in one process.
+//!
+//! * [`GrpcTransport`] and [`replica_server`]: gRPC over real sockets (`tonic`), in
+//!   production and multi-process tests.
+//! * [`MemoryNetwork`]: an in-process network with deterministic faults (cut,
+//!   partition, isolate, drop, delay) for tests that run many nodes in one process.
+//!
+//! Both put every payload through the same wire encodings (protobuf messages carrying
+//! the versioned storage, context and member-table encodings) and classify failures
+//! the same way: an error the peer's handler returned is [`TransportError::Rejected`]
+//! with the original [`ReplicaError`]; no answer within the call timeout is
+//! [`TransportError::Timeout`]; anything else that kept the answer from arriving is
+//! [`TransportError::Unreachable`]; an answer that does not decode is
+//! [`TransportError::BadReply`].
 //!
 //! Peers are addressed by their advertised `host:port` address, not by node id: a node
 //! must gossip with its seeds before it knows their ids, and the member table maps ids
 //! to addresses for everything else.
 
 use async_trait::async_trait;
+
+mod codec;
+mod grpc;
+mod memory;
+#[cfg(test)]
+mod testing;
+
+pub use codec::MAX_MESSAGE_BYTES;
+pub use grpc::{
+    GrpcTransport, GrpcTransportConfig, ReplicaService, TransportConfigError, replica_server,
+};
+pub use memory::{MemoryNetwork, MemoryTransport};
 
 use crate::NodeId;
 use crate::membership::MemberTable;

@@ -1,0 +1,642 @@
+//! The replica calls over gRPC (tonic): [`GrpcTransport`] calls peers,
+//! [`ReplicaService`] serves them.
+//!
+//! Every call is bounded by the configured call timeout, enforced around the whole
+//! call, so a peer that accepted the connection and then stopped answering (a
+//! SIGSTOPped process, a black-holed link) still fails the call in time. Errors our
+//! server produces from a [`ReplicaError`] carry a marker in the status metadata, so
+//! the caller can tell the peer's answer ([`TransportError::Rejected`]) from a
+//! transport failure ([`TransportError::Unreachable`]) even when both use the same
+//! status code.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::codec::{self, MAX_MESSAGE_BYTES};
+use super::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport, TransportError};
+use crate::membership::MemberTable;
+use crate::proto;
+use crate::proto::replica_client::ReplicaClient;
+use crate::proto::replica_server::ReplicaServer;
+use crate::version::SiblingSet;
+
+/// Why a transport configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportConfigError {
+    /// The call timeout was zero: every call would time out.
+    #[error("call timeout must be positive")]
+    ZeroCallTimeout,
+    /// The connect timeout was zero: no connection could be made.
+    #[error("connect timeout must be positive")]
+    ZeroConnectTimeout,
+}
+
+/// Timeouts for [`GrpcTransport`], checked once at construction.
+///
+/// TLS will be configured here too (a client TLS config applied to every endpoint in
+/// `GrpcTransport::endpoint`); until then peers are called over plain HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcTransportConfig {
+    call_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl GrpcTransportConfig {
+    /// Checks and builds a configuration.
+    ///
+    /// * `call_timeout`: the most a call may take, connecting included; past it the
+    ///   call fails with [`TransportError::Timeout`].
+    /// * `connect_timeout`: the most establishing a connection may take; past it the
+    ///   call fails with [`TransportError::Unreachable`].
+    ///
+    /// # Errors
+    /// [`TransportConfigError`] if either timeout is zero.
+    pub fn new(
+        call_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, TransportConfigError> {
+        if call_timeout.is_zero() {
+            return Err(TransportConfigError::ZeroCallTimeout);
+        }
+        if connect_timeout.is_zero() {
+            return Err(TransportConfigError::ZeroConnectTimeout);
+        }
+        Ok(Self {
+            call_timeout,
+            connect_timeout,
+        })
+    }
+
+    /// The bound on a whole call.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The bound on establishing a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+impl Default for GrpcTransportConfig {
+    /// Calls bounded at 2 s, connections at 1 s: well above a replica write's
+    /// latency inside a cluster, well below a client's patience.
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// [`Transport`] over gRPC: one lazily connected HTTP/2 channel per peer address,
+/// reused by every call to that peer (a channel reconnects by itself after the peer
+/// restarts).
+///
+/// Must be used inside a tokio runtime.
+#[derive(Debug)]
+pub struct GrpcTransport {
+    config: GrpcTransportConfig,
+    /// Channels by peer address. A std mutex: it guards a map lookup and is never held
+    /// across an `.await`. The map grows with the addresses ever called, which the
+    /// member table bounds.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcTransport {
+    /// A transport with no connections yet.
+    pub fn new(config: GrpcTransportConfig) -> Self {
+        Self {
+            config,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration the transport was built with.
+    pub fn config(&self) -> &GrpcTransportConfig {
+        &self.config
+    }
+
+    /// The endpoint for a peer; the TLS seam (scheme and `tls_config`) is here.
+    fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        Ok(Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true))
+    }
+
+    fn client(&self, address: &str) -> Result<ReplicaClient<Channel>, TransportError> {
+        let channel = {
+            let mut channels = self
+                .channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match channels.get(address) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = self
+                        .endpoint(address)
+                        .map_err(|e| TransportError::Unreachable {
+                            address: address.to_owned(),
+                            reason: format!("invalid address: {e}"),
+                        })?
+                        .connect_lazy();
+                    channels.insert(address.to_owned(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(ReplicaClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Runs one call under the call timeout and classifies its failure.
+    async fn call<T>(
+        &self,
+        address: &str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, TransportError> {
+        match tokio::time::timeout(self.config.call_timeout, call).await {
+            Err(_elapsed) => Err(TransportError::Timeout {
+                address: address.to_owned(),
+            }),
+            Ok(Err(status)) => Err(codec::status_to_error(address, &status)),
+            Ok(Ok(response)) => Ok(response.into_inner()),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for GrpcTransport {
+    async fn read(&self, to: &str, key: &[u8]) -> Result<SiblingSet, TransportError> {
+        let mut client = self.client(to)?;
+        let reply = self.call(to, client.read(codec::read_request(key))).await?;
+        codec::read_reply(to, reply)
+    }
+
+    async fn write(&self, to: &str, write: ReplicaWrite) -> Result<(), TransportError> {
+        let mut client = self.client(to)?;
+        self.call(to, client.write(codec::write_request(write)))
+            .await
+            .map(|proto::ReplicaWriteResponse {}| ())
+    }
+
+    async fn coordinate_put(&self, to: &str, put: ForwardedPut) -> Result<Vec<u8>, TransportError> {
+        let mut client = self.client(to)?;
+        let reply = self
+            .call(
+                to,
+                client.coordinate_put(codec::coordinate_put_request(put)),
+            )
+            .await?;
+        codec::coordinate_put_reply(to, reply)
+    }
+
+    async fn gossip(&self, to: &str, table: MemberTable) -> Result<MemberTable, TransportError> {
+        let mut client = self.client(to)?;
+        let reply = self
+            .call(to, client.gossip(codec::gossip_request(&table)))
+            .await?;
+        codec::gossip_reply(to, reply)
+    }
+}
+
+/// The gRPC `Replica` service: decodes each request with the bounded decoders,
+/// answers malformed input with `InvalidArgument` (never panics), calls the handler
+/// and encodes its answer.
+///
+/// `H` may be unsized, so one service type serves any `Arc<dyn ReplicaHandler>`.
+#[derive(Debug)]
+pub struct ReplicaService<H: ?Sized> {
+    handler: Arc<H>,
+}
+
+impl<H: ReplicaHandler + ?Sized> ReplicaService<H> {
+    /// A service answering with `handler`.
+    pub fn new(handler: Arc<H>) -> Self {
+        Self { handler }
+    }
+}
+
+/// The `Replica` gRPC server for `handler`, with message sizes bounded by
+/// [`MAX_MESSAGE_BYTES`] both ways.
+pub fn replica_server<H: ReplicaHandler + ?Sized>(
+    handler: Arc<H>,
+) -> ReplicaServer<ReplicaService<H>> {
+    ReplicaServer::new(ReplicaService::new(handler))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Answers a request the service could not decode, logging it: it is a peer bug or
+/// an attack, not a reason to stop serving.
+fn refuse(method: &str, error: ReplicaError) -> Status {
+    tracing::debug!(method, %error, "refused a malformed replica request");
+    codec::error_to_status(error)
+}
+
+#[async_trait]
+impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaService<H> {
+    async fn read(
+        &self,
+        request: Request<proto::ReplicaReadRequest>,
+    ) -> Result<Response<proto::ReplicaReadResponse>, Status> {
+        let key = request.into_inner().key.to_vec();
+        let state = self
+            .handler
+            .read(key)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::ReplicaReadResponse {
+            state: codec::encode_state(&state),
+        }))
+    }
+
+    async fn write(
+        &self,
+        request: Request<proto::ReplicaWriteRequest>,
+    ) -> Result<Response<proto::ReplicaWriteResponse>, Status> {
+        let write = codec::decode_write(request.into_inner()).map_err(|e| refuse("write", e))?;
+        self.handler
+            .write(write)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::ReplicaWriteResponse {}))
+    }
+
+    async fn coordinate_put(
+        &self,
+        request: Request<proto::CoordinatePutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        let put = codec::decode_coordinate_put(request.into_inner())
+            .map_err(|e| refuse("coordinate_put", e))?;
+        let context = self
+            .handler
+            .coordinate_put(put)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::PutResponse {
+            context: context.into(),
+        }))
+    }
+
+    async fn gossip(
+        &self,
+        request: Request<proto::GossipRequest>,
+    ) -> Result<Response<proto::GossipResponse>, Status> {
+        let table = codec::decode_gossip(request.into_inner()).map_err(|e| refuse("gossip", e))?;
+        let merged = self
+            .handler
+            .gossip(table)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::GossipResponse {
+            table: merged.encode().into(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::Code;
+
+    use super::*;
+    use crate::transport::testing::{
+        NeverAnswers, TestReplica, concurrent_state_with_tombstone, node,
+    };
+    use crate::version::{SiblingLimits, VectorClock, context};
+
+    /// Serves `handler` on a fresh 127.0.0.1 port and returns the address. The server
+    /// task ends with the test's runtime.
+    async fn serve<H: ReplicaHandler + ?Sized>(handler: Arc<H>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(replica_server(handler))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    fn transport(call_timeout: Duration) -> GrpcTransport {
+        GrpcTransport::new(GrpcTransportConfig::new(call_timeout, Duration::from_secs(1)).unwrap())
+    }
+
+    #[test]
+    fn config_refuses_zero_timeouts() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            GrpcTransportConfig::new(Duration::ZERO, second),
+            Err(TransportConfigError::ZeroCallTimeout)
+        );
+        assert_eq!(
+            GrpcTransportConfig::new(second, Duration::ZERO),
+            Err(TransportConfigError::ZeroConnectTimeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn write_then_read_round_trips_siblings_and_tombstones() {
+        // Dynamo §4.4: concurrent versions and deletes travel between replicas intact.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let transport = transport(Duration::from_secs(5));
+
+        assert_eq!(
+            transport.read(&address, b"k").await.unwrap(),
+            SiblingSet::new()
+        );
+        let state = concurrent_state_with_tombstone();
+        assert_eq!(state.len(), 3);
+        transport
+            .write(
+                &address,
+                ReplicaWrite {
+                    key: b"k".to_vec(),
+                    state: state.clone(),
+                    durable: true,
+                    hint_for: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(transport.read(&address, b"k").await.unwrap(), state);
+        assert!(replica.hints().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_hinted_write_names_the_home_replica() {
+        // Dynamo §4.6: the stand-in learns which node the write was meant for.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let write = ReplicaWrite {
+            key: b"k".to_vec(),
+            state: concurrent_state_with_tombstone(),
+            durable: false,
+            hint_for: Some(node("home")),
+        };
+        transport(Duration::from_secs(5))
+            .write(&address, write.clone())
+            .await
+            .unwrap();
+        assert_eq!(replica.hints(), vec![(b"k".to_vec(), node("home"))]);
+        assert_eq!(replica.stored(b"k"), write.state);
+    }
+
+    #[tokio::test]
+    async fn gossip_merges_on_both_sides() {
+        // Dynamo §4.8: push-pull; each side ends with the union of both views.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let mut ours = MemberTable::new();
+        ours.join(node("client"), "10.0.0.1:7000", 2).unwrap();
+
+        let merged = transport(Duration::from_secs(5))
+            .gossip(&address, ours.clone())
+            .await
+            .unwrap();
+        assert!(merged.get(&node("client")).is_some());
+        assert!(merged.get(&node("server")).is_some());
+        assert_eq!(replica.table(), merged);
+    }
+
+    #[tokio::test]
+    async fn coordinate_put_returns_a_context_that_supersedes() {
+        // Dynamo §4.5: a node that is not a replica forwards the put; the context
+        // it gets back lets the client overwrite what it wrote.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let transport = transport(Duration::from_secs(5));
+        let put = |context: VectorClock, value: &[u8]| ForwardedPut {
+            key: b"k".to_vec(),
+            context,
+            value: Some(value.to_vec()),
+            w: None,
+        };
+
+        let first = transport
+            .coordinate_put(&address, put(VectorClock::new(), b"v1"))
+            .await
+            .unwrap();
+        let first = context::decode(&first).unwrap();
+        transport
+            .coordinate_put(&address, put(first.clone(), b"v2"))
+            .await
+            .unwrap();
+        let values: Vec<Vec<u8>> = replica.stored(b"k").values().map(<[u8]>::to_vec).collect();
+        assert_eq!(values, vec![b"v2".to_vec()]);
+        // A second write with the stale context is concurrent: both survive.
+        transport
+            .coordinate_put(&address, put(first, b"v3"))
+            .await
+            .unwrap();
+        assert_eq!(replica.stored(b"k").len(), 2);
+        // A delete (no value) is a tombstone.
+        let tombstone = ForwardedPut {
+            key: b"k".to_vec(),
+            context: replica.stored(b"k").context(),
+            value: None,
+            w: None,
+        };
+        transport.coordinate_put(&address, tombstone).await.unwrap();
+        assert!(replica.stored(b"k").is_deleted());
+    }
+
+    #[tokio::test]
+    async fn handler_errors_arrive_as_the_same_replica_error() {
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let transport = transport(Duration::from_secs(5));
+        for error in [
+            ReplicaError::InvalidArgument("key too long".into()),
+            ReplicaError::Unavailable("shutting down".into()),
+            ReplicaError::Unauthenticated("no credentials".into()),
+            ReplicaError::Internal("disk failed".into()),
+        ] {
+            replica.refuse_with(Some(error.clone()));
+            let got = transport.read(&address, b"k").await.unwrap_err();
+            assert_eq!(
+                got,
+                TransportError::Rejected {
+                    address: address.clone(),
+                    error
+                }
+            );
+            assert!(got.is_answer());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_put_is_rejected_not_unreachable() {
+        // The sibling cap (Dynamo §4.4 leaves siblings to the client; we bound them).
+        let replica = Arc::new(TestReplica::with_limits(
+            "server",
+            SiblingLimits::new(1, 1, 10).unwrap(),
+        ));
+        let address = serve(replica.clone()).await;
+        let transport = transport(Duration::from_secs(5));
+        let blind = ForwardedPut {
+            key: b"k".to_vec(),
+            context: VectorClock::new(),
+            value: Some(b"v".to_vec()),
+            w: None,
+        };
+        transport
+            .coordinate_put(&address, blind.clone())
+            .await
+            .unwrap();
+        let error = transport.coordinate_put(&address, blind).await.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                TransportError::Rejected { error: ReplicaError::InvalidArgument(m), .. }
+                    if m.contains("siblings")
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_without_waiting_for_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let transport = transport(Duration::from_secs(30));
+        let error = transport.read(&address, b"k").await.unwrap_err();
+        assert!(
+            matches!(error, TransportError::Unreachable { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_answer());
+    }
+
+    #[tokio::test]
+    async fn a_cached_channel_reaches_a_peer_that_restarts_on_the_same_address() {
+        // Dynamo §4.6: temporary failures end; the caller must not need a new transport.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(replica_server(Arc::new(TestReplica::new("first"))))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let transport = transport(Duration::from_secs(5));
+        transport.read(&address, b"k").await.unwrap();
+
+        stop.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let error = transport.read(&address, b"k").await.unwrap_err();
+        assert!(
+            matches!(error, TransportError::Unreachable { .. }),
+            "{error:?}"
+        );
+
+        let listener = TcpListener::bind(&address).await.unwrap();
+        let replica = Arc::new(TestReplica::new("second"));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(replica_server(replica.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let merged = transport
+            .gossip(&address, MemberTable::new())
+            .await
+            .unwrap();
+        assert!(merged.get(&node("second")).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_address_is_unreachable() {
+        let error = transport(Duration::from_secs(1))
+            .read("not an address", b"k")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, TransportError::Unreachable { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_times_out() {
+        let address = serve(Arc::new(NeverAnswers)).await;
+        let call_timeout = Duration::from_millis(200);
+        let transport = transport(call_timeout);
+        let started = Instant::now();
+        let error = transport.read(&address, b"k").await.unwrap_err();
+        assert_eq!(error, TransportError::Timeout { address });
+        // The bound holds from below too: the call was not cut short.
+        assert!(started.elapsed() >= call_timeout);
+    }
+
+    #[tokio::test]
+    async fn garbage_requests_get_invalid_argument_and_the_server_keeps_serving() {
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let mut raw = ReplicaClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        let garbage = Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]);
+
+        let write = raw
+            .write(proto::ReplicaWriteRequest {
+                key: Bytes::from_static(b"k"),
+                state: garbage.clone(),
+                durable: false,
+                hint_for: None,
+            })
+            .await
+            .unwrap_err();
+        let hint = raw
+            .write(proto::ReplicaWriteRequest {
+                key: Bytes::from_static(b"k"),
+                state: Bytes::new(),
+                durable: false,
+                hint_for: Some(String::new()),
+            })
+            .await
+            .unwrap_err();
+        let put = raw
+            .coordinate_put(proto::CoordinatePutRequest {
+                key: Bytes::from_static(b"k"),
+                context: garbage.clone(),
+                value: None,
+                w: None,
+            })
+            .await
+            .unwrap_err();
+        let gossip = raw
+            .gossip(proto::GossipRequest { table: garbage })
+            .await
+            .unwrap_err();
+        for status in [write, hint, put, gossip] {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.metadata().get(codec::ERROR_MARKER).is_some());
+        }
+        assert_eq!(replica.stored(b"k"), SiblingSet::new());
+        // One bad request refuses that request, not the server.
+        assert_eq!(
+            transport(Duration::from_secs(5))
+                .read(&address, b"k")
+                .await
+                .unwrap(),
+            SiblingSet::new()
+        );
+    }
+}

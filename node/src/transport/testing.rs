@@ -1,0 +1,172 @@
+//! Test handlers shared by the gRPC and in-memory transport tests: a small but real
+//! replica (it stores, merges, coordinates puts and gossips) and one that never
+//! answers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite};
+use crate::NodeId;
+use crate::membership::MemberTable;
+use crate::time::Millis;
+use crate::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
+
+pub(crate) fn node(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+/// A state with two concurrent values and a concurrent delete (three siblings).
+pub(crate) fn concurrent_state_with_tombstone() -> SiblingSet {
+    let limits = SiblingLimits::default();
+    let mut state = SiblingSet::new();
+    for (name, value) in [
+        ("a", Value::data(&b"x"[..])),
+        ("b", Value::data(&b"y"[..])),
+        ("c", Value::Tombstone),
+    ] {
+        let mut theirs = SiblingSet::new();
+        theirs
+            .put(
+                &VectorClock::new(),
+                value,
+                &Actor::new(node(name), 1),
+                Millis(10),
+                &limits,
+            )
+            .unwrap();
+        state.merge(&theirs);
+    }
+    state
+}
+
+/// One replica's data, held in memory.
+#[derive(Debug)]
+pub(crate) struct TestReplica {
+    actor: Actor,
+    limits: SiblingLimits,
+    /// A std mutex: held for map operations only, never across an `.await`.
+    state: Mutex<ReplicaState>,
+}
+
+#[derive(Debug, Default)]
+struct ReplicaState {
+    data: HashMap<Vec<u8>, SiblingSet>,
+    hints: Vec<(Vec<u8>, NodeId)>,
+    table: MemberTable,
+    /// When set, every call fails with this error (a node shutting down, say).
+    refuse: Option<ReplicaError>,
+    /// Logical time for put timestamps, so runs are deterministic.
+    ticks: u64,
+}
+
+impl TestReplica {
+    /// A replica named `name` that knows itself as a member.
+    pub(crate) fn new(name: &str) -> Self {
+        Self::with_limits(name, SiblingLimits::default())
+    }
+
+    pub(crate) fn with_limits(name: &str, limits: SiblingLimits) -> Self {
+        let mut table = MemberTable::new();
+        table.join(node(name), "127.0.0.1:1", 1).unwrap();
+        Self {
+            actor: Actor::new(node(name), 1),
+            limits,
+            state: Mutex::new(ReplicaState {
+                table,
+                ..ReplicaState::default()
+            }),
+        }
+    }
+
+    pub(crate) fn refuse_with(&self, error: Option<ReplicaError>) {
+        self.state.lock().unwrap().refuse = error;
+    }
+
+    pub(crate) fn stored(&self, key: &[u8]) -> SiblingSet {
+        let state = self.state.lock().unwrap();
+        state.data.get(key).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn hints(&self) -> Vec<(Vec<u8>, NodeId)> {
+        self.state.lock().unwrap().hints.clone()
+    }
+
+    pub(crate) fn table(&self) -> MemberTable {
+        self.state.lock().unwrap().table.clone()
+    }
+
+    /// Locks the state, or fails the call if the replica refuses calls.
+    fn serve(&self) -> Result<std::sync::MutexGuard<'_, ReplicaState>, ReplicaError> {
+        let state = self.state.lock().unwrap();
+        match &state.refuse {
+            Some(error) => Err(error.clone()),
+            None => Ok(state),
+        }
+    }
+}
+
+#[async_trait]
+impl ReplicaHandler for TestReplica {
+    async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
+        Ok(self.serve()?.data.get(&key).cloned().unwrap_or_default())
+    }
+
+    async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
+        let mut state = self.serve()?;
+        state
+            .data
+            .entry(write.key.clone())
+            .or_default()
+            .merge(&write.state);
+        if let Some(home) = write.hint_for {
+            state.hints.push((write.key, home));
+        }
+        Ok(())
+    }
+
+    async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
+        if put.w == Some(0) {
+            return Err(ReplicaError::InvalidArgument("w must be at least 1".into()));
+        }
+        let mut state = self.serve()?;
+        state.ticks += 1;
+        let now = Millis(state.ticks);
+        let value = put.value.map_or(Value::Tombstone, Value::data);
+        let entry = state.data.entry(put.key).or_default();
+        entry
+            .put(&put.context, value, &self.actor, now, &self.limits)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        Ok(context::encode(&entry.context()))
+    }
+
+    async fn gossip(&self, table: MemberTable) -> Result<MemberTable, ReplicaError> {
+        let mut state = self.serve()?;
+        state.table.merge(&table);
+        Ok(state.table.clone())
+    }
+}
+
+/// A peer that accepts every call and never answers (a hung or stopped process).
+#[derive(Debug)]
+pub(crate) struct NeverAnswers;
+
+#[async_trait]
+impl ReplicaHandler for NeverAnswers {
+    async fn read(&self, _key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn write(&self, _write: ReplicaWrite) -> Result<(), ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn coordinate_put(&self, _put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn gossip(&self, _table: MemberTable) -> Result<MemberTable, ReplicaError> {
+        std::future::pending().await
+    }
+}
