@@ -35,16 +35,24 @@
 //!   records.
 //! * [`transport`]: node-to-node calls over gRPC, and an in-memory network with
 //!   deterministic faults for multi-node tests in one process.
+//! * [`store`]: sibling sets over a storage engine: coordinator writes, replica merges,
+//!   hints.
+//! * [`cluster`]: one node's view: member table, derived ring, peer health.
+//! * [`coordinator`]: server-driven get/put coordination over the quorum machines.
+//! * [`server`]: the `Kv` and `Admin` gRPC services.
+//! * [`node`]: the node that owns all of the above, its listeners and background loops.
 
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod membership;
 pub mod merkle;
+pub mod node;
 pub mod node_id;
 pub mod proto;
 pub mod quorum;
 pub mod ring;
+pub mod server;
 pub mod storage;
 pub mod store;
 pub mod time;

@@ -28,10 +28,10 @@ use crate::ring::PartitionStrategy;
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
 use crate::store::{Store, StoreError};
-use crate::transport::grpc::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::transport::{
     ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport, TransportError,
 };
+use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{Actor, SiblingLimits, SiblingSet};
 
 /// Meta record names.
@@ -71,7 +71,6 @@ pub enum NodeError {
 }
 
 /// What the node's servers and loops share.
-#[derive(Debug)]
 pub struct NodeShared {
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) store: Store,
@@ -83,6 +82,15 @@ pub struct NodeShared {
     pub(crate) strategy: PartitionStrategy,
     pub(crate) seeds: Vec<String>,
     pub(crate) advertise: String,
+}
+
+impl std::fmt::Debug for NodeShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeShared")
+            .field("node", self.cluster.me())
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeShared {
@@ -119,10 +127,7 @@ impl NodeShared {
             .get(&me)
             .is_some_and(|m| m.state() == MemberState::Joining);
         if joining {
-            if let Ok((_, new_table)) = self
-                .cluster
-                .change(|t| t.mark_member(&me).map(|_| ()))
-            {
+            if let Ok((_, new_table)) = self.cluster.change(|t| t.mark_member(&me).map(|_| ())) {
                 table = new_table;
             }
         }
@@ -143,7 +148,8 @@ impl NodeShared {
         if let Some(home) = &write.hint_for {
             // Dynamo §4.6: the stand-in keeps the write with a hint naming its home, and
             // hands it over when the home node is back.
-            self.store.add_hint(home, &write.key, &write.state, durability)?;
+            self.store
+                .add_hint(home, &write.key, &write.state, durability)?;
         }
         Ok(())
     }
@@ -266,7 +272,8 @@ impl Node {
             }
             StorageConfig::Memory => Arc::new(MemoryEngine::new()),
         };
-        let incarnation = choose_incarnation(engine.as_ref(), config.node_id(), config.durability())?;
+        let incarnation =
+            choose_incarnation(engine.as_ref(), config.node_id(), config.durability())?;
         let table = match engine.meta_get(META_MEMBERS)? {
             Some(bytes) => MemberTable::decode(&bytes)
                 .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
@@ -276,11 +283,11 @@ impl Node {
         let internode_listener = bind("internode API", config.internode_listen()).await?;
         let client_addr = local_addr(&client_listener, config.listen())?;
         let internode_addr = local_addr(&internode_listener, config.internode_listen())?;
-        // A configured port 0 (tests) advertises the port actually bound.
-        let advertise = match config.advertise().rsplit_once(':') {
-            Some((host, "0")) => format!("{host}:{}", internode_addr.port()),
-            _ => config.advertise().to_owned(),
-        };
+        // Without an explicit advertise address, peers reach us where we actually bound
+        // (which also resolves a configured port 0).
+        let advertise = config
+            .advertise()
+            .map_or_else(|| internode_addr.to_string(), str::to_owned);
 
         let clock = Clock::default();
         let cluster = Arc::new(
@@ -457,9 +464,7 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<KvServer<KvService>>()
-        .await;
+    health_reporter.set_serving::<KvServer<KvService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -546,11 +551,7 @@ impl PeerPicker {
 
 /// Dynamo §4.8: every interval, exchange member tables with a random peer; sometimes
 /// (and always while we know no peers) with a seed, so logical partitions heal.
-async fn gossip_loop(
-    node: Arc<NodeShared>,
-    interval: Duration,
-    shutdown: watch::Receiver<bool>,
-) {
+async fn gossip_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
     let mut picker = PeerPicker(node.incarnation);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -564,14 +565,18 @@ async fn gossip_loop(
             .filter(|m| node.cluster.is_available(m.id()))
             .map(|m| (m.id().clone(), m.address().to_owned()))
             .collect();
-        let seeds: Vec<&String> = node.seeds.iter().filter(|s| **s != node.advertise).collect();
+        let seeds: Vec<&String> = node
+            .seeds
+            .iter()
+            .filter(|s| **s != node.advertise)
+            .collect();
         let random = picker.next();
         let (peer, address) = if !seeds.is_empty() && (peers.is_empty() || random % 4 == 0) {
             let index = usize::try_from((random / 4) % seeds.len() as u64).unwrap_or(0);
             (None, seeds[index].clone())
-        } else if let Some(peer) = peers.get(
-            usize::try_from((random / 4) % (peers.len().max(1) as u64)).unwrap_or(0),
-        ) {
+        } else if let Some(peer) =
+            peers.get(usize::try_from((random / 4) % (peers.len().max(1) as u64)).unwrap_or(0))
+        {
             (Some(peer.0.clone()), peer.1.clone())
         } else {
             // Alone: still finish our own join if an admin added us locally.
@@ -603,11 +608,7 @@ async fn gossip_loop(
 
 /// Dynamo §4.6: hand hinted writes to their home nodes once those answer again, and
 /// delete each hint after its home acknowledged it.
-async fn handoff_loop(
-    node: Arc<NodeShared>,
-    interval: Duration,
-    shutdown: watch::Receiver<bool>,
-) {
+async fn handoff_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*shutdown.borrow() {
@@ -650,7 +651,9 @@ async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<(), String> {
         match node.transport.write(&address, write).await {
             Ok(()) => {
                 node.cluster.record_success(home);
-                node.store.remove_hint(home, &hint).map_err(|e| e.to_string())?;
+                node.store
+                    .remove_hint(home, &hint)
+                    .map_err(|e| e.to_string())?;
             }
             Err(error) => {
                 if !matches!(error, TransportError::Rejected { .. }) {

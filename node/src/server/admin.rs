@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::NodeId;
+use crate::cluster::ChangeError;
 use crate::membership::{Member, MemberState, MembershipError};
 use crate::node::NodeShared;
 use crate::proto::{self, admin_server};
-use crate::cluster::ChangeError;
 
 /// Serves `dynamo.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -92,11 +92,7 @@ impl AdminService {
         &self,
         change: impl FnOnce(&mut crate::membership::MemberTable) -> Result<Member, MembershipError>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
-        let (member, table) = self
-            .node
-            .cluster
-            .change(change)
-            .map_err(change_status)?;
+        let (member, table) = self.node.cluster.change(change).map_err(change_status)?;
         self.node
             .persist_table(&table)
             .map_err(|e| Status::internal(format!("persisting the member table: {e}")))?;
@@ -128,7 +124,11 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
         let request = request.into_inner();
         let id = parse_node_id(&request.node_id)?;
-        let weight = if request.weight == 0 { 1 } else { request.weight };
+        let weight = if request.weight == 0 {
+            1
+        } else {
+            request.weight
+        };
         self.apply(|table| table.join(id, &request.address, weight))
             .await
     }
@@ -165,7 +165,9 @@ impl admin_server::Admin for AdminService {
             .cluster
             .table()
             .get(node.cluster.me())
-            .map_or(proto::MemberState::Unspecified, |m| state_to_proto(m.state()));
+            .map_or(proto::MemberState::Unspecified, |m| {
+                state_to_proto(m.state())
+            });
         Ok(Response::new(proto::StatusResponse {
             node_id: node.cluster.me().to_string(),
             incarnation: node.incarnation,

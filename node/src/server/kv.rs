@@ -46,7 +46,12 @@ impl kv_server::Kv for KvService {
         let context = decode_context(&request.context)?;
         let new_context = self
             .coordinator
-            .put(&request.key, context, Some(request.value.to_vec()), request.w)
+            .put(
+                &request.key,
+                context,
+                Some(request.value.to_vec()),
+                request.w,
+            )
             .await
             .map_err(|e| coordinator_status(&e))?;
         Ok(Response::new(PutResponse {

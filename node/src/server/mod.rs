@@ -26,7 +26,6 @@ pub(crate) fn coordinator_status(error: &CoordinatorError) -> Status {
             ReplicaError::Internal(_) => Status::internal(error.to_string()),
             _ => Status::unavailable(error.to_string()),
         },
-        _ => Status::internal(error.to_string()),
     }
 }
 

@@ -1,0 +1,387 @@
+//! Multi-process tests: real `dynamo-node` processes on loopback, real sled files, real
+//! gRPC. Each test starts its own cluster on ports the OS picks.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use dynamo_node::proto::{self, DeleteRequest, GetRequest, PutRequest};
+use support::{TestCluster, TestNode, eventually};
+use tonic::Code;
+
+async fn put(
+    node: &TestNode,
+    key: &str,
+    value: &str,
+    context: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    node.kv()
+        .await
+        .put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            context: context.into(),
+            value: value.as_bytes().to_vec().into(),
+            w: None,
+        })
+        .await
+        .map(|r| r.into_inner().context.to_vec())
+}
+
+async fn get(
+    node: &TestNode,
+    key: &str,
+    r: Option<u32>,
+) -> Result<(Vec<String>, Vec<u8>), tonic::Status> {
+    let reply = node
+        .kv()
+        .await
+        .get(GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            r,
+        })
+        .await?
+        .into_inner();
+    let mut values: Vec<String> = reply
+        .values
+        .iter()
+        .map(|v| String::from_utf8(v.to_vec()).expect("test values are utf-8"))
+        .collect();
+    values.sort();
+    Ok((values, reply.context.to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_n3_r2_w2_serve_reads_and_writes_through_every_node() {
+    let cluster = TestCluster::start(5, &[]).await;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        for j in 0..4 {
+            let key = format!("key-{i}-{j}");
+            put(node, &key, &format!("value-{i}-{j}"), Vec::new())
+                .await
+                .unwrap_or_else(|e| panic!("put {key} through {}: {e}", node.id));
+        }
+    }
+    for reader in &cluster.nodes {
+        for i in 0..cluster.nodes.len() {
+            for j in 0..4 {
+                let key = format!("key-{i}-{j}");
+                let (values, _) = get(reader, &key, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("get {key} through {}: {e}", reader.id));
+                assert_eq!(
+                    values,
+                    vec![format!("value-{i}-{j}")],
+                    "{key} read through {}",
+                    reader.id
+                );
+            }
+        }
+    }
+}
+
+/// Dynamo §4.4: writes that descend from the same version are concurrent; the store keeps
+/// both and a write with the merged context reconciles them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_context_writes_come_back_as_siblings_and_a_merged_put_resolves_them() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let [n1, n2, _n3] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let base = put(n1, "cart", "v0", Vec::new()).await.unwrap();
+    // Two clients read v0, and both write with its context: through two coordinators,
+    // and twice through the same one.
+    put(n1, "cart", "a", base.clone()).await.unwrap();
+    put(n2, "cart", "b", base.clone()).await.unwrap();
+    put(n2, "cart", "c", base.clone()).await.unwrap();
+    let (values, context) = get(n1, "cart", Some(3)).await.unwrap();
+    assert_eq!(
+        values,
+        vec!["a", "b", "c"],
+        "all three concurrent writes survive as siblings"
+    );
+    put(n2, "cart", "merged", context).await.unwrap();
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "cart", None).await.unwrap();
+        assert_eq!(values, vec!["merged"], "read through {}", node.id);
+    }
+}
+
+/// Dynamo §4.6: with one home replica down, a write still reaches W and lands on a
+/// stand-in; the killed node's data survives its restart (sled), and the hints are
+/// handed back once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_acknowledged_write_and_gets_its_hints_after_restart() {
+    let mut cluster = TestCluster::start(4, &[]).await;
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..40 {
+        if i == 15 {
+            cluster.nodes[3].kill().await;
+        }
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        let writer = &cluster.nodes[i % 3];
+        if put(writer, &key, &value, Vec::new()).await.is_ok() {
+            acknowledged.insert(key, value);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 35,
+        "only {} of 40 writes acknowledged with one node down",
+        acknowledged.len()
+    );
+    // Some writes for n4's ranges went to stand-ins with hints.
+    let mut hinted = 0;
+    for node in &cluster.nodes[..3] {
+        let status = node
+            .admin()
+            .await
+            .status(proto::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        hinted += status
+            .hints
+            .iter()
+            .filter(|h| h.target == "n4")
+            .map(|h| h.keys)
+            .sum::<u64>();
+    }
+    assert!(hinted > 0, "no hints were recorded for the killed node");
+
+    cluster.nodes[3].restart().await;
+    eventually("hints for n4 to be delivered", || async {
+        let mut pending = 0;
+        for node in &cluster.nodes[..3] {
+            let status = node
+                .admin()
+                .await
+                .status(proto::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            pending += status
+                .hints
+                .iter()
+                .filter(|h| h.target == "n4")
+                .map(|h| h.keys)
+                .sum::<u64>();
+        }
+        pending == 0
+    })
+    .await;
+    for (key, value) in &acknowledged {
+        let (values, _) = get(&cluster.nodes[3], key, None).await.unwrap();
+        assert_eq!(values, vec![value.clone()], "{key} after n4's restart");
+    }
+    // n4 holds its replicas itself: with every other node gone, an R=1 read through n4
+    // is answered from its own disk.
+    for node in &mut cluster.nodes[..3] {
+        node.kill().await;
+    }
+    let n4 = &cluster.nodes[3];
+    let mut own = 0;
+    for (key, value) in &acknowledged {
+        if let Ok((values, _)) = get(n4, key, Some(1)).await {
+            assert!(
+                values.is_empty() || values == vec![value.clone()],
+                "{key}: {values:?}"
+            );
+            own += usize::from(!values.is_empty());
+        }
+    }
+    // With N=3 of 4 nodes, n4 is a replica of about three quarters of the keys.
+    assert!(
+        own >= acknowledged.len() / 2,
+        "n4 answered only {own} of {} keys from its own data",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_succeeds_with_one_of_three_replicas_down_and_an_r3_read_fails_clearly() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.nodes[2].kill().await;
+    let n1 = &cluster.nodes[0];
+    put(n1, "k", "v", Vec::new())
+        .await
+        .expect("W=2 of 3 with one down");
+    let (values, _) = get(n1, "k", None).await.expect("R=2 of 3 with one down");
+    assert_eq!(values, vec!["v"]);
+    let error = get(n1, "k", Some(3))
+        .await
+        .expect_err("R=3 with one replica down");
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(
+        error
+            .message()
+            .contains("read quorum not reached: needed 3"),
+        "message should say what was needed: {}",
+        error.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_invalid_argument_with_a_message() {
+    let cluster = TestCluster::start(
+        1,
+        &[
+            "--replication-factor",
+            "1",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "1",
+        ],
+    )
+    .await;
+    let node = &cluster.nodes[0];
+    let mut kv = node.kv().await;
+    let expect_invalid =
+        |result: Result<tonic::Response<_>, tonic::Status>, what: &str, needle: &str| {
+            let status = result
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+            assert!(
+                status.message().contains(needle),
+                "{what}: {:?} lacks {needle:?}",
+                status.message()
+            );
+        };
+    let put_req = |key: Vec<u8>, value: Vec<u8>, context: Vec<u8>| PutRequest {
+        key: key.into(),
+        context: context.into(),
+        value: value.into(),
+        w: None,
+    };
+    expect_invalid(
+        kv.put(put_req(Vec::new(), b"v".to_vec(), Vec::new()))
+            .await
+            .map(|_| tonic::Response::new(())),
+        "empty key",
+        "key is empty",
+    );
+    expect_invalid(
+        kv.put(put_req(vec![b'k'; 1025], b"v".to_vec(), Vec::new()))
+            .await
+            .map(|_| tonic::Response::new(())),
+        "1025-byte key",
+        "limit is 1024",
+    );
+    expect_invalid(
+        kv.put(put_req(b"k".to_vec(), vec![0; 1024 * 1024 + 1], Vec::new()))
+            .await
+            .map(|_| tonic::Response::new(())),
+        "oversized value",
+        "limit is 1048576",
+    );
+    expect_invalid(
+        kv.put(put_req(b"k".to_vec(), b"v".to_vec(), b"garbage".to_vec()))
+            .await
+            .map(|_| tonic::Response::new(())),
+        "garbage context",
+        "malformed context",
+    );
+    expect_invalid(
+        kv.delete(DeleteRequest {
+            key: b"k".to_vec().into(),
+            context: vec![1, 200].into(),
+            w: None,
+        })
+        .await
+        .map(|_| tonic::Response::new(())),
+        "truncated context",
+        "malformed context",
+    );
+    expect_invalid(
+        kv.get(GetRequest {
+            key: b"k".to_vec().into(),
+            r: Some(2),
+        })
+        .await
+        .map(|_| tonic::Response::new(())),
+        "r above N",
+        "read",
+    );
+    expect_invalid(
+        kv.get(GetRequest {
+            key: b"k".to_vec().into(),
+            r: Some(0),
+        })
+        .await
+        .map(|_| tonic::Response::new(())),
+        "r of zero",
+        "read",
+    );
+    let join = node
+        .admin()
+        .await
+        .join(proto::JoinRequest {
+            node_id: "bad id".into(),
+            address: "127.0.0.1:1".into(),
+            weight: 1,
+        })
+        .await;
+    expect_invalid(
+        join.map(|_| tonic::Response::new(())),
+        "bad node id",
+        "node_id",
+    );
+    // The node is still serving after all of that.
+    put(node, "k", "v", Vec::new())
+        .await
+        .expect("valid put after bad ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token_when_one_is_configured() {
+    let root = tempfile::tempdir().unwrap();
+    let node = TestNode::start(root.path(), "n1", &[], &["--admin-token", "s3cret"]).await;
+    let mut admin = node.admin().await;
+    let refused = admin
+        .ring(proto::RingRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(proto::RingRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        admin.ring(request).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut request = tonic::Request::new(proto::RingRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    admin
+        .ring(request)
+        .await
+        .expect("the right token is accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_a_restarted_node_remembers_membership_and_data() {
+    let mut cluster = TestCluster::start(
+        1,
+        &[
+            "--replication-factor",
+            "1",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "1",
+            "--durability",
+            "buffered",
+        ],
+    )
+    .await;
+    let node = &cluster.nodes[0];
+    put(node, "k", "v", Vec::new()).await.unwrap();
+    cluster.nodes[0].stop().await;
+    cluster.nodes[0].restart().await;
+    cluster.wait_for_members(1).await;
+    let (values, _) = get(&cluster.nodes[0], "k", None).await.unwrap();
+    assert_eq!(values, vec!["v"]);
+}

@@ -1,0 +1,233 @@
+//! Test harness: real `dynamo-node` processes on loopback, driven over gRPC.
+//!
+//! Every node binds port 0 on first start and announces its ports on stdout; a restart
+//! reuses the same ports and data dir. Waits are bounded and say what they waited for.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dynamo_node::proto::admin_client::AdminClient;
+use dynamo_node::proto::kv_client::KvClient;
+use dynamo_node::proto::{self, MemberState};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// How long any single wait may take before the test fails with a message.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One `dynamo-node` process.
+pub struct TestNode {
+    pub id: String,
+    pub client: SocketAddr,
+    pub internode: SocketAddr,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Starts a node with its own data dir under `root`.
+    pub async fn start(
+        root: &std::path::Path,
+        id: &str,
+        seeds: &[SocketAddr],
+        extra: &[&str],
+    ) -> TestNode {
+        let data_dir = root.join(id);
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id.into(),
+            "--gossip-interval".into(),
+            "100ms".into(),
+            "--request-timeout".into(),
+            "1s".into(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        if !seeds.is_empty() {
+            args.push("--seeds".into());
+            args.push(
+                seeds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = TestNode {
+            id: id.into(),
+            client: "127.0.0.1:0".parse().unwrap(),
+            internode: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            args,
+            child: None,
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dynamo-node"));
+        command
+            .args(&self.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.client.to_string())
+            .arg("--internode-listen")
+            .arg(self.internode.to_string())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawning dynamo-node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not announce its ports within {WAIT:?}", self.id))
+            .expect("reading node stdout")
+            .unwrap_or_else(|| panic!("{} exited before it was ready", self.id));
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in ready line {line:?}"))
+        };
+        self.client = field("client=");
+        self.internode = field("internode=");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("killing node");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().expect("running child has a pid");
+            let status = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .expect("running kill");
+            assert!(status.success());
+            let exit = tokio::time::timeout(WAIT, child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("{} did not stop within {WAIT:?} of SIGTERM", self.id))
+                .expect("waiting for node");
+            assert!(exit.success(), "{} exited with {exit}", self.id);
+        }
+    }
+
+    /// Starts the node again on the same ports and data dir.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn().await;
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        KvClient::connect(format!("http://{}", self.client))
+            .await
+            .expect("connecting to Kv")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.internode))
+            .await
+            .expect("connecting to Admin")
+    }
+}
+
+/// A cluster of started and joined nodes.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    _root: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes (node 1 is every other node's seed), joins them all through
+    /// node 1's Admin API, and waits until every node sees every member.
+    pub async fn start(size: usize, extra: &[&str]) -> TestCluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut nodes = Vec::new();
+        let first = TestNode::start(root.path(), "n1", &[], extra).await;
+        let seed = first.internode;
+        nodes.push(first);
+        for i in 2..=size {
+            nodes.push(TestNode::start(root.path(), &format!("n{i}"), &[seed], extra).await);
+        }
+        let mut admin = nodes[0].admin().await;
+        for node in &nodes {
+            admin
+                .join(proto::JoinRequest {
+                    node_id: node.id.clone(),
+                    address: node.internode.to_string(),
+                    weight: 1,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("joining {}: {e}", node.id));
+        }
+        let cluster = TestCluster { nodes, _root: root };
+        cluster.wait_for_members(size).await;
+        cluster
+    }
+
+    /// Waits until every running node lists `count` members in state Member.
+    pub async fn wait_for_members(&self, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let mut admin = node.admin().await;
+            loop {
+                let ring = admin
+                    .ring(proto::RingRequest {})
+                    .await
+                    .expect("Admin.Ring")
+                    .into_inner();
+                let members = ring
+                    .members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Member as i32)
+                    .count();
+                if members == count {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} sees {members} members, expected {count}, after {WAIT:?}",
+                    node.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns true, failing with `what` after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
