@@ -18,10 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::NodeId;
-use crate::cluster::{Clock, Cluster};
+use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
-use crate::membership::{DetectorConfig, MemberState, MemberTable};
+use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
@@ -272,13 +272,6 @@ impl Node {
             }
             StorageConfig::Memory => Arc::new(MemoryEngine::new()),
         };
-        let incarnation =
-            choose_incarnation(engine.as_ref(), config.node_id(), config.durability())?;
-        let table = match engine.meta_get(META_MEMBERS)? {
-            Some(bytes) => MemberTable::decode(&bytes)
-                .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
-            None => MemberTable::new(),
-        };
         let client_listener = bind("client API", config.listen()).await?;
         let internode_listener = bind("internode API", config.internode_listen()).await?;
         let client_addr = local_addr(&client_listener, config.listen())?;
@@ -288,78 +281,15 @@ impl Node {
         let advertise = config
             .advertise()
             .map_or_else(|| internode_addr.to_string(), str::to_owned);
-
-        let clock = Clock::default();
-        let cluster = Arc::new(
-            Cluster::new(
-                config.node_id().clone(),
-                table,
-                config.partitioning(),
-                DetectorConfig::default(),
-                clock,
-            )
-            .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
-        );
-        // Our address may have changed since the table was saved (a restarted pod gets a
-        // new IP); announce the current one.
-        let me = config.node_id().clone();
-        let moved = cluster
-            .table()
-            .get(&me)
-            .is_some_and(|m| m.state() != MemberState::Removed && m.address() != advertise);
-        if moved {
-            let (_, table) = cluster
-                .change(|t| t.set_address(&me, &advertise))
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
-        }
-        let max_siblings = config.max_siblings();
-        let limits = SiblingLimits::new(
-            max_siblings,
-            (max_siblings / 5).max(1),
-            SiblingLimits::default().max_clock_entries(),
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-        let store = Store::new(Arc::clone(&engine), limits);
-        let quorum = QuorumConfig::new(
-            to_u32(config.replication_factor()),
-            to_u32(config.read_quorum()),
-            to_u32(config.write_quorum()),
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
         let transport_config = GrpcTransportConfig::new(
             config.request_timeout(),
             config.request_timeout().min(Duration::from_secs(1)),
         )
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(transport_config));
-        let coordinator = Coordinator::new(
-            CoordinatorConfig {
-                actor: Actor::new(config.node_id().clone(), incarnation),
-                quorum,
-                timeout: config.request_timeout(),
-                durability: config.durability(),
-                limits: RequestLimits {
-                    max_key_bytes: config.max_key_bytes(),
-                    max_value_bytes: config.max_value_bytes(),
-                },
-            },
-            store.clone(),
-            Arc::clone(&cluster),
-            Arc::clone(&transport),
-        );
-        let shared = Arc::new(NodeShared {
-            cluster,
-            store,
-            coordinator: coordinator.clone(),
-            transport,
-            quorum,
-            incarnation,
-            durability: config.durability(),
-            strategy: config.partitioning(),
-            seeds: config.seeds().to_vec(),
-            advertise,
-        });
+        let settings = NodeSettings::from_config(&config)?;
+        let shared = NodeShared::assemble(settings, engine, transport, advertise)?;
+        let incarnation = shared.incarnation;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(serve(
@@ -381,6 +311,204 @@ impl Node {
             task,
         })
     }
+}
+
+/// A node's protocol settings, free of listeners and files, so tests and the simulator
+/// can assemble nodes in memory.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// How the ring is partitioned.
+    pub strategy: PartitionStrategy,
+    /// Default N, R, W.
+    pub quorum: QuorumConfig,
+    /// Deadline of one client request.
+    pub request_timeout: Duration,
+    /// Sync or buffered writes.
+    pub durability: Durability,
+    /// Client key and value bounds.
+    pub limits: RequestLimits,
+    /// Sibling and clock bounds.
+    pub sibling_limits: SiblingLimits,
+    /// Seed addresses for gossip.
+    pub seeds: Vec<String>,
+    /// Failure detector thresholds.
+    pub detector: DetectorConfig,
+}
+
+impl NodeSettings {
+    /// Defaults (Dynamo's common (3, 2, 2), 2 s timeouts, sync writes) for `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            strategy: PartitionStrategy::default(),
+            quorum: QuorumConfig::default(),
+            request_timeout: Duration::from_secs(2),
+            durability: Durability::Sync,
+            limits: RequestLimits {
+                max_key_bytes: 1024,
+                max_value_bytes: 1024 * 1024,
+            },
+            sibling_limits: SiblingLimits::default(),
+            seeds: Vec::new(),
+            detector: DetectorConfig::default(),
+        }
+    }
+
+    /// The settings a validated configuration describes.
+    ///
+    /// # Errors
+    /// Combinations only checked here (sibling limits).
+    pub fn from_config(config: &NodeConfig) -> Result<Self, NodeError> {
+        let max_siblings = config.max_siblings();
+        let sibling_limits = SiblingLimits::new(
+            max_siblings,
+            (max_siblings / 5).max(1),
+            SiblingLimits::default().max_clock_entries(),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let quorum = QuorumConfig::new(
+            to_u32(config.replication_factor()),
+            to_u32(config.read_quorum()),
+            to_u32(config.write_quorum()),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        Ok(Self {
+            node_id: config.node_id().clone(),
+            strategy: config.partitioning(),
+            quorum,
+            request_timeout: config.request_timeout(),
+            durability: config.durability(),
+            limits: RequestLimits {
+                max_key_bytes: config.max_key_bytes(),
+                max_value_bytes: config.max_value_bytes(),
+            },
+            sibling_limits,
+            seeds: config.seeds().to_vec(),
+            detector: DetectorConfig::default(),
+        })
+    }
+}
+
+impl NodeShared {
+    /// Assembles a node's parts over an opened engine and a transport: loads the
+    /// persisted member table, picks the clock incarnation, and announces `advertise`
+    /// as our address if it changed.
+    ///
+    /// # Errors
+    /// Unreadable persisted state or storage failures.
+    pub fn assemble(
+        settings: NodeSettings,
+        engine: Arc<dyn StorageEngine>,
+        transport: Arc<dyn Transport>,
+        advertise: String,
+    ) -> Result<Arc<NodeShared>, NodeError> {
+        let incarnation =
+            choose_incarnation(engine.as_ref(), &settings.node_id, settings.durability)?;
+        let table = match engine.meta_get(META_MEMBERS)? {
+            Some(bytes) => MemberTable::decode(&bytes)
+                .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
+            None => MemberTable::new(),
+        };
+        let cluster = Arc::new(
+            Cluster::new(
+                settings.node_id.clone(),
+                table,
+                settings.strategy,
+                settings.detector,
+                Clock::default(),
+            )
+            .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
+        );
+        // Our address may have changed since the table was saved (a restarted pod gets a
+        // new IP); announce the current one.
+        let me = settings.node_id.clone();
+        let moved = cluster
+            .table()
+            .get(&me)
+            .is_some_and(|m| m.state() != MemberState::Removed && m.address() != advertise);
+        if moved {
+            let (_, table) = cluster
+                .change(|t| t.set_address(&me, &advertise))
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+        }
+        let store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let coordinator = Coordinator::new(
+            CoordinatorConfig {
+                actor: Actor::new(me, incarnation),
+                quorum: settings.quorum,
+                timeout: settings.request_timeout,
+                durability: settings.durability,
+                limits: settings.limits,
+            },
+            store.clone(),
+            Arc::clone(&cluster),
+            Arc::clone(&transport),
+        );
+        Ok(Arc::new(NodeShared {
+            cluster,
+            store,
+            coordinator,
+            transport,
+            quorum: settings.quorum,
+            incarnation,
+            durability: settings.durability,
+            strategy: settings.strategy,
+            seeds: settings.seeds,
+            advertise,
+        }))
+    }
+
+    /// The node's coordinator (client gets and puts).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// The node's cluster view.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// What this node serves to its peers.
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn ReplicaHandler> {
+        Arc::new(PeerHandler {
+            node: Arc::clone(self),
+        })
+    }
+
+    /// Applies an explicit membership change here, persists it, and returns the changed
+    /// member; gossip spreads it.
+    ///
+    /// # Errors
+    /// The change is refused, or persisting it failed.
+    pub fn change_membership(
+        &self,
+        change: impl FnOnce(&mut MemberTable) -> Result<Member, MembershipError>,
+    ) -> Result<Member, MembershipChangeError> {
+        let (member, table) = self.cluster.change(change)?;
+        self.persist_table(&table)?;
+        tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
+        Ok(member)
+    }
+}
+
+/// Why an explicit membership change failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipChangeError {
+    /// The table or ring refused it.
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    /// It could not be persisted.
+    #[error("persisting the member table: {0}")]
+    Storage(#[from] StorageError),
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -549,83 +677,94 @@ impl PeerPicker {
     }
 }
 
-/// Dynamo §4.8: every interval, exchange member tables with a random peer; sometimes
-/// (and always while we know no peers) with a seed, so logical partitions heal.
+/// Dynamo §4.8: every interval, exchange member tables with a random peer.
 async fn gossip_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
     let mut picker = PeerPicker(node.incarnation);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*shutdown.borrow() {
         ticker.tick().await;
-        let table = node.cluster.table();
-        let me = node.cluster.me();
+        node.gossip_round(picker.next()).await;
+    }
+}
+
+/// Dynamo §4.6: hand hinted writes to their home nodes once those answer again.
+async fn handoff_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        ticker.tick().await;
+        node.handoff_round().await;
+    }
+}
+
+impl NodeShared {
+    /// One gossip exchange (Dynamo §4.8): with a random reachable peer, or, one time in
+    /// four and always while we know no peers, with a seed, so logical partitions heal.
+    /// `random` picks the peer (the shell's generator; tests pass fixed values).
+    pub async fn gossip_round(&self, random: u64) {
+        let table = self.cluster.table();
+        let me = self.cluster.me();
         let peers: Vec<(NodeId, String)> = table
             .iter()
             .filter(|m| m.id() != me && m.state() != MemberState::Removed)
-            .filter(|m| node.cluster.is_available(m.id()))
+            .filter(|m| self.cluster.is_available(m.id()))
             .map(|m| (m.id().clone(), m.address().to_owned()))
             .collect();
-        let seeds: Vec<&String> = node
+        let seeds: Vec<&String> = self
             .seeds
             .iter()
-            .filter(|s| **s != node.advertise)
+            .filter(|s| **s != self.advertise)
             .collect();
-        let random = picker.next();
+        let pick = |len: usize| usize::try_from((random / 4) % len.max(1) as u64).unwrap_or(0);
         let (peer, address) = if !seeds.is_empty() && (peers.is_empty() || random % 4 == 0) {
-            let index = usize::try_from((random / 4) % seeds.len() as u64).unwrap_or(0);
-            (None, seeds[index].clone())
-        } else if let Some(peer) =
-            peers.get(usize::try_from((random / 4) % (peers.len().max(1) as u64)).unwrap_or(0))
-        {
-            (Some(peer.0.clone()), peer.1.clone())
+            (None, seeds[pick(seeds.len())].clone())
+        } else if let Some((id, address)) = peers.get(pick(peers.len())) {
+            (Some(id.clone()), address.clone())
         } else {
             // Alone: still finish our own join if an admin added us locally.
-            if let Err(error) = node.learn_table(&table) {
+            if let Err(error) = self.learn_table(&table) {
                 tracing::warn!(%error, "applying the member table");
             }
-            continue;
+            return;
         };
-        match node.transport.gossip(&address, table).await {
+        match self.transport.gossip(&address, table).await {
             Ok(theirs) => {
                 if let Some(peer) = &peer {
-                    node.cluster.record_success(peer);
+                    self.cluster.record_success(peer);
                 }
-                if let Err(error) = node.learn_table(&theirs) {
+                if let Err(error) = self.learn_table(&theirs) {
                     tracing::warn!(%address, %error, "gossip brought an unusable member table");
                 }
             }
             Err(error) => {
                 if let Some(peer) = &peer {
                     if !error.is_answer() {
-                        node.cluster.record_failure(peer);
+                        self.cluster.record_failure(peer);
                     }
                 }
                 tracing::debug!(%address, %error, "gossip failed");
             }
         }
     }
-}
 
-/// Dynamo §4.6: hand hinted writes to their home nodes once those answer again, and
-/// delete each hint after its home acknowledged it.
-async fn handoff_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() {
-        ticker.tick().await;
-        let probes = node.cluster.poll_probes();
-        let targets = match node.store.engine().hint_targets() {
+    /// One round of hinted handoff (Dynamo §4.6): for every node we hold hints for that
+    /// is reachable (or due for a probe), deliver a batch and delete each hint its home
+    /// acknowledged.
+    pub async fn handoff_round(&self) {
+        let probes = self.cluster.poll_probes();
+        let targets = match self.store.engine().hint_targets() {
             Ok(targets) => targets,
             Err(error) => {
                 tracing::warn!(%error, "reading hint targets");
-                continue;
+                return;
             }
         };
         for (home, _) in targets {
-            if !node.cluster.is_available(&home) && !probes.contains(&home) {
+            if !self.cluster.is_available(&home) && !probes.contains(&home) {
                 continue;
             }
-            if let Err(error) = deliver_hints(&node, &home).await {
+            if let Err(error) = deliver_hints(self, &home).await {
                 tracing::debug!(%home, %error, "hint delivery paused");
             }
         }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::NodeId;
 use crate::cluster::ChangeError;
 use crate::membership::{Member, MemberState, MembershipError};
-use crate::node::NodeShared;
+use crate::node::{MembershipChangeError, NodeShared};
 use crate::proto::{self, admin_server};
 
 /// Serves `dynamo.v1.Admin`.
@@ -92,11 +92,10 @@ impl AdminService {
         &self,
         change: impl FnOnce(&mut crate::membership::MemberTable) -> Result<Member, MembershipError>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
-        let (member, table) = self.node.cluster.change(change).map_err(change_status)?;
-        self.node
-            .persist_table(&table)
-            .map_err(|e| Status::internal(format!("persisting the member table: {e}")))?;
-        tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
+        let member = self.node.change_membership(change).map_err(|e| match e {
+            MembershipChangeError::Refused(e) => change_status(e),
+            other => Status::internal(other.to_string()),
+        })?;
         Ok(Response::new(proto::MemberChangeResponse {
             member: Some(self.member_info(&member)),
         }))
