@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
 use crate::cluster::{ChangeError, Clock, Cluster};
-use crate::config::{NodeConfig, StorageConfig};
+use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
@@ -286,7 +287,14 @@ impl Node {
             config.request_timeout().min(Duration::from_secs(1)),
         )
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(transport_config));
+        let tls = match config.tls() {
+            Some(tls) => Some(TlsMaterial::load(tls).await?),
+            None => None,
+        };
+        let transport: Arc<dyn Transport> = Arc::new(match &tls {
+            Some(tls) => GrpcTransport::with_tls(transport_config, tls.client()),
+            None => GrpcTransport::new(transport_config),
+        });
         let settings = NodeSettings::from_config(&config)?;
         let shared = NodeShared::assemble(settings, engine, transport, advertise)?;
         let incarnation = shared.incarnation;
@@ -295,6 +303,7 @@ impl Node {
         let task = tokio::spawn(serve(
             Arc::clone(&shared),
             config,
+            tls,
             client_listener,
             internode_listener,
             shutdown_rx,
@@ -511,6 +520,60 @@ pub enum MembershipChangeError {
     Storage(#[from] StorageError),
 }
 
+/// The node's TLS certificate, key and CA, read once at start.
+///
+/// Both listeners serve TLS with the node's certificate. Internode calls verify the
+/// peer against `tls-ca`, or, without a CA, against the node's own certificate (a
+/// cluster sharing one self-signed certificate). With a CA, the internode listener also
+/// requires peers (and admin tools) to present a certificate signed by it (mutual TLS);
+/// the client API never asks clients for one.
+#[derive(Debug, Clone)]
+struct TlsMaterial {
+    identity: Identity,
+    trust: Certificate,
+    mutual: bool,
+}
+
+impl TlsMaterial {
+    async fn load(tls: &TlsConfig) -> Result<Self, NodeError> {
+        let read = |path: std::path::PathBuf| async move {
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| NodeError::Config(format!("reading {}: {e}", path.display())))
+        };
+        let cert = read(tls.cert.clone()).await?;
+        let key = read(tls.key.clone()).await?;
+        let (trust, mutual) = match &tls.ca {
+            Some(ca) => (read(ca.clone()).await?, true),
+            None => (cert.clone(), false),
+        };
+        Ok(Self {
+            identity: Identity::from_pem(cert, key),
+            trust: Certificate::from_pem(trust),
+            mutual,
+        })
+    }
+
+    fn client_api(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(self.identity.clone())
+    }
+
+    fn internode_api(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new().identity(self.identity.clone());
+        if self.mutual {
+            config.client_ca_root(self.trust.clone())
+        } else {
+            config
+        }
+    }
+
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.trust.clone())
+            .identity(self.identity.clone())
+    }
+}
+
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -587,6 +650,7 @@ fn choose_incarnation(
 async fn serve(
     shared: Arc<NodeShared>,
     config: NodeConfig,
+    tls: Option<TlsMaterial>,
     client_listener: TcpListener,
     internode_listener: TcpListener,
     shutdown: watch::Receiver<bool>,
@@ -600,7 +664,17 @@ async fn serve(
 
     let kv = KvServer::new(KvService::new(shared.coordinator.clone()))
         .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);
-    let client_server = tonic::transport::Server::builder()
+    let mut client_builder = tonic::transport::Server::builder();
+    let mut internode_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        client_builder = client_builder
+            .tls_config(tls.client_api())
+            .map_err(|e| NodeError::Config(format!("client API TLS: {e}")))?;
+        internode_builder = internode_builder
+            .tls_config(tls.internode_api())
+            .map_err(|e| NodeError::Config(format!("internode TLS: {e}")))?;
+    }
+    let client_server = client_builder
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(kv)
@@ -616,7 +690,7 @@ async fn serve(
         AdminService::new(Arc::clone(&shared)),
         admin_token_interceptor(config.admin_token().cloned()),
     );
-    let internode_server = tonic::transport::Server::builder()
+    let internode_server = internode_builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(replica_server(handler))

@@ -385,3 +385,96 @@ async fn sigterm_drains_and_a_restarted_node_remembers_membership_and_data() {
     let (values, _) = get(&cluster.nodes[0], "k", None).await.unwrap();
     assert_eq!(values, vec!["v"]);
 }
+
+/// TLS on every listener and between nodes: with a CA configured, the internode port
+/// requires a client certificate (mutual TLS), and plaintext clients are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let certs = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert_path = certs.path().join("node.pem");
+    let key_path = certs.path().join("node.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(cert.pem()))
+        .identity(Identity::from_pem(cert.pem(), signing_key.serialize_pem()));
+    // Joining, gossip, replication and hint delivery all cross TLS here.
+    let cluster = TestCluster::start_with(
+        3,
+        &[
+            "--tls-cert",
+            cert_arg,
+            "--tls-key",
+            key_arg,
+            "--tls-ca",
+            cert_arg,
+        ],
+        Some(tls),
+    )
+    .await;
+    put(&cluster.nodes[0], "k", "v", Vec::new())
+        .await
+        .expect("put over TLS");
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "k", Some(3)).await.expect("R=3 get over TLS");
+        assert_eq!(values, vec!["v"]);
+    }
+    // Without a client certificate, TLS reaches the client API but not the internode
+    // port (mutual TLS there).
+    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cert.pem()));
+    let connect = |address: std::net::SocketAddr| {
+        let anonymous = anonymous.clone();
+        async move {
+            tonic::transport::Channel::from_shared(format!("https://{address}"))
+                .unwrap()
+                .tls_config(anonymous)
+                .unwrap()
+                .connect()
+                .await
+        }
+    };
+    let channel = connect(cluster.nodes[0].client)
+        .await
+        .expect("client API over one-way TLS");
+    dynamo_node::proto::kv_client::KvClient::new(channel)
+        .get(GetRequest {
+            key: b"k".to_vec().into(),
+            r: None,
+        })
+        .await
+        .expect("client API needs no client certificate");
+    let internode_served = match connect(cluster.nodes[0].internode).await {
+        Err(_) => false,
+        Ok(channel) => dynamo_node::proto::admin_client::AdminClient::new(channel)
+            .ring(proto::RingRequest {})
+            .await
+            .is_ok(),
+    };
+    assert!(
+        !internode_served,
+        "the internode port served a client without a certificate"
+    );
+    // A plaintext client gets no answer from either port.
+    for address in [cluster.nodes[0].client, cluster.nodes[0].internode] {
+        let served = match tonic::transport::Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Err(_) => false,
+            Ok(channel) => dynamo_node::proto::kv_client::KvClient::new(channel)
+                .get(GetRequest {
+                    key: b"k".to_vec().into(),
+                    r: None,
+                })
+                .await
+                .is_ok(),
+        };
+        assert!(!served, "a plaintext client was served on {address}");
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::codec::{self, MAX_MESSAGE_BYTES};
@@ -104,6 +104,9 @@ impl Default for GrpcTransportConfig {
 #[derive(Debug)]
 pub struct GrpcTransport {
     config: GrpcTransportConfig,
+    /// TLS for every peer call (`https`), verifying peers against the configured CA and
+    /// presenting this node's certificate; `None` calls peers over plain HTTP/2.
+    tls: Option<ClientTlsConfig>,
     /// Channels by peer address. A std mutex: it guards a map lookup and is never held
     /// across an `.await`. The map grows with the addresses ever called, which the
     /// member table bounds.
@@ -115,6 +118,16 @@ impl GrpcTransport {
     pub fn new(config: GrpcTransportConfig) -> Self {
         Self {
             config,
+            tls: None,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A transport that calls every peer over TLS with `tls`.
+    pub fn with_tls(config: GrpcTransportConfig, tls: ClientTlsConfig) -> Self {
+        Self {
+            config,
+            tls: Some(tls),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -126,9 +139,14 @@ impl GrpcTransport {
 
     /// The endpoint for a peer; the TLS seam (scheme and `tls_config`) is here.
     fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(format!("http://{address}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true))
+            .tcp_nodelay(true);
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()),
+            None => Ok(endpoint),
+        }
     }
 
     fn client(&self, address: &str) -> Result<ReplicaClient<Channel>, TransportError> {

@@ -15,7 +15,7 @@ use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{self, MemberState};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// How long any single wait may take before the test fails with a message.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -28,6 +28,8 @@ pub struct TestNode {
     data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// TLS for this harness's own gRPC clients, when the node serves TLS.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl TestNode {
@@ -67,6 +69,7 @@ impl TestNode {
             data_dir,
             args,
             child: None,
+            tls: None,
         };
         node.spawn().await;
         node
@@ -139,16 +142,26 @@ impl TestNode {
         self.spawn().await;
     }
 
+    /// A channel to `address`, over TLS when the harness has client TLS settings.
+    pub async fn channel(&self, address: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Channel::from_shared(format!("{scheme}://{address}")).expect("valid uri");
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?.connect().await,
+            None => endpoint.connect().await,
+        }
+    }
+
     pub async fn kv(&self) -> KvClient<Channel> {
-        KvClient::connect(format!("http://{}", self.client))
-            .await
-            .expect("connecting to Kv")
+        KvClient::new(self.channel(self.client).await.expect("connecting to Kv"))
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(format!("http://{}", self.internode))
-            .await
-            .expect("connecting to Admin")
+        AdminClient::new(
+            self.channel(self.internode)
+                .await
+                .expect("connecting to Admin"),
+        )
     }
 }
 
@@ -162,13 +175,25 @@ impl TestCluster {
     /// Starts `size` nodes (node 1 is every other node's seed), joins them all through
     /// node 1's Admin API, and waits until every node sees every member.
     pub async fn start(size: usize, extra: &[&str]) -> TestCluster {
+        Self::start_with(size, extra, None).await
+    }
+
+    /// Like [`TestCluster::start`], with the harness talking TLS to the nodes.
+    pub async fn start_with(
+        size: usize,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> TestCluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut nodes = Vec::new();
-        let first = TestNode::start(root.path(), "n1", &[], extra).await;
+        let mut first = TestNode::start(root.path(), "n1", &[], extra).await;
+        first.tls = tls.clone();
         let seed = first.internode;
         nodes.push(first);
         for i in 2..=size {
-            nodes.push(TestNode::start(root.path(), &format!("n{i}"), &[seed], extra).await);
+            let mut node = TestNode::start(root.path(), &format!("n{i}"), &[seed], extra).await;
+            node.tls = tls.clone();
+            nodes.push(node);
         }
         let mut admin = nodes[0].admin().await;
         for node in &nodes {
