@@ -46,7 +46,6 @@ use crate::cluster::Cluster;
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::metrics::{Api, Metrics, OPENMETRICS_CONTENT_TYPE, Op, Outcome};
 use crate::ring::{Ring, TokenRange};
-use crate::transport::ReplicaError;
 use crate::version::{SiblingSet, VectorClock, context};
 
 /// The header carrying the opaque client context, standard base64.
@@ -134,21 +133,15 @@ impl ApiError {
     }
 
     fn coordinator(error: &CoordinatorError) -> Self {
-        let status = match error {
-            CoordinatorError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            CoordinatorError::Quorum(_) | CoordinatorError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            CoordinatorError::Forwarded { error, .. } => match error {
-                ReplicaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                ReplicaError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+        let outcome = Outcome::of_error(error);
+        let status = match outcome {
+            Outcome::Invalid => StatusCode::BAD_REQUEST,
+            Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
             status,
-            outcome: Outcome::of_error(error),
+            outcome,
             message: error.to_string(),
         }
     }
