@@ -39,7 +39,10 @@
 //!   hints.
 //! * [`cluster`]: one node's view: member table, derived ring, peer health.
 //! * [`coordinator`]: server-driven get/put coordination over the quorum machines.
-//! * [`server`]: the `Kv` and `Admin` gRPC services.
+//! * [`server`]: the `Kv` and `Admin` gRPC services, and the HTTP API
+//!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
+//!   status page.
+//! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops.
 
 pub mod cluster;
@@ -47,6 +50,7 @@ pub mod config;
 pub mod coordinator;
 pub mod membership;
 pub mod merkle;
+pub mod metrics;
 pub mod node;
 pub mod node_id;
 pub mod proto;

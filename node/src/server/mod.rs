@@ -1,7 +1,9 @@
-//! The node's gRPC services (I/O shell): `Kv` for clients, `Admin` for operators, and the
-//! mapping of internal errors to gRPC statuses at this boundary only.
+//! The node's client-facing servers (I/O shell): the gRPC services `Kv` for clients and
+//! `Admin` for operators, the [`http`] API, and the mapping of internal errors to gRPC
+//! statuses at this boundary only.
 
 mod admin;
+pub mod http;
 mod kv;
 
 pub use admin::{AdminService, admin_token_interceptor};

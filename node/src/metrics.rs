@@ -1,0 +1,509 @@
+//! The node's Prometheus metrics (I/O shell): request counts and latencies by API and
+//! operation, and gauges the node refreshes from its state (hint backlogs, members by
+//! state, ring ownership, approximate key count).
+//!
+//! Dynamo §6 measures the store by its latency percentiles (the 99.9th in particular)
+//! and by how much work waits in the background (hints, §4.6). The latency histogram
+//! spans 0.1 ms to 10 s so both a local in-memory read and a request that hits the
+//! coordinator's timeout land in a finite bucket.
+//!
+//! [`Metrics::encode`] renders the OpenMetrics text format that `/metrics` serves.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::NodeId;
+use crate::coordinator::CoordinatorError;
+use crate::membership::{MemberState, MemberTable};
+use crate::transport::ReplicaError;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the latency histogram's buckets, in seconds: 0.1 ms to 10 s in
+/// 1-2.5-5 steps.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The client API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// The gRPC `Kv` service.
+    Grpc,
+    /// The HTTP `/v1/kv` routes.
+    Http,
+}
+
+/// The client operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A read.
+    Get,
+    /// A write of a value.
+    Put,
+    /// A write of a tombstone.
+    Delete,
+}
+
+/// How a client request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Served (a get that found data, a put or delete acknowledged by W replicas).
+    Ok,
+    /// A get that found no data (no versions, or only tombstones).
+    NotFound,
+    /// The request was malformed or out of bounds (the client's fault).
+    Invalid,
+    /// The quorum could not be reached or no node could serve the key.
+    Unavailable,
+    /// The node failed (storage error, or another unexpected failure).
+    Error,
+}
+
+/// Label values in snake case, as Prometheus label values conventionally are.
+macro_rules! label_values {
+    ($type:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $type {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $type {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values!(Api { Grpc => "grpc", Http => "http" });
+label_values!(Op { Get => "get", Put => "put", Delete => "delete" });
+label_values!(Outcome {
+    Ok => "ok",
+    NotFound => "not_found",
+    Invalid => "invalid",
+    Unavailable => "unavailable",
+    Error => "error",
+});
+
+impl Outcome {
+    /// The outcome a failed coordinator call is counted under.
+    pub fn of_error(error: &CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::InvalidArgument(_) => Outcome::Invalid,
+            CoordinatorError::Quorum(_) | CoordinatorError::Unavailable(_) => Outcome::Unavailable,
+            CoordinatorError::Forwarded { error, .. } => match error {
+                ReplicaError::InvalidArgument(_) => Outcome::Invalid,
+                ReplicaError::Unavailable(_) => Outcome::Unavailable,
+                _ => Outcome::Error,
+            },
+            _ => Outcome::Error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    api: Api,
+    op: Op,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LatencyLabels {
+    api: Api,
+    op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_SECONDS)
+}
+
+/// The node's metrics; cheap to clone (every clone shares one registry).
+///
+/// Request metrics are recorded by the API handlers with [`Metrics::observe`]; the
+/// gauges are refreshed by the node from its state (the `set_*` methods), typically on
+/// a timer or when the state changes.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Owns the descriptors; every metric below is registered in it.
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    hint_backlog: Family<TargetLabel, Gauge>,
+    members: Family<StateLabel, Gauge>,
+    ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    keys: Gauge,
+    /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
+    /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
+    /// critical section awaits.
+    refresh: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered and no observations.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "dynamo_requests",
+            "Client requests by API, operation and outcome",
+            requests.clone(),
+        );
+        let latency: Family<LatencyLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "dynamo_request_duration_seconds",
+            "Client request latency by API and operation",
+            latency.clone(),
+        );
+        let hint_backlog = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "dynamo_hint_backlog_keys",
+            "Hinted writes held for each unreachable home replica",
+            hint_backlog.clone(),
+        );
+        let members = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "dynamo_members",
+            "Members of this node's member table by state",
+            members.clone(),
+        );
+        let ownership = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "dynamo_ring_ownership",
+            "Fraction of the ring each member owns as primary",
+            ownership.clone(),
+        );
+        let keys = Gauge::default();
+        registry.register(
+            "dynamo_keys",
+            "Keys stored on this node (approximate)",
+            keys.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                hint_backlog,
+                members,
+                ownership,
+                keys,
+                refresh: Mutex::new(()),
+            }),
+        }
+    }
+
+    fn refresh_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.inner.refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one client request: counts it and adds its latency.
+    pub fn observe(&self, api: Api, op: Op, outcome: Outcome, duration: Duration) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels { api, op, outcome })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&LatencyLabels { api, op })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Replaces the hint backlog gauges: hinted keys held for each home replica.
+    /// Targets left out (their hints delivered) disappear from the output.
+    pub fn set_hint_backlogs<'a>(&self, backlogs: impl IntoIterator<Item = (&'a NodeId, u64)>) {
+        let _refresh = self.refresh_lock();
+        self.inner.hint_backlog.clear();
+        for (target, keys) in backlogs {
+            self.inner
+                .hint_backlog
+                .get_or_create(&TargetLabel {
+                    target: target.to_string(),
+                })
+                .set(saturating_i64(keys));
+        }
+    }
+
+    /// Sets the member counts by state from the member table; every state is
+    /// present, zero when no member is in it.
+    pub fn set_members(&self, table: &MemberTable) {
+        let mut counts: BTreeMap<String, i64> = [
+            MemberState::Joining,
+            MemberState::Member,
+            MemberState::Leaving,
+            MemberState::Removed,
+        ]
+        .into_iter()
+        .map(|state| (state.to_string(), 0))
+        .collect();
+        for member in table.iter() {
+            *counts.entry(member.state().to_string()).or_default() += 1;
+        }
+        let _refresh = self.refresh_lock();
+        self.inner.members.clear();
+        for (state, count) in counts {
+            self.inner
+                .members
+                .get_or_create(&StateLabel { state })
+                .set(count);
+        }
+    }
+
+    /// Replaces the ring ownership gauges (fractions of the ring, as from
+    /// [`Ring::ownership`](crate::ring::Ring::ownership)); nodes left out disappear.
+    pub fn set_ring_ownership(&self, ownership: &BTreeMap<NodeId, f64>) {
+        let _refresh = self.refresh_lock();
+        self.inner.ownership.clear();
+        for (node, fraction) in ownership {
+            self.inner
+                .ownership
+                .get_or_create(&NodeLabel {
+                    node: node.to_string(),
+                })
+                .set(*fraction);
+        }
+    }
+
+    /// Sets the approximate number of keys stored on this node.
+    pub fn set_keys(&self, keys: u64) {
+        self.inner.keys.set(saturating_i64(keys));
+    }
+
+    /// Renders every metric in the OpenMetrics text format
+    /// ([`OPENMETRICS_CONTENT_TYPE`]), ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _refresh = self.refresh_lock();
+        // Writing into a String cannot fail, and every metric type we register encodes
+        // without error; an error here would be a bug in prometheus-client.
+        if let Err(error) =
+            prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+        {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quorum::{Operation, QuorumError};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    /// The sample line for `series` (name plus labels), if present.
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .map(|line| line[series.len() + 1..].trim())
+    }
+
+    #[test]
+    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
+        // Labelled families appear with their first series.
+        let text = Metrics::new().encode();
+        assert_eq!(
+            text,
+            "# HELP dynamo_keys Keys stored on this node (approximate).\n\
+             # TYPE dynamo_keys gauge\n\
+             dynamo_keys 0\n\
+             # EOF\n"
+        );
+    }
+
+    #[test]
+    fn observations_are_counted_by_labels() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        metrics.observe(Api::Http, Op::Get, Outcome::Ok, Duration::from_millis(2));
+        clone.observe(Api::Http, Op::Get, Outcome::Ok, Duration::from_millis(3));
+        metrics.observe(
+            Api::Grpc,
+            Op::Delete,
+            Outcome::Unavailable,
+            Duration::from_secs(20),
+        );
+        let text = metrics.encode();
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_requests_total{api="http",op="get",outcome="ok"}"#
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_requests_total{api="grpc",op="delete",outcome="unavailable"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_request_duration_seconds_count{api="http",op="get"}"#
+            ),
+            Some("2")
+        );
+        // 2 ms and 3 ms both fall in the 5 ms bucket, neither in the 1 ms one.
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_request_duration_seconds_bucket{le="0.005",api="http",op="get"}"#
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_request_duration_seconds_bucket{le="0.001",api="http",op="get"}"#
+            ),
+            Some("0")
+        );
+        // 20 s is past the last finite bucket: only +Inf counts it.
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_request_duration_seconds_bucket{le="10.0",api="grpc",op="delete"}"#
+            ),
+            Some("0")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"dynamo_request_duration_seconds_bucket{le="+Inf",api="grpc",op="delete"}"#
+            ),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn gauges_replace_their_families() {
+        let metrics = Metrics::new();
+        let (a, b) = (id("a"), id("b"));
+        metrics.set_hint_backlogs([(&a, 7), (&b, 1)]);
+        metrics.set_hint_backlogs([(&b, 3)]);
+        metrics.set_ring_ownership(&BTreeMap::from([(a.clone(), 0.25), (b.clone(), 0.75)]));
+        metrics.set_keys(u64::MAX);
+        let mut table = MemberTable::new();
+        table.join(a.clone(), "a:1", 1).unwrap();
+        table.join(b.clone(), "b:1", 1).unwrap();
+        table.mark_member(&b).unwrap();
+        metrics.set_members(&table);
+        let text = metrics.encode();
+        // Dynamo §4.6: a delivered backlog must not linger as a stale series.
+        assert_eq!(
+            sample(&text, r#"dynamo_hint_backlog_keys{target="a"}"#),
+            None
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_hint_backlog_keys{target="b"}"#),
+            Some("3")
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_ring_ownership{node="b"}"#),
+            Some("0.75")
+        );
+        assert_eq!(sample(&text, "dynamo_keys"), Some(&*i64::MAX.to_string()));
+        assert_eq!(
+            sample(&text, r#"dynamo_members{state="joining"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_members{state="member"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_members{state="removed"}"#),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn coordinator_errors_map_to_outcomes() {
+        let quorum = QuorumError {
+            op: Operation::Write,
+            needed: 2,
+            got: 1,
+            errors: Vec::new(),
+            timed_out: false,
+        };
+        assert_eq!(
+            Outcome::of_error(&CoordinatorError::Quorum(quorum)),
+            Outcome::Unavailable
+        );
+        assert_eq!(
+            Outcome::of_error(&CoordinatorError::InvalidArgument("x".into())),
+            Outcome::Invalid
+        );
+        let forwarded = |error| CoordinatorError::Forwarded {
+            address: "a:1".into(),
+            error,
+        };
+        assert_eq!(
+            Outcome::of_error(&forwarded(ReplicaError::InvalidArgument("x".into()))),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            Outcome::of_error(&forwarded(ReplicaError::Internal("x".into()))),
+            Outcome::Error
+        );
+    }
+}

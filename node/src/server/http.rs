@@ -1,0 +1,1035 @@
+//! The node's HTTP API (I/O shell): a key-value interface for clients without gRPC,
+//! Prometheus metrics, health and readiness probes, and a status page.
+//!
+//! Routes:
+//!
+//! * `GET /v1/kv/{key}`: the key's versions (Dynamo §4.4, §5). One version: `200` with
+//!   the value as the body. Several concurrent versions (siblings): `300 Multiple
+//!   Choices` with `{"siblings": ["<base64>", ...]}`. None, or only deletes: `404`. All
+//!   three carry the context covering what was read in `X-Dynamo-Context`.
+//! * `PUT /v1/kv/{key}` (body = value) and `DELETE /v1/kv/{key}`, both with an optional
+//!   `X-Dynamo-Context` (absent or empty: a blind write): `204` with the new version's
+//!   context in `X-Dynamo-Context`.
+//! * `?r=` on gets and `?w=` on puts and deletes override the node's R and W.
+//! * `GET /metrics` (OpenMetrics text), `GET /healthz`, `GET /readyz`, and `GET /` (an
+//!   HTML page drawing the ring and listing the members).
+//!
+//! The key is the percent-decoded path after `/v1/kv/` and may hold any bytes. The
+//! context is the standard base64 of the opaque context bytes
+//! ([`version::context`](crate::version::context)). Errors answer with
+//! `{"error": "..."}`: `400` for a malformed key, context or quorum override, `413`
+//! for a value over the node's limit (refused while reading the body, before it is
+//! buffered whole), `503` when the quorum cannot be reached, `500` for a failure of
+//! the node itself. Every key-value request is counted in [`Metrics`].
+
+use std::collections::BTreeMap;
+use std::f64::consts::PI;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+use crate::NodeId;
+use crate::cluster::Cluster;
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::metrics::{Api, Metrics, OPENMETRICS_CONTENT_TYPE, Op, Outcome};
+use crate::ring::{Ring, TokenRange};
+use crate::version::{SiblingSet, VectorClock, context};
+
+/// The header carrying the opaque client context, standard base64.
+pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("x-dynamo-context");
+
+/// The path prefix of the key-value routes; the key follows it.
+pub const KV_PREFIX: &str = "/v1/kv/";
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// Serves the key-value routes.
+    pub coordinator: Coordinator,
+    /// Counts requests; rendered by `/metrics`.
+    pub metrics: Metrics,
+    /// The member table and ring, for `/readyz` and the status page.
+    pub cluster: Arc<Cluster>,
+}
+
+/// The HTTP API's routes over `state`.
+///
+/// Request bodies are limited to the coordinator's
+/// [`max_value_bytes`](crate::coordinator::RequestLimits::max_value_bytes).
+pub fn router(state: HttpState) -> Router {
+    let max_body = state.coordinator.limits().max_value_bytes;
+    let kv = get(get_value).put(put_value).delete(delete_value);
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // An empty key reaches the handlers too, so it is refused with a 400 and
+        // counted, like any other invalid key.
+        .route("/v1/kv", kv.clone())
+        .route("/v1/kv/", kv.clone())
+        // A wildcard: a key may contain unencoded slashes.
+        .route("/v1/kv/{*key}", kv)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Per-request quorum overrides.
+#[derive(Debug, Deserialize)]
+struct QuorumParams {
+    r: Option<u32>,
+    w: Option<u32>,
+}
+
+/// A failed request: its status, how it is counted, and the message for the client.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    outcome: Outcome,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            outcome: Outcome::Invalid,
+            message: message.into(),
+        }
+    }
+
+    fn query(rejection: &QueryRejection) -> Self {
+        Self::invalid(format!("bad query: {}", rejection.body_text()))
+    }
+
+    fn body(rejection: &BytesRejection) -> Self {
+        let status = rejection.status();
+        Self {
+            status,
+            outcome: if status.is_client_error() {
+                Outcome::Invalid
+            } else {
+                Outcome::Error
+            },
+            message: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "value is larger than the limit".to_owned()
+            } else {
+                rejection.body_text()
+            },
+        }
+    }
+
+    fn coordinator(error: &CoordinatorError) -> Self {
+        let outcome = Outcome::of_error(error);
+        let status = match outcome {
+            Outcome::Invalid => StatusCode::BAD_REQUEST,
+            Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            outcome,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(
+            self.status,
+            &serde_json::json!({ "error": self.message }).to_string(),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_owned(),
+    )
+        .into_response()
+}
+
+/// The user key named by a `/v1/kv/...` path: the percent-decoded bytes after the
+/// prefix (empty for `/v1/kv` and `/v1/kv/`).
+fn key_of(uri: &Uri) -> Vec<u8> {
+    let encoded = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
+    percent_decode_str(encoded).collect()
+}
+
+/// The client's context: absent or empty means a blind write (the empty clock).
+fn context_of(headers: &HeaderMap) -> Result<VectorClock, ApiError> {
+    let Some(value) = headers.get(&CONTEXT_HEADER) else {
+        return Ok(VectorClock::new());
+    };
+    let bytes = BASE64
+        .decode(value.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("context is not base64: {e}")))?;
+    context::decode(&bytes).map_err(|e| ApiError::invalid(format!("bad context: {e}")))
+}
+
+fn context_header(clock: &VectorClock) -> (HeaderName, HeaderValue) {
+    let encoded = BASE64.encode(context::encode(clock));
+    // Base64 is always a valid header value.
+    let value = HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (CONTEXT_HEADER, value)
+}
+
+/// The answer to a get: 200, 300 or 404 by the number of data versions.
+fn found(state: &SiblingSet) -> (Response, Outcome) {
+    let context = context_header(&state.context());
+    let values: Vec<&[u8]> = state.values().collect();
+    match values.as_slice() {
+        [] => {
+            let mut response = ApiError {
+                status: StatusCode::NOT_FOUND,
+                outcome: Outcome::NotFound,
+                message: "not found".to_owned(),
+            }
+            .into_response();
+            response.headers_mut().insert(context.0, context.1);
+            (response, Outcome::NotFound)
+        }
+        [value] => {
+            let response = (
+                StatusCode::OK,
+                [
+                    context,
+                    (
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                ],
+                Body::from(value.to_vec()),
+            )
+                .into_response();
+            (response, Outcome::Ok)
+        }
+        several => {
+            let siblings: Vec<String> = several.iter().map(|v| BASE64.encode(v)).collect();
+            let body = serde_json::json!({ "siblings": siblings }).to_string();
+            let mut response = json_response(StatusCode::MULTIPLE_CHOICES, &body);
+            response.headers_mut().insert(context.0, context.1);
+            (response, Outcome::Ok)
+        }
+    }
+}
+
+impl HttpState {
+    /// Counts a finished key-value request and turns it into a response.
+    fn finish(
+        &self,
+        op: Op,
+        started: Instant,
+        result: Result<(Response, Outcome), ApiError>,
+    ) -> Response {
+        let (response, outcome) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                let outcome = error.outcome;
+                (error.into_response(), outcome)
+            }
+        };
+        self.metrics
+            .observe(Api::Http, op, outcome, started.elapsed());
+        response
+    }
+
+    async fn write(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        query: Result<Query<QuorumParams>, QueryRejection>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(Response, Outcome), ApiError> {
+        let key = key_of(uri);
+        let params = query.map_err(|e| ApiError::query(&e))?;
+        let context = context_of(headers)?;
+        let clock = self
+            .coordinator
+            .put(&key, context, value, params.w)
+            .await
+            .map_err(|e| ApiError::coordinator(&e))?;
+        let response = (StatusCode::NO_CONTENT, [context_header(&clock)]).into_response();
+        Ok((response, Outcome::Ok))
+    }
+}
+
+async fn get_value(
+    State(state): State<HttpState>,
+    uri: Uri,
+    query: Result<Query<QuorumParams>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let key = key_of(&uri);
+        let params = query.map_err(|e| ApiError::query(&e))?;
+        let siblings = state
+            .coordinator
+            .get(&key, params.r)
+            .await
+            .map_err(|e| ApiError::coordinator(&e))?;
+        Ok(found(&siblings))
+    }
+    .await;
+    state.finish(Op::Get, started, result)
+}
+
+async fn put_value(
+    State(state): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<QuorumParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = match body {
+        Ok(value) => {
+            state
+                .write(&uri, &headers, query, Some(value.to_vec()))
+                .await
+        }
+        Err(rejection) => Err(ApiError::body(&rejection)),
+    };
+    state.finish(Op::Put, started, result)
+}
+
+async fn delete_value(
+    State(state): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<QuorumParams>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = state.write(&uri, &headers, query, None).await;
+    state.finish(Op::Delete, started, result)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready once this node is in the ring (Joining or Member in its own member table):
+/// before that it owns no range, and a load balancer should not send it clients.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let me = state.cluster.me();
+    let reason = match state.cluster.table().get(me) {
+        Some(member) if member.state().in_ring() => return "ready".into_response(),
+        Some(member) => format!(
+            "not ready: this node is {}, not in the ring",
+            member.state()
+        ),
+        None => "not ready: this node has not joined the ring".to_owned(),
+    };
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        outcome: Outcome::Unavailable,
+        message: reason,
+    }
+    .into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status_page(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        render_status(&state.cluster),
+    )
+        .into_response()
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A distinct color per ring member, hues spread by the golden angle.
+fn colors(ring: &Ring) -> BTreeMap<NodeId, String> {
+    ring.members()
+        .enumerate()
+        .map(|(index, (id, _))| {
+            let hue = (index as f64 * 137.508) % 360.0;
+            (id.clone(), format!("hsl({hue:.0},65%,50%)"))
+        })
+        .collect()
+}
+
+/// The ring's virtual nodes with adjacent ranges of one owner merged, in token order.
+fn owned_arcs(ring: &Ring) -> Vec<(TokenRange, NodeId)> {
+    let mut arcs: Vec<(TokenRange, NodeId)> = Vec::new();
+    for (range, owner) in ring.vnodes() {
+        match arcs.last_mut() {
+            Some((last, last_owner)) if last_owner == owner && last.end == range.start => {
+                last.end = range.end;
+            }
+            _ => arcs.push((range, owner.clone())),
+        }
+    }
+    arcs
+}
+
+const SVG_SIZE: f64 = 320.0;
+const RING_RADIUS: f64 = 120.0;
+
+/// A point on the ring at `fraction` of the way round, clockwise from the top.
+fn ring_point(fraction: f64) -> (f64, f64) {
+    let angle = fraction * 2.0 * PI - PI / 2.0;
+    let center = SVG_SIZE / 2.0;
+    (
+        center + RING_RADIUS * angle.cos(),
+        center + RING_RADIUS * angle.sin(),
+    )
+}
+
+/// An inline SVG of the ring: each owned arc stroked in its owner's color.
+fn ring_svg(ring: &Ring, colors: &BTreeMap<NodeId, String>) -> String {
+    let center = SVG_SIZE / 2.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_SIZE}\" height=\"{SVG_SIZE}\" \
+         viewBox=\"0 0 {SVG_SIZE} {SVG_SIZE}\" role=\"img\" aria-label=\"ring\">\
+         <circle cx=\"{center}\" cy=\"{center}\" r=\"{RING_RADIUS}\" fill=\"none\" \
+         stroke=\"#ddd\" stroke-width=\"28\"/>"
+    );
+    for (range, owner) in owned_arcs(ring) {
+        let color = colors.get(&owner).map_or("#888", String::as_str);
+        let title = format!(
+            "<title>{} ({:.2}%)</title>",
+            escape_html(owner.as_str()),
+            range.fraction() * 100.0
+        );
+        if range.is_full() {
+            let _ = write!(
+                svg,
+                "<circle cx=\"{center}\" cy=\"{center}\" r=\"{RING_RADIUS}\" fill=\"none\" \
+                 stroke=\"{color}\" stroke-width=\"28\">{title}</circle>"
+            );
+            continue;
+        }
+        let start = range.start.0 as f64 / 2f64.powi(128);
+        let (x1, y1) = ring_point(start);
+        let (x2, y2) = ring_point(start + range.fraction());
+        let large_arc = u8::from(range.fraction() > 0.5);
+        let _ = write!(
+            svg,
+            "<path d=\"M {x1:.2} {y1:.2} A {RING_RADIUS} {RING_RADIUS} 0 {large_arc} 1 \
+             {x2:.2} {y2:.2}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"28\">\
+             {title}</path>"
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The status page: the ring as a picture and the member table.
+fn render_status(cluster: &Cluster) -> String {
+    let ring = cluster.ring();
+    let table = cluster.table();
+    let colors = colors(&ring);
+    let ownership = ring.ownership();
+    let mut rows = String::new();
+    for member in table.iter() {
+        let id = member.id();
+        let swatch = colors.get(id).map_or("transparent", String::as_str);
+        let share = ownership.get(id).copied().unwrap_or(0.0) * 100.0;
+        let reachable = if cluster.is_available(id) {
+            "yes"
+        } else {
+            "no"
+        };
+        let _ = write!(
+            rows,
+            "<tr><td><span class=\"swatch\" style=\"background:{swatch}\"></span>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{share:.2}%</td><td>{reachable}</td></tr>",
+            escape_html(id.as_str()),
+            escape_html(member.address()),
+            member.state(),
+            member.weight(),
+        );
+    }
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>dynamo node {me}</title><style>\
+         body{{font-family:sans-serif;margin:2em}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
+         .swatch{{display:inline-block;width:10px;height:10px;margin-right:6px}}\
+         </style></head><body>\
+         <h1>Dynamo node {me}</h1>\
+         <p>Ring epoch {epoch}, {members} ring members, {vnodes} virtual nodes.</p>\
+         {svg}\
+         <table><thead><tr><th>node</th><th>address</th><th>state</th><th>weight</th>\
+         <th>ownership</th><th>reachable</th></tr></thead><tbody>{rows}</tbody></table>\
+         </body></html>\n",
+        me = escape_html(cluster.me().as_str()),
+        epoch = ring.epoch(),
+        members = ring.len(),
+        vnodes = ring.vnode_count(),
+        svg = ring_svg(&ring, &colors),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::http::Request;
+    use http_body::Frame;
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use proptest::prelude::*;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::cluster::Clock;
+    use crate::coordinator::{CoordinatorConfig, RequestLimits};
+    use crate::membership::{DetectorConfig, MemberTable};
+    use crate::quorum::QuorumConfig;
+    use crate::ring::PartitionStrategy;
+    use crate::storage::{Durability, MemoryEngine};
+    use crate::store::Store;
+    use crate::transport::MemoryNetwork;
+    use crate::version::{Actor, SiblingLimits};
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_key_bytes: 64,
+        max_value_bytes: 1024,
+    };
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    /// Node `me`, whose table holds `members` (id, address) as Members, alone on an
+    /// in-memory network (no peer answers). An empty list gives a node that has not
+    /// joined.
+    fn node_with(me: &str, members: &[(&str, &str)], quorum: QuorumConfig) -> HttpState {
+        let mut table = MemberTable::new();
+        for (member, address) in members {
+            table.join(id(member), address, 1).unwrap();
+            table.mark_member(&id(member)).unwrap();
+        }
+        let cluster = Arc::new(
+            Cluster::new(
+                id(me),
+                table,
+                PartitionStrategy::random_tokens(8).unwrap(),
+                DetectorConfig::default(),
+                Clock::default(),
+            )
+            .unwrap(),
+        );
+        let coordinator = Coordinator::new(
+            CoordinatorConfig {
+                actor: Actor::new(id(me), 1),
+                quorum,
+                timeout: Duration::from_secs(2),
+                durability: Durability::Sync,
+                limits: LIMITS,
+            },
+            Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default()),
+            Arc::clone(&cluster),
+            // No peer is registered on the network: every call to one fails as a
+            // refused connection would.
+            Arc::new(
+                MemoryNetwork::new(Duration::from_millis(200))
+                    .unwrap()
+                    .endpoint(me),
+            ),
+        );
+        HttpState {
+            coordinator,
+            metrics: Metrics::new(),
+            cluster,
+        }
+    }
+
+    /// A one-node ring with N = R = W = 1.
+    fn single_node() -> HttpState {
+        node_with(
+            "n1",
+            &[("n1", "127.0.0.1:7000")],
+            QuorumConfig::new(1, 1, 1).unwrap(),
+        )
+    }
+
+    struct Reply {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    }
+
+    impl Reply {
+        fn context(&self) -> &str {
+            self.headers
+                .get(&CONTEXT_HEADER)
+                .expect("context header")
+                .to_str()
+                .unwrap()
+        }
+
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap()
+        }
+    }
+
+    async fn send(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        context: Option<&str>,
+        body: Body,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(context) = context {
+            request = request.header(CONTEXT_HEADER, context);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn put(app: &Router, uri: &str, context: Option<&str>, value: &str) -> Reply {
+        send(app, "PUT", uri, context, Body::from(value.to_owned())).await
+    }
+
+    async fn get(app: &Router, uri: &str) -> Reply {
+        send(app, "GET", uri, None, Body::empty()).await
+    }
+
+    #[tokio::test]
+    async fn put_then_get_returns_the_value_and_its_context() {
+        let app = router(single_node());
+        let written = put(&app, "/v1/kv/cart", None, "milk").await;
+        assert_eq!(written.status, StatusCode::NO_CONTENT);
+        assert!(!written.context().is_empty());
+        let read = get(&app, "/v1/kv/cart").await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.body, b"milk");
+        // Dynamo §5: the context a get returns is the clock of what it read.
+        assert_eq!(read.context(), written.context());
+    }
+
+    #[tokio::test]
+    async fn a_put_with_the_read_context_replaces_the_value() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/cart", None, "milk").await;
+        let read = get(&app, "/v1/kv/cart").await;
+        let context = read.context().to_owned();
+        let replaced = put(&app, "/v1/kv/cart", Some(&context), "milk,eggs").await;
+        assert_eq!(replaced.status, StatusCode::NO_CONTENT);
+        assert_ne!(replaced.context(), context);
+        let read = get(&app, "/v1/kv/cart").await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.body, b"milk,eggs");
+    }
+
+    #[tokio::test]
+    async fn blind_puts_are_siblings_until_a_put_with_their_context() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/cart", None, "milk").await;
+        put(&app, "/v1/kv/cart", None, "eggs").await;
+        // Dynamo §4.4: two writes that did not see each other are concurrent; a read
+        // returns both, with one context covering them.
+        let read = get(&app, "/v1/kv/cart").await;
+        assert_eq!(read.status, StatusCode::MULTIPLE_CHOICES);
+        let mut siblings: Vec<Vec<u8>> = read.json()["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| BASE64.decode(v.as_str().unwrap()).unwrap())
+            .collect();
+        siblings.sort();
+        assert_eq!(siblings, vec![b"eggs".to_vec(), b"milk".to_vec()]);
+        // The client reconciles and writes back with that context (§4.4 "semantic
+        // reconciliation"): one version remains.
+        let merged = put(&app, "/v1/kv/cart", Some(read.context()), "eggs,milk").await;
+        assert_eq!(merged.status, StatusCode::NO_CONTENT);
+        let read = get(&app, "/v1/kv/cart").await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.body, b"eggs,milk");
+    }
+
+    #[tokio::test]
+    async fn missing_and_deleted_keys_are_404_with_a_context() {
+        let app = router(single_node());
+        let missing = get(&app, "/v1/kv/nothing").await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(missing.context(), "");
+        assert_eq!(missing.json()["error"], "not found");
+
+        put(&app, "/v1/kv/cart", None, "milk").await;
+        let context = get(&app, "/v1/kv/cart").await.context().to_owned();
+        let deleted = send(&app, "DELETE", "/v1/kv/cart", Some(&context), Body::empty()).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        // A delete is a tombstone with a clock (Dynamo §4.4): the 404 still carries a
+        // context, so a later write can supersede the delete.
+        let gone = get(&app, "/v1/kv/cart").await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
+        assert_eq!(gone.context(), deleted.context());
+        assert!(!gone.context().is_empty());
+    }
+
+    #[tokio::test]
+    async fn malformed_contexts_are_400() {
+        let app = router(single_node());
+        let not_base64 = put(&app, "/v1/kv/k", Some("!!!"), "v").await;
+        assert_eq!(not_base64.status, StatusCode::BAD_REQUEST);
+        assert!(
+            not_base64.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("base64")
+        );
+        // Valid base64 of bytes that are not a context (unknown format version 9).
+        let bad_bytes = BASE64.encode([9u8, 1, 2]);
+        let rejected = send(&app, "DELETE", "/v1/kv/k", Some(&bad_bytes), Body::empty()).await;
+        assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
+        assert_eq!(get(&app, "/v1/kv/k").await.status, StatusCode::NOT_FOUND);
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[7; 512])))))
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_values_are_413_before_the_body_is_buffered() {
+        let state = single_node();
+        let metrics = state.metrics.clone();
+        let app = router(state);
+        let at_limit = "x".repeat(LIMITS.max_value_bytes);
+        assert_eq!(
+            put(&app, "/v1/kv/k", None, &at_limit).await.status,
+            StatusCode::NO_CONTENT
+        );
+        let over = format!("{at_limit}x");
+        let refused = put(&app, "/v1/kv/k", None, &over).await;
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(refused.json()["error"].as_str().unwrap().contains("limit"));
+        // An endless body is refused once the limit is crossed: were it buffered
+        // whole, this request would never finish.
+        let endless = tokio::time::timeout(
+            Duration::from_secs(10),
+            send(&app, "PUT", "/v1/kv/k", None, Body::new(Endless)),
+        )
+        .await
+        .expect("the body limit ends the request");
+        assert_eq!(endless.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(get(&app, "/v1/kv/k").await.body, at_limit.as_bytes());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"dynamo_requests_total{api="http",op="put",outcome="invalid"} 2"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_are_percent_decoded_bytes_within_the_limit() {
+        let app = router(single_node());
+        for empty in ["/v1/kv/", "/v1/kv"] {
+            let reply = get(&app, empty).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{empty}");
+            assert!(reply.json()["error"].as_str().unwrap().contains("empty"));
+            assert_eq!(
+                put(&app, empty, None, "v").await.status,
+                StatusCode::BAD_REQUEST
+            );
+        }
+        let too_long = format!("/v1/kv/{}", "k".repeat(LIMITS.max_key_bytes + 1));
+        assert_eq!(get(&app, &too_long).await.status, StatusCode::BAD_REQUEST);
+        // Three encoded bytes are one byte each: 64 of them is a 64-byte key.
+        let longest = format!("/v1/kv/{}", "%FF".repeat(LIMITS.max_key_bytes));
+        assert_eq!(
+            put(&app, &longest, None, "v").await.status,
+            StatusCode::NO_CONTENT
+        );
+        // Binary keys, and slashes encoded or not, name the same bytes.
+        put(&app, "/v1/kv/%00%FF%2Fa", None, "binary").await;
+        assert_eq!(get(&app, "/v1/kv/%00%ff/a").await.body, b"binary");
+        assert_eq!(
+            get(&app, "/v1/kv/%00%FF").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn quorum_overrides_are_checked() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/k?w=1", None, "v").await;
+        assert_eq!(get(&app, "/v1/kv/k?r=1").await.status, StatusCode::OK);
+        for bad in ["?r=0", "?r=9", "?r=-1", "?r=abc", "?r=99999999999"] {
+            let reply = get(&app, &format!("/v1/kv/k{bad}")).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(reply.json()["error"].is_string());
+        }
+        for bad in ["?w=0", "?w=2"] {
+            let reply = put(&app, &format!("/v1/kv/k{bad}"), None, "v").await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_count_every_kv_request() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/k", None, "v").await;
+        get(&app, "/v1/kv/k").await;
+        get(&app, "/v1/kv/missing").await;
+        get(&app, "/v1/kv/k?r=0").await;
+        send(&app, "DELETE", "/v1/kv/k", None, Body::empty()).await;
+        let reply = get(&app, "/metrics").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.headers.get(CONTENT_TYPE).unwrap(),
+            OPENMETRICS_CONTENT_TYPE
+        );
+        let text = String::from_utf8(reply.body).unwrap();
+        for line in [
+            r#"dynamo_requests_total{api="http",op="put",outcome="ok"} 1"#,
+            r#"dynamo_requests_total{api="http",op="get",outcome="ok"} 1"#,
+            r#"dynamo_requests_total{api="http",op="get",outcome="not_found"} 1"#,
+            r#"dynamo_requests_total{api="http",op="get",outcome="invalid"} 1"#,
+            r#"dynamo_requests_total{api="http",op="delete",outcome="ok"} 1"#,
+            r#"dynamo_request_duration_seconds_count{api="http",op="get"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_while_serving() {
+        let reply = get(&router(single_node()), "/healthz").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, b"ok");
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_this_node_to_join_the_ring() {
+        let state = node_with("n1", &[], QuorumConfig::new(1, 1, 1).unwrap());
+        let cluster = Arc::clone(&state.cluster);
+        let app = router(state);
+        let before = get(&app, "/readyz").await;
+        assert_eq!(before.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            before.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("not joined")
+        );
+        // Dynamo §4.8.1: an explicit join puts the node in the ring (as Joining).
+        cluster
+            .change(|table| table.join(id("n1"), "n1:7000", 1))
+            .unwrap();
+        assert_eq!(get(&app, "/readyz").await.status, StatusCode::OK);
+        cluster.change(|table| table.leave(&id("n1"))).unwrap();
+        let leaving = get(&app, "/readyz").await;
+        assert_eq!(leaving.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            leaving.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("leaving")
+        );
+    }
+
+    #[tokio::test]
+    async fn status_page_draws_the_ring_and_escapes_member_fields() {
+        let hostile = "<script>\"a&'b:7001";
+        let state = node_with(
+            "n1",
+            &[("n1", "127.0.0.1:7000"), ("n2", hostile)],
+            QuorumConfig::new(1, 1, 1).unwrap(),
+        );
+        let reply = get(&router(state), "/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply
+                .headers
+                .get(CONTENT_TYPE)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let html = String::from_utf8(reply.body).unwrap();
+        assert!(html.contains("<svg"));
+        assert!(html.contains("<path"), "two members own arcs");
+        assert!(html.contains(">n2</td>"));
+        assert!(html.contains("&lt;script&gt;&quot;a&amp;&#39;b:7001"));
+        assert!(!html.contains("<script"));
+        // Self-contained: nothing is loaded from elsewhere.
+        assert!(!html.contains("src=") && !html.contains("href="));
+    }
+
+    #[test]
+    fn a_single_owner_is_drawn_as_a_full_circle() {
+        let state = single_node();
+        let arcs = owned_arcs(&state.cluster.ring());
+        assert_eq!(arcs.len(), 1);
+        assert!(arcs[0].0.is_full());
+        assert_eq!(arcs[0].1, id("n1"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_quorum_is_503() {
+        // Dynamo §4.6: with N = 3 and W = 2, a write needs one peer besides the
+        // coordinator; here no peer answers.
+        let state = node_with(
+            "n1",
+            &[("n1", "n1:7000"), ("n2", "n2:7000"), ("n3", "n3:7000")],
+            QuorumConfig::new(3, 2, 2).unwrap(),
+        );
+        let metrics = state.metrics.clone();
+        let app = router(state);
+        let write = put(&app, "/v1/kv/k", None, "v").await;
+        assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(write.json()["error"].as_str().unwrap().contains("quorum"));
+        let read = get(&app, "/v1/kv/k").await;
+        assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
+        // With W = 1 the coordinator's own write is enough.
+        assert_eq!(
+            put(&app, "/v1/kv/k?w=1", None, "v").await.status,
+            StatusCode::NO_CONTENT
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"dynamo_requests_total{api="http",op="put",outcome="unavailable"} 1"#)
+        );
+        assert!(
+            text.contains(r#"dynamo_requests_total{api="http",op="get",outcome="unavailable"} 1"#)
+        );
+    }
+
+    /// Sends one raw HTTP/1.1 request and reads the whole response.
+    async fn raw_request(address: std::net::SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8(response).unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_over_a_real_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, router(single_node())).into_future());
+        let written = raw_request(
+            address,
+            "PUT /v1/kv/hello%20world HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\
+             Connection: close\r\n\r\nthere",
+        )
+        .await;
+        assert!(written.starts_with("HTTP/1.1 204"), "{written}");
+        assert!(written.to_ascii_lowercase().contains("x-dynamo-context: "));
+        let read = raw_request(
+            address,
+            "GET /v1/kv/hello%20world HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(read.starts_with("HTTP/1.1 200"), "{read}");
+        assert!(read.ends_with("\r\n\r\nthere"), "{read}");
+        server.abort();
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_bytes_survive_percent_encoding(key in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let encoded: String = percent_encoding::percent_encode(&key, NON_ALPHANUMERIC).collect();
+            let uri: Uri = format!("{KV_PREFIX}{encoded}").parse().unwrap();
+            prop_assert_eq!(key_of(&uri), key);
+        }
+
+        #[test]
+        fn escaped_text_has_no_markup(text in ".*") {
+            let escaped = escape_html(&text);
+            prop_assert!(!escaped.contains(['<', '>', '"', '\'']));
+            // Every '&' starts one of the entities written.
+            for (at, _) in escaped.match_indices('&') {
+                let rest = &escaped[at..];
+                prop_assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)));
+            }
+        }
+
+        #[test]
+        fn utf8_keys_round_trip_through_the_router(
+            key in "[^/?#]{1,16}",
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (status, body) = runtime.block_on(async {
+                let app = router(single_node());
+                let path = format!("{KV_PREFIX}{}", utf8_percent_encode(&key, NON_ALPHANUMERIC));
+                let written = send(&app, "PUT", &path, None, Body::from(value.clone())).await;
+                assert_eq!(written.status, StatusCode::NO_CONTENT);
+                let read = get(&app, &path).await;
+                (read.status, read.body)
+            });
+            prop_assert_eq!(status, StatusCode::OK);
+            prop_assert_eq!(body, value);
+        }
+    }
+}
