@@ -23,6 +23,7 @@ use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
+use crate::metrics::Metrics;
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
@@ -83,6 +84,8 @@ pub struct NodeShared {
     pub(crate) strategy: PartitionStrategy,
     pub(crate) seeds: Vec<String>,
     pub(crate) advertise: String,
+    /// Request counters and gauges, served on `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -213,6 +216,8 @@ pub struct RunningNode {
     pub client_addr: SocketAddr,
     /// Where the internode API (`Replica`, `Admin`) listens.
     pub internode_addr: SocketAddr,
+    /// Where the HTTP API (kv, `/metrics`, probes, status page) listens, if enabled.
+    pub http_addr: Option<SocketAddr>,
     shared: Arc<NodeShared>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), NodeError>>,
@@ -275,6 +280,14 @@ impl Node {
         };
         let client_listener = bind("client API", config.listen()).await?;
         let internode_listener = bind("internode API", config.internode_listen()).await?;
+        let http_listener = match config.http_listen() {
+            Some(address) => Some(bind("HTTP API", address).await?),
+            None => None,
+        };
+        let http_addr = match (&http_listener, config.http_listen()) {
+            (Some(listener), Some(address)) => Some(local_addr(listener, address)?),
+            _ => None,
+        };
         let client_addr = local_addr(&client_listener, config.listen())?;
         let internode_addr = local_addr(&internode_listener, config.internode_listen())?;
         // Without an explicit advertise address, peers reach us where we actually bound
@@ -304,8 +317,11 @@ impl Node {
             Arc::clone(&shared),
             config,
             tls,
-            client_listener,
-            internode_listener,
+            Listeners {
+                client: client_listener,
+                internode: internode_listener,
+                http: http_listener,
+            },
             shutdown_rx,
         ));
         tracing::info!(
@@ -315,6 +331,7 @@ impl Node {
         Ok(RunningNode {
             client_addr,
             internode_addr,
+            http_addr,
             shared,
             shutdown: shutdown_tx,
             task,
@@ -467,6 +484,7 @@ impl NodeShared {
             strategy: settings.strategy,
             seeds: settings.seeds,
             advertise,
+            metrics: Metrics::new(),
         }))
     }
 
@@ -647,14 +665,25 @@ fn choose_incarnation(
     Ok(incarnation)
 }
 
+/// The node's bound sockets.
+struct Listeners {
+    client: TcpListener,
+    internode: TcpListener,
+    http: Option<TcpListener>,
+}
+
 async fn serve(
     shared: Arc<NodeShared>,
     config: NodeConfig,
     tls: Option<TlsMaterial>,
-    client_listener: TcpListener,
-    internode_listener: TcpListener,
+    listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    let Listeners {
+        client: client_listener,
+        internode: internode_listener,
+        http: http_listener,
+    } = listeners;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -662,8 +691,11 @@ async fn serve(
         .build_v1()
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
-    let kv = KvServer::new(KvService::new(shared.coordinator.clone()))
-        .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);
+    let kv = KvServer::new(KvService::new(
+        shared.coordinator.clone(),
+        shared.metrics.clone(),
+    ))
+    .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);
     let mut client_builder = tonic::transport::Server::builder();
     let mut internode_builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -711,7 +743,20 @@ async fn serve(
         shutdown.clone(),
     ));
 
-    let (client, internode) = tokio::join!(client_server, internode_server);
+    let http_server = async {
+        let Some(listener) = http_listener else {
+            return Ok(());
+        };
+        let router = crate::server::http::router(crate::server::http::HttpState {
+            coordinator: shared.coordinator.clone(),
+            metrics: shared.metrics.clone(),
+            cluster: Arc::clone(&shared.cluster),
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(wait_for(shutdown.clone()))
+            .await
+    };
+    let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
     gossip.abort();
     handoff.abort();
     let engine = Arc::clone(shared.store.engine());
@@ -724,6 +769,7 @@ async fn serve(
     tracing::info!(node = %shared.cluster.me(), "node stopped");
     client.map_err(|e| NodeError::Server(format!("client API: {e}")))?;
     internode.map_err(|e| NodeError::Server(format!("internode API: {e}")))?;
+    http.map_err(|e| NodeError::Server(format!("HTTP API: {e}")))?;
     Ok(())
 }
 
@@ -773,6 +819,16 @@ async fn handoff_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch
 }
 
 impl NodeShared {
+    /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys).
+    fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
+        self.metrics
+            .set_hint_backlogs(hint_targets.iter().map(|(node, keys)| (node, *keys)));
+        self.metrics.set_members(&self.cluster.table());
+        self.metrics
+            .set_ring_ownership(&self.cluster.ring().ownership());
+        self.metrics.set_keys(self.store.engine().approximate_len());
+    }
+
     /// One gossip exchange (Dynamo §4.8): with a random reachable peer, or, one time in
     /// four and always while we know no peers, with a seed, so logical partitions heal.
     /// `random` picks the peer (the shell's generator; tests pass fixed values).
@@ -834,6 +890,7 @@ impl NodeShared {
                 return;
             }
         };
+        self.refresh_gauges(&targets);
         for (home, _) in targets {
             if !self.cluster.is_available(&home) && !probes.contains(&home) {
                 continue;

@@ -478,3 +478,89 @@ async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
         assert!(!served, "a plaintext client was served on {address}");
     }
 }
+
+/// The HTTP API for curl users and probes, on a 3-node cluster: write through one node,
+/// read through another, siblings as 300, deletes as 404 with a context, metrics, probes
+/// and the status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_serves_kv_metrics_probes_and_the_ring_page() {
+    let cluster = TestCluster::start(3, &["--http-listen", "127.0.0.1:0"]).await;
+    let a = cluster.nodes[0]
+        .http
+        .expect("node 1 announced its HTTP port");
+    let b = cluster.nodes[1]
+        .http
+        .expect("node 2 announced its HTTP port");
+    let put = support::http(a, "PUT", "/v1/kv/user%2F42", &[], b"hello").await;
+    assert_eq!(put.status, 204);
+    let context = put
+        .header("x-dynamo-context")
+        .expect("put returns a context")
+        .to_owned();
+    let got = support::http(b, "GET", "/v1/kv/user%2F42", &[], b"").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"hello"[..]));
+    // Two writers from the same version: siblings, 300 Multiple Choices.
+    support::http(
+        a,
+        "PUT",
+        "/v1/kv/user%2F42",
+        &[("X-Dynamo-Context", &context)],
+        b"one",
+    )
+    .await;
+    support::http(
+        b,
+        "PUT",
+        "/v1/kv/user%2F42",
+        &[("X-Dynamo-Context", &context)],
+        b"two",
+    )
+    .await;
+    let siblings = support::http(a, "GET", "/v1/kv/user%2F42?r=3", &[], b"").await;
+    assert_eq!(
+        siblings.status,
+        300,
+        "{}",
+        String::from_utf8_lossy(&siblings.body)
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&siblings.body).unwrap();
+    assert_eq!(listing["siblings"].as_array().map(Vec::len), Some(2));
+    let merged = siblings.header("x-dynamo-context").unwrap().to_owned();
+    let delete = support::http(
+        b,
+        "DELETE",
+        "/v1/kv/user%2F42",
+        &[("X-Dynamo-Context", &merged)],
+        b"",
+    )
+    .await;
+    assert_eq!(delete.status, 204);
+    let gone = support::http(a, "GET", "/v1/kv/user%2F42", &[], b"").await;
+    assert_eq!(gone.status, 404);
+    assert!(
+        gone.header("x-dynamo-context")
+            .is_some_and(|c| !c.is_empty())
+    );
+    let bad = support::http(a, "PUT", "/v1/kv/k", &[("X-Dynamo-Context", "%%%")], b"v").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        support::http(a, "GET", "/healthz", &[], b"").await.status,
+        200
+    );
+    assert_eq!(
+        support::http(a, "GET", "/readyz", &[], b"").await.status,
+        200
+    );
+    let metrics = support::http(a, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("dynamo_requests_total{api=\"http\",op=\"put\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    let page = support::http(a, "GET", "/", &[], b"").await;
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("n3"),
+        "status page shows the ring"
+    );
+}

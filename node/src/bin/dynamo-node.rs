@@ -64,8 +64,12 @@ async fn run(config: dynamo_node::config::NodeConfig) -> Result<(), NodeError> {
     let node = Node::start(config).await?;
     // One machine-readable line, so scripts and tests that asked for port 0 learn the
     // ports actually bound.
+    let http = node
+        .http_addr
+        .map(|address| format!(" http={address}"))
+        .unwrap_or_default();
     println!(
-        "dynamo-node ready client={} internode={}",
+        "dynamo-node ready client={} internode={}{http}",
         node.client_addr, node.internode_addr
     );
     let trigger = node.shutdown_trigger();

@@ -3,7 +3,10 @@
 use tonic::{Request, Response, Status};
 
 use super::coordinator_status;
-use crate::coordinator::Coordinator;
+use std::time::Instant;
+
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::metrics::{Api, Metrics, Op, Outcome};
 use crate::proto::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, kv_server,
 };
@@ -13,12 +16,26 @@ use crate::version::{VectorClock, context};
 #[derive(Debug, Clone)]
 pub struct KvService {
     coordinator: Coordinator,
+    metrics: Metrics,
 }
 
 impl KvService {
-    /// A service over `coordinator`.
-    pub fn new(coordinator: Coordinator) -> Self {
-        Self { coordinator }
+    /// A service over `coordinator`, counting requests in `metrics`.
+    pub fn new(coordinator: Coordinator, metrics: Metrics) -> Self {
+        Self {
+            coordinator,
+            metrics,
+        }
+    }
+
+    /// Records one request's outcome and latency.
+    fn observe<T>(&self, op: Op, started: Instant, result: &Result<T, CoordinatorError>) {
+        let outcome = match result {
+            Ok(_) => Outcome::Ok,
+            Err(error) => Outcome::of_error(error),
+        };
+        self.metrics
+            .observe(Api::Grpc, op, outcome, started.elapsed());
     }
 }
 
@@ -30,11 +47,10 @@ fn decode_context(bytes: &[u8]) -> Result<VectorClock, Status> {
 impl kv_server::Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
-        let state = self
-            .coordinator
-            .get(&request.key, request.r)
-            .await
-            .map_err(|e| coordinator_status(&e))?;
+        let started = Instant::now();
+        let result = self.coordinator.get(&request.key, request.r).await;
+        self.observe(Op::Get, started, &result);
+        let state = result.map_err(|e| coordinator_status(&e))?;
         Ok(Response::new(GetResponse {
             values: state.values().map(|v| v.to_vec().into()).collect(),
             context: context::encode(&state.context()).into(),
@@ -64,12 +80,17 @@ impl kv_server::Kv for KvService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let request = request.into_inner();
-        let context = decode_context(&request.context)?;
-        let new_context = self
+        let started = Instant::now();
+        let context = decode_context(&request.context).inspect_err(|_| {
+            self.metrics
+                .observe(Api::Grpc, Op::Delete, Outcome::Invalid, started.elapsed());
+        })?;
+        let result = self
             .coordinator
             .put(&request.key, context, None, request.w)
-            .await
-            .map_err(|e| coordinator_status(&e))?;
+            .await;
+        self.observe(Op::Delete, started, &result);
+        let new_context = result.map_err(|e| coordinator_status(&e))?;
         Ok(Response::new(DeleteResponse {
             context: context::encode(&new_context).into(),
         }))
