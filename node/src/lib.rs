@@ -41,10 +41,13 @@
 //! * [`coordinator`]: server-driven get/put coordination over the quorum machines.
 //! * [`server`]: the `Kv` and `Admin` gRPC services.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops.
+//! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
+//!   admin changes) and `dynamoctl dev`, a local multi-process cluster.
 
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod ctl;
 pub mod membership;
 pub mod merkle;
 pub mod node;
