@@ -1,6 +1,6 @@
 //! The real `dynamoctl` binary: help, exit codes and messages for an unreachable server,
-//! a bad context and a node that fails to start; and (ignored until the node runtime is
-//! merged) a `dev` cluster driven end to end.
+//! a bad context and a node that fails to start; and a `dev` cluster of real
+//! `dynamo-node` processes driven end to end.
 
 use std::io::BufReader;
 use std::process::{Command, Output, Stdio};
@@ -127,14 +127,14 @@ fn dev_without_a_node_binary_is_a_usage_error() {
     assert!(text(&out.stderr).contains("no dynamo-node binary at /nonexistent/dynamo-node"));
 }
 
-/// Dynamo §4.1 end to end: a three-node `dev` cluster, a put, and a get that returns it.
+/// Dynamo §4.1 and §4.4 end to end: a three-node `dev` cluster; a put and a get that
+/// returns it; two blind puts make siblings, a put with the get's context reconciles them.
 #[test]
-#[ignore = "needs the dynamo-node runtime (node.rs); run with --ignored once it is merged"]
 fn dev_cluster_serves_put_and_get() {
     let mut dev = dynamoctl()
         .args(["dev", "--nodes", "3", "--storage", "memory", "--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("dynamoctl dev starts");
     let stdout = dev.stdout.take().expect("piped");
@@ -152,6 +152,26 @@ fn dev_cluster_serves_put_and_get() {
     assert_eq!(get.status.code(), Some(0), "{get:?}");
     let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(got["values"], serde_json::json!(["aGVsbG8="]));
+
+    let blind = run(&["put", "greeting", "bonjour", "--endpoint", &client]);
+    assert_eq!(blind.status.code(), Some(0), "{blind:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client, "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(got["values"].as_array().unwrap().len(), 2, "{got}");
+    let context = got["context"].as_str().unwrap();
+    let reconcile = run(&[
+        "put",
+        "greeting",
+        "hi",
+        "--context",
+        context,
+        "--endpoint",
+        &client,
+    ]);
+    assert_eq!(reconcile.status.code(), Some(0), "{reconcile:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client]);
+    assert_eq!(text(&get.stdout), "hi\n");
+
     let missing = run(&["get", "nobody", "--endpoint", &client]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
     let ring = run(&["ring", "--admin-endpoint", &admin, "--json"]);

@@ -110,23 +110,25 @@ pub(crate) fn node_args(spec: &NodeSpec, args: &DevArgs) -> Vec<OsString> {
     flags
 }
 
-/// `None` when every node's member table lists every expected id as joining or member;
-/// otherwise which node sees what, for progress and timeout messages.
+/// `None` when every node's member table lists every expected node, at its current
+/// address, as joining or member; otherwise which node lacks what, for progress and
+/// timeout messages. `expected` holds (id, internode address) pairs.
 pub(crate) fn agreement_gap(
-    expected: &[String],
+    expected: &[(String, String)],
     views: &[(String, Vec<proto::MemberInfo>)],
 ) -> Option<String> {
     let mut gaps = Vec::new();
     for (viewer, members) in views {
-        let present: Vec<&str> = members
-            .iter()
-            .filter(|m| matches!(output::state_name(m.state), "joining" | "member"))
-            .map(|m| m.node_id.as_str())
-            .collect();
         let missing: Vec<&str> = expected
             .iter()
-            .map(String::as_str)
-            .filter(|id| !present.contains(id))
+            .filter(|(id, address)| {
+                !members.iter().any(|m| {
+                    m.node_id == *id
+                        && m.address == *address
+                        && matches!(output::state_name(m.state), "joining" | "member")
+                })
+            })
+            .map(|(id, _)| id.as_str())
             .collect();
         if !missing.is_empty() {
             gaps.push(format!("{viewer} is missing {}", missing.join(", ")));
@@ -528,6 +530,8 @@ async fn join_all(
         match admin.join(request).await {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                // A restart over a kept --base-dir. The listeners moved (port 0), so
+                // wait_for_agreement also waits for the new addresses to spread.
                 eprintln!(
                     "dynamoctl: {} already joined: {}",
                     node.id,
@@ -547,7 +551,11 @@ async fn wait_for_agreement(
     timeout: Duration,
     token: &BearerToken,
 ) -> Result<(), CtlError> {
-    let expected: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    let expected: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.ready.internode.to_string()))
+        .collect();
     let deadline = tokio::time::Instant::now() + timeout;
     let call_timeout = POLL_INTERVAL.max(Duration::from_secs(2));
     loop {
@@ -757,6 +765,7 @@ mod tests {
     fn member(id: &str, state: proto::MemberState) -> proto::MemberInfo {
         proto::MemberInfo {
             node_id: id.into(),
+            address: format!("{id}:1"),
             state: state as i32,
             ..Default::default()
         }
@@ -766,7 +775,10 @@ mod tests {
     fn agreement_needs_every_node_to_list_every_member() {
         // Dynamo §4.8.2: gossip makes every node's view of membership converge.
         use proto::MemberState::{Joining, Leaving, Member};
-        let expected = vec!["node1".to_owned(), "node2".to_owned()];
+        let expected = vec![
+            ("node1".to_owned(), "node1:1".to_owned()),
+            ("node2".to_owned(), "node2:1".to_owned()),
+        ];
         let full = vec![member("node1", Member), member("node2", Joining)];
         let agreed = vec![
             ("node1".to_owned(), full.clone()),
@@ -793,6 +805,21 @@ mod tests {
         assert_eq!(
             agreement_gap(&expected, &leaving).as_deref(),
             Some("node1 is missing node2")
+        );
+
+        // A restart over a kept base dir: node2 listens on a new port, and node1 must
+        // learn it before the cluster counts as agreed.
+        let moved = vec![
+            ("node1".to_owned(), full.clone()),
+            ("node2".to_owned(), full.clone()),
+        ];
+        let expected_moved = vec![
+            ("node1".to_owned(), "node1:1".to_owned()),
+            ("node2".to_owned(), "node2:2".to_owned()),
+        ];
+        assert_eq!(
+            agreement_gap(&expected_moved, &moved).as_deref(),
+            Some("node1 is missing node2; node2 is missing node2")
         );
 
         let silent = vec![("node1".to_owned(), full)];
