@@ -44,10 +44,13 @@
 //!   status page.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops.
+//! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
+//!   admin changes) and `dynamoctl dev`, a local multi-process cluster.
 
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod ctl;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

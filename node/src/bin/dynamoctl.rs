@@ -1,12 +1,8 @@
-//! `dynamoctl`: the command-line client.
+//! `dynamoctl`: the command-line client. Thin on purpose: everything lives in
+//! [`dynamo_node::ctl`], which parses, runs and picks the exit code.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// Command-line client for a Dynamo cluster.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
-
-fn main() {
-    let _args = Args::parse();
+fn main() -> ExitCode {
+    dynamo_node::ctl::main(std::env::args_os())
 }

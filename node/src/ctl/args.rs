@@ -1,0 +1,427 @@
+//! The command line: global flags, subcommands, and the small parsers behind them
+//! (endpoint URLs, the admin endpoint derived from the client one, base64 contexts).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::codegen::http::Uri;
+
+use super::CtlError;
+
+/// Default client endpoint: the node's default `listen` address.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7000";
+
+/// Command-line client for a Dynamo cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dynamoctl",
+    version,
+    about = "Command-line client for a Dynamo cluster: get, put, delete, ring, status, admin, dev",
+    after_help = "Exit codes: 0 success, 1 key not found (get) or unknown node (admin), \
+                  2 usage error (bad flag, bad --context, rejected argument), \
+                  3 server error or server unreachable."
+)]
+pub struct Cli {
+    /// Client API (gRPC Kv) endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMO_ENDPOINT",
+        value_name = "URL",
+        default_value = DEFAULT_ENDPOINT
+    )]
+    pub endpoint: String,
+
+    /// Admin API (gRPC Admin, the internode port) endpoint [default: the endpoint's host,
+    /// port + 1].
+    #[arg(long, global = true, env = "DYNAMO_ADMIN_ENDPOINT", value_name = "URL")]
+    pub admin_endpoint: Option<String>,
+
+    /// Token sent as `authorization: Bearer <token>` on admin calls.
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMO_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Bound on connecting and on each call, e.g. 500ms, 5s.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Print one machine-readable JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a key: prints its value, or every concurrent version (siblings); the context
+    /// goes to stderr (or into the JSON). Exit code 1 when the key does not exist.
+    Get {
+        /// The key (UTF-8).
+        key: String,
+        /// Read quorum for this request (1..=N) [default: the node's R].
+        #[arg(long, value_name = "N")]
+        r: Option<u32>,
+    },
+    /// Write a value; prints the new version's context.
+    Put {
+        /// The key (UTF-8).
+        key: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from a file.
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Context (base64) from a previous get; the write supersedes what that get saw.
+        /// Without it the write is blind and may create a sibling.
+        #[arg(long, value_name = "B64")]
+        context: Option<String>,
+        /// Write quorum for this request (1..=N) [default: the node's W].
+        #[arg(long, value_name = "N")]
+        w: Option<u32>,
+    },
+    /// Delete a key (writes a tombstone); prints the tombstone's context.
+    Delete {
+        /// The key (UTF-8).
+        key: String,
+        /// Context (base64) from a previous get, so the delete supersedes what it saw.
+        #[arg(long, value_name = "B64")]
+        context: Option<String>,
+        /// Write quorum for this request (1..=N) [default: the node's W].
+        #[arg(long, value_name = "N")]
+        w: Option<u32>,
+    },
+    /// The member table as the admin endpoint's node sees it.
+    Ring,
+    /// The admin endpoint's node: id, state, keys, hint backlog, N/R/W, durability.
+    Status,
+    /// Explicit membership changes (Dynamo §4.8.1).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Start a local cluster of dynamo-node processes and wait for Ctrl-C.
+    Dev(DevArgs),
+}
+
+/// Membership changes, sent to the admin endpoint's node; gossip spreads them.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add a node to the ring.
+    Join {
+        /// The node's id (its `--node-id`).
+        node_id: String,
+        /// The node's internode host:port.
+        address: String,
+        /// Relative capacity in virtual nodes.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Decommission a node: its ranges move to the others before it is removed.
+    Leave {
+        /// The node's id.
+        node_id: String,
+    },
+    /// Change a node's weight (its share of the ring).
+    Weight {
+        /// The node's id.
+        node_id: String,
+        /// The new relative capacity.
+        weight: u32,
+    },
+}
+
+/// Storage engine for the nodes of a dev cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DevStorage {
+    /// sled databases under the base directory.
+    Sled,
+    /// In-memory: nothing survives a restart.
+    Memory,
+}
+
+impl DevStorage {
+    /// The value of `dynamo-node --storage`.
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            Self::Sled => "sled",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Flags of `dynamoctl dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: u16,
+    /// Directory for data and logs [default: a fresh temporary directory, removed at exit].
+    #[arg(long, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// Replicas per key, N [default: min(3, nodes)].
+    #[arg(long, value_name = "N")]
+    pub replication_factor: Option<u32>,
+    /// Read quorum R [default: min(2, N)].
+    #[arg(long, value_name = "R")]
+    pub read_quorum: Option<u32>,
+    /// Write quorum W [default: min(2, N)].
+    #[arg(long, value_name = "W")]
+    pub write_quorum: Option<u32>,
+    /// Storage engine of every node.
+    #[arg(long, value_enum, default_value_t = DevStorage::Sled)]
+    pub storage: DevStorage,
+    /// The dynamo-node binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub node_bin: Option<PathBuf>,
+    /// Bound on each node's start and on the cluster agreeing on its members.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+}
+
+impl DevArgs {
+    /// N, R and W after defaults: N is at most the node count unless given, so that a
+    /// one-node cluster works out of the box.
+    pub fn quorum(&self) -> (u32, u32, u32) {
+        let nodes = u32::from(self.nodes);
+        let n = self.replication_factor.unwrap_or(nodes.min(3));
+        let r = self.read_quorum.unwrap_or(n.min(2));
+        let w = self.write_quorum.unwrap_or(n.min(2));
+        (n, r, w)
+    }
+}
+
+/// Accepts `host:port` as shorthand for `http://host:port`.
+pub fn normalize_endpoint(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// The admin endpoint: the explicit one, or the client endpoint's host with port + 1
+/// (the node's default internode port).
+///
+/// # Errors
+///
+/// [`CtlError::Usage`] when the client endpoint is not a URL with an explicit port
+/// below 65535.
+pub fn admin_endpoint(endpoint: &str, explicit: Option<&str>) -> Result<String, CtlError> {
+    if let Some(explicit) = explicit {
+        return Ok(normalize_endpoint(explicit));
+    }
+    let url = normalize_endpoint(endpoint);
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| CtlError::Usage(format!("invalid endpoint {url:?}: {e}")))?;
+    let no_port = || {
+        CtlError::Usage(format!(
+            "cannot derive the admin endpoint from {url:?} (needs an explicit port below 65535); pass --admin-endpoint"
+        ))
+    };
+    let authority = uri.authority().ok_or_else(no_port)?;
+    let port = authority.port_u16().ok_or_else(no_port)?;
+    let admin_port = port.checked_add(1).ok_or_else(no_port)?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    Ok(format!("{scheme}://{}:{admin_port}", authority.host()))
+}
+
+/// Decodes a `--context` flag: absent or empty is the empty context (a blind write).
+///
+/// # Errors
+///
+/// [`CtlError::Usage`] when the text is not standard base64.
+pub fn decode_context(text: Option<&str>) -> Result<Vec<u8>, CtlError> {
+    let text = text.unwrap_or("").trim();
+    BASE64
+        .decode(text)
+        .map_err(|e| CtlError::Usage(format!("invalid --context: not base64 ({e})")))
+}
+
+/// Encodes a context for printing (standard base64, the form `--context` accepts).
+pub fn encode_context(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dynamoctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_are_accepted_after_the_subcommand() {
+        let cli = parse(&["get", "k", "--endpoint", "http://10.0.0.1:9000", "--json"]).unwrap();
+        assert_eq!(cli.endpoint, "http://10.0.0.1:9000");
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::Get { ref key, r: None } if key == "k"));
+    }
+
+    #[test]
+    fn defaults_are_the_local_node_and_five_seconds() {
+        // Env may set DYNAMO_ENDPOINT in a developer's shell; only check when it does not.
+        if std::env::var_os("DYNAMO_ENDPOINT").is_none() {
+            let cli = parse(&["ring"]).unwrap();
+            assert_eq!(cli.endpoint, DEFAULT_ENDPOINT);
+        }
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert!(!cli.json);
+    }
+
+    #[test]
+    fn timeout_takes_human_durations() {
+        let cli = parse(&["--timeout", "250ms", "ring"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(250));
+        assert!(parse(&["--timeout", "soon", "ring"]).is_err());
+    }
+
+    #[test]
+    fn put_needs_a_value_or_a_file_but_not_both() {
+        let err = parse(&["put", "k"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(parse(&["put", "k", "v", "--file", "/tmp/x"]).is_err());
+        let cli = parse(&["put", "k", "--file", "/tmp/x", "--w", "1"]).unwrap();
+        match cli.command {
+            Command::Put { value, file, w, .. } => {
+                assert_eq!(value, None);
+                assert_eq!(file, Some(PathBuf::from("/tmp/x")));
+                assert_eq!(w, Some(1));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn put_value_dash_means_stdin_and_is_not_a_flag() {
+        let cli = parse(&["put", "k", "-"]).unwrap();
+        assert!(matches!(cli.command, Command::Put { value: Some(ref v), .. } if v == "-"));
+    }
+
+    #[test]
+    fn admin_subcommands_parse() {
+        let cli = parse(&["admin", "join", "node4", "10.0.0.4:7001", "--weight", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Admin(AdminCommand::Join { ref node_id, ref address, weight: 2 })
+                if node_id == "node4" && address == "10.0.0.4:7001"
+        ));
+        let cli = parse(&["admin", "weight", "node4", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Admin(AdminCommand::Weight { weight: 3, .. })
+        ));
+        assert!(parse(&["admin", "weight", "node4", "heavy"]).is_err());
+    }
+
+    #[test]
+    fn dev_defaults_fit_the_node_count() {
+        let cli = parse(&["dev"]).unwrap();
+        let Command::Dev(dev) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(dev.nodes, 3);
+        assert_eq!(dev.storage, DevStorage::Sled);
+        assert_eq!(dev.quorum(), (3, 2, 2));
+        let Command::Dev(one) = parse(&["dev", "--nodes", "1", "--storage", "memory"])
+            .unwrap()
+            .command
+        else {
+            panic!("not dev")
+        };
+        assert_eq!(one.quorum(), (1, 1, 1));
+        assert_eq!(one.storage.flag_value(), "memory");
+        let Command::Dev(explicit) = parse(&[
+            "dev",
+            "--nodes",
+            "5",
+            "--replication-factor",
+            "3",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "3",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not dev")
+        };
+        assert_eq!(explicit.quorum(), (3, 1, 3));
+        assert!(parse(&["dev", "--nodes", "0"]).is_err());
+    }
+
+    #[test]
+    fn admin_endpoint_is_the_client_port_plus_one() {
+        assert_eq!(
+            admin_endpoint("http://127.0.0.1:7000", None).unwrap(),
+            "http://127.0.0.1:7001"
+        );
+        assert_eq!(
+            admin_endpoint("db.example.org:9000", None).unwrap(),
+            "http://db.example.org:9001"
+        );
+        assert_eq!(
+            admin_endpoint("https://[::1]:443", None).unwrap(),
+            "https://[::1]:444"
+        );
+        assert_eq!(
+            admin_endpoint("http://a:1", Some("b:2")).unwrap(),
+            "http://b:2"
+        );
+    }
+
+    #[test]
+    fn admin_endpoint_without_a_port_is_a_usage_error() {
+        for endpoint in [
+            "http://127.0.0.1",
+            "http://127.0.0.1:65535",
+            "http://bad host:1",
+        ] {
+            let err = admin_endpoint(endpoint, None).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{endpoint}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_or_absent_context_is_a_blind_write() {
+        assert!(decode_context(None).unwrap().is_empty());
+        assert!(decode_context(Some("")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_base64_context_is_a_usage_error_with_a_message() {
+        let err = decode_context(Some("not base64!")).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("invalid --context"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn context_base64_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let text = encode_context(&bytes);
+            prop_assert_eq!(decode_context(Some(&text)).unwrap(), bytes);
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! `dynamoctl`, the command-line client: the I/O shell around the gRPC `Kv` and `Admin`
+//! APIs, plus `dev`, a one-command local cluster.
+//!
+//! The paper's clients call `get(key)` and `put(key, context, value)` (Dynamo §4.1) and an
+//! administrator issues membership changes from "a command line tool" (§4.8.1); this is
+//! that tool. Contexts travel as standard base64 so a script can pass a get's context to
+//! the next put. The binary `src/bin/dynamoctl.rs` only calls [`main`].
+//!
+//! Exit codes: 0 success, 1 not found (a get of a missing key, an admin change naming an
+//! unknown node), 2 usage error (bad flags, a bad `--context`, an argument the server
+//! rejects as invalid), 3 server error or server unreachable.
+
+pub mod args;
+pub mod dev;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::{self, admin_client::AdminClient, kv_client::KvClient};
+use args::{AdminCommand, Cli, Command};
+use output::{GetJson, RingJson, StatusJson, WriteJson};
+
+/// Exit code of a get that found nothing, or an admin change naming an unknown node.
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code of a usage error (clap's code too).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a server error or an unreachable server.
+pub const EXIT_SERVER: u8 = 3;
+
+/// Why a command failed; each maps to an exit code ([`CtlError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CtlError {
+    /// The command line is wrong (a flag value, a context, an input file).
+    #[error("{0}")]
+    Usage(String),
+    /// No connection to the server.
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unavailable {
+        /// The URL tried.
+        endpoint: String,
+        /// The transport's explanation, causes included.
+        reason: String,
+    },
+    /// The server answered with an error status.
+    #[error("{call} failed ({code:?}): {message}")]
+    Rpc {
+        /// The call, e.g. `get`.
+        call: &'static str,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's status message.
+        message: String,
+    },
+    /// A get found no value.
+    #[error("key not found: {0}")]
+    NotFound(String),
+    /// The local dev cluster failed to start or a node of it died.
+    #[error("{0}")]
+    Dev(String),
+    /// Writing to stdout failed (e.g. a closed pipe).
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CtlError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => EXIT_USAGE,
+            Self::NotFound(_) => EXIT_NOT_FOUND,
+            Self::Rpc { code, .. } => exit_code_for(*code),
+            Self::Unavailable { .. } | Self::Dev(_) | Self::Output(_) => EXIT_SERVER,
+        }
+    }
+
+    fn rpc(call: &'static str, status: &tonic::Status) -> Self {
+        Self::Rpc {
+            call,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// Maps a gRPC status code to the exit code: arguments the server refuses are usage
+/// errors, a missing entity is "not found", everything else is the server's problem.
+pub fn exit_code_for(code: tonic::Code) -> u8 {
+    match code {
+        tonic::Code::Ok => 0,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => EXIT_USAGE,
+        tonic::Code::NotFound => EXIT_NOT_FOUND,
+        _ => EXIT_SERVER,
+    }
+}
+
+/// Runs `dynamoctl` with these arguments (the first is the program name): parses,
+/// runs the command on a tokio runtime, prints errors as `dynamoctl: <message>` on
+/// stderr, and returns the exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dynamoctl: starting the runtime: {e}");
+            return ExitCode::from(EXIT_SERVER);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dynamoctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs one parsed command.
+///
+/// # Errors
+///
+/// See [`CtlError`]; a get of a missing key is [`CtlError::NotFound`] after its output
+/// (the JSON document, or the context on stderr) has been printed.
+pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    let Cli {
+        endpoint,
+        admin_endpoint,
+        admin_token,
+        timeout,
+        json,
+        command,
+    } = cli;
+    let admin = || -> Result<AdminTarget, CtlError> {
+        Ok(AdminTarget {
+            url: args::admin_endpoint(&endpoint, admin_endpoint.as_deref())?,
+            token: bearer(admin_token.as_deref())?,
+            timeout,
+        })
+    };
+    match command {
+        Command::Get { key, r } => {
+            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let response = client
+                .get(proto::GetRequest {
+                    key: key.clone().into_bytes().into(),
+                    r,
+                })
+                .await
+                .map_err(|s| CtlError::rpc("get", &s))?
+                .into_inner();
+            print_get(&key, &response, json)
+        }
+        Command::Put {
+            key,
+            value,
+            file,
+            context,
+            w,
+        } => {
+            let context = args::decode_context(context.as_deref())?;
+            let value = read_value(value.as_deref(), file.as_deref())?;
+            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let response = client
+                .put(proto::PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    context: context.into(),
+                    value: value.into(),
+                    w,
+                })
+                .await
+                .map_err(|s| CtlError::rpc("put", &s))?
+                .into_inner();
+            print_write(&key, &response.context, json)
+        }
+        Command::Delete { key, context, w } => {
+            let context = args::decode_context(context.as_deref())?;
+            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let response = client
+                .delete(proto::DeleteRequest {
+                    key: key.clone().into_bytes().into(),
+                    context: context.into(),
+                    w,
+                })
+                .await
+                .map_err(|s| CtlError::rpc("delete", &s))?
+                .into_inner();
+            print_write(&key, &response.context, json)
+        }
+        Command::Ring => {
+            let ring = admin()?
+                .client()
+                .await?
+                .ring(proto::RingRequest {})
+                .await
+                .map_err(|s| CtlError::rpc("ring", &s))?
+                .into_inner();
+            print_out(if json {
+                output::to_json(&RingJson::from(&ring))
+            } else {
+                output::render_ring(&ring)
+            })
+        }
+        Command::Status => {
+            let status = admin()?
+                .client()
+                .await?
+                .status(proto::StatusRequest {})
+                .await
+                .map_err(|s| CtlError::rpc("status", &s))?
+                .into_inner();
+            print_out(if json {
+                output::to_json(&StatusJson::from(&status))
+            } else {
+                output::render_status(&status)
+            })
+        }
+        Command::Admin(change) => {
+            let mut client = admin()?.client().await?;
+            let response = match change {
+                AdminCommand::Join {
+                    node_id,
+                    address,
+                    weight,
+                } => client
+                    .join(proto::JoinRequest {
+                        node_id,
+                        address,
+                        weight,
+                    })
+                    .await
+                    .map_err(|s| CtlError::rpc("join", &s))?,
+                AdminCommand::Leave { node_id } => client
+                    .leave(proto::LeaveRequest { node_id })
+                    .await
+                    .map_err(|s| CtlError::rpc("leave", &s))?,
+                AdminCommand::Weight { node_id, weight } => client
+                    .set_weight(proto::SetWeightRequest { node_id, weight })
+                    .await
+                    .map_err(|s| CtlError::rpc("weight", &s))?,
+            }
+            .into_inner();
+            let member = response.member.unwrap_or_default();
+            print_out(if json {
+                output::to_json(&output::MemberJson::from(&member))
+            } else {
+                output::render_member(&member)
+            })
+        }
+        Command::Dev(dev_args) => dev::run(dev_args, admin_token, json).await,
+    }
+}
+
+fn print_get(key: &str, response: &proto::GetResponse, json: bool) -> Result<(), CtlError> {
+    if json {
+        print_out(output::to_json(&GetJson::new(key, response)))?;
+    } else {
+        std::io::stdout().write_all(&output::render_values(&response.values))?;
+        if response.values.len() > 1 {
+            eprintln!(
+                "{} concurrent versions (siblings); put with this context to reconcile them",
+                response.values.len()
+            );
+        }
+        if !response.context.is_empty() {
+            eprintln!("context: {}", args::encode_context(&response.context));
+        }
+    }
+    if response.values.is_empty() {
+        return Err(CtlError::NotFound(key.to_owned()));
+    }
+    Ok(())
+}
+
+fn print_write(key: &str, context: &[u8], json: bool) -> Result<(), CtlError> {
+    let context = args::encode_context(context);
+    print_out(if json {
+        output::to_json(&WriteJson {
+            key: key.to_owned(),
+            context,
+        })
+    } else {
+        format!("{context}\n")
+    })
+}
+
+fn print_out(text: String) -> Result<(), CtlError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The value of a put: the argument, stdin for `-`, or a file's contents.
+fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Vec<u8>, CtlError> {
+    match (value, file) {
+        (_, Some(path)) => std::fs::read(path)
+            .map_err(|e| CtlError::Usage(format!("reading --file {}: {e}", path.display()))),
+        (Some("-"), None) => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| CtlError::Usage(format!("reading the value from stdin: {e}")))?;
+            Ok(bytes)
+        }
+        (Some(value), None) => Ok(value.as_bytes().to_vec()),
+        // clap requires one of the two.
+        (None, None) => Err(CtlError::Usage("put needs a VALUE or --file".to_owned())),
+    }
+}
+
+/// Connects eagerly, so an unreachable server is reported as such, with its cause.
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Channel, CtlError> {
+    let url = args::normalize_endpoint(url);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| CtlError::Usage(format!("invalid endpoint {url:?}: {}", error_chain(&e))))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(CtlError::Unavailable {
+            endpoint: url,
+            reason: error_chain(&e),
+        }),
+        Err(_) => Err(CtlError::Unavailable {
+            endpoint: url,
+            reason: format!(
+                "no connection within {}",
+                humantime::format_duration(timeout)
+            ),
+        }),
+    }
+}
+
+/// "a: b: c" from an error and its sources, without tonic's uninformative
+/// top-level "transport error".
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if text != "transport error" && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    if parts.is_empty() {
+        "transport error".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Where admin calls go and with which credentials.
+pub(crate) struct AdminTarget {
+    pub(crate) url: String,
+    pub(crate) token: BearerToken,
+    pub(crate) timeout: Duration,
+}
+
+/// An admin client that sends the bearer token on every call.
+pub(crate) type AdminChannel = AdminClient<InterceptedService<Channel, BearerToken>>;
+
+impl AdminTarget {
+    pub(crate) async fn client(&self) -> Result<AdminChannel, CtlError> {
+        let channel = connect(&self.url, self.timeout).await?;
+        Ok(AdminClient::with_interceptor(channel, self.token.clone()))
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to each request when a token is set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The header value for a token.
+fn bearer(token: Option<&str>) -> Result<BearerToken, CtlError> {
+    token
+        .map(|token| {
+            format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| {
+                    CtlError::Usage("invalid --admin-token: must be printable ASCII".to_owned())
+                })
+        })
+        .transpose()
+        .map(BearerToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_grpc_code() {
+        assert_eq!(exit_code_for(tonic::Code::Ok), 0);
+        assert_eq!(exit_code_for(tonic::Code::NotFound), EXIT_NOT_FOUND);
+        assert_eq!(exit_code_for(tonic::Code::InvalidArgument), EXIT_USAGE);
+        assert_eq!(exit_code_for(tonic::Code::OutOfRange), EXIT_USAGE);
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Internal,
+            tonic::Code::Unauthenticated,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Unknown,
+        ] {
+            assert_eq!(exit_code_for(code), EXIT_SERVER, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn rpc_errors_carry_the_status_message_and_its_exit_code() {
+        // Dynamo §4.5: a put that cannot reach W replicas fails; the reason must show.
+        let status = tonic::Status::unavailable("2 of 2 write acknowledgements needed, got 1");
+        let err = CtlError::rpc("put", &status);
+        assert_eq!(
+            err.to_string(),
+            "put failed (Unavailable): 2 of 2 write acknowledgements needed, got 1"
+        );
+        assert_eq!(err.exit_code(), EXIT_SERVER);
+        let refused = CtlError::rpc("get", &tonic::Status::invalid_argument("r must be 1..=3"));
+        assert_eq!(refused.exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn not_found_and_unreachable_exit_codes() {
+        assert_eq!(CtlError::NotFound("k".into()).exit_code(), EXIT_NOT_FOUND);
+        let down = CtlError::Unavailable {
+            endpoint: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(down.exit_code(), EXIT_SERVER);
+        assert_eq!(
+            down.to_string(),
+            "cannot reach http://127.0.0.1:1: connection refused"
+        );
+    }
+
+    #[test]
+    fn bearer_token_is_sent_only_when_set() {
+        let mut with = bearer(Some("s3cret")).unwrap();
+        let request = with.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let mut without = bearer(None).unwrap();
+        let request = without.call(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+        assert_eq!(
+            bearer(Some("bad\ntoken")).unwrap_err().exit_code(),
+            EXIT_USAGE
+        );
+    }
+
+    #[test]
+    fn values_come_from_the_argument_or_a_file() {
+        assert_eq!(read_value(Some("v"), None).unwrap(), b"v");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("value.bin");
+        std::fs::write(&path, [0u8, 1, 2]).unwrap();
+        assert_eq!(read_value(None, Some(&path)).unwrap(), vec![0, 1, 2]);
+        let missing = read_value(None, Some(&dir.path().join("missing"))).unwrap_err();
+        assert_eq!(missing.exit_code(), EXIT_USAGE);
+        assert!(missing.to_string().contains("reading --file"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unavailable_with_the_cause() {
+        let err = connect("http://127.0.0.1:1", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_SERVER);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot reach http://127.0.0.1:1: "),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_endpoint_is_a_usage_error() {
+        let err = connect("http://bad host:1", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The real `dynamoctl` binary: help, exit codes and messages for an unreachable server,
+//! a bad context and a node that fails to start; and a `dev` cluster of real
+//! `dynamo-node` processes driven end to end.
+
+use std::io::BufReader;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn dynamoctl() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dynamoctl"));
+    // A developer's DYNAMO_ENDPOINT or token must not change what these tests see.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DYNAMO_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    dynamoctl().args(args).output().expect("dynamoctl starts")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands_and_exit_codes() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let help = text(&out.stdout);
+    for word in [
+        "get",
+        "put",
+        "delete",
+        "ring",
+        "status",
+        "admin",
+        "dev",
+        "Exit codes",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn get_with_nothing_listening_exits_3_with_a_clear_message() {
+    let out = run(&["get", "k", "--endpoint", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("dynamoctl: cannot reach http://127.0.0.1:1: "),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn put_with_a_bad_context_exits_2_before_connecting() {
+    // Nothing listens on port 1: exit 2 (not 3) shows the context was refused first.
+    let out = run(&[
+        "put",
+        "k",
+        "v",
+        "--context",
+        "%%% not base64",
+        "--endpoint",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("dynamoctl: invalid --context: not base64"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["put", "k"],
+        &["get", "k", "--r", "many"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn admin_commands_without_a_server_exit_3() {
+    let out = run(&["ring", "--admin-endpoint", "127.0.0.1:1", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(text(&out.stderr).contains("cannot reach http://127.0.0.1:1"));
+}
+
+#[test]
+fn dev_reports_a_node_that_dies_before_it_is_ready() {
+    let base = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "dev",
+        "--nodes",
+        "2",
+        "--node-bin",
+        "/bin/false",
+        "--base-dir",
+        base.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("dynamoctl: node1 exited before it was ready"),
+        "{stderr}"
+    );
+    assert!(base.path().join("node1.log").exists());
+    assert!(
+        !base.path().join("node2.log").exists(),
+        "node2 must not start"
+    );
+}
+
+#[test]
+fn dev_without_a_node_binary_is_a_usage_error() {
+    let out = run(&["dev", "--node-bin", "/nonexistent/dynamo-node"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no dynamo-node binary at /nonexistent/dynamo-node"));
+}
+
+/// Dynamo §4.1 and §4.4 end to end: a three-node `dev` cluster; a put and a get that
+/// returns it; two blind puts make siblings, a put with the get's context reconciles them.
+#[test]
+fn dev_cluster_serves_put_and_get() {
+    let mut dev = dynamoctl()
+        .args(["dev", "--nodes", "3", "--storage", "memory", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dynamoctl dev starts");
+    let stdout = dev.stdout.take().expect("piped");
+    let doc: serde_json::Value = serde_json::Deserializer::from_reader(BufReader::new(stdout))
+        .into_iter()
+        .next()
+        .expect("dev prints its endpoints")
+        .expect("as JSON");
+    let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
+    let admin = doc["nodes"][2]["admin"].as_str().unwrap().to_owned();
+
+    let put = run(&["put", "greeting", "hello", "--endpoint", &client, "--json"]);
+    assert_eq!(put.status.code(), Some(0), "{put:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client, "--json"]);
+    assert_eq!(get.status.code(), Some(0), "{get:?}");
+    let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(got["values"], serde_json::json!(["aGVsbG8="]));
+
+    let blind = run(&["put", "greeting", "bonjour", "--endpoint", &client]);
+    assert_eq!(blind.status.code(), Some(0), "{blind:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client, "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(got["values"].as_array().unwrap().len(), 2, "{got}");
+    let context = got["context"].as_str().unwrap();
+    let reconcile = run(&[
+        "put",
+        "greeting",
+        "hi",
+        "--context",
+        context,
+        "--endpoint",
+        &client,
+    ]);
+    assert_eq!(reconcile.status.code(), Some(0), "{reconcile:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client]);
+    assert_eq!(text(&get.stdout), "hi\n");
+
+    let missing = run(&["get", "nobody", "--endpoint", &client]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    let ring = run(&["ring", "--admin-endpoint", &admin, "--json"]);
+    assert_eq!(ring.status.code(), Some(0), "{ring:?}");
+    let ring: serde_json::Value = serde_json::from_slice(&ring.stdout).unwrap();
+    assert_eq!(ring["members"].as_array().unwrap().len(), 3);
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+}
