@@ -132,7 +132,16 @@ fn dev_without_a_node_binary_is_a_usage_error() {
 #[test]
 fn dev_cluster_serves_put_and_get() {
     let mut dev = dynamoctl()
-        .args(["dev", "--nodes", "3", "--storage", "memory", "--json"])
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--storage",
+            "memory",
+            "--base-port",
+            "0",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -185,6 +185,11 @@ pub struct DevArgs {
     /// The dynamo-node binary [default: next to this executable].
     #[arg(long, value_name = "PATH")]
     pub node_bin: Option<PathBuf>,
+    /// First port of the cluster: node K (from 1) listens on base+10(K-1) (client API),
+    /// +1 (internode and admin) and +2 (HTTP), so node1 answers on dynamoctl's default
+    /// endpoints. 0 lets the OS pick every port (tests, several clusters at once).
+    #[arg(long, value_name = "PORT", default_value_t = 7000)]
+    pub base_port: u16,
     /// Bound on each node's start and on the cluster agreeing on its members.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
@@ -199,6 +204,16 @@ impl DevArgs {
         let r = self.read_quorum.unwrap_or(n.min(2));
         let w = self.write_quorum.unwrap_or(n.min(2));
         (n, r, w)
+    }
+
+    /// The client, internode and HTTP ports of the node with `ordinal` (0-based); all 0
+    /// when `--base-port 0`, and 0 (OS-chosen) rather than a wrapped port past 65535.
+    pub fn ports(&self, ordinal: u16) -> [u16; 3] {
+        if self.base_port == 0 {
+            return [0; 3];
+        }
+        let first = u32::from(self.base_port) + 10 * u32::from(ordinal);
+        [0, 1, 2].map(|offset| u16::try_from(first + offset).unwrap_or(0))
     }
 }
 
@@ -370,6 +385,28 @@ mod tests {
         };
         assert_eq!(explicit.quorum(), (3, 1, 3));
         assert!(parse(&["dev", "--nodes", "0"]).is_err());
+    }
+
+    #[test]
+    fn dev_ports_start_at_dynamoctls_default_endpoints() {
+        let Command::Dev(dev) = parse(&["dev"]).unwrap().command else {
+            panic!("not dev")
+        };
+        // node1 on 7000 (client) and 7001 (admin): dynamoctl's defaults.
+        assert_eq!(dev.ports(0), [7000, 7001, 7002]);
+        assert_eq!(dev.ports(2), [7020, 7021, 7022]);
+        let Command::Dev(any) = parse(&["dev", "--base-port", "0"]).unwrap().command else {
+            panic!("not dev")
+        };
+        assert_eq!(any.ports(5), [0, 0, 0]);
+        let Command::Dev(high) = parse(&["dev", "--base-port", "65530"]).unwrap().command else {
+            panic!("not dev")
+        };
+        assert_eq!(
+            high.ports(1),
+            [0, 0, 0],
+            "ports past 65535 fall back to OS-chosen"
+        );
     }
 
     #[test]

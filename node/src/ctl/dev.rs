@@ -70,6 +70,8 @@ pub fn parse_ready_line(line: &str) -> Option<ReadyLine> {
 /// Everything that differs between the nodes of one dev cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NodeSpec {
+    /// 0 for node1, 1 for node2, ...: picks the node's ports from `--base-port`.
+    pub(crate) ordinal: u16,
     pub(crate) id: String,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) seed: Option<SocketAddr>,
@@ -78,15 +80,18 @@ pub(crate) struct NodeSpec {
 /// The `dynamo-node` flags for one node of the cluster.
 pub(crate) fn node_args(spec: &NodeSpec, args: &DevArgs) -> Vec<OsString> {
     let (n, r, w) = args.quorum();
+    let [client, internode, http] = args
+        .ports(spec.ordinal)
+        .map(|port| format!("127.0.0.1:{port}"));
     let mut flags: Vec<OsString> = [
         "--node-id",
         &spec.id,
         "--listen",
-        "127.0.0.1:0",
+        &client,
         "--internode-listen",
-        "127.0.0.1:0",
+        &internode,
         "--http-listen",
-        "127.0.0.1:0",
+        &http,
         "--storage",
         args.storage.flag_value(),
         "--replication-factor",
@@ -387,6 +392,7 @@ async fn start(
     for index in 1..=args.nodes {
         let id = format!("node{index}");
         let spec = NodeSpec {
+            ordinal: index - 1,
             data_dir: (args.storage == DevStorage::Sled).then(|| base_dir.join(&id)),
             seed: cluster.nodes.first().map(|first| first.ready.internode),
             id,
@@ -734,6 +740,7 @@ mod tests {
     fn first_node_has_no_seed_and_the_others_seed_from_it() {
         let args = dev_args(&["--nodes", "2"]);
         let first = NodeSpec {
+            ordinal: 0,
             id: "node1".into(),
             data_dir: Some("/tmp/d/node1".into()),
             seed: None,
@@ -744,11 +751,12 @@ mod tests {
             .collect();
         assert_eq!(
             flags.join(" "),
-            "--node-id node1 --listen 127.0.0.1:0 --internode-listen 127.0.0.1:0 \
-             --http-listen 127.0.0.1:0 --storage sled --replication-factor 2 \
+            "--node-id node1 --listen 127.0.0.1:7000 --internode-listen 127.0.0.1:7001 \
+             --http-listen 127.0.0.1:7002 --storage sled --replication-factor 2 \
              --read-quorum 2 --write-quorum 2 --data-dir /tmp/d/node1"
         );
         let second = NodeSpec {
+            ordinal: 1,
             id: "node2".into(),
             data_dir: None,
             seed: Some("127.0.0.1:41001".parse().unwrap()),
@@ -758,6 +766,7 @@ mod tests {
             .map(|f| f.into_string().unwrap())
             .collect();
         assert!(flags.ends_with(&["--seeds".to_owned(), "127.0.0.1:41001".to_owned()]));
+        assert!(flags.windows(2).any(|w| w == ["--listen", "127.0.0.1:7010"]));
         assert!(!flags.contains(&"--data-dir".to_owned()));
         assert!(flags.windows(2).any(|w| w == ["--storage", "memory"]));
     }
