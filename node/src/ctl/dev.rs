@@ -766,7 +766,11 @@ mod tests {
             .map(|f| f.into_string().unwrap())
             .collect();
         assert!(flags.ends_with(&["--seeds".to_owned(), "127.0.0.1:41001".to_owned()]));
-        assert!(flags.windows(2).any(|w| w == ["--listen", "127.0.0.1:7010"]));
+        assert!(
+            flags
+                .windows(2)
+                .any(|w| w == ["--listen", "127.0.0.1:7010"])
+        );
         assert!(!flags.contains(&"--data-dir".to_owned()));
         assert!(flags.windows(2).any(|w| w == ["--storage", "memory"]));
     }
