@@ -28,4 +28,6 @@ ENV DYNAMO_LISTEN=0.0.0.0:7000 \
     DYNAMO_DATA_DIR=/var/lib/dynamo
 VOLUME ["/var/lib/dynamo"]
 USER nonroot:nonroot
+# Set DYNAMO_NODE_ID and DYNAMO_ADVERTISE (the pod's stable DNS name:7001) per node;
+# the operator does.
 ENTRYPOINT ["/usr/local/bin/dynamo-node"]
