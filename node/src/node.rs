@@ -805,6 +805,7 @@ async fn gossip_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch:
     while !*shutdown.borrow() {
         ticker.tick().await;
         node.gossip_round(picker.next()).await;
+        node.probe_round().await;
     }
 }
 
@@ -878,11 +879,35 @@ impl NodeShared {
         }
     }
 
+    /// Retries peers the failure detector holds down, once per retry interval each, with a
+    /// gossip exchange; an answer makes the peer available again (Dynamo §4.8.3: "node A
+    /// periodically retries B to check for the latter's recovery"). Without this a peer
+    /// that recovered while nothing was sent to it would stay down for routing forever.
+    pub async fn probe_round(&self) {
+        for peer in self.cluster.poll_probes() {
+            let Some(address) = self.cluster.address_of(&peer) else {
+                continue;
+            };
+            match self.transport.gossip(&address, self.cluster.table()).await {
+                Ok(theirs) => {
+                    self.cluster.record_success(&peer);
+                    if let Err(error) = self.learn_table(&theirs) {
+                        tracing::warn!(%peer, %error, "probe brought an unusable member table");
+                    }
+                }
+                Err(error) if error.is_answer() => self.cluster.record_success(&peer),
+                Err(error) => {
+                    self.cluster.record_failure(&peer);
+                    tracing::debug!(%peer, %error, "probe failed; still down");
+                }
+            }
+        }
+    }
+
     /// One round of hinted handoff (Dynamo §4.6): for every node we hold hints for that
     /// is reachable (or due for a probe), deliver a batch and delete each hint its home
     /// acknowledged.
     pub async fn handoff_round(&self) {
-        let probes = self.cluster.poll_probes();
         let targets = match self.store.engine().hint_targets() {
             Ok(targets) => targets,
             Err(error) => {
@@ -892,7 +917,8 @@ impl NodeShared {
         };
         self.refresh_gauges(&targets);
         for (home, _) in targets {
-            if !self.cluster.is_available(&home) && !probes.contains(&home) {
+            // Down homes come back through `probe_round`.
+            if !self.cluster.is_available(&home) {
                 continue;
             }
             if let Err(error) = deliver_hints(self, &home).await {

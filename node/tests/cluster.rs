@@ -564,3 +564,45 @@ async fn http_api_serves_kv_metrics_probes_and_the_ring_page() {
         "status page shows the ring"
     );
 }
+
+/// Dynamo §4.8.3: a node that found a peer unreachable retries it periodically and
+/// routes to it again once it answers, even when no hint or request is waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_marked_down_is_probed_and_routed_to_again_after_it_recovers() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    put(&cluster.nodes[0], "k", "v", Vec::new()).await.unwrap();
+    cluster.nodes[2].kill().await;
+    // Reads (no writes, so no hints) that try n3 until n1 holds it down.
+    for _ in 0..5 {
+        let _ = get(&cluster.nodes[0], "k", None).await;
+    }
+    assert_eq!(
+        n3_reachable(&cluster.nodes[0]).await,
+        Some(false),
+        "n1 should hold n3 down after repeated failures"
+    );
+    cluster.nodes[2].restart().await;
+    eventually("n1 to route to the recovered n3 again", || async {
+        n3_reachable(&cluster.nodes[0]).await == Some(true)
+    })
+    .await;
+    let (values, _) = get(&cluster.nodes[0], "k", Some(3))
+        .await
+        .expect("R=3 with n3 back");
+    assert_eq!(values, vec!["v"]);
+}
+
+/// Whether `node` currently routes to n3, per its Admin.Ring.
+async fn n3_reachable(node: &TestNode) -> Option<bool> {
+    let ring = node
+        .admin()
+        .await
+        .ring(proto::RingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    ring.members
+        .iter()
+        .find(|m| m.node_id == "n3")
+        .map(|m| m.reachable)
+}
