@@ -492,3 +492,6 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

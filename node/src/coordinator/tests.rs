@@ -1,0 +1,486 @@
+//! Coordinator tests over the in-memory network with faults: several complete nodes
+//! (store, cluster view, coordinator, peer handler) in one process, talking through a
+//! [`MemoryNetwork`] whose links the tests cut, delay and drop.
+//!
+//! Time is real: the coordinator's quorum deadlines come from the node's [`Clock`]
+//! (std `Instant`), which a paused tokio clock would not move, so the tests use short
+//! timeouts (a few hundred milliseconds) and wait for background work (late replica
+//! writes, read repair) by polling with a bounded deadline, never by sleeping a fixed
+//! time and hoping.
+//!
+//! [`Clock`]: crate::cluster::Clock
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::CoordinatorError;
+use crate::NodeId;
+use crate::node::{NodeSettings, NodeShared};
+use crate::quorum::QuorumConfig;
+use crate::storage::MemoryEngine;
+use crate::transport::{MemoryNetwork, ReplicaError};
+use crate::version::{SiblingSet, VectorClock};
+
+/// Deadline of one client request on every node.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The network's per-call timeout: shorter than the request timeout, so a lost message
+/// fails over to another node before the request's deadline.
+const CALL_TIMEOUT: Duration = Duration::from_millis(150);
+
+/// How long background work (late replica writes, read repair, hint delivery) may take
+/// to show up before a test gives up.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Several nodes named `n1..nN` at addresses `n1:1..nN:1` on one in-memory network,
+/// every one a member in every node's table.
+struct Harness {
+    network: MemoryNetwork,
+    nodes: Vec<Arc<NodeShared>>,
+}
+
+fn id(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid test node id")
+}
+
+/// A node's address on the test network.
+fn addr(node: &NodeId) -> String {
+    format!("{node}:1")
+}
+
+/// The data values of a state, sorted, as strings (tests write UTF-8 values).
+fn values(state: &SiblingSet) -> Vec<String> {
+    let mut values: Vec<String> = state
+        .values()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+/// Polls `condition` until it holds or [`SETTLE`] passes; returns whether it held.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return true;
+        }
+        if start.elapsed() > SETTLE {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Harness {
+    /// `n_nodes` nodes with default settings, `quorum` and the test timeouts.
+    fn new(n_nodes: usize, quorum: QuorumConfig) -> Self {
+        Self::build(n_nodes, quorum, CALL_TIMEOUT, |_| {})
+    }
+
+    /// Like [`Harness::new`], with the network's call timeout and each node's settings
+    /// adjustable (`adjust` sees every node's settings, node id included).
+    fn build(
+        n_nodes: usize,
+        quorum: QuorumConfig,
+        call_timeout: Duration,
+        adjust: impl Fn(&mut NodeSettings),
+    ) -> Self {
+        let network = MemoryNetwork::new(call_timeout).expect("nonzero call timeout");
+        let ids: Vec<NodeId> = (1..=n_nodes).map(|i| id(&format!("n{i}"))).collect();
+        let nodes: Vec<Arc<NodeShared>> = ids
+            .iter()
+            .map(|node| {
+                let mut settings = NodeSettings::new(node.clone());
+                settings.quorum = quorum;
+                settings.request_timeout = REQUEST_TIMEOUT;
+                adjust(&mut settings);
+                let shared = NodeShared::assemble(
+                    settings,
+                    Arc::new(MemoryEngine::new()),
+                    Arc::new(network.endpoint(addr(node))),
+                    addr(node),
+                )
+                .expect("assembling an in-memory node");
+                network.register(addr(node), shared.handler());
+                shared
+            })
+            .collect();
+        // The same changes, in the same order, on every table: the tables come out
+        // identical without waiting for gossip.
+        for shared in &nodes {
+            for member in &ids {
+                shared
+                    .change_membership(|table| {
+                        table.join(member.clone(), &addr(member), 1)?;
+                        table.mark_member(member)
+                    })
+                    .expect("joining a test member");
+            }
+        }
+        let digest = nodes[0].cluster().table().digest();
+        assert!(
+            nodes.iter().all(|n| n.cluster().table().digest() == digest),
+            "every node sees the same member table"
+        );
+        Self { network, nodes }
+    }
+
+    fn node(&self, node: &NodeId) -> &Arc<NodeShared> {
+        self.nodes
+            .iter()
+            .find(|n| n.cluster().me() == node)
+            .expect("a node of the harness")
+    }
+
+    /// Every node clockwise from `key`, home replicas first (all tables agree).
+    fn extended(&self, key: &[u8]) -> Vec<NodeId> {
+        self.nodes[0].cluster().extended_preference_list(key)
+    }
+
+    /// The key's N home replicas.
+    fn home(&self, key: &[u8]) -> Vec<NodeId> {
+        let n = usize::try_from(self.nodes[0].coordinator().quorum().n()).expect("small n");
+        self.extended(key).into_iter().take(n).collect()
+    }
+
+    /// The first key `prefix-0`, `prefix-1`, ... whose home replicas satisfy `wanted`.
+    fn key_where(&self, prefix: &str, wanted: impl Fn(&[NodeId]) -> bool) -> Vec<u8> {
+        (0..10_000)
+            .map(|i| format!("{prefix}-{i}").into_bytes())
+            .find(|key| wanted(&self.home(key)))
+            .expect("some key has the wanted home replicas")
+    }
+
+    /// The values `node` stores for `key`.
+    fn stored(&self, node: &NodeId, key: &[u8]) -> Vec<String> {
+        values(
+            &self
+                .node(node)
+                .store()
+                .read(key)
+                .expect("reading the store"),
+        )
+    }
+
+    async fn put(
+        &self,
+        through: &NodeId,
+        key: &[u8],
+        value: &str,
+        w: Option<u32>,
+    ) -> Result<VectorClock, CoordinatorError> {
+        self.node(through)
+            .coordinator()
+            .put(key, VectorClock::new(), Some(value.as_bytes().to_vec()), w)
+            .await
+    }
+
+    async fn get(
+        &self,
+        through: &NodeId,
+        key: &[u8],
+        r: Option<u32>,
+    ) -> Result<SiblingSet, CoordinatorError> {
+        self.node(through).coordinator().get(key, r).await
+    }
+}
+
+fn quorum_3_2_2() -> QuorumConfig {
+    QuorumConfig::new(3, 2, 2).expect("valid quorum")
+}
+
+fn expect_quorum_error(result: Result<impl std::fmt::Debug, CoordinatorError>) -> String {
+    match result {
+        Err(error @ CoordinatorError::Quorum(_)) => error.to_string(),
+        other => panic!("expected a quorum error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_put_through_a_node_outside_the_preference_list_is_coordinated_by_a_home_replica() {
+    // Dynamo §4.5: a node that is not among the key's top N forwards the write to one
+    // that is; only the preference list ends up holding the key.
+    let harness = Harness::new(5, quorum_3_2_2());
+    let n1 = id("n1");
+    let key = harness.key_where("forward", |home| !home.contains(&n1));
+    let home = harness.home(&key);
+
+    harness.put(&n1, &key, "v1", None).await.expect("put");
+
+    for replica in &home {
+        assert!(
+            eventually(|| harness.stored(replica, &key) == ["v1"]).await,
+            "home replica {replica} holds the value"
+        );
+    }
+    assert!(
+        harness.stored(&n1, &key).is_empty(),
+        "the forwarding node keeps no copy"
+    );
+    let read = harness.get(&n1, &key, None).await.expect("get");
+    assert_eq!(values(&read), ["v1"]);
+}
+
+#[tokio::test]
+async fn an_isolated_home_replica_gets_its_write_by_hinted_handoff_after_it_returns() {
+    // Dynamo §4.6: with a home replica unreachable the write goes to the next node on
+    // the ring with a hint naming the home; the stand-in hands it over once the home
+    // is back, then drops the hint.
+    let harness = Harness::new(5, quorum_3_2_2());
+    let key = harness.key_where("handoff", |_| true);
+    let extended = harness.extended(&key);
+    let (coordinator, down, stand_in) = (&extended[0], &extended[1], &extended[3]);
+    harness.network.isolate(&addr(down));
+
+    harness
+        .put(coordinator, &key, "v1", Some(2))
+        .await
+        .expect("a sloppy quorum of two is reachable");
+
+    assert!(
+        eventually(|| harness.stored(stand_in, &key) == ["v1"]).await,
+        "the stand-in {stand_in} stores the write"
+    );
+    let stand_in_store = harness.node(stand_in).store();
+    let hints = stand_in_store.hints_for(down, None, 10).expect("hints");
+    assert_eq!(hints.len(), 1, "one hint for {down}");
+    assert_eq!(hints[0].key, key);
+    assert_eq!(values(&hints[0].state), ["v1"]);
+    assert!(harness.stored(down, &key).is_empty());
+
+    harness.network.reconnect(&addr(down));
+    // The stand-in never called the isolated node, so it is not believed down and the
+    // first round delivers; a few rounds leave room for a probe.
+    for _ in 0..5 {
+        harness.node(stand_in).handoff_round().await;
+        if stand_in_store
+            .hints_for(down, None, 10)
+            .expect("hints")
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        harness.stored(down, &key),
+        ["v1"],
+        "the home replica has it"
+    );
+    assert!(
+        stand_in_store
+            .hints_for(down, None, 10)
+            .expect("hints")
+            .is_empty(),
+        "the delivered hint is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_a_write_is_repaired_by_a_quorum_read() {
+    // Dynamo §5: "read repair" — the coordinator of a get writes the merged state back
+    // to replicas that answered with an older one.
+    let harness = Harness::new(5, quorum_3_2_2());
+    let key = harness.key_where("repair", |_| true);
+    let home = harness.home(&key);
+    let (coordinator, stale) = (&home[0], &home[2]);
+    harness.network.cut(&addr(coordinator), &addr(stale));
+
+    harness
+        .put(coordinator, &key, "v1", Some(2))
+        .await
+        .expect("W=2 from the other replicas");
+    assert!(
+        eventually(|| harness.stored(&home[1], &key) == ["v1"]).await,
+        "the healthy replica stores the write"
+    );
+    assert!(harness.stored(stale, &key).is_empty(), "{stale} missed it");
+
+    harness.network.heal(&addr(coordinator), &addr(stale));
+    let read = harness.get(coordinator, &key, Some(2)).await.expect("get");
+    assert_eq!(values(&read), ["v1"]);
+    assert!(
+        eventually(|| harness.stored(stale, &key) == ["v1"]).await,
+        "read repair brought {stale} up to date"
+    );
+}
+
+#[tokio::test]
+async fn lost_messages_cost_no_acknowledged_write() {
+    // Dynamo §4.6: a replica that does not answer is replaced by the next healthy node,
+    // and a forwarded put whose target does not answer moves to the next home replica
+    // (§4.5); either way every acknowledged write is readable afterwards.
+    let harness = Harness::new(5, quorum_3_2_2());
+    let n1 = id("n1");
+    let mut written = Vec::new();
+
+    // A replica write is lost: the coordinator's request to its second home replica.
+    let key = harness.key_where("drop-replica", |_| true);
+    let home = harness.home(&key);
+    harness
+        .network
+        .set_drop(&addr(&home[0]), &addr(&home[1]), 1);
+    harness
+        .put(&home[0], &key, "lost-request", None)
+        .await
+        .expect("put despite a lost replica write");
+    written.push((key, "lost-request", 1));
+
+    // A forwarded put is lost on its way to the first home replica.
+    let key = harness.key_where("drop-forward", |home| !home.contains(&n1));
+    let home = harness.home(&key);
+    harness.network.set_drop(&addr(&n1), &addr(&home[0]), 1);
+    harness
+        .put(&n1, &key, "lost-forward", None)
+        .await
+        .expect("the next home replica coordinates");
+    written.push((key, "lost-forward", 1));
+
+    // The reply of a forwarded put is lost: the first home replica wrote it, and the
+    // forwarding node, not knowing, retries on the next one. A put is not idempotent:
+    // the retry is a second version with the same context, so the value comes back
+    // twice, as concurrent siblings, for the client to reconcile (§4.4).
+    let key = harness.key_where("drop-reply", |home| !home.contains(&n1));
+    let home = harness.home(&key);
+    harness.network.set_drop(&addr(&home[0]), &addr(&n1), 1);
+    harness
+        .put(&n1, &key, "lost-reply", None)
+        .await
+        .expect("the retry succeeds");
+    written.push((key, "lost-reply", 2));
+
+    for (key, value, copies) in written {
+        let read = harness.get(&id("n5"), &key, Some(2)).await.expect("get");
+        assert_eq!(values(&read), vec![value; copies], "{value} survives");
+    }
+}
+
+#[tokio::test]
+async fn replicas_slower_than_the_request_timeout_fail_the_quorum_with_timeouts() {
+    // Dynamo §4.5: the coordinator waits for W (or R) answers only until the request's
+    // deadline. The call timeout is longer than the request's, so the slow replicas
+    // are still silent (not failed over) when the deadline passes.
+    let harness = Harness::build(5, quorum_3_2_2(), Duration::from_secs(2), |_| {});
+    let key = harness.key_where("slow", |_| true);
+    let home = harness.home(&key);
+    let coordinator = &home[0];
+    for slow in &home[1..] {
+        harness
+            .network
+            .set_delay(&addr(coordinator), &addr(slow), Duration::from_secs(1));
+    }
+
+    let started = Instant::now();
+    let message = expect_quorum_error(harness.put(coordinator, &key, "v1", Some(2)).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the put gives up at its deadline"
+    );
+    assert!(
+        message.starts_with("write quorum not reached: needed 2 acknowledgements, got 1"),
+        "{message}"
+    );
+    for slow in &home[1..] {
+        assert!(message.contains(&format!("{slow}: timeout")), "{message}");
+    }
+
+    let message = expect_quorum_error(harness.get(coordinator, &key, Some(2)).await);
+    assert!(
+        message.starts_with("read quorum not reached: needed 2 replies, got 1"),
+        "{message}"
+    );
+    for slow in &home[1..] {
+        assert!(message.contains(&format!("{slow}: timeout")), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn writes_on_both_sides_of_a_partition_come_back_as_siblings() {
+    // Dynamo §4.4 and §4.6: during a partition each side accepts writes for the same
+    // key with a sloppy quorum; the versions are concurrent, and a read after the
+    // partition heals returns both for the client to reconcile.
+    let harness = Harness::new(5, quorum_3_2_2());
+    let (left, right) = ([id("n1"), id("n2")], [id("n3"), id("n4"), id("n5")]);
+    let spans = |home: &[NodeId]| {
+        home.iter().any(|n| left.contains(n)) && home.iter().any(|n| right.contains(n))
+    };
+    let key = harness.key_where("split", spans);
+    let minority_key = harness.key_where("split-w3", |home| home.contains(&left[0]));
+    harness.network.partition(
+        &[&addr(&left[0]), &addr(&left[1])],
+        &[&addr(&right[0]), &addr(&right[1]), &addr(&right[2])],
+    );
+
+    harness
+        .put(&left[0], &key, "left", None)
+        .await
+        .expect("W=2 reachable on the left");
+    harness
+        .put(&right[0], &key, "right", None)
+        .await
+        .expect("W=2 reachable on the right");
+    let message = expect_quorum_error(harness.put(&left[0], &minority_key, "x", Some(3)).await);
+    // The put fails as soon as three acknowledgements are out of reach, which may be
+    // before or after the other left node's acknowledgement arrives.
+    assert!(
+        message.starts_with("write quorum not reached: needed 3 acknowledgements"),
+        "the two-node side cannot reach W=3: {message}"
+    );
+    for unreachable in &right {
+        assert!(
+            message.contains(&format!("{unreachable}: {unreachable}:1 unreachable")),
+            "{message}"
+        );
+    }
+
+    harness.network.heal_all();
+    // R = N reads every home replica, which together saw both sides' writes.
+    let read = harness.get(&left[1], &key, Some(3)).await.expect("get");
+    assert_eq!(values(&read), ["left", "right"], "concurrent versions");
+    for replica in harness.home(&key) {
+        assert!(
+            eventually(|| harness.stored(&replica, &key) == ["left", "right"]).await,
+            "read repair gave {replica} both siblings"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_home_replica_refusing_a_forwarded_put_is_reported_not_retried() {
+    // Dynamo §4.5: the receiving node forwards; a refusal is an answer (the replica is
+    // healthy), so it reaches the client instead of moving to the next home replica.
+    let n1 = id("n1");
+    let harness = Harness::build(5, quorum_3_2_2(), CALL_TIMEOUT, |settings| {
+        if settings.node_id != n1 {
+            settings.limits.max_value_bytes = 4;
+        }
+    });
+    let key = harness.key_where("refused", |home| !home.contains(&n1));
+    let home = harness.home(&key);
+
+    let error = harness
+        .put(&n1, &key, "longer than four bytes", None)
+        .await
+        .expect_err("the home replica refuses");
+    match &error {
+        CoordinatorError::Forwarded {
+            address,
+            error: ReplicaError::InvalidArgument(reason),
+        } => {
+            assert_eq!(address, &addr(&home[0]));
+            assert!(reason.contains("the limit is 4"), "{reason}");
+        }
+        other => panic!("expected a forwarded refusal, got {other:?}"),
+    }
+    for node in &harness.nodes {
+        assert!(
+            harness.stored(node.cluster().me(), &key).is_empty(),
+            "nothing was written"
+        );
+    }
+    assert!(
+        harness.nodes[0].cluster().is_available(&home[0]),
+        "a refusal does not count against the replica's health"
+    );
+}
