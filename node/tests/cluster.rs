@@ -606,3 +606,65 @@ async fn n3_reachable(node: &TestNode) -> Option<bool> {
         .find(|m| m.node_id == "n3")
         .map(|m| m.reachable)
 }
+
+/// The standard gRPC health service and server reflection are on, so grpcurl, grpc-health-probe
+/// and Kubernetes' gRPC probes work without our protos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let cluster = TestCluster::start(
+        1,
+        &[
+            "--replication-factor",
+            "1",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "1",
+        ],
+    )
+    .await;
+    let node = &cluster.nodes[0];
+    let mut health = HealthClient::new(node.channel(node.client).await.unwrap());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "dynamo.v1.Kv".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(node.channel(node.internode).await.unwrap());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("reflection reply")
+        .expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["dynamo.v1.Replica", "dynamo.v1.Admin"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
