@@ -43,7 +43,8 @@
 //!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
 //!   status page.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
-//! * [`node`]: the node that owns all of the above, its listeners and background loops.
+//! * [`node`]: the node that owns all of the above, its listeners and background loops
+//!   (gossip and failure probes, hinted handoff delivery).
 //! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
 //!   admin changes) and `dynamoctl dev`, a local multi-process cluster.
 
@@ -51,6 +52,8 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
+mod gossip;
+mod handoff;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

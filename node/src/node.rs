@@ -30,9 +30,7 @@ use crate::ring::PartitionStrategy;
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
 use crate::store::{Store, StoreError};
-use crate::transport::{
-    ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport, TransportError,
-};
+use crate::transport::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport};
 use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{Actor, SiblingLimits, SiblingSet};
 
@@ -40,9 +38,6 @@ use crate::version::{Actor, SiblingLimits, SiblingSet};
 const META_MEMBERS: &str = "members";
 const META_INCARNATION: &str = "incarnation";
 const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
-
-/// Hints delivered per target per handoff round.
-const HANDOFF_BATCH: usize = 128;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +116,7 @@ impl NodeShared {
 
     /// Merges a table learned from a peer, persists it if it changed, and finishes our
     /// own join (Joining -> Member) once we see it.
-    fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
+    pub(crate) fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
         let changed = self.cluster.merge_table(table).map_err(|e| e.to_string())?;
         let mut table = self.cluster.table();
         let me = self.cluster.me().clone();
@@ -732,12 +727,12 @@ async fn serve(
             wait_for(shutdown.clone()),
         );
 
-    let gossip = tokio::spawn(gossip_loop(
+    let gossip = tokio::spawn(crate::gossip::gossip_loop(
         Arc::clone(&shared),
         config.gossip_interval(),
         shutdown.clone(),
     ));
-    let handoff = tokio::spawn(handoff_loop(
+    let handoff = tokio::spawn(crate::handoff::handoff_loop(
         Arc::clone(&shared),
         config.gossip_interval(),
         shutdown.clone(),
@@ -781,47 +776,9 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// A small xorshift generator for choosing gossip peers: no need for cryptographic
-/// randomness, and seeding it from the incarnation keeps nodes from moving in step.
-#[derive(Debug)]
-struct PeerPicker(u64);
-
-impl PeerPicker {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
-/// Dynamo §4.8: every interval, exchange member tables with a random peer.
-async fn gossip_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
-    let mut picker = PeerPicker(node.incarnation);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() {
-        ticker.tick().await;
-        node.gossip_round(picker.next()).await;
-        node.probe_round().await;
-    }
-}
-
-/// Dynamo §4.6: hand hinted writes to their home nodes once those answer again.
-async fn handoff_loop(node: Arc<NodeShared>, interval: Duration, shutdown: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() {
-        ticker.tick().await;
-        node.handoff_round().await;
-    }
-}
-
 impl NodeShared {
     /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys).
-    fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
+    pub(crate) fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
         self.metrics
             .set_hint_backlogs(hint_targets.iter().map(|(node, keys)| (node, *keys)));
         self.metrics.set_members(&self.cluster.table());
@@ -829,135 +786,4 @@ impl NodeShared {
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
     }
-
-    /// One gossip exchange (Dynamo §4.8): with a random reachable peer, or, one time in
-    /// four and always while we know no peers, with a seed, so logical partitions heal.
-    /// `random` picks the peer (the shell's generator; tests pass fixed values).
-    pub async fn gossip_round(&self, random: u64) {
-        let table = self.cluster.table();
-        let me = self.cluster.me();
-        let peers: Vec<(NodeId, String)> = table
-            .iter()
-            .filter(|m| m.id() != me && m.state() != MemberState::Removed)
-            .filter(|m| self.cluster.is_available(m.id()))
-            .map(|m| (m.id().clone(), m.address().to_owned()))
-            .collect();
-        let seeds: Vec<&String> = self
-            .seeds
-            .iter()
-            .filter(|s| **s != self.advertise)
-            .collect();
-        let pick = |len: usize| usize::try_from((random / 4) % len.max(1) as u64).unwrap_or(0);
-        let (peer, address) = if !seeds.is_empty() && (peers.is_empty() || random % 4 == 0) {
-            (None, seeds[pick(seeds.len())].clone())
-        } else if let Some((id, address)) = peers.get(pick(peers.len())) {
-            (Some(id.clone()), address.clone())
-        } else {
-            // Alone: still finish our own join if an admin added us locally.
-            if let Err(error) = self.learn_table(&table) {
-                tracing::warn!(%error, "applying the member table");
-            }
-            return;
-        };
-        match self.transport.gossip(&address, table).await {
-            Ok(theirs) => {
-                if let Some(peer) = &peer {
-                    self.cluster.record_success(peer);
-                }
-                if let Err(error) = self.learn_table(&theirs) {
-                    tracing::warn!(%address, %error, "gossip brought an unusable member table");
-                }
-            }
-            Err(error) => {
-                if let Some(peer) = &peer {
-                    if !error.is_answer() {
-                        self.cluster.record_failure(peer);
-                    }
-                }
-                tracing::debug!(%address, %error, "gossip failed");
-            }
-        }
-    }
-
-    /// Retries peers the failure detector holds down, once per retry interval each, with a
-    /// gossip exchange; an answer makes the peer available again (Dynamo §4.8.3: "node A
-    /// periodically retries B to check for the latter's recovery"). Without this a peer
-    /// that recovered while nothing was sent to it would stay down for routing forever.
-    pub async fn probe_round(&self) {
-        for peer in self.cluster.poll_probes() {
-            let Some(address) = self.cluster.address_of(&peer) else {
-                continue;
-            };
-            match self.transport.gossip(&address, self.cluster.table()).await {
-                Ok(theirs) => {
-                    self.cluster.record_success(&peer);
-                    if let Err(error) = self.learn_table(&theirs) {
-                        tracing::warn!(%peer, %error, "probe brought an unusable member table");
-                    }
-                }
-                Err(error) if error.is_answer() => self.cluster.record_success(&peer),
-                Err(error) => {
-                    self.cluster.record_failure(&peer);
-                    tracing::debug!(%peer, %error, "probe failed; still down");
-                }
-            }
-        }
-    }
-
-    /// One round of hinted handoff (Dynamo §4.6): for every node we hold hints for that
-    /// is reachable (or due for a probe), deliver a batch and delete each hint its home
-    /// acknowledged.
-    pub async fn handoff_round(&self) {
-        let targets = match self.store.engine().hint_targets() {
-            Ok(targets) => targets,
-            Err(error) => {
-                tracing::warn!(%error, "reading hint targets");
-                return;
-            }
-        };
-        self.refresh_gauges(&targets);
-        for (home, _) in targets {
-            // Down homes come back through `probe_round`.
-            if !self.cluster.is_available(&home) {
-                continue;
-            }
-            if let Err(error) = deliver_hints(self, &home).await {
-                tracing::debug!(%home, %error, "hint delivery paused");
-            }
-        }
-    }
-}
-
-async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<(), String> {
-    let address = node
-        .cluster
-        .address_of(home)
-        .ok_or_else(|| format!("no address for {home}"))?;
-    let hints = node
-        .store
-        .hints_for(home, None, HANDOFF_BATCH)
-        .map_err(|e| e.to_string())?;
-    for hint in hints {
-        let write = ReplicaWrite {
-            key: hint.key.clone(),
-            state: hint.state.clone(),
-            durable: true,
-            hint_for: None,
-        };
-        match node.transport.write(&address, write).await {
-            Ok(()) => {
-                node.cluster.record_success(home);
-                node.store
-                    .remove_hint(home, &hint)
-                    .map_err(|e| e.to_string())?;
-            }
-            Err(error) => {
-                if !matches!(error, TransportError::Rejected { .. }) {
-                    node.cluster.record_failure(home);
-                }
-                return Err(error.to_string());
-            }
-        }
-    }
-    Ok(())
 }
