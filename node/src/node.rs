@@ -535,7 +535,8 @@ pub enum MembershipChangeError {
 
 /// The node's TLS certificate, key and CA, read once at start.
 ///
-/// Both listeners serve TLS with the node's certificate. Internode calls verify the
+/// Every listener serves TLS with the node's certificate (the HTTP API through
+/// [`https`](crate::server::https), without asking clients for a certificate). Internode calls verify the
 /// peer against `tls-ca`, or, without a CA, against the node's own certificate (a
 /// cluster sharing one self-signed certificate). With a CA, the internode listener also
 /// requires peers (and admin tools) to present a certificate signed by it (mutual TLS);
@@ -545,6 +546,8 @@ struct TlsMaterial {
     identity: Identity,
     trust: Certificate,
     mutual: bool,
+    /// The HTTP API's TLS settings, built here so a bad PEM fails the start.
+    https: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
 impl TlsMaterial {
@@ -560,7 +563,10 @@ impl TlsMaterial {
             Some(ca) => (read(ca.clone()).await?, true),
             None => (cert.clone(), false),
         };
+        let https = crate::server::https::server_config(&cert, &tls.cert, &key, &tls.key)
+            .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
         Ok(Self {
+            https,
             identity: Identity::from_pem(cert, key),
             trust: Certificate::from_pem(trust),
             mutual,
@@ -747,9 +753,27 @@ async fn serve(
             metrics: shared.metrics.clone(),
             cluster: Arc::clone(&shared.cluster),
         });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(wait_for(shutdown.clone()))
-            .await
+        match &tls {
+            Some(tls) => {
+                // In-flight requests end within the request timeout; the margin covers
+                // reading bodies and writing answers.
+                let drain = config.request_timeout() + Duration::from_secs(5);
+                crate::server::https::serve(
+                    listener,
+                    Arc::clone(&tls.https),
+                    router,
+                    wait_for(shutdown.clone()),
+                    drain,
+                )
+                .await;
+                Ok(())
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(wait_for(shutdown.clone()))
+                    .await
+            }
+        }
     };
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
     gossip.abort();

@@ -390,19 +390,10 @@ async fn sigterm_drains_and_a_restarted_node_remembers_membership_and_data() {
 /// requires a client certificate (mutual TLS), and plaintext clients are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let certs = tempfile::tempdir().unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let cert_path = certs.path().join("node.pem");
-    let key_path = certs.path().join("node.key");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(cert.pem()))
-        .identity(Identity::from_pem(cert.pem(), signing_key.serialize_pem()));
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let cert = support::TestCert::generate();
+    let (cert_arg, key_arg) = (cert.cert_arg(), cert.key_arg());
+    let tls = cert.client_tls();
     // Joining, gossip, replication and hint delivery all cross TLS here.
     let cluster = TestCluster::start_with(
         3,
@@ -426,7 +417,7 @@ async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
     }
     // Without a client certificate, TLS reaches the client API but not the internode
     // port (mutual TLS there).
-    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cert.pem()));
+    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cert.cert_pem));
     let connect = |address: std::net::SocketAddr| {
         let anonymous = anonymous.clone();
         async move {
@@ -477,6 +468,60 @@ async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
         };
         assert!(!served, "a plaintext client was served on {address}");
     }
+}
+
+/// With TLS configured, the HTTP API serves HTTPS with the node's certificate and asks
+/// clients for none (curl, Prometheus, kubelet probes); plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_node_serves_https_on_the_http_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = support::TestCert::generate();
+    let cluster = TestCluster::start_with(
+        1,
+        &[
+            "--tls-cert",
+            cert.cert_arg(),
+            "--tls-key",
+            cert.key_arg(),
+            "--tls-ca",
+            cert.cert_arg(),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--replication-factor",
+            "1",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "1",
+        ],
+        Some(cert.client_tls()),
+    )
+    .await;
+    let address = cluster.nodes[0].http.expect("HTTP port announced");
+    let health = support::https(address, &cert.cert_pem, "GET", "/healthz", &[], b"").await;
+    assert_eq!(health.status, 200);
+    let put = support::https(address, &cert.cert_pem, "PUT", "/v1/kv/k", &[], b"v").await;
+    assert_eq!(put.status, 204);
+    let got = support::https(address, &cert.cert_pem, "GET", "/v1/kv/k", &[], b"").await;
+    assert_eq!((got.status, got.body), (200, b"v".to_vec()));
+
+    let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(support::WAIT, plain.read_to_end(&mut answer))
+        .await
+        .expect("the server closes a plaintext connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.contains(" 200 "),
+        "plain HTTP was served: {read:?} {answer}"
+    );
+    // The listener survives the bad client.
+    let again = support::https(address, &cert.cert_pem, "GET", "/readyz", &[], b"").await;
+    assert_eq!(again.status, 200);
 }
 
 /// The HTTP API for curl users and probes, on a 3-node cluster: write through one node,

@@ -1,6 +1,8 @@
 //! The real `dynamoctl` binary: help, exit codes and messages for an unreachable server,
 //! a bad context and a node that fails to start; and a `dev` cluster of real
-//! `dynamo-node` processes driven end to end.
+//! `dynamo-node` processes driven end to end; and the TLS flags against a TLS node.
+
+mod support;
 
 use std::io::BufReader;
 use std::process::{Command, Output, Stdio};
@@ -199,4 +201,125 @@ fn dev_cluster_serves_put_and_get() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// [`run`] off the async runtime (the TLS test's node is driven by tokio).
+async fn run_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    })
+    .await
+    .expect("dynamoctl runs")
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(ToString::to_string).collect()
+}
+
+/// The TLS flags against a node serving TLS with mutual TLS on its admin port: join and
+/// put/get succeed with them; without a trusted CA, or without a client certificate on
+/// the admin port, the call fails with exit 3; `http://` with TLS flags and an
+/// unreadable file are usage errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_flags_reach_a_tls_node() {
+    let cert = support::TestCert::generate();
+    let root = tempfile::tempdir().unwrap();
+    let node = support::TestNode::start(
+        root.path(),
+        "n1",
+        &[],
+        &[
+            "--tls-cert",
+            cert.cert_arg(),
+            "--tls-key",
+            cert.key_arg(),
+            "--tls-ca",
+            cert.cert_arg(),
+            "--replication-factor",
+            "1",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "1",
+        ],
+    )
+    .await;
+    let client = node.client.to_string();
+    let admin = node.internode.to_string();
+    let tls = [
+        "--tls-ca",
+        cert.cert_arg(),
+        "--tls-cert",
+        cert.cert_arg(),
+        "--tls-key",
+        cert.key_arg(),
+    ];
+    let with_tls = |args: &[&str]| -> Vec<String> { owned(&[&tls[..], args].concat()) };
+
+    let join = run_async(with_tls(&[
+        "--admin-endpoint",
+        &admin,
+        "admin",
+        "join",
+        "n1",
+        &admin,
+    ]))
+    .await;
+    assert_eq!(join.status.code(), Some(0), "{join:?}");
+    // The node serves once it has marked itself a member (its next gossip round).
+    let put_args = with_tls(&["--endpoint", &client, "put", "k", "over tls"]);
+    support::eventually("a put over TLS", || {
+        let put_args = put_args.clone();
+        async move { run_async(put_args).await.status.success() }
+    })
+    .await;
+    let get = run_async(with_tls(&["--endpoint", &client, "get", "k"])).await;
+    assert_eq!(get.status.code(), Some(0), "{get:?}");
+    assert_eq!(text(&get.stdout), "over tls\n");
+
+    let https = format!("https://{client}");
+    let untrusted = run_async(owned(&["get", "k", "--endpoint", &https])).await;
+    assert_eq!(untrusted.status.code(), Some(3), "{untrusted:?}");
+    let stderr = text(&untrusted.stderr);
+    assert!(
+        stderr.starts_with(&format!("dynamoctl: cannot reach {https}: "))
+            && stderr.contains("--tls-ca"),
+        "{stderr}"
+    );
+    // Mutual TLS on the admin port: trusting the node is not enough.
+    let anonymous = run_async(owned(&[
+        "--tls-ca",
+        cert.cert_arg(),
+        "--admin-endpoint",
+        &admin,
+        "ring",
+    ]))
+    .await;
+    assert_eq!(anonymous.status.code(), Some(3), "{anonymous:?}");
+
+    let plain = run_async(with_tls(&[
+        "--endpoint",
+        &format!("http://{client}"),
+        "get",
+        "k",
+    ]))
+    .await;
+    assert_eq!(plain.status.code(), Some(2), "{plain:?}");
+    assert!(text(&plain.stderr).contains("plain http://"), "{plain:?}");
+    let missing = root.path().join("missing.pem");
+    let unreadable = run_async(owned(&[
+        "--tls-ca",
+        missing.to_str().unwrap(),
+        "--endpoint",
+        &client,
+        "get",
+        "k",
+    ]))
+    .await;
+    assert_eq!(unreadable.status.code(), Some(2), "{unreadable:?}");
+    assert!(
+        text(&unreadable.stderr).contains(&format!("reading --tls-ca {}", missing.display())),
+        "{unreadable:?}"
+    );
 }

@@ -267,7 +267,7 @@ pub enum StorageConfig {
     Memory,
 }
 
-/// The TLS files for the gRPC listeners and outgoing internode calls.
+/// The TLS files for the gRPC and HTTP listeners and outgoing internode calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// The certificate chain (PEM).

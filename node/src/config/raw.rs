@@ -162,7 +162,7 @@ pub struct RawConfig {
     )]
     pub admin_token: Option<AdminToken>,
 
-    /// TLS certificate (PEM) for all gRPC listeners; needs tls-key.
+    /// TLS certificate (PEM) for every listener (gRPC and HTTP); needs tls-key.
     #[arg(long, env = "DYNAMO_TLS_CERT", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,

@@ -1,5 +1,6 @@
 //! The command line: global flags, subcommands, and the small parsers behind them
-//! (endpoint URLs, the admin endpoint derived from the client one, base64 contexts).
+//! (endpoint URLs, the admin endpoint derived from the client one, base64 contexts, the
+//! TLS files).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,12 +8,16 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::codegen::http::Uri;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::CtlError;
 
-/// Default client endpoint: the node's default `listen` address.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7000";
+/// Default client endpoint: the node's default `listen` address. Without a scheme, so
+/// it means `https://` when TLS flags are given and `http://` otherwise.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
 
 /// Command-line client for a Dynamo cluster.
 #[derive(Debug, Parser)]
@@ -25,7 +30,8 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7000";
                   3 server error or server unreachable."
 )]
 pub struct Cli {
-    /// Client API (gRPC Kv) endpoint.
+    /// Client API (gRPC Kv) endpoint; `host:port` means https:// with TLS flags, http://
+    /// without.
     #[arg(
         long,
         global = true,
@@ -57,6 +63,10 @@ pub struct Cli {
     /// Print one machine-readable JSON document on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// TLS to the nodes (for every command but `dev`).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -217,27 +227,151 @@ impl DevArgs {
     }
 }
 
-/// Accepts `host:port` as shorthand for `http://host:port`.
-pub fn normalize_endpoint(url: &str) -> String {
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
+/// TLS to the nodes: whom to trust and, for mutual TLS on the admin port, who we are.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Trust this CA bundle or certificate (PEM) for the nodes' certificates [default:
+    /// the --tls-cert certificate, as nodes sharing one self-signed certificate do].
+    #[arg(
+        id = "tls_ca",
+        long = "tls-ca",
+        global = true,
+        env = "DYNAMO_TLS_CA",
+        value_name = "PATH"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (the admin port of nodes with tls-ca);
+    /// needs --tls-key.
+    #[arg(
+        id = "tls_cert",
+        long = "tls-cert",
+        global = true,
+        env = "DYNAMO_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs --tls-cert.
+    #[arg(
+        id = "tls_key",
+        long = "tls-key",
+        global = true,
+        env = "DYNAMO_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert",
+        hide_env_values = true
+    )]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Whether any TLS flag is given (endpoints then default to `https://`).
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The gRPC client TLS settings the flags describe, `None` without flags. The files
+    /// are read and checked here, so a bad one is a usage error naming it.
+    ///
+    /// # Errors
+    ///
+    /// [`CtlError::Usage`] when a file cannot be read or holds no usable PEM, or only
+    /// one of --tls-cert and --tls-key is given.
+    pub fn client_config(&self) -> Result<Option<ClientTlsConfig>, CtlError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((
+                read_certificates("--tls-cert", cert)?,
+                read_key("--tls-key", key)?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(CtlError::Usage(
+                    "--tls-cert and --tls-key go together".to_owned(),
+                ));
+            }
+        };
+        let trust = match (&self.ca, &identity) {
+            (Some(ca), _) => Some(read_certificates("--tls-ca", ca)?),
+            (None, Some((cert, _))) => Some(cert.clone()),
+            (None, None) => None,
+        };
+        let mut config = ClientTlsConfig::new();
+        if let Some(trust) = trust {
+            config = config.ca_certificate(Certificate::from_pem(trust));
+        }
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Ok(Some(config))
     }
 }
 
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+    std::fs::read(path)
+        .map_err(|e| CtlError::Usage(format!("reading {flag} {}: {e}", path.display())))
+}
+
+/// A PEM file holding at least one certificate.
+fn read_certificates(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+    let pem = read_pem(flag, path)?;
+    let bad = |why: String| CtlError::Usage(format!("{flag} {}: {why}", path.display()));
+    let count = CertificateDer::pem_slice_iter(&pem)
+        .try_fold(0usize, |n, cert| cert.map(|_| n + 1))
+        .map_err(|e| bad(format!("bad pem: {e}")))?;
+    if count == 0 {
+        return Err(bad("no certificate in pem".to_owned()));
+    }
+    Ok(pem)
+}
+
+/// A PEM file holding a private key.
+fn read_key(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+    let pem = read_pem(flag, path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| CtlError::Usage(format!("{flag} {}: {e}", path.display())))?;
+    Ok(pem)
+}
+
+/// The full URL of an endpoint: `host:port` gets `https://` with TLS and `http://`
+/// without.
+///
+/// # Errors
+///
+/// [`CtlError::Usage`] for an explicit `http://` endpoint with TLS flags, which would
+/// silently send credentials and data in the clear.
+pub fn normalize_endpoint(url: &str, tls: bool) -> Result<String, CtlError> {
+    if !url.contains("://") {
+        let scheme = if tls { "https" } else { "http" };
+        return Ok(format!("{scheme}://{url}"));
+    }
+    if tls && url.starts_with("http://") {
+        return Err(CtlError::Usage(format!(
+            "endpoint {url} is plain http:// but TLS flags (--tls-ca, --tls-cert, --tls-key) \
+             are set; use https:// or host:port"
+        )));
+    }
+    Ok(url.to_owned())
+}
+
 /// The admin endpoint: the explicit one, or the client endpoint's host with port + 1
-/// (the node's default internode port).
+/// (the node's default internode port); both normalized as [`normalize_endpoint`] does.
 ///
 /// # Errors
 ///
 /// [`CtlError::Usage`] when the client endpoint is not a URL with an explicit port
-/// below 65535.
-pub fn admin_endpoint(endpoint: &str, explicit: Option<&str>) -> Result<String, CtlError> {
+/// below 65535, or an endpoint is `http://` with `tls`.
+pub fn admin_endpoint(
+    endpoint: &str,
+    explicit: Option<&str>,
+    tls: bool,
+) -> Result<String, CtlError> {
     if let Some(explicit) = explicit {
-        return Ok(normalize_endpoint(explicit));
+        return normalize_endpoint(explicit, tls);
     }
-    let url = normalize_endpoint(endpoint);
+    let url = normalize_endpoint(endpoint, tls)?;
     let uri: Uri = url
         .parse()
         .map_err(|e| CtlError::Usage(format!("invalid endpoint {url:?}: {e}")))?;
@@ -412,19 +546,19 @@ mod tests {
     #[test]
     fn admin_endpoint_is_the_client_port_plus_one() {
         assert_eq!(
-            admin_endpoint("http://127.0.0.1:7000", None).unwrap(),
+            admin_endpoint("http://127.0.0.1:7000", None, false).unwrap(),
             "http://127.0.0.1:7001"
         );
         assert_eq!(
-            admin_endpoint("db.example.org:9000", None).unwrap(),
+            admin_endpoint("db.example.org:9000", None, false).unwrap(),
             "http://db.example.org:9001"
         );
         assert_eq!(
-            admin_endpoint("https://[::1]:443", None).unwrap(),
+            admin_endpoint("https://[::1]:443", None, false).unwrap(),
             "https://[::1]:444"
         );
         assert_eq!(
-            admin_endpoint("http://a:1", Some("b:2")).unwrap(),
+            admin_endpoint("http://a:1", Some("b:2"), false).unwrap(),
             "http://b:2"
         );
     }
@@ -436,7 +570,7 @@ mod tests {
             "http://127.0.0.1:65535",
             "http://bad host:1",
         ] {
-            let err = admin_endpoint(endpoint, None).unwrap_err();
+            let err = admin_endpoint(endpoint, None, false).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{endpoint}: {err}");
         }
     }
@@ -452,6 +586,161 @@ mod tests {
         let err = decode_context(Some("not base64!")).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("invalid --context"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_parse_globally_and_cert_needs_key() {
+        let cli = parse(&[
+            "get",
+            "k",
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.tls.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(cli.tls.cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(cli.tls.key, Some(PathBuf::from("/k.pem")));
+        assert!(cli.tls.enabled());
+        let ca_only = parse(&["--tls-ca", "/ca.pem", "ring"]).unwrap();
+        assert!(ca_only.tls.enabled() && ca_only.tls.cert.is_none());
+        for lone in [
+            &["--tls-cert", "/c.pem", "ring"][..],
+            &["--tls-key", "/k.pem", "ring"],
+        ] {
+            let err = parse(lone).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{lone:?}");
+        }
+        if std::env::vars_os().all(|(name, _)| !name.to_string_lossy().starts_with("DYNAMO_TLS")) {
+            assert!(!parse(&["ring"]).unwrap().tls.enabled());
+        }
+    }
+
+    #[test]
+    fn endpoints_default_to_https_with_tls_and_refuse_plain_http() {
+        assert_eq!(normalize_endpoint("h:1", false).unwrap(), "http://h:1");
+        assert_eq!(normalize_endpoint("h:1", true).unwrap(), "https://h:1");
+        assert_eq!(
+            normalize_endpoint("https://h:1", true).unwrap(),
+            "https://h:1"
+        );
+        assert_eq!(
+            normalize_endpoint("https://h:1", false).unwrap(),
+            "https://h:1"
+        );
+        let err = normalize_endpoint("http://h:1", true).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("plain http://"), "{err}");
+        assert_eq!(
+            admin_endpoint(DEFAULT_ENDPOINT, None, true).unwrap(),
+            "https://127.0.0.1:7001"
+        );
+        assert_eq!(
+            admin_endpoint("a:1", Some("http://b:2"), true)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            admin_endpoint("http://a:1", None, true)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    /// A self-signed certificate and its key as PEM files in `dir`.
+    fn write_identity(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn tls_files_load_into_a_client_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_identity(dir.path());
+        assert!(TlsArgs::default().client_config().unwrap().is_none());
+        let ca_only = TlsArgs {
+            ca: Some(cert.clone()),
+            ..TlsArgs::default()
+        };
+        assert!(ca_only.client_config().unwrap().is_some());
+        let mutual = TlsArgs {
+            ca: None,
+            cert: Some(cert),
+            key: Some(key),
+        };
+        assert!(mutual.client_config().unwrap().is_some());
+    }
+
+    #[test]
+    fn unreadable_or_bad_tls_files_are_usage_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_identity(dir.path());
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let cases = [
+            (
+                TlsArgs {
+                    ca: Some(missing.clone()),
+                    ..TlsArgs::default()
+                },
+                "reading --tls-ca",
+                &missing,
+            ),
+            (
+                TlsArgs {
+                    ca: Some(garbage.clone()),
+                    ..TlsArgs::default()
+                },
+                "--tls-ca",
+                &garbage,
+            ),
+            (
+                TlsArgs {
+                    ca: None,
+                    cert: Some(key.clone()),
+                    key: Some(key.clone()),
+                },
+                "--tls-cert",
+                &key,
+            ),
+            (
+                TlsArgs {
+                    ca: None,
+                    cert: Some(cert.clone()),
+                    key: Some(cert.clone()),
+                },
+                "--tls-key",
+                &cert,
+            ),
+            (
+                TlsArgs {
+                    ca: None,
+                    cert: Some(cert.clone()),
+                    key: None,
+                },
+                "go together",
+                &cert,
+            ),
+        ];
+        for (args, flag, path) in cases {
+            let err = args.client_config().unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            let text = err.to_string();
+            assert!(text.contains(flag), "{text}");
+            if flag != "go together" {
+                assert!(text.contains(&path.display().to_string()), "{text}");
+            }
+        }
     }
 
     proptest! {

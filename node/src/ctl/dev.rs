@@ -525,6 +525,7 @@ async fn join_all(
         url: admin_url(first),
         token: token.clone(),
         timeout,
+        tls: None,
     };
     let mut admin = target.client().await?;
     for node in cluster.nodes.clone() {
@@ -571,6 +572,7 @@ async fn wait_for_agreement(
                 url: admin_url(node),
                 token: token.clone(),
                 timeout: call_timeout,
+                tls: None,
             };
             // A node that does not answer this round simply has no view yet.
             if let Ok(mut admin) = target.client().await

@@ -6,6 +6,10 @@
 //! that tool. Contexts travel as standard base64 so a script can pass a get's context to
 //! the next put. The binary `src/bin/dynamoctl.rs` only calls [`main`].
 //!
+//! TLS: `--tls-ca` trusts a CA (or the nodes' shared certificate), `--tls-cert` and
+//! `--tls-key` present a client certificate for mutual TLS on the admin port; with any
+//! of them, `host:port` endpoints mean `https://` and `http://` ones are refused.
+//!
 //! Exit codes: 0 success, 1 not found (a get of a missing key, an admin change naming an
 //! unknown node), 2 usage error (bad flags, a bad `--context`, an argument the server
 //! rejects as invalid), 3 server error or server unreachable.
@@ -23,7 +27,7 @@ use clap::Parser;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::{self, admin_client::AdminClient, kv_client::KvClient};
 use args::{AdminCommand, Cli, Command};
@@ -148,18 +152,28 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         admin_token,
         timeout,
         json,
+        tls,
         command,
     } = cli;
+    // TLS files are read when a command connects (`dev` never does).
+    let kv = || async {
+        let url = args::normalize_endpoint(&endpoint, tls.enabled())?;
+        let config = tls.client_config()?;
+        Ok::<_, CtlError>(KvClient::new(
+            connect(&url, timeout, config.as_ref()).await?,
+        ))
+    };
     let admin = || -> Result<AdminTarget, CtlError> {
         Ok(AdminTarget {
-            url: args::admin_endpoint(&endpoint, admin_endpoint.as_deref())?,
+            url: args::admin_endpoint(&endpoint, admin_endpoint.as_deref(), tls.enabled())?,
             token: bearer(admin_token.as_deref())?,
             timeout,
+            tls: tls.client_config()?,
         })
     };
     match command {
         Command::Get { key, r } => {
-            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let mut client = kv().await?;
             let response = client
                 .get(proto::GetRequest {
                     key: key.clone().into_bytes().into(),
@@ -179,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         } => {
             let context = args::decode_context(context.as_deref())?;
             let value = read_value(value.as_deref(), file.as_deref())?;
-            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let mut client = kv().await?;
             let response = client
                 .put(proto::PutRequest {
                     key: key.clone().into_bytes().into(),
@@ -194,7 +208,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Command::Delete { key, context, w } => {
             let context = args::decode_context(context.as_deref())?;
-            let mut client = KvClient::new(connect(&endpoint, timeout).await?);
+            let mut client = kv().await?;
             let response = client
                 .delete(proto::DeleteRequest {
                     key: key.clone().into_bytes().into(),
@@ -329,18 +343,39 @@ fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Vec
 }
 
 /// Connects eagerly, so an unreachable server is reported as such, with its cause.
-pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Channel, CtlError> {
-    let url = args::normalize_endpoint(url);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| CtlError::Usage(format!("invalid endpoint {url:?}: {}", error_chain(&e))))?
+/// `url` is a full URL ([`args::normalize_endpoint`]); an `https://` one uses `tls`, or
+/// without it trusts nothing (and says so when the handshake fails).
+pub(crate) async fn connect(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, CtlError> {
+    let url = url.to_owned();
+    let invalid = |e: tonic::transport::Error| {
+        CtlError::Usage(format!("invalid endpoint {url:?}: {}", error_chain(&e)))
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(invalid)?
         .connect_timeout(timeout)
         .timeout(timeout);
+    let https = url.starts_with("https://");
+    if https {
+        endpoint = endpoint
+            .tls_config(tls.cloned().unwrap_or_else(ClientTlsConfig::new))
+            .map_err(invalid)?;
+    }
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(CtlError::Unavailable {
-            endpoint: url,
-            reason: error_chain(&e),
-        }),
+        Ok(Err(e)) => {
+            let mut reason = error_chain(&e);
+            if https && tls.is_none() {
+                reason.push_str(" (no --tls-ca given, so no server certificate is trusted)");
+            }
+            Err(CtlError::Unavailable {
+                endpoint: url,
+                reason,
+            })
+        }
         Err(_) => Err(CtlError::Unavailable {
             endpoint: url,
             reason: format!(
@@ -375,6 +410,8 @@ pub(crate) struct AdminTarget {
     pub(crate) url: String,
     pub(crate) token: BearerToken,
     pub(crate) timeout: Duration,
+    /// Client TLS for `https://` admin endpoints.
+    pub(crate) tls: Option<ClientTlsConfig>,
 }
 
 /// An admin client that sends the bearer token on every call.
@@ -382,7 +419,7 @@ pub(crate) type AdminChannel = AdminClient<InterceptedService<Channel, BearerTok
 
 impl AdminTarget {
     pub(crate) async fn client(&self) -> Result<AdminChannel, CtlError> {
-        let channel = connect(&self.url, self.timeout).await?;
+        let channel = connect(&self.url, self.timeout, self.tls.as_ref()).await?;
         Ok(AdminClient::with_interceptor(channel, self.token.clone()))
     }
 }
@@ -500,7 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_listening_is_unavailable_with_the_cause() {
-        let err = connect("http://127.0.0.1:1", Duration::from_secs(2))
+        let err = connect("http://127.0.0.1:1", Duration::from_secs(2), None)
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), EXIT_SERVER);
@@ -514,7 +551,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_endpoint_is_a_usage_error() {
-        let err = connect("http://bad host:1", Duration::from_secs(1))
+        let err = connect("http://bad host:1", Duration::from_secs(1), None)
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");

@@ -1,9 +1,11 @@
 //! The node's client-facing servers (I/O shell): the gRPC services `Kv` for clients and
-//! `Admin` for operators, the [`http`] API, and the mapping of internal errors to gRPC
+//! `Admin` for operators, the [`http`] API (served over TLS by [`https`] when the node
+//! has a certificate), and the mapping of internal errors to gRPC
 //! statuses at this boundary only.
 
 mod admin;
 pub mod http;
+pub mod https;
 mod kv;
 
 pub use admin::{AdminService, admin_token_interceptor};

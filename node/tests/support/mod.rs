@@ -280,6 +280,57 @@ impl HttpResponse {
     }
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1`, with its PEM files in a
+/// temp dir that lives as long as this value.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    pub fn generate() -> TestCert {
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("generating a certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert_path = dir.path().join("node.pem");
+        let key_path = dir.path().join("node.key");
+        let (cert_pem, key_pem) = (cert.pem(), signing_key.serialize_pem());
+        std::fs::write(&cert_path, &cert_pem).expect("writing the certificate");
+        std::fs::write(&key_path, &key_pem).expect("writing the key");
+        TestCert {
+            cert_pem,
+            key_pem,
+            cert_path,
+            key_path,
+            _dir: dir,
+        }
+    }
+
+    /// `--tls-cert` as a command-line argument.
+    pub fn cert_arg(&self) -> &str {
+        self.cert_path.to_str().expect("utf-8 temp path")
+    }
+
+    /// `--tls-key` as a command-line argument.
+    pub fn key_arg(&self) -> &str {
+        self.key_path.to_str().expect("utf-8 temp path")
+    }
+
+    /// A gRPC client config trusting this certificate and presenting it (mutual TLS).
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        use tonic::transport::{Certificate, Identity};
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.cert_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`), bounded by [`WAIT`].
 pub async fn http(
     address: SocketAddr,
@@ -288,34 +339,95 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address)
+        let stream = tokio::net::TcpStream::connect(address)
             .await
             .expect("connecting to HTTP");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("writing request");
-        stream.write_all(body).await.expect("writing body");
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .expect("reading response");
-        raw
+        exchange(stream, address, method, path, headers, body).await
     };
     let raw = tokio::time::timeout(WAIT, exchange)
         .await
         .expect("HTTP request timed out");
+    parse_response(&raw)
+}
+
+/// [`http`] over TLS, trusting only `trusted` (a PEM certificate).
+pub async fn https(
+    address: SocketAddr,
+    trusted: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
+        roots
+            .add(cert.expect("trusted PEM"))
+            .expect("a usable root");
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connecting to HTTPS");
+        let name = ServerName::from(address.ip());
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the HTTP API");
+        exchange(stream, address, method, path, headers, body).await
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("HTTPS request timed out");
+    parse_response(&raw)
+}
+
+/// Writes one request and reads the whole response.
+async fn exchange<S>(
+    mut stream: S,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("writing request");
+    stream.write_all(body).await.expect("writing body");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .expect("reading response");
+    raw
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
