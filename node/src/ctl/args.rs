@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::codegen::http::Uri;
 
 use super::CtlError;
+use super::bench::BenchArgs;
 
 /// Default client endpoint: the node's default `listen` address.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7000";
@@ -113,6 +114,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Start a local cluster of dynamo-node processes and wait for Ctrl-C.
     Dev(DevArgs),
+    /// Load records, then run a YCSB-style workload and report throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// Membership changes, sent to the admin endpoint's node; gossip spreads them.
