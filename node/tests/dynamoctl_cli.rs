@@ -245,7 +245,8 @@ fn stop_dev_cluster(mut dev: std::process::Child) {
 }
 
 /// `dynamoctl bench` end to end: load 200 records into a three-node cluster, run 500
-/// operations of workload A, and check the JSON report adds up.
+/// operations of workload A, then 100 of workload F without reloading, and check the
+/// JSON reports add up.
 #[test]
 fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     let (dev, client) = start_dev_cluster();
@@ -267,8 +268,32 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
         "100",
         "--json",
     ]);
+    // Workload F on the loaded records: each read-modify-write puts with its get's context.
+    let rmw = run(&[
+        "--endpoint",
+        &client,
+        "bench",
+        "--skip-load",
+        "--records",
+        "200",
+        "--operations",
+        "100",
+        "--concurrency",
+        "4",
+        "--workload",
+        "f",
+        "--json",
+    ]);
     stop_dev_cluster(dev);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(rmw.status.code(), Some(0), "{rmw:?}");
+    let rmw: serde_json::Value = serde_json::from_slice(&rmw.stdout).expect("one JSON document");
+    assert!(rmw["load"].is_null(), "--skip-load: {rmw}");
+    let rmw_run = &rmw["run"];
+    let rmw_count = |op: &str| rmw_run["operations"][op]["count"].as_u64().unwrap_or(0);
+    assert_eq!(rmw_count("read") + rmw_count("rmw"), 100, "{rmw_run}");
+    assert!(rmw_count("rmw") > 0, "{rmw_run}");
+    assert_eq!(rmw_run["errors"], 0, "{rmw_run}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
 
     let load = &report["load"];

@@ -20,7 +20,7 @@ pub mod report;
 pub mod workload;
 
 use std::io::IsTerminal as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,6 +150,7 @@ pub async fn run(
     timeout: Duration,
     json: bool,
 ) -> Result<(), CtlError> {
+    // Irrefutable today; a client-routing variant must be handled here when it comes.
     let Routing::Server = args.routing;
     let endpoints: Vec<String> = if args.endpoints.is_empty() {
         vec![normalize_endpoint(endpoint)]
@@ -302,8 +303,7 @@ async fn run_phase(
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
-    let finished = Arc::new(AtomicBool::new(false));
-    let progress = tokio::spawn(report_progress(state.clone(), finished.clone()));
+    let progress = tokio::spawn(report_progress(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..shared.settings.concurrency {
         let client = clients[task % clients.len()].clone();
@@ -320,23 +320,23 @@ async fn run_phase(
         }
     }
     let elapsed = state.start.elapsed();
-    finished.store(true, Ordering::Relaxed);
     progress.abort();
+    if std::io::stderr().is_terminal() {
+        // Clear the refreshed progress line before the report.
+        eprint!("\r\x1b[K");
+    }
     recorder.summarize(phase.name(), elapsed)
 }
 
 /// Prints `phase: N ops, R ops/s, E errors` on stderr every second: refreshed in place
 /// on a terminal, one line per second otherwise.
-async fn report_progress(state: Arc<PhaseState>, finished: Arc<AtomicBool>) {
+async fn report_progress(state: Arc<PhaseState>) {
     let terminal = std::io::stderr().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut previous = 0;
     loop {
         ticker.tick().await;
-        if finished.load(Ordering::Relaxed) {
-            break;
-        }
         let done = state.done.load(Ordering::Relaxed);
         let line = format!(
             "{}: {done} ops, {} ops/s, {} errors",
@@ -388,7 +388,9 @@ async fn client_task(
     recorder
 }
 
-/// One operation on record `index`; the number of versions a read saw, if it read.
+/// One operation on record `index`; the number of versions a read saw, if it read. An
+/// update carries the latest context seen for the key, a read-modify-write the context
+/// its own get returned, an insert none.
 async fn perform(
     shared: &Shared,
     client: &mut KvClient<Channel>,
@@ -399,7 +401,7 @@ async fn perform(
     let key = Bytes::from(record_key(index));
     match operation {
         Operation::Read => {
-            let versions = read(shared, client, key, index).await?;
+            let (versions, _) = read(shared, client, key, index).await?;
             Ok(Some(versions))
         }
         Operation::Insert | Operation::Update => {
@@ -411,8 +413,7 @@ async fn perform(
             Ok(None)
         }
         Operation::Rmw => {
-            let versions = read(shared, client, key.clone(), index).await?;
-            let context = shared.contexts.get(index);
+            let (versions, context) = read(shared, client, key.clone(), index).await?;
             write(shared, client, rng, key, index, context).await?;
             Ok(Some(versions))
         }
@@ -424,13 +425,13 @@ async fn read(
     client: &mut KvClient<Channel>,
     key: Bytes,
     index: u64,
-) -> Result<usize, tonic::Status> {
+) -> Result<(usize, Bytes), tonic::Status> {
     let response = client
         .get(proto::GetRequest { key, r: None })
         .await?
         .into_inner();
-    shared.contexts.set(index, response.context);
-    Ok(response.values.len())
+    shared.contexts.set(index, response.context.clone());
+    Ok((response.values.len(), response.context))
 }
 
 async fn write(
