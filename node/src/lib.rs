@@ -46,7 +46,8 @@
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery).
 //! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
-//!   admin changes) and `dynamoctl dev`, a local multi-process cluster.
+//!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
+//!   a YCSB-style load generator.
 
 pub mod cluster;
 pub mod config;

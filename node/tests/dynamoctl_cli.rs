@@ -322,4 +322,138 @@ async fn tls_flags_reach_a_tls_node() {
         text(&unreadable.stderr).contains(&format!("reading --tls-ca {}", missing.display())),
         "{unreadable:?}"
     );
+/// Starts `dynamoctl dev` (three in-memory nodes, OS-chosen ports) and returns the process
+/// and node1's client endpoint.
+fn start_dev_cluster() -> (std::process::Child, String) {
+    let mut dev = dynamoctl()
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--storage",
+            "memory",
+            "--base-port",
+            "0",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dynamoctl dev starts");
+    let stdout = dev.stdout.take().expect("piped");
+    let doc: serde_json::Value = serde_json::Deserializer::from_reader(BufReader::new(stdout))
+        .into_iter()
+        .next()
+        .expect("dev prints its endpoints")
+        .expect("as JSON");
+    let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
+    (dev, client)
+}
+
+/// Sends SIGTERM to `dev` and waits for a clean exit.
+fn stop_dev_cluster(mut dev: std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `dynamoctl bench` end to end: load 200 records into a three-node cluster, run 500
+/// operations of workload A, then 100 of workload F without reloading, and check the
+/// JSON reports add up.
+#[test]
+fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
+    let (dev, client) = start_dev_cluster();
+    let out = run(&[
+        "--endpoint",
+        &client,
+        "bench",
+        "--records",
+        "200",
+        "--operations",
+        "500",
+        "--concurrency",
+        "8",
+        "--workload",
+        "a",
+        "--distribution",
+        "zipfian",
+        "--value-size",
+        "100",
+        "--json",
+    ]);
+    // Workload F on the loaded records: each read-modify-write puts with its get's context.
+    let rmw = run(&[
+        "--endpoint",
+        &client,
+        "bench",
+        "--skip-load",
+        "--records",
+        "200",
+        "--operations",
+        "100",
+        "--concurrency",
+        "4",
+        "--workload",
+        "f",
+        "--json",
+    ]);
+    stop_dev_cluster(dev);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(rmw.status.code(), Some(0), "{rmw:?}");
+    let rmw: serde_json::Value = serde_json::from_slice(&rmw.stdout).expect("one JSON document");
+    assert!(rmw["load"].is_null(), "--skip-load: {rmw}");
+    let rmw_run = &rmw["run"];
+    let rmw_count = |op: &str| rmw_run["operations"][op]["count"].as_u64().unwrap_or(0);
+    assert_eq!(rmw_count("read") + rmw_count("rmw"), 100, "{rmw_run}");
+    assert!(rmw_count("rmw") > 0, "{rmw_run}");
+    assert_eq!(rmw_run["errors"], 0, "{rmw_run}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+
+    let load = &report["load"];
+    assert_eq!(load["operations"]["insert"]["count"], 200, "{load}");
+    assert_eq!(load["errors"], 0, "{load}");
+
+    let run = &report["run"];
+    let count = |op: &str| run["operations"][op]["count"].as_u64().unwrap_or(0);
+    assert_eq!(count("read") + count("update"), 500, "{run}");
+    assert!(count("read") > 0 && count("update") > 0, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    assert_eq!(
+        run["reads_not_found"], 0,
+        "every read key was loaded: {run}"
+    );
+    for op in ["read", "update"] {
+        let latency = &run["operations"][op]["latency_us"];
+        let field = |name: &str| latency[name].as_u64().expect(name);
+        assert!(field("p50") > 0, "{latency}");
+        assert!(field("p50") <= field("p90"), "{latency}");
+        assert!(field("p90") <= field("p99"), "{latency}");
+        assert!(field("p99") <= field("p999"), "{latency}");
+        assert!(field("p999") <= field("max"), "{latency}");
+    }
+    assert!(run["operations"]["read"]["throughput"].as_f64().unwrap() > 0.0);
+    assert!(run["reads_with_siblings"].as_u64().is_some());
+}
+
+#[test]
+fn bench_with_nothing_listening_exits_3() {
+    let out = run(&[
+        "bench",
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "2s",
+        "--operations",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(text(&out.stderr).contains("cannot reach http://127.0.0.1:1"));
 }

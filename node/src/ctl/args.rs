@@ -14,6 +14,7 @@ use tonic::codegen::http::Uri;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::CtlError;
+use super::bench::BenchArgs;
 
 /// Default client endpoint: the node's default `listen` address. Without a scheme, so
 /// it means `https://` when TLS flags are given and `http://` otherwise.
@@ -123,6 +124,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Start a local cluster of dynamo-node processes and wait for Ctrl-C.
     Dev(DevArgs),
+    /// Load records, then run a YCSB-style workload and report throughput and latency.
+    Bench(BenchArgs),
 }
 
 /// Membership changes, sent to the admin endpoint's node; gossip spreads them.

@@ -1,5 +1,5 @@
 //! `dynamoctl`, the command-line client: the I/O shell around the gRPC `Kv` and `Admin`
-//! APIs, plus `dev`, a one-command local cluster.
+//! APIs, plus `dev`, a one-command local cluster, and `bench`, a YCSB-style load generator.
 //!
 //! The paper's clients call `get(key)` and `put(key, context, value)` (Dynamo §4.1) and an
 //! administrator issues membership changes from "a command line tool" (§4.8.1); this is
@@ -15,6 +15,7 @@
 //! rejects as invalid), 3 server error or server unreachable.
 
 pub mod args;
+pub mod bench;
 pub mod dev;
 pub mod output;
 
@@ -281,6 +282,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             })
         }
         Command::Dev(dev_args) => dev::run(dev_args, admin_token, json).await,
+        Command::Bench(bench_args) => bench::run(&endpoint, bench_args, timeout, json).await,
     }
 }
 
