@@ -322,6 +322,8 @@ async fn tls_flags_reach_a_tls_node() {
         text(&unreadable.stderr).contains(&format!("reading --tls-ca {}", missing.display())),
         "{unreadable:?}"
     );
+}
+
 /// Starts `dynamoctl dev` (three in-memory nodes, OS-chosen ports) and returns the process
 /// and node1's client endpoint.
 fn start_dev_cluster() -> (std::process::Child, String) {

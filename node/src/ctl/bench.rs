@@ -31,6 +31,8 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use tonic::transport::ClientTlsConfig;
+
 use super::{CtlError, args::normalize_endpoint};
 use crate::proto::{self, kv_client::KvClient};
 use report::{BenchReport, PhaseReport, Recorder, Settings};
@@ -149,21 +151,23 @@ pub async fn run(
     args: BenchArgs,
     timeout: Duration,
     json: bool,
+    tls_enabled: bool,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<(), CtlError> {
     // Irrefutable today; a client-routing variant must be handled here when it comes.
     let Routing::Server = args.routing;
     let endpoints: Vec<String> = if args.endpoints.is_empty() {
-        vec![normalize_endpoint(endpoint)]
+        vec![normalize_endpoint(endpoint, tls_enabled)?]
     } else {
         args.endpoints
             .iter()
-            .map(|e| normalize_endpoint(e))
-            .collect()
+            .map(|e| normalize_endpoint(e, tls_enabled))
+            .collect::<Result<_, _>>()?
     };
     let tasks = usize::try_from(args.concurrency).expect("at most 100,000 tasks");
     let mut clients = Vec::new();
     for index in 0..channel_count(tasks, endpoints.len()) {
-        let channel = super::connect(&endpoints[index % endpoints.len()], timeout).await?;
+        let channel = super::connect(&endpoints[index % endpoints.len()], timeout, tls).await?;
         clients.push(KvClient::new(channel));
     }
     let settings = Settings {

@@ -282,7 +282,18 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             })
         }
         Command::Dev(dev_args) => dev::run(dev_args, admin_token, json).await,
-        Command::Bench(bench_args) => bench::run(&endpoint, bench_args, timeout, json).await,
+        Command::Bench(bench_args) => {
+            let config = tls.client_config()?;
+            bench::run(
+                &endpoint,
+                bench_args,
+                timeout,
+                json,
+                tls.enabled(),
+                config.as_ref(),
+            )
+            .await
+        }
     }
 }
 
