@@ -711,10 +711,7 @@ async fn serve(
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(kv)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_listener),
-            wait_for(shutdown.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(client_listener), wait_for(shutdown.clone()));
 
     let handler = Arc::new(PeerHandler {
         node: Arc::clone(&shared),
@@ -728,10 +725,7 @@ async fn serve(
         .add_service(reflection)
         .add_service(replica_server(handler))
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(internode_listener),
-            wait_for(shutdown.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(internode_listener), wait_for(shutdown.clone()));
 
     let gossip = tokio::spawn(crate::gossip::gossip_loop(
         Arc::clone(&shared),
@@ -790,6 +784,20 @@ async fn serve(
     internode.map_err(|e| NodeError::Server(format!("internode API: {e}")))?;
     http.map_err(|e| NodeError::Server(format!("HTTP API: {e}")))?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: gRPC replies are small writes, and
+/// Nagle plus the peer's delayed ACK holds each one back for tens of milliseconds.
+/// (`Server::tcp_nodelay` only applies to listeners tonic binds itself.)
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
