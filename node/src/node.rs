@@ -763,6 +763,13 @@ async fn serve(
                 Ok(())
             }
             None => {
+                use axum::serve::ListenerExt;
+                // Small responses must not wait on Nagle's algorithm.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "setting TCP_NODELAY");
+                    }
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(wait_for(shutdown.clone()))
                     .await

@@ -142,6 +142,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Small responses must not wait on Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "setting TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let builder = Arc::clone(&builder);
         let service = TowerToHyperService::new(router.clone());
