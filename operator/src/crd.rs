@@ -632,6 +632,42 @@ mod tests {
         assert_eq!(replication["default"]["n"], 3);
     }
 
+    /// Evaluates the CRD's CEL rules on a cluster with this spec, as the API server would.
+    fn cel_accepts(spec: DynamoClusterSpec) -> bool {
+        kube::core::cel::validate_cel(&DynamoCluster::new("db", spec)).is_ok()
+    }
+
+    #[test]
+    fn cel_rules_refuse_quorums_above_n_and_size_below_n() {
+        // Dynamo §4.5: R and W are at most N, and N nodes must exist to hold N replicas.
+        assert!(cel_accepts(spec(3)));
+        let mut s = spec(5);
+        s.replication = Replication { n: 5, r: 5, w: 1 };
+        assert!(cel_accepts(s.clone()));
+        s.replication.r = 6;
+        assert!(!cel_accepts(s.clone()), "r > n");
+        s.replication = Replication { n: 3, r: 2, w: 4 };
+        assert!(!cel_accepts(s), "w > n");
+        assert!(!cel_accepts(spec(2)), "size < n");
+        let mut s = spec(2);
+        s.replication = Replication { n: 2, r: 1, w: 1 };
+        assert!(cel_accepts(s));
+    }
+
+    #[test]
+    fn cel_rules_tie_partitioning_parameters_to_their_strategy() {
+        let mut s = spec(3);
+        s.partitioning.partitions = Some(1024);
+        assert!(cel_accepts(s.clone()));
+        s.partitioning.strategy = Strategy::RandomTokens;
+        assert!(!cel_accepts(s.clone()), "partitions with random-tokens");
+        s.partitioning.partitions = None;
+        s.partitioning.tokens_per_weight = Some(64);
+        assert!(cel_accepts(s.clone()));
+        s.partitioning.strategy = Strategy::EqualPartitions;
+        assert!(!cel_accepts(s), "tokensPerWeight with equal-partitions");
+    }
+
     #[test]
     fn validate_refuses_what_the_schema_refuses() {
         let mut s = spec(3);

@@ -15,9 +15,10 @@
 //! 1. While a member is joining, leaving, or moving data, wait.
 //! 2. Shrink the StatefulSet over ordinals at or above `size` whose nodes are removed
 //!    (or never joined), so a pod and its volume go only after the ring let go of them.
-//! 3. Grow the StatefulSet to `size`.
+//! 3. Grow the StatefulSet to hold `size` nodes and every node still in the ring.
 //! 4. While a member's pod is not ready, wait: the ring is not healthy enough to move data.
-//! 5. Join the lowest ready pod below `size` that is not a member, with its weight.
+//! 5. Join the lowest running pod below `size` that is not a member, with its weight
+//!    (not "ready": a node reports ready only once it is in the ring).
 //! 6. Decommission the highest member at or above `size`, unless fewer than `N` members
 //!    would remain: then refuse.
 //! 7. Set the weight of the lowest member whose weight differs from the spec.
@@ -29,7 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::crd::{DynamoClusterSpec, MAX_WEIGHT, SpecError};
+use crate::builders::ordinal_of;
+use crate::crd::{DynamoClusterSpec, MAX_WEIGHT, Phase, SpecError};
 
 /// A member's state in the ring, as `Admin.Ring` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,10 +71,69 @@ pub struct ObservedMember {
 pub struct Observed {
     /// The StatefulSet's `spec.replicas` (0 when it does not exist yet).
     pub statefulset_replicas: u32,
-    /// Ordinals whose pod is Ready.
+    /// Ordinals whose node process is up (pod Running, container started), in the ring
+    /// or not: what a join needs.
+    pub running: BTreeSet<u32>,
+    /// Ordinals whose pod is Ready. The node's `/readyz` answers ready only while it is
+    /// in the ring, so this is a member's health, and never true before its join.
     pub ready: BTreeSet<u32>,
     /// The member table, by ordinal (node ids are pod names, `<cluster>-<ordinal>`).
     pub members: BTreeMap<u32, ObservedMember>,
+}
+
+/// A row of `Admin.Ring`, with the node's transfer report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingMember<'a> {
+    /// The node id (`<cluster>-<ordinal>` for this cluster's pods).
+    pub node_id: &'a str,
+    /// Its state.
+    pub state: MemberState,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether key ranges are still moving to or from it.
+    pub transfers_pending: bool,
+}
+
+/// Why a member table cannot be mapped onto this cluster's pods.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// An active member is not one of this cluster's pods: the ring holds a node the
+    /// operator does not manage, and it will not guess what to do with it.
+    #[error("ring member {0:?} is not a pod of this cluster")]
+    ForeignMember(String),
+    /// The table lists a node twice.
+    #[error("ring lists node {0:?} twice")]
+    DuplicateMember(String),
+}
+
+/// Maps `Admin.Ring`'s member table onto ordinals, for [`Observed::members`]. Removed
+/// nodes that are not this cluster's pods are ignored: they hold nothing.
+///
+/// # Errors
+/// [`ObserveError`] for an active foreign member or a duplicate row.
+pub fn members_from_ring<'a>(
+    cluster_name: &str,
+    ring: impl IntoIterator<Item = RingMember<'a>>,
+) -> Result<BTreeMap<u32, ObservedMember>, ObserveError> {
+    let mut members = BTreeMap::new();
+    for row in ring {
+        let Some(ordinal) = ordinal_of(cluster_name, row.node_id) else {
+            if row.state.is_active() {
+                return Err(ObserveError::ForeignMember(row.node_id.to_owned()));
+            }
+            continue;
+        };
+        let member = ObservedMember {
+            state: row.state,
+            weight: row.weight,
+            transfers_pending: row.transfers_pending,
+        };
+        if members.insert(ordinal, member).is_some() {
+            return Err(ObserveError::DuplicateMember(row.node_id.to_owned()));
+        }
+    }
+    Ok(members)
 }
 
 impl Observed {
@@ -233,8 +294,8 @@ pub enum WaitReason {
         /// Its ordinal.
         ordinal: u32,
     },
-    /// The pod to join next is not ready.
-    PodNotReady {
+    /// The pod to join next is not running.
+    PodNotRunning {
         /// Its ordinal.
         ordinal: u32,
     },
@@ -249,7 +310,7 @@ impl fmt::Display for WaitReason {
                 write!(f, "transfers pending on node {ordinal}")
             }
             Self::MemberNotReady { ordinal } => write!(f, "member {ordinal} is not ready"),
-            Self::PodNotReady { ordinal } => write!(f, "pod {ordinal} is not ready to join"),
+            Self::PodNotRunning { ordinal } => write!(f, "pod {ordinal} is not running"),
         }
     }
 }
@@ -349,6 +410,22 @@ impl fmt::Display for Step {
     }
 }
 
+impl Step {
+    /// The cluster phase this step implies, for `status.phase`.
+    #[must_use]
+    pub fn phase(&self, observed: &Observed) -> Phase {
+        match self {
+            Self::Done => Phase::Running,
+            Self::Refuse { .. }
+            | Self::Wait {
+                reason: WaitReason::MemberNotReady { .. },
+            } => Phase::Degraded,
+            _ if observed.members.values().all(|m| !m.state.is_active()) => Phase::Pending,
+            _ => Phase::Progressing,
+        }
+    }
+}
+
 /// The StatefulSet must hold every node still in the ring (so its pod and volume stay
 /// until it is removed) and every wanted node.
 fn replicas_target(size: u32, highest_active: Option<u32>) -> u32 {
@@ -377,15 +454,15 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Step {
         };
     }
     if let Some(ordinal) = (0..size).find(|&o| !observed.is_active(o)) {
-        let ready =
-            (ordinal..size).find(|&o| !observed.is_active(o) && observed.ready.contains(&o));
-        return match ready {
+        let running =
+            (ordinal..size).find(|&o| !observed.is_active(o) && observed.running.contains(&o));
+        return match running {
             Some(ordinal) => Step::Join {
                 ordinal,
                 weight: desired.weights[ordinal as usize],
             },
             None => Step::Wait {
-                reason: WaitReason::PodNotReady { ordinal },
+                reason: WaitReason::PodNotRunning { ordinal },
             },
         };
     }
@@ -422,8 +499,8 @@ pub enum Violation {
         /// The step.
         step: Step,
     },
-    /// A join of a pod that is not ready, already active, or not wanted.
-    #[error("{step} is not a wanted, ready, inactive node with its desired weight")]
+    /// A join of a pod that is not running, already active, or not wanted.
+    #[error("{step} is not a wanted, running, inactive node with its desired weight")]
     BadJoin {
         /// The step.
         step: Step,
@@ -479,7 +556,7 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
         Step::Join { ordinal, weight } => {
             ordinal < size
                 && ordinal < observed.statefulset_replicas
-                && observed.ready.contains(&ordinal)
+                && observed.running.contains(&ordinal)
                 && !observed.is_active(ordinal)
                 && desired.weight(ordinal) == Some(weight)
         }
@@ -563,17 +640,34 @@ mod tests {
         }
     }
 
-    /// A StatefulSet of `replicas` ready pods whose nodes are in `states` (by ordinal).
+    /// A StatefulSet of `replicas` running pods whose nodes are in `states` (by
+    /// ordinal); pods of nodes in the ring are ready.
     fn observed(replicas: u32, states: &[MemberState]) -> Observed {
-        Observed {
+        let mut o = Observed {
             statefulset_replicas: replicas,
-            ready: (0..replicas).collect(),
+            running: (0..replicas).collect(),
+            ready: BTreeSet::new(),
             members: states
                 .iter()
                 .enumerate()
                 .map(|(o, &s)| (o as u32, member(s)))
                 .collect(),
-        }
+        };
+        o.ready = ready_pods(&o);
+        o
+    }
+
+    /// Pods whose node's `/readyz` passes: running and in the ring.
+    fn ready_pods(o: &Observed) -> BTreeSet<u32> {
+        o.running
+            .iter()
+            .copied()
+            .filter(|p| {
+                o.members
+                    .get(p)
+                    .is_some_and(|m| matches!(m.state, Joining | Member))
+            })
+            .collect()
     }
 
     /// The model's view of a step's effect, as the controller and the nodes would make it.
@@ -581,6 +675,7 @@ mod tests {
         match step {
             Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => {
                 observed.statefulset_replicas = to;
+                observed.running.retain(|&o| o < to);
                 observed.ready.retain(|&o| o < to);
             }
             Step::Join { ordinal, weight } => {
@@ -607,7 +702,8 @@ mod tests {
         }
     }
 
-    /// The world moving on: transfers finish, pods of the StatefulSet become ready.
+    /// The world moving on: transfers finish, pods of the StatefulSet start, and those in
+    /// the ring become ready.
     fn settle(observed: &mut Observed) {
         for m in observed.members.values_mut() {
             m.transfers_pending = false;
@@ -617,7 +713,8 @@ mod tests {
                 s => s,
             };
         }
-        observed.ready = (0..observed.statefulset_replicas).collect();
+        observed.running = (0..observed.statefulset_replicas).collect();
+        observed.ready = ready_pods(observed);
     }
 
     fn checked_plan(d: &Desired, o: &Observed) -> Step {
@@ -658,10 +755,10 @@ mod tests {
         pending.members.get_mut(&1).unwrap().transfers_pending = true;
         let mut not_ready = observed(3, &[Member, Member, Member]);
         not_ready.ready.remove(&2);
-        let mut new_pod_not_ready = observed(5, &[Member, Member, Member]);
-        new_pod_not_ready.ready.remove(&3);
-        let mut no_new_pod_ready = new_pod_not_ready.clone();
-        no_new_pod_ready.ready.remove(&4);
+        let mut new_pod_not_running = observed(5, &[Member, Member, Member]);
+        new_pod_not_running.running.remove(&3);
+        let mut no_new_pod_running = new_pod_not_running.clone();
+        no_new_pod_running.running.remove(&4);
         let mut heavier = observed(3, &[Member, Member, Member]);
         heavier.members.get_mut(&1).unwrap().weight = 4;
 
@@ -708,22 +805,22 @@ mod tests {
                 },
             ),
             (
-                "join skips an unready pod",
+                "join skips a pod not running",
                 5,
                 3,
-                new_pod_not_ready,
+                new_pod_not_running,
                 Step::Join {
                     ordinal: 4,
                     weight: 1,
                 },
             ),
             (
-                "pod not ready",
+                "pod not running",
                 5,
                 3,
-                no_new_pod_ready,
+                no_new_pod_running,
                 Step::Wait {
-                    reason: WaitReason::PodNotReady { ordinal: 3 },
+                    reason: WaitReason::PodNotRunning { ordinal: 3 },
                 },
             ),
             (
@@ -965,6 +1062,63 @@ mod tests {
     }
 
     #[test]
+    fn ring_rows_map_to_ordinals() {
+        let row = |node_id, state| RingMember {
+            node_id,
+            state,
+            weight: 2,
+            transfers_pending: false,
+        };
+        let members = members_from_ring(
+            "db",
+            [
+                row("db-1", Joining),
+                row("db-0", Member),
+                row("old-7", Removed),
+            ],
+        )
+        .unwrap();
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(members[&1].state, Joining);
+        assert_eq!(members[&0].weight, 2);
+        assert_eq!(
+            members_from_ring("db", [row("other-0", Member)]),
+            Err(ObserveError::ForeignMember("other-0".into()))
+        );
+        assert_eq!(
+            members_from_ring("db", [row("db-0", Member), row("db-0", Leaving)]),
+            Err(ObserveError::DuplicateMember("db-0".into()))
+        );
+    }
+
+    #[test]
+    fn phases_summarise_the_step() {
+        let empty = observed(3, &[]);
+        let full = observed(3, &[Member, Member, Member]);
+        assert_eq!(
+            Step::GrowStatefulSet { to: 3 }.phase(&empty),
+            Phase::Pending
+        );
+        assert_eq!(
+            Step::Join {
+                ordinal: 0,
+                weight: 1
+            }
+            .phase(&empty),
+            Phase::Pending
+        );
+        assert_eq!(
+            Step::Decommission { ordinal: 2 }.phase(&full),
+            Phase::Progressing
+        );
+        assert_eq!(Step::Done.phase(&full), Phase::Running);
+        let unready = Step::Wait {
+            reason: WaitReason::MemberNotReady { ordinal: 1 },
+        };
+        assert_eq!(unready.phase(&full), Phase::Degraded);
+    }
+
+    #[test]
     fn step_and_reasons_read_well() {
         assert_eq!(
             Step::Decommission { ordinal: 4 }.to_string(),
@@ -988,10 +1142,12 @@ mod tests {
         (
             0u32..8,
             proptest::collection::btree_set(0u32..8, 0..8),
+            proptest::collection::btree_set(0u32..8, 0..8),
             proptest::collection::btree_map(0u32..8, (arb_state(), 1u32..4, any::<bool>()), 0..8),
         )
-            .prop_map(|(replicas, ready, members)| Observed {
+            .prop_map(|(replicas, running, ready, members)| Observed {
                 statefulset_replicas: replicas,
+                running: running.into_iter().filter(|&o| o < replicas).collect(),
                 ready: ready.into_iter().filter(|&o| o < replicas).collect(),
                 members: members
                     .into_iter()
