@@ -1,0 +1,750 @@
+//! The `DynamoCluster` custom resource (group `dynamo.example.org`, version `v1alpha1`).
+//!
+//! No I/O: types, defaults and the pure derivations the builders and the planner share
+//! (per-node weights). The schema is generated from these types by `kube`'s derive; field
+//! doc comments become the descriptions `kubectl explain` shows, and the rules the schema
+//! cannot express (`r <= n`, `w <= n`, `size >= n`) are CEL rules in the CRD, checked by the
+//! API server.
+//!
+//! The knobs are the paper's: the replication factor `N` and quorum sizes `R`/`W`
+//! (Dynamo §4.5), per-node weights in virtual nodes for heterogeneous machines (§4.2), the
+//! partitioning strategy (§6.2) and buffered or synchronous writes (§6.1).
+
+// kube's `KubeSchema` derive re-declares each struct, `pub`, inside a function body to
+// derive its schema; the lint flags those copies, not this module's API.
+#![expect(unreachable_pub, reason = "copies made by the KubeSchema derive")]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The largest replication factor the node accepts (`dynamo-node`'s `MAX_REPLICATION_FACTOR`).
+pub const MAX_REPLICATION_FACTOR: u32 = 16;
+/// The largest weight the node accepts (`dynamo-node`'s `membership::MAX_WEIGHT`).
+pub const MAX_WEIGHT: u32 = 10_000;
+/// The largest `tokensPerWeight` (`dynamo-node`'s `ring::MAX_TOKENS_PER_WEIGHT`).
+pub const MAX_TOKENS_PER_WEIGHT: u32 = 1024;
+/// The largest `partitions` (`dynamo-node`'s `ring::MAX_PARTITIONS`).
+pub const MAX_PARTITIONS: u32 = 65_536;
+
+/// Desired state of a Dynamo cluster: how many nodes, which image, and how they replicate
+/// and partition data.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each kube printcolumn(...) repeats the type_ key"
+)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dynamo.example.org",
+    version = "v1alpha1",
+    kind = "DynamoCluster",
+    namespaced,
+    status = "DynamoClusterStatus",
+    shortname = "dyn",
+    derive = "PartialEq",
+    doc = "A Dynamo key-value store cluster: a StatefulSet of dynamo-node pods whose ring membership the operator changes one step at a time.",
+    scale(
+        spec_replicas_path = ".spec.size",
+        status_replicas_path = ".status.readyNodes",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".spec.size",
+        description = "Desired number of nodes"
+    ),
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.members",
+        description = "Nodes in the ring"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyNodes",
+        description = "Ready node pods"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Cluster phase"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.size >= self.replication.n").message("size must be at least replication.n"))]
+#[serde(rename_all = "camelCase")]
+pub struct DynamoClusterSpec {
+    /// Number of storage nodes (pods). Must be at least `replication.n`.
+    #[schemars(range(min = 1))]
+    pub size: i32,
+    /// Container image of `dynamo-node`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Pull policy of the image; the Kubernetes default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Replication factor and quorum sizes (Dynamo §4.5).
+    #[serde(default)]
+    pub replication: Replication,
+    /// How the ring is divided (Dynamo §6.2).
+    #[serde(default)]
+    pub partitioning: PartitioningSpec,
+    /// Each node's weight, i.e. its share of the ring (Dynamo §4.2).
+    #[serde(default)]
+    pub weights: Weights,
+    /// Persistent storage of each node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// CPU and memory of each node's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Whether a write is on disk before it is acknowledged (Dynamo §6.1).
+    #[serde(default)]
+    pub durability: Durability,
+    /// Extras merged into the node pods' template.
+    #[serde(default)]
+    pub pod_template: PodTemplateExtras,
+    /// Name of a Secret in the same namespace whose key `token` is the admin token the
+    /// nodes require on `Admin` calls; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_secret: Option<String>,
+    /// TLS for the gRPC listeners and internode calls; plaintext when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// When the kubelet pulls the image.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the image is not on the machine.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Replication factor `N`, read quorum `R` and write quorum `W` (Dynamo §4.5; `R + W > N`
+/// gives quorum-like reads, but the paper also runs smaller quorums for latency).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.r <= self.n").message("replication.r must not exceed replication.n"))]
+#[x_kube(validation = Rule::new("self.w <= self.n").message("replication.w must not exceed replication.n"))]
+pub struct Replication {
+    /// Replication factor: how many nodes hold each key.
+    #[serde(default = "default_n")]
+    #[schemars(range(min = 1, max = 16))]
+    pub n: u32,
+    /// Read quorum: replies a read waits for.
+    #[serde(default = "default_quorum")]
+    #[schemars(range(min = 1, max = 16))]
+    pub r: u32,
+    /// Write quorum: acknowledgements a write waits for.
+    #[serde(default = "default_quorum")]
+    #[schemars(range(min = 1, max = 16))]
+    pub w: u32,
+}
+
+fn default_n() -> u32 {
+    3
+}
+
+fn default_quorum() -> u32 {
+    2
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            n: default_n(),
+            r: default_quorum(),
+            w: default_quorum(),
+        }
+    }
+}
+
+/// The partitioning strategy and its parameter (Dynamo §6.2).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("!has(self.partitions) || self.strategy == 'equal-partitions'").message("partitions applies only to strategy equal-partitions"))]
+#[x_kube(validation = Rule::new("!has(self.tokensPerWeight) || self.strategy == 'random-tokens'").message("tokensPerWeight applies only to strategy random-tokens"))]
+#[serde(rename_all = "camelCase")]
+pub struct PartitioningSpec {
+    /// `equal-partitions` (strategy 3, the default) or `random-tokens` (strategy 1).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Number of equal partitions `Q` (strategy 3); the node's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub partitions: Option<u32>,
+    /// Random tokens per unit of weight (strategy 1); the node's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub tokens_per_weight: Option<u32>,
+}
+
+/// A partitioning strategy of Dynamo §6.2, spelled as the node's `partitioning` key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Strategy 3: `Q` equal partitions shared out by weight.
+    #[default]
+    EqualPartitions,
+    /// Strategy 1: random tokens per unit of weight.
+    RandomTokens,
+}
+
+impl Strategy {
+    /// The node's spelling of the strategy.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EqualPartitions => "equal-partitions",
+            Self::RandomTokens => "random-tokens",
+        }
+    }
+}
+
+/// Node weights: bigger nodes own more of the ring (Dynamo §4.2, heterogeneity).
+///
+/// A node's weight is its entry in `overrides` if any, else the weight derived from its
+/// requested CPU if `fromResources`, else `default`.
+///
+/// Override keys are checked by the operator (a structural schema cannot constrain map
+/// keys, and a CEL rule over an unbounded map may exceed the API server's cost budget);
+/// a bad key shows up as a `Degraded` condition.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Weights {
+    /// Weight of every node without an override.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub default: u32,
+    /// Weight by pod ordinal (`"0"`, `"1"`, ...), overriding the others.
+    #[serde(default)]
+    #[schemars(extend("additionalProperties" = {"type": "integer", "format": "uint32", "minimum": 1, "maximum": 10000}))]
+    pub overrides: BTreeMap<String, u32>,
+    /// Derive the weight from the requested CPU instead of `default`: one unit per whole
+    /// core, rounded up, at least 1.
+    #[serde(default)]
+    pub from_resources: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            default: default_weight(),
+            overrides: BTreeMap::new(),
+            from_resources: false,
+        }
+    }
+}
+
+/// Each node's PersistentVolumeClaim.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested volume size, a Kubernetes quantity such as `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1))]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Keep a node's volume after it is decommissioned and its pod removed (default true).
+    /// A volume is only ever deleted after its node reports "removed".
+    #[serde(default = "default_true")]
+    pub retain_on_scale_down: bool,
+    /// Keep the volumes when the DynamoCluster is deleted (default true).
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+}
+
+fn default_storage_size() -> String {
+    "10Gi".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retain_on_scale_down: true,
+            retain_on_delete: true,
+        }
+    }
+}
+
+/// The node's `durability` setting (Dynamo §6.1).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Every write is on disk before it is acknowledged.
+    #[default]
+    Sync,
+    /// Writes are buffered in memory and flushed periodically.
+    Buffered,
+}
+
+impl Durability {
+    /// The node's spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Buffered => "buffered",
+        }
+    }
+}
+
+/// Extras for the node pods. When `affinity` is unset the operator spreads nodes across
+/// machines with a preferred pod anti-affinity.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateExtras {
+    /// Labels added to the pods (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Node selector of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods, replacing the default anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// TLS material for the nodes.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Name of a Secret holding `tls.crt`, `tls.key` and `ca.crt` (as cert-manager writes
+    /// them); `ca.crt` turns on mutual TLS between nodes.
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+}
+
+/// Observed state of a Dynamo cluster, written by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamoClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Node pods that are ready.
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// Nodes in the ring (joining, member or leaving).
+    #[serde(default)]
+    pub members: i32,
+    /// Summary of the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `Available`, `Progressing` and `Degraded`, each with a reason and message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The membership step in progress, e.g. `decommission 4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<String>,
+    /// Label selector of the node pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// One-word summary of a cluster's state.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Objects created; no node has joined yet.
+    Pending,
+    /// A membership step is in progress.
+    Progressing,
+    /// Membership matches the spec.
+    Running,
+    /// A step was refused or nodes are unavailable.
+    Degraded,
+}
+
+/// Why a spec cannot be turned into nodes. The schema rejects most of these first; the
+/// operator checks again because objects may predate the schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// `size` is below 1.
+    #[error("size must be at least 1, got {0}")]
+    Size(i32),
+    /// `n`, `r` or `w` is out of range or a quorum exceeds `n`.
+    #[error("invalid replication n={n} r={r} w={w}")]
+    Replication {
+        /// Replication factor.
+        n: u32,
+        /// Read quorum.
+        r: u32,
+        /// Write quorum.
+        w: u32,
+    },
+    /// `size` is smaller than `n`.
+    #[error("size {size} is smaller than replication factor {n}")]
+    SizeBelowReplication {
+        /// Desired size.
+        size: i32,
+        /// Replication factor.
+        n: u32,
+    },
+    /// A weight is outside `1..=MAX_WEIGHT`.
+    #[error("weight {0} is outside 1..=10000")]
+    Weight(u32),
+    /// A `weights.overrides` key is not an ordinal.
+    #[error("weights.overrides key {0:?} is not a pod ordinal")]
+    OverrideKey(String),
+    /// `weights.fromResources` is set but no CPU is requested.
+    #[error("weights.fromResources needs resources.requests.cpu or resources.limits.cpu")]
+    NoCpuRequest,
+    /// The CPU quantity is not a plain number of cores or millicores.
+    #[error("unsupported cpu quantity {0:?}")]
+    CpuQuantity(String),
+}
+
+impl DynamoClusterSpec {
+    /// Checks what the schema checks, for objects that bypassed it.
+    ///
+    /// # Errors
+    /// The first [`SpecError`] found.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.size < 1 {
+            return Err(SpecError::Size(self.size));
+        }
+        let Replication { n, r, w } = self.replication;
+        let in_range = |v: u32| (1..=MAX_REPLICATION_FACTOR).contains(&v);
+        if !in_range(n) || !in_range(r) || !in_range(w) || r > n || w > n {
+            return Err(SpecError::Replication { n, r, w });
+        }
+        if i64::from(self.size) < i64::from(n) {
+            return Err(SpecError::SizeBelowReplication { size: self.size, n });
+        }
+        check_weight(self.weights.default)?;
+        for (key, &weight) in &self.weights.overrides {
+            parse_ordinal(key)?;
+            check_weight(weight)?;
+        }
+        if self.weights.from_resources {
+            self.resource_weight()?;
+        }
+        Ok(())
+    }
+
+    /// The weight of the node with this ordinal (see [`Weights`]).
+    ///
+    /// # Errors
+    /// A malformed override key, or `fromResources` without a usable CPU quantity.
+    pub fn weight_of(&self, ordinal: u32) -> Result<u32, SpecError> {
+        for (key, &weight) in &self.weights.overrides {
+            if parse_ordinal(key)? == ordinal {
+                return check_weight(weight);
+            }
+        }
+        if self.weights.from_resources {
+            self.resource_weight()
+        } else {
+            check_weight(self.weights.default)
+        }
+    }
+
+    /// One unit of weight per whole requested core, rounded up, at least 1. Requests
+    /// default to limits in Kubernetes, so limits are the fallback.
+    fn resource_weight(&self) -> Result<u32, SpecError> {
+        let resources = self.resources.as_ref().ok_or(SpecError::NoCpuRequest)?;
+        let cpu = resources
+            .requests
+            .as_ref()
+            .and_then(|r| r.get("cpu"))
+            .or_else(|| resources.limits.as_ref().and_then(|l| l.get("cpu")))
+            .ok_or(SpecError::NoCpuRequest)?;
+        let millis = cpu_millicores(&cpu.0)?;
+        let cores = millis.div_ceil(1000).max(1);
+        check_weight(u32::try_from(cores).unwrap_or(u32::MAX))
+    }
+}
+
+fn check_weight(weight: u32) -> Result<u32, SpecError> {
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(SpecError::Weight(weight))
+    }
+}
+
+fn parse_ordinal(key: &str) -> Result<u32, SpecError> {
+    let canonical = !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_digit())
+        && (key == "0" || !key.starts_with('0'));
+    key.parse()
+        .ok()
+        .filter(|_| canonical)
+        .ok_or_else(|| SpecError::OverrideKey(key.to_owned()))
+}
+
+/// Parses a CPU quantity (`2`, `1.5`, `500m`) into millicores, rounding up.
+fn cpu_millicores(quantity: &str) -> Result<u64, SpecError> {
+    let bad = || SpecError::CpuQuantity(quantity.to_owned());
+    let (number, scale) = match quantity.strip_suffix('m') {
+        Some(millis) => (millis, 1),
+        None => (quantity, 1000),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !digits_only(whole)
+        || !digits_only(fraction)
+        || whole.len() > 12
+    {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    // Fractions of a millicore round up, as Kubernetes does for CPU.
+    let mut fraction_millis = 0u64;
+    let mut unit = scale;
+    let mut remainder = false;
+    for digit in fraction.bytes() {
+        let d = u64::from(digit - b'0');
+        if unit >= 10 {
+            unit /= 10;
+            fraction_millis += d * unit;
+        } else if d > 0 {
+            remainder = true;
+        }
+    }
+    Ok(whole * scale + fraction_millis + u64::from(remainder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::spec;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use kube::CustomResourceExt;
+    use proptest::prelude::{prop_assert_eq, proptest};
+
+    #[test]
+    fn minimal_spec_takes_the_papers_defaults() {
+        let spec = spec(3);
+        // Dynamo §4.5: "(N,R,W) ... (3,2,2)".
+        assert_eq!(spec.replication, Replication { n: 3, r: 2, w: 2 });
+        assert_eq!(spec.partitioning.strategy, Strategy::EqualPartitions);
+        assert_eq!(spec.durability, Durability::Sync);
+        assert_eq!(spec.storage.size, "10Gi");
+        assert!(spec.storage.retain_on_scale_down && spec.storage.retain_on_delete);
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn crd_has_names_subresources_and_columns() {
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        assert_eq!(crd["metadata"]["name"], "dynamoclusters.dynamo.example.org");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "dyn");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        let scale = &version["subresources"]["scale"];
+        assert_eq!(scale["specReplicasPath"], ".spec.size");
+        assert_eq!(scale["statusReplicasPath"], ".status.readyNodes");
+        assert_eq!(scale["labelSelectorPath"], ".status.selector");
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Size", "Members", "Ready", "Phase", "Age"]);
+    }
+
+    #[test]
+    fn crd_schema_carries_bounds_cel_rules_and_descriptions() {
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["size"]["minimum"].as_f64(), Some(1.0));
+        assert!(
+            spec["properties"]["size"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("replication.n")
+        );
+        let rules = |schema: &serde_json::Value| -> Vec<String> {
+            schema["x-kubernetes-validations"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| r["rule"].as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(rules(spec), ["self.size >= self.replication.n"]);
+        let replication = &spec["properties"]["replication"];
+        assert_eq!(rules(replication), ["self.r <= self.n", "self.w <= self.n"]);
+        assert_eq!(
+            replication["properties"]["n"]["maximum"].as_f64(),
+            Some(16.0)
+        );
+        let overrides = &spec["properties"]["weights"]["properties"]["overrides"];
+        let weight = &overrides["additionalProperties"];
+        assert_eq!(weight["minimum"].as_f64(), Some(1.0));
+        assert_eq!(weight["maximum"].as_f64(), Some(10000.0));
+        // Defaults are in the schema, so CEL sees `replication` even when omitted.
+        assert_eq!(replication["default"]["n"], 3);
+    }
+
+    /// Evaluates the CRD's CEL rules on a cluster with this spec, as the API server would.
+    fn cel_accepts(spec: DynamoClusterSpec) -> bool {
+        kube::core::cel::validate_cel(&DynamoCluster::new("db", spec)).is_ok()
+    }
+
+    #[test]
+    fn cel_rules_refuse_quorums_above_n_and_size_below_n() {
+        // Dynamo §4.5: R and W are at most N, and N nodes must exist to hold N replicas.
+        assert!(cel_accepts(spec(3)));
+        let mut s = spec(5);
+        s.replication = Replication { n: 5, r: 5, w: 1 };
+        assert!(cel_accepts(s.clone()));
+        s.replication.r = 6;
+        assert!(!cel_accepts(s.clone()), "r > n");
+        s.replication = Replication { n: 3, r: 2, w: 4 };
+        assert!(!cel_accepts(s), "w > n");
+        assert!(!cel_accepts(spec(2)), "size < n");
+        let mut s = spec(2);
+        s.replication = Replication { n: 2, r: 1, w: 1 };
+        assert!(cel_accepts(s));
+    }
+
+    #[test]
+    fn cel_rules_tie_partitioning_parameters_to_their_strategy() {
+        let mut s = spec(3);
+        s.partitioning.partitions = Some(1024);
+        assert!(cel_accepts(s.clone()));
+        s.partitioning.strategy = Strategy::RandomTokens;
+        assert!(!cel_accepts(s.clone()), "partitions with random-tokens");
+        s.partitioning.partitions = None;
+        s.partitioning.tokens_per_weight = Some(64);
+        assert!(cel_accepts(s.clone()));
+        s.partitioning.strategy = Strategy::EqualPartitions;
+        assert!(!cel_accepts(s), "tokensPerWeight with equal-partitions");
+    }
+
+    #[test]
+    fn validate_refuses_what_the_schema_refuses() {
+        let mut s = spec(3);
+        s.replication.r = 4;
+        assert!(matches!(s.validate(), Err(SpecError::Replication { .. })));
+        let mut s = spec(2);
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::SizeBelowReplication { size: 2, n: 3 })
+        );
+        s.size = 0;
+        assert_eq!(s.validate(), Err(SpecError::Size(0)));
+        let mut s = spec(3);
+        s.weights.overrides.insert("01".into(), 2);
+        assert_eq!(s.validate(), Err(SpecError::OverrideKey("01".into())));
+        let mut s = spec(3);
+        s.weights.default = 0;
+        assert_eq!(s.validate(), Err(SpecError::Weight(0)));
+    }
+
+    fn with_cpu(mut s: DynamoClusterSpec, cpu: &str) -> DynamoClusterSpec {
+        s.weights.from_resources = true;
+        s.resources = Some(ResourceRequirements {
+            requests: Some([("cpu".to_owned(), Quantity(cpu.to_owned()))].into()),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn weights_prefer_override_then_resources_then_default() {
+        // Dynamo §4.2: more capable machines get more virtual nodes.
+        let mut s = spec(3);
+        s.weights.default = 2;
+        s.weights.overrides.insert("1".into(), 7);
+        assert_eq!(s.weight_of(0), Ok(2));
+        assert_eq!(s.weight_of(1), Ok(7));
+        let s = with_cpu(s, "2500m");
+        assert_eq!(s.weight_of(0), Ok(3));
+        assert_eq!(s.weight_of(1), Ok(7));
+    }
+
+    #[test]
+    fn cpu_quantities_round_up_to_whole_cores() {
+        for (cpu, weight) in [("1", 1), ("2", 2), ("100m", 1), ("1.5", 2), ("4000m", 4)] {
+            assert_eq!(with_cpu(spec(3), cpu).weight_of(0), Ok(weight), "{cpu}");
+        }
+        for cpu in ["", "m", "1Ki", "-1", "1e3", "abc", "1.2.3"] {
+            assert_eq!(
+                with_cpu(spec(3), cpu).weight_of(0),
+                Err(SpecError::CpuQuantity(cpu.into())),
+                "{cpu}"
+            );
+        }
+        let mut s = spec(3);
+        s.weights.from_resources = true;
+        assert_eq!(s.weight_of(0), Err(SpecError::NoCpuRequest));
+    }
+
+    #[test]
+    fn millicores_parse_fractions() {
+        assert_eq!(cpu_millicores("0.25"), Ok(250));
+        assert_eq!(cpu_millicores(".5"), Ok(500));
+        assert_eq!(cpu_millicores("0.0001"), Ok(1));
+        assert_eq!(cpu_millicores("1.5m"), Ok(2));
+    }
+
+    proptest! {
+        #[test]
+        fn cpu_parser_never_panics(s in "\\PC{0,20}") {
+            let _ = cpu_millicores(&s);
+        }
+
+        #[test]
+        fn whole_millicores_round_trip(m in 0u64..10_000_000) {
+            prop_assert_eq!(cpu_millicores(&format!("{m}m")), Ok(m));
+            prop_assert_eq!(cpu_millicores(&format!("{}.{:03}", m / 1000, m % 1000)), Ok(m));
+        }
+    }
+}

@@ -1,0 +1,1206 @@
+//! The membership planner: from the desired cluster and what was observed, the single next
+//! step. No I/O.
+//!
+//! Dynamo leaves membership to an administrator who "uses a command line tool or a browser
+//! to connect to a Dynamo node and issue a membership change" (Dynamo §4.3); adding or
+//! removing a node moves key ranges between nodes (§4.9). The operator is that
+//! administrator, and this module is its judgement: one change at a time, each only when
+//! the previous one has finished moving data.
+//!
+//! The planner is level-triggered: [`plan`] looks only at the observed state (the
+//! StatefulSet's replica count, pod readiness, and the member table read through
+//! `Admin.Ring`), never at a record of what it did before, so a restarted or duplicated
+//! operator makes the same decision. The order of precedence:
+//!
+//! 1. While a member is joining, leaving, or moving data, wait.
+//! 2. Shrink the StatefulSet over ordinals at or above `size` whose nodes are removed
+//!    (or never joined), so a pod and its volume go only after the ring let go of them.
+//! 3. Grow the StatefulSet to hold `size` nodes and every node still in the ring.
+//! 4. While a member's pod is not ready, wait: the ring is not healthy enough to move data.
+//! 5. Join the lowest running pod below `size` that is not a member, with its weight
+//!    (not "ready": a node reports ready only once it is in the ring).
+//! 6. Decommission the highest member at or above `size`, unless fewer than `N` members
+//!    would remain: then refuse.
+//! 7. Set the weight of the lowest member whose weight differs from the spec.
+//! 8. Done.
+//!
+//! [`check`] states the safety rules every step must satisfy, independent of this order;
+//! the tests check [`plan`] against it on arbitrary states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::builders::ordinal_of;
+use crate::crd::{DynamoClusterSpec, MAX_WEIGHT, Phase, SpecError};
+
+/// A member's state in the ring, as `Admin.Ring` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Joined, taking over its ranges.
+    Joining,
+    /// A full member.
+    Member,
+    /// Decommissioned, handing its ranges off.
+    Leaving,
+    /// Out of the ring; its data has been handed off.
+    Removed,
+}
+
+impl MemberState {
+    /// Whether the node holds or is taking ranges (everything but `Removed`).
+    #[must_use]
+    pub fn is_active(self) -> bool {
+        self != Self::Removed
+    }
+}
+
+/// One row of the member table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObservedMember {
+    /// Its state.
+    pub state: MemberState,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether key ranges are still moving to or from it (after a join, a weight change
+    /// or a decommission).
+    pub transfers_pending: bool,
+}
+
+/// What the operator saw this pass.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The StatefulSet's `spec.replicas` (0 when it does not exist yet).
+    pub statefulset_replicas: u32,
+    /// Ordinals whose node process is up (pod Running, container started), in the ring
+    /// or not: what a join needs.
+    pub running: BTreeSet<u32>,
+    /// Ordinals whose pod is Ready. The node's `/readyz` answers ready only while it is
+    /// in the ring, so this is a member's health, and never true before its join.
+    pub ready: BTreeSet<u32>,
+    /// The member table, by ordinal (node ids are pod names, `<cluster>-<ordinal>`).
+    pub members: BTreeMap<u32, ObservedMember>,
+}
+
+/// A row of `Admin.Ring`, with the node's transfer report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingMember<'a> {
+    /// The node id (`<cluster>-<ordinal>` for this cluster's pods).
+    pub node_id: &'a str,
+    /// Its state.
+    pub state: MemberState,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether key ranges are still moving to or from it.
+    pub transfers_pending: bool,
+}
+
+/// Why a member table cannot be mapped onto this cluster's pods.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// An active member is not one of this cluster's pods: the ring holds a node the
+    /// operator does not manage, and it will not guess what to do with it.
+    #[error("ring member {0:?} is not a pod of this cluster")]
+    ForeignMember(String),
+    /// The table lists a node twice.
+    #[error("ring lists node {0:?} twice")]
+    DuplicateMember(String),
+}
+
+/// Maps `Admin.Ring`'s member table onto ordinals, for [`Observed::members`]. Removed
+/// nodes that are not this cluster's pods are ignored: they hold nothing.
+///
+/// # Errors
+/// [`ObserveError`] for an active foreign member or a duplicate row.
+pub fn members_from_ring<'a>(
+    cluster_name: &str,
+    ring: impl IntoIterator<Item = RingMember<'a>>,
+) -> Result<BTreeMap<u32, ObservedMember>, ObserveError> {
+    let mut members = BTreeMap::new();
+    for row in ring {
+        let Some(ordinal) = ordinal_of(cluster_name, row.node_id) else {
+            if row.state.is_active() {
+                return Err(ObserveError::ForeignMember(row.node_id.to_owned()));
+            }
+            continue;
+        };
+        let member = ObservedMember {
+            state: row.state,
+            weight: row.weight,
+            transfers_pending: row.transfers_pending,
+        };
+        if members.insert(ordinal, member).is_some() {
+            return Err(ObserveError::DuplicateMember(row.node_id.to_owned()));
+        }
+    }
+    Ok(members)
+}
+
+impl Observed {
+    fn active(&self) -> impl DoubleEndedIterator<Item = (u32, &ObservedMember)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state.is_active())
+            .map(|(&o, m)| (o, m))
+    }
+
+    fn is_active(&self, ordinal: u32) -> bool {
+        self.members
+            .get(&ordinal)
+            .is_some_and(|m| m.state.is_active())
+    }
+
+    /// The first member still moving: leaving, joining, or with transfers pending.
+    fn in_flight(&self) -> Option<WaitReason> {
+        let find = |pred: &dyn Fn(&ObservedMember) -> bool| {
+            self.members.iter().find(|(_, m)| pred(m)).map(|(&o, _)| o)
+        };
+        if let Some(ordinal) = find(&|m| m.state == MemberState::Leaving) {
+            return Some(WaitReason::Leaving { ordinal });
+        }
+        if let Some(ordinal) = find(&|m| m.state == MemberState::Joining) {
+            return Some(WaitReason::Joining { ordinal });
+        }
+        find(&|m| m.transfers_pending).map(|ordinal| WaitReason::TransfersPending { ordinal })
+    }
+}
+
+/// Why a desired cluster is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DesiredError {
+    /// `size` is 0.
+    #[error("size must be at least 1")]
+    ZeroSize,
+    /// The replication factor is 0.
+    #[error("replication factor must be at least 1")]
+    ZeroReplication,
+    /// The weights do not cover exactly the ordinals `0..size`.
+    #[error("expected {size} weights, got {weights}")]
+    WeightCount {
+        /// Desired size.
+        size: u32,
+        /// Number of weights given.
+        weights: usize,
+    },
+    /// A weight is outside `1..=MAX_WEIGHT`.
+    #[error("weight {0} is outside 1..=10000")]
+    Weight(u32),
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+/// What the cluster should look like: `size` nodes with these weights, replication
+/// factor `N`. Always valid once built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    size: u32,
+    replication_factor: u32,
+    weights: Vec<u32>,
+}
+
+impl Desired {
+    /// A desired cluster of `weights.len() == size` nodes.
+    ///
+    /// `size` may be below `replication_factor` (an object that predates the schema's
+    /// rule); the planner then refuses to decommission below `N` rather than this
+    /// constructor failing, so the refusal shows up in the status.
+    ///
+    /// # Errors
+    /// [`DesiredError`] for a zero size or factor, or weights that do not match.
+    pub fn new(
+        size: u32,
+        replication_factor: u32,
+        weights: Vec<u32>,
+    ) -> Result<Self, DesiredError> {
+        if size == 0 {
+            return Err(DesiredError::ZeroSize);
+        }
+        if replication_factor == 0 {
+            return Err(DesiredError::ZeroReplication);
+        }
+        if usize::try_from(size).ok() != Some(weights.len()) {
+            return Err(DesiredError::WeightCount {
+                size,
+                weights: weights.len(),
+            });
+        }
+        if let Some(&bad) = weights.iter().find(|w| !(1..=MAX_WEIGHT).contains(*w)) {
+            return Err(DesiredError::Weight(bad));
+        }
+        Ok(Self {
+            size,
+            replication_factor,
+            weights,
+        })
+    }
+
+    /// The desired cluster of a `DynamoCluster` spec.
+    ///
+    /// # Errors
+    /// [`DesiredError::Spec`] when a weight cannot be derived, [`DesiredError::ZeroSize`]
+    /// for a size below 1.
+    pub fn from_spec(spec: &DynamoClusterSpec) -> Result<Self, DesiredError> {
+        let size = u32::try_from(spec.size)
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or(DesiredError::ZeroSize)?;
+        let weights = (0..size)
+            .map(|ordinal| spec.weight_of(ordinal))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(size, spec.replication.n, weights)
+    }
+
+    /// Desired number of nodes.
+    #[must_use]
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Replication factor `N`.
+    #[must_use]
+    pub fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    /// The desired weight of an ordinal below `size`.
+    #[must_use]
+    pub fn weight(&self, ordinal: u32) -> Option<u32> {
+        self.weights.get(usize::try_from(ordinal).ok()?).copied()
+    }
+}
+
+/// Why the planner waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// A node is handing its ranges off.
+    Leaving {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+    /// A node is taking over its ranges.
+    Joining {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+    /// Ranges are moving to or from a member.
+    TransfersPending {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+    /// A member's pod is not ready.
+    MemberNotReady {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+    /// The pod to join next is not running.
+    PodNotRunning {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Leaving { ordinal } => write!(f, "node {ordinal} is leaving"),
+            Self::Joining { ordinal } => write!(f, "node {ordinal} is joining"),
+            Self::TransfersPending { ordinal } => {
+                write!(f, "transfers pending on node {ordinal}")
+            }
+            Self::MemberNotReady { ordinal } => write!(f, "member {ordinal} is not ready"),
+            Self::PodNotRunning { ordinal } => write!(f, "pod {ordinal} is not running"),
+        }
+    }
+}
+
+/// Why the planner refuses to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// Decommissioning would leave fewer members than the replication factor, so some
+    /// keys would have fewer than `N` replicas (Dynamo §4.3's preference list of `N`).
+    TooFewMembers {
+        /// The node that would be decommissioned.
+        ordinal: u32,
+        /// Members that would remain.
+        remaining: u32,
+        /// The replication factor.
+        replication_factor: u32,
+    },
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooFewMembers {
+                ordinal,
+                remaining,
+                replication_factor,
+            } => write!(
+                f,
+                "decommissioning node {ordinal} would leave {remaining} members, fewer than \
+                 the replication factor {replication_factor}"
+            ),
+        }
+    }
+}
+
+/// The one next thing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Set the StatefulSet's replicas to `to` (larger), creating pods to join.
+    GrowStatefulSet {
+        /// New replica count.
+        to: u32,
+    },
+    /// `Admin.Join` the node with this ordinal.
+    Join {
+        /// Its ordinal.
+        ordinal: u32,
+        /// Its weight.
+        weight: u32,
+    },
+    /// `Admin.SetWeight` on a member.
+    SetWeight {
+        /// Its ordinal.
+        ordinal: u32,
+        /// The new weight.
+        weight: u32,
+    },
+    /// `Admin.Leave` the node with this ordinal: it hands off its ranges.
+    Decommission {
+        /// Its ordinal.
+        ordinal: u32,
+    },
+    /// Set the StatefulSet's replicas to `to` (smaller): every node at or above `to` is
+    /// removed from the ring or never joined.
+    ShrinkStatefulSet {
+        /// New replica count.
+        to: u32,
+    },
+    /// Nothing to do until the observed state changes.
+    Wait {
+        /// Why.
+        reason: WaitReason,
+    },
+    /// The spec asks for something unsafe; nothing is done until it changes.
+    Refuse {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// The cluster matches the spec.
+    Done,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::GrowStatefulSet { to } => write!(f, "grow statefulset to {to}"),
+            Self::Join { ordinal, weight } => write!(f, "join {ordinal} with weight {weight}"),
+            Self::SetWeight { ordinal, weight } => {
+                write!(f, "set weight of {ordinal} to {weight}")
+            }
+            Self::Decommission { ordinal } => write!(f, "decommission {ordinal}"),
+            Self::ShrinkStatefulSet { to } => write!(f, "shrink statefulset to {to}"),
+            Self::Wait { reason } => write!(f, "wait: {reason}"),
+            Self::Refuse { reason } => write!(f, "refused: {reason}"),
+            Self::Done => f.write_str("done"),
+        }
+    }
+}
+
+impl Step {
+    /// The cluster phase this step implies, for `status.phase`.
+    #[must_use]
+    pub fn phase(&self, observed: &Observed) -> Phase {
+        match self {
+            Self::Done => Phase::Running,
+            Self::Refuse { .. }
+            | Self::Wait {
+                reason: WaitReason::MemberNotReady { .. },
+            } => Phase::Degraded,
+            _ if observed.members.values().all(|m| !m.state.is_active()) => Phase::Pending,
+            _ => Phase::Progressing,
+        }
+    }
+}
+
+/// The StatefulSet must hold every node still in the ring (so its pod and volume stay
+/// until it is removed) and every wanted node.
+fn replicas_target(size: u32, highest_active: Option<u32>) -> u32 {
+    highest_active.map_or(0, |o| o + 1).max(size)
+}
+
+/// The next step from `observed` towards `desired` (see the [module docs](self) for the
+/// order of precedence).
+#[must_use]
+pub fn plan(desired: &Desired, observed: &Observed) -> Step {
+    let size = desired.size;
+    if let Some(reason) = observed.in_flight() {
+        return Step::Wait { reason };
+    }
+    let highest_active = observed.active().map(|(o, _)| o).next_back();
+    let replicas = replicas_target(size, highest_active);
+    if replicas < observed.statefulset_replicas {
+        return Step::ShrinkStatefulSet { to: replicas };
+    }
+    if replicas > observed.statefulset_replicas {
+        return Step::GrowStatefulSet { to: replicas };
+    }
+    if let Some((ordinal, _)) = observed.active().find(|(o, _)| !observed.ready.contains(o)) {
+        return Step::Wait {
+            reason: WaitReason::MemberNotReady { ordinal },
+        };
+    }
+    if let Some(ordinal) = (0..size).find(|&o| !observed.is_active(o)) {
+        let running =
+            (ordinal..size).find(|&o| !observed.is_active(o) && observed.running.contains(&o));
+        return match running {
+            Some(ordinal) => Step::Join {
+                ordinal,
+                weight: desired.weights[ordinal as usize],
+            },
+            None => Step::Wait {
+                reason: WaitReason::PodNotRunning { ordinal },
+            },
+        };
+    }
+    if let Some(ordinal) = highest_active.filter(|&o| o >= size) {
+        let remaining = u32::try_from(observed.active().count()).unwrap_or(u32::MAX) - 1;
+        if remaining < desired.replication_factor {
+            return Step::Refuse {
+                reason: RefuseReason::TooFewMembers {
+                    ordinal,
+                    remaining,
+                    replication_factor: desired.replication_factor,
+                },
+            };
+        }
+        return Step::Decommission { ordinal };
+    }
+    for (ordinal, member) in observed.active() {
+        if let Some(weight) = desired.weight(ordinal)
+            && member.weight != weight
+        {
+            return Step::SetWeight { ordinal, weight };
+        }
+    }
+    Step::Done
+}
+
+/// A step that breaks a safety rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A membership change while another is still moving data.
+    #[error("{step} while a change is in flight")]
+    ConcurrentChange {
+        /// The step.
+        step: Step,
+    },
+    /// A join of a pod that is not running, already active, or not wanted.
+    #[error("{step} is not a wanted, running, inactive node with its desired weight")]
+    BadJoin {
+        /// The step.
+        step: Step,
+    },
+    /// A weight change that is not to the desired weight of a full member.
+    #[error("{step} does not set a member to its desired weight")]
+    BadSetWeight {
+        /// The step.
+        step: Step,
+    },
+    /// A decommission that is not of the highest active node above `size`, or leaves
+    /// fewer than `N` members.
+    #[error("{step} is not a safe decommission")]
+    BadDecommission {
+        /// The step.
+        step: Step,
+    },
+    /// A shrink that would delete a pod whose node is still in the ring, or go below
+    /// `size`.
+    #[error("{step} would drop an active node or go below size")]
+    BadShrink {
+        /// The step.
+        step: Step,
+    },
+    /// A grow to anything but what holds `size` nodes and every active one, or while a
+    /// change is in flight.
+    #[error("{step} does not grow to the needed replicas")]
+    BadGrow {
+        /// The step.
+        step: Step,
+    },
+    /// `Done` although the cluster does not match the spec.
+    #[error("done before the cluster matches the spec")]
+    NotConverged,
+}
+
+/// Checks the safety rules of a step, independent of how it was chosen.
+///
+/// # Errors
+/// The [`Violation`] the step commits.
+pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), Violation> {
+    let size = desired.size;
+    let in_flight = observed.in_flight().is_some();
+    let active_count = observed.active().count();
+    let changes_membership = matches!(
+        step,
+        Step::Join { .. } | Step::SetWeight { .. } | Step::Decommission { .. }
+    );
+    if changes_membership && in_flight {
+        return Err(Violation::ConcurrentChange { step: *step });
+    }
+    let ok = match *step {
+        Step::Join { ordinal, weight } => {
+            ordinal < size
+                && ordinal < observed.statefulset_replicas
+                && observed.running.contains(&ordinal)
+                && !observed.is_active(ordinal)
+                && desired.weight(ordinal) == Some(weight)
+        }
+        Step::SetWeight { ordinal, weight } => {
+            observed
+                .members
+                .get(&ordinal)
+                .is_some_and(|m| m.state == MemberState::Member && m.weight != weight)
+                && desired.weight(ordinal) == Some(weight)
+        }
+        Step::Decommission { ordinal } => {
+            ordinal >= size
+                && observed
+                    .members
+                    .get(&ordinal)
+                    .is_some_and(|m| m.state == MemberState::Member)
+                && observed.active().all(|(o, _)| o <= ordinal)
+                && active_count > desired.replication_factor as usize
+        }
+        Step::ShrinkStatefulSet { to } => {
+            to >= size
+                && to < observed.statefulset_replicas
+                && observed.active().all(|(o, _)| o < to)
+                && !observed
+                    .members
+                    .values()
+                    .any(|m| m.state == MemberState::Leaving)
+        }
+        Step::GrowStatefulSet { to } => {
+            let highest_active = observed.active().map(|(o, _)| o).next_back();
+            !in_flight
+                && to == replicas_target(size, highest_active)
+                && observed.statefulset_replicas < to
+        }
+        Step::Done => {
+            let converged = observed.statefulset_replicas == size
+                && active_count == size as usize
+                && (0..size).all(|o| {
+                    observed.members.get(&o).is_some_and(|m| {
+                        m.state == MemberState::Member
+                            && !m.transfers_pending
+                            && desired.weight(o) == Some(m.weight)
+                    })
+                });
+            if !converged {
+                return Err(Violation::NotConverged);
+            }
+            true
+        }
+        Step::Wait { .. } | Step::Refuse { .. } => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match step {
+        Step::Join { .. } => Violation::BadJoin { step: *step },
+        Step::SetWeight { .. } => Violation::BadSetWeight { step: *step },
+        Step::Decommission { .. } => Violation::BadDecommission { step: *step },
+        Step::ShrinkStatefulSet { .. } => Violation::BadShrink { step: *step },
+        _ => Violation::BadGrow { step: *step },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::spec;
+    use proptest::prelude::*;
+
+    use MemberState::{Joining, Leaving, Member, Removed};
+
+    fn desired(size: u32, n: u32) -> Desired {
+        Desired::new(size, n, vec![1; size as usize]).unwrap()
+    }
+
+    fn member(state: MemberState) -> ObservedMember {
+        ObservedMember {
+            state,
+            weight: 1,
+            transfers_pending: false,
+        }
+    }
+
+    /// A StatefulSet of `replicas` running pods whose nodes are in `states` (by
+    /// ordinal); pods of nodes in the ring are ready.
+    fn observed(replicas: u32, states: &[MemberState]) -> Observed {
+        let mut o = Observed {
+            statefulset_replicas: replicas,
+            running: (0..replicas).collect(),
+            ready: BTreeSet::new(),
+            members: states
+                .iter()
+                .enumerate()
+                .map(|(o, &s)| (o as u32, member(s)))
+                .collect(),
+        };
+        o.ready = ready_pods(&o);
+        o
+    }
+
+    /// Pods whose node's `/readyz` passes: running and in the ring.
+    fn ready_pods(o: &Observed) -> BTreeSet<u32> {
+        o.running
+            .iter()
+            .copied()
+            .filter(|p| {
+                o.members
+                    .get(p)
+                    .is_some_and(|m| matches!(m.state, Joining | Member))
+            })
+            .collect()
+    }
+
+    /// The model's view of a step's effect, as the controller and the nodes would make it.
+    fn apply(observed: &mut Observed, step: Step) {
+        match step {
+            Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => {
+                observed.statefulset_replicas = to;
+                observed.running.retain(|&o| o < to);
+                observed.ready.retain(|&o| o < to);
+            }
+            Step::Join { ordinal, weight } => {
+                observed.members.insert(
+                    ordinal,
+                    ObservedMember {
+                        state: Joining,
+                        weight,
+                        transfers_pending: true,
+                    },
+                );
+            }
+            Step::SetWeight { ordinal, weight } => {
+                let m = observed.members.get_mut(&ordinal).unwrap();
+                m.weight = weight;
+                m.transfers_pending = true;
+            }
+            Step::Decommission { ordinal } => {
+                let m = observed.members.get_mut(&ordinal).unwrap();
+                m.state = Leaving;
+                m.transfers_pending = true;
+            }
+            Step::Wait { .. } | Step::Refuse { .. } | Step::Done => {}
+        }
+    }
+
+    /// The world moving on: transfers finish, pods of the StatefulSet start, and those in
+    /// the ring become ready.
+    fn settle(observed: &mut Observed) {
+        for m in observed.members.values_mut() {
+            m.transfers_pending = false;
+            m.state = match m.state {
+                Joining => Member,
+                Leaving => Removed,
+                s => s,
+            };
+        }
+        observed.running = (0..observed.statefulset_replicas).collect();
+        observed.ready = ready_pods(observed);
+    }
+
+    fn checked_plan(d: &Desired, o: &Observed) -> Step {
+        let step = plan(d, o);
+        check(d, o, &step).unwrap_or_else(|v| panic!("{v} for {o:?}"));
+        step
+    }
+
+    #[test]
+    fn desired_validates_once() {
+        assert_eq!(Desired::new(0, 3, vec![]), Err(DesiredError::ZeroSize));
+        assert_eq!(
+            Desired::new(3, 0, vec![1; 3]),
+            Err(DesiredError::ZeroReplication)
+        );
+        assert_eq!(
+            Desired::new(3, 3, vec![1; 2]),
+            Err(DesiredError::WeightCount {
+                size: 3,
+                weights: 2
+            })
+        );
+        assert_eq!(Desired::new(1, 1, vec![0]), Err(DesiredError::Weight(0)));
+        let mut s = spec(4);
+        s.weights.overrides.insert("3".into(), 5);
+        let d = Desired::from_spec(&s).unwrap();
+        assert_eq!((d.size(), d.replication_factor()), (4, 3));
+        assert_eq!(
+            (d.weight(0), d.weight(3), d.weight(4)),
+            (Some(1), Some(5), None)
+        );
+    }
+
+    /// The table: (name, desired size, N, observed, expected step).
+    #[test]
+    fn table() {
+        let mut pending = observed(3, &[Member, Member, Member]);
+        pending.members.get_mut(&1).unwrap().transfers_pending = true;
+        let mut not_ready = observed(3, &[Member, Member, Member]);
+        not_ready.ready.remove(&2);
+        let mut new_pod_not_running = observed(5, &[Member, Member, Member]);
+        new_pod_not_running.running.remove(&3);
+        let mut no_new_pod_running = new_pod_not_running.clone();
+        no_new_pod_running.running.remove(&4);
+        let mut heavier = observed(3, &[Member, Member, Member]);
+        heavier.members.get_mut(&1).unwrap().weight = 4;
+
+        let cases: Vec<(&str, u32, u32, Observed, Step)> = vec![
+            (
+                "new cluster creates pods",
+                3,
+                3,
+                observed(0, &[]),
+                Step::GrowStatefulSet { to: 3 },
+            ),
+            (
+                "bootstrap joins ordinal 0",
+                3,
+                3,
+                observed(3, &[]),
+                Step::Join {
+                    ordinal: 0,
+                    weight: 1,
+                },
+            ),
+            (
+                "converged",
+                3,
+                3,
+                observed(3, &[Member, Member, Member]),
+                Step::Done,
+            ),
+            (
+                "scale up grows first",
+                5,
+                3,
+                observed(3, &[Member, Member, Member]),
+                Step::GrowStatefulSet { to: 5 },
+            ),
+            (
+                "scale up joins lowest",
+                5,
+                3,
+                observed(5, &[Member, Member, Member]),
+                Step::Join {
+                    ordinal: 3,
+                    weight: 1,
+                },
+            ),
+            (
+                "join skips a pod not running",
+                5,
+                3,
+                new_pod_not_running,
+                Step::Join {
+                    ordinal: 4,
+                    weight: 1,
+                },
+            ),
+            (
+                "pod not running",
+                5,
+                3,
+                no_new_pod_running,
+                Step::Wait {
+                    reason: WaitReason::PodNotRunning { ordinal: 3 },
+                },
+            ),
+            (
+                "joining waits",
+                5,
+                3,
+                observed(5, &[Member, Member, Member, Joining]),
+                Step::Wait {
+                    reason: WaitReason::Joining { ordinal: 3 },
+                },
+            ),
+            (
+                "transfer pending",
+                3,
+                3,
+                pending,
+                Step::Wait {
+                    reason: WaitReason::TransfersPending { ordinal: 1 },
+                },
+            ),
+            (
+                "member not ready",
+                3,
+                3,
+                not_ready,
+                Step::Wait {
+                    reason: WaitReason::MemberNotReady { ordinal: 2 },
+                },
+            ),
+            (
+                "scale down decommissions highest",
+                3,
+                3,
+                observed(5, &[Member; 5]),
+                Step::Decommission { ordinal: 4 },
+            ),
+            (
+                "leaving in progress",
+                3,
+                3,
+                observed(5, &[Member, Member, Member, Member, Leaving]),
+                Step::Wait {
+                    reason: WaitReason::Leaving { ordinal: 4 },
+                },
+            ),
+            (
+                "size change waits while leaving",
+                6,
+                3,
+                observed(5, &[Member, Member, Member, Member, Leaving]),
+                Step::Wait {
+                    reason: WaitReason::Leaving { ordinal: 4 },
+                },
+            ),
+            (
+                "shrink after removed",
+                3,
+                3,
+                observed(5, &[Member, Member, Member, Member, Removed]),
+                Step::ShrinkStatefulSet { to: 4 },
+            ),
+            (
+                "then decommission next",
+                3,
+                3,
+                observed(4, &[Member, Member, Member, Member, Removed]),
+                Step::Decommission { ordinal: 3 },
+            ),
+            (
+                "shrink over never-joined pods",
+                3,
+                3,
+                observed(5, &[Member, Member, Member]),
+                Step::ShrinkStatefulSet { to: 3 },
+            ),
+            (
+                "N larger than remaining",
+                2,
+                3,
+                observed(3, &[Member, Member, Member]),
+                Step::Refuse {
+                    reason: RefuseReason::TooFewMembers {
+                        ordinal: 2,
+                        remaining: 2,
+                        replication_factor: 3,
+                    },
+                },
+            ),
+            (
+                "weight change",
+                3,
+                3,
+                heavier,
+                Step::SetWeight {
+                    ordinal: 1,
+                    weight: 1,
+                },
+            ),
+            (
+                "removed below size rejoins",
+                3,
+                3,
+                observed(3, &[Member, Removed, Member]),
+                Step::Join {
+                    ordinal: 1,
+                    weight: 1,
+                },
+            ),
+        ];
+        for (name, size, n, obs, expected) in cases {
+            let d = desired(size, n);
+            assert_eq!(plan(&d, &obs), expected, "{name}");
+            assert_eq!(check(&d, &obs, &expected), Ok(()), "{name}");
+            // Level-triggered: the same observation gives the same step.
+            assert_eq!(plan(&d, &obs), plan(&d.clone(), &obs.clone()), "{name}");
+        }
+    }
+
+    #[test]
+    fn weights_follow_the_spec() {
+        // Dynamo §4.2: a node's virtual nodes follow its capacity.
+        let d = Desired::new(3, 3, vec![1, 2, 3]).unwrap();
+        let mut o = observed(3, &[Member, Member, Member]);
+        assert_eq!(
+            plan(&d, &o),
+            Step::SetWeight {
+                ordinal: 1,
+                weight: 2
+            }
+        );
+        apply(
+            &mut o,
+            Step::SetWeight {
+                ordinal: 1,
+                weight: 2,
+            },
+        );
+        assert_eq!(
+            plan(&d, &o),
+            Step::Wait {
+                reason: WaitReason::TransfersPending { ordinal: 1 }
+            }
+        );
+        settle(&mut o);
+        assert_eq!(
+            plan(&d, &o),
+            Step::SetWeight {
+                ordinal: 2,
+                weight: 3
+            }
+        );
+    }
+
+    #[test]
+    fn applying_a_step_moves_forward() {
+        // Scale 3 -> 5 -> 3; every step, once applied and settled, is not repeated.
+        let mut o = observed(3, &[Member, Member, Member]);
+        let mut log = Vec::new();
+        for size in [5, 3] {
+            let d = desired(size, 3);
+            loop {
+                let step = checked_plan(&d, &o);
+                if step == Step::Done {
+                    break;
+                }
+                apply(&mut o, step);
+                if !matches!(step, Step::Wait { .. }) {
+                    log.push(step);
+                    assert_ne!(
+                        checked_plan(&d, &o),
+                        step,
+                        "step repeated after applying it"
+                    );
+                }
+                settle(&mut o);
+            }
+        }
+        assert_eq!(
+            log,
+            [
+                Step::GrowStatefulSet { to: 5 },
+                Step::Join {
+                    ordinal: 3,
+                    weight: 1
+                },
+                Step::Join {
+                    ordinal: 4,
+                    weight: 1
+                },
+                Step::Decommission { ordinal: 4 },
+                Step::ShrinkStatefulSet { to: 4 },
+                Step::Decommission { ordinal: 3 },
+                Step::ShrinkStatefulSet { to: 3 },
+            ]
+        );
+    }
+
+    #[test]
+    fn check_catches_unsafe_steps() {
+        let d = desired(3, 3);
+        let o = observed(5, &[Member, Member, Member, Member, Leaving]);
+        assert!(matches!(
+            check(&d, &o, &Step::ShrinkStatefulSet { to: 3 }),
+            Err(Violation::BadShrink { .. })
+        ));
+        assert!(matches!(
+            check(&d, &o, &Step::Decommission { ordinal: 3 }),
+            Err(Violation::ConcurrentChange { .. })
+        ));
+        let o = observed(5, &[Member; 5]);
+        assert!(matches!(
+            check(&d, &o, &Step::Decommission { ordinal: 3 }),
+            Err(Violation::BadDecommission { .. })
+        ));
+        assert!(matches!(
+            check(&d, &o, &Step::Done),
+            Err(Violation::NotConverged)
+        ));
+        assert!(matches!(
+            check(
+                &d,
+                &observed(3, &[Member, Member]),
+                &Step::Join {
+                    ordinal: 2,
+                    weight: 9
+                }
+            ),
+            Err(Violation::BadJoin { .. })
+        ));
+        let d = desired(3, 4);
+        assert!(matches!(
+            check(
+                &d,
+                &observed(4, &[Member; 4]),
+                &Step::Decommission { ordinal: 3 }
+            ),
+            Err(Violation::BadDecommission { .. })
+        ));
+    }
+
+    #[test]
+    fn ring_rows_map_to_ordinals() {
+        let row = |node_id, state| RingMember {
+            node_id,
+            state,
+            weight: 2,
+            transfers_pending: false,
+        };
+        let members = members_from_ring(
+            "db",
+            [
+                row("db-1", Joining),
+                row("db-0", Member),
+                row("old-7", Removed),
+            ],
+        )
+        .unwrap();
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(members[&1].state, Joining);
+        assert_eq!(members[&0].weight, 2);
+        assert_eq!(
+            members_from_ring("db", [row("other-0", Member)]),
+            Err(ObserveError::ForeignMember("other-0".into()))
+        );
+        assert_eq!(
+            members_from_ring("db", [row("db-0", Member), row("db-0", Leaving)]),
+            Err(ObserveError::DuplicateMember("db-0".into()))
+        );
+    }
+
+    #[test]
+    fn phases_summarise_the_step() {
+        let empty = observed(3, &[]);
+        let full = observed(3, &[Member, Member, Member]);
+        assert_eq!(
+            Step::GrowStatefulSet { to: 3 }.phase(&empty),
+            Phase::Pending
+        );
+        assert_eq!(
+            Step::Join {
+                ordinal: 0,
+                weight: 1
+            }
+            .phase(&empty),
+            Phase::Pending
+        );
+        assert_eq!(
+            Step::Decommission { ordinal: 2 }.phase(&full),
+            Phase::Progressing
+        );
+        assert_eq!(Step::Done.phase(&full), Phase::Running);
+        let unready = Step::Wait {
+            reason: WaitReason::MemberNotReady { ordinal: 1 },
+        };
+        assert_eq!(unready.phase(&full), Phase::Degraded);
+    }
+
+    #[test]
+    fn step_and_reasons_read_well() {
+        assert_eq!(
+            Step::Decommission { ordinal: 4 }.to_string(),
+            "decommission 4"
+        );
+        assert_eq!(
+            Step::Wait {
+                reason: WaitReason::Leaving { ordinal: 4 }
+            }
+            .to_string(),
+            "wait: node 4 is leaving"
+        );
+    }
+
+    fn arb_state() -> impl Strategy<Value = MemberState> {
+        prop_oneof![Just(Joining), Just(Member), Just(Leaving), Just(Removed)]
+    }
+
+    /// Any observation, reachable or not.
+    fn arb_observed() -> impl Strategy<Value = Observed> {
+        (
+            0u32..8,
+            proptest::collection::btree_set(0u32..8, 0..8),
+            proptest::collection::btree_set(0u32..8, 0..8),
+            proptest::collection::btree_map(0u32..8, (arb_state(), 1u32..4, any::<bool>()), 0..8),
+        )
+            .prop_map(|(replicas, running, ready, members)| Observed {
+                statefulset_replicas: replicas,
+                running: running.into_iter().filter(|&o| o < replicas).collect(),
+                ready: ready.into_iter().filter(|&o| o < replicas).collect(),
+                members: members
+                    .into_iter()
+                    .map(|(o, (state, weight, transfers_pending))| {
+                        let member = ObservedMember {
+                            state,
+                            weight,
+                            transfers_pending,
+                        };
+                        (o, member)
+                    })
+                    .collect(),
+            })
+    }
+
+    fn arb_desired() -> impl Strategy<Value = Desired> {
+        (1u32..7, 1u32..4).prop_flat_map(|(size, n)| {
+            proptest::collection::vec(1u32..4, size as usize)
+                .prop_map(move |weights| Desired::new(size, n, weights).unwrap())
+        })
+    }
+
+    proptest! {
+        /// Every planned step is safe, whatever was observed.
+        #[test]
+        fn plan_is_always_safe(d in arb_desired(), o in arb_observed()) {
+            let step = plan(&d, &o);
+            prop_assert_eq!(check(&d, &o, &step), Ok(()), "{:?}", step);
+        }
+
+        /// Against the reference model (steps take effect, transfers finish, pods become
+        /// ready), the planner reaches the spec or a refusal, safely, from any state the
+        /// model can reach.
+        #[test]
+        fn model_converges(d in arb_desired(), start in arb_observed()) {
+            let mut o = start;
+            let mut finished = false;
+            for _ in 0..100 {
+                let step = plan(&d, &o);
+                prop_assert_eq!(check(&d, &o, &step), Ok(()), "{:?} {:?}", step, o);
+                match step {
+                    Step::Done => { finished = true; break; }
+                    Step::Refuse { .. } => {
+                        prop_assert!(o.active().count() <= d.replication_factor() as usize);
+                        finished = true;
+                        break;
+                    }
+                    _ => {}
+                }
+                apply(&mut o, step);
+                settle(&mut o);
+            }
+            prop_assert!(finished, "no progress from {:?}", o);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The pod the builders describe starts a node that accepts its configuration: the
+//! container's arguments, its environment (as the kubelet resolves it) and the config
+//! map's file go through `dynamo-node`'s own loader.
+
+use std::collections::BTreeMap;
+
+use dynamo_node::config::{DurabilityMode, NodeConfig, load_from_args};
+use dynamo_node::ring::PartitionStrategy;
+use dynamo_operator::builders::{CONFIG_FILE, config_map, statefulset};
+use dynamo_operator::crd::{DynamoCluster, DynamoClusterSpec, TlsSpec};
+
+fn cluster(spec: serde_json::Value) -> DynamoCluster {
+    let spec: DynamoClusterSpec = serde_json::from_value(spec).expect("spec deserializes");
+    let mut cluster = DynamoCluster::new("db", spec);
+    cluster.metadata.namespace = Some("prod".to_owned());
+    cluster.metadata.uid = Some("6b1d2c9e-0000-4000-8000-000000000001".to_owned());
+    cluster
+}
+
+/// Starts "pod" `db-<ordinal>` of the cluster the way the kubelet would, as far as the
+/// node's configuration goes, and returns what the node loaded.
+fn load_pod(cluster: &DynamoCluster, ordinal: u32) -> NodeConfig {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join(CONFIG_FILE);
+    let config_map = config_map(cluster).expect("config map");
+    std::fs::write(&config_path, &config_map.data.expect("data")[CONFIG_FILE])
+        .expect("write config");
+
+    let sts = statefulset(cluster, 3).expect("statefulset");
+    let pod = sts.spec.template.spec.expect("pod spec");
+    let container = &pod.containers[0];
+    let pod_name = format!("db-{ordinal}");
+
+    // The kubelet resolves each variable in order; `$(NAME)` refers to earlier ones.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for var in container.env.as_deref().unwrap_or_default() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), None) => env.iter().fold(value.clone(), |v, (name, val)| {
+                v.replace(&format!("$({name})"), val)
+            }),
+            (None, Some(source)) if source.field_ref.is_some() => {
+                assert_eq!(
+                    source.field_ref.as_ref().unwrap().field_path,
+                    "metadata.name"
+                );
+                pod_name.clone()
+            }
+            (None, Some(source)) if source.secret_key_ref.is_some() => {
+                "an-admin-token-long-enough-for-the-node".to_owned()
+            }
+            other => panic!("unexpected env source for {}: {other:?}", var.name),
+        };
+        env.insert(var.name.clone(), value);
+    }
+
+    let mut args = vec!["dynamo-node".to_owned()];
+    for arg in container.args.as_deref().unwrap_or_default() {
+        // The config map is mounted at the path the argument names; here it is a temp file.
+        args.push(if arg.ends_with(CONFIG_FILE) {
+            config_path.display().to_string()
+        } else {
+            arg.clone()
+        });
+    }
+    let lookup = |name: &str| env.get(name).cloned();
+    load_from_args(args, &lookup)
+        .unwrap_or_else(|err| panic!("node refused the pod's config: {err}"))
+        .config
+}
+
+#[test]
+fn default_cluster_pod_config_is_accepted() {
+    let cluster = cluster(serde_json::json!({"size": 5, "image": "dynamo-node:dev"}));
+    let config = load_pod(&cluster, 4);
+    assert_eq!(config.node_id().as_str(), "db-4");
+    assert_eq!(config.advertise(), Some("db-4.db-peers.prod.svc:7001"));
+    assert_eq!(
+        config.seeds(),
+        [
+            "db-0.db-peers.prod.svc:7001",
+            "db-1.db-peers.prod.svc:7001",
+            "db-2.db-peers.prod.svc:7001"
+        ]
+    );
+    assert_eq!(config.replication_factor(), 3);
+    assert_eq!(config.read_quorum(), 2);
+    assert_eq!(config.write_quorum(), 2);
+    assert_eq!(config.internode_listen().port(), 7001);
+    assert_eq!(config.http_listen().map(|a| a.port()), Some(7002));
+    assert_eq!(
+        config.data_dir().map(|p| p.display().to_string()),
+        Some("/var/lib/dynamo".to_owned())
+    );
+}
+
+#[test]
+fn every_setting_the_spec_offers_is_accepted() {
+    let mut cluster = cluster(serde_json::json!({
+        "size": 5,
+        "image": "dynamo-node:dev",
+        "replication": {"n": 5, "r": 3, "w": 3},
+        "partitioning": {"strategy": "random-tokens", "tokensPerWeight": 64},
+        "durability": "buffered",
+        "adminTokenSecret": "db-admin",
+    }));
+    cluster.spec.tls = Some(TlsSpec {
+        secret_name: "db-tls".to_owned(),
+    });
+    let config = load_pod(&cluster, 0);
+    assert_eq!(config.replication_factor(), 5);
+    assert_eq!(config.read_quorum(), 3);
+    assert!(config.tls().is_some());
+    assert_eq!(
+        DurabilityMode::from(config.durability()),
+        DurabilityMode::Buffered
+    );
+    assert_eq!(
+        config.partitioning(),
+        PartitionStrategy::RandomTokens {
+            tokens_per_weight: 64
+        }
+    );
+}
