@@ -133,27 +133,7 @@ fn dev_without_a_node_binary_is_a_usage_error() {
 /// returns it; two blind puts make siblings, a put with the get's context reconciles them.
 #[test]
 fn dev_cluster_serves_put_and_get() {
-    let mut dev = dynamoctl()
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--storage",
-            "memory",
-            "--base-port",
-            "0",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dynamoctl dev starts");
-    let stdout = dev.stdout.take().expect("piped");
-    let doc: serde_json::Value = serde_json::Deserializer::from_reader(BufReader::new(stdout))
-        .into_iter()
-        .next()
-        .expect("dev prints its endpoints")
-        .expect("as JSON");
+    let (dev, doc) = start_dev_cluster();
     let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
     let admin = doc["nodes"][2]["admin"].as_str().unwrap().to_owned();
 
@@ -190,17 +170,7 @@ fn dev_cluster_serves_put_and_get() {
     let ring: serde_json::Value = serde_json::from_slice(&ring.stdout).unwrap();
     assert_eq!(ring["members"].as_array().unwrap().len(), 3);
 
-    let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = dev.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "dev did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.code(), Some(0));
+    stop_dev_cluster(dev);
 }
 
 /// [`run`] off the async runtime (the TLS test's node is driven by tokio).
@@ -325,8 +295,8 @@ async fn tls_flags_reach_a_tls_node() {
 }
 
 /// Starts `dynamoctl dev` (three in-memory nodes, OS-chosen ports) and returns the process
-/// and node1's client endpoint.
-fn start_dev_cluster() -> (std::process::Child, String) {
+/// and the endpoints document it printed.
+fn start_dev_cluster() -> (std::process::Child, serde_json::Value) {
     let mut dev = dynamoctl()
         .args([
             "dev",
@@ -348,8 +318,7 @@ fn start_dev_cluster() -> (std::process::Child, String) {
         .next()
         .expect("dev prints its endpoints")
         .expect("as JSON");
-    let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
-    (dev, client)
+    (dev, doc)
 }
 
 /// Sends SIGTERM to `dev` and waits for a clean exit.
@@ -372,7 +341,8 @@ fn stop_dev_cluster(mut dev: std::process::Child) {
 /// JSON reports add up.
 #[test]
 fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
-    let (dev, client) = start_dev_cluster();
+    let (dev, doc) = start_dev_cluster();
+    let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
     let out = run(&[
         "--endpoint",
         &client,

@@ -396,24 +396,19 @@ impl Inner {
                     let _ = reply_tx.send((node, result));
                 });
             }
-            if let Some(outcome) = machine.poll_outcome() {
-                if let Some(tx) = outcome_tx.take() {
-                    let _ = tx.send(outcome);
-                }
-            }
+            publish(&mut outcome_tx, machine.poll_outcome());
             if machine.is_finished() {
                 break;
             }
-            let Some(deadline) = machine.poll_timeout() else {
-                break;
-            };
-            let wait = deadline.saturating_since(clock.monotonic());
-            tokio::select! {
-                Some((node, result)) = replies.recv() => match result {
-                    Ok(state) => machine.handle_reply(&node, state, clock.monotonic()),
-                    Err(reason) => machine.handle_failure(&node, reason, clock.monotonic()),
-                },
-                () = tokio::time::sleep(wait) => machine.handle_timeout(clock.monotonic()),
+            match next_event(&mut replies, machine.poll_timeout(), clock).await {
+                Event::Reply(node, Ok(state)) => {
+                    machine.handle_reply(&node, state, clock.monotonic());
+                }
+                Event::Reply(node, Err(reason)) => {
+                    machine.handle_failure(&node, reason, clock.monotonic());
+                }
+                Event::Deadline => machine.handle_timeout(clock.monotonic()),
+                Event::Done => break,
             }
         }
         // Read repair (Dynamo §4.6/§5): bring every replica that answered with an older
@@ -470,25 +465,54 @@ impl Inner {
                     let _ = ack_tx.send((node, result));
                 });
             }
-            if let Some(outcome) = machine.poll_outcome() {
-                if let Some(tx) = outcome_tx.take() {
-                    let _ = tx.send(outcome);
-                }
-            }
+            publish(&mut outcome_tx, machine.poll_outcome());
             if machine.is_finished() {
                 break;
             }
-            let Some(deadline) = machine.poll_timeout() else {
-                break;
-            };
-            let wait = deadline.saturating_since(clock.monotonic());
-            tokio::select! {
-                Some((node, result)) = acks.recv() => match result {
-                    Ok(()) => machine.handle_ack(&node, clock.monotonic()),
-                    Err(reason) => machine.handle_failure(&node, reason, clock.monotonic()),
-                },
-                () = tokio::time::sleep(wait) => machine.handle_timeout(clock.monotonic()),
+            match next_event(&mut acks, machine.poll_timeout(), clock).await {
+                Event::Reply(node, Ok(())) => machine.handle_ack(&node, clock.monotonic()),
+                Event::Reply(node, Err(reason)) => {
+                    machine.handle_failure(&node, reason, clock.monotonic());
+                }
+                Event::Deadline => machine.handle_timeout(clock.monotonic()),
+                Event::Done => break,
             }
+        }
+    }
+}
+
+/// What woke a coordinator loop.
+enum Event<T> {
+    /// A replica answered (or its call failed).
+    Reply(NodeId, Result<T, String>),
+    /// The machine's deadline passed.
+    Deadline,
+    /// The machine has no deadline left: nothing more to wait for.
+    Done,
+}
+
+/// Waits for the next replica answer or the machine's deadline, whichever comes first.
+async fn next_event<T>(
+    replies: &mut mpsc::UnboundedReceiver<(NodeId, Result<T, String>)>,
+    deadline: Option<crate::time::Millis>,
+    clock: crate::cluster::Clock,
+) -> Event<T> {
+    let Some(deadline) = deadline else {
+        return Event::Done;
+    };
+    let wait = deadline.saturating_since(clock.monotonic());
+    tokio::select! {
+        Some((node, result)) = replies.recv() => Event::Reply(node, result),
+        () = tokio::time::sleep(wait) => Event::Deadline,
+    }
+}
+
+/// Hands the client its answer the first time the machine decides one.
+fn publish<O>(outcome_tx: &mut Option<oneshot::Sender<O>>, outcome: Option<O>) {
+    if let Some(outcome) = outcome {
+        if let Some(tx) = outcome_tx.take() {
+            // The client may have gone away; the machine still finishes its work.
+            let _ = tx.send(outcome);
         }
     }
 }
