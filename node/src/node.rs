@@ -174,8 +174,8 @@ impl ReplicaHandler for PeerHandler {
             node.store.read(&key)
         })
         .await
-            .map_err(internal)?
-            .map_err(internal)
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -188,11 +188,23 @@ impl ReplicaHandler for PeerHandler {
             node.store_write(&write)
         })
         .await
-            .map_err(internal)?
-            .map_err(internal)
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
+        if let Some(deadline) = put.deadline {
+            let now = self.node.cluster.clock().wall();
+            if now > deadline {
+                // The forwarding node has given up and told its client the outcome is
+                // unknown; coordinating now would write the value as a new version
+                // that the client may already have replaced.
+                return Err(ReplicaError::Unavailable(format!(
+                    "forwarded put arrived {} ms after its deadline",
+                    now.0 - deadline.0
+                )));
+            }
+        }
         let context = self
             .node
             .coordinator

@@ -230,11 +230,21 @@ impl Coordinator {
             return self.coordinate_put(key, context, value, w).await;
         }
         // Not a home replica: hand the put to the first reachable one (Dynamo §4.5).
+        // The receiver refuses it once we have given up on it (see the timeout arm).
+        let timeout_ms = u64::try_from(self.inner.timeout.as_millis()).unwrap_or(u64::MAX);
         let put = ForwardedPut {
             key: key.to_vec(),
             context,
             value,
             w,
+            deadline: Some(crate::time::Millis(
+                self.inner
+                    .cluster
+                    .clock()
+                    .wall()
+                    .0
+                    .saturating_add(timeout_ms),
+            )),
         };
         let mut failures = Vec::new();
         for node in home {
@@ -260,6 +270,16 @@ impl Coordinator {
                 Err(TransportError::Rejected { address, error }) => {
                     self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
+                }
+                Err(timeout @ TransportError::Timeout { .. }) => {
+                    // The peer may have the request and coordinate it until its deadline
+                    // (a hung process does, once it runs again). Handing it to another
+                    // home replica as well could write the value twice, as two
+                    // versions, so the outcome stays unknown to the client.
+                    self.inner.cluster.record_failure(node);
+                    return Err(CoordinatorError::Unavailable(format!(
+                        "forwarded put to {node} may or may not have been written: {timeout}"
+                    )));
                 }
                 Err(other) => {
                     self.inner.cluster.record_failure(node);

@@ -257,10 +257,12 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
         let final_reads = key.final_reads(quiesced_at);
         let mut missing_final_read = false;
         for (value, &write) in &key.writer {
-            if !acknowledged(&key.ops.iter().find(|(id, _)| *id == write).map_or(
-                Outcome::Pending,
-                |(_, op)| op.outcome.clone(),
-            )) {
+            if !acknowledged(
+                &key.ops
+                    .iter()
+                    .find(|(id, _)| *id == write)
+                    .map_or(Outcome::Pending, |(_, op)| op.outcome.clone()),
+            ) {
                 continue;
             }
             verdict.acknowledged_values += 1;
@@ -291,7 +293,11 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
         // Verdict 3: values an acknowledged write superseded stay gone.
         let mut seen: Vec<(&[u8], String)> = Vec::new();
         for (read, values) in &final_reads {
-            seen.extend(values.iter().map(|v| (v.as_slice(), format!("read #{read}"))));
+            seen.extend(
+                values
+                    .iter()
+                    .map(|v| (v.as_slice(), format!("read #{read}"))),
+            );
         }
         if let Some(replicas) = dump.keys().get(key.key) {
             for (replica, versions) in replicas {
@@ -527,9 +533,15 @@ mod tests {
         // A read before the quiesced mark is not final.
         read(&mut h, &["a"], key.state.context());
         h.quiesced();
-        assert_eq!(kinds(&check(&h, &ReplicaDump::new())), vec!["no-final-read"]);
+        assert_eq!(
+            kinds(&check(&h, &ReplicaDump::new())),
+            vec!["no-final-read"]
+        );
         let unmarked = History::new();
-        assert_eq!(kinds(&check(&unmarked, &ReplicaDump::new())), vec!["not-quiesced"]);
+        assert_eq!(
+            kinds(&check(&unmarked, &ReplicaDump::new())),
+            vec!["not-quiesced"]
+        );
     }
 
     #[test]
@@ -603,7 +615,12 @@ mod tests {
         put_ok(&mut h, "a", &VectorClock::new(), first.clone());
         let deleted = key.put(&first, None);
         let delete = h.invoke_delete(K, first);
-        h.complete(delete, Outcome::PutOk { context: deleted.clone() });
+        h.complete(
+            delete,
+            Outcome::PutOk {
+                context: deleted.clone(),
+            },
+        );
         let recreated = key.put(&deleted, Some("b"));
         put_ok(&mut h, "b", &deleted, recreated);
         h.quiesced();

@@ -66,6 +66,7 @@ pub(crate) fn coordinate_put_request(put: ForwardedPut) -> proto::CoordinatePutR
         context: Bytes::from(context::encode(&put.context)),
         value: put.value.map(Bytes::from),
         w: put.w,
+        deadline_unix_ms: put.deadline.map(|deadline| deadline.0),
     }
 }
 
@@ -180,6 +181,7 @@ pub(crate) fn decode_coordinate_put(
         context,
         value: request.value.map(|v| v.to_vec()),
         w: request.w,
+        deadline: request.deadline_unix_ms.map(crate::time::Millis),
     })
 }
 
@@ -308,6 +310,7 @@ mod tests {
                 context: bytes.clone(),
                 value: None,
                 w: None,
+                deadline_unix_ms: None,
             });
             let _ = decode_gossip(proto::GossipRequest { table: bytes.clone() });
             let _ = read_reply("peer:1", proto::ReplicaReadResponse { state: bytes });
@@ -325,7 +328,7 @@ mod tests {
             for _ in 0..increments {
                 clock.increment(&actor, Millis(0));
             }
-            let put = ForwardedPut { key, context: clock, value, w };
+            let put = ForwardedPut { key, context: clock, value, w, deadline: None };
             let back = decode_coordinate_put(coordinate_put_request(put.clone())).unwrap();
             // Contexts carry no timestamps, so compare the causal content.
             prop_assert_eq!(back.context.compare(&put.context), crate::version::Causality::Equal);

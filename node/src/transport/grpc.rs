@@ -443,6 +443,7 @@ mod tests {
             context,
             value: Some(value.to_vec()),
             w: None,
+            deadline: None,
         };
 
         let first = transport
@@ -468,6 +469,7 @@ mod tests {
             context: replica.stored(b"k").context(),
             value: None,
             w: None,
+            deadline: None,
         };
         transport.coordinate_put(&address, tombstone).await.unwrap();
         assert!(replica.stored(b"k").is_deleted());
@@ -511,6 +513,7 @@ mod tests {
             context: VectorClock::new(),
             value: Some(b"v".to_vec()),
             w: None,
+            deadline: None,
         };
         transport
             .coordinate_put(&address, blind.clone())
@@ -636,6 +639,7 @@ mod tests {
                 context: garbage.clone(),
                 value: None,
                 w: None,
+                deadline_unix_ms: None,
             })
             .await
             .unwrap_err();

@@ -437,6 +437,7 @@ mod tests {
             context: VectorClock::new(),
             value: Some(b"v".to_vec()),
             w: Some(2),
+            deadline: None,
         };
         let returned = context::decode(&a.coordinate_put("b", put).await.unwrap()).unwrap();
         // Contexts carry no timestamps: compare what they cover.
@@ -468,6 +469,7 @@ mod tests {
             context: VectorClock::new(),
             value: None,
             w: Some(0),
+            deadline: None,
         };
         replicas[1].refuse_with(None);
         assert!(matches!(

@@ -127,6 +127,8 @@ pub struct ForwardedPut {
     pub value: Option<Vec<u8>>,
     /// Per-request write quorum override.
     pub w: Option<u32>,
+    /// Wall-clock time after which the receiver refuses the put (the sender gave up).
+    pub deadline: Option<crate::time::Millis>,
 }
 
 /// Calls from this node to its peers.

@@ -262,14 +262,11 @@ impl World {
             alive: Arc::clone(&alive),
         };
         let engine: Arc<dyn StorageEngine> = node.engine.clone();
-        let shared = NodeShared::assemble(
-            settings,
-            engine,
-            Arc::new(transport),
-            node.address.clone(),
-        )
-        .expect("assembling a simulated node");
-        self.network.register(node.address.clone(), shared.handler());
+        let shared =
+            NodeShared::assemble(settings, engine, Arc::new(transport), node.address.clone())
+                .expect("assembling a simulated node");
+        self.network
+            .register(node.address.clone(), shared.handler());
         node.process = Some(Process { shared, alive });
     }
 
@@ -343,11 +340,8 @@ impl Session {
     async fn get(&self, key: &[u8], r: Option<u32>) -> Option<(SiblingSet, VectorClock)> {
         let (shared, generation) = self.node()?;
         let op = lock(&self.world).history.invoke_get(key);
-        let result = tokio::time::timeout(
-            REQUEST_TIMEOUT * 4,
-            shared.coordinator().get(key, r),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT * 4, shared.coordinator().get(key, r)).await;
         let mut world = lock(&self.world);
         let died = world.nodes[self.node].generation != generation;
         match result {
@@ -440,8 +434,7 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
             let Some((state, context)) = session.get(&key, None).await else {
                 return;
             };
-            let mut elements: BTreeSet<String> =
-                state.values().flat_map(set_elements).collect();
+            let mut elements: BTreeSet<String> = state.values().flat_map(set_elements).collect();
             let element = format!("e{}", unique());
             elements.insert(element.clone());
             let value = elements.into_iter().collect::<Vec<_>>().join(",");
@@ -776,7 +769,11 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                     CrashMode::KeepUnflushed
                 };
                 w.crash(i, mode);
-                w.count(if lose { "crash losing unflushed" } else { "crash" });
+                w.count(if lose {
+                    "crash losing unflushed"
+                } else {
+                    "crash"
+                });
             } else {
                 w.start(i);
                 w.count("restart");

@@ -1,0 +1,190 @@
+//! One `dynamo-node` process: started on an address of the test's choosing (loopback,
+//! or inside a network namespace), with ports the OS picks on first start and keeps on
+//! restart, and the faults a test injects into it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::WAIT;
+use crate::netns::Host;
+
+/// The `dynamo-node` binary: `$DYNAMO_NODE_BIN`, or the one cargo built next to this
+/// test binary (`target/<profile>/dynamo-node`; `cargo test --workspace` builds it).
+///
+/// # Panics
+/// When there is none, saying how to build it.
+pub fn node_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("DYNAMO_NODE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test binary> -> target/<profile>/dynamo-node
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("dynamo-node");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p dynamo-node` (or `cargo test --workspace`), or \
+         set DYNAMO_NODE_BIN",
+        binary.display()
+    );
+    binary
+}
+
+/// A node process and what the test needs to reach and hurt it.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The node id.
+    pub id: String,
+    /// The namespace it runs in, if any.
+    pub host: Option<Host>,
+    /// The client API (`Kv`) address.
+    pub client: SocketAddr,
+    /// The internode (`Replica`, `Admin`) address.
+    pub internode: SocketAddr,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts a node listening on `ip` (ports chosen by the OS) with its data in
+    /// `data_dir`, seeded with `seeds`, plus `extra` flags; inside `host`'s namespace
+    /// when given.
+    pub async fn start(
+        id: &str,
+        ip: IpAddr,
+        host: Option<Host>,
+        data_dir: PathBuf,
+        seeds: &[SocketAddr],
+        extra: &[String],
+    ) -> NodeProcess {
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id.into(),
+            "--gossip-interval".into(),
+            "100ms".into(),
+            "--request-timeout".into(),
+            "1s".into(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        if !seeds.is_empty() {
+            let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+            args.extend(["--seeds".into(), seeds.join(",")]);
+        }
+        args.extend(extra.iter().cloned());
+        let mut node = NodeProcess {
+            id: id.into(),
+            host,
+            client: SocketAddr::new(ip, 0),
+            internode: SocketAddr::new(ip, 0),
+            data_dir,
+            args,
+            child: None,
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        let binary = node_binary();
+        let mut command = match &self.host {
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.namespace]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command
+            .args(&self.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.client.to_string())
+            .arg("--internode-listen")
+            .arg(self.internode.to_string())
+            // No DYNAMO_* settings from the environment running the tests.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawning dynamo-node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not announce its ports within {WAIT:?}", self.id))
+            .expect("reading node stdout")
+            .unwrap_or_else(|| panic!("{} exited before it was ready", self.id));
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .and_then(|address| address.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in ready line {line:?}"))
+        };
+        self.client = field("client=");
+        self.internode = field("internode=");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// Whether the process is running (not killed by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn pid(&self) -> rustix::process::Pid {
+        let raw = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .unwrap_or_else(|| panic!("{} is not running", self.id));
+        rustix::process::Pid::from_raw(raw as i32).expect("a child's pid is positive")
+    }
+
+    /// SIGKILL: no flush, no goodbye; waits until the process is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("killing node");
+        }
+    }
+
+    /// SIGSTOP: the process hangs, its sockets stay open (a stuck node).
+    pub fn pause(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::STOP).expect("SIGSTOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT).expect("SIGCONT");
+    }
+
+    /// Starts the node again on the same addresses and data directory.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart of a running node {}",
+            self.id
+        );
+        self.spawn().await;
+    }
+
+    /// Kills the node and deletes its data directory: a disk replaced by an empty one.
+    pub async fn kill_and_wipe(&mut self) {
+        self.kill().await;
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir).expect("wiping the data dir");
+        }
+    }
+}

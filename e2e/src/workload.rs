@@ -1,0 +1,391 @@
+//! Clients that write while the faults happen, and the final phase that produces the
+//! checker's verdict.
+//!
+//! Each client loops: read a key, then write a value unique in the whole run
+//! (`c<client>-<n>`) with the context the read returned, superseding what it read; one
+//! write in ten is a delete instead, which a later write then recreates. Every operation
+//! is recorded in one shared [`History`] in the order the clients saw their events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dynamo_node::history::{History, Outcome, ReplicaDump, Verdict, check};
+use dynamo_node::proto::kv_client::KvClient;
+use dynamo_node::proto::{DeleteRequest, GetRequest, PutRequest};
+use dynamo_node::version::{VectorClock, context};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::cluster::Cluster;
+use crate::{WAIT, eventually};
+
+/// The bound on one client call: past it the outcome is unknown.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shape of the load.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadConfig {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct keys they share (fewer keys, more concurrent versions).
+    pub keys: usize,
+    /// Seeds the clients' choices of key, node and operation.
+    pub seed: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            clients: 4,
+            keys: 24,
+            seed: 1,
+        }
+    }
+}
+
+type SharedHistory = Arc<Mutex<History>>;
+
+fn lock(history: &SharedHistory) -> std::sync::MutexGuard<'_, History> {
+    // A client that panicked leaves a usable history: recording is append-only.
+    history.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Running clients.
+#[derive(Debug)]
+pub struct Workload {
+    history: SharedHistory,
+    endpoints: Arc<Mutex<Vec<SocketAddr>>>,
+    completed: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Workload {
+    /// Starts the clients, sending each request to one of `endpoints` (client API
+    /// addresses) at random.
+    pub fn start(endpoints: Vec<SocketAddr>, config: WorkloadConfig) -> Workload {
+        let keys: Vec<Vec<u8>> = (0..config.keys)
+            .map(|k| format!("e2e-key-{k}").into_bytes())
+            .collect();
+        let (stop, stopped) = watch::channel(false);
+        let history = SharedHistory::default();
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..config.clients)
+            .map(|client| {
+                let client = Client {
+                    id: client,
+                    rng: ChaCha8Rng::seed_from_u64(config.seed ^ (client as u64 + 1) * 0x9e37),
+                    history: Arc::clone(&history),
+                    endpoints: Arc::clone(&endpoints),
+                    completed: Arc::clone(&completed),
+                    keys: keys.clone(),
+                    channels: HashMap::new(),
+                    written: 0,
+                };
+                tokio::spawn(client.run(stopped.clone()))
+            })
+            .collect();
+        Workload {
+            history,
+            endpoints,
+            completed,
+            stop,
+            tasks,
+            keys,
+        }
+    }
+
+    /// The keys the clients use.
+    pub fn keys(&self) -> &[Vec<u8>] {
+        &self.keys
+    }
+
+    /// Sends later requests to these nodes only (say, before killing one, so the load
+    /// does not all fail against it).
+    pub fn set_endpoints(&self, endpoints: Vec<SocketAddr>) {
+        assert!(
+            !endpoints.is_empty(),
+            "the workload needs a node to talk to"
+        );
+        *self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = endpoints;
+    }
+
+    /// Waits until the clients complete `ops` more operations (of any outcome): how a
+    /// test lets load run across a fault without sleeping for a guessed time.
+    pub async fn wait_for_progress(&self, ops: usize) {
+        let target = self.completed.load(Ordering::Relaxed) + ops;
+        eventually(&format!("{ops} more client operations"), WAIT, || async {
+            let now = self.completed.load(Ordering::Relaxed);
+            if now >= target {
+                Ok(())
+            } else {
+                Err(format!("{now} of {target} done"))
+            }
+        })
+        .await
+    }
+
+    /// Stops the clients (each finishes its operation in flight) and returns the
+    /// history.
+    pub async fn stop(self) -> History {
+        // A send error means every client already ended, which is what we want.
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("a client task panicked");
+        }
+        let history = lock(&self.history).clone();
+        history
+    }
+}
+
+struct Client {
+    id: usize,
+    rng: ChaCha8Rng,
+    history: SharedHistory,
+    endpoints: Arc<Mutex<Vec<SocketAddr>>>,
+    completed: Arc<AtomicUsize>,
+    keys: Vec<Vec<u8>>,
+    channels: HashMap<SocketAddr, KvClient<Channel>>,
+    written: u64,
+}
+
+/// How a failed call ended: refused before any effect, or unknown (it may have been
+/// stored: Dynamo keeps a write the coordinator stored even when W was not reached).
+fn outcome_of_error(status: &tonic::Status) -> Outcome {
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => Outcome::Failed,
+        _ => Outcome::Unknown,
+    }
+}
+
+impl Client {
+    fn kv(&mut self) -> KvClient<Channel> {
+        let endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let address = endpoints[self.rng.random_range(0..endpoints.len())];
+        self.channels
+            .entry(address)
+            .or_insert_with(|| {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .expect("a valid endpoint")
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(CALL_TIMEOUT)
+                    .connect_lazy();
+                KvClient::new(channel)
+            })
+            .clone()
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        while !*stopped.borrow_and_update() {
+            let key = self.keys[self.rng.random_range(0..self.keys.len())].clone();
+            let Some((values, read_context)) = self.read(&key).await else {
+                continue;
+            };
+            if !values.is_empty() && self.rng.random_ratio(1, 10) {
+                self.delete(&key, read_context).await;
+            } else {
+                self.write(&key, read_context).await;
+            }
+        }
+    }
+
+    fn finish(&self, op: usize, outcome: Outcome) {
+        lock(&self.history).complete(op, outcome);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn read(&mut self, key: &[u8]) -> Option<(Vec<Vec<u8>>, VectorClock)> {
+        let mut kv = self.kv();
+        let op = lock(&self.history).invoke_get(key);
+        let reply = kv
+            .get(GetRequest {
+                key: key.to_vec().into(),
+                r: None,
+            })
+            .await;
+        match reply.map(tonic::Response::into_inner) {
+            Ok(reply) => {
+                let context = context::decode(&reply.context).expect("a node sent a bad context");
+                let values: Vec<Vec<u8>> = reply.values.iter().map(|v| v.to_vec()).collect();
+                self.finish(
+                    op,
+                    Outcome::GetOk {
+                        values: values.clone(),
+                        context: context.clone(),
+                    },
+                );
+                Some((values, context))
+            }
+            Err(_) => {
+                self.finish(op, Outcome::Failed);
+                None
+            }
+        }
+    }
+
+    async fn write(&mut self, key: &[u8], read_context: VectorClock) {
+        self.written += 1;
+        let value = format!("c{}-{}", self.id, self.written).into_bytes();
+        let mut kv = self.kv();
+        let op = lock(&self.history).invoke_put(key, &value, read_context.clone());
+        let reply = kv
+            .put(PutRequest {
+                key: key.to_vec().into(),
+                context: context::encode(&read_context).into(),
+                value: value.into(),
+                w: None,
+            })
+            .await;
+        let outcome = match reply {
+            Ok(reply) => Outcome::PutOk {
+                context: context::decode(&reply.into_inner().context)
+                    .expect("a node sent a bad context"),
+            },
+            Err(status) => outcome_of_error(&status),
+        };
+        self.finish(op, outcome);
+    }
+
+    async fn delete(&mut self, key: &[u8], read_context: VectorClock) {
+        let mut kv = self.kv();
+        let op = lock(&self.history).invoke_delete(key, read_context.clone());
+        let reply = kv
+            .delete(DeleteRequest {
+                key: key.to_vec().into(),
+                context: context::encode(&read_context).into(),
+                w: None,
+            })
+            .await;
+        let outcome = match reply {
+            Ok(reply) => Outcome::PutOk {
+                context: context::decode(&reply.into_inner().context)
+                    .expect("a node sent a bad context"),
+            },
+            Err(status) => outcome_of_error(&status),
+        };
+        self.finish(op, outcome);
+    }
+}
+
+/// Whether every key's replicas hold the same versions; the first difference if not.
+fn converged(dump: &ReplicaDump) -> Result<(), String> {
+    for (key, replicas) in dump.keys() {
+        let mut states = replicas.values();
+        if let Some(first) = states.next() {
+            if states.any(|state| state != first) {
+                return Err(format!(
+                    "replicas of {} differ: {replicas:?}",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the final phase waits for before the final reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Hinted handoff drained; the final reads' read repair does the rest.
+    Hints,
+    /// Hinted handoff drained and every replica already equal before any final read:
+    /// for faults only anti-entropy can repair (a wiped disk).
+    Converged,
+}
+
+/// The end of a run: waits for background repair (`settle`), marks the history
+/// quiesced, reads every key once through a running node, waits for the replicas to
+/// converge, dumps them and returns the checker's verdict.
+pub async fn final_verdict(
+    cluster: &Cluster,
+    mut history: History,
+    keys: &[Vec<u8>],
+    settle: Settle,
+) -> Verdict {
+    cluster.wait_for_hints_delivered().await;
+    if settle == Settle::Converged {
+        eventually(
+            "replicas converged before the final reads",
+            WAIT,
+            || async { converged(&cluster.replica_dump(keys).await?) },
+        )
+        .await;
+    }
+    history.quiesced();
+    let via = cluster.other_running(&[]);
+    let mut kv = cluster.kv(via).await;
+    for key in keys {
+        let op = history.invoke_get(key);
+        let reply = kv
+            .get(GetRequest {
+                key: key.clone().into(),
+                r: None,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("final read of {key:?}: {status}"))
+            .into_inner();
+        let context = context::decode(&reply.context).expect("a node sent a bad context");
+        let values = reply.values.iter().map(|v| v.to_vec()).collect();
+        history.complete(op, Outcome::GetOk { values, context });
+    }
+    let dump = eventually("replicas converged after the final reads", WAIT, || async {
+        let dump = cluster.replica_dump(keys).await?;
+        converged(&dump).map(|()| dump)
+    })
+    .await;
+    let verdict = check(&history, &dump);
+    if !verdict.is_ok() {
+        explain(&history, &verdict);
+    }
+    verdict
+}
+
+/// Prints every operation on the keys the verdict complains about, for diagnosis.
+fn explain(history: &History, verdict: &Verdict) {
+    use dynamo_node::history::Violation;
+    let mut keys: Vec<&[u8]> = verdict
+        .violations
+        .iter()
+        .filter_map(|violation| match violation {
+            Violation::NoFinalRead { key }
+            | Violation::LostWrite { key, .. }
+            | Violation::Divergent { key, .. }
+            | Violation::Resurrected { key, .. }
+            | Violation::Phantom { key, .. }
+            | Violation::DuplicateValue { key, .. } => Some(key.as_slice()),
+            _ => None,
+        })
+        .collect();
+    keys.dedup();
+    eprintln!("history quiesced at event {:?}", history.quiesced_at());
+    for key in keys {
+        eprintln!("operations on {}:", String::from_utf8_lossy(key));
+        for (id, op) in history
+            .ops()
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| op.key == key)
+        {
+            eprintln!(
+                "  #{id} events {}..{:?} {:?} -> {:?}",
+                op.invoked_at, op.completed_at, op.kind, op.outcome
+            );
+        }
+    }
+}
