@@ -174,8 +174,8 @@ impl ReplicaHandler for PeerHandler {
             node.store.read(&key)
         })
         .await
-            .map_err(internal)?
-            .map_err(internal)
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -188,8 +188,8 @@ impl ReplicaHandler for PeerHandler {
             node.store_write(&write)
         })
         .await
-            .map_err(internal)?
-            .map_err(internal)
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {

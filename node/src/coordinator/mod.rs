@@ -261,6 +261,17 @@ impl Coordinator {
                     self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
                 }
+                Err(TransportError::Timeout { address }) => {
+                    // The put may have been coordinated there and only the answer lost.
+                    // Coordinating it again elsewhere would write the same value under
+                    // a second dot, concurrent with everything written since: a value
+                    // the client has meanwhile overwritten would come back as a sibling
+                    // (found by the simulator). The outcome is unknown; say so.
+                    self.inner.cluster.record_failure(node);
+                    return Err(CoordinatorError::Unavailable(format!(
+                        "the home replica {node} ({address}) did not answer in time; the write may or may not have been applied"
+                    )));
+                }
                 Err(other) => {
                     self.inner.cluster.record_failure(node);
                     failures.push(format!("{node}: {other}"));

@@ -185,7 +185,10 @@ impl History {
     pub fn complete(&mut self, op: OpId, outcome: Outcome) {
         let completed_at = self.next_event();
         let entry = &mut self.ops[op];
-        assert!(entry.completed_at.is_none(), "operation {op} completed twice");
+        assert!(
+            entry.completed_at.is_none(),
+            "operation {op} completed twice"
+        );
         let fits = match (&entry.kind, &outcome) {
             (OpKind::Put { .. }, Outcome::PutOk { .. }) => true,
             (OpKind::Get, Outcome::GetOk { .. }) => true,

@@ -409,7 +409,12 @@ mod tests {
         put(&engine, b"new", b"1", Durability::Buffered);
         assert!(engine.remove(b"gone").unwrap());
         engine
-            .hint_update(&hint_for(), b"h", &mut |_| Some(b"x".to_vec()), Durability::Buffered)
+            .hint_update(
+                &hint_for(),
+                b"h",
+                &mut |_| Some(b"x".to_vec()),
+                Durability::Buffered,
+            )
             .unwrap();
         engine.meta_put("m", b"1", Durability::Buffered).unwrap();
         engine
@@ -421,7 +426,11 @@ mod tests {
         assert_eq!(engine.unflushed_entries(), 5);
         let after = engine.crash(CrashMode::LoseUnflushed);
         assert_eq!(after.get(b"durable").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(after.get(b"gone").unwrap(), Some(b"1".to_vec()), "removal undone");
+        assert_eq!(
+            after.get(b"gone").unwrap(),
+            Some(b"1".to_vec()),
+            "removal undone"
+        );
         assert_eq!(after.get(b"new").unwrap(), None);
         assert!(after.hints_for(&hint_for(), None, 10).unwrap().is_empty());
         assert_eq!(after.meta_get("m").unwrap(), None);
@@ -476,7 +485,10 @@ mod tests {
         let engine = MemoryEngine::new();
         put(&engine, b"k", b"1", Durability::Sync);
         let _survivor = engine.crash(CrashMode::KeepUnflushed);
-        assert!(matches!(engine.get(b"k"), Err(StorageError::Backend { .. })));
+        assert!(matches!(
+            engine.get(b"k"),
+            Err(StorageError::Backend { .. })
+        ));
         let write = engine.update(b"k", &mut |_| Some(b"2".to_vec()), Durability::Sync);
         assert!(matches!(write, Err(StorageError::Backend { .. })));
         assert!(engine.flush().is_err());

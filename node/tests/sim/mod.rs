@@ -134,6 +134,21 @@ impl SimReport {
         self.verdict.is_ok() && self.lost_set_elements.is_empty() && self.quiesced
     }
 
+    /// Every operation on `key`, one a line, with the contexts as debug text.
+    pub(crate) fn trace(&self, key: &[u8]) -> String {
+        let mut lines = Vec::new();
+        for (id, op) in self.history.ops().iter().enumerate() {
+            if op.key == key {
+                lines.push(format!(
+                    "#{id} [{}..{:?}] {:?} -> {:?}",
+                    op.invoked_at, op.completed_at, op.kind, op.outcome
+                ));
+            }
+        }
+        lines.push(format!("replicas: {:?}", self.dump.keys().get(key)));
+        lines.join("\n")
+    }
+
     /// A readable account of what failed.
     pub(crate) fn failures(&self) -> String {
         let mut lines: Vec<String> = self
@@ -262,14 +277,11 @@ impl World {
             alive: Arc::clone(&alive),
         };
         let engine: Arc<dyn StorageEngine> = node.engine.clone();
-        let shared = NodeShared::assemble(
-            settings,
-            engine,
-            Arc::new(transport),
-            node.address.clone(),
-        )
-        .expect("assembling a simulated node");
-        self.network.register(node.address.clone(), shared.handler());
+        let shared =
+            NodeShared::assemble(settings, engine, Arc::new(transport), node.address.clone())
+                .expect("assembling a simulated node");
+        self.network
+            .register(node.address.clone(), shared.handler());
         node.process = Some(Process { shared, alive });
     }
 
@@ -343,11 +355,8 @@ impl Session {
     async fn get(&self, key: &[u8], r: Option<u32>) -> Option<(SiblingSet, VectorClock)> {
         let (shared, generation) = self.node()?;
         let op = lock(&self.world).history.invoke_get(key);
-        let result = tokio::time::timeout(
-            REQUEST_TIMEOUT * 4,
-            shared.coordinator().get(key, r),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT * 4, shared.coordinator().get(key, r)).await;
         let mut world = lock(&self.world);
         let died = world.nodes[self.node].generation != generation;
         match result {
@@ -440,8 +449,7 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
             let Some((state, context)) = session.get(&key, None).await else {
                 return;
             };
-            let mut elements: BTreeSet<String> =
-                state.values().flat_map(set_elements).collect();
+            let mut elements: BTreeSet<String> = state.values().flat_map(set_elements).collect();
             let element = format!("e{}", unique());
             elements.insert(element.clone());
             let value = elements.into_iter().collect::<Vec<_>>().join(",");
@@ -687,8 +695,9 @@ async fn simulate(config: SimConfig) -> SimReport {
     }
 }
 
-/// Background rounds on every live node until no hints are left and every table
-/// agrees, for two rounds in a row; false if the bound ran out first.
+/// Background rounds on every live node until no hints are left, every table agrees
+/// and every live node believes every other one up, for two rounds in a row; false if
+/// the bound ran out first.
 async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
     let mut calm = 0;
     for _ in 0..MAX_QUIESCE_ROUNDS {
@@ -703,6 +712,13 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
         for &i in &up {
             let (shared, _) = w.up(i).expect("live");
             digests.push(shared.cluster().table().digest());
+            // Final reads must reach the home replicas, not stand-ins: every live node
+            // must believe every other live node is up.
+            for &j in &up {
+                if !shared.cluster().is_available(&w.nodes[j].id) {
+                    hints += 1;
+                }
+            }
             hints += shared
                 .store()
                 .engine()
@@ -776,7 +792,11 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                     CrashMode::KeepUnflushed
                 };
                 w.crash(i, mode);
-                w.count(if lose { "crash losing unflushed" } else { "crash" });
+                w.count(if lose {
+                    "crash losing unflushed"
+                } else {
+                    "crash"
+                });
             } else {
                 w.start(i);
                 w.count("restart");
