@@ -3,7 +3,7 @@
 //! restarts, partitions, message drops and delays, judged by the history checker
 //! ([`dynamo_node::history::check`]).
 //!
-//! * `DYNAMO_SIM_SEEDS=N` runs N seeds (default 300); `DYNAMO_SIM_SEED=S` runs only
+//! * `DYNAMO_SIM_SEEDS=N` runs N seeds (default 250); `DYNAMO_SIM_SEED=S` runs only
 //!   seed S (to rerun a failure); `DYNAMO_SIM_STEPS=K` changes the steps per run;
 //!   `DYNAMO_SIM_KEY=key-3` prints a failing run's operations on that key.
 
@@ -16,7 +16,7 @@ use sim::{Faults, SimConfig, SimReport, run};
 /// Workload steps per run: enough for every fault class to show up several times.
 const DEFAULT_STEPS: usize = 120;
 /// Seeds CI runs.
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 250;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
