@@ -28,32 +28,81 @@ pub enum ChangeError {
 }
 
 /// The node's clocks: monotonic time for timeouts, wall time for version timestamps.
+///
+/// Production nodes read the operating system's clocks ([`Clock::default`]). The
+/// deterministic simulator uses [`Clock::tokio`]: both readings then follow tokio's
+/// clock, which a paused runtime (`tokio::time::pause`, `start_paused`) advances only
+/// when every task waits, so a seeded run sees the same times every time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    origin: Instant,
+    source: ClockSource,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ClockSource {
+    /// `std::time::Instant` for monotonic time, `SystemTime` for wall time.
+    System { origin: Instant },
+    /// tokio's clock for both: wall time is `wall_origin` plus the tokio time elapsed
+    /// since `origin`.
+    Tokio {
+        origin: tokio::time::Instant,
+        wall_origin: Millis,
+    },
 }
 
 impl Default for Clock {
+    /// The operating system's clocks, monotonic time counted from now.
     fn default() -> Self {
         Self {
-            origin: Instant::now(),
+            source: ClockSource::System {
+                origin: Instant::now(),
+            },
         }
     }
 }
 
 impl Clock {
+    /// Clocks driven by tokio's time, monotonic time counted from now and wall time
+    /// starting at `wall_origin` (milliseconds since the Unix epoch). Under a paused
+    /// tokio clock both advance only with simulated time.
+    pub fn tokio(wall_origin: Millis) -> Self {
+        Self {
+            source: ClockSource::Tokio {
+                origin: tokio::time::Instant::now(),
+                wall_origin,
+            },
+        }
+    }
+
+    /// Whether these clocks follow tokio's (simulated) time rather than the system's.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.source, ClockSource::Tokio { .. })
+    }
+
     /// Milliseconds since the node started (monotonic).
     pub fn monotonic(&self) -> Millis {
-        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+        let elapsed = match self.source {
+            ClockSource::System { origin } => origin.elapsed(),
+            ClockSource::Tokio { origin, .. } => origin.elapsed(),
+        };
+        Millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Milliseconds since the Unix epoch (wall clock; only orders vector clock entries for
     /// truncation, so skew costs at most extra siblings).
     pub fn wall(&self) -> Millis {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+        match self.source {
+            ClockSource::System { .. } => {
+                let since_epoch = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+            }
+            ClockSource::Tokio {
+                origin,
+                wall_origin,
+            } => wall_origin + origin.elapsed(),
+        }
     }
 }
 
@@ -201,5 +250,32 @@ impl Cluster {
     pub fn poll_probes(&self) -> Vec<NodeId> {
         let now = self.clock.monotonic();
         self.lock().detector.poll_probe(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_moves_only_with_simulated_time() {
+        let clock = Clock::tokio(Millis(1_000_000));
+        assert!(clock.is_simulated());
+        assert_eq!(clock.monotonic(), Millis(0));
+        assert_eq!(clock.wall(), Millis(1_000_000));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.monotonic(), Millis(1_500));
+        assert_eq!(clock.wall(), Millis(1_001_500));
+    }
+
+    #[test]
+    fn the_default_clock_reads_the_system_clocks() {
+        let clock = Clock::default();
+        assert!(!clock.is_simulated());
+        // After 2020-01-01: the wall clock is the real one, not an origin of zero.
+        assert!(clock.wall() > Millis(1_577_836_800_000));
+        assert!(clock.monotonic() < Millis(60_000));
     }
 }

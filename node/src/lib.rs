@@ -42,6 +42,8 @@
 //! * [`server`]: the `Kv` and `Admin` gRPC services, and the HTTP API
 //!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
 //!   status page.
+//! * [`history`]: client operation histories and the checker the simulator and fault
+//!   suites judge runs with (no lost acknowledged write, convergence, no resurrection).
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery).
@@ -55,6 +57,7 @@ pub mod coordinator;
 pub mod ctl;
 mod gossip;
 mod handoff;
+pub mod history;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

@@ -28,7 +28,9 @@ use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
 use crate::server::{AdminService, KvService, admin_token_interceptor};
-use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
+use crate::storage::{
+    Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
+};
 use crate::store::{Store, StoreError};
 use crate::transport::{
     ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
@@ -171,10 +173,12 @@ fn internal(e: impl std::fmt::Display) -> ReplicaError {
 impl ReplicaHandler for PeerHandler {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
         let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || node.store.read(&key))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store.read(&key)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -183,10 +187,12 @@ impl ReplicaHandler for PeerHandler {
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
         let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || node.store_write(&write))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store_write(&write)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
@@ -408,6 +414,8 @@ pub struct NodeSettings {
     pub seeds: Vec<String>,
     /// Failure detector thresholds.
     pub detector: DetectorConfig,
+    /// The node's clocks: the system's, or tokio's for the deterministic simulator.
+    pub clock: Clock,
 }
 
 impl NodeSettings {
@@ -426,6 +434,7 @@ impl NodeSettings {
             sibling_limits: SiblingLimits::default(),
             seeds: Vec::new(),
             detector: DetectorConfig::default(),
+            clock: Clock::default(),
         }
     }
 
@@ -460,6 +469,7 @@ impl NodeSettings {
             sibling_limits,
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
+            clock: Clock::default(),
         })
     }
 }
@@ -477,8 +487,12 @@ impl NodeShared {
         transport: Arc<dyn Transport>,
         advertise: String,
     ) -> Result<Arc<NodeShared>, NodeError> {
-        let incarnation =
-            choose_incarnation(engine.as_ref(), &settings.node_id, settings.durability)?;
+        let incarnation = choose_incarnation(
+            engine.as_ref(),
+            &settings.node_id,
+            settings.durability,
+            settings.clock,
+        )?;
         let table = match engine.meta_get(META_MEMBERS)? {
             Some(bytes) => MemberTable::decode(&bytes)
                 .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
@@ -490,7 +504,7 @@ impl NodeShared {
                 table,
                 settings.strategy,
                 settings.detector,
-                Clock::default(),
+                settings.clock,
             )
             .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
         );
@@ -671,10 +685,16 @@ fn local_addr(listener: &TcpListener, address: SocketAddr) -> Result<SocketAddr,
 /// wiped data dir, or an unclean stop in buffered mode, which can lose acknowledged
 /// writes of its own) takes a fresh one, so it never reissues a version counter it
 /// already used (Riak's KV679).
+///
+/// The fresh incarnation hashes the node id, the wall clock and the previous
+/// incarnation; with the system clock also the process id and the clock's nanoseconds,
+/// so two starts in one millisecond differ. Under the simulator's clock it depends on
+/// simulated time only, so a seeded run picks the same incarnations every time.
 fn choose_incarnation(
     engine: &dyn StorageEngine,
     node: &NodeId,
     durability: Durability,
+    clock: Clock,
 ) -> Result<u64, NodeError> {
     let stored = engine
         .meta_get(META_INCARNATION)?
@@ -695,15 +715,17 @@ fn choose_incarnation(
         None => {
             let mut hasher = Md5::new();
             hasher.update(node.as_str().as_bytes());
-            hasher.update(Clock::default().wall().0.to_be_bytes());
-            hasher.update(std::process::id().to_be_bytes());
-            hasher.update(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .subsec_nanos()
-                    .to_be_bytes(),
-            );
+            hasher.update(clock.wall().0.to_be_bytes());
+            if !clock.is_simulated() {
+                hasher.update(std::process::id().to_be_bytes());
+                hasher.update(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos()
+                        .to_be_bytes(),
+                );
+            }
             if let Some(previous) = stored {
                 hasher.update(previous.to_be_bytes());
             }

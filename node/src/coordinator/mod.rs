@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::quorum::{
     ConfigError, GetCoordinator, GetOutcome, PutCoordinator, PutOutcome, QuorumConfig, QuorumError,
 };
-use crate::storage::Durability;
+use crate::storage::{Durability, run_engine_call};
 use crate::store::{Store, StoreError};
 use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
 use crate::version::{Actor, SiblingSet, Value, VectorClock};
@@ -261,6 +261,17 @@ impl Coordinator {
                     self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
                 }
+                Err(TransportError::Timeout { address }) => {
+                    // The put may have been coordinated there and only the answer lost.
+                    // Coordinating it again elsewhere would write the same value under
+                    // a second dot, concurrent with everything written since: a value
+                    // the client has meanwhile overwritten would come back as a sibling
+                    // (found by the simulator). The outcome is unknown; say so.
+                    self.inner.cluster.record_failure(node);
+                    return Err(CoordinatorError::Unavailable(format!(
+                        "the home replica {node} ({address}) did not answer in time; the write may or may not have been applied"
+                    )));
+                }
                 Err(other) => {
                     self.inner.cluster.record_failure(node);
                     failures.push(format!("{node}: {other}"));
@@ -307,7 +318,7 @@ impl Coordinator {
         let owned_key = key.to_vec();
         // The coordinator's own write is always durable: in sync mode every replica's
         // is, and in buffered mode the coordinator is the one durable replica.
-        let state = tokio::task::spawn_blocking(move || {
+        let state = run_engine_call(self.inner.store.engine().as_ref(), move || {
             inner.store.coordinate(
                 &owned_key,
                 &context,
@@ -501,7 +512,9 @@ async fn next_event<T>(
         return Event::Done;
     };
     let wait = deadline.saturating_since(clock.monotonic());
+    // `biased`: poll in order, not at random, so a seeded simulation is reproducible.
     tokio::select! {
+        biased;
         Some((node, result)) = replies.recv() => Event::Reply(node, result),
         () = tokio::time::sleep(wait) => Event::Deadline,
     }

@@ -38,7 +38,7 @@ mod sled_engine;
 #[cfg(test)]
 mod suite;
 
-pub use memory::MemoryEngine;
+pub use memory::{CrashMode, MemoryEngine};
 pub use sled_engine::{MAX_FLUSH_INTERVAL, SledConfig, SledConfigError, SledEngine};
 
 use crate::NodeId;
@@ -225,6 +225,26 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Backend`] when the engine fails to write to disk.
     fn flush(&self) -> Result<()>;
+
+    /// Whether calls may block on disk I/O, so that async callers should run them on
+    /// tokio's blocking pool. An engine that never blocks (the in-memory one) is called
+    /// inline instead, which keeps a simulated run on one thread and so deterministic.
+    fn may_block(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `f`, a call into an engine, on tokio's blocking pool if the engine
+/// [may block](StorageEngine::may_block), inline otherwise.
+pub(crate) async fn run_engine_call<T: Send + 'static>(
+    engine: &dyn StorageEngine,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    if engine.may_block() {
+        tokio::task::spawn_blocking(f).await
+    } else {
+        Ok(f())
+    }
 }
 
 /// Checks a scan limit.

@@ -1,0 +1,891 @@
+//! The deterministic cluster simulator: whole nodes in one process over the in-memory
+//! network, on a current-thread tokio runtime whose clock is paused, with every choice
+//! (workload, faults, background rounds) drawn from one seeded ChaCha generator.
+//!
+//! Determinism rests on: one thread (the in-memory engine is called inline, never on
+//! the blocking pool); tokio's paused clock driving the nodes' clocks
+//! ([`Clock::tokio`]), so time only moves when every task waits; `biased` selects;
+//! background rounds (gossip, failure probes, hinted handoff, sled's periodic flush)
+//! run when the schedule says, not on wall-clock intervals; incarnations derived from
+//! simulated time. The same seed therefore gives the same [`History`], which the
+//! tests check through its digest.
+//!
+//! A run: a workload phase (concurrent client operations interleaved with faults and
+//! background rounds), then heal (every link restored, every crashed node restarted),
+//! background rounds until quiescent (bounded), final reads of every key with R = N,
+//! a dump of every key's replicas, and the [`check`] verdicts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dynamo_node::NodeId;
+use dynamo_node::cluster::Clock;
+use dynamo_node::coordinator::CoordinatorError;
+use dynamo_node::history::{History, OpId, Outcome, ReplicaDump, Verdict, check};
+use dynamo_node::membership::MemberTable;
+use dynamo_node::node::{NodeSettings, NodeShared};
+use dynamo_node::quorum::QuorumConfig;
+use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
+use dynamo_node::time::Millis;
+use dynamo_node::transport::{
+    ForwardedPut, MemoryNetwork, MemoryTransport, ReplicaWrite, Transport, TransportError,
+};
+use dynamo_node::version::{SiblingSet, VectorClock};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Deadline of one client request on every node.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// The network's per-call timeout.
+const CALL_TIMEOUT: Duration = Duration::from_millis(200);
+/// sled's default periodic flush of buffered writes.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Simulated time between background rounds while quiescing.
+const ROUND_INTERVAL: Duration = Duration::from_millis(250);
+/// At most this many quiescing rounds before the run gives up waiting.
+const MAX_QUIESCE_ROUNDS: usize = 200;
+/// The wall clock's origin: 2024-01-01, so version timestamps look real.
+const WALL_ORIGIN: Millis = Millis(1_704_067_200_000);
+/// Client operations in flight at once.
+const MAX_IN_FLIGHT: usize = 6;
+
+/// Which fault classes a run may inject.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Faults {
+    /// Crashes that keep every write, and restarts.
+    pub(crate) crashes: bool,
+    /// Crashes of buffered nodes that lose their unflushed writes.
+    pub(crate) lose_unflushed: bool,
+    /// Network partitions (two groups).
+    pub(crate) partitions: bool,
+    /// Lost messages.
+    pub(crate) drops: bool,
+    /// Delayed links.
+    pub(crate) delays: bool,
+    /// One node joins and one leaves during the run.
+    pub(crate) join_leave: bool,
+}
+
+impl Faults {
+    /// The faults the node handles without range transfer and anti-entropy.
+    pub(crate) fn handled_today() -> Self {
+        Self {
+            crashes: true,
+            lose_unflushed: false,
+            partitions: true,
+            drops: true,
+            delays: true,
+            join_leave: false,
+        }
+    }
+
+    /// Every fault class.
+    pub(crate) fn all() -> Self {
+        Self {
+            lose_unflushed: true,
+            join_leave: true,
+            ..Self::handled_today()
+        }
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SimConfig {
+    /// The seed every choice derives from.
+    pub(crate) seed: u64,
+    /// Workload steps (each a client operation, a fault, or a background round).
+    pub(crate) steps: usize,
+    /// Fault classes.
+    pub(crate) faults: Faults,
+    /// Whether replicas may converge through the final reads' read repair. Without it
+    /// the dump is taken before the final reads, so replicas must have converged
+    /// through background work alone (anti-entropy).
+    pub(crate) read_repair_converges: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub(crate) struct SimReport {
+    /// Nodes at the start.
+    pub(crate) nodes: usize,
+    /// The client history.
+    pub(crate) history: History,
+    /// The replicas' final state.
+    pub(crate) dump: ReplicaDump,
+    /// The checker's verdict, plus the set workload's own check.
+    pub(crate) verdict: Verdict,
+    /// Set elements acknowledged but missing from the final read of their set.
+    pub(crate) lost_set_elements: Vec<String>,
+    /// Whether background rounds reached quiescence within the bound.
+    pub(crate) quiesced: bool,
+    /// Simulated milliseconds the run took.
+    pub(crate) simulated_ms: u64,
+    /// Counts of what happened, for the report.
+    pub(crate) events: BTreeMap<&'static str, u64>,
+}
+
+impl SimReport {
+    /// Whether every check passed.
+    pub(crate) fn passed(&self) -> bool {
+        self.verdict.is_ok() && self.lost_set_elements.is_empty() && self.quiesced
+    }
+
+    /// Every operation on `key`, one a line, with the contexts as debug text.
+    pub(crate) fn trace(&self, key: &[u8]) -> String {
+        let mut lines = Vec::new();
+        for (id, op) in self.history.ops().iter().enumerate() {
+            if op.key == key {
+                lines.push(format!(
+                    "#{id} [{}..{:?}] {:?} -> {:?}",
+                    op.invoked_at, op.completed_at, op.kind, op.outcome
+                ));
+            }
+        }
+        lines.push(format!("replicas: {:?}", self.dump.keys().get(key)));
+        lines.join("\n")
+    }
+
+    /// A readable account of what failed.
+    pub(crate) fn failures(&self) -> String {
+        let mut lines: Vec<String> = self
+            .verdict
+            .violations
+            .iter()
+            .take(10)
+            .map(ToString::to_string)
+            .collect();
+        if self.verdict.violations.len() > 10 {
+            lines.push(format!(
+                "... and {} more violations",
+                self.verdict.violations.len() - 10
+            ));
+        }
+        for element in &self.lost_set_elements {
+            lines.push(format!("lost set element {element}"));
+        }
+        if !self.quiesced {
+            lines.push(format!(
+                "background work did not quiesce within {MAX_QUIESCE_ROUNDS} rounds"
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// A node's transport that dies with its process: a crashed node's leftover tasks
+/// (late replica writes, read repair) send nothing.
+#[derive(Debug)]
+struct LifeTransport {
+    inner: MemoryTransport,
+    alive: Arc<AtomicBool>,
+}
+
+impl LifeTransport {
+    fn check(&self, to: &str) -> Result<(), TransportError> {
+        if self.alive.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(TransportError::Unreachable {
+                address: to.to_owned(),
+                reason: "the calling node crashed".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for LifeTransport {
+    async fn read(&self, to: &str, key: &[u8]) -> Result<SiblingSet, TransportError> {
+        self.check(to)?;
+        self.inner.read(to, key).await
+    }
+
+    async fn write(&self, to: &str, write: ReplicaWrite) -> Result<(), TransportError> {
+        self.check(to)?;
+        self.inner.write(to, write).await
+    }
+
+    async fn coordinate_put(&self, to: &str, put: ForwardedPut) -> Result<Vec<u8>, TransportError> {
+        self.check(to)?;
+        self.inner.coordinate_put(to, put).await
+    }
+
+    async fn gossip(&self, to: &str, table: MemberTable) -> Result<MemberTable, TransportError> {
+        self.check(to)?;
+        self.inner.gossip(to, table).await
+    }
+}
+
+/// One simulated node: its data directory (the engine) survives its processes.
+struct SimNode {
+    id: NodeId,
+    address: String,
+    durability: Durability,
+    seeds: Vec<String>,
+    engine: Arc<MemoryEngine>,
+    /// The running process, if up.
+    process: Option<Process>,
+    /// Bumped at every crash, so a client knows its node died during a request.
+    generation: u64,
+    /// Left the cluster for good.
+    removed: bool,
+}
+
+struct Process {
+    shared: Arc<NodeShared>,
+    alive: Arc<AtomicBool>,
+}
+
+/// Everything the concurrent tasks of a run share.
+struct World {
+    network: MemoryNetwork,
+    nodes: Vec<SimNode>,
+    history: History,
+    events: BTreeMap<&'static str, u64>,
+    /// The next unique value number.
+    next_value: u64,
+    /// Set workload: element to the key of the set it was added to, once acknowledged.
+    acked_elements: BTreeMap<String, Vec<u8>>,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+fn lock(world: &Shared) -> MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl World {
+    fn count(&mut self, event: &'static str) {
+        *self.events.entry(event).or_default() += 1;
+    }
+
+    fn start(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let mut settings = NodeSettings::new(node.id.clone());
+        settings.quorum = QuorumConfig::new(3, 2, 2).expect("valid quorum");
+        settings.request_timeout = REQUEST_TIMEOUT;
+        settings.durability = node.durability;
+        settings.seeds = node.seeds.clone();
+        settings.clock = Clock::tokio(WALL_ORIGIN);
+        let alive = Arc::new(AtomicBool::new(true));
+        let transport = LifeTransport {
+            inner: self.network.endpoint(node.address.clone()),
+            alive: Arc::clone(&alive),
+        };
+        let engine: Arc<dyn StorageEngine> = node.engine.clone();
+        let shared =
+            NodeShared::assemble(settings, engine, Arc::new(transport), node.address.clone())
+                .expect("assembling a simulated node");
+        self.network
+            .register(node.address.clone(), shared.handler());
+        node.process = Some(Process { shared, alive });
+    }
+
+    fn crash(&mut self, index: usize, mode: CrashMode) {
+        let node = &mut self.nodes[index];
+        let Some(process) = node.process.take() else {
+            return;
+        };
+        process.alive.store(false, Ordering::SeqCst);
+        self.network.unregister(&node.address);
+        node.engine = Arc::new(node.engine.crash(mode));
+        node.generation += 1;
+    }
+
+    fn up(&self, index: usize) -> Option<(Arc<NodeShared>, u64)> {
+        let node = &self.nodes[index];
+        node.process
+            .as_ref()
+            .map(|p| (Arc::clone(&p.shared), node.generation))
+    }
+
+    fn up_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].process.is_some())
+            .collect()
+    }
+
+    fn unique(&mut self) -> u64 {
+        self.next_value += 1;
+        self.next_value
+    }
+}
+
+/// What a client task does.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// A get.
+    Read,
+    /// A put without a context.
+    BlindPut,
+    /// A get, then a put with its context.
+    ReadModifyWrite,
+    /// A get, a merge of the siblings' elements, one new element, a put with the
+    /// context.
+    SetAdd,
+    /// A get, a delete with its context, then a put with the delete's context.
+    DeleteRecreate,
+}
+
+/// The set workload's encoding: elements joined by commas.
+fn set_elements(value: &[u8]) -> BTreeSet<String> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A client's handle on the node it talks to, checked again at completion.
+struct Session {
+    world: Shared,
+    node: usize,
+}
+
+impl Session {
+    fn node(&self) -> Option<(Arc<NodeShared>, u64)> {
+        lock(&self.world).up(self.node)
+    }
+
+    /// A read, recorded; its values and context if it succeeded.
+    async fn get(&self, key: &[u8], r: Option<u32>) -> Option<(SiblingSet, VectorClock)> {
+        let (shared, generation) = self.node()?;
+        let op = lock(&self.world).history.invoke_get(key);
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT * 4, shared.coordinator().get(key, r)).await;
+        let mut world = lock(&self.world);
+        let died = world.nodes[self.node].generation != generation;
+        match result {
+            Ok(Ok(state)) if !died => {
+                let values = state.values().map(<[u8]>::to_vec).collect();
+                let context = state.context();
+                world.history.complete(
+                    op,
+                    Outcome::GetOk {
+                        values,
+                        context: context.clone(),
+                    },
+                );
+                world.count("get ok");
+                Some((state, context))
+            }
+            _ => {
+                world.history.complete(op, Outcome::Failed);
+                world.count("get failed");
+                None
+            }
+        }
+    }
+
+    /// A put (`None`: a delete), recorded; the returned context if acknowledged.
+    async fn put(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: VectorClock,
+    ) -> Option<VectorClock> {
+        let (shared, generation) = self.node()?;
+        let op: OpId = {
+            let mut world = lock(&self.world);
+            match &value {
+                Some(value) => world.history.invoke_put(key, value, context.clone()),
+                None => world.history.invoke_delete(key, context.clone()),
+            }
+        };
+        let result = tokio::time::timeout(
+            REQUEST_TIMEOUT * 4,
+            shared.coordinator().put(key, context, value, None),
+        )
+        .await;
+        let mut world = lock(&self.world);
+        let died = world.nodes[self.node].generation != generation;
+        match result {
+            Ok(Ok(context)) if !died => {
+                world.history.complete(
+                    op,
+                    Outcome::PutOk {
+                        context: context.clone(),
+                    },
+                );
+                world.count("put ok");
+                Some(context)
+            }
+            Ok(Err(CoordinatorError::InvalidArgument(_))) if !died => {
+                world.history.complete(op, Outcome::Failed);
+                world.count("put refused");
+                None
+            }
+            _ => {
+                world.history.complete(op, Outcome::Unknown);
+                world.count("put unknown");
+                None
+            }
+        }
+    }
+}
+
+async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload) {
+    let session = Session { world, node };
+    let unique = || lock(&session.world).unique();
+    match workload {
+        Workload::Read => {
+            session.get(&key, None).await;
+        }
+        Workload::BlindPut => {
+            let value = format!("v{}", unique()).into_bytes();
+            session.put(&key, Some(value), VectorClock::new()).await;
+        }
+        Workload::ReadModifyWrite => {
+            if let Some((_, context)) = session.get(&key, None).await {
+                let value = format!("v{}", unique()).into_bytes();
+                session.put(&key, Some(value), context).await;
+            }
+        }
+        Workload::SetAdd => {
+            let Some((state, context)) = session.get(&key, None).await else {
+                return;
+            };
+            let mut elements: BTreeSet<String> = state.values().flat_map(set_elements).collect();
+            let element = format!("e{}", unique());
+            elements.insert(element.clone());
+            let value = elements.into_iter().collect::<Vec<_>>().join(",");
+            if session
+                .put(&key, Some(value.into_bytes()), context)
+                .await
+                .is_some()
+            {
+                lock(&session.world)
+                    .acked_elements
+                    .insert(element, key.clone());
+            }
+        }
+        Workload::DeleteRecreate => {
+            let Some((_, context)) = session.get(&key, None).await else {
+                return;
+            };
+            if let Some(deleted) = session.put(&key, None, context).await {
+                let value = format!("v{}", unique()).into_bytes();
+                session.put(&key, Some(value), deleted).await;
+            }
+        }
+    }
+}
+
+/// One background round on a node: gossip, failure probes, hinted handoff.
+async fn background_round(world: Shared, index: usize, random: u64) {
+    let Some((shared, _)) = lock(&world).up(index) else {
+        return;
+    };
+    shared.gossip_round(random).await;
+    shared.probe_round().await;
+    shared.handoff_round().await;
+}
+
+/// Runs one seed and returns what happened.
+pub(crate) fn run(config: SimConfig) -> SimReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("building a current-thread runtime");
+    runtime.block_on(simulate(config))
+}
+
+const KEYS: usize = 8;
+const SET_KEYS: usize = 3;
+
+fn key_of(i: usize) -> Vec<u8> {
+    format!("key-{i}").into_bytes()
+}
+
+fn set_key_of(i: usize) -> Vec<u8> {
+    format!("set-{i}").into_bytes()
+}
+
+async fn simulate(config: SimConfig) -> SimReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let started = tokio::time::Instant::now();
+    let node_count = rng.random_range(5..=9);
+    let network = MemoryNetwork::new(CALL_TIMEOUT).expect("nonzero call timeout");
+    let address = |i: usize| format!("n{i}:1");
+    let seeds = vec![address(0), address(1)];
+    let mut nodes = Vec::new();
+    for i in 0..node_count {
+        let durability = if rng.random_bool(0.5) {
+            Durability::Sync
+        } else {
+            Durability::Buffered
+        };
+        nodes.push(SimNode {
+            id: NodeId::new(format!("n{i}")).expect("valid node id"),
+            address: address(i),
+            durability,
+            seeds: seeds.clone(),
+            engine: Arc::new(MemoryEngine::new()),
+            process: None,
+            generation: 0,
+            removed: false,
+        });
+    }
+    let world: Shared = Arc::new(Mutex::new(World {
+        network: network.clone(),
+        nodes,
+        history: History::new(),
+        events: BTreeMap::new(),
+        next_value: 0,
+        acked_elements: BTreeMap::new(),
+    }));
+    {
+        let mut w = lock(&world);
+        for i in 0..node_count {
+            w.start(i);
+        }
+        // The same membership changes, in the same order, on every node.
+        let members: Vec<(NodeId, String)> = w
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.address.clone()))
+            .collect();
+        for i in 0..node_count {
+            let (shared, _) = w.up(i).expect("just started");
+            for (id, addr) in &members {
+                shared
+                    .change_membership(|table| {
+                        table.join(id.clone(), addr, 1)?;
+                        table.mark_member(id)
+                    })
+                    .expect("joining a member");
+            }
+        }
+    }
+
+    let join_at = config
+        .faults
+        .join_leave
+        .then(|| rng.random_range(config.steps / 4..config.steps / 2 + 1));
+    let leave_at = config
+        .faults
+        .join_leave
+        .then(|| rng.random_range(config.steps / 2..config.steps * 3 / 4 + 1));
+    let mut leaving: Option<(usize, usize)> = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut last_flush = tokio::time::Instant::now();
+    for step in 0..config.steps {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
+        // sled's flush thread: buffered writes reach disk every FLUSH_INTERVAL.
+        if last_flush.elapsed() >= FLUSH_INTERVAL {
+            last_flush = tokio::time::Instant::now();
+            let w = lock(&world);
+            for node in w.nodes.iter().filter(|n| n.process.is_some()) {
+                node.engine.flush().expect("flushing a live engine");
+            }
+        }
+        if Some(step) == join_at {
+            join_node(&world, &mut rng);
+        }
+        if Some(step) == leave_at {
+            leaving = start_leave(&world, &mut rng).map(|i| (i, step + config.steps / 8));
+        }
+        if let Some((index, at)) = leaving {
+            if step >= at {
+                finish_leave(&world, index);
+                leaving = None;
+            }
+        }
+        while tasks.len() >= MAX_IN_FLIGHT {
+            tasks.join_next().await;
+        }
+        let roll = rng.random_range(0..100);
+        if roll < 70 {
+            let up = lock(&world).up_nodes();
+            if up.is_empty() {
+                continue;
+            }
+            let node = up[rng.random_range(0..up.len())];
+            let workload = match rng.random_range(0..10) {
+                0..=1 => Workload::Read,
+                2..=3 => Workload::BlindPut,
+                4..=5 => Workload::ReadModifyWrite,
+                6..=7 => Workload::SetAdd,
+                _ => Workload::DeleteRecreate,
+            };
+            let key = match workload {
+                Workload::SetAdd => set_key_of(rng.random_range(0..SET_KEYS)),
+                _ => key_of(rng.random_range(0..KEYS)),
+            };
+            tasks.spawn(run_client(Arc::clone(&world), node, key, workload));
+        } else if roll < 85 {
+            let count = lock(&world).nodes.len();
+            let node = rng.random_range(0..count);
+            let random = rng.random();
+            tasks.spawn(background_round(Arc::clone(&world), node, random));
+        } else {
+            inject_fault(&world, &mut rng, config.faults);
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some((index, _)) = leaving {
+        finish_leave(&world, index);
+    }
+
+    // Heal: every link back, every crashed node restarted.
+    {
+        let mut w = lock(&world);
+        w.network.heal_all();
+        for i in 0..w.nodes.len() {
+            if w.nodes[i].process.is_none() && !w.nodes[i].removed {
+                w.start(i);
+                w.count("restart");
+            }
+        }
+    }
+    let quiesced = quiesce(&world, &mut rng).await;
+
+    let keys: Vec<Vec<u8>> = (0..KEYS)
+        .map(key_of)
+        .chain((0..SET_KEYS).map(set_key_of))
+        .collect();
+    let mut dump = ReplicaDump::new();
+    if !config.read_repair_converges {
+        dump = dump_replicas(&world, &keys);
+    }
+    lock(&world).history.quiesced();
+    let mut final_sets: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
+    for key in &keys {
+        let up = lock(&world).up_nodes();
+        let node = up[rng.random_range(0..up.len())];
+        let session = Session {
+            world: Arc::clone(&world),
+            node,
+        };
+        if let Some((state, _)) = session.get(key, Some(3)).await {
+            final_sets.insert(key.clone(), state.values().flat_map(set_elements).collect());
+        }
+    }
+    if config.read_repair_converges {
+        // Read repair runs after the reads answered; let it finish.
+        tokio::time::sleep(REQUEST_TIMEOUT * 2).await;
+        dump = dump_replicas(&world, &keys);
+    }
+    let w = lock(&world);
+    let verdict = check(&w.history, &dump);
+    let lost_set_elements = w
+        .acked_elements
+        .iter()
+        .filter(|(element, key)| {
+            final_sets
+                .get(*key)
+                .is_some_and(|elements| !elements.contains(*element))
+        })
+        .map(|(element, key)| format!("{element} of {}", String::from_utf8_lossy(key)))
+        .collect();
+    SimReport {
+        nodes: node_count,
+        history: w.history.clone(),
+        dump,
+        verdict,
+        lost_set_elements,
+        quiesced,
+        simulated_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        events: w.events.clone(),
+    }
+}
+
+/// Background rounds on every live node until no hints are left, every table agrees
+/// and every live node believes every other one up, for two rounds in a row; false if
+/// the bound ran out first.
+async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
+    let mut calm = 0;
+    for _ in 0..MAX_QUIESCE_ROUNDS {
+        tokio::time::sleep(ROUND_INTERVAL).await;
+        let up = lock(world).up_nodes();
+        for &i in &up {
+            background_round(Arc::clone(world), i, rng.random()).await;
+        }
+        let w = lock(world);
+        let mut digests = Vec::new();
+        let mut hints = 0;
+        for &i in &up {
+            let (shared, _) = w.up(i).expect("live");
+            digests.push(shared.cluster().table().digest());
+            // Final reads must reach the home replicas, not stand-ins: every live node
+            // must believe every other live node is up.
+            for &j in &up {
+                if !shared.cluster().is_available(&w.nodes[j].id) {
+                    hints += 1;
+                }
+            }
+            hints += shared
+                .store()
+                .engine()
+                .hint_targets()
+                .expect("reading hint targets")
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<u64>();
+        }
+        if digests.windows(2).all(|pair| pair[0] == pair[1]) && hints == 0 {
+            calm += 1;
+            if calm >= 2 {
+                return true;
+            }
+        } else {
+            calm = 0;
+        }
+    }
+    false
+}
+
+/// Every key's versions on each of its N home replicas.
+fn dump_replicas(world: &Shared, keys: &[Vec<u8>]) -> ReplicaDump {
+    let w = lock(world);
+    let mut dump = ReplicaDump::new();
+    let up = w.up_nodes();
+    let Some((any, _)) = up.first().and_then(|i| w.up(*i)) else {
+        return dump;
+    };
+    for key in keys {
+        let home: Vec<NodeId> = any
+            .cluster()
+            .extended_preference_list(key)
+            .into_iter()
+            .take(3)
+            .collect();
+        for node in home {
+            let Some(index) = w.nodes.iter().position(|n| n.id == node) else {
+                continue;
+            };
+            let Some((shared, _)) = w.up(index) else {
+                continue;
+            };
+            let state = shared.store().read(key).expect("reading a replica");
+            let versions = state
+                .siblings()
+                .iter()
+                .map(|s| s.value.as_data().map(<[u8]>::to_vec))
+                .collect();
+            dump.record(key, node.as_str(), versions);
+        }
+    }
+    dump
+}
+
+fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
+    let mut w = lock(world);
+    let count = w.nodes.len();
+    let pick = |rng: &mut ChaCha8Rng| rng.random_range(0..count);
+    match rng.random_range(0..8) {
+        0 | 1 if faults.crashes => {
+            let i = pick(rng);
+            if w.nodes[i].removed {
+                return;
+            }
+            if w.nodes[i].process.is_some() {
+                let lose = faults.lose_unflushed && rng.random_bool(0.5);
+                let mode = if lose {
+                    CrashMode::LoseUnflushed
+                } else {
+                    CrashMode::KeepUnflushed
+                };
+                w.crash(i, mode);
+                w.count(if lose {
+                    "crash losing unflushed"
+                } else {
+                    "crash"
+                });
+            } else {
+                w.start(i);
+                w.count("restart");
+            }
+        }
+        2 if faults.partitions => {
+            let names: Vec<String> = w.nodes.iter().map(|n| n.address.clone()).collect();
+            let (a, b): (Vec<&str>, Vec<&str>) = names
+                .iter()
+                .map(String::as_str)
+                .partition(|_| rng.random_bool(0.5));
+            w.network.partition(&a, &b);
+            w.count("partition");
+        }
+        3 if faults.drops => {
+            let (a, b) = (pick(rng), pick(rng));
+            let (a, b) = (w.nodes[a].address.clone(), w.nodes[b].address.clone());
+            w.network.set_drop(&a, &b, rng.random_range(1..4));
+            w.count("drops");
+        }
+        4 if faults.delays => {
+            let (a, b) = (pick(rng), pick(rng));
+            let (a, b) = (w.nodes[a].address.clone(), w.nodes[b].address.clone());
+            let delay = Duration::from_millis(rng.random_range(5..300));
+            w.network.set_delay(&a, &b, delay);
+            w.count("delay");
+        }
+        5 | 6 => {
+            w.network.heal_all();
+            w.count("heal");
+        }
+        _ => {}
+    }
+}
+
+/// Adds a node: it starts empty, knows the seeds, and an existing node admits it.
+fn join_node(world: &Shared, rng: &mut ChaCha8Rng) {
+    let mut w = lock(world);
+    let index = w.nodes.len();
+    let seeds = w.nodes[0].seeds.clone();
+    let address = format!("n{index}:1");
+    w.nodes.push(SimNode {
+        id: NodeId::new(format!("n{index}")).expect("valid node id"),
+        address: address.clone(),
+        durability: Durability::Sync,
+        seeds,
+        engine: Arc::new(MemoryEngine::new()),
+        process: None,
+        generation: 0,
+        removed: false,
+    });
+    w.start(index);
+    let up = w.up_nodes();
+    let admin = up[rng.random_range(0..up.len())];
+    let (shared, _) = w.up(admin).expect("live");
+    let id = w.nodes[index].id.clone();
+    if shared
+        .change_membership(|t| t.join(id.clone(), &address, 1))
+        .is_ok()
+    {
+        w.count("join");
+    }
+}
+
+/// Marks a live node Leaving; returns it.
+fn start_leave(world: &Shared, rng: &mut ChaCha8Rng) -> Option<usize> {
+    let mut w = lock(world);
+    let up = w.up_nodes();
+    let index = *up.get(rng.random_range(0..up.len().max(1)))?;
+    let (shared, _) = w.up(index)?;
+    let id = w.nodes[index].id.clone();
+    shared.change_membership(|t| t.leave(&id)).ok()?;
+    w.count("leave");
+    Some(index)
+}
+
+/// Removes a leaving node from the ring (on some other live node) and stops it.
+fn finish_leave(world: &Shared, index: usize) {
+    let mut w = lock(world);
+    let id = w.nodes[index].id.clone();
+    let other = w.up_nodes().into_iter().find(|i| *i != index);
+    if let Some((shared, _)) = other.and_then(|i| w.up(i)) {
+        // Gossip may not have told it about the leave yet; tell it now.
+        let _ = shared.change_membership(|t| {
+            let _ = t.leave(&id);
+            t.mark_removed(&id)
+        });
+    }
+    w.crash(index, CrashMode::KeepUnflushed);
+    w.nodes[index].removed = true;
+    w.count("removed");
+}
