@@ -214,7 +214,7 @@ impl ReplicaHandler for PeerHandler {
 
     async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError> {
         let node = Arc::clone(&self.node);
-        let page = tokio::task::spawn_blocking(move || {
+        let page = run_engine_call(self.node.store.engine().as_ref(), move || {
             node.store.scan(
                 scan.range,
                 scan.after.as_deref(),
@@ -255,10 +255,12 @@ impl ReplicaHandler for PeerHandler {
             self.node.durability
         };
         let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || node.store.merge_batch(&entries, durability))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store.merge_batch(&entries, durability)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 }
 

@@ -31,7 +31,8 @@ use dynamo_node::quorum::QuorumConfig;
 use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use dynamo_node::time::Millis;
 use dynamo_node::transport::{
-    ForwardedPut, MemoryNetwork, MemoryTransport, ReplicaWrite, Transport, TransportError,
+    ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, RangePage, RangeScan, ReplicaWrite,
+    Transport, TransportError,
 };
 use dynamo_node::version::{SiblingSet, VectorClock};
 use rand::{Rng, SeedableRng};
@@ -217,6 +218,16 @@ impl Transport for LifeTransport {
     async fn gossip(&self, to: &str, table: MemberTable) -> Result<MemberTable, TransportError> {
         self.check(to)?;
         self.inner.gossip(to, table).await
+    }
+
+    async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError> {
+        self.check(to)?;
+        self.inner.scan_range(to, scan).await
+    }
+
+    async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError> {
+        self.check(to)?;
+        self.inner.merge_batch(to, batch).await
     }
 }
 
