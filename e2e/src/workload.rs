@@ -83,7 +83,7 @@ impl Workload {
             .map(|client| {
                 let client = Client {
                     id: client,
-                    rng: ChaCha8Rng::seed_from_u64(config.seed ^ (client as u64 + 1) * 0x9e37),
+                    rng: ChaCha8Rng::seed_from_u64(config.seed ^ ((client as u64 + 1) * 0x9e37)),
                     history: Arc::clone(&history),
                     endpoints: Arc::clone(&endpoints),
                     completed: Arc::clone(&completed),
@@ -145,8 +145,7 @@ impl Workload {
         for task in self.tasks {
             task.await.expect("a client task panicked");
         }
-        let history = lock(&self.history).clone();
-        history
+        lock(&self.history).clone()
     }
 }
 

@@ -32,7 +32,10 @@ use crate::storage::{
     Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
 };
 use crate::store::{Store, StoreError};
-use crate::transport::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport};
+use crate::transport::{
+    ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
+    ReplicaWrite, Transport,
+};
 use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{Actor, SiblingLimits, SiblingSet};
 
@@ -219,6 +222,57 @@ impl ReplicaHandler for PeerHandler {
             .learn_table(&table)
             .map_err(ReplicaError::InvalidArgument)?;
         Ok(self.node.cluster.table())
+    }
+
+    async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError> {
+        let node = Arc::clone(&self.node);
+        let page = run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store.scan(
+                scan.range,
+                scan.after.as_deref(),
+                scan.max_entries as usize,
+                scan.max_bytes as usize,
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            StoreError::Storage(
+                e @ (StorageError::CursorOutsideRange | StorageError::ZeroLimit),
+            ) => ReplicaError::InvalidArgument(e.to_string()),
+            other => internal(other),
+        })?;
+        Ok(RangePage {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(key, state)| RangeEntry { key, state })
+                .collect(),
+            done: page.done,
+        })
+    }
+
+    async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError> {
+        let limits = self.node.coordinator.limits();
+        let mut entries = Vec::with_capacity(batch.entries.len());
+        for entry in batch.entries {
+            limits
+                .check_key(&entry.key)
+                .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+            entries.push((entry.key, entry.state));
+        }
+        let durability = if batch.durable {
+            Durability::Sync
+        } else {
+            self.node.durability
+        };
+        let node = Arc::clone(&self.node);
+        run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store.merge_batch(&entries, durability)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 }
 

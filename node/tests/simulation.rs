@@ -3,8 +3,9 @@
 //! restarts, partitions, message drops and delays, judged by the history checker
 //! ([`dynamo_node::history::check`]).
 //!
-//! * `DYNAMO_SIM_SEEDS=N` runs N seeds (default 200); `DYNAMO_SIM_SEED=S` runs only
-//!   seed S (to rerun a failure); `DYNAMO_SIM_STEPS=K` changes the steps per run.
+//! * `DYNAMO_SIM_SEEDS=N` runs N seeds (default 250); `DYNAMO_SIM_SEED=S` runs only
+//!   seed S (to rerun a failure); `DYNAMO_SIM_STEPS=K` changes the steps per run;
+//!   `DYNAMO_SIM_KEY=key-3` prints a failing run's operations on that key.
 
 mod sim;
 
@@ -15,7 +16,7 @@ use sim::{Faults, SimConfig, SimReport, run};
 /// Workload steps per run: enough for every fault class to show up several times.
 const DEFAULT_STEPS: usize = 120;
 /// Seeds CI runs.
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 250;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -68,6 +69,9 @@ fn run_seeds(
                 report.simulated_ms,
                 report.failures()
             );
+            if let Ok(key) = std::env::var("DYNAMO_SIM_KEY") {
+                eprintln!("{}", report.trace(key.as_bytes()));
+            }
             failures.push((seed, rerun));
         }
     }
@@ -97,9 +101,11 @@ fn no_acknowledged_write_is_lost_under_crashes_partitions_drops_and_delays() {
         0,
         handled_today,
     );
+    let seeds: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();
     assert!(
         failures.is_empty(),
-        "failing seeds (rerun each as shown): {failures:#?}"
+        "failing seeds {seeds:?}; rerun one with: {}",
+        failures.first().map_or("", |(_, rerun)| rerun.as_str())
     );
 }
 
@@ -142,8 +148,10 @@ fn every_fault_class_including_join_leave_and_lost_unflushed_writes() {
             read_repair_converges: false,
         },
     );
+    let seeds: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();
     assert!(
         failures.is_empty(),
-        "failing seeds (rerun each as shown): {failures:#?}"
+        "failing seeds {seeds:?}; rerun one with: {}",
+        failures.first().map_or("", |(_, rerun)| rerun.as_str())
     );
 }

@@ -271,14 +271,15 @@ impl Coordinator {
                     self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
                 }
-                Err(timeout @ TransportError::Timeout { .. }) => {
-                    // The peer may have the request and coordinate it until its deadline
-                    // (a hung process does, once it runs again). Handing it to another
-                    // home replica as well could write the value twice, as two
-                    // versions, so the outcome stays unknown to the client.
+                Err(TransportError::Timeout { address }) => {
+                    // The put may have been coordinated there and only the answer lost.
+                    // Coordinating it again elsewhere would write the same value under
+                    // a second dot, concurrent with everything written since: a value
+                    // the client has meanwhile overwritten would come back as a sibling
+                    // (found by the simulator). The outcome is unknown; say so.
                     self.inner.cluster.record_failure(node);
                     return Err(CoordinatorError::Unavailable(format!(
-                        "forwarded put to {node} may or may not have been written: {timeout}"
+                        "the home replica {node} ({address}) did not answer in time; the write may or may not have been applied"
                     )));
                 }
                 Err(other) => {

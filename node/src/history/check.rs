@@ -226,6 +226,14 @@ fn by_key<'h>(history: &'h History, violations: &mut Vec<Violation>) -> Vec<KeyO
     keys.into_values().collect()
 }
 
+/// Whether every replica holds the same versions.
+fn converged(replicas: &BTreeMap<String, Vec<StoredVersion>>) -> bool {
+    let mut states = replicas.values();
+    states
+        .next()
+        .is_none_or(|first| states.all(|state| state == first))
+}
+
 /// Judges a history and the replicas' final state (see the [module docs](super)).
 pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
     let mut verdict = Verdict::default();
@@ -299,7 +307,9 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
                     .map(|v| (v.as_slice(), format!("read #{read}"))),
             );
         }
-        if let Some(replicas) = dump.keys().get(key.key) {
+        // On replicas only once they agree: a stale replica of a divergent key holds
+        // old versions by definition, and verdict 2 reports that.
+        if let Some(replicas) = dump.keys().get(key.key).filter(|r| converged(r)) {
             for (replica, versions) in replicas {
                 for value in versions.iter().flatten() {
                     seen.push((value.as_slice(), format!("replica {replica}")));
@@ -326,14 +336,11 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
     // Verdict 2: replicas converge.
     for (key, replicas) in dump.keys() {
         verdict.keys_compared += 1;
-        let mut states = replicas.values();
-        if let Some(first) = states.next() {
-            if states.any(|state| state != first) {
-                violations.push(Violation::Divergent {
-                    key: key.clone(),
-                    replicas: replicas.clone(),
-                });
-            }
+        if !converged(replicas) {
+            violations.push(Violation::Divergent {
+                key: key.clone(),
+                replicas: replicas.clone(),
+            });
         }
     }
     verdict.violations = violations;
@@ -583,11 +590,14 @@ mod tests {
         // On a replica only.
         let mut clean_read = h.clone();
         read(&mut clean_read, &[], key.state.context());
-        let dump = dump_of(&[("n1", &[None]), ("n2", &[Some("a")])]);
+        let dump = dump_of(&[("n1", &[None]), ("n2", &[None, Some("a")])]);
         assert_eq!(
             kinds(&check(&clean_read, &dump)),
-            vec!["resurrected", "divergent"]
+            vec!["divergent"],
+            "a stale replica is divergence"
         );
+        let dump = dump_of(&[("n1", &[None, Some("a")]), ("n2", &[None, Some("a")])]);
+        assert_eq!(kinds(&check(&clean_read, &dump)), vec!["resurrected"]);
         // Gone everywhere: passes.
         let dump = dump_of(&[("n1", &[None]), ("n2", &[None])]);
         assert!(check(&clean_read, &dump).is_ok());

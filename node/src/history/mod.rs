@@ -189,12 +189,12 @@ impl History {
             entry.completed_at.is_none(),
             "operation {op} completed twice"
         );
-        let fits = match (&entry.kind, &outcome) {
-            (OpKind::Put { .. }, Outcome::PutOk { .. }) => true,
-            (OpKind::Get, Outcome::GetOk { .. }) => true,
-            (_, Outcome::Failed | Outcome::Unknown) => true,
-            _ => false,
-        };
+        let fits = matches!(
+            (&entry.kind, &outcome),
+            (OpKind::Put { .. }, Outcome::PutOk { .. })
+                | (OpKind::Get, Outcome::GetOk { .. })
+                | (_, Outcome::Failed | Outcome::Unknown)
+        );
         assert!(fits, "outcome {outcome:?} does not fit operation {op}");
         entry.completed_at = Some(completed_at);
         entry.outcome = outcome;

@@ -8,10 +8,14 @@
 use bytes::Bytes;
 use tonic::{Code, Status};
 
-use super::{ForwardedPut, ReplicaError, ReplicaWrite, TransportError};
+use super::{
+    ForwardedPut, MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry,
+    RangePage, RangeScan, ReplicaError, ReplicaWrite, TransportError,
+};
 use crate::NodeId;
 use crate::membership::MemberTable;
 use crate::proto;
+use crate::ring::{Token, TokenRange};
 use crate::version::{SiblingSet, StorageFormatError, context};
 
 /// The largest gRPC message either side encodes or accepts. A replica state is one
@@ -74,6 +78,93 @@ pub(crate) fn gossip_request(table: &MemberTable) -> proto::GossipRequest {
     proto::GossipRequest {
         table: Bytes::from(table.encode()),
     }
+}
+
+fn encode_range(range: TokenRange) -> proto::TokenRange {
+    proto::TokenRange {
+        start: Bytes::copy_from_slice(&range.start.0.to_be_bytes()),
+        end: Bytes::copy_from_slice(&range.end.0.to_be_bytes()),
+    }
+}
+
+fn decode_token(bytes: &[u8]) -> Result<Token, String> {
+    let array: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| format!("a token is 16 bytes, got {}", bytes.len()))?;
+    Ok(Token(u128::from_be_bytes(array)))
+}
+
+fn decode_range(range: Option<proto::TokenRange>) -> Result<TokenRange, String> {
+    let range = range.ok_or("missing token range")?;
+    Ok(TokenRange::new(
+        decode_token(&range.start)?,
+        decode_token(&range.end)?,
+    ))
+}
+
+fn encode_entries(entries: Vec<RangeEntry>) -> Vec<proto::RangeEntry> {
+    entries
+        .into_iter()
+        .map(|entry| proto::RangeEntry {
+            state: encode_state(&entry.state),
+            key: Bytes::from(entry.key),
+        })
+        .collect()
+}
+
+/// Decodes entries, refusing more than `max` of them before decoding any state.
+fn decode_entries(entries: Vec<proto::RangeEntry>, max: usize) -> Result<Vec<RangeEntry>, String> {
+    if entries.len() > max {
+        return Err(format!("{} entries, at most {max} allowed", entries.len()));
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            let state = decode_state(&entry.state).map_err(|e| format!("state: {e}"))?;
+            Ok(RangeEntry {
+                key: entry.key.to_vec(),
+                state,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn scan_range_request(scan: RangeScan) -> proto::ScanRangeRequest {
+    proto::ScanRangeRequest {
+        range: Some(encode_range(scan.range)),
+        after: scan.after.map(Bytes::from),
+        max_entries: scan.max_entries,
+        max_bytes: scan.max_bytes,
+    }
+}
+
+pub(crate) fn merge_batch_request(batch: MergeBatch) -> proto::MergeBatchRequest {
+    proto::MergeBatchRequest {
+        entries: encode_entries(batch.entries),
+        durable: batch.durable,
+    }
+}
+
+/// Checks the page against what was asked: no more entries than requested, every key's
+/// token inside the range, so a confused peer cannot slip foreign keys into a transfer.
+pub(crate) fn scan_range_reply(
+    address: &str,
+    asked: &proto::ScanRangeRequest,
+    reply: proto::ScanRangeResponse,
+) -> Result<RangePage, TransportError> {
+    let max = asked.max_entries.min(MAX_SCAN_ENTRIES) as usize;
+    let entries = decode_entries(reply.entries, max).map_err(|e| bad_reply(address, e))?;
+    let range = decode_range(asked.range.clone()).map_err(|e| bad_reply(address, e))?;
+    if let Some(stray) = entries.iter().find(|e| !range.contains(Token::of(&e.key))) {
+        return Err(bad_reply(
+            address,
+            format!("key {:?} is outside the scanned range", stray.key),
+        ));
+    }
+    Ok(RangePage {
+        entries,
+        done: reply.done,
+    })
 }
 
 pub(crate) fn read_reply(
@@ -185,6 +276,39 @@ pub(crate) fn decode_coordinate_put(
     })
 }
 
+pub(crate) fn decode_scan_range(
+    request: proto::ScanRangeRequest,
+) -> Result<RangeScan, ReplicaError> {
+    let range = decode_range(request.range).map_err(|e| invalid("range", e))?;
+    if request.max_entries == 0 {
+        return Err(invalid("max_entries", "must be at least 1"));
+    }
+    Ok(RangeScan {
+        range,
+        after: request.after.map(|key| key.to_vec()),
+        max_entries: request.max_entries.min(MAX_SCAN_ENTRIES),
+        max_bytes: request.max_bytes.min(MAX_SCAN_BYTES),
+    })
+}
+
+pub(crate) fn scan_range_response(page: RangePage) -> proto::ScanRangeResponse {
+    proto::ScanRangeResponse {
+        entries: encode_entries(page.entries),
+        done: page.done,
+    }
+}
+
+pub(crate) fn decode_merge_batch(
+    request: proto::MergeBatchRequest,
+) -> Result<MergeBatch, ReplicaError> {
+    let entries =
+        decode_entries(request.entries, MAX_BATCH_ENTRIES).map_err(|e| invalid("batch", e))?;
+    Ok(MergeBatch {
+        entries,
+        durable: request.durable,
+    })
+}
+
 pub(crate) fn decode_gossip(request: proto::GossipRequest) -> Result<MemberTable, ReplicaError> {
     MemberTable::decode(&request.table).map_err(|e| invalid("table", e))
 }
@@ -292,7 +416,141 @@ mod tests {
         ));
     }
 
+    fn entry(key: &[u8]) -> RangeEntry {
+        RangeEntry {
+            key: key.to_vec(),
+            state: concurrent_state(),
+        }
+    }
+
+    fn concurrent_state() -> SiblingSet {
+        let limits = SiblingLimits::default();
+        let mut state = SiblingSet::new();
+        for name in ["a", "b"] {
+            let mut theirs = SiblingSet::new();
+            theirs
+                .put(
+                    &VectorClock::new(),
+                    Value::data(name.as_bytes()),
+                    &Actor::new(node(name), 1),
+                    Millis(5),
+                    &limits,
+                )
+                .unwrap();
+            state.merge(&theirs);
+        }
+        state
+    }
+
+    #[test]
+    fn a_scan_request_round_trips_with_a_wrapping_range_and_caps_applied() {
+        let scan = RangeScan {
+            range: TokenRange::new(Token(u128::MAX - 5), Token(7)),
+            after: Some(b"k1".to_vec()),
+            max_entries: MAX_SCAN_ENTRIES + 10,
+            max_bytes: u32::MAX,
+        };
+        let decoded = decode_scan_range(scan_range_request(scan.clone())).unwrap();
+        assert_eq!(decoded.range, scan.range);
+        assert_eq!(decoded.after, scan.after);
+        assert_eq!(decoded.max_entries, MAX_SCAN_ENTRIES);
+        assert_eq!(decoded.max_bytes, MAX_SCAN_BYTES);
+    }
+
+    #[test]
+    fn a_scan_request_with_a_short_token_or_zero_limit_is_refused() {
+        let mut request = scan_range_request(RangeScan {
+            range: TokenRange::full(),
+            after: None,
+            max_entries: 1,
+            max_bytes: 1,
+        });
+        let good = request.clone();
+        request.range.as_mut().unwrap().end = Bytes::from_static(&[1, 2, 3]);
+        assert!(matches!(
+            decode_scan_range(request),
+            Err(ReplicaError::InvalidArgument(m)) if m.contains("16 bytes")
+        ));
+        let mut zero = good.clone();
+        zero.max_entries = 0;
+        assert!(decode_scan_range(zero).is_err());
+        let mut missing = good;
+        missing.range = None;
+        assert!(decode_scan_range(missing).is_err());
+    }
+
+    #[test]
+    fn a_merge_batch_round_trips_and_an_oversized_one_is_refused() {
+        let batch = MergeBatch {
+            entries: vec![entry(b"a"), entry(b"b")],
+            durable: true,
+        };
+        assert_eq!(
+            decode_merge_batch(merge_batch_request(batch.clone())).unwrap(),
+            batch
+        );
+        let huge = MergeBatch {
+            entries: vec![entry(b"a"); MAX_BATCH_ENTRIES + 1],
+            durable: false,
+        };
+        assert!(matches!(
+            decode_merge_batch(merge_batch_request(huge)),
+            Err(ReplicaError::InvalidArgument(m)) if m.contains("at most")
+        ));
+    }
+
+    #[test]
+    fn a_scan_reply_with_a_foreign_key_or_too_many_entries_is_a_bad_reply() {
+        let key = b"inside".to_vec();
+        let token = Token::of(&key);
+        let asked = scan_range_request(RangeScan {
+            range: TokenRange::new(Token(token.0 - 1), token),
+            after: None,
+            max_entries: 2,
+            max_bytes: 1024,
+        });
+        let page = |keys: &[&[u8]]| {
+            scan_range_response(RangePage {
+                entries: keys.iter().map(|k| entry(k)).collect(),
+                done: true,
+            })
+        };
+        let ok = scan_range_reply("peer:1", &asked, page(&[&key])).unwrap();
+        assert_eq!(ok.entries, vec![entry(&key)]);
+        assert!(ok.done);
+        assert!(matches!(
+            scan_range_reply("peer:1", &asked, page(&[b"elsewhere"])),
+            Err(TransportError::BadReply { reason, .. }) if reason.contains("outside")
+        ));
+        assert!(matches!(
+            scan_range_reply("peer:1", &asked, page(&[&key, &key, &key])),
+            Err(TransportError::BadReply { reason, .. }) if reason.contains("at most 2")
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn garbage_never_panics_the_range_decoders(
+            start in proptest::collection::vec(any::<u8>(), 0..20),
+            end in proptest::collection::vec(any::<u8>(), 0..20),
+            state in proptest::collection::vec(any::<u8>(), 0..64),
+            max_entries in any::<u32>(),
+        ) {
+            let range = proto::TokenRange { start: Bytes::from(start), end: Bytes::from(end) };
+            let request = proto::ScanRangeRequest {
+                range: Some(range),
+                after: None,
+                max_entries,
+                max_bytes: max_entries,
+            };
+            if let Ok(scan) = decode_scan_range(request.clone()) {
+                prop_assert!(scan.max_entries >= 1 && scan.max_entries <= MAX_SCAN_ENTRIES);
+            }
+            let entries = vec![proto::RangeEntry { key: Bytes::from_static(b"k"), state: Bytes::from(state) }];
+            let _ = decode_merge_batch(proto::MergeBatchRequest { entries: entries.clone(), durable: false });
+            let _ = scan_range_reply("peer:1", &request, proto::ScanRangeResponse { entries, done: false });
+        }
+
         #[test]
         fn garbage_never_panics_the_request_decoders(
             bytes in proptest::collection::vec(any::<u8>(), 0..64),

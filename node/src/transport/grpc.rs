@@ -19,7 +19,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::codec::{self, MAX_MESSAGE_BYTES};
-use super::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite, Transport, TransportError};
+use super::{
+    ForwardedPut, MergeBatch, RangePage, RangeScan, ReplicaError, ReplicaHandler, ReplicaWrite,
+    Transport, TransportError,
+};
 use crate::membership::MemberTable;
 use crate::proto;
 use crate::proto::replica_client::ReplicaClient;
@@ -224,6 +227,20 @@ impl Transport for GrpcTransport {
             .await?;
         codec::gossip_reply(to, reply)
     }
+
+    async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError> {
+        let mut client = self.client(to)?;
+        let request = codec::scan_range_request(scan);
+        let reply = self.call(to, client.scan_range(request.clone())).await?;
+        codec::scan_range_reply(to, &request, reply)
+    }
+
+    async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError> {
+        let mut client = self.client(to)?;
+        self.call(to, client.merge_batch(codec::merge_batch_request(batch)))
+            .await
+            .map(|proto::MergeBatchResponse {}| ())
+    }
 }
 
 /// The gRPC `Replica` service: decodes each request with the bounded decoders,
@@ -318,6 +335,33 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
         Ok(Response::new(proto::GossipResponse {
             table: merged.encode().into(),
         }))
+    }
+
+    async fn scan_range(
+        &self,
+        request: Request<proto::ScanRangeRequest>,
+    ) -> Result<Response<proto::ScanRangeResponse>, Status> {
+        let scan =
+            codec::decode_scan_range(request.into_inner()).map_err(|e| refuse("scan_range", e))?;
+        let page = self
+            .handler
+            .scan_range(scan)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(codec::scan_range_response(page)))
+    }
+
+    async fn merge_batch(
+        &self,
+        request: Request<proto::MergeBatchRequest>,
+    ) -> Result<Response<proto::MergeBatchResponse>, Status> {
+        let batch = codec::decode_merge_batch(request.into_inner())
+            .map_err(|e| refuse("merge_batch", e))?;
+        self.handler
+            .merge_batch(batch)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::MergeBatchResponse {}))
     }
 }
 

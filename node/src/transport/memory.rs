@@ -36,7 +36,10 @@ use tonic::{Request, Response, Status};
 
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::grpc::{ReplicaService, TransportConfigError};
-use super::{ForwardedPut, ReplicaHandler, ReplicaWrite, Transport, TransportError};
+use super::{
+    ForwardedPut, MergeBatch, RangePage, RangeScan, ReplicaHandler, ReplicaWrite, Transport,
+    TransportError,
+};
 use crate::membership::MemberTable;
 use crate::proto::replica_server::Replica;
 use crate::version::SiblingSet;
@@ -365,6 +368,26 @@ impl Transport for MemoryTransport {
             .await?;
         codec::gossip_reply(to, reply)
     }
+
+    async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError> {
+        let request = codec::scan_range_request(scan);
+        let reply = self
+            .call(to, request.clone(), |service, request| async move {
+                service.scan_range(request).await
+            })
+            .await?;
+        codec::scan_range_reply(to, &request, reply)
+    }
+
+    async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError> {
+        self.call(
+            to,
+            codec::merge_batch_request(batch),
+            |service, request| async move { service.merge_batch(request).await },
+        )
+        .await
+        .map(|crate::proto::MergeBatchResponse {}| ())
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +471,61 @@ mod tests {
 
         let merged = a.gossip("b", replicas[0].table()).await.unwrap();
         assert!(merged.get(&node("a")).is_some() && merged.get(&node("b")).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_range_moves_between_replicas_with_scan_and_merge_batch() {
+        use crate::ring::TokenRange;
+        use crate::transport::{MergeBatch, RangeEntry, RangeScan};
+
+        let (network, replicas) = cluster();
+        let a = network.endpoint("a");
+        for i in 0..30 {
+            a.write("b", write_of(format!("k{i}").as_bytes()))
+                .await
+                .unwrap();
+        }
+        // Page through b's whole ring three keys at a time and push each page to c.
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = a
+                .scan_range(
+                    "b",
+                    RangeScan {
+                        range: TokenRange::full(),
+                        after: after.clone(),
+                        max_entries: 3,
+                        max_bytes: u32::MAX,
+                    },
+                )
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(page.entries.len() <= 3 && pages < 100);
+            after = page.entries.last().map(|e: &RangeEntry| e.key.clone());
+            a.merge_batch(
+                "c",
+                MergeBatch {
+                    entries: page.entries,
+                    durable: true,
+                },
+            )
+            .await
+            .unwrap();
+            if page.done {
+                break;
+            }
+        }
+        assert!(pages >= 10, "30 keys in pages of 3");
+        for i in 0..30 {
+            let key = format!("k{i}");
+            assert_eq!(
+                replicas[2].stored(key.as_bytes()),
+                concurrent_state_with_tombstone(),
+                "{key}"
+            );
+        }
     }
 
     #[tokio::test]

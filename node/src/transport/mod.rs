@@ -36,7 +36,19 @@ pub use memory::{MemoryNetwork, MemoryTransport};
 
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::ring::TokenRange;
 use crate::version::{SiblingSet, VectorClock};
+
+/// The most entries one [`Transport::scan_range`] page carries, whatever the caller asks.
+pub const MAX_SCAN_ENTRIES: u32 = 1024;
+
+/// The most key and state bytes one scan page carries, whatever the caller asks (a single
+/// larger entry still travels alone, so a scan always makes progress). Well below
+/// [`MAX_MESSAGE_BYTES`], which bounds the encoded page.
+pub const MAX_SCAN_BYTES: u32 = 4 * 1024 * 1024;
+
+/// The most entries one [`Transport::merge_batch`] call may carry.
+pub const MAX_BATCH_ENTRIES: usize = 1024;
 
 /// Why a call to a peer did not produce an answer.
 ///
@@ -131,6 +143,48 @@ pub struct ForwardedPut {
     pub deadline: Option<crate::time::Millis>,
 }
 
+/// One key's whole replica state, as range scans and batches carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeEntry {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// Every version the replica holds (tombstones included).
+    pub state: SiblingSet,
+}
+
+/// A request for one page of a replica's entries in a token range (range transfer,
+/// anti-entropy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeScan {
+    /// The token range to list, in ring order from its start.
+    pub range: TokenRange,
+    /// Continue after this key (the last key of the previous page).
+    pub after: Option<Vec<u8>>,
+    /// At most this many entries; capped at [`MAX_SCAN_ENTRIES`]; must be at least 1.
+    pub max_entries: u32,
+    /// Stop once the page holds this many key and state bytes; capped at
+    /// [`MAX_SCAN_BYTES`].
+    pub max_bytes: u32,
+}
+
+/// One page of a range scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangePage {
+    /// Entries in ring order; continue after the last one's key.
+    pub entries: Vec<RangeEntry>,
+    /// Nothing remains in the range after the last entry.
+    pub done: bool,
+}
+
+/// A batch of states to merge into a replica (range transfer, anti-entropy push).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeBatch {
+    /// At most [`MAX_BATCH_ENTRIES`] entries.
+    pub entries: Vec<RangeEntry>,
+    /// Make the batch durable before acknowledging.
+    pub durable: bool,
+}
+
 /// Calls from this node to its peers.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -143,6 +197,10 @@ pub trait Transport: Send + Sync + 'static {
     async fn coordinate_put(&self, to: &str, put: ForwardedPut) -> Result<Vec<u8>, TransportError>;
     /// Push-pull gossip: sends our member table, returns the peer's merged table.
     async fn gossip(&self, to: &str, table: MemberTable) -> Result<MemberTable, TransportError>;
+    /// One page of the peer's entries in a token range.
+    async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError>;
+    /// Merges a batch of states into the peer.
+    async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError>;
 }
 
 /// What a node serves to its peers: the receiving end of [`Transport`].
@@ -156,4 +214,10 @@ pub trait ReplicaHandler: Send + Sync + 'static {
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError>;
     /// Serves [`Transport::gossip`].
     async fn gossip(&self, table: MemberTable) -> Result<MemberTable, ReplicaError>;
+    /// Serves [`Transport::scan_range`]. The request arrives with `max_entries` in
+    /// `1..=MAX_SCAN_ENTRIES` and `max_bytes <= MAX_SCAN_BYTES`.
+    async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError>;
+    /// Serves [`Transport::merge_batch`]. The batch arrives with at most
+    /// [`MAX_BATCH_ENTRIES`] entries.
+    async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError>;
 }

@@ -7,9 +7,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ForwardedPut, ReplicaError, ReplicaHandler, ReplicaWrite};
+use super::{
+    ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
+    ReplicaWrite,
+};
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::ring::Token;
 use crate::time::Millis;
 use crate::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
 
@@ -146,6 +150,44 @@ impl ReplicaHandler for TestReplica {
         state.table.merge(&table);
         Ok(state.table.clone())
     }
+
+    /// Ring order from the range's start, like the storage engines; ignores `max_bytes`.
+    async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError> {
+        let state = self.serve()?;
+        // Distance clockwise from the range start orders a wrapping range correctly.
+        let position = |key: &[u8]| Token::of(key).0.wrapping_sub(scan.range.start.0);
+        let mut keys: Vec<&Vec<u8>> = state
+            .data
+            .keys()
+            .filter(|key| scan.range.contains(Token::of(key)))
+            .collect();
+        keys.sort_by_key(|key| (position(key), key.to_vec()));
+        let start = match &scan.after {
+            Some(after) => keys
+                .iter()
+                .position(|key| (position(key), key.as_slice()) > (position(after), after))
+                .unwrap_or(keys.len()),
+            None => 0,
+        };
+        let entries: Vec<RangeEntry> = keys[start..]
+            .iter()
+            .take(scan.max_entries as usize)
+            .map(|key| RangeEntry {
+                key: key.to_vec(),
+                state: state.data[*key].clone(),
+            })
+            .collect();
+        let done = start + entries.len() == keys.len();
+        Ok(RangePage { entries, done })
+    }
+
+    async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError> {
+        let mut state = self.serve()?;
+        for entry in batch.entries {
+            state.data.entry(entry.key).or_default().merge(&entry.state);
+        }
+        Ok(())
+    }
 }
 
 /// A peer that accepts every call and never answers (a hung or stopped process).
@@ -167,6 +209,14 @@ impl ReplicaHandler for NeverAnswers {
     }
 
     async fn gossip(&self, _table: MemberTable) -> Result<MemberTable, ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn scan_range(&self, _scan: RangeScan) -> Result<RangePage, ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn merge_batch(&self, _batch: MergeBatch) -> Result<(), ReplicaError> {
         std::future::pending().await
     }
 }

@@ -31,7 +31,8 @@ use dynamo_node::quorum::QuorumConfig;
 use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use dynamo_node::time::Millis;
 use dynamo_node::transport::{
-    ForwardedPut, MemoryNetwork, MemoryTransport, ReplicaWrite, Transport, TransportError,
+    ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, RangePage, RangeScan, ReplicaWrite,
+    Transport, TransportError,
 };
 use dynamo_node::version::{SiblingSet, VectorClock};
 use rand::{Rng, SeedableRng};
@@ -134,6 +135,21 @@ impl SimReport {
         self.verdict.is_ok() && self.lost_set_elements.is_empty() && self.quiesced
     }
 
+    /// Every operation on `key`, one a line, with the contexts as debug text.
+    pub(crate) fn trace(&self, key: &[u8]) -> String {
+        let mut lines = Vec::new();
+        for (id, op) in self.history.ops().iter().enumerate() {
+            if op.key == key {
+                lines.push(format!(
+                    "#{id} [{}..{:?}] {:?} -> {:?}",
+                    op.invoked_at, op.completed_at, op.kind, op.outcome
+                ));
+            }
+        }
+        lines.push(format!("replicas: {:?}", self.dump.keys().get(key)));
+        lines.join("\n")
+    }
+
     /// A readable account of what failed.
     pub(crate) fn failures(&self) -> String {
         let mut lines: Vec<String> = self
@@ -202,6 +218,16 @@ impl Transport for LifeTransport {
     async fn gossip(&self, to: &str, table: MemberTable) -> Result<MemberTable, TransportError> {
         self.check(to)?;
         self.inner.gossip(to, table).await
+    }
+
+    async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError> {
+        self.check(to)?;
+        self.inner.scan_range(to, scan).await
+    }
+
+    async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError> {
+        self.check(to)?;
+        self.inner.merge_batch(to, batch).await
     }
 }
 
@@ -680,8 +706,9 @@ async fn simulate(config: SimConfig) -> SimReport {
     }
 }
 
-/// Background rounds on every live node until no hints are left and every table
-/// agrees, for two rounds in a row; false if the bound ran out first.
+/// Background rounds on every live node until no hints are left, every table agrees
+/// and every live node believes every other one up, for two rounds in a row; false if
+/// the bound ran out first.
 async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
     let mut calm = 0;
     for _ in 0..MAX_QUIESCE_ROUNDS {
@@ -696,6 +723,13 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
         for &i in &up {
             let (shared, _) = w.up(i).expect("live");
             digests.push(shared.cluster().table().digest());
+            // Final reads must reach the home replicas, not stand-ins: every live node
+            // must believe every other live node is up.
+            for &j in &up {
+                if !shared.cluster().is_available(&w.nodes[j].id) {
+                    hints += 1;
+                }
+            }
             hints += shared
                 .store()
                 .engine()

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Dynamo vs etcd vs Redis, side by side, in one run, with one load driver.
+
+Starts on loopback:
+  * a 3-node Dynamo cluster (release `dynamo-node`, sled, N=3 R=2 W=2, HTTP API on),
+  * a 3-member etcd cluster (Debian's `etcd-server`; its JSON gateway on the client port),
+  * one Redis (`redis-server`), the ceiling,
+then preloads the same keys into Dynamo and etcd and drives both with the same wrk Lua
+scripts (bench/wrk/): puts of 1 KiB values to fresh keys, and gets of random preloaded
+keys (etcd's gets are linearizable, its default). Redis gets `redis-benchmark` with the
+same value size and client count. Prints a table and the ratios the project targets, and
+writes the figures as JSON when `--json FILE` is given.
+
+Needs: a release build (`cargo build --release`), and `apt-get install etcd-server
+redis-server wrk`. Run from the repository root:
+
+    python3 bench/compare.py                  # sync durability, 15 s per phase
+    python3 bench/compare.py --durability buffered --seconds 30
+
+Every process it starts is stopped at exit; data lives in a temporary directory that is
+removed at exit.
+"""
+
+import argparse
+import atexit
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHILDREN = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args, log_path):
+    log = open(log_path, "wb")
+    child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    CHILDREN.append(child)
+    return child
+
+
+def stop_children():
+    for child in CHILDREN:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in CHILDREN:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def wait_until(what, check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError as error:  # connection refused while starting
+            last = error
+        time.sleep(0.1)
+    sys.exit(f"compare.py: timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+
+
+def http_status(url, method="GET", body=None, headers=None):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+# ---- the systems under test ----------------------------------------------------------
+
+
+def start_dynamo(tmp, durability):
+    binary = os.path.join(ROOT, "target", "release", "dynamo-node")
+    ctl = os.path.join(ROOT, "target", "release", "dynamoctl")
+    for path in (binary, ctl):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"compare.py: {path} missing: run `cargo build --release` first")
+    nodes = []
+    for k in range(1, 4):
+        node = {
+            "id": f"n{k}",
+            "client": free_port(),
+            "internode": free_port(),
+            "http": free_port(),
+        }
+        args = [
+            binary,
+            "--node-id", node["id"],
+            "--listen", f"127.0.0.1:{node['client']}",
+            "--internode-listen", f"127.0.0.1:{node['internode']}",
+            "--http-listen", f"127.0.0.1:{node['http']}",
+            "--data-dir", os.path.join(tmp, "dynamo", node["id"]),
+            "--replication-factor", "3",
+            "--read-quorum", "2",
+            "--write-quorum", "2",
+            "--durability", durability,
+            "--log", "warn",
+        ]
+        if nodes:
+            args += ["--seeds", f"127.0.0.1:{nodes[0]['internode']}"]
+        spawn(args, os.path.join(tmp, f"dynamo-{node['id']}.log"))
+        nodes.append(node)
+    for node in nodes:
+        wait_until(f"dynamo {node['id']} /healthz",
+                   lambda n=node: http_status(f"http://127.0.0.1:{n['http']}/healthz")[0] == 200)
+    # Membership is explicit (Dynamo §4.8.1): join every node through node 1.
+    for node in nodes:
+        subprocess.run(
+            [ctl, "--endpoint", f"http://127.0.0.1:{nodes[0]['client']}",
+             "--admin-endpoint", f"http://127.0.0.1:{nodes[0]['internode']}",
+             "admin", "join", node["id"], f"127.0.0.1:{node['internode']}"],
+            check=True, stdout=subprocess.DEVNULL)
+    for node in nodes:
+        wait_until(f"dynamo {node['id']} /readyz",
+                   lambda n=node: http_status(f"http://127.0.0.1:{n['http']}/readyz")[0] == 200)
+    url = f"http://127.0.0.1:{nodes[0]['http']}"
+    # Every node must see all three before W=2 puts can land on the right replicas.
+    wait_until("a W=2 put on dynamo",
+               lambda: http_status(f"{url}/v1/kv/compare-probe", "PUT", b"x")[0] == 204)
+    return url
+
+
+def start_etcd(tmp):
+    members = [{"name": f"m{k}", "client": free_port(), "peer": free_port()} for k in range(1, 4)]
+    initial = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in members)
+    for m in members:
+        spawn([
+            "etcd",
+            "--name", m["name"],
+            "--data-dir", os.path.join(tmp, "etcd", m["name"]),
+            "--listen-client-urls", f"http://127.0.0.1:{m['client']}",
+            "--advertise-client-urls", f"http://127.0.0.1:{m['client']}",
+            "--listen-peer-urls", f"http://127.0.0.1:{m['peer']}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{m['peer']}",
+            "--initial-cluster", initial,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", "compare",
+            "--log-level", "warn",
+        ], os.path.join(tmp, f"etcd-{m['name']}.log"))
+    url = f"http://127.0.0.1:{members[0]['client']}"
+    wait_until("etcd /health", lambda: b'"true"' in http_status(f"{url}/health")[1])
+    return url
+
+
+def start_redis(tmp):
+    port = free_port()
+    spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", tmp], os.path.join(tmp, "redis.log"))
+    wait_until("redis", lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None)
+    return port
+
+
+# ---- load ------------------------------------------------------------------------------
+
+
+def preload(url, keys, value, kind, threads=8):
+    """Writes bench-1..bench-K once, with keep-alive connections from a few threads."""
+    host, port = url.removeprefix("http://").split(":")
+    failures = []
+
+    def worker(first):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        for i in range(first, keys + 1, threads):
+            key = f"bench-{i}"
+            if kind == "dynamo":
+                connection.request("PUT", f"/v1/kv/{key}", body=value)
+            else:
+                body = json.dumps({
+                    "key": base64.b64encode(key.encode()).decode(),
+                    "value": base64.b64encode(value).decode(),
+                })
+                connection.request("POST", "/v3/kv/put", body=body,
+                                   headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if not 200 <= response.status < 300:
+                failures.append((key, response.status))
+                return
+
+    pool = [threading.Thread(target=worker, args=(t + 1,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if failures:
+        sys.exit(f"compare.py: preloading {kind} failed: {failures[:3]}")
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*", re.M)
+UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url, script, args, env):
+    command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.clients),
+               "-d", f"{args.seconds}s", "-s", os.path.join(HERE, "wrk", script), url]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    rate = WRK_RATE.search(output)
+    if not rate:
+        sys.exit(f"compare.py: could not parse wrk output:\n{output}")
+    latency = {f"p{p}": float(v) * UNIT[u] for p, v, u in WRK_LATENCY.findall(output)}
+    errors = [m.group(0) for m in WRK_ERRORS.finditer(output)]
+    if errors:
+        print(f"warning: {script}: {'; '.join(errors)}", file=sys.stderr)
+    return {"ops_per_sec": float(rate.group(1)), "latency_ms": latency, "errors": errors}
+
+
+def run_redis_benchmark(port, args):
+    command = ["redis-benchmark", "-p", str(port), "-t", "set,get", "-d", str(args.value_bytes),
+               "-c", str(args.clients), "-r", str(args.keys), "-n", str(args.redis_requests),
+               "--threads", str(args.threads), "--csv"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    lines = [line.replace('"', "").split(",") for line in output.strip().splitlines()]
+    header, rows = lines[0], lines[1:]
+    results = {}
+    for row in rows:
+        fields = dict(zip(header, row))
+        results[fields["test"].lower()] = {
+            "ops_per_sec": float(fields["rps"]),
+            "latency_ms": {"p50": float(fields["p50_latency_ms"]),
+                           "p99": float(fields["p99_latency_ms"])},
+        }
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--durability", choices=["sync", "buffered"], default="sync",
+                        help="Dynamo's durability; etcd always fsyncs its log [default: sync]")
+    parser.add_argument("--seconds", type=int, default=15, help="wrk duration per phase")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--keys", type=int, default=10000, help="preloaded keys")
+    parser.add_argument("--value-bytes", type=int, default=1024)
+    parser.add_argument("--redis-requests", type=int, default=200000)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args()
+    for tool in ("wrk", "etcd", "redis-server", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            sys.exit(f"compare.py: `{tool}` not found: apt-get install etcd-server redis-server wrk")
+
+    tmp = tempfile.mkdtemp(prefix="dynamo-compare-")
+    atexit.register(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    atexit.register(stop_children)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+    value = b"v" * args.value_bytes
+    dynamo = start_dynamo(tmp, args.durability)
+    etcd = start_etcd(tmp)
+    redis_port = start_redis(tmp)
+    print(f"preloading {args.keys} keys of {args.value_bytes} bytes into dynamo and etcd ...",
+          file=sys.stderr)
+    preload(dynamo, args.keys, value, "dynamo")
+    preload(etcd, args.keys, value, "etcd")
+
+    env = dict(os.environ, BENCH_WRK_DIR=os.path.join(HERE, "wrk"), BENCH_KEYS=str(args.keys),
+               BENCH_VALUE_BYTES=str(args.value_bytes))
+    results = {}
+    for system, url in (("dynamo", dynamo), ("etcd", etcd)):
+        for op in ("put", "get"):
+            print(f"wrk: {system} {op} for {args.seconds}s ...", file=sys.stderr)
+            results[f"{system}_{op}"] = run_wrk(url, f"{system}_{op}.lua", args, env)
+    print("redis-benchmark ...", file=sys.stderr)
+    redis = run_redis_benchmark(redis_port, args)
+    results["redis_put"], results["redis_get"] = redis["set"], redis["get"]
+
+    print(f"\n{args.clients} clients, {args.value_bytes}-byte values, {args.keys} keys; "
+          f"Dynamo N=3 R=2 W=2 durability={args.durability}; etcd 3 members; Redis 1\n")
+    print(f"| {'system / op':<14} | {'ops/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} |")
+    print(f"|{'-' * 16}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
+    for name, figures in results.items():
+        lat = figures["latency_ms"]
+        print(f"| {name.replace('_', ' '):<14} | {figures['ops_per_sec']:>9.0f} | "
+              f"{lat.get('p50', float('nan')):>7.2f} | {lat.get('p99', float('nan')):>7.2f} |")
+    ratios = {
+        "put_throughput_vs_etcd": results["dynamo_put"]["ops_per_sec"] / results["etcd_put"]["ops_per_sec"],
+        "get_throughput_vs_etcd": results["dynamo_get"]["ops_per_sec"] / results["etcd_get"]["ops_per_sec"],
+        "put_p99_vs_etcd": results["dynamo_put"]["latency_ms"]["p99"] / results["etcd_put"]["latency_ms"]["p99"],
+        "get_p99_vs_etcd": results["dynamo_get"]["latency_ms"]["p99"] / results["etcd_get"]["latency_ms"]["p99"],
+    }
+    targets = {"put_throughput_vs_etcd": (">=", 2.0), "get_throughput_vs_etcd": (">=", 1.5),
+               "put_p99_vs_etcd": ("<=", 0.5), "get_p99_vs_etcd": ("<=", 0.5)}
+    print()
+    for name, ratio in ratios.items():
+        sense, target = targets[name]
+        met = ratio >= target if sense == ">=" else ratio <= target
+        print(f"{name:<24} {ratio:6.2f}  (target {sense} {target}: {'met' if met else 'NOT met'})")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"settings": vars(args), "results": results, "ratios": ratios}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
