@@ -56,7 +56,7 @@ spec:
   size: 3
   image: dynamo-node:dev
   imagePullPolicy: IfNotPresent
-  replication: {n: 3, r: 2, w: 2}
+  replication: {"n": 3, r: 2, w: 2}
   weights: {default: 1, overrides: {"2": 2}}
   storage: {size: 1Gi, storageClassName: standard, retainOnScaleDown: false}
   resources:
@@ -106,7 +106,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("DynamoCluster {name:?} in {source}"))?
         {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(&object)?);
+            out.push_str(&dynamo_operator::yaml::to_string(&object)?);
         }
     }
     let mut stdout = std::io::stdout().lock();
