@@ -214,6 +214,7 @@ def main():
     parser.add_argument("--set-json", default="{}", help="values, as JSON, over values.yaml")
     parser.add_argument("--namespace", default="dynamo-system")
     parser.add_argument("--release", default="dynamo-operator")
+    parser.add_argument("--output", help="write the objects here instead of stdout")
     args = parser.parse_args()
 
     api = FakeApiServer()
@@ -247,7 +248,14 @@ def main():
     if not api.created:
         print("helm_render: the chart created no objects", file=sys.stderr)
         return 1
-    yaml.dump_all(api.created, sys.stdout, Dumper=KubectlDumper, sort_keys=False)
+    if args.output:
+        with open(args.output, "w") as f:
+            yaml.dump_all(api.created, f, Dumper=KubectlDumper, sort_keys=False)
+    else:
+        yaml.dump_all(api.created, sys.stdout, Dumper=KubectlDumper, sort_keys=False)
+    print(f"rendered {len(api.created)} objects: "
+          + ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in api.created),
+          file=sys.stderr if not args.output else sys.stdout)
     return 0
 
 
