@@ -9,6 +9,9 @@
 //! * [`statefulset`]: the nodes, one stable identity and volume per ordinal.
 //! * [`pod_disruption_budget`]: at most one node down for voluntary disruptions, so a
 //!   drain never takes out more than one replica of a key at a time.
+//! * [`network_policy`]: who may reach which port (see its doc for the table).
+//! * [`admin_token_secret`]: the admin token the operator generates when the user names
+//!   no Secret; the randomness is the caller's, so the builder stays pure.
 //!
 //! Ring membership is not the StatefulSet's business: a pod serves data only after the
 //! operator joins it (Dynamo §4.3, explicit membership), so the replica count is an
@@ -16,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -24,9 +28,13 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -61,6 +69,16 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 pub const CONFIG_HASH_ANNOTATION: &str = "dynamo.example.org/config-hash";
 /// The uid and gid of the image's non-root user (distroless `nonroot`).
 pub const NODE_UID: i64 = 65_532;
+/// The key of the admin token in its Secret, user-named or generated.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Bytes of randomness in a generated admin token (256 bits; hex-encoded in the Secret).
+pub const ADMIN_TOKEN_BYTES: usize = 32;
+/// The `app.kubernetes.io/name` label of the operator's own pods (the Helm chart sets
+/// it); the NetworkPolicy admits them to the internode/admin port.
+pub const OPERATOR_APP_NAME: &str = "dynamo-operator";
+/// The label every namespace carries with its own name (set by the API server since
+/// Kubernetes 1.22), used to pick the operator's namespace in the NetworkPolicy.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 const CONTAINER_NAME: &str = "dynamo-node";
 const DATA_VOLUME: &str = "data";
@@ -110,6 +128,42 @@ pub fn headless_service_name(cluster_name: &str) -> String {
 #[must_use]
 pub fn config_map_name(cluster_name: &str) -> String {
     format!("{cluster_name}-config")
+}
+
+/// The name of the Secret the operator generates for the admin token when the user names
+/// none.
+#[must_use]
+pub fn generated_admin_token_secret_name(cluster_name: &str) -> String {
+    format!("{cluster_name}-admin-token")
+}
+
+/// The Secret whose key [`ADMIN_TOKEN_KEY`] holds the cluster's admin token: the one
+/// `spec.adminTokenSecret` names, else the generated one. The pods read it from there
+/// and so must the operator's `Admin` client.
+///
+/// # Errors
+/// [`BuildError::MissingName`] when the cluster has no name.
+pub fn admin_token_secret_name(cluster: &DynamoCluster) -> Result<String, BuildError> {
+    match &cluster.spec.admin_token_secret {
+        Some(name) => Ok(name.clone()),
+        None => {
+            let name = cluster
+                .metadata
+                .name
+                .as_deref()
+                .ok_or(BuildError::MissingName)?;
+            Ok(generated_admin_token_secret_name(name))
+        }
+    }
+}
+
+/// The labels of the operator's own pods, as the Helm chart sets them.
+#[must_use]
+pub fn operator_selector_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "app.kubernetes.io/name".to_owned(),
+        OPERATOR_APP_NAME.to_owned(),
+    )])
 }
 
 /// The internode address (`host:port`) of a node: its stable DNS name in the headless
@@ -240,6 +294,13 @@ struct NodeConfigFile<'a> {
 pub fn node_config_yaml(cluster: &DynamoCluster) -> String {
     let spec = &cluster.spec;
     let tls_file = |file: &str| spec.tls.as_ref().map(|_| format!("{TLS_DIR}/{file}"));
+    // Without `mutual` the node trusts its own certificate and never reads `ca.crt`, so a
+    // Secret without that key works.
+    let tls_ca = spec
+        .tls
+        .as_ref()
+        .filter(|tls| tls.mutual)
+        .map(|_| format!("{TLS_DIR}/ca.crt"));
     let file = NodeConfigFile {
         listen: format!("0.0.0.0:{CLIENT_PORT}"),
         internode_listen: format!("0.0.0.0:{INTERNODE_PORT}"),
@@ -255,7 +316,7 @@ pub fn node_config_yaml(cluster: &DynamoCluster) -> String {
         durability: spec.durability.as_str(),
         tls_cert: tls_file("tls.crt"),
         tls_key: tls_file("tls.key"),
-        tls_ca: tls_file("ca.crt"),
+        tls_ca,
     };
     // A struct of strings and integers always serializes.
     serde_yaml::to_string(&file).expect("node config serializes")
@@ -389,27 +450,36 @@ fn node_env(owner: &Owner<'_>) -> Vec<EnvVar> {
             seeds(owner.name, owner.namespace, size).join(","),
         ),
     ];
-    if let Some(secret) = &owner.cluster.spec.admin_token_secret {
-        vars.push(env_from(
-            "DYNAMO_ADMIN_TOKEN",
-            EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: "token".to_owned(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            },
-        ));
-    }
+    // Always set: without a token the Admin API would be open to anyone who can reach
+    // the internode port. `optional: false` keeps the pod from starting without it.
+    let secret = owner
+        .cluster
+        .spec
+        .admin_token_secret
+        .clone()
+        .unwrap_or_else(|| generated_admin_token_secret_name(owner.name));
+    vars.push(env_from(
+        "DYNAMO_ADMIN_TOKEN",
+        EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: ADMIN_TOKEN_KEY.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        },
+    ));
     vars
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// An HTTP probe; over HTTPS when the node serves TLS (the kubelet does not verify the
+/// certificate, and the HTTP listener never asks for a client certificate).
+fn http_probe(path: &str, tls: bool, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("http".to_owned()),
+            scheme: tls.then(|| "HTTPS".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -467,10 +537,10 @@ fn node_container(owner: &Owner<'_>) -> Container {
         ]),
         // Ready means the node serves; live means the process answers at all. Liveness is
         // lenient so a node busy with a long transfer is not restarted.
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        readiness_probe: Some(http_probe("/readyz", spec.tls.is_some(), 5, 3)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
-            ..http_probe("/healthz", 10, 6)
+            ..http_probe("/healthz", spec.tls.is_some(), 10, 6)
         }),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
@@ -652,6 +722,119 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
     })
 }
 
+fn policy_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+fn pods_labelled(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    }
+}
+
+/// The NetworkPolicy of the node pods (ingress only; egress is not restricted):
+///
+/// | port | who may connect |
+/// |---|---|
+/// | 7001 internode/admin (`Replica`, `Admin`) | this cluster's own pods, and pods labelled `app.kubernetes.io/name: dynamo-operator` in `operator_namespace` |
+/// | 7000 client (`Kv`) | any pod in the cluster's namespace |
+/// | 7002 HTTP (`/metrics`, `/healthz`, `/readyz`) | any pod in the cluster's namespace |
+///
+/// Anything else, including every pod of other namespaces, is refused: a client or a
+/// Prometheus in another namespace needs a policy of its own that adds to this one
+/// (NetworkPolicies are additive). The kubelet's probes are not pod traffic and pass on
+/// the common network plugins; `kubectl port-forward` enters the pod's own network
+/// namespace and is not filtered either. A policy only takes effect where the network
+/// plugin enforces NetworkPolicies.
+///
+/// # Errors
+/// [`BuildError`] when the cluster lacks a name, namespace or uid.
+pub fn network_policy(
+    cluster: &DynamoCluster,
+    operator_namespace: &str,
+) -> Result<NetworkPolicy, BuildError> {
+    let owner = Owner::of(cluster)?;
+    let members = NetworkPolicyPeer {
+        pod_selector: Some(owner.selector()),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = NetworkPolicyPeer {
+        pod_selector: Some(pods_labelled(operator_selector_labels())),
+        namespace_selector: Some(pods_labelled(BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_owned(),
+            operator_namespace.to_owned(),
+        )]))),
+        ..NetworkPolicyPeer::default()
+    };
+    // An empty pod selector without a namespace selector: every pod of this namespace.
+    let same_namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    Ok(NetworkPolicy {
+        metadata: owner.metadata(owner.name.to_owned()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(owner.selector()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![members, operator]),
+                    ports: Some(vec![policy_port(INTERNODE_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![same_namespace]),
+                    ports: Some(vec![policy_port(CLIENT_PORT), policy_port(HTTP_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
+/// Lowercase hex: printable ASCII without spaces, as the node requires of a token.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// The generated admin token Secret, or `None` when `spec.adminTokenSecret` names the
+/// user's own. The token is `random` hex-encoded under [`ADMIN_TOKEN_KEY`]; the caller
+/// draws `random` from a cryptographic generator.
+///
+/// The controller creates this Secret only when it does not exist yet and never
+/// re-applies it: a new token on every pass would lock the running nodes' admin API
+/// against the operator itself. It is owned by the cluster, so it goes with it.
+///
+/// # Errors
+/// [`BuildError`] when the cluster lacks a name, namespace or uid.
+pub fn admin_token_secret(
+    cluster: &DynamoCluster,
+    random: &[u8; ADMIN_TOKEN_BYTES],
+) -> Result<Option<Secret>, BuildError> {
+    let owner = Owner::of(cluster)?;
+    if cluster.spec.admin_token_secret.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(Secret {
+        metadata: owner.metadata(generated_admin_token_secret_name(owner.name)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            ADMIN_TOKEN_KEY.to_owned(),
+            ByteString(hex(random).into_bytes()),
+        )])),
+        ..Secret::default()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,8 +883,16 @@ mod tests {
         assert_eq!(statefulset(&c, 3).unwrap_err(), BuildError::MissingUid);
         c.metadata.namespace = None;
         assert_eq!(config_map(&c).unwrap_err(), BuildError::MissingNamespace);
+        assert_eq!(
+            network_policy(&c, "ops").unwrap_err(),
+            BuildError::MissingNamespace
+        );
         c.metadata.name = None;
         assert_eq!(client_service(&c).unwrap_err(), BuildError::MissingName);
+        assert_eq!(
+            admin_token_secret_name(&c).unwrap_err(),
+            BuildError::MissingName
+        );
     }
 
     #[test]
@@ -713,6 +904,11 @@ mod tests {
             client_service(&c).unwrap().metadata,
             statefulset(&c, 3).unwrap().metadata,
             pod_disruption_budget(&c).unwrap().metadata,
+            network_policy(&c, "ops").unwrap().metadata,
+            admin_token_secret(&c, &[0; ADMIN_TOKEN_BYTES])
+                .unwrap()
+                .unwrap()
+                .metadata,
         ];
         for meta in &metas {
             assert_eq!(meta.namespace.as_deref(), Some("prod"));
@@ -727,7 +923,18 @@ mod tests {
             assert_eq!(labels["app.kubernetes.io/managed-by"], "dynamo-operator");
         }
         let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
-        assert_eq!(names, ["db-config", "db-peers", "db", "db", "db"]);
+        assert_eq!(
+            names,
+            [
+                "db-config",
+                "db-peers",
+                "db",
+                "db",
+                "db",
+                "db",
+                "db-admin-token"
+            ]
+        );
     }
 
     #[test]
@@ -761,9 +968,11 @@ mod tests {
         let mut c = cluster("db", "prod", 3);
         c.spec.tls = Some(TlsSpec {
             secret_name: "db-tls".into(),
+            mutual: true,
         });
         let yaml = node_config_yaml(&c);
         assert!(yaml.contains("tls-cert: /etc/dynamo/tls/tls.crt"), "{yaml}");
+        assert!(yaml.contains("tls-key: /etc/dynamo/tls/tls.key"), "{yaml}");
         assert!(yaml.contains("tls-ca: /etc/dynamo/tls/ca.crt"), "{yaml}");
         let sts = statefulset(&c, 3).unwrap();
         let pod = pod_spec(&sts);
@@ -776,7 +985,48 @@ mod tests {
         let secret = volume.unwrap().secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("db-tls"));
         let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
-        assert!(mounts.iter().any(|m| m.mount_path == TLS_DIR));
+        let mount = mounts.iter().find(|m| m.mount_path == TLS_DIR).unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        // The node serves HTTPS, so the kubelet must probe with it.
+        for probe in [
+            &pod.containers[0].readiness_probe,
+            &pod.containers[0].liveness_probe,
+        ] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+    }
+
+    #[test]
+    fn tls_without_mutual_does_not_read_the_ca() {
+        let mut c = cluster("db", "prod", 3);
+        c.spec.tls = Some(TlsSpec {
+            secret_name: "db-tls".into(),
+            mutual: false,
+        });
+        let yaml = node_config_yaml(&c);
+        assert!(yaml.contains("tls-cert: /etc/dynamo/tls/tls.crt"), "{yaml}");
+        assert!(!yaml.contains("tls-ca"), "{yaml}");
+    }
+
+    #[test]
+    fn plaintext_probes_use_the_default_scheme() {
+        let sts = statefulset(&cluster("db", "prod", 3), 3).unwrap();
+        let container = &pod_spec(&sts).containers[0];
+        let get = container
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref();
+        assert_eq!(get.unwrap().scheme, None);
+        assert!(!node_config_yaml(&cluster("db", "prod", 3)).contains("tls"));
+    }
+
+    #[test]
+    fn tls_mutual_defaults_to_true() {
+        let spec: TlsSpec = serde_json::from_value(serde_json::json!({"secretName": "t"})).unwrap();
+        assert!(spec.mutual);
     }
 
     #[test]
@@ -938,10 +1188,150 @@ mod tests {
         assert_eq!(http.unwrap().container_port, HTTP_PORT);
     }
 
+    fn admin_token_ref(sts: &StatefulSet) -> SecretKeySelector {
+        let var = env_value(&pod_spec(sts).containers[0], "DYNAMO_ADMIN_TOKEN").unwrap();
+        let source = var.value_from.as_ref().unwrap();
+        source.secret_key_ref.clone().unwrap()
+    }
+
     #[test]
-    fn no_admin_token_env_without_secret() {
-        let sts = statefulset(&cluster("db", "prod", 3), 3).unwrap();
-        assert!(env_value(&pod_spec(&sts).containers[0], "DYNAMO_ADMIN_TOKEN").is_none());
+    fn admin_token_comes_from_the_generated_secret_when_none_is_named() {
+        let c = cluster("db", "prod", 3);
+        let random = [0xa5; ADMIN_TOKEN_BYTES];
+        let secret = admin_token_secret(&c, &random).unwrap().unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("db-admin-token"));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        let token = &secret.data.as_ref().unwrap()[ADMIN_TOKEN_KEY].0;
+        assert_eq!(token.len(), 2 * ADMIN_TOKEN_BYTES);
+        assert_eq!(token, &"a5".repeat(ADMIN_TOKEN_BYTES).into_bytes());
+        // The pods read exactly that Secret and key, and must not start without it.
+        let selector = admin_token_ref(&statefulset(&c, 3).unwrap());
+        assert_eq!(
+            Some(selector.name.as_str()),
+            secret.metadata.name.as_deref()
+        );
+        assert_eq!(selector.key, ADMIN_TOKEN_KEY);
+        assert_eq!(selector.optional, Some(false));
+        assert_eq!(admin_token_secret_name(&c).unwrap(), "db-admin-token");
+    }
+
+    #[test]
+    fn generated_token_is_the_hex_of_the_callers_bytes() {
+        let c = cluster("db", "prod", 3);
+        let mut random = [0u8; ADMIN_TOKEN_BYTES];
+        random[0] = 0x01;
+        random[ADMIN_TOKEN_BYTES - 1] = 0xff;
+        let secret = admin_token_secret(&c, &random).unwrap().unwrap();
+        let token = String::from_utf8(secret.data.unwrap()[ADMIN_TOKEN_KEY].0.clone()).unwrap();
+        assert!(token.starts_with("0100"), "{token}");
+        assert!(token.ends_with("00ff"), "{token}");
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let other = admin_token_secret(&c, &[7; ADMIN_TOKEN_BYTES])
+            .unwrap()
+            .unwrap();
+        assert_ne!(other.data.unwrap()[ADMIN_TOKEN_KEY].0, token.into_bytes());
+    }
+
+    #[test]
+    fn no_generated_secret_when_the_user_names_one() {
+        let mut c = cluster("db", "prod", 3);
+        c.spec.admin_token_secret = Some("mine".into());
+        assert_eq!(admin_token_secret(&c, &[1; ADMIN_TOKEN_BYTES]), Ok(None));
+        assert_eq!(admin_token_secret_name(&c).unwrap(), "mine");
+        assert_eq!(admin_token_ref(&statefulset(&c, 3).unwrap()).name, "mine");
+        c.metadata.uid = None;
+        assert_eq!(
+            admin_token_secret(&c, &[1; ADMIN_TOKEN_BYTES]),
+            Err(BuildError::MissingUid)
+        );
+    }
+
+    fn peers(rule: &NetworkPolicyIngressRule) -> &[NetworkPolicyPeer] {
+        rule.from.as_deref().unwrap()
+    }
+
+    fn ports(rule: &NetworkPolicyIngressRule) -> Vec<i32> {
+        rule.ports
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|p| match p.port {
+                Some(IntOrString::Int(port)) => port,
+                ref other => panic!("port {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn network_policy_admits_only_members_and_the_operator_to_the_internode_port() {
+        let policy = network_policy(&cluster("db", "prod", 3), "dynamo-system").unwrap();
+        assert_eq!(policy.metadata.name.as_deref(), Some("db"));
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap(),
+            selector_labels("db")
+        );
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        assert_eq!(spec.egress, None);
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 2);
+
+        let internode: Vec<_> = rules
+            .iter()
+            .filter(|r| ports(r).contains(&INTERNODE_PORT))
+            .collect();
+        assert_eq!(internode.len(), 1, "one rule names the internode port");
+        assert_eq!(ports(internode[0]), [INTERNODE_PORT]);
+        let [members, operator] = peers(internode[0]) else {
+            panic!("two peers: members and operator");
+        };
+        assert_eq!(
+            members.pod_selector.as_ref().unwrap().match_labels.as_ref(),
+            Some(&selector_labels("db"))
+        );
+        assert_eq!(members.namespace_selector, None, "this namespace only");
+        assert_eq!(members.ip_block, None);
+        assert_eq!(
+            operator
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref(),
+            Some(&operator_selector_labels())
+        );
+        assert_eq!(
+            operator_selector_labels()["app.kubernetes.io/name"],
+            "dynamo-operator"
+        );
+        let namespace = operator.namespace_selector.as_ref().unwrap();
+        assert_eq!(
+            namespace.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+            "dynamo-system"
+        );
+    }
+
+    #[test]
+    fn network_policy_admits_the_namespace_to_client_and_http_ports() {
+        let spec = network_policy(&cluster("db", "prod", 3), "ops")
+            .unwrap()
+            .spec
+            .unwrap();
+        let rules = spec.ingress.unwrap();
+        let open = rules
+            .iter()
+            .find(|r| ports(r).contains(&CLIENT_PORT))
+            .unwrap();
+        assert_eq!(ports(open), [CLIENT_PORT, HTTP_PORT]);
+        let [anyone_here] = peers(open) else {
+            panic!("one peer");
+        };
+        // An empty pod selector and no namespace selector: every pod in `prod`, nothing else.
+        assert_eq!(anyone_here.pod_selector, Some(LabelSelector::default()));
+        assert_eq!(anyone_here.namespace_selector, None);
+        assert_eq!(anyone_here.ip_block, None);
+        // No rule admits the internode port from the namespace at large.
+        assert!(!ports(open).contains(&INTERNODE_PORT));
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub struct DynamoClusterSpec {
     #[serde(default)]
     pub pod_template: PodTemplateExtras,
     /// Name of a Secret in the same namespace whose key `token` is the admin token the
-    /// nodes require on `Admin` calls; none when unset.
+    /// nodes require on `Admin` calls (1 to 1024 printable ASCII characters, no spaces).
+    /// When unset, the operator creates a Secret `<name>-admin-token` with a random token
+    /// and keeps it for the cluster's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret: Option<String>,
     /// TLS for the gRPC listeners and internode calls; plaintext when unset.
@@ -348,14 +350,24 @@ pub struct PodTemplateExtras {
     pub affinity: Option<Affinity>,
 }
 
-/// TLS material for the nodes.
+/// TLS material for the nodes, from a Secret the user names (cert-manager's layout).
+///
+/// Every listener then serves TLS with `tls.crt` and `tls.key`, and the HTTP probes use
+/// HTTPS. The certificate must be valid for the nodes' peer names
+/// (`<pod>.<name>-peers.<namespace>.svc`) and the client Service's name.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Name of a Secret holding `tls.crt`, `tls.key` and `ca.crt` (as cert-manager writes
-    /// them); `ca.crt` turns on mutual TLS between nodes.
+    /// Name of a Secret in the same namespace holding `tls.crt`, `tls.key` and, when
+    /// `mutual`, `ca.crt` (the keys cert-manager writes).
     #[schemars(length(min = 1))]
     pub secret_name: String,
+    /// Mutual TLS on the internode/admin port (default true): nodes verify each other
+    /// against `ca.crt` and require a certificate signed by it from peers and admin
+    /// clients (the operator included). When false, `ca.crt` is not read and nodes trust
+    /// only their own certificate, which suits one certificate shared by every node.
+    #[serde(default = "default_true")]
+    pub mutual: bool,
 }
 
 /// Observed state of a Dynamo cluster, written by the operator.

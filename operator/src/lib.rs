@@ -9,9 +9,10 @@
 //! Everything here is pure (no I/O), so it is tested without a cluster:
 //! * [`crd`]: the resource, its schema and defaults, per-node weights.
 //! * [`builders`]: the owned objects (ConfigMap, Services, StatefulSet,
-//!   PodDisruptionBudget) as functions of the resource.
+//!   PodDisruptionBudget, NetworkPolicy, admin token Secret) as functions of the resource.
 //! * [`planner`]: the membership planner, from desired and observed state to the single
 //!   next step.
+//! * [`yaml`]: YAML that kubectl and Helm (YAML 1.1) read as serde does (YAML 1.2).
 //!
 //! The controller that reads the cluster, applies the objects and executes the steps
 //! comes next; see `operator/README.md`.
@@ -19,6 +20,7 @@
 pub mod builders;
 pub mod crd;
 pub mod planner;
+pub mod yaml;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

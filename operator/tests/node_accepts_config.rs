@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use dynamo_node::config::{DurabilityMode, NodeConfig, load_from_args};
 use dynamo_node::ring::PartitionStrategy;
-use dynamo_operator::builders::{CONFIG_FILE, config_map, statefulset};
+use dynamo_operator::builders::{
+    ADMIN_TOKEN_BYTES, ADMIN_TOKEN_KEY, CONFIG_FILE, admin_token_secret, config_map, statefulset,
+};
 use dynamo_operator::crd::{DynamoCluster, DynamoClusterSpec, TlsSpec};
 
 fn cluster(spec: serde_json::Value) -> DynamoCluster {
@@ -15,6 +17,26 @@ fn cluster(spec: serde_json::Value) -> DynamoCluster {
     cluster.metadata.namespace = Some("prod".to_owned());
     cluster.metadata.uid = Some("6b1d2c9e-0000-4000-8000-000000000001".to_owned());
     cluster
+}
+
+/// The token in a user-named admin token Secret.
+const USER_TOKEN: &str = "an-admin-token-long-enough-for-the-node";
+
+/// The value of a secret key reference: from the Secret the operator generates when it is
+/// that one, else from the user's.
+fn secret_value(cluster: &DynamoCluster, name: &str, key: &str) -> String {
+    assert_eq!(key, ADMIN_TOKEN_KEY);
+    match admin_token_secret(cluster, &[0x5a; ADMIN_TOKEN_BYTES]).expect("secret builds") {
+        Some(generated) => {
+            assert_eq!(generated.metadata.name.as_deref(), Some(name));
+            let bytes = generated.data.expect("data")[key].0.clone();
+            String::from_utf8(bytes).expect("token is text")
+        }
+        None => {
+            assert_eq!(cluster.spec.admin_token_secret.as_deref(), Some(name));
+            USER_TOKEN.to_owned()
+        }
+    }
 }
 
 /// Starts "pod" `db-<ordinal>` of the cluster the way the kubelet would, as far as the
@@ -46,7 +68,8 @@ fn load_pod(cluster: &DynamoCluster, ordinal: u32) -> NodeConfig {
                 pod_name.clone()
             }
             (None, Some(source)) if source.secret_key_ref.is_some() => {
-                "an-admin-token-long-enough-for-the-node".to_owned()
+                let selector = source.secret_key_ref.as_ref().unwrap();
+                secret_value(cluster, &selector.name, &selector.key)
             }
             other => panic!("unexpected env source for {}: {other:?}", var.name),
         };
@@ -91,6 +114,9 @@ fn default_cluster_pod_config_is_accepted() {
         config.data_dir().map(|p| p.display().to_string()),
         Some("/var/lib/dynamo".to_owned())
     );
+    // No Secret named: the node requires the token the operator generated.
+    let token = config.admin_token().expect("admin token set");
+    assert_eq!(token.expose(), "5a".repeat(ADMIN_TOKEN_BYTES));
 }
 
 #[test]
@@ -105,11 +131,17 @@ fn every_setting_the_spec_offers_is_accepted() {
     }));
     cluster.spec.tls = Some(TlsSpec {
         secret_name: "db-tls".to_owned(),
+        mutual: true,
     });
     let config = load_pod(&cluster, 0);
     assert_eq!(config.replication_factor(), 5);
     assert_eq!(config.read_quorum(), 3);
-    assert!(config.tls().is_some());
+    let tls = config.tls().expect("tls on");
+    assert!(tls.ca.is_some(), "mutual TLS reads ca.crt");
+    assert_eq!(
+        config.admin_token().map(|t| t.expose().to_owned()),
+        Some(USER_TOKEN.to_owned())
+    );
     assert_eq!(
         DurabilityMode::from(config.durability()),
         DurabilityMode::Buffered
@@ -120,4 +152,17 @@ fn every_setting_the_spec_offers_is_accepted() {
             tokens_per_weight: 64
         }
     );
+}
+
+#[test]
+fn tls_without_mutual_is_accepted_without_a_ca() {
+    let mut cluster = cluster(serde_json::json!({"size": 3, "image": "dynamo-node:dev"}));
+    cluster.spec.tls = Some(TlsSpec {
+        secret_name: "db-tls".to_owned(),
+        mutual: false,
+    });
+    let config = load_pod(&cluster, 1);
+    let tls = config.tls().expect("tls on");
+    assert_eq!(tls.ca, None);
+    assert!(tls.cert.ends_with("tls.crt") && tls.key.ends_with("tls.key"));
 }
