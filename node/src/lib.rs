@@ -43,8 +43,10 @@
 //!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
 //!   status page.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
+//! * [`transfer`]: range transfer on join and leave (Dynamo §4.9): the settled and
+//!   target rings, the copy plan, resumable throttled rounds.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
-//!   (gossip and failure probes, hinted handoff delivery).
+//!   (gossip and failure probes, hinted handoff delivery, range transfer).
 //! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
@@ -67,6 +69,7 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod time;
+pub mod transfer;
 pub mod transport;
 pub mod version;
 

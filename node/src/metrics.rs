@@ -132,6 +132,11 @@ struct LatencyLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TargetLabel {
     target: String,
 }
@@ -169,6 +174,9 @@ struct Inner {
     members: Family<StateLabel, Gauge>,
     ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     keys: Gauge,
+    transfer_pending: Family<PeerLabel, Gauge>,
+    transfer_keys_sent: Counter,
+    transfer_bytes_sent: Counter,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -228,6 +236,24 @@ impl Metrics {
             "Keys stored on this node (approximate)",
             keys.clone(),
         );
+        let transfer_pending = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "dynamo_transfer_pending_ranges",
+            "Ranges of this node's join or leave not yet acknowledged, by peer",
+            transfer_pending.clone(),
+        );
+        let transfer_keys_sent = Counter::default();
+        registry.register(
+            "dynamo_transfer_keys_sent",
+            "Keys this node's range transfers got acknowledged",
+            transfer_keys_sent.clone(),
+        );
+        let transfer_bytes_sent = Counter::default();
+        registry.register(
+            "dynamo_transfer_bytes_sent",
+            "Key and state bytes this node's range transfers got acknowledged",
+            transfer_bytes_sent.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -237,6 +263,9 @@ impl Metrics {
                 members,
                 ownership,
                 keys,
+                transfer_pending,
+                transfer_keys_sent,
+                transfer_bytes_sent,
                 refresh: Mutex::new(()),
             }),
         }
@@ -317,6 +346,27 @@ impl Metrics {
     /// Sets the approximate number of keys stored on this node.
     pub fn set_keys(&self, keys: u64) {
         self.inner.keys.set(saturating_i64(keys));
+    }
+
+    /// Replaces the pending transfer gauges: ranges not yet acknowledged, per peer.
+    /// Peers left out (done) disappear from the output.
+    pub fn set_transfer_pending<'a>(&self, pending: impl IntoIterator<Item = (&'a NodeId, u64)>) {
+        let _refresh = self.refresh_lock();
+        self.inner.transfer_pending.clear();
+        for (peer, ranges) in pending {
+            self.inner
+                .transfer_pending
+                .get_or_create(&PeerLabel {
+                    peer: peer.to_string(),
+                })
+                .set(saturating_i64(ranges));
+        }
+    }
+
+    /// Counts keys and bytes a range transfer got acknowledged.
+    pub fn add_transfer_sent(&self, keys: u64, bytes: u64) {
+        self.inner.transfer_keys_sent.inc_by(keys);
+        self.inner.transfer_bytes_sent.inc_by(bytes);
     }
 
     /// Renders every metric in the OpenMetrics text format

@@ -185,7 +185,9 @@ impl Coordinator {
     pub async fn get(&self, key: &[u8], r: Option<u32>) -> Result<SiblingSet, CoordinatorError> {
         self.inner.limits.check_key(key)?;
         let config = self.inner.quorum.with_overrides(r, None)?;
-        let extended = self.inner.cluster.extended_preference_list(key);
+        // While ranges move, reads stay on the replicas that hold the data (the settled
+        // ring) until the new owners have it.
+        let extended = self.inner.cluster.read_preference_list(key);
         if extended.is_empty() {
             return Err(no_members());
         }
@@ -219,12 +221,12 @@ impl Coordinator {
         w: Option<u32>,
     ) -> Result<VectorClock, CoordinatorError> {
         self.check_put(key, value.as_deref(), w)?;
-        let extended = self.inner.cluster.extended_preference_list(key);
-        if extended.is_empty() {
+        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
+        let writes = self.inner.cluster.write_set(key, n);
+        if writes.extended.is_empty() {
             return Err(no_members());
         }
-        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
-        let home = &extended[..extended.len().min(n)];
+        let home = &writes.extended[..writes.home];
         let me = self.inner.cluster.me();
         if home.contains(me) {
             return self.coordinate_put(key, context, value, w).await;
@@ -319,11 +321,13 @@ impl Coordinator {
         })
         .await
         .map_err(|e| CoordinatorError::Unavailable(format!("local write task failed: {e}")))??;
-        let extended = self.inner.cluster.extended_preference_list(key);
+        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
+        let writes = self.inner.cluster.write_set(key, n);
+        let config = transfer_quorum(config, &writes);
         let me = self.inner.cluster.me().clone();
         let machine = PutCoordinator::new(
             config,
-            &extended,
+            &writes.extended,
             |node| self.inner.cluster.is_available(node),
             &me,
             state.clone(),
@@ -339,6 +343,21 @@ impl Coordinator {
             Err(_) => Err(CoordinatorError::Unavailable("put task ended early".into())),
         }
     }
+}
+
+/// The quorum of a write while ranges move: every home replica of either ring is a
+/// target, and the write needs `pending` more acknowledgements than W, so W settled and
+/// W target replicas hold it (see [`crate::transfer::write_set`]). Without a transfer
+/// (`pending == 0` and N home replicas) this is `config` itself; a union too large for
+/// [`crate::quorum::MAX_REPLICAS`] keeps `config`.
+fn transfer_quorum(config: QuorumConfig, writes: &crate::transfer::WriteSet) -> QuorumConfig {
+    if writes.pending == 0 {
+        return config;
+    }
+    let n = u32::try_from(writes.home).unwrap_or(u32::MAX);
+    let pending = u32::try_from(writes.pending).unwrap_or(u32::MAX);
+    let w = config.w().saturating_add(pending).min(n);
+    QuorumConfig::new(n, config.r().min(n), w).unwrap_or(config)
 }
 
 fn no_members() -> CoordinatorError {
