@@ -406,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
+    fn a_fresh_registry_shows_only_the_unlabelled_gauge_and_counters() {
         // Labelled families appear with their first series.
         let text = Metrics::new().encode();
         assert_eq!(
@@ -414,8 +414,35 @@ mod tests {
             "# HELP dynamo_keys Keys stored on this node (approximate).\n\
              # TYPE dynamo_keys gauge\n\
              dynamo_keys 0\n\
+             # HELP dynamo_transfer_keys_sent Keys this node's range transfers got acknowledged.\n\
+             # TYPE dynamo_transfer_keys_sent counter\n\
+             dynamo_transfer_keys_sent_total 0\n\
+             # HELP dynamo_transfer_bytes_sent Key and state bytes this node's range transfers got acknowledged.\n\
+             # TYPE dynamo_transfer_bytes_sent counter\n\
+             dynamo_transfer_bytes_sent_total 0\n\
              # EOF\n"
         );
+    }
+
+    #[test]
+    fn transfer_gauges_replace_their_family_and_counters_add_up() {
+        let metrics = Metrics::new();
+        let (a, b) = (id("a"), id("b"));
+        metrics.set_transfer_pending([(&a, 4), (&b, 2)]);
+        metrics.set_transfer_pending([(&b, 1)]);
+        metrics.add_transfer_sent(10, 1000);
+        metrics.add_transfer_sent(5, 24);
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, r#"dynamo_transfer_pending_ranges{peer="a"}"#),
+            None
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_transfer_pending_ranges{peer="b"}"#),
+            Some("1")
+        );
+        assert_eq!(sample(&text, "dynamo_transfer_keys_sent_total"), Some("15"));
+        assert_eq!(sample(&text, "dynamo_transfer_bytes_sent_total"), Some("1024"));
     }
 
     #[test]

@@ -63,6 +63,8 @@ mod driver;
 mod plan;
 mod progress;
 mod throttle;
+#[cfg(test)]
+mod tests;
 
 pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
 pub(crate) use driver::{TransferShared, transfer_loop};
