@@ -241,6 +241,7 @@ impl NodeShared {
                     tracing::info!(node = %me, state = %member.state(), "range transfer complete");
                     report.completed = true;
                     self.finish_transfer();
+                    self.announce().await;
                     return report;
                 }
                 Err(error) => report.errors.push(format!("finishing the transfer: {error}")),
@@ -255,6 +256,29 @@ impl NodeShared {
         );
         self.transfer.set_status(status);
         report
+    }
+
+    /// Pushes our member table to every peer once, so the hand-over (reads switching to
+    /// the new owners, or a leaving node's removal) does not wait for random gossip to
+    /// reach everyone. Best effort: gossip carries it anyway.
+    async fn announce(&self) {
+        let table = self.cluster.table();
+        let me = self.cluster.me();
+        for member in table.iter() {
+            if member.id() == me || member.state() == MemberState::Removed {
+                continue;
+            }
+            match self.transport.gossip(member.address(), table.clone()).await {
+                Ok(theirs) => {
+                    if let Err(error) = self.learn_table(&theirs) {
+                        tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                }
+            }
+        }
     }
 
     /// Forgets a finished (or abandoned) transfer: its progress and its status.
