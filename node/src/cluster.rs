@@ -14,8 +14,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::NodeId;
 use crate::membership::{DetectorConfig, FailureDetector, MemberTable, MembershipError};
 use crate::ring::{PartitionStrategy, Ring, RingError, Token};
-use crate::transfer;
 use crate::time::Millis;
+use crate::transfer;
 
 /// Why a membership change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,12 @@ struct ClusterState {
 
 /// The settled ring of `table`, or a copy of `target` when the settled members form no
 /// valid ring (then hand-over protection is lost, but placement still works).
-fn settled_ring(table: &MemberTable, strategy: PartitionStrategy, epoch: u64, target: &Ring) -> Ring {
+fn settled_ring(
+    table: &MemberTable,
+    strategy: PartitionStrategy,
+    epoch: u64,
+    target: &Ring,
+) -> Ring {
     Ring::build(&transfer::settled_members(table), strategy, epoch, None)
         .unwrap_or_else(|_| target.clone())
 }

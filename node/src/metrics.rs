@@ -442,7 +442,10 @@ mod tests {
             Some("1")
         );
         assert_eq!(sample(&text, "dynamo_transfer_keys_sent_total"), Some("15"));
-        assert_eq!(sample(&text, "dynamo_transfer_bytes_sent_total"), Some("1024"));
+        assert_eq!(
+            sample(&text, "dynamo_transfer_bytes_sent_total"),
+            Some("1024")
+        );
     }
 
     #[test]

@@ -880,10 +880,7 @@ fn ring_of(
         .filter(|m| m.1 == proto::MemberState::Member as i32)
         .map(|m| (NodeId::new(&m.0).unwrap(), m.2))
         .collect();
-    let addresses = members
-        .iter()
-        .map(|m| (m.0.clone(), m.3.clone()))
-        .collect();
+    let addresses = members.iter().map(|m| (m.0.clone(), m.3.clone())).collect();
     (
         Ring::build(&settled, PartitionStrategy::default(), 0, None).unwrap(),
         addresses,
@@ -928,7 +925,12 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 /// their previous owners, and becomes a Member (serving reads) only once it holds them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_member() {
-    let extra = ["--transfer-interval", "50ms", "--http-listen", "127.0.0.1:0"];
+    let extra = [
+        "--transfer-interval",
+        "50ms",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
     let mut cluster = TestCluster::start(3, &extra).await;
     let mut keys = BTreeMap::new();
     for i in 0..200 {
@@ -977,7 +979,11 @@ async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_mem
     let metrics = support::http(n4.http.expect("n4 HTTP"), "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8(metrics.body).unwrap();
     let sent = metric(&text, "dynamo_transfer_keys_sent_total").expect("keys sent counter");
-    assert!(sent >= on_n4.len() as f64, "sent {sent}, n4 replicates {}", on_n4.len());
+    assert!(
+        sent >= on_n4.len() as f64,
+        "sent {sent}, n4 replicates {}",
+        on_n4.len()
+    );
     // Every key is still readable with R = N through every node, the new one included.
     cluster.nodes.push(n4);
     cluster.wait_for_members(4).await;
@@ -1042,12 +1048,15 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
     );
     // The operator stops the node once the cluster knows it is gone.
     for node in &cluster.nodes[..3] {
-        eventually(&format!("{} to learn that n4 is removed", node.id), || async {
-            members(node)
-                .await
-                .iter()
-                .any(|m| m.0 == "n4" && m.1 == proto::MemberState::Removed as i32)
-        })
+        eventually(
+            &format!("{} to learn that n4 is removed", node.id),
+            || async {
+                members(node)
+                    .await
+                    .iter()
+                    .any(|m| m.0 == "n4" && m.1 == proto::MemberState::Removed as i32)
+            },
+        )
         .await;
     }
     cluster.nodes[3].kill().await;

@@ -135,7 +135,10 @@ impl TransferShared {
     }
 
     pub(crate) fn status(&self) -> TransferStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_status(&self, status: TransferStatus) {
@@ -215,7 +218,9 @@ impl NodeShared {
             if left.is_exhausted() {
                 break;
             }
-            if progress.of(task).done || failed.contains(&task.source) || failed.contains(&task.dest)
+            if progress.of(task).done
+                || failed.contains(&task.source)
+                || failed.contains(&task.dest)
             {
                 continue;
             }
@@ -244,16 +249,14 @@ impl NodeShared {
                     self.announce().await;
                     return report;
                 }
-                Err(error) => report.errors.push(format!("finishing the transfer: {error}")),
+                Err(error) => report
+                    .errors
+                    .push(format!("finishing the transfer: {error}")),
             }
         }
         let status = self.transfer_status(role, &tasks, &progress, &settled, n);
-        self.metrics.set_transfer_pending(
-            status
-                .peers
-                .iter()
-                .map(|p| (&p.peer, p.pending_ranges)),
-        );
+        self.metrics
+            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
         self.transfer.set_status(status);
         report
     }
@@ -447,8 +450,8 @@ impl NodeShared {
             .iter()
             .map(TokenRange::fraction)
             .sum();
-        let density = (replicated > 0.0)
-            .then(|| self.store.engine().approximate_len() as f64 / replicated);
+        let density =
+            (replicated > 0.0).then(|| self.store.engine().approximate_len() as f64 / replicated);
         let mut peers: BTreeMap<NodeId, PeerTransfer> = BTreeMap::new();
         for task in tasks {
             let peer = if &task.source == me {

@@ -62,9 +62,9 @@
 mod driver;
 mod plan;
 mod progress;
-mod throttle;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
 pub(crate) use driver::{TransferShared, transfer_loop};

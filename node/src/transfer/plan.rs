@@ -196,7 +196,9 @@ mod tests {
     }
 
     fn keys(count: usize) -> Vec<Vec<u8>> {
-        (0..count).map(|i| format!("key-{i}").into_bytes()).collect()
+        (0..count)
+            .map(|i| format!("key-{i}").into_bytes())
+            .collect()
     }
 
     fn assert_target_replicas_hold_every_key(settled: &Ring, target: &Ring, n: usize) {
@@ -220,7 +222,10 @@ mod tests {
         // those keys to X."
         let strategy = PartitionStrategy::random_tokens(8).unwrap();
         let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
-        let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)], strategy);
+        let target = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)],
+            strategy,
+        );
         let tasks = plan(&settled, &target, 3);
         assert!(!tasks.is_empty());
         // Random tokens: the old nodes keep their tokens, so only x gains.
@@ -231,7 +236,10 @@ mod tests {
         // too, and never out of the node that holds nothing yet.
         let strategy = PartitionStrategy::equal_partitions(64).unwrap();
         let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
-        let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)], strategy);
+        let target = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)],
+            strategy,
+        );
         let tasks = plan(&settled, &target, 3);
         assert!(tasks.iter().any(|t| t.dest == id("x")));
         assert!(tasks.iter().all(|t| t.source != id("x")));
@@ -243,7 +251,10 @@ mod tests {
         // Dynamo §4.9: "when a node is removed from the system, the reallocation of
         // keys happens in a reverse process".
         let strategy = PartitionStrategy::random_tokens(8).unwrap();
-        let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("l", 1)], strategy);
+        let settled = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("l", 1)],
+            strategy,
+        );
         let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
         let tasks = plan(&settled, &target, 3);
         assert!(!tasks.is_empty());
@@ -253,9 +264,16 @@ mod tests {
         // Under strategy 3 rebuilt from scratch, other nodes may trade partitions too;
         // the plan still covers every key.
         let strategy = PartitionStrategy::equal_partitions(64).unwrap();
-        let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("l", 1)], strategy);
+        let settled = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("l", 1)],
+            strategy,
+        );
         let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
-        assert!(plan(&settled, &target, 3).iter().any(|t| t.source == id("l")));
+        assert!(
+            plan(&settled, &target, 3)
+                .iter()
+                .any(|t| t.source == id("l"))
+        );
         assert_target_replicas_hold_every_key(&settled, &target, 3);
     }
 
@@ -314,7 +332,10 @@ mod tests {
     fn writes_during_a_join_go_to_old_and_new_replicas_and_wait_for_one_more_ack() {
         let strategy = PartitionStrategy::equal_partitions(64).unwrap();
         let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
-        let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)], strategy);
+        let target = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)],
+            strategy,
+        );
         let key = keys(10_000)
             .into_iter()
             .find(|k| target.preference_list_for_key(k, 3).contains(&id("x")))

@@ -83,7 +83,8 @@ impl Progress {
     /// was dropped.
     pub fn retain_plan(&mut self, plan: &[Task]) -> bool {
         let before = self.tasks.len();
-        self.tasks.retain(|task, _| plan.binary_search(task).is_ok());
+        self.tasks
+            .retain(|task, _| plan.binary_search(task).is_ok());
         self.tasks.len() != before
     }
 

@@ -145,7 +145,12 @@ impl Cluster {
     }
 
     fn table(&self) -> MemberTable {
-        self.nodes.values().next().expect("a node").cluster().table()
+        self.nodes
+            .values()
+            .next()
+            .expect("a node")
+            .cluster()
+            .table()
     }
 
     fn state_of(&self, node: &NodeId) -> MemberState {
@@ -271,7 +276,12 @@ async fn a_joining_node_pulls_its_ranges_then_becomes_member_and_serves_them() {
     let sent = cluster.drive_to_completion(&n4, UNLIMITED).await;
     assert!(sent >= gained.len() as u64, "sent {sent} keys");
     assert_eq!(
-        cluster.node(&n4).cluster().table().get(&n4).map(|m| m.state()),
+        cluster
+            .node(&n4)
+            .cluster()
+            .table()
+            .get(&n4)
+            .map(|m| m.state()),
         Some(MemberState::Member)
     );
     // n4 holds every key it gained before anyone reads from it.
@@ -449,7 +459,12 @@ async fn a_leaving_node_is_removed_only_after_every_range_is_acknowledged() {
     cluster.network.heal(&addr(&n4), &addr(&blocked));
     cluster.drive_to_completion(&n4, UNLIMITED).await;
     assert_eq!(
-        cluster.node(&n4).cluster().table().get(&n4).map(|m| m.state()),
+        cluster
+            .node(&n4)
+            .cluster()
+            .table()
+            .get(&n4)
+            .map(|m| m.state()),
         Some(MemberState::Removed)
     );
     cluster.spread(&n4);
