@@ -57,6 +57,9 @@
 //! * A weight change takes effect in both rings at once (the member table keeps one
 //!   weight per node), so it is transferred by the plan of the next join or leave, or
 //!   by anti-entropy, not handed over.
+//! * A copy waits for its source: while a losing node is down, the ranges it must hand
+//!   over stay pending (other settled replicas are not used in its place, since they
+//!   may lack writes only it acknowledged), and the change does not complete.
 //! * Nodes keep the data of ranges they lost; nothing deletes it yet.
 
 mod driver;
