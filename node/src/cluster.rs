@@ -1,5 +1,6 @@
-//! One node's view of the cluster (I/O shell): the gossiped member table, the ring
-//! derived from it, and the failure detector's view of each peer.
+//! One node's view of the cluster (I/O shell): the gossiped member table, the rings
+//! derived from it (the target ring, and the settled ring reads use while ranges are
+//! transferred; see [`crate::transfer`]), and the failure detector's view of each peer.
 //!
 //! Every node derives the ring from the member table alone, so nodes whose tables agree
 //! agree on placement. (Strategy 3's minimal-movement reassignment depends on ring
@@ -12,8 +13,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::NodeId;
 use crate::membership::{DetectorConfig, FailureDetector, MemberTable, MembershipError};
-use crate::ring::{PartitionStrategy, Ring, RingError};
+use crate::ring::{PartitionStrategy, Ring, RingError, Token};
 use crate::time::Millis;
+use crate::transfer;
 
 /// Why a membership change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +123,24 @@ pub struct Cluster {
 #[derive(Debug)]
 struct ClusterState {
     table: MemberTable,
+    /// The target ring: Joining and Member nodes.
     ring: Ring,
+    /// The settled ring: Member and Leaving nodes, which hold their data; reads use it
+    /// while a transfer is in progress (see [`crate::transfer`]).
+    settled: Ring,
     detector: FailureDetector,
+}
+
+/// The settled ring of `table`, or a copy of `target` when the settled members form no
+/// valid ring (then hand-over protection is lost, but placement still works).
+fn settled_ring(
+    table: &MemberTable,
+    strategy: PartitionStrategy,
+    epoch: u64,
+    target: &Ring,
+) -> Ring {
+    Ring::build(&transfer::settled_members(table), strategy, epoch, None)
+        .unwrap_or_else(|_| target.clone())
 }
 
 impl Cluster {
@@ -138,6 +156,7 @@ impl Cluster {
         clock: Clock,
     ) -> Result<Self, RingError> {
         let ring = Ring::build(&table.ring_members(), strategy, 0, None)?;
+        let settled = settled_ring(&table, strategy, 0, &ring);
         Ok(Self {
             me,
             strategy,
@@ -145,6 +164,7 @@ impl Cluster {
             state: Mutex::new(ClusterState {
                 table,
                 ring,
+                settled,
                 detector: FailureDetector::new(detector),
             }),
         })
@@ -171,7 +191,7 @@ impl Cluster {
         self.lock().table.clone()
     }
 
-    /// A copy of the ring.
+    /// A copy of the target ring (Joining and Member nodes).
     pub fn ring(&self) -> Ring {
         self.lock().ring.clone()
     }
@@ -208,11 +228,38 @@ impl Cluster {
     fn install(&self, state: &mut ClusterState, table: MemberTable) -> Result<(), RingError> {
         let epoch = state.ring.epoch() + 1;
         state.ring = Ring::build(&table.ring_members(), self.strategy, epoch, None)?;
+        state.settled = settled_ring(&table, self.strategy, epoch, &state.ring);
         state.table = table;
         Ok(())
     }
 
-    /// Every distinct ring member clockwise from `key`, home replicas first.
+    /// A copy of the settled ring (Member and Leaving nodes: those holding their data).
+    pub fn settled_ring(&self) -> Ring {
+        self.lock().settled.clone()
+    }
+
+    /// Copies of the settled and the target ring, taken together.
+    pub fn rings(&self) -> (Ring, Ring) {
+        let state = self.lock();
+        (state.settled.clone(), state.ring.clone())
+    }
+
+    /// Every distinct node clockwise from `key` on the ring reads use (the settled ring
+    /// while a transfer is in progress; see [`transfer::read_ring`]), home replicas first.
+    pub fn read_preference_list(&self, key: &[u8]) -> Vec<NodeId> {
+        let state = self.lock();
+        transfer::read_ring(&state.settled, &state.ring).preference_list_for_key(key, usize::MAX)
+    }
+
+    /// Where a write of `key` goes with `n` replicas: the union of the settled and the
+    /// target preference lists (see [`transfer::write_set`]).
+    pub fn write_set(&self, key: &[u8], n: usize) -> transfer::WriteSet {
+        let state = self.lock();
+        transfer::write_set(&state.settled, &state.ring, Token::of(key), n)
+    }
+
+    /// Every distinct member of the target ring clockwise from `key`, home replicas
+    /// first.
     pub fn extended_preference_list(&self, key: &[u8]) -> Vec<NodeId> {
         self.lock().ring.preference_list_for_key(key, usize::MAX)
     }

@@ -69,10 +69,7 @@ impl NodeShared {
         } else if let Some((id, address)) = peers.get(pick(peers.len())) {
             (Some(id.clone()), address.clone())
         } else {
-            // Alone: still finish our own join if an admin added us locally.
-            if let Err(error) = self.learn_table(&table) {
-                tracing::warn!(%error, "applying the member table");
-            }
+            // Alone: nothing to exchange (our own join finishes in the transfer loop).
             return;
         };
         match self.transport.gossip(&address, table).await {

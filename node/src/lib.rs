@@ -45,8 +45,10 @@
 //! * [`history`]: client operation histories and the checker the simulator and fault
 //!   suites judge runs with (no lost acknowledged write, convergence, no resurrection).
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
+//! * [`transfer`]: range transfer on join and leave (Dynamo §4.9): the settled and
+//!   target rings, the copy plan, resumable throttled rounds.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
-//!   (gossip and failure probes, hinted handoff delivery).
+//!   (gossip and failure probes, hinted handoff delivery, range transfer).
 //! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
@@ -70,6 +72,7 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod time;
+pub mod transfer;
 pub mod transport;
 pub mod version;
 

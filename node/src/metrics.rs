@@ -132,6 +132,11 @@ struct LatencyLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TargetLabel {
     target: String,
 }
@@ -169,6 +174,9 @@ struct Inner {
     members: Family<StateLabel, Gauge>,
     ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     keys: Gauge,
+    transfer_pending: Family<PeerLabel, Gauge>,
+    transfer_keys_sent: Counter,
+    transfer_bytes_sent: Counter,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -228,6 +236,24 @@ impl Metrics {
             "Keys stored on this node (approximate)",
             keys.clone(),
         );
+        let transfer_pending = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "dynamo_transfer_pending_ranges",
+            "Ranges of this node's join or leave not yet acknowledged, by peer",
+            transfer_pending.clone(),
+        );
+        let transfer_keys_sent = Counter::default();
+        registry.register(
+            "dynamo_transfer_keys_sent",
+            "Keys this node's range transfers got acknowledged",
+            transfer_keys_sent.clone(),
+        );
+        let transfer_bytes_sent = Counter::default();
+        registry.register(
+            "dynamo_transfer_bytes_sent",
+            "Key and state bytes this node's range transfers got acknowledged",
+            transfer_bytes_sent.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -237,6 +263,9 @@ impl Metrics {
                 members,
                 ownership,
                 keys,
+                transfer_pending,
+                transfer_keys_sent,
+                transfer_bytes_sent,
                 refresh: Mutex::new(()),
             }),
         }
@@ -319,6 +348,27 @@ impl Metrics {
         self.inner.keys.set(saturating_i64(keys));
     }
 
+    /// Replaces the pending transfer gauges: ranges not yet acknowledged, per peer.
+    /// Peers left out (done) disappear from the output.
+    pub fn set_transfer_pending<'a>(&self, pending: impl IntoIterator<Item = (&'a NodeId, u64)>) {
+        let _refresh = self.refresh_lock();
+        self.inner.transfer_pending.clear();
+        for (peer, ranges) in pending {
+            self.inner
+                .transfer_pending
+                .get_or_create(&PeerLabel {
+                    peer: peer.to_string(),
+                })
+                .set(saturating_i64(ranges));
+        }
+    }
+
+    /// Counts keys and bytes a range transfer got acknowledged.
+    pub fn add_transfer_sent(&self, keys: u64, bytes: u64) {
+        self.inner.transfer_keys_sent.inc_by(keys);
+        self.inner.transfer_bytes_sent.inc_by(bytes);
+    }
+
     /// Renders every metric in the OpenMetrics text format
     /// ([`OPENMETRICS_CONTENT_TYPE`]), ending with `# EOF`.
     pub fn encode(&self) -> String {
@@ -356,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
+    fn a_fresh_registry_shows_only_the_unlabelled_gauge_and_counters() {
         // Labelled families appear with their first series.
         let text = Metrics::new().encode();
         assert_eq!(
@@ -364,7 +414,37 @@ mod tests {
             "# HELP dynamo_keys Keys stored on this node (approximate).\n\
              # TYPE dynamo_keys gauge\n\
              dynamo_keys 0\n\
+             # HELP dynamo_transfer_keys_sent Keys this node's range transfers got acknowledged.\n\
+             # TYPE dynamo_transfer_keys_sent counter\n\
+             dynamo_transfer_keys_sent_total 0\n\
+             # HELP dynamo_transfer_bytes_sent Key and state bytes this node's range transfers got acknowledged.\n\
+             # TYPE dynamo_transfer_bytes_sent counter\n\
+             dynamo_transfer_bytes_sent_total 0\n\
              # EOF\n"
+        );
+    }
+
+    #[test]
+    fn transfer_gauges_replace_their_family_and_counters_add_up() {
+        let metrics = Metrics::new();
+        let (a, b) = (id("a"), id("b"));
+        metrics.set_transfer_pending([(&a, 4), (&b, 2)]);
+        metrics.set_transfer_pending([(&b, 1)]);
+        metrics.add_transfer_sent(10, 1000);
+        metrics.add_transfer_sent(5, 24);
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, r#"dynamo_transfer_pending_ranges{peer="a"}"#),
+            None
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_transfer_pending_ranges{peer="b"}"#),
+            Some("1")
+        );
+        assert_eq!(sample(&text, "dynamo_transfer_keys_sent_total"), Some("15"));
+        assert_eq!(
+            sample(&text, "dynamo_transfer_bytes_sent_total"),
+            Some("1024")
         );
     }
 

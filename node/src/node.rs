@@ -32,6 +32,7 @@ use crate::storage::{
     Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
 };
 use crate::store::{Store, StoreError};
+use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
 use crate::transport::{
     ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
     ReplicaWrite, Transport,
@@ -86,6 +87,8 @@ pub struct NodeShared {
     pub(crate) advertise: String,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
+    /// Range transfer settings, progress status and the one-round-at-a-time lock.
+    pub(crate) transfer: TransferShared,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -119,24 +122,13 @@ impl NodeShared {
         }
     }
 
-    /// Merges a table learned from a peer, persists it if it changed, and finishes our
-    /// own join (Joining -> Member) once we see it.
+    /// Merges a table learned from a peer and persists it if it changed. Our own join
+    /// or leave finishes in [`NodeShared::transfer_round`], once our ranges moved.
     pub(crate) fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
         let changed = self.cluster.merge_table(table).map_err(|e| e.to_string())?;
-        let mut table = self.cluster.table();
-        let me = self.cluster.me().clone();
-        // A joining node serves its ranges at once: without range transfer it has no
-        // data to wait for, and reads repair what it lacks.
-        let joining = table
-            .get(&me)
-            .is_some_and(|m| m.state() == MemberState::Joining);
-        if joining {
-            if let Ok((_, new_table)) = self.cluster.change(|t| t.mark_member(&me).map(|_| ())) {
-                table = new_table;
-            }
-        }
-        if changed || joining {
-            self.persist_table(&table).map_err(|e| e.to_string())?;
+        if changed {
+            self.persist_table(&self.cluster.table())
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -430,6 +422,8 @@ pub struct NodeSettings {
     pub detector: DetectorConfig,
     /// The node's clocks: the system's, or tokio's for the deterministic simulator.
     pub clock: Clock,
+    /// Range transfer interval and per-round allowance.
+    pub transfer: TransferSettings,
 }
 
 impl NodeSettings {
@@ -449,6 +443,7 @@ impl NodeSettings {
             seeds: Vec::new(),
             detector: DetectorConfig::default(),
             clock: Clock::default(),
+            transfer: TransferSettings::default(),
         }
     }
 
@@ -484,6 +479,13 @@ impl NodeSettings {
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
             clock: Clock::default(),
+            transfer: TransferSettings {
+                interval: config.transfer_interval(),
+                per_round: Allowance {
+                    keys: config.transfer_batch_keys(),
+                    bytes: config.transfer_batch_bytes(),
+                },
+            },
         })
     }
 }
@@ -560,6 +562,7 @@ impl NodeShared {
             seeds: settings.seeds,
             advertise,
             metrics: Metrics::new(),
+            transfer: TransferShared::new(settings.transfer),
         }))
     }
 
@@ -825,6 +828,7 @@ async fn serve(
         config.gossip_interval(),
         shutdown.clone(),
     ));
+    let transfer = tokio::spawn(transfer_loop(Arc::clone(&shared), shutdown.clone()));
 
     let http_server = async {
         let Some(listener) = http_listener else {
@@ -867,6 +871,7 @@ async fn serve(
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
     gossip.abort();
     handoff.abort();
+    transfer.abort();
     let engine = Arc::clone(shared.store.engine());
     tokio::task::spawn_blocking(move || {
         engine.flush()?;

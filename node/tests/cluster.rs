@@ -844,3 +844,229 @@ async fn a_range_merged_in_batches_survives_a_kill_and_pages_back_exactly() {
         "{refused:?}"
     );
 }
+
+/// The member table as the node at `node` sees it: `(id, state, weight, address)`.
+async fn members(node: &TestNode) -> Vec<(String, i32, u32, String)> {
+    node.admin()
+        .await
+        .ring(proto::RingRequest {})
+        .await
+        .expect("Admin.Ring")
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| (m.node_id, m.state, m.weight, m.address))
+        .collect()
+}
+
+async fn status(node: &TestNode) -> proto::StatusResponse {
+    node.admin()
+        .await
+        .status(proto::StatusRequest {})
+        .await
+        .expect("Admin.Status")
+        .into_inner()
+}
+
+/// The ring the nodes derive from `members` in state Member (default partitioning), so
+/// the test can name each key's replicas, and the internode address of each member.
+fn ring_of(
+    members: &[(String, i32, u32, String)],
+) -> (dynamo_node::ring::Ring, BTreeMap<String, String>) {
+    use dynamo_node::NodeId;
+    use dynamo_node::ring::{PartitionStrategy, Ring};
+    let settled: Vec<(NodeId, u32)> = members
+        .iter()
+        .filter(|m| m.1 == proto::MemberState::Member as i32)
+        .map(|m| (NodeId::new(&m.0).unwrap(), m.2))
+        .collect();
+    let addresses = members.iter().map(|m| (m.0.clone(), m.3.clone())).collect();
+    (
+        Ring::build(&settled, PartitionStrategy::default(), 0, None).unwrap(),
+        addresses,
+    )
+}
+
+/// Asserts that each of `keys`' replicas under `ring` stores the key's value itself
+/// (a replica read, not a quorum read that other replicas could answer).
+async fn assert_every_replica_holds(
+    ring: &dynamo_node::ring::Ring,
+    addresses: &BTreeMap<String, String>,
+    keys: &BTreeMap<String, String>,
+) {
+    use dynamo_node::transport::{GrpcTransport, GrpcTransportConfig, Transport};
+    use std::time::Duration;
+    let transport = GrpcTransport::new(
+        GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(1)).unwrap(),
+    );
+    for (key, value) in keys {
+        for replica in ring.preference_list_for_key(key.as_bytes(), 3) {
+            let state = transport
+                .read(&addresses[replica.as_str()], key.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("reading {key} from {replica}: {e}"));
+            let values: Vec<&[u8]> = state.values().collect();
+            assert_eq!(
+                values,
+                vec![value.as_bytes()],
+                "{key} on its replica {replica}"
+            );
+        }
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Dynamo §4.9: a node added to a loaded cluster receives the ranges it takes over from
+/// their previous owners, and becomes a Member (serving reads) only once it holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_member() {
+    let extra = [
+        "--transfer-interval",
+        "50ms",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let mut cluster = TestCluster::start(3, &extra).await;
+    let mut keys = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        put(&cluster.nodes[i % 3], &key, &value, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        keys.insert(key, value);
+    }
+    let root = tempfile::tempdir().unwrap();
+    let n4 = TestNode::start(root.path(), "n4", &[cluster.nodes[0].internode], &extra).await;
+    cluster.nodes[0]
+        .admin()
+        .await
+        .join(proto::JoinRequest {
+            node_id: "n4".into(),
+            address: n4.internode.to_string(),
+            weight: 1,
+        })
+        .await
+        .expect("joining n4");
+    eventually("n4 to become a member", || async {
+        status(&n4).await.state == proto::MemberState::Member as i32
+    })
+    .await;
+    let done = status(&n4).await;
+    assert_eq!(
+        (done.transfer.as_str(), done.transfer_pending_ranges),
+        ("", 0)
+    );
+    assert!(done.keys > 0, "n4 holds keys: {done:?}");
+    // The moment it is a member, n4 holds every key it is a replica of.
+    let (ring, addresses) = ring_of(&members(&n4).await);
+    assert!(ring.members().any(|(id, _)| id.as_str() == "n4"));
+    let on_n4: BTreeMap<String, String> = keys
+        .iter()
+        .filter(|(k, _)| {
+            ring.preference_list_for_key(k.as_bytes(), 3)
+                .iter()
+                .any(|n| n.as_str() == "n4")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(!on_n4.is_empty());
+    assert_every_replica_holds(&ring, &addresses, &on_n4).await;
+    let metrics = support::http(n4.http.expect("n4 HTTP"), "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    let sent = metric(&text, "dynamo_transfer_keys_sent_total").expect("keys sent counter");
+    assert!(
+        sent >= on_n4.len() as f64,
+        "sent {sent}, n4 replicates {}",
+        on_n4.len()
+    );
+    // Every key is still readable with R = N through every node, the new one included.
+    cluster.nodes.push(n4);
+    cluster.wait_for_members(4).await;
+    for (key, value) in &keys {
+        let (values, _) = get(&cluster.nodes[3], key, Some(3))
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(values, vec![value.clone()], "{key}");
+    }
+    drop(root);
+}
+
+/// Decommission (Dynamo §4.9: "when a node is removed from the system, the reallocation
+/// of keys happens in a reverse process"): the leaving node hands every range to the new
+/// owners and reports "removed" only after they acknowledged them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owners() {
+    let extra = ["--transfer-interval", "50ms", "--transfer-batch-keys", "16"];
+    let mut cluster = TestCluster::start(4, &extra).await;
+    let mut keys = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        put(&cluster.nodes[i % 4], &key, &value, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        keys.insert(key, value);
+    }
+    cluster.nodes[0]
+        .admin()
+        .await
+        .leave(proto::LeaveRequest {
+            node_id: "n4".into(),
+        })
+        .await
+        .expect("decommissioning n4");
+    // 16 keys per 50 ms round: the leave takes several rounds, and while it lasts the
+    // node reports what is pending.
+    let seen_pending = std::sync::atomic::AtomicBool::new(false);
+    eventually("n4 to report removed", || async {
+        let now = status(&cluster.nodes[3]).await;
+        if now.transfer == "leaving" && now.transfer_pending_ranges > 0 {
+            assert_eq!(now.state, proto::MemberState::Leaving as i32);
+            assert!(now.transfers.iter().all(|t| !t.peer.is_empty()));
+            seen_pending.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        now.state == proto::MemberState::Removed as i32
+    })
+    .await;
+    assert!(
+        seen_pending.load(std::sync::atomic::Ordering::Relaxed),
+        "n4 reported its pending ranges while leaving"
+    );
+    let done = status(&cluster.nodes[3]).await;
+    assert_eq!(done.transfer_pending_ranges, 0);
+    // Removed means handed off: with n4 gone, every key is on each of its new replicas
+    // and readable with R = N.
+    let table = members(&cluster.nodes[3]).await;
+    assert!(
+        table
+            .iter()
+            .any(|m| m.0 == "n4" && m.1 == proto::MemberState::Removed as i32)
+    );
+    // The operator stops the node once the cluster knows it is gone.
+    for node in &cluster.nodes[..3] {
+        eventually(
+            &format!("{} to learn that n4 is removed", node.id),
+            || async {
+                members(node)
+                    .await
+                    .iter()
+                    .any(|m| m.0 == "n4" && m.1 == proto::MemberState::Removed as i32)
+            },
+        )
+        .await;
+    }
+    cluster.nodes[3].kill().await;
+    let (ring, addresses) = ring_of(&table);
+    assert!(ring.members().all(|(id, _)| id.as_str() != "n4"));
+    assert_every_replica_holds(&ring, &addresses, &keys).await;
+    for (key, value) in &keys {
+        let (values, _) = get(&cluster.nodes[0], key, Some(3))
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(values, vec![value.clone()], "{key}");
+    }
+}

@@ -75,6 +75,17 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default gossip period (Dynamo §4.8.1 gossips "every second").
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between range transfer rounds.
+pub const DEFAULT_TRANSFER_INTERVAL: Duration = Duration::from_millis(250);
+/// Default bytes per range transfer round.
+pub const DEFAULT_TRANSFER_BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Default keys per range transfer round.
+pub const DEFAULT_TRANSFER_BATCH_KEYS: u64 = 4096;
+/// The largest accepted `transfer-batch-bytes` (1 GiB): a round's allowance, not a
+/// message size (pages stay within the transport's limits).
+pub const MAX_TRANSFER_BATCH_BYTES: u64 = 1 << 30;
+/// The largest accepted `transfer-batch-keys`.
+pub const MAX_TRANSFER_BATCH_KEYS: u64 = 1 << 24;
 /// The longest accepted request timeout or gossip interval: longer is a unit mistake
 /// (`2000s` for `2000ms`), not a setting.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -305,6 +316,9 @@ pub struct NodeConfig {
     flush_interval: Duration,
     request_timeout: Duration,
     gossip_interval: Duration,
+    transfer_interval: Duration,
+    transfer_batch_bytes: u64,
+    transfer_batch_keys: u64,
     max_key_bytes: u32,
     max_value_bytes: u32,
     max_siblings: u32,
@@ -400,6 +414,21 @@ impl NodeConfig {
         self.gossip_interval
     }
 
+    /// Time between range transfer rounds.
+    pub fn transfer_interval(&self) -> Duration {
+        self.transfer_interval
+    }
+
+    /// Most key and state bytes one range transfer round sends.
+    pub fn transfer_batch_bytes(&self) -> u64 {
+        self.transfer_batch_bytes
+    }
+
+    /// Most keys one range transfer round sends.
+    pub fn transfer_batch_keys(&self) -> u64 {
+        self.transfer_batch_keys
+    }
+
     /// The largest accepted key, in bytes.
     pub fn max_key_bytes(&self) -> usize {
         to_usize(self.max_key_bytes)
@@ -467,6 +496,9 @@ impl NodeConfig {
             flush_interval: Some(self.flush_interval),
             request_timeout: Some(self.request_timeout),
             gossip_interval: Some(self.gossip_interval),
+            transfer_interval: Some(self.transfer_interval),
+            transfer_batch_bytes: Some(self.transfer_batch_bytes),
+            transfer_batch_keys: Some(self.transfer_batch_keys),
             max_key_bytes: Some(self.max_key_bytes),
             max_value_bytes: Some(self.max_value_bytes),
             max_siblings: Some(self.max_siblings),
@@ -566,6 +598,26 @@ impl TryFrom<RawConfig> for NodeConfig {
         check_interval("request-timeout", request_timeout)?;
         let gossip_interval = raw.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
         check_interval("gossip-interval", gossip_interval)?;
+        let transfer_interval = raw.transfer_interval.unwrap_or(DEFAULT_TRANSFER_INTERVAL);
+        check_interval("transfer-interval", transfer_interval)?;
+        let transfer_batch_bytes = raw
+            .transfer_batch_bytes
+            .unwrap_or(DEFAULT_TRANSFER_BATCH_BYTES);
+        in_range_u64(
+            "transfer-batch-bytes",
+            transfer_batch_bytes,
+            1,
+            MAX_TRANSFER_BATCH_BYTES,
+        )?;
+        let transfer_batch_keys = raw
+            .transfer_batch_keys
+            .unwrap_or(DEFAULT_TRANSFER_BATCH_KEYS);
+        in_range_u64(
+            "transfer-batch-keys",
+            transfer_batch_keys,
+            1,
+            MAX_TRANSFER_BATCH_KEYS,
+        )?;
 
         let max_key_bytes = raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES);
         in_range("max-key-bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT)?;
@@ -601,6 +653,9 @@ impl TryFrom<RawConfig> for NodeConfig {
             flush_interval,
             request_timeout,
             gossip_interval,
+            transfer_interval,
+            transfer_batch_bytes,
+            transfer_batch_keys,
             max_key_bytes,
             max_value_bytes,
             max_siblings,
@@ -730,6 +785,19 @@ fn in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), Con
             value: value.into(),
             min: min.into(),
             max: max.into(),
+        })
+    }
+}
+
+fn in_range_u64(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key,
+            value,
+            min,
+            max,
         })
     }
 }
@@ -1144,6 +1212,10 @@ mod tests {
                         flush_interval: Some(ms(flush)),
                         request_timeout: Some(ms(timeout)),
                         gossip_interval: Some(ms(gossip)),
+                        // Derived from other draws: the tuple is at its size limit.
+                        transfer_interval: Some(ms(gossip)),
+                        transfer_batch_bytes: Some(u64::from(value)),
+                        transfer_batch_keys: Some(u64::from(key)),
                         max_key_bytes: Some(key),
                         max_value_bytes: Some(value),
                         max_siblings: Some(siblings),

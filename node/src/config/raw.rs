@@ -139,6 +139,25 @@ pub struct RawConfig {
     )]
     pub gossip_interval: Option<Duration>,
 
+    /// Time between range transfer rounds (join and leave hand-over) [default: 250ms].
+    #[arg(long, env = "DYNAMO_TRANSFER_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transfer_interval: Option<Duration>,
+
+    /// Most key and state bytes one range transfer round sends [default: 4194304].
+    #[arg(long, env = "DYNAMO_TRANSFER_BATCH_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_batch_bytes: Option<u64>,
+
+    /// Most keys one range transfer round sends [default: 4096].
+    #[arg(long, env = "DYNAMO_TRANSFER_BATCH_KEYS", value_name = "COUNT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_batch_keys: Option<u64>,
+
     /// Largest accepted key, in bytes [default: 1024].
     #[arg(long, env = "DYNAMO_MAX_KEY_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +258,9 @@ impl RawConfig {
             flush_interval: self.flush_interval.or(fallback.flush_interval),
             request_timeout: self.request_timeout.or(fallback.request_timeout),
             gossip_interval: self.gossip_interval.or(fallback.gossip_interval),
+            transfer_interval: self.transfer_interval.or(fallback.transfer_interval),
+            transfer_batch_bytes: self.transfer_batch_bytes.or(fallback.transfer_batch_bytes),
+            transfer_batch_keys: self.transfer_batch_keys.or(fallback.transfer_batch_keys),
             max_key_bytes: self.max_key_bytes.or(fallback.max_key_bytes),
             max_value_bytes: self.max_value_bytes.or(fallback.max_value_bytes),
             max_siblings: self.max_siblings.or(fallback.max_siblings),

@@ -185,7 +185,9 @@ impl Coordinator {
     pub async fn get(&self, key: &[u8], r: Option<u32>) -> Result<SiblingSet, CoordinatorError> {
         self.inner.limits.check_key(key)?;
         let config = self.inner.quorum.with_overrides(r, None)?;
-        let extended = self.inner.cluster.extended_preference_list(key);
+        // While ranges move, reads stay on the replicas that hold the data (the settled
+        // ring) until the new owners have it.
+        let extended = self.inner.cluster.read_preference_list(key);
         if extended.is_empty() {
             return Err(no_members());
         }
@@ -219,12 +221,12 @@ impl Coordinator {
         w: Option<u32>,
     ) -> Result<VectorClock, CoordinatorError> {
         self.check_put(key, value.as_deref(), w)?;
-        let extended = self.inner.cluster.extended_preference_list(key);
-        if extended.is_empty() {
+        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
+        let writes = self.inner.cluster.write_set(key, n);
+        if writes.extended.is_empty() {
             return Err(no_members());
         }
-        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
-        let home = &extended[..extended.len().min(n)];
+        let home = &writes.extended[..writes.home];
         let me = self.inner.cluster.me();
         if home.contains(me) {
             return self.coordinate_put(key, context, value, w).await;
@@ -271,20 +273,24 @@ impl Coordinator {
                     self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
                 }
-                Err(TransportError::Timeout { address }) => {
-                    // The put may have been coordinated there and only the answer lost.
-                    // Coordinating it again elsewhere would write the same value under
-                    // a second dot, concurrent with everything written since: a value
-                    // the client has meanwhile overwritten would come back as a sibling
-                    // (found by the simulator). The outcome is unknown; say so.
+                Err(never_sent @ TransportError::NotConnected { .. }) => {
+                    // No connection, so the peer never saw the put: the next home
+                    // replica may coordinate it.
                     self.inner.cluster.record_failure(node);
-                    return Err(CoordinatorError::Unavailable(format!(
-                        "the home replica {node} ({address}) did not answer in time; the write may or may not have been applied"
-                    )));
+                    failures.push(format!("{node}: {never_sent}"));
                 }
                 Err(other) => {
+                    // A timeout, a reset mid-call, a lost answer: the put may have been
+                    // coordinated there (the peer may even do it later, until the
+                    // deadline). Coordinating it again elsewhere would write the same
+                    // value under a second dot, concurrent with everything written
+                    // since: a value the client has meanwhile overwritten would come
+                    // back as a sibling (found by the simulator for timeouts, and by the
+                    // e2e suite for a node killed mid-call). The outcome is unknown; say so.
                     self.inner.cluster.record_failure(node);
-                    failures.push(format!("{node}: {other}"));
+                    return Err(CoordinatorError::Unavailable(format!(
+                        "the home replica {node} failed mid-call ({other}); the write may or may not have been applied"
+                    )));
                 }
             }
         }
@@ -340,11 +346,13 @@ impl Coordinator {
         })
         .await
         .map_err(|e| CoordinatorError::Unavailable(format!("local write task failed: {e}")))??;
-        let extended = self.inner.cluster.extended_preference_list(key);
+        let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
+        let writes = self.inner.cluster.write_set(key, n);
+        let config = transfer_quorum(config, &writes);
         let me = self.inner.cluster.me().clone();
         let machine = PutCoordinator::new(
             config,
-            &extended,
+            &writes.extended,
             |node| self.inner.cluster.is_available(node),
             &me,
             state.clone(),
@@ -360,6 +368,21 @@ impl Coordinator {
             Err(_) => Err(CoordinatorError::Unavailable("put task ended early".into())),
         }
     }
+}
+
+/// The quorum of a write while ranges move: every home replica of either ring is a
+/// target, and the write needs `pending` more acknowledgements than W, so W settled and
+/// W target replicas hold it (see [`crate::transfer::write_set`]). Without a transfer
+/// (`pending == 0` and N home replicas) this is `config` itself; a union too large for
+/// [`crate::quorum::MAX_REPLICAS`] keeps `config`.
+fn transfer_quorum(config: QuorumConfig, writes: &crate::transfer::WriteSet) -> QuorumConfig {
+    if writes.pending == 0 {
+        return config;
+    }
+    let n = u32::try_from(writes.home).unwrap_or(u32::MAX);
+    let pending = u32::try_from(writes.pending).unwrap_or(u32::MAX);
+    let w = config.w().saturating_add(pending).min(n);
+    QuorumConfig::new(n, config.r().min(n), w).unwrap_or(config)
 }
 
 fn no_members() -> CoordinatorError {

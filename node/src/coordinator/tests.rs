@@ -446,7 +446,7 @@ async fn writes_on_both_sides_of_a_partition_come_back_as_siblings() {
     );
     for unreachable in &right {
         assert!(
-            message.contains(&format!("{unreachable}: {unreachable}:1 unreachable")),
+            message.contains(&format!("{unreachable}: {unreachable}:1 not connected")),
             "{message}"
         );
     }

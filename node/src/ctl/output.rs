@@ -106,8 +106,25 @@ pub struct HintJson {
     pub keys: u64,
 }
 
+/// One peer's pending range transfer, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransferJson {
+    /// The node ranges come from (joining) or go to (leaving).
+    pub peer: String,
+    /// Ranges not yet acknowledged.
+    pub ranges: u64,
+    /// Fraction of the ring still to copy, 0..=1.
+    pub ring_fraction: f64,
+    /// Keys left (estimate), or null when this node cannot count them.
+    pub estimated_keys: Option<u64>,
+    /// Keys acknowledged so far.
+    pub keys_sent: u64,
+    /// Bytes acknowledged so far.
+    pub bytes_sent: u64,
+}
+
 /// `status --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusJson {
     /// Node id.
     pub node_id: String,
@@ -129,6 +146,12 @@ pub struct StatusJson {
     pub w: u32,
     /// The node's software version.
     pub version: String,
+    /// `"joining"` or `"leaving"` while the node transfers ranges, else null.
+    pub transfer: Option<String>,
+    /// Ranges of the transfer not yet acknowledged.
+    pub transfer_pending_ranges: u64,
+    /// The transfer's pending part per peer.
+    pub transfers: Vec<TransferJson>,
 }
 
 impl From<&proto::StatusResponse> for StatusJson {
@@ -151,6 +174,20 @@ impl From<&proto::StatusResponse> for StatusJson {
             r: status.r,
             w: status.w,
             version: status.version.clone(),
+            transfer: (!status.transfer.is_empty()).then(|| status.transfer.clone()),
+            transfer_pending_ranges: status.transfer_pending_ranges,
+            transfers: status
+                .transfers
+                .iter()
+                .map(|t| TransferJson {
+                    peer: t.peer.clone(),
+                    ranges: t.ranges,
+                    ring_fraction: t.ring_fraction,
+                    estimated_keys: t.estimated_keys,
+                    keys_sent: t.keys_sent,
+                    bytes_sent: t.bytes_sent,
+                })
+                .collect(),
         }
     }
 }
@@ -231,6 +268,37 @@ pub fn render_member(member: &proto::MemberInfo) -> String {
     render_table(&MEMBER_HEADERS, &[member_row(member)])
 }
 
+/// The transfer line of `status`: `none`, or the role, the pending ranges and per peer
+/// what is left.
+fn transfer_summary(status: &proto::StatusResponse) -> String {
+    if status.transfer.is_empty() {
+        return "none".to_owned();
+    }
+    let peers: Vec<String> = status
+        .transfers
+        .iter()
+        .map(|t| {
+            let keys = t
+                .estimated_keys
+                .map_or_else(String::new, |k| format!(", ~{k} keys left"));
+            format!(
+                "{} ({} ranges, {:.1}% of the ring{keys}, {} keys sent)",
+                t.peer,
+                t.ranges,
+                t.ring_fraction * 100.0,
+                t.keys_sent
+            )
+        })
+        .collect();
+    format!(
+        "{}: {} ranges pending{}{}",
+        status.transfer,
+        status.transfer_pending_ranges,
+        if peers.is_empty() { "" } else { "; " },
+        peers.join(", ")
+    )
+}
+
 /// `status` for people: one `name value` line per field.
 pub fn render_status(status: &proto::StatusResponse) -> String {
     let hints = if status.hints.is_empty() {
@@ -255,6 +323,7 @@ pub fn render_status(status: &proto::StatusResponse) -> String {
             format!("N={} R={} W={}", status.n, status.r, status.w),
         ],
         vec!["durability".to_owned(), status.durability.clone()],
+        vec!["transfer".to_owned(), transfer_summary(status)],
     ];
     // No header row: the names are the first column.
     render_table(&["", ""], &rows)
@@ -410,6 +479,9 @@ mod tests {
             r: 2,
             w: 2,
             version: "0.1.0".into(),
+            transfer: String::new(),
+            transfer_pending_ranges: 0,
+            transfers: vec![],
         }
     }
 
@@ -425,7 +497,8 @@ mod tests {
              keys         120\n\
              hints        node2 (7 keys)\n\
              quorum       N=3 R=2 W=2\n\
-             durability   sync\n"
+             durability   sync\n\
+             transfer     none\n"
         );
         let empty = proto::StatusResponse {
             hints: vec![],
@@ -442,9 +515,35 @@ mod tests {
             json!({
                 "node_id": "node1", "incarnation": 4, "state": "member", "keys": 120,
                 "hints": [{"target": "node2", "keys": 7}], "durability": "sync",
-                "n": 3, "r": 2, "w": 2, "version": "0.1.0"
+                "n": 3, "r": 2, "w": 2, "version": "0.1.0",
+                "transfer": null, "transfer_pending_ranges": 0, "transfers": []
             })
         );
+        let leaving = proto::StatusResponse {
+            state: proto::MemberState::Leaving as i32,
+            transfer: "leaving".into(),
+            transfer_pending_ranges: 3,
+            transfers: vec![proto::TransferPending {
+                peer: "node2".into(),
+                ranges: 3,
+                ring_fraction: 0.25,
+                estimated_keys: Some(40),
+                keys_sent: 10,
+                bytes_sent: 1000,
+            }],
+            ..status()
+        };
+        let doc: Value = serde_json::from_str(&to_json(&StatusJson::from(&leaving))).unwrap();
+        assert_eq!(doc["transfer"], json!("leaving"));
+        assert_eq!(doc["transfer_pending_ranges"], json!(3));
+        assert_eq!(
+            doc["transfers"],
+            json!([{"peer": "node2", "ranges": 3, "ring_fraction": 0.25,
+                    "estimated_keys": 40, "keys_sent": 10, "bytes_sent": 1000}])
+        );
+        assert!(render_status(&leaving).contains(
+            "transfer     leaving: 3 ranges pending; node2 (3 ranges, 25.0% of the ring, ~40 keys left, 10 keys sent)\n"
+        ));
     }
 
     #[test]

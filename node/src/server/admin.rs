@@ -11,6 +11,7 @@ use crate::cluster::ChangeError;
 use crate::membership::{Member, MemberState, MembershipError};
 use crate::node::{MembershipChangeError, NodeShared};
 use crate::proto::{self, admin_server};
+use crate::transfer::TransferRole;
 
 /// Serves `dynamo.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -167,6 +168,7 @@ impl admin_server::Admin for AdminService {
             .map_or(proto::MemberState::Unspecified, |m| {
                 state_to_proto(m.state())
             });
+        let transfer = node.transfer.status();
         Ok(Response::new(proto::StatusResponse {
             node_id: node.cluster.me().to_string(),
             incarnation: node.incarnation,
@@ -184,6 +186,24 @@ impl admin_server::Admin for AdminService {
             r: node.quorum.r(),
             w: node.quorum.w(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            transfer: match transfer.role {
+                Some(TransferRole::Joining) => "joining".to_owned(),
+                Some(TransferRole::Leaving) => "leaving".to_owned(),
+                None => String::new(),
+            },
+            transfer_pending_ranges: transfer.pending_ranges(),
+            transfers: transfer
+                .peers
+                .iter()
+                .map(|p| proto::TransferPending {
+                    peer: p.peer.to_string(),
+                    ranges: p.pending_ranges,
+                    ring_fraction: p.ring_fraction_remaining,
+                    estimated_keys: p.estimated_keys_remaining,
+                    keys_sent: p.keys_sent,
+                    bytes_sent: p.bytes_sent,
+                })
+                .collect(),
         }))
     }
 }

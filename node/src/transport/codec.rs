@@ -204,6 +204,14 @@ fn bad_reply(address: &str, reason: String) -> TransportError {
 /// down and becomes [`TransportError::Unreachable`].
 pub(crate) fn status_to_error(address: &str, status: &Status) -> TransportError {
     if status.metadata().get(ERROR_MARKER).is_none() {
+        // tonic reports a failed connection attempt (before anything was sent) as
+        // Unavailable "tcp connect error"; everything else may have reached the peer.
+        if status.code() == Code::Unavailable && status.message().contains("tcp connect error") {
+            return TransportError::NotConnected {
+                address: address.to_owned(),
+                reason: status.message().to_owned(),
+            };
+        }
         return TransportError::Unreachable {
             address: address.to_owned(),
             reason: format!("{}: {}", status.code(), status.message()),

@@ -5,13 +5,13 @@
 //! Each message crosses a directed link, and faults apply per link:
 //!
 //! * **unregistered** callee (a crashed node, [`MemoryNetwork::unregister`]): the call
-//!   fails at once with [`TransportError::Unreachable`]. A node unregistered while
-//!   serving a call never delivers the reply: also `Unreachable`.
+//!   fails at once with [`TransportError::NotConnected`] (it was never sent). A node
+//!   unregistered while serving a call never delivers the reply: `Unreachable`.
 //! * **cut** link ([`MemoryNetwork::cut`], [`MemoryNetwork::partition`],
 //!   [`MemoryNetwork::isolate`]): the message is refused at once, like a connection
-//!   reset, and the call fails with `Unreachable`. A cut request never reaches the
-//!   callee; a cut reply is lost after the callee acted (an asymmetric partition: the
-//!   write landed, the caller cannot know).
+//!   refused or reset. A cut request never reaches the callee: `NotConnected`; a cut
+//!   reply is lost after the callee acted (an asymmetric partition: the write landed,
+//!   the caller cannot know): `Unreachable`.
 //! * **dropped** message ([`MemoryNetwork::set_drop`]): it vanishes silently, so the
 //!   caller waits out its call timeout and gets [`TransportError::Timeout`], as with a
 //!   lost packet on a real network. That is the difference between a drop and a cut.
@@ -228,10 +228,10 @@ impl MemoryNetwork {
             .nodes
             .get(to)
             .cloned()
-            .ok_or_else(|| unreachable(to, "no node at this address"))?;
+            .ok_or_else(|| not_connected(to, "no node at this address"))?;
         let hop = state
             .hop(from, to)
-            .map_err(|reason| unreachable(to, reason))?;
+            .map_err(|reason| not_connected(to, reason))?;
         Ok((service, hop))
     }
 
@@ -247,6 +247,15 @@ impl MemoryNetwork {
     }
 }
 
+/// The request never left the caller.
+fn not_connected(address: &str, reason: &str) -> TransportError {
+    TransportError::NotConnected {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// The request may have reached the callee; the reply did not come back.
 fn unreachable(address: &str, reason: &str) -> TransportError {
     TransportError::Unreachable {
         address: address.to_owned(),
@@ -428,8 +437,12 @@ mod tests {
         }
     }
 
+    /// Refused without an answer: never sent, or sent with the reply lost.
     fn is_unreachable(result: &Result<impl std::fmt::Debug, TransportError>) -> bool {
-        matches!(result, Err(TransportError::Unreachable { .. }))
+        matches!(
+            result,
+            Err(TransportError::Unreachable { .. } | TransportError::NotConnected { .. })
+        )
     }
 
     #[test]
@@ -859,7 +872,7 @@ mod tests {
                             let result = network.endpoint(NAMES[from]).write(NAMES[to], write_of(&key)).await;
                             let got = match result {
                                 Ok(()) => Outcome::Ok,
-                                Err(TransportError::Unreachable { .. }) => Outcome::Unreachable,
+                                Err(TransportError::Unreachable { .. } | TransportError::NotConnected { .. }) => Outcome::Unreachable,
                                 Err(TransportError::Timeout { .. }) => Outcome::Timeout,
                                 Err(other) => panic!("unexpected {other:?}"),
                             };

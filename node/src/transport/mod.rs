@@ -57,7 +57,18 @@ pub const MAX_BATCH_ENTRIES: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// The peer could not be reached (connection refused, reset, partitioned).
+    /// No connection to the peer could be made, so the call was certainly never sent
+    /// (connection refused, no route). Unlike [`TransportError::Unreachable`], the peer
+    /// cannot have acted on it.
+    #[error("{address} not connected: {reason}")]
+    NotConnected {
+        /// The peer's address.
+        address: String,
+        /// What the connection attempt reported.
+        reason: String,
+    },
+    /// The call failed in a way that leaves open whether the peer received it
+    /// (connection reset mid-call, the answer lost, a partition after sending).
     #[error("{address} unreachable: {reason}")]
     Unreachable {
         /// The peer's address.

@@ -1,0 +1,510 @@
+//! The transfer driver (I/O shell): one round of copies for the node's own membership
+//! change, the loop that runs rounds on an interval, and the status it reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::plan::{Task, plan};
+use super::progress::Progress;
+use super::throttle::{Allowance, FixedThrottle, TransferThrottle};
+use crate::NodeId;
+use crate::membership::MemberState;
+use crate::node::NodeShared;
+use crate::ring::{Ring, Token, TokenRange};
+use crate::storage::Durability;
+use crate::store::encode_state;
+use crate::transport::{
+    MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry, RangePage,
+    RangeScan, TransportError,
+};
+
+/// The meta record holding the driver's [`Progress`].
+const META_PROGRESS: &str = "transfer-progress";
+
+/// How often the transfer loop runs a round, and how much each round may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferSettings {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// What one round may send.
+    pub per_round: Allowance,
+}
+
+impl Default for TransferSettings {
+    /// A round every 250 ms of at most 4096 keys and 4 MiB: up to 16 MiB/s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(250),
+            per_round: Allowance {
+                keys: 4096,
+                bytes: 4 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+/// Why this node is transferring ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferRole {
+    /// It is joining: it pulls the ranges it gains, then becomes a Member.
+    Joining,
+    /// It is leaving: it pushes the ranges it held, then becomes Removed.
+    Leaving,
+}
+
+/// The pending part of a transfer with one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerTransfer {
+    /// The peer: the source of ranges this node pulls, or the destination of ranges
+    /// it pushes.
+    pub peer: NodeId,
+    /// Ranges not yet fully acknowledged.
+    pub pending_ranges: u64,
+    /// The fraction of the ring those ranges still cover past their cursors, `0..=1`.
+    pub ring_fraction_remaining: f64,
+    /// Keys left to send, estimated from this node's own key density; `None` when
+    /// this node is not the source (it cannot count a peer's keys).
+    pub estimated_keys_remaining: Option<u64>,
+    /// Keys acknowledged so far in the current transfer.
+    pub keys_sent: u64,
+    /// Key and state bytes acknowledged so far in the current transfer.
+    pub bytes_sent: u64,
+}
+
+/// What a node reports about its transfers (Admin `Status`, `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransferStatus {
+    /// Why it transfers, if it does.
+    pub role: Option<TransferRole>,
+    /// Per peer, in id order.
+    pub peers: Vec<PeerTransfer>,
+}
+
+impl TransferStatus {
+    /// Ranges not yet fully acknowledged, over all peers.
+    pub fn pending_ranges(&self) -> u64 {
+        self.peers.iter().map(|p| p.pending_ranges).sum()
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundReport {
+    /// What it sent (acknowledged).
+    pub used: Allowance,
+    /// Tasks of the plan not yet done after the round.
+    pub pending_tasks: usize,
+    /// The round finished the transfer and flipped this node's member state.
+    pub completed: bool,
+    /// Calls that failed (the tasks retry from their cursors next round).
+    pub errors: Vec<String>,
+}
+
+impl RoundReport {
+    fn idle() -> Self {
+        Self {
+            used: Allowance::NONE,
+            pending_tasks: 0,
+            completed: false,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// The driver's state inside a node.
+#[derive(Debug)]
+pub(crate) struct TransferShared {
+    pub(crate) settings: TransferSettings,
+    /// The last round's view, for status calls. A std `Mutex`: held only to copy.
+    status: Mutex<TransferStatus>,
+    /// One round at a time (the loop and a simulator or test may both call); a tokio
+    /// mutex because a round awaits peers while holding it.
+    round: tokio::sync::Mutex<()>,
+}
+
+impl TransferShared {
+    pub(crate) fn new(settings: TransferSettings) -> Self {
+        Self {
+            settings,
+            status: Mutex::new(TransferStatus::default()),
+            round: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn status(&self) -> TransferStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_status(&self, status: TransferStatus) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+}
+
+/// Runs a transfer round every interval with the fixed throttle of the settings.
+pub(crate) async fn transfer_loop(
+    node: std::sync::Arc<NodeShared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let settings = node.transfer.settings;
+    let mut throttle = FixedThrottle::new(settings.per_round);
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => continue,
+        }
+        let allowance = throttle.allowance(node.cluster.clock().monotonic());
+        let report = node.transfer_round(allowance).await;
+        throttle.consumed(report.used);
+        for error in &report.errors {
+            tracing::debug!(%error, "transfer paused");
+        }
+    }
+}
+
+/// A call that failed, and the peer to skip for the rest of the round.
+struct CallError {
+    peer: NodeId,
+    reason: String,
+}
+
+impl NodeShared {
+    /// One round of range transfer for this node's own membership change (see the
+    /// [module docs](crate::transfer)): copies what `allowance` permits of the plan
+    /// between the settled and the target ring, in plan order, saving each task's
+    /// cursor after every acknowledged batch; when every task is done, marks this node
+    /// Member (joining) or Removed (leaving). Does nothing for a node that is neither.
+    ///
+    /// Deterministic given the member table, the failure detector's view, the stores
+    /// and the allowance: the plan is sorted and the pages follow ring order.
+    pub async fn transfer_round(&self, allowance: Allowance) -> RoundReport {
+        let _one_round = self.transfer.round.lock().await;
+        let me = self.cluster.me().clone();
+        let role = match self.cluster.table().get(&me).map(|m| m.state()) {
+            Some(MemberState::Joining) => TransferRole::Joining,
+            Some(MemberState::Leaving) => TransferRole::Leaving,
+            _ => {
+                self.finish_transfer();
+                return RoundReport::idle();
+            }
+        };
+        let (settled, target) = self.cluster.rings();
+        let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
+        let tasks = plan(&settled, &target, n);
+        let mut report = RoundReport::idle();
+        let mut progress = match self.load_progress() {
+            Ok(progress) => progress,
+            Err(error) => {
+                report.errors.push(error);
+                return report;
+            }
+        };
+        if progress.retain_plan(&tasks) {
+            if let Err(error) = self.save_progress(&progress) {
+                report.errors.push(error);
+                return report;
+            }
+        }
+        let mut left = allowance;
+        let mut failed: BTreeSet<NodeId> = BTreeSet::new();
+        for task in &tasks {
+            if left.is_exhausted() {
+                break;
+            }
+            if progress.of(task).done
+                || failed.contains(&task.source)
+                || failed.contains(&task.dest)
+            {
+                continue;
+            }
+            if let Err(error) = self.copy(task, &mut progress, &mut left).await {
+                report.errors.push(format!(
+                    "copying {:?} from {} to {}: {}",
+                    task.range, task.source, task.dest, error.reason
+                ));
+                failed.insert(error.peer);
+            }
+        }
+        report.used = allowance.minus(left);
+        report.pending_tasks = tasks.iter().filter(|t| !progress.of(t).done).count();
+        // The last node cannot leave: there is no one to hand its data to.
+        let can_finish = role == TransferRole::Joining || !target.is_empty();
+        if report.pending_tasks == 0 && can_finish {
+            let change = match role {
+                TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),
+                TransferRole::Leaving => self.change_membership(|t| t.mark_removed(&me)),
+            };
+            match change {
+                Ok(member) => {
+                    tracing::info!(node = %me, state = %member.state(), "range transfer complete");
+                    report.completed = true;
+                    self.finish_transfer();
+                    self.announce().await;
+                    return report;
+                }
+                Err(error) => report
+                    .errors
+                    .push(format!("finishing the transfer: {error}")),
+            }
+        }
+        let status = self.transfer_status(role, &tasks, &progress, &settled, n);
+        self.metrics
+            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
+        self.transfer.set_status(status);
+        report
+    }
+
+    /// Pushes our member table to every peer once, so the hand-over (reads switching to
+    /// the new owners, or a leaving node's removal) does not wait for random gossip to
+    /// reach everyone. Best effort: gossip carries it anyway.
+    async fn announce(&self) {
+        let table = self.cluster.table();
+        let me = self.cluster.me();
+        for member in table.iter() {
+            if member.id() == me || member.state() == MemberState::Removed {
+                continue;
+            }
+            match self.transport.gossip(member.address(), table.clone()).await {
+                Ok(theirs) => {
+                    if let Err(error) = self.learn_table(&theirs) {
+                        tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                }
+            }
+        }
+    }
+
+    /// Forgets a finished (or abandoned) transfer: its progress and its status.
+    fn finish_transfer(&self) {
+        let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
+        if had_progress {
+            if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {
+                tracing::warn!(%error, "removing transfer progress");
+            }
+        }
+        if self.transfer.status().role.is_some() {
+            self.transfer.set_status(TransferStatus::default());
+            self.metrics.set_transfer_pending(std::iter::empty());
+        }
+    }
+
+    fn load_progress(&self) -> Result<Progress, String> {
+        match self.store.engine().meta_get(META_PROGRESS) {
+            Ok(Some(bytes)) => Progress::decode(&bytes).map_err(|e| e.to_string()),
+            Ok(None) => Ok(Progress::new()),
+            Err(error) => Err(format!("reading transfer progress: {error}")),
+        }
+    }
+
+    fn save_progress(&self, progress: &Progress) -> Result<(), String> {
+        self.store
+            .engine()
+            .meta_put(META_PROGRESS, &progress.encode(), Durability::Sync)
+            .map_err(|e| format!("saving transfer progress: {e}"))
+    }
+
+    /// Copies pages of one task until it is done or the allowance is used up.
+    async fn copy(
+        &self,
+        task: &Task,
+        progress: &mut Progress,
+        left: &mut Allowance,
+    ) -> Result<(), CallError> {
+        let page_entries = u32::try_from(left.keys)
+            .unwrap_or(u32::MAX)
+            .min(MAX_SCAN_ENTRIES)
+            .min(u32::try_from(MAX_BATCH_ENTRIES).unwrap_or(u32::MAX));
+        while !left.is_exhausted() {
+            let cursor = progress.of(task).cursor;
+            let scan = RangeScan {
+                range: task.range,
+                after: cursor,
+                max_entries: page_entries
+                    .min(u32::try_from(left.keys).unwrap_or(u32::MAX))
+                    .max(1),
+                max_bytes: u32::try_from(left.bytes)
+                    .unwrap_or(u32::MAX)
+                    .min(MAX_SCAN_BYTES),
+            };
+            let page = self.scan_source(&task.source, scan).await?;
+            let keys = page.entries.len() as u64;
+            let bytes: u64 = page
+                .entries
+                .iter()
+                .map(|e| (e.key.len() + encode_state(&e.state).len()) as u64)
+                .sum();
+            let last = page.entries.last().map(|e| e.key.clone());
+            let done = page.done;
+            if !page.entries.is_empty() {
+                self.merge_into(&task.dest, page.entries).await?;
+            }
+            progress.acknowledge(task, last, done, keys, bytes);
+            self.save_progress(progress).map_err(|reason| CallError {
+                peer: self.cluster.me().clone(),
+                reason,
+            })?;
+            self.metrics.add_transfer_sent(keys, bytes);
+            *left = left.minus(Allowance { keys, bytes });
+            if done || keys == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan_source(&self, source: &NodeId, scan: RangeScan) -> Result<RangePage, CallError> {
+        if source == self.cluster.me() {
+            let page = self
+                .store
+                .scan(
+                    scan.range,
+                    scan.after.as_deref(),
+                    scan.max_entries as usize,
+                    scan.max_bytes as usize,
+                )
+                .map_err(|e| CallError {
+                    peer: source.clone(),
+                    reason: format!("local scan: {e}"),
+                })?;
+            return Ok(RangePage {
+                entries: page
+                    .entries
+                    .into_iter()
+                    .map(|(key, state)| RangeEntry { key, state })
+                    .collect(),
+                done: page.done,
+            });
+        }
+        let address = self.peer_address(source)?;
+        let result = self.transport.scan_range(&address, scan).await;
+        self.observe_peer(source, result.as_ref().err());
+        result.map_err(|e| CallError {
+            peer: source.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn merge_into(&self, dest: &NodeId, entries: Vec<RangeEntry>) -> Result<(), CallError> {
+        if dest == self.cluster.me() {
+            let entries: Vec<(Vec<u8>, crate::version::SiblingSet)> =
+                entries.into_iter().map(|e| (e.key, e.state)).collect();
+            return self
+                .store
+                .merge_batch(&entries, Durability::Sync)
+                .map_err(|e| CallError {
+                    peer: dest.clone(),
+                    reason: format!("local merge: {e}"),
+                });
+        }
+        let address = self.peer_address(dest)?;
+        let batch = MergeBatch {
+            entries,
+            durable: true,
+        };
+        let result = self.transport.merge_batch(&address, batch).await;
+        self.observe_peer(dest, result.as_ref().err());
+        result.map_err(|e| CallError {
+            peer: dest.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn peer_address(&self, peer: &NodeId) -> Result<String, CallError> {
+        self.cluster.address_of(peer).ok_or_else(|| CallError {
+            peer: peer.clone(),
+            reason: "no address in the member table".into(),
+        })
+    }
+
+    fn observe_peer(&self, peer: &NodeId, error: Option<&TransportError>) {
+        match error {
+            Some(e) if !e.is_answer() => self.cluster.record_failure(peer),
+            _ => self.cluster.record_success(peer),
+        }
+    }
+
+    /// The per-peer view of the pending tasks.
+    fn transfer_status(
+        &self,
+        role: TransferRole,
+        tasks: &[Task],
+        progress: &Progress,
+        settled: &Ring,
+        n: usize,
+    ) -> TransferStatus {
+        let me = self.cluster.me();
+        // Keys per unit of ring this node replicates, for estimating what it still has
+        // to send from its own store.
+        let replicated: f64 = settled
+            .replica_ranges(me, n)
+            .iter()
+            .map(TokenRange::fraction)
+            .sum();
+        let density =
+            (replicated > 0.0).then(|| self.store.engine().approximate_len() as f64 / replicated);
+        let mut peers: BTreeMap<NodeId, PeerTransfer> = BTreeMap::new();
+        for task in tasks {
+            let peer = if &task.source == me {
+                &task.dest
+            } else {
+                &task.source
+            };
+            let entry = peers.entry(peer.clone()).or_insert_with(|| PeerTransfer {
+                peer: peer.clone(),
+                pending_ranges: 0,
+                ring_fraction_remaining: 0.0,
+                estimated_keys_remaining: (&task.source == me).then_some(0),
+                keys_sent: 0,
+                bytes_sent: 0,
+            });
+            let state = progress.of(task);
+            entry.keys_sent += state.keys_sent;
+            entry.bytes_sent += state.bytes_sent;
+            if state.done {
+                continue;
+            }
+            entry.pending_ranges += 1;
+            let remaining = remaining_fraction(task.range, state.cursor.as_deref());
+            entry.ring_fraction_remaining += remaining;
+            if let (Some(estimate), Some(density)) =
+                (entry.estimated_keys_remaining.as_mut(), density)
+            {
+                *estimate += (remaining * density).ceil() as u64;
+            }
+        }
+        TransferStatus {
+            role: Some(role),
+            peers: peers.into_values().collect(),
+        }
+    }
+
+    /// This node's transfer status as of the last round.
+    pub fn transfer_status_snapshot(&self) -> TransferStatus {
+        self.transfer.status()
+    }
+}
+
+/// The fraction of the ring `range` covers after `cursor`'s token.
+fn remaining_fraction(range: TokenRange, cursor: Option<&[u8]>) -> f64 {
+    match cursor {
+        None => range.fraction(),
+        Some(key) => {
+            let at = Token::of(key);
+            if at == range.end {
+                0.0
+            } else {
+                TokenRange::new(at, range.end).fraction()
+            }
+        }
+    }
+}

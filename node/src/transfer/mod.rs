@@ -1,0 +1,76 @@
+//! Range transfer on membership change (Dynamo §4.9, "Adding/Removing Storage Nodes").
+//!
+//! # Hand-over rules
+//!
+//! A cluster in the middle of a change has two rings (see [`plan`]): the *settled* ring
+//! of the nodes that hold their data (`Member`, `Leaving`) and the *target* ring of the
+//! nodes placement is heading to (`Joining`, `Member`).
+//!
+//! * Reads use the settled ring: a joining node's ranges are served by their previous
+//!   owners, and a leaving node keeps serving its ranges, until the hand-over.
+//! * Writes go to the union of both preference lists and need `W + pending`
+//!   acknowledgements, `pending` being the number of target-only replicas, so an
+//!   acknowledged write is on W settled and on W target replicas ([`write_set`]).
+//! * The node whose membership changes drives every copy the change needs ([`plan`]):
+//!   each range goes from the nodes that lose it to the nodes that gain it. Once every
+//!   copy is acknowledged, a `Joining` node marks itself `Member` and a `Leaving` node
+//!   marks itself `Removed`; gossip spreads the change and every node's rings agree
+//!   again, so reads switch over. A leaving node whose departure would leave no ring
+//!   (the last node) stays `Leaving`: it has no one to hand its data to.
+//!
+//! # Who drives: the changing node, pulling or pushing as its role needs
+//!
+//! The node whose member state flips when the transfer completes drives the whole
+//! transfer, because then "every range acknowledged" is known in one place, from its own
+//! persisted progress, without a new completion protocol or member-table field. So a
+//! joining node *pulls*: it pages each range out of the losing nodes with `ScanRange`
+//! and merges the pages locally. A leaving node *pushes*: it pages its own store and
+//! sends each page to the new owners with `MergeBatch`. Copies between two other nodes
+//! (strategy 3 rebuilt from scratch may trade partitions between old members too) are
+//! relayed: `ScanRange` on the source, `MergeBatch` on the destination. Either way the
+//! losing nodes' data streams to the new owners, and the sending side's data never has
+//! to be trusted to a third party's bookkeeping.
+//!
+//! # Resume and idempotence
+//!
+//! [`Progress`] records, per task (range, source, destination), the last key the
+//! destination acknowledged; the driver saves it durably in the meta keyspace after
+//! every acknowledged batch. After a crash of the driver the next round resumes from
+//! the cursor; a crash of the other side fails a call, and the next round retries from
+//! the same cursor. A batch merged but not yet recorded is sent again, which is
+//! harmless: merging sibling sets by vector clock is idempotent.
+//!
+//! # Throttle
+//!
+//! Each round sends at most an [`Allowance`] of keys and bytes, granted by a
+//! [`TransferThrottle`] ([`FixedThrottle`] from `--transfer-batch-bytes` and
+//! `--transfer-batch-keys` per `--transfer-interval`; the admission budget can replace
+//! it). [`NodeShared::transfer_round`](crate::node::NodeShared::transfer_round) is one
+//! round, deterministic given the cluster view, the stores and the allowance, so a
+//! simulator can call it directly.
+//!
+//! # Known limits
+//!
+//! * A coordinator that has not yet heard of a change writes to the old replicas only;
+//!   if the transfer's cursor already passed that key, the new owner misses the write
+//!   until read repair or anti-entropy brings it.
+//! * A weight change takes effect in both rings at once (the member table keeps one
+//!   weight per node), so it is transferred by the plan of the next join or leave, or
+//!   by anti-entropy, not handed over.
+//! * A copy waits for its source: while a losing node is down, the ranges it must hand
+//!   over stay pending (other settled replicas are not used in its place, since they
+//!   may lack writes only it acknowledged), and the change does not complete.
+//! * Nodes keep the data of ranges they lost; nothing deletes it yet.
+
+mod driver;
+mod plan;
+mod progress;
+#[cfg(test)]
+mod tests;
+mod throttle;
+
+pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
+pub(crate) use driver::{TransferShared, transfer_loop};
+pub use plan::{Task, WriteSet, plan, read_ring, settled_members, target_members, write_set};
+pub use progress::{PROGRESS_FORMAT_VERSION, Progress, ProgressError, TaskProgress};
+pub use throttle::{Allowance, FixedThrottle, TransferThrottle};

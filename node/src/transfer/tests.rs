@@ -1,0 +1,552 @@
+//! Range transfer over the in-memory network: whole nodes (store, cluster view,
+//! coordinator, peer handler) in one process, rounds driven explicitly.
+//!
+//! Time is real (the coordinator's deadlines come from the node's clock), so requests
+//! use short timeouts and waits poll with a bounded deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Allowance, TransferRole, plan};
+use crate::NodeId;
+use crate::membership::{MemberState, MemberTable};
+use crate::node::{NodeSettings, NodeShared};
+use crate::quorum::QuorumConfig;
+use crate::ring::{PartitionStrategy, Token};
+use crate::storage::{MemoryEngine, StorageEngine};
+use crate::transport::MemoryNetwork;
+use crate::version::{SiblingSet, VectorClock};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// Rounds a test drives before deciding a transfer does not finish.
+const MAX_ROUNDS: usize = 200;
+
+const UNLIMITED: Allowance = Allowance {
+    keys: u64::MAX,
+    bytes: u64::MAX,
+};
+
+fn id(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid test node id")
+}
+
+fn addr(node: &NodeId) -> String {
+    format!("{node}:1")
+}
+
+/// Polls `condition` for up to two seconds; returns whether it came to hold.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    condition()
+}
+
+fn values(state: &SiblingSet) -> Vec<String> {
+    let mut values: Vec<String> = state
+        .values()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+struct Cluster {
+    network: MemoryNetwork,
+    nodes: BTreeMap<NodeId, Arc<NodeShared>>,
+    engines: BTreeMap<NodeId, Arc<dyn StorageEngine>>,
+    quorum: QuorumConfig,
+}
+
+impl Cluster {
+    /// `members` nodes n1.. that are all Members, with N=3, R=2, W=2.
+    fn new(members: usize) -> Self {
+        let mut cluster = Self {
+            network: MemoryNetwork::new(CALL_TIMEOUT).expect("nonzero call timeout"),
+            nodes: BTreeMap::new(),
+            engines: BTreeMap::new(),
+            quorum: QuorumConfig::new(3, 2, 2).expect("valid quorum"),
+        };
+        let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
+        for node in &ids {
+            cluster.start(node, Arc::new(MemoryEngine::new()));
+        }
+        for node in &ids {
+            cluster.change_everywhere(|t| {
+                t.join(node.clone(), &addr(node), 1)?;
+                t.mark_member(node).map(|_| ())
+            });
+        }
+        cluster
+    }
+
+    /// Assembles `node` over `engine` and puts it on the network (replacing a previous
+    /// incarnation at the same address: a restart).
+    fn start(&mut self, node: &NodeId, engine: Arc<dyn StorageEngine>) -> Arc<NodeShared> {
+        let mut settings = NodeSettings::new(node.clone());
+        settings.quorum = self.quorum;
+        // Random tokens: a change moves only the changing node's ranges, so the plans
+        // below are exactly "into n4" or "out of n4" (strategy 3 is covered by the
+        // planning tests).
+        settings.strategy = PartitionStrategy::random_tokens(16).expect("valid strategy");
+        settings.request_timeout = REQUEST_TIMEOUT;
+        let shared = NodeShared::assemble(
+            settings,
+            Arc::clone(&engine),
+            Arc::new(self.network.endpoint(addr(node))),
+            addr(node),
+        )
+        .expect("assembling an in-memory node");
+        self.network.register(addr(node), shared.handler());
+        self.nodes.insert(node.clone(), Arc::clone(&shared));
+        self.engines.insert(node.clone(), engine);
+        shared
+    }
+
+    /// A new node that knows the current member table (as after gossip) but has not
+    /// joined yet.
+    fn add(&mut self, node: &NodeId) -> Arc<NodeShared> {
+        let table = self.table();
+        let shared = self.start(node, Arc::new(MemoryEngine::new()));
+        shared.learn_table(&table).expect("learning the table");
+        shared
+    }
+
+    /// Applies the same membership change on every node (what gossip would converge to).
+    fn change_everywhere(
+        &self,
+        change: impl Fn(&mut MemberTable) -> Result<(), crate::membership::MembershipError>,
+    ) {
+        for node in self.nodes.values() {
+            node.cluster()
+                .change(&change)
+                .expect("applying a membership change");
+            node.persist_table(&node.cluster().table())
+                .expect("persisting the table");
+        }
+    }
+
+    /// Spreads `from`'s table to every node (one round of perfect gossip).
+    fn spread(&self, from: &NodeId) {
+        let table = self.node(from).cluster().table();
+        for node in self.nodes.values() {
+            node.learn_table(&table).expect("learning the table");
+        }
+    }
+
+    fn node(&self, node: &NodeId) -> &Arc<NodeShared> {
+        &self.nodes[node]
+    }
+
+    fn table(&self) -> MemberTable {
+        self.nodes
+            .values()
+            .next()
+            .expect("a node")
+            .cluster()
+            .table()
+    }
+
+    fn state_of(&self, node: &NodeId) -> MemberState {
+        self.table().get(node).expect("a member").state()
+    }
+
+    async fn put(&self, through: &NodeId, key: &str, value: &str) -> bool {
+        self.node(through)
+            .coordinator()
+            .put(
+                key.as_bytes(),
+                VectorClock::new(),
+                Some(value.as_bytes().to_vec()),
+                None,
+            )
+            .await
+            .is_ok()
+    }
+
+    async fn get(&self, through: &NodeId, key: &str, r: Option<u32>) -> Option<Vec<String>> {
+        self.node(through)
+            .coordinator()
+            .get(key.as_bytes(), r)
+            .await
+            .ok()
+            .map(|state| values(&state))
+    }
+
+    fn stored(&self, node: &NodeId, key: &str) -> Vec<String> {
+        values(
+            &self
+                .node(node)
+                .store()
+                .read(key.as_bytes())
+                .expect("reading the store"),
+        )
+    }
+
+    /// The key's replicas in the target ring (where it must live after the change).
+    fn target_replicas(&self, key: &str) -> Vec<NodeId> {
+        let ring = self.table_ring();
+        ring.preference_list(Token::of(key.as_bytes()), 3)
+    }
+
+    fn table_ring(&self) -> crate::ring::Ring {
+        self.nodes.values().next().expect("a node").cluster().ring()
+    }
+
+    /// Runs rounds on `driver` until its transfer completes; returns the rounds'
+    /// acknowledged keys.
+    async fn drive_to_completion(&self, driver: &NodeId, allowance: Allowance) -> u64 {
+        let mut keys = 0;
+        for _ in 0..MAX_ROUNDS {
+            let report = self.node(driver).transfer_round(allowance).await;
+            keys += report.used.keys;
+            if report.completed {
+                return keys;
+            }
+        }
+        panic!("{driver}'s transfer did not complete in {MAX_ROUNDS} rounds");
+    }
+}
+
+/// Loads `count` keys through n1 and returns what was acknowledged.
+async fn load(cluster: &Cluster, prefix: &str, count: usize) -> BTreeMap<String, String> {
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..count {
+        let (key, value) = (format!("{prefix}-{i}"), format!("v{i}"));
+        assert!(cluster.put(&id("n1"), &key, &value).await, "loading {key}");
+        acknowledged.insert(key, value);
+    }
+    acknowledged
+}
+
+/// Every acknowledged value is held by at least W (2) of the key's target replicas, so
+/// a quorum read after the hand-over sees it.
+fn assert_on_w_target_replicas(cluster: &Cluster, acknowledged: &BTreeMap<String, String>) {
+    for (key, value) in acknowledged {
+        let holders: Vec<NodeId> = cluster
+            .target_replicas(key)
+            .into_iter()
+            .filter(|node| cluster.stored(node, key).contains(value))
+            .collect();
+        assert!(
+            holders.len() >= 2,
+            "{key}={value} is on {holders:?} only of {:?}",
+            cluster.target_replicas(key)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_joining_node_pulls_its_ranges_then_becomes_member_and_serves_them() {
+    // Dynamo §4.9: the nodes that lose ranges to a new node transfer those keys to it;
+    // until it holds them, reads are served by the previous owners.
+    let mut cluster = Cluster::new(3);
+    let acknowledged = load(&cluster, "k", 150).await;
+    let n4 = id("n4");
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+    assert_eq!(cluster.state_of(&n4), MemberState::Joining);
+
+    // Reads stay on the settled ring: n4 is not asked, and nothing is missed.
+    let gained: Vec<&String> = acknowledged
+        .keys()
+        .filter(|k| cluster.target_replicas(k).contains(&n4))
+        .collect();
+    assert!(!gained.is_empty());
+    for key in &gained {
+        assert!(
+            !cluster
+                .node(&id("n1"))
+                .cluster()
+                .read_preference_list(key.as_bytes())[..3]
+                .contains(&n4)
+        );
+        assert_eq!(
+            cluster.get(&id("n2"), key, None).await,
+            Some(vec![acknowledged[*key].clone()])
+        );
+    }
+
+    let sent = cluster.drive_to_completion(&n4, UNLIMITED).await;
+    assert!(sent >= gained.len() as u64, "sent {sent} keys");
+    assert_eq!(
+        cluster
+            .node(&n4)
+            .cluster()
+            .table()
+            .get(&n4)
+            .map(|m| m.state()),
+        Some(MemberState::Member)
+    );
+    // n4 holds every key it gained before anyone reads from it.
+    for key in &gained {
+        assert_eq!(cluster.stored(&n4, key), vec![acknowledged[*key].clone()]);
+    }
+    cluster.spread(&n4);
+    assert_eq!(cluster.state_of(&n4), MemberState::Member);
+    assert_on_w_target_replicas(&cluster, &acknowledged);
+    for (key, value) in &acknowledged {
+        assert_eq!(
+            cluster.get(&n4, key, Some(3)).await,
+            Some(vec![value.clone()])
+        );
+    }
+    // Done: nothing left to report, and later rounds are idle.
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    assert_eq!(status.role, None);
+    assert_eq!(
+        cluster.node(&n4).transfer_round(UNLIMITED).await.used,
+        Allowance::NONE
+    );
+}
+
+#[tokio::test]
+async fn writes_during_a_join_reach_old_and_new_owners_and_none_is_lost() {
+    let mut cluster = Cluster::new(3);
+    let mut acknowledged = load(&cluster, "before", 60).await;
+    let n4 = id("n4");
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+
+    // A write of a key n4 gains lands on n4 as well as on the old owners.
+    let key = (0..10_000)
+        .map(|i| format!("moving-{i}"))
+        .find(|k| cluster.target_replicas(k).contains(&n4))
+        .expect("some key moves to n4");
+    assert!(cluster.put(&id("n2"), &key, "fresh").await);
+    let settled = cluster
+        .node(&id("n1"))
+        .cluster()
+        .read_preference_list(key.as_bytes());
+    assert!(
+        eventually(|| {
+            cluster.stored(&n4, &key) == ["fresh"]
+                && settled[..3]
+                    .iter()
+                    .filter(|n| cluster.stored(n, &key) == ["fresh"])
+                    .count()
+                    >= 2
+        })
+        .await,
+        "the write reached n4 and two settled replicas"
+    );
+    acknowledged.insert(key, "fresh".into());
+
+    // Concurrent writers and a throttled transfer: every round sends a few keys while
+    // writes keep coming through every node.
+    let writer = {
+        let nodes: Vec<Arc<NodeShared>> = cluster.nodes.values().cloned().collect();
+        tokio::spawn(async move {
+            let mut written = BTreeMap::new();
+            for i in 0..80 {
+                let (key, value) = (format!("during-{i}"), format!("w{i}"));
+                let node = &nodes[i % nodes.len()];
+                let ok = node
+                    .coordinator()
+                    .put(
+                        key.as_bytes(),
+                        VectorClock::new(),
+                        Some(value.as_bytes().to_vec()),
+                        None,
+                    )
+                    .await
+                    .is_ok();
+                if ok {
+                    written.insert(key, value);
+                }
+                tokio::task::yield_now().await;
+            }
+            written
+        })
+    };
+    let small = Allowance {
+        keys: 5,
+        bytes: u64::MAX,
+    };
+    let mut completed = false;
+    for _ in 0..MAX_ROUNDS {
+        // Reads during the join never miss what the old owners hold.
+        for (key, value) in acknowledged.iter().take(10) {
+            let got = cluster.get(&id("n3"), key, None).await;
+            assert!(
+                got.as_ref().is_some_and(|v| v.contains(value)),
+                "{key}: {got:?}, expected {value}"
+            );
+        }
+        if cluster.node(&n4).transfer_round(small).await.completed {
+            completed = true;
+            break;
+        }
+    }
+    assert!(completed, "the join completed");
+    let written = writer.await.expect("writer task");
+    assert!(!written.is_empty());
+    for (key, value) in written {
+        // A later write of the same key supersedes the first "during" write.
+        acknowledged.insert(key, value);
+    }
+    cluster.spread(&n4);
+    // Background replication of the last writes may still be landing.
+    let all_there = eventually(|| {
+        acknowledged.iter().all(|(key, value)| {
+            cluster
+                .target_replicas(key)
+                .iter()
+                .filter(|n| cluster.stored(n, key).contains(value))
+                .count()
+                >= 2
+        })
+    })
+    .await;
+    if !all_there {
+        assert_on_w_target_replicas(&cluster, &acknowledged);
+    }
+    for (key, value) in &acknowledged {
+        let got = cluster.get(&id("n1"), key, None).await;
+        assert!(
+            got.as_ref().is_some_and(|v| v.contains(value)),
+            "{key}: {got:?}, expected {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leaving_node_is_removed_only_after_every_range_is_acknowledged() {
+    let cluster = Cluster::new(4);
+    let acknowledged = load(&cluster, "k", 150).await;
+    let n4 = id("n4");
+    cluster.change_everywhere(|t| t.leave(&id("n4")).map(|_| ()));
+    // Writes during the leave go to the new owners too.
+    let tasks = {
+        let (settled, target) = cluster.node(&n4).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    assert!(tasks.iter().any(|t| t.source == n4));
+    // One new owner cannot be reached: the leave cannot finish.
+    let blocked = tasks
+        .iter()
+        .find(|t| t.source == n4)
+        .map(|t| t.dest.clone())
+        .expect("a destination");
+    cluster.network.cut(&addr(&n4), &addr(&blocked));
+    for _ in 0..5 {
+        let report = cluster.node(&n4).transfer_round(UNLIMITED).await;
+        assert!(!report.completed);
+        assert!(
+            report.errors.iter().any(|e| e.contains(blocked.as_str())),
+            "{:?}",
+            report.errors
+        );
+    }
+    assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    assert_eq!(status.role, Some(TransferRole::Leaving));
+    let pending = status
+        .peers
+        .iter()
+        .find(|p| p.peer == blocked)
+        .expect("the blocked peer is reported");
+    assert!(pending.pending_ranges > 0);
+    assert!(pending.ring_fraction_remaining > 0.0);
+    assert!(pending.estimated_keys_remaining.is_some_and(|k| k > 0));
+
+    cluster.network.heal(&addr(&n4), &addr(&blocked));
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    assert_eq!(
+        cluster
+            .node(&n4)
+            .cluster()
+            .table()
+            .get(&n4)
+            .map(|m| m.state()),
+        Some(MemberState::Removed)
+    );
+    cluster.spread(&n4);
+    assert_on_w_target_replicas(&cluster, &acknowledged);
+    for (key, value) in &acknowledged {
+        assert!(!cluster.target_replicas(key).contains(&n4));
+        assert_eq!(
+            cluster.get(&id("n1"), key, Some(3)).await,
+            Some(vec![value.clone()])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_resumes_from_its_cursor_after_a_crash_and_replaying_a_batch_is_harmless() {
+    let mut cluster = Cluster::new(3);
+    load(&cluster, "k", 200).await;
+    let n4 = id("n4");
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+    // What the whole transfer sends: each task's range, out of its source.
+    let (settled, target) = cluster.node(&n4).cluster().rings();
+    let total: u64 = plan(&settled, &target, 3)
+        .iter()
+        .map(|task| {
+            let page = cluster
+                .node(&task.source)
+                .store()
+                .scan(task.range, None, 10_000, usize::MAX)
+                .expect("scanning the source");
+            page.entries.len() as u64
+        })
+        .sum();
+    assert!(total > 20, "the plan moves {total} keys");
+
+    let first = Allowance {
+        keys: 20,
+        bytes: u64::MAX,
+    };
+    let report = cluster.node(&n4).transfer_round(first).await;
+    assert_eq!(report.used.keys, 20);
+    assert!(!report.completed);
+    let holding: Vec<(Vec<u8>, SiblingSet)> = all_entries(&cluster, &n4);
+    assert_eq!(holding.len(), 20);
+
+    // Replaying: lose the cursor (as if the driver crashed before saving it) and send
+    // the same batch again: the data does not change.
+    let engine = Arc::clone(&cluster.engines[&n4]);
+    let saved = engine
+        .meta_get("transfer-progress")
+        .expect("reading progress")
+        .expect("progress was saved");
+    engine.meta_remove("transfer-progress").expect("removing");
+    let replay = cluster.node(&n4).transfer_round(first).await;
+    assert_eq!(replay.used.keys, 20);
+    assert_eq!(all_entries(&cluster, &n4), holding);
+    engine
+        .meta_put(
+            "transfer-progress",
+            &saved,
+            crate::storage::Durability::Sync,
+        )
+        .expect("restoring progress");
+
+    // Crash and restart the driver over the same storage: it resumes from the cursor.
+    cluster.network.unregister(&addr(&n4));
+    cluster.start(&n4, engine);
+    let rest = cluster.drive_to_completion(&n4, UNLIMITED).await;
+    assert_eq!(
+        20 + rest,
+        total,
+        "the restarted transfer sent only what was left"
+    );
+    assert_eq!(all_entries(&cluster, &n4).len() as u64, total);
+}
+
+/// Every entry `node` stores, in ring order.
+fn all_entries(cluster: &Cluster, node: &NodeId) -> Vec<(Vec<u8>, SiblingSet)> {
+    cluster
+        .node(node)
+        .store()
+        .scan(crate::ring::TokenRange::full(), None, 100_000, usize::MAX)
+        .expect("scanning")
+        .entries
+}
