@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::NodeId;
-use crate::membership::{DetectorConfig, FailureDetector, MemberTable, MembershipError};
+use crate::membership::{
+    DetectorConfig, FailureDetector, MemberTable, MembershipError, TableDigest,
+};
 use crate::ring::{PartitionStrategy, Ring, RingError};
 use crate::time::Millis;
 
@@ -72,6 +74,8 @@ pub struct Cluster {
 #[derive(Debug)]
 struct ClusterState {
     table: MemberTable,
+    /// The table's digest, computed once per change: every client response carries it.
+    digest: TableDigest,
     ring: Ring,
     detector: FailureDetector,
 }
@@ -94,6 +98,7 @@ impl Cluster {
             strategy,
             clock,
             state: Mutex::new(ClusterState {
+                digest: table.digest(),
                 table,
                 ring,
                 detector: FailureDetector::new(detector),
@@ -125,6 +130,18 @@ impl Cluster {
     /// A copy of the ring.
     pub fn ring(&self) -> Ring {
         self.lock().ring.clone()
+    }
+
+    /// The member table's digest (cached), which clients use as the topology version.
+    pub fn table_digest(&self) -> TableDigest {
+        self.lock().digest
+    }
+
+    /// The member table, its digest and the ring, read together under one lock so
+    /// they describe the same membership.
+    pub fn snapshot(&self) -> (MemberTable, TableDigest, Ring) {
+        let state = self.lock();
+        (state.table.clone(), state.digest, state.ring.clone())
     }
 
     /// Merges a table learned from gossip or an admin change; returns whether ours changed.
@@ -159,6 +176,7 @@ impl Cluster {
     fn install(&self, state: &mut ClusterState, table: MemberTable) -> Result<(), RingError> {
         let epoch = state.ring.epoch() + 1;
         state.ring = Ring::build(&table.ring_members(), self.strategy, epoch, None)?;
+        state.digest = table.digest();
         state.table = table;
         Ok(())
     }

@@ -169,6 +169,9 @@ struct Inner {
     members: Family<StateLabel, Gauge>,
     ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     keys: Gauge,
+    /// Client puts this node received without being a home replica of the key, and
+    /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
+    forwarded_puts: Counter,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -228,9 +231,16 @@ impl Metrics {
             "Keys stored on this node (approximate)",
             keys.clone(),
         );
+        let forwarded_puts = Counter::default();
+        registry.register(
+            "dynamo_forwarded_puts",
+            "Client puts received by a node outside the key's preference list and forwarded to a home replica",
+            forwarded_puts.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
+                forwarded_puts,
                 requests,
                 latency,
                 hint_backlog,
@@ -257,6 +267,16 @@ impl Metrics {
             .latency
             .get_or_create(&LatencyLabels { api, op })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a client put forwarded to a home replica of its key.
+    pub fn record_forwarded_put(&self) {
+        self.inner.forwarded_puts.inc();
+    }
+
+    /// Client puts forwarded to a home replica so far.
+    pub fn forwarded_puts(&self) -> u64 {
+        self.inner.forwarded_puts.get()
     }
 
     /// Replaces the hint backlog gauges: hinted keys held for each home replica.
@@ -356,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
+    fn a_fresh_registry_shows_only_the_unlabelled_metrics() {
         // Labelled families appear with their first series.
         let text = Metrics::new().encode();
         assert_eq!(
@@ -364,7 +384,23 @@ mod tests {
             "# HELP dynamo_keys Keys stored on this node (approximate).\n\
              # TYPE dynamo_keys gauge\n\
              dynamo_keys 0\n\
+             # HELP dynamo_forwarded_puts Client puts received by a node outside the key's \
+             preference list and forwarded to a home replica.\n\
+             # TYPE dynamo_forwarded_puts counter\n\
+             dynamo_forwarded_puts_total 0\n\
              # EOF\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_puts_are_counted() {
+        let metrics = Metrics::new();
+        metrics.record_forwarded_put();
+        metrics.clone().record_forwarded_put();
+        assert_eq!(metrics.forwarded_puts(), 2);
+        assert_eq!(
+            sample(&metrics.encode(), "dynamo_forwarded_puts_total"),
+            Some("2")
         );
     }
 

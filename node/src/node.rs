@@ -79,6 +79,9 @@ pub struct NodeShared {
     pub(crate) strategy: PartitionStrategy,
     pub(crate) seeds: Vec<String>,
     pub(crate) advertise: String,
+    /// Our client address, announced in the member table whenever it is missing or
+    /// stale there (see [`announce_client_address`]).
+    pub(crate) client_advertise: Option<String>,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
 }
@@ -130,7 +133,19 @@ impl NodeShared {
                 table = new_table;
             }
         }
-        if changed || joining {
+        // Once we are in the table (an admin may have joined us through another node),
+        // tell clients where to reach us; gossip that lost our announcement to a
+        // concurrent change at the same version brings us back here to redo it.
+        let announced = announce_client_address(&self.cluster, self.client_advertise.as_deref())
+            .map_err(|e| e.to_string())?;
+        let announced = match announced {
+            Some(new_table) => {
+                table = new_table;
+                true
+            }
+            None => false,
+        };
+        if changed || joining || announced {
             self.persist_table(&table).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -303,7 +318,15 @@ impl Node {
             Some(tls) => GrpcTransport::with_tls(transport_config, tls.client()),
             None => GrpcTransport::new(transport_config),
         });
-        let settings = NodeSettings::from_config(&config)?;
+        let mut settings = NodeSettings::from_config(&config)?;
+        settings.client_advertise = config.client_advertise_for(client_addr);
+        if settings.client_advertise.is_none() {
+            tracing::warn!(
+                %client_addr,
+                "the client API listens on a wildcard address and neither advertise nor \
+                 advertise-client is set: partition-aware clients cannot route to this node"
+            );
+        }
         let shared = NodeShared::assemble(settings, engine, transport, advertise)?;
         let incarnation = shared.incarnation;
 
@@ -356,6 +379,9 @@ pub struct NodeSettings {
     pub seeds: Vec<String>,
     /// Failure detector thresholds.
     pub detector: DetectorConfig,
+    /// The address clients reach this node's `Kv` API at, announced in the member table
+    /// for partition-aware clients; `None` announces nothing.
+    pub client_advertise: Option<String>,
 }
 
 impl NodeSettings {
@@ -374,6 +400,7 @@ impl NodeSettings {
             sibling_limits: SiblingLimits::default(),
             seeds: Vec::new(),
             detector: DetectorConfig::default(),
+            client_advertise: None,
         }
     }
 
@@ -408,6 +435,8 @@ impl NodeSettings {
             sibling_limits,
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
+            // Needs the bound client address: `Node::start` fills it in.
+            client_advertise: config.advertise_client().map(str::to_owned),
         })
     }
 }
@@ -455,7 +484,13 @@ impl NodeShared {
                 .map_err(|e| NodeError::Config(e.to_string()))?;
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
+        if let Some(table) = announce_client_address(&cluster, settings.client_advertise.as_deref())
+            .map_err(|e| NodeError::Config(e.to_string()))?
+        {
+            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+        }
         let store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let metrics = Metrics::new();
         let coordinator = Coordinator::new(
             CoordinatorConfig {
                 actor: Actor::new(me, incarnation),
@@ -463,6 +498,7 @@ impl NodeShared {
                 timeout: settings.request_timeout,
                 durability: settings.durability,
                 limits: settings.limits,
+                metrics: metrics.clone(),
             },
             store.clone(),
             Arc::clone(&cluster),
@@ -479,7 +515,8 @@ impl NodeShared {
             strategy: settings.strategy,
             seeds: settings.seeds,
             advertise,
-            metrics: Metrics::new(),
+            client_advertise: settings.client_advertise,
+            metrics,
         }))
     }
 
@@ -519,6 +556,28 @@ impl NodeShared {
         tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
         Ok(member)
     }
+}
+
+/// Sets our client address in the member table when we are in it (not removed) and it
+/// is missing or differs from `client_advertise`; returns the new table if it changed.
+fn announce_client_address(
+    cluster: &Cluster,
+    client_advertise: Option<&str>,
+) -> Result<Option<MemberTable>, ChangeError> {
+    let Some(address) = client_advertise else {
+        return Ok(None);
+    };
+    let me = cluster.me().clone();
+    let stale = cluster
+        .table()
+        .get(&me)
+        .is_some_and(|m| m.state() != MemberState::Removed && m.client_address() != Some(address));
+    if !stale {
+        return Ok(None);
+    }
+    let (_, table) = cluster.change(|t| t.set_client_address(&me, address))?;
+    tracing::info!(node = %me, client_address = address, "announced the client address");
+    Ok(Some(table))
 }
 
 /// Why an explicit membership change failed.
