@@ -885,3 +885,98 @@ impl NodeShared {
         self.metrics.set_keys(self.store.engine().approximate_len());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::MemoryNetwork;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    /// A member table as a node of the previous release persisted it: format 1, each
+    /// member `(id, address, weight, state, version)`, no client addresses.
+    fn format_1_table(members: &[(&str, &str, u32, u32, u64)]) -> Vec<u8> {
+        let mut bytes = vec![1u8];
+        bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
+        for member in members {
+            bytes = postcard::to_extend(member, bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// An upgraded node starts from the table its previous version saved, announces its
+    /// client address, and saves the table back in the current format.
+    #[test]
+    fn a_table_persisted_in_the_previous_format_loads_and_gains_the_client_address() {
+        let engine: Arc<dyn StorageEngine> = Arc::new(MemoryEngine::new());
+        let old = format_1_table(&[("n1", "n1:7001", 1, 1, 2), ("n2", "n2:7001", 1, 1, 2)]);
+        engine
+            .meta_put(META_MEMBERS, &old, Durability::Sync)
+            .unwrap();
+        let mut settings = NodeSettings::new(id("n1"));
+        settings.client_advertise = Some("n1:7000".into());
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let shared = NodeShared::assemble(
+            settings,
+            Arc::clone(&engine),
+            Arc::new(network.endpoint("n1:7001")),
+            "n1:7001".into(),
+        )
+        .unwrap();
+        let table = shared.cluster().table();
+        let me = table.get(&id("n1")).unwrap();
+        assert_eq!(
+            (me.client_address(), me.version(), me.state()),
+            (Some("n1:7000"), 3, MemberState::Member)
+        );
+        assert_eq!(table.get(&id("n2")).unwrap().client_address(), None);
+        assert_eq!(shared.cluster().ring().len(), 2, "the ring is the old one");
+        let saved = engine.meta_get(META_MEMBERS).unwrap().unwrap();
+        assert_eq!(saved[0], crate::membership::TABLE_FORMAT_VERSION);
+        assert_eq!(MemberTable::decode(&saved).unwrap(), table);
+    }
+
+    /// A node joined through another node learns of it by gossip and then announces
+    /// its client address; without one configured it announces nothing.
+    #[test]
+    fn a_node_announces_its_client_address_once_it_is_in_the_table() {
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let assemble = |client: Option<&str>| {
+            let mut settings = NodeSettings::new(id("n2"));
+            settings.client_advertise = client.map(str::to_owned);
+            NodeShared::assemble(
+                settings,
+                Arc::new(MemoryEngine::new()),
+                Arc::new(network.endpoint("n2:7001")),
+                "n2:7001".into(),
+            )
+            .unwrap()
+        };
+        let mut joined_elsewhere = MemberTable::new();
+        joined_elsewhere.join(id("n2"), "n2:7001", 1).unwrap();
+
+        let node = assemble(Some("n2:7000"));
+        node.learn_table(&joined_elsewhere).unwrap();
+        let me = node.cluster().table().get(&id("n2")).unwrap().clone();
+        assert_eq!(
+            (me.state(), me.client_address()),
+            (MemberState::Member, Some("n2:7000"))
+        );
+        let version = me.version();
+        node.learn_table(&joined_elsewhere).unwrap();
+        assert_eq!(
+            node.cluster().table().get(&id("n2")).unwrap().version(),
+            version,
+            "announced once, not on every gossip round"
+        );
+
+        let silent = assemble(None);
+        silent.learn_table(&joined_elsewhere).unwrap();
+        assert_eq!(
+            silent.cluster().table().get(&id("n2")).unwrap().client_address(),
+            None
+        );
+    }
+}

@@ -67,7 +67,7 @@ pub use error::ClientError;
 pub use routing::{MAX_VERSION_LEN, RouteNode, RoutingTable, TopologyError};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -348,6 +348,9 @@ struct Inner {
     down_until: Mutex<HashMap<String, Instant>>,
     /// A node whose answer carried a newer topology version: asked first on refresh.
     newer_at: Mutex<Option<String>>,
+    /// Set when a node failed a call: the next refresh pulls the whole topology even if
+    /// its version is unchanged, for the answering node's view of who is reachable.
+    full_refresh: AtomicBool,
     /// Wakes the refresh task early.
     refresh_wanted: Arc<Notify>,
     /// Rotates reads among replicas and requests among seeds.
@@ -399,6 +402,7 @@ impl Client {
             table: RwLock::new(None),
             down_until: Mutex::new(HashMap::new()),
             newer_at: Mutex::new(None),
+            full_refresh: AtomicBool::new(false),
             refresh_wanted: Arc::new(Notify::new()),
             next: AtomicUsize::new(0),
             routed: AtomicU64::new(0),
@@ -591,6 +595,7 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(address.to_owned(), until);
         if self.routing == Routing::Client {
+            self.full_refresh.store(true, Ordering::Relaxed);
             self.refresh_wanted.notify_one();
         }
     }
@@ -725,12 +730,20 @@ impl Inner {
 
     /// Asks nodes for the topology, the one that showed a newer version first, then
     /// the reachable members, then the seeds; installs the first usable answer.
+    ///
+    /// The pull is whole (the version is not sent) after a node failed a call or while
+    /// the table marks a node unreachable: membership has not changed then, but which
+    /// nodes answer has, and the answering node's view of that orders the replicas.
     async fn refresh(&self) -> Result<bool, ClientError> {
         let current = self.current();
-        let known_version = current
-            .as_ref()
-            .map(|t| t.version().to_owned())
-            .unwrap_or_default();
+        let full = self.full_refresh.swap(false, Ordering::Relaxed)
+            || current
+                .as_ref()
+                .is_some_and(|t| t.members().iter().any(|m| !m.reachable));
+        let known_version = match &current {
+            Some(table) if !full => table.version().to_owned(),
+            _ => String::new(),
+        };
         let mut candidates: Vec<String> = Vec::new();
         let newer = self
             .newer_at
@@ -783,6 +796,7 @@ impl Inner {
                 return Ok(false);
             }
             match RoutingTable::from_topology(answer) {
+                Ok(table) if current.as_deref() == Some(&table) => return Ok(false),
                 Ok(table) => {
                     self.install(table);
                     return Ok(true);
@@ -845,5 +859,67 @@ fn answer_reason(local: bool, status: &tonic::Status) -> String {
         pool::describe(status)
     } else {
         format!("answered {:?}: {}", status.code(), status.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_before_connecting() {
+        let bad = [
+            ClientConfig::new(Vec::<String>::new()),
+            ClientConfig::new(["no-port"]),
+            ClientConfig::new(["ftp://a:1"]),
+            ClientConfig::new(["http://a:1"]).with_tls(ClientTlsConfig::new()),
+            ClientConfig::new(["a:1"]).with_request_timeout(Duration::ZERO),
+            ClientConfig::new(["a:1"]).with_connections_per_node(0),
+            ClientConfig::new(["a:1"]).with_connections_per_node(MAX_CONNECTIONS_PER_NODE + 1),
+            ClientConfig::new(["a:1"]).with_refresh_interval(Duration::from_millis(1)),
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(ClientError::Config(_))),
+                "{config:?}"
+            );
+        }
+        let (seeds, tls) = ClientConfig::new(["http://a:1/", "a:1", "b:2"])
+            .validate()
+            .unwrap();
+        assert_eq!((seeds, tls), (vec!["a:1".to_owned(), "b:2".to_owned()], false));
+        let (_, tls) = ClientConfig::new(["https://a:1"]).validate().unwrap();
+        assert!(tls, "an https seed turns TLS on");
+    }
+
+    /// Nothing listens on port 1: both routings report every seed they tried.
+    #[tokio::test]
+    async fn unreachable_seeds_are_unavailable_with_the_cause() {
+        for routing in [Routing::Client, Routing::Server] {
+            let config = ClientConfig::new(["127.0.0.1:1"])
+                .with_routing(routing)
+                .with_connect_timeout(Duration::from_secs(2));
+            let error = Client::connect(config).await.unwrap_err();
+            let ClientError::Unavailable { attempts } = &error else {
+                panic!("{error}");
+            };
+            assert_eq!(attempts.len(), 1, "{error}");
+            assert_eq!(attempts[0].0, "127.0.0.1:1");
+            assert!(!attempts[0].1.is_empty(), "{error}");
+        }
+    }
+
+    #[test]
+    fn contexts_and_versions_are_plain_values() {
+        assert!(Context::empty().is_empty());
+        let context = Context::from_bytes(vec![1u8, 2]);
+        assert_eq!(context.as_bytes().as_ref(), [1, 2]);
+        let versions = Versions {
+            values: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            context,
+        };
+        assert!(versions.has_siblings() && !versions.is_empty());
+        assert!(Versions::default().is_empty());
+        assert_eq!(Routing::Client.as_str(), "client");
     }
 }

@@ -58,7 +58,7 @@ impl KvService {
     }
 
     /// The routing view of this node's membership.
-    fn topology(&self, known_version: &str) -> TopologyResponse {
+    fn topology_view(&self, known_version: &str) -> TopologyResponse {
         let cluster = self.coordinator.cluster();
         let current = cluster.table_digest().to_string();
         if known_version == current {
@@ -183,6 +183,130 @@ impl kv_server::Kv for KvService {
                 "known_version is longer than any version this node issues",
             ));
         }
-        Ok(Response::new(self.topology(&request.known_version)))
+        Ok(Response::new(self.topology_view(&request.known_version)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tonic::Request;
+
+    use super::*;
+    use crate::NodeId;
+    use crate::client::RoutingTable;
+    use crate::node::{NodeSettings, NodeShared};
+    use crate::proto::kv_server::Kv as _;
+    use crate::storage::MemoryEngine;
+    use crate::transport::MemoryNetwork;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    /// A node `n1` whose table has `members` (n1 announcing its client address) and a
+    /// removed `gone`.
+    fn node(members: &[&str]) -> Arc<NodeShared> {
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let mut settings = NodeSettings::new(id("n1"));
+        settings.client_advertise = Some("n1:7000".into());
+        let shared = NodeShared::assemble(
+            settings,
+            Arc::new(MemoryEngine::new()),
+            Arc::new(network.endpoint("n1:7001")),
+            "n1:7001".into(),
+        )
+        .unwrap();
+        for member in members.iter().chain(&["gone"]) {
+            shared
+                .change_membership(|t| {
+                    t.join(id(member), &format!("{member}:7001"), 1)?;
+                    t.mark_member(&id(member))
+                })
+                .unwrap();
+        }
+        shared
+            .change_membership(|t| {
+                t.leave(&id("gone"))?;
+                t.mark_removed(&id("gone"))
+            })
+            .unwrap();
+        shared.learn_table(&shared.cluster().table()).unwrap();
+        shared
+    }
+
+    fn service(node: &NodeShared) -> KvService {
+        KvService::new(node.coordinator().clone(), Metrics::new())
+    }
+
+    /// Dynamo §4.5: the client routes by the node's own placement, so the preference
+    /// lists the client derives from the answer are the node's.
+    #[tokio::test]
+    async fn topology_describes_the_nodes_placement() {
+        let node = node(&["n1", "n2", "n3", "n4"]);
+        let answer = service(&node)
+            .topology(Request::new(TopologyRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.version, node.cluster().table_digest().to_string());
+        assert_eq!(answer.replication_factor, 3);
+        let ids: Vec<&str> = answer.members.iter().map(|m| m.node_id.as_str()).collect();
+        assert_eq!(ids, ["n1", "n2", "n3", "n4"], "the removed member is left out");
+        assert_eq!(answer.members[0].client_address, "n1:7000");
+        assert_eq!(answer.members[1].client_address, "", "n2 has not announced");
+        let table = RoutingTable::from_topology(answer).unwrap();
+        for key in 0..200 {
+            let key = format!("k{key}");
+            let ours: Vec<String> = table
+                .preference_list(key.as_bytes())
+                .into_iter()
+                .map(|i| table.members()[i].id.clone())
+                .collect();
+            let theirs: Vec<String> = node.cluster().extended_preference_list(key.as_bytes())
+                [..3]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(ours, theirs, "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_current_version_gets_a_short_answer_and_responses_carry_it() {
+        let node = node(&["n1", "n2"]);
+        let service = service(&node);
+        let version = node.cluster().table_digest().to_string();
+        let answer = service
+            .topology(Request::new(TopologyRequest {
+                known_version: version.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.unchanged);
+        assert!(answer.members.is_empty() && answer.vnode_owners.is_empty());
+        let long = service
+            .topology(Request::new(TopologyRequest {
+                known_version: "x".repeat(65),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(long.code(), tonic::Code::InvalidArgument);
+        let put = service
+            .put(Request::new(PutRequest {
+                key: "k".into(),
+                context: Default::default(),
+                value: "v".into(),
+                w: Some(1),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            put.metadata().get(TOPOLOGY_HEADER).unwrap().to_str().unwrap(),
+            version
+        );
     }
 }
