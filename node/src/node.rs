@@ -975,7 +975,12 @@ mod tests {
         let silent = assemble(None);
         silent.learn_table(&joined_elsewhere).unwrap();
         assert_eq!(
-            silent.cluster().table().get(&id("n2")).unwrap().client_address(),
+            silent
+                .cluster()
+                .table()
+                .get(&id("n2"))
+                .unwrap()
+                .client_address(),
             None
         );
     }

@@ -30,23 +30,28 @@ async fn client(seed: &TestNode, routing: Routing, refresh: Duration) -> Client 
         .with_routing(routing)
         .with_refresh_interval(refresh)
         .with_request_timeout(Duration::from_secs(2));
-    Client::connect(config).await.expect("connecting the client")
+    Client::connect(config)
+        .await
+        .expect("connecting the client")
 }
 
 /// Waits until the client routes by a table in which every one of `ids` has a client
 /// address.
 async fn wait_for_addresses(client: &Client, ids: &[&str]) {
-    eventually("the client to learn every node's client address", || async {
-        let _ = client.refresh().await;
-        client.routing_table().is_some_and(|table| {
-            ids.iter().all(|id| {
-                table
-                    .members()
-                    .iter()
-                    .any(|m| m.id == *id && m.client_address.is_some())
+    eventually(
+        "the client to learn every node's client address",
+        || async {
+            let _ = client.refresh().await;
+            client.routing_table().is_some_and(|table| {
+                ids.iter().all(|id| {
+                    table
+                        .members()
+                        .iter()
+                        .any(|m| m.id == *id && m.client_address.is_some())
+                })
             })
-        })
-    })
+        },
+    )
     .await;
 }
 
@@ -93,10 +98,11 @@ async fn client_routing_sends_puts_to_home_replicas_and_nothing_is_forwarded() {
             .expect("server-routed put");
     }
     assert_eq!(server.stats().fallback, 40);
-    assert!(server.routing_table().is_none(), "server routing pulls no ring");
-    let forwarded = cluster.nodes[0]
-        .metric("dynamo_forwarded_puts_total")
-        .await;
+    assert!(
+        server.routing_table().is_none(),
+        "server routing pulls no ring"
+    );
+    let forwarded = cluster.nodes[0].metric("dynamo_forwarded_puts_total").await;
     assert!(
         forwarded > 0.0 && forwarded < 40.0,
         "n1 forwards the puts of keys it does not hold: {forwarded}"
@@ -110,7 +116,12 @@ async fn client_routing_sends_puts_to_home_replicas_and_nothing_is_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_follows_a_join_and_routes_around_a_killed_node() {
     let mut cluster = TestCluster::start(3, SMALL_N).await;
-    let client = client(&cluster.nodes[0], Routing::Client, Duration::from_secs(3600)).await;
+    let client = client(
+        &cluster.nodes[0],
+        Routing::Client,
+        Duration::from_secs(3600),
+    )
+    .await;
     wait_for_addresses(&client, &["n1", "n2", "n3"]).await;
     let refreshes = client.stats().refreshes;
 
@@ -196,7 +207,9 @@ async fn client_falls_back_to_server_routing_when_it_cannot_route() {
     extra.extend(["--listen", "0.0.0.0:0"]);
     let cluster = TestCluster::start(3, &extra).await;
     let client = client(&cluster.nodes[0], Routing::Client, Duration::from_secs(60)).await;
-    let table = client.routing_table().expect("the topology itself is served");
+    let table = client
+        .routing_table()
+        .expect("the topology itself is served");
     assert!(table.members().iter().all(|m| m.client_address.is_none()));
     for i in 0..20 {
         let key = format!("fallback-{i}");
@@ -205,7 +218,11 @@ async fn client_falls_back_to_server_routing_when_it_cannot_route() {
             .await
             .expect("fallback put");
         assert_eq!(
-            client.get(key.as_bytes()).await.expect("fallback get").values,
+            client
+                .get(key.as_bytes())
+                .await
+                .expect("fallback get")
+                .values,
             [b"v".as_slice()]
         );
     }

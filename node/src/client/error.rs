@@ -89,7 +89,10 @@ mod tests {
             code: tonic::Code::InvalidArgument,
             message: "key is empty".into(),
         };
-        assert_eq!(status.to_string(), "a:1 answered InvalidArgument: key is empty");
+        assert_eq!(
+            status.to_string(),
+            "a:1 answered InvalidArgument: key is empty"
+        );
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             ClientError::Timeout(Duration::from_secs(1)).code(),

@@ -585,7 +585,8 @@ impl Inner {
             .down_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        down.get(address).is_some_and(|until| *until > Instant::now())
+        down.get(address)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     fn mark_down(&self, address: &str) {
@@ -716,9 +717,7 @@ impl Inner {
         let Some(theirs) = metadata.get(TOPOLOGY_HEADER).and_then(|v| v.to_str().ok()) else {
             return;
         };
-        let stale = self
-            .current()
-            .is_none_or(|table| table.version() != theirs);
+        let stale = self.current().is_none_or(|table| table.version() != theirs);
         if stale {
             *self
                 .newer_at
@@ -773,24 +772,23 @@ impl Inner {
             let request = proto::TopologyRequest {
                 known_version: known_version.clone(),
             };
-            let answer = match tokio::time::timeout(self.request_timeout, topology(kv, request))
-                .await
-            {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(status)) => {
-                    let local = failed_locally(&status);
-                    if local {
-                        self.mark_down(&address);
+            let answer =
+                match tokio::time::timeout(self.request_timeout, topology(kv, request)).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(status)) => {
+                        let local = failed_locally(&status);
+                        if local {
+                            self.mark_down(&address);
+                        }
+                        attempts.push((address, answer_reason(local, &status)));
+                        continue;
                     }
-                    attempts.push((address, answer_reason(local, &status)));
-                    continue;
-                }
-                Err(_) => {
-                    self.mark_down(&address);
-                    attempts.push((address, "no answer in time".to_owned()));
-                    continue;
-                }
-            };
+                    Err(_) => {
+                        self.mark_down(&address);
+                        attempts.push((address, "no answer in time".to_owned()));
+                        continue;
+                    }
+                };
             self.mark_up(&address);
             if answer.unchanged {
                 return Ok(false);
@@ -887,7 +885,10 @@ mod tests {
         let (seeds, tls) = ClientConfig::new(["http://a:1/", "a:1", "b:2"])
             .validate()
             .unwrap();
-        assert_eq!((seeds, tls), (vec!["a:1".to_owned(), "b:2".to_owned()], false));
+        assert_eq!(
+            (seeds, tls),
+            (vec!["a:1".to_owned(), "b:2".to_owned()], false)
+        );
         let (_, tls) = ClientConfig::new(["https://a:1"]).validate().unwrap();
         assert!(tls, "an https seed turns TLS on");
     }

@@ -297,7 +297,9 @@ mod tests {
     }
 
     fn names(table: &RoutingTable, list: &[usize]) -> Vec<String> {
-        list.iter().map(|&i| table.members()[i].id.clone()).collect()
+        list.iter()
+            .map(|&i| table.members()[i].id.clone())
+            .collect()
     }
 
     /// Dynamo §4.3: the client's preference list is the ring's, for either strategy.
@@ -357,9 +359,7 @@ mod tests {
                 })
                 .collect(),
             replication_factor: 1,
-            vnode_tokens: [10u128.to_be_bytes(), 20u128.to_be_bytes()]
-                .concat()
-                .into(),
+            vnode_tokens: [10u128.to_be_bytes(), 20u128.to_be_bytes()].concat().into(),
             vnode_owners: vec![0, 1],
             ..Default::default()
         };
@@ -434,11 +434,14 @@ mod tests {
             ),
             (
                 TopologyResponse {
-                    vnode_tokens: [good.vnode_tokens.slice(16..32), good.vnode_tokens.slice(..16)]
-                        .concat()
-                        .into_iter()
-                        .chain(good.vnode_tokens.slice(32..))
-                        .collect(),
+                    vnode_tokens: [
+                        good.vnode_tokens.slice(16..32),
+                        good.vnode_tokens.slice(..16),
+                    ]
+                    .concat()
+                    .into_iter()
+                    .chain(good.vnode_tokens.slice(32..))
+                    .collect(),
                     ..good.clone()
                 },
                 "strictly increasing",

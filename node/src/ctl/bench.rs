@@ -189,15 +189,13 @@ pub async fn run(
     if let Some(tls) = tls {
         config = config.with_tls(tls.clone());
     }
-    let client = Client::connect(config)
-        .await
-        .map_err(|error| match error {
-            ClientError::Config(reason) => CtlError::Usage(reason),
-            other => CtlError::Unavailable {
-                endpoint: endpoints.join(","),
-                reason: other.to_string(),
-            },
-        })?;
+    let client = Client::connect(config).await.map_err(|error| match error {
+        ClientError::Config(reason) => CtlError::Usage(reason),
+        other => CtlError::Unavailable {
+            endpoint: endpoints.join(","),
+            reason: other.to_string(),
+        },
+    })?;
     let nodes = match client.routing_table() {
         Some(table) if args.routing == Routing::Client => table
             .members()

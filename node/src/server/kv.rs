@@ -7,8 +7,8 @@ use super::coordinator_status;
 use std::time::Instant;
 
 use crate::coordinator::{Coordinator, CoordinatorError};
-use crate::metrics::{Api, Metrics, Op, Outcome};
 use crate::membership::MemberState;
+use crate::metrics::{Api, Metrics, Op, Outcome};
 use crate::proto::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
     TopologyMember, TopologyRequest, TopologyResponse, kv_server,
@@ -254,7 +254,11 @@ mod tests {
         assert_eq!(answer.version, node.cluster().table_digest().to_string());
         assert_eq!(answer.replication_factor, 3);
         let ids: Vec<&str> = answer.members.iter().map(|m| m.node_id.as_str()).collect();
-        assert_eq!(ids, ["n1", "n2", "n3", "n4"], "the removed member is left out");
+        assert_eq!(
+            ids,
+            ["n1", "n2", "n3", "n4"],
+            "the removed member is left out"
+        );
         assert_eq!(answer.members[0].client_address, "n1:7000");
         assert_eq!(answer.members[1].client_address, "", "n2 has not announced");
         let table = RoutingTable::from_topology(answer).unwrap();
@@ -265,8 +269,7 @@ mod tests {
                 .into_iter()
                 .map(|i| table.members()[i].id.clone())
                 .collect();
-            let theirs: Vec<String> = node.cluster().extended_preference_list(key.as_bytes())
-                [..3]
+            let theirs: Vec<String> = node.cluster().extended_preference_list(key.as_bytes())[..3]
                 .iter()
                 .map(ToString::to_string)
                 .collect();
@@ -305,7 +308,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            put.metadata().get(TOPOLOGY_HEADER).unwrap().to_str().unwrap(),
+            put.metadata()
+                .get(TOPOLOGY_HEADER)
+                .unwrap()
+                .to_str()
+                .unwrap(),
             version
         );
     }
