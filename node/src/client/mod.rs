@@ -633,13 +633,13 @@ impl Inner {
                     Some((address, node.reachable && !self.is_down(address)))
                 })
                 .collect();
-            if kind == Kind::Read && !addresses.is_empty() {
-                // Any replica coordinates a read; rotating spreads them.
-                let healthy = addresses.iter().filter(|(_, up)| *up).count().max(1);
-                addresses[..healthy].rotate_left(turn % healthy);
-            }
             // Reachable replicas first, in preference order (a stable sort).
             addresses.sort_by_key(|(_, up)| !*up);
+            let healthy = addresses.iter().filter(|(_, up)| *up).count();
+            if kind == Kind::Read && healthy > 1 {
+                // Any replica coordinates a read; rotating spreads them.
+                addresses[..healthy].rotate_left(turn % healthy);
+            }
             plan.extend(addresses.into_iter().map(|(a, _)| (a.to_owned(), true)));
         }
         // Fallback: any other node takes the request and routes it (server-driven).
