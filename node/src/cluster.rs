@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::NodeId;
-use crate::membership::{DetectorConfig, FailureDetector, MemberTable, MembershipError};
+use crate::membership::{
+    DetectorConfig, FailureDetector, MemberTable, MembershipError, TableDigest,
+};
 use crate::ring::{PartitionStrategy, Ring, RingError, Token};
 use crate::time::Millis;
 use crate::transfer;
@@ -124,6 +126,8 @@ pub struct Cluster {
 struct ClusterState {
     table: MemberTable,
     /// The target ring: Joining and Member nodes.
+    /// The table's digest, computed once per change: every client response carries it.
+    digest: TableDigest,
     ring: Ring,
     /// The settled ring: Member and Leaving nodes, which hold their data; reads use it
     /// while a transfer is in progress (see [`crate::transfer`]).
@@ -162,6 +166,7 @@ impl Cluster {
             strategy,
             clock,
             state: Mutex::new(ClusterState {
+                digest: table.digest(),
                 table,
                 ring,
                 settled,
@@ -194,6 +199,18 @@ impl Cluster {
     /// A copy of the target ring (Joining and Member nodes).
     pub fn ring(&self) -> Ring {
         self.lock().ring.clone()
+    }
+
+    /// The member table's digest (cached), which clients use as the topology version.
+    pub fn table_digest(&self) -> TableDigest {
+        self.lock().digest
+    }
+
+    /// The member table, its digest and the ring, read together under one lock so
+    /// they describe the same membership.
+    pub fn snapshot(&self) -> (MemberTable, TableDigest, Ring) {
+        let state = self.lock();
+        (state.table.clone(), state.digest, state.ring.clone())
     }
 
     /// Merges a table learned from gossip or an admin change; returns whether ours changed.
@@ -229,6 +246,7 @@ impl Cluster {
         let epoch = state.ring.epoch() + 1;
         state.ring = Ring::build(&table.ring_members(), self.strategy, epoch, None)?;
         state.settled = settled_ring(&table, self.strategy, epoch, &state.ring);
+        state.digest = table.digest();
         state.table = table;
         Ok(())
     }

@@ -49,10 +49,13 @@
 //!   target rings, the copy plan, resumable throttled rounds.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery, range transfer).
+//! * [`client`]: the partition-aware Rust client: pulls the ring from any node and
+//!   sends each request straight to a replica of its key (client-driven coordination).
 //! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
 
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;

@@ -177,6 +177,9 @@ struct Inner {
     transfer_pending: Family<PeerLabel, Gauge>,
     transfer_keys_sent: Counter,
     transfer_bytes_sent: Counter,
+    /// Client puts this node received without being a home replica of the key, and
+    /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
+    forwarded_puts: Counter,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -254,9 +257,16 @@ impl Metrics {
             "Key and state bytes this node's range transfers got acknowledged",
             transfer_bytes_sent.clone(),
         );
+        let forwarded_puts = Counter::default();
+        registry.register(
+            "dynamo_forwarded_puts",
+            "Client puts received by a node outside the key's preference list and forwarded to a home replica",
+            forwarded_puts.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
+                forwarded_puts,
                 requests,
                 latency,
                 hint_backlog,
@@ -286,6 +296,16 @@ impl Metrics {
             .latency
             .get_or_create(&LatencyLabels { api, op })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a client put forwarded to a home replica of its key.
+    pub fn record_forwarded_put(&self) {
+        self.inner.forwarded_puts.inc();
+    }
+
+    /// Client puts forwarded to a home replica so far.
+    pub fn forwarded_puts(&self) -> u64 {
+        self.inner.forwarded_puts.get()
     }
 
     /// Replaces the hint backlog gauges: hinted keys held for each home replica.
@@ -420,6 +440,10 @@ mod tests {
              # HELP dynamo_transfer_bytes_sent Key and state bytes this node's range transfers got acknowledged.\n\
              # TYPE dynamo_transfer_bytes_sent counter\n\
              dynamo_transfer_bytes_sent_total 0\n\
+             # HELP dynamo_forwarded_puts Client puts received by a node outside the key's \
+             preference list and forwarded to a home replica.\n\
+             # TYPE dynamo_forwarded_puts counter\n\
+             dynamo_forwarded_puts_total 0\n\
              # EOF\n"
         );
     }
@@ -445,6 +469,18 @@ mod tests {
         assert_eq!(
             sample(&text, "dynamo_transfer_bytes_sent_total"),
             Some("1024")
+        );
+    }
+
+    #[test]
+    fn forwarded_puts_are_counted() {
+        let metrics = Metrics::new();
+        metrics.record_forwarded_put();
+        metrics.clone().record_forwarded_put();
+        assert_eq!(metrics.forwarded_puts(), 2);
+        assert_eq!(
+            sample(&metrics.encode(), "dynamo_forwarded_puts_total"),
+            Some("2")
         );
     }
 

@@ -85,6 +85,9 @@ pub struct NodeShared {
     pub(crate) strategy: PartitionStrategy,
     pub(crate) seeds: Vec<String>,
     pub(crate) advertise: String,
+    /// Our client address, announced in the member table whenever it is missing or
+    /// stale there (see [`announce_client_address`]).
+    pub(crate) client_advertise: Option<String>,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
     /// Range transfer settings, progress status and the one-round-at-a-time lock.
@@ -126,9 +129,17 @@ impl NodeShared {
     /// or leave finishes in [`NodeShared::transfer_round`], once our ranges moved.
     pub(crate) fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
         let changed = self.cluster.merge_table(table).map_err(|e| e.to_string())?;
-        if changed {
-            self.persist_table(&self.cluster.table())
-                .map_err(|e| e.to_string())?;
+        // Once we are in the table (an admin may have joined us through another node),
+        // tell clients where to reach us; gossip that lost our announcement to a
+        // concurrent change at the same version brings us back here to redo it.
+        let announced = announce_client_address(&self.cluster, self.client_advertise.as_deref())
+            .map_err(|e| e.to_string())?;
+        match announced {
+            Some(table) => self.persist_table(&table).map_err(|e| e.to_string())?,
+            None if changed => self
+                .persist_table(&self.cluster.table())
+                .map_err(|e| e.to_string())?,
+            None => {}
         }
         Ok(())
     }
@@ -367,7 +378,15 @@ impl Node {
             Some(tls) => GrpcTransport::with_tls(transport_config, tls.client()),
             None => GrpcTransport::new(transport_config),
         });
-        let settings = NodeSettings::from_config(&config)?;
+        let mut settings = NodeSettings::from_config(&config)?;
+        settings.client_advertise = config.client_advertise_for(client_addr);
+        if settings.client_advertise.is_none() {
+            tracing::warn!(
+                %client_addr,
+                "the client API listens on a wildcard address and neither advertise nor \
+                 advertise-client is set: partition-aware clients cannot route to this node"
+            );
+        }
         let shared = NodeShared::assemble(settings, engine, transport, advertise)?;
         let incarnation = shared.incarnation;
 
@@ -424,6 +443,9 @@ pub struct NodeSettings {
     pub clock: Clock,
     /// Range transfer interval and per-round allowance.
     pub transfer: TransferSettings,
+    /// The address clients reach this node's `Kv` API at, announced in the member table
+    /// for partition-aware clients; `None` announces nothing.
+    pub client_advertise: Option<String>,
 }
 
 impl NodeSettings {
@@ -444,6 +466,7 @@ impl NodeSettings {
             detector: DetectorConfig::default(),
             clock: Clock::default(),
             transfer: TransferSettings::default(),
+            client_advertise: None,
         }
     }
 
@@ -486,6 +509,8 @@ impl NodeSettings {
                     bytes: config.transfer_batch_bytes(),
                 },
             },
+            // Needs the bound client address: `Node::start` fills it in.
+            client_advertise: config.advertise_client().map(str::to_owned),
         })
     }
 }
@@ -537,7 +562,13 @@ impl NodeShared {
                 .map_err(|e| NodeError::Config(e.to_string()))?;
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
+        if let Some(table) = announce_client_address(&cluster, settings.client_advertise.as_deref())
+            .map_err(|e| NodeError::Config(e.to_string()))?
+        {
+            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+        }
         let store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let metrics = Metrics::new();
         let coordinator = Coordinator::new(
             CoordinatorConfig {
                 actor: Actor::new(me, incarnation),
@@ -545,6 +576,7 @@ impl NodeShared {
                 timeout: settings.request_timeout,
                 durability: settings.durability,
                 limits: settings.limits,
+                metrics: metrics.clone(),
             },
             store.clone(),
             Arc::clone(&cluster),
@@ -561,7 +593,8 @@ impl NodeShared {
             strategy: settings.strategy,
             seeds: settings.seeds,
             advertise,
-            metrics: Metrics::new(),
+            client_advertise: settings.client_advertise,
+            metrics,
             transfer: TransferShared::new(settings.transfer),
         }))
     }
@@ -602,6 +635,28 @@ impl NodeShared {
         tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
         Ok(member)
     }
+}
+
+/// Sets our client address in the member table when we are in it (not removed) and it
+/// is missing or differs from `client_advertise`; returns the new table if it changed.
+fn announce_client_address(
+    cluster: &Cluster,
+    client_advertise: Option<&str>,
+) -> Result<Option<MemberTable>, ChangeError> {
+    let Some(address) = client_advertise else {
+        return Ok(None);
+    };
+    let me = cluster.me().clone();
+    let stale = cluster
+        .table()
+        .get(&me)
+        .is_some_and(|m| m.state() != MemberState::Removed && m.client_address() != Some(address));
+    if !stale {
+        return Ok(None);
+    }
+    let (_, table) = cluster.change(|t| t.set_client_address(&me, address))?;
+    tracing::info!(node = %me, client_address = address, "announced the client address");
+    Ok(Some(table))
 }
 
 /// Why an explicit membership change failed.
@@ -917,5 +972,106 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::MemoryNetwork;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    /// A member table as a node of the previous release persisted it: format 1, each
+    /// member `(id, address, weight, state, version)`, no client addresses.
+    fn format_1_table(members: &[(&str, &str, u32, u32, u64)]) -> Vec<u8> {
+        let mut bytes = vec![1u8];
+        bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
+        for member in members {
+            bytes = postcard::to_extend(member, bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// An upgraded node starts from the table its previous version saved, announces its
+    /// client address, and saves the table back in the current format.
+    #[test]
+    fn a_table_persisted_in_the_previous_format_loads_and_gains_the_client_address() {
+        let engine: Arc<dyn StorageEngine> = Arc::new(MemoryEngine::new());
+        let old = format_1_table(&[("n1", "n1:7001", 1, 1, 2), ("n2", "n2:7001", 1, 1, 2)]);
+        engine
+            .meta_put(META_MEMBERS, &old, Durability::Sync)
+            .unwrap();
+        let mut settings = NodeSettings::new(id("n1"));
+        settings.client_advertise = Some("n1:7000".into());
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let shared = NodeShared::assemble(
+            settings,
+            Arc::clone(&engine),
+            Arc::new(network.endpoint("n1:7001")),
+            "n1:7001".into(),
+        )
+        .unwrap();
+        let table = shared.cluster().table();
+        let me = table.get(&id("n1")).unwrap();
+        assert_eq!(
+            (me.client_address(), me.version(), me.state()),
+            (Some("n1:7000"), 3, MemberState::Member)
+        );
+        assert_eq!(table.get(&id("n2")).unwrap().client_address(), None);
+        assert_eq!(shared.cluster().ring().len(), 2, "the ring is the old one");
+        let saved = engine.meta_get(META_MEMBERS).unwrap().unwrap();
+        assert_eq!(saved[0], crate::membership::TABLE_FORMAT_VERSION);
+        assert_eq!(MemberTable::decode(&saved).unwrap(), table);
+    }
+
+    /// A node joined through another node learns of it by gossip and then announces
+    /// its client address; without one configured it announces nothing.
+    #[test]
+    fn a_node_announces_its_client_address_once_it_is_in_the_table() {
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let assemble = |client: Option<&str>| {
+            let mut settings = NodeSettings::new(id("n2"));
+            settings.client_advertise = client.map(str::to_owned);
+            NodeShared::assemble(
+                settings,
+                Arc::new(MemoryEngine::new()),
+                Arc::new(network.endpoint("n2:7001")),
+                "n2:7001".into(),
+            )
+            .unwrap()
+        };
+        let mut joined_elsewhere = MemberTable::new();
+        joined_elsewhere.join(id("n2"), "n2:7001", 1).unwrap();
+
+        let node = assemble(Some("n2:7000"));
+        node.learn_table(&joined_elsewhere).unwrap();
+        let me = node.cluster().table().get(&id("n2")).unwrap().clone();
+        // Still Joining: the transfer round makes it a Member once its ranges moved.
+        assert_eq!(
+            (me.state(), me.client_address()),
+            (MemberState::Joining, Some("n2:7000"))
+        );
+        let version = me.version();
+        node.learn_table(&joined_elsewhere).unwrap();
+        assert_eq!(
+            node.cluster().table().get(&id("n2")).unwrap().version(),
+            version,
+            "announced once, not on every gossip round"
+        );
+
+        let silent = assemble(None);
+        silent.learn_table(&joined_elsewhere).unwrap();
+        assert_eq!(
+            silent
+                .cluster()
+                .table()
+                .get(&id("n2"))
+                .unwrap()
+                .client_address(),
+            None
+        );
     }
 }

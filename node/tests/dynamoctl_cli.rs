@@ -337,8 +337,8 @@ fn stop_dev_cluster(mut dev: std::process::Child) {
 }
 
 /// `dynamoctl bench` end to end: load 200 records into a three-node cluster, run 500
-/// operations of workload A, then 100 of workload F without reloading, and check the
-/// JSON reports add up.
+/// operations of workload A (server routing), then 100 of workload F without reloading
+/// (client routing), and check the JSON reports add up.
 #[test]
 fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     let (dev, doc) = start_dev_cluster();
@@ -375,6 +375,8 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
         "4",
         "--workload",
         "f",
+        "--routing",
+        "client",
         "--json",
     ]);
     stop_dev_cluster(dev);
@@ -387,7 +389,14 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     assert_eq!(rmw_count("read") + rmw_count("rmw"), 100, "{rmw_run}");
     assert!(rmw_count("rmw") > 0, "{rmw_run}");
     assert_eq!(rmw_run["errors"], 0, "{rmw_run}");
+    // Client routing: every request went straight to a replica of its key.
+    assert_eq!(rmw["settings"]["routing"], "client", "{rmw}");
+    assert!(rmw["routing"]["routed"].as_u64().unwrap() >= 100, "{rmw}");
+    assert_eq!(rmw["routing"]["fallback"], 0, "{rmw}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(report["settings"]["routing"], "server", "{report}");
+    assert_eq!(report["routing"]["routed"], 0, "{report}");
+    assert_eq!(report["routing"]["fallback"], 700, "load and run: {report}");
 
     let load = &report["load"];
     assert_eq!(load["operations"]["insert"]["count"], 200, "{load}");

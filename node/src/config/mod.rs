@@ -245,7 +245,7 @@ pub enum ConfigError {
     /// `advertise` or an entry of `seeds` is not a `host:port`.
     #[error("{key}: {value:?} is not host:port ({reason})")]
     Address {
-        /// `advertise` or `seeds`.
+        /// `advertise`, `advertise-client` or `seeds`.
         key: &'static str,
         /// The rejected address.
         value: String,
@@ -303,6 +303,7 @@ pub struct NodeConfig {
     internode_listen: SocketAddr,
     http_listen: Option<SocketAddr>,
     advertise: Option<String>,
+    advertise_client: Option<String>,
     /// Kept beside `storage` so a memory node given a data dir prints it back.
     data_dir: Option<PathBuf>,
     seeds: Vec<String>,
@@ -352,6 +353,31 @@ impl NodeConfig {
     /// which the node puts in the member table; `None` means the address actually bound.
     pub fn advertise(&self) -> Option<&str> {
         self.advertise.as_deref()
+    }
+
+    /// The `host:port` clients use to reach [`listen`](Self::listen), if set explicitly;
+    /// see [`client_advertise_for`](Self::client_advertise_for) for the default.
+    pub fn advertise_client(&self) -> Option<&str> {
+        self.advertise_client.as_deref()
+    }
+
+    /// The client address the node announces in the member table, given the address
+    /// the client listener actually bound: `advertise-client` if set; else, with
+    /// `advertise` set, its host with the client port (a pod's stable DNS name serves
+    /// both ports); else the bound address unless it is a wildcard, which no client can
+    /// connect to (then `None`: the node announces nothing and clients reach it only
+    /// through server-driven routing).
+    pub fn client_advertise_for(&self, bound: SocketAddr) -> Option<String> {
+        if let Some(explicit) = &self.advertise_client {
+            return Some(explicit.clone());
+        }
+        if let Some(advertise) = &self.advertise {
+            let host = advertise
+                .rsplit_once(':')
+                .map_or(advertise.as_str(), |(host, _)| host);
+            return Some(format!("{host}:{}", bound.port()));
+        }
+        (!bound.ip().is_unspecified()).then(|| bound.to_string())
     }
 
     /// The data directory, if given.
@@ -479,6 +505,7 @@ impl NodeConfig {
             internode_listen: Some(self.internode_listen),
             http_listen: self.http_listen,
             advertise: self.advertise.clone(),
+            advertise_client: self.advertise_client.clone(),
             data_dir: self.data_dir.clone(),
             seeds: Some(self.seeds.clone()),
             replication_factor: Some(self.replication_factor),
@@ -547,6 +574,18 @@ impl TryFrom<RawConfig> for NodeConfig {
             }
             None => None,
         };
+        let advertise_client = raw
+            .advertise_client
+            .clone()
+            .map(|address| {
+                check_address(&address).map_err(|reason| ConfigError::Address {
+                    key: "advertise-client",
+                    value: address.clone(),
+                    reason,
+                })?;
+                Ok(address)
+            })
+            .transpose()?;
         let seeds = raw.seeds.clone().unwrap_or_default();
         for seed in &seeds {
             check_address(seed).map_err(|reason| ConfigError::Address {
@@ -641,6 +680,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             internode_listen,
             http_listen,
             advertise,
+            advertise_client,
             data_dir: raw.data_dir,
             seeds,
             replication_factor,
@@ -840,6 +880,47 @@ mod tests {
     /// `yaml` over a minimal valid config (node n1, memory storage).
     fn build(yaml: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::try_from(raw(yaml).or(raw("node-id: n1\nstorage: memory\n")))
+    }
+
+    /// The client address a node gossips for partition-aware clients: explicit, else
+    /// the internode advertise host with the client port, else the bound address
+    /// unless it is a wildcard.
+    #[test]
+    fn the_client_advertise_address_defaults_like_the_internode_one() {
+        let bound: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let config = build("listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001").unwrap();
+        assert_eq!(config.advertise_client(), None);
+        assert_eq!(
+            config.client_advertise_for(bound).as_deref(),
+            Some("dynamo-0.dynamo:7000")
+        );
+        let config = build(
+            "listen: 0.0.0.0:7000\nadvertise: '[fd00::1]:7001'\nadvertise-client: lb.example:443",
+        )
+        .unwrap();
+        assert_eq!(config.advertise_client(), Some("lb.example:443"));
+        assert_eq!(
+            config.client_advertise_for(bound).as_deref(),
+            Some("lb.example:443")
+        );
+        let config = build("listen: 0.0.0.0:7000\nadvertise: '[fd00::1]:7001'").unwrap();
+        assert_eq!(
+            config.client_advertise_for(bound).as_deref(),
+            Some("[fd00::1]:7000")
+        );
+        let config = build("listen: 127.0.0.1:0").unwrap();
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(
+            config.client_advertise_for(bound).as_deref(),
+            Some("127.0.0.1:41234")
+        );
+        let config = build("listen: 0.0.0.0:7000\ninternode-listen: 127.0.0.1:7001").unwrap();
+        assert_eq!(
+            config.client_advertise_for("0.0.0.0:7000".parse().unwrap()),
+            None
+        );
+        let err = build("advertise-client: nope").unwrap_err();
+        assert!(err.to_string().contains("advertise-client"), "{err}");
     }
 
     #[test]
@@ -1184,6 +1265,7 @@ mod tests {
                         listen: Some(listen),
                         internode_listen: internode,
                         http_listen: http,
+                        advertise_client: advertise.clone(),
                         advertise,
                         data_dir: sled.then(|| "/data".into()),
                         seeds: Some(seeds),

@@ -52,6 +52,13 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
 
+    /// The host:port clients use to reach the client listener, gossiped so
+    /// partition-aware clients can route [default: advertise's host with listen's port,
+    /// or the bound client address].
+    #[arg(long, env = "DYNAMO_ADVERTISE_CLIENT", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_client: Option<String>,
+
     /// Directory of the sled database (required with storage: sled).
     #[arg(long, env = "DYNAMO_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +251,7 @@ impl RawConfig {
             internode_listen: self.internode_listen.or(fallback.internode_listen),
             http_listen: self.http_listen.or(fallback.http_listen),
             advertise: self.advertise.or(fallback.advertise),
+            advertise_client: self.advertise_client.or(fallback.advertise_client),
             data_dir: self.data_dir.or(fallback.data_dir),
             seeds: self.seeds.or(fallback.seeds),
             replication_factor: self.replication_factor.or(fallback.replication_factor),

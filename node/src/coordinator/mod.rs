@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeId;
 use crate::cluster::Cluster;
+use crate::metrics::Metrics;
 use crate::quorum::{
     ConfigError, GetCoordinator, GetOutcome, PutCoordinator, PutOutcome, QuorumConfig, QuorumError,
 };
@@ -120,6 +121,7 @@ struct Inner {
     /// Buffered mode: only one replica per write (the coordinator) writes durably.
     buffered: bool,
     limits: RequestLimits,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -144,6 +146,8 @@ pub struct CoordinatorConfig {
     pub durability: Durability,
     /// Client input bounds.
     pub limits: RequestLimits,
+    /// Where the coordinator counts the puts it forwards to a home replica.
+    pub metrics: Metrics,
 }
 
 impl Coordinator {
@@ -164,6 +168,7 @@ impl Coordinator {
                 timeout: config.timeout,
                 buffered: config.durability == Durability::Buffered,
                 limits: config.limits,
+                metrics: config.metrics,
             }),
         }
     }
@@ -176,6 +181,11 @@ impl Coordinator {
     /// The default quorum settings.
     pub fn quorum(&self) -> QuorumConfig {
         self.inner.quorum
+    }
+
+    /// The cluster view the coordinator places keys by.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.inner.cluster
     }
 
     /// Reads every concurrent version of `key` from R of its N replicas.
@@ -234,6 +244,8 @@ impl Coordinator {
         // Not a home replica: hand the put to the first reachable one (Dynamo §4.5).
         // The receiver refuses it once we have given up on it (see the timeout arm).
         let timeout_ms = u64::try_from(self.inner.timeout.as_millis()).unwrap_or(u64::MAX);
+        // Counted, so the cost of server-driven routing shows on /metrics.
+        self.inner.metrics.record_forwarded_put();
         let put = ForwardedPut {
             key: key.to_vec(),
             context,

@@ -12,9 +12,13 @@
 //! context reconciles them. A blind update would be concurrent with every stored version
 //! and pile siblings up on every key.
 //!
-//! Routing is server-driven (§4.5, the first strategy): each request goes to its task's
-//! endpoint, and that node coordinates or forwards it. The pure parts (key choosers, mix,
-//! pacing, result aggregation and rendering) live in [`workload`] and [`report`].
+//! Requests go through the [`client`](crate::client) library, with either of Dynamo
+//! §4.5's strategies: `--routing server` (the default) sends each request to the
+//! endpoints round-robin and that node coordinates or forwards it; `--routing client`
+//! pulls the ring from an endpoint and sends each request straight to a replica of its
+//! key. The report names the routing and counts requests the client routed itself. The
+//! pure parts (key choosers, mix, pacing, result aggregation and rendering) live in
+//! [`workload`] and [`report`].
 
 pub mod report;
 pub mod workload;
@@ -29,13 +33,12 @@ use clap::{Args, ValueEnum};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use tonic::transport::ClientTlsConfig;
 
 use super::{CtlError, args::normalize_endpoint};
-use crate::proto::{self, kv_client::KvClient};
-use report::{BenchReport, PhaseReport, Recorder, Settings};
+use crate::client::{self, Client, ClientConfig, ClientError, Context};
+use report::{BenchReport, PhaseReport, Recorder, RoutingReport, Settings};
 use workload::{Distribution, KeyChooser, Operation, Workload, record_key};
 
 /// Client tasks per HTTP/2 channel: enough streams to keep a connection busy without
@@ -45,9 +48,20 @@ pub const TASKS_PER_CHANNEL: usize = 16;
 /// Who sends a request to a key's coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Routing {
-    /// The endpoint node routes each request (Dynamo §4.5's load-balancer strategy). The
-    /// only choice until the partition-aware client exists.
+    /// The endpoint node routes each request (Dynamo §4.5's load-balancer strategy).
     Server,
+    /// The partition-aware client routes each request to a replica of its key
+    /// (Dynamo §4.5's client-driven coordination).
+    Client,
+}
+
+impl Routing {
+    fn mode(self) -> client::Routing {
+        match self {
+            Routing::Server => client::Routing::Server,
+            Routing::Client => client::Routing::Client,
+        }
+    }
 }
 
 /// Flags of `dynamoctl bench`.
@@ -57,7 +71,8 @@ pub struct BenchArgs {
     /// repeated [default: --endpoint].
     #[arg(long, value_name = "URL,...", value_delimiter = ',')]
     pub endpoints: Vec<String>,
-    /// Request routing: `server` (the endpoint node coordinates or forwards).
+    /// Request routing: `server` (the endpoints take requests round-robin and coordinate
+    /// or forward them) or `client` (requests go straight to a replica of their key).
     #[arg(long, value_enum, default_value_t = Routing::Server)]
     pub routing: Routing,
     /// Records inserted by the load phase and chosen from by the run phase.
@@ -154,8 +169,6 @@ pub async fn run(
     tls_enabled: bool,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<(), CtlError> {
-    // Irrefutable today; a client-routing variant must be handled here when it comes.
-    let Routing::Server = args.routing;
     let endpoints: Vec<String> = if args.endpoints.is_empty() {
         vec![normalize_endpoint(endpoint, tls_enabled)?]
     } else {
@@ -165,19 +178,42 @@ pub async fn run(
             .collect::<Result<_, _>>()?
     };
     let tasks = usize::try_from(args.concurrency).expect("at most 100,000 tasks");
-    let mut clients = Vec::new();
-    for index in 0..channel_count(tasks, endpoints.len()) {
-        let channel = super::connect(&endpoints[index % endpoints.len()], timeout, tls).await?;
-        clients.push(KvClient::new(channel));
+    // As many channels per node as server routing opens to its endpoints in all, so
+    // both routings have at least the connections they had before.
+    let per_node = channel_count(tasks, endpoints.len()).div_ceil(endpoints.len());
+    let mut config = ClientConfig::new(endpoints.iter().cloned())
+        .with_routing(args.routing.mode())
+        .with_request_timeout(timeout)
+        .with_connect_timeout(timeout)
+        .with_connections_per_node(per_node.min(client::MAX_CONNECTIONS_PER_NODE));
+    if let Some(tls) = tls {
+        config = config.with_tls(tls.clone());
     }
+    let client = Client::connect(config).await.map_err(|error| match error {
+        ClientError::Config(reason) => CtlError::Usage(reason),
+        other => CtlError::Unavailable {
+            endpoint: endpoints.join(","),
+            reason: other.to_string(),
+        },
+    })?;
+    let nodes = match client.routing_table() {
+        Some(table) if args.routing == Routing::Client => table
+            .members()
+            .iter()
+            .filter(|n| n.client_address.is_some())
+            .count()
+            .max(1),
+        _ => endpoints.len(),
+    };
     let settings = Settings {
+        routing: args.routing.mode().as_str().to_owned(),
         endpoints,
         workload: args.workload,
         distribution: args.distribution,
         records: args.records,
         value_size: usize::try_from(args.value_size).expect("at most 16 MiB"),
         concurrency: tasks,
-        channels: clients.len(),
+        channels: nodes * per_node,
         target_rate: args.target_rate,
         seed: args.seed,
     };
@@ -192,18 +228,25 @@ pub async fn run(
         Some(
             run_phase(
                 &shared,
-                &clients,
+                &client,
                 Phase::Load,
                 Length::Operations(args.records),
             )
             .await,
         )
     };
-    let run = run_phase(&shared, &clients, Phase::Run, args.run_length()).await;
+    let run = run_phase(&shared, &client, Phase::Run, args.run_length()).await;
+    let stats = client.stats();
     let report = BenchReport {
         settings,
         load,
         run,
+        routing: RoutingReport {
+            routed: stats.routed,
+            fallback: stats.fallback,
+            failovers: stats.failovers,
+            topology_refreshes: stats.refreshes,
+        },
     };
     super::print_out(if json {
         super::output::to_json(&report)
@@ -295,7 +338,7 @@ impl PhaseState {
 
 async fn run_phase(
     shared: &Arc<Shared>,
-    clients: &[KvClient<Channel>],
+    client: &Client,
     phase: Phase,
     length: Length,
 ) -> PhaseReport {
@@ -310,7 +353,7 @@ async fn run_phase(
     let progress = tokio::spawn(report_progress(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..shared.settings.concurrency {
-        let client = clients[task % clients.len()].clone();
+        let client = client.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(shared.settings.seed);
         // One stream per task and phase: the same seed replays the same choices.
         rng.set_stream((task as u64) << 1 | u64::from(phase == Phase::Run));
@@ -360,7 +403,7 @@ async fn report_progress(state: Arc<PhaseState>) {
 async fn client_task(
     shared: Arc<Shared>,
     state: Arc<PhaseState>,
-    mut client: KvClient<Channel>,
+    client: Client,
     mut rng: ChaCha8Rng,
 ) -> Recorder {
     let mut recorder = Recorder::new();
@@ -374,7 +417,7 @@ async fn client_task(
             ),
         };
         let started = Instant::now();
-        let outcome = perform(&shared, &mut client, &mut rng, operation, index).await;
+        let outcome = perform(&shared, &client, &mut rng, operation, index).await;
         match outcome {
             Ok(versions) => {
                 recorder.record_success(operation, started.elapsed());
@@ -382,8 +425,8 @@ async fn client_task(
                     recorder.record_versions(versions);
                 }
             }
-            Err(status) => {
-                recorder.record_error(operation, status.code());
+            Err(error) => {
+                recorder.record_error(operation, error.code());
                 state.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -397,11 +440,11 @@ async fn client_task(
 /// its own get returned, an insert none.
 async fn perform(
     shared: &Shared,
-    client: &mut KvClient<Channel>,
+    client: &Client,
     rng: &mut ChaCha8Rng,
     operation: Operation,
     index: u64,
-) -> Result<Option<usize>, tonic::Status> {
+) -> Result<Option<usize>, ClientError> {
     let key = Bytes::from(record_key(index));
     match operation {
         Operation::Read => {
@@ -426,38 +469,30 @@ async fn perform(
 
 async fn read(
     shared: &Shared,
-    client: &mut KvClient<Channel>,
+    client: &Client,
     key: Bytes,
     index: u64,
-) -> Result<(usize, Bytes), tonic::Status> {
-    let response = client
-        .get(proto::GetRequest { key, r: None })
-        .await?
-        .into_inner();
-    shared.contexts.set(index, response.context.clone());
-    Ok((response.values.len(), response.context))
+) -> Result<(usize, Bytes), ClientError> {
+    let versions = client.get(&key).await?;
+    let context = versions.context.as_bytes().clone();
+    shared.contexts.set(index, context.clone());
+    Ok((versions.values.len(), context))
 }
 
 async fn write(
     shared: &Shared,
-    client: &mut KvClient<Channel>,
+    client: &Client,
     rng: &mut ChaCha8Rng,
     key: Bytes,
     index: u64,
     context: Bytes,
-) -> Result<(), tonic::Status> {
+) -> Result<(), ClientError> {
     let mut value = vec![0; shared.settings.value_size];
     rng.fill_bytes(&mut value);
-    let response = client
-        .put(proto::PutRequest {
-            key,
-            context,
-            value: value.into(),
-            w: None,
-        })
-        .await?
-        .into_inner();
-    shared.contexts.set(index, response.context);
+    let context = client
+        .put(&key, &Context::from_bytes(context), &value)
+        .await?;
+    shared.contexts.set(index, context.as_bytes().clone());
     Ok(())
 }
 
@@ -490,6 +525,9 @@ mod tests {
         assert_eq!(args.routing, Routing::Server);
         assert_eq!(args.run_length(), Length::Duration(Duration::from_secs(30)));
         assert!(args.endpoints.is_empty() && !args.skip_load);
+        let args = parse(&["--routing", "client"]).unwrap();
+        assert_eq!(args.routing, Routing::Client);
+        assert_eq!(args.routing.mode().as_str(), "client");
     }
 
     #[test]
@@ -505,7 +543,7 @@ mod tests {
             &["--concurrency", "0"],
             &["--workload", "e"],
             &["--distribution", "pareto"],
-            &["--routing", "client"],
+            &["--routing", "leader"],
             &["--target-rate", "0"],
             &["--target-rate", "NaN"],
             &["--duration", "10s", "--operations", "5"],

@@ -369,6 +369,7 @@ mod tests {
             version: 2,
             ownership,
             reachable: id != "node3",
+            client_address: String::new(),
         }
     }
 

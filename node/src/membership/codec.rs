@@ -3,6 +3,11 @@
 //! Layout: one format byte ([`TABLE_FORMAT_VERSION`]), then the postcard encoding of
 //! the members as a sequence in id order. The encoding is canonical (one table, one
 //! byte string), so equal digests mean equal tables and gossip can skip the transfer.
+//!
+//! Formats: 1 wrote each member as `(id, address, weight, state, version)`; 2 appends
+//! the optional client address. The encoder writes 2; the decoder reads both, so a
+//! table persisted by a node of the previous release loads (its members have no client
+//! address until each node announces its own).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,18 +15,22 @@ use std::fmt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::table::{MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember};
+use super::table::{MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember, RawMemberV1};
 use crate::NodeId;
 use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
 
 /// The format byte that starts an encoded table. A new layout gets a new number and
 /// the decoder keeps reading the old ones.
-pub const TABLE_FORMAT_VERSION: u8 = 1;
+pub const TABLE_FORMAT_VERSION: u8 = 2;
+
+/// The first format, without client addresses: still read, never written.
+const TABLE_FORMAT_V1: u8 = 1;
 
 /// The most bytes one encoded member can take: id and address (each a 2-byte length
-/// and its bytes), then the weight, state and version as varints (5, 1 and 10 bytes
-/// at most).
-const MAX_MEMBER_LEN: usize = (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10;
+/// and its bytes), the weight, state and version as varints (5, 1 and 10 bytes at
+/// most), then the optional client address (a tag byte, a 2-byte length and its bytes).
+const MAX_MEMBER_LEN: usize =
+    (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10 + (1 + 2 + MAX_ADDRESS_LEN);
 
 /// The longest encoded table [`MemberTable::decode`] reads: the format byte, the
 /// member count (a 2-byte varint up to [`MAX_MEMBERS`]) and [`MAX_MEMBERS`] members of
@@ -130,7 +139,7 @@ impl MemberTable {
             return Err(DecodeError::TooLarge { len: bytes.len() });
         }
         let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if format != TABLE_FORMAT_VERSION {
+        if format != TABLE_FORMAT_VERSION && format != TABLE_FORMAT_V1 {
             return Err(DecodeError::UnsupportedFormat { found: format });
         }
         // Postcard writes a sequence's length as a varint; reading it as a u64 first
@@ -143,8 +152,13 @@ impl MemberTable {
         let mut members = BTreeMap::new();
         let mut last: Option<NodeId> = None;
         for _ in 0..count {
-            let (raw, tail) =
-                postcard::take_from_bytes::<RawMember>(rest).map_err(DecodeError::Malformed)?;
+            let (raw, tail) = if format == TABLE_FORMAT_V1 {
+                postcard::take_from_bytes::<RawMemberV1>(rest)
+                    .map(|(raw, tail)| (RawMember::from(raw), tail))
+            } else {
+                postcard::take_from_bytes::<RawMember>(rest)
+            }
+            .map_err(DecodeError::Malformed)?;
             rest = tail;
             let member = Member::try_from(raw)?;
             if last.as_ref().is_some_and(|last| last >= member.id()) {
@@ -181,15 +195,40 @@ mod tests {
         t.join(id("dynamo-1"), "dynamo-1.dynamo:7000", 2).unwrap();
         t.join(id("dynamo-0"), "dynamo-0.dynamo:7000", 1).unwrap();
         t.mark_member(&id("dynamo-0")).unwrap();
+        t.set_client_address(&id("dynamo-0"), "dynamo-0.dynamo:7001")
+            .unwrap();
         t
     }
 
-    /// Hand-encodes one member after the format byte and count, to forge bad input.
+    /// Hand-encodes members after the format byte and count, to forge bad input.
     fn forged(members: &[(&str, &str, u32, u32, u64)]) -> Vec<u8> {
+        let members: Vec<_> = members
+            .iter()
+            .map(|&(id, address, weight, state, version)| {
+                (id, address, weight, state, version, None)
+            })
+            .collect();
+        forged_v2(&members)
+    }
+
+    type ForgedMember<'a> = (&'a str, &'a str, u32, u32, u64, Option<&'a str>);
+
+    /// Hand-encodes format 2 members, client address included.
+    fn forged_v2(members: &[ForgedMember<'_>]) -> Vec<u8> {
         let mut bytes = vec![TABLE_FORMAT_VERSION];
         bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
-        for &(id, address, weight, state, version) in members {
-            bytes = postcard::to_extend(&(id, address, weight, state, version), bytes).unwrap();
+        for member in members {
+            bytes = postcard::to_extend(member, bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// Hand-encodes a table in format 1, as a node of the previous release persisted it.
+    fn forged_v1(members: &[(&str, &str, u32, u32, u64)]) -> Vec<u8> {
+        let mut bytes = vec![TABLE_FORMAT_V1];
+        bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
+        for member in members {
+            bytes = postcard::to_extend(member, bytes).unwrap();
         }
         bytes
     }
@@ -206,12 +245,65 @@ mod tests {
         );
         assert_eq!(
             bytes,
-            forged(&[
-                ("dynamo-0", "dynamo-0.dynamo:7000", 1, 1, 2),
-                ("dynamo-1", "dynamo-1.dynamo:7000", 2, 0, 1),
+            forged_v2(&[
+                (
+                    "dynamo-0",
+                    "dynamo-0.dynamo:7000",
+                    1,
+                    1,
+                    3,
+                    Some("dynamo-0.dynamo:7001")
+                ),
+                ("dynamo-1", "dynamo-1.dynamo:7000", 2, 0, 1, None),
             ]),
             "the layout is the documented one"
         );
+    }
+
+    /// A member table persisted by a node of the previous release (format 1, no client
+    /// addresses) still loads, and is written back in the current format.
+    #[test]
+    fn format_1_tables_still_decode() {
+        let old = forged_v1(&[
+            ("dynamo-0", "dynamo-0.dynamo:7000", 1, 1, 2),
+            ("dynamo-1", "dynamo-1.dynamo:7000", 2, 0, 1),
+        ]);
+        let table = MemberTable::decode(&old).unwrap();
+        let mut expected = MemberTable::new();
+        expected
+            .join(id("dynamo-1"), "dynamo-1.dynamo:7000", 2)
+            .unwrap();
+        expected
+            .join(id("dynamo-0"), "dynamo-0.dynamo:7000", 1)
+            .unwrap();
+        expected.mark_member(&id("dynamo-0")).unwrap();
+        assert_eq!(table, expected);
+        assert!(table.iter().all(|m| m.client_address().is_none()));
+        let rewritten = table.encode();
+        assert_eq!(rewritten[0], TABLE_FORMAT_VERSION);
+        assert_eq!(MemberTable::decode(&rewritten), Ok(table));
+        // Format 1 is read with format 1's layout: a client address tag is trailing junk.
+        let mut with_tag = forged_v1(&[("a", "a:1", 1, 0, 1)]);
+        with_tag.push(0);
+        assert_eq!(
+            MemberTable::decode(&with_tag),
+            Err(DecodeError::TrailingBytes { len: 1 })
+        );
+        for len in 1..old.len() {
+            assert!(MemberTable::decode(&old[..len]).is_err(), "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn client_addresses_are_checked_like_addresses() {
+        let bad = forged_v2(&[("a", "a:1", 1, 0, 1, Some("no-port"))]);
+        assert!(matches!(
+            MemberTable::decode(&bad),
+            Err(DecodeError::InvalidAddress { .. })
+        ));
+        let good = forged_v2(&[("a", "a:1", 1, 0, 1, Some("a:2"))]);
+        let table = MemberTable::decode(&good).unwrap();
+        assert_eq!(table.get(&id("a")).unwrap().client_address(), Some("a:2"));
     }
 
     #[test]
@@ -235,10 +327,10 @@ mod tests {
             })
         );
         let mut bytes = sample().encode();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert_eq!(
             MemberTable::decode(&bytes),
-            Err(DecodeError::UnsupportedFormat { found: 2 })
+            Err(DecodeError::UnsupportedFormat { found: 3 })
         );
     }
 
@@ -318,6 +410,7 @@ mod tests {
         for i in 0..MAX_MEMBERS {
             let name = format!("{i:0>width$}", width = MAX_NODE_ID_LEN);
             t.join(id(&name), &address, MAX_WEIGHT).unwrap();
+            t.set_client_address(&id(&name), &address).unwrap();
             t.leave(&id(&name)).unwrap();
             t.mark_removed(&id(&name)).unwrap();
         }
@@ -334,10 +427,11 @@ mod tests {
 
     #[test]
     fn member_serde_validates_too() {
-        let good = postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64)).unwrap();
+        let good = postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, Some("a:2"))).unwrap();
         let member: Member = postcard::from_bytes(&good).unwrap();
         assert_eq!((member.id(), member.version()), (&id("a"), 1));
-        let bad = postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64)).unwrap();
+        assert_eq!(member.client_address(), Some("a:2"));
+        let bad = postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64, None::<&str>)).unwrap();
         assert!(postcard::from_bytes::<Member>(&bad).is_err());
     }
 

@@ -6,8 +6,8 @@
 //! on the answers.
 //!
 //! * [`MemberTable`] (Dynamo §4.8.1): membership changes are explicit operations
-//!   (join, mark member, leave, mark removed, weight and address changes), each
-//!   bumping the changed member's version. The shell persists the table after every
+//!   (join, mark member, leave, mark removed, weight, address and client address
+//!   changes), each bumping the changed member's version. The shell persists the table after every
 //!   change and gossips it; [`MemberTable::merge`] is a join-semilattice, so every
 //!   node converges to the same table whatever order gossip arrives in. Removed
 //!   members stay as tombstones so stale gossip cannot bring them back.

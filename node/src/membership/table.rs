@@ -80,8 +80,8 @@ impl fmt::Display for MemberState {
 
 /// One node's entry in the member table.
 ///
-/// Fields are checked on construction and deserialization, so a `Member` always has a
-/// valid address (`host:port`, printable ASCII, at most [`MAX_ADDRESS_LEN`] bytes) and
+/// Fields are checked on construction and deserialization, so a `Member` always has
+/// valid addresses (`host:port`, printable ASCII, at most [`MAX_ADDRESS_LEN`] bytes) and
 /// a weight in `1..=`[`MAX_WEIGHT`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawMember")]
@@ -91,10 +91,13 @@ pub struct Member {
     weight: u32,
     state: MemberState,
     version: u64,
+    /// Where clients reach the node's `Kv` API; `None` until the node announces it
+    /// (and in tables written by nodes that predate client addresses).
+    client_address: Option<String>,
 }
 
 /// A member as it arrives off the wire, before its fields are checked. Same field
-/// order as [`Member`], so the two share one encoding.
+/// order as [`Member`], so the two share one encoding (table format 2).
 #[derive(Deserialize)]
 pub(super) struct RawMember {
     id: String,
@@ -102,6 +105,30 @@ pub(super) struct RawMember {
     weight: u32,
     state: MemberState,
     version: u64,
+    client_address: Option<String>,
+}
+
+/// A member in table format 1, written before members carried a client address.
+#[derive(Deserialize)]
+pub(super) struct RawMemberV1 {
+    id: String,
+    address: String,
+    weight: u32,
+    state: MemberState,
+    version: u64,
+}
+
+impl From<RawMemberV1> for RawMember {
+    fn from(v1: RawMemberV1) -> Self {
+        RawMember {
+            id: v1.id,
+            address: v1.address,
+            weight: v1.weight,
+            state: v1.state,
+            version: v1.version,
+            client_address: None,
+        }
+    }
 }
 
 impl TryFrom<RawMember> for Member {
@@ -119,12 +146,19 @@ impl TryFrom<RawMember> for Member {
                 weight: raw.weight,
             });
         }
+        if let Some(client_address) = &raw.client_address {
+            check_address(client_address).map_err(|reason| DecodeError::InvalidAddress {
+                id: id.clone(),
+                reason,
+            })?;
+        }
         Ok(Member {
             id,
             address: raw.address,
             weight: raw.weight,
             state: raw.state,
             version: raw.version,
+            client_address: raw.client_address,
         })
     }
 }
@@ -155,10 +189,22 @@ impl Member {
         self.version
     }
 
+    /// Where clients reach the node's `Kv` API, `host:port`, once the node has
+    /// announced it (see [`MemberTable::set_client_address`]).
+    pub fn client_address(&self) -> Option<&str> {
+        self.client_address.as_deref()
+    }
+
     /// The total order merge uses: version first, then contents, so two different
     /// entries with equal versions still have one winner whichever side merges.
-    fn precedence(&self) -> (u64, u8, u32, &str) {
-        (self.version, self.state.rank(), self.weight, &self.address)
+    fn precedence(&self) -> (u64, u8, u32, &str, Option<&str>) {
+        (
+            self.version,
+            self.state.rank(),
+            self.weight,
+            &self.address,
+            self.client_address.as_deref(),
+        )
     }
 }
 
@@ -222,7 +268,7 @@ pub enum MembershipError {
 /// # Merge laws
 ///
 /// Per member, merge keeps the entry that is greatest in the total order
-/// `(version, state rank, weight, address)` with state rank
+/// `(version, state rank, weight, address, client address)` with state rank
 /// `Joining < Member < Leaving < Removed`; members only one side knows are copied.
 /// This is a per-key maximum, so for all tables `a`, `b`, `c`:
 ///
@@ -330,6 +376,7 @@ impl MemberTable {
             weight,
             state: MemberState::Joining,
             version,
+            client_address: None,
         };
         self.members.insert(id, member.clone());
         Ok(member)
@@ -402,6 +449,26 @@ impl MemberTable {
             "set the address of",
             |s| s != MemberState::Removed,
             |m| address.clone_into(&mut m.address),
+        )
+    }
+
+    /// Sets or changes a non-removed member's client address (where clients reach its
+    /// `Kv` API). The node itself announces it; partition-aware clients route by it.
+    ///
+    /// # Errors
+    /// `InvalidAddress`, `UnknownMember`, `InvalidTransition` for a removed member,
+    /// `VersionExhausted`.
+    pub fn set_client_address(
+        &mut self,
+        id: &NodeId,
+        address: &str,
+    ) -> Result<Member, MembershipError> {
+        check_address(address).map_err(|reason| MembershipError::InvalidAddress { reason })?;
+        self.change(
+            id,
+            "set the client address of",
+            |s| s != MemberState::Removed,
+            |m| m.client_address = Some(address.to_owned()),
         )
     }
 
@@ -639,6 +706,34 @@ pub(super) mod tests {
         );
     }
 
+    /// The client address is one more explicit, versioned change: absent until the node
+    /// announces it, refused for tombstones and for bad addresses.
+    #[test]
+    fn the_client_address_is_announced_with_a_version_bump() {
+        let mut t = MemberTable::new();
+        let n = id("n");
+        assert_eq!(t.join(n.clone(), "n:1", 1).unwrap().client_address(), None);
+        let announced = t.set_client_address(&n, "n:2").unwrap();
+        assert_eq!(
+            (announced.client_address(), announced.version()),
+            (Some("n:2"), 2)
+        );
+        assert!(matches!(
+            t.set_client_address(&n, "no-port"),
+            Err(MembershipError::InvalidAddress { .. })
+        ));
+        let mut stale = t.clone();
+        t.set_client_address(&n, "n:3").unwrap();
+        assert!(stale.merge(&t), "the newer address wins the merge");
+        assert_eq!(stale.get(&n).unwrap().client_address(), Some("n:3"));
+        t.leave(&n).unwrap();
+        t.mark_removed(&n).unwrap();
+        assert!(matches!(
+            t.set_client_address(&n, "n:4"),
+            Err(MembershipError::InvalidTransition { .. })
+        ));
+    }
+
     #[test]
     fn a_joining_node_may_be_abandoned() {
         let mut t = MemberTable::new();
@@ -754,6 +849,7 @@ pub(super) mod tests {
         Remove(usize, usize),
         SetWeight(usize, usize, u32),
         SetAddress(usize, usize, u8),
+        SetClientAddress(usize, usize, u8),
         Gossip(usize, usize),
     }
 
@@ -770,6 +866,7 @@ pub(super) mod tests {
             (t.clone(), n.clone()).prop_map(|(t, n)| Op::Remove(t, n)),
             (t.clone(), n.clone(), w).prop_map(|(t, n, w)| Op::SetWeight(t, n, w)),
             (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetAddress(t, n, p)),
+            (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetClientAddress(t, n, p)),
             (t.clone(), t).prop_map(|(a, b)| Op::Gossip(a, b)),
         ]
     }
@@ -787,6 +884,9 @@ pub(super) mod tests {
             Op::Remove(t, n) => tables[t].mark_removed(&id(NAMES[n])),
             Op::SetWeight(t, n, w) => tables[t].set_weight(&id(NAMES[n]), w),
             Op::SetAddress(t, n, p) => tables[t].set_address(&id(NAMES[n]), &addr(p)),
+            Op::SetClientAddress(t, n, p) => {
+                tables[t].set_client_address(&id(NAMES[n]), &format!("client{p}:7000"))
+            }
             Op::Gossip(from, to) => {
                 let gossip = tables[from].clone();
                 tables[to].merge(&gossip);

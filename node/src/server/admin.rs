@@ -86,6 +86,7 @@ impl AdminService {
             version: member.version(),
             ownership: ownership.get(member.id()).copied().unwrap_or(0.0),
             reachable: self.node.cluster.is_available(member.id()),
+            client_address: member.client_address().unwrap_or_default().to_owned(),
         }
     }
 

@@ -565,6 +565,7 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 durability: Durability::Sync,
                 limits: LIMITS,
+                metrics: Metrics::new(),
             },
             Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default()),
             Arc::clone(&cluster),

@@ -9,7 +9,7 @@ pub mod https;
 mod kv;
 
 pub use admin::{AdminService, admin_token_interceptor};
-pub use kv::KvService;
+pub use kv::{KvService, TOPOLOGY_HEADER};
 
 use tonic::Status;
 

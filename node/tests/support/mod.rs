@@ -35,7 +35,8 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a node with its own data dir under `root`.
+    /// Starts a node with its own data dir under `root`. A `--listen` in `extra`
+    /// replaces the client listener's default `127.0.0.1:0`.
     pub async fn start(
         root: &std::path::Path,
         id: &str,
@@ -63,10 +64,19 @@ impl TestNode {
                     .join(","),
             );
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut client: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut extra = extra.iter();
+        while let Some(arg) = extra.next() {
+            if *arg == "--listen" {
+                let value = extra.next().expect("--listen takes an address");
+                client = value.parse().expect("--listen takes IP:PORT");
+            } else {
+                args.push(arg.to_string());
+            }
+        }
         let mut node = TestNode {
             id: id.into(),
-            client: "127.0.0.1:0".parse().unwrap(),
+            client,
             internode: "127.0.0.1:0".parse().unwrap(),
             http: None,
             data_dir,
@@ -157,6 +167,29 @@ impl TestNode {
             Some(tls) => endpoint.tls_config(tls.clone())?.connect().await,
             None => endpoint.connect().await,
         }
+    }
+
+    /// The client (`Kv`) address as other processes dial it: a wildcard listener is
+    /// reached on loopback.
+    pub fn client_dial(&self) -> SocketAddr {
+        let mut address = self.client;
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        address
+    }
+
+    /// The value of an unlabelled counter or gauge on the node's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let address = self.http.expect("the node was started with --http-listen");
+        let response = http(address, "GET", "/metrics", &[], b"").await;
+        let text = String::from_utf8(response.body).expect("utf-8 metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in /metrics of {}", self.id))
+            .trim()
+            .parse()
+            .expect("a number")
     }
 
     pub async fn kv(&self) -> KvClient<Channel> {

@@ -212,11 +212,28 @@ pub struct BenchReport {
     pub load: Option<PhaseReport>,
     /// The run phase.
     pub run: PhaseReport,
+    /// Where requests went, over both phases.
+    pub routing: RoutingReport,
+}
+
+/// How the client's requests were routed, over both phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RoutingReport {
+    /// Requests the client sent straight to a replica of their key.
+    pub routed: u64,
+    /// Requests a node took without the client routing them (server-driven).
+    pub fallback: u64,
+    /// Requests answered after a node failed to.
+    pub failovers: u64,
+    /// Topology pulls that changed the client's routing table.
+    pub topology_refreshes: u64,
 }
 
 /// The settings of a benchmark, echoed in its report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
+    /// `server` or `client`: who picked the node each request went to.
+    pub routing: String,
     /// Client endpoints requests were spread over.
     pub endpoints: Vec<String>,
     /// Workload letter.
@@ -242,13 +259,14 @@ pub fn render(report: &BenchReport) -> String {
     use std::fmt::Write as _;
     let s = &report.settings;
     let mut out = format!(
-        "workload {}, {} keys over {} records, {} B values, {} tasks on {} channels to {}\n",
+        "workload {}, {} keys over {} records, {} B values, {} tasks on {} channels, {} routing via {}\n",
         format!("{:?}", s.workload).to_lowercase(),
         format!("{:?}", s.distribution).to_lowercase(),
         s.records,
         s.value_size,
         s.concurrency,
         s.channels,
+        s.routing,
         s.endpoints.join(", ")
     );
     out.push_str(&format!(
@@ -294,6 +312,12 @@ pub fn render(report: &BenchReport) -> String {
             phase.reads_not_found
         );
     }
+    let r = &report.routing;
+    let _ = writeln!(
+        out,
+        "routing: {} requests sent to a replica by the client, {} through a node's own routing, {} failovers, {} topology refreshes",
+        r.routed, r.fallback, r.failovers, r.topology_refreshes
+    );
     out
 }
 
@@ -305,6 +329,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            routing: "server".into(),
             endpoints: vec!["http://127.0.0.1:7000".into()],
             workload: Workload::A,
             distribution: Distribution::Zipfian,
@@ -382,8 +407,17 @@ mod tests {
             settings: settings(),
             load: Some(r.summarize("load", Duration::from_secs(1))),
             run: r.summarize("run", Duration::from_secs(1)),
+            routing: RoutingReport {
+                routed: 7,
+                fallback: 1,
+                failovers: 0,
+                topology_refreshes: 2,
+            },
         };
         let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["settings"]["routing"], "server");
+        assert_eq!(json["routing"]["routed"], 7);
+        assert_eq!(json["routing"]["topology_refreshes"], 2);
         assert_eq!(json["settings"]["workload"], "a");
         assert_eq!(json["settings"]["distribution"], "zipfian");
         assert_eq!(json["run"]["operations"]["read"]["latency_us"]["p50"], 250);
@@ -400,6 +434,11 @@ mod tests {
             "{table}"
         );
         assert_eq!(table.matches("\nload ").count(), 2, "{table}");
+        assert!(table.contains(", server routing via "), "{table}");
+        assert!(
+            table.contains("routing: 7 requests sent to a replica by the client, 1 through"),
+            "{table}"
+        );
     }
 
     proptest! {
