@@ -1,0 +1,266 @@
+//! `dynamo-operator`: runs the DynamoCluster controller while this replica holds the
+//! leader Lease, and serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Two replicas are safe: only the Lease holder reconciles. A replica that loses the
+//! Lease exits (status 1) instead of trying to stop half-way through a pass; its
+//! Deployment restarts it as a follower.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser;
+use dynamo_operator::admin::GrpcAdmin;
+use dynamo_operator::controller::{self, Context, Intervals, PeerDns};
+use dynamo_operator::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing_subscriber::EnvFilter;
+
+/// The Kubernetes operator of the Dynamo key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "dynamo-operator", version)]
+struct Args {
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "DYNAMO_OPERATOR_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+    /// Run without leader election (a single replica only).
+    #[arg(long, env = "DYNAMO_OPERATOR_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "DYNAMO_OPERATOR_LEASE_NAME", default_value = "dynamo-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the client's default namespace when unset: the
+    /// operator pod's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease holder stays leader without renewing.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long before expiry the holder renews.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_grace: Duration,
+    /// Deadline of each `Admin` call to a node (connect and call).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    admin_timeout: Duration,
+    /// How often a cluster with a step in flight is looked at again.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// How often a converged cluster is looked at again.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    resync_interval: Duration,
+    /// Log filter, e.g. `info` or `dynamo_operator=debug,kube=info`.
+    #[arg(long, env = "DYNAMO_OPERATOR_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "DYNAMO_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines with key=value fields.
+    Text,
+}
+
+/// What the HTTP endpoints report.
+#[derive(Clone)]
+struct Health {
+    metrics: Metrics,
+    /// Set once the API client and leader election are set up; a follower is ready too
+    /// (it is up and waiting for the Lease).
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        health.metrics.encode(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+fn init_logs(args: &Args) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(&args)?;
+
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: Arc::clone(&ready),
+    };
+    let listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster or kubeconfig)")?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("dynamo-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(GrpcAdmin::new(args.admin_timeout)),
+        Arc::new(PeerDns),
+        Reporter {
+            controller: "dynamo-operator".to_owned(),
+            instance: Some(identity.clone()),
+        },
+        metrics.clone(),
+        Intervals {
+            poll: args.poll_interval,
+            resync: args.resync_interval,
+            ..Intervals::default()
+        },
+    ));
+    let namespace = args.namespace.clone();
+
+    if args.no_leader_election {
+        ready.store(true, Ordering::Relaxed);
+        metrics.set_leader(true);
+        tracing::info!("leader election disabled; reconciling");
+        controller::run(ctx, namespace.as_deref(), shutdown_signal()).await;
+        return Ok(());
+    }
+
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.as_secs().max(1))
+        .with_grace(args.lease_grace.as_secs().max(1))
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(lease = %args.lease_name, namespace = %lease_namespace, %identity, "waiting for the leader Lease");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => changed.context("leader election stopped")?,
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+    tracing::info!(%identity, "became leader; reconciling");
+
+    // Stop on SIGTERM or when the Lease is lost, whichever comes first.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let lost = tokio::select! {
+            () = &mut shutdown => false,
+            _ = async {
+                while leader.changed().await.is_ok() {
+                    if !*leader.borrow() {
+                        return;
+                    }
+                }
+            } => true,
+        };
+        let _ = stop_tx.send(lost);
+        // Dropping `leader` closes the channel, which releases the Lease.
+        drop(leader);
+    });
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
+    controller::run(ctx, namespace.as_deref(), async move {
+        let lost = stop_rx.await.unwrap_or(true);
+        let _ = lost_tx.send(lost);
+    })
+    .await;
+    metrics.set_leader(false);
+    let lost = *lost_rx.borrow_and_update();
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "releasing the Lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "lease task"),
+        Ok(Ok(Ok(_))) | Err(_) => {}
+    }
+    if lost {
+        anyhow::bail!("lost the leader Lease; exiting so a fresh replica takes over");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
