@@ -226,7 +226,8 @@ impl GrpcAdmin {
             .connect_timeout(self.timeout)
             .timeout(self.timeout);
         if let Some(tls) = &target.tls {
-            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            let mut config =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
             if let Some((cert, key)) = &tls.identity {
                 config = config.identity(Identity::from_pem(cert, key));
             }
@@ -279,7 +280,8 @@ impl GrpcAdmin {
         target: &AdminTarget,
         send: impl AsyncFnOnce(
             AdminClient<Channel>,
-        ) -> Result<tonic::Response<proto::MemberChangeResponse>, tonic::Status>,
+        )
+            -> Result<tonic::Response<proto::MemberChangeResponse>, tonic::Status>,
     ) -> Result<MemberView, AdminError> {
         let client = self.client(target).await?;
         let reply = send(client)
@@ -358,7 +360,10 @@ impl NodeAdmin for GrpcAdmin {
             return Err(AdminError::Malformed {
                 call: "Ring",
                 url: target.url.clone(),
-                reason: format!("{} members, at most {MAX_RING_MEMBERS}", reply.members.len()),
+                reason: format!(
+                    "{} members, at most {MAX_RING_MEMBERS}",
+                    reply.members.len()
+                ),
             });
         }
         let members = reply
@@ -386,7 +391,10 @@ impl NodeAdmin for GrpcAdmin {
             return Err(AdminError::Malformed {
                 call: "Status",
                 url: target.url.clone(),
-                reason: format!("{} hint targets, at most {MAX_HINT_TARGETS}", reply.hints.len()),
+                reason: format!(
+                    "{} hint targets, at most {MAX_HINT_TARGETS}",
+                    reply.hints.len()
+                ),
             });
         }
         Ok(NodeStatus {
@@ -504,8 +512,15 @@ mod tests {
             row("db-1", MemberState::Joining, 1),
         ]);
         let merged = merge_views(&[stale.clone(), fresh.clone()]);
-        assert_eq!(merged, merge_views(&[fresh, stale]), "order does not matter");
-        let states: Vec<_> = merged.iter().map(|m| (m.node_id.as_str(), m.state)).collect();
+        assert_eq!(
+            merged,
+            merge_views(&[fresh, stale]),
+            "order does not matter"
+        );
+        let states: Vec<_> = merged
+            .iter()
+            .map(|m| (m.node_id.as_str(), m.state))
+            .collect();
         assert_eq!(
             states,
             [
@@ -518,7 +533,10 @@ mod tests {
 
     #[test]
     fn unknown_member_states_are_malformed() {
-        assert_eq!(member_state(proto::MemberState::Leaving as i32), Some(MemberState::Leaving));
+        assert_eq!(
+            member_state(proto::MemberState::Leaving as i32),
+            Some(MemberState::Leaving)
+        );
         assert_eq!(member_state(0), None);
         assert_eq!(member_state(99), None);
         let target = AdminTarget {

@@ -18,7 +18,8 @@
 //! * [`admin`]: the nodes' `Admin` gRPC API behind the [`admin::NodeAdmin`] trait.
 //! * [`controller`]: the kube-rs controller: apply the objects, read pods and the ring,
 //!   execute the planner's step, write status and events; finalizer on deletion.
-//! * [`metrics`]: Prometheus metrics of the reconciler.
+//! * [`metrics`]: Prometheus metrics of the reconciler; [`http`]: `/metrics`, `/healthz`,
+//!   `/readyz`.
 //!
 //! The `dynamo-operator` binary adds leader election, logs and the HTTP endpoints.
 
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod builders;
 pub mod controller;
 pub mod crd;
+pub mod http;
 pub mod metrics;
 pub mod planner;
 

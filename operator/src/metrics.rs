@@ -57,11 +57,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("dynamo_operator");
         let reconciles = Counter::default();
-        registry.register(
-            "reconciles",
-            "Reconcile passes started",
-            reconciles.clone(),
-        );
+        registry.register("reconciles", "Reconcile passes started", reconciles.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -165,7 +161,10 @@ mod tests {
             "dynamo_operator_membership_steps_total{step=\"Join\"} 1",
             "dynamo_operator_leader 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
         }
     }
 }

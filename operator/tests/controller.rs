@@ -52,7 +52,10 @@ async fn children_applied_fresh(server: &mut ApiServer) {
         ("ConfigMap", format!("{NS}/configmaps/db-config")),
         ("Service", format!("{NS}/services/db-peers")),
         ("Service", format!("{NS}/services/db")),
-        ("PodDisruptionBudget", format!("{POLICY}/poddisruptionbudgets/db")),
+        (
+            "PodDisruptionBudget",
+            format!("{POLICY}/poddisruptionbudgets/db"),
+        ),
     ] {
         server.expect("GET", &path).await.not_found();
         let apply = server.expect("PATCH", &path).await;
@@ -76,7 +79,9 @@ async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
     let current = [
         (
             format!("{NS}/configmaps/db-config"),
-            serde_json::to_value(with_applied_hash(builders::config_map(cluster).unwrap()).unwrap()),
+            serde_json::to_value(
+                with_applied_hash(builders::config_map(cluster).unwrap()).unwrap(),
+            ),
         ),
         (
             format!("{NS}/services/db-peers"),
@@ -86,7 +91,9 @@ async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
         ),
         (
             format!("{NS}/services/db"),
-            serde_json::to_value(with_applied_hash(builders::client_service(cluster).unwrap()).unwrap()),
+            serde_json::to_value(
+                with_applied_hash(builders::client_service(cluster).unwrap()).unwrap(),
+            ),
         ),
         (
             format!("{POLICY}/poddisruptionbudgets/db"),
@@ -96,13 +103,18 @@ async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
         ),
     ];
     for (path, object) in current {
-        server.expect("GET", &path).await.respond(200, object.unwrap());
+        server
+            .expect("GET", &path)
+            .await
+            .respond(200, object.unwrap());
     }
 }
 
 fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Value {
-    serde_json::to_value(with_applied_hash(builders::statefulset(cluster, replicas).unwrap()).unwrap())
-        .unwrap()
+    serde_json::to_value(
+        with_applied_hash(builders::statefulset(cluster, replicas).unwrap()).unwrap(),
+    )
+    .unwrap()
 }
 
 /// The cluster with `status` as the API server would return it after a status apply.
@@ -155,7 +167,10 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
             .await
             .not_found();
         let pods = server.expect("GET", &format!("{NS}/pods")).await;
-        assert_eq!(pods.query.get("labelSelector").map(String::as_str), Some(SELECTOR));
+        assert_eq!(
+            pods.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR)
+        );
         pods.respond(200, list("PodList", vec![]));
         // No pod runs, so no node is asked; the planner grows the StatefulSet to size.
         let sts = server
@@ -256,7 +271,10 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
     })
     .await
     .unwrap();
-    assert_eq!(action, Action::requeue(controller::Intervals::default().poll));
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
 
     // The ring really changed: db-0 lists db-1 at its advertised address, and db-1 learns
     // it is a member by gossip.
@@ -264,8 +282,12 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
     let joined = ring.members.iter().find(|m| m.node_id == "db-1").unwrap();
     assert_eq!(joined.address, n1_address);
     assert_eq!(joined.weight, 1);
-    support::wait_for_states(&admin, &support::target(&n1), &[("db-1", MemberState::Member)])
-        .await;
+    support::wait_for_states(
+        &admin,
+        &support::target(&n1),
+        &[("db-1", MemberState::Member)],
+    )
+    .await;
     n1.shutdown().await.unwrap();
     n0.shutdown().await.unwrap();
 }
@@ -281,7 +303,7 @@ async fn decommission_below_n_is_refused_without_shrinking() {
     let admin = GrpcAdmin::new(support::WAIT);
     let t0 = support::target(&n0);
     for node in [&n0, &n1, &n2] {
-        let id = node.shared().cluster.me().to_string();
+        let id = node.shared().cluster().me().to_string();
         admin
             .join(&t0, &id, &node.internode_addr.to_string(), 1)
             .await
@@ -311,13 +333,10 @@ async fn decommission_below_n_is_refused_without_shrinking() {
             .expect("GET", &format!("{APPS}/statefulsets/db"))
             .await
             .respond(200, statefulset(&expected, 3));
-        server
-            .expect("GET", &format!("{NS}/pods"))
-            .await
-            .respond(
-                200,
-                list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
-            );
+        server.expect("GET", &format!("{NS}/pods")).await.respond(
+            200,
+            list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
+        );
         // No StatefulSet apply (replicas stay 3) and no Leave: a warning and the status.
         let event = server.expect("POST", EVENTS).await;
         assert_eq!(event.body["type"], "Warning");
@@ -364,13 +383,10 @@ async fn decommission_below_n_is_refused_without_shrinking() {
             .expect("GET", &format!("{APPS}/statefulsets/db"))
             .await
             .respond(200, statefulset(&expected, 3));
-        server
-            .expect("GET", &format!("{NS}/pods"))
-            .await
-            .respond(
-                200,
-                list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
-            );
+        server.expect("GET", &format!("{NS}/pods")).await.respond(
+            200,
+            list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
+        );
         server
     })
     .await
@@ -395,7 +411,10 @@ async fn deletion_deletes_volumes_when_asked_and_releases_the_finalizer() {
         let claims = server
             .expect("GET", &format!("{NS}/persistentvolumeclaims"))
             .await;
-        assert_eq!(claims.query.get("labelSelector").map(String::as_str), Some(SELECTOR));
+        assert_eq!(
+            claims.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR)
+        );
         let claim = |name: &str| {
             json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                    "metadata": {"name": name, "namespace": "prod"}})
@@ -464,7 +483,10 @@ async fn deletion_keeps_volumes_by_default() {
 #[tokio::test]
 async fn an_unreachable_ring_fails_the_pass_without_acting() {
     // A pod runs but nothing answers Admin.Ring: the controller must not guess.
-    let c = cluster(json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}), true);
+    let c = cluster(
+        json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
     let expected = c.clone();
     let error = pass(c, Loopback::default(), |mut server| async move {
         children_unchanged(&mut server, &expected).await;

@@ -7,18 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::Parser;
 use dynamo_operator::admin::GrpcAdmin;
 use dynamo_operator::controller::{self, Context, Intervals, PeerDns};
-use dynamo_operator::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use dynamo_operator::http::{Health, router};
+use dynamo_operator::metrics::Metrics;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing_subscriber::EnvFilter;
@@ -31,13 +27,21 @@ struct Args {
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    #[arg(long, env = "DYNAMO_OPERATOR_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_HTTP_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     http_listen: SocketAddr,
     /// Run without leader election (a single replica only).
     #[arg(long, env = "DYNAMO_OPERATOR_NO_LEADER_ELECTION")]
     no_leader_election: bool,
     /// Name of the leader Lease.
-    #[arg(long, env = "DYNAMO_OPERATOR_LEASE_NAME", default_value = "dynamo-operator")]
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_LEASE_NAME",
+        default_value = "dynamo-operator"
+    )]
     lease_name: String,
     /// Namespace of the leader Lease (the client's default namespace when unset: the
     /// operator pod's own, in a cluster).
@@ -75,34 +79,6 @@ enum LogFormat {
     Json,
     /// Human-readable lines with key=value fields.
     Text,
-}
-
-/// What the HTTP endpoints report.
-#[derive(Clone)]
-struct Health {
-    metrics: Metrics,
-    /// Set once the API client and leader election are set up; a follower is ready too
-    /// (it is up and waiting for the Lease).
-    ready: Arc<AtomicBool>,
-}
-
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        health.metrics.encode(),
-    )
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
 }
 
 fn init_logs(args: &Args) -> anyhow::Result<()> {
@@ -145,20 +121,12 @@ async fn main() -> anyhow::Result<()> {
     init_logs(&args)?;
 
     let metrics = Metrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: Arc::clone(&ready),
-    };
+    let health = Health::new(metrics.clone());
     let listener = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding {}", args.http_listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(health);
+    let app = router(health.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "HTTP server stopped");
@@ -191,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let namespace = args.namespace.clone();
 
     if args.no_leader_election {
-        ready.store(true, Ordering::Relaxed);
+        health.set_ready();
         metrics.set_leader(true);
         tracing::info!("leader election disabled; reconciling");
         controller::run(ctx, namespace.as_deref(), shutdown_signal()).await;
@@ -211,11 +179,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("setting up leader election")?;
     let (mut leader, lease_task) = manager.watch().await;
-    ready.store(true, Ordering::Relaxed);
+    health.set_ready();
     tracing::info!(lease = %args.lease_name, namespace = %lease_namespace, %identity, "waiting for the leader Lease");
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut shutdown = Box::pin(shutdown_signal());
     loop {
         if *leader.borrow_and_update() {
             break;

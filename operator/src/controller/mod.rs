@@ -423,7 +423,11 @@ async fn credentials(
 
 /// The pass for a live cluster.
 async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
-    let name = cluster.metadata.name.as_deref().ok_or(BuildError::MissingName)?;
+    let name = cluster
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingName)?;
     let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
     let client = &ctx.client;
     let selector = builders::selector_string(name);
@@ -448,7 +452,12 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     apply_child(client, &namespace, builders::config_map(cluster)?).await?;
     apply_child(client, &namespace, builders::headless_service(cluster)?).await?;
     apply_child(client, &namespace, builders::client_service(cluster)?).await?;
-    apply_child(client, &namespace, builders::pod_disruption_budget(cluster)?).await?;
+    apply_child(
+        client,
+        &namespace,
+        builders::pod_disruption_budget(cluster)?,
+    )
+    .await?;
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let current_sts = statefulsets.get_opt(name).await?;
@@ -652,11 +661,7 @@ async fn publish(
         action: reason.to_owned(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &cluster.object_ref(&()))
-        .await
-    {
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(cluster = %cluster.name_any(), %error, reason, "publishing event");
     }
 }
@@ -671,9 +676,15 @@ async fn cleanup(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error
     } else {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
         let selector = builders::selector_string(&name);
-        let list = claims.list(&ListParams::default().labels(&selector)).await?;
+        let list = claims
+            .list(&ListParams::default().labels(&selector))
+            .await?;
         let mut deleted = 0;
-        for claim in list.items.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
+        for claim in list
+            .items
+            .iter()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+        {
             delete_if_present(&claims, &claim.name_any()).await?;
             deleted += 1;
         }
@@ -714,7 +725,10 @@ mod tests {
             PeerDns.admin_url("prod", "db", 0, true),
             "https://db-0.db-peers.prod.svc:7001"
         );
-        assert_eq!(PeerDns.advertise("prod", "db", 1), "db-1.db-peers.prod.svc:7001");
+        assert_eq!(
+            PeerDns.advertise("prod", "db", 1),
+            "db-1.db-peers.prod.svc:7001"
+        );
         assert_eq!(claim_name("db", 4), "data-db-4");
     }
 }

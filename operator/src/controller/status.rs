@@ -95,10 +95,7 @@ pub fn cluster_status(
         .filter(|(_, m)| m.state.is_active())
         .map(|(&o, _)| o)
         .collect();
-    let ready_members = active
-        .iter()
-        .filter(|o| observed.ready.contains(o))
-        .count();
+    let ready_members = active.iter().filter(|o| observed.ready.contains(o)).count();
     let n = usize::try_from(pass.replication_factor).unwrap_or(usize::MAX);
     let available = ready_members >= n;
     let reason = step_reason(step);
@@ -138,7 +135,15 @@ pub fn cluster_status(
             }
     );
     let degraded = if degraded {
-        condition(DEGRADED, true, reason, step.to_string(), gen_, previous, now)
+        condition(
+            DEGRADED,
+            true,
+            reason,
+            step.to_string(),
+            gen_,
+            previous,
+            now,
+        )
     } else {
         condition(
             DEGRADED,
@@ -264,7 +269,11 @@ mod tests {
         assert_eq!(find(&s, PROGRESSING).status, "False");
         assert_eq!(find(&s, PROGRESSING).reason, "Converged");
         assert_eq!(find(&s, DEGRADED).status, "False");
-        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4))
+        );
     }
 
     #[test]
@@ -291,7 +300,11 @@ mod tests {
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "DecommissionRefused")
         );
-        assert!(degraded.message.contains("fewer than the replication factor 3"));
+        assert!(
+            degraded
+                .message
+                .contains("fewer than the replication factor 3")
+        );
         assert_eq!(find(&s, PROGRESSING).status, "False");
         assert_eq!(s.current_step.as_deref(), Some(step.to_string().as_str()));
     }
