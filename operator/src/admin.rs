@@ -256,8 +256,11 @@ impl GrpcAdmin {
     }
 
     fn rpc_error(call: &'static str, target: &AdminTarget, status: &tonic::Status) -> AdminError {
-        // A deadline or a broken connection shows up as a status too; both mean the node
-        // was not heard from, which is what the reconciler needs to know.
+        // A deadline or a broken connection shows up as a status too (a status made on
+        // this side carries the transport error as its source, e.g. a TLS 1.3 server
+        // refusing the client certificate after the handshake); all mean the node was
+        // not heard from, which is what the reconciler needs to know.
+        let local = std::error::Error::source(status).is_some();
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 AdminError::Unreachable {
@@ -265,6 +268,10 @@ impl GrpcAdmin {
                     reason: format!("{call}: {}", status.message()),
                 }
             }
+            _ if local => AdminError::Unreachable {
+                url: target.url.clone(),
+                reason: format!("{call}: {}", error_chain(status)),
+            },
             code => AdminError::Rpc {
                 call,
                 url: target.url.clone(),

@@ -505,3 +505,159 @@ async fn an_unreachable_ring_fails_the_pass_without_acting() {
     assert_eq!(error.label(), "ring_unreadable", "{error}");
     assert!(error.to_string().contains("db-0"), "{error}");
 }
+
+#[tokio::test]
+async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
+    // db-0 is the only member; db-1's pod runs but never joined, and the spec went back
+    // to one node. The StatefulSet shrinks over db-1, and with retainOnScaleDown false
+    // its volume goes too. A member's volume is never touched.
+    let n0 = start_node("db-0", &[], 1, &[]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = support::target(&n0);
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "storage": {"retainOnScaleDown": false}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 2));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        let sts = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        sts.assert_server_side_apply();
+        assert_eq!(sts.body["spec"]["replicas"], 1);
+        assert_eq!(
+            sts.body["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+            "Delete"
+        );
+        sts.echo();
+        server
+            .expect("DELETE", &format!("{NS}/persistentvolumeclaims/data-db-1"))
+            .await
+            .not_found();
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["reason"], "ShrinkStatefulSet");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        assert_eq!(
+            status.body["status"]["currentStep"],
+            "shrink statefulset to 1"
+        );
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    let ring = admin.ring(&t0).await.unwrap();
+    assert_eq!(ring.members.len(), 1);
+    n0.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_token_comes_from_the_named_secret() {
+    // The node refuses Admin calls without its token; the controller reads it from the
+    // Secret the spec names, each pass, and the converged cluster reports Running.
+    let n0 = start_node("db-0", &[], 1, &["--admin-token", "s3cret"]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = dynamo_operator::admin::AdminTarget {
+        token: Some("s3cret".to_owned()),
+        ..support::target(&n0)
+    };
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "adminTokenSecret": "db-admin"});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true)]));
+        // "s3cret\n", as `kubectl create secret --from-file` often stores it.
+        server
+            .expect("GET", &format!("{NS}/secrets/db-admin"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "db-admin", "namespace": "prod"},
+                       "data": {"token": "czNjcmV0Cg=="}}),
+            );
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["phase"], "Running");
+        assert!(s.get("currentStep").is_none(), "{s}");
+        assert_eq!(condition(s, "Progressing")["reason"], "Converged");
+        assert_eq!(condition(s, "Available")["status"], "True");
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().resync)
+    );
+
+    // A Secret without the key fails the pass, naming the Secret.
+    let expected = c.clone();
+    let error = pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true)]));
+        server
+            .expect("GET", &format!("{NS}/secrets/db-admin"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "db-admin", "namespace": "prod"}, "data": {}}),
+            );
+        server
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(error.label(), "secret");
+    assert_eq!(
+        error.to_string(),
+        "failed to apply object: secret db-admin: no key `token`"
+    );
+    n0.shutdown().await.unwrap();
+}
