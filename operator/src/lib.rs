@@ -21,13 +21,16 @@
 //! * [`metrics`]: Prometheus metrics of the reconciler; [`http`]: `/metrics`, `/healthz`,
 //!   `/readyz`.
 //!
-//! The `dynamo-operator` binary adds leader election, logs and the HTTP endpoints.
+//! * [`leader`]: run the controller only while holding the leader Lease.
+//!
+//! The `dynamo-operator` binary wires these together with logs and flags.
 
 pub mod admin;
 pub mod builders;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod planner;
 

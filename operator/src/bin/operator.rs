@@ -14,6 +14,7 @@ use clap::Parser;
 use dynamo_operator::admin::GrpcAdmin;
 use dynamo_operator::controller::{self, Context, Intervals, PeerDns};
 use dynamo_operator::http::{Health, router};
+use dynamo_operator::leader::{Outcome, run_while_leader};
 use dynamo_operator::metrics::Metrics;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -178,54 +179,27 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .await
         .context("setting up leader election")?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let (leader, lease_task) = manager.watch().await;
     health.set_ready();
     tracing::info!(lease = %args.lease_name, namespace = %lease_namespace, %identity, "waiting for the leader Lease");
 
-    let mut shutdown = Box::pin(shutdown_signal());
-    loop {
-        if *leader.borrow_and_update() {
-            break;
-        }
-        tokio::select! {
-            changed = leader.changed() => changed.context("leader election stopped")?,
-            () = &mut shutdown => return Ok(()),
-        }
-    }
-    metrics.set_leader(true);
-    tracing::info!(%identity, "became leader; reconciling");
-
-    // Stop on SIGTERM or when the Lease is lost, whichever comes first.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
-    tokio::spawn(async move {
-        let lost = tokio::select! {
-            () = &mut shutdown => false,
-            _ = async {
-                while leader.changed().await.is_ok() {
-                    if !*leader.borrow() {
-                        return;
-                    }
-                }
-            } => true,
-        };
-        let _ = stop_tx.send(lost);
-        // Dropping `leader` closes the channel, which releases the Lease.
-        drop(leader);
-    });
-    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
-    controller::run(ctx, namespace.as_deref(), async move {
-        let lost = stop_rx.await.unwrap_or(true);
-        let _ = lost_tx.send(lost);
+    let outcome = run_while_leader(leader, shutdown_signal(), |stop| {
+        metrics.set_leader(true);
+        tracing::info!(%identity, "became leader; reconciling");
+        controller::run(ctx, namespace.as_deref(), async move {
+            let _ = stop.await;
+        })
     })
     .await;
     metrics.set_leader(false);
-    let lost = *lost_rx.borrow_and_update();
+    // The receiver was dropped with `run_while_leader`, which makes the keeper release
+    // the Lease and return.
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
         Ok(Ok(Err(error))) => tracing::warn!(%error, "releasing the Lease"),
         Ok(Err(error)) => tracing::warn!(%error, "lease task"),
         Ok(Ok(Ok(_))) | Err(_) => {}
     }
-    if lost {
+    if outcome == Outcome::Lost {
         anyhow::bail!("lost the leader Lease; exiting so a fresh replica takes over");
     }
     tracing::info!("shut down");
