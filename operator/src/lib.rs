@@ -6,19 +6,33 @@
 //! operator turns a `DynamoCluster` into Kubernetes objects and changes ring membership
 //! one explicit step at a time through the nodes' `Admin` API.
 //!
-//! Everything here is pure (no I/O), so it is tested without a cluster:
+//! The pure parts (no I/O), tested without a cluster:
 //! * [`crd`]: the resource, its schema and defaults, per-node weights.
 //! * [`builders`]: the owned objects (ConfigMap, Services, StatefulSet,
 //!   PodDisruptionBudget, NetworkPolicy, admin token Secret) as functions of the resource.
 //! * [`planner`]: the membership planner, from desired and observed state to the single
 //!   next step.
 //! * [`yaml`]: YAML that kubectl and Helm (YAML 1.1) read as serde does (YAML 1.2).
+//! * [`controller::status`]: the status a pass writes.
 //!
-//! The controller that reads the cluster, applies the objects and executes the steps
-//! comes next; see `operator/README.md`.
+//! The shell:
+//! * [`admin`]: the nodes' `Admin` gRPC API behind the [`admin::NodeAdmin`] trait.
+//! * [`controller`]: the kube-rs controller: apply the objects, read pods and the ring,
+//!   execute the planner's step, write status and events; finalizer on deletion.
+//! * [`metrics`]: Prometheus metrics of the reconciler; [`http`]: `/metrics`, `/healthz`,
+//!   `/readyz`.
+//!
+//! * [`leader`]: run the controller only while holding the leader Lease.
+//!
+//! The `dynamo-operator` binary wires these together with logs and flags.
 
+pub mod admin;
 pub mod builders;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod planner;
 pub mod yaml;
 

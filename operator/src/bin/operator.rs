@@ -1,0 +1,207 @@
+//! `dynamo-operator`: runs the DynamoCluster controller while this replica holds the
+//! leader Lease, and serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Two replicas are safe: only the Lease holder reconciles. A replica that loses the
+//! Lease exits (status 1) instead of trying to stop half-way through a pass; its
+//! Deployment restarts it as a follower.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use dynamo_operator::admin::GrpcAdmin;
+use dynamo_operator::controller::{self, Context, Intervals, PeerDns};
+use dynamo_operator::http::{Health, router};
+use dynamo_operator::leader::{Outcome, run_while_leader};
+use dynamo_operator::metrics::Metrics;
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing_subscriber::EnvFilter;
+
+/// The Kubernetes operator of the Dynamo key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "dynamo-operator", version)]
+struct Args {
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_HTTP_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    http_listen: SocketAddr,
+    /// Run without leader election (a single replica only).
+    #[arg(long, env = "DYNAMO_OPERATOR_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_LEASE_NAME",
+        default_value = "dynamo-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the leader Lease (the client's default namespace when unset: the
+    /// operator pod's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease holder stays leader without renewing.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long before expiry the holder renews.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_grace: Duration,
+    /// Deadline of each `Admin` call to a node (connect and call).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    admin_timeout: Duration,
+    /// How often a cluster with a step in flight is looked at again.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// How often a converged cluster is looked at again.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    resync_interval: Duration,
+    /// Log filter, e.g. `info` or `dynamo_operator=debug,kube=info`.
+    #[arg(long, env = "DYNAMO_OPERATOR_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "DYNAMO_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines with key=value fields.
+    Text,
+}
+
+fn init_logs(args: &Args) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(&args)?;
+
+    let metrics = Metrics::new();
+    let health = Health::new(metrics.clone());
+    let listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let app = router(health.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster or kubeconfig)")?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("dynamo-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(GrpcAdmin::new(args.admin_timeout)),
+        Arc::new(PeerDns),
+        Reporter {
+            controller: "dynamo-operator".to_owned(),
+            instance: Some(identity.clone()),
+        },
+        metrics.clone(),
+        Intervals {
+            poll: args.poll_interval,
+            resync: args.resync_interval,
+            ..Intervals::default()
+        },
+    ));
+    let namespace = args.namespace.clone();
+
+    if args.no_leader_election {
+        health.set_ready();
+        metrics.set_leader(true);
+        tracing::info!("leader election disabled; reconciling");
+        controller::run(ctx, namespace.as_deref(), shutdown_signal()).await;
+        return Ok(());
+    }
+
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.as_secs().max(1))
+        .with_grace(args.lease_grace.as_secs().max(1))
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (leader, lease_task) = manager.watch().await;
+    health.set_ready();
+    tracing::info!(lease = %args.lease_name, namespace = %lease_namespace, %identity, "waiting for the leader Lease");
+
+    let outcome = run_while_leader(leader, shutdown_signal(), |stop| {
+        metrics.set_leader(true);
+        tracing::info!(%identity, "became leader; reconciling");
+        controller::run(ctx, namespace.as_deref(), async move {
+            let _ = stop.await;
+        })
+    })
+    .await;
+    metrics.set_leader(false);
+    // The receiver was dropped with `run_while_leader`, which makes the keeper release
+    // the Lease and return.
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "releasing the Lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "lease task"),
+        Ok(Ok(Ok(_))) | Err(_) => {}
+    }
+    if outcome == Outcome::Lost {
+        anyhow::bail!("lost the leader Lease; exiting so a fresh replica takes over");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}

@@ -1,0 +1,734 @@
+//! The controller: watches `DynamoCluster`s and the objects they own, and each pass
+//!
+//! 1. applies the builders' objects (server-side apply, field manager
+//!    [`FIELD_MANAGER`], owner references set by the builders), skipping those whose
+//!    last applied content is unchanged so a pass that changes nothing writes nothing;
+//! 2. reads the real state: the StatefulSet's replicas, the pods' own status, and the
+//!    member table through the nodes' `Admin.Ring`;
+//! 3. asks [`planner::plan`](crate::planner::plan) for the one next step and executes
+//!    exactly that step (join, set weight, decommission, resize the StatefulSet);
+//! 4. publishes an Event for every step taken, writes the status through the status
+//!    subresource when it changed, and requeues: soon while something moves, rarely
+//!    once converged, with backoff after errors.
+//!
+//! Level-triggered: nothing is carried from one pass to the next except the failure
+//! count behind the backoff. Ring state changes (a join finishing, a node leaving) are
+//! not Kubernetes events, so a pass that waits on one polls.
+//!
+//! Deleting a cluster goes through a finalizer ([`FINALIZER`]): the volumes are deleted
+//! only if `storage.retainOnDelete` is false; garbage collection removes the rest.
+
+mod observe;
+pub mod status;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalize, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use observe::{PodStates, RingRead, pod_states, read_ring};
+
+use crate::admin::{AdminError, AdminTarget, AdminTls, NodeAdmin};
+use crate::builders::{self, BuildError};
+use crate::crd::DynamoCluster;
+use crate::metrics::Metrics;
+use crate::planner::{Desired, ObserveError, Observed, Step, members_from_ring, plan};
+
+/// The server-side apply field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "dynamo-operator";
+/// The finalizer that holds a deleted cluster until its volumes are dealt with.
+pub const FINALIZER: &str = "dynamo.example.org/cleanup";
+/// Annotation on each applied object: a hash of what was last applied, so an unchanged
+/// object is not applied again (an apply can bump `resourceVersion` even when nothing
+/// changed, and the watch on owned objects would then trigger another pass).
+pub const APPLIED_HASH_ANNOTATION: &str = "dynamo.example.org/applied-hash";
+/// Label selecting the objects the operator manages (the builders set it).
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=dynamo-operator";
+
+/// Why a pass failed. Every failure requeues with backoff.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object lacks what the API server always sets.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// An `Admin` call failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// No node answered `Admin.Ring`, so the ring is unknown and nothing is decided.
+    #[error("no node answered Admin.Ring: {0}")]
+    RingUnreadable(String),
+    /// The member table cannot be mapped onto this cluster's pods.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// A membership change needs a ready member to send it to, and none answered.
+    #[error("no ready member answered to take the change")]
+    NoAdminPeer,
+    /// A Secret the spec names is missing or lacks a key.
+    #[error("secret {name}: {reason}")]
+    Secret {
+        /// The Secret's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An object could not be serialized for hashing.
+    #[error("serializing {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// Adding or removing the finalizer failed, or the wrapped pass failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short label for metrics.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Build(_) => "build",
+            Self::Admin(_) => "admin",
+            Self::RingUnreadable(_) => "ring_unreadable",
+            Self::Observe(_) => "foreign_member",
+            Self::NoAdminPeer => "no_admin_peer",
+            Self::Secret { .. } => "secret",
+            Self::Serialize(_) => "serialize",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.label(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// Where the nodes of a cluster are reached: their `Admin` URL and the internode address
+/// they advertise (which a join records in the member table).
+pub trait NodeEndpoints: Send + Sync {
+    /// The `Admin` URL of a node (`https://` when the cluster uses TLS).
+    fn admin_url(&self, namespace: &str, cluster: &str, ordinal: u32, tls: bool) -> String;
+    /// The internode address the node advertises.
+    fn advertise(&self, namespace: &str, cluster: &str, ordinal: u32) -> String;
+}
+
+/// Nodes by their stable DNS names in the headless Service, as the StatefulSet's pods
+/// advertise themselves: `db-3.db-peers.prod.svc:7001`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerDns;
+
+impl NodeEndpoints for PeerDns {
+    fn admin_url(&self, namespace: &str, cluster: &str, ordinal: u32, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!(
+            "{scheme}://{}",
+            builders::peer_address(cluster, namespace, ordinal)
+        )
+    }
+
+    fn advertise(&self, namespace: &str, cluster: &str, ordinal: u32) -> String {
+        builders::peer_address(cluster, namespace, ordinal)
+    }
+}
+
+/// How often passes run when no watch event triggers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// While a step is in flight or waited on (a join finishing, a pod starting).
+    pub poll: Duration,
+    /// Once converged or refused: re-reads the ring to catch drift.
+    pub resync: Duration,
+    /// The first retry after an error; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_secs(5),
+            resync: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Intervals {
+    /// The delay before retry number `failures` (1 after the first failure).
+    #[must_use]
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        self.backoff_base
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+/// What every pass shares.
+pub struct Context {
+    client: Client,
+    admin: Arc<dyn NodeAdmin>,
+    endpoints: Arc<dyn NodeEndpoints>,
+    recorder: Recorder,
+    metrics: Metrics,
+    intervals: Intervals,
+    /// Consecutive failures per cluster (namespace, name), for the backoff. A std Mutex:
+    /// held only to bump or clear a count, never across an await.
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Context {
+    /// A context over an API client and the nodes' `Admin` API.
+    #[must_use]
+    pub fn new(
+        client: Client,
+        admin: Arc<dyn NodeAdmin>,
+        endpoints: Arc<dyn NodeEndpoints>,
+        reporter: Reporter,
+        metrics: Metrics,
+        intervals: Intervals,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            admin,
+            endpoints,
+            metrics,
+            intervals,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The metrics this context records into.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        // A panic elsewhere while holding this lock leaves only a counter behind.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn key(cluster: &DynamoCluster) -> (String, String) {
+    (cluster.namespace().unwrap_or_default(), cluster.name_any())
+}
+
+/// One pass over a cluster: the finalizer, then [`apply`](Finalize::Apply) or
+/// [`cleanup`](Finalize::Cleanup).
+///
+/// # Errors
+/// Any [`Error`]; the controller then calls [`error_policy`].
+pub async fn reconcile(cluster: Arc<DynamoCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
+    let api: Api<DynamoCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = key(&cluster);
+    let action = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            Finalize::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalize::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.failures().remove(&key);
+    Ok(action)
+}
+
+/// After a failed pass: count it and retry with exponential backoff.
+#[must_use]
+pub fn error_policy(cluster: Arc<DynamoCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.label());
+    let failures = {
+        let mut failures = ctx.failures();
+        let count = failures.entry(key(&cluster)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = ctx.intervals.backoff(failures);
+    tracing::warn!(
+        cluster = %cluster.name_any(), namespace = ?cluster.namespace(),
+        error = %error, failures, retry_in = ?delay, "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` resolves: all namespaces, or only `namespace`.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Resource<DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::new(
+        api::<DynamoCluster>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+    .owns(api::<Service>(&client, namespace), owned.clone())
+    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+    .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
+            Err(error) => tracing::debug!(%error, "controller"),
+        }
+    })
+    .await;
+}
+
+/// A stable hash of an object's JSON (FNV-1a, 64 bits): equal content, equal hash, across
+/// operator restarts and versions.
+fn content_hash<K: Serialize>(object: &K) -> Result<String, serde_json::Error> {
+    let bytes = serde_json::to_vec(object)?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// `object` as the controller applies it: with [`APPLIED_HASH_ANNOTATION`] set to the
+/// hash of its content.
+///
+/// # Errors
+/// The object does not serialize.
+pub fn with_applied_hash<K: Resource + Serialize>(mut object: K) -> Result<K, serde_json::Error> {
+    let hash = content_hash(&object)?;
+    object
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
+    Ok(object)
+}
+
+/// Server-side applies `object` unless `current` already carries the hash of the same
+/// content. Returns whether it applied.
+async fn ensure_applied<K>(api: &Api<K>, object: K, current: Option<&K>) -> Result<bool, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
+    let object = with_applied_hash(object)?;
+    let applied = current.and_then(|c| c.annotations().get(APPLIED_HASH_ANNOTATION));
+    if applied.is_some() && applied == object.annotations().get(APPLIED_HASH_ANNOTATION) {
+        return Ok(false);
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Reads the current object and applies `object` over it if it changed.
+async fn apply_child<K>(client: &Client, namespace: &str, object: K) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
+    let current = api.get_opt(&name).await?;
+    ensure_applied(&api, object, current.as_ref()).await
+}
+
+/// The admin token and TLS material named by the spec, read fresh each pass.
+async fn credentials(
+    client: &Client,
+    namespace: &str,
+    cluster: &DynamoCluster,
+) -> Result<(Option<String>, Option<AdminTls>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = async |name: &str| -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
+        let secret = secrets.get_opt(name).await?.ok_or_else(|| Error::Secret {
+            name: name.to_owned(),
+            reason: "not found".to_owned(),
+        })?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect())
+    };
+    let token = match &cluster.spec.admin_token_secret {
+        Some(name) => {
+            let data = read(name).await?;
+            let token = data.get("token").ok_or_else(|| Error::Secret {
+                name: name.clone(),
+                reason: "no key `token`".to_owned(),
+            })?;
+            let token = std::str::from_utf8(token).map_err(|_| Error::Secret {
+                name: name.clone(),
+                reason: "`token` is not UTF-8".to_owned(),
+            })?;
+            Some(token.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        None => None,
+    };
+    let tls = match &cluster.spec.tls {
+        Some(spec) => {
+            let mut data = read(&spec.secret_name).await?;
+            let ca_pem = data.remove("ca.crt").ok_or_else(|| Error::Secret {
+                name: spec.secret_name.clone(),
+                reason: "no key `ca.crt`: the operator needs it to verify the nodes".to_owned(),
+            })?;
+            let identity = data.remove("tls.crt").zip(data.remove("tls.key"));
+            Some(AdminTls { ca_pem, identity })
+        }
+        None => None,
+    };
+    Ok((token, tls))
+}
+
+/// The pass for a live cluster.
+async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = cluster
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingName)?;
+    let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
+    let client = &ctx.client;
+    let selector = builders::selector_string(name);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    let desired = match Desired::from_spec(&cluster.spec) {
+        Ok(desired) => desired,
+        Err(error) => {
+            tracing::warn!(cluster = name, %error, "invalid spec");
+            let status = status::invalid_spec_status(
+                cluster.metadata.generation,
+                &error.to_string(),
+                &selector,
+                cluster.status.as_ref(),
+                &now,
+            );
+            write_status(ctx, cluster, &namespace, status).await?;
+            return Ok(Action::requeue(ctx.intervals.resync));
+        }
+    };
+
+    apply_child(client, &namespace, builders::config_map(cluster)?).await?;
+    apply_child(client, &namespace, builders::headless_service(cluster)?).await?;
+    apply_child(client, &namespace, builders::client_service(cluster)?).await?;
+    apply_child(
+        client,
+        &namespace,
+        builders::pod_disruption_budget(cluster)?,
+    )
+    .await?;
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let current_sts = statefulsets.get_opt(name).await?;
+    let replicas = current_sts
+        .as_ref()
+        .and_then(|s| s.spec.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod_list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let pod_states = pod_states(name, &pod_list.items);
+
+    let (token, tls) = credentials(client, &namespace, cluster).await?;
+    let target = |ordinal: u32| AdminTarget {
+        url: ctx
+            .endpoints
+            .admin_url(&namespace, name, ordinal, tls.is_some()),
+        token: token.clone(),
+        tls: tls.clone(),
+    };
+    let ring = read_ring(ctx.admin.as_ref(), &pod_states, &target)
+        .await
+        .map_err(|unanswered| {
+            Error::RingUnreadable(
+                unanswered
+                    .iter()
+                    .map(|(o, e)| format!("{}: {e}", builders::pod_name(name, *o)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+    for (ordinal, error) in &ring.unanswered {
+        tracing::warn!(cluster = name, ordinal, %error, "node did not answer Admin.Ring");
+    }
+    let observed = Observed {
+        statefulset_replicas: replicas,
+        running: pod_states.running.clone(),
+        ready: pod_states.ready.clone(),
+        members: members_from_ring(name, ring.members.iter().map(|m| m.ring_member()))?,
+    };
+    let step = plan(&desired, &observed);
+    tracing::info!(cluster = name, namespace, %step, "planned");
+
+    // The StatefulSet is applied every pass (when changed) so template changes roll out;
+    // its replica count is the planner's.
+    let sts_replicas = match step {
+        Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => to,
+        _ => replicas,
+    };
+    ensure_applied(
+        &statefulsets,
+        builders::statefulset(cluster, sts_replicas)?,
+        current_sts.as_ref(),
+    )
+    .await?;
+
+    let took_step = execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?;
+
+    let previous_step = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.current_step.as_deref());
+    let reason = status::step_reason(&step);
+    if took_step {
+        ctx.metrics.step_taken(reason);
+        publish(ctx, cluster, EventType::Normal, reason, step.to_string()).await;
+    } else if matches!(step, Step::Refuse { .. })
+        && previous_step != Some(step.to_string().as_str())
+    {
+        publish(ctx, cluster, EventType::Warning, reason, step.to_string()).await;
+    }
+
+    let pass = status::Pass {
+        generation: cluster.metadata.generation,
+        observed: &observed,
+        step: &step,
+        replication_factor: desired.replication_factor(),
+        selector: &selector,
+    };
+    let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
+    write_status(ctx, cluster, &namespace, status).await?;
+
+    Ok(match step {
+        Step::Done | Step::Refuse { .. } => Action::requeue(ctx.intervals.resync),
+        _ => Action::requeue(ctx.intervals.poll),
+    })
+}
+
+/// Executes a membership step through `Admin` (StatefulSet resizes were applied already,
+/// volumes of shrunk-away nodes are deleted here). Returns whether a step was taken.
+async fn execute(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+    step: &Step,
+    replicas_before: u32,
+    ring: &RingRead,
+    target: &impl Fn(u32) -> AdminTarget,
+) -> Result<bool, Error> {
+    let name = cluster.name_any();
+    let peer = || ring.admin_peer.map(target).ok_or(Error::NoAdminPeer);
+    match *step {
+        Step::Join { ordinal, weight } => {
+            // Bootstrap: with no member yet, the first node joins itself.
+            let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
+            let node_id = builders::pod_name(&name, ordinal);
+            let address = ctx.endpoints.advertise(namespace, &name, ordinal);
+            match ctx.admin.join(&via, &node_id, &address, weight).await {
+                Ok(_) => Ok(true),
+                // The merged view was behind a node that already has it: the next
+                // pass reads the ring again.
+                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                    tracing::info!(cluster = %name, node = node_id, error = %e, "join not needed");
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::SetWeight { ordinal, weight } => {
+            let node_id = builders::pod_name(&name, ordinal);
+            ctx.admin.set_weight(&peer()?, &node_id, weight).await?;
+            Ok(true)
+        }
+        Step::Decommission { ordinal } => {
+            let node_id = builders::pod_name(&name, ordinal);
+            ctx.admin.leave(&peer()?, &node_id).await?;
+            Ok(true)
+        }
+        Step::ShrinkStatefulSet { to } => {
+            // The planner shrinks only over nodes the ring has removed (or never
+            // joined), so their volumes hold nothing the ring needs.
+            if !cluster.spec.storage.retain_on_scale_down {
+                let claims: Api<PersistentVolumeClaim> =
+                    Api::namespaced(ctx.client.clone(), namespace);
+                for ordinal in to..replicas_before {
+                    delete_if_present(&claims, &claim_name(&name, ordinal)).await?;
+                }
+            }
+            Ok(true)
+        }
+        Step::GrowStatefulSet { .. } => Ok(true),
+        Step::Wait { .. } | Step::Refuse { .. } | Step::Done => Ok(false),
+    }
+}
+
+/// The PVC the StatefulSet creates for a pod: `<template>-<pod>`.
+fn claim_name(cluster_name: &str, ordinal: u32) -> String {
+    format!("data-{}", builders::pod_name(cluster_name, ordinal))
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the status (server-side apply on the status subresource) when it changed.
+async fn write_status(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+    status: crate::crd::DynamoClusterStatus,
+) -> Result<(), Error> {
+    if cluster.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<DynamoCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = serde_json::json!({
+        "apiVersion": DynamoCluster::api_version(&()),
+        "kind": DynamoCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes an Event on the cluster. Best effort: a lost event is logged, and the pass
+/// goes on (the step was taken; the status tells it too).
+async fn publish(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(cluster = %cluster.name_any(), %error, reason, "publishing event");
+    }
+}
+
+/// The pass for a deleted cluster: delete the volumes if the spec says so. The owned
+/// objects go by garbage collection once the finalizer is removed.
+async fn cleanup(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
+    let note = if cluster.spec.storage.retain_on_delete {
+        "cluster deleted; volumes retained (storage.retainOnDelete)".to_owned()
+    } else {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+        let selector = builders::selector_string(&name);
+        let list = claims
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let mut deleted = 0;
+        for claim in list
+            .items
+            .iter()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+        {
+            delete_if_present(&claims, &claim.name_any()).await?;
+            deleted += 1;
+        }
+        format!("cluster deleted; {deleted} volumes deleted")
+    };
+    publish(ctx, cluster, EventType::Normal, "Deleted", note).await;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let intervals = Intervals::default();
+        let delays: Vec<u64> = (1..=8).map(|f| intervals.backoff(f).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(intervals.backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn content_hash_is_stable_and_sensitive() {
+        let a = serde_json::json!({"spec": {"replicas": 3}});
+        let b = serde_json::json!({"spec": {"replicas": 4}});
+        assert_eq!(content_hash(&a).unwrap(), content_hash(&a.clone()).unwrap());
+        assert_ne!(content_hash(&a).unwrap(), content_hash(&b).unwrap());
+        assert_eq!(content_hash(&a).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn peers_are_reached_by_their_stable_names() {
+        assert_eq!(
+            PeerDns.admin_url("prod", "db", 3, false),
+            "http://db-3.db-peers.prod.svc:7001"
+        );
+        assert_eq!(
+            PeerDns.admin_url("prod", "db", 0, true),
+            "https://db-0.db-peers.prod.svc:7001"
+        );
+        assert_eq!(
+            PeerDns.advertise("prod", "db", 1),
+            "db-1.db-peers.prod.svc:7001"
+        );
+        assert_eq!(claim_name("db", 4), "data-db-4");
+    }
+}

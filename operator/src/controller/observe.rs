@@ -1,0 +1,176 @@
+//! Reading the real state each pass: which pods run and are ready (from the pods
+//! themselves), and the member table (from the nodes, through `Admin.Ring`). Nothing is
+//! read from labels, annotations or memory of earlier passes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::admin::{AdminError, AdminTarget, MemberView, NodeAdmin, RingView, merge_views};
+use crate::builders::ordinal_of;
+
+/// The container whose start means the node process is up.
+const NODE_CONTAINER: &str = "dynamo-node";
+
+/// Which of this cluster's pods run the node and which are ready, by ordinal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodStates {
+    /// Pod Running, node container started, not being deleted.
+    pub running: BTreeSet<u32>,
+    /// Additionally the pod's Ready condition is True.
+    pub ready: BTreeSet<u32>,
+}
+
+/// Classifies the pods of cluster `cluster_name`; pods whose names are not its ordinals
+/// are ignored.
+#[must_use]
+pub fn pod_states(cluster_name: &str, pods: &[Pod]) -> PodStates {
+    let mut states = PodStates::default();
+    for pod in pods {
+        let Some(ordinal) = pod
+            .metadata
+            .name
+            .as_deref()
+            .and_then(|name| ordinal_of(cluster_name, name))
+        else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(status) = &pod.status else { continue };
+        let started = status.phase.as_deref() == Some("Running")
+            && status.container_statuses.iter().flatten().any(|c| {
+                c.name == NODE_CONTAINER
+                    && (c.started == Some(true)
+                        || c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            });
+        if !started {
+            continue;
+        }
+        states.running.insert(ordinal);
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            states.ready.insert(ordinal);
+        }
+    }
+    states
+}
+
+/// The member table as the nodes report it, and which node to send changes to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingRead {
+    /// The merged table (see [`merge_views`]).
+    pub members: Vec<MemberView>,
+    /// The lowest ready ordinal that answered: a member, so a change sent to it is in
+    /// the ring's table and gossips from there. `None` when no ready pod answered.
+    pub admin_peer: Option<u32>,
+    /// Nodes asked but not heard from, with why.
+    pub unanswered: BTreeMap<u32, AdminError>,
+}
+
+/// Reads `Admin.Ring` from the ready pods, or from the running ones while none is
+/// ready (bootstrap), and merges the tables.
+///
+/// Ready pods are members (a node reports ready only in the ring), so their tables are
+/// the ring's; a running pod that was never joined may hold only what it gossiped, and
+/// is asked only when there is nobody better.
+///
+/// # Errors
+/// Every asked node failed to answer: the ring is unknown, and nothing may be decided.
+pub async fn read_ring(
+    admin: &dyn NodeAdmin,
+    pods: &PodStates,
+    target: impl Fn(u32) -> AdminTarget,
+) -> Result<RingRead, BTreeMap<u32, AdminError>> {
+    let asked: Vec<u32> = if pods.ready.is_empty() {
+        pods.running.iter().copied().collect()
+    } else {
+        pods.ready.iter().copied().collect()
+    };
+    if asked.is_empty() {
+        return Ok(RingRead::default());
+    }
+    let replies = join_all(asked.iter().map(|&ordinal| {
+        let target = target(ordinal);
+        async move { (ordinal, admin.ring(&target).await) }
+    }))
+    .await;
+    let mut views: Vec<RingView> = Vec::new();
+    let mut answered = BTreeSet::new();
+    let mut unanswered = BTreeMap::new();
+    for (ordinal, reply) in replies {
+        match reply {
+            Ok(view) => {
+                views.push(view);
+                answered.insert(ordinal);
+            }
+            Err(e) => {
+                unanswered.insert(ordinal, e);
+            }
+        }
+    }
+    if views.is_empty() {
+        return Err(unanswered);
+    }
+    Ok(RingRead {
+        members: merge_views(&views),
+        admin_peer: answered.into_iter().find(|o| pods.ready.contains(o)),
+        unanswered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(name: &str, phase: &str, started: bool, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.to_owned()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: NODE_CONTAINER.to_owned(),
+                    started: Some(started),
+                    ready,
+                    ..ContainerStatus::default()
+                }]),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".to_owned(),
+                    status: if ready { "True" } else { "False" }.to_owned(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn pods_are_classified_by_their_own_status() {
+        let mut terminating = pod("db-4", "Running", true, true);
+        terminating.metadata.deletion_timestamp =
+            Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let pods = [
+            pod("db-0", "Running", true, true),
+            pod("db-1", "Running", true, false),
+            pod("db-2", "Pending", false, false),
+            pod("db-3", "Running", false, false),
+            terminating,
+            pod("other-5", "Running", true, true),
+        ];
+        let states = pod_states("db", &pods);
+        assert_eq!(states.running, BTreeSet::from([0, 1]));
+        assert_eq!(states.ready, BTreeSet::from([0]));
+    }
+}

@@ -1,0 +1,374 @@
+//! The status the controller writes, as a pure function of what it observed and decided.
+//! No I/O; the clock is a parameter.
+//!
+//! The status is deterministic: the same observation gives the same status, and a
+//! condition's `lastTransitionTime` changes only when its `status` does, so writing it
+//! again is a no-op and never retriggers the controller (a timestamp that changed on
+//! every pass made kube-rs's controller-rs spin).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{DynamoClusterStatus, Phase};
+use crate::planner::{Observed, Step, WaitReason};
+
+/// Condition type: enough ready members to serve every key at its replication factor.
+pub const AVAILABLE: &str = "Available";
+/// Condition type: a membership or StatefulSet change is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs a person (a refused step, an unready member, a bad
+/// spec).
+pub const DEGRADED: &str = "Degraded";
+
+/// What a pass observed and decided, for [`cluster_status`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    /// The object's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The observation the step came from.
+    pub observed: &'a Observed,
+    /// The step chosen (and executed, unless it is a wait, a refusal or done).
+    pub step: &'a Step,
+    /// The replication factor `N` of the spec.
+    pub replication_factor: u32,
+    /// `status.selector`, for the scale subresource.
+    pub selector: &'a str,
+}
+
+/// The reason a step is reported under, `PascalCase` as Kubernetes reasons are.
+#[must_use]
+pub fn step_reason(step: &Step) -> &'static str {
+    match step {
+        Step::GrowStatefulSet { .. } => "GrowStatefulSet",
+        Step::Join { .. } => "Join",
+        Step::SetWeight { .. } => "SetWeight",
+        Step::Decommission { .. } => "Decommission",
+        Step::ShrinkStatefulSet { .. } => "ShrinkStatefulSet",
+        Step::Wait { reason } => match reason {
+            WaitReason::Leaving { .. } => "WaitingForLeave",
+            WaitReason::Joining { .. } => "WaitingForJoin",
+            WaitReason::TransfersPending { .. } => "WaitingForTransfers",
+            WaitReason::MemberNotReady { .. } => "MemberNotReady",
+            WaitReason::PodNotRunning { .. } => "WaitingForPod",
+        },
+        Step::Refuse { .. } => "DecommissionRefused",
+        Step::Done => "Converged",
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&DynamoClusterStatus>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The status after a pass. `previous` is the status the object had, so unchanged
+/// conditions keep their transition time; `now` is used for changed ones.
+#[must_use]
+pub fn cluster_status(
+    pass: &Pass<'_>,
+    previous: Option<&DynamoClusterStatus>,
+    now: &Time,
+) -> DynamoClusterStatus {
+    let observed = pass.observed;
+    let step = pass.step;
+    let active: Vec<u32> = observed
+        .members
+        .iter()
+        .filter(|(_, m)| m.state.is_active())
+        .map(|(&o, _)| o)
+        .collect();
+    let ready_members = active.iter().filter(|o| observed.ready.contains(o)).count();
+    let n = usize::try_from(pass.replication_factor).unwrap_or(usize::MAX);
+    let available = ready_members >= n;
+    let reason = step_reason(step);
+    let gen_ = pass.generation;
+
+    let available = condition(
+        AVAILABLE,
+        available,
+        if available {
+            "MembersReady"
+        } else {
+            "TooFewReadyMembers"
+        },
+        format!(
+            "{ready_members} of {} members ready, replication factor {n}",
+            active.len()
+        ),
+        gen_,
+        previous,
+        now,
+    );
+    let progressing = !matches!(step, Step::Done | Step::Refuse { .. });
+    let progressing = condition(
+        PROGRESSING,
+        progressing,
+        reason,
+        step.to_string(),
+        gen_,
+        previous,
+        now,
+    );
+    let degraded = matches!(
+        step,
+        Step::Refuse { .. }
+            | Step::Wait {
+                reason: WaitReason::MemberNotReady { .. }
+            }
+    );
+    let degraded = if degraded {
+        condition(
+            DEGRADED,
+            true,
+            reason,
+            step.to_string(),
+            gen_,
+            previous,
+            now,
+        )
+    } else {
+        condition(
+            DEGRADED,
+            false,
+            "AsExpected",
+            String::new(),
+            gen_,
+            previous,
+            now,
+        )
+    };
+    DynamoClusterStatus {
+        observed_generation: gen_,
+        ready_nodes: count(observed.ready.len()),
+        members: count(active.len()),
+        phase: Some(step.phase(observed)),
+        conditions: vec![available, progressing, degraded],
+        current_step: (!matches!(step, Step::Done)).then(|| step.to_string()),
+        selector: Some(pass.selector.to_owned()),
+    }
+}
+
+/// The status of a cluster whose spec cannot be planned (e.g. a malformed weight
+/// override): Degraded with the reason, nothing in progress, the rest kept.
+#[must_use]
+pub fn invalid_spec_status(
+    generation: Option<i64>,
+    error: &str,
+    selector: &str,
+    previous: Option<&DynamoClusterStatus>,
+    now: &Time,
+) -> DynamoClusterStatus {
+    let kept = previous.cloned().unwrap_or_default();
+    let keep = |type_: &str| {
+        kept.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .cloned()
+            .into_iter()
+    };
+    let mut conditions: Vec<Condition> = keep(AVAILABLE).collect();
+    conditions.push(condition(
+        PROGRESSING,
+        false,
+        "InvalidSpec",
+        error.to_owned(),
+        generation,
+        previous,
+        now,
+    ));
+    conditions.push(condition(
+        DEGRADED,
+        true,
+        "InvalidSpec",
+        error.to_owned(),
+        generation,
+        previous,
+        now,
+    ));
+    DynamoClusterStatus {
+        observed_generation: generation,
+        phase: Some(Phase::Degraded),
+        conditions,
+        current_step: None,
+        selector: Some(selector.to_owned()),
+        ..kept
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{MemberState, ObservedMember, RefuseReason};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn observed(replicas: u32, members: &[u32], ready: &[u32]) -> Observed {
+        Observed {
+            statefulset_replicas: replicas,
+            running: (0..replicas).collect(),
+            ready: ready.iter().copied().collect(),
+            members: members
+                .iter()
+                .map(|&o| {
+                    let m = ObservedMember {
+                        state: MemberState::Member,
+                        weight: 1,
+                        transfers_pending: false,
+                    };
+                    (o, m)
+                })
+                .collect(),
+        }
+    }
+
+    fn find<'a>(status: &'a DynamoClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn converged_cluster_is_available_and_idle() {
+        let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
+        let pass = Pass {
+            generation: Some(4),
+            observed: &o,
+            step: &Step::Done,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let s = cluster_status(&pass, None, &at(10));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!((s.members, s.ready_nodes), (3, 3));
+        assert_eq!(s.phase, Some(Phase::Running));
+        assert_eq!(s.current_step, None);
+        assert_eq!(find(&s, AVAILABLE).status, "True");
+        assert_eq!(find(&s, PROGRESSING).status, "False");
+        assert_eq!(find(&s, PROGRESSING).reason, "Converged");
+        assert_eq!(find(&s, DEGRADED).status, "False");
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4))
+        );
+    }
+
+    #[test]
+    fn refusal_is_degraded_not_progressing() {
+        let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
+        let step = Step::Refuse {
+            reason: RefuseReason::TooFewMembers {
+                ordinal: 2,
+                remaining: 2,
+                replication_factor: 3,
+            },
+        };
+        let pass = Pass {
+            generation: Some(2),
+            observed: &o,
+            step: &step,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let s = cluster_status(&pass, None, &at(10));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = find(&s, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "DecommissionRefused")
+        );
+        assert!(
+            degraded
+                .message
+                .contains("fewer than the replication factor 3")
+        );
+        assert_eq!(find(&s, PROGRESSING).status, "False");
+        assert_eq!(s.current_step.as_deref(), Some(step.to_string().as_str()));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_flips() {
+        let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
+        let join = Step::Join {
+            ordinal: 3,
+            weight: 1,
+        };
+        let pass = |step| Pass {
+            generation: Some(1),
+            observed: &o,
+            step,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let first = cluster_status(&pass(&join), None, &at(10));
+        // The same pass later: identical status, so writing it is a no-op.
+        assert_eq!(cluster_status(&pass(&join), Some(&first), &at(20)), first);
+        let done = cluster_status(&pass(&Step::Done), Some(&first), &at(30));
+        assert_eq!(find(&done, PROGRESSING).last_transition_time, at(30));
+        assert_eq!(find(&done, AVAILABLE).last_transition_time, at(10));
+        assert_eq!(find(&done, DEGRADED).last_transition_time, at(10));
+    }
+
+    #[test]
+    fn too_few_ready_members_is_unavailable() {
+        let o = observed(3, &[0, 1, 2], &[0]);
+        let step = Step::Wait {
+            reason: WaitReason::MemberNotReady { ordinal: 1 },
+        };
+        let pass = Pass {
+            generation: None,
+            observed: &o,
+            step: &step,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let s = cluster_status(&pass, None, &at(1));
+        assert_eq!(find(&s, AVAILABLE).status, "False");
+        assert_eq!(find(&s, AVAILABLE).reason, "TooFewReadyMembers");
+        assert_eq!(find(&s, DEGRADED).reason, "MemberNotReady");
+        assert_eq!(s.ready_nodes, 1);
+    }
+
+    #[test]
+    fn invalid_spec_keeps_counts_and_says_why() {
+        let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
+        let pass = Pass {
+            generation: Some(1),
+            observed: &o,
+            step: &Step::Done,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let before = cluster_status(&pass, None, &at(1));
+        let s = invalid_spec_status(Some(2), "bad key", "app=x", Some(&before), &at(5));
+        assert_eq!((s.members, s.ready_nodes), (3, 3));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(s.observed_generation, Some(2));
+        assert_eq!(find(&s, DEGRADED).reason, "InvalidSpec");
+        assert_eq!(find(&s, DEGRADED).message, "bad key");
+        assert_eq!(find(&s, AVAILABLE), find(&before, AVAILABLE));
+    }
+}

@@ -1,0 +1,663 @@
+//! The controller against a mock Kubernetes API server: each test asserts the exact
+//! requests one reconcile pass makes, in order (method, path, field manager, the body
+//! parts that matter), and the status it writes. `Admin` calls go to real
+//! `dynamo-node`s started in this process on loopback.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dynamo_operator::admin::{GrpcAdmin, NodeAdmin};
+use dynamo_operator::builders;
+use dynamo_operator::controller::{self, reconcile, with_applied_hash};
+use dynamo_operator::crd::DynamoCluster;
+use dynamo_operator::planner::MemberState;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use support::{ApiServer, Loopback, cluster, context, list, mock_client, pod, start_node};
+
+const NS: &str = "/api/v1/namespaces/prod";
+const APPS: &str = "/apis/apps/v1/namespaces/prod";
+const POLICY: &str = "/apis/policy/v1/namespaces/prod";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
+const CLUSTERS: &str = "/apis/dynamo.example.org/v1alpha1/namespaces/prod/dynamoclusters";
+const SELECTOR: &str = "app.kubernetes.io/instance=db,app.kubernetes.io/name=dynamo";
+
+/// Runs one pass of `cluster` against `scenario` (the API server's side), then checks the
+/// client made no request the scenario did not expect.
+async fn pass<F, Fut>(
+    cluster: DynamoCluster,
+    endpoints: Loopback,
+    scenario: F,
+) -> Result<Action, controller::Error>
+where
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: Future<Output = ApiServer> + Send + 'static,
+{
+    let (client, server) = mock_client();
+    let server = tokio::spawn(scenario(server));
+    let ctx = context(client, endpoints);
+    let result = tokio::time::timeout(support::WAIT, reconcile(Arc::new(cluster), ctx))
+        .await
+        .expect("reconcile finished");
+    let server = server.await.expect("API server scenario");
+    server.expect_no_more().await;
+    result
+}
+
+/// The four children that do not depend on membership, each read and then applied.
+async fn children_applied_fresh(server: &mut ApiServer) {
+    for (kind, path) in [
+        ("ConfigMap", format!("{NS}/configmaps/db-config")),
+        ("Service", format!("{NS}/services/db-peers")),
+        ("Service", format!("{NS}/services/db")),
+        (
+            "PodDisruptionBudget",
+            format!("{POLICY}/poddisruptionbudgets/db"),
+        ),
+    ] {
+        server.expect("GET", &path).await.not_found();
+        let apply = server.expect("PATCH", &path).await;
+        apply.assert_server_side_apply();
+        assert_eq!(apply.body["kind"], kind);
+        let owner = &apply.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["controller"]),
+            (&json!("DynamoCluster"), &json!("db"), &json!(true)),
+            "{path}"
+        );
+        assert!(
+            apply.body["metadata"]["annotations"][controller::APPLIED_HASH_ANNOTATION].is_string()
+        );
+        apply.echo();
+    }
+}
+
+/// The same children, already applied with the current content: read, not written.
+async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
+    let current = [
+        (
+            format!("{NS}/configmaps/db-config"),
+            serde_json::to_value(
+                with_applied_hash(builders::config_map(cluster).unwrap()).unwrap(),
+            ),
+        ),
+        (
+            format!("{NS}/services/db-peers"),
+            serde_json::to_value(
+                with_applied_hash(builders::headless_service(cluster).unwrap()).unwrap(),
+            ),
+        ),
+        (
+            format!("{NS}/services/db"),
+            serde_json::to_value(
+                with_applied_hash(builders::client_service(cluster).unwrap()).unwrap(),
+            ),
+        ),
+        (
+            format!("{POLICY}/poddisruptionbudgets/db"),
+            serde_json::to_value(
+                with_applied_hash(builders::pod_disruption_budget(cluster).unwrap()).unwrap(),
+            ),
+        ),
+    ];
+    for (path, object) in current {
+        server
+            .expect("GET", &path)
+            .await
+            .respond(200, object.unwrap());
+    }
+}
+
+fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Value {
+    serde_json::to_value(
+        with_applied_hash(builders::statefulset(cluster, replicas).unwrap()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The cluster with `status` as the API server would return it after a status apply.
+fn with_status(cluster: &DynamoCluster, status: &Value) -> Value {
+    let mut object = serde_json::to_value(cluster).unwrap();
+    object["status"] = status.clone();
+    object
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+#[tokio::test]
+async fn first_pass_adds_the_finalizer_and_nothing_else() {
+    let c = cluster(json!({"size": 3, "image": "dynamo-node:dev"}), false);
+    let action = pass(c, Loopback::default(), |mut server| async move {
+        let patch = server.expect("PATCH", &format!("{CLUSTERS}/db")).await;
+        assert_eq!(
+            patch.content_type.as_deref(),
+            Some("application/json-patch+json")
+        );
+        let ops = patch.body.as_array().unwrap();
+        assert!(ops.iter().any(|op| op["op"] == "add"
+            && op["path"] == "/metadata/finalizers"
+            && op["value"] == json!([controller::FINALIZER])));
+        let finalized = cluster(json!({"size": 3, "image": "dynamo-node:dev"}), true);
+        patch.respond(200, serde_json::to_value(finalized).unwrap());
+        server
+    })
+    .await
+    .unwrap();
+    // The finalizer patch itself triggers the next pass.
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
+    let spec = json!({"size": 3, "image": "dynamo-node:dev"});
+    let c = cluster(spec, true);
+    let action = pass(c.clone(), Loopback::default(), |mut server| async move {
+        children_applied_fresh(&mut server).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .not_found();
+        let pods = server.expect("GET", &format!("{NS}/pods")).await;
+        assert_eq!(
+            pods.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR)
+        );
+        pods.respond(200, list("PodList", vec![]));
+        // No pod runs, so no node is asked; the planner grows the StatefulSet to size.
+        let sts = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        sts.assert_server_side_apply();
+        assert_eq!(sts.body["spec"]["replicas"], 3);
+        assert_eq!(sts.body["spec"]["podManagementPolicy"], "Parallel");
+        sts.echo();
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["reason"], "GrowStatefulSet");
+        assert_eq!(event.body["type"], "Normal");
+        assert_eq!(event.body["note"], "grow statefulset to 3");
+        assert_eq!(event.body["regarding"]["kind"], "DynamoCluster");
+        assert_eq!(event.body["regarding"]["name"], "db");
+        assert_eq!(event.body["reportingController"], "dynamo-operator");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        status.assert_server_side_apply();
+        let s = &status.body["status"];
+        assert_eq!(s["observedGeneration"], 1);
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(s["currentStep"], "grow statefulset to 3");
+        assert_eq!((&s["members"], &s["readyNodes"]), (&json!(0), &json!(0)));
+        assert_eq!(s["selector"], SELECTOR);
+        let progressing = condition(s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("True"), &json!("GrowStatefulSet"))
+        );
+        let available = condition(s, "Available");
+        assert_eq!(available["status"], "False");
+        assert_eq!(condition(s, "Degraded")["status"], "False");
+        let written = with_status(&c, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+}
+
+#[tokio::test]
+async fn scale_up_joins_the_new_pod_through_a_member() {
+    // Two real nodes: db-0 is a member; db-1 runs (a pod the StatefulSet just created)
+    // and is not in the ring yet.
+    let n0 = start_node("db-0", &[], 1, &[]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = support::target(&n0);
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let n1 = start_node("db-1", &[n0.internode_addr], 1, &[]).await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+    ]));
+
+    let spec = json!({"size": 2, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1}});
+    let c = cluster(spec, true);
+    let n1_address = n1.internode_addr.to_string();
+    let expected = c.clone();
+    let action = pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 2));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        // Unchanged StatefulSet: not applied. The join goes to db-0 over gRPC.
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["reason"], "Join");
+        assert_eq!(event.body["note"], "join 1 with weight 1");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["currentStep"], "join 1 with weight 1");
+        assert_eq!(s["phase"], "Progressing");
+        assert_eq!((&s["members"], &s["readyNodes"]), (&json!(1), &json!(1)));
+        assert_eq!(condition(s, "Progressing")["reason"], "Join");
+        assert_eq!(condition(s, "Available")["status"], "True");
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+
+    // The ring really changed: db-0 lists db-1 at its advertised address, and db-1 learns
+    // it is a member by gossip.
+    let ring = admin.ring(&t0).await.unwrap();
+    let joined = ring.members.iter().find(|m| m.node_id == "db-1").unwrap();
+    assert_eq!(joined.address, n1_address);
+    assert_eq!(joined.weight, 1);
+    support::wait_for_states(
+        &admin,
+        &support::target(&n1),
+        &[("db-1", MemberState::Member)],
+    )
+    .await;
+    n1.shutdown().await.unwrap();
+    n0.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn decommission_below_n_is_refused_without_shrinking() {
+    // Three real members with N = 3; the spec asks for 2 (an object from before the
+    // schema's `size >= n` rule). Taking db-2 out would leave keys with 2 replicas.
+    let n0 = start_node("db-0", &[], 3, &[]).await;
+    let seeds = [n0.internode_addr];
+    let n1 = start_node("db-1", &seeds, 3, &[]).await;
+    let n2 = start_node("db-2", &seeds, 3, &[]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = support::target(&n0);
+    for node in [&n0, &n1, &n2] {
+        let id = node.shared().cluster().me().to_string();
+        admin
+            .join(&t0, &id, &node.internode_addr.to_string(), 1)
+            .await
+            .unwrap();
+    }
+    let all_members = [
+        ("db-0", MemberState::Member),
+        ("db-1", MemberState::Member),
+        ("db-2", MemberState::Member),
+    ];
+    support::wait_for_states(&admin, &t0, &all_members).await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+        (2, n2.internode_addr),
+    ]));
+
+    let spec = json!({"size": 2, "image": "dynamo-node:dev",
+                      "replication": {"n": 3, "r": 2, "w": 2}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    let refused_status = Arc::new(std::sync::Mutex::new(Value::Null));
+    let written = Arc::clone(&refused_status);
+    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 3));
+        server.expect("GET", &format!("{NS}/pods")).await.respond(
+            200,
+            list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
+        );
+        // No StatefulSet apply (replicas stay 3) and no Leave: a warning and the status.
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "DecommissionRefused");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = status.body["status"].clone();
+        let degraded = condition(&s, "Degraded");
+        assert_eq!(
+            (&degraded["status"], &degraded["reason"]),
+            (&json!("True"), &json!("DecommissionRefused"))
+        );
+        assert_eq!(
+            degraded["message"],
+            "refused: decommissioning node 2 would leave 2 members, fewer than the \
+             replication factor 3"
+        );
+        assert_eq!(condition(&s, "Progressing")["status"], "False");
+        assert_eq!(s["phase"], "Degraded");
+        assert_eq!(s["members"], 3);
+        status.respond(200, with_status(&expected, &s));
+        *written.lock().unwrap() = s;
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().resync)
+    );
+    support::wait_for_states(&admin, &t0, &all_members).await;
+
+    // The next pass sees the same ring and its own status: it reads, and writes nothing
+    // (no repeated event, no status write, so no hot loop).
+    let status = refused_status.lock().unwrap().clone();
+    let mut c2 = c;
+    c2.status = Some(serde_json::from_value(status).unwrap());
+    let expected = c2.clone();
+    pass(c2, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 3));
+        server.expect("GET", &format!("{NS}/pods")).await.respond(
+            200,
+            list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
+        );
+        server
+    })
+    .await
+    .unwrap();
+    let ring = admin.ring(&t0).await.unwrap();
+    assert!(ring.members.iter().all(|m| m.state == MemberState::Member));
+    for node in [n2, n1, n0] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn deletion_deletes_volumes_when_asked_and_releases_the_finalizer() {
+    let spec = json!({"size": 2, "image": "dynamo-node:dev",
+                      "storage": {"retainOnDelete": false}});
+    let mut c = cluster(spec, true);
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let returned = serde_json::to_value(&c).unwrap();
+    let action = pass(c, Loopback::default(), |mut server| async move {
+        let claims = server
+            .expect("GET", &format!("{NS}/persistentvolumeclaims"))
+            .await;
+        assert_eq!(
+            claims.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR)
+        );
+        let claim = |name: &str| {
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "namespace": "prod"}})
+        };
+        claims.respond(
+            200,
+            list(
+                "PersistentVolumeClaimList",
+                vec![claim("data-db-0"), claim("data-db-1")],
+            ),
+        );
+        for name in ["data-db-0", "data-db-1"] {
+            server
+                .expect("DELETE", &format!("{NS}/persistentvolumeclaims/{name}"))
+                .await
+                .respond(200, claim(name));
+        }
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["reason"], "Deleted");
+        assert_eq!(event.body["note"], "cluster deleted; 2 volumes deleted");
+        event.echo();
+        let patch = server.expect("PATCH", &format!("{CLUSTERS}/db")).await;
+        assert_eq!(
+            patch.content_type.as_deref(),
+            Some("application/json-patch+json")
+        );
+        assert_eq!(
+            patch.body,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": controller::FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/0"}
+            ])
+        );
+        patch.respond(200, returned);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn deletion_keeps_volumes_by_default() {
+    let mut c = cluster(json!({"size": 2, "image": "dynamo-node:dev"}), true);
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let returned = serde_json::to_value(&c).unwrap();
+    pass(c, Loopback::default(), |mut server| async move {
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(
+            event.body["note"],
+            "cluster deleted; volumes retained (storage.retainOnDelete)"
+        );
+        event.echo();
+        server
+            .expect("PATCH", &format!("{CLUSTERS}/db"))
+            .await
+            .respond(200, returned);
+        server
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_ring_fails_the_pass_without_acting() {
+    // A pod runs but nothing answers Admin.Ring: the controller must not guess.
+    let c = cluster(
+        json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    let expected = c.clone();
+    let error = pass(c, Loopback::default(), |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, false)]));
+        server
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(error.label(), "ring_unreadable", "{error}");
+    assert!(error.to_string().contains("db-0"), "{error}");
+}
+
+#[tokio::test]
+async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
+    // db-0 is the only member; db-1's pod runs but never joined, and the spec went back
+    // to one node. The StatefulSet shrinks over db-1, and with retainOnScaleDown false
+    // its volume goes too. A member's volume is never touched.
+    let n0 = start_node("db-0", &[], 1, &[]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = support::target(&n0);
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "storage": {"retainOnScaleDown": false}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 2));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        let sts = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        sts.assert_server_side_apply();
+        assert_eq!(sts.body["spec"]["replicas"], 1);
+        assert_eq!(
+            sts.body["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+            "Delete"
+        );
+        sts.echo();
+        server
+            .expect("DELETE", &format!("{NS}/persistentvolumeclaims/data-db-1"))
+            .await
+            .not_found();
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["reason"], "ShrinkStatefulSet");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        assert_eq!(
+            status.body["status"]["currentStep"],
+            "shrink statefulset to 1"
+        );
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    let ring = admin.ring(&t0).await.unwrap();
+    assert_eq!(ring.members.len(), 1);
+    n0.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_token_comes_from_the_named_secret() {
+    // The node refuses Admin calls without its token; the controller reads it from the
+    // Secret the spec names, each pass, and the converged cluster reports Running.
+    let n0 = start_node("db-0", &[], 1, &["--admin-token", "s3cret"]).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = dynamo_operator::admin::AdminTarget {
+        token: Some("s3cret".to_owned()),
+        ..support::target(&n0)
+    };
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "adminTokenSecret": "db-admin"});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true)]));
+        // "s3cret\n", as `kubectl create secret --from-file` often stores it.
+        server
+            .expect("GET", &format!("{NS}/secrets/db-admin"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "db-admin", "namespace": "prod"},
+                       "data": {"token": "czNjcmV0Cg=="}}),
+            );
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["phase"], "Running");
+        assert!(s.get("currentStep").is_none(), "{s}");
+        assert_eq!(condition(s, "Progressing")["reason"], "Converged");
+        assert_eq!(condition(s, "Available")["status"], "True");
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().resync)
+    );
+
+    // A Secret without the key fails the pass, naming the Secret.
+    let expected = c.clone();
+    let error = pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true)]));
+        server
+            .expect("GET", &format!("{NS}/secrets/db-admin"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "db-admin", "namespace": "prod"}, "data": {}}),
+            );
+        server
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(error.label(), "secret");
+    assert_eq!(
+        error.to_string(),
+        "failed to apply object: secret db-admin: no key `token`"
+    );
+    n0.shutdown().await.unwrap();
+}
