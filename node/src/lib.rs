@@ -42,6 +42,9 @@
 //! * [`server`]: the `Kv` and `Admin` gRPC services, and the HTTP API
 //!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
 //!   status page.
+//! * [`antientropy`]: Merkle trees kept per replicated range, the rounds that compare
+//!   them with other replicas and repair the differing keys both ways, and tombstone
+//!   purge.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery).
@@ -49,6 +52,7 @@
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
 
+pub mod antientropy;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;

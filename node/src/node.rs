@@ -19,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
+use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
@@ -30,9 +31,10 @@ use crate::ring::PartitionStrategy;
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
 use crate::store::{Store, StoreError};
+use crate::merkle::Hash;
 use crate::transport::{
-    ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
-    ReplicaWrite, Transport,
+    ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
+    ReplicaHandler, ReplicaWrite, Transport,
 };
 use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{Actor, SiblingLimits, SiblingSet};
@@ -84,6 +86,9 @@ pub struct NodeShared {
     pub(crate) advertise: String,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
+    /// Merkle trees and anti-entropy settings (Dynamo §4.7); the store reports every
+    /// data change to its trees.
+    pub(crate) antientropy: Arc<AntiEntropy>,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -254,6 +259,30 @@ impl ReplicaHandler for PeerHandler {
             .map_err(internal)?
             .map_err(internal)
     }
+
+    async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
+        self.node
+            .antientropy
+            .trees()
+            .hashes(query.range, query.depth, query.level, &query.indices)
+            .map_err(|e| match e {
+                TreeLookupError::Building(_) => ReplicaError::Unavailable(e.to_string()),
+                other => ReplicaError::InvalidArgument(other.to_string()),
+            })
+    }
+
+    async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError> {
+        self.node
+            .coordinator
+            .limits()
+            .check_key(&key)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || node.store.remove_tombstone_if(&key, digest))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
 }
 
 /// A started node.
@@ -408,6 +437,8 @@ pub struct NodeSettings {
     pub seeds: Vec<String>,
     /// Failure detector thresholds.
     pub detector: DetectorConfig,
+    /// Anti-entropy rounds and tombstone purge.
+    pub anti_entropy: AntiEntropyConfig,
 }
 
 impl NodeSettings {
@@ -426,6 +457,7 @@ impl NodeSettings {
             sibling_limits: SiblingLimits::default(),
             seeds: Vec::new(),
             detector: DetectorConfig::default(),
+            anti_entropy: AntiEntropyConfig::default(),
         }
     }
 
@@ -460,6 +492,7 @@ impl NodeSettings {
             sibling_limits,
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
+            anti_entropy: config.anti_entropy(),
         })
     }
 }
@@ -507,7 +540,11 @@ impl NodeShared {
                 .map_err(|e| NodeError::Config(e.to_string()))?;
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
-        let store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
+        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        if settings.anti_entropy.enabled() {
+            store = store.with_observer(Arc::clone(antientropy.trees()) as _);
+        }
         let coordinator = Coordinator::new(
             CoordinatorConfig {
                 actor: Actor::new(me, incarnation),
@@ -532,6 +569,7 @@ impl NodeShared {
             seeds: settings.seeds,
             advertise,
             metrics: Metrics::new(),
+            antientropy,
         }))
     }
 
@@ -789,6 +827,10 @@ async fn serve(
         config.gossip_interval(),
         shutdown.clone(),
     ));
+    let antientropy = tokio::spawn(crate::antientropy::antientropy_loop(
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
 
     let http_server = async {
         let Some(listener) = http_listener else {
@@ -831,6 +873,7 @@ async fn serve(
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
     gossip.abort();
     handoff.abort();
+    antientropy.abort();
     let engine = Arc::clone(shared.store.engine());
     tokio::task::spawn_blocking(move || {
         engine.flush()?;
@@ -876,5 +919,17 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+    }
+}
+
+impl NodeShared {
+    /// The node's anti-entropy state: settings and Merkle trees.
+    pub fn antientropy(&self) -> &Arc<AntiEntropy> {
+        &self.antientropy
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

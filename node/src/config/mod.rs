@@ -91,6 +91,10 @@ pub const MAX_VALUE_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
 /// The largest accepted `max-siblings`.
 pub const MAX_SIBLINGS_LIMIT: u32 = 10_000;
+/// Default keys one anti-entropy round repairs.
+pub const DEFAULT_ANTI_ENTROPY_MAX_KEYS: u32 = 10_000;
+/// Default state bytes one anti-entropy round moves (64 MiB).
+pub const DEFAULT_ANTI_ENTROPY_MAX_BYTES: u32 = 64 * 1024 * 1024;
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";
 
@@ -311,6 +315,10 @@ pub struct NodeConfig {
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
     log: String,
+    anti_entropy_interval: Duration,
+    anti_entropy_max_keys: u32,
+    anti_entropy_max_bytes: u32,
+    tombstone_grace: Duration,
 }
 
 impl NodeConfig {
@@ -415,6 +423,17 @@ impl NodeConfig {
         to_usize(self.max_siblings)
     }
 
+    /// Anti-entropy settings: round interval (zero disables), per-round limits and
+    /// the tombstone grace period.
+    pub fn anti_entropy(&self) -> crate::antientropy::AntiEntropyConfig {
+        crate::antientropy::AntiEntropyConfig {
+            interval: self.anti_entropy_interval,
+            tombstone_grace: self.tombstone_grace,
+            max_keys_per_round: u64::from(self.anti_entropy_max_keys),
+            max_bytes_per_round: u64::from(self.anti_entropy_max_bytes),
+        }
+    }
+
     /// The token the Admin API requires, if any.
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.admin_token.as_ref()
@@ -475,6 +494,10 @@ impl NodeConfig {
             tls_key: tls.map(|t| t.key.clone()),
             tls_ca: tls.and_then(|t| t.ca.clone()),
             log: Some(self.log.clone()),
+            anti_entropy_interval: Some(self.anti_entropy_interval),
+            anti_entropy_max_keys: Some(self.anti_entropy_max_keys),
+            anti_entropy_max_bytes: Some(self.anti_entropy_max_bytes),
+            tombstone_grace: Some(self.tombstone_grace),
         }
     }
 
@@ -577,6 +600,23 @@ impl TryFrom<RawConfig> for NodeConfig {
         if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
             return Err(ConfigError::AdminToken { reason });
         }
+        let anti_entropy_interval = raw
+            .anti_entropy_interval
+            .unwrap_or(crate::antientropy::DEFAULT_INTERVAL);
+        if !anti_entropy_interval.is_zero() {
+            check_interval("anti-entropy-interval", anti_entropy_interval)?;
+        }
+        let anti_entropy_max_keys = raw
+            .anti_entropy_max_keys
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_KEYS);
+        in_range("anti-entropy-max-keys", anti_entropy_max_keys, 1, u32::MAX)?;
+        let anti_entropy_max_bytes = raw
+            .anti_entropy_max_bytes
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_BYTES);
+        in_range("anti-entropy-max-bytes", anti_entropy_max_bytes, 1, u32::MAX)?;
+        let tombstone_grace = raw
+            .tombstone_grace
+            .unwrap_or(crate::antientropy::DEFAULT_TOMBSTONE_GRACE);
         let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca)?;
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         if log.trim().is_empty() {
@@ -607,6 +647,10 @@ impl TryFrom<RawConfig> for NodeConfig {
             admin_token: raw.admin_token,
             tls,
             log,
+            anti_entropy_interval,
+            anti_entropy_max_keys,
+            anti_entropy_max_bytes,
+            tombstone_grace,
         })
     }
 }
@@ -1152,6 +1196,10 @@ mod tests {
                         tls_key: tls.then(|| "/k".into()),
                         tls_ca: (tls && ca).then(|| "/ca".into()),
                         log: Some(log),
+                        anti_entropy_interval: Some(ms(gossip)),
+                        anti_entropy_max_keys: Some(key),
+                        anti_entropy_max_bytes: Some(value),
+                        tombstone_grace: Some(ms(timeout)),
                     }
                 },
             )

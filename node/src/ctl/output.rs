@@ -410,6 +410,7 @@ mod tests {
             r: 2,
             w: 2,
             version: "0.1.0".into(),
+            anti_entropy: None,
         }
     }
 

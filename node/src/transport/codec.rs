@@ -9,9 +9,11 @@ use bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::{
-    ForwardedPut, MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry,
-    RangePage, RangeScan, ReplicaError, ReplicaWrite, TransportError,
+    ForwardedPut, MAX_BATCH_ENTRIES, MAX_MERKLE_INDICES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES,
+    MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaWrite,
+    TransportError,
 };
+use crate::merkle::{Hash, MAX_DEPTH};
 use crate::NodeId;
 use crate::membership::MemberTable;
 use crate::proto;
@@ -305,6 +307,120 @@ pub(crate) fn decode_merge_batch(
         entries,
         durable: request.durable,
     })
+}
+
+pub(crate) fn merkle_hashes_request(query: MerkleQuery) -> proto::MerkleHashesRequest {
+    proto::MerkleHashesRequest {
+        range: Some(encode_range(query.range)),
+        depth: u32::from(query.depth),
+        level: u32::from(query.level),
+        indices: query.indices.iter().map(|&i| i as u64).collect(),
+    }
+}
+
+/// Checks the request's shape and bounds before any tree is touched: a depth a tree can
+/// have, a level within it, at most [`MAX_MERKLE_INDICES`] indices, each inside the
+/// level.
+pub(crate) fn decode_merkle_hashes(
+    request: proto::MerkleHashesRequest,
+) -> Result<MerkleQuery, ReplicaError> {
+    let range = decode_range(request.range).map_err(|e| invalid("range", e))?;
+    let depth = u8::try_from(request.depth)
+        .ok()
+        .filter(|&d| d <= MAX_DEPTH)
+        .ok_or_else(|| invalid("depth", format!("{} exceeds {MAX_DEPTH}", request.depth)))?;
+    let level = u8::try_from(request.level)
+        .ok()
+        .filter(|&l| l <= depth)
+        .ok_or_else(|| {
+            invalid(
+                "level",
+                format!("{} is below the leaves of a depth-{depth} tree", request.level),
+            )
+        })?;
+    if request.indices.len() > MAX_MERKLE_INDICES {
+        return Err(invalid(
+            "indices",
+            format!(
+                "{} indices, at most {MAX_MERKLE_INDICES} per request",
+                request.indices.len()
+            ),
+        ));
+    }
+    let width = 1u64 << level;
+    let indices = request
+        .indices
+        .iter()
+        .map(|&index| {
+            if index < width {
+                usize::try_from(index).map_err(|_| invalid("indices", "index too large"))
+            } else {
+                Err(invalid(
+                    "indices",
+                    format!("index {index} outside level {level} ({width} nodes)"),
+                ))
+            }
+        })
+        .collect::<Result<Vec<usize>, ReplicaError>>()?;
+    Ok(MerkleQuery {
+        range,
+        depth,
+        level,
+        indices,
+    })
+}
+
+pub(crate) fn merkle_hashes_response(hashes: &[Hash]) -> proto::MerkleHashesResponse {
+    proto::MerkleHashesResponse {
+        hashes: hashes.concat().into(),
+    }
+}
+
+/// Pairs the answer's hashes with the requested indices; the answer must hold exactly
+/// one 16-byte hash per index.
+pub(crate) fn merkle_hashes_reply(
+    address: &str,
+    asked: &[usize],
+    reply: proto::MerkleHashesResponse,
+) -> Result<Vec<(usize, Hash)>, TransportError> {
+    if reply.hashes.len() != asked.len() * 16 {
+        return Err(bad_reply(
+            address,
+            format!(
+                "{} hash bytes for {} requested nodes",
+                reply.hashes.len(),
+                asked.len()
+            ),
+        ));
+    }
+    Ok(asked
+        .iter()
+        .zip(reply.hashes.chunks_exact(16))
+        .map(|(&index, chunk)| {
+            let mut hash = [0u8; 16];
+            hash.copy_from_slice(chunk);
+            (index, hash)
+        })
+        .collect())
+}
+
+pub(crate) fn purge_tombstone_request(key: &[u8], digest: Hash) -> proto::PurgeTombstoneRequest {
+    proto::PurgeTombstoneRequest {
+        key: Bytes::copy_from_slice(key),
+        digest: Bytes::copy_from_slice(&digest),
+    }
+}
+
+pub(crate) fn decode_purge_tombstone(
+    request: proto::PurgeTombstoneRequest,
+) -> Result<(Vec<u8>, Hash), ReplicaError> {
+    let digest: Hash = request.digest.as_ref().try_into().map_err(|_| {
+        invalid(
+            "digest",
+            format!("a digest is 16 bytes, got {}", request.digest.len()),
+        )
+    })?;
+    Ok((request.key.to_vec(), digest))
 }
 
 pub(crate) fn decode_gossip(request: proto::GossipRequest) -> Result<MemberTable, ReplicaError> {
