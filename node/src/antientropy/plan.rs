@@ -210,7 +210,7 @@ mod tests {
 
     use super::*;
     use crate::ring::PartitionStrategy;
-    use crate::version::{Actor, SiblingLimits, Value, VectorClock};
+    use crate::version::{Actor, SiblingLimits, Value};
 
     fn id(name: &str) -> NodeId {
         NodeId::new(name).unwrap()
