@@ -642,7 +642,92 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn merkle_requests_are_bounded_before_any_tree_is_touched() {
+        let query = MerkleQuery {
+            range: TokenRange::new(Token(3), Token(9)),
+            depth: 4,
+            level: 2,
+            indices: vec![0, 3],
+        };
+        let request = merkle_hashes_request(query.clone());
+        assert_eq!(decode_merkle_hashes(request.clone()).unwrap(), query);
+        let refused = |mutate: &dyn Fn(&mut proto::MerkleHashesRequest), needle: &str| {
+            let mut bad = request.clone();
+            mutate(&mut bad);
+            match decode_merkle_hashes(bad) {
+                Err(ReplicaError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+                other => panic!("expected a refusal naming {needle}, got {other:?}"),
+            }
+        };
+        refused(&|r| r.depth = u32::from(MAX_DEPTH) + 1, "depth");
+        refused(&|r| r.depth = u32::MAX, "depth");
+        refused(&|r| r.level = 5, "level");
+        refused(&|r| r.indices = vec![4], "outside level 2");
+        refused(&|r| r.indices = vec![u64::MAX], "outside level 2");
+        refused(
+            &|r| {
+                r.level = 4;
+                r.depth = 20;
+                r.indices = vec![0; MAX_MERKLE_INDICES + 1];
+            },
+            "at most",
+        );
+        refused(&|r| r.range = None, "range");
+    }
+
+    #[test]
+    fn a_merkle_reply_must_hold_one_hash_per_requested_node() {
+        let hashes = [[1u8; 16], [2u8; 16]];
+        let reply = merkle_hashes_response(&hashes);
+        assert_eq!(
+            merkle_hashes_reply("peer:1", &[5, 9], reply.clone()).unwrap(),
+            vec![(5, [1u8; 16]), (9, [2u8; 16])]
+        );
+        assert!(matches!(
+            merkle_hashes_reply("peer:1", &[5], reply),
+            Err(TransportError::BadReply { .. })
+        ));
+        let (key, digest) =
+            decode_purge_tombstone(purge_tombstone_request(b"k", [7; 16])).unwrap();
+        assert_eq!((key, digest), (b"k".to_vec(), [7; 16]));
+        assert!(decode_purge_tombstone(proto::PurgeTombstoneRequest {
+            key: Bytes::from_static(b"k"),
+            digest: Bytes::from_static(&[1, 2]),
+        })
+        .is_err());
+    }
+
     proptest! {
+        #[test]
+        fn garbage_never_panics_the_merkle_decoders(
+            depth in any::<u32>(),
+            level in any::<u32>(),
+            indices in proptest::collection::vec(any::<u64>(), 0..40),
+            hashes in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let request = proto::MerkleHashesRequest {
+                range: Some(encode_range(TokenRange::full())),
+                depth,
+                level,
+                indices: indices.clone(),
+            };
+            if let Ok(query) = decode_merkle_hashes(request) {
+                prop_assert!(query.level <= query.depth && query.depth <= MAX_DEPTH);
+                prop_assert!(query.indices.iter().all(|&i| i < 1usize << query.level));
+            }
+            let asked: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+            let _ = merkle_hashes_reply(
+                "peer:1",
+                &asked,
+                proto::MerkleHashesResponse { hashes: Bytes::from(hashes.clone()) },
+            );
+            let _ = decode_purge_tombstone(proto::PurgeTombstoneRequest {
+                key: Bytes::from_static(b"k"),
+                digest: Bytes::from(hashes),
+            });
+        }
+
         #[test]
         fn garbage_never_panics_the_range_decoders(
             start in proptest::collection::vec(any::<u8>(), 0..20),
