@@ -512,15 +512,96 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
+    fn a_fresh_registry_shows_only_the_unlabelled_metrics() {
         // Labelled families appear with their first series.
         let text = Metrics::new().encode();
-        assert_eq!(
-            text,
+        let mut expected = String::from(
             "# HELP dynamo_keys Keys stored on this node (approximate).\n\
              # TYPE dynamo_keys gauge\n\
-             dynamo_keys 0\n\
-             # EOF\n"
+             dynamo_keys 0\n",
+        );
+        for (name, help) in [
+            (
+                "dynamo_antientropy_exchanges",
+                "Merkle tree exchanges completed with a peer",
+            ),
+            (
+                "dynamo_antientropy_exchange_failures",
+                "Merkle tree exchanges that failed",
+            ),
+            (
+                "dynamo_antientropy_differing_buckets",
+                "Merkle leaf buckets found differing from a peer's",
+            ),
+            (
+                "dynamo_antientropy_keys_compared",
+                "Keys compared with a peer in differing buckets",
+            ),
+            (
+                "dynamo_antientropy_keys_pushed",
+                "Keys repaired by sending our state to a peer",
+            ),
+            (
+                "dynamo_antientropy_keys_pulled",
+                "Keys repaired by merging a peer's state here",
+            ),
+            (
+                "dynamo_tombstones_purged",
+                "Tombstone-only keys purged from every replica",
+            ),
+        ] {
+            expected.push_str(&format!(
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total 0\n"
+            ));
+        }
+        expected.push_str("# EOF\n");
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn anti_entropy_rounds_add_up_in_counters_and_stats() {
+        let metrics = Metrics::new();
+        let report = crate::antientropy::RoundReport {
+            exchanged: Some((crate::ring::TokenRange::full(), id("n2"))),
+            differing_buckets: 3,
+            keys_compared: 5,
+            keys_pushed: 1,
+            keys_pulled: 2,
+            tombstones_purged: 1,
+            ..Default::default()
+        };
+        metrics.record_anti_entropy_round(&report);
+        metrics.record_anti_entropy_round(&crate::antientropy::RoundReport {
+            failed: true,
+            ..report.clone()
+        });
+        metrics.set_anti_entropy_trees(4, 1);
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_exchanges_total"),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_exchange_failures_total"),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_keys_pulled_total"),
+            Some("4")
+        );
+        assert_eq!(sample(&text, "dynamo_tombstones_purged_total"), Some("2"));
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_trees{state=\"building\"}"),
+            Some("1")
+        );
+        let stats = metrics.anti_entropy_stats();
+        assert_eq!(
+            (
+                stats.differing_buckets,
+                stats.keys_pushed,
+                stats.trees_ready
+            ),
+            (6, 2, 4)
         );
     }
 

@@ -24,6 +24,7 @@ use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
+use crate::merkle::Hash;
 use crate::metrics::Metrics;
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
@@ -31,7 +32,6 @@ use crate::ring::PartitionStrategy;
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{Durability, MemoryEngine, SledEngine, StorageEngine, StorageError};
 use crate::store::{Store, StoreError};
-use crate::merkle::Hash;
 use crate::transport::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
     ReplicaHandler, ReplicaWrite, Transport,

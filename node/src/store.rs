@@ -356,7 +356,7 @@ impl Store {
     fn observed_update(
         &self,
         key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        f: crate::storage::UpdateFn<'_>,
         durability: Durability,
     ) -> Result<(), StorageError> {
         let Some(observer) = &self.observer else {
@@ -364,17 +364,21 @@ impl Store {
         };
         {
             let _guard = self.key_locks.lock(key);
-            let mut old = None;
+            // The last call's input is what the update replaced; a write that changed
+            // nothing (a replayed batch, a redelivered hint) costs no digests.
+            let mut old: Option<Option<[u8; 16]>> = None;
             let new = self.engine.update(
                 key,
                 &mut |current| {
-                    // The last call's input is what the update replaced.
-                    old = current.map(state_digest);
-                    f(current)
+                    let next = f(current);
+                    old = (next.as_deref() != current).then(|| current.map(state_digest));
+                    next
                 },
                 Durability::Buffered,
             )?;
-            observer.changed(key, old, new.as_deref().map(state_digest));
+            if let Some(old) = old {
+                observer.changed(key, old, new.as_deref().map(state_digest));
+            }
         }
         if durability == Durability::Sync {
             self.engine.flush()?;

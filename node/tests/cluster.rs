@@ -878,7 +878,10 @@ async fn a_wiped_node_is_refilled_by_anti_entropy_alone() {
     // them, every key.
     let mut moved = 0;
     for node in &cluster.nodes {
-        let stats = status(node).await.anti_entropy.expect("anti-entropy is enabled");
+        let stats = status(node)
+            .await
+            .anti_entropy
+            .expect("anti-entropy is enabled");
         assert_eq!(stats.trees_ready, 1, "{}: {stats:?}", node.id);
         moved += if node.id == "n3" {
             stats.keys_pulled

@@ -57,8 +57,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
-pub(crate) use round::antientropy_loop;
 pub use round::RoundReport;
+pub(crate) use round::antientropy_loop;
 pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 
 use crate::ring::TokenRange;

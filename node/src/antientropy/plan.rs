@@ -187,7 +187,7 @@ pub fn tombstone_expired(state: &SiblingSet, now: Millis, grace: std::time::Dura
 
 /// The node that runs the purge of a key: the first node of its preference list (its
 /// coordinator, Dynamo §4.3), so exactly one replica tries per key.
-pub fn purger<'a>(preference_list: &'a [NodeId]) -> Option<&'a NodeId> {
+pub fn purger(preference_list: &[NodeId]) -> Option<&NodeId> {
     preference_list.first()
 }
 
@@ -196,10 +196,7 @@ pub fn purger<'a>(preference_list: &'a [NodeId]) -> Option<&'a NodeId> {
 /// returns keys.
 pub fn ring_position(range: TokenRange, key: &[u8]) -> (u128, &[u8]) {
     (
-        Token::of(key)
-            .0
-            .wrapping_sub(range.start.0)
-            .wrapping_sub(1),
+        Token::of(key).0.wrapping_sub(range.start.0).wrapping_sub(1),
         key,
     )
 }
@@ -226,7 +223,7 @@ mod tests {
         state
             .put(
                 &context,
-                value.map_or(Value::Tombstone, |v| Value::data(v)),
+                value.map_or(Value::Tombstone, Value::data),
                 &Actor::new(id(actor), 1),
                 Millis(at),
                 &SiblingLimits::default(),
@@ -336,18 +333,51 @@ mod tests {
         assert_eq!(key_repair(&v1, &v1), none);
         assert_eq!(key_repair(&empty, &empty), none);
         // Missing here: pull. Missing there: push.
-        assert_eq!(key_repair(&empty, &v1), KeyRepair { pull: true, push: false });
-        assert_eq!(key_repair(&v1, &empty), KeyRepair { pull: false, push: true });
+        assert_eq!(
+            key_repair(&empty, &v1),
+            KeyRepair {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(
+            key_repair(&v1, &empty),
+            KeyRepair {
+                pull: false,
+                push: true
+            }
+        );
         // Older here: pull the newer version; older there: push ours.
-        assert_eq!(key_repair(&v1, &v2), KeyRepair { pull: true, push: false });
-        assert_eq!(key_repair(&v2, &v1), KeyRepair { pull: false, push: true });
+        assert_eq!(
+            key_repair(&v1, &v2),
+            KeyRepair {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(
+            key_repair(&v2, &v1),
+            KeyRepair {
+                pull: false,
+                push: true
+            }
+        );
         // Concurrent versions go both ways and end as siblings on both.
-        assert_eq!(key_repair(&v2, &concurrent), KeyRepair { pull: true, push: true });
+        assert_eq!(
+            key_repair(&v2, &concurrent),
+            KeyRepair {
+                pull: true,
+                push: true
+            }
+        );
     }
 
     #[test]
     fn a_round_limit_refuses_what_would_exceed_it() {
-        let mut limit = RoundLimit { keys: 3, bytes: 100 };
+        let mut limit = RoundLimit {
+            keys: 3,
+            bytes: 100,
+        };
         assert!(limit.take(1, 60));
         assert!(!limit.take(1, 41), "bytes would exceed");
         assert!(limit.take(2, 40));
@@ -377,7 +407,11 @@ mod tests {
         both.merge(&other);
         assert!(!tombstone_expired(&both, Millis(1100), grace));
         assert!(tombstone_expired(&both, Millis(1900), grace));
-        assert!(!tombstone_expired(&SiblingSet::new(), Millis(u64::MAX), grace));
+        assert!(!tombstone_expired(
+            &SiblingSet::new(),
+            Millis(u64::MAX),
+            grace
+        ));
         assert_eq!(purger(&[id("a"), id("b")]), Some(&id("a")));
         assert_eq!(purger(&[]), None);
     }

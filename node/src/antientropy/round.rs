@@ -165,7 +165,8 @@ impl NodeShared {
 
     fn publish_tree_counts(&self) {
         let counts = self.antientropy.trees().counts();
-        self.metrics.set_anti_entropy_trees(counts.ready, counts.building);
+        self.metrics
+            .set_anti_entropy_trees(counts.ready, counts.building);
     }
 
     /// Builds `range`'s tree from one scan of the local data, reading each key under its
@@ -463,10 +464,9 @@ impl NodeShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&range);
         let store = self.store.clone();
-        let page = blocking(move || {
-            Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?)
-        })
-        .await?;
+        let page =
+            blocking(move || Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?))
+                .await?;
         if !page.done {
             if let Some((last, _)) = page.entries.last() {
                 self.antientropy

@@ -127,7 +127,10 @@ impl Harness {
             }
             self.node(name).antientropy_round(round, now).await;
         }
-        assert!(done(self), "not converged after {MAX_ROUNDS} rounds on {name}");
+        assert!(
+            done(self),
+            "not converged after {MAX_ROUNDS} rounds on {name}"
+        );
         MAX_ROUNDS
     }
 
@@ -141,11 +144,10 @@ impl Harness {
                 .iter()
                 .filter(|n| !self.network_isolated(n))
                 .collect::<Vec<_>>();
-            if keys.iter().all(|key| {
-                reachable
-                    .iter()
-                    .all(|n| !self.stored(n, key).is_empty())
-            }) {
+            if keys
+                .iter()
+                .all(|key| reachable.iter().all(|n| !self.stored(n, key).is_empty()))
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -249,9 +251,16 @@ async fn a_wiped_replica_is_refilled_and_its_trees_match_its_data() {
     let range = TokenRange::full();
     let depth = super::plan::FULL_RING_DEPTH;
     for node in &harness.nodes {
-        let root = node.antientropy().trees().root(range).expect("a ready tree");
+        let root = node
+            .antientropy()
+            .trees()
+            .root(range)
+            .expect("a ready tree");
         assert_eq!(root, rebuilt_root(node, range, depth));
-        assert_eq!(root, harness.nodes[0].antientropy().trees().root(range).unwrap());
+        assert_eq!(
+            root,
+            harness.nodes[0].antientropy().trees().root(range).unwrap()
+        );
     }
 }
 
@@ -296,7 +305,9 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
     harness.network.isolate(&addr("n3"));
     harness.put("n1", "both", "from-n1").await;
     harness.network.reconnect(&addr("n3"));
-    harness.network.partition(&[&addr("n3")], &[&addr("n1"), &addr("n2")]);
+    harness
+        .network
+        .partition(&[&addr("n3")], &[&addr("n1"), &addr("n2")]);
     let n3 = harness.node("n3");
     let state = n3
         .store()
@@ -332,7 +343,10 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
         })
         .await;
     let stats = n3.metrics().anti_entropy_stats();
-    assert!(stats.keys_pushed >= 2 && stats.keys_pulled >= 1, "{stats:?}");
+    assert!(
+        stats.keys_pushed >= 2 && stats.keys_pulled >= 1,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -437,11 +451,17 @@ async fn a_tombstone_is_purged_from_every_replica_only_when_all_hold_it() {
     // replica is repaired by a round, then the key leaves all three.
     harness
         .rounds_until(&purger, FAR_FUTURE, |h| {
-            h.nodes.iter().all(|n| n.store().read(key.as_bytes()).unwrap().is_empty())
+            h.nodes
+                .iter()
+                .all(|n| n.store().read(key.as_bytes()).unwrap().is_empty())
         })
         .await;
     assert_eq!(
-        harness.node(&purger).metrics().anti_entropy_stats().tombstones_purged,
+        harness
+            .node(&purger)
+            .metrics()
+            .anti_entropy_stats()
+            .tombstones_purged,
         1
     );
     // The delete never comes back: more rounds everywhere, then a quorum read.
@@ -451,7 +471,10 @@ async fn a_tombstone_is_purged_from_every_replica_only_when_all_hold_it() {
         }
     }
     for name in &harness.names {
-        assert!(harness.stored(name, key).is_empty(), "{name} holds {key} again");
+        assert!(
+            harness.stored(name, key).is_empty(),
+            "{name} holds {key} again"
+        );
     }
     let read = harness.nodes[0]
         .coordinator()
@@ -487,7 +510,13 @@ async fn live_keys_are_never_purged_even_with_a_matching_digest() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, TransportError::Rejected { error: ReplicaError::InvalidArgument(_), .. }),
+        matches!(
+            &error,
+            TransportError::Rejected {
+                error: ReplicaError::InvalidArgument(_),
+                ..
+            }
+        ),
         "{error:?}"
     );
 }
@@ -514,7 +543,10 @@ async fn merkle_requests_for_trees_a_node_lacks_are_refused_clearly() {
     // A tree known but not built yet: unavailable, try later.
     let n1 = harness.node("n1");
     let specs = super::plan::tree_specs(&n1.cluster().ring(), &id("n1"), 3);
-    assert_eq!(n1.antientropy().trees().reconcile(&specs), vec![TokenRange::full()]);
+    assert_eq!(
+        n1.antientropy().trees().reconcile(&specs),
+        vec![TokenRange::full()]
+    );
     let error = transport
         .merkle_hashes(&addr("n1"), query(TokenRange::full(), 14))
         .await
@@ -558,5 +590,8 @@ async fn disabled_anti_entropy_keeps_no_trees() {
     node.refresh_trees().await;
     let report = node.antientropy_round(0, Millis(0)).await;
     assert_eq!(report, super::RoundReport::default());
-    assert_eq!(node.antientropy().trees().counts(), super::TreeCounts::default());
+    assert_eq!(
+        node.antientropy().trees().counts(),
+        super::TreeCounts::default()
+    );
 }

@@ -422,7 +422,13 @@ mod tests {
             set.root(range).unwrap(),
             expected(range, 4, &[(first, digest(2)), (second, digest(4))])
         );
-        assert_eq!(set.counts(), TreeCounts { ready: 1, building: 0 });
+        assert_eq!(
+            set.counts(),
+            TreeCounts {
+                ready: 1,
+                building: 0
+            }
+        );
     }
 
     #[test]
@@ -436,7 +442,13 @@ mod tests {
         set.changed(b"k", None, Some(digest(1)));
         // An unchanged range keeps its tree; a new one starts pending.
         assert_eq!(set.reconcile(&[spec(left, 3), spec(right, 3)]), vec![right]);
-        assert_eq!(set.counts(), TreeCounts { ready: 1, building: 1 });
+        assert_eq!(
+            set.counts(),
+            TreeCounts {
+                ready: 1,
+                building: 1
+            }
+        );
         // A dropped range's build is superseded.
         let stale = set.start_build(right).unwrap();
         assert_eq!(set.reconcile(&[spec(left, 3)]), Vec::<TokenRange>::new());
@@ -447,7 +459,11 @@ mod tests {
         ));
         assert!(matches!(
             set.hashes(left, 5, 0, &[0]),
-            Err(TreeLookupError::OtherDepth { ours: 3, asked: 5, .. })
+            Err(TreeLookupError::OtherDepth {
+                ours: 3,
+                asked: 5,
+                ..
+            })
         ));
         assert!(matches!(
             set.hashes(left, 3, 4, &[0]),
@@ -464,7 +480,13 @@ mod tests {
         assert!(set.finish_build(range, generation));
         // A remove the tree never saw an insert for.
         set.changed(b"ghost", Some(digest(1)), None);
-        assert_eq!(set.counts(), TreeCounts { ready: 0, building: 1 });
+        assert_eq!(
+            set.counts(),
+            TreeCounts {
+                ready: 0,
+                building: 1
+            }
+        );
         assert_eq!(set.reconcile(&[spec(range, 2)]), vec![range]);
     }
 }

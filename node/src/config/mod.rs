@@ -613,7 +613,12 @@ impl TryFrom<RawConfig> for NodeConfig {
         let anti_entropy_max_bytes = raw
             .anti_entropy_max_bytes
             .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_BYTES);
-        in_range("anti-entropy-max-bytes", anti_entropy_max_bytes, 1, u32::MAX)?;
+        in_range(
+            "anti-entropy-max-bytes",
+            anti_entropy_max_bytes,
+            1,
+            u32::MAX,
+        )?;
         let tombstone_grace = raw
             .tombstone_grace
             .unwrap_or(crate::antientropy::DEFAULT_TOMBSTONE_GRACE);

@@ -277,8 +277,12 @@ impl RawConfig {
             tls_key: self.tls_key.or(fallback.tls_key),
             tls_ca: self.tls_ca.or(fallback.tls_ca),
             log: self.log.or(fallback.log),
-            anti_entropy_interval: self.anti_entropy_interval.or(fallback.anti_entropy_interval),
-            anti_entropy_max_keys: self.anti_entropy_max_keys.or(fallback.anti_entropy_max_keys),
+            anti_entropy_interval: self
+                .anti_entropy_interval
+                .or(fallback.anti_entropy_interval),
+            anti_entropy_max_keys: self
+                .anti_entropy_max_keys
+                .or(fallback.anti_entropy_max_keys),
             anti_entropy_max_bytes: self
                 .anti_entropy_max_bytes
                 .or(fallback.anti_entropy_max_bytes),

@@ -187,7 +187,8 @@ impl admin_server::Admin for AdminService {
             anti_entropy: node.antientropy.config().enabled().then(|| {
                 let stats = node.metrics.anti_entropy_stats();
                 let config = node.antientropy.config();
-                let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let millis =
+                    |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
                 proto::AntiEntropyStatus {
                     exchanges: stats.exchanges,
                     exchange_failures: stats.exchange_failures,

@@ -13,9 +13,9 @@ use super::{
     MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaWrite,
     TransportError,
 };
-use crate::merkle::{Hash, MAX_DEPTH};
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::merkle::{Hash, MAX_DEPTH};
 use crate::proto;
 use crate::ring::{Token, TokenRange};
 use crate::version::{SiblingSet, StorageFormatError, context};
@@ -335,7 +335,10 @@ pub(crate) fn decode_merkle_hashes(
         .ok_or_else(|| {
             invalid(
                 "level",
-                format!("{} is below the leaves of a depth-{depth} tree", request.level),
+                format!(
+                    "{} is below the leaves of a depth-{depth} tree",
+                    request.level
+                ),
             )
         })?;
     if request.indices.len() > MAX_MERKLE_INDICES {
@@ -688,14 +691,15 @@ mod tests {
             merkle_hashes_reply("peer:1", &[5], reply),
             Err(TransportError::BadReply { .. })
         ));
-        let (key, digest) =
-            decode_purge_tombstone(purge_tombstone_request(b"k", [7; 16])).unwrap();
+        let (key, digest) = decode_purge_tombstone(purge_tombstone_request(b"k", [7; 16])).unwrap();
         assert_eq!((key, digest), (b"k".to_vec(), [7; 16]));
-        assert!(decode_purge_tombstone(proto::PurgeTombstoneRequest {
-            key: Bytes::from_static(b"k"),
-            digest: Bytes::from_static(&[1, 2]),
-        })
-        .is_err());
+        assert!(
+            decode_purge_tombstone(proto::PurgeTombstoneRequest {
+                key: Bytes::from_static(b"k"),
+                digest: Bytes::from_static(&[1, 2]),
+            })
+            .is_err()
+        );
     }
 
     proptest! {

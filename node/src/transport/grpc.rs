@@ -23,8 +23,8 @@ use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
     ReplicaWrite, Transport, TransportError,
 };
-use crate::merkle::Hash;
 use crate::membership::MemberTable;
+use crate::merkle::Hash;
 use crate::proto;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::replica_server::ReplicaServer;
@@ -251,7 +251,10 @@ impl Transport for GrpcTransport {
         let mut client = self.client(to)?;
         let indices = query.indices.clone();
         let reply = self
-            .call(to, client.merkle_hashes(codec::merkle_hashes_request(query)))
+            .call(
+                to,
+                client.merkle_hashes(codec::merkle_hashes_request(query)),
+            )
             .await?;
         codec::merkle_hashes_reply(to, &indices, reply)
     }

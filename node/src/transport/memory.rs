@@ -40,8 +40,8 @@ use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaHandler, ReplicaWrite,
     Transport, TransportError,
 };
-use crate::merkle::Hash;
 use crate::membership::MemberTable;
+use crate::merkle::Hash;
 use crate::proto::replica_server::Replica;
 use crate::version::SiblingSet;
 

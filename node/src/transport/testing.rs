@@ -11,9 +11,9 @@ use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
     ReplicaHandler, ReplicaWrite,
 };
-use crate::merkle::{Hash, MerkleTree};
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::merkle::{Hash, MerkleTree};
 use crate::ring::Token;
 use crate::time::Millis;
 use crate::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
