@@ -824,6 +824,41 @@ mod tests {
     }
 
     #[test]
+    fn anti_entropy_settings_have_defaults_zero_disables_and_bad_values_are_refused() {
+        let defaults = build("").unwrap().anti_entropy();
+        assert_eq!(defaults, crate::antientropy::AntiEntropyConfig::default());
+        assert_eq!(defaults.interval, Duration::from_secs(30));
+        assert_eq!(defaults.tombstone_grace, Duration::from_secs(24 * 3600));
+        let set = build(
+            "anti-entropy-interval: 0s\ntombstone-grace: 50ms\n\
+             anti-entropy-max-keys: 7\nanti-entropy-max-bytes: 4096\n",
+        )
+        .unwrap();
+        let anti_entropy = set.anti_entropy();
+        assert!(!anti_entropy.enabled());
+        assert_eq!(anti_entropy.tombstone_grace, Duration::from_millis(50));
+        assert_eq!(
+            (
+                anti_entropy.max_keys_per_round,
+                anti_entropy.max_bytes_per_round
+            ),
+            (7, 4096)
+        );
+        // The effective YAML reads back to the same settings.
+        let yaml = set.to_yaml().unwrap();
+        assert!(yaml.lines().any(|l| l == "tombstone-grace: 50ms"), "{yaml}");
+        assert_eq!(build(&yaml).unwrap().anti_entropy(), anti_entropy);
+        for (yaml, needle) in [
+            ("anti-entropy-interval: 2h", "anti-entropy-interval"),
+            ("anti-entropy-max-keys: 0", "anti-entropy-max-keys"),
+            ("anti-entropy-max-bytes: 0", "anti-entropy-max-bytes"),
+        ] {
+            let error = build(yaml).unwrap_err().to_string();
+            assert!(error.contains(needle), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
     fn defaults_fill_everything_but_node_id_and_data_dir() {
         let config =
             NodeConfig::try_from(raw("node-id: dynamo-0\ndata-dir: /var/lib/dynamo\n")).unwrap();
