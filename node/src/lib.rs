@@ -44,6 +44,9 @@
 //!   status page.
 //! * [`history`]: client operation histories and the checker the simulator and fault
 //!   suites judge runs with (no lost acknowledged write, convergence, no resurrection).
+//! * [`antientropy`]: Merkle trees kept per replicated range, the rounds that compare
+//!   them with other replicas and repair the differing keys both ways, and tombstone
+//!   purge.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`transfer`]: range transfer on join and leave (Dynamo §4.9): the settled and
 //!   target rings, the copy plan, resumable throttled rounds.
@@ -55,6 +58,7 @@
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
 
+pub mod antientropy;
 pub mod client;
 pub mod cluster;
 pub mod config;

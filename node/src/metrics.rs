@@ -180,6 +180,8 @@ struct Inner {
     /// Client puts this node received without being a home replica of the key, and
     /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
     forwarded_puts: Counter,
+    /// Anti-entropy's counters and tree gauges.
+    anti_entropy: AntiEntropyCounters,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -263,6 +265,7 @@ impl Metrics {
             "Client puts received by a node outside the key's preference list and forwarded to a home replica",
             forwarded_puts.clone(),
         );
+        let anti_entropy = AntiEntropyCounters::register(&mut registry);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -276,6 +279,7 @@ impl Metrics {
                 transfer_pending,
                 transfer_keys_sent,
                 transfer_bytes_sent,
+                anti_entropy,
                 refresh: Mutex::new(()),
             }),
         }
@@ -405,6 +409,158 @@ impl Metrics {
     }
 }
 
+/// Anti-entropy's figures (Dynamo §4.7), as counted since the node started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AntiEntropyStats {
+    /// Tree exchanges that completed.
+    pub exchanges: u64,
+    /// Exchanges that failed (peer unreachable, refused, misbehaving).
+    pub exchange_failures: u64,
+    /// Leaf buckets found differing.
+    pub differing_buckets: u64,
+    /// Keys compared in differing buckets.
+    pub keys_compared: u64,
+    /// Keys whose state was sent to a peer.
+    pub keys_pushed: u64,
+    /// Keys whose peer state was merged here.
+    pub keys_pulled: u64,
+    /// Tombstone-only keys removed from every replica.
+    pub tombstones_purged: u64,
+    /// Trees complete and exchanging.
+    pub trees_ready: u64,
+    /// Trees waiting for or in their build scan.
+    pub trees_building: u64,
+}
+
+struct AntiEntropyCounters {
+    exchanges: Counter,
+    exchange_failures: Counter,
+    differing_buckets: Counter,
+    keys_compared: Counter,
+    keys_pushed: Counter,
+    keys_pulled: Counter,
+    tombstones_purged: Counter,
+    trees: Family<StateLabel, Gauge>,
+}
+
+impl AntiEntropyCounters {
+    fn register(registry: &mut Registry) -> Self {
+        let counters = Self {
+            exchanges: Counter::default(),
+            exchange_failures: Counter::default(),
+            differing_buckets: Counter::default(),
+            keys_compared: Counter::default(),
+            keys_pushed: Counter::default(),
+            keys_pulled: Counter::default(),
+            tombstones_purged: Counter::default(),
+            trees: Family::default(),
+        };
+        for (name, help, counter) in [
+            (
+                "dynamo_antientropy_exchanges",
+                "Merkle tree exchanges completed with a peer",
+                &counters.exchanges,
+            ),
+            (
+                "dynamo_antientropy_exchange_failures",
+                "Merkle tree exchanges that failed",
+                &counters.exchange_failures,
+            ),
+            (
+                "dynamo_antientropy_differing_buckets",
+                "Merkle leaf buckets found differing from a peer's",
+                &counters.differing_buckets,
+            ),
+            (
+                "dynamo_antientropy_keys_compared",
+                "Keys compared with a peer in differing buckets",
+                &counters.keys_compared,
+            ),
+            (
+                "dynamo_antientropy_keys_pushed",
+                "Keys repaired by sending our state to a peer",
+                &counters.keys_pushed,
+            ),
+            (
+                "dynamo_antientropy_keys_pulled",
+                "Keys repaired by merging a peer's state here",
+                &counters.keys_pulled,
+            ),
+            (
+                "dynamo_tombstones_purged",
+                "Tombstone-only keys purged from every replica",
+                &counters.tombstones_purged,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "dynamo_antientropy_trees",
+            "Merkle trees by state (ready, building)",
+            counters.trees.clone(),
+        );
+        counters
+    }
+}
+
+impl Metrics {
+    /// Adds one anti-entropy round's figures.
+    pub fn record_anti_entropy_round(&self, report: &crate::antientropy::RoundReport) {
+        let counters = &self.inner.anti_entropy;
+        if report.exchanged.is_some() {
+            if report.failed {
+                counters.exchange_failures.inc();
+            } else {
+                counters.exchanges.inc();
+            }
+        }
+        counters.differing_buckets.inc_by(report.differing_buckets);
+        counters.keys_compared.inc_by(report.keys_compared);
+        counters.keys_pushed.inc_by(report.keys_pushed);
+        counters.keys_pulled.inc_by(report.keys_pulled);
+        counters.tombstones_purged.inc_by(report.tombstones_purged);
+    }
+
+    /// Sets how many Merkle trees are ready and how many are being built.
+    pub fn set_anti_entropy_trees(&self, ready: u64, building: u64) {
+        let _refresh = self.refresh_lock();
+        for (state, count) in [("ready", ready), ("building", building)] {
+            self.inner
+                .anti_entropy
+                .trees
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .set(saturating_i64(count));
+        }
+    }
+
+    /// Anti-entropy's figures so far.
+    pub fn anti_entropy_stats(&self) -> AntiEntropyStats {
+        let counters = &self.inner.anti_entropy;
+        let tree_gauge = |state: &str| {
+            let count = counters
+                .trees
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .get();
+            u64::try_from(count).unwrap_or(0)
+        };
+        AntiEntropyStats {
+            exchanges: counters.exchanges.get(),
+            exchange_failures: counters.exchange_failures.get(),
+            differing_buckets: counters.differing_buckets.get(),
+            keys_compared: counters.keys_compared.get(),
+            keys_pushed: counters.keys_pushed.get(),
+            keys_pulled: counters.keys_pulled.get(),
+            tombstones_purged: counters.tombstones_purged.get(),
+            trees_ready: tree_gauge("ready"),
+            trees_building: tree_gauge("building"),
+        }
+    }
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -426,11 +582,10 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge_and_counters() {
+    fn a_fresh_registry_shows_only_the_unlabelled_metrics() {
         // Labelled families appear with their first series.
         let text = Metrics::new().encode();
-        assert_eq!(
-            text,
+        let mut expected = String::from(
             "# HELP dynamo_keys Keys stored on this node (approximate).\n\
              # TYPE dynamo_keys gauge\n\
              dynamo_keys 0\n\
@@ -443,8 +598,90 @@ mod tests {
              # HELP dynamo_forwarded_puts Client puts received by a node outside the key's \
              preference list and forwarded to a home replica.\n\
              # TYPE dynamo_forwarded_puts counter\n\
-             dynamo_forwarded_puts_total 0\n\
-             # EOF\n"
+             dynamo_forwarded_puts_total 0\n",
+        );
+        for (name, help) in [
+            (
+                "dynamo_antientropy_exchanges",
+                "Merkle tree exchanges completed with a peer",
+            ),
+            (
+                "dynamo_antientropy_exchange_failures",
+                "Merkle tree exchanges that failed",
+            ),
+            (
+                "dynamo_antientropy_differing_buckets",
+                "Merkle leaf buckets found differing from a peer's",
+            ),
+            (
+                "dynamo_antientropy_keys_compared",
+                "Keys compared with a peer in differing buckets",
+            ),
+            (
+                "dynamo_antientropy_keys_pushed",
+                "Keys repaired by sending our state to a peer",
+            ),
+            (
+                "dynamo_antientropy_keys_pulled",
+                "Keys repaired by merging a peer's state here",
+            ),
+            (
+                "dynamo_tombstones_purged",
+                "Tombstone-only keys purged from every replica",
+            ),
+        ] {
+            expected.push_str(&format!(
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total 0\n"
+            ));
+        }
+        expected.push_str("# EOF\n");
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn anti_entropy_rounds_add_up_in_counters_and_stats() {
+        let metrics = Metrics::new();
+        let report = crate::antientropy::RoundReport {
+            exchanged: Some((crate::ring::TokenRange::full(), id("n2"))),
+            differing_buckets: 3,
+            keys_compared: 5,
+            keys_pushed: 1,
+            keys_pulled: 2,
+            tombstones_purged: 1,
+            ..Default::default()
+        };
+        metrics.record_anti_entropy_round(&report);
+        metrics.record_anti_entropy_round(&crate::antientropy::RoundReport {
+            failed: true,
+            ..report.clone()
+        });
+        metrics.set_anti_entropy_trees(4, 1);
+        let text = metrics.encode();
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_exchanges_total"),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_exchange_failures_total"),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_keys_pulled_total"),
+            Some("4")
+        );
+        assert_eq!(sample(&text, "dynamo_tombstones_purged_total"), Some("2"));
+        assert_eq!(
+            sample(&text, "dynamo_antientropy_trees{state=\"building\"}"),
+            Some("1")
+        );
+        let stats = metrics.anti_entropy_stats();
+        assert_eq!(
+            (
+                stats.differing_buckets,
+                stats.keys_pushed,
+                stats.trees_ready
+            ),
+            (6, 2, 4)
         );
     }
 

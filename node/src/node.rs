@@ -19,10 +19,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
+use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
+use crate::merkle::Hash;
 use crate::metrics::Metrics;
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
@@ -34,8 +36,8 @@ use crate::storage::{
 use crate::store::{Store, StoreError};
 use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
 use crate::transport::{
-    ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
-    ReplicaWrite, Transport,
+    ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
+    ReplicaHandler, ReplicaWrite, Transport,
 };
 use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{Actor, SiblingLimits, SiblingSet};
@@ -92,6 +94,9 @@ pub struct NodeShared {
     pub(crate) metrics: Metrics,
     /// Range transfer settings, progress status and the one-round-at-a-time lock.
     pub(crate) transfer: TransferShared,
+    /// Merkle trees and anti-entropy settings (Dynamo §4.7); the store reports every
+    /// data change to its trees.
+    pub(crate) antientropy: Arc<AntiEntropy>,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -277,6 +282,32 @@ impl ReplicaHandler for PeerHandler {
         .map_err(internal)?
         .map_err(internal)
     }
+
+    async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
+        self.node
+            .antientropy
+            .trees()
+            .hashes(query.range, query.depth, query.level, &query.indices)
+            .map_err(|e| match e {
+                TreeLookupError::Building(_) => ReplicaError::Unavailable(e.to_string()),
+                other => ReplicaError::InvalidArgument(other.to_string()),
+            })
+    }
+
+    async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError> {
+        self.node
+            .coordinator
+            .limits()
+            .check_key(&key)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        let node = Arc::clone(&self.node);
+        run_engine_call(self.node.store.engine().as_ref(), move || {
+            node.store.remove_tombstone_if(&key, digest)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+    }
 }
 
 /// A started node.
@@ -446,6 +477,8 @@ pub struct NodeSettings {
     /// The address clients reach this node's `Kv` API at, announced in the member table
     /// for partition-aware clients; `None` announces nothing.
     pub client_advertise: Option<String>,
+    /// Anti-entropy rounds and tombstone purge.
+    pub anti_entropy: AntiEntropyConfig,
 }
 
 impl NodeSettings {
@@ -467,6 +500,7 @@ impl NodeSettings {
             clock: Clock::default(),
             transfer: TransferSettings::default(),
             client_advertise: None,
+            anti_entropy: AntiEntropyConfig::default(),
         }
     }
 
@@ -511,6 +545,7 @@ impl NodeSettings {
             },
             // Needs the bound client address: `Node::start` fills it in.
             client_advertise: config.advertise_client().map(str::to_owned),
+            anti_entropy: config.anti_entropy(),
         })
     }
 }
@@ -567,7 +602,11 @@ impl NodeShared {
         {
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
-        let store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
+        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        if settings.anti_entropy.enabled() {
+            store = store.with_observer(Arc::clone(antientropy.trees()) as _);
+        }
         let metrics = Metrics::new();
         let coordinator = Coordinator::new(
             CoordinatorConfig {
@@ -596,6 +635,7 @@ impl NodeShared {
             client_advertise: settings.client_advertise,
             metrics,
             transfer: TransferShared::new(settings.transfer),
+            antientropy,
         }))
     }
 
@@ -884,6 +924,10 @@ async fn serve(
         shutdown.clone(),
     ));
     let transfer = tokio::spawn(transfer_loop(Arc::clone(&shared), shutdown.clone()));
+    let antientropy = tokio::spawn(crate::antientropy::antientropy_loop(
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
 
     let http_server = async {
         let Some(listener) = http_listener else {
@@ -927,6 +971,7 @@ async fn serve(
     gossip.abort();
     handoff.abort();
     transfer.abort();
+    antientropy.abort();
     let engine = Arc::clone(shared.store.engine());
     tokio::task::spawn_blocking(move || {
         engine.flush()?;
@@ -972,6 +1017,18 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+    }
+}
+
+impl NodeShared {
+    /// The node's anti-entropy state: settings and Merkle trees.
+    pub fn antientropy(&self) -> &Arc<AntiEntropy> {
+        &self.antientropy
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 

@@ -41,6 +41,12 @@ pub struct Store {
     /// Shared with the handoff loop and the servers; the engine does its own locking.
     engine: Arc<dyn StorageEngine>,
     limits: SiblingLimits,
+    /// Told of every change to a key's data (anti-entropy's Merkle trees); `None` skips
+    /// the per-key locks and digests entirely.
+    observer: Option<Arc<dyn StoreObserver>>,
+    /// Serialise a key's data change with its report to the observer, and with a tree
+    /// build reading the key, so the observer sees each key's changes as a chain.
+    key_locks: Arc<KeyLocks>,
 }
 
 impl std::fmt::Debug for Store {
@@ -72,7 +78,12 @@ pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
 impl Store {
     /// Wraps an engine.
     pub fn new(engine: Arc<dyn StorageEngine>, limits: SiblingLimits) -> Self {
-        Self { engine, limits }
+        Self {
+            engine,
+            limits,
+            observer: None,
+            key_locks: Arc::new(KeyLocks::new()),
+        }
     }
 
     /// The engine underneath (for metadata and flushes).
@@ -105,7 +116,7 @@ impl Store {
         durability: Durability,
     ) -> Result<SiblingSet, StoreError> {
         let mut outcome: Option<Result<SiblingSet, StoreError>> = None;
-        self.engine.update(
+        self.observed_update(
             key,
             &mut |current| {
                 let result =
@@ -141,8 +152,7 @@ impl Store {
         incoming: &SiblingSet,
         durability: Durability,
     ) -> Result<SiblingSet, StoreError> {
-        let engine = Arc::clone(&self.engine);
-        merge_with(|f| engine.update(key, f, durability).map(|_| ()), incoming)
+        merge_with(|f| self.observed_update(key, f, durability), incoming)
     }
 
     /// Records a hinted write for `home` (merged with any earlier hint for the key).
@@ -269,6 +279,136 @@ impl Store {
             self.engine.flush()?;
         }
         Ok(())
+    }
+}
+
+/// Told of every change to a key's stored data made through a [`Store`] (coordinator
+/// writes, replica merges, batches, purges): the digests ([`state_digest`]) of the
+/// stored bytes before and after, `None` for absent.
+///
+/// Called while the store holds the key's lock, so calls for one key arrive in the
+/// order the changes happened; it must be quick and must not call back into the store.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// `key`'s stored state went from `old` to `new` (equal when a write changed
+    /// nothing).
+    fn changed(&self, key: &[u8], old: Option<[u8; 16]>, new: Option<[u8; 16]>);
+}
+
+/// The digest of a key's stored bytes: MD5 of the canonical storage encoding, equal to
+/// [`SiblingSet::digest`] of the decoded state.
+pub fn state_digest(raw: &[u8]) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    Md5::digest(raw).into()
+}
+
+/// Striped per-key locks: a key's change and its report to the observer happen under
+/// its stripe. 1024 std mutexes: an uncontended lock costs tens of nanoseconds, and two
+/// writes collide only when their keys share a stripe.
+struct KeyLocks {
+    stripes: Vec<std::sync::Mutex<()>>,
+}
+
+impl KeyLocks {
+    const STRIPES: usize = 1024;
+
+    fn new() -> Self {
+        Self {
+            stripes: (0..Self::STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = (hasher.finish() % Self::STRIPES as u64) as usize;
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store {
+    /// This store, reporting every data change to `observer` from now on. Set it before
+    /// cloning the store: clones made earlier do not report.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Runs `f` while holding `key`'s lock, so no change to the key through this store
+    /// (or its clones) happens meanwhile: how a Merkle tree build reads a key
+    /// consistently with the changes the observer reports.
+    pub fn with_key_locked<T>(&self, key: &[u8], f: impl FnOnce() -> T) -> T {
+        let _guard = self.key_locks.lock(key);
+        f()
+    }
+
+    /// An atomic update of `key` through the engine, reported to the observer.
+    ///
+    /// With an observer, the update runs buffered under the key's lock and a
+    /// [`Durability::Sync`] flush follows after the lock is released, so a slow fsync
+    /// never holds up writers of other keys on the same stripe.
+    fn observed_update(
+        &self,
+        key: &[u8],
+        f: crate::storage::UpdateFn<'_>,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let Some(observer) = &self.observer else {
+            return self.engine.update(key, f, durability).map(|_| ());
+        };
+        {
+            let _guard = self.key_locks.lock(key);
+            // The last call's input is what the update replaced; a write that changed
+            // nothing (a replayed batch, a redelivered hint) costs no digests.
+            let mut old: Option<Option<[u8; 16]>> = None;
+            let new = self.engine.update(
+                key,
+                &mut |current| {
+                    let next = f(current);
+                    old = (next.as_deref() != current).then(|| current.map(state_digest));
+                    next
+                },
+                Durability::Buffered,
+            )?;
+            if let Some(old) = old {
+                observer.changed(key, old, new.as_deref().map(state_digest));
+            }
+        }
+        if durability == Durability::Sync {
+            self.engine.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` if its stored state holds only tombstones and its digest is still
+    /// `expected` (compare-and-delete, the last step of a tombstone purge); returns
+    /// whether it did. Buffered, like [`StorageEngine::remove`]: a removal undone by a
+    /// crash leaves the tombstone, which a later purge removes again.
+    ///
+    /// # Errors
+    /// Storage failures or corrupt stored state.
+    pub fn remove_tombstone_if(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
+        let _guard = self.key_locks.lock(key);
+        let Some(raw) = self.engine.get(key)? else {
+            return Ok(false);
+        };
+        let digest = state_digest(&raw);
+        if digest != expected || !decode_state(Some(&raw))?.tombstone_only() {
+            return Ok(false);
+        }
+        let removed = self.engine.remove(key)?;
+        if removed {
+            if let Some(observer) = &self.observer {
+                observer.changed(key, Some(digest), None);
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -859,6 +859,60 @@ async fn members(node: &TestNode) -> Vec<(String, i32, u32, String)> {
         .collect()
 }
 
+/// Dynamo §4.7: a replica whose disk was wiped gets its data back from the other
+/// replicas through Merkle anti-entropy alone. Nothing reads the keys (no read repair)
+/// and nothing is written while the node is down (no hints), so only anti-entropy can
+/// refill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refilled_by_anti_entropy_alone() {
+    let mut cluster = TestCluster::start(3, &["--anti-entropy-interval", "200ms"]).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("ae-{i}")).collect();
+    for key in &keys {
+        put(&cluster.nodes[0], key, key, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+    for node in &cluster.nodes {
+        eventually(&format!("{} to hold all 100 keys", node.id), || async {
+            status(node).await.keys == 100
+        })
+        .await;
+    }
+
+    let n3 = &mut cluster.nodes[2];
+    n3.kill().await;
+    n3.wipe();
+    n3.restart().await;
+    let n3 = &cluster.nodes[2];
+    eventually("the wiped node to be refilled by anti-entropy", || async {
+        status(n3).await.keys == 100
+    })
+    .await;
+    // Its own rounds pulled keys in and the others' rounds pushed keys to it: between
+    // them, every key.
+    let mut moved = 0;
+    for node in &cluster.nodes {
+        let stats = status(node)
+            .await
+            .anti_entropy
+            .expect("anti-entropy is enabled");
+        assert_eq!(stats.trees_ready, 1, "{}: {stats:?}", node.id);
+        moved += if node.id == "n3" {
+            stats.keys_pulled
+        } else {
+            stats.keys_pushed
+        };
+    }
+    assert!(moved >= 100, "{moved} keys moved to the wiped node");
+    for node in &cluster.nodes[..2] {
+        assert!(
+            status(node).await.hints.is_empty(),
+            "{} held no hints: the refill came from anti-entropy",
+            node.id
+        );
+    }
+}
+
 async fn status(node: &TestNode) -> proto::StatusResponse {
     node.admin()
         .await

@@ -102,6 +102,10 @@ pub const MAX_VALUE_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
 /// The largest accepted `max-siblings`.
 pub const MAX_SIBLINGS_LIMIT: u32 = 10_000;
+/// Default keys one anti-entropy round repairs.
+pub const DEFAULT_ANTI_ENTROPY_MAX_KEYS: u32 = 10_000;
+/// Default state bytes one anti-entropy round moves (64 MiB).
+pub const DEFAULT_ANTI_ENTROPY_MAX_BYTES: u32 = 64 * 1024 * 1024;
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";
 
@@ -326,6 +330,10 @@ pub struct NodeConfig {
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
     log: String,
+    anti_entropy_interval: Duration,
+    anti_entropy_max_keys: u32,
+    anti_entropy_max_bytes: u32,
+    tombstone_grace: Duration,
 }
 
 impl NodeConfig {
@@ -470,6 +478,17 @@ impl NodeConfig {
         to_usize(self.max_siblings)
     }
 
+    /// Anti-entropy settings: round interval (zero disables), per-round limits and
+    /// the tombstone grace period.
+    pub fn anti_entropy(&self) -> crate::antientropy::AntiEntropyConfig {
+        crate::antientropy::AntiEntropyConfig {
+            interval: self.anti_entropy_interval,
+            tombstone_grace: self.tombstone_grace,
+            max_keys_per_round: u64::from(self.anti_entropy_max_keys),
+            max_bytes_per_round: u64::from(self.anti_entropy_max_bytes),
+        }
+    }
+
     /// The token the Admin API requires, if any.
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.admin_token.as_ref()
@@ -534,6 +553,10 @@ impl NodeConfig {
             tls_key: tls.map(|t| t.key.clone()),
             tls_ca: tls.and_then(|t| t.ca.clone()),
             log: Some(self.log.clone()),
+            anti_entropy_interval: Some(self.anti_entropy_interval),
+            anti_entropy_max_keys: Some(self.anti_entropy_max_keys),
+            anti_entropy_max_bytes: Some(self.anti_entropy_max_bytes),
+            tombstone_grace: Some(self.tombstone_grace),
         }
     }
 
@@ -668,6 +691,28 @@ impl TryFrom<RawConfig> for NodeConfig {
         if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
             return Err(ConfigError::AdminToken { reason });
         }
+        let anti_entropy_interval = raw
+            .anti_entropy_interval
+            .unwrap_or(crate::antientropy::DEFAULT_INTERVAL);
+        if !anti_entropy_interval.is_zero() {
+            check_interval("anti-entropy-interval", anti_entropy_interval)?;
+        }
+        let anti_entropy_max_keys = raw
+            .anti_entropy_max_keys
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_KEYS);
+        in_range("anti-entropy-max-keys", anti_entropy_max_keys, 1, u32::MAX)?;
+        let anti_entropy_max_bytes = raw
+            .anti_entropy_max_bytes
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_BYTES);
+        in_range(
+            "anti-entropy-max-bytes",
+            anti_entropy_max_bytes,
+            1,
+            u32::MAX,
+        )?;
+        let tombstone_grace = raw
+            .tombstone_grace
+            .unwrap_or(crate::antientropy::DEFAULT_TOMBSTONE_GRACE);
         let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca)?;
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         if log.trim().is_empty() {
@@ -702,6 +747,10 @@ impl TryFrom<RawConfig> for NodeConfig {
             admin_token: raw.admin_token,
             tls,
             log,
+            anti_entropy_interval,
+            anti_entropy_max_keys,
+            anti_entropy_max_bytes,
+            tombstone_grace,
         })
     }
 }
@@ -921,6 +970,41 @@ mod tests {
         );
         let err = build("advertise-client: nope").unwrap_err();
         assert!(err.to_string().contains("advertise-client"), "{err}");
+    }
+
+    #[test]
+    fn anti_entropy_settings_have_defaults_zero_disables_and_bad_values_are_refused() {
+        let defaults = build("").unwrap().anti_entropy();
+        assert_eq!(defaults, crate::antientropy::AntiEntropyConfig::default());
+        assert_eq!(defaults.interval, Duration::from_secs(30));
+        assert_eq!(defaults.tombstone_grace, Duration::from_secs(24 * 3600));
+        let set = build(
+            "anti-entropy-interval: 0s\ntombstone-grace: 50ms\n\
+             anti-entropy-max-keys: 7\nanti-entropy-max-bytes: 4096\n",
+        )
+        .unwrap();
+        let anti_entropy = set.anti_entropy();
+        assert!(!anti_entropy.enabled());
+        assert_eq!(anti_entropy.tombstone_grace, Duration::from_millis(50));
+        assert_eq!(
+            (
+                anti_entropy.max_keys_per_round,
+                anti_entropy.max_bytes_per_round
+            ),
+            (7, 4096)
+        );
+        // The effective YAML reads back to the same settings.
+        let yaml = set.to_yaml().unwrap();
+        assert!(yaml.lines().any(|l| l == "tombstone-grace: 50ms"), "{yaml}");
+        assert_eq!(build(&yaml).unwrap().anti_entropy(), anti_entropy);
+        for (yaml, needle) in [
+            ("anti-entropy-interval: 2h", "anti-entropy-interval"),
+            ("anti-entropy-max-keys: 0", "anti-entropy-max-keys"),
+            ("anti-entropy-max-bytes: 0", "anti-entropy-max-bytes"),
+        ] {
+            let error = build(yaml).unwrap_err().to_string();
+            assert!(error.contains(needle), "{yaml}: {error}");
+        }
     }
 
     #[test]
@@ -1306,6 +1390,10 @@ mod tests {
                         tls_key: tls.then(|| "/k".into()),
                         tls_ca: (tls && ca).then(|| "/ca".into()),
                         log: Some(log),
+                        anti_entropy_interval: Some(ms(gossip)),
+                        anti_entropy_max_keys: Some(key),
+                        anti_entropy_max_bytes: Some(value),
+                        tombstone_grace: Some(ms(timeout)),
                     }
                 },
             )

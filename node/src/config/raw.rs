@@ -203,6 +203,36 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Time between anti-entropy rounds (Dynamo §4.7); 0s disables anti-entropy and its
+    /// Merkle trees [default: 30s].
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub anti_entropy_interval: Option<Duration>,
+
+    /// Most keys one anti-entropy round repairs or purges [default: 10000].
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_MAX_KEYS", value_name = "COUNT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anti_entropy_max_keys: Option<u32>,
+
+    /// Most state bytes one anti-entropy round moves [default: 67108864].
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_MAX_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anti_entropy_max_bytes: Option<u32>,
+
+    /// How old a delete (tombstone) must be before it may be purged from every replica;
+    /// must exceed how long a hint or transfer can hold an older copy [default: 24h].
+    #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tombstone_grace: Option<Duration>,
+
     /// Log filter, e.g. info or dynamo_node=debug,info [default: info].
     #[arg(long, env = "DYNAMO_LOG", value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -277,6 +307,16 @@ impl RawConfig {
             tls_key: self.tls_key.or(fallback.tls_key),
             tls_ca: self.tls_ca.or(fallback.tls_ca),
             log: self.log.or(fallback.log),
+            anti_entropy_interval: self
+                .anti_entropy_interval
+                .or(fallback.anti_entropy_interval),
+            anti_entropy_max_keys: self
+                .anti_entropy_max_keys
+                .or(fallback.anti_entropy_max_keys),
+            anti_entropy_max_bytes: self
+                .anti_entropy_max_bytes
+                .or(fallback.anti_entropy_max_bytes),
+            tombstone_grace: self.tombstone_grace.or(fallback.tombstone_grace),
         }
     }
 }

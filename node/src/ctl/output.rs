@@ -483,6 +483,7 @@ mod tests {
             transfer: String::new(),
             transfer_pending_ranges: 0,
             transfers: vec![],
+            anti_entropy: None,
         }
     }
 

@@ -205,6 +205,24 @@ impl admin_server::Admin for AdminService {
                     bytes_sent: p.bytes_sent,
                 })
                 .collect(),
+            anti_entropy: node.antientropy.config().enabled().then(|| {
+                let stats = node.metrics.anti_entropy_stats();
+                let config = node.antientropy.config();
+                let millis =
+                    |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                proto::AntiEntropyStatus {
+                    exchanges: stats.exchanges,
+                    exchange_failures: stats.exchange_failures,
+                    differing_buckets: stats.differing_buckets,
+                    keys_pushed: stats.keys_pushed,
+                    keys_pulled: stats.keys_pulled,
+                    tombstones_purged: stats.tombstones_purged,
+                    trees_ready: stats.trees_ready,
+                    trees_building: stats.trees_building,
+                    interval_ms: millis(config.interval),
+                    tombstone_grace_ms: millis(config.tombstone_grace),
+                }
+            }),
         }))
     }
 }

@@ -9,11 +9,13 @@ use bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::{
-    ForwardedPut, MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry,
-    RangePage, RangeScan, ReplicaError, ReplicaWrite, TransportError,
+    ForwardedPut, MAX_BATCH_ENTRIES, MAX_MERKLE_INDICES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES,
+    MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaWrite,
+    TransportError,
 };
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::merkle::{Hash, MAX_DEPTH};
 use crate::proto;
 use crate::ring::{Token, TokenRange};
 use crate::version::{SiblingSet, StorageFormatError, context};
@@ -317,6 +319,123 @@ pub(crate) fn decode_merge_batch(
     })
 }
 
+pub(crate) fn merkle_hashes_request(query: MerkleQuery) -> proto::MerkleHashesRequest {
+    proto::MerkleHashesRequest {
+        range: Some(encode_range(query.range)),
+        depth: u32::from(query.depth),
+        level: u32::from(query.level),
+        indices: query.indices.iter().map(|&i| i as u64).collect(),
+    }
+}
+
+/// Checks the request's shape and bounds before any tree is touched: a depth a tree can
+/// have, a level within it, at most [`MAX_MERKLE_INDICES`] indices, each inside the
+/// level.
+pub(crate) fn decode_merkle_hashes(
+    request: proto::MerkleHashesRequest,
+) -> Result<MerkleQuery, ReplicaError> {
+    let range = decode_range(request.range).map_err(|e| invalid("range", e))?;
+    let depth = u8::try_from(request.depth)
+        .ok()
+        .filter(|&d| d <= MAX_DEPTH)
+        .ok_or_else(|| invalid("depth", format!("{} exceeds {MAX_DEPTH}", request.depth)))?;
+    let level = u8::try_from(request.level)
+        .ok()
+        .filter(|&l| l <= depth)
+        .ok_or_else(|| {
+            invalid(
+                "level",
+                format!(
+                    "{} is below the leaves of a depth-{depth} tree",
+                    request.level
+                ),
+            )
+        })?;
+    if request.indices.len() > MAX_MERKLE_INDICES {
+        return Err(invalid(
+            "indices",
+            format!(
+                "{} indices, at most {MAX_MERKLE_INDICES} per request",
+                request.indices.len()
+            ),
+        ));
+    }
+    let width = 1u64 << level;
+    let indices = request
+        .indices
+        .iter()
+        .map(|&index| {
+            if index < width {
+                usize::try_from(index).map_err(|_| invalid("indices", "index too large"))
+            } else {
+                Err(invalid(
+                    "indices",
+                    format!("index {index} outside level {level} ({width} nodes)"),
+                ))
+            }
+        })
+        .collect::<Result<Vec<usize>, ReplicaError>>()?;
+    Ok(MerkleQuery {
+        range,
+        depth,
+        level,
+        indices,
+    })
+}
+
+pub(crate) fn merkle_hashes_response(hashes: &[Hash]) -> proto::MerkleHashesResponse {
+    proto::MerkleHashesResponse {
+        hashes: hashes.concat().into(),
+    }
+}
+
+/// Pairs the answer's hashes with the requested indices; the answer must hold exactly
+/// one 16-byte hash per index.
+pub(crate) fn merkle_hashes_reply(
+    address: &str,
+    asked: &[usize],
+    reply: proto::MerkleHashesResponse,
+) -> Result<Vec<(usize, Hash)>, TransportError> {
+    if reply.hashes.len() != asked.len() * 16 {
+        return Err(bad_reply(
+            address,
+            format!(
+                "{} hash bytes for {} requested nodes",
+                reply.hashes.len(),
+                asked.len()
+            ),
+        ));
+    }
+    Ok(asked
+        .iter()
+        .zip(reply.hashes.chunks_exact(16))
+        .map(|(&index, chunk)| {
+            let mut hash = [0u8; 16];
+            hash.copy_from_slice(chunk);
+            (index, hash)
+        })
+        .collect())
+}
+
+pub(crate) fn purge_tombstone_request(key: &[u8], digest: Hash) -> proto::PurgeTombstoneRequest {
+    proto::PurgeTombstoneRequest {
+        key: Bytes::copy_from_slice(key),
+        digest: Bytes::copy_from_slice(&digest),
+    }
+}
+
+pub(crate) fn decode_purge_tombstone(
+    request: proto::PurgeTombstoneRequest,
+) -> Result<(Vec<u8>, Hash), ReplicaError> {
+    let digest: Hash = request.digest.as_ref().try_into().map_err(|_| {
+        invalid(
+            "digest",
+            format!("a digest is 16 bytes, got {}", request.digest.len()),
+        )
+    })?;
+    Ok((request.key.to_vec(), digest))
+}
+
 pub(crate) fn decode_gossip(request: proto::GossipRequest) -> Result<MemberTable, ReplicaError> {
     MemberTable::decode(&request.table).map_err(|e| invalid("table", e))
 }
@@ -536,7 +655,93 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn merkle_requests_are_bounded_before_any_tree_is_touched() {
+        let query = MerkleQuery {
+            range: TokenRange::new(Token(3), Token(9)),
+            depth: 4,
+            level: 2,
+            indices: vec![0, 3],
+        };
+        let request = merkle_hashes_request(query.clone());
+        assert_eq!(decode_merkle_hashes(request.clone()).unwrap(), query);
+        let refused = |mutate: &dyn Fn(&mut proto::MerkleHashesRequest), needle: &str| {
+            let mut bad = request.clone();
+            mutate(&mut bad);
+            match decode_merkle_hashes(bad) {
+                Err(ReplicaError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+                other => panic!("expected a refusal naming {needle}, got {other:?}"),
+            }
+        };
+        refused(&|r| r.depth = u32::from(MAX_DEPTH) + 1, "depth");
+        refused(&|r| r.depth = u32::MAX, "depth");
+        refused(&|r| r.level = 5, "level");
+        refused(&|r| r.indices = vec![4], "outside level 2");
+        refused(&|r| r.indices = vec![u64::MAX], "outside level 2");
+        refused(
+            &|r| {
+                r.level = 4;
+                r.depth = 20;
+                r.indices = vec![0; MAX_MERKLE_INDICES + 1];
+            },
+            "at most",
+        );
+        refused(&|r| r.range = None, "range");
+    }
+
+    #[test]
+    fn a_merkle_reply_must_hold_one_hash_per_requested_node() {
+        let hashes = [[1u8; 16], [2u8; 16]];
+        let reply = merkle_hashes_response(&hashes);
+        assert_eq!(
+            merkle_hashes_reply("peer:1", &[5, 9], reply.clone()).unwrap(),
+            vec![(5, [1u8; 16]), (9, [2u8; 16])]
+        );
+        assert!(matches!(
+            merkle_hashes_reply("peer:1", &[5], reply),
+            Err(TransportError::BadReply { .. })
+        ));
+        let (key, digest) = decode_purge_tombstone(purge_tombstone_request(b"k", [7; 16])).unwrap();
+        assert_eq!((key, digest), (b"k".to_vec(), [7; 16]));
+        assert!(
+            decode_purge_tombstone(proto::PurgeTombstoneRequest {
+                key: Bytes::from_static(b"k"),
+                digest: Bytes::from_static(&[1, 2]),
+            })
+            .is_err()
+        );
+    }
+
     proptest! {
+        #[test]
+        fn garbage_never_panics_the_merkle_decoders(
+            depth in any::<u32>(),
+            level in any::<u32>(),
+            indices in proptest::collection::vec(any::<u64>(), 0..40),
+            hashes in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let request = proto::MerkleHashesRequest {
+                range: Some(encode_range(TokenRange::full())),
+                depth,
+                level,
+                indices: indices.clone(),
+            };
+            if let Ok(query) = decode_merkle_hashes(request) {
+                prop_assert!(query.level <= query.depth && query.depth <= MAX_DEPTH);
+                prop_assert!(query.indices.iter().all(|&i| i < 1usize << query.level));
+            }
+            let asked: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+            let _ = merkle_hashes_reply(
+                "peer:1",
+                &asked,
+                proto::MerkleHashesResponse { hashes: Bytes::from(hashes.clone()) },
+            );
+            let _ = decode_purge_tombstone(proto::PurgeTombstoneRequest {
+                key: Bytes::from_static(b"k"),
+                digest: Bytes::from(hashes),
+            });
+        }
+
         #[test]
         fn garbage_never_panics_the_range_decoders(
             start in proptest::collection::vec(any::<u8>(), 0..20),

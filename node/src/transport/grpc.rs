@@ -20,10 +20,11 @@ use tonic::{Request, Response, Status};
 
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::{
-    ForwardedPut, MergeBatch, RangePage, RangeScan, ReplicaError, ReplicaHandler, ReplicaWrite,
-    Transport, TransportError,
+    ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
+    ReplicaWrite, Transport, TransportError,
 };
 use crate::membership::MemberTable;
+use crate::merkle::Hash;
 use crate::proto;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::replica_server::ReplicaServer;
@@ -241,6 +242,37 @@ impl Transport for GrpcTransport {
             .await
             .map(|proto::MergeBatchResponse {}| ())
     }
+
+    async fn merkle_hashes(
+        &self,
+        to: &str,
+        query: MerkleQuery,
+    ) -> Result<Vec<(usize, Hash)>, TransportError> {
+        let mut client = self.client(to)?;
+        let indices = query.indices.clone();
+        let reply = self
+            .call(
+                to,
+                client.merkle_hashes(codec::merkle_hashes_request(query)),
+            )
+            .await?;
+        codec::merkle_hashes_reply(to, &indices, reply)
+    }
+
+    async fn purge_tombstone(
+        &self,
+        to: &str,
+        key: &[u8],
+        digest: Hash,
+    ) -> Result<bool, TransportError> {
+        let mut client = self.client(to)?;
+        self.call(
+            to,
+            client.purge_tombstone(codec::purge_tombstone_request(key, digest)),
+        )
+        .await
+        .map(|reply| reply.removed)
+    }
 }
 
 /// The gRPC `Replica` service: decodes each request with the bounded decoders,
@@ -362,6 +394,41 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
             .await
             .map_err(codec::error_to_status)?;
         Ok(Response::new(proto::MergeBatchResponse {}))
+    }
+
+    async fn merkle_hashes(
+        &self,
+        request: Request<proto::MerkleHashesRequest>,
+    ) -> Result<Response<proto::MerkleHashesResponse>, Status> {
+        let query = codec::decode_merkle_hashes(request.into_inner())
+            .map_err(|e| refuse("merkle_hashes", e))?;
+        let asked = query.indices.len();
+        let hashes = self
+            .handler
+            .merkle_hashes(query)
+            .await
+            .map_err(codec::error_to_status)?;
+        if hashes.len() != asked {
+            return Err(codec::error_to_status(ReplicaError::Internal(format!(
+                "{} hashes for {asked} requested nodes",
+                hashes.len()
+            ))));
+        }
+        Ok(Response::new(codec::merkle_hashes_response(&hashes)))
+    }
+
+    async fn purge_tombstone(
+        &self,
+        request: Request<proto::PurgeTombstoneRequest>,
+    ) -> Result<Response<proto::PurgeTombstoneResponse>, Status> {
+        let (key, digest) = codec::decode_purge_tombstone(request.into_inner())
+            .map_err(|e| refuse("purge_tombstone", e))?;
+        let removed = self
+            .handler
+            .purge_tombstone(key, digest)
+            .await
+            .map_err(codec::error_to_status)?;
+        Ok(Response::new(proto::PurgeTombstoneResponse { removed }))
     }
 }
 

@@ -37,10 +37,11 @@ use tonic::{Request, Response, Status};
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::grpc::{ReplicaService, TransportConfigError};
 use super::{
-    ForwardedPut, MergeBatch, RangePage, RangeScan, ReplicaHandler, ReplicaWrite, Transport,
-    TransportError,
+    ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaHandler, ReplicaWrite,
+    Transport, TransportError,
 };
 use crate::membership::MemberTable;
+use crate::merkle::Hash;
 use crate::proto::replica_server::Replica;
 use crate::version::SiblingSet;
 
@@ -396,6 +397,37 @@ impl Transport for MemoryTransport {
         )
         .await
         .map(|crate::proto::MergeBatchResponse {}| ())
+    }
+
+    async fn merkle_hashes(
+        &self,
+        to: &str,
+        query: MerkleQuery,
+    ) -> Result<Vec<(usize, Hash)>, TransportError> {
+        let indices = query.indices.clone();
+        let reply = self
+            .call(
+                to,
+                codec::merkle_hashes_request(query),
+                |service, request| async move { service.merkle_hashes(request).await },
+            )
+            .await?;
+        codec::merkle_hashes_reply(to, &indices, reply)
+    }
+
+    async fn purge_tombstone(
+        &self,
+        to: &str,
+        key: &[u8],
+        digest: Hash,
+    ) -> Result<bool, TransportError> {
+        self.call(
+            to,
+            codec::purge_tombstone_request(key, digest),
+            |service, request| async move { service.purge_tombstone(request).await },
+        )
+        .await
+        .map(|reply| reply.removed)
     }
 }
 

@@ -36,6 +36,7 @@ pub use memory::{MemoryNetwork, MemoryTransport};
 
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::merkle::Hash;
 use crate::ring::TokenRange;
 use crate::version::{SiblingSet, VectorClock};
 
@@ -49,6 +50,10 @@ pub const MAX_SCAN_BYTES: u32 = 4 * 1024 * 1024;
 
 /// The most entries one [`Transport::merge_batch`] call may carry.
 pub const MAX_BATCH_ENTRIES: usize = 1024;
+
+/// The most node indices one [`Transport::merkle_hashes`] request may carry: a whole
+/// level of a depth-12 tree. Callers split larger levels into several requests.
+pub const MAX_MERKLE_INDICES: usize = 4096;
 
 /// Why a call to a peer did not produce an answer.
 ///
@@ -196,6 +201,21 @@ pub struct MergeBatch {
     pub durable: bool,
 }
 
+/// A request for hashes of one level of a peer's Merkle tree (anti-entropy, Dynamo
+/// §4.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerkleQuery {
+    /// The tree's key range.
+    pub range: TokenRange,
+    /// The tree's depth; with the range, the tree's shape.
+    pub depth: u8,
+    /// The level asked for: 0 is the root, `depth` the leaf buckets.
+    pub level: u8,
+    /// Node indices within the level, at most [`MAX_MERKLE_INDICES`], each below
+    /// `2^level`.
+    pub indices: Vec<usize>,
+}
+
 /// Calls from this node to its peers.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -212,6 +232,20 @@ pub trait Transport: Send + Sync + 'static {
     async fn scan_range(&self, to: &str, scan: RangeScan) -> Result<RangePage, TransportError>;
     /// Merges a batch of states into the peer.
     async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError>;
+    /// Hashes of nodes of the peer's Merkle tree, paired with their indices.
+    async fn merkle_hashes(
+        &self,
+        to: &str,
+        query: MerkleQuery,
+    ) -> Result<Vec<(usize, Hash)>, TransportError>;
+    /// Asks the peer to remove `key` if its state is only tombstones and its digest is
+    /// still `digest`; returns whether it did.
+    async fn purge_tombstone(
+        &self,
+        to: &str,
+        key: &[u8],
+        digest: Hash,
+    ) -> Result<bool, TransportError>;
 }
 
 /// What a node serves to its peers: the receiving end of [`Transport`].
@@ -231,4 +265,12 @@ pub trait ReplicaHandler: Send + Sync + 'static {
     /// Serves [`Transport::merge_batch`]. The batch arrives with at most
     /// [`MAX_BATCH_ENTRIES`] entries.
     async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError>;
+    /// Serves [`Transport::merkle_hashes`]: one hash per requested index, in request
+    /// order. The query arrives with `level <= depth <= MAX_DEPTH`, at most
+    /// [`MAX_MERKLE_INDICES`] indices, each below `2^level`.
+    ///
+    /// [`MAX_DEPTH`]: crate::merkle::MAX_DEPTH
+    async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError>;
+    /// Serves [`Transport::purge_tombstone`].
+    async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError>;
 }

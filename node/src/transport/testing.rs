@@ -8,11 +8,12 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    ForwardedPut, MergeBatch, RangeEntry, RangePage, RangeScan, ReplicaError, ReplicaHandler,
-    ReplicaWrite,
+    ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
+    ReplicaHandler, ReplicaWrite,
 };
 use crate::NodeId;
 use crate::membership::MemberTable;
+use crate::merkle::{Hash, MerkleTree};
 use crate::ring::Token;
 use crate::time::Millis;
 use crate::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
@@ -188,6 +189,34 @@ impl ReplicaHandler for TestReplica {
         }
         Ok(())
     }
+
+    /// Builds the tree of the asked shape from the data on every call.
+    async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
+        let state = self.serve()?;
+        let entries = state
+            .data
+            .iter()
+            .filter(|(key, data)| query.range.contains(Token::of(key)) && !data.is_empty())
+            .map(|(key, data)| (key.clone(), data.digest()));
+        let tree = MerkleTree::from_entries(query.range, query.depth, entries)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        let hashes = tree
+            .hashes_at(query.level, &query.indices)
+            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        Ok(hashes.into_iter().map(|(_, hash)| hash).collect())
+    }
+
+    async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError> {
+        let mut state = self.serve()?;
+        let matches = state
+            .data
+            .get(&key)
+            .is_some_and(|data| data.tombstone_only() && data.digest() == digest);
+        if matches {
+            state.data.remove(&key);
+        }
+        Ok(matches)
+    }
 }
 
 /// A peer that accepts every call and never answers (a hung or stopped process).
@@ -217,6 +246,14 @@ impl ReplicaHandler for NeverAnswers {
     }
 
     async fn merge_batch(&self, _batch: MergeBatch) -> Result<(), ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn merkle_hashes(&self, _query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
+        std::future::pending().await
+    }
+
+    async fn purge_tombstone(&self, _key: Vec<u8>, _digest: Hash) -> Result<bool, ReplicaError> {
         std::future::pending().await
     }
 }

@@ -26,13 +26,14 @@ use dynamo_node::cluster::Clock;
 use dynamo_node::coordinator::CoordinatorError;
 use dynamo_node::history::{History, OpId, Outcome, ReplicaDump, Verdict, check};
 use dynamo_node::membership::MemberTable;
+use dynamo_node::merkle::Hash;
 use dynamo_node::node::{NodeSettings, NodeShared};
 use dynamo_node::quorum::QuorumConfig;
 use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use dynamo_node::time::Millis;
 use dynamo_node::transport::{
-    ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, RangePage, RangeScan, ReplicaWrite,
-    Transport, TransportError,
+    ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, MerkleQuery, RangePage, RangeScan,
+    ReplicaWrite, Transport, TransportError,
 };
 use dynamo_node::version::{SiblingSet, VectorClock};
 use rand::{Rng, SeedableRng};
@@ -228,6 +229,25 @@ impl Transport for LifeTransport {
     async fn merge_batch(&self, to: &str, batch: MergeBatch) -> Result<(), TransportError> {
         self.check(to)?;
         self.inner.merge_batch(to, batch).await
+    }
+
+    async fn merkle_hashes(
+        &self,
+        to: &str,
+        query: MerkleQuery,
+    ) -> Result<Vec<(usize, Hash)>, TransportError> {
+        self.check(to)?;
+        self.inner.merkle_hashes(to, query).await
+    }
+
+    async fn purge_tombstone(
+        &self,
+        to: &str,
+        key: &[u8],
+        digest: Hash,
+    ) -> Result<bool, TransportError> {
+        self.check(to)?;
+        self.inner.purge_tombstone(to, key, digest).await
     }
 }
 

@@ -153,6 +153,12 @@ impl TestNode {
         }
     }
 
+    /// Deletes the node's data dir (a wiped or replaced volume); the node must be stopped.
+    pub fn wipe(&self) {
+        assert!(self.child.is_none(), "wiping a running node's data");
+        std::fs::remove_dir_all(&self.data_dir).expect("removing the data dir");
+    }
+
     /// Starts the node again on the same ports and data dir.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running node");

@@ -1,0 +1,144 @@
+//! Merkle anti-entropy and tombstone purge (Dynamo §4.7): replicas of a key range
+//! compare Merkle trees of their data, repair the keys of the buckets that differ in
+//! both directions, and purge deletes every replica has held for a grace period.
+//!
+//! # The parts
+//!
+//! * [`plan`] (pure): the trees' ranges and shapes derived from the ring, the choice of
+//!   range and peer for a round, per-key reconciliation, the per-round
+//!   [`RepairBudget`], and the purge rules.
+//! * [`TreeSet`]: one [`MerkleTree`](crate::merkle::MerkleTree) per range this node
+//!   replicates, kept current by the [`Store`](crate::store::Store), which reports
+//!   every data change to it ([`StoreObserver`](crate::store::StoreObserver)): coordinator
+//!   writes, replica merges, read repair, hint delivery, transfer and repair batches,
+//!   purges. Trees are built by one local scan when their range appears and are never
+//!   rebuilt per exchange.
+//! * The rounds (`NodeShared::antientropy_round`): every `--anti-entropy-interval`, pick
+//!   one range and one other replica of it, walk the two trees top-down with the
+//!   `MerkleHashes` RPC ([`Exchange`](crate::merkle::Exchange)), then page both sides'
+//!   keys of each differing bucket (`ScanRange`) in ring order, merge what the peer has
+//!   that we lack, and send it (`MergeBatch`) what it lacks. A round stops repairing
+//!   when its budget of keys and bytes is spent; the next round finds the remaining
+//!   buckets again.
+//!
+//! # Tombstone purge
+//!
+//! A delete is a tombstone version (Dynamo §4.4 treats deletes as puts), kept so a
+//! replica that missed the delete cannot bring the old value back. A key's state is
+//! purged when it holds only tombstones, the newest is older than `--tombstone-grace`,
+//! and every replica holds exactly that state: the key's first replica (its
+//! coordinator) reads each other replica's state, asks each to remove the key with a
+//! compare-and-delete on its state digest (`PurgeTombstone`), and removes its own copy
+//! last, so until every peer has dropped the key at least the purger still holds the
+//! tombstone and anti-entropy restores it to any replica that is missing it. A replica
+//! that is down, or holds any other state (an older live value not yet repaired, a
+//! newer write), blocks the purge.
+//!
+//! **Why the grace period.** The check covers the replicas' stored data, not copies in
+//! flight: a hint on a stand-in (Dynamo §4.6) or a range transfer batch can still hold
+//! the older, live value and deliver it after the purge, where no tombstone is left to
+//! supersede it. The grace period must therefore exceed the longest time such a copy
+//! can wait: a node down longer than the grace period should rejoin empty (and be
+//! refilled by anti-entropy) rather than receive its old hints. The default of 24 hours
+//! leaves room for a day-long outage; Cassandra's `gc_grace_seconds` is the same
+//! bargain. Stand-ins also keep hinted writes in their own data after handing them off;
+//! reads that reach such a stand-in while the replicas are down could see an older
+//! value whose tombstone was purged; the same grace period bounds that window.
+
+pub mod plan;
+mod round;
+mod trees;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
+pub use round::RoundReport;
+pub(crate) use round::antientropy_loop;
+pub use trees::{TreeCounts, TreeLookupError, TreeSet};
+
+use crate::ring::TokenRange;
+
+/// Anti-entropy settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AntiEntropyConfig {
+    /// Time between rounds; zero disables anti-entropy (no trees are kept).
+    pub interval: Duration,
+    /// How old a tombstone-only state must be before it may be purged.
+    pub tombstone_grace: Duration,
+    /// The most keys one round repairs (or purges).
+    pub max_keys_per_round: u64,
+    /// The most state bytes one round moves.
+    pub max_bytes_per_round: u64,
+}
+
+/// The default time between rounds.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// The default tombstone grace period (see the [module docs](self)).
+pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default keys repaired per round.
+pub const DEFAULT_MAX_KEYS_PER_ROUND: u64 = 10_000;
+/// The default bytes moved per round.
+pub const DEFAULT_MAX_BYTES_PER_ROUND: u64 = 64 * 1024 * 1024;
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
+            max_keys_per_round: DEFAULT_MAX_KEYS_PER_ROUND,
+            max_bytes_per_round: DEFAULT_MAX_BYTES_PER_ROUND,
+        }
+    }
+}
+
+impl AntiEntropyConfig {
+    /// Whether rounds run (and trees are kept).
+    pub fn enabled(&self) -> bool {
+        !self.interval.is_zero()
+    }
+
+    /// A fresh per-round budget.
+    pub fn round_limit(&self) -> RoundLimit {
+        RoundLimit {
+            keys: self.max_keys_per_round,
+            bytes: self.max_bytes_per_round,
+        }
+    }
+}
+
+/// A node's anti-entropy state: its settings, trees, and where each range's purge scan
+/// stands.
+#[derive(Debug)]
+pub struct AntiEntropy {
+    config: AntiEntropyConfig,
+    trees: Arc<TreeSet>,
+    /// Per range, the last key the purge scan looked at; it resumes after it next
+    /// round. A std mutex, never held across an `.await`.
+    purge_cursors: Mutex<HashMap<TokenRange, Vec<u8>>>,
+}
+
+impl AntiEntropy {
+    /// No trees yet.
+    pub fn new(config: AntiEntropyConfig) -> Self {
+        Self {
+            config,
+            trees: Arc::new(TreeSet::new()),
+            purge_cursors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AntiEntropyConfig {
+        &self.config
+    }
+
+    /// The trees.
+    pub fn trees(&self) -> &Arc<TreeSet> {
+        &self.trees
+    }
+}

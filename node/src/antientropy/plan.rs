@@ -1,0 +1,428 @@
+//! The decisions of anti-entropy, free of I/O: which key ranges get a tree and of what
+//! shape, which range and peer a round exchanges with, how two replicas' states of a
+//! key are reconciled, how much a round may move, and when a tombstone may be purged.
+
+use crate::NodeId;
+use crate::merkle::MAX_DEPTH;
+use crate::ring::{Ring, Token, TokenRange};
+use crate::time::Millis;
+use crate::version::SiblingSet;
+
+/// The depth of a tree covering the whole ring: `2^14` leaf buckets (about 670 KB of
+/// hashes and counts), about 60 keys per bucket at a million keys. Narrower ranges get
+/// proportionally shallower trees, so a node's trees together hold about
+/// `2^14 × (the fraction of the ring it replicates)` buckets however the ring is cut.
+pub const FULL_RING_DEPTH: u8 = 14;
+
+/// The shallowest tree: even a sliver of the ring is split in a few buckets.
+pub const MIN_DEPTH: u8 = 2;
+
+/// One key range this node replicates, on which the replica set is the same for every
+/// key, and the shape of its tree.
+///
+/// Every node derives the specs from the ring alone, so two replicas whose rings agree
+/// hold trees of the same shape for every range they share, and their trees compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeSpec {
+    /// The key range.
+    pub range: TokenRange,
+    /// The tree's depth ([`depth_for`] of the range).
+    pub depth: u8,
+    /// The range's replicas (the first N nodes of its preference list), sorted by id;
+    /// this node among them.
+    pub replicas: Vec<NodeId>,
+}
+
+/// The tree depth for `range`: [`FULL_RING_DEPTH`] for the whole ring, one less for
+/// each halving of the width, never below [`MIN_DEPTH`].
+pub fn depth_for(range: TokenRange) -> u8 {
+    // log2 of the width, rounded up; the full ring is 2^128 wide.
+    let width_minus_one = range.width_minus_one();
+    let log2_width = if range.is_full() || width_minus_one == u128::MAX {
+        128
+    } else {
+        128 - width_minus_one.leading_zeros()
+    };
+    let shortfall = 128u32.saturating_sub(log2_width);
+    let depth = u32::from(FULL_RING_DEPTH).saturating_sub(shortfall);
+    u8::try_from(depth)
+        .unwrap_or(MAX_DEPTH)
+        .clamp(MIN_DEPTH, FULL_RING_DEPTH)
+}
+
+/// The ranges `me` replicates under `ring` with replication factor `n`: the ring cut at
+/// every virtual node, each piece labelled with its replica set, adjacent pieces with
+/// the same set merged (the last with the first across zero), and the pieces holding
+/// `me` kept. In ring order from the lowest end token.
+pub fn tree_specs(ring: &Ring, me: &NodeId, n: usize) -> Vec<TreeSpec> {
+    let mut pieces: Vec<(TokenRange, Vec<NodeId>)> = Vec::new();
+    for (range, _) in ring.vnodes() {
+        let mut replicas = ring.preference_list(range.end, n);
+        replicas.sort();
+        match pieces.last_mut() {
+            Some((last, set)) if *set == replicas => last.end = range.end,
+            _ => pieces.push((range, replicas)),
+        }
+    }
+    if pieces.len() > 1 && pieces[0].1 == pieces[pieces.len() - 1].1 {
+        let (last, _) = pieces.pop().expect("more than one piece");
+        pieces[0].0.start = last.start;
+    }
+    if let [(range, _)] = pieces.as_mut_slice() {
+        // One replica set everywhere: the whole ring.
+        *range = TokenRange::full();
+    }
+    pieces
+        .into_iter()
+        .filter(|(_, replicas)| replicas.contains(me))
+        .map(|(range, replicas)| TreeSpec {
+            range,
+            depth: depth_for(range),
+            replicas,
+        })
+        .collect()
+}
+
+/// Picks the range and peer of one exchange: among the `ready` specs (trees built) with
+/// at least one `available` other replica, the one `random` points at, and among its
+/// available other replicas, the one `random / count` points at. `None` when no range
+/// has a reachable peer. The shell passes its generator's next value; tests pass fixed
+/// ones.
+pub fn choose_exchange<'a>(
+    ready: &'a [TreeSpec],
+    me: &NodeId,
+    available: impl Fn(&NodeId) -> bool,
+    random: u64,
+) -> Option<(&'a TreeSpec, &'a NodeId)> {
+    let candidates: Vec<(&TreeSpec, Vec<&NodeId>)> = ready
+        .iter()
+        .map(|spec| {
+            let peers = spec
+                .replicas
+                .iter()
+                .filter(|peer| *peer != me && available(peer))
+                .collect::<Vec<_>>();
+            (spec, peers)
+        })
+        .filter(|(_, peers)| !peers.is_empty())
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let count = candidates.len() as u64;
+    let (spec, peers) = &candidates[(random % count) as usize];
+    let peer = peers[((random / count) % peers.len() as u64) as usize];
+    Some((spec, peer))
+}
+
+/// What reconciling one key between this replica (`local`) and a peer (`remote`)
+/// needs; an absent key is the empty state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRepair {
+    /// The peer holds versions we lack: merge its state here.
+    pub pull: bool,
+    /// We hold versions the peer lacks: send it ours.
+    pub push: bool,
+}
+
+/// Compares two replicas' states of a key (Dynamo §4.7: "missing or older versions
+/// pushed both ways"): each side needs the other's state when merging it in would
+/// change its own. Concurrent states need both.
+pub fn key_repair(local: &SiblingSet, remote: &SiblingSet) -> KeyRepair {
+    if local == remote {
+        return KeyRepair {
+            pull: false,
+            push: false,
+        };
+    }
+    let mut merged = local.clone();
+    merged.merge(remote);
+    KeyRepair {
+        pull: merged != *local,
+        push: merged != *remote,
+    }
+}
+
+/// How much repair work a round may still do: the seam where the node's admission
+/// budget (shared with hint delivery and range transfer) plugs in.
+pub trait RepairBudget: Send {
+    /// Takes `keys` keys of `bytes` bytes from the budget; `false` (taking nothing)
+    /// when that would exceed it, and the round stops repairing.
+    fn take(&mut self, keys: u64, bytes: u64) -> bool;
+}
+
+/// A fixed allowance of keys and bytes per round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundLimit {
+    /// Keys the round may still repair.
+    pub keys: u64,
+    /// Bytes (encoded states) the round may still move.
+    pub bytes: u64,
+}
+
+impl RepairBudget for RoundLimit {
+    fn take(&mut self, keys: u64, bytes: u64) -> bool {
+        if keys > self.keys || bytes > self.bytes {
+            return false;
+        }
+        self.keys -= keys;
+        self.bytes -= bytes;
+        true
+    }
+}
+
+/// Whether `state` is a purge candidate at wall time `now`: it holds only tombstones
+/// and the newest is older than `grace`. Whether it may be purged also needs every
+/// replica to hold exactly this state, which only the shell can check.
+pub fn tombstone_expired(state: &SiblingSet, now: Millis, grace: std::time::Duration) -> bool {
+    if !state.tombstone_only() {
+        return false;
+    }
+    let grace = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    state
+        .siblings()
+        .iter()
+        .all(|sibling| sibling.timestamp.0.saturating_add(grace) <= now.0)
+}
+
+/// The node that runs the purge of a key: the first node of its preference list (its
+/// coordinator, Dynamo §4.3), so exactly one replica tries per key.
+pub fn purger(preference_list: &[NodeId]) -> Option<&NodeId> {
+    preference_list.first()
+}
+
+/// The order of `key` in a ring-order scan of `range`: its token's clockwise distance
+/// from the range start, then its bytes, as [`crate::storage::StorageEngine::scan`]
+/// returns keys.
+pub fn ring_position(range: TokenRange, key: &[u8]) -> (u128, &[u8]) {
+    (
+        Token::of(key).0.wrapping_sub(range.start.0).wrapping_sub(1),
+        key,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ring::PartitionStrategy;
+    use crate::version::{Actor, SiblingLimits, Value};
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    fn ring(names: &[&str], strategy: PartitionStrategy) -> Ring {
+        let members: Vec<(NodeId, u32)> = names.iter().map(|n| (id(n), 1)).collect();
+        Ring::build(&members, strategy, 1, None).unwrap()
+    }
+
+    fn put(state: &mut SiblingSet, value: Option<&[u8]>, actor: &str, at: u64) {
+        let context = state.context();
+        state
+            .put(
+                &context,
+                value.map_or(Value::Tombstone, Value::data),
+                &Actor::new(id(actor), 1),
+                Millis(at),
+                &SiblingLimits::default(),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn depth_shrinks_by_one_per_halving() {
+        assert_eq!(depth_for(TokenRange::full()), FULL_RING_DEPTH);
+        let half = TokenRange::new(Token(0), Token(1 << 127));
+        assert_eq!(depth_for(half), FULL_RING_DEPTH - 1);
+        let sixteenth = TokenRange::new(Token(5), Token(5 + (1 << 124)));
+        assert_eq!(depth_for(sixteenth), FULL_RING_DEPTH - 4);
+        assert_eq!(depth_for(TokenRange::new(Token(5), Token(6))), MIN_DEPTH);
+        // Wrapping ranges are measured the same way.
+        let wrapping = TokenRange::new(Token(u128::MAX - (1 << 126) + 1), Token(1 << 126));
+        assert_eq!(depth_for(wrapping), FULL_RING_DEPTH - 1);
+    }
+
+    #[test]
+    fn with_as_many_nodes_as_replicas_one_tree_covers_the_ring() {
+        // Dynamo §4.3: with N nodes and N replicas every node stores every key.
+        let ring = ring(&["a", "b", "c"], PartitionStrategy::default());
+        for me in ["a", "b", "c"] {
+            let specs = tree_specs(&ring, &id(me), 3);
+            assert_eq!(specs.len(), 1);
+            assert_eq!(specs[0].range, TokenRange::full());
+            assert_eq!(specs[0].depth, FULL_RING_DEPTH);
+            assert_eq!(specs[0].replicas, vec![id("a"), id("b"), id("c")]);
+        }
+    }
+
+    #[test]
+    fn replicas_of_a_range_derive_the_same_spec_and_specs_tile_the_ring() {
+        for strategy in [
+            PartitionStrategy::default(),
+            PartitionStrategy::equal_partitions(64).unwrap(),
+        ] {
+            let names = ["a", "b", "c", "d", "e"];
+            let ring = ring(&names, strategy);
+            let all: Vec<Vec<TreeSpec>> =
+                names.iter().map(|n| tree_specs(&ring, &id(n), 3)).collect();
+            for (me, specs) in names.iter().zip(&all) {
+                assert!(!specs.is_empty());
+                for spec in specs {
+                    assert!(spec.replicas.contains(&id(me)));
+                    assert_eq!(spec.replicas.len(), 3);
+                    // Every other replica of the range holds the identical spec.
+                    for peer in &spec.replicas {
+                        let index = names.iter().position(|n| id(n) == *peer).unwrap();
+                        assert!(all[index].contains(spec), "{peer} lacks {spec:?}");
+                    }
+                    // The spec's replica set is the preference list of its keys.
+                    let mut expected = ring.preference_list(spec.range.end, 3);
+                    expected.sort();
+                    assert_eq!(spec.replicas, expected);
+                }
+            }
+            // Each piece of the ring is replicated by exactly three nodes.
+            let fraction: f64 = all.iter().flatten().map(|s| s.range.fraction()).sum();
+            assert!((fraction - 3.0).abs() < 1e-9, "{fraction}");
+        }
+    }
+
+    #[test]
+    fn the_chosen_peer_is_an_available_other_replica() {
+        let spec = |start: u128, names: &[&str]| TreeSpec {
+            range: TokenRange::new(Token(start), Token(start + 10)),
+            depth: MIN_DEPTH,
+            replicas: names.iter().map(|n| id(n)).collect(),
+        };
+        let specs = vec![spec(0, &["a", "b", "c"]), spec(100, &["a", "c", "d"])];
+        let me = id("a");
+        let everyone = |_: &NodeId| true;
+        let mut seen = std::collections::BTreeSet::new();
+        for random in 0..20 {
+            let (chosen, peer) = choose_exchange(&specs, &me, everyone, random).unwrap();
+            assert_ne!(*peer, me);
+            assert!(chosen.replicas.contains(peer));
+            seen.insert((chosen.range.start, peer.clone()));
+        }
+        assert_eq!(seen.len(), 4, "every (range, peer) pair comes up");
+        // Unavailable peers are never chosen; a range without any is skipped.
+        let only_d = |n: &NodeId| *n == id("d");
+        for random in 0..10 {
+            let (chosen, peer) = choose_exchange(&specs, &me, only_d, random).unwrap();
+            assert_eq!((chosen.range.start, peer), (Token(100), &id("d")));
+        }
+        assert_eq!(choose_exchange(&specs, &me, |_| false, 7), None);
+        assert_eq!(choose_exchange(&[], &me, everyone, 7), None);
+    }
+
+    #[test]
+    fn key_repair_moves_only_what_each_side_lacks() {
+        let empty = SiblingSet::new();
+        let mut v1 = SiblingSet::new();
+        put(&mut v1, Some(b"v1"), "x", 1);
+        let mut v2 = v1.clone();
+        put(&mut v2, Some(b"v2"), "x", 2);
+        let mut concurrent = v1.clone();
+        put(&mut concurrent, Some(b"other"), "y", 2);
+        let none = KeyRepair {
+            pull: false,
+            push: false,
+        };
+        assert_eq!(key_repair(&v1, &v1), none);
+        assert_eq!(key_repair(&empty, &empty), none);
+        // Missing here: pull. Missing there: push.
+        assert_eq!(
+            key_repair(&empty, &v1),
+            KeyRepair {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(
+            key_repair(&v1, &empty),
+            KeyRepair {
+                pull: false,
+                push: true
+            }
+        );
+        // Older here: pull the newer version; older there: push ours.
+        assert_eq!(
+            key_repair(&v1, &v2),
+            KeyRepair {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(
+            key_repair(&v2, &v1),
+            KeyRepair {
+                pull: false,
+                push: true
+            }
+        );
+        // Concurrent versions go both ways and end as siblings on both.
+        assert_eq!(
+            key_repair(&v2, &concurrent),
+            KeyRepair {
+                pull: true,
+                push: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_round_limit_refuses_what_would_exceed_it() {
+        let mut limit = RoundLimit {
+            keys: 3,
+            bytes: 100,
+        };
+        assert!(limit.take(1, 60));
+        assert!(!limit.take(1, 41), "bytes would exceed");
+        assert!(limit.take(2, 40));
+        assert!(!limit.take(1, 0), "keys would exceed");
+        assert_eq!(limit, RoundLimit { keys: 0, bytes: 0 });
+    }
+
+    #[test]
+    fn only_old_tombstone_only_states_expire() {
+        let grace = Duration::from_millis(1000);
+        let mut deleted = SiblingSet::new();
+        put(&mut deleted, Some(b"v"), "x", 10);
+        put(&mut deleted, None, "x", 100);
+        assert!(deleted.tombstone_only());
+        assert!(!tombstone_expired(&deleted, Millis(1099), grace));
+        assert!(tombstone_expired(&deleted, Millis(1100), grace));
+        // A live sibling beside the tombstone: never a candidate.
+        let mut mixed = deleted.clone();
+        let mut live = SiblingSet::new();
+        put(&mut live, Some(b"w"), "y", 5);
+        mixed.merge(&live);
+        assert!(!tombstone_expired(&mixed, Millis(1_000_000), grace));
+        // Two concurrent tombstones: the newer one decides.
+        let mut other = SiblingSet::new();
+        put(&mut other, None, "z", 900);
+        let mut both = deleted.clone();
+        both.merge(&other);
+        assert!(!tombstone_expired(&both, Millis(1100), grace));
+        assert!(tombstone_expired(&both, Millis(1900), grace));
+        assert!(!tombstone_expired(
+            &SiblingSet::new(),
+            Millis(u64::MAX),
+            grace
+        ));
+        assert_eq!(purger(&[id("a"), id("b")]), Some(&id("a")));
+        assert_eq!(purger(&[]), None);
+    }
+
+    #[test]
+    fn ring_position_orders_a_wrapping_range_from_its_start() {
+        let key = b"k";
+        let token = Token::of(key);
+        let range = TokenRange::new(Token(token.0.wrapping_sub(1)), token);
+        assert_eq!(ring_position(range, key), (0, &key[..]));
+        let after = TokenRange::new(token, Token(token.0.wrapping_sub(1)));
+        assert_eq!(ring_position(after, key).0, u128::MAX);
+    }
+}

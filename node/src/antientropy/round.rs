@@ -1,0 +1,543 @@
+//! The anti-entropy rounds (I/O shell): tree builds, the exchange with a peer, the
+//! key-by-key repair of differing buckets, and the tombstone purge step.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::plan::{
+    RepairBudget, TreeSpec, choose_exchange, key_repair, purger, ring_position, tombstone_expired,
+    tree_specs,
+};
+use crate::NodeId;
+use crate::node::NodeShared;
+use crate::ring::TokenRange;
+use crate::storage::StorageError;
+use crate::store::{StoreError, state_digest};
+use crate::time::Millis;
+use crate::transport::{
+    MAX_BATCH_ENTRIES, MAX_MERKLE_INDICES, MergeBatch, MerkleQuery, RangeEntry, RangeScan,
+    TransportError,
+};
+use crate::version::SiblingSet;
+
+/// Keys read per page by a tree build.
+const BUILD_PAGE: usize = 256;
+/// Entries per page when comparing a bucket's keys, on either side.
+const REPAIR_PAGE: u32 = 256;
+/// Bytes per page when comparing a bucket's keys.
+const REPAIR_PAGE_BYTES: u32 = 1024 * 1024;
+/// Bytes of states gathered before they are merged or sent.
+const REPAIR_BATCH_BYTES: usize = 1024 * 1024;
+/// Keys the purge step examines per round.
+const PURGE_PAGE: usize = 256;
+
+/// What one round did, for the simulator and tests (the same figures feed `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// The range and peer exchanged with, if any was chosen.
+    pub exchanged: Option<(TokenRange, NodeId)>,
+    /// Whether the exchange failed (peer unreachable, refused, misbehaving).
+    pub failed: bool,
+    /// Leaf buckets whose hashes differed.
+    pub differing_buckets: u64,
+    /// Keys looked at while comparing the differing buckets.
+    pub keys_compared: u64,
+    /// Keys whose state we sent to the peer.
+    pub keys_pushed: u64,
+    /// Keys whose peer state we merged here.
+    pub keys_pulled: u64,
+    /// Whether the round stopped early because its budget ran out.
+    pub budget_exhausted: bool,
+    /// Tombstone-only keys removed from every replica.
+    pub tombstones_purged: u64,
+}
+
+/// A small xorshift generator for choosing ranges and peers: seeded from the
+/// incarnation so nodes do not move in step; no need for cryptographic randomness.
+struct Picker(u64);
+
+impl Picker {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Dynamo §4.7: build the trees, then every interval run one anti-entropy round.
+pub(crate) async fn antientropy_loop(node: Arc<NodeShared>, shutdown: watch::Receiver<bool>) {
+    let interval = node.antientropy.config().interval;
+    if interval.is_zero() {
+        return;
+    }
+    let mut picker = Picker(node.incarnation ^ 0x9e37_79b9_7f4a_7c15);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: build the trees at startup, exchange a period later.
+    ticker.tick().await;
+    node.refresh_trees().await;
+    while !*shutdown.borrow() {
+        ticker.tick().await;
+        let now = node.cluster.clock().wall();
+        node.antientropy_round(picker.next(), now).await;
+    }
+}
+
+/// Repair failed: the peer or our storage.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StorageError> for RoundError {
+    fn from(error: StorageError) -> Self {
+        RoundError::Store(error.into())
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RoundError> + Send + 'static,
+) -> Result<T, RoundError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RoundError::Other(format!("store task failed: {e}")))?
+}
+
+/// One side of a bucket comparison: a buffer of entries in ring order, refilled a page
+/// at a time.
+#[derive(Default)]
+struct Side {
+    buffer: VecDeque<(Vec<u8>, SiblingSet)>,
+    after: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Side {
+    fn absorb(&mut self, entries: Vec<(Vec<u8>, SiblingSet)>, done: bool) {
+        if let Some((last, _)) = entries.last() {
+            self.after = Some(last.clone());
+        }
+        self.done = done || entries.is_empty();
+        self.buffer.extend(entries);
+    }
+}
+
+/// Repairs gathered while comparing, sent in batches.
+#[derive(Default)]
+struct Pending {
+    pulls: Vec<(Vec<u8>, SiblingSet)>,
+    pushes: Vec<RangeEntry>,
+    bytes: usize,
+}
+
+impl NodeShared {
+    /// Brings the trees in line with the current ring: drops trees of ranges this node
+    /// no longer replicates, and builds (by a local scan) those of ranges it newly
+    /// replicates or whose tree drifted. Rounds call it first; the loop also calls it at
+    /// startup.
+    pub async fn refresh_trees(&self) {
+        if !self.antientropy.config().enabled() {
+            return;
+        }
+        let ring = self.cluster.ring();
+        let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
+        let specs = tree_specs(&ring, self.cluster.me(), n);
+        let pending = self.antientropy.trees().reconcile(&specs);
+        self.publish_tree_counts();
+        for range in pending {
+            if let Err(error) = self.build_tree(range).await {
+                tracing::warn!(?range, %error, "building a Merkle tree");
+            }
+        }
+        self.publish_tree_counts();
+    }
+
+    fn publish_tree_counts(&self) {
+        let counts = self.antientropy.trees().counts();
+        self.metrics
+            .set_anti_entropy_trees(counts.ready, counts.building);
+    }
+
+    /// Builds `range`'s tree from one scan of the local data, reading each key under its
+    /// store lock so concurrent writes are counted exactly once (see `TreeSet`).
+    async fn build_tree(&self, range: TokenRange) -> Result<(), RoundError> {
+        let trees = Arc::clone(self.antientropy.trees());
+        let Some(generation) = trees.start_build(range) else {
+            return Ok(());
+        };
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let store = self.store.clone();
+            let page_trees = Arc::clone(&trees);
+            let cursor = after.take();
+            // (last key read, scan finished, build superseded)
+            let (last, done, superseded) = blocking(move || {
+                let page = store.engine().scan(range, cursor.as_deref(), BUILD_PAGE)?;
+                let done = page.len() < BUILD_PAGE;
+                let mut last = None;
+                for (key, _) in page {
+                    let current = store.with_key_locked(&key, || {
+                        let raw = store.engine().get(&key)?;
+                        Ok::<_, StorageError>(page_trees.build_visit(
+                            range,
+                            generation,
+                            &key,
+                            raw.as_deref().map(state_digest),
+                        ))
+                    })?;
+                    if !current {
+                        return Ok((None, true, true));
+                    }
+                    last = Some(key);
+                }
+                Ok((last, done, false))
+            })
+            .await?;
+            if superseded {
+                return Ok(());
+            }
+            if done || last.is_none() {
+                trees.finish_build(range, generation);
+                return Ok(());
+            }
+            after = last;
+        }
+    }
+
+    /// One anti-entropy round (Dynamo §4.7) at wall time `now`: refresh the trees,
+    /// exchange one range's tree with one other replica (`random` picks both; the loop
+    /// passes its generator's next value, a simulator its own), repair the keys of the
+    /// differing buckets both ways within the round's budget, then run the tombstone
+    /// purge step over a page of the same range.
+    pub async fn antientropy_round(&self, random: u64, now: Millis) -> RoundReport {
+        let mut report = RoundReport::default();
+        if !self.antientropy.config().enabled() {
+            return report;
+        }
+        self.refresh_trees().await;
+        let ready = self.antientropy.trees().ready_specs();
+        let me = self.cluster.me();
+        let Some((spec, peer)) =
+            choose_exchange(&ready, me, |node| self.cluster.is_available(node), random)
+        else {
+            return report;
+        };
+        let (spec, peer) = (spec.clone(), peer.clone());
+        report.exchanged = Some((spec.range, peer.clone()));
+        let mut budget = self.antientropy.config().round_limit();
+        if let Err(error) = self
+            .exchange_and_repair(&spec, &peer, &mut budget, &mut report)
+            .await
+        {
+            report.failed = true;
+            tracing::debug!(%peer, range = ?spec.range, %error, "anti-entropy exchange failed");
+        }
+        if let Err(error) = self.purge_step(&spec, now, &mut budget, &mut report).await {
+            tracing::debug!(range = ?spec.range, %error, "tombstone purge step failed");
+        }
+        self.metrics.record_anti_entropy_round(&report);
+        report
+    }
+
+    /// Records a call's outcome with the failure detector and passes it on.
+    fn observed<T>(
+        &self,
+        peer: &NodeId,
+        result: Result<T, TransportError>,
+    ) -> Result<T, TransportError> {
+        match &result {
+            Ok(_) => self.cluster.record_success(peer),
+            Err(error) if error.is_answer() => self.cluster.record_success(peer),
+            Err(_) => self.cluster.record_failure(peer),
+        }
+        result
+    }
+
+    async fn exchange_and_repair(
+        &self,
+        spec: &TreeSpec,
+        peer: &NodeId,
+        budget: &mut dyn RepairBudget,
+        report: &mut RoundReport,
+    ) -> Result<(), RoundError> {
+        let address = self
+            .cluster
+            .address_of(peer)
+            .ok_or_else(|| RoundError::Other(format!("no address for {peer}")))?;
+        let trees = self.antientropy.trees();
+        let (mut exchange, generation) = trees
+            .exchange(spec.range)
+            .ok_or_else(|| RoundError::Other("the tree is no longer ready".into()))?;
+        let buckets = loop {
+            if let Some((level, indices)) = exchange.poll_request() {
+                let mut answer = Vec::with_capacity(indices.len());
+                for chunk in indices.chunks(MAX_MERKLE_INDICES) {
+                    let query = MerkleQuery {
+                        range: spec.range,
+                        depth: spec.depth,
+                        level,
+                        indices: chunk.to_vec(),
+                    };
+                    let hashes =
+                        self.observed(peer, self.transport.merkle_hashes(&address, query).await)?;
+                    answer.extend(hashes);
+                }
+                exchange
+                    .handle_hashes(level, answer)
+                    .map_err(|e| RoundError::Other(format!("peer's hashes: {e}")))?;
+            } else if let Some(buckets) = exchange.poll_result() {
+                break buckets;
+            } else {
+                return Err(RoundError::Other("exchange stalled".into()));
+            }
+        };
+        report.differing_buckets = buckets.len() as u64;
+        let ranges = trees
+            .bucket_ranges(spec.range, generation, &buckets)
+            .ok_or_else(|| RoundError::Other("the tree was replaced".into()))?;
+        for range in ranges {
+            if !self
+                .repair_range(peer, &address, range, budget, report)
+                .await?
+            {
+                report.budget_exhausted = true;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares our keys of `range` with the peer's, in ring order, and repairs each key
+    /// both ways. Returns `false` if the budget ran out first.
+    async fn repair_range(
+        &self,
+        peer: &NodeId,
+        address: &str,
+        range: TokenRange,
+        budget: &mut dyn RepairBudget,
+        report: &mut RoundReport,
+    ) -> Result<bool, RoundError> {
+        let (mut local, mut remote) = (Side::default(), Side::default());
+        let mut pending = Pending::default();
+        loop {
+            if local.buffer.is_empty() && !local.done {
+                let store = self.store.clone();
+                let after = local.after.clone();
+                let page = blocking(move || {
+                    Ok(store.scan(
+                        range,
+                        after.as_deref(),
+                        REPAIR_PAGE as usize,
+                        REPAIR_PAGE_BYTES as usize,
+                    )?)
+                })
+                .await?;
+                local.absorb(page.entries, page.done);
+            }
+            if remote.buffer.is_empty() && !remote.done {
+                let scan = RangeScan {
+                    range,
+                    after: remote.after.clone(),
+                    max_entries: REPAIR_PAGE,
+                    max_bytes: REPAIR_PAGE_BYTES,
+                };
+                let page = self.observed(peer, self.transport.scan_range(address, scan).await)?;
+                let entries = page.entries.into_iter().map(|e| (e.key, e.state)).collect();
+                remote.absorb(entries, page.done);
+            }
+            let order = match (local.buffer.front(), remote.buffer.front()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((ours, _)), Some((theirs, _))) => {
+                    ring_position(range, ours).cmp(&ring_position(range, theirs))
+                }
+            };
+            let empty = SiblingSet::new();
+            let (key, ours, theirs) = match order {
+                std::cmp::Ordering::Less => {
+                    let (key, ours) = local.buffer.pop_front().expect("front checked");
+                    (key, ours, empty)
+                }
+                std::cmp::Ordering::Greater => {
+                    let (key, theirs) = remote.buffer.pop_front().expect("front checked");
+                    (key, empty, theirs)
+                }
+                std::cmp::Ordering::Equal => {
+                    let (key, ours) = local.buffer.pop_front().expect("front checked");
+                    let (_, theirs) = remote.buffer.pop_front().expect("front checked");
+                    (key, ours, theirs)
+                }
+            };
+            report.keys_compared += 1;
+            let repair = key_repair(&ours, &theirs);
+            if !repair.pull && !repair.push {
+                continue;
+            }
+            let mut bytes = 0;
+            if repair.pull {
+                bytes += key.len() + theirs.to_bytes().len();
+            }
+            if repair.push {
+                bytes += key.len() + ours.to_bytes().len();
+            }
+            if !budget.take(1, bytes as u64) {
+                self.flush_repairs(peer, address, &mut pending, report)
+                    .await?;
+                return Ok(false);
+            }
+            pending.bytes += bytes;
+            if repair.pull {
+                pending.pulls.push((key.clone(), theirs));
+            }
+            if repair.push {
+                pending.pushes.push(RangeEntry { key, state: ours });
+            }
+            if pending.bytes >= REPAIR_BATCH_BYTES
+                || pending.pushes.len() >= MAX_BATCH_ENTRIES
+                || pending.pulls.len() >= MAX_BATCH_ENTRIES
+            {
+                self.flush_repairs(peer, address, &mut pending, report)
+                    .await?;
+            }
+        }
+        self.flush_repairs(peer, address, &mut pending, report)
+            .await?;
+        Ok(true)
+    }
+
+    /// Merges the pulled states here and sends the pushed ones to the peer.
+    async fn flush_repairs(
+        &self,
+        peer: &NodeId,
+        address: &str,
+        pending: &mut Pending,
+        report: &mut RoundReport,
+    ) -> Result<(), RoundError> {
+        let pulls = std::mem::take(&mut pending.pulls);
+        let pushes = std::mem::take(&mut pending.pushes);
+        pending.bytes = 0;
+        if !pulls.is_empty() {
+            let count = pulls.len() as u64;
+            let store = self.store.clone();
+            let durability = self.durability;
+            blocking(move || Ok(store.merge_batch(&pulls, durability)?)).await?;
+            report.keys_pulled += count;
+        }
+        if !pushes.is_empty() {
+            let count = pushes.len() as u64;
+            let batch = MergeBatch {
+                entries: pushes,
+                durable: false,
+            };
+            self.observed(peer, self.transport.merge_batch(address, batch).await)?;
+            report.keys_pushed += count;
+        }
+        Ok(())
+    }
+
+    /// Looks at the next page of `spec`'s range for keys this node should purge: those
+    /// it coordinates whose state is only tombstones older than the grace period.
+    async fn purge_step(
+        &self,
+        spec: &TreeSpec,
+        now: Millis,
+        budget: &mut dyn RepairBudget,
+        report: &mut RoundReport,
+    ) -> Result<(), RoundError> {
+        let range = spec.range;
+        let cursor = self
+            .antientropy
+            .purge_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&range);
+        let store = self.store.clone();
+        let page =
+            blocking(move || Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?))
+                .await?;
+        if !page.done {
+            if let Some((last, _)) = page.entries.last() {
+                self.antientropy
+                    .purge_cursors
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(range, last.clone());
+            }
+        }
+        let grace = self.antientropy.config().tombstone_grace;
+        let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
+        let ring = self.cluster.ring();
+        for (key, state) in page.entries {
+            if !tombstone_expired(&state, now, grace) {
+                continue;
+            }
+            let replicas = ring.preference_list_for_key(&key, n);
+            if purger(&replicas) != Some(self.cluster.me()) {
+                continue;
+            }
+            if !budget.take(1, 0) {
+                report.budget_exhausted = true;
+                break;
+            }
+            match self.purge_key(&key, &state, &replicas).await {
+                Ok(true) => report.tombstones_purged += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(key = ?String::from_utf8_lossy(&key), %error, "purge stopped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Purges one key: every other replica must hold exactly `state`; each is asked to
+    /// remove it by compare-and-delete, and only then is our own copy removed. Returns
+    /// whether the key is gone everywhere.
+    async fn purge_key(
+        &self,
+        key: &[u8],
+        state: &SiblingSet,
+        replicas: &[NodeId],
+    ) -> Result<bool, RoundError> {
+        let me = self.cluster.me();
+        let mut peers = Vec::new();
+        for peer in replicas.iter().filter(|node| *node != me) {
+            let address = self
+                .cluster
+                .address_of(peer)
+                .ok_or_else(|| RoundError::Other(format!("no address for {peer}")))?;
+            peers.push((peer, address));
+        }
+        for (peer, address) in &peers {
+            let theirs = self.observed(peer, self.transport.read(address, key).await)?;
+            if theirs != *state {
+                return Ok(false);
+            }
+        }
+        let digest = state.digest();
+        for (peer, address) in &peers {
+            let removed = self.observed(
+                peer,
+                self.transport.purge_tombstone(address, key, digest).await,
+            )?;
+            if !removed {
+                return Ok(false);
+            }
+        }
+        let store = self.store.clone();
+        let key = key.to_vec();
+        blocking(move || Ok(store.remove_tombstone_if(&key, digest)?)).await
+    }
+}
