@@ -15,6 +15,8 @@
 //! * [`merkle`]: Merkle trees per key range and the stepwise exchange that finds the
 //!   buckets two replicas disagree on (anti-entropy).
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
+//! * [`admission`]: the background work budget that shrinks when foreground latency
+//!   rises (admission control).
 //!
 //! # The driving loop
 //!
@@ -42,6 +44,8 @@
 //! * [`server`]: the `Kv` and `Admin` gRPC services, and the HTTP API
 //!   ([`server::http`]): key-value routes, `/metrics`, health, readiness and a ring
 //!   status page.
+//! * [`background`]: the node's shared background budget over [`admission`]: hinted
+//!   handoff (and range transfer, anti-entropy) take their work from it.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery).
@@ -49,6 +53,8 @@
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
 
+pub mod admission;
+pub mod background;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;

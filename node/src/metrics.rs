@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::NodeId;
+use crate::admission::WorkKind;
 use crate::coordinator::CoordinatorError;
 use crate::membership::{MemberState, MemberTable};
 use crate::transport::ReplicaError;
@@ -142,6 +143,11 @@ struct StateLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
 }
@@ -149,6 +155,10 @@ struct NodeLabel {
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_SECONDS)
 }
+
+/// Receives the latency of every foreground request (see
+/// [`Metrics::set_foreground_observer`]).
+pub type ForegroundObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 /// The node's metrics; cheap to clone (every clone shares one registry).
 ///
@@ -169,6 +179,12 @@ struct Inner {
     members: Family<StateLabel, Gauge>,
     ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     keys: Gauge,
+    background_budget: Gauge,
+    background_granted: Family<KindLabel, Counter>,
+    foreground_p99: Gauge<f64, AtomicU64>,
+    /// Told every foreground latency [`Metrics::observe`] records (the node's
+    /// background budget); set once.
+    foreground_observer: OnceLock<ForegroundObserver>,
     /// Held while a labelled gauge family is replaced (cleared, then refilled) and while
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
@@ -228,6 +244,30 @@ impl Metrics {
             "Keys stored on this node (approximate)",
             keys.clone(),
         );
+        let background_budget = Gauge::default();
+        registry.register(
+            "dynamo_background_budget",
+            "Background work units (hints delivered, ...) allowed per interval",
+            background_budget.clone(),
+        );
+        let background_granted = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "dynamo_background_granted",
+            "Background work units granted, by kind of work",
+            background_granted.clone(),
+        );
+        for kind in WorkKind::ALL {
+            // Every kind shows from the start, so a rate over it is never missing.
+            let _ = background_granted.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        let foreground_p99 = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "dynamo_foreground_latency_p99_seconds",
+            "p99 of client request latency over the admission window, which the background budget reacts to (0 without requests)",
+            foreground_p99.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -237,6 +277,10 @@ impl Metrics {
                 members,
                 ownership,
                 keys,
+                background_budget,
+                background_granted,
+                foreground_p99,
+                foreground_observer: OnceLock::new(),
                 refresh: Mutex::new(()),
             }),
         }
@@ -247,8 +291,40 @@ impl Metrics {
         self.inner.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Has `observer` told the latency of every foreground request [`observe`](Self::observe)
+    /// records from now on, except refused ones ([`Outcome::Invalid`]), which say
+    /// nothing about how loaded the node is. Only the first observer set is kept; the
+    /// rest are dropped and `false` returned.
+    pub fn set_foreground_observer(&self, observer: ForegroundObserver) -> bool {
+        self.inner.foreground_observer.set(observer).is_ok()
+    }
+
+    /// Shows the background budget (units per interval) and the foreground p99 it
+    /// reacts to (`None`, shown as 0: no requests in the window).
+    pub fn set_background(&self, budget: u64, foreground_p99: Option<Duration>) {
+        self.inner.background_budget.set(saturating_i64(budget));
+        self.inner
+            .foreground_p99
+            .set(foreground_p99.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// Counts `units` of background work granted to `kind`.
+    pub fn count_background_granted(&self, kind: WorkKind, units: u64) {
+        self.inner
+            .background_granted
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc_by(units);
+    }
+
     /// Records one client request: counts it and adds its latency.
     pub fn observe(&self, api: Api, op: Op, outcome: Outcome, duration: Duration) {
+        if outcome != Outcome::Invalid {
+            if let Some(observer) = self.inner.foreground_observer.get() {
+                observer(duration);
+            }
+        }
         self.inner
             .requests
             .get_or_create(&RequestLabels { api, op, outcome })

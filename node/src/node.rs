@@ -19,6 +19,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
+use crate::admission::AdmissionConfig;
+use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
@@ -81,6 +83,9 @@ pub struct NodeShared {
     pub(crate) advertise: String,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
+    /// The budget hinted handoff, range transfer and anti-entropy draw from; fed the
+    /// foreground latencies `metrics` observes.
+    pub(crate) background: Arc<BackgroundBudget>,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -356,6 +361,8 @@ pub struct NodeSettings {
     pub seeds: Vec<String>,
     /// Failure detector thresholds.
     pub detector: DetectorConfig,
+    /// The background work budget (admission control).
+    pub admission: AdmissionConfig,
 }
 
 impl NodeSettings {
@@ -374,6 +381,7 @@ impl NodeSettings {
             sibling_limits: SiblingLimits::default(),
             seeds: Vec::new(),
             detector: DetectorConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 
@@ -408,6 +416,7 @@ impl NodeSettings {
             sibling_limits,
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
+            admission: config.admission(),
         })
     }
 }
@@ -468,6 +477,8 @@ impl NodeShared {
             Arc::clone(&cluster),
             Arc::clone(&transport),
         );
+        let metrics = Metrics::new();
+        let background = BackgroundBudget::new(settings.admission, metrics.clone());
         Ok(Arc::new(NodeShared {
             cluster,
             store,
@@ -479,7 +490,8 @@ impl NodeShared {
             strategy: settings.strategy,
             seeds: settings.seeds,
             advertise,
-            metrics: Metrics::new(),
+            metrics,
+            background,
         }))
     }
 
@@ -496,6 +508,17 @@ impl NodeShared {
     /// The node's store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The node's background work budget: background work takes its units here
+    /// before doing them (see [`BackgroundBudget::take`]).
+    pub fn background(&self) -> &Arc<BackgroundBudget> {
+        &self.background
+    }
+
+    /// The node's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// What this node serves to its peers.

@@ -59,8 +59,12 @@ impl kv_server::Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
-        let context = decode_context(&request.context)?;
-        let new_context = self
+        let started = Instant::now();
+        let context = decode_context(&request.context).inspect_err(|_| {
+            self.metrics
+                .observe(Api::Grpc, Op::Put, Outcome::Invalid, started.elapsed());
+        })?;
+        let result = self
             .coordinator
             .put(
                 &request.key,
@@ -68,8 +72,10 @@ impl kv_server::Kv for KvService {
                 Some(request.value.to_vec()),
                 request.w,
             )
-            .await
-            .map_err(|e| coordinator_status(&e))?;
+            .await;
+        // Every client put counts, and its latency steers the background budget.
+        self.observe(Op::Put, started, &result);
+        let new_context = result.map_err(|e| coordinator_status(&e))?;
         Ok(Response::new(PutResponse {
             context: context::encode(&new_context).into(),
         }))
