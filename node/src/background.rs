@@ -130,12 +130,21 @@ mod tests {
     #[test]
     fn grants_are_counted_by_kind_and_the_budget_is_shown() {
         let metrics = Metrics::new();
-        let config =
-            AdmissionConfig::new(Duration::from_millis(50), Duration::from_secs(3600), Duration::from_secs(3600), 2, 7)
-                .unwrap();
+        let config = AdmissionConfig::new(
+            Duration::from_millis(50),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            2,
+            7,
+        )
+        .unwrap();
         let budget = BackgroundBudget::new(config, metrics.clone());
         assert_eq!(budget.take(WorkKind::Handoff, 5), 5);
-        assert_eq!(budget.take(WorkKind::Transfer, 5), 2, "one budget for all kinds");
+        assert_eq!(
+            budget.take(WorkKind::Transfer, 5),
+            2,
+            "one budget for all kinds"
+        );
         assert_eq!(budget.take(WorkKind::AntiEntropy, 5), 0);
         let text = metrics.encode();
         assert_eq!(sample(&text, "dynamo_background_budget"), Some("7"));
@@ -148,7 +157,10 @@ mod tests {
             Some("2")
         );
         assert_eq!(
-            sample(&text, r#"dynamo_background_granted_total{kind="anti_entropy"}"#),
+            sample(
+                &text,
+                r#"dynamo_background_granted_total{kind="anti_entropy"}"#
+            ),
             Some("0")
         );
     }
@@ -158,7 +170,12 @@ mod tests {
         let metrics = Metrics::new();
         let budget = BackgroundBudget::new(AdmissionConfig::default(), metrics.clone());
         metrics.observe(Api::Grpc, Op::Put, Outcome::Ok, Duration::from_millis(3));
-        metrics.observe(Api::Http, Op::Get, Outcome::NotFound, Duration::from_millis(3));
+        metrics.observe(
+            Api::Http,
+            Op::Get,
+            Outcome::NotFound,
+            Duration::from_millis(3),
+        );
         // Refused requests say nothing about how loaded the node is.
         metrics.observe(Api::Http, Op::Get, Outcome::Invalid, Duration::from_secs(1));
         let controller = budget.lock();
@@ -168,7 +185,10 @@ mod tests {
     #[test]
     fn a_dropped_budget_stops_observing() {
         let metrics = Metrics::new();
-        drop(BackgroundBudget::new(AdmissionConfig::default(), metrics.clone()));
+        drop(BackgroundBudget::new(
+            AdmissionConfig::default(),
+            metrics.clone(),
+        ));
         // The observer holds the budget weakly: nothing to feed, nothing panics.
         metrics.observe(Api::Grpc, Op::Get, Outcome::Ok, Duration::from_millis(1));
     }

@@ -81,10 +81,9 @@ async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, Strin
         .hints_for(home, None, HANDOFF_BATCH)
         .map_err(|e| e.to_string())?;
     let wanted = hints.len();
-    let granted = node.background.take(
-        WorkKind::Handoff,
-        u64::try_from(wanted).unwrap_or(u64::MAX),
-    );
+    let granted = node
+        .background
+        .take(WorkKind::Handoff, u64::try_from(wanted).unwrap_or(u64::MAX));
     let granted = usize::try_from(granted).unwrap_or(usize::MAX);
     let outcome = if granted < wanted {
         Budget::Spent

@@ -432,15 +432,47 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_registry_shows_only_the_unlabelled_gauge() {
-        // Labelled families appear with their first series.
+    fn a_fresh_registry_shows_only_the_unlabelled_series() {
+        // Labelled families appear with their first series; the background grants
+        // start with every kind at zero.
         let text = Metrics::new().encode();
+        // Series within a family come in hash order.
+        let mut series: Vec<&str> = text.lines().filter(|line| !line.starts_with('#')).collect();
+        series.sort_unstable();
         assert_eq!(
-            text,
-            "# HELP dynamo_keys Keys stored on this node (approximate).\n\
-             # TYPE dynamo_keys gauge\n\
-             dynamo_keys 0\n\
-             # EOF\n"
+            series,
+            [
+                "dynamo_background_budget 0",
+                r#"dynamo_background_granted_total{kind="anti_entropy"} 0"#,
+                r#"dynamo_background_granted_total{kind="handoff"} 0"#,
+                r#"dynamo_background_granted_total{kind="transfer"} 0"#,
+                "dynamo_foreground_latency_p99_seconds 0.0",
+                "dynamo_keys 0",
+            ]
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn background_budget_and_foreground_p99_are_shown() {
+        let metrics = Metrics::new();
+        metrics.set_background(250, Some(Duration::from_millis(120)));
+        metrics.count_background_granted(WorkKind::Transfer, 7);
+        metrics.count_background_granted(WorkKind::Transfer, 3);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "dynamo_background_budget"), Some("250"));
+        assert_eq!(
+            sample(&text, "dynamo_foreground_latency_p99_seconds"),
+            Some("0.12")
+        );
+        assert_eq!(
+            sample(&text, r#"dynamo_background_granted_total{kind="transfer"}"#),
+            Some("10")
+        );
+        metrics.set_background(10, None);
+        assert_eq!(
+            sample(&metrics.encode(), "dynamo_foreground_latency_p99_seconds"),
+            Some("0.0")
         );
     }
 

@@ -1116,7 +1116,10 @@ mod tests {
         assert_eq!(admission.latency_target(), Duration::from_millis(20));
         assert_eq!(admission.window(), Duration::from_secs(4));
         assert_eq!(
-            build("background-budget: 3\n").unwrap().admission().min_budget(),
+            build("background-budget: 3\n")
+                .unwrap()
+                .admission()
+                .min_budget(),
             3
         );
         for (yaml, message) in [

@@ -270,7 +270,9 @@ impl RawConfig {
             max_value_bytes: self.max_value_bytes.or(fallback.max_value_bytes),
             max_siblings: self.max_siblings.or(fallback.max_siblings),
             background_budget: self.background_budget.or(fallback.background_budget),
-            background_budget_min: self.background_budget_min.or(fallback.background_budget_min),
+            background_budget_min: self
+                .background_budget_min
+                .or(fallback.background_budget_min),
             background_interval_ms: self
                 .background_interval_ms
                 .or(fallback.background_interval_ms),
