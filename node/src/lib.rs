@@ -59,6 +59,8 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 mod gossip;
 mod handoff;
 pub mod membership;

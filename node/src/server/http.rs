@@ -183,6 +183,35 @@ fn context_of(headers: &HeaderMap) -> Result<VectorClock, ApiError> {
     context::decode(&bytes).map_err(|e| ApiError::invalid(format!("bad context: {e}")))
 }
 
+/// Parses what the kv routes take from a request's head before the coordinator sees
+/// it (the key, the context, the quorum overrides), checking that what parses
+/// round-trips: for the fuzz targets and the hostile-input proptests.
+///
+/// # Panics
+/// When a parsed key or context does not survive being encoded again (a bug).
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_request_head(uri: &Uri, headers: &HeaderMap) {
+    use percent_encoding::{NON_ALPHANUMERIC, percent_encode};
+    let key = key_of(uri);
+    let encoded: String = percent_encode(&key, NON_ALPHANUMERIC).collect();
+    let again: Uri = format!("{KV_PREFIX}{encoded}")
+        .parse()
+        .expect("a percent-encoded key is a valid path");
+    assert_eq!(key_of(&again), key, "key survives percent-encoding");
+    let _ = Query::<QuorumParams>::try_from_uri(uri).map(|Query(params)| (params.r, params.w));
+    if let Ok(clock) = context_of(headers) {
+        let (name, value) = context_header(&clock);
+        let mut echoed = HeaderMap::new();
+        echoed.insert(name, value);
+        let back = context_of(&echoed).expect("an echoed context parses");
+        assert_eq!(
+            back.compare(&clock),
+            crate::version::Causality::Equal,
+            "context survives the header"
+        );
+    }
+}
+
 fn context_header(clock: &VectorClock) -> (HeaderName, HeaderValue) {
     let encoded = BASE64.encode(context::encode(clock));
     // Base64 is always a valid header value.
