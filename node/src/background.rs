@@ -100,6 +100,15 @@ impl BackgroundBudget {
         self.publish(&controller);
     }
 
+    /// Rolls the interval if it ended and refreshes the gauges, so `/metrics` follows
+    /// the budget while no background work asks and no request arrives.
+    pub fn refresh(&self) {
+        let now = self.clock.monotonic();
+        let mut controller = self.lock();
+        controller.handle_timeout(now);
+        self.publish(&controller);
+    }
+
     /// Units per interval now.
     pub fn budget(&self) -> u64 {
         self.lock().budget()

@@ -839,7 +839,8 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 }
 
 impl NodeShared {
-    /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys).
+    /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys, the
+    /// background budget).
     pub(crate) fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
         self.metrics
             .set_hint_backlogs(hint_targets.iter().map(|(node, keys)| (node, *keys)));
@@ -847,5 +848,6 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+        self.background.refresh();
     }
 }
