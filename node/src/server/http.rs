@@ -172,11 +172,22 @@ fn key_of(uri: &Uri) -> Vec<u8> {
     percent_decode_str(encoded).collect()
 }
 
+/// The longest context header: the base64 form of the largest context.
+const MAX_CONTEXT_HEADER_LEN: usize = context::MAX_CONTEXT_BYTES.div_ceil(3) * 4;
+
 /// The client's context: absent or empty means a blind write (the empty clock).
 fn context_of(headers: &HeaderMap) -> Result<VectorClock, ApiError> {
     let Some(value) = headers.get(&CONTEXT_HEADER) else {
         return Ok(VectorClock::new());
     };
+    // Refused before decoding: no base64 work or buffer for a header that cannot hold
+    // a valid context.
+    if value.len() > MAX_CONTEXT_HEADER_LEN {
+        return Err(ApiError::invalid(format!(
+            "context header is {} bytes, the limit is {MAX_CONTEXT_HEADER_LEN}",
+            value.len()
+        )));
+    }
     let bytes = BASE64
         .decode(value.as_bytes())
         .map_err(|e| ApiError::invalid(format!("context is not base64: {e}")))?;
@@ -766,6 +777,23 @@ mod tests {
         let bad_bytes = BASE64.encode([9u8, 1, 2]);
         let rejected = send(&app, "DELETE", "/v1/kv/k", Some(&bad_bytes), Body::empty()).await;
         assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
+        // A header longer than any context's base64 form is refused by its length.
+        let oversized = "A".repeat(MAX_CONTEXT_HEADER_LEN + 4);
+        let too_long = put(&app, "/v1/kv/k", Some(&oversized), "v").await;
+        assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
+        assert!(
+            too_long.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("context header is"),
+            "{:?}",
+            too_long.json()
+        );
+        // The largest context's header still fits.
+        assert_eq!(
+            MAX_CONTEXT_HEADER_LEN,
+            BASE64.encode(vec![0u8; context::MAX_CONTEXT_BYTES]).len()
+        );
         assert_eq!(get(&app, "/v1/kv/k").await.status, StatusCode::NOT_FOUND);
     }
 
