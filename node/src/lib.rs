@@ -15,6 +15,8 @@
 //! * [`merkle`]: Merkle trees per key range and the stepwise exchange that finds the
 //!   buckets two replicas disagree on (anti-entropy).
 //! * [`membership`]: the member table and its gossip merge, seeds, failure detection.
+//! * [`admission`]: the background work budget that shrinks when foreground latency
+//!   rises (admission control).
 //!
 //! # The driving loop
 //!
@@ -47,6 +49,8 @@
 //! * [`antientropy`]: Merkle trees kept per replicated range, the rounds that compare
 //!   them with other replicas and repair the differing keys both ways, and tombstone
 //!   purge.
+//! * [`background`]: the node's shared background budget over [`admission`]: hinted
+//!   handoff (and range transfer, anti-entropy) take their work from it.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
 //! * [`transfer`]: range transfer on join and leave (Dynamo §4.9): the settled and
 //!   target rings, the copy plan, resumable throttled rounds.
@@ -58,12 +62,16 @@
 //!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
 //!   a YCSB-style load generator.
 
+pub mod admission;
 pub mod antientropy;
+pub mod background;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 mod gossip;
 mod handoff;
 pub mod history;

@@ -19,7 +19,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
+use crate::admission::AdmissionConfig;
 use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
+use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
@@ -97,6 +99,9 @@ pub struct NodeShared {
     /// Merkle trees and anti-entropy settings (Dynamo §4.7); the store reports every
     /// data change to its trees.
     pub(crate) antientropy: Arc<AntiEntropy>,
+    /// The budget hinted handoff, range transfer and anti-entropy draw from; fed the
+    /// foreground latencies `metrics` observes.
+    pub(crate) background: Arc<BackgroundBudget>,
 }
 
 impl std::fmt::Debug for NodeShared {
@@ -479,6 +484,8 @@ pub struct NodeSettings {
     pub client_advertise: Option<String>,
     /// Anti-entropy rounds and tombstone purge.
     pub anti_entropy: AntiEntropyConfig,
+    /// The background work budget (admission control).
+    pub admission: AdmissionConfig,
 }
 
 impl NodeSettings {
@@ -501,6 +508,7 @@ impl NodeSettings {
             transfer: TransferSettings::default(),
             client_advertise: None,
             anti_entropy: AntiEntropyConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 
@@ -546,6 +554,7 @@ impl NodeSettings {
             // Needs the bound client address: `Node::start` fills it in.
             client_advertise: config.advertise_client().map(str::to_owned),
             anti_entropy: config.anti_entropy(),
+            admission: config.admission(),
         })
     }
 }
@@ -621,6 +630,7 @@ impl NodeShared {
             Arc::clone(&cluster),
             Arc::clone(&transport),
         );
+        let background = BackgroundBudget::new(settings.admission, metrics.clone());
         Ok(Arc::new(NodeShared {
             cluster,
             store,
@@ -636,6 +646,7 @@ impl NodeShared {
             metrics,
             transfer: TransferShared::new(settings.transfer),
             antientropy,
+            background,
         }))
     }
 
@@ -652,6 +663,17 @@ impl NodeShared {
     /// The node's store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The node's background work budget: background work takes its units here
+    /// before doing them (see [`BackgroundBudget::take`]).
+    pub fn background(&self) -> &Arc<BackgroundBudget> {
+        &self.background
+    }
+
+    /// The node's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// What this node serves to its peers.
@@ -1009,7 +1031,8 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 }
 
 impl NodeShared {
-    /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys).
+    /// Updates the gauges `/metrics` shows (hint backlog, members, ownership, keys, the
+    /// background budget).
     pub(crate) fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
         self.metrics
             .set_hint_backlogs(hint_targets.iter().map(|(node, keys)| (node, *keys)));
@@ -1017,6 +1040,7 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+        self.background.refresh();
     }
 }
 
@@ -1024,11 +1048,6 @@ impl NodeShared {
     /// The node's anti-entropy state: settings and Merkle trees.
     pub fn antientropy(&self) -> &Arc<AntiEntropy> {
         &self.antientropy
-    }
-
-    /// The node's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 }
 

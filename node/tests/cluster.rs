@@ -275,6 +275,13 @@ async fn bad_inputs_get_invalid_argument_with_a_message() {
         "oversized value",
         "limit is 1048576",
     );
+    // Far over the value limit: refused by the gRPC layer from the message's length
+    // prefix, before the message is read.
+    let refused = kv
+        .put(put_req(b"k".to_vec(), vec![0; 2 * 1024 * 1024], Vec::new()))
+        .await
+        .expect_err("a 2 MiB put was accepted");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
     expect_invalid(
         kv.put(put_req(b"k".to_vec(), b"v".to_vec(), b"garbage".to_vec()))
             .await
@@ -529,7 +536,20 @@ async fn tls_node_serves_https_on_the_http_listener() {
 /// and the status page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_serves_kv_metrics_probes_and_the_ring_page() {
-    let cluster = TestCluster::start(3, &["--http-listen", "127.0.0.1:0"]).await;
+    let cluster = TestCluster::start(
+        3,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--background-budget",
+            "500",
+            // Far above any request's latency (bounded by the 2 s request timeout), so
+            // the budget stays where it was configured.
+            "--background-latency-target-ms",
+            "60000",
+        ],
+    )
+    .await;
     let a = cluster.nodes[0]
         .http
         .expect("node 1 announced its HTTP port");
@@ -600,6 +620,16 @@ async fn http_api_serves_kv_metrics_probes_and_the_ring_page() {
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(
         text.contains("dynamo_requests_total{api=\"http\",op=\"put\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    // Admission control: the configured budget, grants by kind, the p99 it follows.
+    assert!(text.contains("\ndynamo_background_budget 500\n"), "{text}");
+    assert!(
+        text.contains("dynamo_background_granted_total{kind=\"handoff\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ndynamo_foreground_latency_p99_seconds "),
         "{text}"
     );
     let page = support::http(a, "GET", "/", &[], b"").await;

@@ -50,6 +50,7 @@ pub use raw::{
 };
 
 use crate::NodeId;
+use crate::admission::{AdmissionConfig, AdmissionConfigError};
 use crate::membership::{MAX_WEIGHT, check_address};
 use crate::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
 use crate::storage::{Durability, SledConfig, SledConfigError};
@@ -106,6 +107,10 @@ pub const MAX_SIBLINGS_LIMIT: u32 = 10_000;
 pub const DEFAULT_ANTI_ENTROPY_MAX_KEYS: u32 = 10_000;
 /// Default state bytes one anti-entropy round moves (64 MiB).
 pub const DEFAULT_ANTI_ENTROPY_MAX_BYTES: u32 = 64 * 1024 * 1024;
+/// The largest accepted `background-budget` and `background-budget-min`.
+pub const MAX_BACKGROUND_BUDGET: u32 = 1_000_000_000;
+/// The longest accepted background interval, latency target or window, in ms (1 h).
+pub const MAX_BACKGROUND_MS: u32 = 3_600_000;
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";
 
@@ -222,6 +227,10 @@ pub enum ConfigError {
         /// The key.
         key: &'static str,
     },
+    /// The background budget settings do not fit together (minimum above maximum,
+    /// window shorter than the interval).
+    #[error("background settings: {0}")]
+    Background(AdmissionConfigError),
     /// Two listeners would bind the same port on overlapping addresses.
     #[error("{first} ({first_addr}) and {second} ({second_addr}) use the same port")]
     SamePort {
@@ -327,6 +336,7 @@ pub struct NodeConfig {
     max_key_bytes: u32,
     max_value_bytes: u32,
     max_siblings: u32,
+    admission: AdmissionConfig,
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
     log: String,
@@ -489,6 +499,11 @@ impl NodeConfig {
         }
     }
 
+    /// The background work budget (admission control).
+    pub fn admission(&self) -> AdmissionConfig {
+        self.admission
+    }
+
     /// The token the Admin API requires, if any.
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.admin_token.as_ref()
@@ -548,6 +563,11 @@ impl NodeConfig {
             max_key_bytes: Some(self.max_key_bytes),
             max_value_bytes: Some(self.max_value_bytes),
             max_siblings: Some(self.max_siblings),
+            background_budget: Some(to_u32(self.admission.max_budget())),
+            background_budget_min: Some(to_u32(self.admission.min_budget())),
+            background_interval_ms: Some(millis_u32(self.admission.interval())),
+            background_latency_target_ms: Some(millis_u32(self.admission.latency_target())),
+            background_latency_window_ms: Some(millis_u32(self.admission.window())),
             admin_token: self.admin_token.clone(),
             tls_cert: tls.map(|t| t.cert.clone()),
             tls_key: tls.map(|t| t.key.clone()),
@@ -688,6 +708,8 @@ impl TryFrom<RawConfig> for NodeConfig {
         let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
         in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
 
+        let admission = admission(&raw)?;
+
         if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
             return Err(ConfigError::AdminToken { reason });
         }
@@ -744,6 +766,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             max_key_bytes,
             max_value_bytes,
             max_siblings,
+            admission,
             admin_token: raw.admin_token,
             tls,
             log,
@@ -835,6 +858,49 @@ fn partitioning(raw: &RawConfig, weight: u32) -> Result<PartitionStrategy, Confi
             })
         }
     }
+}
+
+/// The background budget settings, each in range, checked together by
+/// [`AdmissionConfig::new`].
+fn admission(raw: &RawConfig) -> Result<AdmissionConfig, ConfigError> {
+    let defaults = AdmissionConfig::default();
+    let max = raw
+        .background_budget
+        .unwrap_or(to_u32(defaults.max_budget()));
+    in_range("background-budget", max, 1, MAX_BACKGROUND_BUDGET)?;
+    let min = raw
+        .background_budget_min
+        .unwrap_or(to_u32(defaults.min_budget()).min(max));
+    in_range("background-budget-min", min, 1, max)?;
+    let millis = |key, value: Option<u32>, default: Duration| {
+        let ms = value.unwrap_or(millis_u32(default));
+        in_range(key, ms, 1, MAX_BACKGROUND_MS).map(|()| Duration::from_millis(u64::from(ms)))
+    };
+    let interval = millis(
+        "background-interval-ms",
+        raw.background_interval_ms,
+        defaults.interval(),
+    )?;
+    let target = millis(
+        "background-latency-target-ms",
+        raw.background_latency_target_ms,
+        defaults.latency_target(),
+    )?;
+    let window = millis(
+        "background-latency-window-ms",
+        raw.background_latency_window_ms,
+        defaults.window(),
+    )?;
+    AdmissionConfig::new(target, window, interval, u64::from(min), u64::from(max))
+        .map_err(ConfigError::Background)
+}
+
+fn to_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn millis_u32(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn tls(
@@ -1047,6 +1113,7 @@ mod tests {
         assert_eq!(config.max_key_bytes(), 1024);
         assert_eq!(config.max_value_bytes(), 1 << 20);
         assert_eq!(config.max_siblings(), 100);
+        assert_eq!(config.admission(), AdmissionConfig::default());
         assert!(config.admin_token().is_none());
         assert!(config.tls().is_none());
         assert_eq!(config.log(), "info");
@@ -1268,6 +1335,49 @@ mod tests {
     }
 
     #[test]
+    fn background_budget_settings_are_checked() {
+        let config = build(
+            "background-budget: 50\nbackground-interval-ms: 200\n\
+             background-latency-target-ms: 20\nbackground-latency-window-ms: 4000\n",
+        )
+        .unwrap();
+        let admission = config.admission();
+        assert_eq!(admission.max_budget(), 50);
+        // The default minimum (10) applies, capped by a smaller maximum below.
+        assert_eq!(admission.min_budget(), 10);
+        assert_eq!(admission.interval(), Duration::from_millis(200));
+        assert_eq!(admission.latency_target(), Duration::from_millis(20));
+        assert_eq!(admission.window(), Duration::from_secs(4));
+        assert_eq!(
+            build("background-budget: 3\n")
+                .unwrap()
+                .admission()
+                .min_budget(),
+            3
+        );
+        for (yaml, message) in [
+            (
+                "background-budget: 0\n",
+                "background-budget is 0; allowed are 1..=1000000000",
+            ),
+            (
+                "background-budget: 5\nbackground-budget-min: 6\n",
+                "background-budget-min is 6; allowed are 1..=5",
+            ),
+            (
+                "background-latency-target-ms: 0\n",
+                "background-latency-target-ms is 0; allowed are 1..=3600000",
+            ),
+            (
+                "background-interval-ms: 5000\nbackground-latency-window-ms: 1000\n",
+                "background settings: latency window (1s) must be at least one interval (5s)",
+            ),
+        ] {
+            assert_eq!(build(yaml).unwrap_err().to_string(), message, "{yaml}");
+        }
+    }
+
+    #[test]
     fn admin_token_never_shows_in_debug_or_yaml() {
         let config = build("admin-token: hunter2-token").unwrap();
         let debug = format!("{config:?}");
@@ -1331,6 +1441,13 @@ mod tests {
                 1u32..=MAX_SIBLINGS_LIMIT,
             ),
             (any::<bool>(), any::<bool>(), "[a-z_=,]{1,20}"),
+            (
+                proptest::option::of(0u32..3000),
+                proptest::option::of(0u32..100),
+                proptest::option::of(0u32..5000),
+                proptest::option::of(0u32..500),
+                proptest::option::of(0u32..20_000),
+            ),
         )
             .prop_map(
                 |(
@@ -1342,6 +1459,7 @@ mod tests {
                     (sled, buffered, flush, timeout, gossip),
                     (key, value, siblings),
                     (tls, ca, log),
+                    (budget, budget_min, interval, target, window),
                 )| {
                     let ms = Duration::from_millis;
                     RawConfig {
@@ -1385,6 +1503,11 @@ mod tests {
                         max_key_bytes: Some(key),
                         max_value_bytes: Some(value),
                         max_siblings: Some(siblings),
+                        background_budget: budget,
+                        background_budget_min: budget_min,
+                        background_interval_ms: interval,
+                        background_latency_target_ms: target,
+                        background_latency_window_ms: window,
                         admin_token: None,
                         tls_cert: tls.then(|| "/c".into()),
                         tls_key: tls.then(|| "/k".into()),

@@ -180,6 +180,33 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_siblings: Option<u32>,
 
+    /// Background work units (hints delivered, ...) allowed per interval at most
+    /// (Dynamo §6.5) [default: 1000].
+    #[arg(long, env = "DYNAMO_BACKGROUND_BUDGET", value_name = "UNITS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_budget: Option<u32>,
+
+    /// Background work units per interval at least, however slow the foreground
+    /// [default: 10].
+    #[arg(long, env = "DYNAMO_BACKGROUND_BUDGET_MIN", value_name = "UNITS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_budget_min: Option<u32>,
+
+    /// How often the background budget refills and adapts, in ms [default: 1000].
+    #[arg(long, env = "DYNAMO_BACKGROUND_INTERVAL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_interval_ms: Option<u32>,
+
+    /// Foreground p99 above which the background budget shrinks, in ms [default: 100].
+    #[arg(long, env = "DYNAMO_BACKGROUND_LATENCY_TARGET_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_latency_target_ms: Option<u32>,
+
+    /// How much foreground history the p99 covers, in ms [default: 10000].
+    #[arg(long, env = "DYNAMO_BACKGROUND_LATENCY_WINDOW_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_latency_window_ms: Option<u32>,
+
     /// Bearer token the Admin API requires [default: none, Admin API open].
     #[arg(long, env = "DYNAMO_ADMIN_TOKEN", value_name = "TOKEN")]
     #[serde(
@@ -302,6 +329,19 @@ impl RawConfig {
             max_key_bytes: self.max_key_bytes.or(fallback.max_key_bytes),
             max_value_bytes: self.max_value_bytes.or(fallback.max_value_bytes),
             max_siblings: self.max_siblings.or(fallback.max_siblings),
+            background_budget: self.background_budget.or(fallback.background_budget),
+            background_budget_min: self
+                .background_budget_min
+                .or(fallback.background_budget_min),
+            background_interval_ms: self
+                .background_interval_ms
+                .or(fallback.background_interval_ms),
+            background_latency_target_ms: self
+                .background_latency_target_ms
+                .or(fallback.background_latency_target_ms),
+            background_latency_window_ms: self
+                .background_latency_window_ms
+                .or(fallback.background_latency_window_ms),
             admin_token: self.admin_token.or(fallback.admin_token),
             tls_cert: self.tls_cert.or(fallback.tls_cert),
             tls_key: self.tls_key.or(fallback.tls_key),

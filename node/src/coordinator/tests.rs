@@ -501,3 +501,102 @@ async fn a_home_replica_refusing_a_forwarded_put_is_reported_not_retried() {
         "a refusal does not count against the replica's health"
     );
 }
+
+#[tokio::test]
+async fn a_tiny_background_budget_spreads_hint_delivery_over_several_rounds() {
+    // Dynamo §6.5: background work (here hinted handoff, §4.6) runs only as far as
+    // the admission budget allows. With 3 units per interval and one unit per hint,
+    // 12 hints cannot go out in one round: each round takes once from the budget, so
+    // it delivers at most 3, and the backlog drains over at least 4 rounds.
+    use crate::admission::AdmissionConfig;
+    use crate::storage::Durability;
+    use crate::version::{Actor, SiblingLimits, Value};
+
+    const BUDGET: u64 = 3;
+    const HINTS: usize = 12;
+    let harness = Harness::build(
+        2,
+        QuorumConfig::new(1, 1, 1).expect("valid quorum"),
+        CALL_TIMEOUT,
+        |settings| {
+            settings.admission = AdmissionConfig::new(
+                Duration::from_millis(100),
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+                BUDGET,
+                BUDGET,
+            )
+            .expect("valid admission config");
+        },
+    );
+    let (stand_in, home) = (id("n1"), id("n2"));
+    let store = harness.node(&stand_in).store();
+    let actor = Actor::new(stand_in.clone(), 1);
+    for i in 0..HINTS {
+        let mut state = SiblingSet::new();
+        state
+            .put(
+                &VectorClock::new(),
+                Value::data(format!("v{i}").into_bytes()),
+                &actor,
+                crate::time::Millis(1),
+                &SiblingLimits::default(),
+            )
+            .expect("a first put");
+        store
+            .add_hint(&home, format!("k{i}").as_bytes(), &state, Durability::Sync)
+            .expect("storing a hint");
+    }
+    let backlog = || {
+        store
+            .hints_for(&home, None, HINTS + 1)
+            .expect("hints")
+            .len()
+    };
+    assert_eq!(backlog(), HINTS);
+
+    let mut delivered_per_round = Vec::new();
+    let start = Instant::now();
+    while backlog() > 0 {
+        assert!(
+            start.elapsed() < SETTLE * 5,
+            "hints still pending after {} rounds: {delivered_per_round:?}",
+            delivered_per_round.len()
+        );
+        let before = backlog();
+        harness.node(&stand_in).handoff_round().await;
+        let delivered = before - backlog();
+        if delivered > 0 {
+            delivered_per_round.push(delivered);
+        }
+        // Rounds within one interval find the budget spent and deliver nothing.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        delivered_per_round
+            .iter()
+            .all(|&n| u64::try_from(n).unwrap() <= BUDGET),
+        "no round delivers more than the budget: {delivered_per_round:?}"
+    );
+    assert!(
+        delivered_per_round.len() >= HINTS / 3,
+        "spread over several rounds: {delivered_per_round:?}"
+    );
+    for i in 0..HINTS {
+        assert_eq!(
+            harness.stored(&home, format!("k{i}").as_bytes()),
+            [format!("v{i}")]
+        );
+    }
+    let metrics = harness.node(&stand_in).metrics().encode();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"dynamo_background_granted_total{kind="handoff"} 12"#),
+        "every hint was granted once:\n{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "dynamo_background_budget 3"),
+        "{metrics}"
+    );
+}

@@ -172,15 +172,55 @@ fn key_of(uri: &Uri) -> Vec<u8> {
     percent_decode_str(encoded).collect()
 }
 
+/// The longest context header: the base64 form of the largest context.
+const MAX_CONTEXT_HEADER_LEN: usize = context::MAX_CONTEXT_BYTES.div_ceil(3) * 4;
+
 /// The client's context: absent or empty means a blind write (the empty clock).
 fn context_of(headers: &HeaderMap) -> Result<VectorClock, ApiError> {
     let Some(value) = headers.get(&CONTEXT_HEADER) else {
         return Ok(VectorClock::new());
     };
+    // Refused before decoding: no base64 work or buffer for a header that cannot hold
+    // a valid context.
+    if value.len() > MAX_CONTEXT_HEADER_LEN {
+        return Err(ApiError::invalid(format!(
+            "context header is {} bytes, the limit is {MAX_CONTEXT_HEADER_LEN}",
+            value.len()
+        )));
+    }
     let bytes = BASE64
         .decode(value.as_bytes())
         .map_err(|e| ApiError::invalid(format!("context is not base64: {e}")))?;
     context::decode(&bytes).map_err(|e| ApiError::invalid(format!("bad context: {e}")))
+}
+
+/// Parses what the kv routes take from a request's head before the coordinator sees
+/// it (the key, the context, the quorum overrides), checking that what parses
+/// round-trips: for the fuzz targets and the hostile-input proptests.
+///
+/// # Panics
+/// When a parsed key or context does not survive being encoded again (a bug).
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_request_head(uri: &Uri, headers: &HeaderMap) {
+    use percent_encoding::{NON_ALPHANUMERIC, percent_encode};
+    let key = key_of(uri);
+    let encoded: String = percent_encode(&key, NON_ALPHANUMERIC).collect();
+    let again: Uri = format!("{KV_PREFIX}{encoded}")
+        .parse()
+        .expect("a percent-encoded key is a valid path");
+    assert_eq!(key_of(&again), key, "key survives percent-encoding");
+    let _ = Query::<QuorumParams>::try_from_uri(uri).map(|Query(params)| (params.r, params.w));
+    if let Ok(clock) = context_of(headers) {
+        let (name, value) = context_header(&clock);
+        let mut echoed = HeaderMap::new();
+        echoed.insert(name, value);
+        let back = context_of(&echoed).expect("an echoed context parses");
+        assert_eq!(
+            back.compare(&clock),
+            crate::version::Causality::Equal,
+            "context survives the header"
+        );
+    }
 }
 
 fn context_header(clock: &VectorClock) -> (HeaderName, HeaderValue) {
@@ -738,6 +778,23 @@ mod tests {
         let bad_bytes = BASE64.encode([9u8, 1, 2]);
         let rejected = send(&app, "DELETE", "/v1/kv/k", Some(&bad_bytes), Body::empty()).await;
         assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
+        // A header longer than any context's base64 form is refused by its length.
+        let oversized = "A".repeat(MAX_CONTEXT_HEADER_LEN + 4);
+        let too_long = put(&app, "/v1/kv/k", Some(&oversized), "v").await;
+        assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
+        assert!(
+            too_long.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("context header is"),
+            "{:?}",
+            too_long.json()
+        );
+        // The largest context's header still fits.
+        assert_eq!(
+            MAX_CONTEXT_HEADER_LEN,
+            BASE64.encode(vec![0u8; context::MAX_CONTEXT_BYTES]).len()
+        );
         assert_eq!(get(&app, "/v1/kv/k").await.status, StatusCode::NOT_FOUND);
     }
 

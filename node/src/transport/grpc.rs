@@ -776,4 +776,127 @@ mod tests {
             SiblingSet::new()
         );
     }
+
+    /// A gRPC request body that announces a message of `len` bytes in its frame header
+    /// and then sends nothing, ever: a server that buffered the announced message
+    /// before checking its size would wait forever.
+    struct AnnouncesOnly {
+        header: Option<Bytes>,
+    }
+
+    impl AnnouncesOnly {
+        fn new(len: usize) -> Self {
+            let mut header = vec![0u8]; // not compressed
+            header.extend(u32::try_from(len).unwrap().to_be_bytes());
+            Self {
+                header: Some(Bytes::from(header)),
+            }
+        }
+    }
+
+    impl http_body::Body for AnnouncesOnly {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            match self.header.take() {
+                Some(header) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(header)))),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_from_its_length_prefix() {
+        use tonic::codegen::http;
+        use tower::ServiceExt as _;
+
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{address}/dynamo.v1.Replica/Write"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(AnnouncesOnly::new(
+                MAX_MESSAGE_BYTES + 1,
+            )))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), channel.oneshot(request))
+            .await
+            .expect("the server answers from the frame header, without the body")
+            .expect("an HTTP response");
+        let status =
+            Status::from_header_map(response.headers()).expect("a trailers-only gRPC status");
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        // Our limit, not tonic's 4 MiB default.
+        assert!(
+            status
+                .message()
+                .contains(&format!("the limit is: {MAX_MESSAGE_BYTES} bytes")),
+            "{status:?}"
+        );
+        // The refusal ends that call only.
+        assert_eq!(
+            transport(Duration::from_secs(5))
+                .read(&address, b"k")
+                .await
+                .unwrap(),
+            SiblingSet::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_reply_is_refused_by_the_caller() {
+        // A peer without our server's encoding limit (a bug or a hostile node) sends a
+        // state larger than MAX_MESSAGE_BYTES: the caller refuses it, it does not
+        // buffer it.
+        let replica = Arc::new(TestReplica::new("server"));
+        let huge = {
+            let mut state = SiblingSet::new();
+            state
+                .put(
+                    &VectorClock::new(),
+                    crate::version::Value::data(vec![7u8; MAX_MESSAGE_BYTES]),
+                    &crate::version::Actor::new(node("server"), 1),
+                    crate::time::Millis(1),
+                    &SiblingLimits::default(),
+                )
+                .unwrap();
+            state
+        };
+        replica
+            .write(ReplicaWrite {
+                key: b"big".to_vec(),
+                state: huge,
+                durable: false,
+                hint_for: None,
+            })
+            .await
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ReplicaServer::new(ReplicaService::new(replica)))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let error = transport(Duration::from_secs(10))
+            .read(&address, b"big")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, TransportError::Unreachable { reason, .. }
+                if reason.contains(&format!("the limit is: {MAX_MESSAGE_BYTES} bytes"))),
+            "{error:?}"
+        );
+    }
 }

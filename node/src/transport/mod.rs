@@ -22,7 +22,7 @@
 
 use async_trait::async_trait;
 
-mod codec;
+pub(crate) mod codec;
 mod grpc;
 mod memory;
 #[cfg(test)]
