@@ -2,6 +2,14 @@
 //! unreachable home node back once that node answers, and deletes each hint only after
 //! the home acknowledged it (compare-and-delete, so a hint updated meanwhile survives).
 //!
+//! A hint whose home has left the cluster for good (`Removed`) can never be delivered
+//! there; dropping it could lose the write, since the stand-in may be the only node
+//! besides the other acknowledging replicas that holds it and is no replica of the key
+//! (so anti-entropy never carries it). Such a hint is *redirected*: its state is
+//! written to every home replica the key has now (the union of the settled and target
+//! preference lists, merged locally where that is this node), and the hint is deleted
+//! once all of them acknowledged.
+//!
 //! Delivery is background work: each hint costs one unit of the node's
 //! [`BackgroundBudget`](crate::background::BackgroundBudget), and a round stops when
 //! the budget refuses, so a large backlog drains over several rounds instead of
@@ -14,7 +22,10 @@ use tokio::sync::watch;
 
 use crate::NodeId;
 use crate::admission::WorkKind;
+use crate::membership::MemberState;
 use crate::node::NodeShared;
+use crate::storage::Durability;
+use crate::store::Hint;
 use crate::transport::{ReplicaWrite, TransportError};
 
 /// Hints delivered per target per handoff round.
@@ -49,11 +60,21 @@ impl NodeShared {
         };
         self.refresh_gauges(&targets);
         for (home, _) in targets {
+            let removed = self
+                .cluster
+                .table()
+                .get(&home)
+                .is_some_and(|m| m.state() == MemberState::Removed);
             // Down homes come back through `probe_round`.
-            if !self.cluster.is_available(&home) {
+            if !removed && !self.cluster.is_available(&home) {
                 continue;
             }
-            match deliver_hints(self, &home).await {
+            let delivered = if removed {
+                redirect_hints(self, &home).await
+            } else {
+                deliver_hints(self, &home).await
+            };
+            match delivered {
                 Ok(Budget::Left) => {}
                 Ok(Budget::Spent) => {
                     tracing::debug!(%home, "background budget spent; handoff resumes next round");
@@ -71,12 +92,10 @@ enum Budget {
     Spent,
 }
 
-async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
-    let address = node
-        .cluster
-        .address_of(home)
-        .ok_or_else(|| format!("no address for {home}"))?;
-    let hints = node
+/// Takes up to one batch of `home`'s hints from the background budget: the hints
+/// granted, and whether the budget covered the whole batch.
+fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget), String> {
+    let mut hints = node
         .store
         .hints_for(home, None, HANDOFF_BATCH)
         .map_err(|e| e.to_string())?;
@@ -90,7 +109,64 @@ async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, Strin
     } else {
         Budget::Left
     };
-    for hint in hints.into_iter().take(granted) {
+    hints.truncate(granted);
+    Ok((hints, outcome))
+}
+
+/// Delivers the hints held for `home`, which has been removed, to each key's current
+/// home replicas instead (see the module docs); a hint is deleted once every one of
+/// them acknowledged, and the batch stops at the first failure (retried next round).
+async fn redirect_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
+    let (hints, outcome) = granted_hints(node, home)?;
+    let n = usize::try_from(node.quorum.n()).unwrap_or(usize::MAX);
+    let me = node.cluster.me().clone();
+    for hint in hints {
+        let write_set = node.cluster.write_set(&hint.key, n);
+        let replicas = &write_set.extended[..write_set.home.min(write_set.extended.len())];
+        if replicas.is_empty() {
+            return Err(format!("no replicas for a hint held for removed {home}"));
+        }
+        for replica in replicas {
+            if *replica == me {
+                node.store
+                    .merge(&hint.key, &hint.state, Durability::Sync)
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+            let address = node
+                .cluster
+                .address_of(replica)
+                .ok_or_else(|| format!("no address for {replica}"))?;
+            let write = ReplicaWrite {
+                key: hint.key.clone(),
+                state: hint.state.clone(),
+                durable: true,
+                hint_for: None,
+            };
+            match node.transport.write(&address, write).await {
+                Ok(()) => node.cluster.record_success(replica),
+                Err(error) => {
+                    if !matches!(error, TransportError::Rejected { .. }) {
+                        node.cluster.record_failure(replica);
+                    }
+                    return Err(format!("redirecting a hint to {replica}: {error}"));
+                }
+            }
+        }
+        node.store
+            .remove_hint(home, &hint)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(outcome)
+}
+
+async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
+    let address = node
+        .cluster
+        .address_of(home)
+        .ok_or_else(|| format!("no address for {home}"))?;
+    let (hints, outcome) = granted_hints(node, home)?;
+    for hint in hints {
         let write = ReplicaWrite {
             key: hint.key.clone(),
             state: hint.state.clone(),

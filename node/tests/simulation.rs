@@ -9,12 +9,14 @@
 
 mod sim;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sim::{Faults, SimConfig, SimReport, run};
 
 /// Workload steps per run: enough for every fault class to show up several times.
 const DEFAULT_STEPS: usize = 120;
+/// A tombstone grace period longer than any run: no delete is purged.
+const KEEP_TOMBSTONES: Duration = Duration::from_secs(24 * 60 * 60);
 /// Seeds CI runs.
 const DEFAULT_SEEDS: u64 = 250;
 
@@ -90,6 +92,7 @@ fn handled_today(seed: u64) -> SimConfig {
         steps: steps(),
         faults: Faults::handled_today(),
         read_repair_converges: true,
+        tombstone_grace: KEEP_TOMBSTONES,
     }
 }
 
@@ -146,6 +149,7 @@ fn every_fault_class_including_join_leave_and_lost_unflushed_writes() {
             steps: steps(),
             faults: Faults::all(),
             read_repair_converges: false,
+            tombstone_grace: KEEP_TOMBSTONES,
         },
     );
     let seeds: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();

@@ -74,6 +74,12 @@ pub struct AntiEntropyConfig {
     pub max_keys_per_round: u64,
     /// The most state bytes one round moves.
     pub max_bytes_per_round: u64,
+    /// The depth of a tree covering the whole ring ([`plan::FULL_RING_DEPTH`] by
+    /// default); narrower ranges get proportionally shallower trees (see
+    /// [`plan::depth_for`]). Every node of a cluster must use the same value: trees of
+    /// different shapes do not compare, and peers refuse an exchange with the wrong
+    /// depth. Small data sets (tests, the simulator) need far fewer buckets.
+    pub tree_depth: u8,
 }
 
 /// The default time between rounds.
@@ -92,6 +98,7 @@ impl Default for AntiEntropyConfig {
             tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
             max_keys_per_round: DEFAULT_MAX_KEYS_PER_ROUND,
             max_bytes_per_round: DEFAULT_MAX_BYTES_PER_ROUND,
+            tree_depth: plan::FULL_RING_DEPTH,
         }
     }
 }

@@ -8,9 +8,9 @@ use crate::ring::{Ring, Token, TokenRange};
 use crate::time::Millis;
 use crate::version::SiblingSet;
 
-/// The depth of a tree covering the whole ring: `2^14` leaf buckets (about 670 KB of
-/// hashes and counts), about 60 keys per bucket at a million keys. Narrower ranges get
-/// proportionally shallower trees, so a node's trees together hold about
+/// The default depth of a tree covering the whole ring: `2^14` leaf buckets (about
+/// 670 KB of hashes and counts), about 60 keys per bucket at a million keys. Narrower
+/// ranges get proportionally shallower trees, so a node's trees together hold about
 /// `2^14 × (the fraction of the ring it replicates)` buckets however the ring is cut.
 pub const FULL_RING_DEPTH: u8 = 14;
 
@@ -33,9 +33,10 @@ pub struct TreeSpec {
     pub replicas: Vec<NodeId>,
 }
 
-/// The tree depth for `range`: [`FULL_RING_DEPTH`] for the whole ring, one less for
-/// each halving of the width, never below [`MIN_DEPTH`].
-pub fn depth_for(range: TokenRange) -> u8 {
+/// The tree depth for `range` when a tree over the whole ring is `full_depth` deep: one
+/// less for each halving of the width, never below [`MIN_DEPTH`] (nor above
+/// [`MAX_DEPTH`]).
+pub fn depth_for(range: TokenRange, full_depth: u8) -> u8 {
     // log2 of the width, rounded up; the full ring is 2^128 wide.
     let width_minus_one = range.width_minus_one();
     let log2_width = if range.is_full() || width_minus_one == u128::MAX {
@@ -44,17 +45,19 @@ pub fn depth_for(range: TokenRange) -> u8 {
         128 - width_minus_one.leading_zeros()
     };
     let shortfall = 128u32.saturating_sub(log2_width);
-    let depth = u32::from(FULL_RING_DEPTH).saturating_sub(shortfall);
+    let full_depth = full_depth.clamp(MIN_DEPTH, MAX_DEPTH);
+    let depth = u32::from(full_depth).saturating_sub(shortfall);
     u8::try_from(depth)
         .unwrap_or(MAX_DEPTH)
-        .clamp(MIN_DEPTH, FULL_RING_DEPTH)
+        .clamp(MIN_DEPTH, full_depth)
 }
 
 /// The ranges `me` replicates under `ring` with replication factor `n`: the ring cut at
 /// every virtual node, each piece labelled with its replica set, adjacent pieces with
 /// the same set merged (the last with the first across zero), and the pieces holding
-/// `me` kept. In ring order from the lowest end token.
-pub fn tree_specs(ring: &Ring, me: &NodeId, n: usize) -> Vec<TreeSpec> {
+/// `me` kept, each with the depth [`depth_for`] gives it under `full_depth`. In ring
+/// order from the lowest end token.
+pub fn tree_specs(ring: &Ring, me: &NodeId, n: usize, full_depth: u8) -> Vec<TreeSpec> {
     let mut pieces: Vec<(TokenRange, Vec<NodeId>)> = Vec::new();
     for (range, _) in ring.vnodes() {
         let mut replicas = ring.preference_list(range.end, n);
@@ -77,7 +80,7 @@ pub fn tree_specs(ring: &Ring, me: &NodeId, n: usize) -> Vec<TreeSpec> {
         .filter(|(_, replicas)| replicas.contains(me))
         .map(|(range, replicas)| TreeSpec {
             range,
-            depth: depth_for(range),
+            depth: depth_for(range, full_depth),
             replicas,
         })
         .collect()
@@ -233,15 +236,23 @@ mod tests {
 
     #[test]
     fn depth_shrinks_by_one_per_halving() {
-        assert_eq!(depth_for(TokenRange::full()), FULL_RING_DEPTH);
+        let full = FULL_RING_DEPTH;
+        assert_eq!(depth_for(TokenRange::full(), full), FULL_RING_DEPTH);
         let half = TokenRange::new(Token(0), Token(1 << 127));
-        assert_eq!(depth_for(half), FULL_RING_DEPTH - 1);
+        assert_eq!(depth_for(half, full), FULL_RING_DEPTH - 1);
         let sixteenth = TokenRange::new(Token(5), Token(5 + (1 << 124)));
-        assert_eq!(depth_for(sixteenth), FULL_RING_DEPTH - 4);
-        assert_eq!(depth_for(TokenRange::new(Token(5), Token(6))), MIN_DEPTH);
+        assert_eq!(depth_for(sixteenth, full), FULL_RING_DEPTH - 4);
+        assert_eq!(depth_for(TokenRange::new(Token(5), Token(6)), full), MIN_DEPTH);
         // Wrapping ranges are measured the same way.
         let wrapping = TokenRange::new(Token(u128::MAX - (1 << 126) + 1), Token(1 << 126));
-        assert_eq!(depth_for(wrapping), FULL_RING_DEPTH - 1);
+        assert_eq!(depth_for(wrapping, full), FULL_RING_DEPTH - 1);
+        // A shallower full-ring depth shrinks every tree alike, down to the minimum.
+        assert_eq!(depth_for(TokenRange::full(), 6), 6);
+        assert_eq!(depth_for(sixteenth, 6), MIN_DEPTH);
+        assert_eq!(depth_for(half, 6), 5);
+        // Out-of-bounds settings are clamped.
+        assert_eq!(depth_for(TokenRange::full(), 0), MIN_DEPTH);
+        assert_eq!(depth_for(TokenRange::full(), u8::MAX), MAX_DEPTH);
     }
 
     #[test]
@@ -249,7 +260,7 @@ mod tests {
         // Dynamo §4.3: with N nodes and N replicas every node stores every key.
         let ring = ring(&["a", "b", "c"], PartitionStrategy::default());
         for me in ["a", "b", "c"] {
-            let specs = tree_specs(&ring, &id(me), 3);
+            let specs = tree_specs(&ring, &id(me), 3, FULL_RING_DEPTH);
             assert_eq!(specs.len(), 1);
             assert_eq!(specs[0].range, TokenRange::full());
             assert_eq!(specs[0].depth, FULL_RING_DEPTH);
@@ -266,7 +277,10 @@ mod tests {
             let names = ["a", "b", "c", "d", "e"];
             let ring = ring(&names, strategy);
             let all: Vec<Vec<TreeSpec>> =
-                names.iter().map(|n| tree_specs(&ring, &id(n), 3)).collect();
+                names
+                    .iter()
+                    .map(|n| tree_specs(&ring, &id(n), 3, FULL_RING_DEPTH))
+                    .collect();
             for (me, specs) in names.iter().zip(&all) {
                 assert!(!specs.is_empty());
                 for spec in specs {

@@ -13,8 +13,8 @@ use super::plan::{
 use crate::NodeId;
 use crate::node::NodeShared;
 use crate::ring::TokenRange;
-use crate::storage::StorageError;
-use crate::store::{StoreError, state_digest};
+use crate::storage::{StorageError, run_engine_call};
+use crate::store::{Store, StoreError, state_digest};
 use crate::time::Millis;
 use crate::transport::{
     MAX_BATCH_ENTRIES, MAX_MERKLE_INDICES, MergeBatch, MerkleQuery, RangeEntry, RangeScan,
@@ -105,11 +105,14 @@ impl From<StorageError> for RoundError {
     }
 }
 
-/// Runs blocking store work off the async threads.
+/// Runs store work off the async threads when `store`'s engine may block, inline
+/// otherwise (the in-memory engine), so a simulated run stays on one thread and
+/// deterministic.
 async fn blocking<T: Send + 'static>(
+    store: &Store,
     work: impl FnOnce() -> Result<T, RoundError> + Send + 'static,
 ) -> Result<T, RoundError> {
-    tokio::task::spawn_blocking(work)
+    run_engine_call(store.engine().as_ref(), work)
         .await
         .map_err(|e| RoundError::Other(format!("store task failed: {e}")))?
 }
@@ -152,7 +155,12 @@ impl NodeShared {
         }
         let ring = self.cluster.ring();
         let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
-        let specs = tree_specs(&ring, self.cluster.me(), n);
+        let specs = tree_specs(
+            &ring,
+            self.cluster.me(),
+            n,
+            self.antientropy.config().tree_depth,
+        );
         let pending = self.antientropy.trees().reconcile(&specs);
         self.publish_tree_counts();
         for range in pending {
@@ -182,7 +190,7 @@ impl NodeShared {
             let page_trees = Arc::clone(&trees);
             let cursor = after.take();
             // (last key read, scan finished, build superseded)
-            let (last, done, superseded) = blocking(move || {
+            let (last, done, superseded) = blocking(&self.store, move || {
                 let page = store.engine().scan(range, cursor.as_deref(), BUILD_PAGE)?;
                 let done = page.len() < BUILD_PAGE;
                 let mut last = None;
@@ -334,7 +342,7 @@ impl NodeShared {
             if local.buffer.is_empty() && !local.done {
                 let store = self.store.clone();
                 let after = local.after.clone();
-                let page = blocking(move || {
+                let page = blocking(&self.store, move || {
                     Ok(store.scan(
                         range,
                         after.as_deref(),
@@ -432,7 +440,7 @@ impl NodeShared {
             let count = pulls.len() as u64;
             let store = self.store.clone();
             let durability = self.durability;
-            blocking(move || Ok(store.merge_batch(&pulls, durability)?)).await?;
+            blocking(&self.store, move || Ok(store.merge_batch(&pulls, durability)?)).await?;
             report.keys_pulled += count;
         }
         if !pushes.is_empty() {
@@ -465,7 +473,7 @@ impl NodeShared {
             .remove(&range);
         let store = self.store.clone();
         let page =
-            blocking(move || Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?))
+            blocking(&self.store, move || Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?))
                 .await?;
         if !page.done {
             if let Some((last, _)) = page.entries.last() {
@@ -538,6 +546,6 @@ impl NodeShared {
         }
         let store = self.store.clone();
         let key = key.to_vec();
-        blocking(move || Ok(store.remove_tombstone_if(&key, digest)?)).await
+        blocking(&self.store, move || Ok(store.remove_tombstone_if(&key, digest)?)).await
     }
 }

@@ -542,7 +542,12 @@ async fn merkle_requests_for_trees_a_node_lacks_are_refused_clearly() {
     );
     // A tree known but not built yet: unavailable, try later.
     let n1 = harness.node("n1");
-    let specs = super::plan::tree_specs(&n1.cluster().ring(), &id("n1"), 3);
+    let specs = super::plan::tree_specs(
+        &n1.cluster().ring(),
+        &id("n1"),
+        3,
+        super::plan::FULL_RING_DEPTH,
+    );
     assert_eq!(
         n1.antientropy().trees().reconcile(&specs),
         vec![TokenRange::full()]

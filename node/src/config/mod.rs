@@ -496,6 +496,7 @@ impl NodeConfig {
             tombstone_grace: self.tombstone_grace,
             max_keys_per_round: u64::from(self.anti_entropy_max_keys),
             max_bytes_per_round: u64::from(self.anti_entropy_max_bytes),
+            ..crate::antientropy::AntiEntropyConfig::default()
         }
     }
 

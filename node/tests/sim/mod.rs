@@ -1,19 +1,23 @@
 //! The deterministic cluster simulator: whole nodes in one process over the in-memory
 //! network, on a current-thread tokio runtime whose clock is paused, with every choice
 //! (workload, faults, background rounds) drawn from one seeded ChaCha generator.
+//! Background rounds are every node's periodic work: gossip, failure probes, hinted
+//! handoff, range transfer and anti-entropy (with its tombstone purge).
 //!
 //! Determinism rests on: one thread (the in-memory engine is called inline, never on
 //! the blocking pool); tokio's paused clock driving the nodes' clocks
 //! ([`Clock::tokio`]), so time only moves when every task waits; `biased` selects;
-//! background rounds (gossip, failure probes, hinted handoff, sled's periodic flush)
-//! run when the schedule says, not on wall-clock intervals; incarnations derived from
+//! background rounds (gossip, failure probes, hinted handoff, range transfer,
+//! anti-entropy, sled's periodic flush) run when the schedule says, not on wall-clock intervals; incarnations derived from
 //! simulated time. The same seed therefore gives the same [`History`], which the
 //! tests check through its digest.
 //!
 //! A run: a workload phase (concurrent client operations interleaved with faults and
 //! background rounds), then heal (every link restored, every crashed node restarted),
-//! background rounds until quiescent (bounded), final reads of every key with R = N,
-//! a dump of every key's replicas, and the [`check`] verdicts.
+//! background rounds until quiescent (bounded: no hints left, no transfer pending,
+//! tables agreeing, every range's Merkle roots equal on its replicas), a dump of every
+//! key's replicas (before the final reads, unless the run lets read repair converge
+//! them), final reads of every key with R = N, and the [`check`] verdicts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,15 +26,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dynamo_node::NodeId;
+use dynamo_node::antientropy::AntiEntropyConfig;
 use dynamo_node::cluster::Clock;
 use dynamo_node::coordinator::CoordinatorError;
 use dynamo_node::history::{History, OpId, Outcome, ReplicaDump, Verdict, check};
-use dynamo_node::membership::MemberTable;
+use dynamo_node::membership::{MemberState, MemberTable};
 use dynamo_node::merkle::Hash;
 use dynamo_node::node::{NodeSettings, NodeShared};
 use dynamo_node::quorum::QuorumConfig;
+use dynamo_node::ring::PartitionStrategy;
 use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use dynamo_node::time::Millis;
+use dynamo_node::transfer::TransferSettings;
 use dynamo_node::transport::{
     ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, MerkleQuery, RangePage, RangeScan,
     ReplicaWrite, Transport, TransportError,
@@ -51,6 +58,13 @@ const ROUND_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_QUIESCE_ROUNDS: usize = 200;
 /// The wall clock's origin: 2024-01-01, so version timestamps look real.
 const WALL_ORIGIN: Millis = Millis(1_704_067_200_000);
+/// Ring partitions (Dynamo's strategy 3): fewer than a production ring's, so each node
+/// replicates a handful of ranges and anti-entropy's random choice of range meets the
+/// few keys of a run within a bounded number of rounds.
+const PARTITIONS: u32 = 32;
+/// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
+/// hashing a production-sized tree after every restart would dominate a run's time.
+const TREE_DEPTH: u8 = 8;
 /// Client operations in flight at once.
 const MAX_IN_FLIGHT: usize = 6;
 
@@ -69,6 +83,8 @@ pub(crate) struct Faults {
     pub(crate) delays: bool,
     /// One node joins and one leaves during the run.
     pub(crate) join_leave: bool,
+    /// A node's disk is replaced by an empty one (its engine wiped) and it restarts.
+    pub(crate) wipes: bool,
 }
 
 impl Faults {
@@ -81,6 +97,7 @@ impl Faults {
             drops: true,
             delays: true,
             join_leave: false,
+            wipes: false,
         }
     }
 
@@ -89,6 +106,7 @@ impl Faults {
         Self {
             lose_unflushed: true,
             join_leave: true,
+            wipes: true,
             ..Self::handled_today()
         }
     }
@@ -107,6 +125,9 @@ pub(crate) struct SimConfig {
     /// the dump is taken before the final reads, so replicas must have converged
     /// through background work alone (anti-entropy).
     pub(crate) read_repair_converges: bool,
+    /// How long a tombstone-only state is kept before anti-entropy may purge it: longer
+    /// than a run to keep every delete, or short enough that purges happen during it.
+    pub(crate) tombstone_grace: Duration,
 }
 
 /// What a run produced.
@@ -281,6 +302,8 @@ struct World {
     next_value: u64,
     /// Set workload: element to the key of the set it was added to, once acknowledged.
     acked_elements: BTreeMap<String, Vec<u8>>,
+    /// The nodes' tombstone grace period.
+    tombstone_grace: Duration,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -299,9 +322,18 @@ impl World {
         let mut settings = NodeSettings::new(node.id.clone());
         settings.quorum = QuorumConfig::new(3, 2, 2).expect("valid quorum");
         settings.request_timeout = REQUEST_TIMEOUT;
+        settings.strategy = PartitionStrategy::equal_partitions(PARTITIONS).expect("valid Q");
         settings.durability = node.durability;
         settings.seeds = node.seeds.clone();
         settings.clock = Clock::tokio(WALL_ORIGIN);
+        // Rounds run when the schedule says (`background_round`), not on this interval;
+        // a nonzero one enables anti-entropy, so the store keeps the Merkle trees.
+        settings.anti_entropy = AntiEntropyConfig {
+            interval: ROUND_INTERVAL,
+            tombstone_grace: self.tombstone_grace,
+            tree_depth: TREE_DEPTH,
+            ..AntiEntropyConfig::default()
+        };
         let alive = Arc::new(AtomicBool::new(true));
         let transport = LifeTransport {
             inner: self.network.endpoint(node.address.clone()),
@@ -325,6 +357,18 @@ impl World {
         self.network.unregister(&node.address);
         node.engine = Arc::new(node.engine.crash(mode));
         node.generation += 1;
+    }
+
+    /// Replaces the node's disk with an empty one: whatever it held (data, hints,
+    /// membership, transfer progress) is gone. A running node crashes first and
+    /// restarts on the empty disk.
+    fn wipe(&mut self, index: usize) {
+        let was_up = self.nodes[index].process.is_some();
+        self.crash(index, CrashMode::KeepUnflushed);
+        self.nodes[index].engine = Arc::new(MemoryEngine::new());
+        if was_up {
+            self.start(index);
+        }
     }
 
     fn up(&self, index: usize) -> Option<(Arc<NodeShared>, u64)> {
@@ -506,7 +550,10 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
     }
 }
 
-/// One background round on a node: gossip, failure probes, hinted handoff.
+/// One background round on a node: gossip, failure probes, hinted handoff, a range
+/// transfer round (for a joining or leaving node) and an anti-entropy round (which
+/// first brings the Merkle trees in line with the ring, then purges expired
+/// tombstones).
 async fn background_round(world: Shared, index: usize, random: u64) {
     let Some((shared, _)) = lock(&world).up(index) else {
         return;
@@ -514,6 +561,13 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     shared.gossip_round(random).await;
     shared.probe_round().await;
     shared.handoff_round().await;
+    shared
+        .transfer_round(TransferSettings::default().per_round)
+        .await;
+    let now = shared.cluster().clock().wall();
+    shared
+        .antientropy_round(random.rotate_left(32), now)
+        .await;
 }
 
 /// Runs one seed and returns what happened.
@@ -569,6 +623,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         events: BTreeMap::new(),
         next_value: 0,
         acked_elements: BTreeMap::new(),
+        tombstone_grace: config.tombstone_grace,
     }));
     {
         let mut w = lock(&world);
@@ -726,9 +781,10 @@ async fn simulate(config: SimConfig) -> SimReport {
     }
 }
 
-/// Background rounds on every live node until no hints are left, every table agrees
-/// and every live node believes every other one up, for two rounds in a row; false if
-/// the bound ran out first.
+/// Background rounds on every live node until no hints are left, every table agrees,
+/// no node is still joining or leaving, every live node believes every other one up,
+/// and every range's Merkle roots agree on all its replicas, for two rounds in a row;
+/// false if the bound ran out first.
 async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
     let mut calm = 0;
     for _ in 0..MAX_QUIESCE_ROUNDS {
@@ -759,7 +815,17 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
                 .map(|(_, n)| n)
                 .sum::<u64>();
         }
-        if digests.windows(2).all(|pair| pair[0] == pair[1]) && hints == 0 {
+        let settled = up.first().is_none_or(|&i| {
+            let (shared, _) = w.up(i).expect("live");
+            shared.cluster().table().iter().all(|m| {
+                !matches!(m.state(), MemberState::Joining | MemberState::Leaving)
+            })
+        });
+        if digests.windows(2).all(|pair| pair[0] == pair[1])
+            && hints == 0
+            && settled
+            && trees_agree(&w, &up)
+        {
             calm += 1;
             if calm >= 2 {
                 return true;
@@ -769,6 +835,36 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
         }
     }
     false
+}
+
+/// Whether every live node's trees are all built and each equals, root for root, the
+/// tree of the same range on every other replica of it (which must be live): what
+/// anti-entropy converging looks like from the outside.
+fn trees_agree(w: &World, up: &[usize]) -> bool {
+    for &i in up {
+        let (shared, _) = w.up(i).expect("live");
+        let trees = shared.antientropy().trees();
+        if trees.counts().building > 0 {
+            return false;
+        }
+        for spec in trees.ready_specs() {
+            let Some(mine) = trees.root(spec.range) else {
+                return false;
+            };
+            for peer in spec.replicas.iter().filter(|p| *p != &w.nodes[i].id) {
+                let Some(index) = w.nodes.iter().position(|n| &n.id == peer) else {
+                    return false;
+                };
+                let Some((other, _)) = w.up(index) else {
+                    return false;
+                };
+                if other.antientropy().trees().root(spec.range) != Some(mine) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Every key's versions on each of its N home replicas.
@@ -858,6 +954,14 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
         5 | 6 => {
             w.network.heal_all();
             w.count("heal");
+        }
+        7 if faults.wipes => {
+            let i = pick(rng);
+            if w.nodes[i].removed {
+                return;
+            }
+            w.wipe(i);
+            w.count("wipe");
         }
         _ => {}
     }
