@@ -149,6 +149,8 @@ pub(crate) struct SimReport {
     pub(crate) simulated_ms: u64,
     /// Counts of what happened, for the report.
     pub(crate) events: BTreeMap<&'static str, u64>,
+    /// Faults and membership changes in order (see `World::log`).
+    pub(crate) log: Vec<String>,
 }
 
 impl SimReport {
@@ -169,6 +171,7 @@ impl SimReport {
             }
         }
         lines.push(format!("replicas: {:?}", self.dump.keys().get(key)));
+        lines.extend(self.log.iter().cloned());
         lines.join("\n")
     }
 
@@ -304,6 +307,11 @@ struct World {
     acked_elements: BTreeMap<String, Vec<u8>>,
     /// The nodes' tombstone grace period.
     tombstone_grace: Duration,
+    /// When the run started: wall time is `WALL_ORIGIN` then.
+    started: tokio::time::Instant,
+    /// Faults and membership changes, each with the number of client operations
+    /// invoked before it, for tracing a failure.
+    log: Vec<String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -317,6 +325,17 @@ impl World {
         *self.events.entry(event).or_default() += 1;
     }
 
+    /// Counts a fault or membership event on node `index` and logs it.
+    fn note(&mut self, event: &'static str, index: usize) {
+        self.count(event);
+        let line = format!(
+            "after op #{}: {event} {}",
+            self.history.ops().len(),
+            self.nodes[index].id
+        );
+        self.log.push(line);
+    }
+
     fn start(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         let mut settings = NodeSettings::new(node.id.clone());
@@ -325,7 +344,9 @@ impl World {
         settings.strategy = PartitionStrategy::equal_partitions(PARTITIONS).expect("valid Q");
         settings.durability = node.durability;
         settings.seeds = node.seeds.clone();
-        settings.clock = Clock::tokio(WALL_ORIGIN);
+        // Wall time goes on across restarts (a restarted process reads the same system
+        // clock); monotonic time counts from the process's start.
+        settings.clock = Clock::tokio(WALL_ORIGIN + self.started.elapsed());
         // Rounds run when the schedule says (`background_round`), not on this interval;
         // a nonzero one enables anti-entropy, so the store keeps the Merkle trees.
         settings.anti_entropy = AntiEntropyConfig {
@@ -624,6 +645,8 @@ async fn simulate(config: SimConfig) -> SimReport {
         next_value: 0,
         acked_elements: BTreeMap::new(),
         tombstone_grace: config.tombstone_grace,
+        log: Vec::new(),
+        started,
     }));
     {
         let mut w = lock(&world);
@@ -657,7 +680,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         .faults
         .join_leave
         .then(|| rng.random_range(config.steps / 2..config.steps * 3 / 4 + 1));
-    let mut leaving: Option<(usize, usize)> = None;
+    let mut leaving: Option<usize> = None;
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_flush = tokio::time::Instant::now();
     for step in 0..config.steps {
@@ -674,11 +697,10 @@ async fn simulate(config: SimConfig) -> SimReport {
             join_node(&world, &mut rng);
         }
         if Some(step) == leave_at {
-            leaving = start_leave(&world, &mut rng).map(|i| (i, step + config.steps / 8));
+            leaving = start_leave(&world, &mut rng);
         }
-        if let Some((index, at)) = leaving {
-            if step >= at {
-                finish_leave(&world, index);
+        if let Some(index) = leaving {
+            if retire_if_removed(&world, index) {
                 leaving = None;
             }
         }
@@ -714,9 +736,6 @@ async fn simulate(config: SimConfig) -> SimReport {
         }
     }
     while tasks.join_next().await.is_some() {}
-    if let Some((index, _)) = leaving {
-        finish_leave(&world, index);
-    }
 
     // Heal: every link back, every crashed node restarted.
     {
@@ -725,9 +744,11 @@ async fn simulate(config: SimConfig) -> SimReport {
         for i in 0..w.nodes.len() {
             if w.nodes[i].process.is_none() && !w.nodes[i].removed {
                 w.start(i);
-                w.count("restart");
+                w.note("restart", i);
             }
         }
+        let line = format!("after op #{}: heal all (quiesce)", w.history.ops().len());
+        w.log.push(line);
     }
     let quiesced = quiesce(&world, &mut rng).await;
 
@@ -778,6 +799,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         quiesced,
         simulated_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         events: w.events.clone(),
+        log: w.log.clone(),
     }
 }
 
@@ -793,6 +815,10 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
         for &i in &up {
             background_round(Arc::clone(world), i, rng.random()).await;
         }
+        for i in up {
+            retire_if_removed(world, i);
+        }
+        let up = lock(world).up_nodes();
         let w = lock(world);
         let mut digests = Vec::new();
         let mut hints = 0;
@@ -919,14 +945,17 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                     CrashMode::KeepUnflushed
                 };
                 w.crash(i, mode);
-                w.count(if lose {
-                    "crash losing unflushed"
-                } else {
-                    "crash"
-                });
+                w.note(
+                    if lose {
+                        "crash losing unflushed"
+                    } else {
+                        "crash"
+                    },
+                    i,
+                );
             } else {
                 w.start(i);
-                w.count("restart");
+                w.note("restart", i);
             }
         }
         2 if faults.partitions => {
@@ -937,6 +966,8 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                 .partition(|_| rng.random_bool(0.5));
             w.network.partition(&a, &b);
             w.count("partition");
+            let line = format!("after op #{}: partition {a:?} | {b:?}", w.history.ops().len());
+            w.log.push(line);
         }
         3 if faults.drops => {
             let (a, b) = (pick(rng), pick(rng));
@@ -954,6 +985,8 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
         5 | 6 => {
             w.network.heal_all();
             w.count("heal");
+            let line = format!("after op #{}: heal", w.history.ops().len());
+            w.log.push(line);
         }
         7 if faults.wipes => {
             let i = pick(rng);
@@ -961,7 +994,7 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                 return;
             }
             w.wipe(i);
-            w.count("wipe");
+            w.note("wipe", i);
         }
         _ => {}
     }
@@ -992,7 +1025,7 @@ fn join_node(world: &Shared, rng: &mut ChaCha8Rng) {
         .change_membership(|t| t.join(id.clone(), &address, 1))
         .is_ok()
     {
-        w.count("join");
+        w.note("join", index);
     }
 }
 
@@ -1004,23 +1037,41 @@ fn start_leave(world: &Shared, rng: &mut ChaCha8Rng) -> Option<usize> {
     let (shared, _) = w.up(index)?;
     let id = w.nodes[index].id.clone();
     shared.change_membership(|t| t.leave(&id)).ok()?;
-    w.count("leave");
+    w.note("leave", index);
     Some(index)
 }
 
-/// Removes a leaving node from the ring (on some other live node) and stops it.
-fn finish_leave(world: &Shared, index: usize) {
+/// Stops a leaving node for good once it has handed its ranges over (its transfer
+/// marked it Removed) and every other live node has heard so, as an operator waits for
+/// the decommission to finish before deleting the machine; returns whether it did.
+fn retire_if_removed(world: &Shared, index: usize) -> bool {
     let mut w = lock(world);
+    if w.nodes[index].removed {
+        return true;
+    }
     let id = w.nodes[index].id.clone();
-    let other = w.up_nodes().into_iter().find(|i| *i != index);
-    if let Some((shared, _)) = other.and_then(|i| w.up(i)) {
-        // Gossip may not have told it about the leave yet; tell it now.
-        let _ = shared.change_membership(|t| {
-            let _ = t.leave(&id);
-            t.mark_removed(&id)
-        });
+    let Some((shared, _)) = w.up(index) else {
+        return false;
+    };
+    let removed_in = |shared: &NodeShared| {
+        shared
+            .cluster()
+            .table()
+            .get(&id)
+            .is_some_and(|m| m.state() == MemberState::Removed)
+    };
+    if !removed_in(&shared) {
+        return false;
+    }
+    let everyone_knows = w.up_nodes().into_iter().all(|i| {
+        w.up(i)
+            .is_some_and(|(other, _)| removed_in(&other))
+    });
+    if !everyone_knows {
+        return false;
     }
     w.crash(index, CrashMode::KeepUnflushed);
     w.nodes[index].removed = true;
-    w.count("removed");
+    w.note("removed", index);
+    true
 }
