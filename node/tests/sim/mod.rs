@@ -83,7 +83,8 @@ pub(crate) struct Faults {
     pub(crate) delays: bool,
     /// One node joins and one leaves during the run.
     pub(crate) join_leave: bool,
-    /// A node's disk is replaced by an empty one (its engine wiped) and it restarts.
+    /// A node's disk is replaced by an empty one (its engine wiped) and it restarts;
+    /// at most once per run.
     pub(crate) wipes: bool,
 }
 
@@ -492,6 +493,18 @@ impl Session {
                 None => world.history.invoke_delete(key, context.clone()),
             }
         };
+        if std::env::var("DYNAMO_SIM_KEY").is_ok_and(|k| k.as_bytes() == key) {
+            let set = shared.cluster().write_set(key, 3);
+            let line = format!(
+                "op #{}: put via {} (write set: home {:?}, pending {}, then {:?})",
+                op,
+                shared.cluster().me(),
+                &set.extended[..set.home],
+                set.pending,
+                &set.extended[set.home..]
+            );
+            lock(&self.world).log.push(line);
+        }
         let result = tokio::time::timeout(
             REQUEST_TIMEOUT * 4,
             shared.coordinator().put(key, context, value, None),
@@ -760,6 +773,9 @@ async fn simulate(config: SimConfig) -> SimReport {
     if !config.read_repair_converges {
         dump = dump_replicas(&world, &keys);
     }
+    if let Ok(key) = std::env::var("DYNAMO_SIM_KEY") {
+        log_holders(&world, key.as_bytes());
+    }
     lock(&world).history.quiesced();
     let mut final_sets: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
     for key in &keys {
@@ -893,6 +909,34 @@ fn trees_agree(w: &World, up: &[usize]) -> bool {
     true
 }
 
+/// Logs what every live node (replica or not) holds of `key`, and its hints for it,
+/// for tracing a failure (`DYNAMO_SIM_KEY`).
+fn log_holders(world: &Shared, key: &[u8]) {
+    let mut w = lock(world);
+    let mut lines = Vec::new();
+    for i in w.up_nodes() {
+        let (shared, _) = w.up(i).expect("live");
+        let state = shared.store().read(key).expect("reading a replica");
+        let versions: Vec<String> = state
+            .siblings()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?}",
+                    s.value.as_data().map(|v| String::from_utf8_lossy(v).into_owned())
+                )
+            })
+            .collect();
+        let preference = shared.cluster().extended_preference_list(key);
+        lines.push(format!(
+            "holds {}: {versions:?} (its preference list {:?})",
+            w.nodes[i].id,
+            &preference[..preference.len().min(3)]
+        ));
+    }
+    w.log.extend(lines);
+}
+
 /// Every key's versions on each of its N home replicas.
 fn dump_replicas(world: &Shared, keys: &[Vec<u8>]) -> ReplicaDump {
     let w = lock(world);
@@ -988,7 +1032,9 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
             let line = format!("after op #{}: heal", w.history.ops().len());
             w.log.push(line);
         }
-        7 if faults.wipes => {
+        // One disk per run: N = 3 replicas tolerate losing one replica's data, not
+        // several replicas' data in a row before anti-entropy restored it.
+        7 if faults.wipes && !w.events.contains_key("wipe") => {
             let i = pick(rng);
             if w.nodes[i].removed {
                 return;
