@@ -2,13 +2,14 @@
 //! unreachable home node back once that node answers, and deletes each hint only after
 //! the home acknowledged it (compare-and-delete, so a hint updated meanwhile survives).
 //!
-//! A hint whose home has left the cluster for good (`Removed`) can never be delivered
-//! there; dropping it could lose the write, since the stand-in may be the only node
-//! besides the other acknowledging replicas that holds it and is no replica of the key
-//! (so anti-entropy never carries it). Such a hint is *redirected*: its state is
-//! written to every home replica the key has now (the union of the settled and target
-//! preference lists, merged locally where that is this node), and the hint is deleted
-//! once all of them acknowledged.
+//! A hint whose home is leaving the cluster (`Leaving`) or has left it (`Removed`)
+//! must not go (only) there: a removed home never answers, and a leaving home that
+//! already pushed the key's range to its new owners would keep the write where no
+//! read will look once it is gone. Dropping the hint instead could lose the write,
+//! since the stand-in is no replica of the key (so anti-entropy never carries it).
+//! Such a hint is *redirected*: its state is written to every home replica the key has
+//! now (the union of the settled and target preference lists, merged locally where
+//! that is this node), and the hint is deleted once all of them acknowledged.
 //!
 //! Delivery is background work: each hint costs one unit of the node's
 //! [`BackgroundBudget`](crate::background::BackgroundBudget), and a round stops when
@@ -60,16 +61,16 @@ impl NodeShared {
         };
         self.refresh_gauges(&targets);
         for (home, _) in targets {
-            let removed = self
+            let departing = self
                 .cluster
                 .table()
                 .get(&home)
-                .is_some_and(|m| m.state() == MemberState::Removed);
+                .is_some_and(|m| matches!(m.state(), MemberState::Leaving | MemberState::Removed));
             // Down homes come back through `probe_round`.
-            if !removed && !self.cluster.is_available(&home) {
+            if !departing && !self.cluster.is_available(&home) {
                 continue;
             }
-            let delivered = if removed {
+            let delivered = if departing {
                 redirect_hints(self, &home).await
             } else {
                 deliver_hints(self, &home).await
@@ -113,8 +114,8 @@ fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget)
     Ok((hints, outcome))
 }
 
-/// Delivers the hints held for `home`, which has been removed, to each key's current
-/// home replicas instead (see the module docs); a hint is deleted once every one of
+/// Delivers the hints held for `home`, which is leaving or has left, to each key's
+/// current home replicas instead (see the module docs); a hint is deleted once every one of
 /// them acknowledged, and the batch stops at the first failure (retried next round).
 async fn redirect_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
     let (hints, outcome) = granted_hints(node, home)?;
@@ -124,7 +125,7 @@ async fn redirect_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, Stri
         let write_set = node.cluster.write_set(&hint.key, n);
         let replicas = &write_set.extended[..write_set.home.min(write_set.extended.len())];
         if replicas.is_empty() {
-            return Err(format!("no replicas for a hint held for removed {home}"));
+            return Err(format!("no replicas for a hint held for departing {home}"));
         }
         for replica in replicas {
             if *replica == me {

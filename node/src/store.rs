@@ -394,12 +394,36 @@ impl Store {
     /// # Errors
     /// Storage failures or corrupt stored state.
     pub fn remove_tombstone_if(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
+        self.remove_if(key, expected, |raw| {
+            Ok(decode_state(Some(raw))?.tombstone_only())
+        })
+    }
+
+    /// Removes `key` if its stored state's digest is still `expected`
+    /// (compare-and-delete, the last step of handing a stray key over to its
+    /// replicas: a write that arrived meanwhile keeps the key for the next sweep);
+    /// returns whether it did. Buffered, like [`StorageEngine::remove`]: a removal
+    /// undone by a crash leaves the key, which a later sweep hands over again.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn remove_unchanged(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
+        self.remove_if(key, expected, |_| Ok(true))
+    }
+
+    /// Removes `key` if its stored digest is `expected` and `also` accepts its bytes.
+    fn remove_if(
+        &self,
+        key: &[u8],
+        expected: [u8; 16],
+        also: impl FnOnce(&[u8]) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
         let _guard = self.key_locks.lock(key);
         let Some(raw) = self.engine.get(key)? else {
             return Ok(false);
         };
         let digest = state_digest(&raw);
-        if digest != expected || !decode_state(Some(&raw))?.tombstone_only() {
+        if digest != expected || !also(&raw)? {
             return Ok(false);
         }
         let removed = self.engine.remove(key)?;

@@ -4,7 +4,8 @@
 //! ([`dynamo_node::history::check`]).
 //!
 //! * `DYNAMO_SIM_SEEDS=N` runs N seeds (default 250); `DYNAMO_SIM_SEED=S` runs only
-//!   seed S (to rerun a failure); `DYNAMO_SIM_STEPS=K` changes the steps per run;
+//!   seed S (to rerun a failure); `DYNAMO_SIM_FIRST=F` starts the range at seed F;
+//!   `DYNAMO_SIM_STEPS=K` changes the steps per run;
 //!   `DYNAMO_SIM_KEY=key-3` prints a failing run's operations on that key.
 
 mod sim;
@@ -34,12 +35,13 @@ fn steps() -> usize {
 }
 
 /// The seeds to run: the one in `DYNAMO_SIM_SEED`, or `DYNAMO_SIM_SEEDS` of them
-/// starting at `first`.
+/// starting at `DYNAMO_SIM_FIRST` (default `first`).
 fn seeds(first: u64) -> Vec<u64> {
     if let Some(seed) = env_u64("DYNAMO_SIM_SEED") {
         return vec![seed];
     }
     let count = env_u64("DYNAMO_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let first = env_u64("DYNAMO_SIM_FIRST").unwrap_or(first);
     (first..first + count).collect()
 }
 

@@ -123,6 +123,8 @@ pub(crate) struct TransferShared {
     /// One round at a time (the loop and a simulator or test may both call); a tokio
     /// mutex because a round awaits peers while holding it.
     round: tokio::sync::Mutex<()>,
+    /// One stray sweep at a time (see [`super::sweep`]).
+    pub(super) sweep: tokio::sync::Mutex<()>,
 }
 
 impl TransferShared {
@@ -131,6 +133,7 @@ impl TransferShared {
             settings,
             status: Mutex::new(TransferStatus::default()),
             round: tokio::sync::Mutex::new(()),
+            sweep: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -165,6 +168,15 @@ pub(crate) async fn transfer_loop(
         throttle.consumed(report.used);
         for error in &report.errors {
             tracing::debug!(%error, "transfer paused");
+        }
+        // What the transfer left of the round's allowance hands stray keys over.
+        let sweep = node.sweep_round(allowance.minus(report.used)).await;
+        throttle.consumed(sweep.used);
+        for error in &sweep.errors {
+            tracing::debug!(%error, "stray sweep paused");
+        }
+        if sweep.keys_handed_over > 0 {
+            tracing::debug!(keys = sweep.keys_handed_over, "handed stray keys to their replicas");
         }
     }
 }

@@ -60,17 +60,24 @@
 //! * A copy waits for its source: while a losing node is down, the ranges it must hand
 //!   over stay pending (other settled replicas are not used in its place, since they
 //!   may lack writes only it acknowledged), and the change does not complete.
-//! * Nodes keep the data of ranges they lost; nothing deletes it yet.
+//! * Nodes keep the data of ranges they lost until the [stray sweep](sweep) hands it
+//!   (again) to the current replicas and removes it. The sweep also rescues writes
+//!   a coordinator with a stale ring sent to old replicas only (the first limit
+//!   above); until it ran, such a write is invisible to quorum reads.
 
 mod driver;
 mod plan;
 mod progress;
+pub mod sweep;
 #[cfg(test)]
 mod tests;
 mod throttle;
 
 pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
 pub(crate) use driver::{TransferShared, transfer_loop};
-pub use plan::{Task, WriteSet, plan, read_ring, settled_members, target_members, write_set};
+pub use plan::{
+    Task, WriteSet, plan, read_ring, settled_members, stray_ranges, target_members, write_set,
+};
+pub use sweep::SweepReport;
 pub use progress::{PROGRESS_FORMAT_VERSION, Progress, ProgressError, TaskProgress};
 pub use throttle::{Allowance, FixedThrottle, TransferThrottle};

@@ -148,6 +148,52 @@ pub fn write_set(settled: &Ring, target: &Ring, token: Token, n: usize) -> Write
     }
 }
 
+/// The ranges where `me` is no home replica in either ring (neither among the first
+/// `n` of the settled preference list nor of the target one): data this node holds
+/// there is *stray*, left from ranges it handed over or written by a coordinator whose
+/// view of the ring was stale, and belongs on the key's current replicas (see
+/// `NodeShared::sweep_round`). The rings are cut at every vnode boundary of both, so
+/// every key of one piece has the same home replicas; adjacent stray pieces are
+/// merged. Empty when both rings are (a node that knows no ring decides nothing).
+pub fn stray_ranges(settled: &Ring, target: &Ring, me: &NodeId, n: usize) -> Vec<TokenRange> {
+    let mut cuts: Vec<Token> = settled
+        .vnodes()
+        .chain(target.vnodes())
+        .map(|(range, _)| range.end)
+        .collect();
+    cuts.sort();
+    cuts.dedup();
+    let pieces: Vec<TokenRange> = match cuts.as_slice() {
+        [] => return Vec::new(),
+        [_] => vec![TokenRange::full()],
+        _ => {
+            let mut pieces: Vec<TokenRange> = cuts
+                .windows(2)
+                .map(|pair| TokenRange::new(pair[0], pair[1]))
+                .collect();
+            pieces.push(TokenRange::new(cuts[cuts.len() - 1], cuts[0]));
+            pieces
+        }
+    };
+    let mut stray: Vec<TokenRange> = Vec::new();
+    for piece in pieces {
+        let writes = write_set(settled, target, piece.end, n);
+        if writes.home == 0 || writes.extended[..writes.home].contains(me) {
+            continue;
+        }
+        match stray.last_mut() {
+            Some(last) if last.end == piece.start && !last.is_full() => last.end = piece.end,
+            _ => stray.push(piece),
+        }
+    }
+    // The last piece wraps into the first.
+    if stray.len() > 1 && stray[stray.len() - 1].end == stray[0].start {
+        let last = stray.pop().expect("more than one piece");
+        stray[0].start = last.start;
+    }
+    stray
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

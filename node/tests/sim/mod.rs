@@ -585,7 +585,8 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
 }
 
 /// One background round on a node: gossip, failure probes, hinted handoff, a range
-/// transfer round (for a joining or leaving node) and an anti-entropy round (which
+/// transfer round (for a joining or leaving node) with a stray sweep in what it left
+/// of the allowance, as the transfer loop does, and an anti-entropy round (which
 /// first brings the Merkle trees in line with the ring, then purges expired
 /// tombstones).
 async fn background_round(world: Shared, index: usize, random: u64) {
@@ -595,9 +596,9 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     shared.gossip_round(random).await;
     shared.probe_round().await;
     shared.handoff_round().await;
-    shared
-        .transfer_round(TransferSettings::default().per_round)
-        .await;
+    let allowance = TransferSettings::default().per_round;
+    let transfer = shared.transfer_round(allowance).await;
+    shared.sweep_round(allowance.minus(transfer.used)).await;
     let now = shared.cluster().clock().wall();
     shared
         .antientropy_round(random.rotate_left(32), now)

@@ -1,0 +1,167 @@
+//! The stray sweep: data a node holds for keys it is no home replica of is handed to
+//! the keys' current replicas, then dropped here.
+//!
+//! Such data has two sources. A node that handed ranges over (to a joining node, or in
+//! a rebuilt strategy-3 ring) keeps what it held; and, worse, a coordinator that had not
+//! yet heard of a membership change writes to the *old* replicas only (see the module
+//! docs' known limits). If the new owner's transfer had already passed that key, the
+//! write lives only on nodes that are no longer replicas, which anti-entropy never
+//! visits (it runs among a range's current replicas): an acknowledged write that no
+//! quorum read can find. The deterministic simulator found exactly that (a node
+//! partitioned from gossip during a join kept coordinating with the old ring).
+//!
+//! A sweep round scans the ranges where this node is no home replica in either ring
+//! ([`stray_ranges`]), sends each page to every home replica of its keys
+//! (`MergeBatch`, durable; merging by vector clock makes a resend harmless), and once
+//! every one of them acknowledged, removes each key here by compare-and-delete on the
+//! state it sent, so a write that arrived meanwhile stays for the next round. The
+//! sweep needs no progress record: what it handed over is gone, so each round starts
+//! from the ranges' beginnings and finds only what is left.
+
+use std::collections::BTreeMap;
+
+use super::plan::{stray_ranges, write_set};
+use super::throttle::Allowance;
+use crate::NodeId;
+use crate::node::NodeShared;
+use crate::ring::{Token, TokenRange};
+use crate::store::encode_state;
+use crate::transport::{MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MergeBatch, RangeEntry};
+use crate::version::SiblingSet;
+
+/// What one sweep round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Keys and bytes sent (each key counted once, however many replicas got it).
+    pub used: Allowance,
+    /// Keys handed over and removed here.
+    pub keys_handed_over: u64,
+    /// Calls that failed; the keys stay here for the next round.
+    pub errors: Vec<String>,
+}
+
+impl NodeShared {
+    /// One stray sweep round within `allowance` (see [`crate::transfer::sweep`]):
+    /// hands the keys this node holds but does not replicate to their current home
+    /// replicas and removes them here. Deterministic given the rings, the failure
+    /// detector's view and the stores.
+    pub async fn sweep_round(&self, allowance: Allowance) -> SweepReport {
+        let _one_round = self.transfer.sweep.lock().await;
+        let mut report = SweepReport {
+            used: Allowance::NONE,
+            keys_handed_over: 0,
+            errors: Vec::new(),
+        };
+        let (settled, target) = self.cluster.rings();
+        let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
+        let me = self.cluster.me().clone();
+        let mut left = allowance;
+        for range in stray_ranges(&settled, &target, &me, n) {
+            if left.is_exhausted() {
+                break;
+            }
+            if let Err(error) = self.sweep_range(range, n, &mut left, &mut report).await {
+                report.errors.push(format!("sweeping {range:?}: {error}"));
+            }
+        }
+        report.used = allowance.minus(left);
+        report
+    }
+
+    async fn sweep_range(
+        &self,
+        range: TokenRange,
+        n: usize,
+        left: &mut Allowance,
+        report: &mut SweepReport,
+    ) -> Result<(), String> {
+        let mut after: Option<Vec<u8>> = None;
+        while !left.is_exhausted() {
+            let max_entries = usize::try_from(left.keys)
+                .unwrap_or(usize::MAX)
+                .min(MAX_BATCH_ENTRIES);
+            let max_bytes = usize::try_from(left.bytes)
+                .unwrap_or(usize::MAX)
+                .min(MAX_SCAN_BYTES as usize);
+            let page = self
+                .store
+                .scan(range, after.as_deref(), max_entries, max_bytes)
+                .map_err(|e| format!("local scan: {e}"))?;
+            let Some((last, _)) = page.entries.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            let bytes: u64 = page
+                .entries
+                .iter()
+                .map(|(key, state)| (key.len() + encode_state(state).len()) as u64)
+                .sum();
+            *left = left.minus(Allowance {
+                keys: page.entries.len() as u64,
+                bytes,
+            });
+            self.hand_over(page.entries, n, report).await?;
+            if page.done {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `entries` to every home replica of each key (as of now), then removes
+    /// each key whose state is unchanged here. Nothing is removed unless every batch
+    /// was acknowledged.
+    async fn hand_over(
+        &self,
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+        n: usize,
+        report: &mut SweepReport,
+    ) -> Result<(), String> {
+        let (settled, target) = self.cluster.rings();
+        let me = self.cluster.me();
+        let mut batches: BTreeMap<NodeId, Vec<RangeEntry>> = BTreeMap::new();
+        let mut sent: Vec<(Vec<u8>, [u8; 16])> = Vec::new();
+        for (key, state) in entries {
+            let writes = write_set(&settled, &target, Token::of(&key), n);
+            let homes = &writes.extended[..writes.home];
+            // The ring moved under the round and made us a replica again, or there
+            // is no ring: keep the key.
+            if homes.is_empty() || homes.contains(me) {
+                continue;
+            }
+            for home in homes {
+                batches.entry(home.clone()).or_default().push(RangeEntry {
+                    key: key.clone(),
+                    state: state.clone(),
+                });
+            }
+            sent.push((key, state.digest()));
+        }
+        for (home, entries) in batches {
+            let address = self
+                .cluster
+                .address_of(&home)
+                .ok_or_else(|| format!("no address for {home}"))?;
+            let batch = MergeBatch {
+                entries,
+                durable: true,
+            };
+            let result = self.transport.merge_batch(&address, batch).await;
+            match &result {
+                Err(e) if !e.is_answer() => self.cluster.record_failure(&home),
+                _ => self.cluster.record_success(&home),
+            }
+            result.map_err(|e| format!("handing keys to {home}: {e}"))?;
+        }
+        for (key, digest) in sent {
+            if self
+                .store
+                .remove_unchanged(&key, digest)
+                .map_err(|e| format!("removing a handed-over key: {e}"))?
+            {
+                report.keys_handed_over += 1;
+            }
+        }
+        Ok(())
+    }
+}
