@@ -375,6 +375,44 @@ mod tests {
     }
 
     #[test]
+    fn stray_ranges_hold_exactly_the_keys_a_node_is_no_home_replica_of() {
+        let members = [("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1)];
+        for strategy in [
+            PartitionStrategy::equal_partitions(32).unwrap(),
+            PartitionStrategy::random_tokens(8).unwrap(),
+        ] {
+            let settled = ring(&members[..4], strategy);
+            let target = ring(&members, strategy);
+            for (settled, target) in [(&settled, &target), (&target, &target)] {
+                for (name, _) in members {
+                    let me = id(name);
+                    let stray = stray_ranges(settled, target, &me, 3);
+                    for key in keys(500) {
+                        let token = Token::of(&key);
+                        let set = write_set(settled, target, token, 3);
+                        let home = set.extended[..set.home].contains(&me);
+                        let in_stray = stray.iter().any(|r| r.contains(token));
+                        assert_eq!(in_stray, !home, "{name}, {key:?}");
+                    }
+                    // Merged: no two stray ranges touch.
+                    for pair in stray.windows(2) {
+                        assert_ne!(pair[0].end, pair[1].start);
+                    }
+                }
+            }
+        }
+        // A node in no ring: everything is stray; no ring at all: nothing is decided.
+        let strategy = PartitionStrategy::equal_partitions(32).unwrap();
+        let three = ring(&members[..3], strategy);
+        assert_eq!(
+            stray_ranges(&three, &three, &id("z"), 3),
+            vec![TokenRange::full()]
+        );
+        let empty = Ring::build(&[], strategy, 1, None).unwrap();
+        assert!(stray_ranges(&empty, &empty, &id("a"), 3).is_empty());
+    }
+
+    #[test]
     fn writes_during_a_join_go_to_old_and_new_replicas_and_wait_for_one_more_ack() {
         let strategy = PartitionStrategy::equal_partitions(64).unwrap();
         let settled = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
