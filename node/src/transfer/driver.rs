@@ -125,6 +125,9 @@ pub(crate) struct TransferShared {
     round: tokio::sync::Mutex<()>,
     /// One stray sweep at a time (see [`super::sweep`]).
     pub(super) sweep: tokio::sync::Mutex<()>,
+    /// The stray ranges of the rings of the given (settled, target) epochs. A std
+    /// `Mutex`: held only to read or replace.
+    pub(super) stray: Mutex<Option<((u64, u64), Vec<TokenRange>)>>,
 }
 
 impl TransferShared {
@@ -134,6 +137,7 @@ impl TransferShared {
             status: Mutex::new(TransferStatus::default()),
             round: tokio::sync::Mutex::new(()),
             sweep: tokio::sync::Mutex::new(()),
+            stray: Mutex::new(None),
         }
     }
 

@@ -52,11 +52,9 @@ impl NodeShared {
             keys_handed_over: 0,
             errors: Vec::new(),
         };
-        let (settled, target) = self.cluster.rings();
         let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
-        let me = self.cluster.me().clone();
         let mut left = allowance;
-        for range in stray_ranges(&settled, &target, &me, n) {
+        for range in self.stray_ranges_now(n) {
             if left.is_exhausted() {
                 break;
             }
@@ -66,6 +64,26 @@ impl NodeShared {
         }
         report.used = allowance.minus(left);
         report
+    }
+
+    /// [`stray_ranges`] of the current rings, recomputed only when the rings changed
+    /// (their epoch moves with every table change).
+    fn stray_ranges_now(&self, n: usize) -> Vec<TokenRange> {
+        let (settled, target) = self.cluster.rings();
+        let epochs = (settled.epoch(), target.epoch());
+        let mut cache = self
+            .transfer
+            .stray
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cache {
+            Some((cached, ranges)) if *cached == epochs => ranges.clone(),
+            _ => {
+                let ranges = stray_ranges(&settled, &target, self.cluster.me(), n);
+                *cache = Some((epochs, ranges.clone()));
+                ranges
+            }
+        }
     }
 
     async fn sweep_range(
@@ -127,6 +145,12 @@ impl NodeShared {
             // The ring moved under the round and made us a replica again, or there
             // is no ring: keep the key.
             if homes.is_empty() || homes.contains(me) {
+                continue;
+            }
+            // A home believed down would fail the batch and leave the key here anyway;
+            // wait for it rather than resend to the others every round. (Stand-ins
+            // hold such keys routinely: the sloppy quorum's writes for a down home.)
+            if homes.iter().any(|home| !self.cluster.is_available(home)) {
                 continue;
             }
             for home in homes {

@@ -326,6 +326,11 @@ impl World {
         *self.events.entry(event).or_default() += 1;
     }
 
+    /// Adds `n` to a counter (created even at zero, so a report shows it).
+    fn add(&mut self, event: &'static str, n: u64) {
+        *self.events.entry(event).or_default() += n;
+    }
+
     /// Counts a fault or membership event on node `index` and logs it.
     fn note(&mut self, event: &'static str, index: usize) {
         self.count(event);
@@ -598,11 +603,18 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     shared.handoff_round().await;
     let allowance = TransferSettings::default().per_round;
     let transfer = shared.transfer_round(allowance).await;
-    shared.sweep_round(allowance.minus(transfer.used)).await;
+    let sweep = shared.sweep_round(allowance.minus(transfer.used)).await;
     let now = shared.cluster().clock().wall();
-    shared
+    let repair = shared
         .antientropy_round(random.rotate_left(32), now)
         .await;
+    let mut w = lock(&world);
+    if transfer.completed {
+        w.note("transfer completed", index);
+    }
+    w.add("stray keys handed over", sweep.keys_handed_over);
+    w.add("keys repaired", repair.keys_pulled + repair.keys_pushed);
+    w.add("tombstones purged", repair.tombstones_purged);
 }
 
 /// Runs one seed and returns what happened.
