@@ -28,7 +28,7 @@ const KEEP_TOMBSTONES: Duration = Duration::from_secs(24 * 60 * 60);
 /// A grace period shorter than a run (whose workload spans a few simulated seconds
 /// and whose quiescing phase several more), so deletes are purged while faults,
 /// hints, transfers and repairs are still in flight.
-const PURGE_DURING_RUN: Duration = Duration::from_millis(1500);
+const PURGE_DURING_RUN: Duration = Duration::from_millis(500);
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

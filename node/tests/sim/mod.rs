@@ -431,6 +431,9 @@ enum Workload {
     SetAdd,
     /// A get, a delete with its context, then a put with the delete's context.
     DeleteRecreate,
+    /// A get, then a delete with its context: the key stays deleted (until a later
+    /// put), so its tombstone may be purged.
+    Delete,
 }
 
 /// The set workload's encoding: elements joined by commas.
@@ -575,6 +578,11 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
                 lock(&session.world)
                     .acked_elements
                     .insert(element, key.clone());
+            }
+        }
+        Workload::Delete => {
+            if let Some((_, context)) = session.get(&key, None).await {
+                session.put(&key, None, context).await;
             }
         }
         Workload::DeleteRecreate => {
@@ -740,12 +748,13 @@ async fn simulate(config: SimConfig) -> SimReport {
                 continue;
             }
             let node = up[rng.random_range(0..up.len())];
-            let workload = match rng.random_range(0..10) {
+            let workload = match rng.random_range(0..11) {
                 0..=1 => Workload::Read,
                 2..=3 => Workload::BlindPut,
                 4..=5 => Workload::ReadModifyWrite,
                 6..=7 => Workload::SetAdd,
-                _ => Workload::DeleteRecreate,
+                8..=9 => Workload::DeleteRecreate,
+                _ => Workload::Delete,
             };
             let key = match workload {
                 Workload::SetAdd => set_key_of(rng.random_range(0..SET_KEYS)),
