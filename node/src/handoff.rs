@@ -11,6 +11,10 @@
 //! now (the union of the settled and target preference lists, merged locally where
 //! that is this node), and the hint is deleted once all of them acknowledged.
 //!
+//! Likewise a node that is leaving must not take the hints it holds with it: a hint
+//! whose home is down goes to the key's home replicas that are up (at least one), and
+//! the leave completes only once no hint is left (see [`crate::transfer`]).
+//!
 //! Delivery is background work: each hint costs one unit of the node's
 //! [`BackgroundBudget`](crate::background::BackgroundBudget), and a round stops when
 //! the budget refuses, so a large backlog drains over several rounds instead of
@@ -61,19 +65,24 @@ impl NodeShared {
         };
         self.refresh_gauges(&targets);
         for (home, _) in targets {
-            let departing = self
-                .cluster
-                .table()
-                .get(&home)
-                .is_some_and(|m| matches!(m.state(), MemberState::Leaving | MemberState::Removed));
-            // Down homes come back through `probe_round`.
-            if !departing && !self.cluster.is_available(&home) {
-                continue;
-            }
-            let delivered = if departing {
-                redirect_hints(self, &home).await
-            } else {
+            let table = self.cluster.table();
+            let state_of = |node: &NodeId| table.get(node).map(|m| m.state());
+            let departing = |node: &NodeId| {
+                matches!(
+                    state_of(node),
+                    Some(MemberState::Leaving | MemberState::Removed)
+                )
+            };
+            let available = self.cluster.is_available(&home);
+            let delivered = if departing(&home) {
+                redirect_hints(self, &home, Redirect::ToEveryHome).await
+            } else if available {
                 deliver_hints(self, &home).await
+            } else if departing(self.cluster.me()) {
+                redirect_hints(self, &home, Redirect::ToAvailable).await
+            } else {
+                // Down homes come back through `probe_round`.
+                continue;
             };
             match delivered {
                 Ok(Budget::Left) => {}
@@ -91,6 +100,17 @@ impl NodeShared {
 enum Budget {
     Left,
     Spent,
+}
+
+/// Where [`redirect_hints`] sends a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redirect {
+    /// To every home replica of the key: the hint's own home is leaving or gone.
+    ToEveryHome,
+    /// To every home replica believed up but this node, at least one: this node is
+    /// leaving and its hint's home is down, so the hint must not leave with it; a
+    /// home replica holding the write is enough, anti-entropy brings it to the rest.
+    ToAvailable,
 }
 
 /// Takes up to one batch of `home`'s hints from the background budget: the hints
@@ -117,15 +137,25 @@ fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget)
 /// Delivers the hints held for `home`, which is leaving or has left, to each key's
 /// current home replicas instead (see the module docs); a hint is deleted once every one of
 /// them acknowledged, and the batch stops at the first failure (retried next round).
-async fn redirect_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
+async fn redirect_hints(
+    node: &NodeShared,
+    home: &NodeId,
+    mode: Redirect,
+) -> Result<Budget, String> {
     let (hints, outcome) = granted_hints(node, home)?;
     let n = usize::try_from(node.quorum.n()).unwrap_or(usize::MAX);
     let me = node.cluster.me().clone();
     for hint in hints {
         let write_set = node.cluster.write_set(&hint.key, n);
-        let replicas = &write_set.extended[..write_set.home.min(write_set.extended.len())];
+        let mut replicas: Vec<&NodeId> = write_set.extended
+            [..write_set.home.min(write_set.extended.len())]
+            .iter()
+            .collect();
+        if mode == Redirect::ToAvailable {
+            replicas.retain(|r| **r != me && node.cluster.is_available(r));
+        }
         if replicas.is_empty() {
-            return Err(format!("no replicas for a hint held for departing {home}"));
+            return Err(format!("no replica to take a hint held for {home}"));
         }
         for replica in replicas {
             if *replica == me {

@@ -9,6 +9,7 @@
 //! * `DYNAMO_SIM_SEEDS=N` runs N seeds per test (defaults below, sized for CI);
 //!   `DYNAMO_SIM_SEED=S` runs only seed S (to rerun a failure); `DYNAMO_SIM_FIRST=F`
 //!   starts the range at seed F; `DYNAMO_SIM_STEPS=K` changes the steps per run;
+//!   `DYNAMO_SIM_GRACE_MS=G` sets the purge variant's tombstone grace period;
 //!   `DYNAMO_SIM_KEY=key-3` prints a failing run's operations on that key, the write
 //!   sets its puts saw, the faults in order, and what every node holds of it.
 //! * Thousands of seeds: `DYNAMO_SIM_SEEDS=3000 cargo test -p dynamo-node --test
@@ -37,6 +38,11 @@ fn env_u64(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name} must be a number, got {value:?}")),
     )
+}
+
+/// The purge variant's grace period: `DYNAMO_SIM_GRACE_MS` or [`PURGE_DURING_RUN`].
+fn purge_grace() -> Duration {
+    env_u64("DYNAMO_SIM_GRACE_MS").map_or(PURGE_DURING_RUN, Duration::from_millis)
 }
 
 fn steps() -> usize {
@@ -188,7 +194,7 @@ fn deletes_stay_deleted_when_tombstones_are_purged_during_the_run() {
         "deletes_stay_deleted_when_tombstones_are_purged_during_the_run",
         1_000_000,
         60,
-        |seed| every_fault(seed, PURGE_DURING_RUN),
+        |seed| every_fault(seed, purge_grace()),
     );
     outcome.assert_passed();
     if env_u64("DYNAMO_SIM_SEED").is_none() {

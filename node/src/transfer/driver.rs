@@ -250,8 +250,20 @@ impl NodeShared {
         }
         report.used = allowance.minus(left);
         report.pending_tasks = tasks.iter().filter(|t| !progress.of(t).done).count();
-        // The last node cannot leave: there is no one to hand its data to.
-        let can_finish = role == TransferRole::Joining || !target.is_empty();
+        // The last node cannot leave: there is no one to hand its data to. Nor can a
+        // node leave while it holds hints: they are writes no one else may hold, which
+        // hinted handoff redirects to the keys' replicas first.
+        let hints_left = match role {
+            TransferRole::Joining => 0,
+            TransferRole::Leaving => self.hints_held().unwrap_or(1),
+        };
+        if hints_left > 0 && report.pending_tasks == 0 {
+            report
+                .errors
+                .push(format!("waiting for {hints_left} hints to be handed off"));
+        }
+        let can_finish =
+            role == TransferRole::Joining || (!target.is_empty() && hints_left == 0);
         if report.pending_tasks == 0 && can_finish {
             let change = match role {
                 TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),
@@ -298,6 +310,15 @@ impl NodeShared {
                 }
             }
         }
+    }
+
+    /// How many hints this node holds (for any home).
+    fn hints_held(&self) -> Result<u64, String> {
+        self.store
+            .engine()
+            .hint_targets()
+            .map(|targets| targets.iter().map(|(_, count)| count).sum())
+            .map_err(|e| format!("reading hint targets: {e}"))
     }
 
     /// Forgets a finished (or abandoned) transfer: its progress and its status.

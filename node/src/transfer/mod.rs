@@ -14,7 +14,7 @@
 //! * The node whose membership changes drives every copy the change needs ([`plan`]):
 //!   each range goes from the nodes that lose it to the nodes that gain it. Once every
 //!   copy is acknowledged, a `Joining` node marks itself `Member` and a `Leaving` node
-//!   marks itself `Removed`; gossip spreads the change and every node's rings agree
+//!   (once it also holds no hint: see [`crate::handoff`]) marks itself `Removed`; gossip spreads the change and every node's rings agree
 //!   again, so reads switch over. A leaving node whose departure would leave no ring
 //!   (the last node) stays `Leaving`: it has no one to hand its data to.
 //!

@@ -651,6 +651,15 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
         assert!(!cluster.stored(&n1, key).is_empty(), "{key} dropped");
     }
     cluster.network.heal(&addr(&n1), &addr(&n4));
+    // While n1 believes n4 down it does not even try.
+    for _ in 0..3 {
+        cluster.node(&n1).cluster().record_failure(&n4);
+    }
+    let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
+    assert_eq!(report.keys_handed_over, 0);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // A probe finds it back.
+    cluster.node(&n1).cluster().record_success(&n4);
     let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.keys_handed_over, lost.len() as u64);
@@ -703,6 +712,69 @@ async fn a_hint_for_a_removed_node_is_delivered_to_the_keys_current_replicas() {
         assert_eq!(
             cluster.stored(&replica, "hinted"),
             vec!["only-in-a-hint".to_owned()],
+            "on {replica}"
+        );
+    }
+}
+
+/// Regression (found by the deterministic simulator): a leaving node that stood in for
+/// a down replica held the only other copy of an acknowledged write as a hint, and
+/// completed its leave (and was shut down) with the hint undelivered. A leaving node
+/// now hands such hints to the key's live replicas, and leaves only once none is left.
+#[tokio::test]
+async fn a_leaving_node_hands_its_hints_to_live_replicas_before_it_is_removed() {
+    let cluster = Cluster::new(5);
+    let n4 = id("n4");
+    // A key one of whose replicas (not n4) is down; n4 holds its write as a hint.
+    let key = (0..1000)
+        .map(|i| format!("hinted-{i}"))
+        .find(|k| {
+            let replicas = cluster.target_replicas(k);
+            !replicas.contains(&n4)
+        })
+        .expect("a key n4 does not replicate");
+    let replicas = cluster.target_replicas(&key);
+    let down = replicas[0].clone();
+    let mut state = SiblingSet::new();
+    state
+        .put(
+            &VectorClock::new(),
+            crate::version::Value::data(b"hinted-only".as_slice()),
+            &crate::version::Actor::new(id("n5"), 3),
+            crate::time::Millis(1),
+            &crate::version::SiblingLimits::default(),
+        )
+        .expect("a first version");
+    let leaving = cluster.node(&n4);
+    leaving
+        .store()
+        .add_hint(&down, key.as_bytes(), &state, crate::storage::Durability::Sync)
+        .expect("adding a hint");
+    cluster.network.unregister(&addr(&down));
+    for _ in 0..3 {
+        leaving.cluster().record_failure(&down);
+    }
+    assert!(!leaving.cluster().is_available(&down));
+
+    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
+    // The ranges are handed over, but the hint holds the leave back.
+    let report = leaving.transfer_round(UNLIMITED).await;
+    assert!(!report.completed);
+    assert_eq!(report.pending_tasks, 0);
+    assert!(
+        report.errors.iter().any(|e| e.contains("hints")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
+
+    leaving.handoff_round().await;
+    let report = leaving.transfer_round(UNLIMITED).await;
+    assert!(report.completed, "{:?}", report.errors);
+    for replica in &replicas[1..] {
+        assert_eq!(
+            cluster.stored(replica, &key),
+            vec!["hinted-only".to_owned()],
             "on {replica}"
         );
     }

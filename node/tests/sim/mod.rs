@@ -65,6 +65,9 @@ const PARTITIONS: u32 = 32;
 /// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
 /// hashing a production-sized tree after every restart would dominate a run's time.
 const TREE_DEPTH: u8 = 8;
+/// A tombstone grace period shorter than this is meant to purge deletes within the
+/// run: quiescing then lasts until it has passed.
+const PURGE_WITHIN_RUN: Duration = Duration::from_secs(60);
 /// Client operations in flight at once.
 const MAX_IN_FLIGHT: usize = 6;
 
@@ -785,7 +788,11 @@ async fn simulate(config: SimConfig) -> SimReport {
         let line = format!("after op #{}: heal all (quiesce)", w.history.ops().len());
         w.log.push(line);
     }
-    let quiesced = quiesce(&world, &mut rng).await;
+    // A grace period shorter than a run: keep the background rounds going until every
+    // tombstone written during the workload has expired and purge rounds have run.
+    let at_least = (config.tombstone_grace < PURGE_WITHIN_RUN)
+        .then(|| tokio::time::Instant::now() + config.tombstone_grace + ROUND_INTERVAL * 8);
+    let quiesced = quiesce(&world, &mut rng, at_least).await;
 
     let keys: Vec<Vec<u8>> = (0..KEYS)
         .map(key_of)
@@ -843,9 +850,13 @@ async fn simulate(config: SimConfig) -> SimReport {
 
 /// Background rounds on every live node until no hints are left, every table agrees,
 /// no node is still joining or leaving, every live node believes every other one up,
-/// and every range's Merkle roots agree on all its replicas, for two rounds in a row;
-/// false if the bound ran out first.
-async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
+/// and every range's Merkle roots agree on all its replicas, for two rounds in a row
+/// (and not before `at_least`); false if the bound ran out first.
+async fn quiesce(
+    world: &Shared,
+    rng: &mut ChaCha8Rng,
+    at_least: Option<tokio::time::Instant>,
+) -> bool {
     let mut calm = 0;
     for _ in 0..MAX_QUIESCE_ROUNDS {
         tokio::time::sleep(ROUND_INTERVAL).await;
@@ -891,7 +902,7 @@ async fn quiesce(world: &Shared, rng: &mut ChaCha8Rng) -> bool {
             && trees_agree(&w, &up)
         {
             calm += 1;
-            if calm >= 2 {
+            if calm >= 2 && at_least.is_none_or(|t| tokio::time::Instant::now() >= t) {
                 return true;
             }
         } else {
