@@ -65,6 +65,8 @@ const PARTITIONS: u32 = 32;
 /// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
 /// hashing a production-sized tree after every restart would dominate a run's time.
 const TREE_DEPTH: u8 = 8;
+/// The most simulated time between two workload steps, exclusive.
+pub(crate) const MAX_STEP_GAP_MS: u64 = 40;
 /// A tombstone grace period shorter than this is meant to purge deletes within the
 /// run: quiescing then lasts until it has passed.
 const PURGE_WITHIN_RUN: Duration = Duration::from_secs(60);
@@ -721,7 +723,7 @@ async fn simulate(config: SimConfig) -> SimReport {
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_flush = tokio::time::Instant::now();
     for step in 0..config.steps {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..MAX_STEP_GAP_MS))).await;
         // sled's flush thread: buffered writes reach disk every FLUSH_INTERVAL.
         if last_flush.elapsed() >= FLUSH_INTERVAL {
             last_flush = tokio::time::Instant::now();
