@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(depth_for(half, full), FULL_RING_DEPTH - 1);
         let sixteenth = TokenRange::new(Token(5), Token(5 + (1 << 124)));
         assert_eq!(depth_for(sixteenth, full), FULL_RING_DEPTH - 4);
-        assert_eq!(depth_for(TokenRange::new(Token(5), Token(6)), full), MIN_DEPTH);
+        assert_eq!(
+            depth_for(TokenRange::new(Token(5), Token(6)), full),
+            MIN_DEPTH
+        );
         // Wrapping ranges are measured the same way.
         let wrapping = TokenRange::new(Token(u128::MAX - (1 << 126) + 1), Token(1 << 126));
         assert_eq!(depth_for(wrapping, full), FULL_RING_DEPTH - 1);
@@ -276,11 +279,10 @@ mod tests {
         ] {
             let names = ["a", "b", "c", "d", "e"];
             let ring = ring(&names, strategy);
-            let all: Vec<Vec<TreeSpec>> =
-                names
-                    .iter()
-                    .map(|n| tree_specs(&ring, &id(n), 3, FULL_RING_DEPTH))
-                    .collect();
+            let all: Vec<Vec<TreeSpec>> = names
+                .iter()
+                .map(|n| tree_specs(&ring, &id(n), 3, FULL_RING_DEPTH))
+                .collect();
             for (me, specs) in names.iter().zip(&all) {
                 assert!(!specs.is_empty());
                 for spec in specs {

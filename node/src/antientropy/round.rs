@@ -440,7 +440,10 @@ impl NodeShared {
             let count = pulls.len() as u64;
             let store = self.store.clone();
             let durability = self.durability;
-            blocking(&self.store, move || Ok(store.merge_batch(&pulls, durability)?)).await?;
+            blocking(&self.store, move || {
+                Ok(store.merge_batch(&pulls, durability)?)
+            })
+            .await?;
             report.keys_pulled += count;
         }
         if !pushes.is_empty() {
@@ -472,9 +475,10 @@ impl NodeShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&range);
         let store = self.store.clone();
-        let page =
-            blocking(&self.store, move || Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?))
-                .await?;
+        let page = blocking(&self.store, move || {
+            Ok(store.scan(range, cursor.as_deref(), PURGE_PAGE, usize::MAX)?)
+        })
+        .await?;
         if !page.done {
             if let Some((last, _)) = page.entries.last() {
                 self.antientropy
@@ -546,6 +550,9 @@ impl NodeShared {
         }
         let store = self.store.clone();
         let key = key.to_vec();
-        blocking(&self.store, move || Ok(store.remove_tombstone_if(&key, digest)?)).await
+        blocking(&self.store, move || {
+            Ok(store.remove_tombstone_if(&key, digest)?)
+        })
+        .await
     }
 }

@@ -114,6 +114,9 @@ impl RoundReport {
     }
 }
 
+/// The stray ranges computed for the rings of one (settled, target) epoch pair.
+pub(super) type StrayCache = ((u64, u64), Vec<TokenRange>);
+
 /// The driver's state inside a node.
 #[derive(Debug)]
 pub(crate) struct TransferShared {
@@ -127,7 +130,7 @@ pub(crate) struct TransferShared {
     pub(super) sweep: tokio::sync::Mutex<()>,
     /// The stray ranges of the rings of the given (settled, target) epochs. A std
     /// `Mutex`: held only to read or replace.
-    pub(super) stray: Mutex<Option<((u64, u64), Vec<TokenRange>)>>,
+    pub(super) stray: Mutex<Option<StrayCache>>,
 }
 
 impl TransferShared {
@@ -180,7 +183,10 @@ pub(crate) async fn transfer_loop(
             tracing::debug!(%error, "stray sweep paused");
         }
         if sweep.keys_handed_over > 0 {
-            tracing::debug!(keys = sweep.keys_handed_over, "handed stray keys to their replicas");
+            tracing::debug!(
+                keys = sweep.keys_handed_over,
+                "handed stray keys to their replicas"
+            );
         }
     }
 }
@@ -262,8 +268,7 @@ impl NodeShared {
                 .errors
                 .push(format!("waiting for {hints_left} hints to be handed off"));
         }
-        let can_finish =
-            role == TransferRole::Joining || (!target.is_empty() && hints_left == 0);
+        let can_finish = role == TransferRole::Joining || (!target.is_empty() && hints_left == 0);
         if report.pending_tasks == 0 && can_finish {
             let change = match role {
                 TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),

@@ -78,6 +78,6 @@ pub(crate) use driver::{TransferShared, transfer_loop};
 pub use plan::{
     Task, WriteSet, plan, read_ring, settled_members, stray_ranges, target_members, write_set,
 };
-pub use sweep::SweepReport;
 pub use progress::{PROGRESS_FORMAT_VERSION, Progress, ProgressError, TaskProgress};
+pub use sweep::SweepReport;
 pub use throttle::{Allowance, FixedThrottle, TransferThrottle};

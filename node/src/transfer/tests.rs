@@ -588,7 +588,10 @@ async fn a_write_coordinated_with_a_stale_ring_reaches_the_new_replicas_through_
         .collect();
     assert!(keys.len() >= 5, "too few keys moved to n5: {keys:?}");
     for key in &keys {
-        assert!(cluster.put(&n1, key, "late").await, "writing {key} through n1");
+        assert!(
+            cluster.put(&n1, key, "late").await,
+            "writing {key} through n1"
+        );
     }
     // The write is acknowledged, yet n5, now a replica of every one of these keys,
     // holds none of them.
@@ -604,7 +607,10 @@ async fn a_write_coordinated_with_a_stale_ring_reaches_the_new_replicas_through_
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         handed_over += report.keys_handed_over;
     }
-    assert!(handed_over >= keys.len() as u64, "handed over {handed_over}");
+    assert!(
+        handed_over >= keys.len() as u64,
+        "handed over {handed_over}"
+    );
     for key in &keys {
         let replicas = cluster.target_replicas(key);
         for node in cluster.nodes.keys() {
@@ -748,7 +754,12 @@ async fn a_leaving_node_hands_its_hints_to_live_replicas_before_it_is_removed() 
     let leaving = cluster.node(&n4);
     leaving
         .store()
-        .add_hint(&down, key.as_bytes(), &state, crate::storage::Durability::Sync)
+        .add_hint(
+            &down,
+            key.as_bytes(),
+            &state,
+            crate::storage::Durability::Sync,
+        )
         .expect("adding a hint");
     cluster.network.unregister(&addr(&down));
     for _ in 0..3 {

@@ -618,9 +618,7 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     let transfer = shared.transfer_round(allowance).await;
     let sweep = shared.sweep_round(allowance.minus(transfer.used)).await;
     let now = shared.cluster().clock().wall();
-    let repair = shared
-        .antientropy_round(random.rotate_left(32), now)
-        .await;
+    let repair = shared.antientropy_round(random.rotate_left(32), now).await;
     let mut w = lock(&world);
     if transfer.completed {
         w.note("transfer completed", index);
@@ -894,9 +892,11 @@ async fn quiesce(
         }
         let settled = up.first().is_none_or(|&i| {
             let (shared, _) = w.up(i).expect("live");
-            shared.cluster().table().iter().all(|m| {
-                !matches!(m.state(), MemberState::Joining | MemberState::Leaving)
-            })
+            shared
+                .cluster()
+                .table()
+                .iter()
+                .all(|m| !matches!(m.state(), MemberState::Joining | MemberState::Leaving))
         });
         if digests.windows(2).all(|pair| pair[0] == pair[1])
             && hints == 0
@@ -958,7 +958,9 @@ fn log_holders(world: &Shared, key: &[u8]) {
             .map(|s| {
                 format!(
                     "{:?}",
-                    s.value.as_data().map(|v| String::from_utf8_lossy(v).into_owned())
+                    s.value
+                        .as_data()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
                 )
             })
             .collect();
@@ -1045,7 +1047,10 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                 .partition(|_| rng.random_bool(0.5));
             w.network.partition(&a, &b);
             w.count("partition");
-            let line = format!("after op #{}: partition {a:?} | {b:?}", w.history.ops().len());
+            let line = format!(
+                "after op #{}: partition {a:?} | {b:?}",
+                w.history.ops().len()
+            );
             w.log.push(line);
         }
         3 if faults.drops => {
@@ -1144,10 +1149,10 @@ fn retire_if_removed(world: &Shared, index: usize) -> bool {
     if !removed_in(&shared) {
         return false;
     }
-    let everyone_knows = w.up_nodes().into_iter().all(|i| {
-        w.up(i)
-            .is_some_and(|(other, _)| removed_in(&other))
-    });
+    let everyone_knows = w
+        .up_nodes()
+        .into_iter()
+        .all(|i| w.up(i).is_some_and(|(other, _)| removed_in(&other)));
     if !everyone_knows {
         return false;
     }
