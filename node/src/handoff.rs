@@ -11,6 +11,10 @@
 //! now (the union of the settled and target preference lists, merged locally where
 //! that is this node), and the hint is deleted once all of them acknowledged.
 //!
+//! The same goes for a hint whose home is missing from this node's member table, so
+//! has no address: its join has not reached this node yet, or was lost with the only
+//! disk that recorded it.
+//!
 //! Likewise a node that is leaving must not take the hints it holds with it: a hint
 //! whose home is down goes to the key's home replicas that are up (at least one), and
 //! the leave completes only once no hint is left (see [`crate::transfer`]).
@@ -74,7 +78,11 @@ impl NodeShared {
                 )
             };
             let available = self.cluster.is_available(&home);
-            let delivered = if departing(&home) {
+            // A home missing from our table has no address to deliver to: its join
+            // has not reached us yet, or was lost with the disk of the only node that
+            // knew it. Either way the key's current replicas are a safe place for the
+            // write (anti-entropy brings it to the home once it is one of them).
+            let delivered = if departing(&home) || state_of(&home).is_none() {
                 redirect_hints(self, &home, Redirect::ToEveryHome).await
             } else if available {
                 deliver_hints(self, &home).await

@@ -151,6 +151,8 @@ pub(crate) struct SimReport {
     pub(crate) lost_set_elements: Vec<String>,
     /// Whether background rounds reached quiescence within the bound.
     pub(crate) quiesced: bool,
+    /// What the last quiescing round found still unsettled.
+    pub(crate) quiesce_blocker: String,
     /// Simulated milliseconds the run took.
     pub(crate) simulated_ms: u64,
     /// Counts of what happened, for the report.
@@ -201,7 +203,8 @@ impl SimReport {
         }
         if !self.quiesced {
             lines.push(format!(
-                "background work did not quiesce within {MAX_QUIESCE_ROUNDS} rounds"
+                "background work did not quiesce within {MAX_QUIESCE_ROUNDS} rounds ({})",
+                self.quiesce_blocker
             ));
         }
         lines.join("\n")
@@ -630,6 +633,14 @@ async fn background_round(world: Shared, index: usize, random: u64) {
 
 /// Runs one seed and returns what happened.
 pub(crate) fn run(config: SimConfig) -> SimReport {
+    if std::env::var("DYNAMO_SIM_LOG").is_ok() {
+        // The nodes' own logs (e.g. DYNAMO_SIM_LOG=1 RUST_LOG=dynamo_node=debug), for
+        // tracing a failing seed; once per process.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -792,7 +803,8 @@ async fn simulate(config: SimConfig) -> SimReport {
     // tombstone written during the workload has expired and purge rounds have run.
     let at_least = (config.tombstone_grace < PURGE_WITHIN_RUN)
         .then(|| tokio::time::Instant::now() + config.tombstone_grace + ROUND_INTERVAL * 8);
-    let quiesced = quiesce(&world, &mut rng, at_least).await;
+    let mut blocker = String::new();
+    let quiesced = quiesce(&world, &mut rng, at_least, &mut blocker).await;
 
     let keys: Vec<Vec<u8>> = (0..KEYS)
         .map(key_of)
@@ -842,6 +854,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         verdict,
         lost_set_elements,
         quiesced,
+        quiesce_blocker: blocker,
         simulated_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         events: w.events.clone(),
         log: w.log.clone(),
@@ -856,6 +869,7 @@ async fn quiesce(
     world: &Shared,
     rng: &mut ChaCha8Rng,
     at_least: Option<tokio::time::Instant>,
+    blocker: &mut String,
 ) -> bool {
     let mut calm = 0;
     for _ in 0..MAX_QUIESCE_ROUNDS {
@@ -871,6 +885,7 @@ async fn quiesce(
         let w = lock(world);
         let mut digests = Vec::new();
         let mut hints = 0;
+        let mut unsettled = Vec::new();
         for &i in &up {
             let (shared, _) = w.up(i).expect("live");
             digests.push(shared.cluster().table().digest());
@@ -879,30 +894,36 @@ async fn quiesce(
             for &j in &up {
                 if !shared.cluster().is_available(&w.nodes[j].id) {
                     hints += 1;
+                    unsettled.push(format!("{} believes {} down", w.nodes[i].id, w.nodes[j].id));
                 }
             }
-            hints += shared
+            for (target, count) in shared
                 .store()
                 .engine()
                 .hint_targets()
                 .expect("reading hint targets")
-                .iter()
-                .map(|(_, n)| n)
-                .sum::<u64>();
+            {
+                hints += count;
+                unsettled.push(format!("{} holds {count} hints for {target}", w.nodes[i].id));
+            }
         }
-        let settled = up.first().is_none_or(|&i| {
+        let changing: Vec<String> = up.first().map_or_else(Vec::new, |&i| {
             let (shared, _) = w.up(i).expect("live");
             shared
                 .cluster()
                 .table()
                 .iter()
-                .all(|m| !matches!(m.state(), MemberState::Joining | MemberState::Leaving))
+                .filter(|m| matches!(m.state(), MemberState::Joining | MemberState::Leaving))
+                .map(|m| format!("{} {}", m.id(), m.state()))
+                .collect()
         });
-        if digests.windows(2).all(|pair| pair[0] == pair[1])
-            && hints == 0
-            && settled
-            && trees_agree(&w, &up)
-        {
+        let tables_agree = digests.windows(2).all(|pair| pair[0] == pair[1]);
+        let trees = trees_agree(&w, &up);
+        *blocker = format!(
+            "tables agree: {tables_agree}; hints or nodes believed down: {unsettled:?}; \
+             joining or leaving: {changing:?}; trees agree: {trees}"
+        );
+        if tables_agree && hints == 0 && changing.is_empty() && trees {
             calm += 1;
             if calm >= 2 && at_least.is_none_or(|t| tokio::time::Instant::now() >= t) {
                 return true;
