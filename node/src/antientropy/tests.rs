@@ -600,3 +600,36 @@ async fn disabled_anti_entropy_keeps_no_trees() {
         super::TreeCounts::default()
     );
 }
+
+#[tokio::test]
+async fn a_shallower_tree_depth_builds_smaller_trees_that_still_repair_a_wiped_replica() {
+    let mut harness = Harness::new(
+        3,
+        AntiEntropyConfig {
+            tree_depth: 4,
+            ..config()
+        },
+    );
+    for i in 0..40 {
+        harness.put("n1", &format!("k{i}"), &format!("v{i}")).await;
+    }
+    harness.wipe("n3");
+    for node in &harness.nodes {
+        node.refresh_trees().await;
+        let specs = node.antientropy().trees().ready_specs();
+        assert!(!specs.is_empty());
+        // Three nodes, three replicas: one tree over the whole ring, 2^4 buckets.
+        assert!(specs.iter().all(|spec| spec.depth == 4), "{specs:?}");
+    }
+    harness
+        .rounds_until("n3", Millis(0), |h| {
+            (0..40).all(|i| !h.stored("n3", &format!("k{i}")).is_empty())
+        })
+        .await;
+    for i in 0..40 {
+        assert_eq!(
+            harness.stored("n3", &format!("k{i}")),
+            harness.stored("n1", &format!("k{i}"))
+        );
+    }
+}

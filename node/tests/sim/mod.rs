@@ -930,7 +930,10 @@ async fn quiesce(
                 .expect("reading hint targets")
             {
                 hints += count;
-                unsettled.push(format!("{} holds {count} hints for {target}", w.nodes[i].id));
+                unsettled.push(format!(
+                    "{} holds {count} hints for {target}",
+                    w.nodes[i].id
+                ));
             }
         }
         let changing: Vec<String> = up.first().map_or_else(Vec::new, |&i| {
