@@ -1150,4 +1150,61 @@ mod tests {
             None
         );
     }
+
+    /// Admission control: a joining node's transfer draws its keys from the shared
+    /// background budget; a node with nothing to transfer draws nothing.
+    #[test]
+    fn transfer_allowance_comes_from_the_shared_budget_only_while_transferring() {
+        use crate::transfer::Allowance;
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let mut settings = NodeSettings::new(id("n1"));
+        settings.admission = crate::admission::AdmissionConfig::new(
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            5,
+            5,
+        )
+        .unwrap();
+        let node = NodeShared::assemble(
+            settings,
+            Arc::new(MemoryEngine::new()),
+            Arc::new(network.endpoint("n1:7001")),
+            "n1:7001".into(),
+        )
+        .unwrap();
+        let wanted = Allowance {
+            keys: 100,
+            bytes: 1 << 20,
+        };
+        let granted = |node: &NodeShared| {
+            node.metrics()
+                .encode()
+                .lines()
+                .find(|l| l.starts_with(r#"dynamo_background_granted_total{kind="transfer"}"#))
+                .map(str::to_owned)
+        };
+        // Not in the table yet: no transfer, the throttle's allowance as it is.
+        assert_eq!(node.admitted_transfer_allowance(wanted), wanted);
+        assert_eq!(
+            granted(&node).as_deref(),
+            Some(r#"dynamo_background_granted_total{kind="transfer"} 0"#)
+        );
+
+        node.change_membership(|t| t.join(id("n1"), "n1:7001", 1))
+            .unwrap();
+        let first = node.admitted_transfer_allowance(wanted);
+        assert_eq!(first.keys, 5, "the whole budget of the interval");
+        assert_eq!(first.bytes, wanted.bytes);
+        let spent = node.admitted_transfer_allowance(wanted);
+        assert_eq!(
+            (spent.keys, spent.bytes),
+            (0, 0),
+            "nothing left this interval"
+        );
+        assert_eq!(
+            granted(&node).as_deref(),
+            Some(r#"dynamo_background_granted_total{kind="transfer"} 5"#)
+        );
+    }
 }

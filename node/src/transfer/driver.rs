@@ -160,7 +160,8 @@ pub(crate) async fn transfer_loop(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => continue,
         }
-        let allowance = throttle.allowance(node.cluster.clock().monotonic());
+        let wanted = throttle.allowance(node.cluster.clock().monotonic());
+        let allowance = node.admitted_transfer_allowance(wanted);
         let report = node.transfer_round(allowance).await;
         throttle.consumed(report.used);
         for error in &report.errors {
@@ -176,6 +177,29 @@ struct CallError {
 }
 
 impl NodeShared {
+    /// What a transfer round may send: `wanted` (the round's own throttle), with its keys
+    /// drawn from the node's shared background budget (admission control), so transfer
+    /// backs off when foreground latency rises. Nothing is drawn while this node is
+    /// neither joining nor leaving, so an idle transfer loop never eats the budget that
+    /// hinted handoff and anti-entropy share.
+    pub fn admitted_transfer_allowance(&self, wanted: Allowance) -> Allowance {
+        let me = self.cluster.me();
+        let transferring = matches!(
+            self.cluster.table().get(me).map(|m| m.state()),
+            Some(MemberState::Joining | MemberState::Leaving)
+        );
+        if !transferring {
+            return wanted;
+        }
+        let keys = self
+            .background
+            .take(crate::admission::WorkKind::Transfer, wanted.keys);
+        Allowance {
+            keys,
+            bytes: if keys == 0 { 0 } else { wanted.bytes },
+        }
+    }
+
     /// One round of range transfer for this node's own membership change (see the
     /// [module docs](crate::transfer)): copies what `allowance` permits of the plan
     /// between the settled and the target ring, in plan order, saving each task's
