@@ -32,6 +32,7 @@
 //! The engine is behind [`StorageEngine`] so it can be replaced without touching the
 //! protocol; operators should watch the data directory's size.
 
+mod group_commit;
 mod keys;
 mod memory;
 mod sled_engine;
@@ -47,7 +48,8 @@ use crate::ring::TokenRange;
 /// How durable a write must be before the call returns (Dynamo §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Durability {
-    /// On disk before the call returns. Costs a flush (with fsync) per write.
+    /// On disk before the call returns. Costs a flush (with fsync), shared by the
+    /// writes that wait for one at the same time (group commit).
     Sync,
     /// In the engine's memory when the call returns; on disk at the engine's next
     /// periodic flush, at [`StorageEngine::flush`], or at the next `Sync` write, which
