@@ -170,11 +170,9 @@ fn internal(e: impl std::fmt::Display) -> ReplicaError {
 #[async_trait::async_trait]
 impl ReplicaHandler for PeerHandler {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
-        let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || node.store.read(&key))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        // Inline, like the coordinator's local read: a read is served from sled's page
+        // cache, and a blocking-pool hop per replica read cost more than the read.
+        self.node.store.read(&key).map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -182,6 +180,11 @@ impl ReplicaHandler for PeerHandler {
         limits
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+        if !write.durable && self.node.durability == Durability::Buffered {
+            // Nothing to wait for: an in-memory update, done inline.
+            return self.node.store_write(&write).map_err(internal);
+        }
+        // A durable write blocks until a (shared) flush ends: off the async threads.
         let node = Arc::clone(&self.node);
         tokio::task::spawn_blocking(move || node.store_write(&write))
             .await
