@@ -139,19 +139,22 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Stores a replica write (and a hint when it stands in for another node).
-    fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
-        let durability = if write.durable {
-            Durability::Sync
-        } else {
-            self.durability
-        };
-        self.store.merge(&write.key, &write.state, durability)?;
+    /// Stores a replica write (and a hint when it stands in for another node), durably
+    /// when the write asks for it or the node writes everything durably.
+    ///
+    /// The merge is an in-memory update done inline; a durable write then waits for a
+    /// flush shared with concurrent writes (group commit) without holding a thread.
+    async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+        self.store
+            .merge(&write.key, &write.state, Durability::Buffered)?;
         if let Some(home) = &write.hint_for {
             // Dynamo §4.6: the stand-in keeps the write with a hint naming its home, and
             // hands it over when the home node is back.
             self.store
-                .add_hint(home, &write.key, &write.state, durability)?;
+                .add_hint(home, &write.key, &write.state, Durability::Buffered)?;
+        }
+        if write.durable || self.durability == Durability::Sync {
+            self.store.make_durable().await?;
         }
         Ok(())
     }
@@ -180,16 +183,7 @@ impl ReplicaHandler for PeerHandler {
         limits
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        if !write.durable && self.node.durability == Durability::Buffered {
-            // Nothing to wait for: an in-memory update, done inline.
-            return self.node.store_write(&write).map_err(internal);
-        }
-        // A durable write blocks until a (shared) flush ends: off the async threads.
-        let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || node.store_write(&write))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        self.node.store_write(&write).await.map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::NodeId;
 use crate::ring::TokenRange;
-use crate::storage::{Durability, StorageEngine, StorageError};
+use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
     Actor, SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
@@ -41,6 +41,8 @@ pub struct Store {
     /// Shared with the handoff loop and the servers; the engine does its own locking.
     engine: Arc<dyn StorageEngine>,
     limits: SiblingLimits,
+    /// Coalesces the async request path's waits for durability into shared flushes.
+    commit: Arc<GroupCommit>,
 }
 
 impl std::fmt::Debug for Store {
@@ -72,7 +74,23 @@ pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
 impl Store {
     /// Wraps an engine.
     pub fn new(engine: Arc<dyn StorageEngine>, limits: SiblingLimits) -> Self {
-        Self { engine, limits }
+        Self {
+            engine,
+            limits,
+            commit: Arc::new(GroupCommit::new()),
+        }
+    }
+
+    /// Waits, without holding a thread, until every write applied so far is on disk:
+    /// for a flush of the engine that starts after this call. Concurrent callers share
+    /// flushes (group commit), so a request path can apply its writes with
+    /// [`Durability::Buffered`] and then await this.
+    ///
+    /// # Errors
+    /// The flush failed; the writes stay applied in memory.
+    pub async fn make_durable(&self) -> Result<(), StoreError> {
+        let engine = Arc::clone(&self.engine);
+        Ok(self.commit.sync_async(move || engine.flush()).await?)
     }
 
     /// The engine underneath (for metadata and flushes).

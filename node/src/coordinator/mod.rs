@@ -369,14 +369,12 @@ impl Inner {
     }
 
     /// Waits for a flush that starts now, so every local write applied so far is on
-    /// disk (shared with concurrent writers by the engine's group commit).
+    /// disk (shared with concurrent writers: group commit).
     async fn make_local_writes_durable(&self) -> Result<(), String> {
-        let engine = Arc::clone(self.store.engine());
-        match tokio::task::spawn_blocking(move || engine.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("local write not durable: {error}")),
-            Err(error) => Err(format!("local flush task failed: {error}")),
-        }
+        self.store
+            .make_durable()
+            .await
+            .map_err(|error| format!("local write not durable: {error}"))
     }
 
     fn observe(&self, node: &NodeId, error: Option<&TransportError>) {

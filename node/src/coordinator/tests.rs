@@ -629,3 +629,49 @@ async fn the_coordinators_own_write_counts_only_once_flushed() {
         assert!(harness.stored(&n1, b"k").contains(&"kept".to_owned()));
     }
 }
+
+/// A replica acknowledges a durable write (every write in sync mode) only once it is
+/// flushed; in buffered mode the replicas other than the coordinator write to memory
+/// and do not wait for their disk.
+#[tokio::test]
+async fn a_replica_acknowledges_a_durable_write_only_once_flushed() {
+    use std::sync::atomic::Ordering;
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let n2_engine = Arc::new(FailingFlush::default());
+        n2_engine.fail.store(true, Ordering::SeqCst);
+        let engine_for_n2 = Arc::clone(&n2_engine);
+        let harness = Harness::build_with_engines(
+            3,
+            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
+            CALL_TIMEOUT,
+            |settings| settings.durability = durability,
+            move |node| -> Arc<dyn StorageEngine> {
+                if node.as_str() == "n2" {
+                    Arc::clone(&engine_for_n2) as Arc<dyn StorageEngine>
+                } else {
+                    Arc::new(MemoryEngine::new())
+                }
+            },
+        );
+        let result = harness.put(&id("n1"), b"k", "v", None).await;
+        match durability {
+            Durability::Sync => {
+                let error = expect_quorum_error(result);
+                assert!(error.contains("n2"), "{error}");
+            }
+            Durability::Buffered => {
+                result.unwrap();
+                assert_eq!(
+                    n2_engine.flushes.load(Ordering::SeqCst),
+                    0,
+                    "a buffered replica write does not flush"
+                );
+            }
+        }
+        // Either way the write reached n2's memory.
+        assert!(
+            eventually(|| harness.stored(&id("n2"), b"k") == ["v"]).await,
+            "{durability:?}"
+        );
+    }
+}

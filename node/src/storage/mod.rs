@@ -3,7 +3,10 @@
 //! This is the first module of the I/O shell, not of the pure core: [`SledEngine`] does
 //! disk I/O, and every call blocks the calling thread (no async, no clocks). Async
 //! callers run it on a blocking-friendly thread or accept short blocking; the critical
-//! sections are small.
+//! sections are small. The one exception is the group commit's async wait
+//! (`GroupCommit::sync_async`, behind [`Store::make_durable`](crate::store::Store::make_durable)),
+//! so that a durable write on the request path waits for its shared flush without
+//! holding a thread.
 //!
 //! Dynamo §5: "Dynamo's local persistence component allows for different storage engines
 //! to be plugged in". [`StorageEngine`] is that plug: the node holds an
@@ -39,6 +42,7 @@ mod sled_engine;
 #[cfg(test)]
 mod suite;
 
+pub(crate) use group_commit::GroupCommit;
 pub use memory::MemoryEngine;
 pub use sled_engine::{MAX_FLUSH_INTERVAL, SledConfig, SledConfigError, SledEngine};
 
