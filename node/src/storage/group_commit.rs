@@ -176,7 +176,10 @@ impl GroupCommit {
             outcome: Err("the flush panicked".to_owned()),
         };
         let result = flush();
-        ending.outcome = result.as_ref().map(|()| ()).map_err(describe);
+        ending.outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(describe(error)),
+        };
         drop(ending);
         result
     }
