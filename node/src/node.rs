@@ -154,19 +154,22 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Stores a replica write (and a hint when it stands in for another node).
-    fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
-        let durability = if write.durable {
-            Durability::Sync
-        } else {
-            self.durability
-        };
-        self.store.merge(&write.key, &write.state, durability)?;
+    /// Stores a replica write (and a hint when it stands in for another node), durably
+    /// when the write asks for it or the node writes everything durably.
+    ///
+    /// The merge is an in-memory update done inline; a durable write then waits for a
+    /// flush shared with concurrent writes (group commit) without holding a thread.
+    async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+        self.store
+            .merge(&write.key, &write.state, Durability::Buffered)?;
         if let Some(home) = &write.hint_for {
             // Dynamo §4.6: the stand-in keeps the write with a hint naming its home, and
             // hands it over when the home node is back.
             self.store
-                .add_hint(home, &write.key, &write.state, durability)?;
+                .add_hint(home, &write.key, &write.state, Durability::Buffered)?;
+        }
+        if write.durable || self.durability == Durability::Sync {
+            self.store.make_durable().await?;
         }
         Ok(())
     }
@@ -185,13 +188,9 @@ fn internal(e: impl std::fmt::Display) -> ReplicaError {
 #[async_trait::async_trait]
 impl ReplicaHandler for PeerHandler {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store.read(&key)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
+        // Inline, like the coordinator's local read: a read is served from sled's page
+        // cache, and a blocking-pool hop per replica read cost more than the read.
+        self.node.store.read(&key).map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -199,13 +198,7 @@ impl ReplicaHandler for PeerHandler {
         limits
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store_write(&write)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
+        self.node.store_write(&write).await.map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
