@@ -20,6 +20,9 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
 
+/// The namespace the operator runs in, in these tests.
+pub const OPERATOR_NAMESPACE: &str = "dynamo-system";
+
 /// The longest any single wait may take before the test fails with a message.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -192,6 +195,7 @@ pub fn context(client: kube::Client, endpoints: Loopback) -> Arc<Context> {
         client,
         Arc::new(GrpcAdmin::new(Duration::from_secs(5))),
         Arc::new(endpoints),
+        OPERATOR_NAMESPACE.to_owned(),
         kube::runtime::events::Reporter {
             controller: "dynamo-operator".to_owned(),
             instance: Some("test".to_owned()),
