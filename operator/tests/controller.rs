@@ -966,3 +966,20 @@ async fn a_tls_cluster_is_reconciled_over_mutual_tls() {
     support::wait_for_states(&admin, &target, &[("db-0", MemberState::Member)]).await;
     n0.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_chart_grants_what_the_lease_keeper_needs() {
+    // kube-lease-manager reads the Lease, creates it if missing, and takes and renews it
+    // with patches (it never updates or deletes it outside its own tests).
+    for verb in ["get", "create", "patch"] {
+        let permission = (
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+        );
+        assert!(
+            support::chart_rbac().contains(&permission),
+            "{permission:?}"
+        );
+    }
+}
