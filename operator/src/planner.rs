@@ -1318,7 +1318,9 @@ mod tests {
         let floor = MIN_STORED_BYTES_PER_KEY;
         // Four remaining 1 KiB volumes hold exactly 128 keys at the floor.
         let exact = 4 * 1024 / floor;
-        let cases: Vec<(&str, Option<u64>, [Option<u64>; 5], bool)> = vec![
+        /// Keys per member, ordinals 0..5; `None` when its status was not read.
+        type Keys = [Option<u64>; 5];
+        let cases: Vec<(&str, Option<u64>, Keys, bool)> = vec![
             ("unknown volume size", None, [Some(u64::MAX); 5], false),
             (
                 "a member's keys unknown",
