@@ -122,6 +122,11 @@ impl Workload {
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
     }
 
+    /// Operations the clients completed so far (of any outcome).
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
+    }
+
     /// Waits until the clients complete `ops` more operations (of any outcome): how a
     /// test lets load run across a fault without sleeping for a guessed time.
     pub async fn wait_for_progress(&self, ops: usize) {
