@@ -186,7 +186,11 @@ impl NodeProcess {
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?} of SIGTERM", self.id))
             .expect("waiting for node");
-        assert!(status.success(), "{} exited with {status} after SIGTERM", self.id);
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM",
+            self.id
+        );
     }
 
     /// Deletes the data directory of a stopped node: its volume deleted with its pod.

@@ -23,9 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dynamo_e2e::cluster::{Cluster, NodeNaming, Placement, REPLICATION};
-use dynamo_e2e::workload::{
-    Settle, Workload, WorkloadConfig, final_verdict, wait_for_converged,
-};
+use dynamo_e2e::workload::{Settle, Workload, WorkloadConfig, final_verdict, wait_for_converged};
 use dynamo_node::history::Verdict;
 use dynamo_operator::admin::{AdminTarget, GrpcAdmin, MemberView, NodeAdmin};
 use dynamo_operator::builders::pod_name;
@@ -103,7 +101,12 @@ impl LocalStatefulSet {
             let status = admin
                 .status(&self.target(ordinal))
                 .await
-                .unwrap_or_else(|e| panic!("status of {} before stopping it: {e}", pod_name(NAME, ordinal)));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "status of {} before stopping it: {e}",
+                        pod_name(NAME, ordinal)
+                    )
+                });
             assert!(
                 matches!(status.state, None | Some(MemberState::Removed)),
                 "the planner shrank over {} while it reports itself {:?}",
@@ -136,7 +139,8 @@ async fn scale_to(
     let replication = u32::try_from(REPLICATION).expect("a small factor");
     let desired =
         Desired::new(size, replication, vec![1; size as usize]).expect("a valid desired size");
-    let deadline = tokio::time::Instant::now() + SCALE_WAIT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + SCALE_WAIT;
     let mut taken = Vec::new();
     loop {
         let pods = set.pod_states().await;
@@ -146,8 +150,12 @@ async fn scale_to(
             workload.set_endpoints(set.ready_clients(&pods));
         }
         let (took, last) = match read_ring(admin, &pods, |o| set.target(o)).await {
-            Err(unanswered) => (false, format!("no node answered Admin.Ring: {unanswered:?}")),
+            Err(unanswered) => (
+                false,
+                format!("no node answered Admin.Ring: {unanswered:?}"),
+            ),
             Ok(ring) => {
+                // The controller's own mapping from the member table to ordinals.
                 let members =
                     members_from_ring(NAME, ring.members.iter().map(MemberView::ring_member))
                         .unwrap_or_else(|e| panic!("mapping the ring onto ordinals: {e}"));
@@ -162,7 +170,10 @@ async fn scale_to(
                     panic!("the planner chose an unsafe step: {violation}\n{observed:#?}");
                 }
                 let took = match step {
-                    Step::Done => return taken,
+                    Step::Done => {
+                        eprintln!("scale to {size}, {:>6.2?}: done", started.elapsed());
+                        return taken;
+                    }
                     Step::Refuse { reason } => panic!("the planner refused: {reason}"),
                     Step::GrowStatefulSet { to } => {
                         set.grow(to).await;
@@ -180,7 +191,8 @@ async fn scale_to(
                     }
                 };
                 if took {
-                    eprintln!("scale to {size}: {step}");
+                    // Progress for whoever watches the run (the controller logs it).
+                    eprintln!("scale to {size}, {:>6.2?}: {step}", started.elapsed());
                     taken.push(step);
                 }
                 (took, format!("{step}; observed {observed:#?}"))
