@@ -61,8 +61,8 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts a node listening on `ip` (ports chosen by the OS) with its data in
-    /// `data_dir`, seeded with `seeds`, plus `extra` flags; inside `host`'s namespace
-    /// when given.
+    /// `data_dir`, seeded with `seeds`, plus `extra` flags (a 100 ms gossip interval
+    /// unless they set one); inside `host`'s namespace when given.
     pub async fn start(
         id: &str,
         ip: IpAddr,
@@ -71,16 +71,17 @@ impl NodeProcess {
         seeds: &[SocketAddr],
         extra: &[String],
     ) -> NodeProcess {
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id.into(),
-            "--gossip-interval".into(),
-            "100ms".into(),
+        let mut args: Vec<String> = vec!["--node-id".into(), id.into()];
+        // Quick gossip, so membership changes spread fast, unless the test chose.
+        if !extra.iter().any(|flag| flag == "--gossip-interval") {
+            args.extend(["--gossip-interval".into(), "100ms".into()]);
+        }
+        args.extend([
             "--request-timeout".into(),
             "1s".into(),
             "--log".into(),
             "warn".into(),
-        ];
+        ]);
         if !seeds.is_empty() {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--seeds".into(), seeds.join(",")]);

@@ -222,17 +222,23 @@ fn assert_passes(verdict: &Verdict) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_planner_scales_3_to_5_to_3_under_load_without_losing_an_acknowledged_write() {
-    // Small transfer rounds, so every join and leave takes several rounds while the
-    // clients write into the ranges that are moving.
     let cluster = Cluster::empty(
         Placement::Loopback,
         &[
+            // Small transfer rounds, so every join and leave takes several rounds while
+            // the clients write into the ranges that are moving.
             "--transfer-batch-keys",
             "4",
             "--transfer-interval",
             "100ms",
+            // No anti-entropy: the replicas must agree by range transfer and hinted
+            // handoff alone.
             "--anti-entropy-interval",
             "0s",
+            // The default gossip interval: nodes hear of a change late, so coordinators
+            // that have not heard of it yet keep writing to the old owners.
+            "--gossip-interval",
+            "1s",
         ],
         NodeNaming::Ordinals { name: NAME.into() },
     )

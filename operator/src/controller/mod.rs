@@ -608,7 +608,10 @@ pub async fn change_membership(
             // Bootstrap: with no member yet, the first node joins itself.
             let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
             let node_id = builders::pod_name(cluster_name, ordinal);
-            match admin.join(&via, &node_id, &advertise(ordinal), weight).await {
+            match admin
+                .join(&via, &node_id, &advertise(ordinal), weight)
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
                     tracing::info!(cluster = cluster_name, node = node_id, error = %e, "join not needed");
