@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -123,6 +124,9 @@ pub(crate) struct TransferShared {
     /// One round at a time (the loop and a simulator or test may both call); a tokio
     /// mutex because a round awaits peers while holding it.
     round: tokio::sync::Mutex<()>,
+    /// Every peer took our member table (with this change in it) since the transfer
+    /// began; until then each round announces it again before copying.
+    announced: AtomicBool,
 }
 
 impl TransferShared {
@@ -131,6 +135,7 @@ impl TransferShared {
             settings,
             status: Mutex::new(TransferStatus::default()),
             round: tokio::sync::Mutex::new(()),
+            announced: AtomicBool::new(false),
         }
     }
 
@@ -236,6 +241,15 @@ impl NodeShared {
                 return report;
             }
         }
+        // Before copying, every peer must know of the change: a coordinator that has not
+        // heard of it writes to the old owners only, and a write of a key the copy's
+        // cursor has passed would then never reach the new owner (the operator's scaling
+        // e2e test saw replicas diverge this way with a 1 s gossip interval). Gossip
+        // would tell them in its own time; this tells them now. Best effort: a peer we
+        // cannot reach is asked again next round, and the copy goes on meanwhile.
+        if !self.transfer.announced.load(Ordering::Acquire) && self.announce().await {
+            self.transfer.announced.store(true, Ordering::Release);
+        }
         let mut left = allowance;
         let mut failed: BTreeSet<NodeId> = BTreeSet::new();
         for task in &tasks {
@@ -270,7 +284,8 @@ impl NodeShared {
                     tracing::info!(node = %me, state = %member.state(), "range transfer complete");
                     report.completed = true;
                     self.finish_transfer();
-                    self.announce().await;
+                    // The result does not matter: gossip spreads the rest.
+                    let _ = self.announce().await;
                     return report;
                 }
                 Err(error) => report
@@ -285,12 +300,14 @@ impl NodeShared {
         report
     }
 
-    /// Pushes our member table to every peer once, so the hand-over (reads switching to
-    /// the new owners, or a leaving node's removal) does not wait for random gossip to
-    /// reach everyone. Best effort: gossip carries it anyway.
-    async fn announce(&self) {
+    /// Pushes our member table to every peer once, so a change (the write set widening
+    /// at its start; reads switching to the new owners, or a leaving node's removal, at
+    /// its end) does not wait for random gossip to reach everyone. Best effort: gossip
+    /// carries it anyway. Returns whether every peer took it.
+    async fn announce(&self) -> bool {
         let table = self.cluster.table();
         let me = self.cluster.me();
+        let mut everyone = true;
         for member in table.iter() {
             if member.id() == me || member.state() == MemberState::Removed {
                 continue;
@@ -298,18 +315,22 @@ impl NodeShared {
             match self.transport.gossip(member.address(), table.clone()).await {
                 Ok(theirs) => {
                     if let Err(error) = self.learn_table(&theirs) {
-                        tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                        tracing::debug!(peer = %member.id(), %error, "announcing a change");
                     }
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                    everyone = false;
+                    tracing::debug!(peer = %member.id(), %error, "announcing a change");
                 }
             }
         }
+        everyone
     }
 
-    /// Forgets a finished (or abandoned) transfer: its progress and its status.
+    /// Forgets a finished (or abandoned) transfer: its progress, its status, and that
+    /// it was announced.
     fn finish_transfer(&self) {
+        self.transfer.announced.store(false, Ordering::Release);
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {
             if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {

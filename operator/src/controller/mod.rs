@@ -650,8 +650,9 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
-/// Executes a membership step through `Admin` (StatefulSet resizes were applied already,
-/// volumes of shrunk-away nodes are deleted here). Returns whether a step was taken.
+/// Executes a step (StatefulSet resizes were applied already, volumes of shrunk-away
+/// nodes are deleted here; membership changes go through [`change_membership`]).
+/// Returns whether a step was taken.
 async fn execute(
     ctx: &Context,
     cluster: &DynamoCluster,
@@ -662,34 +663,7 @@ async fn execute(
     target: &impl Fn(u32) -> AdminTarget,
 ) -> Result<bool, Error> {
     let name = cluster.name_any();
-    let peer = || ring.admin_peer.map(target).ok_or(Error::NoAdminPeer);
     match *step {
-        Step::Join { ordinal, weight } => {
-            // Bootstrap: with no member yet, the first node joins itself.
-            let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
-            let node_id = builders::pod_name(&name, ordinal);
-            let address = ctx.endpoints.advertise(namespace, &name, ordinal);
-            match ctx.admin.join(&via, &node_id, &address, weight).await {
-                Ok(_) => Ok(true),
-                // The merged view was behind a node that already has it: the next
-                // pass reads the ring again.
-                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
-                    tracing::info!(cluster = %name, node = node_id, error = %e, "join not needed");
-                    Ok(false)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Step::SetWeight { ordinal, weight } => {
-            let node_id = builders::pod_name(&name, ordinal);
-            ctx.admin.set_weight(&peer()?, &node_id, weight).await?;
-            Ok(true)
-        }
-        Step::Decommission { ordinal } => {
-            let node_id = builders::pod_name(&name, ordinal);
-            ctx.admin.leave(&peer()?, &node_id).await?;
-            Ok(true)
-        }
         Step::ShrinkStatefulSet { to } => {
             // The planner shrinks only over nodes the ring has removed (or never
             // joined), so their volumes hold nothing the ring needs.
@@ -703,7 +677,67 @@ async fn execute(
             Ok(true)
         }
         Step::GrowStatefulSet { .. } => Ok(true),
-        Step::Wait { .. } | Step::Refuse { .. } | Step::Done => Ok(false),
+        _ => {
+            let advertise = |ordinal| ctx.endpoints.advertise(namespace, &name, ordinal);
+            change_membership(ctx.admin.as_ref(), &name, step, ring, target, &advertise).await
+        }
+    }
+}
+
+/// Executes a membership step (`Join`, `SetWeight`, `Decommission`) through `Admin`, as
+/// every pass of the controller does; any other step is no membership change and is
+/// left to the caller (`Ok(false)`). Returns whether a change was made.
+///
+/// A join goes through the lowest ready member ([`RingRead::admin_peer`]) or, with no
+/// member yet, to the joining node itself (bootstrap); the node's id is its pod name
+/// and its address `advertise(ordinal)`. A join the node refuses as already done
+/// (`FailedPrecondition`: the merged view was behind) is no error: the next pass reads
+/// the ring again.
+///
+/// # Errors
+/// [`Error::Admin`] when the call fails, [`Error::NoAdminPeer`] when a weight change or
+/// decommission has no ready member to go to.
+pub async fn change_membership(
+    admin: &dyn NodeAdmin,
+    cluster_name: &str,
+    step: &Step,
+    ring: &RingRead,
+    target: &impl Fn(u32) -> AdminTarget,
+    advertise: &impl Fn(u32) -> String,
+) -> Result<bool, Error> {
+    let peer = || ring.admin_peer.map(target).ok_or(Error::NoAdminPeer);
+    match *step {
+        Step::Join { ordinal, weight } => {
+            // Bootstrap: with no member yet, the first node joins itself.
+            let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            match admin
+                .join(&via, &node_id, &advertise(ordinal), weight)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                    tracing::info!(cluster = cluster_name, node = node_id, error = %e, "join not needed");
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::SetWeight { ordinal, weight } => {
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            admin.set_weight(&peer()?, &node_id, weight).await?;
+            Ok(true)
+        }
+        Step::Decommission { ordinal } => {
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            admin.leave(&peer()?, &node_id).await?;
+            Ok(true)
+        }
+        Step::GrowStatefulSet { .. }
+        | Step::ShrinkStatefulSet { .. }
+        | Step::Wait { .. }
+        | Step::Refuse { .. }
+        | Step::Done => Ok(false),
     }
 }
 
