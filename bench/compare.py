@@ -93,9 +93,9 @@ def http_status(url, method="GET", body=None, headers=None):
 # ---- the systems under test ----------------------------------------------------------
 
 
-def start_dynamo(tmp, durability):
-    binary = os.path.join(ROOT, "target", "release", "dynamo-node")
-    ctl = os.path.join(ROOT, "target", "release", "dynamoctl")
+def start_dynamo(tmp, durability, bin_dir):
+    binary = os.path.join(bin_dir, "dynamo-node")
+    ctl = os.path.join(bin_dir, "dynamoctl")
     for path in (binary, ctl):
         if not os.access(path, os.X_OK):
             sys.exit(f"compare.py: {path} missing: run `cargo build --release` first")
@@ -259,8 +259,14 @@ def main():
     parser.add_argument("--value-bytes", type=int, default=1024)
     parser.add_argument("--redis-requests", type=int, default=200000)
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    parser.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
+                        help="where dynamo-node and dynamoctl are (to compare two builds) "
+                             "[default: target/release]")
+    parser.add_argument("--only-dynamo", action="store_true",
+                        help="skip etcd and Redis (for profiling runs; prints no ratios)")
     args = parser.parse_args()
-    for tool in ("wrk", "etcd", "redis-server", "redis-benchmark"):
+    tools = ("wrk",) if args.only_dynamo else ("wrk", "etcd", "redis-server", "redis-benchmark")
+    for tool in tools:
         if shutil.which(tool) is None:
             sys.exit(f"compare.py: `{tool}` not found: apt-get install etcd-server redis-server wrk")
 
@@ -270,24 +276,26 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     value = b"v" * args.value_bytes
-    dynamo = start_dynamo(tmp, args.durability)
-    etcd = start_etcd(tmp)
-    redis_port = start_redis(tmp)
-    print(f"preloading {args.keys} keys of {args.value_bytes} bytes into dynamo and etcd ...",
-          file=sys.stderr)
-    preload(dynamo, args.keys, value, "dynamo")
-    preload(etcd, args.keys, value, "etcd")
+    dynamo = start_dynamo(tmp, args.durability, args.bin_dir)
+    systems = [("dynamo", dynamo)]
+    if not args.only_dynamo:
+        systems.append(("etcd", start_etcd(tmp)))
+        redis_port = start_redis(tmp)
+    print(f"preloading {args.keys} keys of {args.value_bytes} bytes ...", file=sys.stderr)
+    for system, url in systems:
+        preload(url, args.keys, value, system)
 
     env = dict(os.environ, BENCH_WRK_DIR=os.path.join(HERE, "wrk"), BENCH_KEYS=str(args.keys),
                BENCH_VALUE_BYTES=str(args.value_bytes))
     results = {}
-    for system, url in (("dynamo", dynamo), ("etcd", etcd)):
+    for system, url in systems:
         for op in ("put", "get"):
             print(f"wrk: {system} {op} for {args.seconds}s ...", file=sys.stderr)
             results[f"{system}_{op}"] = run_wrk(url, f"{system}_{op}.lua", args, env)
-    print("redis-benchmark ...", file=sys.stderr)
-    redis = run_redis_benchmark(redis_port, args)
-    results["redis_put"], results["redis_get"] = redis["set"], redis["get"]
+    if not args.only_dynamo:
+        print("redis-benchmark ...", file=sys.stderr)
+        redis = run_redis_benchmark(redis_port, args)
+        results["redis_put"], results["redis_get"] = redis["set"], redis["get"]
 
     print(f"\n{args.clients} clients, {args.value_bytes}-byte values, {args.keys} keys; "
           f"Dynamo N=3 R=2 W=2 durability={args.durability}; etcd 3 members; Redis 1\n")
@@ -297,6 +305,11 @@ def main():
         lat = figures["latency_ms"]
         print(f"| {name.replace('_', ' '):<14} | {figures['ops_per_sec']:>9.0f} | "
               f"{lat.get('p50', float('nan')):>7.2f} | {lat.get('p99', float('nan')):>7.2f} |")
+    if args.only_dynamo:
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump({"settings": vars(args), "results": results}, out, indent=2)
+        return
     ratios = {
         "put_throughput_vs_etcd": results["dynamo_put"]["ops_per_sec"] / results["etcd_put"]["ops_per_sec"],
         "get_throughput_vs_etcd": results["dynamo_get"]["ops_per_sec"] / results["etcd_get"]["ops_per_sec"],

@@ -33,18 +33,43 @@ pub enum Placement {
     Namespaces,
 }
 
+/// How the harness names the nodes it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeNaming {
+    /// `n1`, `n2`, ...
+    Numbered,
+    /// `<name>-0`, `<name>-1`, ...: a StatefulSet's pod names, which the operator's
+    /// planner maps to ordinals.
+    Ordinals {
+        /// The cluster (StatefulSet) name.
+        name: String,
+    },
+}
+
+impl NodeNaming {
+    /// The id of the node started at `index`.
+    #[must_use]
+    pub fn id(&self, index: usize) -> String {
+        match self {
+            Self::Numbered => format!("n{}", index + 1),
+            Self::Ordinals { name } => format!("{name}-{index}"),
+        }
+    }
+}
+
 /// Node processes, their data directories and (when used) their network.
 ///
 /// Field order matters: the nodes drop (and are killed) before the directories and the
 /// namespaces they use are removed.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The nodes, in start order; `nodes[i].id` is `n{i+1}`.
+    /// The nodes, in start order; `nodes[i].id` is [`NodeNaming::id`]`(i)`.
     pub nodes: Vec<NodeProcess>,
     root: tempfile::TempDir,
     /// The namespaces, when the placement uses them.
     pub network: Option<Namespaces>,
     extra: Vec<String>,
+    naming: NodeNaming,
 }
 
 fn ring_strategy() -> PartitionStrategy {
@@ -54,13 +79,32 @@ fn ring_strategy() -> PartitionStrategy {
 }
 
 impl Cluster {
-    /// Starts `size` nodes, joins them all and waits until every node sees every other
-    /// as a member. `extra` flags go to every node. `Err` only when the placement cannot
-    /// be had on this machine (namespaces without root), with the reason.
+    /// Starts `size` nodes named `n1`, `n2`, ..., joins them all and waits until every
+    /// node sees every other as a member. `extra` flags go to every node. `Err` only when
+    /// the placement cannot be had on this machine (namespaces without root), with the
+    /// reason.
     pub async fn start(
         size: usize,
         placement: Placement,
         extra: &[&str],
+    ) -> Result<Cluster, String> {
+        let mut cluster = Cluster::empty(placement, extra, NodeNaming::Numbered)?;
+        for _ in 0..size {
+            let index = cluster.add_node().await;
+            cluster.join(index).await;
+        }
+        let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+        cluster.wait_for_members(&ids).await;
+        Ok(cluster)
+    }
+
+    /// A cluster with no node yet, whose nodes [`add_node`](Self::add_node) starts with
+    /// ids from `naming` and `extra` flags (plus the suite's replication and ring
+    /// settings). `Err` only when the placement cannot be had on this machine.
+    pub fn empty(
+        placement: Placement,
+        extra: &[&str],
+        naming: NodeNaming,
     ) -> Result<Cluster, String> {
         let network = match placement {
             Placement::Loopback => None,
@@ -79,25 +123,20 @@ impl Cluster {
             "--tokens-per-weight".into(),
             TOKENS_PER_WEIGHT.to_string(),
         ]);
-        let mut cluster = Cluster {
+        Ok(Cluster {
             nodes: Vec::new(),
             root: tempfile::tempdir().expect("a temporary directory"),
             network,
             extra,
-        };
-        for _ in 0..size {
-            let index = cluster.add_node().await;
-            cluster.join(index).await;
-        }
-        let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
-        cluster.wait_for_members(&ids).await;
-        Ok(cluster)
+            naming,
+        })
     }
 
-    /// Starts one more node (seeded with node 1, not yet joined) and returns its index.
+    /// Starts one more node (seeded with the first node, not yet joined) and returns its
+    /// index.
     pub async fn add_node(&mut self) -> usize {
         let index = self.nodes.len();
-        let id = format!("n{}", index + 1);
+        let id = self.naming.id(index);
         let (ip, host) = match &mut self.network {
             Some(network) => {
                 let host = network.add_host();

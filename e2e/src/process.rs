@@ -5,12 +5,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::WAIT;
 use crate::netns::Host;
+
+/// The bound on one readiness probe (Kubernetes' default probe timeout).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The `dynamo-node` binary: `$DYNAMO_NODE_BIN`, or the one cargo built next to this
 /// test binary (`target/<profile>/dynamo-node`; `cargo test --workspace` builds it).
@@ -48,6 +52,8 @@ pub struct NodeProcess {
     pub client: SocketAddr,
     /// The internode (`Replica`, `Admin`) address.
     pub internode: SocketAddr,
+    /// The HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub http: SocketAddr,
     data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -55,8 +61,8 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts a node listening on `ip` (ports chosen by the OS) with its data in
-    /// `data_dir`, seeded with `seeds`, plus `extra` flags; inside `host`'s namespace
-    /// when given.
+    /// `data_dir`, seeded with `seeds`, plus `extra` flags (a 100 ms gossip interval
+    /// unless they set one); inside `host`'s namespace when given.
     pub async fn start(
         id: &str,
         ip: IpAddr,
@@ -65,16 +71,17 @@ impl NodeProcess {
         seeds: &[SocketAddr],
         extra: &[String],
     ) -> NodeProcess {
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id.into(),
-            "--gossip-interval".into(),
-            "100ms".into(),
+        let mut args: Vec<String> = vec!["--node-id".into(), id.into()];
+        // Quick gossip, so membership changes spread fast, unless the test chose.
+        if !extra.iter().any(|flag| flag == "--gossip-interval") {
+            args.extend(["--gossip-interval".into(), "100ms".into()]);
+        }
+        args.extend([
             "--request-timeout".into(),
             "1s".into(),
             "--log".into(),
             "warn".into(),
-        ];
+        ]);
         if !seeds.is_empty() {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--seeds".into(), seeds.join(",")]);
@@ -85,6 +92,7 @@ impl NodeProcess {
             host,
             client: SocketAddr::new(ip, 0),
             internode: SocketAddr::new(ip, 0),
+            http: SocketAddr::new(ip, 0),
             data_dir,
             args,
             child: None,
@@ -111,6 +119,8 @@ impl NodeProcess {
             .arg(self.client.to_string())
             .arg("--internode-listen")
             .arg(self.internode.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string())
             // No DYNAMO_* settings from the environment running the tests.
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -134,6 +144,7 @@ impl NodeProcess {
         };
         self.client = field("client=");
         self.internode = field("internode=");
+        self.http = field("http=");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
@@ -158,6 +169,75 @@ impl NodeProcess {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("killing node");
         }
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod, and waits (bounded by [`WAIT`]) for the node to
+    /// drain and exit.
+    ///
+    /// # Panics
+    /// When the node does not exit in time, or exits with a failure status.
+    pub async fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let raw = child.id().expect("a running child has a pid");
+        let pid = rustix::process::Pid::from_raw(raw as i32).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?} of SIGTERM", self.id))
+            .expect("waiting for node");
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM",
+            self.id
+        );
+    }
+
+    /// Deletes the data directory of a stopped node: its volume deleted with its pod.
+    ///
+    /// # Panics
+    /// When the node still runs.
+    pub fn delete_data(&self) {
+        assert!(
+            self.child.is_none(),
+            "deleting the data of running node {}",
+            self.id
+        );
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir).expect("deleting the data dir");
+        }
+    }
+
+    /// Whether `GET /readyz` answers 200, as a Kubernetes readiness probe asks (the node
+    /// says ready only while it is in the ring). `Err` when the probe gets no answer
+    /// within [`PROBE_TIMEOUT`].
+    pub async fn ready(&self) -> Result<bool, String> {
+        let address = self.http;
+        let probe = async {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            // Drives the connection; it ends when `sender` is dropped.
+            tokio::spawn(connection);
+            let request = http::Request::get("/readyz")
+                .header(http::header::HOST, address.to_string())
+                .body(String::new())
+                .map_err(|e| format!("building the request: {e}"))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("GET /readyz: {e}"))?;
+            Ok(response.status() == http::StatusCode::OK)
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .map_err(|_| format!("{}: no answer within {PROBE_TIMEOUT:?}", self.id))?
+            .map_err(|e: String| format!("{} at {address}: {e}", self.id))
     }
 
     /// SIGSTOP: the process hangs, its sockets stay open (a stuck node).

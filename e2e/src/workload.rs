@@ -64,6 +64,10 @@ pub struct Workload {
     endpoints: Arc<Mutex<Vec<SocketAddr>>>,
     completed: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
+    /// While true, clients finish the operation in flight and wait.
+    pause: watch::Sender<bool>,
+    /// Clients waiting on `pause`.
+    parked: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
     keys: Vec<Vec<u8>>,
 }
@@ -76,6 +80,8 @@ impl Workload {
             .map(|k| format!("e2e-key-{k}").into_bytes())
             .collect();
         let (stop, stopped) = watch::channel(false);
+        let (pause, paused) = watch::channel(false);
+        let parked = Arc::new(AtomicUsize::new(0));
         let history = SharedHistory::default();
         let endpoints = Arc::new(Mutex::new(endpoints));
         let completed = Arc::new(AtomicUsize::new(0));
@@ -87,6 +93,8 @@ impl Workload {
                     history: Arc::clone(&history),
                     endpoints: Arc::clone(&endpoints),
                     completed: Arc::clone(&completed),
+                    paused: paused.clone(),
+                    parked: Arc::clone(&parked),
                     keys: keys.clone(),
                     channels: HashMap::new(),
                     written: 0,
@@ -99,9 +107,35 @@ impl Workload {
             endpoints,
             completed,
             stop,
+            pause,
+            parked,
             tasks,
             keys,
         }
+    }
+
+    /// Stops issuing operations and waits (bounded by [`WAIT`]) until no client has one
+    /// in flight: for a check of the replicas between two phases of a run, which no
+    /// write may race. [`resume`](Self::resume) lets the clients go on.
+    pub async fn pause(&self) {
+        // A send error means every client already ended: nothing is in flight.
+        let _ = self.pause.send(true);
+        let clients = self.tasks.len();
+        eventually("the clients to pause", WAIT, || async {
+            let parked = self.parked.load(Ordering::SeqCst);
+            let ended = self.tasks.iter().filter(|t| t.is_finished()).count();
+            if parked + ended >= clients {
+                Ok(())
+            } else {
+                Err(format!("{parked} of {clients} clients paused"))
+            }
+        })
+        .await
+    }
+
+    /// Lets paused clients go on.
+    pub fn resume(&self) {
+        let _ = self.pause.send(false);
     }
 
     /// The keys the clients use.
@@ -120,6 +154,11 @@ impl Workload {
             .endpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
+    }
+
+    /// Operations the clients completed so far (of any outcome).
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
     }
 
     /// Waits until the clients complete `ops` more operations (of any outcome): how a
@@ -142,6 +181,7 @@ impl Workload {
     pub async fn stop(self) -> History {
         // A send error means every client already ended, which is what we want.
         let _ = self.stop.send(true);
+        let _ = self.pause.send(false);
         for task in self.tasks {
             task.await.expect("a client task panicked");
         }
@@ -155,6 +195,8 @@ struct Client {
     history: SharedHistory,
     endpoints: Arc<Mutex<Vec<SocketAddr>>>,
     completed: Arc<AtomicUsize>,
+    paused: watch::Receiver<bool>,
+    parked: Arc<AtomicUsize>,
     keys: Vec<Vec<u8>>,
     channels: HashMap<SocketAddr, KvClient<Channel>>,
     written: u64,
@@ -192,6 +234,16 @@ impl Client {
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow_and_update() {
+            if *self.paused.borrow_and_update() {
+                self.parked.fetch_add(1, Ordering::SeqCst);
+                // An error means the workload was dropped: stop as well.
+                let resumed = self.paused.wait_for(|paused| !paused).await.is_ok();
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                if !resumed {
+                    return;
+                }
+                continue;
+            }
             let key = self.keys[self.rng.random_range(0..self.keys.len())].clone();
             let Some((values, read_context)) = self.read(&key).await else {
                 continue;
@@ -298,6 +350,21 @@ fn converged(dump: &ReplicaDump) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits (bounded by [`WAIT`]) until no node holds hints and every key's replicas hold
+/// the same versions, with no read to repair them: what range transfer, hinted handoff
+/// and anti-entropy (if on) achieve by themselves. Call it with no write in flight
+/// ([`Workload::pause`]).
+///
+/// # Panics
+/// When the replicas do not converge in time, naming the first difference.
+pub async fn wait_for_converged(cluster: &Cluster, keys: &[Vec<u8>]) {
+    cluster.wait_for_hints_delivered().await;
+    eventually("replicas converged without reads", WAIT, || async {
+        converged(&cluster.replica_dump(keys).await?)
+    })
+    .await;
+}
+
 /// What the final phase waits for before the final reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
@@ -317,14 +384,10 @@ pub async fn final_verdict(
     keys: &[Vec<u8>],
     settle: Settle,
 ) -> Verdict {
-    cluster.wait_for_hints_delivered().await;
     if settle == Settle::Converged {
-        eventually(
-            "replicas converged before the final reads",
-            WAIT,
-            || async { converged(&cluster.replica_dump(keys).await?) },
-        )
-        .await;
+        wait_for_converged(cluster, keys).await;
+    } else {
+        cluster.wait_for_hints_delivered().await;
     }
     history.quiesced();
     let via = cluster.other_running(&[]);

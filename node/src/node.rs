@@ -154,19 +154,22 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Stores a replica write (and a hint when it stands in for another node).
-    fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
-        let durability = if write.durable {
-            Durability::Sync
-        } else {
-            self.durability
-        };
-        self.store.merge(&write.key, &write.state, durability)?;
+    /// Stores a replica write (and a hint when it stands in for another node), durably
+    /// when the write asks for it or the node writes everything durably.
+    ///
+    /// The merge is an in-memory update done inline; a durable write then waits for a
+    /// flush shared with concurrent writes (group commit) without holding a thread.
+    async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+        self.store
+            .merge(&write.key, &write.state, Durability::Buffered)?;
         if let Some(home) = &write.hint_for {
             // Dynamo §4.6: the stand-in keeps the write with a hint naming its home, and
             // hands it over when the home node is back.
             self.store
-                .add_hint(home, &write.key, &write.state, durability)?;
+                .add_hint(home, &write.key, &write.state, Durability::Buffered)?;
+        }
+        if write.durable || self.durability == Durability::Sync {
+            self.store.make_durable().await?;
         }
         Ok(())
     }
@@ -185,13 +188,9 @@ fn internal(e: impl std::fmt::Display) -> ReplicaError {
 #[async_trait::async_trait]
 impl ReplicaHandler for PeerHandler {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store.read(&key)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
+        // Inline, like the coordinator's local read: a read is served from sled's page
+        // cache, and a blocking-pool hop per replica read cost more than the read.
+        self.node.store.read(&key).map_err(internal)
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -199,13 +198,7 @@ impl ReplicaHandler for PeerHandler {
         limits
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store_write(&write)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
+        self.node.store_write(&write).await.map_err(internal)
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
@@ -1148,6 +1141,63 @@ mod tests {
                 .unwrap()
                 .client_address(),
             None
+        );
+    }
+
+    /// Admission control: a joining node's transfer draws its keys from the shared
+    /// background budget; a node with nothing to transfer draws nothing.
+    #[test]
+    fn transfer_allowance_comes_from_the_shared_budget_only_while_transferring() {
+        use crate::transfer::Allowance;
+        let network = MemoryNetwork::new(Duration::from_millis(100)).unwrap();
+        let mut settings = NodeSettings::new(id("n1"));
+        settings.admission = crate::admission::AdmissionConfig::new(
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            5,
+            5,
+        )
+        .unwrap();
+        let node = NodeShared::assemble(
+            settings,
+            Arc::new(MemoryEngine::new()),
+            Arc::new(network.endpoint("n1:7001")),
+            "n1:7001".into(),
+        )
+        .unwrap();
+        let wanted = Allowance {
+            keys: 100,
+            bytes: 1 << 20,
+        };
+        let granted = |node: &NodeShared| {
+            node.metrics()
+                .encode()
+                .lines()
+                .find(|l| l.starts_with(r#"dynamo_background_granted_total{kind="transfer"}"#))
+                .map(str::to_owned)
+        };
+        // Not in the table yet: no transfer, the throttle's allowance as it is.
+        assert_eq!(node.admitted_transfer_allowance(wanted), wanted);
+        assert_eq!(
+            granted(&node).as_deref(),
+            Some(r#"dynamo_background_granted_total{kind="transfer"} 0"#)
+        );
+
+        node.change_membership(|t| t.join(id("n1"), "n1:7001", 1))
+            .unwrap();
+        let first = node.admitted_transfer_allowance(wanted);
+        assert_eq!(first.keys, 5, "the whole budget of the interval");
+        assert_eq!(first.bytes, wanted.bytes);
+        let spent = node.admitted_transfer_allowance(wanted);
+        assert_eq!(
+            (spent.keys, spent.bytes),
+            (0, 0),
+            "nothing left this interval"
+        );
+        assert_eq!(
+            granted(&node).as_deref(),
+            Some(r#"dynamo_background_granted_total{kind="transfer"} 5"#)
         );
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::NodeId;
 use crate::ring::TokenRange;
-use crate::storage::{Durability, StorageEngine, StorageError};
+use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
     Actor, SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
@@ -47,6 +47,8 @@ pub struct Store {
     /// Serialise a key's data change with its report to the observer, and with a tree
     /// build reading the key, so the observer sees each key's changes as a chain.
     key_locks: Arc<KeyLocks>,
+    /// Coalesces the async request path's waits for durability into shared flushes.
+    commit: Arc<GroupCommit>,
 }
 
 impl std::fmt::Debug for Store {
@@ -83,7 +85,25 @@ impl Store {
             limits,
             observer: None,
             key_locks: Arc::new(KeyLocks::new()),
+            commit: Arc::new(GroupCommit::new()),
         }
+    }
+
+    /// Waits, without holding a thread, until every write applied so far is on disk:
+    /// for a flush of the engine that starts after this call. Concurrent callers share
+    /// flushes (group commit), so a request path can apply its writes with
+    /// [`Durability::Buffered`] and then await this.
+    ///
+    /// # Errors
+    /// The flush failed; the writes stay applied in memory.
+    pub async fn make_durable(&self) -> Result<(), StoreError> {
+        if !self.engine.may_block() {
+            // An engine that never blocks (in memory) flushes inline, which keeps a
+            // simulated run on one thread and so deterministic.
+            return Ok(self.engine.flush()?);
+        }
+        let engine = Arc::clone(&self.engine);
+        Ok(self.commit.sync_async(move || engine.flush()).await?)
     }
 
     /// The engine underneath (for metadata and flushes).

@@ -21,6 +21,9 @@ use crate::planner::{MemberState, RingMember};
 pub const MAX_RING_MEMBERS: usize = 10_000;
 /// The most hint targets a status reply may list.
 pub const MAX_HINT_TARGETS: usize = 10_000;
+/// The most per-peer transfer rows a status reply may list (one per peer a node pulls
+/// from or pushes to, so at most the ring's size).
+pub const MAX_TRANSFER_PEERS: usize = MAX_RING_MEMBERS;
 /// The largest reply the client decodes (a 10 000-member table fits well within it).
 const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -137,9 +140,9 @@ pub struct MemberView {
 }
 
 impl MemberView {
-    /// The planner's view of this row. Range transfer does not report progress yet, so a
-    /// member never has transfers pending; `Joining` and `Leaving` cover the moves the
-    /// node tracks today.
+    /// The planner's view of this row. The member table does not say whether ranges are
+    /// still moving, so `transfers_pending` is false here; the controller sets it from
+    /// the node's own [`NodeStatus::transfers_pending`].
     #[must_use]
     pub fn ring_member(&self) -> RingMember<'_> {
         RingMember {
@@ -173,6 +176,35 @@ pub struct NodeStatus {
     pub keys: u64,
     /// Hinted writes it holds for other nodes (Dynamo §4.6), by target node id.
     pub hint_backlog: BTreeMap<String, u64>,
+    /// The range transfer this node drives for its own membership change, if any.
+    pub transfer: Option<TransferRole>,
+    /// Ranges of that transfer not yet acknowledged, over all peers.
+    pub transfer_pending_ranges: u64,
+    /// Whether key ranges are still moving for this node: a transfer role is reported
+    /// or ranges are unacknowledged. The planner waits while any member says so.
+    pub transfers_pending: bool,
+}
+
+/// Why a node transfers ranges (`Admin.Status.transfer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferRole {
+    /// It joined and pulls the ranges it gains.
+    Joining,
+    /// It is leaving and pushes the ranges it loses.
+    Leaving,
+}
+
+/// The transfer fields of a status reply: the role, and whether anything is moving. A
+/// role this client does not know (from a newer node) still counts as moving: waiting
+/// is the safe reading.
+fn transfer_of(reply: &proto::StatusResponse) -> (Option<TransferRole>, bool) {
+    let role = match reply.transfer.as_str() {
+        "joining" => Some(TransferRole::Joining),
+        "leaving" => Some(TransferRole::Leaving),
+        _ => None,
+    };
+    let pending = !reply.transfer.is_empty() || reply.transfer_pending_ranges > 0;
+    (role, pending)
 }
 
 /// The `Admin` calls the controller makes. Implemented by [`GrpcAdmin`]; the seam lets the
@@ -394,15 +426,23 @@ impl NodeAdmin for GrpcAdmin {
             .await
             .map_err(|status| Self::rpc_error("Status", target, &status))?
             .into_inner();
+        let malformed = |reason: String| AdminError::Malformed {
+            call: "Status",
+            url: target.url.clone(),
+            reason,
+        };
+        if reply.transfers.len() > MAX_TRANSFER_PEERS {
+            return Err(malformed(format!(
+                "{} transfer peers, at most {MAX_TRANSFER_PEERS}",
+                reply.transfers.len()
+            )));
+        }
+        let (transfer, transfers_pending) = transfer_of(&reply);
         if reply.hints.len() > MAX_HINT_TARGETS {
-            return Err(AdminError::Malformed {
-                call: "Status",
-                url: target.url.clone(),
-                reason: format!(
-                    "{} hint targets, at most {MAX_HINT_TARGETS}",
-                    reply.hints.len()
-                ),
-            });
+            return Err(malformed(format!(
+                "{} hint targets, at most {MAX_HINT_TARGETS}",
+                reply.hints.len()
+            )));
         }
         Ok(NodeStatus {
             node_id: reply.node_id,
@@ -413,6 +453,9 @@ impl NodeAdmin for GrpcAdmin {
                 .into_iter()
                 .map(|h| (h.target, h.keys))
                 .collect(),
+            transfer,
+            transfer_pending_ranges: reply.transfer_pending_ranges,
+            transfers_pending,
         })
     }
 
@@ -562,6 +605,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, AdminError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn transfers_are_pending_while_a_role_or_ranges_are_reported() {
+        let reply = |transfer: &str, ranges| proto::StatusResponse {
+            transfer: transfer.to_owned(),
+            transfer_pending_ranges: ranges,
+            ..proto::StatusResponse::default()
+        };
+        assert_eq!(transfer_of(&reply("", 0)), (None, false));
+        assert_eq!(
+            transfer_of(&reply("joining", 4)),
+            (Some(TransferRole::Joining), true)
+        );
+        // Every range acknowledged, the state flip not yet done: still moving.
+        assert_eq!(
+            transfer_of(&reply("leaving", 0)),
+            (Some(TransferRole::Leaving), true)
+        );
+        // Ranges without a role, or a role this client does not know: still moving.
+        assert_eq!(transfer_of(&reply("", 2)), (None, true));
+        assert_eq!(transfer_of(&reply("rebalancing", 0)), (None, true));
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! 5. Join the lowest running pod below `size` that is not a member, with its weight
 //!    (not "ready": a node reports ready only once it is in the ring).
 //! 6. Decommission the highest member at or above `size`, unless fewer than `N` members
-//!    would remain: then refuse.
+//!    would remain, or the remaining nodes obviously cannot hold the data (see
+//!    [`capacity_shortfall`]): then refuse.
 //! 7. Set the weight of the lowest member whose weight differs from the spec.
 //! 8. Done.
 //!
@@ -64,6 +65,9 @@ pub struct ObservedMember {
     /// Whether key ranges are still moving to or from it (after a join, a weight change
     /// or a decommission).
     pub transfers_pending: bool,
+    /// The keys it stores (`Admin.Status.keys`, every replica it holds), when its status
+    /// was read.
+    pub keys: Option<u64>,
 }
 
 /// What the operator saw this pass.
@@ -128,6 +132,7 @@ pub fn members_from_ring<'a>(
             state: row.state,
             weight: row.weight,
             transfers_pending: row.transfers_pending,
+            keys: None,
         };
         if members.insert(ordinal, member).is_some() {
             return Err(ObserveError::DuplicateMember(row.node_id.to_owned()));
@@ -150,18 +155,22 @@ impl Observed {
             .is_some_and(|m| m.state.is_active())
     }
 
-    /// The first member still moving: leaving, joining, or with transfers pending.
+    /// The first member still moving: with transfers pending, leaving, or joining.
+    ///
+    /// Transfers come first because they are the most specific report: a node that
+    /// joins or leaves says whether its ranges still move; `Joining` or `Leaving`
+    /// without transfers pending is the state flip spreading by gossip.
     fn in_flight(&self) -> Option<WaitReason> {
         let find = |pred: &dyn Fn(&ObservedMember) -> bool| {
             self.members.iter().find(|(_, m)| pred(m)).map(|(&o, _)| o)
         };
+        if let Some(ordinal) = find(&|m| m.transfers_pending) {
+            return Some(WaitReason::TransfersPending { ordinal });
+        }
         if let Some(ordinal) = find(&|m| m.state == MemberState::Leaving) {
             return Some(WaitReason::Leaving { ordinal });
         }
-        if let Some(ordinal) = find(&|m| m.state == MemberState::Joining) {
-            return Some(WaitReason::Joining { ordinal });
-        }
-        find(&|m| m.transfers_pending).map(|ordinal| WaitReason::TransfersPending { ordinal })
+        find(&|m| m.state == MemberState::Joining).map(|ordinal| WaitReason::Joining { ordinal })
     }
 }
 
@@ -189,6 +198,9 @@ pub enum DesiredError {
     /// The spec is invalid.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// `storage.size` is not a Kubernetes quantity of bytes.
+    #[error("storage size {0:?} is not a quantity of bytes")]
+    StorageSize(String),
 }
 
 /// What the cluster should look like: `size` nodes with these weights, replication
@@ -198,6 +210,7 @@ pub struct Desired {
     size: u32,
     replication_factor: u32,
     weights: Vec<u32>,
+    volume_bytes: Option<u64>,
 }
 
 impl Desired {
@@ -233,14 +246,26 @@ impl Desired {
             size,
             replication_factor,
             weights,
+            volume_bytes: None,
         })
+    }
+
+    /// The same cluster with each node's volume holding `bytes` (`None`: unknown, no
+    /// capacity check).
+    #[must_use]
+    pub fn with_volume_bytes(self, bytes: Option<u64>) -> Self {
+        Self {
+            volume_bytes: bytes,
+            ..self
+        }
     }
 
     /// The desired cluster of a `DynamoCluster` spec.
     ///
     /// # Errors
     /// [`DesiredError::Spec`] when a weight cannot be derived, [`DesiredError::ZeroSize`]
-    /// for a size below 1.
+    /// for a size below 1, [`DesiredError::StorageSize`] for a volume size that is not
+    /// a quantity of bytes.
     pub fn from_spec(spec: &DynamoClusterSpec) -> Result<Self, DesiredError> {
         let size = u32::try_from(spec.size)
             .ok()
@@ -249,7 +274,9 @@ impl Desired {
         let weights = (0..size)
             .map(|ordinal| spec.weight_of(ordinal))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::new(size, spec.replication.n, weights)
+        let volume = volume_bytes(&spec.storage.size)
+            .ok_or_else(|| DesiredError::StorageSize(spec.storage.size.clone()))?;
+        Ok(Self::new(size, spec.replication.n, weights)?.with_volume_bytes(Some(volume)))
     }
 
     /// Desired number of nodes.
@@ -269,6 +296,68 @@ impl Desired {
     pub fn weight(&self, ordinal: u32) -> Option<u32> {
         self.weights.get(usize::try_from(ordinal).ok()?).copied()
     }
+
+    /// Bytes each node's volume holds, when known.
+    #[must_use]
+    pub fn volume_bytes(&self) -> Option<u64> {
+        self.volume_bytes
+    }
+}
+
+/// The bytes of a Kubernetes quantity (`10Gi`, `500M`, `1e9`), rounded down; `None` when
+/// it is not one or is negative.
+#[must_use]
+pub fn volume_bytes(quantity: &str) -> Option<u64> {
+    let quantity = k8s_openapi::apimachinery::pkg::api::resource::Quantity(quantity.to_owned());
+    kube_quantity::ParsedQuantity::try_from(&quantity)
+        .ok()?
+        .to_bytes_u64()
+}
+
+/// The fewest bytes one stored key can take on a node's volume: the 16-byte ring
+/// position every stored key is filed under, at least one byte of key, and the stored
+/// version record (a format byte and a vector clock entry naming a node and a counter,
+/// plus the value). Real records with the storage engine's own overhead are larger, so
+/// an estimate with this floor errs towards allowing a decommission.
+pub const MIN_STORED_BYTES_PER_KEY: u64 = 32;
+
+/// Whether the nodes left after decommissioning `ordinal` obviously cannot hold the
+/// data, and if so why.
+///
+/// The heuristic, deliberately simple and only ever an under-estimate of the need:
+///
+/// * The data to hold is every key every active member stores now (`Admin.Status.keys`
+///   counts each replica a node holds), since the leaving node's replicas move to the
+///   others and nodes keep what they already have.
+/// * Each key takes at least [`MIN_STORED_BYTES_PER_KEY`] bytes.
+/// * The room is the remaining nodes' volumes, `storage.size` each.
+///
+/// It refuses only when even that floor does not fit the room. It says nothing (no
+/// refusal) when the volume size is unknown or any active member's key count was not
+/// read: "obviously" needs every number. The nodes do not report their bytes on disk,
+/// so a tighter estimate (real bytes per key, headroom for compaction) needs that
+/// report first.
+#[must_use]
+pub fn capacity_shortfall(
+    desired: &Desired,
+    observed: &Observed,
+    ordinal: u32,
+) -> Option<RefuseReason> {
+    let volume = desired.volume_bytes?;
+    let mut keys: u64 = 0;
+    for (_, member) in observed.active() {
+        keys = keys.saturating_add(member.keys?);
+    }
+    let remaining = observed.active().filter(|&(o, _)| o != ordinal).count();
+    let remaining = u64::try_from(remaining).unwrap_or(u64::MAX);
+    let needed = u128::from(keys) * u128::from(MIN_STORED_BYTES_PER_KEY);
+    let room = u128::from(remaining) * u128::from(volume);
+    (needed > room).then(|| RefuseReason::InsufficientCapacity {
+        ordinal,
+        keys,
+        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+        volume_bytes: volume,
+    })
 }
 
 /// Why the planner waits.
@@ -328,6 +417,18 @@ pub enum RefuseReason {
         /// The replication factor.
         replication_factor: u32,
     },
+    /// The nodes that would remain obviously cannot hold the data (see
+    /// [`capacity_shortfall`]).
+    InsufficientCapacity {
+        /// The node that would be decommissioned.
+        ordinal: u32,
+        /// Keys the active members store now, every replica counted.
+        keys: u64,
+        /// Members that would remain.
+        remaining: u32,
+        /// Bytes of each node's volume.
+        volume_bytes: u64,
+    },
 }
 
 impl fmt::Display for RefuseReason {
@@ -341,6 +442,20 @@ impl fmt::Display for RefuseReason {
                 f,
                 "decommissioning node {ordinal} would leave {remaining} members, fewer than \
                  the replication factor {replication_factor}"
+            ),
+            // Not the key count: it changes with every write, and the status carries
+            // this text, so a refusal would rewrite the status (and retrigger the
+            // controller) on every pass.
+            Self::InsufficientCapacity {
+                ordinal,
+                remaining,
+                volume_bytes,
+                ..
+            } => write!(
+                f,
+                "decommissioning node {ordinal} would leave the stored keys (at least \
+                 {MIN_STORED_BYTES_PER_KEY} bytes each) on {remaining} members with \
+                 {volume_bytes}-byte volumes: they cannot hold them"
             ),
         }
     }
@@ -477,6 +592,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Step {
                 },
             };
         }
+        if let Some(reason) = capacity_shortfall(desired, observed, ordinal) {
+            return Step::Refuse { reason };
+        }
         return Step::Decommission { ordinal };
     }
     for (ordinal, member) in observed.active() {
@@ -511,8 +629,8 @@ pub enum Violation {
         /// The step.
         step: Step,
     },
-    /// A decommission that is not of the highest active node above `size`, or leaves
-    /// fewer than `N` members.
+    /// A decommission that is not of the highest active node above `size`, leaves
+    /// fewer than `N` members, or leaves obviously too little room for the data.
     #[error("{step} is not a safe decommission")]
     BadDecommission {
         /// The step.
@@ -575,6 +693,7 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
                     .is_some_and(|m| m.state == MemberState::Member)
                 && observed.active().all(|(o, _)| o <= ordinal)
                 && active_count > desired.replication_factor as usize
+                && capacity_shortfall(desired, observed, ordinal).is_none()
         }
         Step::ShrinkStatefulSet { to } => {
             to >= size
@@ -637,6 +756,7 @@ mod tests {
             state,
             weight: 1,
             transfers_pending: false,
+            keys: None,
         }
     }
 
@@ -685,6 +805,7 @@ mod tests {
                         state: Joining,
                         weight,
                         transfers_pending: true,
+                        keys: Some(0),
                     },
                 );
             }
@@ -1133,6 +1254,176 @@ mod tests {
         );
     }
 
+    /// A pending transfer holds back everything else, a shrink included, even on a
+    /// member the ring already shows as settled.
+    #[test]
+    fn pending_transfers_hold_back_a_shrink() {
+        let d = desired(3, 3);
+        let mut o = observed(5, &[Member, Member, Member, Member, Removed]);
+        assert_eq!(plan(&d, &o), Step::ShrinkStatefulSet { to: 4 });
+        o.members.get_mut(&1).unwrap().transfers_pending = true;
+        let step = plan(&d, &o);
+        assert_eq!(
+            step,
+            Step::Wait {
+                reason: WaitReason::TransfersPending { ordinal: 1 }
+            }
+        );
+        assert_eq!(step.to_string(), "wait: transfers pending on node 1");
+        // A joining node still pulling ranges reports the transfer, the more specific
+        // reason; once its ranges are in, the flip to member is what is waited on.
+        let mut joining = observed(5, &[Member, Member, Member, Joining]);
+        joining.members.get_mut(&3).unwrap().transfers_pending = true;
+        assert_eq!(
+            plan(&desired(5, 3), &joining),
+            Step::Wait {
+                reason: WaitReason::TransfersPending { ordinal: 3 }
+            }
+        );
+        joining.members.get_mut(&3).unwrap().transfers_pending = false;
+        assert_eq!(
+            plan(&desired(5, 3), &joining),
+            Step::Wait {
+                reason: WaitReason::Joining { ordinal: 3 }
+            }
+        );
+    }
+
+    #[test]
+    fn volume_sizes_parse_as_kubernetes_quantities() {
+        assert_eq!(volume_bytes("10Gi"), Some(10 << 30));
+        assert_eq!(volume_bytes("500M"), Some(500_000_000));
+        assert_eq!(volume_bytes("1e3"), Some(1000));
+        assert_eq!(volume_bytes("1024"), Some(1024));
+        for bad in ["", "ten", "10 Gi", "10GB", "-1Gi"] {
+            assert_eq!(volume_bytes(bad), None, "{bad}");
+        }
+        let mut s = spec(3);
+        assert_eq!(
+            Desired::from_spec(&s).unwrap().volume_bytes(),
+            Some(10 << 30)
+        );
+        s.storage.size = "lots".into();
+        assert_eq!(
+            Desired::from_spec(&s),
+            Err(DesiredError::StorageSize("lots".into()))
+        );
+    }
+
+    /// The capacity check before a decommission: (name, volume bytes, keys per member
+    /// of 5 (ordinal 4 leaves), expected refusal).
+    #[test]
+    fn capacity_table() {
+        const GI: u64 = 1 << 30;
+        let floor = MIN_STORED_BYTES_PER_KEY;
+        // Four remaining 1 KiB volumes hold exactly 128 keys at the floor.
+        let exact = 4 * 1024 / floor;
+        /// Keys per member, ordinals 0..5; `None` when its status was not read.
+        type Keys = [Option<u64>; 5];
+        let cases: Vec<(&str, Option<u64>, Keys, bool)> = vec![
+            ("unknown volume size", None, [Some(u64::MAX); 5], false),
+            (
+                "a member's keys unknown",
+                Some(1),
+                [Some(1_000_000), None, Some(0), Some(0), Some(0)],
+                false,
+            ),
+            ("empty cluster", Some(1), [Some(0); 5], false),
+            ("ample room", Some(10 * GI), [Some(1_000_000); 5], false),
+            (
+                "exactly full at the floor",
+                Some(1024),
+                [Some(exact), Some(0), Some(0), Some(0), Some(0)],
+                false,
+            ),
+            (
+                "one key past the floor",
+                Some(1024),
+                [Some(exact - 1), Some(0), Some(0), Some(0), Some(2)],
+                true,
+            ),
+            (
+                "the leaving node's keys count",
+                Some(1024),
+                [Some(0), Some(0), Some(0), Some(0), Some(exact + 1)],
+                true,
+            ),
+            (
+                "a billion keys do not fit 4 x 1Gi",
+                Some(GI),
+                [
+                    Some(250_000_000),
+                    Some(250_000_000),
+                    Some(250_000_000),
+                    Some(250_000_000),
+                    Some(10),
+                ],
+                true,
+            ),
+            (
+                "counts near u64::MAX do not overflow",
+                Some(u64::MAX),
+                [Some(u64::MAX); 5],
+                true,
+            ),
+        ];
+        for (name, volume, keys, refused) in cases {
+            let d = desired(4, 3).with_volume_bytes(volume);
+            let mut o = observed(5, &[Member; 5]);
+            for (ordinal, k) in keys.iter().enumerate() {
+                o.members.get_mut(&(ordinal as u32)).unwrap().keys = *k;
+            }
+            let step = plan(&d, &o);
+            assert_eq!(check(&d, &o, &step), Ok(()), "{name}");
+            if refused {
+                assert!(
+                    matches!(
+                        step,
+                        Step::Refuse {
+                            reason: RefuseReason::InsufficientCapacity {
+                                ordinal: 4,
+                                remaining: 4,
+                                ..
+                            }
+                        }
+                    ),
+                    "{name}: {step}"
+                );
+                assert!(
+                    check(&d, &o, &Step::Decommission { ordinal: 4 }).is_err(),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(step, Step::Decommission { ordinal: 4 }, "{name}");
+            }
+        }
+        let reason = capacity_shortfall(
+            &desired(1, 1).with_volume_bytes(Some(64)),
+            &observed(2, &[Member; 2]).with_keys(&[3, 2]),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            Step::Refuse { reason }.to_string(),
+            "refused: decommissioning node 1 would leave the stored keys (at least 32 bytes \
+             each) on 1 members with 64-byte volumes: they cannot hold them"
+        );
+        assert!(matches!(
+            reason,
+            RefuseReason::InsufficientCapacity { keys: 5, .. }
+        ));
+    }
+
+    impl Observed {
+        /// Sets the members' key counts by ordinal.
+        fn with_keys(mut self, keys: &[u64]) -> Self {
+            for (ordinal, k) in keys.iter().enumerate() {
+                self.members.get_mut(&(ordinal as u32)).unwrap().keys = Some(*k);
+            }
+            self
+        }
+    }
+
     fn arb_state() -> impl Strategy<Value = MemberState> {
         prop_oneof![Just(Joining), Just(Member), Just(Leaving), Just(Removed)]
     }
@@ -1143,7 +1434,16 @@ mod tests {
             0u32..8,
             proptest::collection::btree_set(0u32..8, 0..8),
             proptest::collection::btree_set(0u32..8, 0..8),
-            proptest::collection::btree_map(0u32..8, (arb_state(), 1u32..4, any::<bool>()), 0..8),
+            proptest::collection::btree_map(
+                0u32..8,
+                (
+                    arb_state(),
+                    1u32..4,
+                    any::<bool>(),
+                    proptest::option::of(0u64..200),
+                ),
+                0..8,
+            ),
         )
             .prop_map(|(replicas, running, ready, members)| Observed {
                 statefulset_replicas: replicas,
@@ -1151,11 +1451,12 @@ mod tests {
                 ready: ready.into_iter().filter(|&o| o < replicas).collect(),
                 members: members
                     .into_iter()
-                    .map(|(o, (state, weight, transfers_pending))| {
+                    .map(|(o, (state, weight, transfers_pending, keys))| {
                         let member = ObservedMember {
                             state,
                             weight,
                             transfers_pending,
+                            keys,
                         };
                         (o, member)
                     })
@@ -1163,10 +1464,14 @@ mod tests {
             })
     }
 
+    /// Volumes from tiny (a few keys' worth, so capacity refusals happen) to unknown.
     fn arb_desired() -> impl Strategy<Value = Desired> {
-        (1u32..7, 1u32..4).prop_flat_map(|(size, n)| {
-            proptest::collection::vec(1u32..4, size as usize)
-                .prop_map(move |weights| Desired::new(size, n, weights).unwrap())
+        (1u32..7, 1u32..4, proptest::option::of(0u64..4096)).prop_flat_map(|(size, n, volume)| {
+            proptest::collection::vec(1u32..4, size as usize).prop_map(move |weights| {
+                Desired::new(size, n, weights)
+                    .unwrap()
+                    .with_volume_bytes(volume)
+            })
         })
     }
 
@@ -1190,8 +1495,13 @@ mod tests {
                 prop_assert_eq!(check(&d, &o, &step), Ok(()), "{:?} {:?}", step, o);
                 match step {
                     Step::Done => { finished = true; break; }
-                    Step::Refuse { .. } => {
+                    Step::Refuse { reason: RefuseReason::TooFewMembers { .. } } => {
                         prop_assert!(o.active().count() <= d.replication_factor() as usize);
+                        finished = true;
+                        break;
+                    }
+                    Step::Refuse { reason: RefuseReason::InsufficientCapacity { ordinal, .. } } => {
+                        prop_assert!(capacity_shortfall(&d, &o, ordinal).is_some());
                         finished = true;
                         break;
                     }

@@ -53,3 +53,45 @@ fn without_a_cluster_it_says_so_and_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_charts_deployment_passes_flags_the_binary_takes() {
+    // The Helm chart runs the binary with these flags and variables; a flag the binary
+    // does not know would crash-loop every installation.
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/dynamo-operator/templates/deployment.yaml"
+    ))
+    .unwrap();
+    let args: Vec<String> = template
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("- --"))
+        .map(|flag| format!("--{}", flag.replace("{{ .Values.metrics.port }}", "8080")))
+        .collect();
+    assert!(!args.is_empty(), "no flags found in the chart's Deployment");
+    assert!(args.iter().all(|a| !a.contains("{{")), "{args:?}");
+    let env: Vec<&str> = template
+        .lines()
+        .map(str::trim)
+        .skip_while(|line| *line != "env:")
+        .take_while(|line| *line != "ports:")
+        .filter_map(|line| line.strip_prefix("- name: "))
+        .collect();
+    assert_eq!(env, ["DYNAMO_OPERATOR_LOG", "POD_NAMESPACE", "POD_NAME"]);
+    let help = operator().arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for variable in env {
+        assert!(
+            help.contains(&format!("env: {variable}")),
+            "the chart sets {variable}, which the binary does not read:\n{help}"
+        );
+    }
+    // clap rejects an unknown flag before it gets to `--help`.
+    let output = operator().args(&args).arg("--help").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

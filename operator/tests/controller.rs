@@ -8,7 +8,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dynamo_operator::admin::{GrpcAdmin, NodeAdmin};
+use dynamo_node::node::RunningNode;
+use dynamo_operator::admin::{AdminTarget, GrpcAdmin, NodeAdmin};
 use dynamo_operator::builders;
 use dynamo_operator::controller::{self, reconcile, with_applied_hash};
 use dynamo_operator::crd::DynamoCluster;
@@ -20,9 +21,52 @@ use support::{ApiServer, Loopback, cluster, context, list, mock_client, pod, sta
 const NS: &str = "/api/v1/namespaces/prod";
 const APPS: &str = "/apis/apps/v1/namespaces/prod";
 const POLICY: &str = "/apis/policy/v1/namespaces/prod";
+const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/db";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
 const CLUSTERS: &str = "/apis/dynamo.example.org/v1alpha1/namespaces/prod/dynamoclusters";
 const SELECTOR: &str = "app.kubernetes.io/instance=db,app.kubernetes.io/name=dynamo";
+/// The token in the generated admin token Secret of these tests' clusters; the nodes
+/// require it.
+const TOKEN: &str = "4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee0";
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A Secret as the API server returns it, with `data` base64-encoded.
+fn secret(name: &str, data: &[(&str, &[u8])]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(base64(v))))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "prod"}, "data": data})
+}
+
+/// The generated admin token Secret exists already: read, never written.
+async fn generated_token_exists(server: &mut ApiServer) {
+    server
+        .expect("GET", &format!("{NS}/secrets/db-admin-token"))
+        .await
+        .respond(
+            200,
+            secret("db-admin-token", &[("token", TOKEN.as_bytes())]),
+        );
+}
+
+/// A node that requires [`TOKEN`].
+async fn start_secured_node(id: &str, seeds: &[std::net::SocketAddr], n: u32) -> RunningNode {
+    start_node(id, seeds, n, &["--admin-token", TOKEN]).await
+}
+
+/// How the tests reach a node that requires [`TOKEN`].
+fn secured(node: &RunningNode) -> AdminTarget {
+    AdminTarget {
+        token: Some(TOKEN.to_owned()),
+        ..support::target(node)
+    }
+}
 
 /// Runs one pass of `cluster` against `scenario` (the API server's side), then checks the
 /// client made no request the scenario did not expect.
@@ -46,7 +90,7 @@ where
     result
 }
 
-/// The four children that do not depend on membership, each read and then applied.
+/// The five children that do not depend on membership, each read and then applied.
 async fn children_applied_fresh(server: &mut ApiServer) {
     for (kind, path) in [
         ("ConfigMap", format!("{NS}/configmaps/db-config")),
@@ -56,6 +100,7 @@ async fn children_applied_fresh(server: &mut ApiServer) {
             "PodDisruptionBudget",
             format!("{POLICY}/poddisruptionbudgets/db"),
         ),
+        ("NetworkPolicy", NETPOL.to_owned()),
     ] {
         server.expect("GET", &path).await.not_found();
         let apply = server.expect("PATCH", &path).await;
@@ -70,6 +115,19 @@ async fn children_applied_fresh(server: &mut ApiServer) {
         assert!(
             apply.body["metadata"]["annotations"][controller::APPLIED_HASH_ANNOTATION].is_string()
         );
+        if kind == "NetworkPolicy" {
+            // The admin port admits the operator's pods from the operator's namespace.
+            let operator = &apply.body["spec"]["ingress"][0]["from"][1];
+            assert_eq!(
+                operator["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                support::OPERATOR_NAMESPACE
+            );
+            assert_eq!(
+                operator["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                "dynamo-operator"
+            );
+            assert_eq!(apply.body["spec"]["ingress"][0]["ports"][0]["port"], 7001);
+        }
         apply.echo();
     }
 }
@@ -99,6 +157,15 @@ async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
             format!("{POLICY}/poddisruptionbudgets/db"),
             serde_json::to_value(
                 with_applied_hash(builders::pod_disruption_budget(cluster).unwrap()).unwrap(),
+            ),
+        ),
+        (
+            NETPOL.to_owned(),
+            serde_json::to_value(
+                with_applied_hash(
+                    builders::network_policy(cluster, support::OPERATOR_NAMESPACE).unwrap(),
+                )
+                .unwrap(),
             ),
         ),
     ];
@@ -172,6 +239,28 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
             Some(SELECTOR)
         );
         pods.respond(200, list("PodList", vec![]));
+        // The spec names no admin token Secret: the generated one is created, once,
+        // before any pod needs it.
+        server
+            .expect("GET", &format!("{NS}/secrets/db-admin-token"))
+            .await
+            .not_found();
+        let create = server.expect("POST", &format!("{NS}/secrets")).await;
+        assert_eq!(create.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            create.query.get("fieldManager").map(String::as_str),
+            Some("dynamo-operator")
+        );
+        assert_eq!(create.body["kind"], "Secret");
+        assert_eq!(create.body["metadata"]["name"], "db-admin-token");
+        assert_eq!(
+            create.body["metadata"]["ownerReferences"][0]["name"],
+            json!("db")
+        );
+        let token = create.body["data"]["token"].as_str().unwrap().to_owned();
+        // 32 random bytes as 64 hex characters, base64-encoded by the client: 88 chars.
+        assert_eq!(token.len(), 88, "{token}");
+        create.echo();
         // No pod runs, so no node is asked; the planner grows the StatefulSet to size.
         let sts = server
             .expect("PATCH", &format!("{APPS}/statefulsets/db"))
@@ -222,15 +311,15 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
 async fn scale_up_joins_the_new_pod_through_a_member() {
     // Two real nodes: db-0 is a member; db-1 runs (a pod the StatefulSet just created)
     // and is not in the ring yet.
-    let n0 = start_node("db-0", &[], 1, &[]).await;
+    let n0 = start_secured_node("db-0", &[], 1).await;
     let admin = GrpcAdmin::new(support::WAIT);
-    let t0 = support::target(&n0);
+    let t0 = secured(&n0);
     admin
         .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
         .await
         .unwrap();
     support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
-    let n1 = start_node("db-1", &[n0.internode_addr], 1, &[]).await;
+    let n1 = start_secured_node("db-1", &[n0.internode_addr], 1).await;
     let endpoints = Loopback(BTreeMap::from([
         (0, n0.internode_addr),
         (1, n1.internode_addr),
@@ -251,6 +340,7 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
             .expect("GET", &format!("{NS}/pods"))
             .await
             .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        generated_token_exists(&mut server).await;
         // Unchanged StatefulSet: not applied. The join goes to db-0 over gRPC.
         let event = server.expect("POST", EVENTS).await;
         assert_eq!(event.body["reason"], "Join");
@@ -282,12 +372,7 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
     let joined = ring.members.iter().find(|m| m.node_id == "db-1").unwrap();
     assert_eq!(joined.address, n1_address);
     assert_eq!(joined.weight, 1);
-    support::wait_for_states(
-        &admin,
-        &support::target(&n1),
-        &[("db-1", MemberState::Member)],
-    )
-    .await;
+    support::wait_for_states(&admin, &secured(&n1), &[("db-1", MemberState::Member)]).await;
     n1.shutdown().await.unwrap();
     n0.shutdown().await.unwrap();
 }
@@ -296,12 +381,12 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
 async fn decommission_below_n_is_refused_without_shrinking() {
     // Three real members with N = 3; the spec asks for 2 (an object from before the
     // schema's `size >= n` rule). Taking db-2 out would leave keys with 2 replicas.
-    let n0 = start_node("db-0", &[], 3, &[]).await;
+    let n0 = start_secured_node("db-0", &[], 3).await;
     let seeds = [n0.internode_addr];
-    let n1 = start_node("db-1", &seeds, 3, &[]).await;
-    let n2 = start_node("db-2", &seeds, 3, &[]).await;
+    let n1 = start_secured_node("db-1", &seeds, 3).await;
+    let n2 = start_secured_node("db-2", &seeds, 3).await;
     let admin = GrpcAdmin::new(support::WAIT);
-    let t0 = support::target(&n0);
+    let t0 = secured(&n0);
     for node in [&n0, &n1, &n2] {
         let id = node.shared().cluster().me().to_string();
         admin
@@ -337,6 +422,7 @@ async fn decommission_below_n_is_refused_without_shrinking() {
             200,
             list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
         );
+        generated_token_exists(&mut server).await;
         // No StatefulSet apply (replicas stay 3) and no Leave: a warning and the status.
         let event = server.expect("POST", EVENTS).await;
         assert_eq!(event.body["type"], "Warning");
@@ -387,6 +473,7 @@ async fn decommission_below_n_is_refused_without_shrinking() {
             200,
             list("PodList", vec![pod(0, true), pod(1, true), pod(2, true)]),
         );
+        generated_token_exists(&mut server).await;
         server
     })
     .await
@@ -498,6 +585,7 @@ async fn an_unreachable_ring_fails_the_pass_without_acting() {
             .expect("GET", &format!("{NS}/pods"))
             .await
             .respond(200, list("PodList", vec![pod(0, false)]));
+        generated_token_exists(&mut server).await;
         server
     })
     .await
@@ -511,9 +599,9 @@ async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
     // db-0 is the only member; db-1's pod runs but never joined, and the spec went back
     // to one node. The StatefulSet shrinks over db-1, and with retainOnScaleDown false
     // its volume goes too. A member's volume is never touched.
-    let n0 = start_node("db-0", &[], 1, &[]).await;
+    let n0 = start_secured_node("db-0", &[], 1).await;
     let admin = GrpcAdmin::new(support::WAIT);
-    let t0 = support::target(&n0);
+    let t0 = secured(&n0);
     admin
         .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
         .await
@@ -535,6 +623,7 @@ async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
             .expect("GET", &format!("{NS}/pods"))
             .await
             .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        generated_token_exists(&mut server).await;
         let sts = server
             .expect("PATCH", &format!("{APPS}/statefulsets/db"))
             .await;
@@ -660,4 +749,237 @@ async fn the_admin_token_comes_from_the_named_secret() {
         "failed to apply object: secret db-admin: no key `token`"
     );
     n0.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pending_transfer_holds_the_pass_without_shrinking() {
+    // db-0 and db-1 know each other; db-0 goes down, then db-1 joins: it must pull its
+    // ranges from db-0, so its transfer stays pending. The spec asks for 2 nodes and
+    // the StatefulSet has 3 (db-2 never joined): a shrink is due, but nothing moves
+    // while a member reports ranges in flight.
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = secured(&n0);
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let n1 = start_secured_node("db-1", &[n0.internode_addr], 1).await;
+    let t1 = secured(&n1);
+    support::wait_for_states(&admin, &t1, &[("db-0", MemberState::Member)]).await;
+    n0.shutdown().await.unwrap();
+    admin
+        .join(&t1, "db-1", &n1.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::eventually("db-1 to report its transfer pending", || async {
+        admin
+            .status(&t1)
+            .await
+            .is_ok_and(|s| s.transfer_pending_ranges > 0)
+    })
+    .await;
+
+    let endpoints = Loopback(BTreeMap::from([(1, n1.internode_addr)]));
+    let spec = json!({"size": 2, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    let action = pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 3));
+        // db-0's pod is gone (being rescheduled), db-1 is up, db-2 runs outside the ring.
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(1, true), pod(2, false)]));
+        generated_token_exists(&mut server).await;
+        // No StatefulSet apply (no shrink), no event: only the status, saying why.
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
+        assert_eq!(s["phase"], "Progressing");
+        let progressing = condition(s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("True"), &json!("WaitingForTransfers"))
+        );
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+    // Nothing changed the ring: db-1 still pulls.
+    let status = admin.status(&t1).await.unwrap();
+    assert!(status.transfers_pending, "{status:?}");
+    n1.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_race_for_the_generated_token_uses_the_winners() {
+    // Another writer (the previous leader) created the generated Secret between this
+    // pass's read and its create: the create conflicts, and the winner's token, which
+    // the node requires, is read and used. Nothing is overwritten.
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let t0 = secured(&n0);
+    admin
+        .join(&t0, "db-0", &n0.internode_addr.to_string(), 1)
+        .await
+        .unwrap();
+    support::wait_for_states(&admin, &t0, &[("db-0", MemberState::Member)]).await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true)]));
+        let path = format!("{NS}/secrets/db-admin-token");
+        server.expect("GET", &path).await.not_found();
+        let create = server.expect("POST", &format!("{NS}/secrets")).await;
+        assert_eq!(create.body["metadata"]["name"], "db-admin-token");
+        create.respond(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "secrets \"db-admin-token\" already exists",
+                   "reason": "AlreadyExists", "code": 409}),
+        );
+        generated_token_exists(&mut server).await;
+        // The ring and the status were read with the winner's token: converged.
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        assert_eq!(status.body["status"]["phase"], "Running");
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    n0.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_cluster_is_reconciled_over_mutual_tls() {
+    // The node serves Admin with TLS and requires client certificates. The controller
+    // reads the CA and its client identity from the Secret `spec.tls` names and the
+    // token from the generated Secret, and a whole pass (ring, status, join) runs over
+    // mutual TLS.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), signing_key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, &cert_pem).unwrap();
+    std::fs::write(&key_path, &key_pem).unwrap();
+    let (crt, key) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let n0 = start_node(
+        "db-0",
+        &[],
+        1,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--tls-cert",
+            crt,
+            "--tls-key",
+            key,
+            "--tls-ca",
+            crt,
+        ],
+    )
+    .await;
+    let endpoints = Loopback(BTreeMap::from([(0, n0.internode_addr)]));
+    let spec = json!({"size": 1, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "tls": {"secretName": "db-tls"}});
+    let c = cluster(spec, true);
+    let expected = c.clone();
+    let tls_secret = secret(
+        "db-tls",
+        &[
+            ("ca.crt", cert_pem.as_bytes()),
+            ("tls.crt", cert_pem.as_bytes()),
+            ("tls.key", key_pem.as_bytes()),
+        ],
+    );
+    // The first node joins itself: bootstrap, through its own Admin over mutual TLS.
+    pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 1));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, false)]));
+        generated_token_exists(&mut server).await;
+        server
+            .expect("GET", &format!("{NS}/secrets/db-tls"))
+            .await
+            .respond(200, tls_secret);
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["note"], "join 0 with weight 1");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+
+    let admin = GrpcAdmin::new(support::WAIT);
+    let target = AdminTarget {
+        url: format!("https://{}", n0.internode_addr),
+        token: Some(TOKEN.to_owned()),
+        tls: Some(dynamo_operator::admin::AdminTls {
+            ca_pem: cert_pem.clone().into_bytes(),
+            identity: Some((cert_pem.into_bytes(), key_pem.into_bytes())),
+        }),
+    };
+    support::wait_for_states(&admin, &target, &[("db-0", MemberState::Member)]).await;
+    n0.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_chart_grants_what_the_lease_keeper_needs() {
+    // kube-lease-manager reads the Lease, creates it if missing, and takes and renews it
+    // with patches (it never updates or deletes it outside its own tests).
+    for verb in ["get", "create", "patch"] {
+        let permission = (
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+        );
+        assert!(
+            support::chart_rbac().contains(&permission),
+            "{permission:?}"
+        );
+    }
 }

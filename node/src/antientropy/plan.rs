@@ -154,6 +154,33 @@ pub trait RepairBudget: Send {
     fn take(&mut self, keys: u64, bytes: u64) -> bool;
 }
 
+/// A round's own limit and the node's shared background budget (admission control)
+/// together: a key is repaired only when both allow it, so anti-entropy backs off when
+/// foreground latency rises, as hinted handoff and range transfer do.
+pub(crate) struct AdmittedLimit<'a> {
+    /// The per-round limit (`--anti-entropy-max-keys`, `--anti-entropy-max-bytes`).
+    pub(crate) limit: RoundLimit,
+    /// The node's budget; one unit per key.
+    pub(crate) shared: &'a crate::background::BackgroundBudget,
+}
+
+impl RepairBudget for AdmittedLimit<'_> {
+    fn take(&mut self, keys: u64, bytes: u64) -> bool {
+        if keys > self.limit.keys || bytes > self.limit.bytes {
+            return false;
+        }
+        if keys > 0
+            && self
+                .shared
+                .take(crate::admission::WorkKind::AntiEntropy, keys)
+                < keys
+        {
+            return false;
+        }
+        self.limit.take(keys, bytes)
+    }
+}
+
 /// A fixed allowance of keys and bytes per round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoundLimit {

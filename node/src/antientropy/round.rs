@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::plan::{
-    RepairBudget, TreeSpec, choose_exchange, key_repair, purger, ring_position, tombstone_expired,
-    tree_specs,
+    AdmittedLimit, RepairBudget, TreeSpec, choose_exchange, key_repair, purger, ring_position,
+    tombstone_expired, tree_specs,
 };
 use crate::NodeId;
 use crate::node::NodeShared;
@@ -243,7 +243,10 @@ impl NodeShared {
         };
         let (spec, peer) = (spec.clone(), peer.clone());
         report.exchanged = Some((spec.range, peer.clone()));
-        let mut budget = self.antientropy.config().round_limit();
+        let mut budget = AdmittedLimit {
+            limit: self.antientropy.config().round_limit(),
+            shared: &self.background,
+        };
         if let Err(error) = self
             .exchange_and_repair(&spec, &peer, &mut budget, &mut report)
             .await

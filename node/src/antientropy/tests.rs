@@ -37,11 +37,21 @@ struct Harness {
     names: Vec<String>,
     nodes: Vec<Arc<NodeShared>>,
     config: AntiEntropyConfig,
+    admission: crate::admission::AdmissionConfig,
 }
 
 impl Harness {
     /// `count` nodes `n1..`, N=3 R=2 W=2, all members everywhere.
     fn new(count: usize, config: AntiEntropyConfig) -> Self {
+        Self::with_admission(count, config, crate::admission::AdmissionConfig::default())
+    }
+
+    /// Like [`Harness::new`], with the nodes' shared background budget set.
+    fn with_admission(
+        count: usize,
+        config: AntiEntropyConfig,
+        admission: crate::admission::AdmissionConfig,
+    ) -> Self {
         let network = MemoryNetwork::new(Duration::from_millis(200)).expect("nonzero timeout");
         let names: Vec<String> = (1..=count).map(|i| format!("n{i}")).collect();
         let mut harness = Self {
@@ -49,6 +59,7 @@ impl Harness {
             names: names.clone(),
             nodes: Vec::new(),
             config,
+            admission,
         };
         for name in &names {
             let node = harness.assemble(name);
@@ -63,6 +74,7 @@ impl Harness {
         settings.quorum = QuorumConfig::new(3, 2, 2).expect("valid quorum");
         settings.request_timeout = Duration::from_millis(400);
         settings.anti_entropy = self.config;
+        settings.admission = self.admission;
         let node = NodeShared::assemble(
             settings,
             Arc::new(MemoryEngine::new()),
@@ -376,6 +388,42 @@ async fn a_round_stops_at_its_key_budget_and_the_next_round_continues() {
         })
         .await;
     assert!(rounds >= 2, "12 keys at 5 per round take at least 3 rounds");
+}
+
+#[tokio::test]
+async fn the_shared_background_budget_caps_a_round_below_its_own_limit() {
+    // Admission control: anti-entropy draws one unit per key from the budget it shares
+    // with hinted handoff and range transfer, so a spent budget stops a round early.
+    let admission = crate::admission::AdmissionConfig::new(
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        3,
+        3,
+    )
+    .expect("valid admission config");
+    let harness = Harness::with_admission(3, config(), admission);
+    for node in &harness.nodes {
+        node.refresh_trees().await;
+    }
+    harness.network.isolate(&addr("n3"));
+    for i in 0..10 {
+        harness.put("n1", &format!("admitted-{i}"), "v").await;
+    }
+    harness.network.reconnect(&addr("n3"));
+    let n3 = harness.node("n3");
+    let first = n3.antientropy_round(0, Millis(0)).await;
+    assert_eq!(first.keys_pulled, 3, "3 units in the interval: {first:?}");
+    assert!(first.budget_exhausted);
+    // The interval (an hour) has not passed: nothing left for another round.
+    let second = n3.antientropy_round(0, Millis(0)).await;
+    assert_eq!(second.keys_pulled, 0, "{second:?}");
+    assert!(
+        n3.metrics()
+            .encode()
+            .contains(r#"dynamo_background_granted_total{kind="anti_entropy"} 3"#),
+        "grants show in /metrics"
+    );
 }
 
 #[tokio::test]

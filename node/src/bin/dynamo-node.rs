@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use dynamo_node::config::{self, ConfigError, Invocation};
 use dynamo_node::node::{Node, NodeError};
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per
+/// request (HTTP/2 frames, protobuf messages, sibling sets), and under load glibc's
+/// allocator took about a fifth of the node's CPU (BENCHMARKS.md, "Speed").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration the node refuses (clap uses 2 for usage errors too).
 const EXIT_BAD_CONFIG: u8 = 2;
 

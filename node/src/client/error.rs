@@ -29,6 +29,15 @@ pub enum ClientError {
         /// Each node tried and why it failed, in order.
         attempts: Vec<(String, String)>,
     },
+    /// A write reached a node, or may have, and its answer was lost (a timeout, a
+    /// connection reset mid-call): it may or may not have been applied. Not retried on
+    /// another node, which could apply it a second time as a concurrent version of the
+    /// same value; read the key to find out.
+    #[error("outcome unknown: the write may or may not have been applied ({}) ", Attempts(.attempts))]
+    OutcomeUnknown {
+        /// Each node tried and why it failed, in order; the last one may hold the write.
+        attempts: Vec<(String, String)>,
+    },
     /// The call's deadline passed before any node answered.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -42,6 +51,7 @@ impl ClientError {
             ClientError::Config(_) => tonic::Code::InvalidArgument,
             ClientError::Status { code, .. } => *code,
             ClientError::Unavailable { .. } => tonic::Code::Unavailable,
+            ClientError::OutcomeUnknown { .. } => tonic::Code::Unknown,
             ClientError::Timeout(_) => tonic::Code::DeadlineExceeded,
         }
     }

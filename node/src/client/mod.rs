@@ -454,12 +454,15 @@ impl Client {
     /// Writes `value` with `context` (from a get, or [`Context::empty`] for a blind
     /// write); returns the new version's context.
     ///
-    /// A write whose node fails to answer is retried on the next replica; if the
-    /// first node did apply it, the retry adds a concurrent version of the same value,
-    /// which the next write with a read's context supersedes.
+    /// A write goes on to the next replica only when the connection to a node could
+    /// not be made (the write certainly never arrived). Once it may have arrived (a
+    /// timeout, a reset mid-call), it is not retried elsewhere: a second node would
+    /// apply it again as a concurrent version of the same value, and a value the
+    /// caller has since overwritten could come back as a sibling.
     ///
     /// # Errors
-    /// A node's error answer, or [`ClientError::Unavailable`] when no node answered.
+    /// A node's error answer, [`ClientError::Unavailable`] when no node could be
+    /// reached, or [`ClientError::OutcomeUnknown`] when the write may have been applied.
     pub async fn put(
         &self,
         key: &[u8],
@@ -700,11 +703,18 @@ impl Inner {
                         message: status.message().to_owned(),
                     });
                 }
-                Ok(Err(status)) => pool::describe(&status),
-                Err(_) => format!("no answer within {:?}", self.request_timeout),
+                Ok(Err(status)) if crate::transport::never_sent(&status) => {
+                    (pool::describe(&status), false)
+                }
+                Ok(Err(status)) => (pool::describe(&status), true),
+                Err(_) => (format!("no answer within {:?}", self.request_timeout), true),
             };
+            let (reason, maybe_arrived) = reason;
             self.mark_down(&address);
             attempts.push((address, reason));
+            if kind == Kind::Write && maybe_arrived {
+                return Err(ClientError::OutcomeUnknown { attempts });
+            }
         }
         Err(ClientError::Unavailable { attempts })
     }

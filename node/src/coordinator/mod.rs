@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::quorum::{
     ConfigError, GetCoordinator, GetOutcome, PutCoordinator, PutOutcome, QuorumConfig, QuorumError,
 };
-use crate::storage::{Durability, run_engine_call};
+use crate::storage::Durability;
 use crate::store::{Store, StoreError};
 use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
 use crate::version::{Actor, SiblingSet, Value, VectorClock};
@@ -342,22 +342,20 @@ impl Coordinator {
         let config = self.inner.quorum.with_overrides(None, w)?;
         let value = value.map_or(Value::Tombstone, Value::data);
         let clock = self.inner.cluster.clock();
-        let inner = Arc::clone(&self.inner);
-        let owned_key = key.to_vec();
-        // The coordinator's own write is always durable: in sync mode every replica's
-        // is, and in buffered mode the coordinator is the one durable replica.
-        let state = run_engine_call(self.inner.store.engine().as_ref(), move || {
-            inner.store.coordinate(
-                &owned_key,
-                &context,
-                value,
-                &inner.actor,
-                clock.wall(),
-                Durability::Sync,
-            )
-        })
-        .await
-        .map_err(|e| CoordinatorError::Unavailable(format!("local write task failed: {e}")))??;
+        // The coordinator's own write is always durable (in sync mode every replica's is,
+        // in buffered mode the coordinator is the one durable replica), but it is only
+        // applied here: an in-memory compare-and-swap, cheap enough for the async thread.
+        // `drive_put` counts the local acknowledgement once a flush that starts after
+        // this write has ended, so the flush overlaps the replicas' writes instead of
+        // delaying them, and concurrent puts share it (group commit).
+        let state = self.inner.store.coordinate(
+            key,
+            &context,
+            value,
+            &self.inner.actor,
+            clock.wall(),
+            Durability::Buffered,
+        )?;
         let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
         let writes = self.inner.cluster.write_set(key, n);
         let config = transfer_quorum(config, &writes);
@@ -426,6 +424,15 @@ impl Inner {
         result.map_err(|e| e.to_string())
     }
 
+    /// Waits for a flush that starts now, so every local write applied so far is on
+    /// disk (shared with concurrent writers: group commit).
+    async fn make_local_writes_durable(&self) -> Result<(), String> {
+        self.store
+            .make_durable()
+            .await
+            .map_err(|error| format!("local write not durable: {error}"))
+    }
+
     fn observe(&self, node: &NodeId, error: Option<&TransportError>) {
         match error {
             Some(e) if !e.is_answer() => self.cluster.record_failure(node),
@@ -445,6 +452,12 @@ impl Inner {
         let clock = self.cluster.clock();
         loop {
             while let Some(node) = machine.poll_transmit() {
+                if &node == self.cluster.me() {
+                    // A local read is a page-cache lookup: no task needed.
+                    let result = self.store.read(&key).map_err(|e| e.to_string());
+                    let _ = reply_tx.send((node, result));
+                    continue;
+                }
                 let (inner, key, reply_tx) =
                     (Arc::clone(&self), Arc::clone(&key), reply_tx.clone());
                 tokio::spawn(async move {
@@ -505,8 +518,13 @@ impl Inner {
         loop {
             while let Some(send) = machine.poll_transmit() {
                 if send.to == me {
-                    // The local write happened before the machine started.
-                    machine.handle_ack(&me, clock.monotonic());
+                    // The local write was applied before the machine started; it counts
+                    // once it is on disk.
+                    let (inner, ack_tx, node) = (Arc::clone(&self), ack_tx.clone(), send.to);
+                    tokio::spawn(async move {
+                        let result = inner.make_local_writes_durable().await;
+                        let _ = ack_tx.send((node, result));
+                    });
                     continue;
                 }
                 let write = ReplicaWrite {

@@ -17,7 +17,7 @@ use super::CoordinatorError;
 use crate::NodeId;
 use crate::node::{NodeSettings, NodeShared};
 use crate::quorum::QuorumConfig;
-use crate::storage::MemoryEngine;
+use crate::storage::{Durability, MemoryEngine, StorageEngine, StorageError, UpdateFn};
 use crate::transport::{MemoryNetwork, ReplicaError};
 use crate::version::{SiblingSet, VectorClock};
 
@@ -86,6 +86,19 @@ impl Harness {
         call_timeout: Duration,
         adjust: impl Fn(&mut NodeSettings),
     ) -> Self {
+        Self::build_with_engines(n_nodes, quorum, call_timeout, adjust, |_| {
+            Arc::new(MemoryEngine::new())
+        })
+    }
+
+    /// Like [`Harness::build`], with each node's storage engine from `engine`.
+    fn build_with_engines(
+        n_nodes: usize,
+        quorum: QuorumConfig,
+        call_timeout: Duration,
+        adjust: impl Fn(&mut NodeSettings),
+        engine: impl Fn(&NodeId) -> Arc<dyn StorageEngine>,
+    ) -> Self {
         let network = MemoryNetwork::new(call_timeout).expect("nonzero call timeout");
         let ids: Vec<NodeId> = (1..=n_nodes).map(|i| id(&format!("n{i}"))).collect();
         let nodes: Vec<Arc<NodeShared>> = ids
@@ -97,7 +110,7 @@ impl Harness {
                 adjust(&mut settings);
                 let shared = NodeShared::assemble(
                     settings,
-                    Arc::new(MemoryEngine::new()),
+                    engine(node),
                     Arc::new(network.endpoint(addr(node))),
                     addr(node),
                 )
@@ -599,4 +612,182 @@ async fn a_tiny_background_budget_spreads_hint_delivery_over_several_rounds() {
         metrics.lines().any(|l| l == "dynamo_background_budget 3"),
         "{metrics}"
     );
+}
+
+/// A memory engine whose flushes can be made to fail (a full or failing disk), and
+/// which counts them.
+#[derive(Debug, Default)]
+struct FailingFlush {
+    inner: MemoryEngine,
+    fail: std::sync::atomic::AtomicBool,
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+impl StorageEngine for FailingFlush {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(key)
+    }
+    fn update(
+        &self,
+        key: &[u8],
+        f: UpdateFn<'_>,
+        durability: Durability,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let value = self.inner.update(key, f, Durability::Buffered)?;
+        if durability == Durability::Sync {
+            self.flush()?;
+        }
+        Ok(value)
+    }
+    fn remove(&self, key: &[u8]) -> Result<bool, StorageError> {
+        self.inner.remove(key)
+    }
+    fn scan(
+        &self,
+        range: crate::ring::TokenRange,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.inner.scan(range, after, limit)
+    }
+    fn approximate_len(&self) -> u64 {
+        self.inner.approximate_len()
+    }
+    fn hint_update(
+        &self,
+        target: &NodeId,
+        key: &[u8],
+        f: UpdateFn<'_>,
+        durability: Durability,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.hint_update(target, key, f, durability)
+    }
+    fn hints_for(
+        &self,
+        target: &NodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.inner.hints_for(target, after, limit)
+    }
+    fn remove_hint_if(
+        &self,
+        target: &NodeId,
+        key: &[u8],
+        expected: &[u8],
+    ) -> Result<bool, StorageError> {
+        self.inner.remove_hint_if(target, key, expected)
+    }
+    fn hint_targets(&self) -> Result<Vec<(NodeId, u64)>, StorageError> {
+        self.inner.hint_targets()
+    }
+    fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.meta_get(name)
+    }
+    fn meta_put(
+        &self,
+        name: &str,
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        self.inner.meta_put(name, value, durability)
+    }
+    fn meta_remove(&self, name: &str) -> Result<(), StorageError> {
+        self.inner.meta_remove(name)
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend {
+                op: "flush to disk",
+                source: Box::new(std::io::Error::other("disk full")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The coordinator applies its own write in memory and replicates at once, but counts
+/// it toward W only after a flush: a coordinator whose disk cannot flush is no durable
+/// replica, and with W = N its put must fail.
+#[tokio::test]
+async fn the_coordinators_own_write_counts_only_once_flushed() {
+    use std::sync::atomic::Ordering;
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let n1_engine = Arc::new(FailingFlush::default());
+        let engine_for_n1 = Arc::clone(&n1_engine);
+        let harness = Harness::build_with_engines(
+            3,
+            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
+            CALL_TIMEOUT,
+            |settings| settings.durability = durability,
+            move |node| -> Arc<dyn StorageEngine> {
+                if node.as_str() == "n1" {
+                    Arc::clone(&engine_for_n1) as Arc<dyn StorageEngine>
+                } else {
+                    Arc::new(MemoryEngine::new())
+                }
+            },
+        );
+        let n1 = id("n1");
+        n1_engine.fail.store(true, Ordering::SeqCst);
+        let error = expect_quorum_error(harness.put(&n1, b"k", "lost", None).await);
+        assert!(error.contains("not durable"), "{durability:?}: {error}");
+
+        n1_engine.fail.store(false, Ordering::SeqCst);
+        let flushes_before = n1_engine.flushes.load(Ordering::SeqCst);
+        harness.put(&n1, b"k", "kept", None).await.unwrap();
+        assert!(
+            n1_engine.flushes.load(Ordering::SeqCst) > flushes_before,
+            "{durability:?}: the acknowledged put flushed the coordinator"
+        );
+        assert!(harness.stored(&n1, b"k").contains(&"kept".to_owned()));
+    }
+}
+
+/// A replica acknowledges a durable write (every write in sync mode) only once it is
+/// flushed; in buffered mode the replicas other than the coordinator write to memory
+/// and do not wait for their disk.
+#[tokio::test]
+async fn a_replica_acknowledges_a_durable_write_only_once_flushed() {
+    use std::sync::atomic::Ordering;
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let n2_engine = Arc::new(FailingFlush::default());
+        n2_engine.fail.store(true, Ordering::SeqCst);
+        let engine_for_n2 = Arc::clone(&n2_engine);
+        let harness = Harness::build_with_engines(
+            3,
+            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
+            CALL_TIMEOUT,
+            |settings| settings.durability = durability,
+            move |node| -> Arc<dyn StorageEngine> {
+                if node.as_str() == "n2" {
+                    Arc::clone(&engine_for_n2) as Arc<dyn StorageEngine>
+                } else {
+                    Arc::new(MemoryEngine::new())
+                }
+            },
+        );
+        let result = harness.put(&id("n1"), b"k", "v", None).await;
+        match durability {
+            Durability::Sync => {
+                let error = expect_quorum_error(result);
+                assert!(error.contains("n2"), "{error}");
+            }
+            Durability::Buffered => {
+                result.unwrap();
+                assert_eq!(
+                    n2_engine.flushes.load(Ordering::SeqCst),
+                    0,
+                    "a buffered replica write does not flush"
+                );
+            }
+        }
+        // Either way the write reached n2's memory.
+        assert!(
+            eventually(|| harness.stored(&id("n2"), b"k") == ["v"]).await,
+            "{durability:?}"
+        );
+    }
 }

@@ -3,7 +3,10 @@
 //! This is the first module of the I/O shell, not of the pure core: [`SledEngine`] does
 //! disk I/O, and every call blocks the calling thread (no async, no clocks). Async
 //! callers run it on a blocking-friendly thread or accept short blocking; the critical
-//! sections are small.
+//! sections are small. The one exception is the group commit's async wait
+//! (`GroupCommit::sync_async`, behind [`Store::make_durable`](crate::store::Store::make_durable)),
+//! so that a durable write on the request path waits for its shared flush without
+//! holding a thread.
 //!
 //! Dynamo §5: "Dynamo's local persistence component allows for different storage engines
 //! to be plugged in". [`StorageEngine`] is that plug: the node holds an
@@ -32,12 +35,14 @@
 //! The engine is behind [`StorageEngine`] so it can be replaced without touching the
 //! protocol; operators should watch the data directory's size.
 
+mod group_commit;
 mod keys;
 mod memory;
 mod sled_engine;
 #[cfg(test)]
 mod suite;
 
+pub(crate) use group_commit::GroupCommit;
 pub use memory::{CrashMode, MemoryEngine};
 pub use sled_engine::{MAX_FLUSH_INTERVAL, SledConfig, SledConfigError, SledEngine};
 
@@ -47,7 +52,8 @@ use crate::ring::TokenRange;
 /// How durable a write must be before the call returns (Dynamo §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Durability {
-    /// On disk before the call returns. Costs a flush (with fsync) per write.
+    /// On disk before the call returns. Costs a flush (with fsync), shared by the
+    /// writes that wait for one at the same time (group commit).
     Sync,
     /// In the engine's memory when the call returns; on disk at the engine's next
     /// periodic flush, at [`StorageEngine::flush`], or at the next `Sync` write, which

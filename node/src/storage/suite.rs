@@ -137,6 +137,58 @@ pub(crate) fn concurrent_updates_never_lose_one(engine: &dyn StorageEngine) {
     );
 }
 
+/// Threads and writes per thread of [`concurrent_sync_writes_all_land`].
+pub(crate) const SYNC_WRITERS: usize = 16;
+/// See [`SYNC_WRITERS`].
+pub(crate) const SYNC_WRITES_EACH: usize = 25;
+
+/// Many threads writing durably at once (the group commit's load): every write lands,
+/// in data, hints and meta alike, and none waits forever.
+pub(crate) fn concurrent_sync_writes_all_land(engine: &dyn StorageEngine) {
+    let barrier = std::sync::Barrier::new(SYNC_WRITERS);
+    std::thread::scope(|scope| {
+        for writer in 0..SYNC_WRITERS {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                barrier.wait();
+                for i in 0..SYNC_WRITES_EACH {
+                    let key = format!("sync-{writer}-{i}").into_bytes();
+                    let stored = engine
+                        .update(&key, &mut |_| Some(key.clone()), Durability::Sync)
+                        .unwrap();
+                    assert_eq!(stored.as_deref(), Some(key.as_slice()));
+                }
+                engine
+                    .hint_update(
+                        &id("n1"),
+                        format!("hint-{writer}").as_bytes(),
+                        &mut |_| Some(b"h".to_vec()),
+                        Durability::Sync,
+                    )
+                    .unwrap();
+                engine
+                    .meta_put(&format!("meta-{writer}"), b"m", Durability::Sync)
+                    .unwrap();
+                engine.flush().unwrap();
+            });
+        }
+    });
+    for writer in 0..SYNC_WRITERS {
+        for i in 0..SYNC_WRITES_EACH {
+            let key = format!("sync-{writer}-{i}").into_bytes();
+            assert_eq!(engine.get(&key).unwrap(), Some(key));
+        }
+        assert_eq!(
+            engine.meta_get(&format!("meta-{writer}")).unwrap(),
+            Some(b"m".to_vec())
+        );
+    }
+    assert_eq!(
+        engine.hint_targets().unwrap(),
+        vec![(id("n1"), SYNC_WRITERS as u64)]
+    );
+}
+
 /// Every entry of `range`, fetched `page` at a time.
 fn scan_all(engine: &dyn StorageEngine, range: TokenRange, page: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut all: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -404,6 +456,12 @@ macro_rules! storage_engine_suite {
             fn concurrent_updates_never_lose_one() {
                 let (engine, _guard) = $new;
                 s::concurrent_updates_never_lose_one(&engine);
+            }
+
+            #[test]
+            fn concurrent_sync_writes_all_land() {
+                let (engine, _guard) = $new;
+                s::concurrent_sync_writes_all_land(&engine);
             }
 
             #[test]

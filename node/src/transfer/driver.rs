@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -126,6 +127,9 @@ pub(crate) struct TransferShared {
     /// One round at a time (the loop and a simulator or test may both call); a tokio
     /// mutex because a round awaits peers while holding it.
     round: tokio::sync::Mutex<()>,
+    /// Every peer took our member table (with this change in it) since the transfer
+    /// began; until then each round announces it again before copying.
+    announced: AtomicBool,
     /// One stray sweep at a time (see [`super::sweep`]).
     pub(super) sweep: tokio::sync::Mutex<()>,
     /// The stray ranges of the rings of the given (settled, target) epochs. A std
@@ -139,6 +143,7 @@ impl TransferShared {
             settings,
             status: Mutex::new(TransferStatus::default()),
             round: tokio::sync::Mutex::new(()),
+            announced: AtomicBool::new(false),
             sweep: tokio::sync::Mutex::new(()),
             stray: Mutex::new(None),
         }
@@ -170,7 +175,8 @@ pub(crate) async fn transfer_loop(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => continue,
         }
-        let allowance = throttle.allowance(node.cluster.clock().monotonic());
+        let wanted = throttle.allowance(node.cluster.clock().monotonic());
+        let allowance = node.admitted_transfer_allowance(wanted);
         let report = node.transfer_round(allowance).await;
         throttle.consumed(report.used);
         for error in &report.errors {
@@ -198,6 +204,29 @@ struct CallError {
 }
 
 impl NodeShared {
+    /// What a transfer round may send: `wanted` (the round's own throttle), with its keys
+    /// drawn from the node's shared background budget (admission control), so transfer
+    /// backs off when foreground latency rises. Nothing is drawn while this node is
+    /// neither joining nor leaving, so an idle transfer loop never eats the budget that
+    /// hinted handoff and anti-entropy share.
+    pub fn admitted_transfer_allowance(&self, wanted: Allowance) -> Allowance {
+        let me = self.cluster.me();
+        let transferring = matches!(
+            self.cluster.table().get(me).map(|m| m.state()),
+            Some(MemberState::Joining | MemberState::Leaving)
+        );
+        if !transferring {
+            return wanted;
+        }
+        let keys = self
+            .background
+            .take(crate::admission::WorkKind::Transfer, wanted.keys);
+        Allowance {
+            keys,
+            bytes: if keys == 0 { 0 } else { wanted.bytes },
+        }
+    }
+
     /// One round of range transfer for this node's own membership change (see the
     /// [module docs](crate::transfer)): copies what `allowance` permits of the plan
     /// between the settled and the target ring, in plan order, saving each task's
@@ -233,6 +262,15 @@ impl NodeShared {
                 report.errors.push(error);
                 return report;
             }
+        }
+        // Before copying, every peer must know of the change: a coordinator that has not
+        // heard of it writes to the old owners only, and a write of a key the copy's
+        // cursor has passed would then never reach the new owner (the operator's scaling
+        // e2e test saw replicas diverge this way with a 1 s gossip interval). Gossip
+        // would tell them in its own time; this tells them now. Best effort: a peer we
+        // cannot reach is asked again next round, and the copy goes on meanwhile.
+        if !self.transfer.announced.load(Ordering::Acquire) && self.announce().await {
+            self.transfer.announced.store(true, Ordering::Release);
         }
         let mut left = allowance;
         let mut failed: BTreeSet<NodeId> = BTreeSet::new();
@@ -279,7 +317,8 @@ impl NodeShared {
                     tracing::info!(node = %me, state = %member.state(), "range transfer complete");
                     report.completed = true;
                     self.finish_transfer();
-                    self.announce().await;
+                    // The result does not matter: gossip spreads the rest.
+                    let _ = self.announce().await;
                     return report;
                 }
                 Err(error) => report
@@ -294,12 +333,14 @@ impl NodeShared {
         report
     }
 
-    /// Pushes our member table to every peer once, so the hand-over (reads switching to
-    /// the new owners, or a leaving node's removal) does not wait for random gossip to
-    /// reach everyone. Best effort: gossip carries it anyway.
-    async fn announce(&self) {
+    /// Pushes our member table to every peer once, so a change (the write set widening
+    /// at its start; reads switching to the new owners, or a leaving node's removal, at
+    /// its end) does not wait for random gossip to reach everyone. Best effort: gossip
+    /// carries it anyway. Returns whether every peer took it.
+    async fn announce(&self) -> bool {
         let table = self.cluster.table();
         let me = self.cluster.me();
+        let mut everyone = true;
         for member in table.iter() {
             if member.id() == me || member.state() == MemberState::Removed {
                 continue;
@@ -307,14 +348,16 @@ impl NodeShared {
             match self.transport.gossip(member.address(), table.clone()).await {
                 Ok(theirs) => {
                     if let Err(error) = self.learn_table(&theirs) {
-                        tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                        tracing::debug!(peer = %member.id(), %error, "announcing a change");
                     }
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %member.id(), %error, "announcing the hand-over");
+                    everyone = false;
+                    tracing::debug!(peer = %member.id(), %error, "announcing a change");
                 }
             }
         }
+        everyone
     }
 
     /// How many hints this node holds (for any home).
@@ -326,8 +369,10 @@ impl NodeShared {
             .map_err(|e| format!("reading hint targets: {e}"))
     }
 
-    /// Forgets a finished (or abandoned) transfer: its progress and its status.
+    /// Forgets a finished (or abandoned) transfer: its progress, its status, and that
+    /// it was announced.
     fn finish_transfer(&self) {
+        self.transfer.announced.store(false, Ordering::Release);
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {
             if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {

@@ -53,7 +53,10 @@
 //!
 //! * A coordinator that has not yet heard of a change writes to the old replicas only;
 //!   if the transfer's cursor already passed that key, the new owner misses the write
-//!   until read repair or anti-entropy brings it.
+//!   until read repair or anti-entropy brings it. So before its first copy the changing
+//!   node pushes its member table to every peer (and again each round until every peer
+//!   took it); what is left is a peer it cannot reach, and a write a peer sent out just
+//!   before it heard.
 //! * A weight change takes effect in both rings at once (the member table keeps one
 //!   weight per node), so it is transferred by the plan of the next join or leave, or
 //!   by anti-entropy, not handed over.

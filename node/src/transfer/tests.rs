@@ -417,6 +417,61 @@ async fn writes_during_a_join_reach_old_and_new_owners_and_none_is_lost() {
 }
 
 #[tokio::test]
+async fn peers_hear_of_a_join_before_its_first_copy_so_their_writes_reach_the_new_owner() {
+    // Found by the operator's scaling e2e test (e2e/tests/scaling.rs) at a 1 s gossip
+    // interval: a node that had not yet heard of a join coordinated a write of a key the
+    // joining node gains to the old owners only, after the pull had passed that key, so
+    // the new owner never got it and the replicas diverged until anti-entropy.
+    let mut cluster = Cluster::new(3);
+    load(&cluster, "before", 60).await;
+    let n4 = id("n4");
+    cluster.add(&n4);
+    // The join reached the node it was sent to and n4; gossip has not reached n2, n3.
+    for node in [id("n1"), n4.clone()] {
+        cluster
+            .node(&node)
+            .cluster()
+            .change(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()))
+            .expect("joining n4");
+    }
+    assert!(cluster.node(&id("n2")).cluster().table().get(&n4).is_none());
+
+    let one_key = Allowance {
+        keys: 1,
+        bytes: u64::MAX,
+    };
+    let report = cluster.node(&n4).transfer_round(one_key).await;
+    assert_eq!(report.used.keys, 1);
+    assert!(!report.completed);
+    for peer in ["n2", "n3"] {
+        assert_eq!(
+            cluster
+                .node(&id(peer))
+                .cluster()
+                .table()
+                .get(&n4)
+                .map(|m| m.state()),
+            Some(MemberState::Joining),
+            "{peer} heard of the join before the first copy"
+        );
+    }
+    // So a write n2 coordinates of a key n4 gains reaches n4 itself, wherever the
+    // pull's cursor is.
+    let key = (0..10_000)
+        .map(|i| format!("moving-{i}"))
+        .find(|k| cluster.target_replicas(k).contains(&n4))
+        .expect("some key moves to n4");
+    assert!(cluster.put(&id("n2"), &key, "fresh").await);
+    assert!(
+        eventually(|| cluster.stored(&n4, &key) == ["fresh"]).await,
+        "n2's write of {key} reached n4: it holds {:?}",
+        cluster.stored(&n4, &key)
+    );
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    assert_eq!(cluster.stored(&n4, &key), ["fresh"]);
+}
+
+#[tokio::test]
 async fn a_leaving_node_is_removed_only_after_every_range_is_acknowledged() {
     let cluster = Cluster::new(4);
     let acknowledged = load(&cluster, "k", 150).await;

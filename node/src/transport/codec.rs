@@ -200,6 +200,15 @@ fn bad_reply(address: &str, reason: String) -> TransportError {
     }
 }
 
+/// Whether a failed call's status says the request never left this process: tonic
+/// reports a failed connection attempt as Unavailable "tcp connect error". Anything
+/// else (a reset, a timeout, an h2 error after sending) may have reached the peer.
+pub(crate) fn never_sent(status: &Status) -> bool {
+    status.metadata().get(ERROR_MARKER).is_none()
+        && status.code() == Code::Unavailable
+        && status.message().contains("tcp connect error")
+}
+
 /// Classifies a failed call: a status carrying [`ERROR_MARKER`] is the peer's answer
 /// and becomes [`TransportError::Rejected`] with the variant restored from the code;
 /// anything else (refused, reset, h2 errors, a proxy's answer) means the peer may be
@@ -208,7 +217,7 @@ pub(crate) fn status_to_error(address: &str, status: &Status) -> TransportError 
     if status.metadata().get(ERROR_MARKER).is_none() {
         // tonic reports a failed connection attempt (before anything was sent) as
         // Unavailable "tcp connect error"; everything else may have reached the peer.
-        if status.code() == Code::Unavailable && status.message().contains("tcp connect error") {
+        if never_sent(status) {
             return TransportError::NotConnected {
                 address: address.to_owned(),
                 reason: status.message().to_owned(),
@@ -498,6 +507,28 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn only_a_failed_connection_counts_as_never_sent() {
+        // A forwarded put (or a client's write) may go to another node only when it
+        // certainly never reached the first: otherwise it could be applied twice.
+        let refused = Status::new(Code::Unavailable, "tcp connect error");
+        assert!(never_sent(&refused));
+        assert!(matches!(
+            status_to_error("peer:1", &refused),
+            TransportError::NotConnected { .. }
+        ));
+        for maybe_arrived in [
+            Status::new(Code::Unavailable, "connection reset"),
+            Status::new(Code::Unknown, "h2 protocol error"),
+            Status::new(Code::Cancelled, "timeout expired"),
+        ] {
+            assert!(!never_sent(&maybe_arrived), "{maybe_arrived:?}");
+        }
+        // The peer's own "unavailable" answer is an answer, not a failed connection.
+        let answered = error_to_status(ReplicaError::Unavailable("tcp connect error".into()));
+        assert!(!never_sent(&answered));
     }
 
     #[test]

@@ -48,6 +48,11 @@ struct Args {
     /// operator pod's own, in a cluster).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// The operator's own namespace: each cluster's NetworkPolicy admits the operator's
+    /// pods from there to the nodes' admin port (the client's default namespace when
+    /// unset: the operator pod's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -142,10 +147,15 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("dynamo-operator-{}", std::process::id()));
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(GrpcAdmin::new(args.admin_timeout)),
         Arc::new(PeerDns),
+        operator_namespace,
         Reporter {
             controller: "dynamo-operator".to_owned(),
             instance: Some(identity.clone()),

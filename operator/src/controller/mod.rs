@@ -3,8 +3,10 @@
 //! 1. applies the builders' objects (server-side apply, field manager
 //!    [`FIELD_MANAGER`], owner references set by the builders), skipping those whose
 //!    last applied content is unchanged so a pass that changes nothing writes nothing;
-//! 2. reads the real state: the StatefulSet's replicas, the pods' own status, and the
-//!    member table through the nodes' `Admin.Ring`;
+//!    creates the generated admin token Secret once if the spec names none;
+//! 2. reads the real state: the StatefulSet's replicas, the pods' own status, the
+//!    member table through the nodes' `Admin.Ring`, and each ready member's transfer
+//!    progress and key count through `Admin.Status`;
 //! 3. asks [`planner::plan`](crate::planner::plan) for the one next step and executes
 //!    exactly that step (join, set weight, decommission, resize the StatefulSet);
 //! 4. publishes an Event for every step taken, writes the status through the status
@@ -29,9 +31,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalize, finalizer};
@@ -40,7 +43,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use observe::{PodStates, RingRead, pod_states, read_ring};
+pub use observe::{
+    PodStates, RingRead, apply_statuses, pod_states, read_ring, read_statuses, status_ordinals,
+};
 
 use crate::admin::{AdminError, AdminTarget, AdminTls, NodeAdmin};
 use crate::builders::{self, BuildError};
@@ -89,6 +94,18 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The system's random source failed while generating the admin token.
+    #[error("no randomness for the admin token: {0}")]
+    Random(String),
+    /// A member did not answer `Admin.Status`, so whether its ranges still move is
+    /// unknown and nothing is decided.
+    #[error("member {node} did not answer Admin.Status: {error}")]
+    StatusUnreadable {
+        /// The member's node id.
+        node: String,
+        /// Why.
+        error: AdminError,
+    },
     /// An object could not be serialized for hashing.
     #[error("serializing {0}")]
     Serialize(#[from] serde_json::Error),
@@ -109,6 +126,8 @@ impl Error {
             Self::Observe(_) => "foreign_member",
             Self::NoAdminPeer => "no_admin_peer",
             Self::Secret { .. } => "secret",
+            Self::Random(_) => "random",
+            Self::StatusUnreadable { .. } => "status_unreadable",
             Self::Serialize(_) => "serialize",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -187,6 +206,9 @@ pub struct Context {
     client: Client,
     admin: Arc<dyn NodeAdmin>,
     endpoints: Arc<dyn NodeEndpoints>,
+    /// The operator's own namespace: the clusters' NetworkPolicies admit its pods from
+    /// there to the nodes' admin port.
+    operator_namespace: String,
     recorder: Recorder,
     metrics: Metrics,
     intervals: Intervals,
@@ -196,12 +218,14 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context over an API client and the nodes' `Admin` API.
+    /// A context over an API client and the nodes' `Admin` API, for an operator running
+    /// in `operator_namespace`.
     #[must_use]
     pub fn new(
         client: Client,
         admin: Arc<dyn NodeAdmin>,
         endpoints: Arc<dyn NodeEndpoints>,
+        operator_namespace: String,
         reporter: Reporter,
         metrics: Metrics,
         intervals: Intervals,
@@ -211,6 +235,7 @@ impl Context {
             client,
             admin,
             endpoints,
+            operator_namespace,
             metrics,
             intervals,
             failures: Mutex::new(HashMap::new()),
@@ -299,7 +324,11 @@ pub async fn run(
     .owns(api::<ConfigMap>(&client, namespace), owned.clone())
     .owns(api::<Service>(&client, namespace), owned.clone())
     .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-    .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+    .owns(
+        api::<PodDisruptionBudget>(&client, namespace),
+        owned.clone(),
+    )
+    .owns(api::<NetworkPolicy>(&client, namespace), owned)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -372,53 +401,109 @@ where
     ensure_applied(&api, object, current.as_ref()).await
 }
 
-/// The admin token and TLS material named by the spec, read fresh each pass.
+/// The data of a Secret, `None` when it does not exist.
+async fn secret_data(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>, Error> {
+    Ok(secrets.get_opt(name).await?.map(|secret| {
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    }))
+}
+
+/// The admin token from its Secret: the one `spec.adminTokenSecret` names, else the
+/// generated one, which is created here if it does not exist yet. Never re-applied or
+/// rotated: the running nodes hold the token they started with.
+async fn admin_token(secrets: &Api<Secret>, cluster: &DynamoCluster) -> Result<String, Error> {
+    let name = builders::admin_token_secret_name(cluster)?;
+    let secret_error = |reason: &str| Error::Secret {
+        name: name.clone(),
+        reason: reason.to_owned(),
+    };
+    let data = match secret_data(secrets, &name).await? {
+        Some(data) => data,
+        None if cluster.spec.admin_token_secret.is_none() => {
+            create_admin_token(secrets, cluster, &name).await?
+        }
+        None => return Err(secret_error("not found")),
+    };
+    let token = data
+        .get(builders::ADMIN_TOKEN_KEY)
+        .ok_or_else(|| secret_error("no key `token`"))?;
+    let token = std::str::from_utf8(token).map_err(|_| secret_error("`token` is not UTF-8"))?;
+    Ok(token.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Creates the generated admin token Secret (`create`, not apply: an existing one is
+/// never overwritten). If another writer created it first (a previous leader, or a
+/// pass whose reply was lost), theirs is read and used.
+async fn create_admin_token(
+    secrets: &Api<Secret>,
+    cluster: &DynamoCluster,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
+    let mut random = [0u8; builders::ADMIN_TOKEN_BYTES];
+    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+    let not_found = || Error::Secret {
+        name: name.to_owned(),
+        reason: "not found".to_owned(),
+    };
+    let secret = builders::admin_token_secret(cluster, &random)?.ok_or_else(not_found)?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match secrets.create(&params, &secret).await {
+        Ok(created) => {
+            tracing::info!(cluster = %cluster.name_any(), secret = name, "created the admin token");
+            let data = created.data.or(secret.data).unwrap_or_default();
+            Ok(data.into_iter().map(|(k, v)| (k, v.0)).collect())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            secret_data(secrets, name).await?.ok_or_else(not_found)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The TLS material `spec.tls` names: the CA the nodes' certificates chain to, and the
+/// client identity for mutual TLS.
+async fn admin_tls(
+    secrets: &Api<Secret>,
+    cluster: &DynamoCluster,
+) -> Result<Option<AdminTls>, Error> {
+    let Some(spec) = &cluster.spec.tls else {
+        return Ok(None);
+    };
+    let secret_error = |reason: &str| Error::Secret {
+        name: spec.secret_name.clone(),
+        reason: reason.to_owned(),
+    };
+    let mut data = secret_data(secrets, &spec.secret_name)
+        .await?
+        .ok_or_else(|| secret_error("not found"))?;
+    let ca_pem = data.remove("ca.crt").ok_or_else(|| {
+        secret_error("no key `ca.crt`: the operator needs it to verify the nodes")
+    })?;
+    let identity = data.remove("tls.crt").zip(data.remove("tls.key"));
+    Ok(Some(AdminTls { ca_pem, identity }))
+}
+
+/// The admin token and TLS material, read fresh each pass.
 async fn credentials(
     client: &Client,
     namespace: &str,
     cluster: &DynamoCluster,
 ) -> Result<(Option<String>, Option<AdminTls>), Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let read = async |name: &str| -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
-        let secret = secrets.get_opt(name).await?.ok_or_else(|| Error::Secret {
-            name: name.to_owned(),
-            reason: "not found".to_owned(),
-        })?;
-        Ok(secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect())
-    };
-    let token = match &cluster.spec.admin_token_secret {
-        Some(name) => {
-            let data = read(name).await?;
-            let token = data.get("token").ok_or_else(|| Error::Secret {
-                name: name.clone(),
-                reason: "no key `token`".to_owned(),
-            })?;
-            let token = std::str::from_utf8(token).map_err(|_| Error::Secret {
-                name: name.clone(),
-                reason: "`token` is not UTF-8".to_owned(),
-            })?;
-            Some(token.trim_end_matches(['\r', '\n']).to_owned())
-        }
-        None => None,
-    };
-    let tls = match &cluster.spec.tls {
-        Some(spec) => {
-            let mut data = read(&spec.secret_name).await?;
-            let ca_pem = data.remove("ca.crt").ok_or_else(|| Error::Secret {
-                name: spec.secret_name.clone(),
-                reason: "no key `ca.crt`: the operator needs it to verify the nodes".to_owned(),
-            })?;
-            let identity = data.remove("tls.crt").zip(data.remove("tls.key"));
-            Some(AdminTls { ca_pem, identity })
-        }
-        None => None,
-    };
-    Ok((token, tls))
+    let token = admin_token(&secrets, cluster).await?;
+    let tls = admin_tls(&secrets, cluster).await?;
+    Ok((Some(token), tls))
 }
 
 /// The pass for a live cluster.
@@ -458,6 +543,12 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         builders::pod_disruption_budget(cluster)?,
     )
     .await?;
+    apply_child(
+        client,
+        &namespace,
+        builders::network_policy(cluster, &ctx.operator_namespace)?,
+    )
+    .await?;
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let current_sts = statefulsets.get_opt(name).await?;
@@ -493,14 +584,26 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     for (ordinal, error) in &ring.unanswered {
         tracing::warn!(cluster = name, ordinal, %error, "node did not answer Admin.Ring");
     }
+    let mut members = members_from_ring(name, ring.members.iter().map(|m| m.ring_member()))?;
+    let statuses = read_statuses(
+        ctx.admin.as_ref(),
+        status_ordinals(&members, &pod_states),
+        &target,
+    )
+    .await
+    .map_err(|(ordinal, error)| Error::StatusUnreadable {
+        node: builders::pod_name(name, ordinal),
+        error,
+    })?;
+    apply_statuses(&mut members, &statuses);
     let observed = Observed {
         statefulset_replicas: replicas,
         running: pod_states.running.clone(),
         ready: pod_states.ready.clone(),
-        members: members_from_ring(name, ring.members.iter().map(|m| m.ring_member()))?,
+        members,
     };
     let step = plan(&desired, &observed);
-    tracing::info!(cluster = name, namespace, %step, "planned");
+    tracing::info!(cluster = name, namespace, %step, detail = ?step, "planned");
 
     // The StatefulSet is applied every pass (when changed) so template changes roll out;
     // its replica count is the planner's.
@@ -547,8 +650,9 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
-/// Executes a membership step through `Admin` (StatefulSet resizes were applied already,
-/// volumes of shrunk-away nodes are deleted here). Returns whether a step was taken.
+/// Executes a step (StatefulSet resizes were applied already, volumes of shrunk-away
+/// nodes are deleted here; membership changes go through [`change_membership`]).
+/// Returns whether a step was taken.
 async fn execute(
     ctx: &Context,
     cluster: &DynamoCluster,
@@ -559,34 +663,7 @@ async fn execute(
     target: &impl Fn(u32) -> AdminTarget,
 ) -> Result<bool, Error> {
     let name = cluster.name_any();
-    let peer = || ring.admin_peer.map(target).ok_or(Error::NoAdminPeer);
     match *step {
-        Step::Join { ordinal, weight } => {
-            // Bootstrap: with no member yet, the first node joins itself.
-            let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
-            let node_id = builders::pod_name(&name, ordinal);
-            let address = ctx.endpoints.advertise(namespace, &name, ordinal);
-            match ctx.admin.join(&via, &node_id, &address, weight).await {
-                Ok(_) => Ok(true),
-                // The merged view was behind a node that already has it: the next
-                // pass reads the ring again.
-                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
-                    tracing::info!(cluster = %name, node = node_id, error = %e, "join not needed");
-                    Ok(false)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Step::SetWeight { ordinal, weight } => {
-            let node_id = builders::pod_name(&name, ordinal);
-            ctx.admin.set_weight(&peer()?, &node_id, weight).await?;
-            Ok(true)
-        }
-        Step::Decommission { ordinal } => {
-            let node_id = builders::pod_name(&name, ordinal);
-            ctx.admin.leave(&peer()?, &node_id).await?;
-            Ok(true)
-        }
         Step::ShrinkStatefulSet { to } => {
             // The planner shrinks only over nodes the ring has removed (or never
             // joined), so their volumes hold nothing the ring needs.
@@ -600,7 +677,67 @@ async fn execute(
             Ok(true)
         }
         Step::GrowStatefulSet { .. } => Ok(true),
-        Step::Wait { .. } | Step::Refuse { .. } | Step::Done => Ok(false),
+        _ => {
+            let advertise = |ordinal| ctx.endpoints.advertise(namespace, &name, ordinal);
+            change_membership(ctx.admin.as_ref(), &name, step, ring, target, &advertise).await
+        }
+    }
+}
+
+/// Executes a membership step (`Join`, `SetWeight`, `Decommission`) through `Admin`, as
+/// every pass of the controller does; any other step is no membership change and is
+/// left to the caller (`Ok(false)`). Returns whether a change was made.
+///
+/// A join goes through the lowest ready member ([`RingRead::admin_peer`]) or, with no
+/// member yet, to the joining node itself (bootstrap); the node's id is its pod name
+/// and its address `advertise(ordinal)`. A join the node refuses as already done
+/// (`FailedPrecondition`: the merged view was behind) is no error: the next pass reads
+/// the ring again.
+///
+/// # Errors
+/// [`Error::Admin`] when the call fails, [`Error::NoAdminPeer`] when a weight change or
+/// decommission has no ready member to go to.
+pub async fn change_membership(
+    admin: &dyn NodeAdmin,
+    cluster_name: &str,
+    step: &Step,
+    ring: &RingRead,
+    target: &impl Fn(u32) -> AdminTarget,
+    advertise: &impl Fn(u32) -> String,
+) -> Result<bool, Error> {
+    let peer = || ring.admin_peer.map(target).ok_or(Error::NoAdminPeer);
+    match *step {
+        Step::Join { ordinal, weight } => {
+            // Bootstrap: with no member yet, the first node joins itself.
+            let via = ring.admin_peer.map_or_else(|| target(ordinal), target);
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            match admin
+                .join(&via, &node_id, &advertise(ordinal), weight)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                    tracing::info!(cluster = cluster_name, node = node_id, error = %e, "join not needed");
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::SetWeight { ordinal, weight } => {
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            admin.set_weight(&peer()?, &node_id, weight).await?;
+            Ok(true)
+        }
+        Step::Decommission { ordinal } => {
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            admin.leave(&peer()?, &node_id).await?;
+            Ok(true)
+        }
+        Step::GrowStatefulSet { .. }
+        | Step::ShrinkStatefulSet { .. }
+        | Step::Wait { .. }
+        | Step::Refuse { .. }
+        | Step::Done => Ok(false),
     }
 }
 

@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::admin::{AdminError, AdminTarget, MemberView, NodeAdmin, RingView, merge_views};
+use crate::admin::{
+    AdminError, AdminTarget, MemberView, NodeAdmin, NodeStatus, RingView, merge_views,
+};
 use crate::builders::ordinal_of;
+use crate::planner::ObservedMember;
 
 /// The container whose start means the node process is up.
 const NODE_CONTAINER: &str = "dynamo-node";
@@ -125,6 +128,56 @@ pub async fn read_ring(
     })
 }
 
+/// Reads `Admin.Status` from each of `ordinals` (the active members whose pods are
+/// ready), for their range transfer progress and key counts.
+///
+/// # Errors
+/// The first node that did not answer, with why: a member whose transfers are unknown
+/// may still be moving data, so nothing is decided this pass.
+pub async fn read_statuses(
+    admin: &dyn NodeAdmin,
+    ordinals: impl IntoIterator<Item = u32>,
+    target: impl Fn(u32) -> AdminTarget,
+) -> Result<BTreeMap<u32, NodeStatus>, (u32, AdminError)> {
+    let replies = join_all(ordinals.into_iter().map(|ordinal| {
+        let target = target(ordinal);
+        async move { (ordinal, admin.status(&target).await) }
+    }))
+    .await;
+    replies
+        .into_iter()
+        .map(|(ordinal, reply)| {
+            reply
+                .map(|status| (ordinal, status))
+                .map_err(|e| (ordinal, e))
+        })
+        .collect()
+}
+
+/// The ordinals whose status a pass reads: active members whose pods are ready. An
+/// unready member is waited on by the planner before any membership change anyway.
+#[must_use]
+pub fn status_ordinals(members: &BTreeMap<u32, ObservedMember>, pods: &PodStates) -> Vec<u32> {
+    members
+        .iter()
+        .filter(|(o, m)| m.state.is_active() && pods.ready.contains(o))
+        .map(|(&o, _)| o)
+        .collect()
+}
+
+/// Fills each member's transfer progress and key count from its own status.
+pub fn apply_statuses(
+    members: &mut BTreeMap<u32, ObservedMember>,
+    statuses: &BTreeMap<u32, NodeStatus>,
+) {
+    for (ordinal, status) in statuses {
+        if let Some(member) = members.get_mut(ordinal) {
+            member.transfers_pending |= status.transfers_pending;
+            member.keys = Some(status.keys);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +207,59 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    #[test]
+    fn statuses_fill_transfers_and_keys_of_ready_members() {
+        use crate::planner::MemberState;
+        let member = |state| ObservedMember {
+            state,
+            weight: 1,
+            transfers_pending: false,
+            keys: None,
+        };
+        let mut members = BTreeMap::from([
+            (0, member(MemberState::Member)),
+            (1, member(MemberState::Joining)),
+            (2, member(MemberState::Member)),
+            (3, member(MemberState::Removed)),
+        ]);
+        let pods = PodStates {
+            running: BTreeSet::from([0, 1, 2, 3]),
+            ready: BTreeSet::from([0, 1, 3]),
+        };
+        // Removed (3) and unready (2) members are not asked.
+        assert_eq!(status_ordinals(&members, &pods), [0, 1]);
+        let status = |keys, transfers_pending| NodeStatus {
+            node_id: String::new(),
+            state: None,
+            keys,
+            hint_backlog: BTreeMap::new(),
+            transfer: None,
+            transfer_pending_ranges: 0,
+            transfers_pending,
+        };
+        apply_statuses(
+            &mut members,
+            &BTreeMap::from([
+                (0, status(10, false)),
+                (1, status(7, true)),
+                (9, status(1, true)),
+            ]),
+        );
+        assert_eq!(
+            (members[&0].keys, members[&0].transfers_pending),
+            (Some(10), false)
+        );
+        assert_eq!(
+            (members[&1].keys, members[&1].transfers_pending),
+            (Some(7), true)
+        );
+        assert_eq!(
+            (members[&2].keys, members[&2].transfers_pending),
+            (None, false)
+        );
+        assert_eq!(members.len(), 4, "a status of a non-member adds nothing");
     }
 
     #[test]

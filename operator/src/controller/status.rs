@@ -9,7 +9,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{DynamoClusterStatus, Phase};
-use crate::planner::{Observed, Step, WaitReason};
+use crate::planner::{Observed, RefuseReason, Step, WaitReason};
 
 /// Condition type: enough ready members to serve every key at its replication factor.
 pub const AVAILABLE: &str = "Available";
@@ -50,7 +50,10 @@ pub fn step_reason(step: &Step) -> &'static str {
             WaitReason::MemberNotReady { .. } => "MemberNotReady",
             WaitReason::PodNotRunning { .. } => "WaitingForPod",
         },
-        Step::Refuse { .. } => "DecommissionRefused",
+        Step::Refuse { reason } => match reason {
+            RefuseReason::TooFewMembers { .. } => "DecommissionRefused",
+            RefuseReason::InsufficientCapacity { .. } => "InsufficientCapacity",
+        },
         Step::Done => "Converged",
     }
 }
@@ -239,6 +242,7 @@ mod tests {
                         state: MemberState::Member,
                         weight: 1,
                         transfers_pending: false,
+                        keys: None,
                     };
                     (o, m)
                 })
@@ -307,6 +311,58 @@ mod tests {
         );
         assert_eq!(find(&s, PROGRESSING).status, "False");
         assert_eq!(s.current_step.as_deref(), Some(step.to_string().as_str()));
+
+        let step = Step::Refuse {
+            reason: RefuseReason::InsufficientCapacity {
+                ordinal: 2,
+                keys: 1 << 40,
+                remaining: 2,
+                volume_bytes: 1 << 30,
+            },
+        };
+        let s = cluster_status(
+            &Pass {
+                step: &step,
+                ..pass
+            },
+            None,
+            &at(10),
+        );
+        let degraded = find(&s, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InsufficientCapacity")
+        );
+        assert!(
+            degraded.message.contains("cannot hold them"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(s.phase, Some(Phase::Degraded));
+    }
+
+    #[test]
+    fn pending_transfers_are_progress_not_degradation() {
+        let o = observed(5, &[0, 1, 2, 3], &[0, 1, 2, 3]);
+        let step = Step::Wait {
+            reason: WaitReason::TransfersPending { ordinal: 3 },
+        };
+        let pass = Pass {
+            generation: Some(1),
+            observed: &o,
+            step: &step,
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let s = cluster_status(&pass, None, &at(1));
+        assert_eq!(s.phase, Some(Phase::Progressing));
+        let progressing = find(&s, PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "WaitingForTransfers")
+        );
+        assert_eq!(progressing.message, "wait: transfers pending on node 3");
+        assert_eq!(find(&s, DEGRADED).status, "False");
     }
 
     #[test]

@@ -17,8 +17,12 @@ use dynamo_operator::crd::DynamoCluster;
 use dynamo_operator::metrics::Metrics;
 use http::{Request, Response};
 use kube::client::Body;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
+
+/// The namespace the operator runs in, in these tests.
+pub const OPERATOR_NAMESPACE: &str = "dynamo-system";
 
 /// The longest any single wait may take before the test fails with a message.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -142,6 +146,11 @@ impl ApiServer {
             call.query,
             call.body
         );
+        let permission = permission_of(&call);
+        assert!(
+            chart_rbac().contains(&permission),
+            "{method} {path} needs {permission:?}, which the chart's RBAC does not grant"
+        );
         call
     }
 
@@ -154,6 +163,81 @@ impl ApiServer {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
     }
+}
+
+/// (API group, resource, verb) as RBAC names them.
+pub type Permission = (String, String, String);
+
+/// The permission a request needs: `/api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]]` or
+/// `/apis/GROUP/VERSION/namespaces/NS/RESOURCE[/NAME[/SUB]]`, by method.
+fn permission_of(call: &Call) -> Permission {
+    let parts: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
+        ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {}", call.path),
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _] => ((*resource).to_owned(), true),
+        [resource, _, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected path {}", call.path),
+    };
+    let watch = call.query.get("watch").is_some_and(|w| w == "true");
+    let verb = match (call.method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (method, _) => panic!("unexpected method {method}"),
+    };
+    (group.to_owned(), resource, verb.to_owned())
+}
+
+/// What the Helm chart's ClusterRole and leader-election Role grant, read from
+/// `charts/dynamo-operator/templates/rbac.yaml` with its template lines dropped (they
+/// only name and label the objects).
+pub fn chart_rbac() -> &'static std::collections::BTreeSet<Permission> {
+    static RULES: std::sync::OnceLock<std::collections::BTreeSet<Permission>> =
+        std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/dynamo-operator/templates/rbac.yaml"
+        ))
+        .expect("the chart's RBAC template");
+        let plain: String = template
+            .lines()
+            .filter(|line| !line.contains("{{"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut granted = std::collections::BTreeSet::new();
+        for document in serde_yaml::Deserializer::from_str(&plain) {
+            let object = Value::deserialize(document).expect("RBAC YAML");
+            for rule in object["rules"].as_array().into_iter().flatten() {
+                let strings = |key: &str| -> Vec<String> {
+                    rule[key]
+                        .as_array()
+                        .unwrap_or_else(|| panic!("rule without {key}: {rule}"))
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned())
+                        .collect()
+                };
+                for group in strings("apiGroups") {
+                    for resource in strings("resources") {
+                        for verb in strings("verbs") {
+                            granted.insert((group.clone(), resource.clone(), verb));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!granted.is_empty(), "no rules read from the chart");
+        granted
+    })
 }
 
 /// A client whose every request goes to the returned [`ApiServer`].
@@ -192,6 +276,7 @@ pub fn context(client: kube::Client, endpoints: Loopback) -> Arc<Context> {
         client,
         Arc::new(GrpcAdmin::new(Duration::from_secs(5))),
         Arc::new(endpoints),
+        OPERATOR_NAMESPACE.to_owned(),
         kube::runtime::events::Reporter {
             controller: "dynamo-operator".to_owned(),
             instance: Some("test".to_owned()),
