@@ -35,8 +35,10 @@
 //! newer write), blocks the purge.
 //!
 //! **Why the grace period.** The check covers the replicas' stored data, not copies in
-//! flight: a hint on a stand-in (Dynamo §4.6) or a range transfer batch can still hold
-//! the older, live value and deliver it after the purge, where no tombstone is left to
+//! flight: a hint on a stand-in (Dynamo §4.6), a range transfer batch, or a key a node
+//! holds outside its ranges that the stray sweep (`crate::transfer::sweep`) has yet to
+//! hand over can still hold the older, live value and deliver it after the purge,
+//! where no tombstone is left to
 //! supersede it. The grace period must therefore exceed the longest time such a copy
 //! can wait: a node down longer than the grace period should rejoin empty (and be
 //! refilled by anti-entropy) rather than receive its old hints. The default of 24 hours
