@@ -171,7 +171,7 @@ fn every_fault_class_including_join_leave_wipes_and_lost_unflushed_writes() {
     let outcome = run_seeds(
         "every_fault_class_including_join_leave_wipes_and_lost_unflushed_writes",
         0,
-        200,
+        300,
         |seed| every_fault(seed, KEEP_TOMBSTONES),
     );
     outcome.assert_passed();
@@ -198,7 +198,7 @@ fn deletes_stay_deleted_when_tombstones_are_purged_during_the_run() {
     let outcome = run_seeds(
         "deletes_stay_deleted_when_tombstones_are_purged_during_the_run",
         1_000_000,
-        60,
+        100,
         |seed| every_fault(seed, purge_grace()),
     );
     outcome.assert_passed();
