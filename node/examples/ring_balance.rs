@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let eleven = members(11);
     println!("ideal share moved by an 11th node: {:.4}", 1.0 / 11.0);
     println!(
-        "{:<44} {:>12} {:>14} {:>16}",
+        "{:<56} {:>12} {:>14} {:>16}",
         "strategy", "max/mean", "primary moved", "replica set moved"
     );
     let cases: [(&str, PartitionStrategy, bool); 3] = [
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             true,
         ),
         (
-            "3: Q=1024, rebuilt from the member set",
+            "3: Q=1024, rebuilt from the member set (what nodes do)",
             PartitionStrategy::equal_partitions(1024)?,
             false,
         ),
@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let new = Ring::build(&eleven, strategy, 2, previous)?;
         let (primary, replicas) = moved(&old, &new);
         println!(
-            "{name:<44} {:>12.3} {:>14.4} {:>16.4}",
+            "{name:<56} {:>12.3} {:>14.4} {:>16.4}",
             balance(&old),
             primary,
             replicas

@@ -202,7 +202,7 @@ fn rebuilt_root(node: &NodeShared, range: TokenRange, depth: u8) -> [u8; 16] {
     .root()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_that_missed_writes_converges_through_rounds_alone() {
     let harness = Harness::new(3, config());
     for node in &harness.nodes {
@@ -238,7 +238,7 @@ async fn a_replica_that_missed_writes_converges_through_rounds_alone() {
     assert!(!report.failed);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_wiped_replica_is_refilled_and_its_trees_match_its_data() {
     let mut harness = Harness::new(3, config());
     let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
@@ -276,7 +276,7 @@ async fn a_wiped_replica_is_refilled_and_its_trees_match_its_data() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn only_the_differing_buckets_are_compared_and_moved() {
     let harness = Harness::new(3, config());
     let keys: Vec<String> = (0..500).map(|i| format!("bulk-{i}")).collect();
@@ -307,7 +307,7 @@ async fn only_the_differing_buckets_are_compared_and_moved() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
     let harness = Harness::new(3, config());
     for node in &harness.nodes {
@@ -361,7 +361,7 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_round_stops_at_its_key_budget_and_the_next_round_continues() {
     let harness = Harness::new(
         3,
@@ -390,7 +390,7 @@ async fn a_round_stops_at_its_key_budget_and_the_next_round_continues() {
     assert!(rounds >= 2, "12 keys at 5 per round take at least 3 rounds");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_shared_background_budget_caps_a_round_below_its_own_limit() {
     // Admission control: anti-entropy draws one unit per key from the budget it shares
     // with hinted handoff and range transfer, so a spent budget stops a round early.
@@ -426,7 +426,7 @@ async fn the_shared_background_budget_caps_a_round_below_its_own_limit() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_tombstone_is_purged_from_every_replica_only_when_all_hold_it() {
     let harness = Harness::new(3, config());
     for node in &harness.nodes {
@@ -540,7 +540,7 @@ async fn a_tombstone_is_purged_from_every_replica_only_when_all_hold_it() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn live_keys_are_never_purged_even_with_a_matching_digest() {
     let harness = Harness::new(3, config());
     harness.put("n1", "live", "v").await;
@@ -569,7 +569,7 @@ async fn live_keys_are_never_purged_even_with_a_matching_digest() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn merkle_requests_for_trees_a_node_lacks_are_refused_clearly() {
     let harness = Harness::new(3, config());
     let transport = harness.network.endpoint("tester");
@@ -629,7 +629,7 @@ async fn merkle_requests_for_trees_a_node_lacks_are_refused_clearly() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn disabled_anti_entropy_keeps_no_trees() {
     let harness = Harness::new(
         3,
@@ -649,7 +649,7 @@ async fn disabled_anti_entropy_keeps_no_trees() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_shallower_tree_depth_builds_smaller_trees_that_still_repair_a_wiped_replica() {
     let mut harness = Harness::new(
         3,

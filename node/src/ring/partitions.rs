@@ -3,10 +3,20 @@
 //!
 //! The ring is cut into `Q` fixed ranges; partition `p` is `(start(p), start(p + 1)]`
 //! with `start(p) = floor(p * 2^128 / Q)` (the last one wraps to token 0). A node's
-//! quota is its weight's share of `Q` by largest-remainder rounding. Reassignment keeps
-//! every partition whose owner is still within quota and hands only surplus and orphaned
-//! partitions to nodes below quota, which is the fewest moves any quota-respecting
-//! assignment can make.
+//! quota is its weight's share of `Q` by largest-remainder rounding.
+//!
+//! Two assignments:
+//! * [`assign_by_rank`] derives the layout from the member set alone, which is what every
+//!   node does (so that all nodes agree from gossip without exchanging a layout):
+//!   rendezvous hashing with bounded loads. Each partition, visited in a fixed hashed
+//!   order, goes to the node that ranks it highest among those still below quota. A
+//!   node that joins only takes partitions it ranks highest (plus a small cascade from
+//!   the quotas shrinking), so a join or leave moves close to the ideal share instead
+//!   of redealing the ring (BENCHMARKS.md, "Ownership balance and data movement").
+//! * [`assign`] rebalances a previous layout: it keeps every partition whose owner is
+//!   still within quota and hands only surplus and orphaned partitions to nodes below
+//!   quota, which is the fewest moves any quota-respecting assignment can make. It needs
+//!   the previous layout, which nodes do not share, so it serves tools and comparisons.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -146,6 +156,50 @@ pub(crate) fn assign(quotas: &[u32], seeds: &[u64], previous_owner: &[Option<u32
     assignment
 }
 
+/// Assigns partitions to nodes from the member set alone: rendezvous (highest random
+/// weight) hashing with bounded loads.
+///
+/// Partitions are visited in order of a hash of their number; each goes to the node
+/// with the highest `mix64(seed ^ mix64(p))` (ties to the smaller index) among the
+/// nodes still below quota. Since a node's rank of a partition does not depend on the
+/// other members, adding a node moves only the partitions it ranks above their owner,
+/// and those the shrunken quotas push on; removing one moves its own and a few more.
+/// Balance is exact: every node ends at its quota.
+///
+/// Cost: `Q x nodes` hash mixes (at the bounds, 65,536 partitions and 4,096 members,
+/// about 2.7 * 10^8, well under a second; a default ring of 256 partitions and ten nodes
+/// takes microseconds). Rings are rebuilt only when the member table changes.
+///
+/// Precondition (a caller bug otherwise): `seeds` and `quotas` have one entry per node.
+pub(crate) fn assign_by_rank(quotas: &[u32], seeds: &[u64]) -> Vec<u32> {
+    debug_assert_eq!(quotas.len(), seeds.len());
+    let q: u32 = quotas.iter().sum();
+    let mut room = quotas.to_vec();
+    let mut order: Vec<u32> = (0..q).collect();
+    order.sort_by_key(|&p| (mix64(u64::from(p)), p));
+    let mut assignment = vec![0u32; q as usize];
+    for p in order {
+        let key = mix64(u64::from(p));
+        let mut best: Option<(u64, u32)> = None;
+        for (node, &seed) in (0u32..).zip(seeds) {
+            if room[node as usize] == 0 {
+                continue;
+            }
+            let score = mix64(seed ^ key);
+            // Strictly greater: on a tie the smaller index, met first, stays.
+            if best.is_none_or(|(top, _)| score > top) {
+                best = Some((score, node));
+            }
+        }
+        // The quotas sum to q, so while a partition is left some node has room.
+        if let Some((_, node)) = best {
+            room[node as usize] -= 1;
+            assignment[p as usize] = node;
+        }
+    }
+    assignment
+}
+
 /// The splitmix64 finalizer: a fixed, well-mixing permutation of `u64`.
 fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -260,5 +314,83 @@ mod tests {
             let moved = (0..previous.len()).filter(|&p| previous[p] != Some(assignment[p])).count();
             prop_assert_eq!(moved as u32, q - keepable);
         }
+
+        #[test]
+        fn ranked_assignment_meets_quotas(
+            weights in prop::collection::vec(1u32..=10, 1..12),
+            extra in 0u32..300,
+            seeds in prop::collection::vec(any::<u64>(), 12),
+        ) {
+            let q = weights.len() as u32 + extra;
+            let quotas = quotas(q, &weights);
+            let seeds = &seeds[..weights.len()];
+            let assignment = assign_by_rank(&quotas, seeds);
+            prop_assert_eq!(assignment.len(), q as usize);
+            prop_assert_eq!(count(&assignment, weights.len()), quotas.clone());
+            prop_assert_eq!(assign_by_rank(&quotas, seeds), assignment);
+        }
+    }
+
+    /// Seeds of nodes `node-0`, `node-1`, ... as the ring derives them.
+    fn seeds_of(nodes: usize) -> Vec<u64> {
+        (0..nodes)
+            .map(|i| node_seed(&format!("node-{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn ranked_assignment_moves_close_to_the_ideal_share_on_a_join() {
+        // Rebuilt from the member set alone, a join should move about the newcomer's
+        // share (1/(S+1)) of the partitions, not redeal the ring. The bound allows for
+        // the cascade of shrinking quotas; a redeal moves several times the share.
+        // Node ids sort as strings, but each node's seed depends only on its id, so the
+        // newcomer may take any index: compare by id.
+        let q = 1024;
+        for before in 3..=12 {
+            let ids = |n: usize| -> Vec<String> {
+                let mut ids: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+                ids.sort();
+                ids
+            };
+            let layout = |n: usize| -> Vec<String> {
+                let ids = ids(n);
+                let seeds: Vec<u64> = ids.iter().map(|id| node_seed(id)).collect();
+                let assignment = assign_by_rank(&quotas(q, &vec![1; n]), &seeds);
+                assignment
+                    .iter()
+                    .map(|&i| ids[i as usize].clone())
+                    .collect()
+            };
+            let (old, new) = (layout(before), layout(before + 1));
+            let moved = old.iter().zip(&new).filter(|(a, b)| a != b).count();
+            let ideal = f64::from(q) / (before + 1) as f64;
+            assert!(
+                (moved as f64) < 1.6 * ideal,
+                "{before} -> {} nodes moved {moved} of {q} partitions, ideal {ideal:.0}",
+                before + 1
+            );
+            let newcomer = format!("node-{before}");
+            let gained = new.iter().filter(|owner| **owner == newcomer).count();
+            assert!(
+                moved >= gained,
+                "every partition the newcomer holds moved to it"
+            );
+        }
+    }
+
+    #[test]
+    fn ranked_assignment_moves_close_to_the_ideal_share_on_a_leave() {
+        let q = 1024;
+        let seeds = seeds_of(10);
+        let old = assign_by_rank(&quotas(q, &[1; 10]), &seeds);
+        // Node index 9 leaves; the others keep their indices and seeds.
+        let new = assign_by_rank(&quotas(q, &[1; 9]), &seeds[..9]);
+        let moved = old.iter().zip(&new).filter(|(a, b)| a != b).count();
+        let orphaned = old.iter().filter(|&&owner| owner == 9).count();
+        assert!(moved >= orphaned);
+        assert!(
+            (moved as f64) < 1.6 * f64::from(q) / 10.0,
+            "moved {moved} of {q} partitions, ideal {orphaned}"
+        );
     }
 }

@@ -69,8 +69,10 @@ impl Ring {
     /// Under [`PartitionStrategy::EqualPartitions`], `previous` (usually the current
     /// ring) is the assignment to change as little as possible: a partition stays with
     /// the node that owned its end token in `previous` while that node is a member
-    /// within its quota. With no previous ring the assignment is built from scratch,
-    /// also deterministically. [`PartitionStrategy::RandomTokens`] ignores `previous`.
+    /// within its quota. With no previous ring (what nodes do, so that every node
+    /// derives the same ring from the member set) the assignment is a deterministic
+    /// function of the members: rendezvous hashing with bounded loads, which moves close
+    /// to the ideal share of partitions when one member joins or leaves. [`PartitionStrategy::RandomTokens`] ignores `previous`.
     ///
     /// # Errors
     /// [`RingError`] for an out-of-bounds strategy, a weight of 0, a repeated id, fewer
@@ -94,14 +96,19 @@ impl Ring {
                     .iter()
                     .map(|(id, _)| partitions::node_seed(id.as_str()))
                     .collect();
-                let previous_owner: Vec<Option<u32>> = (0..q)
-                    .map(|p| {
-                        let previous = previous?;
-                        let owner = previous.owner_at(partitions::partition_end(p, q))?;
-                        index_of(&members, &previous.members[owner as usize].0)
-                    })
-                    .collect();
-                partitions::assign(&partitions::quotas(q, &weights), &seeds, &previous_owner)
+                let quotas = partitions::quotas(q, &weights);
+                match previous {
+                    None => partitions::assign_by_rank(&quotas, &seeds),
+                    Some(previous) => {
+                        let previous_owner: Vec<Option<u32>> = (0..q)
+                            .map(|p| {
+                                let owner = previous.owner_at(partitions::partition_end(p, q))?;
+                                index_of(&members, &previous.members[owner as usize].0)
+                            })
+                            .collect();
+                        partitions::assign(&quotas, &seeds, &previous_owner)
+                    }
+                }
             }
         };
         Ok(Self::assemble(epoch, strategy, members, assignment))
