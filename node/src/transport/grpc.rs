@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::batch::WriteBatcher;
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
@@ -100,6 +101,13 @@ impl Default for GrpcTransportConfig {
     }
 }
 
+/// A client on `channel` with message sizes bounded by [`MAX_MESSAGE_BYTES`] both ways.
+fn bounded_client(channel: Channel) -> ReplicaClient<Channel> {
+    ReplicaClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 /// [`Transport`] over gRPC: one lazily connected HTTP/2 channel per peer address,
 /// reused by every call to that peer (a channel reconnects by itself after the peer
 /// restarts).
@@ -111,10 +119,19 @@ pub struct GrpcTransport {
     /// TLS for every peer call (`https`), verifying peers against the configured CA and
     /// presenting this node's certificate; `None` calls peers over plain HTTP/2.
     tls: Option<ClientTlsConfig>,
-    /// Channels by peer address. A std mutex: it guards a map lookup and is never held
-    /// across an `.await`. The map grows with the addresses ever called, which the
-    /// member table bounds.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels and write batchers by peer address. A std mutex: it guards a map lookup
+    /// and is never held across an `.await`. The map grows with the addresses ever
+    /// called, which the member table bounds.
+    channels: Mutex<HashMap<String, Peer>>,
+}
+
+/// What the transport keeps per peer address.
+#[derive(Debug, Clone)]
+struct Peer {
+    /// The peer's HTTP/2 channel, shared by every call.
+    channel: Channel,
+    /// Coalesces concurrent replica writes to the peer into batches.
+    writes: Arc<WriteBatcher>,
 }
 
 impl GrpcTransport {
@@ -153,30 +170,34 @@ impl GrpcTransport {
         }
     }
 
+    /// The peer's channel and batcher, made on first use.
+    fn peer(&self, address: &str) -> Result<Peer, TransportError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(peer) = channels.get(address) {
+            return Ok(peer.clone());
+        }
+        let channel = self
+            .endpoint(address)
+            .map_err(|e| TransportError::NotConnected {
+                address: address.to_owned(),
+                reason: format!("invalid address: {e}"),
+            })?
+            .connect_lazy();
+        let writes = Arc::new(WriteBatcher::new(
+            address.to_owned(),
+            bounded_client(channel.clone()),
+            self.config.call_timeout,
+        ));
+        let peer = Peer { channel, writes };
+        channels.insert(address.to_owned(), peer.clone());
+        Ok(peer)
+    }
+
     fn client(&self, address: &str) -> Result<ReplicaClient<Channel>, TransportError> {
-        let channel = {
-            let mut channels = self
-                .channels
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match channels.get(address) {
-                Some(channel) => channel.clone(),
-                None => {
-                    let channel = self
-                        .endpoint(address)
-                        .map_err(|e| TransportError::NotConnected {
-                            address: address.to_owned(),
-                            reason: format!("invalid address: {e}"),
-                        })?
-                        .connect_lazy();
-                    channels.insert(address.to_owned(), channel.clone());
-                    channel
-                }
-            }
-        };
-        Ok(ReplicaClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(bounded_client(self.peer(address)?.channel))
     }
 
     /// Runs one call under the call timeout and classifies its failure.
@@ -203,11 +224,10 @@ impl Transport for GrpcTransport {
         codec::read_reply(to, reply)
     }
 
+    /// Batched with concurrent writes to the same peer (see [`super::batch`]).
     async fn write(&self, to: &str, write: ReplicaWrite) -> Result<(), TransportError> {
-        let mut client = self.client(to)?;
-        self.call(to, client.write(codec::write_request(write)))
-            .await
-            .map(|proto::ReplicaWriteResponse {}| ())
+        let writes = self.peer(to)?.writes;
+        writes.write(codec::write_request(write)).await
     }
 
     async fn coordinate_put(&self, to: &str, put: ForwardedPut) -> Result<Vec<u8>, TransportError> {
@@ -336,6 +356,49 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
             .await
             .map_err(codec::error_to_status)?;
         Ok(Response::new(proto::ReplicaWriteResponse {}))
+    }
+
+    async fn write_batch(
+        &self,
+        request: Request<proto::ReplicaWriteBatchRequest>,
+    ) -> Result<Response<proto::ReplicaWriteBatchResponse>, Status> {
+        let decoded =
+            codec::decode_write_batch(request.into_inner()).map_err(|e| refuse("write_batch", e))?;
+        // Writes that decoded go to the handler together; the others keep their own
+        // error, in their place.
+        let mut writes = Vec::with_capacity(decoded.len());
+        let mut slots = Vec::with_capacity(decoded.len());
+        for write in decoded {
+            match write {
+                Ok(write) => {
+                    writes.push(write);
+                    slots.push(None);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "refused a malformed write of a batch");
+                    slots.push(Some(Err(error)));
+                }
+            }
+        }
+        let asked = writes.len();
+        let handled = self.handler.write_batch(writes).await;
+        if handled.len() != asked {
+            return Err(codec::error_to_status(ReplicaError::Internal(format!(
+                "{} results for {asked} writes",
+                handled.len()
+            ))));
+        }
+        let mut handled = handled.into_iter();
+        let results = slots
+            .into_iter()
+            .map(|slot| {
+                let result = slot.or_else(|| handled.next()).unwrap_or_else(|| {
+                    Err(ReplicaError::Internal("a write of the batch has no result".into()))
+                });
+                codec::write_result(result)
+            })
+            .collect();
+        Ok(Response::new(proto::ReplicaWriteBatchResponse { results }))
     }
 
     async fn coordinate_put(
