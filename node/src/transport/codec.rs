@@ -920,4 +920,54 @@ mod tests {
             prop_assert_eq!((back.key, back.value, back.w), (put.key, put.value, put.w));
         }
     }
+
+    #[test]
+    fn every_replica_error_survives_a_batch_result() {
+        for error in [
+            ReplicaError::InvalidArgument("bad key".into()),
+            ReplicaError::Unavailable("shutting down".into()),
+            ReplicaError::Unauthenticated("no credentials".into()),
+            ReplicaError::Internal("disk failed".into()),
+        ] {
+            let reply = proto::ReplicaWriteBatchResponse {
+                results: vec![write_result(Ok(())), write_result(Err(error.clone()))],
+            };
+            let results = write_batch_reply("peer", 2, reply).unwrap();
+            assert_eq!(
+                results,
+                vec![
+                    Ok(()),
+                    Err(TransportError::Rejected {
+                        address: "peer".into(),
+                        error
+                    })
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_reply_with_the_wrong_number_of_results_is_a_bad_reply() {
+        let reply = proto::ReplicaWriteBatchResponse {
+            results: vec![write_result(Ok(()))],
+        };
+        assert!(matches!(
+            write_batch_reply("peer", 2, reply),
+            Err(TransportError::BadReply { .. })
+        ));
+        // An unknown code from a newer peer is still a rejection, never a success.
+        let reply = proto::ReplicaWriteBatchResponse {
+            results: vec![proto::ReplicaWriteResult {
+                code: u32::MAX,
+                message: "what".into(),
+            }],
+        };
+        assert!(matches!(
+            write_batch_reply("peer", 1, reply).unwrap().as_slice(),
+            [Err(TransportError::Rejected {
+                error: ReplicaError::Internal(_),
+                ..
+            })]
+        ));
+    }
 }

@@ -962,4 +962,237 @@ mod tests {
             "{error:?}"
         );
     }
+
+    /// A write of 1 KiB to `key`, as a coordinator sends to a replica.
+    fn replica_write(key: &str) -> ReplicaWrite {
+        let mut state = SiblingSet::new();
+        state
+            .put(
+                &VectorClock::new(),
+                crate::version::Value::data(vec![b'v'; 1024]),
+                &crate::version::Actor::new(node("coordinator"), 1),
+                crate::time::Millis(1),
+                &SiblingLimits::default(),
+            )
+            .unwrap();
+        ReplicaWrite {
+            key: key.as_bytes().to_vec(),
+            state,
+            durable: true,
+            hint_for: None,
+        }
+    }
+
+    /// Sends `keys.len()` writes at once from as many tasks; their results in key order.
+    async fn concurrent_writes(
+        transport: &Arc<GrpcTransport>,
+        address: &str,
+        keys: &[String],
+    ) -> Vec<Result<(), TransportError>> {
+        let tasks: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let (transport, address, write) =
+                    (Arc::clone(transport), address.to_owned(), replica_write(key));
+                tokio::spawn(async move { transport.write(&address, write).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    fn keys(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("key-{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_to_one_peer_share_calls() {
+        // 64 writes queued at once travel in a few WriteBatch calls, not 64 Write calls,
+        // and every one lands.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(64);
+        for result in concurrent_writes(&transport, &address, &keys).await {
+            result.unwrap();
+        }
+        for key in &keys {
+            assert_eq!(replica.stored(key.as_bytes()), replica_write(key).state);
+        }
+        let (single, batches) = replica.write_calls();
+        assert_eq!(single, 0);
+        assert_eq!(batches.iter().sum::<usize>(), 64);
+        assert!(
+            batches.len() <= 8,
+            "64 concurrent writes took {} calls: {batches:?}",
+            batches.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn each_write_of_a_batch_keeps_its_own_result() {
+        let replica = Arc::new(TestReplica::new("server"));
+        replica.refuse_key(b"key-3");
+        let address = serve(replica.clone()).await;
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(8);
+        let results = concurrent_writes(&transport, &address, &keys).await;
+        for (key, result) in keys.iter().zip(results) {
+            if key == "key-3" {
+                assert_eq!(
+                    result,
+                    Err(TransportError::Rejected {
+                        address: address.clone(),
+                        error: ReplicaError::InvalidArgument("refused key".into()),
+                    })
+                );
+                assert!(replica.stored(key.as_bytes()).is_empty());
+            } else {
+                result.unwrap();
+                assert!(!replica.stored(key.as_bytes()).is_empty());
+            }
+        }
+        let (_, batches) = replica.write_calls();
+        assert!(batches.iter().any(|&size| size > 1), "{batches:?}");
+    }
+
+    /// The Replica service of a node from before `WriteBatch`: tonic answers
+    /// `UNIMPLEMENTED` for it, as for any method a server does not know.
+    #[derive(Clone)]
+    struct WithoutWriteBatch<S>(S);
+
+    impl<S: tonic::server::NamedService> tonic::server::NamedService for WithoutWriteBatch<S> {
+        const NAME: &'static str = S::NAME;
+    }
+
+    impl<S> tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for WithoutWriteBatch<S>
+    where
+        S: tower::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            >,
+        S::Future: Send + 'static,
+    {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            if request.uri().path() == "/dynamo.v1.Replica/WriteBatch" {
+                let response = Status::unimplemented("").into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+            Box::pin(self.0.call(request))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_write_batch_gets_single_writes() {
+        // A rolling upgrade: the caller is newer than the peer. The refused batch had
+        // no effect, so its writes are sent again as single calls, and so is what follows.
+        let replica = Arc::new(TestReplica::new("old"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WithoutWriteBatch(replica_server(replica.clone())))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(16);
+        for result in concurrent_writes(&transport, &address, &keys).await {
+            result.unwrap();
+        }
+        transport
+            .write(&address, replica_write("later"))
+            .await
+            .unwrap();
+        for key in keys.iter().map(String::as_str).chain(["later"]) {
+            assert_eq!(replica.stored(key.as_bytes()), replica_write(key).state);
+        }
+        assert_eq!(replica.write_calls(), (17, vec![]));
+    }
+
+    #[tokio::test]
+    async fn batched_writes_to_a_closed_port_are_never_sent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let transport = Arc::new(transport(Duration::from_secs(30)));
+        for result in concurrent_writes(&transport, &address, &keys(8)).await {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(error, TransportError::NotConnected { .. }),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn batched_writes_to_a_peer_that_never_answers_time_out() {
+        // Sent, never answered: outcome unknown for each write, within its own deadline.
+        let address = serve(Arc::new(NeverAnswers)).await;
+        let transport = Arc::new(transport(Duration::from_millis(200)));
+        for result in concurrent_writes(&transport, &address, &keys(8)).await {
+            assert_eq!(
+                result,
+                Err(TransportError::Timeout {
+                    address: address.clone()
+                })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_refuses_malformed_writes_one_by_one_and_oversized_batches_whole() {
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let mut raw = ReplicaClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        let good = codec::write_request(replica_write("good"));
+        let garbage = proto::ReplicaWriteRequest {
+            key: Bytes::from_static(b"bad"),
+            state: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+            durable: false,
+            hint_for: None,
+        };
+        let reply = raw
+            .write_batch(proto::ReplicaWriteBatchRequest {
+                writes: vec![garbage.clone(), good.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.results.len(), 2);
+        assert_eq!(reply.results[0].code, Code::InvalidArgument as u32);
+        assert!(reply.results[0].message.contains("state"), "{reply:?}");
+        assert_eq!(reply.results[1], proto::ReplicaWriteResult::default());
+        assert_eq!(
+            replica.stored(b"good"),
+            replica_write("good").state
+        );
+        assert!(replica.stored(b"bad").is_empty());
+
+        let too_many = proto::ReplicaWriteBatchRequest {
+            writes: vec![good; crate::transport::MAX_BATCH_ENTRIES + 1],
+        };
+        let status = raw.write_batch(too_many).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.metadata().get(codec::ERROR_MARKER).is_some());
+        assert_eq!(replica.write_calls().1, vec![1]);
+    }
 }
