@@ -263,7 +263,9 @@ impl WriteBatcher {
                 return;
             }
             Ok(Err(status)) => Err(codec::status_to_error(&self.address, &status)),
-            Ok(Ok(response)) => codec::write_batch_reply(&self.address, sent, response.into_inner()),
+            Ok(Ok(response)) => {
+                codec::write_batch_reply(&self.address, sent, response.into_inner())
+            }
         };
         match results {
             Ok(results) => {
@@ -282,7 +284,10 @@ impl WriteBatcher {
     }
 
     /// One write as its own `Write` call, under the call timeout.
-    async fn single_write(&self, request: proto::ReplicaWriteRequest) -> Result<(), TransportError> {
+    async fn single_write(
+        &self,
+        request: proto::ReplicaWriteRequest,
+    ) -> Result<(), TransportError> {
         let mut client = self.client.clone();
         match tokio::time::timeout(self.call_timeout, client.write(request)).await {
             Err(_elapsed) => Err(TransportError::Timeout {
@@ -340,7 +345,12 @@ mod tests {
 
     #[test]
     fn a_batch_stops_before_the_byte_bound_but_always_takes_one() {
-        let mut q = queue(&[(1, 60, false), (2, 50, false), (3, 200, false), (4, 1, false)]);
+        let mut q = queue(&[
+            (1, 60, false),
+            (2, 50, false),
+            (3, 200, false),
+            (4, 1, false),
+        ]);
         assert_eq!(ids(&take_batch(&mut q, 10, 100)), vec![1]);
         assert_eq!(ids(&take_batch(&mut q, 10, 100)), vec![2]);
         // Larger than the bound on its own: it still leaves, alone.

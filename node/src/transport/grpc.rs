@@ -362,8 +362,8 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
         &self,
         request: Request<proto::ReplicaWriteBatchRequest>,
     ) -> Result<Response<proto::ReplicaWriteBatchResponse>, Status> {
-        let decoded =
-            codec::decode_write_batch(request.into_inner()).map_err(|e| refuse("write_batch", e))?;
+        let decoded = codec::decode_write_batch(request.into_inner())
+            .map_err(|e| refuse("write_batch", e))?;
         // Writes that decoded go to the handler together; the others keep their own
         // error, in their place.
         let mut writes = Vec::with_capacity(decoded.len());
@@ -393,7 +393,9 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
             .into_iter()
             .map(|slot| {
                 let result = slot.or_else(|| handled.next()).unwrap_or_else(|| {
-                    Err(ReplicaError::Internal("a write of the batch has no result".into()))
+                    Err(ReplicaError::Internal(
+                        "a write of the batch has no result".into(),
+                    ))
                 });
                 codec::write_result(result)
             })
@@ -992,8 +994,11 @@ mod tests {
         let tasks: Vec<_> = keys
             .iter()
             .map(|key| {
-                let (transport, address, write) =
-                    (Arc::clone(transport), address.to_owned(), replica_write(key));
+                let (transport, address, write) = (
+                    Arc::clone(transport),
+                    address.to_owned(),
+                    replica_write(key),
+                );
                 tokio::spawn(async move { transport.write(&address, write).await })
             })
             .collect();
@@ -1090,7 +1095,10 @@ mod tests {
             self.0.poll_ready(cx)
         }
 
-        fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        fn call(
+            &mut self,
+            request: tonic::codegen::http::Request<tonic::body::Body>,
+        ) -> Self::Future {
             if request.uri().path() == "/dynamo.v1.Replica/WriteBatch" {
                 let response = Status::unimplemented("").into_http();
                 return Box::pin(async move { Ok(response) });
@@ -1181,10 +1189,7 @@ mod tests {
         assert_eq!(reply.results[0].code, Code::InvalidArgument as u32);
         assert!(reply.results[0].message.contains("state"), "{reply:?}");
         assert_eq!(reply.results[1], proto::ReplicaWriteResult::default());
-        assert_eq!(
-            replica.stored(b"good"),
-            replica_write("good").state
-        );
+        assert_eq!(replica.stored(b"good"), replica_write("good").state);
         assert!(replica.stored(b"bad").is_empty());
 
         let too_many = proto::ReplicaWriteBatchRequest {
