@@ -4,7 +4,8 @@
 //! a node serves its peers through [`ReplicaHandler`]. Two implementations connect them:
 //!
 //! * [`GrpcTransport`] and [`replica_server`]: gRPC over real sockets (`tonic`), in
-//!   production and multi-process tests.
+//!   production and multi-process tests. Concurrent replica writes to one peer travel
+//!   together in `WriteBatch` calls, each with its own result and deadline (`batch.rs`).
 //! * [`MemoryNetwork`]: an in-process network with deterministic faults (cut,
 //!   partition, isolate, drop, delay) for tests that run many nodes in one process.
 //!
