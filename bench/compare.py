@@ -93,6 +93,18 @@ def http_status(url, method="GET", body=None, headers=None):
 # ---- the systems under test ----------------------------------------------------------
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time, in seconds, of the processes `pids` so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name (field 2) may hold spaces: split after its closing paren.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 def start_dynamo(tmp, durability, bin_dir):
     binary = os.path.join(bin_dir, "dynamo-node")
     ctl = os.path.join(bin_dir, "dynamoctl")
@@ -122,7 +134,7 @@ def start_dynamo(tmp, durability, bin_dir):
         ]
         if nodes:
             args += ["--seeds", f"127.0.0.1:{nodes[0]['internode']}"]
-        spawn(args, os.path.join(tmp, f"dynamo-{node['id']}.log"))
+        node["pid"] = spawn(args, os.path.join(tmp, f"dynamo-{node['id']}.log")).pid
         nodes.append(node)
     for node in nodes:
         wait_until(f"dynamo {node['id']} /healthz",
@@ -141,14 +153,15 @@ def start_dynamo(tmp, durability, bin_dir):
     # Every node must see all three before W=2 puts can land on the right replicas.
     wait_until("a W=2 put on dynamo",
                lambda: http_status(f"{url}/v1/kv/compare-probe", "PUT", b"x")[0] == 204)
-    return url
+    return url, [node["pid"] for node in nodes]
 
 
 def start_etcd(tmp):
     members = [{"name": f"m{k}", "client": free_port(), "peer": free_port()} for k in range(1, 4)]
     initial = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in members)
+    pids = []
     for m in members:
-        spawn([
+        pids.append(spawn([
             "etcd",
             "--name", m["name"],
             "--data-dir", os.path.join(tmp, "etcd", m["name"]),
@@ -160,10 +173,10 @@ def start_etcd(tmp):
             "--initial-cluster-state", "new",
             "--initial-cluster-token", "compare",
             "--log-level", "warn",
-        ], os.path.join(tmp, f"etcd-{m['name']}.log"))
+        ], os.path.join(tmp, f"etcd-{m['name']}.log")).pid)
     url = f"http://127.0.0.1:{members[0]['client']}"
     wait_until("etcd /health", lambda: b'"true"' in http_status(f"{url}/health")[1])
-    return url
+    return url, pids
 
 
 def start_redis(tmp):
@@ -212,22 +225,31 @@ def preload(url, keys, value, kind, threads=8):
 
 WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+WRK_TOTAL = re.compile(r"^\s*(\d+) requests in", re.M)
 WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*", re.M)
 UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url, script, args, env):
+def run_wrk(url, script, args, env, pids):
+    """One wrk phase; with the server's CPU time per request (`pids`' utime + stime over
+    the phase, divided by the requests wrk completed): a figure that, unlike ops/s,
+    hardly moves when other work shares the machine."""
     command = ["wrk", "--latency", "-t", str(args.threads), "-c", str(args.clients),
                "-d", f"{args.seconds}s", "-s", os.path.join(HERE, "wrk", script), url]
+    cpu_before = cpu_seconds(pids)
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pids) - cpu_before
     rate = WRK_RATE.search(output)
-    if not rate:
+    total = WRK_TOTAL.search(output)
+    if not rate or not total:
         sys.exit(f"compare.py: could not parse wrk output:\n{output}")
     latency = {f"p{p}": float(v) * UNIT[u] for p, v, u in WRK_LATENCY.findall(output)}
     errors = [m.group(0) for m in WRK_ERRORS.finditer(output)]
     if errors:
         print(f"warning: {script}: {'; '.join(errors)}", file=sys.stderr)
-    return {"ops_per_sec": float(rate.group(1)), "latency_ms": latency, "errors": errors}
+    requests = int(total.group(1))
+    return {"ops_per_sec": float(rate.group(1)), "latency_ms": latency, "errors": errors,
+            "requests": requests, "cpu_ms_per_op": 1000 * cpu / max(1, requests)}
 
 
 def run_redis_benchmark(port, args):
@@ -276,22 +298,21 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     value = b"v" * args.value_bytes
-    dynamo = start_dynamo(tmp, args.durability, args.bin_dir)
-    systems = [("dynamo", dynamo)]
+    systems = [("dynamo", *start_dynamo(tmp, args.durability, args.bin_dir))]
     if not args.only_dynamo:
-        systems.append(("etcd", start_etcd(tmp)))
+        systems.append(("etcd", *start_etcd(tmp)))
         redis_port = start_redis(tmp)
     print(f"preloading {args.keys} keys of {args.value_bytes} bytes ...", file=sys.stderr)
-    for system, url in systems:
+    for system, url, _ in systems:
         preload(url, args.keys, value, system)
 
     env = dict(os.environ, BENCH_WRK_DIR=os.path.join(HERE, "wrk"), BENCH_KEYS=str(args.keys),
                BENCH_VALUE_BYTES=str(args.value_bytes))
     results = {}
-    for system, url in systems:
+    for system, url, pids in systems:
         for op in ("put", "get"):
             print(f"wrk: {system} {op} for {args.seconds}s ...", file=sys.stderr)
-            results[f"{system}_{op}"] = run_wrk(url, f"{system}_{op}.lua", args, env)
+            results[f"{system}_{op}"] = run_wrk(url, f"{system}_{op}.lua", args, env, pids)
     if not args.only_dynamo:
         print("redis-benchmark ...", file=sys.stderr)
         redis = run_redis_benchmark(redis_port, args)
@@ -299,12 +320,17 @@ def main():
 
     print(f"\n{args.clients} clients, {args.value_bytes}-byte values, {args.keys} keys; "
           f"Dynamo N=3 R=2 W=2 durability={args.durability}; etcd 3 members; Redis 1\n")
-    print(f"| {'system / op':<14} | {'ops/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} |")
-    print(f"|{'-' * 16}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}; CPU ms/op is the "
+          "servers' user + system CPU time per request over the phase\n")
+    print(f"| {'system / op':<14} | {'ops/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | "
+          f"{'CPU ms/op':>9} |")
+    print(f"|{'-' * 16}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 11}|")
     for name, figures in results.items():
         lat = figures["latency_ms"]
+        cpu = figures.get("cpu_ms_per_op")
         print(f"| {name.replace('_', ' '):<14} | {figures['ops_per_sec']:>9.0f} | "
-              f"{lat.get('p50', float('nan')):>7.2f} | {lat.get('p99', float('nan')):>7.2f} |")
+              f"{lat.get('p50', float('nan')):>7.2f} | {lat.get('p99', float('nan')):>7.2f} | "
+              f"{'' if cpu is None else f'{cpu:.3f}':>9} |")
     if args.only_dynamo:
         if args.json:
             with open(args.json, "w") as out:

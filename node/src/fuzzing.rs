@@ -173,6 +173,20 @@ pub fn replica_message(bytes: &[u8]) {
         }
         _ => {
             let _ = proto::ReplicaReadRequest::decode(body);
+            // A batch of writes (bounded before any state decodes), and its reply.
+            if let Ok(request) = proto::ReplicaWriteBatchRequest::decode(body) {
+                if let Ok(writes) = codec::decode_write_batch(request) {
+                    for write in writes.into_iter().flatten() {
+                        let again = codec::decode_write(codec::write_request(write.clone()))
+                            .expect("an encoded write decodes");
+                        assert_eq!(again, write, "a batched write round-trips");
+                    }
+                }
+            }
+            if let Ok(reply) = proto::ReplicaWriteBatchResponse::decode(body) {
+                let sent = reply.results.len();
+                let _ = codec::write_batch_reply("peer:1", sent, reply);
+            }
             // A scan page answering a whole-ring scan of up to the largest page.
             if let Ok(reply) = proto::ScanRangeResponse::decode(body) {
                 let asked = codec::scan_range_request(crate::transport::RangeScan {

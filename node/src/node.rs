@@ -160,6 +160,16 @@ impl NodeShared {
     /// The merge is an in-memory update done inline; a durable write then waits for a
     /// flush shared with concurrent writes (group commit) without holding a thread.
     async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+        self.apply_write(write)?;
+        if self.must_flush(write) {
+            self.store.make_durable().await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a replica write in memory (the merge, and the hint when it stands in for
+    /// another node), without waiting for durability.
+    fn apply_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
         self.store
             .merge(&write.key, &write.state, Durability::Buffered)?;
         if let Some(home) = &write.hint_for {
@@ -168,10 +178,12 @@ impl NodeShared {
             self.store
                 .add_hint(home, &write.key, &write.state, Durability::Buffered)?;
         }
-        if write.durable || self.durability == Durability::Sync {
-            self.store.make_durable().await?;
-        }
         Ok(())
+    }
+
+    /// Whether a replica write must be on disk before it is acknowledged.
+    fn must_flush(&self, write: &ReplicaWrite) -> bool {
+        write.durable || self.durability == Durability::Sync
     }
 }
 
@@ -199,6 +211,38 @@ impl ReplicaHandler for PeerHandler {
             .check_key(&write.key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
         self.node.store_write(&write).await.map_err(internal)
+    }
+
+    /// Applies every write in memory, then waits once for a flush that covers all of
+    /// them (shared with concurrent writers: group commit), so a batch of sync writes
+    /// costs one flush wait instead of one each. A failed flush fails exactly the writes
+    /// that needed it.
+    async fn write_batch(&self, writes: Vec<ReplicaWrite>) -> Vec<Result<(), ReplicaError>> {
+        let limits = self.node.coordinator.limits();
+        let mut results: Vec<Result<(), ReplicaError>> = writes
+            .iter()
+            .map(|write| {
+                limits
+                    .check_key(&write.key)
+                    .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
+                self.node.apply_write(write).map_err(internal)
+            })
+            .collect();
+        let durable: Vec<usize> = writes
+            .iter()
+            .zip(&results)
+            .enumerate()
+            .filter(|(_, (write, result))| result.is_ok() && self.node.must_flush(write))
+            .map(|(index, _)| index)
+            .collect();
+        if !durable.is_empty() {
+            if let Err(error) = self.node.store.make_durable().await {
+                for index in durable {
+                    results[index] = Err(internal(&error));
+                }
+            }
+        }
+        results
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {

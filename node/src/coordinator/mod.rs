@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeId;
@@ -505,26 +506,29 @@ impl Inner {
         }
     }
 
+    /// Runs the put machine to its end. The replica calls run as futures of this one
+    /// task rather than as a task each: a put makes up to N of them, and a spawned task
+    /// per call cost a task allocation, a channel message and an extra wake-up each.
     async fn drive_put(
         self: Arc<Self>,
         key: Vec<u8>,
         mut machine: PutCoordinator<SiblingSet>,
         outcome_tx: oneshot::Sender<PutOutcome>,
     ) {
-        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let mut calls: FuturesUnordered<ReplicaCall<'_>> = FuturesUnordered::new();
         let mut outcome_tx = Some(outcome_tx);
         let clock = self.cluster.clock();
         let me = self.cluster.me().clone();
         loop {
             while let Some(send) = machine.poll_transmit() {
-                if send.to == me {
+                let node = send.to;
+                if node == me {
                     // The local write was applied before the machine started; it counts
                     // once it is on disk.
-                    let (inner, ack_tx, node) = (Arc::clone(&self), ack_tx.clone(), send.to);
-                    tokio::spawn(async move {
-                        let result = inner.make_local_writes_durable().await;
-                        let _ = ack_tx.send((node, result));
-                    });
+                    let this = &self;
+                    calls.push(Box::pin(async move {
+                        (node, this.make_local_writes_durable().await)
+                    }));
                     continue;
                 }
                 let write = ReplicaWrite {
@@ -533,27 +537,37 @@ impl Inner {
                     durable: send.durable,
                     hint_for: send.hint_for,
                 };
-                let (inner, ack_tx, node) = (Arc::clone(&self), ack_tx.clone(), send.to);
-                tokio::spawn(async move {
-                    let result = inner.write_replica(&node, write).await;
-                    let _ = ack_tx.send((node, result));
-                });
+                let this = &self;
+                calls.push(Box::pin(async move {
+                    let result = this.write_replica(&node, write).await;
+                    (node, result)
+                }));
             }
             publish(&mut outcome_tx, machine.poll_outcome());
             if machine.is_finished() {
                 break;
             }
-            match next_event(&mut acks, machine.poll_timeout(), clock).await {
-                Event::Reply(node, Ok(())) => machine.handle_ack(&node, clock.monotonic()),
-                Event::Reply(node, Err(reason)) => {
-                    machine.handle_failure(&node, reason, clock.monotonic());
-                }
-                Event::Deadline => machine.handle_timeout(clock.monotonic()),
-                Event::Done => break,
+            let Some(deadline) = machine.poll_timeout() else {
+                break;
+            };
+            let wait = deadline.saturating_since(clock.monotonic());
+            // `biased`: poll in order, not at random, so a seeded simulation is
+            // reproducible.
+            tokio::select! {
+                biased;
+                Some((node, result)) = calls.next() => match result {
+                    Ok(()) => machine.handle_ack(&node, clock.monotonic()),
+                    Err(reason) => machine.handle_failure(&node, reason, clock.monotonic()),
+                },
+                () = tokio::time::sleep(wait) => machine.handle_timeout(clock.monotonic()),
             }
         }
     }
 }
+
+/// One replica call of a put in flight: which node, and how it went.
+type ReplicaCall<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (NodeId, Result<(), String>)> + Send + 'a>>;
 
 /// What woke a coordinator loop.
 enum Event<T> {

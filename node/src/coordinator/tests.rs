@@ -791,3 +791,94 @@ async fn a_replica_acknowledges_a_durable_write_only_once_flushed() {
         );
     }
 }
+
+/// A replica handed a batch of writes (what a peer's transport coalesces concurrent
+/// writes into) applies them all and then waits for one flush covering every write that
+/// must be durable; each write keeps its own result, and a failed flush fails exactly
+/// the writes that needed it (Dynamo §6.1: in buffered mode only the durable replica's).
+#[tokio::test]
+async fn a_batch_of_replica_writes_shares_one_flush_and_each_keeps_its_result() {
+    use std::sync::atomic::Ordering;
+
+    use crate::transport::ReplicaWrite;
+    use crate::version::{Actor, SiblingLimits, Value};
+
+    let write = |key: &str, durable: bool| {
+        let mut state = SiblingSet::new();
+        state
+            .put(
+                &VectorClock::new(),
+                Value::data(key.as_bytes().to_vec()),
+                &Actor::new(id("n1"), 1),
+                crate::time::Millis(1),
+                &SiblingLimits::default(),
+            )
+            .unwrap();
+        ReplicaWrite {
+            key: key.as_bytes().to_vec(),
+            state,
+            durable,
+            hint_for: None,
+        }
+    };
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let n2_engine = Arc::new(FailingFlush::default());
+        let engine_for_n2 = Arc::clone(&n2_engine);
+        let harness = Harness::build_with_engines(
+            3,
+            QuorumConfig::new(3, 2, 2).expect("valid quorum"),
+            CALL_TIMEOUT,
+            |settings| settings.durability = durability,
+            move |node| -> Arc<dyn StorageEngine> {
+                if node.as_str() == "n2" {
+                    Arc::clone(&engine_for_n2) as Arc<dyn StorageEngine>
+                } else {
+                    Arc::new(MemoryEngine::new())
+                }
+            },
+        );
+        let n2 = id("n2");
+        let handler = harness.node(&n2).handler();
+        let batch = |round: &str| {
+            vec![
+                write(&format!("{round}-a"), false),
+                write("", true), // an invalid key: refused alone
+                write(&format!("{round}-b"), true),
+                write(&format!("{round}-c"), false),
+            ]
+        };
+
+        let before = n2_engine.flushes.load(Ordering::SeqCst);
+        let results = handler.write_batch(batch("ok")).await;
+        assert_eq!(results.len(), 4);
+        assert!(
+            matches!(&results[1], Err(ReplicaError::InvalidArgument(m)) if m.contains("empty")),
+            "{results:?}"
+        );
+        for index in [0, 2, 3] {
+            assert_eq!(results[index], Ok(()), "{durability:?}: {results:?}");
+        }
+        assert_eq!(
+            n2_engine.flushes.load(Ordering::SeqCst) - before,
+            1,
+            "{durability:?}: one flush for the whole batch"
+        );
+        for key in ["ok-a", "ok-b", "ok-c"] {
+            assert_eq!(harness.stored(&n2, key.as_bytes()), [key], "{durability:?}");
+        }
+
+        n2_engine.fail.store(true, Ordering::SeqCst);
+        let results = handler.write_batch(batch("failed")).await;
+        let needed_the_flush = |index: usize| durability == Durability::Sync || index == 2;
+        for index in [0, 2, 3] {
+            if needed_the_flush(index) {
+                assert!(
+                    matches!(&results[index], Err(ReplicaError::Internal(m)) if m.contains("flush")),
+                    "{durability:?}: write {index}: {results:?}"
+                );
+            } else {
+                assert_eq!(results[index], Ok(()), "{durability:?}: {results:?}");
+            }
+        }
+    }
+}

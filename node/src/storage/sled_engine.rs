@@ -228,8 +228,9 @@ impl SledEngine {
                     value,
                 });
             }
+            // One copy into sled's buffer type; the caller gets `value` itself back.
             let swapped = tree
-                .compare_and_swap(key, current.as_ref(), value.clone())
+                .compare_and_swap(key, current.as_ref(), value.as_deref().map(IVec::from))
                 .map_err(backend("swap an updated value"))?;
             match swapped {
                 Ok(()) => {

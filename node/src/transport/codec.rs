@@ -228,31 +228,83 @@ pub(crate) fn status_to_error(address: &str, status: &Status) -> TransportError 
             reason: format!("{}: {}", status.code(), status.message()),
         };
     }
-    let message = status.message().to_owned();
-    let error = match status.code() {
+    TransportError::Rejected {
+        address: address.to_owned(),
+        error: replica_error(status.code(), status.message().to_owned()),
+    }
+}
+
+/// The [`ReplicaError`] a peer's status code and message stand for (the inverse of
+/// [`error_code`]).
+fn replica_error(code: Code, message: String) -> ReplicaError {
+    match code {
         Code::InvalidArgument => ReplicaError::InvalidArgument(message),
         Code::Unavailable => ReplicaError::Unavailable(message),
         Code::Unauthenticated => ReplicaError::Unauthenticated(message),
         Code::Internal => ReplicaError::Internal(message),
         // A newer peer may use a code this version does not know; keep what it said.
         other => ReplicaError::Internal(format!("{other}: {message}")),
-    };
-    TransportError::Rejected {
-        address: address.to_owned(),
-        error,
     }
+}
+
+/// Whether a failed call's status says the peer does not serve the method at all (a
+/// node from before the method existed): tonic's router answers so without running
+/// anything, so the call had no effect and the caller may fall back to an older one.
+pub(crate) fn unimplemented(status: &Status) -> bool {
+    status.metadata().get(ERROR_MARKER).is_none() && status.code() == Code::Unimplemented
+}
+
+/// A batch of encoded writes (see [`write_request`]).
+pub(crate) fn write_batch_request(
+    writes: Vec<proto::ReplicaWriteRequest>,
+) -> proto::ReplicaWriteBatchRequest {
+    proto::ReplicaWriteBatchRequest { writes }
+}
+
+/// Each write's outcome from a batch reply, which must hold exactly one result per
+/// write sent (`sent`), in order.
+pub(crate) fn write_batch_reply(
+    address: &str,
+    sent: usize,
+    reply: proto::ReplicaWriteBatchResponse,
+) -> Result<Vec<Result<(), TransportError>>, TransportError> {
+    if reply.results.len() != sent {
+        return Err(bad_reply(
+            address,
+            format!("{} results for {sent} writes", reply.results.len()),
+        ));
+    }
+    Ok(reply
+        .results
+        .into_iter()
+        .map(|result| {
+            if result.code == 0 {
+                return Ok(());
+            }
+            let code = i32::try_from(result.code).map_or(Code::Unknown, Code::from_i32);
+            Err(TransportError::Rejected {
+                address: address.to_owned(),
+                error: replica_error(code, result.message),
+            })
+        })
+        .collect())
 }
 
 // ---- serving side: requests in, replies out ----
 
-/// The status our server answers with, marked as an application error.
-pub(crate) fn error_to_status(error: ReplicaError) -> Status {
-    let (code, message) = match error {
+/// The status code and message that carry `error` (the inverse of [`replica_error`]).
+fn error_code(error: ReplicaError) -> (Code, String) {
+    match error {
         ReplicaError::InvalidArgument(m) => (Code::InvalidArgument, m),
         ReplicaError::Unavailable(m) => (Code::Unavailable, m),
         ReplicaError::Unauthenticated(m) => (Code::Unauthenticated, m),
         ReplicaError::Internal(m) => (Code::Internal, m),
-    };
+    }
+}
+
+/// The status our server answers with, marked as an application error.
+pub(crate) fn error_to_status(error: ReplicaError) -> Status {
+    let (code, message) = error_code(error);
     let mut status = Status::new(code, message);
     status.metadata_mut().insert(
         ERROR_MARKER,
@@ -280,6 +332,37 @@ pub(crate) fn decode_write(
         durable: request.durable,
         hint_for,
     })
+}
+
+/// Decodes a batch of writes, refusing more than [`MAX_BATCH_ENTRIES`] before decoding
+/// any; a write that does not decode gets its own error, so the rest still apply.
+pub(crate) fn decode_write_batch(
+    request: proto::ReplicaWriteBatchRequest,
+) -> Result<Vec<Result<ReplicaWrite, ReplicaError>>, ReplicaError> {
+    if request.writes.len() > MAX_BATCH_ENTRIES {
+        return Err(invalid(
+            "batch",
+            format!(
+                "{} writes, at most {MAX_BATCH_ENTRIES} allowed",
+                request.writes.len()
+            ),
+        ));
+    }
+    Ok(request.writes.into_iter().map(decode_write).collect())
+}
+
+/// One write's outcome in a batch reply.
+pub(crate) fn write_result(result: Result<(), ReplicaError>) -> proto::ReplicaWriteResult {
+    match result {
+        Ok(()) => proto::ReplicaWriteResult::default(),
+        Err(error) => {
+            let (code, message) = error_code(error);
+            proto::ReplicaWriteResult {
+                code: u32::try_from(i32::from(code)).unwrap_or(u32::MAX),
+                message,
+            }
+        }
+    }
 }
 
 pub(crate) fn decode_coordinate_put(
@@ -836,5 +919,55 @@ mod tests {
             prop_assert_eq!(back.context.compare(&put.context), crate::version::Causality::Equal);
             prop_assert_eq!((back.key, back.value, back.w), (put.key, put.value, put.w));
         }
+    }
+
+    #[test]
+    fn every_replica_error_survives_a_batch_result() {
+        for error in [
+            ReplicaError::InvalidArgument("bad key".into()),
+            ReplicaError::Unavailable("shutting down".into()),
+            ReplicaError::Unauthenticated("no credentials".into()),
+            ReplicaError::Internal("disk failed".into()),
+        ] {
+            let reply = proto::ReplicaWriteBatchResponse {
+                results: vec![write_result(Ok(())), write_result(Err(error.clone()))],
+            };
+            let results = write_batch_reply("peer", 2, reply).unwrap();
+            assert_eq!(
+                results,
+                vec![
+                    Ok(()),
+                    Err(TransportError::Rejected {
+                        address: "peer".into(),
+                        error
+                    })
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_reply_with_the_wrong_number_of_results_is_a_bad_reply() {
+        let reply = proto::ReplicaWriteBatchResponse {
+            results: vec![write_result(Ok(()))],
+        };
+        assert!(matches!(
+            write_batch_reply("peer", 2, reply),
+            Err(TransportError::BadReply { .. })
+        ));
+        // An unknown code from a newer peer is still a rejection, never a success.
+        let reply = proto::ReplicaWriteBatchResponse {
+            results: vec![proto::ReplicaWriteResult {
+                code: u32::MAX,
+                message: "what".into(),
+            }],
+        };
+        assert!(matches!(
+            write_batch_reply("peer", 1, reply).unwrap().as_slice(),
+            [Err(TransportError::Rejected {
+                error: ReplicaError::Internal(_),
+                ..
+            })]
+        ));
     }
 }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::batch::WriteBatcher;
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
@@ -100,6 +101,13 @@ impl Default for GrpcTransportConfig {
     }
 }
 
+/// A client on `channel` with message sizes bounded by [`MAX_MESSAGE_BYTES`] both ways.
+fn bounded_client(channel: Channel) -> ReplicaClient<Channel> {
+    ReplicaClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 /// [`Transport`] over gRPC: one lazily connected HTTP/2 channel per peer address,
 /// reused by every call to that peer (a channel reconnects by itself after the peer
 /// restarts).
@@ -111,10 +119,19 @@ pub struct GrpcTransport {
     /// TLS for every peer call (`https`), verifying peers against the configured CA and
     /// presenting this node's certificate; `None` calls peers over plain HTTP/2.
     tls: Option<ClientTlsConfig>,
-    /// Channels by peer address. A std mutex: it guards a map lookup and is never held
-    /// across an `.await`. The map grows with the addresses ever called, which the
-    /// member table bounds.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels and write batchers by peer address. A std mutex: it guards a map lookup
+    /// and is never held across an `.await`. The map grows with the addresses ever
+    /// called, which the member table bounds.
+    channels: Mutex<HashMap<String, Peer>>,
+}
+
+/// What the transport keeps per peer address.
+#[derive(Debug, Clone)]
+struct Peer {
+    /// The peer's HTTP/2 channel, shared by every call.
+    channel: Channel,
+    /// Coalesces concurrent replica writes to the peer into batches.
+    writes: Arc<WriteBatcher>,
 }
 
 impl GrpcTransport {
@@ -153,30 +170,34 @@ impl GrpcTransport {
         }
     }
 
+    /// The peer's channel and batcher, made on first use.
+    fn peer(&self, address: &str) -> Result<Peer, TransportError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(peer) = channels.get(address) {
+            return Ok(peer.clone());
+        }
+        let channel = self
+            .endpoint(address)
+            .map_err(|e| TransportError::NotConnected {
+                address: address.to_owned(),
+                reason: format!("invalid address: {e}"),
+            })?
+            .connect_lazy();
+        let writes = Arc::new(WriteBatcher::new(
+            address.to_owned(),
+            bounded_client(channel.clone()),
+            self.config.call_timeout,
+        ));
+        let peer = Peer { channel, writes };
+        channels.insert(address.to_owned(), peer.clone());
+        Ok(peer)
+    }
+
     fn client(&self, address: &str) -> Result<ReplicaClient<Channel>, TransportError> {
-        let channel = {
-            let mut channels = self
-                .channels
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match channels.get(address) {
-                Some(channel) => channel.clone(),
-                None => {
-                    let channel = self
-                        .endpoint(address)
-                        .map_err(|e| TransportError::NotConnected {
-                            address: address.to_owned(),
-                            reason: format!("invalid address: {e}"),
-                        })?
-                        .connect_lazy();
-                    channels.insert(address.to_owned(), channel.clone());
-                    channel
-                }
-            }
-        };
-        Ok(ReplicaClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(bounded_client(self.peer(address)?.channel))
     }
 
     /// Runs one call under the call timeout and classifies its failure.
@@ -203,11 +224,10 @@ impl Transport for GrpcTransport {
         codec::read_reply(to, reply)
     }
 
+    /// Batched with concurrent writes to the same peer (see [`super::batch`]).
     async fn write(&self, to: &str, write: ReplicaWrite) -> Result<(), TransportError> {
-        let mut client = self.client(to)?;
-        self.call(to, client.write(codec::write_request(write)))
-            .await
-            .map(|proto::ReplicaWriteResponse {}| ())
+        let writes = self.peer(to)?.writes;
+        writes.write(codec::write_request(write)).await
     }
 
     async fn coordinate_put(&self, to: &str, put: ForwardedPut) -> Result<Vec<u8>, TransportError> {
@@ -336,6 +356,51 @@ impl<H: ReplicaHandler + ?Sized> proto::replica_server::Replica for ReplicaServi
             .await
             .map_err(codec::error_to_status)?;
         Ok(Response::new(proto::ReplicaWriteResponse {}))
+    }
+
+    async fn write_batch(
+        &self,
+        request: Request<proto::ReplicaWriteBatchRequest>,
+    ) -> Result<Response<proto::ReplicaWriteBatchResponse>, Status> {
+        let decoded = codec::decode_write_batch(request.into_inner())
+            .map_err(|e| refuse("write_batch", e))?;
+        // Writes that decoded go to the handler together; the others keep their own
+        // error, in their place.
+        let mut writes = Vec::with_capacity(decoded.len());
+        let mut slots = Vec::with_capacity(decoded.len());
+        for write in decoded {
+            match write {
+                Ok(write) => {
+                    writes.push(write);
+                    slots.push(None);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "refused a malformed write of a batch");
+                    slots.push(Some(Err(error)));
+                }
+            }
+        }
+        let asked = writes.len();
+        let handled = self.handler.write_batch(writes).await;
+        if handled.len() != asked {
+            return Err(codec::error_to_status(ReplicaError::Internal(format!(
+                "{} results for {asked} writes",
+                handled.len()
+            ))));
+        }
+        let mut handled = handled.into_iter();
+        let results = slots
+            .into_iter()
+            .map(|slot| {
+                let result = slot.or_else(|| handled.next()).unwrap_or_else(|| {
+                    Err(ReplicaError::Internal(
+                        "a write of the batch has no result".into(),
+                    ))
+                });
+                codec::write_result(result)
+            })
+            .collect();
+        Ok(Response::new(proto::ReplicaWriteBatchResponse { results }))
     }
 
     async fn coordinate_put(
@@ -898,5 +963,241 @@ mod tests {
                 if reason.contains(&format!("the limit is: {MAX_MESSAGE_BYTES} bytes"))),
             "{error:?}"
         );
+    }
+
+    /// A write of 1 KiB to `key`, as a coordinator sends to a replica.
+    fn replica_write(key: &str) -> ReplicaWrite {
+        let mut state = SiblingSet::new();
+        state
+            .put(
+                &VectorClock::new(),
+                crate::version::Value::data(vec![b'v'; 1024]),
+                &crate::version::Actor::new(node("coordinator"), 1),
+                crate::time::Millis(1),
+                &SiblingLimits::default(),
+            )
+            .unwrap();
+        ReplicaWrite {
+            key: key.as_bytes().to_vec(),
+            state,
+            durable: true,
+            hint_for: None,
+        }
+    }
+
+    /// Sends `keys.len()` writes at once from as many tasks; their results in key order.
+    async fn concurrent_writes(
+        transport: &Arc<GrpcTransport>,
+        address: &str,
+        keys: &[String],
+    ) -> Vec<Result<(), TransportError>> {
+        let tasks: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let (transport, address, write) = (
+                    Arc::clone(transport),
+                    address.to_owned(),
+                    replica_write(key),
+                );
+                tokio::spawn(async move { transport.write(&address, write).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    fn keys(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("key-{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_to_one_peer_share_calls() {
+        // 64 writes queued at once travel in a few WriteBatch calls, not 64 Write calls,
+        // and every one lands.
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(64);
+        for result in concurrent_writes(&transport, &address, &keys).await {
+            result.unwrap();
+        }
+        for key in &keys {
+            assert_eq!(replica.stored(key.as_bytes()), replica_write(key).state);
+        }
+        let (single, batches) = replica.write_calls();
+        assert_eq!(single, 0);
+        assert_eq!(batches.iter().sum::<usize>(), 64);
+        assert!(
+            batches.len() <= 8,
+            "64 concurrent writes took {} calls: {batches:?}",
+            batches.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn each_write_of_a_batch_keeps_its_own_result() {
+        let replica = Arc::new(TestReplica::new("server"));
+        replica.refuse_key(b"key-3");
+        let address = serve(replica.clone()).await;
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(8);
+        let results = concurrent_writes(&transport, &address, &keys).await;
+        for (key, result) in keys.iter().zip(results) {
+            if key == "key-3" {
+                assert_eq!(
+                    result,
+                    Err(TransportError::Rejected {
+                        address: address.clone(),
+                        error: ReplicaError::InvalidArgument("refused key".into()),
+                    })
+                );
+                assert!(replica.stored(key.as_bytes()).is_empty());
+            } else {
+                result.unwrap();
+                assert!(!replica.stored(key.as_bytes()).is_empty());
+            }
+        }
+        let (_, batches) = replica.write_calls();
+        assert!(batches.iter().any(|&size| size > 1), "{batches:?}");
+    }
+
+    /// The Replica service of a node from before `WriteBatch`: tonic answers
+    /// `UNIMPLEMENTED` for it, as for any method a server does not know.
+    #[derive(Clone)]
+    struct WithoutWriteBatch<S>(S);
+
+    impl<S: tonic::server::NamedService> tonic::server::NamedService for WithoutWriteBatch<S> {
+        const NAME: &'static str = S::NAME;
+    }
+
+    impl<S> tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for WithoutWriteBatch<S>
+    where
+        S: tower::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            >,
+        S::Future: Send + 'static,
+    {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(
+            &mut self,
+            request: tonic::codegen::http::Request<tonic::body::Body>,
+        ) -> Self::Future {
+            if request.uri().path() == "/dynamo.v1.Replica/WriteBatch" {
+                let response = Status::unimplemented("").into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+            Box::pin(self.0.call(request))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_write_batch_gets_single_writes() {
+        // A rolling upgrade: the caller is newer than the peer. The refused batch had
+        // no effect, so its writes are sent again as single calls, and so is what follows.
+        let replica = Arc::new(TestReplica::new("old"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WithoutWriteBatch(replica_server(replica.clone())))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let transport = Arc::new(transport(Duration::from_secs(5)));
+        let keys = keys(16);
+        for result in concurrent_writes(&transport, &address, &keys).await {
+            result.unwrap();
+        }
+        transport
+            .write(&address, replica_write("later"))
+            .await
+            .unwrap();
+        for key in keys.iter().map(String::as_str).chain(["later"]) {
+            assert_eq!(replica.stored(key.as_bytes()), replica_write(key).state);
+        }
+        assert_eq!(replica.write_calls(), (17, vec![]));
+    }
+
+    #[tokio::test]
+    async fn batched_writes_to_a_closed_port_are_never_sent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let transport = Arc::new(transport(Duration::from_secs(30)));
+        for result in concurrent_writes(&transport, &address, &keys(8)).await {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(error, TransportError::NotConnected { .. }),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn batched_writes_to_a_peer_that_never_answers_time_out() {
+        // Sent, never answered: outcome unknown for each write, within its own deadline.
+        let address = serve(Arc::new(NeverAnswers)).await;
+        let transport = Arc::new(transport(Duration::from_millis(200)));
+        for result in concurrent_writes(&transport, &address, &keys(8)).await {
+            assert_eq!(
+                result,
+                Err(TransportError::Timeout {
+                    address: address.clone()
+                })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_refuses_malformed_writes_one_by_one_and_oversized_batches_whole() {
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        let mut raw = ReplicaClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        let good = codec::write_request(replica_write("good"));
+        let garbage = proto::ReplicaWriteRequest {
+            key: Bytes::from_static(b"bad"),
+            state: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+            durable: false,
+            hint_for: None,
+        };
+        let reply = raw
+            .write_batch(proto::ReplicaWriteBatchRequest {
+                writes: vec![garbage.clone(), good.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.results.len(), 2);
+        assert_eq!(reply.results[0].code, Code::InvalidArgument as u32);
+        assert!(reply.results[0].message.contains("state"), "{reply:?}");
+        assert_eq!(reply.results[1], proto::ReplicaWriteResult::default());
+        assert_eq!(replica.stored(b"good"), replica_write("good").state);
+        assert!(replica.stored(b"bad").is_empty());
+
+        let too_many = proto::ReplicaWriteBatchRequest {
+            writes: vec![good; crate::transport::MAX_BATCH_ENTRIES + 1],
+        };
+        let status = raw.write_batch(too_many).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.metadata().get(codec::ERROR_MARKER).is_some());
+        assert_eq!(replica.write_calls().1, vec![1]);
     }
 }

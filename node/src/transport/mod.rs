@@ -4,7 +4,8 @@
 //! a node serves its peers through [`ReplicaHandler`]. Two implementations connect them:
 //!
 //! * [`GrpcTransport`] and [`replica_server`]: gRPC over real sockets (`tonic`), in
-//!   production and multi-process tests.
+//!   production and multi-process tests. Concurrent replica writes to one peer travel
+//!   together in `WriteBatch` calls, each with its own result and deadline (`batch.rs`).
 //! * [`MemoryNetwork`]: an in-process network with deterministic faults (cut,
 //!   partition, isolate, drop, delay) for tests that run many nodes in one process.
 //!
@@ -22,6 +23,7 @@
 
 use async_trait::async_trait;
 
+mod batch;
 pub(crate) mod codec;
 mod grpc;
 mod memory;
@@ -256,6 +258,17 @@ pub trait ReplicaHandler: Send + Sync + 'static {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError>;
     /// Serves [`Transport::write`].
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError>;
+    /// Serves several independent writes that a peer's transport coalesced into one call
+    /// (at most [`MAX_BATCH_ENTRIES`]): one result per write, in order, each what
+    /// [`write`](Self::write) would have returned for it. The default handles them one
+    /// after another; a handler can share work between them, such as one flush.
+    async fn write_batch(&self, writes: Vec<ReplicaWrite>) -> Vec<Result<(), ReplicaError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(self.write(write).await);
+        }
+        results
+    }
     /// Serves [`Transport::coordinate_put`].
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError>;
     /// Serves [`Transport::gossip`].

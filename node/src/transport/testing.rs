@@ -64,6 +64,12 @@ struct ReplicaState {
     refuse: Option<ReplicaError>,
     /// Logical time for put timestamps, so runs are deterministic.
     ticks: u64,
+    /// Writes to this key are refused with `InvalidArgument` (one bad write of a batch).
+    refused_key: Option<Vec<u8>>,
+    /// Writes that arrived as single `write` calls.
+    single_writes: usize,
+    /// The size of every `write_batch` call, in arrival order.
+    batches: Vec<usize>,
 }
 
 impl TestReplica {
@@ -87,6 +93,32 @@ impl TestReplica {
 
     pub(crate) fn refuse_with(&self, error: Option<ReplicaError>) {
         self.state.lock().unwrap().refuse = error;
+    }
+
+    pub(crate) fn refuse_key(&self, key: &[u8]) {
+        self.state.lock().unwrap().refused_key = Some(key.to_vec());
+    }
+
+    /// How many writes arrived alone, and the size of each batch that arrived.
+    pub(crate) fn write_calls(&self) -> (usize, Vec<usize>) {
+        let state = self.state.lock().unwrap();
+        (state.single_writes, state.batches.clone())
+    }
+
+    fn apply_write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
+        let mut state = self.serve()?;
+        if state.refused_key.as_deref() == Some(write.key.as_slice()) {
+            return Err(ReplicaError::InvalidArgument("refused key".into()));
+        }
+        state
+            .data
+            .entry(write.key.clone())
+            .or_default()
+            .merge(&write.state);
+        if let Some(home) = write.hint_for {
+            state.hints.push((write.key, home));
+        }
+        Ok(())
     }
 
     pub(crate) fn stored(&self, key: &[u8]) -> SiblingSet {
@@ -119,16 +151,16 @@ impl ReplicaHandler for TestReplica {
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
-        let mut state = self.serve()?;
-        state
-            .data
-            .entry(write.key.clone())
-            .or_default()
-            .merge(&write.state);
-        if let Some(home) = write.hint_for {
-            state.hints.push((write.key, home));
-        }
-        Ok(())
+        self.state.lock().unwrap().single_writes += 1;
+        self.apply_write(write)
+    }
+
+    async fn write_batch(&self, writes: Vec<ReplicaWrite>) -> Vec<Result<(), ReplicaError>> {
+        self.state.lock().unwrap().batches.push(writes.len());
+        writes
+            .into_iter()
+            .map(|write| self.apply_write(write))
+            .collect()
     }
 
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
