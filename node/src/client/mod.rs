@@ -410,8 +410,8 @@ struct Inner {
 enum LocalReadFailure {
     /// No answer (no connection, a reset, a timeout): try another replica.
     Unreachable,
-    /// The node answered with an error.
-    Refused(tonic::Status),
+    /// The node (at this address) answered with an error.
+    Refused(String, tonic::Status),
 }
 
 /// Which call a plan is for: reads rotate among replicas, writes go in order.
@@ -566,11 +566,11 @@ impl Client {
                         return Ok(None);
                     }
                 }
-                Err(LocalReadFailure::Refused(status)) => {
+                Err(LocalReadFailure::Refused(address, status)) => {
                     if status.code() == tonic::Code::InvalidArgument {
                         // The key itself is refused: a node would refuse it too.
                         return Err(ClientError::Status {
-                            address: targets[0].to_owned(),
+                            address,
                             code: status.code(),
                             message: status.message().to_owned(),
                         });
@@ -584,6 +584,9 @@ impl Client {
             }
         }
         drop(pending);
+        if replies.len() < r {
+            return Ok(None);
+        }
         let merged = match read::merge_replies(&replies) {
             Ok(merged) => merged,
             Err(error) => {
@@ -783,7 +786,7 @@ impl Inner {
             }
             Ok(Err(status)) if !failed_locally(&status) => {
                 self.mark_up(address);
-                Err(LocalReadFailure::Refused(status))
+                Err(LocalReadFailure::Refused(address.to_owned(), status))
             }
             Ok(Err(_)) | Err(_) => {
                 self.mark_down(address);
