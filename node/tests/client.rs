@@ -293,23 +293,38 @@ async fn client_coordinated_reads_merge_siblings_and_repair_divergent_replicas()
     assert_eq!(client.routing_table().unwrap().read_quorum(), Some(2));
 
     // Two blind writes are concurrent: both survive as siblings on every replica.
-    client.put(b"cart", &Context::empty(), b"apples").await.unwrap();
-    client.put(b"cart", &Context::empty(), b"pears").await.unwrap();
+    client
+        .put(b"cart", &Context::empty(), b"apples")
+        .await
+        .unwrap();
+    client
+        .put(b"cart", &Context::empty(), b"pears")
+        .await
+        .unwrap();
     let before = client.stats();
     let read = client.get(b"cart").await.expect("client-coordinated get");
     let after = client.stats();
     assert_eq!(sorted(&read.values), [b"apples".as_slice(), b"pears"]);
     assert_eq!(after.client_reads, before.client_reads + 1, "{after:?}");
-    assert_eq!(after.fallback, before.fallback, "no node coordinated the get");
+    assert_eq!(
+        after.fallback, before.fallback,
+        "no node coordinated the get"
+    );
     // The context covers both: a write with it replaces them.
-    client.put(b"cart", &read.context, b"apples+pears").await.unwrap();
+    client
+        .put(b"cart", &read.context, b"apples+pears")
+        .await
+        .unwrap();
     let read = client.get(b"cart").await.unwrap();
     assert_eq!(read.values, [b"apples+pears".as_slice()]);
     let mut gets = 0.0;
     for node in &cluster.nodes {
         gets += get_local_calls(node).await;
     }
-    assert!(gets >= 4.0, "two client reads of R=2 replicas: {gets} GetLocal calls");
+    assert!(
+        gets >= 4.0,
+        "two client reads of R=2 replicas: {gets} GetLocal calls"
+    );
 
     // Diverge the replicas: "a" on n1 and n2 while n3 is down, then a blind "b" on n3
     // alone (W=1) while n1 and n2 are down. No stand-in exists with three nodes, so no
@@ -347,9 +362,18 @@ async fn client_coordinated_reads_merge_siblings_and_repair_divergent_replicas()
         values.sort();
         values
     };
-    assert_eq!(values(&local_state(&cluster.nodes[0], b"split").await), [b"a"]);
-    assert_eq!(values(&local_state(&cluster.nodes[1], b"split").await), [b"a"]);
-    assert_eq!(values(&local_state(&cluster.nodes[2], b"split").await), [b"b"]);
+    assert_eq!(
+        values(&local_state(&cluster.nodes[0], b"split").await),
+        [b"a"]
+    );
+    assert_eq!(
+        values(&local_state(&cluster.nodes[1], b"split").await),
+        [b"a"]
+    );
+    assert_eq!(
+        values(&local_state(&cluster.nodes[2], b"split").await),
+        [b"b"]
+    );
 
     // A fresh client reading all three replicas (R=3), once n1 sees them all up.
     let config = ClientConfig::new([cluster.nodes[0].client_dial().to_string()])
@@ -367,17 +391,29 @@ async fn client_coordinated_reads_merge_siblings_and_repair_divergent_replicas()
         })
     })
     .await;
-    let read = reader.get(b"split").await.expect("client read of 3 replicas");
+    let read = reader
+        .get(b"split")
+        .await
+        .expect("client read of 3 replicas");
     let stats = reader.stats();
     assert_eq!(sorted(&read.values), [b"a".as_slice(), b"b"]);
-    assert_eq!((stats.client_reads, stats.read_repairs), (1, 1), "{stats:?}");
-    eventually("read repair to give every replica both versions", || async {
-        let mut all = Vec::new();
-        for node in &cluster.nodes {
-            all.push(local_state(node, b"split").await);
-        }
-        all.iter().all(|state| values(state) == [b"a", b"b"]) && all[0] == all[1] && all[1] == all[2]
-    })
+    assert_eq!(
+        (stats.client_reads, stats.read_repairs),
+        (1, 1),
+        "{stats:?}"
+    );
+    eventually(
+        "read repair to give every replica both versions",
+        || async {
+            let mut all = Vec::new();
+            for node in &cluster.nodes {
+                all.push(local_state(node, b"split").await);
+            }
+            all.iter().all(|state| values(state) == [b"a", b"b"])
+                && all[0] == all[1]
+                && all[1] == all[2]
+        },
+    )
     .await;
     // Healed: the replicas agree, so the next client read needs no repair.
     let again = reader.get(b"split").await.unwrap();
@@ -409,7 +445,12 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
     }
     let elsewhere = (0..1000)
         .map(|i| format!("elsewhere-{i}"))
-        .find(|key| client.preference_list(key.as_bytes()).iter().all(|m| m.id != "n1"))
+        .find(|key| {
+            client
+                .preference_list(key.as_bytes())
+                .iter()
+                .all(|m| m.id != "n1")
+        })
         .expect("some key is not on n1");
     let status = kv
         .get_local(proto::GetLocalRequest {
@@ -418,7 +459,12 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("not one of the key's 3 read replicas"), "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("not one of the key's 3 read replicas"),
+        "{status:?}"
+    );
 
     // A key with n1, the client's seed, as its third replica: the other two will die.
     let key = (0..1000)
@@ -430,14 +476,23 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
         .into_iter()
         .map(|m| m.id)
         .collect();
-    let written = client.put(key.as_bytes(), &Context::empty(), b"kept").await.unwrap();
-    let index = |id: &str| cluster.nodes.iter().position(|n| n.id == id).unwrap();
+    let written = client
+        .put(key.as_bytes(), &Context::empty(), b"kept")
+        .await
+        .unwrap();
+    let index: Vec<usize> = replicas
+        .iter()
+        .map(|id| cluster.nodes.iter().position(|n| &n.id == id).unwrap())
+        .collect();
 
     // One replica dead: the client still reads R=2 replicas itself.
-    cluster.nodes[index(&replicas[0])].kill().await;
+    cluster.nodes[index[0]].kill().await;
     let before = client.stats();
     for _ in 0..4 {
-        let read = client.get(key.as_bytes()).await.expect("read with one replica dead");
+        let read = client
+            .get(key.as_bytes())
+            .await
+            .expect("read with one replica dead");
         assert_eq!(read.values, [b"kept".as_slice()]);
         assert_eq!(read.context, written);
     }
@@ -448,7 +503,7 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
     // Two dead: only one replica answers, so a node coordinates the read; its sloppy
     // quorum counts the stand-in's (empty) answer. Eventually: the node has to notice
     // the deaths first (until then it waits for replicas that never answer).
-    cluster.nodes[index(&replicas[1])].kill().await;
+    cluster.nodes[index[1]].kill().await;
     let before = client.stats();
     eventually("a node-coordinated read with two replicas dead", || async {
         client
@@ -457,5 +512,10 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
             .is_ok_and(|read| read.values == [b"kept".as_slice()])
     })
     .await;
-    assert_eq!(client.stats().client_reads, before.client_reads, "{:?}", client.stats());
+    assert_eq!(
+        client.stats().client_reads,
+        before.client_reads,
+        "{:?}",
+        client.stats()
+    );
 }
