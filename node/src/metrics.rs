@@ -56,6 +56,8 @@ pub enum Op {
     Put,
     /// A write of a tombstone.
     Delete,
+    /// A replica-local read for a get the client coordinates (`Kv.GetLocal`).
+    GetLocal,
 }
 
 /// How a client request ended.
@@ -94,7 +96,12 @@ macro_rules! label_values {
 }
 
 label_values!(Api { Grpc => "grpc", Http => "http" });
-label_values!(Op { Get => "get", Put => "put", Delete => "delete" });
+label_values!(Op {
+    Get => "get",
+    Put => "put",
+    Delete => "delete",
+    GetLocal => "get_local",
+});
 label_values!(Outcome {
     Ok => "ok",
     NotFound => "not_found",

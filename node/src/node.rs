@@ -939,6 +939,7 @@ async fn serve(
 
     let kv = KvServer::new(KvService::new(
         shared.coordinator.clone(),
+        shared.store.clone(),
         shared.metrics.clone(),
     ))
     .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);

@@ -1,14 +1,16 @@
 //! The partition-aware client against real `dynamo-node` processes on loopback: it
-//! routes each request to a replica of its key (so no node forwards a put), follows
-//! membership changes, routes around a killed node, and falls back to server-driven
-//! routing when it cannot route.
+//! routes each request to a replica of its key (so no node forwards a put), coordinates
+//! reads itself from R replicas (Dynamo §6.4), follows membership changes, routes around
+//! a killed node, and falls back to server-driven routing when it cannot route.
 
 mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use dynamo_node::client::{Client, ClientConfig, Context, Routing};
 use dynamo_node::proto;
+use dynamo_node::version::SiblingSet;
 use support::{TestCluster, TestNode, eventually};
 
 /// N=2 of three or more nodes, so every key has a non-replica. W=2 puts a write on
@@ -228,4 +230,292 @@ async fn client_falls_back_to_server_routing_when_it_cannot_route() {
     }
     let stats = client.stats();
     assert_eq!((stats.routed, stats.fallback), (0, 40), "{stats:?}");
+}
+
+/// N=3 R=2 W=2 (the paper's common configuration), anti-entropy off so that only read
+/// repair can heal a divergence.
+const PAPER_NRW: &[&str] = &[
+    "--replication-factor",
+    "3",
+    "--read-quorum",
+    "2",
+    "--write-quorum",
+    "2",
+    "--anti-entropy-interval",
+    "0s",
+    "--http-listen",
+    "127.0.0.1:0",
+];
+
+/// One node's own state of `key`, through `Kv.GetLocal`.
+async fn local_state(node: &TestNode, key: &[u8]) -> SiblingSet {
+    let state = node
+        .kv()
+        .await
+        .get_local(proto::GetLocalRequest {
+            key: Bytes::copy_from_slice(key),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetLocal on {}: {e}", node.id))
+        .into_inner()
+        .state;
+    SiblingSet::from_bytes(&state).expect("a valid stored state")
+}
+
+/// The `Kv.GetLocal` calls a node served (0 before its first).
+async fn get_local_calls(node: &TestNode) -> f64 {
+    let address = node.http.expect("started with --http-listen");
+    let response = support::http(address, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(response.body).expect("utf-8 metrics");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"dynamo_requests_total{api="grpc",op="get_local",outcome="ok"} "#)
+        })
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+fn sorted(values: &[Bytes]) -> Vec<&[u8]> {
+    let mut values: Vec<&[u8]> = values.iter().map(AsRef::as_ref).collect();
+    values.sort();
+    values
+}
+
+/// Dynamo §6.4: a get coordinated by the client returns every concurrent version and a
+/// context that supersedes them (§4.4), without a node coordinating it. Then two
+/// replicas that hold different concurrent versions (one written while the other two
+/// were down): a client read of all three returns both versions, and its repair request
+/// makes a node write the merge back to every replica (read repair, §5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_coordinated_reads_merge_siblings_and_repair_divergent_replicas() {
+    let mut cluster = TestCluster::start(3, PAPER_NRW).await;
+    let client = client(&cluster.nodes[0], Routing::Client, Duration::from_secs(60)).await;
+    wait_for_addresses(&client, &["n1", "n2", "n3"]).await;
+    assert_eq!(client.routing_table().unwrap().read_quorum(), Some(2));
+
+    // Two blind writes are concurrent: both survive as siblings on every replica.
+    client
+        .put(b"cart", &Context::empty(), b"apples")
+        .await
+        .unwrap();
+    client
+        .put(b"cart", &Context::empty(), b"pears")
+        .await
+        .unwrap();
+    let before = client.stats();
+    let read = client.get(b"cart").await.expect("client-coordinated get");
+    let after = client.stats();
+    assert_eq!(sorted(&read.values), [b"apples".as_slice(), b"pears"]);
+    assert_eq!(after.client_reads, before.client_reads + 1, "{after:?}");
+    assert_eq!(
+        after.fallback, before.fallback,
+        "no node coordinated the get"
+    );
+    // The context covers both: a write with it replaces them.
+    client
+        .put(b"cart", &read.context, b"apples+pears")
+        .await
+        .unwrap();
+    let read = client.get(b"cart").await.unwrap();
+    assert_eq!(read.values, [b"apples+pears".as_slice()]);
+    let mut gets = 0.0;
+    for node in &cluster.nodes {
+        gets += get_local_calls(node).await;
+    }
+    assert!(
+        gets >= 4.0,
+        "two client reads of R=2 replicas: {gets} GetLocal calls"
+    );
+
+    // Diverge the replicas: "a" on n1 and n2 while n3 is down, then a blind "b" on n3
+    // alone (W=1) while n1 and n2 are down. No stand-in exists with three nodes, so no
+    // hint carries either write over.
+    cluster.nodes[2].stop().await;
+    cluster.nodes[0]
+        .kv()
+        .await
+        .put(proto::PutRequest {
+            key: "split".into(),
+            context: Bytes::new(),
+            value: "a".into(),
+            w: Some(2),
+        })
+        .await
+        .expect("put a with n3 down");
+    cluster.nodes[2].restart().await;
+    cluster.nodes[0].stop().await;
+    cluster.nodes[1].stop().await;
+    cluster.nodes[2]
+        .kv()
+        .await
+        .put(proto::PutRequest {
+            key: "split".into(),
+            context: Bytes::new(),
+            value: "b".into(),
+            w: Some(1),
+        })
+        .await
+        .expect("put b on n3 alone");
+    cluster.nodes[0].restart().await;
+    cluster.nodes[1].restart().await;
+    let values = |state: &SiblingSet| -> Vec<Vec<u8>> {
+        let mut values: Vec<Vec<u8>> = state.values().map(<[u8]>::to_vec).collect();
+        values.sort();
+        values
+    };
+    assert_eq!(
+        values(&local_state(&cluster.nodes[0], b"split").await),
+        [b"a"]
+    );
+    assert_eq!(
+        values(&local_state(&cluster.nodes[1], b"split").await),
+        [b"a"]
+    );
+    assert_eq!(
+        values(&local_state(&cluster.nodes[2], b"split").await),
+        [b"b"]
+    );
+
+    // A fresh client reading all three replicas (R=3), once n1 sees them all up.
+    let config = ClientConfig::new([cluster.nodes[0].client_dial().to_string()])
+        .with_quorum(Some(3), None)
+        .with_refresh_interval(Duration::from_secs(60));
+    let reader = Client::connect(config).await.expect("connecting");
+    eventually("the topology to show every node reachable", || async {
+        let _ = reader.refresh().await;
+        reader.routing_table().is_some_and(|table| {
+            table.members().len() == 3
+                && table
+                    .members()
+                    .iter()
+                    .all(|m| m.reachable && m.client_address.is_some())
+        })
+    })
+    .await;
+    let read = reader
+        .get(b"split")
+        .await
+        .expect("client read of 3 replicas");
+    let stats = reader.stats();
+    assert_eq!(sorted(&read.values), [b"a".as_slice(), b"b"]);
+    assert_eq!(
+        (stats.client_reads, stats.read_repairs),
+        (1, 1),
+        "{stats:?}"
+    );
+    eventually(
+        "read repair to give every replica both versions",
+        || async {
+            let mut all = Vec::new();
+            for node in &cluster.nodes {
+                all.push(local_state(node, b"split").await);
+            }
+            all.iter().all(|state| values(state) == [b"a", b"b"])
+                && all[0] == all[1]
+                && all[1] == all[2]
+        },
+    )
+    .await;
+    // Healed: the replicas agree, so the next client read needs no repair.
+    let again = reader.get(b"split").await.unwrap();
+    assert_eq!(again, read);
+    assert_eq!(reader.stats().read_repairs, 1);
+}
+
+/// A client read tolerates a dead replica (R of the reachable ones, Dynamo §4.5); with
+/// fewer than R replicas reachable it leaves the read to a node, whose sloppy quorum
+/// reads a stand-in. And `Kv.GetLocal` answers bad input with a clear status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
+    let mut cluster = TestCluster::start(4, PAPER_NRW).await;
+    let client = client(&cluster.nodes[0], Routing::Client, Duration::from_secs(60)).await;
+    wait_for_addresses(&client, &["n1", "n2", "n3", "n4"]).await;
+
+    // Bad input: an empty key, an oversized key, a node that is not a replica.
+    let mut kv = cluster.nodes[0].kv().await;
+    for (key, expected) in [
+        (Bytes::new(), "key is empty"),
+        (Bytes::from(vec![b'k'; 2048]), "the limit is 1024"),
+    ] {
+        let status = kv
+            .get_local(proto::GetLocalRequest { key })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    let elsewhere = (0..1000)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|key| {
+            client
+                .preference_list(key.as_bytes())
+                .iter()
+                .all(|m| m.id != "n1")
+        })
+        .expect("some key is not on n1");
+    let status = kv
+        .get_local(proto::GetLocalRequest {
+            key: elsewhere.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("not one of the key's 3 read replicas"),
+        "{status:?}"
+    );
+
+    // A key with n1, the client's seed, as its third replica: the other two will die.
+    let key = (0..1000)
+        .map(|i| format!("survivor-{i}"))
+        .find(|key| client.preference_list(key.as_bytes())[2].id == "n1")
+        .expect("some key has n1 third");
+    let replicas: Vec<String> = client
+        .preference_list(key.as_bytes())
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let written = client
+        .put(key.as_bytes(), &Context::empty(), b"kept")
+        .await
+        .unwrap();
+    let index: Vec<usize> = replicas
+        .iter()
+        .map(|id| cluster.nodes.iter().position(|n| &n.id == id).unwrap())
+        .collect();
+
+    // One replica dead: the client still reads R=2 replicas itself.
+    cluster.nodes[index[0]].kill().await;
+    let before = client.stats();
+    for _ in 0..4 {
+        let read = client
+            .get(key.as_bytes())
+            .await
+            .expect("read with one replica dead");
+        assert_eq!(read.values, [b"kept".as_slice()]);
+        assert_eq!(read.context, written);
+    }
+    let after = client.stats();
+    assert_eq!(after.client_reads, before.client_reads + 4, "{after:?}");
+    assert_eq!(after.fallback, before.fallback, "{after:?}");
+
+    // Two dead: only one replica answers, so a node coordinates the read; its sloppy
+    // quorum counts the stand-in's (empty) answer. Eventually: the node has to notice
+    // the deaths first (until then it waits for replicas that never answer).
+    cluster.nodes[index[1]].kill().await;
+    let before = client.stats();
+    eventually("a node-coordinated read with two replicas dead", || async {
+        client
+            .get(key.as_bytes())
+            .await
+            .is_ok_and(|read| read.values == [b"kept".as_slice()])
+    })
+    .await;
+    assert_eq!(
+        client.stats().client_reads,
+        before.client_reads,
+        "{:?}",
+        client.stats()
+    );
 }

@@ -389,10 +389,16 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     assert_eq!(rmw_count("read") + rmw_count("rmw"), 100, "{rmw_run}");
     assert!(rmw_count("rmw") > 0, "{rmw_run}");
     assert_eq!(rmw_run["errors"], 0, "{rmw_run}");
-    // Client routing: every request went straight to a replica of its key.
+    // Client routing: every request went straight to a replica of its key, and the
+    // client coordinated every read itself (Dynamo §6.4): one per read and per rmw.
     assert_eq!(rmw["settings"]["routing"], "client", "{rmw}");
     assert!(rmw["routing"]["routed"].as_u64().unwrap() >= 100, "{rmw}");
     assert_eq!(rmw["routing"]["fallback"], 0, "{rmw}");
+    assert_eq!(
+        rmw["routing"]["client_reads"].as_u64(),
+        Some(rmw_count("read") + rmw_count("rmw")),
+        "{rmw}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(report["settings"]["routing"], "server", "{report}");
     assert_eq!(report["routing"]["routed"], 0, "{report}");

@@ -4,10 +4,20 @@
 //! The client pulls the ring from any node (`Kv.Topology`), and sends each request
 //! straight to a node in the key's preference list, so no node has to forward it:
 //!
-//! * a get goes to one of the key's N replicas (rotating among the reachable ones, to
-//!   spread reads), which coordinates the read;
+//! * a get is coordinated by the client itself (Dynamo §6.4: "read requests can be
+//!   coordinated at the client node thereby avoiding the extra network hop"): it reads
+//!   R of the key's N replicas in parallel with `Kv.GetLocal` (each answers from its own
+//!   store; the reads rotate among the reachable replicas, to spread them), merges their
+//!   sibling sets by vector clock, and returns the same versions and context a node's
+//!   get would. When the replicas' answers differ it also sends one ordinary get of the
+//!   key to a replica, in the background, whose read repair brings the stale replicas up
+//!   to date. With fewer than R replicas reachable, or nodes that do not serve
+//!   `GetLocal`, the get goes to one replica, which coordinates it
+//!   ([`ClientConfig::with_client_reads`] turns client coordination off);
 //! * a put or delete goes to the first reachable of the N, which coordinates the write
-//!   locally (it is a home replica, so it never forwards).
+//!   locally (it is a home replica, so it never forwards). Writes are not coordinated
+//!   by the client: the new version's clock entry is the coordinating node's (Dynamo
+//!   §6.4 moves only reads to the client).
 //!
 //! It keeps the ring current: periodically, when an answer's `dynamo-topology` header
 //! names a version other than the one it routes by (a node joined, left, moved), and
@@ -61,6 +71,7 @@
 
 mod error;
 mod pool;
+mod read;
 mod routing;
 
 pub use error::ClientError;
@@ -72,7 +83,9 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
@@ -87,6 +100,11 @@ pub const MAX_TOPOLOGY_BYTES: usize = 32 << 20;
 
 /// The most connections the client opens to one node.
 pub const MAX_CONNECTIONS_PER_NODE: usize = 64;
+
+/// The most read repairs (ordinary gets sent because the replicas a client-coordinated
+/// get read disagreed) one client has in flight. Past it a divergent read goes
+/// unrepaired by this client; a later read of the key, or anti-entropy, repairs it.
+pub const MAX_PENDING_REPAIRS: usize = 64;
 
 /// Who picks the node that coordinates a request (Dynamo §4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,12 +139,14 @@ pub struct ClientConfig {
     max_response_bytes: usize,
     read_quorum: Option<u32>,
     write_quorum: Option<u32>,
+    client_reads: bool,
 }
 
 impl ClientConfig {
     /// Settings with client routing and the defaults: 2 s per call, 1 s to connect, a
     /// topology check every 5 s, a failed node tried last for 2 s, one connection per
-    /// node, answers up to 256 MiB, the nodes' default R and W.
+    /// node, answers up to 256 MiB, the nodes' default R and W, gets coordinated by the
+    /// client.
     ///
     /// `seeds` are client (`Kv`) addresses, `host:port` or `http(s)://host:port`; the
     /// client learns the others from the topology.
@@ -143,7 +163,18 @@ impl ClientConfig {
             max_response_bytes: 256 << 20,
             read_quorum: None,
             write_quorum: None,
+            client_reads: true,
         }
+    }
+
+    /// Whether the client coordinates gets itself under client routing (the default):
+    /// it reads R replicas with `Kv.GetLocal` and merges their answers (Dynamo §6.4).
+    /// Off, a get goes to one replica of the key, which coordinates it. Server routing
+    /// never coordinates in the client.
+    #[must_use]
+    pub fn with_client_reads(mut self, on: bool) -> Self {
+        self.client_reads = on;
+        self
     }
 
     /// Talks TLS to every node, with these roots (and client identity, if any).
@@ -311,9 +342,17 @@ impl Versions {
 
 /// Counters of what the client did since it connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientStats {
-    /// Calls answered by a node in the key's preference list, chosen by the client.
+    /// Requests answered by nodes in the key's preference list, chosen by the client
+    /// (a client-coordinated get counts once, however many replicas it read).
     pub routed: u64,
+    /// Gets the client coordinated itself from R replicas' `GetLocal` answers
+    /// (Dynamo §6.4); included in `routed`.
+    pub client_reads: u64,
+    /// Client-coordinated gets whose replicas disagreed, for which the client sent an
+    /// ordinary get so a node repairs the key (read repair).
+    pub read_repairs: u64,
     /// Calls answered by a node the client sent to without routing (server-driven:
     /// the node coordinated or forwarded).
     pub fallback: u64,
@@ -339,6 +378,8 @@ struct Inner {
     down_for: Duration,
     read_quorum: Option<u32>,
     write_quorum: Option<u32>,
+    /// Whether gets are coordinated here (client routing only).
+    coordinate_reads: bool,
     pool: Pool,
     /// The table requests route by; swapped whole on refresh. A std `RwLock`: held only
     /// to clone or replace the `Arc`, never across an `.await`.
@@ -359,6 +400,18 @@ struct Inner {
     fallback: AtomicU64,
     failovers: AtomicU64,
     refreshes: AtomicU64,
+    client_reads: AtomicU64,
+    read_repairs: AtomicU64,
+    /// Bounds the read repairs in flight ([`MAX_PENDING_REPAIRS`]).
+    repairs: Arc<Semaphore>,
+}
+
+/// Why one replica-local read of a client-coordinated get did not count.
+enum LocalReadFailure {
+    /// No answer (no connection, a reset, a timeout): try another replica.
+    Unreachable,
+    /// The node (at this address) answered with an error.
+    Refused(String, tonic::Status),
 }
 
 /// Which call a plan is for: reads rotate among replicas, writes go in order.
@@ -398,6 +451,7 @@ impl Client {
             down_for: config.down_for,
             read_quorum: config.read_quorum,
             write_quorum: config.write_quorum,
+            coordinate_reads: config.client_reads,
             pool,
             table: RwLock::new(None),
             down_until: Mutex::new(HashMap::new()),
@@ -409,6 +463,9 @@ impl Client {
             fallback: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            client_reads: AtomicU64::new(0),
+            read_repairs: AtomicU64::new(0),
+            repairs: Arc::new(Semaphore::new(MAX_PENDING_REPAIRS)),
         });
         match config.routing {
             Routing::Client => {
@@ -431,24 +488,139 @@ impl Client {
 
     /// Every concurrent version of `key` and their context.
     ///
+    /// Under client routing the client coordinates the read itself (see the
+    /// [module docs](self)); otherwise, or when it cannot, a node does.
+    ///
     /// # Errors
     /// A node's error answer, or [`ClientError::Unavailable`] when no node answered.
     pub async fn get(&self, key: &[u8]) -> Result<Versions, ClientError> {
-        let request = proto::GetRequest {
-            key: Bytes::copy_from_slice(key),
-            r: self.inner.read_quorum,
+        if let Some(versions) = self.coordinate_get(key).await? {
+            return Ok(versions);
+        }
+        self.inner.server_get(key).await
+    }
+
+    /// A get coordinated here (Dynamo §6.4): R replicas' own states, merged. `None`
+    /// when a node has to coordinate it: client coordination is off or not served, fewer
+    /// than R replicas are reachable, or a replica refused (its ring differs from the
+    /// client's).
+    async fn coordinate_get(&self, key: &[u8]) -> Result<Option<Versions>, ClientError> {
+        let inner = &self.inner;
+        if inner.routing != Routing::Client || !inner.coordinate_reads {
+            return Ok(None);
+        }
+        let Some(table) = inner.current() else {
+            return Ok(None);
         };
-        let answer = self
-            .inner
-            .call(key, Kind::Read, move |mut kv| {
-                let request = request.clone();
-                async move { kv.get(request).await }
-            })
-            .await?;
-        Ok(Versions {
-            values: answer.values,
-            context: Context(answer.context),
-        })
+        let Some(default_r) = table.read_quorum() else {
+            return Ok(None);
+        };
+        let r = inner
+            .read_quorum
+            .map_or(default_r, |r| usize::try_from(r).unwrap_or(usize::MAX));
+        if r == 0 || r > table.replication_factor() {
+            // A node answers an R out of bounds with a clear status.
+            return Ok(None);
+        }
+        let replicas: Vec<&RouteNode> = table
+            .preference_list(key)
+            .into_iter()
+            .map(|i| &table.members()[i])
+            .collect();
+        let turn = inner.next.fetch_add(1, Ordering::Relaxed);
+        let up = |node: &RouteNode| {
+            node.reachable
+                && node
+                    .client_address
+                    .as_deref()
+                    .is_some_and(|address| !inner.is_down(address))
+        };
+        let Some(targets) = read::read_targets(&replicas, r, turn, up) else {
+            return Ok(None);
+        };
+        let request = proto::GetLocalRequest {
+            key: Bytes::copy_from_slice(key),
+        };
+        let mut pending = FuturesUnordered::new();
+        for address in &targets[..r] {
+            pending.push(inner.get_local(address, request.clone()));
+        }
+        let mut next = r;
+        let mut replies: Vec<Bytes> = Vec::with_capacity(r);
+        let mut failed_over = false;
+        while let Some(answer) = pending.next().await {
+            match answer {
+                Ok(state) => {
+                    replies.push(state);
+                    if replies.len() == r {
+                        break;
+                    }
+                }
+                Err(LocalReadFailure::Unreachable) => {
+                    failed_over = true;
+                    if let Some(address) = targets.get(next) {
+                        pending.push(inner.get_local(address, request.clone()));
+                        next += 1;
+                    }
+                    if replies.len() + pending.len() < r {
+                        return Ok(None);
+                    }
+                }
+                Err(LocalReadFailure::Refused(address, status)) => {
+                    if status.code() == tonic::Code::InvalidArgument {
+                        // The key itself is refused: a node would refuse it too.
+                        return Err(ClientError::Status {
+                            address,
+                            code: status.code(),
+                            message: status.message().to_owned(),
+                        });
+                    }
+                    if status.code() == tonic::Code::FailedPrecondition {
+                        // Not a replica by the node's ring: ours is behind.
+                        inner.refresh_wanted.notify_one();
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        drop(pending);
+        if replies.len() < r {
+            return Ok(None);
+        }
+        let merged = match read::merge_replies(&replies) {
+            Ok(merged) => merged,
+            Err(error) => {
+                tracing::debug!(%error, "a replica answered GetLocal with a bad state");
+                return Ok(None);
+            }
+        };
+        inner.routed.fetch_add(1, Ordering::Relaxed);
+        inner.client_reads.fetch_add(1, Ordering::Relaxed);
+        if failed_over {
+            inner.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        if merged.diverged {
+            self.repair(key);
+        }
+        Ok(Some(read::versions(&merged.state)))
+    }
+
+    /// Sends an ordinary get of `key` in the background: the replica that coordinates
+    /// it reads all N replicas and writes the merge back to the stale ones (read
+    /// repair). Skipped when [`MAX_PENDING_REPAIRS`] are in flight.
+    fn repair(&self, key: &[u8]) {
+        let Ok(permit) = Arc::clone(&self.inner.repairs).try_acquire_owned() else {
+            return;
+        };
+        self.inner.read_repairs.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::clone(&self.inner);
+        let key = key.to_vec();
+        tokio::spawn(async move {
+            if let Err(error) = inner.server_get(&key).await {
+                tracing::debug!(%error, "read repair get failed");
+            }
+            drop(permit);
+        });
     }
 
     /// Writes `value` with `context` (from a get, or [`Context::empty`] for a blind
@@ -544,6 +716,8 @@ impl Client {
             fallback: inner.fallback.load(Ordering::Relaxed),
             failovers: inner.failovers.load(Ordering::Relaxed),
             refreshes: inner.refreshes.load(Ordering::Relaxed),
+            client_reads: inner.client_reads.load(Ordering::Relaxed),
+            read_repairs: inner.read_repairs.load(Ordering::Relaxed),
         }
     }
 }
@@ -576,6 +750,51 @@ fn failed_locally(status: &tonic::Status) -> bool {
 }
 
 impl Inner {
+    /// A get sent to one node, which coordinates it: a replica of the key under
+    /// client routing, a seed under server routing.
+    async fn server_get(&self, key: &[u8]) -> Result<Versions, ClientError> {
+        let request = proto::GetRequest {
+            key: Bytes::copy_from_slice(key),
+            r: self.read_quorum,
+        };
+        let answer = self
+            .call(key, Kind::Read, move |mut kv| {
+                let request = request.clone();
+                async move { kv.get(request).await }
+            })
+            .await?;
+        Ok(Versions {
+            values: answer.values,
+            context: Context(answer.context),
+        })
+    }
+
+    /// One replica's own state of a key (`Kv.GetLocal`), encoded.
+    async fn get_local(
+        &self,
+        address: &str,
+        request: proto::GetLocalRequest,
+    ) -> Result<Bytes, LocalReadFailure> {
+        let Ok(mut kv) = self.pool.client(address) else {
+            return Err(LocalReadFailure::Unreachable);
+        };
+        match tokio::time::timeout(self.request_timeout, kv.get_local(request)).await {
+            Ok(Ok(response)) => {
+                self.mark_up(address);
+                self.note_version(address, response.metadata());
+                Ok(response.into_inner().state)
+            }
+            Ok(Err(status)) if !failed_locally(&status) => {
+                self.mark_up(address);
+                Err(LocalReadFailure::Refused(address.to_owned(), status))
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.mark_down(address);
+                Err(LocalReadFailure::Unreachable)
+            }
+        }
+    }
+
     fn current(&self) -> Option<Arc<RoutingTable>> {
         self.table
             .read()

@@ -54,6 +54,14 @@ pub enum TopologyError {
         /// The factor sent.
         n: u32,
     },
+    /// R is larger than N.
+    #[error("read quorum {r} is larger than the replication factor {n}")]
+    BadReadQuorum {
+        /// The read quorum sent.
+        r: u32,
+        /// The replication factor sent.
+        n: u32,
+    },
     /// A structural problem: token bytes not a multiple of 16 or not matching the
     /// owners, tokens out of order, an owner index out of range, a bad member field.
     #[error("malformed topology: {0}")]
@@ -83,6 +91,8 @@ pub struct RoutingTable {
     tokens: Vec<u128>,
     owners: Vec<u32>,
     partitioning: String,
+    /// The node's default R, when it serves replica-local reads (`Kv.GetLocal`).
+    read_quorum: Option<usize>,
 }
 
 impl fmt::Debug for RoutingTable {
@@ -120,6 +130,12 @@ impl RoutingTable {
         let n = answer.replication_factor;
         if n == 0 || n > MAX_REPLICATION_FACTOR {
             return Err(TopologyError::BadReplicationFactor { n });
+        }
+        if answer.read_quorum > n {
+            return Err(TopologyError::BadReadQuorum {
+                r: answer.read_quorum,
+                n,
+            });
         }
         let count = answer.vnode_owners.len();
         if count as u64 > MAX_VIRTUAL_NODES {
@@ -167,6 +183,8 @@ impl RoutingTable {
             tokens,
             owners: answer.vnode_owners,
             partitioning: answer.partitioning.chars().take(32).collect(),
+            // 0: a node that predates `Kv.GetLocal`.
+            read_quorum: (answer.read_quorum > 0).then_some(answer.read_quorum as usize),
         })
     }
 
@@ -194,6 +212,12 @@ impl RoutingTable {
     /// The partitioning strategy's name, as the node reported it.
     pub fn partitioning(&self) -> &str {
         &self.partitioning
+    }
+
+    /// The nodes' default read quorum R, if they serve replica-local reads (a
+    /// client-coordinated get reads this many replicas); `None` from older nodes.
+    pub fn read_quorum(&self) -> Option<usize> {
+        self.read_quorum
     }
 
     /// Whether the table can route: it has virtual nodes.
@@ -293,6 +317,7 @@ mod tests {
             vnode_tokens: tokens.into(),
             vnode_owners: owners,
             partitioning: "test".into(),
+            read_quorum: n.min(2),
         }
     }
 
@@ -420,6 +445,13 @@ mod tests {
             ),
             (
                 TopologyResponse {
+                    read_quorum: 3,
+                    ..good.clone()
+                },
+                "read quorum 3",
+            ),
+            (
+                TopologyResponse {
                     vnode_tokens: good.vnode_tokens.slice(1..),
                     ..good.clone()
                 },
@@ -475,7 +507,14 @@ mod tests {
                 "{error} should mention {expected:?}"
             );
         }
-        assert!(RoutingTable::from_topology(good).is_ok());
+        let table = RoutingTable::from_topology(good.clone()).unwrap();
+        assert_eq!(table.read_quorum(), Some(2));
+        let older = RoutingTable::from_topology(TopologyResponse {
+            read_quorum: 0,
+            ..good
+        })
+        .unwrap();
+        assert_eq!(older.read_quorum(), None, "a node without GetLocal sends 0");
     }
 
     proptest! {

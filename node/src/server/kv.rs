@@ -1,5 +1,6 @@
-//! The client API: Dynamo's get() and put() (§4.1), plus delete, and the topology a
-//! partition-aware client routes by (§4.5).
+//! The client API: Dynamo's get() and put() (§4.1), plus delete, the topology a
+//! partition-aware client routes by (§4.5), and the replica-local read a client
+//! coordinates gets with (§6.4).
 
 use tonic::{Request, Response, Status};
 
@@ -10,23 +11,38 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::membership::MemberState;
 use crate::metrics::{Api, Metrics, Op, Outcome};
 use crate::proto::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
-    TopologyMember, TopologyRequest, TopologyResponse, kv_server,
+    DeleteRequest, DeleteResponse, GetLocalRequest, GetLocalResponse, GetRequest, GetResponse,
+    PutRequest, PutResponse, TopologyMember, TopologyRequest, TopologyResponse, kv_server,
 };
+use crate::store::Store;
 use crate::version::{VectorClock, context};
 
-/// Serves `dynamo.v1.Kv` through the node's coordinator.
-#[derive(Debug, Clone)]
+/// Serves `dynamo.v1.Kv` through the node's coordinator, and replica-local reads from
+/// the node's store.
+#[derive(Clone)]
 pub struct KvService {
     coordinator: Coordinator,
+    /// The store the coordinator writes through: `GetLocal` reads it directly, as the
+    /// coordinator reads its own replica.
+    store: Store,
     metrics: Metrics,
 }
 
+impl std::fmt::Debug for KvService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvService")
+            .field("coordinator", &self.coordinator)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KvService {
-    /// A service over `coordinator`, counting requests in `metrics`.
-    pub fn new(coordinator: Coordinator, metrics: Metrics) -> Self {
+    /// A service over `coordinator` and the node's `store`, counting requests in
+    /// `metrics`.
+    pub fn new(coordinator: Coordinator, store: Store, metrics: Metrics) -> Self {
         Self {
             coordinator,
+            store,
             metrics,
         }
     }
@@ -100,6 +116,7 @@ impl KvService {
                 })
                 .collect(),
             replication_factor: self.coordinator.quorum().n(),
+            read_quorum: self.coordinator.quorum().r(),
             vnode_tokens: vnode_tokens.into(),
             vnode_owners,
             partitioning: match ring.strategy() {
@@ -108,6 +125,34 @@ impl KvService {
             }
             .to_owned(),
         }
+    }
+}
+
+impl KvService {
+    /// This node's own state of `key`, encoded, if the node is one of the key's N read
+    /// replicas (the replicas a server-coordinated get would read first).
+    fn read_local(&self, key: &[u8]) -> Result<Vec<u8>, Status> {
+        self.coordinator
+            .limits()
+            .check_key(key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cluster = self.coordinator.cluster();
+        let n = usize::try_from(self.coordinator.quorum().n()).unwrap_or(usize::MAX);
+        // While ranges move, reads stay on the replicas that hold the data (the settled
+        // ring): a new owner that has not received the key yet would answer "nothing".
+        let replicas = cluster.read_preference_list(key);
+        if !replicas.iter().take(n).any(|node| node == cluster.me()) {
+            return Err(Status::failed_precondition(format!(
+                "{} is not one of the key's {n} read replicas; refresh the topology or \
+                 send a Get",
+                cluster.me()
+            )));
+        }
+        let state = self
+            .store
+            .read(key)
+            .map_err(|e| Status::internal(format!("local read: {e}")))?;
+        Ok(state.to_bytes())
     }
 }
 
@@ -185,6 +230,25 @@ impl kv_server::Kv for KvService {
         }
         Ok(Response::new(self.topology_view(&request.known_version)))
     }
+
+    async fn get_local(
+        &self,
+        request: Request<GetLocalRequest>,
+    ) -> Result<Response<GetLocalResponse>, Status> {
+        let request = request.into_inner();
+        let started = Instant::now();
+        let result = self.read_local(&request.key);
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(status) if status.code() == tonic::Code::Internal => Outcome::Error,
+            Err(_) => Outcome::Invalid,
+        };
+        self.metrics
+            .observe(Api::Grpc, Op::GetLocal, outcome, started.elapsed());
+        Ok(self.respond(GetLocalResponse {
+            state: result?.into(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -238,7 +302,11 @@ mod tests {
     }
 
     fn service(node: &NodeShared) -> KvService {
-        KvService::new(node.coordinator().clone(), Metrics::new())
+        KvService::new(
+            node.coordinator().clone(),
+            node.store().clone(),
+            Metrics::new(),
+        )
     }
 
     /// Dynamo §4.5: the client routes by the node's own placement, so the preference

@@ -227,6 +227,12 @@ pub struct RoutingReport {
     pub failovers: u64,
     /// Topology pulls that changed the client's routing table.
     pub topology_refreshes: u64,
+    /// Reads the client coordinated itself from R replicas' local reads (Dynamo §6.4);
+    /// included in `routed`.
+    pub client_reads: u64,
+    /// Client-coordinated reads whose replicas disagreed, repaired through an ordinary
+    /// get.
+    pub read_repairs: u64,
 }
 
 /// The settings of a benchmark, echoed in its report.
@@ -318,6 +324,13 @@ pub fn render(report: &BenchReport) -> String {
         "routing: {} requests sent to a replica by the client, {} through a node's own routing, {} failovers, {} topology refreshes",
         r.routed, r.fallback, r.failovers, r.topology_refreshes
     );
+    if r.client_reads > 0 {
+        let _ = writeln!(
+            out,
+            "client-coordinated reads: {} (each from R replicas), {} repaired through a node after the replicas disagreed",
+            r.client_reads, r.read_repairs
+        );
+    }
     out
 }
 
@@ -412,12 +425,16 @@ mod tests {
                 fallback: 1,
                 failovers: 0,
                 topology_refreshes: 2,
+                client_reads: 5,
+                read_repairs: 1,
             },
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["settings"]["routing"], "server");
         assert_eq!(json["routing"]["routed"], 7);
         assert_eq!(json["routing"]["topology_refreshes"], 2);
+        assert_eq!(json["routing"]["client_reads"], 5);
+        assert_eq!(json["routing"]["read_repairs"], 1);
         assert_eq!(json["settings"]["workload"], "a");
         assert_eq!(json["settings"]["distribution"], "zipfian");
         assert_eq!(json["run"]["operations"]["read"]["latency_us"]["p50"], 250);
@@ -437,6 +454,10 @@ mod tests {
         assert!(table.contains(", server routing via "), "{table}");
         assert!(
             table.contains("routing: 7 requests sent to a replica by the client, 1 through"),
+            "{table}"
+        );
+        assert!(
+            table.contains("client-coordinated reads: 5 (each from R replicas), 1 repaired"),
             "{table}"
         );
     }
