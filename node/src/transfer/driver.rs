@@ -207,8 +207,9 @@ pub(crate) async fn transfer_loop(
         for error in &report.errors {
             tracing::debug!(%error, "transfer paused");
         }
-        // What the transfer left of the round's allowance hands stray keys over.
-        let sweep = node.sweep_round(allowance.minus(report.used)).await;
+        // What the transfer left of the round's throttle hands stray keys over; the
+        // sweep draws what it sends from the shared budget itself.
+        let sweep = node.sweep_round(wanted.minus(report.used)).await;
         throttle.consumed(sweep.used);
         for error in &sweep.errors {
             tracing::debug!(%error, "stray sweep paused");

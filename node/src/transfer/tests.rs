@@ -64,6 +64,8 @@ struct Cluster {
     quorum: QuorumConfig,
     /// The transfer settings every node starts with.
     transfer: super::TransferSettings,
+    /// The background budget every node starts with.
+    admission: crate::admission::AdmissionConfig,
 }
 
 impl Cluster {
@@ -75,6 +77,7 @@ impl Cluster {
             engines: BTreeMap::new(),
             quorum: QuorumConfig::new(3, 2, 2).expect("valid quorum"),
             transfer: super::TransferSettings::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         };
         let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
         for node in &ids {
@@ -100,6 +103,7 @@ impl Cluster {
         settings.strategy = PartitionStrategy::random_tokens(16).expect("valid strategy");
         settings.request_timeout = REQUEST_TIMEOUT;
         settings.transfer = self.transfer;
+        settings.admission = self.admission;
         let shared = NodeShared::assemble(
             settings,
             Arc::clone(&engine),
@@ -716,21 +720,27 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
         assert!(!cluster.stored(&n1, key).is_empty(), "{key} dropped");
     }
     cluster.network.heal(&addr(&n1), &addr(&n4));
-    // While n1 believes n4 down it does not even try.
+    // While n1 believes n4 down it does not even try, nor draw on the budget.
     for _ in 0..3 {
         cluster.node(&n1).cluster().record_failure(&n4);
     }
+    let granted_before = sweep_granted(cluster.node(&n1));
     let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
     assert_eq!(report.keys_handed_over, 0);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(sweep_granted(cluster.node(&n1)), granted_before);
     // A probe finds it back.
     cluster.node(&n1).cluster().record_success(&n4);
     let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.keys_handed_over, lost.len() as u64);
+    assert_eq!(report.keys_removed, lost.len() as u64);
     for key in &lost {
         assert!(cluster.stored(&n1, key).is_empty(), "{key} kept");
     }
+    let stats = cluster.node(&n1).metrics().sweep_stats();
+    assert_eq!(stats.rounds, 3);
+    assert_eq!(stats.keys_removed, lost.len() as u64);
     assert_on_w_target_replicas(&cluster, &acknowledged);
 }
 
@@ -1046,4 +1056,72 @@ async fn a_stalled_source_with_too_few_reachable_replicas_waits_and_says_so() {
         r.completed
     })
     .await;
+}
+
+/// The sweep's grants from the node's background budget, as `/metrics` shows them.
+fn sweep_granted(node: &NodeShared) -> u64 {
+    let series = r#"dynamo_background_granted_total{kind="sweep"} "#;
+    node.metrics()
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the sweep's grant counter is shown")
+}
+
+#[tokio::test]
+async fn the_sweep_draws_what_it_sends_from_the_shared_background_budget() {
+    // Admission control (Dynamo §6.5): the sweep is background work like hinted
+    // handoff, transfer and anti-entropy, and sends no more than the budget grants.
+    let mut cluster = Cluster::new(3);
+    let (n1, n4) = (id("n1"), id("n4"));
+    let acknowledged = load(&cluster, "k", 60).await;
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    cluster.spread(&n4);
+    let stray = acknowledged
+        .keys()
+        .filter(|k| !cluster.target_replicas(k).contains(&n1))
+        .count() as u64;
+    assert!(stray > 3, "n1 keeps {stray} keys it lost to n4");
+
+    // n1 restarts with a budget of 3 units per (hour-long) interval.
+    cluster.admission = crate::admission::AdmissionConfig::new(
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        3,
+        3,
+    )
+    .expect("a valid budget");
+    let engine = Arc::clone(&cluster.engines[&n1]);
+    let node = cluster.start(&n1, engine);
+    let report = node.sweep_round(UNLIMITED).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.keys_handed_over, 3);
+    assert_eq!(report.keys_removed, 3);
+    assert!(report.budget_exhausted);
+    assert_eq!(sweep_granted(&node), 3);
+    // Spent for this interval: the next round sends nothing.
+    let report = node.sweep_round(UNLIMITED).await;
+    assert_eq!(report.keys_handed_over, 0);
+    assert!(report.budget_exhausted);
+    assert_eq!(sweep_granted(&node), 3);
+    let text = node.metrics().encode();
+    for (series, value) in [
+        ("dynamo_sweep_rounds_total", 2),
+        ("dynamo_sweep_keys_handed_over_total", 3),
+        ("dynamo_sweep_keys_removed_total", 3),
+    ] {
+        assert!(
+            text.lines().any(|line| line == format!("{series} {value}")),
+            "{series} {value} missing from\n{text}"
+        );
+    }
+    let left = acknowledged
+        .keys()
+        .filter(|k| !cluster.stored(&n1, k).is_empty() && !cluster.target_replicas(k).contains(&n1))
+        .count() as u64;
+    assert_eq!(left, stray - 3, "the rest stays for later intervals");
 }
