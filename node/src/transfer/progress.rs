@@ -63,6 +63,9 @@ pub struct Progress {
     fallbacks: BTreeMap<Task, Vec<NodeId>>,
 }
 
+/// The encoded record after its format byte: task progress, then replaced tasks.
+type StoredProgress = (Vec<(Task, TaskProgress)>, Vec<(Task, Vec<NodeId>)>);
+
 /// The copy of `task`'s range from `source` instead of `task.source`.
 fn fallback_task(task: &Task, source: &NodeId) -> Task {
     Task {
@@ -191,12 +194,11 @@ impl Progress {
     pub fn decode(bytes: &[u8]) -> Result<Self, ProgressError> {
         let (&format, rest) = bytes.split_first().ok_or(ProgressError::Empty)?;
         let malformed = |e: postcard::Error| ProgressError::Malformed(e.to_string());
-        let (entries, fallbacks): (Vec<(Task, TaskProgress)>, Vec<(Task, Vec<NodeId>)>) =
-            match format {
-                PROGRESS_FORMAT_V1 => (postcard::from_bytes(rest).map_err(malformed)?, Vec::new()),
-                PROGRESS_FORMAT_VERSION => postcard::from_bytes(rest).map_err(malformed)?,
-                other => return Err(ProgressError::UnsupportedFormat(other)),
-            };
+        let (entries, fallbacks): StoredProgress = match format {
+            PROGRESS_FORMAT_V1 => (postcard::from_bytes(rest).map_err(malformed)?, Vec::new()),
+            PROGRESS_FORMAT_VERSION => postcard::from_bytes(rest).map_err(malformed)?,
+            other => return Err(ProgressError::UnsupportedFormat(other)),
+        };
         Ok(Self {
             tasks: entries.into_iter().collect(),
             fallbacks: fallbacks.into_iter().collect(),
@@ -302,12 +304,12 @@ mod tests {
         assert!(progress.all_done(&plan));
 
         // A plan without the replaced task drops it and its copies.
-        assert!(progress.retain_plan(&[other.clone()]));
+        assert!(progress.retain_plan(std::slice::from_ref(&other)));
         assert_eq!(progress.fallback_of(&stalled), None);
         assert_eq!(progress.of(&from_b), TaskProgress::default());
         // No sources: the task copies from its own source again.
         progress.set_fallback(&other, vec![NodeId::new("c").unwrap()]);
         progress.set_fallback(&other, Vec::new());
-        assert_eq!(progress.copies(&[other.clone()]), vec![other]);
+        assert_eq!(progress.copies(std::slice::from_ref(&other)), vec![other]);
     }
 }
