@@ -274,9 +274,10 @@ impl Cluster {
         .await
     }
 
-    /// Each key's replicas (its preference list's first N ring members, as the nodes
-    /// compute it) and the versions each holds, read over the internode `Replica` API.
-    pub async fn replica_dump(&self, keys: &[Vec<u8>]) -> Result<ReplicaDump, String> {
+    /// The ring placement is heading to (Joining and Member nodes), as a running node's
+    /// member table describes it and every node computes it: each key's replicas are
+    /// the first [`REPLICATION`] nodes of its preference list.
+    pub async fn target_ring(&self) -> Result<Ring, String> {
         let via = self.other_running(&[]);
         let ring = fetch_ring(self.nodes[via].internode).await?;
         let members: Vec<(NodeId, u32)> = ring
@@ -287,34 +288,60 @@ impl Cluster {
             })
             .map(|m| (NodeId::new(&m.node_id).expect("a valid id"), m.weight))
             .collect();
-        let ring = Ring::build(&members, ring_strategy(), 0, None)
-            .map_err(|e| format!("rebuilding the ring: {e}"))?;
-        let transport = GrpcTransport::new(
-            GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(2))
-                .expect("valid timeouts"),
-        );
+        Ring::build(&members, ring_strategy(), 0, None)
+            .map_err(|e| format!("rebuilding the ring: {e}"))
+    }
+
+    /// The versions node `index` stores for `key` (`None` for a tombstone), read over
+    /// the internode `Replica` API: what this one replica holds, no quorum involved.
+    pub async fn stored(&self, index: usize, key: &[u8]) -> Result<Vec<StoredVersion>, String> {
+        let node = &self.nodes[index];
+        let state = replica_transport()
+            .read(&node.internode.to_string(), key)
+            .await
+            .map_err(|e| format!("reading {key:?} from {}: {e}", node.id))?;
+        Ok(state
+            .siblings()
+            .iter()
+            .map(|sibling| sibling.value.as_data().map(<[u8]>::to_vec))
+            .collect())
+    }
+
+    /// Each key's replicas (its preference list's first N ring members, as the nodes
+    /// compute it) and the versions each holds, read over the internode `Replica` API.
+    pub async fn replica_dump(&self, keys: &[Vec<u8>]) -> Result<ReplicaDump, String> {
+        let ring = self.target_ring().await?;
         let mut dump = ReplicaDump::new();
         for key in keys {
             for replica in ring.preference_list_for_key(key, REPLICATION) {
-                let node = self
+                let index = self
                     .nodes
                     .iter()
-                    .find(|n| n.id == replica.as_str())
+                    .position(|n| n.id == replica.as_str())
                     .ok_or_else(|| format!("{replica} is not a node of this cluster"))?;
-                let state = transport
-                    .read(&node.internode.to_string(), key)
-                    .await
-                    .map_err(|e| format!("reading {key:?} from {}: {e}", node.id))?;
-                let versions: Vec<StoredVersion> = state
-                    .siblings()
-                    .iter()
-                    .map(|sibling| sibling.value.as_data().map(<[u8]>::to_vec))
-                    .collect();
-                dump.record(key, &node.id, versions);
+                let versions = self.stored(index, key).await?;
+                dump.record(key, &self.nodes[index].id, versions);
             }
         }
         Ok(dump)
     }
+
+    /// Node `index`'s `Admin.Status`.
+    pub async fn status(&self, index: usize) -> Result<proto::StatusResponse, String> {
+        self.admin(index)
+            .await
+            .status(proto::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("status of {}: {s}", self.nodes[index].id))
+    }
+}
+
+fn replica_transport() -> GrpcTransport {
+    GrpcTransport::new(
+        GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(2))
+            .expect("valid timeouts"),
+    )
 }
 
 async fn channel(address: SocketAddr) -> Channel {

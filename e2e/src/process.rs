@@ -213,6 +213,28 @@ impl NodeProcess {
     /// says ready only while it is in the ring). `Err` when the probe gets no answer
     /// within [`PROBE_TIMEOUT`].
     pub async fn ready(&self) -> Result<bool, String> {
+        self.http_get("/readyz")
+            .await
+            .map(|(status, _)| status == http::StatusCode::OK)
+    }
+
+    /// The value of the unlabelled `series` in the node's `GET /metrics` (say
+    /// `dynamo_transfer_keys_sent_total`: counters count since the process started).
+    /// `Err` without an answer within [`PROBE_TIMEOUT`] or without the series.
+    pub async fn metric(&self, series: &str) -> Result<f64, String> {
+        let (status, body) = self.http_get("/metrics").await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("{}: GET /metrics answered {status}", self.id));
+        }
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| format!("{}: no {series} in /metrics", self.id))
+    }
+
+    /// `GET path` on the node's HTTP port: the status and the body.
+    async fn http_get(&self, path: &str) -> Result<(http::StatusCode, String), String> {
+        use http_body_util::BodyExt;
         let address = self.http;
         let probe = async {
             let stream = tokio::net::TcpStream::connect(address)
@@ -224,15 +246,22 @@ impl NodeProcess {
                     .map_err(|e| format!("handshake: {e}"))?;
             // Drives the connection; it ends when `sender` is dropped.
             tokio::spawn(connection);
-            let request = http::Request::get("/readyz")
+            let request = http::Request::get(path)
                 .header(http::header::HOST, address.to_string())
                 .body(String::new())
                 .map_err(|e| format!("building the request: {e}"))?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| format!("GET /readyz: {e}"))?;
-            Ok(response.status() == http::StatusCode::OK)
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading {path}: {e}"))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
             .await

@@ -59,11 +59,19 @@ pub enum WorkKind {
     Transfer,
     /// Merkle anti-entropy repair (Dynamo §4.7).
     AntiEntropy,
+    /// The stray sweep: keys a node holds but no longer replicates, handed to their
+    /// replicas (see `transfer::sweep`).
+    Sweep,
 }
 
 impl WorkKind {
     /// Every kind, for metrics that show all of them.
-    pub const ALL: [WorkKind; 3] = [WorkKind::Handoff, WorkKind::Transfer, WorkKind::AntiEntropy];
+    pub const ALL: [WorkKind; 4] = [
+        WorkKind::Handoff,
+        WorkKind::Transfer,
+        WorkKind::AntiEntropy,
+        WorkKind::Sweep,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
@@ -71,6 +79,7 @@ impl WorkKind {
             WorkKind::Handoff => "handoff",
             WorkKind::Transfer => "transfer",
             WorkKind::AntiEntropy => "anti_entropy",
+            WorkKind::Sweep => "sweep",
         }
     }
 }

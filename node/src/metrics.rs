@@ -199,6 +199,8 @@ struct Inner {
     forwarded_puts: Counter,
     /// Anti-entropy's counters and tree gauges.
     anti_entropy: AntiEntropyCounters,
+    /// The stray sweep's counters.
+    sweep: SweepCounters,
     background_budget: Gauge,
     background_granted: Family<KindLabel, Counter>,
     foreground_p99: Gauge<f64, AtomicU64>,
@@ -289,6 +291,7 @@ impl Metrics {
             forwarded_puts.clone(),
         );
         let anti_entropy = AntiEntropyCounters::register(&mut registry);
+        let sweep = SweepCounters::register(&mut registry);
         let background_budget = Gauge::default();
         registry.register(
             "dynamo_background_budget",
@@ -327,6 +330,7 @@ impl Metrics {
                 transfer_keys_sent,
                 transfer_bytes_sent,
                 anti_entropy,
+                sweep,
                 background_budget,
                 background_granted,
                 foreground_p99,
@@ -489,6 +493,73 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// The stray sweep's figures (see `transfer::sweep`), as counted since the node started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SweepStats {
+    /// Sweep rounds run.
+    pub rounds: u64,
+    /// Stray keys every current home replica acknowledged.
+    pub keys_handed_over: u64,
+    /// Handed-over keys removed here (unchanged since they were sent).
+    pub keys_removed: u64,
+}
+
+struct SweepCounters {
+    rounds: Counter,
+    keys_handed_over: Counter,
+    keys_removed: Counter,
+}
+
+impl SweepCounters {
+    fn register(registry: &mut Registry) -> Self {
+        let counters = Self {
+            rounds: Counter::default(),
+            keys_handed_over: Counter::default(),
+            keys_removed: Counter::default(),
+        };
+        for (name, help, counter) in [
+            (
+                "dynamo_sweep_rounds",
+                "Stray sweep rounds run",
+                &counters.rounds,
+            ),
+            (
+                "dynamo_sweep_keys_handed_over",
+                "Stray keys (held here, replicated elsewhere) acknowledged by every home replica",
+                &counters.keys_handed_over,
+            ),
+            (
+                "dynamo_sweep_keys_removed",
+                "Stray keys removed here after their home replicas acknowledged them",
+                &counters.keys_removed,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        counters
+    }
+}
+
+impl Metrics {
+    /// Adds one stray sweep round's figures.
+    pub fn record_sweep_round(&self, report: &crate::transfer::SweepReport) {
+        let counters = &self.inner.sweep;
+        counters.rounds.inc();
+        counters.keys_handed_over.inc_by(report.keys_handed_over);
+        counters.keys_removed.inc_by(report.keys_removed);
+    }
+
+    /// The stray sweep's figures so far.
+    pub fn sweep_stats(&self) -> SweepStats {
+        let counters = &self.inner.sweep;
+        SweepStats {
+            rounds: counters.rounds.get(),
+            keys_handed_over: counters.keys_handed_over.get(),
+            keys_removed: counters.keys_removed.get(),
+        }
     }
 }
 
@@ -684,16 +755,53 @@ mod tests {
                 r#"dynamo_background_budget 0"#,
                 r#"dynamo_background_granted_total{kind="anti_entropy"} 0"#,
                 r#"dynamo_background_granted_total{kind="handoff"} 0"#,
+                r#"dynamo_background_granted_total{kind="sweep"} 0"#,
                 r#"dynamo_background_granted_total{kind="transfer"} 0"#,
                 r#"dynamo_foreground_latency_p99_seconds 0.0"#,
                 r#"dynamo_forwarded_puts_total 0"#,
                 r#"dynamo_keys 0"#,
+                r#"dynamo_sweep_keys_handed_over_total 0"#,
+                r#"dynamo_sweep_keys_removed_total 0"#,
+                r#"dynamo_sweep_rounds_total 0"#,
                 r#"dynamo_tombstones_purged_total 0"#,
                 r#"dynamo_transfer_bytes_sent_total 0"#,
                 r#"dynamo_transfer_keys_sent_total 0"#,
             ]
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn sweep_rounds_add_up_in_counters_and_stats() {
+        let metrics = Metrics::new();
+        let report = crate::transfer::SweepReport {
+            used: crate::transfer::Allowance { keys: 7, bytes: 70 },
+            keys_handed_over: 5,
+            keys_removed: 4,
+            budget_exhausted: false,
+            errors: Vec::new(),
+        };
+        metrics.record_sweep_round(&report);
+        metrics.record_sweep_round(&crate::transfer::SweepReport {
+            keys_handed_over: 0,
+            keys_removed: 0,
+            ..report
+        });
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "dynamo_sweep_rounds_total"), Some("2"));
+        assert_eq!(
+            sample(&text, "dynamo_sweep_keys_handed_over_total"),
+            Some("5")
+        );
+        assert_eq!(sample(&text, "dynamo_sweep_keys_removed_total"), Some("4"));
+        assert_eq!(
+            metrics.sweep_stats(),
+            SweepStats {
+                rounds: 2,
+                keys_handed_over: 5,
+                keys_removed: 4
+            }
+        );
     }
 
     #[test]

@@ -587,6 +587,7 @@ impl NodeSettings {
                     keys: config.transfer_batch_keys(),
                     bytes: config.transfer_batch_bytes(),
                 },
+                source_stall: config.transfer_source_stall(),
             },
             // Needs the bound client address: `Node::start` fills it in.
             client_advertise: config.advertise_client().map(str::to_owned),

@@ -331,6 +331,7 @@ pub struct NodeConfig {
     request_timeout: Duration,
     gossip_interval: Duration,
     transfer_interval: Duration,
+    transfer_source_stall: Duration,
     transfer_batch_bytes: u64,
     transfer_batch_keys: u64,
     max_key_bytes: u32,
@@ -463,6 +464,12 @@ impl NodeConfig {
         self.transfer_interval
     }
 
+    /// How long a range transfer's source may fail before its ranges are copied from
+    /// other replicas instead; zero never replaces a source.
+    pub fn transfer_source_stall(&self) -> Duration {
+        self.transfer_source_stall
+    }
+
     /// Most key and state bytes one range transfer round sends.
     pub fn transfer_batch_bytes(&self) -> u64 {
         self.transfer_batch_bytes
@@ -559,6 +566,7 @@ impl NodeConfig {
             request_timeout: Some(self.request_timeout),
             gossip_interval: Some(self.gossip_interval),
             transfer_interval: Some(self.transfer_interval),
+            transfer_source_stall: Some(self.transfer_source_stall),
             transfer_batch_bytes: Some(self.transfer_batch_bytes),
             transfer_batch_keys: Some(self.transfer_batch_keys),
             max_key_bytes: Some(self.max_key_bytes),
@@ -683,6 +691,12 @@ impl TryFrom<RawConfig> for NodeConfig {
         check_interval("gossip-interval", gossip_interval)?;
         let transfer_interval = raw.transfer_interval.unwrap_or(DEFAULT_TRANSFER_INTERVAL);
         check_interval("transfer-interval", transfer_interval)?;
+        let transfer_source_stall = raw
+            .transfer_source_stall
+            .unwrap_or(crate::transfer::fallback::DEFAULT_SOURCE_STALL);
+        if !transfer_source_stall.is_zero() {
+            check_interval("transfer-source-stall", transfer_source_stall)?;
+        }
         let transfer_batch_bytes = raw
             .transfer_batch_bytes
             .unwrap_or(DEFAULT_TRANSFER_BATCH_BYTES);
@@ -762,6 +776,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             request_timeout,
             gossip_interval,
             transfer_interval,
+            transfer_source_stall,
             transfer_batch_bytes,
             transfer_batch_keys,
             max_key_bytes,
@@ -1499,6 +1514,7 @@ mod tests {
                         gossip_interval: Some(ms(gossip)),
                         // Derived from other draws: the tuple is at its size limit.
                         transfer_interval: Some(ms(gossip)),
+                        transfer_source_stall: Some(ms(timeout)),
                         transfer_batch_bytes: Some(u64::from(value)),
                         transfer_batch_keys: Some(u64::from(key)),
                         max_key_bytes: Some(key),

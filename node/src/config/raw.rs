@@ -155,6 +155,17 @@ pub struct RawConfig {
     )]
     pub transfer_interval: Option<Duration>,
 
+    /// How long a range transfer's source may fail (down, unreachable) before the
+    /// ranges it hands over are copied from N - W + 1 other replicas of each range
+    /// instead; 0s never replaces a source [default: 60s].
+    #[arg(long, env = "DYNAMO_TRANSFER_SOURCE_STALL", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transfer_source_stall: Option<Duration>,
+
     /// Most key and state bytes one range transfer round sends [default: 4194304].
     #[arg(long, env = "DYNAMO_TRANSFER_BATCH_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -324,6 +335,9 @@ impl RawConfig {
             request_timeout: self.request_timeout.or(fallback.request_timeout),
             gossip_interval: self.gossip_interval.or(fallback.gossip_interval),
             transfer_interval: self.transfer_interval.or(fallback.transfer_interval),
+            transfer_source_stall: self
+                .transfer_source_stall
+                .or(fallback.transfer_source_stall),
             transfer_batch_bytes: self.transfer_batch_bytes.or(fallback.transfer_batch_bytes),
             transfer_batch_keys: self.transfer_batch_keys.or(fallback.transfer_batch_keys),
             max_key_bytes: self.max_key_bytes.or(fallback.max_key_bytes),

@@ -121,6 +121,12 @@ pub struct TransferJson {
     pub keys_sent: u64,
     /// Bytes acknowledged so far.
     pub bytes_sent: u64,
+    /// Milliseconds the peer has been failing as a source, or null while it answers.
+    pub unreachable_ms: Option<u64>,
+    /// Ranges the peer stalled on, copied from other replicas instead.
+    pub ranges_on_fallback: u64,
+    /// Ranges the peer stalled on that wait for enough reachable replicas.
+    pub ranges_waiting: u64,
 }
 
 /// `status --json`.
@@ -186,6 +192,9 @@ impl From<&proto::StatusResponse> for StatusJson {
                     estimated_keys: t.estimated_keys,
                     keys_sent: t.keys_sent,
                     bytes_sent: t.bytes_sent,
+                    unreachable_ms: t.unreachable_ms,
+                    ranges_on_fallback: t.ranges_on_fallback,
+                    ranges_waiting: t.ranges_waiting,
                 })
                 .collect(),
         }
@@ -281,8 +290,20 @@ fn transfer_summary(status: &proto::StatusResponse) -> String {
             let keys = t
                 .estimated_keys
                 .map_or_else(String::new, |k| format!(", ~{k} keys left"));
+            let stalled = match t.unreachable_ms {
+                Some(ms) => format!(", unreachable for {:.1}s", ms as f64 / 1000.0),
+                None => String::new(),
+            };
+            let fallback = if t.ranges_on_fallback + t.ranges_waiting > 0 {
+                format!(
+                    ", {} ranges copied from other replicas, {} waiting for enough of them",
+                    t.ranges_on_fallback, t.ranges_waiting
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "{} ({} ranges, {:.1}% of the ring{keys}, {} keys sent)",
+                "{} ({} ranges, {:.1}% of the ring{keys}, {} keys sent{stalled}{fallback})",
                 t.peer,
                 t.ranges,
                 t.ring_fraction * 100.0,
@@ -532,6 +553,7 @@ mod tests {
                 estimated_keys: Some(40),
                 keys_sent: 10,
                 bytes_sent: 1000,
+                ..Default::default()
             }],
             ..status()
         };
@@ -541,11 +563,38 @@ mod tests {
         assert_eq!(
             doc["transfers"],
             json!([{"peer": "node2", "ranges": 3, "ring_fraction": 0.25,
-                    "estimated_keys": 40, "keys_sent": 10, "bytes_sent": 1000}])
+                    "estimated_keys": 40, "keys_sent": 10, "bytes_sent": 1000,
+                    "unreachable_ms": null, "ranges_on_fallback": 0, "ranges_waiting": 0}])
         );
         assert!(render_status(&leaving).contains(
             "transfer     leaving: 3 ranges pending; node2 (3 ranges, 25.0% of the ring, ~40 keys left, 10 keys sent)\n"
         ));
+        // A joining node whose source stalled says so.
+        let stalled = proto::StatusResponse {
+            state: proto::MemberState::Joining as i32,
+            transfer: "joining".into(),
+            transfer_pending_ranges: 2,
+            transfers: vec![proto::TransferPending {
+                peer: "node3".into(),
+                ranges: 0,
+                unreachable_ms: Some(61_500),
+                ranges_on_fallback: 2,
+                ranges_waiting: 1,
+                ..Default::default()
+            }],
+            ..status()
+        };
+        let doc: Value = serde_json::from_str(&to_json(&StatusJson::from(&stalled))).unwrap();
+        assert_eq!(doc["transfers"][0]["unreachable_ms"], json!(61_500));
+        assert_eq!(doc["transfers"][0]["ranges_on_fallback"], json!(2));
+        assert_eq!(doc["transfers"][0]["ranges_waiting"], json!(1));
+        assert!(
+            render_status(&stalled).contains(
+                "node3 (0 ranges, 0.0% of the ring, 0 keys sent, unreachable for 61.5s, 2 ranges copied from other replicas, 1 waiting for enough of them)"
+            ),
+            "{}",
+            render_status(&stalled)
+        );
     }
 
     #[test]

@@ -203,6 +203,11 @@ impl admin_server::Admin for AdminService {
                     estimated_keys: p.estimated_keys_remaining,
                     keys_sent: p.keys_sent,
                     bytes_sent: p.bytes_sent,
+                    unreachable_ms: p
+                        .unreachable_for
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    ranges_on_fallback: p.ranges_on_fallback,
+                    ranges_waiting: p.ranges_waiting,
                 })
                 .collect(),
             anti_entropy: node.antientropy.config().enabled().then(|| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::fallback::{DEFAULT_SOURCE_STALL, FallbackChoice, StallTracker, choose_fallback};
 use super::plan::{Task, plan};
 use super::progress::Progress;
 use super::throttle::{Allowance, FixedThrottle, TransferThrottle};
@@ -17,6 +18,7 @@ use crate::node::NodeShared;
 use crate::ring::{Ring, Token, TokenRange};
 use crate::storage::Durability;
 use crate::store::encode_state;
+use crate::time::Millis;
 use crate::transport::{
     MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry, RangePage,
     RangeScan, TransportError,
@@ -32,10 +34,14 @@ pub struct TransferSettings {
     pub interval: Duration,
     /// What one round may send.
     pub per_round: Allowance,
+    /// How long a source may fail before its copies are taken from other replicas of
+    /// the range instead (see [`super::fallback`]); zero never replaces a source.
+    pub source_stall: Duration,
 }
 
 impl Default for TransferSettings {
-    /// A round every 250 ms of at most 4096 keys and 4 MiB: up to 16 MiB/s.
+    /// A round every 250 ms of at most 4096 keys and 4 MiB: up to 16 MiB/s; a source
+    /// replaced after failing for [`DEFAULT_SOURCE_STALL`].
     fn default() -> Self {
         Self {
             interval: Duration::from_millis(250),
@@ -43,6 +49,7 @@ impl Default for TransferSettings {
                 keys: 4096,
                 bytes: 4 * 1024 * 1024,
             },
+            source_stall: DEFAULT_SOURCE_STALL,
         }
     }
 }
@@ -73,6 +80,15 @@ pub struct PeerTransfer {
     pub keys_sent: u64,
     /// Key and state bytes acknowledged so far in the current transfer.
     pub bytes_sent: u64,
+    /// How long this peer has been failing as a source of the transfer; `None` while
+    /// it answers (or is no source).
+    pub unreachable_for: Option<Duration>,
+    /// Ranges this peer was to hand over that are copied from other replicas instead,
+    /// because it stalled (see [`super::fallback`]), and are not complete yet.
+    pub ranges_on_fallback: u64,
+    /// Ranges this peer stalled on for which too few other replicas are reachable to
+    /// copy them from: they wait (for the peer, or for enough replicas).
+    pub ranges_waiting: u64,
 }
 
 /// What a node reports about its transfers (Admin `Status`, `/metrics`).
@@ -135,6 +151,9 @@ pub(crate) struct TransferShared {
     /// The stray ranges of the rings of the given (settled, target) epochs. A std
     /// `Mutex`: held only to read or replace.
     pub(super) stray: Mutex<Option<StrayCache>>,
+    /// When each source of the transfer began failing, to replace stalled ones. A std
+    /// `Mutex`: held only for bookkeeping, never across an `.await`.
+    stalls: Mutex<StallTracker>,
 }
 
 impl TransferShared {
@@ -146,7 +165,13 @@ impl TransferShared {
             announced: AtomicBool::new(false),
             sweep: tokio::sync::Mutex::new(()),
             stray: Mutex::new(None),
+            stalls: Mutex::new(StallTracker::new()),
         }
+    }
+
+    fn stalls(&self) -> std::sync::MutexGuard<'_, StallTracker> {
+        // Bookkeeping only: a panic elsewhere cannot leave it inconsistent.
+        self.stalls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn status(&self) -> TransferStatus {
@@ -182,8 +207,9 @@ pub(crate) async fn transfer_loop(
         for error in &report.errors {
             tracing::debug!(%error, "transfer paused");
         }
-        // What the transfer left of the round's allowance hands stray keys over.
-        let sweep = node.sweep_round(allowance.minus(report.used)).await;
+        // What the transfer left of the round's throttle hands stray keys over; the
+        // sweep draws what it sends from the shared budget itself.
+        let sweep = node.sweep_round(wanted.minus(report.used)).await;
         throttle.consumed(sweep.used);
         for error in &sweep.errors {
             tracing::debug!(%error, "stray sweep paused");
@@ -195,6 +221,17 @@ pub(crate) async fn transfer_loop(
             );
         }
     }
+}
+
+/// What [`NodeShared::replace_stalled_sources`] decided.
+#[derive(Debug, Default)]
+struct Replacements {
+    /// A fallback was chosen or changed: the progress must be saved.
+    changed: bool,
+    /// Per stalled source, its ranges that wait for enough reachable replicas.
+    waiting: BTreeMap<NodeId, u64>,
+    /// One line per waiting range, for the round's report.
+    messages: Vec<String>,
 }
 
 /// A call that failed, and the peer to skip for the rest of the round.
@@ -257,7 +294,12 @@ impl NodeShared {
                 return report;
             }
         };
-        if progress.retain_plan(&tasks) {
+        let now = self.cluster.clock().monotonic();
+        let mut changed = progress.retain_plan(&tasks);
+        let waiting = self.replace_stalled_sources(&tasks, &settled, n, &mut progress, now);
+        changed |= waiting.changed;
+        report.errors.extend(waiting.messages.iter().cloned());
+        if changed {
             if let Err(error) = self.save_progress(&progress) {
                 report.errors.push(error);
                 return report;
@@ -274,7 +316,7 @@ impl NodeShared {
         }
         let mut left = allowance;
         let mut failed: BTreeSet<NodeId> = BTreeSet::new();
-        for task in &tasks {
+        for task in &progress.copies(&tasks) {
             if left.is_exhausted() {
                 break;
             }
@@ -284,16 +326,22 @@ impl NodeShared {
             {
                 continue;
             }
-            if let Err(error) = self.copy(task, &mut progress, &mut left).await {
-                report.errors.push(format!(
-                    "copying {:?} from {} to {}: {}",
-                    task.range, task.source, task.dest, error.reason
-                ));
-                failed.insert(error.peer);
+            match self.copy(task, &mut progress, &mut left).await {
+                Ok(()) => self.transfer.stalls().handle_success(&task.source),
+                Err(error) => {
+                    report.errors.push(format!(
+                        "copying {:?} from {} to {}: {}",
+                        task.range, task.source, task.dest, error.reason
+                    ));
+                    if error.peer == task.source {
+                        self.transfer.stalls().handle_failure(&task.source, now);
+                    }
+                    failed.insert(error.peer);
+                }
             }
         }
         report.used = allowance.minus(left);
-        report.pending_tasks = tasks.iter().filter(|t| !progress.of(t).done).count();
+        report.pending_tasks = tasks.iter().filter(|t| !progress.is_complete(t)).count();
         // The last node cannot leave: there is no one to hand its data to. Nor can a
         // node leave while it holds hints: they are writes no one else may hold, which
         // hinted handoff redirects to the keys' replicas first.
@@ -326,11 +374,93 @@ impl NodeShared {
                     .push(format!("finishing the transfer: {error}")),
             }
         }
-        let status = self.transfer_status(role, &tasks, &progress, &settled, n);
+        let status = self.transfer_status(role, &tasks, &progress, &settled, n, &waiting, now);
         self.metrics
             .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
         self.transfer.set_status(status);
         report
+    }
+
+    /// Replaces the copies of every source that has failed for the stall time by copies
+    /// from other settled replicas of the range (see [`super::fallback`]), and a
+    /// fallback source that stalled in turn by another; records the choices in
+    /// `progress`. Ranges with too few reachable replicas wait, and are reported.
+    fn replace_stalled_sources(
+        &self,
+        tasks: &[Task],
+        settled: &Ring,
+        n: usize,
+        progress: &mut Progress,
+        now: Millis,
+    ) -> Replacements {
+        let me = self.cluster.me();
+        let stall = self.transfer.settings.source_stall;
+        let w = usize::try_from(self.quorum.w()).unwrap_or(usize::MAX);
+        let mut stalls = self.transfer.stalls();
+        // Sources the failure detector already believes down are failing too, even
+        // before this round calls them.
+        let copies = progress.copies(tasks);
+        for copy in &copies {
+            if !progress.of(copy).done && !self.cluster.is_available(&copy.source) {
+                stalls.handle_failure(&copy.source, now);
+            }
+        }
+        stalls.retain(|node| {
+            tasks.iter().any(|t| &t.source == node) || copies.iter().any(|c| &c.source == node)
+        });
+        let mut outcome = Replacements::default();
+        if stall.is_zero() {
+            return outcome;
+        }
+        for task in tasks {
+            if &task.source == me || progress.is_complete(task) {
+                continue;
+            }
+            let usable = |node: &NodeId| {
+                node == me
+                    || (self.cluster.is_available(node) && !stalls.is_stalled(node, now, stall))
+            };
+            let done = |node: &NodeId| {
+                progress
+                    .of(&Task {
+                        range: task.range,
+                        source: node.clone(),
+                        dest: task.dest.clone(),
+                    })
+                    .done
+            };
+            let current: Vec<NodeId> = match progress.fallback_of(task) {
+                // Replaced, and every fallback source still serves (or is done).
+                Some(sources) if sources.iter().all(|s| done(s) || usable(s)) => continue,
+                Some(sources) => sources.to_vec(),
+                None if stalls.is_stalled(&task.source, now, stall) => Vec::new(),
+                None => continue,
+            };
+            match choose_fallback(task, settled, n, w, &current, usable, done) {
+                FallbackChoice::Sources(sources) => {
+                    if sources != current {
+                        tracing::info!(
+                            range = ?task.range,
+                            stalled = %task.source,
+                            fallback = ?sources,
+                            "copying a stalled source's range from other replicas"
+                        );
+                        progress.set_fallback(task, sources);
+                        outcome.changed = true;
+                    }
+                }
+                FallbackChoice::Wait { needed, usable } => {
+                    *outcome.waiting.entry(task.source.clone()).or_default() += 1;
+                    outcome.messages.push(format!(
+                        "{:?} from {} waits: its source stalled and {} of the {needed} other replicas a fallback needs are reachable ({usable:?})",
+                        task.range,
+                        task.source,
+                        usable.len()
+                    ));
+                }
+            }
+        }
+        outcome
     }
 
     /// Pushes our member table to every peer once, so a change (the write set widening
@@ -373,6 +503,7 @@ impl NodeShared {
     /// it was announced.
     fn finish_transfer(&self) {
         self.transfer.announced.store(false, Ordering::Release);
+        *self.transfer.stalls() = StallTracker::new();
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {
             if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {
@@ -520,7 +651,9 @@ impl NodeShared {
         }
     }
 
-    /// The per-peer view of the pending tasks.
+    /// The per-peer view of the pending copies (a replaced task's fallback copies are
+    /// pending with their sources; the replaced task shows with its stalled source).
+    #[allow(clippy::too_many_arguments)]
     fn transfer_status(
         &self,
         role: TransferRole,
@@ -528,6 +661,8 @@ impl NodeShared {
         progress: &Progress,
         settled: &Ring,
         n: usize,
+        replacements: &Replacements,
+        now: Millis,
     ) -> TransferStatus {
         let me = self.cluster.me();
         // Keys per unit of ring this node replicates, for estimating what it still has
@@ -540,20 +675,10 @@ impl NodeShared {
         let density =
             (replicated > 0.0).then(|| self.store.engine().approximate_len() as f64 / replicated);
         let mut peers: BTreeMap<NodeId, PeerTransfer> = BTreeMap::new();
-        for task in tasks {
-            let peer = if &task.source == me {
-                &task.dest
-            } else {
-                &task.source
-            };
-            let entry = peers.entry(peer.clone()).or_insert_with(|| PeerTransfer {
-                peer: peer.clone(),
-                pending_ranges: 0,
-                ring_fraction_remaining: 0.0,
-                estimated_keys_remaining: (&task.source == me).then_some(0),
-                keys_sent: 0,
-                bytes_sent: 0,
-            });
+        let stalls = self.transfer.stalls();
+        let unreachable = |peer: &NodeId| stalls.unreachable_for(peer, now);
+        for task in &progress.copies(tasks) {
+            let entry = peer_entry(&mut peers, me, task, unreachable);
             let state = progress.of(task);
             entry.keys_sent += state.keys_sent;
             entry.bytes_sent += state.bytes_sent;
@@ -569,6 +694,24 @@ impl NodeShared {
                 *estimate += (remaining * density).ceil() as u64;
             }
         }
+        for task in tasks {
+            if progress.fallback_of(task).is_none() {
+                continue;
+            }
+            // What the stalled source sent before it was replaced.
+            let state = progress.of(task);
+            let entry = peer_entry(&mut peers, me, task, unreachable);
+            entry.keys_sent += state.keys_sent;
+            entry.bytes_sent += state.bytes_sent;
+            if !progress.is_complete(task) {
+                entry.ranges_on_fallback += 1;
+            }
+        }
+        for task in tasks {
+            if let Some(&count) = replacements.waiting.get(&task.source) {
+                peer_entry(&mut peers, me, task, unreachable).ranges_waiting = count;
+            }
+        }
         TransferStatus {
             role: Some(role),
             peers: peers.into_values().collect(),
@@ -579,6 +722,32 @@ impl NodeShared {
     pub fn transfer_status_snapshot(&self) -> TransferStatus {
         self.transfer.status()
     }
+}
+
+/// The status entry of the peer `task` involves besides `me` (its source, or the
+/// destination of what `me` sends), created empty if missing.
+fn peer_entry<'a>(
+    peers: &'a mut BTreeMap<NodeId, PeerTransfer>,
+    me: &NodeId,
+    task: &Task,
+    unreachable: impl Fn(&NodeId) -> Option<Duration>,
+) -> &'a mut PeerTransfer {
+    let peer = if &task.source == me {
+        &task.dest
+    } else {
+        &task.source
+    };
+    peers.entry(peer.clone()).or_insert_with(|| PeerTransfer {
+        peer: peer.clone(),
+        pending_ranges: 0,
+        ring_fraction_remaining: 0.0,
+        estimated_keys_remaining: (&task.source == me).then_some(0),
+        keys_sent: 0,
+        bytes_sent: 0,
+        unreachable_for: unreachable(peer),
+        ranges_on_fallback: 0,
+        ranges_waiting: 0,
+    })
 }
 
 /// The fraction of the ring `range` covers after `cursor`'s token.

@@ -40,6 +40,13 @@
 //! the same cursor. A batch merged but not yet recorded is sent again, which is
 //! harmless: merging sibling sets by vector clock is idempotent.
 //!
+//! # Stalled sources
+//!
+//! A copy whose source keeps failing (down, partitioned) for the stall time is
+//! replaced by copies of the same range from other settled replicas, as many as make
+//! sure every acknowledged write is among them ([`fallback`]); the replacement is
+//! recorded in the progress, so it survives a restart of the driver.
+//!
 //! # Throttle
 //!
 //! Each round sends at most an [`Allowance`] of keys and bytes, granted by a
@@ -60,15 +67,20 @@
 //! * A weight change takes effect in both rings at once (the member table keeps one
 //!   weight per node), so it is transferred by the plan of the next join or leave, or
 //!   by anti-entropy, not handed over.
-//! * A copy waits for its source: while a losing node is down, the ranges it must hand
-//!   over stay pending (other settled replicas are not used in its place, since they
-//!   may lack writes only it acknowledged), and the change does not complete.
+//! * A copy waits for its source for a while: once a losing node has failed for the
+//!   stall time (`--transfer-source-stall`), its ranges are copied from `N - W + 1`
+//!   other settled replicas instead ([`fallback`]), which together hold every write
+//!   acknowledged with the configured W. Too few reachable replicas, and the range
+//!   waits (the status says so). A write acknowledged with a lower per-request W, or
+//!   only by stand-ins, reaches the new owner by hinted handoff, the sweep or
+//!   anti-entropy instead.
 //! * Nodes keep the data of ranges they lost until the [stray sweep](sweep) hands it
 //!   (again) to the current replicas and removes it. The sweep also rescues writes
 //!   a coordinator with a stale ring sent to old replicas only (the first limit
 //!   above); until it ran, such a write is invisible to quorum reads.
 
 mod driver;
+pub mod fallback;
 mod plan;
 mod progress;
 pub mod sweep;

@@ -5,15 +5,25 @@
 //! at it, so after a crash of either side a transfer resumes from the cursor; a batch
 //! that was merged but whose cursor was not yet saved is sent again, which is harmless
 //! because merging by vector clock is idempotent.
+//!
+//! A task whose source stalled may be *replaced* by copies of the same range from
+//! other replicas (see [`super::fallback`]); the record keeps which, so a restarted
+//! driver goes on with the same fallback copies and their cursors.
+//!
+//! Format 2 added the replacements; a format 1 record reads as one without any.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::plan::Task;
+use crate::NodeId;
 
 /// The format byte that starts an encoded progress record.
-pub const PROGRESS_FORMAT_VERSION: u8 = 1;
+pub const PROGRESS_FORMAT_VERSION: u8 = 2;
+
+/// The first format: task progress only, no fallback replacements.
+const PROGRESS_FORMAT_V1: u8 = 1;
 
 /// Why a stored progress record is unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,10 +53,26 @@ pub struct TaskProgress {
     pub bytes_sent: u64,
 }
 
-/// Every task's progress, keyed by task.
+/// Every task's progress, keyed by task, and the plan tasks replaced by fallback
+/// copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     tasks: BTreeMap<Task, TaskProgress>,
+    /// Plan tasks whose source stalled, and the replicas their range is copied from
+    /// instead (each copy a task of its own in `tasks`, same range and destination).
+    fallbacks: BTreeMap<Task, Vec<NodeId>>,
+}
+
+/// The encoded record after its format byte: task progress, then replaced tasks.
+type StoredProgress = (Vec<(Task, TaskProgress)>, Vec<(Task, Vec<NodeId>)>);
+
+/// The copy of `task`'s range from `source` instead of `task.source`.
+fn fallback_task(task: &Task, source: &NodeId) -> Task {
+    Task {
+        range: task.range,
+        source: source.clone(),
+        dest: task.dest.clone(),
+    }
 }
 
 impl Progress {
@@ -81,29 +107,83 @@ impl Progress {
 
     /// Forgets tasks that are not in `plan` (the rings changed); returns whether any
     /// was dropped.
+    /// The fallback copies of `plan` are kept with their replaced task.
     pub fn retain_plan(&mut self, plan: &[Task]) -> bool {
-        let before = self.tasks.len();
-        self.tasks
+        let before = (self.tasks.len(), self.fallbacks.len());
+        self.fallbacks
             .retain(|task, _| plan.binary_search(task).is_ok());
-        self.tasks.len() != before
+        let mut keep: Vec<Task> = plan.to_vec();
+        for (task, sources) in &self.fallbacks {
+            keep.extend(sources.iter().map(|source| fallback_task(task, source)));
+        }
+        keep.sort();
+        self.tasks
+            .retain(|task, _| keep.binary_search(task).is_ok());
+        (self.tasks.len(), self.fallbacks.len()) != before
     }
 
-    /// Whether every task of `plan` is done.
+    /// Replaces plan task `task` by copies of its range from `sources`, or, with no
+    /// sources, copies it from its own source again. A source already copying keeps
+    /// its cursor.
+    pub fn set_fallback(&mut self, task: &Task, sources: Vec<NodeId>) {
+        if sources.is_empty() {
+            self.fallbacks.remove(task);
+        } else {
+            self.fallbacks.insert(task.clone(), sources);
+        }
+    }
+
+    /// The replicas `task`'s range is copied from instead of its source, if it was
+    /// replaced.
+    pub fn fallback_of(&self, task: &Task) -> Option<&[NodeId]> {
+        self.fallbacks.get(task).map(Vec::as_slice)
+    }
+
+    /// The copies that carry out `plan`, sorted and distinct: each task itself, or its
+    /// fallback copies once it was replaced.
+    pub fn copies(&self, plan: &[Task]) -> Vec<Task> {
+        let mut copies: Vec<Task> = Vec::with_capacity(plan.len());
+        for task in plan {
+            match self.fallbacks.get(task) {
+                Some(sources) => {
+                    copies.extend(sources.iter().map(|source| fallback_task(task, source)));
+                }
+                None => copies.push(task.clone()),
+            }
+        }
+        copies.sort();
+        copies.dedup();
+        copies
+    }
+
+    /// Whether plan task `task` is carried out: its own copy is done, or every one of
+    /// its fallback copies is.
+    pub fn is_complete(&self, task: &Task) -> bool {
+        self.of(task).done
+            || self.fallbacks.get(task).is_some_and(|sources| {
+                sources
+                    .iter()
+                    .all(|source| self.of(&fallback_task(task, source)).done)
+            })
+    }
+
+    /// Whether every task of `plan` is carried out.
     pub fn all_done(&self, plan: &[Task]) -> bool {
-        plan.iter().all(|task| self.of(task).done)
+        plan.iter().all(|task| self.is_complete(task))
     }
 
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.tasks.is_empty() && self.fallbacks.is_empty()
     }
 
     /// The record's encoding: a format byte, then the postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
         let entries: Vec<(&Task, &TaskProgress)> = self.tasks.iter().collect();
+        let fallbacks: Vec<(&Task, &Vec<NodeId>)> = self.fallbacks.iter().collect();
         // Postcard cannot fail on strings, integers, byte vectors and options written to
         // a growable buffer.
-        postcard::to_extend(&entries, vec![PROGRESS_FORMAT_VERSION])
+        postcard::to_extend(&(entries, fallbacks), vec![PROGRESS_FORMAT_VERSION])
             .expect("postcard encodes transfer progress")
     }
 
@@ -113,13 +193,15 @@ impl Progress {
     /// [`ProgressError`] for an empty, unknown or malformed record.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProgressError> {
         let (&format, rest) = bytes.split_first().ok_or(ProgressError::Empty)?;
-        if format != PROGRESS_FORMAT_VERSION {
-            return Err(ProgressError::UnsupportedFormat(format));
-        }
-        let entries: Vec<(Task, TaskProgress)> =
-            postcard::from_bytes(rest).map_err(|e| ProgressError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| ProgressError::Malformed(e.to_string());
+        let (entries, fallbacks): StoredProgress = match format {
+            PROGRESS_FORMAT_V1 => (postcard::from_bytes(rest).map_err(malformed)?, Vec::new()),
+            PROGRESS_FORMAT_VERSION => postcard::from_bytes(rest).map_err(malformed)?,
+            other => return Err(ProgressError::UnsupportedFormat(other)),
+        };
         Ok(Self {
             tasks: entries.into_iter().collect(),
+            fallbacks: fallbacks.into_iter().collect(),
         })
     }
 }
@@ -127,7 +209,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeId;
     use crate::ring::{Token, TokenRange};
 
     fn task(start: u128, source: &str, dest: &str) -> Task {
@@ -179,5 +260,56 @@ mod tests {
         progress.acknowledge(&task(900, "c", "x"), None, true, 0, 0);
         assert!(progress.all_done(&plan));
         assert!(!progress.retain_plan(&plan));
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_progress_without_fallbacks() {
+        let mut progress = Progress::new();
+        progress.acknowledge(&task(1, "a", "x"), Some(b"k1".to_vec()), false, 3, 30);
+        let entries: Vec<(&Task, &TaskProgress)> = progress.tasks.iter().collect();
+        let v1 = postcard::to_extend(&entries, vec![PROGRESS_FORMAT_V1]).unwrap();
+        assert_eq!(Progress::decode(&v1).unwrap(), progress);
+    }
+
+    #[test]
+    fn a_replaced_task_is_carried_out_by_its_fallback_copies_and_survives_a_restart() {
+        let stalled = task(1, "a", "x");
+        let other = task(500, "b", "x");
+        let plan = vec![stalled.clone(), other.clone()];
+        let mut progress = Progress::new();
+        progress.acknowledge(&stalled, Some(b"k1".to_vec()), false, 3, 30);
+        assert_eq!(progress.copies(&plan), plan);
+
+        progress.set_fallback(
+            &stalled,
+            vec![NodeId::new("b").unwrap(), NodeId::new("c").unwrap()],
+        );
+        let from_b = task(1, "b", "x");
+        let from_c = task(1, "c", "x");
+        assert_eq!(
+            progress.copies(&plan),
+            vec![from_b.clone(), from_c.clone(), other.clone()]
+        );
+        progress.acknowledge(&from_b, None, true, 5, 50);
+        assert!(!progress.is_complete(&stalled));
+        // The plan does not know the fallback copies, yet they are kept with it.
+        assert!(!progress.retain_plan(&plan));
+        let restarted = Progress::decode(&progress.encode()).unwrap();
+        assert_eq!(restarted, progress);
+        assert_eq!(restarted.of(&from_b).keys_sent, 5);
+        progress.acknowledge(&from_c, None, true, 5, 50);
+        assert!(progress.is_complete(&stalled));
+        assert!(!progress.all_done(&plan));
+        progress.acknowledge(&other, None, true, 0, 0);
+        assert!(progress.all_done(&plan));
+
+        // A plan without the replaced task drops it and its copies.
+        assert!(progress.retain_plan(std::slice::from_ref(&other)));
+        assert_eq!(progress.fallback_of(&stalled), None);
+        assert_eq!(progress.of(&from_b), TaskProgress::default());
+        // No sources: the task copies from its own source again.
+        progress.set_fallback(&other, vec![NodeId::new("c").unwrap()]);
+        progress.set_fallback(&other, Vec::new());
+        assert_eq!(progress.copies(std::slice::from_ref(&other)), vec![other]);
     }
 }

@@ -17,12 +17,20 @@
 //! state it sent, so a write that arrived meanwhile stays for the next round. The
 //! sweep needs no progress record: what it handed over is gone, so each round starts
 //! from the ranges' beginnings and finds only what is left.
+//!
+//! Like hinted handoff, transfer and anti-entropy, the sweep is background work: it
+//! draws every batch it sends from the node's shared budget (admission control, kind
+//! `sweep`), and only for keys it actually sends, so a stand-in holding keys of a down
+//! home does not spend the budget on them every round. Its figures are in `/metrics`
+//! (`dynamo_sweep_rounds_total`, `dynamo_sweep_keys_handed_over_total`,
+//! `dynamo_sweep_keys_removed_total`).
 
 use std::collections::BTreeMap;
 
 use super::plan::{stray_ranges, write_set};
 use super::throttle::Allowance;
 use crate::NodeId;
+use crate::admission::WorkKind;
 use crate::node::NodeShared;
 use crate::ring::{Token, TokenRange};
 use crate::store::encode_state;
@@ -32,30 +40,46 @@ use crate::version::SiblingSet;
 /// What one sweep round did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Keys and bytes sent (each key counted once, however many replicas got it).
+    /// Keys and bytes scanned for the round (each key counted once, however many
+    /// replicas got it).
     pub used: Allowance,
-    /// Keys handed over and removed here.
+    /// Keys every current home replica acknowledged.
     pub keys_handed_over: u64,
+    /// Handed-over keys removed here (a key written again meanwhile stays).
+    pub keys_removed: u64,
+    /// The shared background budget granted less than the round wanted to send: the
+    /// rest waits for a later round.
+    pub budget_exhausted: bool,
     /// Calls that failed; the keys stay here for the next round.
     pub errors: Vec<String>,
 }
 
+/// Whether a round goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Left,
+    Spent,
+}
+
 impl NodeShared {
-    /// One stray sweep round within `allowance` (see [`crate::transfer::sweep`]):
-    /// hands the keys this node holds but does not replicate to their current home
-    /// replicas and removes them here. Deterministic given the rings, the failure
-    /// detector's view and the stores.
+    /// One stray sweep round within `allowance` and what the node's shared background
+    /// budget grants (kind `sweep`; see [`crate::transfer::sweep`]): hands the keys
+    /// this node holds but does not replicate to their current home replicas and
+    /// removes them here; counts the round in the node's metrics. Deterministic given
+    /// the rings, the failure detector's view, the budget and the stores.
     pub async fn sweep_round(&self, allowance: Allowance) -> SweepReport {
         let _one_round = self.transfer.sweep.lock().await;
         let mut report = SweepReport {
             used: Allowance::NONE,
             keys_handed_over: 0,
+            keys_removed: 0,
+            budget_exhausted: false,
             errors: Vec::new(),
         };
         let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
         let mut left = allowance;
         for range in self.stray_ranges_now(n) {
-            if left.is_exhausted() {
+            if left.is_exhausted() || report.budget_exhausted {
                 break;
             }
             if let Err(error) = self.sweep_range(range, n, &mut left, &mut report).await {
@@ -63,6 +87,7 @@ impl NodeShared {
             }
         }
         report.used = allowance.minus(left);
+        self.metrics.record_sweep_round(&report);
         report
     }
 
@@ -118,7 +143,10 @@ impl NodeShared {
                 keys: page.entries.len() as u64,
                 bytes,
             });
-            self.hand_over(page.entries, n, report).await?;
+            if self.hand_over(page.entries, n, report).await? == Budget::Spent {
+                report.budget_exhausted = true;
+                return Ok(());
+            }
             if page.done {
                 return Ok(());
             }
@@ -126,19 +154,18 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Sends `entries` to every home replica of each key (as of now), then removes
-    /// each key whose state is unchanged here. Nothing is removed unless every batch
-    /// was acknowledged.
+    /// Sends `entries` (as many as the background budget grants) to every home
+    /// replica of each key (as of now), then removes each key whose state is unchanged
+    /// here. Nothing is removed unless every batch was acknowledged.
     async fn hand_over(
         &self,
         entries: Vec<(Vec<u8>, SiblingSet)>,
         n: usize,
         report: &mut SweepReport,
-    ) -> Result<(), String> {
+    ) -> Result<Budget, String> {
         let (settled, target) = self.cluster.rings();
         let me = self.cluster.me();
-        let mut batches: BTreeMap<NodeId, Vec<RangeEntry>> = BTreeMap::new();
-        let mut sent: Vec<(Vec<u8>, [u8; 16])> = Vec::new();
+        let mut sendable: Vec<(Vec<u8>, SiblingSet, Vec<NodeId>)> = Vec::new();
         for (key, state) in entries {
             let writes = write_set(&settled, &target, Token::of(&key), n);
             let homes = &writes.extended[..writes.home];
@@ -153,8 +180,24 @@ impl NodeShared {
             if homes.iter().any(|home| !self.cluster.is_available(home)) {
                 continue;
             }
+            sendable.push((key, state, homes.to_vec()));
+        }
+        if sendable.is_empty() {
+            return Ok(Budget::Left);
+        }
+        let wanted = sendable.len() as u64;
+        let granted = self.background.take(WorkKind::Sweep, wanted);
+        let budget = if granted < wanted {
+            Budget::Spent
+        } else {
+            Budget::Left
+        };
+        sendable.truncate(usize::try_from(granted).unwrap_or(usize::MAX));
+        let mut batches: BTreeMap<NodeId, Vec<RangeEntry>> = BTreeMap::new();
+        let mut sent: Vec<(Vec<u8>, [u8; 16])> = Vec::new();
+        for (key, state, homes) in sendable {
             for home in homes {
-                batches.entry(home.clone()).or_default().push(RangeEntry {
+                batches.entry(home).or_default().push(RangeEntry {
                     key: key.clone(),
                     state: state.clone(),
                 });
@@ -177,15 +220,16 @@ impl NodeShared {
             }
             result.map_err(|e| format!("handing keys to {home}: {e}"))?;
         }
+        report.keys_handed_over += sent.len() as u64;
         for (key, digest) in sent {
             if self
                 .store
                 .remove_unchanged(&key, digest)
                 .map_err(|e| format!("removing a handed-over key: {e}"))?
             {
-                report.keys_handed_over += 1;
+                report.keys_removed += 1;
             }
         }
-        Ok(())
+        Ok(budget)
     }
 }

@@ -62,6 +62,10 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Arc<NodeShared>>,
     engines: BTreeMap<NodeId, Arc<dyn StorageEngine>>,
     quorum: QuorumConfig,
+    /// The transfer settings every node starts with.
+    transfer: super::TransferSettings,
+    /// The background budget every node starts with.
+    admission: crate::admission::AdmissionConfig,
 }
 
 impl Cluster {
@@ -72,6 +76,8 @@ impl Cluster {
             nodes: BTreeMap::new(),
             engines: BTreeMap::new(),
             quorum: QuorumConfig::new(3, 2, 2).expect("valid quorum"),
+            transfer: super::TransferSettings::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         };
         let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
         for node in &ids {
@@ -96,6 +102,8 @@ impl Cluster {
         // planning tests).
         settings.strategy = PartitionStrategy::random_tokens(16).expect("valid strategy");
         settings.request_timeout = REQUEST_TIMEOUT;
+        settings.transfer = self.transfer;
+        settings.admission = self.admission;
         let shared = NodeShared::assemble(
             settings,
             Arc::clone(&engine),
@@ -712,21 +720,27 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
         assert!(!cluster.stored(&n1, key).is_empty(), "{key} dropped");
     }
     cluster.network.heal(&addr(&n1), &addr(&n4));
-    // While n1 believes n4 down it does not even try.
+    // While n1 believes n4 down it does not even try, nor draw on the budget.
     for _ in 0..3 {
         cluster.node(&n1).cluster().record_failure(&n4);
     }
+    let granted_before = sweep_granted(cluster.node(&n1));
     let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
     assert_eq!(report.keys_handed_over, 0);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(sweep_granted(cluster.node(&n1)), granted_before);
     // A probe finds it back.
     cluster.node(&n1).cluster().record_success(&n4);
     let report = cluster.node(&n1).sweep_round(UNLIMITED).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.keys_handed_over, lost.len() as u64);
+    assert_eq!(report.keys_removed, lost.len() as u64);
     for key in &lost {
         assert!(cluster.stored(&n1, key).is_empty(), "{key} kept");
     }
+    let stats = cluster.node(&n1).metrics().sweep_stats();
+    assert_eq!(stats.rounds, 3);
+    assert_eq!(stats.keys_removed, lost.len() as u64);
     assert_on_w_target_replicas(&cluster, &acknowledged);
 }
 
@@ -844,4 +858,270 @@ async fn a_leaving_node_hands_its_hints_to_live_replicas_before_it_is_removed() 
             "on {replica}"
         );
     }
+}
+
+/// A cluster whose transfers replace a source after it failed for `stall`.
+fn cluster_with_stall(members: usize, stall: Duration) -> Cluster {
+    let mut cluster = Cluster::new(0);
+    cluster.transfer.source_stall = stall;
+    let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
+    for node in &ids {
+        cluster.start(node, Arc::new(MemoryEngine::new()));
+    }
+    for node in &ids {
+        cluster.change_everywhere(|t| {
+            t.join(node.clone(), &addr(node), 1)?;
+            t.mark_member(node).map(|_| ())
+        });
+    }
+    cluster
+}
+
+/// The stall time of the fallback tests: real time, as the coordinators' deadlines are.
+const TEST_STALL: Duration = Duration::from_millis(200);
+
+/// Drives `driver`'s rounds until `stop` says so of a report, for at most `within`.
+async fn drive_until(
+    cluster: &Cluster,
+    driver: &NodeId,
+    allowance: Allowance,
+    within: Duration,
+    mut stop: impl FnMut(&super::RoundReport) -> bool,
+) -> super::RoundReport {
+    let start = std::time::Instant::now();
+    loop {
+        let report = cluster.node(driver).transfer_round(allowance).await;
+        if stop(&report) {
+            return report;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{driver}'s rounds did not get there within {within:?}; last round: {report:?}"
+        );
+        // Pacing between rounds, as the transfer loop's interval does: the stall time
+        // is real time.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_join_whose_source_is_down_completes_from_other_replicas_with_every_acknowledged_write() {
+    // Dynamo §4.9 with a losing node down: every write acknowledged by W of a range's
+    // N replicas is on one of any N - W + 1 of them, so the joining node pulls the down
+    // node's ranges from the two other replicas (N=3, W=2) and the join completes.
+    let mut cluster = cluster_with_stall(3, TEST_STALL);
+    let (n1, n2, n4) = (id("n1"), id("n2"), id("n4"));
+    let mut acknowledged = load(&cluster, "k", 150).await;
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    let tasks = {
+        let (settled, target) = cluster.node(&n4).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    assert!(
+        tasks.iter().any(|t| t.source == n2),
+        "n2 loses ranges to n4"
+    );
+
+    // A little of the transfer, then n2 goes down for good.
+    let report = cluster
+        .node(&n4)
+        .transfer_round(Allowance {
+            keys: 10,
+            bytes: u64::MAX,
+        })
+        .await;
+    assert!(!report.completed);
+    cluster.network.unregister(&addr(&n2));
+    // Writes go on while it is down (n2's share lands on stand-ins with hints).
+    for i in 0..40 {
+        let (key, value) = (format!("during-{i}"), format!("d{i}"));
+        assert!(cluster.put(&n1, &key, &value).await, "writing {key}");
+        acknowledged.insert(key, value);
+    }
+
+    // Before the stall time the copy waits for n2; after it, n2's ranges come from the
+    // other replicas.
+    // Small rounds, so the status can be seen before the copy completes.
+    let small = Allowance {
+        keys: 5,
+        bytes: u64::MAX,
+    };
+    let report = drive_until(&cluster, &n4, small, Duration::from_secs(10), |_| {
+        let status = cluster.node(&n4).transfer_status_snapshot();
+        status
+            .peers
+            .iter()
+            .any(|p| p.peer == n2 && p.ranges_on_fallback > 0)
+    })
+    .await;
+    assert!(!report.completed);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    let stalled = status
+        .peers
+        .iter()
+        .find(|p| p.peer == n2)
+        .expect("n2 shows");
+    assert!(
+        stalled.unreachable_for.is_some_and(|d| d >= TEST_STALL),
+        "{stalled:?}"
+    );
+    assert_eq!(stalled.ranges_waiting, 0);
+
+    // The driver restarts: the fallback was persisted with the progress, so it goes on
+    // from the other replicas at once, without calling n2 again.
+    let engine = Arc::clone(&cluster.engines[&n4]);
+    cluster.network.unregister(&addr(&n4));
+    cluster.start(&n4, engine);
+    let report = cluster
+        .node(&n4)
+        .transfer_round(Allowance {
+            keys: 5,
+            bytes: u64::MAX,
+        })
+        .await;
+    assert!(
+        !report.errors.iter().any(|e| e.contains("from n2")),
+        "{:?}",
+        report.errors
+    );
+    assert!(report.used.keys > 0, "{report:?}");
+    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+    assert_eq!(
+        cluster
+            .node(&n4)
+            .cluster()
+            .table()
+            .get(&n4)
+            .map(|m| m.state()),
+        Some(MemberState::Member)
+    );
+
+    // n4 holds every acknowledged write of every key it now replicates, though the
+    // node that was to hand them over never came back.
+    let mut gained = 0;
+    for (key, value) in &acknowledged {
+        if cluster.target_replicas(key).contains(&n4) {
+            gained += 1;
+            assert!(
+                cluster.stored(&n4, key).contains(value),
+                "n4 lacks {key}={value}: holds {:?}",
+                cluster.stored(&n4, key)
+            );
+        }
+    }
+    assert!(gained > 50, "n4 gained only {gained} keys");
+    cluster.spread(&n4);
+    for (key, value) in &acknowledged {
+        let got = cluster.get(&n1, key, None).await;
+        assert!(
+            got.as_ref().is_some_and(|v| v.contains(value)),
+            "{key}: {got:?}, expected {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_source_with_too_few_reachable_replicas_waits_and_says_so() {
+    let mut cluster = cluster_with_stall(3, TEST_STALL);
+    let (n2, n3, n4) = (id("n2"), id("n3"), id("n4"));
+    load(&cluster, "k", 60).await;
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    // Two of the three replicas down: a range of n2's has n1 alone to fall back on,
+    // and N - W + 1 = 2 are needed.
+    cluster.network.unregister(&addr(&n2));
+    cluster.network.cut(&addr(&n4), &addr(&n3));
+    let report = drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.errors.iter().any(|e| e.contains("waits"))
+    })
+    .await;
+    assert!(!report.completed);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    let waiting: u64 = status.peers.iter().map(|p| p.ranges_waiting).sum();
+    assert!(waiting > 0, "{status:?}");
+    assert!(status.pending_ranges() > 0);
+    for _ in 0..3 {
+        assert!(!cluster.node(&n4).transfer_round(UNLIMITED).await.completed);
+    }
+    assert_eq!(cluster.state_of(&n4), MemberState::Joining);
+
+    // n3 is back: n3's own ranges and n2's (from n1 and n3) are copied; the join ends.
+    cluster.network.heal(&addr(&n4), &addr(&n3));
+    cluster.node(&n4).cluster().record_success(&n3);
+    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+}
+
+/// The sweep's grants from the node's background budget, as `/metrics` shows them.
+fn sweep_granted(node: &NodeShared) -> u64 {
+    let series = r#"dynamo_background_granted_total{kind="sweep"} "#;
+    node.metrics()
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the sweep's grant counter is shown")
+}
+
+#[tokio::test]
+async fn the_sweep_draws_what_it_sends_from_the_shared_background_budget() {
+    // Admission control (Dynamo §6.5): the sweep is background work like hinted
+    // handoff, transfer and anti-entropy, and sends no more than the budget grants.
+    let mut cluster = Cluster::new(3);
+    let (n1, n4) = (id("n1"), id("n4"));
+    let acknowledged = load(&cluster, "k", 60).await;
+    cluster.add(&n4);
+    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    cluster.spread(&n4);
+    let stray = acknowledged
+        .keys()
+        .filter(|k| !cluster.target_replicas(k).contains(&n1))
+        .count() as u64;
+    assert!(stray > 3, "n1 keeps {stray} keys it lost to n4");
+
+    // n1 restarts with a budget of 3 units per (hour-long) interval.
+    cluster.admission = crate::admission::AdmissionConfig::new(
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        3,
+        3,
+    )
+    .expect("a valid budget");
+    let engine = Arc::clone(&cluster.engines[&n1]);
+    let node = cluster.start(&n1, engine);
+    let report = node.sweep_round(UNLIMITED).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.keys_handed_over, 3);
+    assert_eq!(report.keys_removed, 3);
+    assert!(report.budget_exhausted);
+    assert_eq!(sweep_granted(&node), 3);
+    // Spent for this interval: the next round sends nothing.
+    let report = node.sweep_round(UNLIMITED).await;
+    assert_eq!(report.keys_handed_over, 0);
+    assert!(report.budget_exhausted);
+    assert_eq!(sweep_granted(&node), 3);
+    let text = node.metrics().encode();
+    for (series, value) in [
+        ("dynamo_sweep_rounds_total", 2),
+        ("dynamo_sweep_keys_handed_over_total", 3),
+        ("dynamo_sweep_keys_removed_total", 3),
+    ] {
+        assert!(
+            text.lines().any(|line| line == format!("{series} {value}")),
+            "{series} {value} missing from\n{text}"
+        );
+    }
+    let left = acknowledged
+        .keys()
+        .filter(|k| !cluster.stored(&n1, k).is_empty() && !cluster.target_replicas(k).contains(&n1))
+        .count() as u64;
+    assert_eq!(left, stray - 3, "the rest stays for later intervals");
 }
