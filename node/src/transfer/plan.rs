@@ -3,9 +3,12 @@
 //! Two rings describe a cluster in the middle of a change:
 //!
 //! * the **settled** ring, of the members that hold their data: `Member` and `Leaving`
-//!   (a leaving node still holds everything until it is removed);
+//!   (a leaving node still holds everything until it is removed), each with its
+//!   *settled* weight, the weight its data is laid out for;
 //! * the **target** ring, of the members placement is heading to: `Joining` and
-//!   `Member` (the ring every node used before range transfer existed).
+//!   `Member` (the ring every node used before range transfer existed), each with its
+//!   (target) weight, so a weight change moves the target ring only until it is
+//!   handed over.
 //!
 //! Reads use the settled ring ([`read_ring`]), writes go to the union of both
 //! preference lists ([`write_set`]), and [`plan`] lists the copies that make the target
@@ -20,12 +23,13 @@ use crate::NodeId;
 use crate::membership::{MemberState, MemberTable};
 use crate::ring::{Ring, Token, TokenRange, moves};
 
-/// The members that hold their data, with weights, in id order: `Member` and `Leaving`.
+/// The members that hold their data, with their settled weights (the weights their
+/// data is laid out for), in id order: `Member` and `Leaving`.
 pub fn settled_members(table: &MemberTable) -> Vec<(NodeId, u32)> {
     table
         .iter()
         .filter(|m| matches!(m.state(), MemberState::Member | MemberState::Leaving))
-        .map(|m| (m.id().clone(), m.weight()))
+        .map(|m| (m.id().clone(), m.settled_weight()))
         .collect()
 }
 
