@@ -342,6 +342,43 @@ mod tests {
         assert_target_replicas_hold_every_key(&target, &settled, 3);
     }
 
+    /// From the member table: `set_weight` moves the target ring only, so the plan
+    /// between the rings of the settled and the target weights moves the ranges a
+    /// weight rise gains into the node, and a fall's out of it; once settled, nothing.
+    #[test]
+    fn a_weight_change_in_the_table_plans_a_rise_into_and_a_fall_out_of_the_node() {
+        let strategy = PartitionStrategy::random_tokens(8).unwrap();
+        let mut table = MemberTable::new();
+        for name in ["a", "b", "c", "d"] {
+            table.join(id(name), "h:1", 2).unwrap();
+            table.mark_member(&id(name)).unwrap();
+        }
+        let rings = |table: &MemberTable| {
+            (
+                Ring::build(&settled_members(table), strategy, 1, None).unwrap(),
+                Ring::build(&target_members(table), strategy, 2, None).unwrap(),
+            )
+        };
+        table.set_weight(&id("d"), 5).unwrap();
+        assert_eq!(settled_members(&table)[3], (id("d"), 2));
+        assert_eq!(target_members(&table)[3], (id("d"), 5));
+        let (settled, target) = rings(&table);
+        let rise = plan(&settled, &target, 3);
+        assert!(!rise.is_empty());
+        assert!(rise.iter().all(|t| t.dest == id("d")), "{rise:?}");
+        assert_target_replicas_hold_every_key(&settled, &target, 3);
+        table.settle_weight(&id("d"), 5).unwrap();
+        let (settled, target) = rings(&table);
+        assert!(plan(&settled, &target, 3).is_empty());
+
+        table.set_weight(&id("d"), 1).unwrap();
+        let (settled, target) = rings(&table);
+        let fall = plan(&settled, &target, 3);
+        assert!(!fall.is_empty());
+        assert!(fall.iter().all(|t| t.source == id("d")), "{fall:?}");
+        assert_target_replicas_hold_every_key(&settled, &target, 3);
+    }
+
     #[test]
     fn a_growing_cluster_copies_from_every_settled_replica() {
         let strategy = PartitionStrategy::equal_partitions(16).unwrap();
