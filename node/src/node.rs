@@ -1200,5 +1200,14 @@ mod tests {
             granted(&node).as_deref(),
             Some(r#"dynamo_background_granted_total{kind="transfer"} 5"#)
         );
+        // A settled member transfers nothing: the throttle's allowance as it is.
+        node.change_membership(|t| t.mark_member(&id("n1")))
+            .unwrap();
+        assert_eq!(node.admitted_transfer_allowance(wanted), wanted);
+        // A pending weight change is a transfer too: it draws from the (spent) budget.
+        node.change_membership(|t| t.set_weight(&id("n1"), 2))
+            .unwrap();
+        let reweighting = node.admitted_transfer_allowance(wanted);
+        assert_eq!((reweighting.keys, reweighting.bytes), (0, 0));
     }
 }
