@@ -1252,17 +1252,23 @@ async fn a_weight_rise_under_writes_is_handed_over_and_moves_the_ring_shares() {
         seen_pending.load(std::sync::atomic::Ordering::Relaxed),
         "n4 reported its pending ranges as reweighting"
     );
-    assert!(acked_during > 0, "writes were acknowledged during the hand-over");
+    assert!(
+        acked_during > 0,
+        "writes were acknowledged during the hand-over"
+    );
     let done = status(&cluster.nodes[3]).await;
     assert_eq!(
         (done.transfer.as_str(), done.transfer_pending_ranges),
         ("", 0)
     );
     for node in &cluster.nodes {
-        eventually(&format!("{} to learn n4's settled weight", node.id), || async {
-            let (weight, settled, _) = weights(node, "n4").await;
-            (weight, settled) == (3, 3)
-        })
+        eventually(
+            &format!("{} to learn n4's settled weight", node.id),
+            || async {
+                let (weight, settled, _) = weights(node, "n4").await;
+                (weight, settled) == (3, 3)
+            },
+        )
         .await;
     }
     let (_, _, share_after) = weights(&cluster.nodes[0], "n4").await;

@@ -150,7 +150,8 @@ pub struct StatusJson {
     pub w: u32,
     /// The node's software version.
     pub version: String,
-    /// `"joining"` or `"leaving"` while the node transfers ranges, else null.
+    /// `"joining"`, `"leaving"` or `"reweighting"` while the node transfers ranges, else
+    /// null.
     pub transfer: Option<String>,
     /// Ranges of the transfer not yet acknowledged.
     pub transfer_pending_ranges: u64,
@@ -469,11 +470,18 @@ mod tests {
         ring.members[0].weight = 3;
         ring.members[1].settled_weight = 0;
         let text = render_ring(&ring);
-        assert!(text.lines().any(|l| l.starts_with("node2 ") && l.contains("3 (from 1)")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("node2 ") && l.contains("3 (from 1)")),
+            "{text}"
+        );
         let doc: Value = serde_json::from_str(&to_json(&RingJson::from(&ring))).unwrap();
         assert_eq!(doc["members"][1]["weight"], 3);
         assert_eq!(doc["members"][1]["settled_weight"], 1);
-        assert_eq!(doc["members"][0]["settled_weight"], 1, "0 reads as the weight");
+        assert_eq!(
+            doc["members"][0]["settled_weight"], 1,
+            "0 reads as the weight"
+        );
     }
 
     #[test]

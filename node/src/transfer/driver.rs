@@ -299,8 +299,7 @@ impl NodeShared {
         // e2e test saw replicas diverge this way with a 1 s gossip interval). Gossip
         // would tell them in its own time; this tells them now. Best effort: a peer we
         // cannot reach is asked again next round, and the copy goes on meanwhile.
-        if self.transfer.announced.load(Ordering::Acquire) != my_version && self.announce().await
-        {
+        if self.transfer.announced.load(Ordering::Acquire) != my_version && self.announce().await {
             self.transfer.announced.store(my_version, Ordering::Release);
         }
         let mut left = allowance;

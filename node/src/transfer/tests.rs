@@ -855,7 +855,11 @@ fn weights_of(cluster: &Cluster, from: &NodeId, node: &NodeId) -> (u32, u32) {
 
 /// Writes `count` keys through every node in turn while transfer rounds run; returns
 /// what was acknowledged.
-fn spawn_writer(cluster: &Cluster, prefix: &str, count: usize) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
+fn spawn_writer(
+    cluster: &Cluster,
+    prefix: &str,
+    count: usize,
+) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
     let nodes: Vec<Arc<NodeShared>> = cluster.nodes.values().cloned().collect();
     let prefix = prefix.to_owned();
     tokio::spawn(async move {
@@ -944,8 +948,7 @@ async fn assert_nothing_lost(
 /// old owners until it holds them, and only then does it settle its weight, which
 /// switches reads over.
 #[tokio::test]
-async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_until_the_flip()
-{
+async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_until_the_flip() {
     let cluster = Cluster::new(4);
     let mut acknowledged = load(&cluster, "before", 120).await;
     let n4 = id("n4");
@@ -968,7 +971,9 @@ async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_
         .keys()
         .filter(|k| {
             cluster.target_replicas(k).contains(&n4)
-                && !settled.preference_list_for_key(k.as_bytes(), 3).contains(&n4)
+                && !settled
+                    .preference_list_for_key(k.as_bytes(), 3)
+                    .contains(&n4)
         })
         .cloned()
         .collect();
@@ -978,7 +983,10 @@ async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_
             .node(&id("n2"))
             .cluster()
             .read_preference_list(key.as_bytes());
-        assert!(!readers[..3].contains(&n4), "{key} is read from {readers:?}");
+        assert!(
+            !readers[..3].contains(&n4),
+            "{key} is read from {readers:?}"
+        );
     }
 
     let writer = spawn_writer(&cluster, "during", 80);
@@ -1008,7 +1016,10 @@ async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_
     cluster.spread(&n4);
     assert_eq!(weights_of(&cluster, &id("n1"), &n4), (3, 3));
     let (settled, target) = cluster.node(&id("n1")).cluster().rings();
-    assert!(plan(&settled, &target, 3).is_empty(), "both rings agree again");
+    assert!(
+        plan(&settled, &target, 3).is_empty(),
+        "both rings agree again"
+    );
     // Reads now go to n4 for the keys it gained.
     let readers = cluster
         .node(&id("n2"))

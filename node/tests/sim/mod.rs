@@ -1202,7 +1202,9 @@ fn change_weight(world: &Shared, rng: &mut ChaCha8Rng) {
         .filter(|m| m.state() == MemberState::Member)
         .map(|m| (m.id().clone(), m.weight()))
         .collect();
-    let Some((id, weight)) = members.get(rng.random_range(0..members.len().max(1))).cloned()
+    let Some((id, weight)) = members
+        .get(rng.random_range(0..members.len().max(1)))
+        .cloned()
     else {
         return;
     };
