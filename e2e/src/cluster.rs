@@ -72,7 +72,9 @@ pub struct Cluster {
     naming: NodeNaming,
 }
 
-fn ring_strategy() -> PartitionStrategy {
+/// The partitioning every node of these clusters uses (random tokens, a few per unit of
+/// weight), so a test can rebuild the ring the nodes compute from a member table.
+pub fn ring_strategy() -> PartitionStrategy {
     PartitionStrategy::RandomTokens {
         tokens_per_weight: TOKENS_PER_WEIGHT,
     }

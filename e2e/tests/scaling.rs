@@ -1,8 +1,9 @@
 //! The operator's membership loop, without Kubernetes: the planner and the real `Admin`
-//! client drive real `dynamo-node` processes on loopback from 3 nodes to 5 and back to
-//! 3 while clients write the whole time; then the history checker must find no
-//! acknowledged write lost, every replica equal, nothing deleted come back, even though
-//! the two removed nodes' data directories were deleted first.
+//! client drive real `dynamo-node` processes on loopback from 3 nodes to 5, raise one
+//! node's weight, and go back to 3, while clients write the whole time; then the
+//! history checker must find no acknowledged write lost, every replica equal, nothing
+//! deleted come back, even though the two removed nodes' data directories were deleted
+//! first.
 //!
 //! The test plays the controller's part (see `dynamo_operator::controller`) with the
 //! Kubernetes objects replaced by what they stand for here:
@@ -123,8 +124,9 @@ impl LocalStatefulSet {
     }
 }
 
-/// Runs passes until the planner reports `Done` for `size` nodes, and returns the steps
-/// taken (every step but `Wait`). The workload, when given, is pointed at the ready
+/// Runs passes until the planner reports `Done` for `weights.len()` nodes with these
+/// weights (the spec's per-ordinal weights), and returns the steps taken (every step
+/// but `Wait`). The workload, when given, is pointed at the ready
 /// pods each pass, as the client Service would route it.
 ///
 /// # Panics
@@ -133,12 +135,13 @@ impl LocalStatefulSet {
 async fn scale_to(
     set: &mut LocalStatefulSet,
     admin: &GrpcAdmin,
-    size: u32,
+    weights: &[u32],
     workload: Option<&Workload>,
 ) -> Vec<Step> {
     let replication = u32::try_from(REPLICATION).expect("a small factor");
+    let size = u32::try_from(weights.len()).expect("a small cluster");
     let desired =
-        Desired::new(size, replication, vec![1; size as usize]).expect("a valid desired size");
+        Desired::new(size, replication, weights.to_vec()).expect("a valid desired cluster");
     let started = tokio::time::Instant::now();
     let deadline = started + SCALE_WAIT;
     let mut taken = Vec::new();
@@ -155,7 +158,8 @@ async fn scale_to(
                 format!("no node answered Admin.Ring: {unanswered:?}"),
             ),
             Ok(ring) => {
-                // The controller's own mapping from the member table to ordinals.
+                // The controller's own mapping from the member table to ordinals (a
+                // weight change shows as transfers pending until its node settles it).
                 let members =
                     members_from_ring(NAME, ring.members.iter().map(MemberView::ring_member))
                         .unwrap_or_else(|e| panic!("mapping the ring onto ordinals: {e}"));
@@ -208,6 +212,28 @@ async fn scale_to(
     }
 }
 
+/// The member table as the controller reads it (merged over the ready pods).
+async fn member_table(set: &LocalStatefulSet, admin: &GrpcAdmin) -> Vec<MemberView> {
+    let pods = set.pod_states().await;
+    read_ring(admin, &pods, |o| set.target(o))
+        .await
+        .unwrap_or_else(|unanswered| panic!("no node answered Admin.Ring: {unanswered:?}"))
+        .members
+}
+
+/// `node`'s share of the ring the nodes build from `table` (its target weights).
+fn share_of(table: &[MemberView], node: &str) -> f64 {
+    use dynamo_node::NodeId;
+    let members: Vec<(NodeId, u32)> = table
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Joining | MemberState::Member))
+        .map(|m| (NodeId::new(&m.node_id).expect("a valid id"), m.weight))
+        .collect();
+    dynamo_node::ring::Ring::build(&members, dynamo_e2e::cluster::ring_strategy(), 0, None)
+        .expect("the members form a ring")
+        .ownership()[&NodeId::new(node).expect("a valid id")]
+}
+
 fn assert_passes(verdict: &Verdict) {
     assert!(
         verdict.is_ok(),
@@ -251,7 +277,7 @@ async fn the_planner_scales_3_to_5_to_3_under_load_without_losing_an_acknowledge
 
     // Bootstrap through the planner too: the first node joins itself, then one by one.
     let join = |ordinal| Step::Join { ordinal, weight: 1 };
-    let steps = scale_to(&mut set, &admin, 3, None).await;
+    let steps = scale_to(&mut set, &admin, &[1; 3], None).await;
     assert_eq!(
         steps,
         [Step::GrowStatefulSet { to: 3 }, join(0), join(1), join(2)]
@@ -269,7 +295,7 @@ async fn the_planner_scales_3_to_5_to_3_under_load_without_losing_an_acknowledge
     workload.wait_for_progress(100).await;
 
     let before = workload.completed();
-    let steps = scale_to(&mut set, &admin, 5, Some(&workload)).await;
+    let steps = scale_to(&mut set, &admin, &[1; 5], Some(&workload)).await;
     assert_eq!(steps, [Step::GrowStatefulSet { to: 5 }, join(3), join(4)]);
     assert!(
         workload.completed() > before,
@@ -282,8 +308,47 @@ async fn the_planner_scales_3_to_5_to_3_under_load_without_losing_an_acknowledge
     workload.resume();
     workload.wait_for_progress(100).await;
 
+    // A weight change through the spec: ordinal 1 gets three times the capacity. The
+    // planner sets it, then waits (the member table shows the weight unsettled) while
+    // db-1 pulls the ranges it gains and hands back none; scale_to returns only once
+    // the node settled its weight and the planner sees nothing left to do.
     let before = workload.completed();
-    let steps = scale_to(&mut set, &admin, 3, Some(&workload)).await;
+    let share_before = share_of(&member_table(&set, &admin).await, "db-1");
+    let steps = scale_to(&mut set, &admin, &[1, 3, 1, 1, 1], Some(&workload)).await;
+    assert_eq!(
+        steps,
+        [Step::SetWeight {
+            ordinal: 1,
+            weight: 3
+        }]
+    );
+    let ring = member_table(&set, &admin).await;
+    let db1 = ring
+        .iter()
+        .find(|m| m.node_id == "db-1")
+        .expect("db-1 is a member");
+    assert_eq!(
+        (db1.weight, db1.settled_weight),
+        (3, 3),
+        "the planner was done only once db-1 settled its weight"
+    );
+    let share_after = share_of(&ring, "db-1");
+    assert!(
+        share_after > 1.5 * share_before,
+        "db-1's share of the ring grew with its weight: {share_before} -> {share_after}"
+    );
+    assert!(
+        workload.completed() > before,
+        "no client operation completed while the weight changed"
+    );
+    // Checkpoint: the moved ranges are on their new replicas with no read to repair them.
+    workload.pause().await;
+    wait_for_converged(&set.cluster, workload.keys()).await;
+    workload.resume();
+    workload.wait_for_progress(100).await;
+
+    let before = workload.completed();
+    let steps = scale_to(&mut set, &admin, &[1, 3, 1], Some(&workload)).await;
     assert_eq!(
         steps,
         [

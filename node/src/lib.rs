@@ -52,7 +52,7 @@
 //! * [`background`]: the node's shared background budget over [`admission`]: hinted
 //!   handoff (and range transfer, anti-entropy) take their work from it.
 //! * [`metrics`]: Prometheus request counters, latency histograms and state gauges.
-//! * [`transfer`]: range transfer on join and leave (Dynamo §4.9): the settled and
+//! * [`transfer`]: range transfer on join, leave and weight change (Dynamo §4.9): the settled and
 //!   target rings, the copy plan, resumable throttled rounds.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery, range transfer).

@@ -1138,7 +1138,8 @@ mod tests {
         assert_eq!(table.get(&id("n2")).unwrap().client_address(), None);
         assert_eq!(shared.cluster().ring().len(), 2, "the ring is the old one");
         let saved = engine.meta_get(META_MEMBERS).unwrap().unwrap();
-        assert_eq!(saved[0], crate::membership::TABLE_FORMAT_VERSION);
+        // Format 2, the newest an older node reads: no weight change is pending.
+        assert_eq!(saved[0], 2);
         assert_eq!(MemberTable::decode(&saved).unwrap(), table);
     }
 
@@ -1245,5 +1246,14 @@ mod tests {
             granted(&node).as_deref(),
             Some(r#"dynamo_background_granted_total{kind="transfer"} 5"#)
         );
+        // A settled member transfers nothing: the throttle's allowance as it is.
+        node.change_membership(|t| t.mark_member(&id("n1")))
+            .unwrap();
+        assert_eq!(node.admitted_transfer_allowance(wanted), wanted);
+        // A pending weight change is a transfer too: it draws from the (spent) budget.
+        node.change_membership(|t| t.set_weight(&id("n1"), 2))
+            .unwrap();
+        let reweighting = node.admitted_transfer_allowance(wanted);
+        assert_eq!((reweighting.keys, reweighting.bytes), (0, 0));
     }
 }

@@ -1154,3 +1154,139 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
         assert_eq!(values, vec![value.clone()], "{key}");
     }
 }
+
+/// `(weight, settled weight, ownership)` of `id` in the member table `node` reports.
+async fn weights(node: &TestNode, id: &str) -> (u32, u32, f64) {
+    node.admin()
+        .await
+        .ring(proto::RingRequest {})
+        .await
+        .expect("Admin.Ring")
+        .into_inner()
+        .members
+        .into_iter()
+        .find(|m| m.node_id == id)
+        .map(|m| (m.weight, m.settled_weight, m.ownership))
+        .unwrap_or_else(|| panic!("{} does not list {id}", node.id))
+}
+
+/// Issue #4 ("when a node joins (or its weight rises), the nodes that lose ranges
+/// stream those ranges' data to it"): a weight change on real processes under writes.
+/// The node whose weight rose drives the hand-over, reports it as "reweighting" while
+/// ranges are pending, and settles its weight (so reads switch) only once they are
+/// acknowledged; every acknowledged write stays readable and its ring share grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_rise_under_writes_is_handed_over_and_moves_the_ring_shares() {
+    let extra = ["--transfer-interval", "50ms", "--transfer-batch-keys", "16"];
+    let cluster = TestCluster::start(4, &extra).await;
+    let mut keys = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        put(&cluster.nodes[i % 4], &key, &value, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        keys.insert(key, value);
+    }
+    let (weight, settled, share_before) = weights(&cluster.nodes[0], "n4").await;
+    assert_eq!((weight, settled), (1, 1));
+
+    // Writes through every node for as long as the hand-over lasts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
+    let mut clients = Vec::new();
+    for node in &cluster.nodes {
+        clients.push(node.kv().await);
+    }
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (key, value) = (format!("during-{i}"), format!("w{i}"));
+                let client = &mut clients[i % 4];
+                let reply = client
+                    .put(PutRequest {
+                        key: key.as_bytes().to_vec().into(),
+                        context: Vec::new().into(),
+                        value: value.as_bytes().to_vec().into(),
+                        w: None,
+                    })
+                    .await;
+                if reply.is_ok() {
+                    acked.lock().unwrap().insert(key, value);
+                }
+                i += 1;
+            }
+        })
+    };
+    let acked_count = || acked.lock().unwrap().len();
+    eventually("writes to start", || async { acked_count() > 0 }).await;
+
+    let changed = cluster.nodes[0]
+        .admin()
+        .await
+        .set_weight(proto::SetWeightRequest {
+            node_id: "n4".into(),
+            weight: 3,
+        })
+        .await
+        .expect("raising n4's weight")
+        .into_inner()
+        .member
+        .expect("the changed member");
+    assert_eq!((changed.weight, changed.settled_weight), (3, 1));
+    let acked_at_change = acked_count();
+    let seen_pending = std::sync::atomic::AtomicBool::new(false);
+    eventually("n4 to settle its weight", || async {
+        let now = status(&cluster.nodes[3]).await;
+        if now.transfer == "reweighting" && now.transfer_pending_ranges > 0 {
+            seen_pending.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        weights(&cluster.nodes[3], "n4").await.1 == 3
+    })
+    .await;
+    let acked_during = acked_count() - acked_at_change;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer task");
+    assert!(
+        seen_pending.load(std::sync::atomic::Ordering::Relaxed),
+        "n4 reported its pending ranges as reweighting"
+    );
+    assert!(
+        acked_during > 0,
+        "writes were acknowledged during the hand-over"
+    );
+    let done = status(&cluster.nodes[3]).await;
+    assert_eq!(
+        (done.transfer.as_str(), done.transfer_pending_ranges),
+        ("", 0)
+    );
+    for node in &cluster.nodes {
+        eventually(
+            &format!("{} to learn n4's settled weight", node.id),
+            || async {
+                let (weight, settled, _) = weights(node, "n4").await;
+                (weight, settled) == (3, 3)
+            },
+        )
+        .await;
+    }
+    let (_, _, share_after) = weights(&cluster.nodes[0], "n4").await;
+    assert!(
+        share_after > 1.5 * share_before,
+        "n4's share of the ring grew with its weight: {share_before} -> {share_after}"
+    );
+    // Settled means handed over: every loaded key is on each of its new replicas, and
+    // every acknowledged write (during the change too) reads back with R = N.
+    let table = members(&cluster.nodes[0]).await;
+    let (ring, addresses) = ring_of(&table);
+    assert_every_replica_holds(&ring, &addresses, &keys).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for (key, value) in keys.iter().chain(&acked) {
+        let (values, _) = get(&cluster.nodes[1], key, Some(3))
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(values, vec![value.clone()], "{key}");
+    }
+}

@@ -162,7 +162,7 @@ fn no_acknowledged_write_is_lost_under_crashes_partitions_drops_and_delays() {
     .assert_passed();
 }
 
-/// Every fault class, including a join and a leave, crashes that lose unflushed
+/// Every fault class, including a join, a leave and a weight change, crashes that lose unflushed
 /// writes and a wiped disk. The replicas are dumped *before* the final reads, so their
 /// convergence comes from background work (hinted handoff, range transfer, the stray
 /// sweep, anti-entropy), not from read repair.
@@ -182,6 +182,7 @@ fn every_fault_class_including_join_leave_wipes_and_lost_unflushed_writes() {
             "crash losing unflushed",
             "join",
             "removed",
+            "reweight",
             "transfer completed",
             "keys repaired",
         ] {

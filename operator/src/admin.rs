@@ -128,8 +128,12 @@ pub struct MemberView {
     pub node_id: String,
     /// Its advertised internode address.
     pub address: String,
-    /// Its weight.
+    /// Its weight (where placement is heading).
     pub weight: u32,
+    /// The weight its data is laid out for: differs from `weight` while a weight change
+    /// is being handed over (a node that predates settled weights reports 0, read as
+    /// `weight`).
+    pub settled_weight: u32,
     /// Its state.
     pub state: MemberState,
     /// The row's version: a later change of the same member has a higher one, so views
@@ -140,16 +144,24 @@ pub struct MemberView {
 }
 
 impl MemberView {
-    /// The planner's view of this row. The member table does not say whether ranges are
-    /// still moving, so `transfers_pending` is false here; the controller sets it from
-    /// the node's own [`NodeStatus::transfers_pending`].
+    /// Whether a weight change of this member is still being handed over: a `Member`
+    /// whose settled weight differs from its weight.
+    #[must_use]
+    pub fn is_reweighting(&self) -> bool {
+        self.state == MemberState::Member && self.settled_weight != self.weight
+    }
+
+    /// The planner's view of this row. The member table says whether a weight change is
+    /// still being handed over (`transfers_pending` then), which holds from the moment
+    /// the weight is set, before the node's first transfer round reports anything; the
+    /// controller adds the node's own [`NodeStatus::transfers_pending`].
     #[must_use]
     pub fn ring_member(&self) -> RingMember<'_> {
         RingMember {
             node_id: &self.node_id,
             state: self.state,
             weight: self.weight,
-            transfers_pending: false,
+            transfers_pending: self.is_reweighting(),
         }
     }
 }
@@ -192,6 +204,9 @@ pub enum TransferRole {
     Joining,
     /// It is leaving and pushes the ranges it loses.
     Leaving,
+    /// Its weight changed: it moves the ranges it gains or loses, then settles the
+    /// weight.
+    Reweighting,
 }
 
 /// The transfer fields of a status reply: the role, and whether anything is moving. A
@@ -201,6 +216,7 @@ fn transfer_of(reply: &proto::StatusResponse) -> (Option<TransferRole>, bool) {
     let role = match reply.transfer.as_str() {
         "joining" => Some(TransferRole::Joining),
         "leaving" => Some(TransferRole::Leaving),
+        "reweighting" => Some(TransferRole::Reweighting),
         _ => None,
     };
     let pending = !reply.transfer.is_empty() || reply.transfer_pending_ranges > 0;
@@ -360,6 +376,11 @@ fn member_view(
         node_id: member.node_id,
         address: member.address,
         weight: member.weight,
+        settled_weight: if member.settled_weight == 0 {
+            member.weight
+        } else {
+            member.settled_weight
+        },
         state,
         version: member.version,
         reachable: member.reachable,
@@ -537,10 +558,42 @@ mod tests {
             node_id: id.to_owned(),
             address: format!("{id}:7001"),
             weight: 1,
+            settled_weight: 1,
             state,
             version,
             reachable: true,
         }
+    }
+
+    /// A weight change is pending from the moment it is set (the table says so), until
+    /// the node settles it; a node that predates settled weights (0) has none pending.
+    #[test]
+    fn a_member_with_an_unsettled_weight_has_transfers_pending() {
+        let mut member = row("db-1", MemberState::Member, 3);
+        assert!(!member.ring_member().transfers_pending);
+        member.weight = 4;
+        assert!(member.is_reweighting());
+        assert!(member.ring_member().transfers_pending);
+        // A joining or leaving node's own transfer covers its weight.
+        member.state = MemberState::Leaving;
+        assert!(!member.ring_member().transfers_pending);
+        let target = AdminTarget {
+            url: "http://n:7001".into(),
+            token: None,
+            tls: None,
+        };
+        let info = |settled_weight| proto::MemberInfo {
+            node_id: "db-1".into(),
+            weight: 4,
+            settled_weight,
+            state: proto::MemberState::Member as i32,
+            ..proto::MemberInfo::default()
+        };
+        let old = member_view("Ring", &target, info(0)).unwrap();
+        assert_eq!(old.settled_weight, 4);
+        assert!(!old.is_reweighting());
+        let pending = member_view("Ring", &target, info(2)).unwrap();
+        assert!(pending.is_reweighting());
     }
 
     fn view(rows: Vec<MemberView>) -> RingView {
@@ -623,6 +676,11 @@ mod tests {
         assert_eq!(
             transfer_of(&reply("leaving", 0)),
             (Some(TransferRole::Leaving), true)
+        );
+        // A weight change being handed over, even with every range acknowledged.
+        assert_eq!(
+            transfer_of(&reply("reweighting", 0)),
+            (Some(TransferRole::Reweighting), true)
         );
         // Ranges without a role, or a role this client does not know: still moving.
         assert_eq!(transfer_of(&reply("", 2)), (None, true));

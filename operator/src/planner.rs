@@ -12,7 +12,9 @@
 //! `Admin.Ring`), never at a record of what it did before, so a restarted or duplicated
 //! operator makes the same decision. The order of precedence:
 //!
-//! 1. While a member is joining, leaving, or moving data, wait.
+//! 1. While a member is joining, leaving, or moving data, wait. A weight change moves
+//!    data until its node settles the new weight (the member table then shows both
+//!    weights equal; see [`crate::admin::MemberView::ring_member`]).
 //! 2. Shrink the StatefulSet over ordinals at or above `size` whose nodes are removed
 //!    (or never joined), so a pod and its volume go only after the ring let go of them.
 //! 3. Grow the StatefulSet to hold `size` nodes and every node still in the ring.

@@ -46,8 +46,11 @@ pub struct MemberJson {
     pub address: String,
     /// `joining`, `member`, `leaving`, `removed` (or `unspecified`).
     pub state: &'static str,
-    /// Relative capacity.
+    /// Relative capacity (the target ring's weight, where placement is heading).
     pub weight: u32,
+    /// The weight its data is laid out for (the settled ring, which reads use);
+    /// differs from `weight` while a weight change is handed over.
+    pub settled_weight: u32,
     /// Version of this member's record in the gossiped table.
     pub version: u64,
     /// Fraction of the ring owned as primary, 0..=1.
@@ -63,6 +66,7 @@ impl From<&proto::MemberInfo> for MemberJson {
             address: member.address.clone(),
             state: state_name(member.state),
             weight: member.weight,
+            settled_weight: settled_weight(member),
             version: member.version,
             ownership: member.ownership,
             reachable: member.reachable,
@@ -152,7 +156,8 @@ pub struct StatusJson {
     pub w: u32,
     /// The node's software version.
     pub version: String,
-    /// `"joining"` or `"leaving"` while the node transfers ranges, else null.
+    /// `"joining"`, `"leaving"` or `"reweighting"` while the node transfers ranges, else
+    /// null.
     pub transfer: Option<String>,
     /// Ranges of the transfer not yet acknowledged.
     pub transfer_pending_ranges: u64,
@@ -212,6 +217,16 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// A member's settled weight; a node that predates settled weights reports 0, which
+/// means no weight change is pending.
+fn settled_weight(member: &proto::MemberInfo) -> u32 {
+    if member.settled_weight == 0 {
+        member.weight
+    } else {
+        member.settled_weight
+    }
+}
+
 fn sorted_members(members: &[proto::MemberInfo]) -> Vec<&proto::MemberInfo> {
     let mut sorted: Vec<&proto::MemberInfo> = members.iter().collect();
     sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -250,7 +265,10 @@ fn member_row(member: &proto::MemberInfo) -> Vec<String> {
         member.node_id.clone(),
         member.address.clone(),
         state_name(member.state).to_owned(),
-        member.weight.to_string(),
+        match settled_weight(member) {
+            settled if settled == member.weight => member.weight.to_string(),
+            settled => format!("{} (from {settled})", member.weight),
+        },
         format!("{:.1}%", member.ownership * 100.0),
         if member.reachable { "yes" } else { "no" }.to_owned(),
     ]
@@ -391,6 +409,7 @@ mod tests {
             ownership,
             reachable: id != "node3",
             client_address: String::new(),
+            settled_weight: 1,
         }
     }
 
@@ -457,10 +476,33 @@ mod tests {
             doc["members"][0],
             json!({
                 "node_id": "node1", "address": "127.0.0.1:705", "state": "member",
-                "weight": 1, "version": 2, "ownership": 0.5, "reachable": true
+                "weight": 1, "settled_weight": 1, "version": 2, "ownership": 0.5,
+                "reachable": true
             })
         );
         assert_eq!(doc["members"][2]["state"], "joining");
+    }
+
+    /// A pending weight change shows both weights; a node that predates settled
+    /// weights (0 on the wire) shows none pending.
+    #[test]
+    fn a_pending_weight_change_shows_both_weights() {
+        let mut ring = ring();
+        ring.members[0].weight = 3;
+        ring.members[1].settled_weight = 0;
+        let text = render_ring(&ring);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("node2 ") && l.contains("3 (from 1)")),
+            "{text}"
+        );
+        let doc: Value = serde_json::from_str(&to_json(&RingJson::from(&ring))).unwrap();
+        assert_eq!(doc["members"][1]["weight"], 3);
+        assert_eq!(doc["members"][1]["settled_weight"], 1);
+        assert_eq!(
+            doc["members"][0]["settled_weight"], 1,
+            "0 reads as the weight"
+        );
     }
 
     #[test]

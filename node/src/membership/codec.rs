@@ -5,9 +5,25 @@
 //! byte string), so equal digests mean equal tables and gossip can skip the transfer.
 //!
 //! Formats: 1 wrote each member as `(id, address, weight, state, version)`; 2 appends
-//! the optional client address. The encoder writes 2; the decoder reads both, so a
-//! table persisted by a node of the previous release loads (its members have no client
-//! address until each node announces its own).
+//! the optional client address; 3 appends the settled weight (see
+//! [`Member::settled_weight`]). The decoder reads all three: a table persisted by a
+//! node of an earlier release loads (its members have no client address until each
+//! node announces its own, and their settled weight is their weight).
+//!
+//! # Rolling upgrades
+//!
+//! The encoder writes format 2 while every member's settled weight equals its weight,
+//! which is lossless (format 2 decodes with settled = weight), and format 3 only while
+//! a weight change is being handed over. The format is a function of the table, so the
+//! encoding stays canonical and digests still compare tables. So nodes of the previous
+//! release keep reading the table through a rolling upgrade; only while a weight change
+//! is pending do they refuse the new nodes' gossip (format 3 is unknown to them), keep
+//! their old table (the old weight in both rings, which is the settled ring the new
+//! nodes read from), and learn the new weight in one step when the hand-over completes
+//! and the table is format 2 again. Writes they coordinate meanwhile reach the settled
+//! replicas only, like a coordinator that has not heard of a change (see
+//! [`crate::transfer`]'s known limits): do not change weights until every node runs a
+//! release that reads format 3.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,22 +31,30 @@ use std::fmt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::table::{MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember, RawMemberV1};
+use super::table::{
+    MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember, RawMemberV1, RawMemberV2,
+};
 use crate::NodeId;
 use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
 
-/// The format byte that starts an encoded table. A new layout gets a new number and
-/// the decoder keeps reading the old ones.
-pub const TABLE_FORMAT_VERSION: u8 = 2;
+/// The newest format byte that starts an encoded table (written while a weight change
+/// is pending; see the [module docs](self)). A new layout gets a new number and the
+/// decoder keeps reading the old ones.
+pub const TABLE_FORMAT_VERSION: u8 = 3;
+
+/// The format without settled weights: written while no weight change is pending, so
+/// nodes of the previous release keep reading the table.
+const TABLE_FORMAT_V2: u8 = 2;
 
 /// The first format, without client addresses: still read, never written.
 const TABLE_FORMAT_V1: u8 = 1;
 
 /// The most bytes one encoded member can take: id and address (each a 2-byte length
 /// and its bytes), the weight, state and version as varints (5, 1 and 10 bytes at
-/// most), then the optional client address (a tag byte, a 2-byte length and its bytes).
+/// most), the optional client address (a tag byte, a 2-byte length and its bytes),
+/// then the settled weight (a varint, 5 bytes at most).
 const MAX_MEMBER_LEN: usize =
-    (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10 + (1 + 2 + MAX_ADDRESS_LEN);
+    (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10 + (1 + 2 + MAX_ADDRESS_LEN) + 5;
 
 /// The longest encoded table [`MemberTable::decode`] reads: the format byte, the
 /// member count (a 2-byte varint up to [`MAX_MEMBERS`]) and [`MAX_MEMBERS`] members of
@@ -117,13 +141,33 @@ pub enum DecodeError {
 }
 
 impl MemberTable {
-    /// The table's canonical encoding, for gossip and for persisting.
+    /// The table's canonical encoding, for gossip and for persisting: format 2 while no
+    /// member's settled weight differs from its weight, format 3 otherwise (see the
+    /// [module docs](self)).
     pub fn encode(&self) -> Vec<u8> {
-        let members: Vec<&Member> = self.iter().collect();
-        let bytes = vec![TABLE_FORMAT_VERSION];
         // Postcard cannot fail on strings, integers, unit enums and a sequence of
         // known length written to a growable buffer.
-        postcard::to_extend(&members, bytes).expect("postcard encodes a member list")
+        if self.iter().any(|m| m.settled_weight() != m.weight()) {
+            let members: Vec<&Member> = self.iter().collect();
+            postcard::to_extend(&members, vec![TABLE_FORMAT_VERSION])
+                .expect("postcard encodes a member list")
+        } else {
+            let members: Vec<_> = self
+                .iter()
+                .map(|m| {
+                    (
+                        m.id().as_str(),
+                        m.address(),
+                        m.weight(),
+                        m.state(),
+                        m.version(),
+                        m.client_address(),
+                    )
+                })
+                .collect();
+            postcard::to_extend(&members, vec![TABLE_FORMAT_V2])
+                .expect("postcard encodes a member list")
+        }
     }
 
     /// Reads a table from bytes received from a peer or from disk.
@@ -139,7 +183,7 @@ impl MemberTable {
             return Err(DecodeError::TooLarge { len: bytes.len() });
         }
         let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if format != TABLE_FORMAT_VERSION && format != TABLE_FORMAT_V1 {
+        if ![TABLE_FORMAT_V1, TABLE_FORMAT_V2, TABLE_FORMAT_VERSION].contains(&format) {
             return Err(DecodeError::UnsupportedFormat { found: format });
         }
         // Postcard writes a sequence's length as a varint; reading it as a u64 first
@@ -152,11 +196,12 @@ impl MemberTable {
         let mut members = BTreeMap::new();
         let mut last: Option<NodeId> = None;
         for _ in 0..count {
-            let (raw, tail) = if format == TABLE_FORMAT_V1 {
-                postcard::take_from_bytes::<RawMemberV1>(rest)
-                    .map(|(raw, tail)| (RawMember::from(raw), tail))
-            } else {
-                postcard::take_from_bytes::<RawMember>(rest)
+            let (raw, tail) = match format {
+                TABLE_FORMAT_V1 => postcard::take_from_bytes::<RawMemberV1>(rest)
+                    .map(|(raw, tail)| (RawMember::from(raw), tail)),
+                TABLE_FORMAT_V2 => postcard::take_from_bytes::<RawMemberV2>(rest)
+                    .map(|(raw, tail)| (RawMember::from(raw), tail)),
+                _ => postcard::take_from_bytes::<RawMember>(rest),
             }
             .map_err(DecodeError::Malformed)?;
             rest = tail;
@@ -215,7 +260,7 @@ mod tests {
 
     /// Hand-encodes format 2 members, client address included.
     fn forged_v2(members: &[ForgedMember<'_>]) -> Vec<u8> {
-        let mut bytes = vec![TABLE_FORMAT_VERSION];
+        let mut bytes = vec![TABLE_FORMAT_V2];
         bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
         for member in members {
             bytes = postcard::to_extend(member, bytes).unwrap();
@@ -233,11 +278,23 @@ mod tests {
         bytes
     }
 
+    type ForgedMemberV3<'a> = (&'a str, &'a str, u32, u32, u64, Option<&'a str>, u32);
+
+    /// Hand-encodes format 3 members, settled weight included.
+    fn forged_v3(members: &[ForgedMemberV3<'_>]) -> Vec<u8> {
+        let mut bytes = vec![TABLE_FORMAT_VERSION];
+        bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
+        for member in members {
+            bytes = postcard::to_extend(member, bytes).unwrap();
+        }
+        bytes
+    }
+
     #[test]
     fn round_trips_and_starts_with_the_format_byte() {
         let t = sample();
         let bytes = t.encode();
-        assert_eq!(bytes[0], TABLE_FORMAT_VERSION);
+        assert_eq!(bytes[0], TABLE_FORMAT_V2, "no weight change is pending");
         assert_eq!(MemberTable::decode(&bytes), Ok(t.clone()));
         assert_eq!(
             MemberTable::decode(&MemberTable::new().encode()),
@@ -280,7 +337,7 @@ mod tests {
         assert_eq!(table, expected);
         assert!(table.iter().all(|m| m.client_address().is_none()));
         let rewritten = table.encode();
-        assert_eq!(rewritten[0], TABLE_FORMAT_VERSION);
+        assert_eq!(rewritten[0], TABLE_FORMAT_V2);
         assert_eq!(MemberTable::decode(&rewritten), Ok(table));
         // Format 1 is read with format 1's layout: a client address tag is trailing junk.
         let mut with_tag = forged_v1(&[("a", "a:1", 1, 0, 1)]);
@@ -292,6 +349,87 @@ mod tests {
         for len in 1..old.len() {
             assert!(MemberTable::decode(&old[..len]).is_err(), "prefix {len}");
         }
+    }
+
+    /// While a weight change is pending the table is written in format 3, which carries
+    /// both weights; once it settles, in format 2 again, which older nodes read.
+    #[test]
+    fn a_pending_weight_change_is_written_in_format_3_and_round_trips() {
+        let mut t = sample();
+        t.set_weight(&id("dynamo-0"), 5).unwrap();
+        let bytes = t.encode();
+        assert_eq!(bytes[0], TABLE_FORMAT_VERSION);
+        let back = MemberTable::decode(&bytes).unwrap();
+        assert_eq!(back, t);
+        let member = back.get(&id("dynamo-0")).unwrap();
+        assert_eq!((member.weight(), member.settled_weight()), (5, 1));
+        assert_eq!(
+            bytes,
+            forged_v3(&[
+                (
+                    "dynamo-0",
+                    "dynamo-0.dynamo:7000",
+                    5,
+                    1,
+                    4,
+                    Some("dynamo-0.dynamo:7001"),
+                    1
+                ),
+                ("dynamo-1", "dynamo-1.dynamo:7000", 2, 0, 1, None, 2),
+            ]),
+            "the layout is the documented one"
+        );
+        let before = sample().digest();
+        assert_ne!(t.digest(), before);
+        t.settle_weight(&id("dynamo-0"), 5).unwrap();
+        let settled = t.encode();
+        assert_eq!(settled[0], TABLE_FORMAT_V2, "settled again: format 2");
+        assert_eq!(MemberTable::decode(&settled), Ok(t));
+    }
+
+    /// Format 2 (a node of the previous release, or a table with nothing pending)
+    /// decodes with each settled weight equal to the weight; a format 3 encoding of
+    /// such a table decodes to the same table.
+    #[test]
+    fn format_2_tables_decode_with_settled_weights_equal_to_weights() {
+        let v2 = forged_v2(&[("a", "a:1", 3, 1, 2, None), ("b", "b:1", 7, 0, 1, None)]);
+        let table = MemberTable::decode(&v2).unwrap();
+        for member in &table {
+            assert_eq!(member.settled_weight(), member.weight());
+            assert!(!member.is_reweighting());
+        }
+        let v3 = forged_v3(&[
+            ("a", "a:1", 3, 1, 2, None, 3),
+            ("b", "b:1", 7, 0, 1, None, 7),
+        ]);
+        assert_eq!(MemberTable::decode(&v3), Ok(table.clone()));
+        assert_eq!(table.encode(), v2);
+        // Format 2 is read with format 2's layout: a settled weight is trailing junk.
+        let mut with_settled = forged_v2(&[("a", "a:1", 1, 0, 1, None)]);
+        with_settled.push(1);
+        assert_eq!(
+            MemberTable::decode(&with_settled),
+            Err(DecodeError::TrailingBytes { len: 1 })
+        );
+    }
+
+    #[test]
+    fn settled_weights_are_bounded_like_weights() {
+        for bad in [0, MAX_WEIGHT + 1] {
+            let bytes = forged_v3(&[("a", "a:1", 1, 1, 1, None, bad)]);
+            assert_eq!(
+                MemberTable::decode(&bytes),
+                Err(DecodeError::InvalidWeight {
+                    id: id("a"),
+                    weight: bad
+                })
+            );
+        }
+        let bytes = forged_v3(&[("a", "a:1", 1, 1, 1, None, MAX_WEIGHT)]);
+        let table = MemberTable::decode(&bytes).unwrap();
+        assert_eq!(table.get(&id("a")).unwrap().settled_weight(), MAX_WEIGHT);
+        // Truncated in the settled weight: an error, not a default.
+        assert!(MemberTable::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
@@ -327,11 +465,13 @@ mod tests {
             })
         );
         let mut bytes = sample().encode();
-        bytes[0] = 3;
-        assert_eq!(
-            MemberTable::decode(&bytes),
-            Err(DecodeError::UnsupportedFormat { found: 3 })
-        );
+        for format in [0, TABLE_FORMAT_VERSION + 1, u8::MAX] {
+            bytes[0] = format;
+            assert_eq!(
+                MemberTable::decode(&bytes),
+                Err(DecodeError::UnsupportedFormat { found: format })
+            );
+        }
     }
 
     #[test]
@@ -409,12 +549,14 @@ mod tests {
         let address = format!("{}:65535", "h".repeat(MAX_ADDRESS_LEN - 6));
         for i in 0..MAX_MEMBERS {
             let name = format!("{i:0>width$}", width = MAX_NODE_ID_LEN);
-            t.join(id(&name), &address, MAX_WEIGHT).unwrap();
+            t.join(id(&name), &address, MAX_WEIGHT - 1).unwrap();
             t.set_client_address(&id(&name), &address).unwrap();
+            t.mark_member(&id(&name)).unwrap();
             t.leave(&id(&name)).unwrap();
-            t.mark_removed(&id(&name)).unwrap();
+            t.set_weight(&id(&name), MAX_WEIGHT).unwrap();
         }
         let bytes = t.encode();
+        assert_eq!(bytes[0], TABLE_FORMAT_VERSION, "weights pending: format 3");
         assert!(
             bytes.len() <= MAX_ENCODED_LEN,
             "{} > {MAX_ENCODED_LEN}",
@@ -422,16 +564,22 @@ mod tests {
         );
         let back = MemberTable::decode(&bytes).unwrap();
         assert_eq!(back.len(), MAX_MEMBERS);
-        assert!(back.iter().all(|m| m.state() == MemberState::Removed));
+        assert!(back.iter().all(|m| m.state() == MemberState::Leaving));
     }
 
     #[test]
     fn member_serde_validates_too() {
-        let good = postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, Some("a:2"))).unwrap();
+        let good =
+            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, Some("a:2"), 2u32)).unwrap();
         let member: Member = postcard::from_bytes(&good).unwrap();
         assert_eq!((member.id(), member.version()), (&id("a"), 1));
         assert_eq!(member.client_address(), Some("a:2"));
-        let bad = postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64, None::<&str>)).unwrap();
+        assert_eq!(member.settled_weight(), 2);
+        let bad =
+            postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64, None::<&str>, 1u32)).unwrap();
+        assert!(postcard::from_bytes::<Member>(&bad).is_err());
+        let bad =
+            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, None::<&str>, 0u32)).unwrap();
         assert!(postcard::from_bytes::<Member>(&bad).is_err());
     }
 
@@ -439,9 +587,13 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = MemberTable::decode(&bytes);
-            let mut framed = vec![TABLE_FORMAT_VERSION];
-            framed.extend_from_slice(&bytes);
-            let _ = MemberTable::decode(&framed);
+            for format in [TABLE_FORMAT_V1, TABLE_FORMAT_V2, TABLE_FORMAT_VERSION] {
+                let mut framed = vec![format];
+                framed.extend_from_slice(&bytes);
+                if let Ok(t) = MemberTable::decode(&framed) {
+                    prop_assert_eq!(MemberTable::decode(&t.encode()), Ok(t));
+                }
+            }
         }
 
         /// Flipping bytes of a real encoding either still decodes to a valid table
@@ -464,7 +616,11 @@ mod tests {
         #[test]
         fn every_table_round_trips_with_a_stable_digest(ts in tables(2)) {
             for t in &ts {
-                let back = MemberTable::decode(&t.encode()).unwrap();
+                let bytes = t.encode();
+                let pending = t.iter().any(|m| m.settled_weight() != m.weight());
+                let format = if pending { TABLE_FORMAT_VERSION } else { TABLE_FORMAT_V2 };
+                prop_assert_eq!(bytes[0], format);
+                let back = MemberTable::decode(&bytes).unwrap();
                 prop_assert_eq!(&back, t);
                 prop_assert_eq!(back.digest(), t.digest());
             }

@@ -82,7 +82,15 @@ impl fmt::Display for MemberState {
 ///
 /// Fields are checked on construction and deserialization, so a `Member` always has
 /// valid addresses (`host:port`, printable ASCII, at most [`MAX_ADDRESS_LEN`] bytes) and
-/// a weight in `1..=`[`MAX_WEIGHT`].
+/// weights (target and settled) in `1..=`[`MAX_WEIGHT`].
+///
+/// # Two weights
+///
+/// `weight` is where placement is heading (the target ring); `settled_weight` is the
+/// weight the node's data is laid out for (the settled ring, which reads use). They
+/// differ only while a weight change is handed over: [`MemberTable::set_weight`] moves
+/// the target weight, and the node itself, once every range it gains or loses is
+/// copied, calls [`MemberTable::settle_weight`] (see [`crate::transfer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawMember")]
 pub struct Member {
@@ -94,10 +102,13 @@ pub struct Member {
     /// Where clients reach the node's `Kv` API; `None` until the node announces it
     /// (and in tables written by nodes that predate client addresses).
     client_address: Option<String>,
+    /// The weight the node's data is laid out for (table format 3; equal to `weight`
+    /// in older formats).
+    settled_weight: u32,
 }
 
 /// A member as it arrives off the wire, before its fields are checked. Same field
-/// order as [`Member`], so the two share one encoding (table format 2).
+/// order as [`Member`], so the two share one encoding (table format 3).
 #[derive(Deserialize)]
 pub(super) struct RawMember {
     id: String,
@@ -106,6 +117,32 @@ pub(super) struct RawMember {
     state: MemberState,
     version: u64,
     client_address: Option<String>,
+    settled_weight: u32,
+}
+
+/// A member in table format 2, written before members carried a settled weight.
+#[derive(Deserialize)]
+pub(super) struct RawMemberV2 {
+    id: String,
+    address: String,
+    weight: u32,
+    state: MemberState,
+    version: u64,
+    client_address: Option<String>,
+}
+
+impl From<RawMemberV2> for RawMember {
+    fn from(v2: RawMemberV2) -> Self {
+        RawMember {
+            id: v2.id,
+            address: v2.address,
+            weight: v2.weight,
+            state: v2.state,
+            version: v2.version,
+            client_address: v2.client_address,
+            settled_weight: v2.weight,
+        }
+    }
 }
 
 /// A member in table format 1, written before members carried a client address.
@@ -127,6 +164,7 @@ impl From<RawMemberV1> for RawMember {
             state: v1.state,
             version: v1.version,
             client_address: None,
+            settled_weight: v1.weight,
         }
     }
 }
@@ -140,11 +178,10 @@ impl TryFrom<RawMember> for Member {
             id: id.clone(),
             reason,
         })?;
-        if !weight_in_range(raw.weight) {
-            return Err(DecodeError::InvalidWeight {
-                id,
-                weight: raw.weight,
-            });
+        for weight in [raw.weight, raw.settled_weight] {
+            if !weight_in_range(weight) {
+                return Err(DecodeError::InvalidWeight { id, weight });
+            }
         }
         if let Some(client_address) = &raw.client_address {
             check_address(client_address).map_err(|reason| DecodeError::InvalidAddress {
@@ -159,6 +196,7 @@ impl TryFrom<RawMember> for Member {
             state: raw.state,
             version: raw.version,
             client_address: raw.client_address,
+            settled_weight: raw.settled_weight,
         })
     }
 }
@@ -174,9 +212,24 @@ impl Member {
         &self.address
     }
 
-    /// The node's relative capacity, `1..=`[`MAX_WEIGHT`].
+    /// The node's relative capacity, `1..=`[`MAX_WEIGHT`]: its weight in the target
+    /// ring, where placement is heading.
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// The weight the node's data is laid out for: its weight in the settled ring,
+    /// which reads use. Differs from [`weight`](Self::weight) only while a weight
+    /// change is being handed over.
+    pub fn settled_weight(&self) -> u32 {
+        self.settled_weight
+    }
+
+    /// Whether a weight change of this member is still being handed over: a `Member`
+    /// whose settled weight differs from its weight. (A joining or leaving node's
+    /// transfer covers its weight as well; a removed node holds nothing.)
+    pub fn is_reweighting(&self) -> bool {
+        self.state == MemberState::Member && self.settled_weight != self.weight
     }
 
     /// Where the node is in its life cycle.
@@ -197,11 +250,12 @@ impl Member {
 
     /// The total order merge uses: version first, then contents, so two different
     /// entries with equal versions still have one winner whichever side merges.
-    fn precedence(&self) -> (u64, u8, u32, &str, Option<&str>) {
+    fn precedence(&self) -> (u64, u8, u32, u32, &str, Option<&str>) {
         (
             self.version,
             self.state.rank(),
             self.weight,
+            self.settled_weight,
             &self.address,
             self.client_address.as_deref(),
         )
@@ -268,7 +322,7 @@ pub enum MembershipError {
 /// # Merge laws
 ///
 /// Per member, merge keeps the entry that is greatest in the total order
-/// `(version, state rank, weight, address, client address)` with state rank
+/// `(version, state rank, weight, settled weight, address, client address)` with state rank
 /// `Joining < Member < Leaving < Removed`; members only one side knows are copied.
 /// This is a per-key maximum, so for all tables `a`, `b`, `c`:
 ///
@@ -377,12 +431,15 @@ impl MemberTable {
             state: MemberState::Joining,
             version,
             client_address: None,
+            settled_weight: weight,
         };
         self.members.insert(id, member.clone());
         Ok(member)
     }
 
     /// `Joining -> Member`: the shell calls it once the node holds its ranges' data.
+    /// The node then holds them for its (target) weight, which becomes its settled
+    /// weight too.
     ///
     /// # Errors
     /// `UnknownMember`, `InvalidTransition` from any other state, `VersionExhausted`.
@@ -391,7 +448,10 @@ impl MemberTable {
             id,
             "mark as member",
             |s| s == MemberState::Joining,
-            |m| m.state = MemberState::Member,
+            |m| {
+                m.state = MemberState::Member;
+                m.settled_weight = m.weight;
+            },
         )
     }
 
@@ -408,7 +468,9 @@ impl MemberTable {
         )
     }
 
-    /// `Leaving -> Removed`: the node has handed its data off.
+    /// `Leaving -> Removed`: the node has handed its data off. A removed node is in
+    /// neither ring, so its settled weight is reset to its weight (a pending weight
+    /// change has nothing left to hand over).
     ///
     /// # Errors
     /// `UnknownMember`, `InvalidTransition` from any other state, `VersionExhausted`.
@@ -417,11 +479,16 @@ impl MemberTable {
             id,
             "remove",
             |s| s == MemberState::Leaving,
-            |m| m.state = MemberState::Removed,
+            |m| {
+                m.state = MemberState::Removed;
+                m.settled_weight = m.weight;
+            },
         )
     }
 
-    /// Changes a non-removed member's weight.
+    /// Changes a non-removed member's (target) weight. The settled weight stays: the
+    /// node's data is still laid out for it until the node hands the change over and
+    /// calls [`settle_weight`](Self::settle_weight).
     ///
     /// # Errors
     /// `InvalidWeight`, `UnknownMember`, `InvalidTransition` for a removed member,
@@ -433,6 +500,30 @@ impl MemberTable {
             "set the weight of",
             |s| s != MemberState::Removed,
             |m| m.weight = weight,
+        )
+    }
+
+    /// Ends a weight change's hand-over: a `Member`'s settled weight becomes its
+    /// weight, so reads switch to the ring the data was copied for.
+    ///
+    /// `expected` is the weight the hand-over was planned for; if the weight changed
+    /// since (a second change arrived mid-round), nothing changes and the caller
+    /// re-plans. A member with no pending change is refused too, so a stale call
+    /// cannot bump the version for nothing.
+    ///
+    /// # Errors
+    /// `UnknownMember`; `InvalidTransition` for a member that is not a `Member`, or
+    /// whose weight is not `expected` or already settled; `VersionExhausted`.
+    pub fn settle_weight(&mut self, id: &NodeId, expected: u32) -> Result<Member, MembershipError> {
+        let pending = self
+            .members
+            .get(id)
+            .is_some_and(|m| m.weight == expected && m.settled_weight != m.weight);
+        self.change(
+            id,
+            "settle the weight of",
+            |s| s == MemberState::Member && pending,
+            |m| m.settled_weight = m.weight,
         )
     }
 
@@ -658,6 +749,56 @@ pub(super) mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// A weight change moves the target weight only; the settled weight (the ring reads
+    /// use) follows when the node settles it after the hand-over.
+    #[test]
+    fn set_weight_leaves_the_settled_weight_until_it_is_settled() {
+        let mut t = MemberTable::new();
+        let n = id("n");
+        let joined = t.join(n.clone(), "n:1", 2).unwrap();
+        assert_eq!((joined.weight(), joined.settled_weight()), (2, 2));
+        t.mark_member(&n).unwrap();
+        let changed = t.set_weight(&n, 5).unwrap();
+        assert_eq!((changed.weight(), changed.settled_weight()), (5, 2));
+        assert!(changed.is_reweighting());
+        assert_eq!(t.ring_members(), vec![(n.clone(), 5)], "the target ring");
+        // Settling for a weight other than the current one changes nothing: a second
+        // change arrived, and the hand-over re-plans.
+        assert!(matches!(
+            t.settle_weight(&n, 2),
+            Err(MembershipError::InvalidTransition { .. })
+        ));
+        let again = t.set_weight(&n, 7).unwrap();
+        assert_eq!((again.weight(), again.settled_weight()), (7, 2));
+        let settled = t.settle_weight(&n, 7).unwrap();
+        assert_eq!(
+            (
+                settled.weight(),
+                settled.settled_weight(),
+                settled.version()
+            ),
+            (7, 7, 5)
+        );
+        assert!(!settled.is_reweighting());
+        assert!(
+            t.settle_weight(&n, 7).is_err(),
+            "nothing pending: no version bump for nothing"
+        );
+        // A joining node takes its weight when it becomes a member; a removed one
+        // holds nothing, so its pending change is dropped.
+        let j = id("j");
+        t.join(j.clone(), "j:1", 1).unwrap();
+        let joining = t.set_weight(&j, 3).unwrap();
+        assert_eq!(joining.settled_weight(), 1);
+        assert!(!joining.is_reweighting(), "its join transfer covers it");
+        assert_eq!(t.mark_member(&j).unwrap().settled_weight(), 3);
+        t.set_weight(&j, 4).unwrap();
+        let leaving = t.leave(&j).unwrap();
+        assert_eq!((leaving.weight(), leaving.settled_weight()), (4, 3));
+        assert!(!leaving.is_reweighting());
+        assert_eq!(t.mark_removed(&j).unwrap().settled_weight(), 4);
+    }
+
     #[test]
     fn invalid_transitions_name_the_current_state() {
         let mut t = MemberTable::new();
@@ -848,6 +989,7 @@ pub(super) mod tests {
         Leave(usize, usize),
         Remove(usize, usize),
         SetWeight(usize, usize, u32),
+        SettleWeight(usize, usize, u32),
         SetAddress(usize, usize, u8),
         SetClientAddress(usize, usize, u8),
         Gossip(usize, usize),
@@ -864,7 +1006,8 @@ pub(super) mod tests {
             (t.clone(), n.clone()).prop_map(|(t, n)| Op::MarkMember(t, n)),
             (t.clone(), n.clone()).prop_map(|(t, n)| Op::Leave(t, n)),
             (t.clone(), n.clone()).prop_map(|(t, n)| Op::Remove(t, n)),
-            (t.clone(), n.clone(), w).prop_map(|(t, n, w)| Op::SetWeight(t, n, w)),
+            (t.clone(), n.clone(), w.clone()).prop_map(|(t, n, w)| Op::SetWeight(t, n, w)),
+            (t.clone(), n.clone(), w).prop_map(|(t, n, w)| Op::SettleWeight(t, n, w)),
             (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetAddress(t, n, p)),
             (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetClientAddress(t, n, p)),
             (t.clone(), t).prop_map(|(a, b)| Op::Gossip(a, b)),
@@ -883,6 +1026,7 @@ pub(super) mod tests {
             Op::Leave(t, n) => tables[t].leave(&id(NAMES[n])),
             Op::Remove(t, n) => tables[t].mark_removed(&id(NAMES[n])),
             Op::SetWeight(t, n, w) => tables[t].set_weight(&id(NAMES[n]), w),
+            Op::SettleWeight(t, n, w) => tables[t].settle_weight(&id(NAMES[n]), w),
             Op::SetAddress(t, n, p) => tables[t].set_address(&id(NAMES[n]), &addr(p)),
             Op::SetClientAddress(t, n, p) => {
                 tables[t].set_client_address(&id(NAMES[n]), &format!("client{p}:7000"))

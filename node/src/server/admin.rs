@@ -87,6 +87,7 @@ impl AdminService {
             ownership: ownership.get(member.id()).copied().unwrap_or(0.0),
             reachable: self.node.cluster.is_available(member.id()),
             client_address: member.client_address().unwrap_or_default().to_owned(),
+            settled_weight: member.settled_weight(),
         }
     }
 
@@ -169,7 +170,16 @@ impl admin_server::Admin for AdminService {
             .map_or(proto::MemberState::Unspecified, |m| {
                 state_to_proto(m.state())
             });
-        let transfer = node.transfer.status();
+        let mut transfer = node.transfer.status();
+        // A change this node has not run a round for yet is still a transfer to come:
+        // report its role at once, so no one reads "nothing moving" in between.
+        if transfer.role.is_none() {
+            transfer.role = node
+                .cluster
+                .table()
+                .get(node.cluster.me())
+                .and_then(TransferRole::of);
+        }
         Ok(Response::new(proto::StatusResponse {
             node_id: node.cluster.me().to_string(),
             incarnation: node.incarnation,
@@ -187,11 +197,10 @@ impl admin_server::Admin for AdminService {
             r: node.quorum.r(),
             w: node.quorum.w(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            transfer: match transfer.role {
-                Some(TransferRole::Joining) => "joining".to_owned(),
-                Some(TransferRole::Leaving) => "leaving".to_owned(),
-                None => String::new(),
-            },
+            transfer: transfer
+                .role
+                .map(|role| role.name().to_owned())
+                .unwrap_or_default(),
             transfer_pending_ranges: transfer.pending_ranges(),
             transfers: transfer
                 .peers

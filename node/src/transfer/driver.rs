@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use super::plan::{Task, plan};
 use super::progress::Progress;
 use super::throttle::{Allowance, FixedThrottle, TransferThrottle};
 use crate::NodeId;
-use crate::membership::MemberState;
+use crate::membership::{Member, MemberState};
 use crate::node::NodeShared;
 use crate::ring::{Ring, Token, TokenRange};
 use crate::storage::Durability;
@@ -61,6 +61,31 @@ pub enum TransferRole {
     Joining,
     /// It is leaving: it pushes the ranges it held, then becomes Removed.
     Leaving,
+    /// Its weight changed: it pulls the ranges it gains and pushes the ranges it loses
+    /// (and relays any others the plan moves), then settles its weight.
+    Reweighting,
+}
+
+impl TransferRole {
+    /// The role of a node whose own member entry is `member`, if it has a transfer to
+    /// drive: a joining or leaving node, or a member whose weight change is pending.
+    pub fn of(member: &Member) -> Option<Self> {
+        match member.state() {
+            MemberState::Joining => Some(Self::Joining),
+            MemberState::Leaving => Some(Self::Leaving),
+            MemberState::Member if member.is_reweighting() => Some(Self::Reweighting),
+            _ => None,
+        }
+    }
+
+    /// The name `Admin.Status.transfer` and `dynamoctl status` report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Leaving => "leaving",
+            Self::Reweighting => "reweighting",
+        }
+    }
 }
 
 /// The pending part of a transfer with one peer.
@@ -143,9 +168,10 @@ pub(crate) struct TransferShared {
     /// One round at a time (the loop and a simulator or test may both call); a tokio
     /// mutex because a round awaits peers while holding it.
     round: tokio::sync::Mutex<()>,
-    /// Every peer took our member table (with this change in it) since the transfer
-    /// began; until then each round announces it again before copying.
-    announced: AtomicBool,
+    /// The version of this node's own member entry every peer took (0: none yet) since
+    /// the transfer began; until they took the current one (a second weight change
+    /// bumps it), each round announces it again before copying.
+    announced: AtomicU64,
     /// One stray sweep at a time (see [`super::sweep`]).
     pub(super) sweep: tokio::sync::Mutex<()>,
     /// The stray ranges of the rings of the given (settled, target) epochs. A std
@@ -162,7 +188,7 @@ impl TransferShared {
             settings,
             status: Mutex::new(TransferStatus::default()),
             round: tokio::sync::Mutex::new(()),
-            announced: AtomicBool::new(false),
+            announced: AtomicU64::new(0),
             sweep: tokio::sync::Mutex::new(()),
             stray: Mutex::new(None),
             stalls: Mutex::new(StallTracker::new()),
@@ -243,15 +269,17 @@ struct CallError {
 impl NodeShared {
     /// What a transfer round may send: `wanted` (the round's own throttle), with its keys
     /// drawn from the node's shared background budget (admission control), so transfer
-    /// backs off when foreground latency rises. Nothing is drawn while this node is
-    /// neither joining nor leaving, so an idle transfer loop never eats the budget that
-    /// hinted handoff and anti-entropy share.
+    /// backs off when foreground latency rises. Nothing is drawn while this node has no
+    /// transfer to drive (it is not joining, leaving or changing its weight), so an idle
+    /// transfer loop never eats the budget that hinted handoff and anti-entropy share.
     pub fn admitted_transfer_allowance(&self, wanted: Allowance) -> Allowance {
         let me = self.cluster.me();
-        let transferring = matches!(
-            self.cluster.table().get(me).map(|m| m.state()),
-            Some(MemberState::Joining | MemberState::Leaving)
-        );
+        let transferring = self
+            .cluster
+            .table()
+            .get(me)
+            .and_then(TransferRole::of)
+            .is_some();
         if !transferring {
             return wanted;
         }
@@ -268,20 +296,22 @@ impl NodeShared {
     /// [module docs](crate::transfer)): copies what `allowance` permits of the plan
     /// between the settled and the target ring, in plan order, saving each task's
     /// cursor after every acknowledged batch; when every task is done, marks this node
-    /// Member (joining) or Removed (leaving). Does nothing for a node that is neither.
+    /// Member (joining) or Removed (leaving), or settles its weight (reweighting). Does
+    /// nothing for a node that has no such change pending.
     ///
     /// Deterministic given the member table, the failure detector's view, the stores
     /// and the allowance: the plan is sorted and the pages follow ring order.
     pub async fn transfer_round(&self, allowance: Allowance) -> RoundReport {
         let _one_round = self.transfer.round.lock().await;
         let me = self.cluster.me().clone();
-        let role = match self.cluster.table().get(&me).map(|m| m.state()) {
-            Some(MemberState::Joining) => TransferRole::Joining,
-            Some(MemberState::Leaving) => TransferRole::Leaving,
-            _ => {
-                self.finish_transfer();
-                return RoundReport::idle();
-            }
+        let Some((role, planned_weight, my_version)) = self
+            .cluster
+            .table()
+            .get(&me)
+            .and_then(|m| Some((TransferRole::of(m)?, m.weight(), m.version())))
+        else {
+            self.finish_transfer();
+            return RoundReport::idle();
         };
         let (settled, target) = self.cluster.rings();
         let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
@@ -311,8 +341,8 @@ impl NodeShared {
         // e2e test saw replicas diverge this way with a 1 s gossip interval). Gossip
         // would tell them in its own time; this tells them now. Best effort: a peer we
         // cannot reach is asked again next round, and the copy goes on meanwhile.
-        if !self.transfer.announced.load(Ordering::Acquire) && self.announce().await {
-            self.transfer.announced.store(true, Ordering::Release);
+        if self.transfer.announced.load(Ordering::Acquire) != my_version && self.announce().await {
+            self.transfer.announced.store(my_version, Ordering::Release);
         }
         let mut left = allowance;
         let mut failed: BTreeSet<NodeId> = BTreeSet::new();
@@ -346,7 +376,7 @@ impl NodeShared {
         // node leave while it holds hints: they are writes no one else may hold, which
         // hinted handoff redirects to the keys' replicas first.
         let hints_left = match role {
-            TransferRole::Joining => 0,
+            TransferRole::Joining | TransferRole::Reweighting => 0,
             TransferRole::Leaving => self.hints_held().unwrap_or(1),
         };
         if hints_left > 0 && report.pending_tasks == 0 {
@@ -354,15 +384,20 @@ impl NodeShared {
                 .errors
                 .push(format!("waiting for {hints_left} hints to be handed off"));
         }
-        let can_finish = role == TransferRole::Joining || (!target.is_empty() && hints_left == 0);
+        let can_finish = role != TransferRole::Leaving || (!target.is_empty() && hints_left == 0);
         if report.pending_tasks == 0 && can_finish {
             let change = match role {
                 TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),
                 TransferRole::Leaving => self.change_membership(|t| t.mark_removed(&me)),
+                // Only for the weight this round planned: if a second change arrived
+                // meanwhile, the table refuses and the next round re-plans.
+                TransferRole::Reweighting => {
+                    self.change_membership(|t| t.settle_weight(&me, planned_weight))
+                }
             };
             match change {
                 Ok(member) => {
-                    tracing::info!(node = %me, state = %member.state(), "range transfer complete");
+                    tracing::info!(node = %me, state = %member.state(), weight = member.weight(), "range transfer complete");
                     report.completed = true;
                     self.finish_transfer();
                     // The result does not matter: gossip spreads the rest.
@@ -502,7 +537,7 @@ impl NodeShared {
     /// Forgets a finished (or abandoned) transfer: its progress, its status, and that
     /// it was announced.
     fn finish_transfer(&self) {
-        self.transfer.announced.store(false, Ordering::Release);
+        self.transfer.announced.store(0, Ordering::Release);
         *self.transfer.stalls() = StallTracker::new();
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {

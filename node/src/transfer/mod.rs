@@ -3,8 +3,11 @@
 //! # Hand-over rules
 //!
 //! A cluster in the middle of a change has two rings (see [`plan`]): the *settled* ring
-//! of the nodes that hold their data (`Member`, `Leaving`) and the *target* ring of the
-//! nodes placement is heading to (`Joining`, `Member`).
+//! of the nodes that hold their data (`Member`, `Leaving`, each with its settled weight)
+//! and the *target* ring of the nodes placement is heading to (`Joining`, `Member`, each
+//! with its weight). A weight change (`Admin.SetWeight`) moves a member's weight, and so
+//! the target ring, only; its settled weight, and so the settled ring, follow once the
+//! change is handed over.
 //!
 //! * Reads use the settled ring: a joining node's ranges are served by their previous
 //!   owners, and a leaving node keeps serving its ranges, until the hand-over.
@@ -13,19 +16,27 @@
 //!   acknowledged write is on W settled and on W target replicas ([`write_set`]).
 //! * The node whose membership changes drives every copy the change needs ([`plan`]):
 //!   each range goes from the nodes that lose it to the nodes that gain it. Once every
-//!   copy is acknowledged, a `Joining` node marks itself `Member` and a `Leaving` node
-//!   (once it also holds no hint: see [`crate::handoff`]) marks itself `Removed`; gossip spreads the change and every node's rings agree
-//!   again, so reads switch over. A leaving node whose departure would leave no ring
+//!   copy is acknowledged, a `Joining` node marks itself `Member`, a `Leaving` node
+//!   (once it also holds no hint: see [`crate::handoff`]) marks itself `Removed`, and a
+//!   member whose weight changed settles it (settled weight = weight); gossip spreads
+//!   the change and every node's rings agree again, so reads switch over.
+//! * A second weight change during a hand-over needs nothing special: every round plans
+//!   from the current rings (settled weight to the newest weight, what the settled
+//!   replicas hold being what must move), drops the progress of tasks no longer planned,
+//!   and settles only the weight it planned for (a change that arrives mid-round is
+//!   planned by the next round). A leaving node whose departure would leave no ring
 //!   (the last node) stays `Leaving`: it has no one to hand its data to.
 //!
 //! # Who drives: the changing node, pulling or pushing as its role needs
 //!
 //! The node whose member state flips when the transfer completes drives the whole
 //! transfer, because then "every range acknowledged" is known in one place, from its own
-//! persisted progress, without a new completion protocol or member-table field. So a
-//! joining node *pulls*: it pages each range out of the losing nodes with `ScanRange`
-//! and merges the pages locally. A leaving node *pushes*: it pages its own store and
-//! sends each page to the new owners with `MergeBatch`. Copies between two other nodes
+//! persisted progress, without a new completion protocol. So a joining node *pulls*: it
+//! pages each range out of the losing nodes with `ScanRange` and merges the pages
+//! locally. A leaving node *pushes*: it pages its own store and sends each page to the
+//! new owners with `MergeBatch`. A node whose weight changed does both
+//! ([`TransferRole::Reweighting`]): it pulls the ranges a rise gains and pushes the
+//! ranges a fall loses. Copies between two other nodes
 //! (strategy 3 rebuilt from scratch may trade partitions between old members too) are
 //! relayed: `ScanRange` on the source, `MergeBatch` on the destination. Either way the
 //! losing nodes' data streams to the new owners, and the sending side's data never has
@@ -64,9 +75,17 @@
 //!   node pushes its member table to every peer (and again each round until every peer
 //!   took it); what is left is a peer it cannot reach, and a write a peer sent out just
 //!   before it heard.
-//! * A weight change takes effect in both rings at once (the member table keeps one
-//!   weight per node), so it is transferred by the plan of the next join or leave, or
-//!   by anti-entropy, not handed over.
+//! * Nodes of a release that predates settled weights cannot read the member table
+//!   while a weight change is pending (it is then written in format 3; see
+//!   [`crate::membership`]'s codec): they keep their old table until the change
+//!   settles, and the writes they coordinate meanwhile reach the settled replicas only
+//!   (the first limit above). Change weights once every node is upgraded.
+//! * Changes made concurrently (a weight change while another node joins or leaves) are
+//!   each handed over by their own node, all planning from the same rings; when one
+//!   settles first, the other re-plans from the new settled ring. A write acknowledged
+//!   by a set of replicas that neither the new settled ring nor the target ring covers
+//!   by a quorum is then found again by the stray sweep and anti-entropy rather than by
+//!   the hand-over. The operator makes one change at a time.
 //! * A copy waits for its source for a while: once a losing node has failed for the
 //!   stall time (`--transfer-source-stall`), its ranges are copied from `N - W + 1`
 //!   other settled replicas instead ([`fallback`]), which together hold every write

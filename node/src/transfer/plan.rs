@@ -3,9 +3,12 @@
 //! Two rings describe a cluster in the middle of a change:
 //!
 //! * the **settled** ring, of the members that hold their data: `Member` and `Leaving`
-//!   (a leaving node still holds everything until it is removed);
+//!   (a leaving node still holds everything until it is removed), each with its
+//!   *settled* weight, the weight its data is laid out for;
 //! * the **target** ring, of the members placement is heading to: `Joining` and
-//!   `Member` (the ring every node used before range transfer existed).
+//!   `Member` (the ring every node used before range transfer existed), each with its
+//!   (target) weight, so a weight change moves the target ring only until it is
+//!   handed over.
 //!
 //! Reads use the settled ring ([`read_ring`]), writes go to the union of both
 //! preference lists ([`write_set`]), and [`plan`] lists the copies that make the target
@@ -20,12 +23,13 @@ use crate::NodeId;
 use crate::membership::{MemberState, MemberTable};
 use crate::ring::{Ring, Token, TokenRange, moves};
 
-/// The members that hold their data, with weights, in id order: `Member` and `Leaving`.
+/// The members that hold their data, with their settled weights (the weights their
+/// data is laid out for), in id order: `Member` and `Leaving`.
 pub fn settled_members(table: &MemberTable) -> Vec<(NodeId, u32)> {
     table
         .iter()
         .filter(|m| matches!(m.state(), MemberState::Member | MemberState::Leaving))
-        .map(|m| (m.id().clone(), m.weight()))
+        .map(|m| (m.id().clone(), m.settled_weight()))
         .collect()
 }
 
@@ -336,6 +340,43 @@ mod tests {
         let tasks = plan(&target, &settled, 3);
         assert!(tasks.iter().all(|t| t.source == id("d")), "{tasks:?}");
         assert_target_replicas_hold_every_key(&target, &settled, 3);
+    }
+
+    /// From the member table: `set_weight` moves the target ring only, so the plan
+    /// between the rings of the settled and the target weights moves the ranges a
+    /// weight rise gains into the node, and a fall's out of it; once settled, nothing.
+    #[test]
+    fn a_weight_change_in_the_table_plans_a_rise_into_and_a_fall_out_of_the_node() {
+        let strategy = PartitionStrategy::random_tokens(8).unwrap();
+        let mut table = MemberTable::new();
+        for name in ["a", "b", "c", "d"] {
+            table.join(id(name), "h:1", 2).unwrap();
+            table.mark_member(&id(name)).unwrap();
+        }
+        let rings = |table: &MemberTable| {
+            (
+                Ring::build(&settled_members(table), strategy, 1, None).unwrap(),
+                Ring::build(&target_members(table), strategy, 2, None).unwrap(),
+            )
+        };
+        table.set_weight(&id("d"), 5).unwrap();
+        assert_eq!(settled_members(&table)[3], (id("d"), 2));
+        assert_eq!(target_members(&table)[3], (id("d"), 5));
+        let (settled, target) = rings(&table);
+        let rise = plan(&settled, &target, 3);
+        assert!(!rise.is_empty());
+        assert!(rise.iter().all(|t| t.dest == id("d")), "{rise:?}");
+        assert_target_replicas_hold_every_key(&settled, &target, 3);
+        table.settle_weight(&id("d"), 5).unwrap();
+        let (settled, target) = rings(&table);
+        assert!(plan(&settled, &target, 3).is_empty());
+
+        table.set_weight(&id("d"), 1).unwrap();
+        let (settled, target) = rings(&table);
+        let fall = plan(&settled, &target, 3);
+        assert!(!fall.is_empty());
+        assert!(fall.iter().all(|t| t.source == id("d")), "{fall:?}");
+        assert_target_replicas_hold_every_key(&settled, &target, 3);
     }
 
     #[test]

@@ -1125,3 +1125,247 @@ async fn the_sweep_draws_what_it_sends_from_the_shared_background_budget() {
         .count() as u64;
     assert_eq!(left, stray - 3, "the rest stays for later intervals");
 }
+
+/// The weight of `node` in `from`'s table: (target, settled).
+fn weights_of(cluster: &Cluster, from: &NodeId, node: &NodeId) -> (u32, u32) {
+    let table = cluster.node(from).cluster().table();
+    let member = table.get(node).expect("a member");
+    (member.weight(), member.settled_weight())
+}
+
+/// Writes `count` keys through every node in turn while transfer rounds run; returns
+/// what was acknowledged.
+fn spawn_writer(
+    cluster: &Cluster,
+    prefix: &str,
+    count: usize,
+) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
+    let nodes: Vec<Arc<NodeShared>> = cluster.nodes.values().cloned().collect();
+    let prefix = prefix.to_owned();
+    tokio::spawn(async move {
+        let mut written = BTreeMap::new();
+        for i in 0..count {
+            let (key, value) = (format!("{prefix}-{i}"), format!("w{i}"));
+            let node = &nodes[i % nodes.len()];
+            let ok = node
+                .coordinator()
+                .put(
+                    key.as_bytes(),
+                    VectorClock::new(),
+                    Some(value.as_bytes().to_vec()),
+                    None,
+                )
+                .await
+                .is_ok();
+            if ok {
+                written.insert(key, value);
+            }
+            tokio::task::yield_now().await;
+        }
+        written
+    })
+}
+
+/// Runs throttled rounds on `driver` until its transfer completes, reading a sample of
+/// `acknowledged` through `reader` before every round; returns the rounds run.
+async fn drive_while_reading(
+    cluster: &Cluster,
+    driver: &NodeId,
+    reader: &NodeId,
+    acknowledged: &BTreeMap<String, String>,
+) -> usize {
+    let small = Allowance {
+        keys: 5,
+        bytes: u64::MAX,
+    };
+    for round in 1..=MAX_ROUNDS {
+        for (key, value) in acknowledged.iter().step_by(7) {
+            let got = cluster.get(reader, key, None).await;
+            assert!(
+                got.as_ref().is_some_and(|v| v.contains(value)),
+                "round {round}, {key}: {got:?}, expected {value}"
+            );
+        }
+        if cluster.node(driver).transfer_round(small).await.completed {
+            return round;
+        }
+    }
+    panic!("{driver}'s transfer did not complete in {MAX_ROUNDS} rounds");
+}
+
+/// Waits for the last writes' background replication, then checks every acknowledged
+/// value is on W target replicas and readable through `reader`.
+async fn assert_nothing_lost(
+    cluster: &Cluster,
+    reader: &NodeId,
+    acknowledged: &BTreeMap<String, String>,
+) {
+    let all_there = eventually(|| {
+        acknowledged.iter().all(|(key, value)| {
+            cluster
+                .target_replicas(key)
+                .iter()
+                .filter(|n| cluster.stored(n, key).contains(value))
+                .count()
+                >= 2
+        })
+    })
+    .await;
+    if !all_there {
+        assert_on_w_target_replicas(cluster, acknowledged);
+    }
+    for (key, value) in acknowledged {
+        let got = cluster.get(reader, key, None).await;
+        assert!(
+            got.as_ref().is_some_and(|v| v.contains(value)),
+            "{key}: {got:?}, expected {value}"
+        );
+    }
+}
+
+/// Dynamo §4.9 for a weight rise ("when a node joins (or its weight rises)"): the node
+/// pulls the ranges it gains while writes go to old and new owners, reads stay on the
+/// old owners until it holds them, and only then does it settle its weight, which
+/// switches reads over.
+#[tokio::test]
+async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_until_the_flip() {
+    let cluster = Cluster::new(4);
+    let mut acknowledged = load(&cluster, "before", 120).await;
+    let n4 = id("n4");
+    let share_before = cluster.table_ring().ownership()[&n4];
+    cluster.change_everywhere(|t| t.set_weight(&n4, 3).map(|_| ()));
+    assert_eq!(weights_of(&cluster, &id("n1"), &n4), (3, 1));
+    let share_after = cluster.table_ring().ownership()[&n4];
+    assert!(
+        share_after > 1.5 * share_before,
+        "the target ring gives n4 more: {share_before} -> {share_after}"
+    );
+
+    // Only n4 gains (random tokens: the others keep theirs); reads of the keys it
+    // gains stay on their old owners.
+    let (settled, target) = cluster.node(&n4).cluster().rings();
+    let tasks = plan(&settled, &target, 3);
+    assert!(!tasks.is_empty());
+    assert!(tasks.iter().all(|t| t.dest == n4), "{tasks:?}");
+    let gained: Vec<String> = acknowledged
+        .keys()
+        .filter(|k| {
+            cluster.target_replicas(k).contains(&n4)
+                && !settled
+                    .preference_list_for_key(k.as_bytes(), 3)
+                    .contains(&n4)
+        })
+        .cloned()
+        .collect();
+    assert!(!gained.is_empty());
+    for key in &gained {
+        let readers = cluster
+            .node(&id("n2"))
+            .cluster()
+            .read_preference_list(key.as_bytes());
+        assert!(
+            !readers[..3].contains(&n4),
+            "{key} is read from {readers:?}"
+        );
+    }
+
+    let writer = spawn_writer(&cluster, "during", 80);
+    // The first round reports the role before anything is done.
+    let first = cluster
+        .node(&n4)
+        .transfer_round(Allowance {
+            keys: 3,
+            bytes: u64::MAX,
+        })
+        .await;
+    assert!(!first.completed);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    assert_eq!(status.role, Some(TransferRole::Reweighting));
+    assert!(status.pending_ranges() > 0);
+    assert_eq!(
+        weights_of(&cluster, &n4, &n4),
+        (3, 1),
+        "not settled while ranges are pending"
+    );
+    drive_while_reading(&cluster, &n4, &id("n3"), &acknowledged).await;
+    assert_eq!(weights_of(&cluster, &n4, &n4), (3, 3), "settled");
+    for key in &gained {
+        assert_eq!(cluster.stored(&n4, key), vec![acknowledged[key].clone()]);
+    }
+    acknowledged.extend(writer.await.expect("writer task"));
+    cluster.spread(&n4);
+    assert_eq!(weights_of(&cluster, &id("n1"), &n4), (3, 3));
+    let (settled, target) = cluster.node(&id("n1")).cluster().rings();
+    assert!(
+        plan(&settled, &target, 3).is_empty(),
+        "both rings agree again"
+    );
+    // Reads now go to n4 for the keys it gained.
+    let readers = cluster
+        .node(&id("n2"))
+        .cluster()
+        .read_preference_list(gained[0].as_bytes());
+    assert!(readers[..3].contains(&n4));
+    assert_nothing_lost(&cluster, &id("n1"), &acknowledged).await;
+    assert_eq!(cluster.node(&n4).transfer_status_snapshot().role, None);
+    assert_eq!(
+        cluster.node(&n4).transfer_round(UNLIMITED).await.used,
+        Allowance::NONE,
+        "nothing left to do"
+    );
+}
+
+/// A weight fall is the reverse: the node pushes the ranges it loses to their new
+/// owners, then settles.
+#[tokio::test]
+async fn a_weight_fall_pushes_the_ranges_the_node_loses_then_settles() {
+    let cluster = Cluster::new(4);
+    let n4 = id("n4");
+    cluster.change_everywhere(|t| t.set_weight(&n4, 3).map(|_| ()));
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    cluster.spread(&n4);
+    let mut acknowledged = load(&cluster, "before", 120).await;
+
+    cluster.change_everywhere(|t| t.set_weight(&n4, 1).map(|_| ()));
+    let (settled, target) = cluster.node(&n4).cluster().rings();
+    let tasks = plan(&settled, &target, 3);
+    assert!(!tasks.is_empty());
+    assert!(tasks.iter().all(|t| t.source == n4), "{tasks:?}");
+    let writer = spawn_writer(&cluster, "during", 60);
+    drive_while_reading(&cluster, &n4, &id("n2"), &acknowledged).await;
+    assert_eq!(weights_of(&cluster, &n4, &n4), (1, 1));
+    acknowledged.extend(writer.await.expect("writer task"));
+    cluster.spread(&n4);
+    assert_nothing_lost(&cluster, &id("n3"), &acknowledged).await;
+}
+
+/// A second weight change during a hand-over: the next round plans from the current
+/// rings (settled weight to the newest weight), and the node settles on the newest.
+#[tokio::test]
+async fn a_second_weight_change_during_a_hand_over_re_plans_from_the_current_rings() {
+    let cluster = Cluster::new(4);
+    let acknowledged = load(&cluster, "before", 150).await;
+    let n4 = id("n4");
+    cluster.change_everywhere(|t| t.set_weight(&n4, 2).map(|_| ()));
+    let few = Allowance {
+        keys: 10,
+        bytes: u64::MAX,
+    };
+    let report = cluster.node(&n4).transfer_round(few).await;
+    assert!(!report.completed && report.pending_tasks > 0);
+    let first_plan = {
+        let (settled, target) = cluster.node(&n4).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+
+    cluster.change_everywhere(|t| t.set_weight(&n4, 4).map(|_| ()));
+    assert_eq!(weights_of(&cluster, &n4, &n4), (4, 1), "still settled at 1");
+    let (settled, target) = cluster.node(&n4).cluster().rings();
+    let second_plan = plan(&settled, &target, 3);
+    assert!(second_plan.len() > first_plan.len(), "weight 4 gains more");
+    cluster.drive_to_completion(&n4, UNLIMITED).await;
+    assert_eq!(weights_of(&cluster, &n4, &n4), (4, 4));
+    cluster.spread(&n4);
+    assert_on_w_target_replicas(&cluster, &acknowledged);
+    assert_nothing_lost(&cluster, &id("n2"), &acknowledged).await;
+}

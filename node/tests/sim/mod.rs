@@ -65,6 +65,8 @@ const PARTITIONS: u32 = 32;
 /// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
 /// hashing a production-sized tree after every restart would dominate a run's time.
 const TREE_DEPTH: u8 = 8;
+/// Mixed into the seed for the weight change's own random stream.
+const REWEIGHT_STREAM: u64 = 0x5745_4947_4854;
 /// The most simulated time between two workload steps, exclusive.
 pub(crate) const MAX_STEP_GAP_MS: u64 = 40;
 /// A tombstone grace period shorter than this is meant to purge deletes within the
@@ -88,6 +90,9 @@ pub(crate) struct Faults {
     pub(crate) delays: bool,
     /// One node joins and one leaves during the run.
     pub(crate) join_leave: bool,
+    /// One member's weight changes during the run (a rise from 1, or a fall back to 1),
+    /// and that member hands the change over.
+    pub(crate) reweight: bool,
     /// A node's disk is replaced by an empty one (its engine wiped) and it restarts;
     /// at most once per run, and not in a run that loses unflushed writes (see
     /// `Faults::one_data_loss`).
@@ -104,6 +109,7 @@ impl Faults {
             drops: true,
             delays: true,
             join_leave: false,
+            reweight: false,
             wipes: false,
         }
     }
@@ -137,6 +143,7 @@ impl Faults {
         Self {
             lose_unflushed: true,
             join_leave: true,
+            reweight: true,
             wipes: true,
             ..Self::handled_today()
         }
@@ -631,7 +638,7 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
 }
 
 /// One background round on a node: gossip, failure probes, hinted handoff, a range
-/// transfer round (for a joining or leaving node) with a stray sweep in what it left
+/// transfer round (for a joining or leaving node, or one changing its weight) with a stray sweep in what it left
 /// of the allowance, as the transfer loop does, and an anti-entropy round (which
 /// first brings the Merkle trees in line with the ring, then purges expired
 /// tombstones).
@@ -754,6 +761,13 @@ async fn simulate(config: SimConfig) -> SimReport {
         .faults
         .join_leave
         .then(|| rng.random_range(config.steps / 2..config.steps * 3 / 4 + 1));
+    // The weight change draws from its own stream, so it leaves the rest of a seed's
+    // schedule as it was before weight changes were simulated.
+    let mut reweight_rng = ChaCha8Rng::seed_from_u64(config.seed ^ REWEIGHT_STREAM);
+    let reweight_at = config
+        .faults
+        .reweight
+        .then(|| reweight_rng.random_range(config.steps / 4..config.steps * 3 / 4 + 1));
     let mut leaving: Option<usize> = None;
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_flush = tokio::time::Instant::now();
@@ -772,6 +786,9 @@ async fn simulate(config: SimConfig) -> SimReport {
         }
         if Some(step) == leave_at {
             leaving = start_leave(&world, &mut rng);
+        }
+        if Some(step) == reweight_at {
+            change_weight(&world, &mut reweight_rng);
         }
         if let Some(index) = leaving {
             if retire_if_removed(&world, index) {
@@ -942,15 +959,18 @@ async fn quiesce(
                 .cluster()
                 .table()
                 .iter()
-                .filter(|m| matches!(m.state(), MemberState::Joining | MemberState::Leaving))
-                .map(|m| format!("{} {}", m.id(), m.state()))
+                .filter(|m| {
+                    matches!(m.state(), MemberState::Joining | MemberState::Leaving)
+                        || m.is_reweighting()
+                })
+                .map(|m| format!("{} {} weight {}", m.id(), m.state(), m.weight()))
                 .collect()
         });
         let tables_agree = digests.windows(2).all(|pair| pair[0] == pair[1]);
         let trees = trees_agree(&w, &up);
         *blocker = format!(
             "tables agree: {tables_agree}; hints or nodes believed down: {unsettled:?}; \
-             joining or leaving: {changing:?}; trees agree: {trees}"
+             joining, leaving or reweighting: {changing:?}; trees agree: {trees}"
         );
         if tables_agree && hints == 0 && changing.is_empty() && trees {
             calm += 1;
@@ -1162,6 +1182,47 @@ fn join_node(world: &Shared, rng: &mut ChaCha8Rng) {
         .is_ok()
     {
         w.note("join", index);
+    }
+}
+
+/// Changes the weight of a random Member through a random live node (the operator's
+/// `Admin.SetWeight`): a rise to 2 or 3 from 1, or a fall back to 1. The member hands
+/// the change over in its transfer rounds.
+fn change_weight(world: &Shared, rng: &mut ChaCha8Rng) {
+    let mut w = lock(world);
+    let up = w.up_nodes();
+    let Some(&admin) = up.get(rng.random_range(0..up.len().max(1))) else {
+        return;
+    };
+    let (shared, _) = w.up(admin).expect("live");
+    let members: Vec<(NodeId, u32)> = shared
+        .cluster()
+        .table()
+        .iter()
+        .filter(|m| m.state() == MemberState::Member)
+        .map(|m| (m.id().clone(), m.weight()))
+        .collect();
+    let Some((id, weight)) = members
+        .get(rng.random_range(0..members.len().max(1)))
+        .cloned()
+    else {
+        return;
+    };
+    let new_weight = if weight == 1 {
+        rng.random_range(2..=3)
+    } else {
+        1
+    };
+    if shared
+        .change_membership(|t| t.set_weight(&id, new_weight))
+        .is_ok()
+    {
+        let index = w
+            .nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("a member is a simulated node");
+        w.note("reweight", index);
     }
 }
 
