@@ -346,6 +346,8 @@ struct World {
     /// Faults and membership changes, each with the number of client operations
     /// invoked before it, for tracing a failure.
     log: Vec<String>,
+    /// What [`trace_holdings`] last saw of the traced key.
+    traced_holdings: Vec<String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -720,6 +722,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         acked_elements: BTreeMap::new(),
         tombstone_grace: config.tombstone_grace,
         log: Vec::new(),
+        traced_holdings: Vec::new(),
         started,
     }));
     {
@@ -778,8 +781,10 @@ async fn simulate(config: SimConfig) -> SimReport {
                 leaving = None;
             }
         }
+        trace_holdings(&world);
         while tasks.len() >= MAX_IN_FLIGHT {
             tasks.join_next().await;
+            trace_holdings(&world);
         }
         let roll = rng.random_range(0..100);
         if roll < 70 {
@@ -903,6 +908,7 @@ async fn quiesce(
         let up = lock(world).up_nodes();
         for &i in &up {
             background_round(Arc::clone(world), i, rng.random()).await;
+            trace_holdings(world);
         }
         for i in up {
             retire_if_removed(world, i);
@@ -1022,6 +1028,71 @@ fn log_holders(world: &Shared, key: &[u8]) {
         ));
     }
     w.log.extend(lines);
+}
+
+/// One line per node (up or down) with what its disk holds of `key`, data and hints,
+/// for tracing a failure (`DYNAMO_SIM_KEY`): values by name, `-` for a tombstone.
+fn holdings(w: &World, key: &[u8]) -> Vec<String> {
+    let describe = |state: &SiblingSet| {
+        let values: Vec<String> = state
+            .siblings()
+            .iter()
+            .map(|s| {
+                s.value
+                    .as_data()
+                    .map_or_else(|| "-".to_owned(), |v| String::from_utf8_lossy(v).into_owned())
+            })
+            .collect();
+        let clock: Vec<String> = state
+            .clock()
+            .iter()
+            .map(|(actor, entry)| format!("{}:{}", actor.node, entry.counter))
+            .collect();
+        format!("{values:?} {}", clock.join(" "))
+    };
+    let mut lines = Vec::new();
+    for node in &w.nodes {
+        let engine: &dyn StorageEngine = node.engine.as_ref();
+        let mut held = Vec::new();
+        if let Ok(Some(raw)) = engine.get(key) {
+            if let Ok(state) = dynamo_node::store::decode_state(Some(&raw)) {
+                held.push(format!("data {}", describe(&state)));
+            }
+        }
+        for (target, _) in engine.hint_targets().unwrap_or_default() {
+            for (hinted, raw) in engine.hints_for(&target, None, usize::MAX).unwrap_or_default() {
+                if hinted == key {
+                    if let Ok(state) = dynamo_node::store::decode_state(Some(&raw)) {
+                        held.push(format!("hint for {target} {}", describe(&state)));
+                    }
+                }
+            }
+        }
+        if !held.is_empty() {
+            let up = if node.process.is_some() { "" } else { " (down)" };
+            lines.push(format!("{}{up}: {}", node.id, held.join("; ")));
+        }
+    }
+    lines
+}
+
+/// Logs what changed in [`holdings`] of the traced key (`DYNAMO_SIM_KEY`) since the
+/// last call.
+fn trace_holdings(world: &Shared) {
+    let Ok(key) = std::env::var("DYNAMO_SIM_KEY") else {
+        return;
+    };
+    let mut w = lock(world);
+    let now = holdings(&w, key.as_bytes());
+    if now != w.traced_holdings {
+        let line = format!(
+            "after op #{}: {key} now held: {}",
+            w.history.ops().len(),
+            if now.is_empty() { "nowhere".to_owned() } else { now.join(" | ") }
+        );
+        w.log.push(line);
+        w.traced_holdings = now;
+    }
 }
 
 /// Every key's versions on each of its N home replicas.
