@@ -52,11 +52,46 @@ pub struct NodeProcess {
     pub client: SocketAddr,
     /// The internode (`Replica`, `Admin`) address.
     pub internode: SocketAddr,
-    /// The HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    /// The HTTP address (`/metrics`, `/healthz`, `/readyz`); the unbound port-0
+    /// address when started without HTTP (see [`NodeProcess::http_address`]).
     pub http: SocketAddr,
+    /// Whether the node serves HTTP.
+    http_enabled: bool,
     data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+}
+
+/// Where and how to start a node, beyond its id and data directory.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The namespace to run in, if any.
+    pub host: Option<Host>,
+    /// The client API's listen address (port 0: the OS picks, kept on restart).
+    pub client_listen: SocketAddr,
+    /// The internode API's listen address.
+    pub internode_listen: SocketAddr,
+    /// The HTTP API's listen address; `None` runs the node without HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// Seed nodes' internode addresses.
+    pub seeds: Vec<SocketAddr>,
+    /// More flags (a 100 ms gossip interval is added unless they set one).
+    pub extra: Vec<String>,
+}
+
+impl NodeOptions {
+    /// Every listener on `ip` with an OS-chosen port, HTTP included; no seeds, no
+    /// extra flags, no namespace.
+    pub fn on(ip: IpAddr) -> Self {
+        Self {
+            host: None,
+            client_listen: SocketAddr::new(ip, 0),
+            internode_listen: SocketAddr::new(ip, 0),
+            http_listen: Some(SocketAddr::new(ip, 0)),
+            seeds: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
 }
 
 impl NodeProcess {
@@ -71,6 +106,25 @@ impl NodeProcess {
         seeds: &[SocketAddr],
         extra: &[String],
     ) -> NodeProcess {
+        let options = NodeOptions {
+            host,
+            seeds: seeds.to_vec(),
+            extra: extra.to_vec(),
+            ..NodeOptions::on(ip)
+        };
+        Self::start_with(id, data_dir, options).await
+    }
+
+    /// Starts a node as `options` say, with its data in `data_dir`.
+    pub async fn start_with(id: &str, data_dir: PathBuf, options: NodeOptions) -> NodeProcess {
+        let NodeOptions {
+            host,
+            client_listen,
+            internode_listen,
+            http_listen,
+            seeds,
+            extra,
+        } = options;
         let mut args: Vec<String> = vec!["--node-id".into(), id.into()];
         // Quick gossip, so membership changes spread fast, unless the test chose.
         if !extra.iter().any(|flag| flag == "--gossip-interval") {
@@ -90,9 +144,10 @@ impl NodeProcess {
         let mut node = NodeProcess {
             id: id.into(),
             host,
-            client: SocketAddr::new(ip, 0),
-            internode: SocketAddr::new(ip, 0),
-            http: SocketAddr::new(ip, 0),
+            client: client_listen,
+            internode: internode_listen,
+            http: http_listen.unwrap_or_else(|| SocketAddr::new(client_listen.ip(), 0)),
+            http_enabled: http_listen.is_some(),
             data_dir,
             args,
             child: None,
@@ -118,9 +173,11 @@ impl NodeProcess {
             .arg("--listen")
             .arg(self.client.to_string())
             .arg("--internode-listen")
-            .arg(self.internode.to_string())
-            .arg("--http-listen")
-            .arg(self.http.to_string())
+            .arg(self.internode.to_string());
+        if self.http_enabled {
+            command.arg("--http-listen").arg(self.http.to_string());
+        }
+        command
             // No DYNAMO_* settings from the environment running the tests.
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -144,10 +201,17 @@ impl NodeProcess {
         };
         self.client = field("client=");
         self.internode = field("internode=");
-        self.http = field("http=");
+        if self.http_enabled {
+            self.http = field("http=");
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
+    }
+
+    /// The HTTP address, if the node serves HTTP.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_enabled.then_some(self.http)
     }
 
     /// Whether the process is running (not killed by the test).

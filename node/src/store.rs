@@ -408,14 +408,26 @@ impl Store {
 
     /// Removes `key` if its stored state holds only tombstones and its digest is still
     /// `expected` (compare-and-delete, the last step of a tombstone purge); returns
-    /// whether it did. Buffered, like [`StorageEngine::remove`]: a removal undone by a
-    /// crash leaves the tombstone, which a later purge removes again.
+    /// whether it did.
+    ///
+    /// The tombstone is made durable (the engine flushed) before it is removed, and
+    /// the removal itself is buffered, like [`StorageEngine::remove`]: a crash can
+    /// then undo the removal, which leaves the tombstone for a later purge, but never
+    /// the tombstone. Without the flush, a buffered replica that received the
+    /// tombstone by repair and lost it, with the removal, in a crash that loses
+    /// unflushed writes would come back holding the value the delete superseded,
+    /// after every other replica had dropped the tombstone that could supersede it
+    /// again (found by the simulator's purge-during-faults runs).
     ///
     /// # Errors
     /// Storage failures or corrupt stored state.
     pub fn remove_tombstone_if(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
-        self.remove_if(key, expected, |raw| {
-            Ok(decode_state(Some(raw))?.tombstone_only())
+        self.remove_if(key, expected, |engine, raw| {
+            if !decode_state(Some(raw))?.tombstone_only() {
+                return Ok(false);
+            }
+            engine.flush()?;
+            Ok(true)
         })
     }
 
@@ -428,22 +440,23 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn remove_unchanged(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
-        self.remove_if(key, expected, |_| Ok(true))
+        self.remove_if(key, expected, |_, _| Ok(true))
     }
 
-    /// Removes `key` if its stored digest is `expected` and `also` accepts its bytes.
+    /// Removes `key` if its stored digest is `expected` and `also` accepts its bytes
+    /// (it may first prepare the removal on the engine, under the key's lock).
     fn remove_if(
         &self,
         key: &[u8],
         expected: [u8; 16],
-        also: impl FnOnce(&[u8]) -> Result<bool, StoreError>,
+        also: impl FnOnce(&dyn StorageEngine, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let _guard = self.key_locks.lock(key);
         let Some(raw) = self.engine.get(key)? else {
             return Ok(false);
         };
         let digest = state_digest(&raw);
-        if digest != expected || !also(&raw)? {
+        if digest != expected || !also(self.engine.as_ref(), &raw)? {
             return Ok(false);
         }
         let removed = self.engine.remove(key)?;

@@ -20,7 +20,7 @@ mod sim;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sim::{Faults, SimConfig, SimReport, run};
+use sim::{FaultBursts, Faults, SimConfig, SimReport, run};
 
 /// Workload steps per run: enough for every fault class to show up several times.
 const DEFAULT_STEPS: usize = 120;
@@ -135,6 +135,8 @@ fn handled_without_background_repair(seed: u64) -> SimConfig {
         faults: Faults::handled_today(),
         read_repair_converges: true,
         tombstone_grace: KEEP_TOMBSTONES,
+        keys: sim::KEYS,
+        fault_bursts: None,
     }
 }
 
@@ -145,6 +147,46 @@ fn every_fault(seed: u64, tombstone_grace: Duration) -> SimConfig {
         faults: Faults::all(),
         read_repair_converges: false,
         tombstone_grace,
+        keys: sim::KEYS,
+        fault_bursts: None,
+    }
+}
+
+/// The purge-during-faults runs' faults: bursts of 15 steps, each followed by 10 calm
+/// steps with a background round on every node every 3 steps.
+const PURGE_DURING_FAULTS_BURSTS: FaultBursts = FaultBursts {
+    burst: 15,
+    calm: 10,
+    round_every: 3,
+};
+/// Plain keys of a purge-during-faults run: spread thin enough that many deletes are
+/// not overwritten within the grace period, so they are purged.
+const PURGE_DURING_FAULTS_KEYS: usize = 24;
+/// Workload steps of a purge-during-faults run (`DYNAMO_SIM_STEPS` overrides it): long
+/// enough that deletes from its first half are purged before it ends.
+const PURGE_DURING_FAULTS_STEPS: usize = 200;
+
+/// The purge-during-faults grace period (`DYNAMO_SIM_GRACE_MS` overrides it): the
+/// longest a copy can wait under [`PURGE_DURING_FAULTS_BURSTS`], plus a buffered node's
+/// flush interval (a delivered hint or handed-over stray whose removal a crash undoes
+/// is one more copy), plus a margin: 1.7 s, well inside a 4 s workload.
+fn purge_during_faults_grace() -> Duration {
+    let wait = PURGE_DURING_FAULTS_BURSTS.longest_wait() + sim::FLUSH_INTERVAL;
+    env_u64("DYNAMO_SIM_GRACE_MS").map_or(wait + Duration::from_millis(200), Duration::from_millis)
+}
+
+/// Every fault class in the bursts of [`PURGE_DURING_FAULTS_BURSTS`], with a tombstone
+/// grace period shorter than the workload: purges run while other faults are in
+/// progress.
+fn purge_during_faults(seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        steps: env_u64("DYNAMO_SIM_STEPS").map_or(PURGE_DURING_FAULTS_STEPS, |s| s as usize),
+        faults: Faults::all(),
+        read_repair_converges: false,
+        tombstone_grace: purge_during_faults_grace(),
+        keys: PURGE_DURING_FAULTS_KEYS,
+        fault_bursts: Some(PURGE_DURING_FAULTS_BURSTS),
     }
 }
 
@@ -211,12 +253,59 @@ fn deletes_stay_deleted_when_tombstones_are_purged_during_the_run() {
     }
 }
 
+/// Tombstones purged while crashes, partitions, drops, delays, a wiped disk or lost
+/// unflushed writes, a join and a leave are in progress, with delete-recreate cycles
+/// and the set workload: faults come in bursts with calm spells between, the grace period
+/// exceeds the longest a copy can wait (the node's purge precondition), and the
+/// checker's three verdicts must hold: no acknowledged write lost, replicas converged,
+/// no deleted value back.
+///
+/// Thousands of seeds: `DYNAMO_SIM_SEEDS=3000 cargo test -p dynamo-node --test
+/// simulation purges_while_faults -- --ignored --nocapture`.
+///
+/// Ignored until the node stops reissuing dots after a purge: about 4 seeds in 100
+/// fail (e.g. 2000005, key-19). Vector clocks are per key, so once a key's tombstone
+/// is purged everywhere, the next put coordinated by a node whose actor wrote the key
+/// before starts that actor's counter at 1 again and reissues a dot the purged
+/// tombstone covered. The checker sees the new acknowledged write's context covered
+/// by the old delete's; worse, any surviving copy of that tombstone (a purge stopped
+/// half way keeps the purger's copy by design, a crash can undo a removal) supersedes
+/// the new write when anti-entropy merges them, losing it. Fixing it needs dots that
+/// are never reissued per actor (Riak's per-key actor epochs after KV679, or a
+/// node-wide counter floor): a change to `version` and the stored format.
+#[test]
+#[ignore = "the node reissues dots after a purge (see the doc comment)"]
+fn purges_while_faults_are_in_progress_lose_no_write_and_resurrect_no_delete() {
+    let outcome = run_seeds(
+        "purges_while_faults_are_in_progress_lose_no_write_and_resurrect_no_delete",
+        2_000_000,
+        100,
+        purge_during_faults,
+    );
+    outcome.assert_passed();
+    if env_u64("DYNAMO_SIM_SEED").is_none() {
+        // Purges did happen mid-run, with faults in progress, beside the other work.
+        for event in [
+            "tombstones purged with a fault active",
+            "crash losing unflushed",
+            "wipe",
+            "join",
+            "removed",
+            "keys repaired",
+        ] {
+            assert!(outcome.total(event) > 0, "no run saw any {event:?}");
+        }
+    }
+}
+
 #[test]
 fn a_seed_reproduces_its_history_exactly() {
     let seed = env_u64("DYNAMO_SIM_SEED").unwrap_or(7);
-    let configs: [fn(u64) -> SimConfig; 2] = [handled_without_background_repair, |seed| {
-        every_fault(seed, purge_grace())
-    }];
+    let configs: [fn(u64) -> SimConfig; 3] = [
+        handled_without_background_repair,
+        |seed| every_fault(seed, purge_grace()),
+        purge_during_faults,
+    ];
     for config in configs {
         let first = run(config(seed));
         let second = run(config(seed));

@@ -45,7 +45,21 @@
 //! leaves room for a day-long outage; Cassandra's `gc_grace_seconds` is the same
 //! bargain. Stand-ins also keep hinted writes in their own data after handing them off;
 //! reads that reach such a stand-in while the replicas are down could see an older
-//! value whose tombstone was purged; the same grace period bounds that window.
+//! value whose tombstone was purged; the same grace period bounds that window. A
+//! buffered node's flush interval is one more such wait (a delivered hint or
+//! handed-over stray whose removal a crash undoes comes back), so the grace period
+//! must exceed it too.
+//!
+//! **Durability.** The purger flushes its tombstone before any peer drops its copy,
+//! and each replica flushes before its removal, so a crash that loses unflushed
+//! writes can undo a removal (leaving a tombstone to purge again) but never bring
+//! back the value the tombstone superseded.
+//!
+//! **Known hole: dot reuse.** Vector clocks are per key: after a key is purged
+//! everywhere, a node that wrote it before starts its counter at 1 again, reissuing a
+//! dot the purged tombstone covered. A surviving copy of that tombstone (a purge
+//! stopped half way keeps the purger's) would then supersede the new write. The
+//! simulator's purge-during-faults test (ignored until this is fixed) finds it.
 
 pub mod plan;
 mod round;

@@ -517,9 +517,11 @@ impl NodeShared {
         Ok(())
     }
 
-    /// Purges one key: every other replica must hold exactly `state`; each is asked to
-    /// remove it by compare-and-delete, and only then is our own copy removed. Returns
-    /// whether the key is gone everywhere.
+    /// Purges one key: every other replica must hold exactly `state`; our own copy is
+    /// made durable, each peer is asked to remove its copy by compare-and-delete (which
+    /// makes the peer's tombstone durable first, see [`Store::remove_tombstone_if`]),
+    /// and only then is our own copy removed. Returns whether the key is gone
+    /// everywhere.
     async fn purge_key(
         &self,
         key: &[u8],
@@ -541,6 +543,11 @@ impl NodeShared {
                 return Ok(false);
             }
         }
+        // Our tombstone must outlive every peer's: once a peer drops its copy, ours is
+        // what restores the tombstone (or supersedes an old value) if this purge stops
+        // half way, so a crash here must not be able to take it back.
+        let store = self.store.clone();
+        blocking(&self.store, move || Ok(store.engine().flush()?)).await?;
         let digest = state.digest();
         for (peer, address) in &peers {
             let removed = self.observed(

@@ -13,7 +13,7 @@ use crate::merkle::MerkleTree;
 use crate::node::{NodeSettings, NodeShared};
 use crate::quorum::QuorumConfig;
 use crate::ring::{Token, TokenRange};
-use crate::storage::{Durability, MemoryEngine};
+use crate::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use crate::time::Millis;
 use crate::transport::{MemoryNetwork, MerkleQuery, ReplicaError, Transport, TransportError};
 use crate::version::{SiblingSet, VectorClock};
@@ -36,8 +36,11 @@ struct Harness {
     network: MemoryNetwork,
     names: Vec<String>,
     nodes: Vec<Arc<NodeShared>>,
+    /// Each node's disk, which outlives a crash of its process.
+    engines: Vec<Arc<MemoryEngine>>,
     config: AntiEntropyConfig,
     admission: crate::admission::AdmissionConfig,
+    durability: Durability,
 }
 
 impl Harness {
@@ -52,38 +55,67 @@ impl Harness {
         config: AntiEntropyConfig,
         admission: crate::admission::AdmissionConfig,
     ) -> Self {
+        Self::build(count, config, admission, Durability::Sync)
+    }
+
+    /// Like [`Harness::new`], with every node in buffered mode: replica writes stay
+    /// unflushed until an engine flush.
+    fn buffered(count: usize, config: AntiEntropyConfig) -> Self {
+        Self::build(
+            count,
+            config,
+            crate::admission::AdmissionConfig::default(),
+            Durability::Buffered,
+        )
+    }
+
+    fn build(
+        count: usize,
+        config: AntiEntropyConfig,
+        admission: crate::admission::AdmissionConfig,
+        durability: Durability,
+    ) -> Self {
         let network = MemoryNetwork::new(Duration::from_millis(200)).expect("nonzero timeout");
         let names: Vec<String> = (1..=count).map(|i| format!("n{i}")).collect();
         let mut harness = Self {
             network,
             names: names.clone(),
             nodes: Vec::new(),
+            engines: Vec::new(),
             config,
             admission,
+            durability,
         };
         for name in &names {
-            let node = harness.assemble(name);
+            let engine = Arc::new(MemoryEngine::new());
+            let node = harness.assemble(name, Arc::clone(&engine));
             harness.nodes.push(node);
+            harness.engines.push(engine);
         }
         harness
     }
 
-    /// A node with an empty engine, registered on the network, knowing every member.
-    fn assemble(&self, name: &str) -> Arc<NodeShared> {
+    /// A node on `engine`, registered on the network, knowing every member.
+    fn assemble(&self, name: &str, engine: Arc<MemoryEngine>) -> Arc<NodeShared> {
         let mut settings = NodeSettings::new(id(name));
         settings.quorum = QuorumConfig::new(3, 2, 2).expect("valid quorum");
         settings.request_timeout = Duration::from_millis(400);
         settings.anti_entropy = self.config;
         settings.admission = self.admission;
+        settings.durability = self.durability;
         let node = NodeShared::assemble(
             settings,
-            Arc::new(MemoryEngine::new()),
+            engine,
             Arc::new(self.network.endpoint(addr(name))),
             addr(name),
         )
         .expect("assembling an in-memory node");
         self.network.register(addr(name), node.handler());
+        // A restarted node found its member table on disk.
         for member in &self.names {
+            if node.cluster().table().get(&id(member)).is_some() {
+                continue;
+            }
             node.change_membership(|table| {
                 table.join(id(member), &addr(member), 1)?;
                 table.mark_member(&id(member))
@@ -102,7 +134,16 @@ impl Harness {
     fn wipe(&mut self, name: &str) {
         self.network.unregister(&addr(name));
         let index = self.names.iter().position(|n| n == name).expect("a node");
-        self.nodes[index] = self.assemble(name);
+        self.engines[index] = Arc::new(MemoryEngine::new());
+        self.nodes[index] = self.assemble(name, Arc::clone(&self.engines[index]));
+    }
+
+    /// Kills `name`'s process and restarts it on what its disk kept (`mode`).
+    fn crash_and_restart(&mut self, name: &str, mode: CrashMode) {
+        self.network.unregister(&addr(name));
+        let index = self.names.iter().position(|n| n == name).expect("a node");
+        self.engines[index] = Arc::new(self.engines[index].crash(mode));
+        self.nodes[index] = self.assemble(name, Arc::clone(&self.engines[index]));
     }
 
     async fn put(&self, through: &str, key: &str, value: &str) {
@@ -538,6 +579,76 @@ async fn a_tombstone_is_purged_from_every_replica_only_when_all_hold_it() {
             rebuilt_root(node, TokenRange::full(), super::plan::FULL_RING_DEPTH)
         );
     }
+}
+
+/// A replica that received the tombstone by repair, in buffered mode, confirms the
+/// purge and then crashes losing its unflushed writes: it must come back with the
+/// tombstone (or nothing), never with the value the delete superseded, which no
+/// replica could supersede any more (Dynamo §4.4 deletes; found by the simulator's
+/// purge-during-faults runs).
+#[tokio::test(start_paused = true)]
+async fn a_purge_survives_a_replica_losing_its_unflushed_writes() {
+    let mut harness = Harness::buffered(3, config());
+    for node in &harness.nodes {
+        node.refresh_trees().await;
+    }
+    let key = "deleted";
+    harness.put("n1", key, "v").await;
+    harness.settle(&[key.to_owned()]).await;
+    let replicas = harness.nodes[0]
+        .cluster()
+        .ring()
+        .preference_list_for_key(key.as_bytes(), 3);
+    let purger = replicas[0].to_string();
+    let stale = replicas[2].to_string();
+
+    // The stale replica misses the delete; everything written so far is on disk, so
+    // its disk holds the live value.
+    harness.network.isolate(&addr(&stale));
+    harness.delete(&purger, key).await;
+    harness.network.reconnect(&addr(&stale));
+    for engine in &harness.engines {
+        engine.flush().expect("flush");
+    }
+    assert_eq!(data(&harness.stored(&stale, key)), ["v"]);
+
+    // Rounds repair it (an unflushed merge in buffered mode) and purge the key.
+    harness
+        .rounds_until(&purger, FAR_FUTURE, |h| {
+            h.nodes
+                .iter()
+                .all(|n| n.store().read(key.as_bytes()).unwrap().is_empty())
+        })
+        .await;
+
+    // The repaired replica crashes losing what it had not flushed, and restarts.
+    harness.crash_and_restart(&stale, CrashMode::LoseUnflushed);
+    let back = harness.stored(&stale, key);
+    assert!(
+        back.is_empty() || back.tombstone_only(),
+        "{stale} came back with {:?}",
+        data(&back)
+    );
+    // Whatever it kept, rounds everywhere do not bring the value back.
+    for node in harness.nodes.clone() {
+        node.refresh_trees().await;
+        for round in 0..6 {
+            node.antientropy_round(round, FAR_FUTURE).await;
+        }
+    }
+    for name in &harness.names {
+        assert!(
+            data(&harness.stored(name, key)).is_empty(),
+            "{name} holds the deleted value again"
+        );
+    }
+    let read = harness
+        .node(&purger)
+        .coordinator()
+        .get(key.as_bytes(), Some(3))
+        .await
+        .expect("get");
+    assert!(read.values().next().is_none(), "the delete came back");
 }
 
 #[tokio::test(start_paused = true)]

@@ -51,7 +51,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// The network's per-call timeout.
 const CALL_TIMEOUT: Duration = Duration::from_millis(200);
 /// sled's default periodic flush of buffered writes.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Simulated time between background rounds while quiescing.
 const ROUND_INTERVAL: Duration = Duration::from_millis(250);
 /// At most this many quiescing rounds before the run gives up waiting.
@@ -166,6 +166,47 @@ pub(crate) struct SimConfig {
     /// How long a tombstone-only state is kept before anti-entropy may purge it: longer
     /// than a run to keep every delete, or short enough that purges happen during it.
     pub(crate) tombstone_grace: Duration,
+    /// Plain keys the workload spreads over (besides the set workload's): fewer keys
+    /// see more concurrent writes, more keys leave deletes untouched long enough to
+    /// be purged.
+    pub(crate) keys: usize,
+    /// If set, faults come in bursts with calm spells between them (see
+    /// [`FaultBursts`]).
+    pub(crate) fault_bursts: Option<FaultBursts>,
+}
+
+/// Faults in bursts separated by calm spells, with background rounds on every node
+/// during each calm spell: together they bound how long any copy of a value can wait
+/// outside the replicas a purge asks (a hint, a stand-in's or a former owner's stray
+/// copy, a down or cut-off node's data). The node's purge rule holds only when the
+/// tombstone grace period exceeds that wait (see `dynamo_node::antientropy`), so this
+/// is what lets a run purge tombstones with a grace period shorter than the workload,
+/// while the next burst's faults are in progress. (Bounding each fault alone is not
+/// enough: the simulator found copies that waited out one fault after another.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FaultBursts {
+    /// Steps of a burst, during which faults are injected.
+    pub(crate) burst: usize,
+    /// Steps of the calm spell after it: it begins with every crashed node restarted
+    /// and the network healed, and injects no faults.
+    pub(crate) calm: usize,
+    /// During a calm spell every live node runs a background round this often, in
+    /// steps.
+    pub(crate) round_every: usize,
+}
+
+impl FaultBursts {
+    /// The longest simulated time a copy can wait: a burst and the calm spell that
+    /// delivers it, each step at most [`MAX_STEP_GAP_MS`] apart.
+    pub(crate) fn longest_wait(&self) -> Duration {
+        let steps = self.burst + self.calm;
+        Duration::from_millis(steps as u64 * MAX_STEP_GAP_MS)
+    }
+
+    /// Whether `step` falls in a calm spell.
+    fn calm_at(&self, step: usize) -> bool {
+        step % (self.burst + self.calm) >= self.burst
+    }
 }
 
 /// What a run produced.
@@ -329,6 +370,8 @@ struct SimNode {
     generation: u64,
     /// Left the cluster for good.
     removed: bool,
+    /// The workload step at which it crashed, while it is down.
+    down_since: Option<usize>,
 }
 
 struct Process {
@@ -353,6 +396,14 @@ struct World {
     /// Faults and membership changes, each with the number of client operations
     /// invoked before it, for tracing a failure.
     log: Vec<String>,
+    /// What [`trace_holdings`] last saw of the traced key.
+    traced_holdings: Vec<String>,
+    /// The current workload step.
+    step: usize,
+    /// The step of the oldest partition, drop or delay not yet healed.
+    network_fault_since: Option<usize>,
+    /// Whether the workload phase is over (faults healed, quiescing).
+    quiescing: bool,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -413,6 +464,7 @@ impl World {
         self.network
             .register(node.address.clone(), shared.handler());
         node.process = Some(Process { shared, alive });
+        node.down_since = None;
     }
 
     fn crash(&mut self, index: usize, mode: CrashMode) {
@@ -421,6 +473,7 @@ impl World {
             return;
         };
         process.alive.store(false, Ordering::SeqCst);
+        node.down_since = Some(self.step);
         self.network.unregister(&node.address);
         node.engine = Arc::new(node.engine.crash(mode));
         node.generation += 1;
@@ -449,6 +502,22 @@ impl World {
         (0..self.nodes.len())
             .filter(|i| self.nodes[*i].process.is_some())
             .collect()
+    }
+
+    fn network_fault_began(&mut self) {
+        self.network_fault_since.get_or_insert(self.step);
+    }
+
+    fn heal_network(&mut self) {
+        self.network.heal_all();
+        self.network_fault_since = None;
+    }
+
+    /// Whether some fault is in progress: a member down, or a partition, drop or
+    /// delay not yet healed.
+    fn fault_active(&self) -> bool {
+        self.network_fault_since.is_some()
+            || self.nodes.iter().any(|n| n.process.is_none() && !n.removed)
     }
 
     fn unique(&mut self) -> u64 {
@@ -661,6 +730,53 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     w.add("stray keys handed over", sweep.keys_handed_over);
     w.add("keys repaired", repair.keys_pulled + repair.keys_pushed);
     w.add("tombstones purged", repair.tombstones_purged);
+    if !w.quiescing {
+        w.add(
+            "tombstones purged in the workload",
+            repair.tombstones_purged,
+        );
+        if w.fault_active() {
+            w.add(
+                "tombstones purged with a fault active",
+                repair.tombstones_purged,
+            );
+        }
+    }
+}
+
+/// Applies [`FaultBursts`] at `step`: the first step of a calm spell restarts every
+/// crashed node and heals the network, and calm steps run background rounds on every
+/// live node every `round_every` steps. Returns whether `step` is calm (no fault may
+/// be injected).
+fn calm_spell(
+    world: &Shared,
+    bursts: FaultBursts,
+    step: usize,
+    tasks: &mut tokio::task::JoinSet<()>,
+    rng: &mut ChaCha8Rng,
+) -> bool {
+    if !bursts.calm_at(step) {
+        return false;
+    }
+    let mut w = lock(world);
+    let into_calm = step % (bursts.burst + bursts.calm) - bursts.burst;
+    if into_calm == 0 {
+        for i in 0..w.nodes.len() {
+            if w.nodes[i].process.is_none() && !w.nodes[i].removed {
+                w.start(i);
+                w.note("restart (calm)", i);
+            }
+        }
+        w.heal_network();
+        let line = format!("after op #{}: heal (calm)", w.history.ops().len());
+        w.log.push(line);
+    }
+    if into_calm % bursts.round_every == 0 {
+        for i in w.up_nodes() {
+            tasks.spawn(background_round(Arc::clone(world), i, rng.random()));
+        }
+    }
+    true
 }
 
 /// Runs one seed and returns what happened.
@@ -681,7 +797,8 @@ pub(crate) fn run(config: SimConfig) -> SimReport {
     runtime.block_on(simulate(config))
 }
 
-const KEYS: usize = 8;
+/// Plain keys of a run (besides the set workload's), unless [`SimConfig::keys`] says.
+pub(crate) const KEYS: usize = 8;
 const SET_KEYS: usize = 3;
 
 fn key_of(i: usize) -> Vec<u8> {
@@ -716,6 +833,7 @@ async fn simulate(config: SimConfig) -> SimReport {
             process: None,
             generation: 0,
             removed: false,
+            down_since: None,
         });
     }
     let world: Shared = Arc::new(Mutex::new(World {
@@ -727,6 +845,10 @@ async fn simulate(config: SimConfig) -> SimReport {
         acked_elements: BTreeMap::new(),
         tombstone_grace: config.tombstone_grace,
         log: Vec::new(),
+        traced_holdings: Vec::new(),
+        step: 0,
+        network_fault_since: None,
+        quiescing: false,
         started,
     }));
     {
@@ -781,6 +903,10 @@ async fn simulate(config: SimConfig) -> SimReport {
                 node.engine.flush().expect("flushing a live engine");
             }
         }
+        lock(&world).step = step;
+        let calm = config
+            .fault_bursts
+            .is_some_and(|bursts| calm_spell(&world, bursts, step, &mut tasks, &mut rng));
         if Some(step) == join_at {
             join_node(&world, &mut rng);
         }
@@ -795,8 +921,10 @@ async fn simulate(config: SimConfig) -> SimReport {
                 leaving = None;
             }
         }
+        trace_holdings(&world);
         while tasks.len() >= MAX_IN_FLIGHT {
             tasks.join_next().await;
+            trace_holdings(&world);
         }
         let roll = rng.random_range(0..100);
         if roll < 70 {
@@ -815,7 +943,7 @@ async fn simulate(config: SimConfig) -> SimReport {
             };
             let key = match workload {
                 Workload::SetAdd => set_key_of(rng.random_range(0..SET_KEYS)),
-                _ => key_of(rng.random_range(0..KEYS)),
+                _ => key_of(rng.random_range(0..config.keys)),
             };
             tasks.spawn(run_client(Arc::clone(&world), node, key, workload));
         } else if roll < 85 {
@@ -824,7 +952,9 @@ async fn simulate(config: SimConfig) -> SimReport {
             let random = rng.random();
             tasks.spawn(background_round(Arc::clone(&world), node, random));
         } else {
-            inject_fault(&world, &mut rng, faults);
+            if !calm {
+                inject_fault(&world, &mut rng, faults);
+            }
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -832,7 +962,8 @@ async fn simulate(config: SimConfig) -> SimReport {
     // Heal: every link back, every crashed node restarted.
     {
         let mut w = lock(&world);
-        w.network.heal_all();
+        w.heal_network();
+        w.quiescing = true;
         for i in 0..w.nodes.len() {
             if w.nodes[i].process.is_none() && !w.nodes[i].removed {
                 w.start(i);
@@ -849,7 +980,7 @@ async fn simulate(config: SimConfig) -> SimReport {
     let mut blocker = String::new();
     let quiesced = quiesce(&world, &mut rng, at_least, &mut blocker).await;
 
-    let keys: Vec<Vec<u8>> = (0..KEYS)
+    let keys: Vec<Vec<u8>> = (0..config.keys)
         .map(key_of)
         .chain((0..SET_KEYS).map(set_key_of))
         .collect();
@@ -920,6 +1051,7 @@ async fn quiesce(
         let up = lock(world).up_nodes();
         for &i in &up {
             background_round(Arc::clone(world), i, rng.random()).await;
+            trace_holdings(world);
         }
         for i in up {
             retire_if_removed(world, i);
@@ -1044,6 +1176,83 @@ fn log_holders(world: &Shared, key: &[u8]) {
     w.log.extend(lines);
 }
 
+/// One line per node (up or down) with what its disk holds of `key`, data and hints,
+/// for tracing a failure (`DYNAMO_SIM_KEY`): values by name, `-` for a tombstone.
+fn holdings(w: &World, key: &[u8]) -> Vec<String> {
+    let describe = |state: &SiblingSet| {
+        let values: Vec<String> = state
+            .siblings()
+            .iter()
+            .map(|s| {
+                s.value.as_data().map_or_else(
+                    || "-".to_owned(),
+                    |v| String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let clock: Vec<String> = state
+            .clock()
+            .iter()
+            .map(|(actor, entry)| format!("{}:{}", actor.node, entry.counter))
+            .collect();
+        format!("{values:?} {}", clock.join(" "))
+    };
+    let mut lines = Vec::new();
+    for node in &w.nodes {
+        let engine: &dyn StorageEngine = node.engine.as_ref();
+        let mut held = Vec::new();
+        if let Ok(Some(raw)) = engine.get(key) {
+            if let Ok(state) = dynamo_node::store::decode_state(Some(&raw)) {
+                held.push(format!("data {}", describe(&state)));
+            }
+        }
+        for (target, _) in engine.hint_targets().unwrap_or_default() {
+            for (hinted, raw) in engine
+                .hints_for(&target, None, usize::MAX)
+                .unwrap_or_default()
+            {
+                if hinted == key {
+                    if let Ok(state) = dynamo_node::store::decode_state(Some(&raw)) {
+                        held.push(format!("hint for {target} {}", describe(&state)));
+                    }
+                }
+            }
+        }
+        if !held.is_empty() {
+            let up = if node.process.is_some() {
+                ""
+            } else {
+                " (down)"
+            };
+            lines.push(format!("{}{up}: {}", node.id, held.join("; ")));
+        }
+    }
+    lines
+}
+
+/// Logs what changed in [`holdings`] of the traced key (`DYNAMO_SIM_KEY`) since the
+/// last call.
+fn trace_holdings(world: &Shared) {
+    let Ok(key) = std::env::var("DYNAMO_SIM_KEY") else {
+        return;
+    };
+    let mut w = lock(world);
+    let now = holdings(&w, key.as_bytes());
+    if now != w.traced_holdings {
+        let line = format!(
+            "after op #{}: {key} now held: {}",
+            w.history.ops().len(),
+            if now.is_empty() {
+                "nowhere".to_owned()
+            } else {
+                now.join(" | ")
+            }
+        );
+        w.log.push(line);
+        w.traced_holdings = now;
+    }
+}
+
 /// Every key's versions on each of its N home replicas.
 fn dump_replicas(world: &Shared, keys: &[Vec<u8>]) -> ReplicaDump {
     let w = lock(world);
@@ -1116,6 +1325,7 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
                 .map(String::as_str)
                 .partition(|_| rng.random_bool(0.5));
             w.network.partition(&a, &b);
+            w.network_fault_began();
             w.count("partition");
             let line = format!(
                 "after op #{}: partition {a:?} | {b:?}",
@@ -1127,6 +1337,7 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
             let (a, b) = (pick(rng), pick(rng));
             let (a, b) = (w.nodes[a].address.clone(), w.nodes[b].address.clone());
             w.network.set_drop(&a, &b, rng.random_range(1..4));
+            w.network_fault_began();
             w.count("drops");
         }
         4 if faults.delays => {
@@ -1134,10 +1345,11 @@ fn inject_fault(world: &Shared, rng: &mut ChaCha8Rng, faults: Faults) {
             let (a, b) = (w.nodes[a].address.clone(), w.nodes[b].address.clone());
             let delay = Duration::from_millis(rng.random_range(5..300));
             w.network.set_delay(&a, &b, delay);
+            w.network_fault_began();
             w.count("delay");
         }
         5 | 6 => {
-            w.network.heal_all();
+            w.heal_network();
             w.count("heal");
             let line = format!("after op #{}: heal", w.history.ops().len());
             w.log.push(line);
@@ -1171,6 +1383,7 @@ fn join_node(world: &Shared, rng: &mut ChaCha8Rng) {
         process: None,
         generation: 0,
         removed: false,
+        down_since: None,
     });
     w.start(index);
     let up = w.up_nodes();

@@ -5,164 +5,97 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use dynamo_e2e::process::{NodeOptions, NodeProcess};
 use dynamo_node::proto::admin_client::AdminClient;
 use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{self, MemberState};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tonic::transport::{Channel, ClientTlsConfig};
 
 /// How long any single wait may take before the test fails with a message.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// One `dynamo-node` process.
+/// One `dynamo-node` process, started and hurt through the fault suite's
+/// [`NodeProcess`] (one harness for both suites), plus this suite's gRPC and HTTP
+/// helpers.
 pub struct TestNode {
     pub id: String,
     pub client: SocketAddr,
     pub internode: SocketAddr,
     /// The HTTP API, when started with `--http-listen`.
     pub http: Option<SocketAddr>,
-    data_dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
+    process: NodeProcess,
     /// TLS for this harness's own gRPC clients, when the node serves TLS.
     pub tls: Option<ClientTlsConfig>,
 }
 
 impl TestNode {
     /// Starts a node with its own data dir under `root`. A `--listen` in `extra`
-    /// replaces the client listener's default `127.0.0.1:0`.
+    /// replaces the client listener's default `127.0.0.1:0`, and an `--http-listen`
+    /// starts the HTTP API there.
     pub async fn start(
         root: &std::path::Path,
         id: &str,
         seeds: &[SocketAddr],
         extra: &[&str],
     ) -> TestNode {
-        let data_dir = root.join(id);
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id.into(),
-            "--gossip-interval".into(),
-            "100ms".into(),
-            "--request-timeout".into(),
-            "1s".into(),
-            "--log".into(),
-            "warn".into(),
-        ];
-        if !seeds.is_empty() {
-            args.push("--seeds".into());
-            args.push(
-                seeds
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-        }
-        let mut client: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut options = NodeOptions {
+            http_listen: None,
+            seeds: seeds.to_vec(),
+            ..NodeOptions::on(Ipv4Addr::LOCALHOST.into())
+        };
         let mut extra = extra.iter();
         while let Some(arg) = extra.next() {
-            if *arg == "--listen" {
-                let value = extra.next().expect("--listen takes an address");
-                client = value.parse().expect("--listen takes IP:PORT");
-            } else {
-                args.push(arg.to_string());
+            let mut value = |flag: &str| -> SocketAddr {
+                extra
+                    .next()
+                    .unwrap_or_else(|| panic!("{flag} takes an address"))
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{flag} takes IP:PORT"))
+            };
+            match *arg {
+                "--listen" => options.client_listen = value(arg),
+                "--http-listen" => options.http_listen = Some(value(arg)),
+                _ => options.extra.push(arg.to_string()),
             }
         }
-        let mut node = TestNode {
+        let process = NodeProcess::start_with(id, root.join(id), options).await;
+        TestNode {
             id: id.into(),
-            client,
-            internode: "127.0.0.1:0".parse().unwrap(),
-            http: None,
-            data_dir,
-            args,
-            child: None,
+            client: process.client,
+            internode: process.internode,
+            http: process.http_address(),
+            process,
             tls: None,
-        };
-        node.spawn().await;
-        node
+        }
     }
 
-    async fn spawn(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dynamo-node"));
-        command
-            .args(&self.args)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(self.client.to_string())
-            .arg("--internode-listen")
-            .arg(self.internode.to_string())
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawning dynamo-node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not announce its ports within {WAIT:?}", self.id))
-            .expect("reading node stdout")
-            .unwrap_or_else(|| panic!("{} exited before it was ready", self.id));
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in ready line {line:?}"))
-        };
-        self.client = field("client=");
-        self.internode = field("internode=");
-        self.http = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .and_then(|a| a.parse().ok());
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.child = Some(child);
+    /// Whether the process runs (not killed or stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.process.is_running()
     }
 
     /// SIGKILL: no flush, no goodbye.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("killing node");
-        }
+        self.process.kill().await;
     }
 
     /// SIGTERM and wait for a clean exit.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("running child has a pid");
-            let status = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .expect("running kill");
-            assert!(status.success());
-            let exit = tokio::time::timeout(WAIT, child.wait())
-                .await
-                .unwrap_or_else(|_| panic!("{} did not stop within {WAIT:?} of SIGTERM", self.id))
-                .expect("waiting for node");
-            assert!(exit.success(), "{} exited with {exit}", self.id);
-        }
+        self.process.terminate().await;
     }
 
     /// Deletes the node's data dir (a wiped or replaced volume); the node must be stopped.
     pub fn wipe(&self) {
-        assert!(self.child.is_none(), "wiping a running node's data");
-        std::fs::remove_dir_all(&self.data_dir).expect("removing the data dir");
+        self.process.delete_data();
     }
 
     /// Starts the node again on the same ports and data dir.
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart of a running node");
-        self.spawn().await;
+        self.process.restart().await;
     }
 
     /// A channel to `address`, over TLS when the harness has client TLS settings.
@@ -260,7 +193,7 @@ impl TestCluster {
     /// Waits until every running node lists `count` members in state Member.
     pub async fn wait_for_members(&self, count: usize) {
         let deadline = Instant::now() + WAIT;
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
             let mut admin = node.admin().await;
             loop {
                 let ring = admin
