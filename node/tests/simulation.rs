@@ -261,20 +261,17 @@ fn deletes_stay_deleted_when_tombstones_are_purged_during_the_run() {
 /// no deleted value back.
 ///
 /// Thousands of seeds: `DYNAMO_SIM_SEEDS=3000 cargo test -p dynamo-node --test
-/// simulation purges_while_faults -- --ignored --nocapture`.
+/// simulation purges_while_faults -- --nocapture`.
 ///
-/// Ignored until the node stops reissuing dots after a purge: about 4 seeds in 100
-/// fail (e.g. 2000005, key-19). Vector clocks are per key, so once a key's tombstone
-/// is purged everywhere, the next put coordinated by a node whose actor wrote the key
-/// before starts that actor's counter at 1 again and reissues a dot the purged
-/// tombstone covered. The checker sees the new acknowledged write's context covered
-/// by the old delete's; worse, any surviving copy of that tombstone (a purge stopped
-/// half way keeps the purger's copy by design, a crash can undo a removal) supersedes
-/// the new write when anti-entropy merges them, losing it. Fixing it needs dots that
-/// are never reissued per actor (Riak's per-key actor epochs after KV679, or a
-/// node-wide counter floor): a change to `version` and the stored format.
+/// Found by this test: once a key's tombstone was purged everywhere, the next put
+/// coordinated by a node whose actor wrote the key before counted that actor from 1
+/// again and reissued a dot the purged tombstone covered, so a surviving copy of the
+/// tombstone (a purge stopped half way keeps the purger's copy by design) superseded
+/// the new acknowledged write when anti-entropy merged them (4 seeds in 100 lost a
+/// write, e.g. 2000005 on key-19). Counters now start from the wall clock in
+/// milliseconds (`SiblingSet::put`), so a new dot is above every dot issued before the
+/// purge.
 #[test]
-#[ignore = "the node reissues dots after a purge (see the doc comment)"]
 fn purges_while_faults_are_in_progress_lose_no_write_and_resurrect_no_delete() {
     let outcome = run_seeds(
         "purges_while_faults_are_in_progress_lose_no_write_and_resurrect_no_delete",

@@ -55,11 +55,14 @@
 //! writes can undo a removal (leaving a tombstone to purge again) but never bring
 //! back the value the tombstone superseded.
 //!
-//! **Known hole: dot reuse.** Vector clocks are per key: after a key is purged
-//! everywhere, a node that wrote it before starts its counter at 1 again, reissuing a
-//! dot the purged tombstone covered. A surviving copy of that tombstone (a purge
-//! stopped half way keeps the purger's) would then supersede the new write. The
-//! simulator's purge-during-faults test (ignored until this is fixed) finds it.
+//! **No dot reuse after a purge.** Vector clocks are per key: after a key is purged
+//! everywhere, a node that wrote it before would count from 1 again and reissue a dot
+//! the purged tombstone covered, and a surviving copy of that tombstone (a purge
+//! stopped half way keeps the purger's) would supersede the new write. So counters
+//! start from the wall clock in milliseconds ([`crate::version::SiblingSet::put`]):
+//! a write after the grace period gets a dot above every dot issued before the
+//! delete, unless the node's clock went back by more than the grace period. Found by
+//! the simulator's purge-during-faults test.
 
 pub mod plan;
 mod round;

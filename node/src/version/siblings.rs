@@ -282,6 +282,18 @@ impl SiblingSet {
     /// coordinator writes locally first); taking the context's too means a dot can
     /// never be reissued even if a context knows more than the local state.
     ///
+    /// The counter is also at least `now` in milliseconds (a hybrid logical clock):
+    /// once a key is deleted and its tombstone purged everywhere (anti-entropy's purge
+    /// after the grace period), the actor's history for the key is gone, and counting
+    /// from 1 again would reissue dots the purged tombstone covered. A copy of that
+    /// tombstone that survived somewhere (a purge stopped halfway keeps the purging
+    /// node's copy) would then make the new, acknowledged write look superseded and
+    /// drop it. Starting from the clock, a new dot is above every dot the actor issued
+    /// for the key before the purge unless the actor wrote the key more than once per
+    /// millisecond for longer than the whole grace period, or the node's clock went
+    /// back by more than the grace period. Found by the simulator's purge-during-faults
+    /// runs; Riak's KV679 is the same family of bug.
+    ///
     /// Two puts with the same context both survive: the second context does not
     /// cover the first's new dot (Riak's false lost write cannot happen).
     ///
@@ -303,7 +315,8 @@ impl SiblingSet {
             .counter(actor)
             .max(context.counter(actor))
             .checked_add(1)
-            .ok_or_else(|| VersionError::CounterOverflow(actor.clone()))?;
+            .ok_or_else(|| VersionError::CounterOverflow(actor.clone()))?
+            .max(now.0);
         let kept = self
             .siblings
             .iter()
@@ -427,7 +440,9 @@ mod tests {
 
     #[test]
     fn figure_3_reconciliation() {
-        // Dynamo §4.4, Figure 3: the evolution of an object over time.
+        // Dynamo §4.4, Figure 3: the evolution of an object over time. The wall clock
+        // reads 0 throughout, so counters count writes as in the paper (a later clock
+        // would lift them: see `put`).
         let (sx, sy, sz) = (actor("sx", 1), actor("sy", 1), actor("sz", 1));
         let limits = SiblingLimits::default();
         let (mut at_sx, mut at_sy, mut at_sz) =
@@ -435,12 +450,12 @@ mod tests {
 
         // A client writes a new object; Sx handles it: D1 ([Sx,1]).
         at_sx
-            .put(&VectorClock::new(), data("D1"), &sx, Millis(1), &limits)
+            .put(&VectorClock::new(), data("D1"), &sx, Millis(0), &limits)
             .unwrap();
         // The client updates it; Sx handles it again: D2 ([Sx,2]) overwrites D1.
         let ctx = at_sx.context();
         at_sx
-            .put(&ctx, data("D2"), &sx, Millis(2), &limits)
+            .put(&ctx, data("D2"), &sx, Millis(0), &limits)
             .unwrap();
         assert_eq!(values(&at_sx), ["D2"]);
         assert_eq!(at_sx.clock().counter(&sx), 2);
@@ -451,10 +466,10 @@ mod tests {
         // One client updates through Sy (D3), another reads D2 and writes through Sz (D4).
         let d2_ctx = at_sx.context();
         at_sy
-            .put(&d2_ctx, data("D3"), &sy, Millis(3), &limits)
+            .put(&d2_ctx, data("D3"), &sy, Millis(0), &limits)
             .unwrap();
         at_sz
-            .put(&d2_ctx, data("D4"), &sz, Millis(4), &limits)
+            .put(&d2_ctx, data("D4"), &sz, Millis(0), &limits)
             .unwrap();
         assert_eq!(at_sy.clock().compare(at_sz.clock()), Causality::Concurrent);
 
@@ -469,7 +484,7 @@ mod tests {
         // The client reconciles them and Sx coordinates the write: D5 ([Sx,3],[Sy,1],[Sz,1]).
         at_sx.merge(&read);
         let out = at_sx
-            .put(&ctx, data("D5"), &sx, Millis(5), &limits)
+            .put(&ctx, data("D5"), &sx, Millis(0), &limits)
             .unwrap();
         assert_eq!(out.dot.counter, 3);
         assert_eq!(counters(at_sx.clock()), [3, 1, 1]);
@@ -525,13 +540,13 @@ mod tests {
         let limits = SiblingLimits::default();
         let (a1, a2) = (actor("a", 1), actor("a", 2));
         let mut at_a = SiblingSet::new();
-        at_a.put(&VectorClock::new(), data("v1"), &a1, Millis(1), &limits)
+        at_a.put(&VectorClock::new(), data("v1"), &a1, Millis(0), &limits)
             .unwrap();
         let at_b = at_a.clone();
 
         let mut at_a = SiblingSet::new(); // data directory lost
         let out = at_a
-            .put(&VectorClock::new(), data("v2"), &a2, Millis(2), &limits)
+            .put(&VectorClock::new(), data("v2"), &a2, Millis(0), &limits)
             .unwrap();
         assert_eq!(
             out.dot,
@@ -581,6 +596,55 @@ mod tests {
         let mut resurrect = stale.clone();
         resurrect.merge(&set);
         assert_eq!(resurrect, set);
+    }
+
+    #[test]
+    fn a_write_after_a_purge_is_not_covered_by_a_surviving_tombstone() {
+        // The key is written and deleted by actor a; the tombstone is purged on the
+        // coordinator (an empty set) but one copy survives elsewhere. The next write,
+        // counted from the wall clock, has a dot the old tombstone does not cover, so
+        // merging with the surviving copy keeps it.
+        let a = actor("a", 1);
+        let limits = SiblingLimits::default();
+        let mut set = SiblingSet::new();
+        for (i, at) in [1_000, 1_000, 1_001].into_iter().enumerate() {
+            let ctx = set.context();
+            set.put(&ctx, data(&format!("v{i}")), &a, Millis(at), &limits)
+                .unwrap();
+        }
+        let ctx = set.context();
+        set.put(&ctx, Value::Tombstone, &a, Millis(1_002), &limits)
+            .unwrap();
+        let surviving_tombstone = set.clone();
+        assert!(surviving_tombstone.tombstone_only());
+
+        let mut purged = SiblingSet::new();
+        let outcome = purged
+            .put(
+                &VectorClock::new(),
+                data("new"),
+                &a,
+                Millis(90_000),
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(outcome.dot.counter, 90_000);
+        assert_eq!(values(&merged(&purged, &surviving_tombstone)), ["new"]);
+        assert_eq!(values(&merged(&surviving_tombstone, &purged)), ["new"]);
+
+        // Within one millisecond (or with the clock behind), counters still rise by one.
+        let mut fast = SiblingSet::new();
+        let first = fast
+            .put(&VectorClock::new(), data("x"), &a, Millis(5), &limits)
+            .unwrap();
+        let ctx = fast.context();
+        let second = fast.put(&ctx, data("y"), &a, Millis(5), &limits).unwrap();
+        let ctx = fast.context();
+        let third = fast.put(&ctx, data("z"), &a, Millis(1), &limits).unwrap();
+        assert_eq!(
+            (first.dot.counter, second.dot.counter, third.dot.counter),
+            (5, 6, 7)
+        );
     }
 
     #[test]
@@ -656,7 +720,8 @@ mod tests {
         });
         // A skewed wall clock makes d's new entry the oldest (5 < 30 < 99).
         let out = set.put(&newer, data("d2"), &d, Millis(5), &limits).unwrap();
-        assert_eq!(out.dot.counter, 2);
+        // One above d's previous counter, which the wall clock lifted to 40.
+        assert_eq!(out.dot.counter, 41);
         let left: Vec<_> = set.clock().iter().map(|(x, _)| x.clone()).collect();
         assert_eq!(left, [d, actor("e", 1)]);
     }
