@@ -983,3 +983,270 @@ fn the_chart_grants_what_the_lease_keeper_needs() {
         );
     }
 }
+
+/// The member table row of `node` as `via` reports it: (weight, settled weight).
+async fn weights_at(admin: &GrpcAdmin, via: &AdminTarget, node: &str) -> (u32, u32) {
+    let ring = admin.ring(via).await.expect("Admin.Ring");
+    let row = ring
+        .members
+        .iter()
+        .find(|m| m.node_id == node)
+        .unwrap_or_else(|| panic!("{node} not in the member table at {}", via.url));
+    (row.weight, row.settled_weight)
+}
+
+/// One pass over a converged-looking cluster of two ready pods whose objects and
+/// StatefulSet are current: the reads every such pass makes, in order.
+async fn two_ready_pods_read(server: &mut ApiServer, cluster: &DynamoCluster) {
+    children_unchanged(server, cluster).await;
+    server
+        .expect("GET", &format!("{APPS}/statefulsets/db"))
+        .await
+        .respond(200, statefulset(cluster, 2));
+    server
+        .expect("GET", &format!("{NS}/pods"))
+        .await
+        .respond(200, list("PodList", vec![pod(0, true), pod(1, true)]));
+    generated_token_exists(server).await;
+}
+
+#[tokio::test]
+async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
+    // Dynamo §4.2: a node's weight is its share of the ring, so a weight change moves key
+    // ranges (here db-1 pulls from db-0, N = 1). db-1 runs its transfer rounds only when
+    // the test drives them (its own loop's next tick is an hour away), so the hand-over
+    // is pending for exactly as long as the test wants.
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let n1 = start_node(
+        "db-1",
+        &[n0.internode_addr],
+        1,
+        &["--admin-token", TOKEN, "--transfer-interval", "1h"],
+    )
+    .await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let (t0, t1) = (secured(&n0), secured(&n1));
+    for node in [&n0, &n1] {
+        let id = node.shared().cluster().me().to_string();
+        admin
+            .join(&t0, &id, &node.internode_addr.to_string(), 1)
+            .await
+            .unwrap();
+    }
+    // db-1 drives its own join hand-over: the test runs its rounds.
+    let unlimited = dynamo_node::transfer::Allowance {
+        keys: u64::MAX,
+        bytes: u64::MAX,
+    };
+    support::eventually("db-1 to finish joining", || async {
+        n1.shared().transfer_round(unlimited).await;
+        admin
+            .status(&t1)
+            .await
+            .is_ok_and(|s| s.state == Some(MemberState::Member) && !s.transfers_pending)
+    })
+    .await;
+    let members = [("db-0", MemberState::Member), ("db-1", MemberState::Member)];
+    support::wait_for_states(&admin, &t0, &members).await;
+    support::wait_for_states(&admin, &t1, &members).await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+    ]));
+
+    // Pass 1: the spec gives db-1 weight 3. Exactly one SetWeight, sent to db-0 (the
+    // lowest ready member); an Event; the status names the step.
+    let spec = json!({"size": 2, "image": "dynamo-node:dev",
+                      "replication": {"n": 1, "r": 1, "w": 1},
+                      "weights": {"overrides": {"1": 3}}});
+    let c1 = cluster(spec, true);
+    let expected = c1.clone();
+    let first_status = Arc::new(std::sync::Mutex::new(Value::Null));
+    let written = Arc::clone(&first_status);
+    let action = pass(c1.clone(), endpoints.clone(), |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        // No StatefulSet apply (unchanged), then the SetWeight over gRPC, then:
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["type"], "Normal");
+        assert_eq!(event.body["reason"], "SetWeight");
+        assert_eq!(event.body["action"], "SetWeight");
+        assert_eq!(event.body["note"], "set weight of 1 to 3");
+        assert_eq!(event.body["regarding"]["name"], "db");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        status.assert_server_side_apply();
+        let s = status.body["status"].clone();
+        assert_eq!(s["observedGeneration"], 1);
+        assert_eq!(s["currentStep"], "set weight of 1 to 3");
+        assert_eq!(s["phase"], "Progressing");
+        assert_eq!((&s["members"], &s["readyNodes"]), (&json!(2), &json!(2)));
+        let progressing = condition(&s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("True"), &json!("SetWeight"))
+        );
+        assert_eq!(progressing["message"], "set weight of 1 to 3");
+        assert_eq!(condition(&s, "Degraded")["status"], "False");
+        status.respond(200, with_status(&expected, &s));
+        *written.lock().unwrap() = s;
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+    // The member table changed by exactly that step: db-1 heads for weight 3 and is
+    // still laid out for 1 (the hand-over is pending); db-0 is untouched.
+    assert_eq!(weights_at(&admin, &t0, "db-1").await, (3, 1));
+    assert_eq!(weights_at(&admin, &t0, "db-0").await, (1, 1));
+    support::eventually("db-1 to learn its new weight by gossip", || async {
+        weights_at(&admin, &t1, "db-1").await == (3, 1)
+    })
+    .await;
+
+    // Pass 2: meanwhile the spec also gives db-0 weight 2 (generation 2). The hand-over
+    // of db-1 is pending, so no membership step at all: no SetWeight, no Event; the
+    // status says what it waits for.
+    let mut c2 = cluster(
+        json!({"size": 2, "image": "dynamo-node:dev",
+               "replication": {"n": 1, "r": 1, "w": 1},
+               "weights": {"overrides": {"0": 2, "1": 3}}}),
+        true,
+    );
+    c2.metadata.generation = Some(2);
+    c2.status = Some(serde_json::from_value(first_status.lock().unwrap().clone()).unwrap());
+    let expected = c2.clone();
+    let waiting_status = Arc::new(std::sync::Mutex::new(Value::Null));
+    let written = Arc::clone(&waiting_status);
+    let action = pass(c2.clone(), endpoints.clone(), |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = status.body["status"].clone();
+        assert_eq!(s["observedGeneration"], 2);
+        assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
+        assert_eq!(s["phase"], "Progressing");
+        let progressing = condition(&s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("True"), &json!("WaitingForTransfers"))
+        );
+        assert_eq!(condition(&s, "Available")["status"], "True");
+        assert_eq!(condition(&s, "Degraded")["status"], "False");
+        status.respond(200, with_status(&expected, &s));
+        *written.lock().unwrap() = s;
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+    assert_eq!(
+        weights_at(&admin, &t0, "db-0").await,
+        (1, 1),
+        "no SetWeight"
+    );
+    assert_eq!(weights_at(&admin, &t0, "db-1").await, (3, 1));
+
+    // The same pass again, over its own status: still waiting, nothing written at all.
+    let mut c2_again = c2.clone();
+    c2_again.status = Some(serde_json::from_value(waiting_status.lock().unwrap().clone()).unwrap());
+    let expected = c2_again.clone();
+    pass(
+        c2_again.clone(),
+        endpoints.clone(),
+        |mut server| async move {
+            two_ready_pods_read(&mut server, &expected).await;
+            server
+        },
+    )
+    .await
+    .unwrap();
+
+    // db-1 finishes its hand-over: real transfer rounds, pulling its new ranges from
+    // db-0, until it settles its weight; the settled weight spreads by gossip.
+    support::eventually("db-1 to finish its hand-over", || async {
+        n1.shared().transfer_round(unlimited).await;
+        weights_at(&admin, &t1, "db-1").await == (3, 3)
+    })
+    .await;
+    support::eventually("db-0 to see db-1 settled", || async {
+        weights_at(&admin, &t0, "db-1").await == (3, 3)
+    })
+    .await;
+
+    // Pass 3: settled, so the waiting change goes ahead: one SetWeight of db-0.
+    let expected = c2_again.clone();
+    pass(
+        c2_again.clone(),
+        endpoints.clone(),
+        |mut server| async move {
+            two_ready_pods_read(&mut server, &expected).await;
+            let event = server.expect("POST", EVENTS).await;
+            assert_eq!(event.body["note"], "set weight of 0 to 2");
+            event.echo();
+            let status = server
+                .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+                .await;
+            assert_eq!(status.body["status"]["currentStep"], "set weight of 0 to 2");
+            let written = with_status(&expected, &status.body["status"]);
+            status.respond(200, written);
+            server
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(weights_at(&admin, &t0, "db-0").await.0, 2);
+
+    // db-0 drives its own hand-over (its transfer loop runs every 250 ms). Once every
+    // weight is settled, a pass reports the cluster converged and Available.
+    support::eventually("both weights settled on both nodes", || async {
+        for via in [&t0, &t1] {
+            if weights_at(&admin, via, "db-0").await != (2, 2)
+                || weights_at(&admin, via, "db-1").await != (3, 3)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let expected = c2_again.clone();
+    let action = pass(c2_again, endpoints, |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["phase"], "Running");
+        assert!(s.get("currentStep").is_none(), "{s}");
+        let available = condition(s, "Available");
+        assert_eq!(
+            (&available["status"], &available["reason"]),
+            (&json!("True"), &json!("MembersReady"))
+        );
+        let progressing = condition(s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("False"), &json!("Converged"))
+        );
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().resync)
+    );
+    n1.shutdown().await.unwrap();
+    n0.shutdown().await.unwrap();
+}
