@@ -231,12 +231,17 @@ impl Strategy {
 /// Node weights: bigger nodes own more of the ring (Dynamo §4.2, heterogeneity).
 ///
 /// A node's weight is its entry in `overrides` if any, else the weight derived from its
-/// requested CPU if `fromResources`, else `default`.
+/// requested CPU and volume size if `fromResources`, else `default`.
+///
+/// Every pod of a cluster has the same `resources` and `storage` (one StatefulSet
+/// template), so a derived weight is the same for all of them: it scales the whole ring
+/// when the pods grow, and `overrides` set per-node differences.
 ///
 /// Override keys are checked by the operator (a structural schema cannot constrain map
 /// keys, and a CEL rule over an unbounded map may exceed the API server's cost budget);
 /// a bad key shows up as a `Degraded` condition.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.storagePerWeight) || self.fromResources").message("storagePerWeight applies only with fromResources"))]
 #[serde(rename_all = "camelCase")]
 pub struct Weights {
     /// Weight of every node without an override.
@@ -247,10 +252,17 @@ pub struct Weights {
     #[serde(default)]
     #[schemars(extend("additionalProperties" = {"type": "integer", "format": "uint32", "minimum": 1, "maximum": 10000}))]
     pub overrides: BTreeMap<String, u32>,
-    /// Derive the weight from the requested CPU instead of `default`: one unit per whole
-    /// core, rounded up, at least 1.
+    /// Derive the weight from the requested resources instead of `default`: one unit per
+    /// whole requested core (rounded up) and, with `storagePerWeight`, one unit per
+    /// `storagePerWeight` of `storage.size` (rounded up). With both, the smaller wins: the
+    /// scarcer resource bounds how much of the ring a node can serve. At least 1.
     #[serde(default)]
     pub from_resources: bool,
+    /// The volume size worth one unit of weight when `fromResources`, a Kubernetes
+    /// quantity such as `100Gi`; unset: storage does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub storage_per_weight: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -263,6 +275,7 @@ impl Default for Weights {
             default: default_weight(),
             overrides: BTreeMap::new(),
             from_resources: false,
+            storage_per_weight: None,
         }
     }
 }
@@ -442,9 +455,24 @@ pub enum SpecError {
     /// A `weights.overrides` key is not an ordinal.
     #[error("weights.overrides key {0:?} is not a pod ordinal")]
     OverrideKey(String),
-    /// `weights.fromResources` is set but no CPU is requested.
-    #[error("weights.fromResources needs resources.requests.cpu or resources.limits.cpu")]
+    /// `weights.fromResources` is set but neither CPU is requested nor
+    /// `weights.storagePerWeight` set.
+    #[error(
+        "weights.fromResources needs resources.requests.cpu, resources.limits.cpu or \
+         weights.storagePerWeight"
+    )]
     NoCpuRequest,
+    /// `weights.storagePerWeight` is set without `weights.fromResources`.
+    #[error("weights.storagePerWeight applies only with weights.fromResources")]
+    StoragePerWeightUnused,
+    /// A storage quantity is not a positive number of bytes.
+    #[error("{field} {quantity:?} is not a positive quantity of bytes")]
+    StorageQuantity {
+        /// The field (`storage.size` or `weights.storagePerWeight`).
+        field: &'static str,
+        /// Its value.
+        quantity: String,
+    },
     /// The CPU quantity is not a plain number of cores or millicores.
     #[error("unsupported cpu quantity {0:?}")]
     CpuQuantity(String),
@@ -474,6 +502,8 @@ impl DynamoClusterSpec {
         }
         if self.weights.from_resources {
             self.resource_weight()?;
+        } else if self.weights.storage_per_weight.is_some() {
+            return Err(SpecError::StoragePerWeightUnused);
         }
         Ok(())
     }
@@ -495,20 +525,55 @@ impl DynamoClusterSpec {
         }
     }
 
-    /// One unit of weight per whole requested core, rounded up, at least 1. Requests
-    /// default to limits in Kubernetes, so limits are the fallback.
+    /// The weight `fromResources` derives: the smaller of one unit per whole requested
+    /// core and one unit per `storagePerWeight` of volume, each rounded up, at least 1.
+    /// Requests default to limits in Kubernetes, so CPU limits are the fallback.
     fn resource_weight(&self) -> Result<u32, SpecError> {
-        let resources = self.resources.as_ref().ok_or(SpecError::NoCpuRequest)?;
-        let cpu = resources
-            .requests
-            .as_ref()
-            .and_then(|r| r.get("cpu"))
-            .or_else(|| resources.limits.as_ref().and_then(|l| l.get("cpu")))
-            .ok_or(SpecError::NoCpuRequest)?;
-        let millis = cpu_millicores(&cpu.0)?;
-        let cores = millis.div_ceil(1000).max(1);
-        check_weight(u32::try_from(cores).unwrap_or(u32::MAX))
+        let cpu = self.resources.as_ref().and_then(|resources| {
+            resources
+                .requests
+                .as_ref()
+                .and_then(|r| r.get("cpu"))
+                .or_else(|| resources.limits.as_ref().and_then(|l| l.get("cpu")))
+        });
+        let cpu_units = match cpu {
+            Some(cpu) => Some(cpu_millicores(&cpu.0)?.div_ceil(1000)),
+            None => None,
+        };
+        let storage_units = match &self.weights.storage_per_weight {
+            Some(per_weight) => {
+                let unit = positive_bytes("weights.storagePerWeight", per_weight)?;
+                let volume = positive_bytes("storage.size", &self.storage.size)?;
+                Some(volume.div_ceil(unit))
+            }
+            None => None,
+        };
+        let units = match (cpu_units, storage_units) {
+            (Some(cpu), Some(storage)) => cpu.min(storage),
+            (Some(units), None) | (None, Some(units)) => units,
+            (None, None) => return Err(SpecError::NoCpuRequest),
+        };
+        check_weight(u32::try_from(units.max(1)).unwrap_or(u32::MAX))
     }
+}
+
+/// The bytes of a Kubernetes quantity (`10Gi`, `500M`, `1e9`), rounded down; `None` when
+/// it is not one or is negative.
+#[must_use]
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let quantity = k8s_openapi::apimachinery::pkg::api::resource::Quantity(quantity.to_owned());
+    kube_quantity::ParsedQuantity::try_from(&quantity)
+        .ok()?
+        .to_bytes_u64()
+}
+
+fn positive_bytes(field: &'static str, quantity: &str) -> Result<u64, SpecError> {
+    quantity_bytes(quantity)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| SpecError::StorageQuantity {
+            field,
+            quantity: quantity.to_owned(),
+        })
 }
 
 fn check_weight(weight: u32) -> Result<u32, SpecError> {
@@ -737,6 +802,88 @@ mod tests {
         let mut s = spec(3);
         s.weights.from_resources = true;
         assert_eq!(s.weight_of(0), Err(SpecError::NoCpuRequest));
+    }
+
+    fn with_storage(mut s: DynamoClusterSpec, size: &str, per_weight: &str) -> DynamoClusterSpec {
+        s.weights.from_resources = true;
+        s.storage.size = size.to_owned();
+        s.weights.storage_per_weight = Some(per_weight.to_owned());
+        s
+    }
+
+    #[test]
+    fn weights_derive_from_volume_size_and_the_scarcer_resource_wins() {
+        // Dynamo §4.2: a node's share of the ring follows its capacity. Storage alone:
+        // one unit per `storagePerWeight`, rounded up.
+        for (size, per_weight, weight) in [
+            ("10Gi", "5Gi", 2),
+            ("10Gi", "3Gi", 4),
+            ("1Gi", "100Gi", 1),
+            ("1Ti", "1Gi", 1024),
+        ] {
+            let s = with_storage(spec(3), size, per_weight);
+            assert_eq!(s.weight_of(0), Ok(weight), "{size} / {per_weight}");
+            assert_eq!(s.validate(), Ok(()));
+        }
+        // CPU and storage: the smaller, so a big-CPU pod with a small disk does not take
+        // more data than it can hold, nor the reverse.
+        let s = with_storage(with_cpu(spec(3), "8"), "10Gi", "5Gi");
+        assert_eq!(s.weight_of(0), Ok(2));
+        let s = with_storage(with_cpu(spec(3), "1500m"), "100Gi", "5Gi");
+        assert_eq!(s.weight_of(0), Ok(2));
+        // An override still wins.
+        let mut s = with_storage(spec(3), "10Gi", "5Gi");
+        s.weights.overrides.insert("2".into(), 9);
+        assert_eq!((s.weight_of(1), s.weight_of(2)), (Ok(2), Ok(9)));
+    }
+
+    #[test]
+    fn storage_weights_refuse_bad_quantities_and_units_past_the_limit() {
+        for (size, per_weight, field) in [
+            ("10Gi", "0", "weights.storagePerWeight"),
+            ("10Gi", "lots", "weights.storagePerWeight"),
+            ("10Gi", "-1Gi", "weights.storagePerWeight"),
+            ("big", "1Gi", "storage.size"),
+        ] {
+            let bad = if field == "storage.size" {
+                size
+            } else {
+                per_weight
+            };
+            assert_eq!(
+                with_storage(spec(3), size, per_weight).weight_of(0),
+                Err(SpecError::StorageQuantity {
+                    field,
+                    quantity: bad.into()
+                }),
+                "{size} / {per_weight}"
+            );
+        }
+        // 1 TiB at 1 MiB per unit is 1048576 units, above the node's MAX_WEIGHT.
+        assert_eq!(
+            with_storage(spec(3), "1Ti", "1Mi").validate(),
+            Err(SpecError::Weight(1 << 20))
+        );
+    }
+
+    #[test]
+    fn storage_per_weight_needs_from_resources() {
+        let mut s = spec(3);
+        s.weights.storage_per_weight = Some("5Gi".into());
+        assert_eq!(s.validate(), Err(SpecError::StoragePerWeightUnused));
+        assert!(!cel_accepts(s.clone()), "the schema refuses it too");
+        s.weights.from_resources = true;
+        assert_eq!(s.validate(), Ok(()));
+        assert!(cel_accepts(s));
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        let weights = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["weights"];
+        assert!(
+            weights["properties"]["storagePerWeight"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("fromResources")
+        );
     }
 
     #[test]

@@ -310,10 +310,7 @@ impl Desired {
 /// it is not one or is negative.
 #[must_use]
 pub fn volume_bytes(quantity: &str) -> Option<u64> {
-    let quantity = k8s_openapi::apimachinery::pkg::api::resource::Quantity(quantity.to_owned());
-    kube_quantity::ParsedQuantity::try_from(&quantity)
-        .ok()?
-        .to_bytes_u64()
+    crate::crd::quantity_bytes(quantity)
 }
 
 /// The fewest bytes one stored key can take on a node's volume: the 16-byte ring
