@@ -41,7 +41,7 @@ RUN cargo build --release --locked -p dynamo-operator --bin dynamo-operator \
 # Small, non-root runtimes: glibc and CA certificates, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build-operator /out/dynamo-operator /usr/local/bin/dynamo-operator
-# /metrics, /healthz, /readyz (--metrics-addr).
+# /metrics, /healthz, /readyz (--http-listen, 0.0.0.0:8080 by default).
 EXPOSE 8080
 # Numeric (distroless `nonroot`), so the kubelet can check runAsNonRoot.
 USER 65532:65532
