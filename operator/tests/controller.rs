@@ -1250,3 +1250,125 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     n1.shutdown().await.unwrap();
     n0.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_decommission_the_remaining_volumes_cannot_hold_is_refused() {
+    // Two members with N = 1 hold 20 keys between them; the spec asks for one node.
+    // Before taking db-1 out the controller checks that db-0's volume can hold what both
+    // store: at 32 bytes a key at least, 20 keys do not fit in 256 bytes, so the
+    // decommission is refused with a condition. With a 1 MiB volume it goes ahead.
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let n1 = start_secured_node("db-1", &[n0.internode_addr], 1).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let (t0, t1) = (secured(&n0), secured(&n1));
+    for node in [&n0, &n1] {
+        let id = node.shared().cluster().me().to_string();
+        admin
+            .join(&t0, &id, &node.internode_addr.to_string(), 1)
+            .await
+            .unwrap();
+    }
+    let members = [("db-0", MemberState::Member), ("db-1", MemberState::Member)];
+    support::wait_for_states(&admin, &t0, &members).await;
+    support::wait_for_states(&admin, &t1, &members).await;
+    let client = dynamo_node::client::Client::connect(dynamo_node::client::ClientConfig::new([n0
+        .client_addr
+        .to_string()]))
+    .await
+    .unwrap();
+    for i in 0..20 {
+        let key = format!("key-{i}");
+        client
+            .put(
+                key.as_bytes(),
+                &dynamo_node::client::Context::empty(),
+                b"value",
+            )
+            .await
+            .unwrap();
+    }
+    support::eventually("both nodes to count the 20 keys", || async {
+        let (Ok(s0), Ok(s1)) = (admin.status(&t0).await, admin.status(&t1).await) else {
+            return false;
+        };
+        s0.keys + s1.keys == 20
+    })
+    .await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+    ]));
+    let spec = |volume: &str| {
+        json!({"size": 1, "image": "dynamo-node:dev",
+               "replication": {"n": 1, "r": 1, "w": 1},
+               "storage": {"size": volume}})
+    };
+
+    let c = cluster(spec("256"), true);
+    let expected = c.clone();
+    let action = pass(c, endpoints.clone(), |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        // No StatefulSet write and no Leave: a warning and the status.
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "InsufficientCapacity");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["phase"], "Degraded");
+        let degraded = condition(s, "Degraded");
+        assert_eq!(
+            (&degraded["status"], &degraded["reason"]),
+            (&json!("True"), &json!("InsufficientCapacity"))
+        );
+        assert_eq!(
+            degraded["message"],
+            "refused: decommissioning node 1 would leave the stored keys (at least 32 bytes \
+             each) on 1 members with 256-byte volumes: they cannot hold them"
+        );
+        assert_eq!(condition(s, "Progressing")["status"], "False");
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().resync)
+    );
+    support::wait_for_states(&admin, &t0, &members).await;
+
+    // The same cluster with room for the data: db-1 is decommissioned through db-0.
+    let c = cluster(spec("1Mi"), true);
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(
+            (&event.body["type"], &event.body["note"]),
+            (&json!("Normal"), &json!("decommission 1"))
+        );
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        assert_eq!(status.body["status"]["currentStep"], "decommission 1");
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    let ring = admin.ring(&t0).await.unwrap();
+    let leaving = ring.members.iter().find(|m| m.node_id == "db-1").unwrap();
+    assert_ne!(
+        leaving.state,
+        MemberState::Member,
+        "db-1 was asked to leave"
+    );
+    n1.shutdown().await.unwrap();
+    n0.shutdown().await.unwrap();
+}
