@@ -1372,3 +1372,33 @@ async fn a_decommission_the_remaining_volumes_cannot_hold_is_refused() {
     n1.shutdown().await.unwrap();
     n0.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_charts_rbac_grants_nothing_beyond_what_the_operator_uses() {
+    // Least privilege: every request these tests see is checked against the chart's
+    // rules (ApiServer::expect); this pins the rules themselves, so a wildcard, a delete
+    // of owned objects or a list of Secrets cannot slip in unnoticed.
+    let mut expected = std::collections::BTreeSet::new();
+    let mut grant = |group: &str, resource: &str, verbs: &[&str]| {
+        for verb in verbs {
+            expected.insert((group.to_owned(), resource.to_owned(), (*verb).to_owned()));
+        }
+    };
+    let group = "dynamo.example.org";
+    grant(group, "dynamoclusters", &["list", "watch", "patch"]);
+    grant(group, "dynamoclusters/status", &["patch"]);
+    // Owner references with blockOwnerDeletion need it on the owner.
+    grant(group, "dynamoclusters/finalizers", &["update"]);
+    let owned = ["get", "list", "watch", "create", "patch"];
+    grant("apps", "statefulsets", &owned);
+    grant("", "services", &owned);
+    grant("", "configmaps", &owned);
+    grant("policy", "poddisruptionbudgets", &owned);
+    grant("networking.k8s.io", "networkpolicies", &owned);
+    grant("", "secrets", &["get", "create"]);
+    grant("", "pods", &["list"]);
+    grant("", "persistentvolumeclaims", &["list", "delete"]);
+    grant("events.k8s.io", "events", &["create", "patch"]);
+    grant("coordination.k8s.io", "leases", &["get", "create", "patch"]);
+    assert_eq!(support::chart_rbac(), &expected);
+}
