@@ -1402,3 +1402,75 @@ fn the_charts_rbac_grants_nothing_beyond_what_the_operator_uses() {
     grant("coordination.k8s.io", "leases", &["get", "create", "patch"]);
     assert_eq!(support::chart_rbac(), &expected);
 }
+
+#[tokio::test]
+async fn stale_labels_and_status_never_decide_a_step() {
+    // Level-triggered: the cluster object claims db-1 is already gone (a label and an
+    // annotation a one-shot design might have left, and a status from some earlier pass
+    // saying one member and nothing in progress), but the ring still lists db-1 as a
+    // member. The pass believes the ring: db-1 is decommissioned, not skipped (a stale
+    // label once made a peer operator skip a decommission and delete the volume).
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let n1 = start_secured_node("db-1", &[n0.internode_addr], 1).await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let (t0, t1) = (secured(&n0), secured(&n1));
+    for node in [&n0, &n1] {
+        let id = node.shared().cluster().me().to_string();
+        admin
+            .join(&t0, &id, &node.internode_addr.to_string(), 1)
+            .await
+            .unwrap();
+    }
+    let members = [("db-0", MemberState::Member), ("db-1", MemberState::Member)];
+    support::wait_for_states(&admin, &t0, &members).await;
+    support::wait_for_states(&admin, &t1, &members).await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+    ]));
+    let mut c = cluster(
+        json!({"size": 1, "image": "dynamo-node:dev",
+               "replication": {"n": 1, "r": 1, "w": 1},
+               "storage": {"retainOnScaleDown": false}}),
+        true,
+    );
+    c.metadata.labels = Some(BTreeMap::from([(
+        "dynamo.example.org/decommissioned".to_owned(),
+        "db-1".to_owned(),
+    )]));
+    c.metadata.annotations = Some(BTreeMap::from([(
+        "dynamo.example.org/last-step".to_owned(),
+        "shrink statefulset to 1".to_owned(),
+    )]));
+    c.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 1, "readyNodes": 1, "members": 1, "phase": "Running",
+            "selector": SELECTOR,
+        }))
+        .unwrap(),
+    );
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        // No StatefulSet shrink, no volume deleted: a Leave to db-0, then the event.
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["note"], "decommission 1");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["currentStep"], "decommission 1");
+        assert_eq!((&s["members"], &s["readyNodes"]), (&json!(2), &json!(2)));
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    let ring = admin.ring(&t0).await.unwrap();
+    let row = ring.members.iter().find(|m| m.node_id == "db-1").unwrap();
+    assert_ne!(row.state, MemberState::Member, "db-1 was asked to leave");
+    n1.shutdown().await.unwrap();
+    n0.shutdown().await.unwrap();
+}
