@@ -95,3 +95,37 @@ fn the_charts_deployment_passes_flags_the_binary_takes() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn logs_are_json_lines_by_default() {
+    // Structured logs: one JSON object per line, with a level and named fields, for log
+    // pipelines to index (the chart runs the default).
+    let home = tempfile::tempdir().unwrap();
+    let output = operator()
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("missing-kubeconfig"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    // The log lines go to stderr; the exit error (anyhow's report, not a log line)
+    // follows them.
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .take_while(|line| !line.starts_with("Error: "))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "serving /metrics, /healthz, /readyz")
+        .unwrap_or_else(|| panic!("no startup line in {stderr}"));
+    assert_eq!(serving["level"], "INFO");
+    assert!(serving["timestamp"].is_string());
+    assert!(
+        serving["fields"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{serving}"
+    );
+}
