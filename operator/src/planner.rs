@@ -881,6 +881,14 @@ mod tests {
         no_new_pod_running.running.remove(&4);
         let mut heavier = observed(3, &[Member, Member, Member]);
         heavier.members.get_mut(&1).unwrap().weight = 4;
+        // The ring is unhealthy (member 1's pod is not ready) while a join, a
+        // decommission or a weight change is due: each waits.
+        let mut join_due_unhealthy = observed(5, &[Member, Member, Member]);
+        join_due_unhealthy.ready.remove(&1);
+        let mut decommission_due_unhealthy = observed(5, &[Member; 5]);
+        decommission_due_unhealthy.ready.remove(&1);
+        let mut weight_due_unhealthy = heavier.clone();
+        weight_due_unhealthy.ready.remove(&2);
 
         let cases: Vec<(&str, u32, u32, Observed, Step)> = vec![
             (
@@ -956,7 +964,7 @@ mod tests {
                 "transfer pending",
                 3,
                 3,
-                pending,
+                pending.clone(),
                 Step::Wait {
                     reason: WaitReason::TransfersPending { ordinal: 1 },
                 },
@@ -1037,6 +1045,42 @@ mod tests {
                 Step::SetWeight {
                     ordinal: 1,
                     weight: 1,
+                },
+            ),
+            (
+                "join waits until the ring is healthy",
+                5,
+                3,
+                join_due_unhealthy,
+                Step::Wait {
+                    reason: WaitReason::MemberNotReady { ordinal: 1 },
+                },
+            ),
+            (
+                "decommission waits until the ring is healthy",
+                3,
+                3,
+                decommission_due_unhealthy,
+                Step::Wait {
+                    reason: WaitReason::MemberNotReady { ordinal: 1 },
+                },
+            ),
+            (
+                "weight change waits until the ring is healthy",
+                3,
+                3,
+                weight_due_unhealthy,
+                Step::Wait {
+                    reason: WaitReason::MemberNotReady { ordinal: 2 },
+                },
+            ),
+            (
+                "size change waits while a transfer is pending",
+                5,
+                3,
+                pending.clone(),
+                Step::Wait {
+                    reason: WaitReason::TransfersPending { ordinal: 1 },
                 },
             ),
             (
