@@ -1474,3 +1474,119 @@ async fn stale_labels_and_status_never_decide_a_step() {
     n1.shutdown().await.unwrap();
     n0.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_size_change_waits_while_a_node_is_leaving() {
+    // db-1 is being decommissioned (N = 1: it pushes its ranges to db-0, in rounds the
+    // test drives) when the spec changes again, to 3 nodes. While db-1 leaves, the
+    // StatefulSet is not grown and nothing else moves; once db-1 is removed the growth
+    // goes ahead.
+    let n0 = start_secured_node("db-0", &[], 1).await;
+    let n1 = start_node(
+        "db-1",
+        &[n0.internode_addr],
+        1,
+        &["--admin-token", TOKEN, "--transfer-interval", "1h"],
+    )
+    .await;
+    let admin = GrpcAdmin::new(support::WAIT);
+    let (t0, t1) = (secured(&n0), secured(&n1));
+    for node in [&n0, &n1] {
+        let id = node.shared().cluster().me().to_string();
+        admin
+            .join(&t0, &id, &node.internode_addr.to_string(), 1)
+            .await
+            .unwrap();
+    }
+    let unlimited = dynamo_node::transfer::Allowance {
+        keys: u64::MAX,
+        bytes: u64::MAX,
+    };
+    let settle_db1 = |state: MemberState| {
+        let (admin, t1, n1) = (&admin, &t1, &n1);
+        async move {
+            support::eventually(&format!("db-1 to be {state:?}"), || async {
+                n1.shared().transfer_round(unlimited).await;
+                admin
+                    .status(t1)
+                    .await
+                    .is_ok_and(|s| s.state == Some(state) && !s.transfers_pending)
+            })
+            .await;
+        }
+    };
+    settle_db1(MemberState::Member).await;
+    support::wait_for_states(
+        &admin,
+        &t0,
+        &[("db-0", MemberState::Member), ("db-1", MemberState::Member)],
+    )
+    .await;
+    admin.leave(&t0, "db-1").await.unwrap();
+    support::wait_for_states(&admin, &t1, &[("db-1", MemberState::Leaving)]).await;
+    let endpoints = Loopback(BTreeMap::from([
+        (0, n0.internode_addr),
+        (1, n1.internode_addr),
+    ]));
+    let c = cluster(
+        json!({"size": 3, "image": "dynamo-node:dev",
+               "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+
+    let expected = c.clone();
+    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        // No StatefulSet apply (no growth to 3), no event: the status says why.
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let s = &status.body["status"];
+        assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
+        assert_eq!(condition(s, "Progressing")["reason"], "WaitingForTransfers");
+        let written = with_status(&expected, s);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(controller::Intervals::default().poll)
+    );
+
+    settle_db1(MemberState::Removed).await;
+    support::wait_for_states(&admin, &t0, &[("db-1", MemberState::Removed)]).await;
+    let expected = c.clone();
+    pass(c, endpoints, |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 2));
+        // A removed node no longer reports ready.
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        generated_token_exists(&mut server).await;
+        let sts = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(sts.body["spec"]["replicas"], 3);
+        sts.echo();
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["note"], "grow statefulset to 3");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    n1.shutdown().await.unwrap();
+    n0.shutdown().await.unwrap();
+}
