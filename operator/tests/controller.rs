@@ -1016,43 +1016,19 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     // ranges (here db-1 pulls from db-0, N = 1). db-1 runs its transfer rounds only when
     // the test drives them (its own loop's next tick is an hour away), so the hand-over
     // is pending for exactly as long as the test wants.
-    let n0 = start_secured_node("db-0", &[], 1).await;
-    let n1 = start_node(
-        "db-1",
-        &[n0.internode_addr],
-        1,
-        &["--admin-token", TOKEN, "--transfer-interval", "1h"],
-    )
-    .await;
-    let admin = GrpcAdmin::new(support::WAIT);
-    let (t0, t1) = (secured(&n0), secured(&n1));
-    for node in [&n0, &n1] {
-        let id = node.shared().cluster().me().to_string();
-        admin
-            .join(&t0, &id, &node.internode_addr.to_string(), 1)
-            .await
-            .unwrap();
-    }
-    // db-1 drives its own join hand-over: the test runs its rounds.
+    let pair = HandOverPair::start().await;
+    let HandOverPair {
+        n1,
+        admin,
+        t0,
+        t1,
+        endpoints,
+        ..
+    } = &pair;
     let unlimited = dynamo_node::transfer::Allowance {
         keys: u64::MAX,
         bytes: u64::MAX,
     };
-    support::eventually("db-1 to finish joining", || async {
-        n1.shared().transfer_round(unlimited).await;
-        admin
-            .status(&t1)
-            .await
-            .is_ok_and(|s| s.state == Some(MemberState::Member) && !s.transfers_pending)
-    })
-    .await;
-    let members = [("db-0", MemberState::Member), ("db-1", MemberState::Member)];
-    support::wait_for_states(&admin, &t0, &members).await;
-    support::wait_for_states(&admin, &t1, &members).await;
-    let endpoints = Loopback(BTreeMap::from([
-        (0, n0.internode_addr),
-        (1, n1.internode_addr),
-    ]));
 
     // Pass 1: the spec gives db-1 weight 3. Exactly one SetWeight, sent to db-0 (the
     // lowest ready member); an Event; the status names the step.
@@ -1101,10 +1077,10 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     );
     // The member table changed by exactly that step: db-1 heads for weight 3 and is
     // still laid out for 1 (the hand-over is pending); db-0 is untouched.
-    assert_eq!(weights_at(&admin, &t0, "db-1").await, (3, 1));
-    assert_eq!(weights_at(&admin, &t0, "db-0").await, (1, 1));
+    assert_eq!(weights_at(admin, t0, "db-1").await, (3, 1));
+    assert_eq!(weights_at(admin, t0, "db-0").await, (1, 1));
     support::eventually("db-1 to learn its new weight by gossip", || async {
-        weights_at(&admin, &t1, "db-1").await == (3, 1)
+        weights_at(admin, t1, "db-1").await == (3, 1)
     })
     .await;
 
@@ -1148,12 +1124,8 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
         action,
         Action::requeue(controller::Intervals::default().poll)
     );
-    assert_eq!(
-        weights_at(&admin, &t0, "db-0").await,
-        (1, 1),
-        "no SetWeight"
-    );
-    assert_eq!(weights_at(&admin, &t0, "db-1").await, (3, 1));
+    assert_eq!(weights_at(admin, t0, "db-0").await, (1, 1), "no SetWeight");
+    assert_eq!(weights_at(admin, t0, "db-1").await, (3, 1));
 
     // The same pass again, over its own status: still waiting, nothing written at all.
     let mut c2_again = c2.clone();
@@ -1174,11 +1146,11 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     // db-0, until it settles its weight; the settled weight spreads by gossip.
     support::eventually("db-1 to finish its hand-over", || async {
         n1.shared().transfer_round(unlimited).await;
-        weights_at(&admin, &t1, "db-1").await == (3, 3)
+        weights_at(admin, t1, "db-1").await == (3, 3)
     })
     .await;
     support::eventually("db-0 to see db-1 settled", || async {
-        weights_at(&admin, &t0, "db-1").await == (3, 3)
+        weights_at(admin, t0, "db-1").await == (3, 3)
     })
     .await;
 
@@ -1203,14 +1175,14 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     )
     .await
     .unwrap();
-    assert_eq!(weights_at(&admin, &t0, "db-0").await.0, 2);
+    assert_eq!(weights_at(admin, t0, "db-0").await.0, 2);
 
     // db-0 drives its own hand-over (its transfer loop runs every 250 ms). Once every
     // weight is settled, a pass reports the cluster converged and Available.
     support::eventually("both weights settled on both nodes", || async {
-        for via in [&t0, &t1] {
-            if weights_at(&admin, via, "db-0").await != (2, 2)
-                || weights_at(&admin, via, "db-1").await != (3, 3)
+        for via in [t0, t1] {
+            if weights_at(admin, via, "db-0").await != (2, 2)
+                || weights_at(admin, via, "db-1").await != (3, 3)
             {
                 return false;
             }
@@ -1219,7 +1191,7 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     })
     .await;
     let expected = c2_again.clone();
-    let action = pass(c2_again, endpoints, |mut server| async move {
+    let action = pass(c2_again, endpoints.clone(), |mut server| async move {
         two_ready_pods_read(&mut server, &expected).await;
         let status = server
             .expect("PATCH", &format!("{CLUSTERS}/db/status"))
@@ -1247,8 +1219,7 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
         action,
         Action::requeue(controller::Intervals::default().resync)
     );
-    n1.shutdown().await.unwrap();
-    n0.shutdown().await.unwrap();
+    pair.shutdown().await;
 }
 
 #[tokio::test]
@@ -1475,59 +1446,97 @@ async fn stale_labels_and_status_never_decide_a_step() {
     n0.shutdown().await.unwrap();
 }
 
+/// Two members where db-1 drives its transfers only when the test says so (its own
+/// loop's next tick is an hour away), with N = 1.
+struct HandOverPair {
+    n0: RunningNode,
+    n1: RunningNode,
+    admin: GrpcAdmin,
+    t0: AdminTarget,
+    t1: AdminTarget,
+    endpoints: Loopback,
+}
+
+impl HandOverPair {
+    async fn start() -> Self {
+        let n0 = start_secured_node("db-0", &[], 1).await;
+        let n1 = start_node(
+            "db-1",
+            &[n0.internode_addr],
+            1,
+            &["--admin-token", TOKEN, "--transfer-interval", "1h"],
+        )
+        .await;
+        let admin = GrpcAdmin::new(support::WAIT);
+        let (t0, t1) = (secured(&n0), secured(&n1));
+        for node in [&n0, &n1] {
+            let id = node.shared().cluster().me().to_string();
+            admin
+                .join(&t0, &id, &node.internode_addr.to_string(), 1)
+                .await
+                .unwrap();
+        }
+        let endpoints = Loopback(BTreeMap::from([
+            (0, n0.internode_addr),
+            (1, n1.internode_addr),
+        ]));
+        let pair = Self {
+            n0,
+            n1,
+            admin,
+            t0,
+            t1,
+            endpoints,
+        };
+        pair.drive_db1_to(MemberState::Member).await;
+        support::wait_for_states(
+            &pair.admin,
+            &pair.t0,
+            &[("db-0", MemberState::Member), ("db-1", MemberState::Member)],
+        )
+        .await;
+        pair
+    }
+
+    /// Runs db-1's transfer rounds until it reports `state` with nothing pending, and
+    /// db-0 lists it so.
+    async fn drive_db1_to(&self, state: MemberState) {
+        let unlimited = dynamo_node::transfer::Allowance {
+            keys: u64::MAX,
+            bytes: u64::MAX,
+        };
+        support::eventually(&format!("db-1 to be {state:?}"), || async {
+            self.n1.shared().transfer_round(unlimited).await;
+            self.admin
+                .status(&self.t1)
+                .await
+                .is_ok_and(|s| s.state == Some(state) && !s.transfers_pending)
+        })
+        .await;
+        support::wait_for_states(&self.admin, &self.t0, &[("db-1", state)]).await;
+    }
+
+    /// Decommissions db-1 through db-0; it stays `Leaving` until driven.
+    async fn start_leaving(&self) {
+        self.admin.leave(&self.t0, "db-1").await.unwrap();
+        support::wait_for_states(&self.admin, &self.t1, &[("db-1", MemberState::Leaving)]).await;
+    }
+
+    async fn shutdown(self) {
+        self.n1.shutdown().await.unwrap();
+        self.n0.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_size_change_waits_while_a_node_is_leaving() {
     // db-1 is being decommissioned (N = 1: it pushes its ranges to db-0, in rounds the
     // test drives) when the spec changes again, to 3 nodes. While db-1 leaves, the
     // StatefulSet is not grown and nothing else moves; once db-1 is removed the growth
     // goes ahead.
-    let n0 = start_secured_node("db-0", &[], 1).await;
-    let n1 = start_node(
-        "db-1",
-        &[n0.internode_addr],
-        1,
-        &["--admin-token", TOKEN, "--transfer-interval", "1h"],
-    )
-    .await;
-    let admin = GrpcAdmin::new(support::WAIT);
-    let (t0, t1) = (secured(&n0), secured(&n1));
-    for node in [&n0, &n1] {
-        let id = node.shared().cluster().me().to_string();
-        admin
-            .join(&t0, &id, &node.internode_addr.to_string(), 1)
-            .await
-            .unwrap();
-    }
-    let unlimited = dynamo_node::transfer::Allowance {
-        keys: u64::MAX,
-        bytes: u64::MAX,
-    };
-    let settle_db1 = |state: MemberState| {
-        let (admin, t1, n1) = (&admin, &t1, &n1);
-        async move {
-            support::eventually(&format!("db-1 to be {state:?}"), || async {
-                n1.shared().transfer_round(unlimited).await;
-                admin
-                    .status(t1)
-                    .await
-                    .is_ok_and(|s| s.state == Some(state) && !s.transfers_pending)
-            })
-            .await;
-        }
-    };
-    settle_db1(MemberState::Member).await;
-    support::wait_for_states(
-        &admin,
-        &t0,
-        &[("db-0", MemberState::Member), ("db-1", MemberState::Member)],
-    )
-    .await;
-    admin.leave(&t0, "db-1").await.unwrap();
-    support::wait_for_states(&admin, &t1, &[("db-1", MemberState::Leaving)]).await;
-    let endpoints = Loopback(BTreeMap::from([
-        (0, n0.internode_addr),
-        (1, n1.internode_addr),
-    ]));
+    let pair = HandOverPair::start().await;
+    pair.start_leaving().await;
+    let endpoints = pair.endpoints.clone();
     let c = cluster(
         json!({"size": 3, "image": "dynamo-node:dev",
                "replication": {"n": 1, "r": 1, "w": 1}}),
@@ -1555,8 +1564,7 @@ async fn a_size_change_waits_while_a_node_is_leaving() {
         Action::requeue(controller::Intervals::default().poll)
     );
 
-    settle_db1(MemberState::Removed).await;
-    support::wait_for_states(&admin, &t0, &[("db-1", MemberState::Removed)]).await;
+    pair.drive_db1_to(MemberState::Removed).await;
     let expected = c.clone();
     pass(c, endpoints, |mut server| async move {
         children_unchanged(&mut server, &expected).await;
@@ -1587,6 +1595,75 @@ async fn a_size_change_waits_while_a_node_is_leaving() {
     })
     .await
     .unwrap();
-    n1.shutdown().await.unwrap();
-    n0.shutdown().await.unwrap();
+    pair.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_volume_is_deleted_only_after_its_node_is_removed() {
+    // The spec went from 2 nodes to 1 with retainOnScaleDown false, and db-1 is handing
+    // its ranges off. While it leaves, neither its pod nor its volume goes; once the ring
+    // reports it removed, the StatefulSet shrinks over it and its PVC is deleted.
+    let pair = HandOverPair::start().await;
+    pair.start_leaving().await;
+    let c = cluster(
+        json!({"size": 1, "image": "dynamo-node:dev",
+               "replication": {"n": 1, "r": 1, "w": 1},
+               "storage": {"retainOnScaleDown": false}}),
+        true,
+    );
+    let expected = c.clone();
+    pass(c.clone(), pair.endpoints.clone(), |mut server| async move {
+        two_ready_pods_read(&mut server, &expected).await;
+        // No StatefulSet apply, no DELETE of data-db-1: only the status.
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        assert_eq!(
+            status.body["status"]["currentStep"],
+            "wait: transfers pending on node 1"
+        );
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+
+    pair.drive_db1_to(MemberState::Removed).await;
+    let expected = c.clone();
+    pass(c, pair.endpoints.clone(), |mut server| async move {
+        children_unchanged(&mut server, &expected).await;
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, statefulset(&expected, 2));
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        generated_token_exists(&mut server).await;
+        let sts = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(sts.body["spec"]["replicas"], 1);
+        sts.echo();
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": "data-db-1", "namespace": "prod"}});
+        server
+            .expect("DELETE", &format!("{NS}/persistentvolumeclaims/data-db-1"))
+            .await
+            .respond(200, claim);
+        let event = server.expect("POST", EVENTS).await;
+        assert_eq!(event.body["note"], "shrink statefulset to 1");
+        event.echo();
+        let status = server
+            .expect("PATCH", &format!("{CLUSTERS}/db/status"))
+            .await;
+        let written = with_status(&expected, &status.body["status"]);
+        status.respond(200, written);
+        server
+    })
+    .await
+    .unwrap();
+    pair.shutdown().await;
 }
