@@ -1667,3 +1667,86 @@ async fn a_volume_is_deleted_only_after_its_node_is_removed() {
     .unwrap();
     pair.shutdown().await;
 }
+
+#[tokio::test]
+async fn failed_passes_back_off_per_cluster_and_a_success_resets_it() {
+    // One context across passes, as the controller runs them: each failure of a cluster
+    // doubles its retry delay (5 s, 10 s, 20 s), another cluster's count is its own, and
+    // a pass that succeeds starts the count again. Every failure is counted in
+    // dynamo_operator_reconcile_errors_total by kind.
+    let (client, mut server) = mock_client();
+    let ctx = context(client, Loopback::default());
+    let db = cluster(json!({"size": 1, "image": "dynamo-node:dev"}), true);
+    let mut other = db.clone();
+    other.metadata.name = Some("other".to_owned());
+    let unfinalized = cluster(json!({"size": 1, "image": "dynamo-node:dev"}), false);
+    let internal_error = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": "etcd is unhappy",
+                                "reason": "InternalError", "code": 500});
+
+    // The API server's side: the first read of each failing pass gets a 500; the
+    // successful pass is the finalizer patch.
+    let answers = {
+        let internal_error = internal_error.clone();
+        let finalized = serde_json::to_value(cluster(
+            json!({"size": 1, "image": "dynamo-node:dev"}),
+            true,
+        ))
+        .unwrap();
+        tokio::spawn(async move {
+            for name in ["db", "db", "db", "other", "-", "db"] {
+                if name == "-" {
+                    server
+                        .expect("PATCH", &format!("{CLUSTERS}/db"))
+                        .await
+                        .respond(200, finalized.clone());
+                } else {
+                    server
+                        .expect("GET", &format!("{NS}/configmaps/{name}-config"))
+                        .await
+                        .respond(500, internal_error.clone());
+                }
+            }
+            server
+        })
+    };
+    let mut delays = Vec::new();
+    for object in [&db, &db, &db, &other] {
+        let object = Arc::new(object.clone());
+        let error = reconcile(Arc::clone(&object), Arc::clone(&ctx))
+            .await
+            .unwrap_err();
+        assert_eq!(error.label(), "kube", "{error}");
+        delays.push(controller::error_policy(object, &error, Arc::clone(&ctx)));
+    }
+    let backoff = |seconds| Action::requeue(std::time::Duration::from_secs(seconds));
+    assert_eq!(delays, [backoff(5), backoff(10), backoff(20), backoff(5)]);
+    assert_eq!(
+        reconcile(Arc::new(unfinalized), Arc::clone(&ctx))
+            .await
+            .unwrap(),
+        Action::await_change()
+    );
+    let object = Arc::new(db);
+    let error = reconcile(Arc::clone(&object), Arc::clone(&ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        controller::error_policy(object, &error, Arc::clone(&ctx)),
+        backoff(5),
+        "a success resets the count"
+    );
+    let metrics = ctx.metrics().encode();
+    drop(ctx);
+    answers.await.unwrap().expect_no_more().await;
+    for line in [
+        "dynamo_operator_reconciles_total 6",
+        "dynamo_operator_reconcile_errors_total{error=\"kube\"} 5",
+        "dynamo_operator_reconcile_duration_seconds_count 6",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing in\n{metrics}"
+        );
+    }
+}
