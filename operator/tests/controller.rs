@@ -1750,3 +1750,70 @@ async fn failed_passes_back_off_per_cluster_and_a_success_resets_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_controller_watches_clusters_and_their_owned_objects_in_its_namespace() {
+    // `controller::run` as the binary starts it, for one namespace: it lists and then
+    // watches the DynamoClusters and the five kinds of objects it owns, those only
+    // through the managed-by label (so it never caches every ConfigMap of the
+    // namespace), each a request the chart's RBAC grants; it stops on shutdown.
+    let (client, mut server) = mock_client();
+    let ctx = context(client, Loopback::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(controller::run(ctx, Some("prod"), async move {
+        let _ = stopped.await;
+    }));
+    let managed = Some(controller::MANAGED_BY_SELECTOR.to_owned());
+    let expected: BTreeMap<&str, Option<String>> = BTreeMap::from([
+        (CLUSTERS, None),
+        ("/api/v1/namespaces/prod/configmaps", managed.clone()),
+        ("/api/v1/namespaces/prod/services", managed.clone()),
+        (
+            "/apis/apps/v1/namespaces/prod/statefulsets",
+            managed.clone(),
+        ),
+        (
+            "/apis/policy/v1/namespaces/prod/poddisruptionbudgets",
+            managed.clone(),
+        ),
+        (
+            "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies",
+            managed,
+        ),
+    ]);
+    let mut listed = std::collections::BTreeSet::new();
+    let mut watching = std::collections::BTreeSet::new();
+    // Open watches are held unanswered, as an API server holds them.
+    let mut held = Vec::new();
+    while watching.len() < expected.len() {
+        let call = server.next_call("a list or a watch").await;
+        assert_eq!(call.method, "GET", "{}", call.path);
+        let selector = expected
+            .get(call.path.as_str())
+            .unwrap_or_else(|| panic!("unexpected request for {}", call.path));
+        assert_eq!(
+            call.query.get("labelSelector"),
+            selector.as_ref(),
+            "{}",
+            call.path
+        );
+        if call.query.get("watch").is_some_and(|w| w == "true") {
+            assert!(
+                listed.contains(&call.path),
+                "watch before list: {}",
+                call.path
+            );
+            watching.insert(call.path.clone());
+            held.push(call);
+        } else {
+            listed.insert(call.path.clone());
+            call.respond(200, list("List", vec![]));
+        }
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(support::WAIT, running)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+    drop(held);
+}

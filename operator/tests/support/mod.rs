@@ -107,10 +107,24 @@ impl Call {
 impl ApiServer {
     /// Waits for the next request and checks its method and path.
     pub async fn expect(&mut self, method: &str, path: &str) -> Call {
+        let call = self.next_call(&format!("{method} {path}")).await;
+        assert_eq!(
+            (call.method.as_str(), call.path.as_str()),
+            (method, path),
+            "unexpected request (query {:?}, body {})",
+            call.query,
+            call.body
+        );
+        call
+    }
+
+    /// Waits for the next request, whatever it is (`expected` says what, for the
+    /// timeout message), and checks the chart's RBAC grants it.
+    pub async fn next_call(&mut self, expected: &str) -> Call {
         let (request, send) = tokio::time::timeout(WAIT, self.0.next_request())
             .await
-            .unwrap_or_else(|_| panic!("no request within {WAIT:?}; expected {method} {path}"))
-            .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
+            .unwrap_or_else(|_| panic!("no request within {WAIT:?}; expected {expected}"))
+            .unwrap_or_else(|| panic!("client gone; expected {expected}"));
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.expect("request body");
         let body = if bytes.is_empty() {
@@ -139,17 +153,12 @@ impl ApiServer {
             body,
             send,
         };
-        assert_eq!(
-            (call.method.as_str(), call.path.as_str()),
-            (method, path),
-            "unexpected request (query {:?}, body {})",
-            call.query,
-            call.body
-        );
         let permission = permission_of(&call);
         assert!(
             chart_rbac().contains(&permission),
-            "{method} {path} needs {permission:?}, which the chart's RBAC does not grant"
+            "{} {} needs {permission:?}, which the chart's RBAC does not grant",
+            call.method,
+            call.path
         );
         call
     }
