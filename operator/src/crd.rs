@@ -511,8 +511,14 @@ impl DynamoClusterSpec {
     /// The weight of the node with this ordinal (see [`Weights`]).
     ///
     /// # Errors
-    /// A malformed override key, or `fromResources` without a usable CPU quantity.
+    /// A malformed override key, `fromResources` without a usable CPU or storage
+    /// quantity, or `storagePerWeight` without `fromResources`.
     pub fn weight_of(&self, ordinal: u32) -> Result<u32, SpecError> {
+        // A unit the spec sets but nothing reads would be silently ignored: refuse it
+        // here too, as every pass plans through this.
+        if !self.weights.from_resources && self.weights.storage_per_weight.is_some() {
+            return Err(SpecError::StoragePerWeightUnused);
+        }
         for (key, &weight) in &self.weights.overrides {
             if parse_ordinal(key)? == ordinal {
                 return check_weight(weight);
@@ -871,6 +877,8 @@ mod tests {
         let mut s = spec(3);
         s.weights.storage_per_weight = Some("5Gi".into());
         assert_eq!(s.validate(), Err(SpecError::StoragePerWeightUnused));
+        // The planner's path refuses it too (an object from before the rule).
+        assert_eq!(s.weight_of(0), Err(SpecError::StoragePerWeightUnused));
         assert!(!cel_accepts(s.clone()), "the schema refuses it too");
         s.weights.from_resources = true;
         assert_eq!(s.validate(), Ok(()));
