@@ -6,6 +6,7 @@ mod support;
 use dynamo_operator::admin::{AdminError, AdminTarget, GrpcAdmin, NodeAdmin};
 use dynamo_operator::planner::MemberState;
 use std::time::Duration;
+use support::tls::SelfSigned;
 use support::{start_node, wait_for_states};
 
 #[tokio::test]
@@ -115,30 +116,12 @@ async fn an_absent_node_is_unreachable_not_an_rpc_error() {
 async fn admin_calls_cross_mutual_tls() {
     // The nodes serve the internode port (Admin included) with TLS and require client
     // certificates; the operator presents the cluster's own certificate from its Secret.
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let (cert_pem, key_pem) = (cert.pem(), signing_key.serialize_pem());
-    let dir = tempfile::tempdir().unwrap();
-    let cert_path = dir.path().join("tls.crt");
-    let key_path = dir.path().join("tls.key");
-    std::fs::write(&cert_path, &cert_pem).unwrap();
-    std::fs::write(&key_path, &key_pem).unwrap();
-    let (c, k) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
-    let node = start_node(
-        "db-0",
-        &[],
-        1,
-        &["--tls-cert", c, "--tls-key", k, "--tls-ca", c],
-    )
-    .await;
+    let certificate = SelfSigned::generate();
+    let node = start_node("db-0", &[], 1, &certificate.node_args()).await;
 
     let admin = GrpcAdmin::new(support::WAIT);
     let url = format!("https://{}", node.internode_addr);
-    let tls = dynamo_operator::admin::AdminTls {
-        ca_pem: cert_pem.clone().into_bytes(),
-        identity: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
-    };
+    let tls = certificate.admin_tls();
     let target = AdminTarget {
         url: url.clone(),
         token: None,

@@ -4,6 +4,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod passes;
+pub mod ring;
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
