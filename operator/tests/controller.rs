@@ -68,7 +68,7 @@ async fn children_applied_fresh(server: &mut ApiServer) {
 #[tokio::test]
 async fn first_pass_adds_the_finalizer_and_nothing_else() {
     let c = cluster(json!({"size": 3, "image": "dynamo-node:dev"}), false);
-    let action = pass(c, Loopback::default(), |mut server| async move {
+    let action = pass(c, Loopback::default(), |mut server, _| async move {
         let patch = server.expect("PATCH", CLUSTER).await;
         assert_eq!(
             patch.content_type.as_deref(),
@@ -92,7 +92,7 @@ async fn first_pass_adds_the_finalizer_and_nothing_else() {
 async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
     let spec = json!({"size": 3, "image": "dynamo-node:dev"});
     let c = cluster(spec, true);
-    let action = pass(c.clone(), Loopback::default(), |mut server| async move {
+    let action = pass(c, Loopback::default(), |mut server, db| async move {
         children_applied_fresh(&mut server).await;
         server
             .expect("GET", &format!("{APPS}/statefulsets/db"))
@@ -143,7 +143,7 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
         assert_eq!(event["reportingController"], "dynamo-operator");
         let status = server.expect("PATCH", CLUSTER_STATUS).await;
         status.assert_server_side_apply();
-        let s = &answer_status(status, &c);
+        let s = &answer_status(status, &db);
         assert_eq!(s["observedGeneration"], 1);
         assert_eq!(s["phase"], "Pending");
         assert_eq!(s["currentStep"], "grow statefulset to 3");
@@ -175,14 +175,13 @@ async fn scale_up_joins_the_new_pod_through_a_member() {
                       "replication": {"n": 1, "r": 1, "w": 1}});
     let c = cluster(spec, true);
     let n1_address = ring.node(1).internode_addr.to_string();
-    let expected = c.clone();
-    let action = pass(c, ring.endpoints(), |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 2, vec![pod(0, true), pod(1, false)]).await;
+    let action = pass(c, ring.endpoints(), |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 2, vec![pod(0, true), pod(1, false)]).await;
         // Unchanged StatefulSet: not applied. The join goes to db-0 over gRPC.
         let event = event_posted(&mut server).await;
         assert_eq!(event["reason"], "Join");
         assert_eq!(event["note"], "join 1 with weight 1");
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "join 1 with weight 1");
         assert_eq!(s["phase"], "Progressing");
         assert_eq!((&s["members"], &s["readyNodes"]), (&json!(1), &json!(1)));
@@ -221,15 +220,14 @@ async fn decommission_below_n_is_refused_without_shrinking() {
     let spec = json!({"size": 2, "image": "dynamo-node:dev",
                       "replication": {"n": 3, "r": 2, "w": 2}});
     let c = cluster(spec, true);
-    let expected = c.clone();
     let (action, refused_status) =
-        pass_with(c.clone(), endpoints.clone(), |mut server| async move {
-            objects_and_token_read(&mut server, &expected, 3, three_ready()).await;
+        pass_with(c.clone(), endpoints.clone(), |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 3, three_ready()).await;
             // No StatefulSet apply (replicas stay 3) and no Leave: a warning and the status.
             let event = event_posted(&mut server).await;
             assert_eq!(event["type"], "Warning");
             assert_eq!(event["reason"], "DecommissionRefused");
-            let s = status_written(&mut server, &expected).await;
+            let s = status_written(&mut server, &db).await;
             let degraded = condition(&s, "Degraded");
             assert_eq!(
                 (&degraded["status"], &degraded["reason"]),
@@ -253,9 +251,8 @@ async fn decommission_below_n_is_refused_without_shrinking() {
     // (no repeated event, no status write, so no hot loop).
     let mut c2 = c;
     c2.status = status_of(&refused_status);
-    let expected = c2.clone();
-    pass(c2, endpoints, |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 3, three_ready()).await;
+    pass(c2, endpoints, |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 3, three_ready()).await;
         server
     })
     .await
@@ -271,7 +268,7 @@ async fn deletion_deletes_volumes_when_asked_and_releases_the_finalizer() {
                       "storage": {"retainOnDelete": false}});
     let c = deleting(cluster(spec, true));
     let returned = serde_json::to_value(&c).unwrap();
-    let action = pass(c, Loopback::default(), |mut server| async move {
+    let action = pass(c, Loopback::default(), |mut server, _| async move {
         let claims = server
             .expect("GET", &format!("{NS}/persistentvolumeclaims"))
             .await;
@@ -326,7 +323,7 @@ async fn deletion_keeps_volumes_by_default() {
         true,
     ));
     let returned = serde_json::to_value(&c).unwrap();
-    pass(c, Loopback::default(), |mut server| async move {
+    pass(c, Loopback::default(), |mut server, _| async move {
         let event = event_posted(&mut server).await;
         assert_eq!(
             event["note"],
@@ -346,9 +343,8 @@ async fn an_unreachable_ring_fails_the_pass_without_acting() {
         json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
         true,
     );
-    let expected = c.clone();
-    let error = pass(c, Loopback::default(), |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 1, vec![pod(0, false)]).await;
+    let error = pass(c, Loopback::default(), |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 1, vec![pod(0, false)]).await;
         server
     })
     .await
@@ -367,9 +363,8 @@ async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
                       "replication": {"n": 1, "r": 1, "w": 1},
                       "storage": {"retainOnScaleDown": false}});
     let c = cluster(spec, true);
-    let expected = c.clone();
-    pass(c, ring.endpoints(), |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 2, vec![pod(0, true), pod(1, false)]).await;
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 2, vec![pod(0, true), pod(1, false)]).await;
         let sts = server
             .expect("PATCH", &format!("{APPS}/statefulsets/db"))
             .await;
@@ -386,7 +381,7 @@ async fn shrink_drops_only_nodes_outside_the_ring_and_their_volumes_if_asked() {
             .not_found();
         let event = event_posted(&mut server).await;
         assert_eq!(event["reason"], "ShrinkStatefulSet");
-        let s = status_written(&mut server, &expected).await;
+        let s = status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "shrink statefulset to 1");
         server
     })
@@ -407,9 +402,8 @@ async fn the_admin_token_comes_from_the_named_secret() {
                       "replication": {"n": 1, "r": 1, "w": 1},
                       "adminTokenSecret": "db-admin"});
     let c = cluster(spec, true);
-    let expected = c.clone();
-    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
-        objects_read(&mut server, &expected, 1, vec![pod(0, true)]).await;
+    let action = pass(c.clone(), endpoints.clone(), |mut server, db| async move {
+        objects_read(&mut server, &db, 1, vec![pod(0, true)]).await;
         // "s3cret\n", as `kubectl create secret --from-file` often stores it.
         server
             .expect("GET", &format!("{NS}/secrets/db-admin"))
@@ -420,7 +414,7 @@ async fn the_admin_token_comes_from_the_named_secret() {
                        "metadata": {"name": "db-admin", "namespace": "prod"},
                        "data": {"token": "czNjcmV0Cg=="}}),
             );
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Running");
         assert!(s.get("currentStep").is_none(), "{s}");
         assert_eq!(condition(s, "Progressing")["reason"], "Converged");
@@ -432,9 +426,8 @@ async fn the_admin_token_comes_from_the_named_secret() {
     assert_eq!(action, resync_later());
 
     // A Secret without the key fails the pass, naming the Secret.
-    let expected = c.clone();
-    let error = pass(c, endpoints, |mut server| async move {
-        objects_read(&mut server, &expected, 1, vec![pod(0, true)]).await;
+    let error = pass(c, endpoints, |mut server, db| async move {
+        objects_read(&mut server, &db, 1, vec![pod(0, true)]).await;
         server
             .expect("GET", &format!("{NS}/secrets/db-admin"))
             .await
@@ -479,12 +472,11 @@ async fn a_pending_transfer_holds_the_pass_without_shrinking() {
     let spec = json!({"size": 2, "image": "dynamo-node:dev",
                       "replication": {"n": 1, "r": 1, "w": 1}});
     let c = cluster(spec, true);
-    let expected = c.clone();
-    let action = pass(c, ring.endpoints(), |mut server| async move {
+    let action = pass(c, ring.endpoints(), |mut server, db| async move {
         // db-0's pod is gone (being rescheduled), db-1 is up, db-2 runs outside the ring.
-        objects_and_token_read(&mut server, &expected, 3, vec![pod(1, true), pod(2, false)]).await;
+        objects_and_token_read(&mut server, &db, 3, vec![pod(1, true), pod(2, false)]).await;
         // No StatefulSet apply (no shrink), no event: only the status, saying why.
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
         assert_eq!(s["phase"], "Progressing");
         let progressing = condition(s, "Progressing");
@@ -512,9 +504,8 @@ async fn a_lost_race_for_the_generated_token_uses_the_winners() {
     let spec = json!({"size": 1, "image": "dynamo-node:dev",
                       "replication": {"n": 1, "r": 1, "w": 1}});
     let c = cluster(spec, true);
-    let expected = c.clone();
-    pass(c, ring.endpoints(), |mut server| async move {
-        objects_read(&mut server, &expected, 1, vec![pod(0, true)]).await;
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        objects_read(&mut server, &db, 1, vec![pod(0, true)]).await;
         let path = format!("{NS}/secrets/db-admin-token");
         server.expect("GET", &path).await.not_found();
         let create = server.expect("POST", &format!("{NS}/secrets")).await;
@@ -527,7 +518,7 @@ async fn a_lost_race_for_the_generated_token_uses_the_winners() {
         );
         generated_token_exists(&mut server).await;
         // The ring and the status were read with the winner's token: converged.
-        let s = status_written(&mut server, &expected).await;
+        let s = status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Running");
         server
     })
@@ -549,7 +540,6 @@ async fn a_tls_cluster_is_reconciled_over_mutual_tls() {
                       "replication": {"n": 1, "r": 1, "w": 1},
                       "tls": {"secretName": "db-tls"}});
     let c = cluster(spec, true);
-    let expected = c.clone();
     let tls_secret = secret(
         "db-tls",
         &[
@@ -559,15 +549,15 @@ async fn a_tls_cluster_is_reconciled_over_mutual_tls() {
         ],
     );
     // The first node joins itself: bootstrap, through its own Admin over mutual TLS.
-    pass(c, ring.endpoints(), |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 1, vec![pod(0, false)]).await;
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 1, vec![pod(0, false)]).await;
         server
             .expect("GET", &format!("{NS}/secrets/db-tls"))
             .await
             .respond(200, tls_secret);
         let event = event_posted(&mut server).await;
         assert_eq!(event["note"], "join 0 with weight 1");
-        status_written(&mut server, &expected).await;
+        status_written(&mut server, &db).await;
         server
     })
     .await
@@ -631,34 +621,32 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
                       "replication": {"n": 1, "r": 1, "w": 1},
                       "weights": {"overrides": {"1": 3}}});
     let c1 = cluster(spec, true);
-    let expected = c1.clone();
-    let (action, first_status) =
-        pass_with(c1.clone(), endpoints.clone(), |mut server| async move {
-            two_ready_pods_read(&mut server, &expected).await;
-            // No StatefulSet apply (unchanged), then the SetWeight over gRPC, then:
-            let event = event_posted(&mut server).await;
-            assert_eq!(event["type"], "Normal");
-            assert_eq!(event["reason"], "SetWeight");
-            assert_eq!(event["action"], "SetWeight");
-            assert_eq!(event["note"], "set weight of 1 to 3");
-            assert_eq!(event["regarding"]["name"], "db");
-            let status = server.expect("PATCH", CLUSTER_STATUS).await;
-            status.assert_server_side_apply();
-            let s = answer_status(status, &expected);
-            assert_eq!(s["observedGeneration"], 1);
-            assert_eq!(s["currentStep"], "set weight of 1 to 3");
-            assert_eq!(s["phase"], "Progressing");
-            assert_eq!((&s["members"], &s["readyNodes"]), (&json!(2), &json!(2)));
-            let progressing = condition(&s, "Progressing");
-            assert_eq!(
-                (&progressing["status"], &progressing["reason"]),
-                (&json!("True"), &json!("SetWeight"))
-            );
-            assert_eq!(progressing["message"], "set weight of 1 to 3");
-            assert_eq!(condition(&s, "Degraded")["status"], "False");
-            (server, s)
-        })
-        .await;
+    let (action, first_status) = pass_with(c1, endpoints.clone(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
+        // No StatefulSet apply (unchanged), then the SetWeight over gRPC, then:
+        let event = event_posted(&mut server).await;
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["reason"], "SetWeight");
+        assert_eq!(event["action"], "SetWeight");
+        assert_eq!(event["note"], "set weight of 1 to 3");
+        assert_eq!(event["regarding"]["name"], "db");
+        let status = server.expect("PATCH", CLUSTER_STATUS).await;
+        status.assert_server_side_apply();
+        let s = answer_status(status, &db);
+        assert_eq!(s["observedGeneration"], 1);
+        assert_eq!(s["currentStep"], "set weight of 1 to 3");
+        assert_eq!(s["phase"], "Progressing");
+        assert_eq!((&s["members"], &s["readyNodes"]), (&json!(2), &json!(2)));
+        let progressing = condition(&s, "Progressing");
+        assert_eq!(
+            (&progressing["status"], &progressing["reason"]),
+            (&json!("True"), &json!("SetWeight"))
+        );
+        assert_eq!(progressing["message"], "set weight of 1 to 3");
+        assert_eq!(condition(&s, "Degraded")["status"], "False");
+        (server, s)
+    })
+    .await;
     assert_eq!(action.unwrap(), poll_again());
     // The member table changed by exactly that step: db-1 heads for weight 3 and is
     // still laid out for 1 (the hand-over is pending); db-0 is untouched.
@@ -680,11 +668,10 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     );
     c2.metadata.generation = Some(2);
     c2.status = status_of(&first_status);
-    let expected = c2.clone();
     let (action, waiting_status) =
-        pass_with(c2.clone(), endpoints.clone(), |mut server| async move {
-            two_ready_pods_read(&mut server, &expected).await;
-            let s = status_written(&mut server, &expected).await;
+        pass_with(c2.clone(), endpoints.clone(), |mut server, db| async move {
+            two_ready_pods_read(&mut server, &db).await;
+            let s = status_written(&mut server, &db).await;
             assert_eq!(s["observedGeneration"], 2);
             assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
             assert_eq!(s["phase"], "Progressing");
@@ -705,12 +692,11 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     // The same pass again, over its own status: still waiting, nothing written at all.
     let mut c2_again = c2.clone();
     c2_again.status = status_of(&waiting_status);
-    let expected = c2_again.clone();
     pass(
         c2_again.clone(),
         endpoints.clone(),
-        |mut server| async move {
-            two_ready_pods_read(&mut server, &expected).await;
+        |mut server, db| async move {
+            two_ready_pods_read(&mut server, &db).await;
             server
         },
     )
@@ -730,15 +716,14 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
     .await;
 
     // Pass 3: settled, so the waiting change goes ahead: one SetWeight of db-0.
-    let expected = c2_again.clone();
     pass(
         c2_again.clone(),
         endpoints.clone(),
-        |mut server| async move {
-            two_ready_pods_read(&mut server, &expected).await;
+        |mut server, db| async move {
+            two_ready_pods_read(&mut server, &db).await;
             let event = event_posted(&mut server).await;
             assert_eq!(event["note"], "set weight of 0 to 2");
-            let s = status_written(&mut server, &expected).await;
+            let s = status_written(&mut server, &db).await;
             assert_eq!(s["currentStep"], "set weight of 0 to 2");
             server
         },
@@ -760,10 +745,9 @@ async fn a_weight_change_is_one_set_weight_then_waits_for_its_hand_over() {
         true
     })
     .await;
-    let expected = c2_again.clone();
-    let action = pass(c2_again, endpoints.clone(), |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
-        let s = &status_written(&mut server, &expected).await;
+    let action = pass(c2_again, endpoints.clone(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Running");
         assert!(s.get("currentStep").is_none(), "{s}");
         let available = condition(s, "Available");
@@ -826,14 +810,13 @@ async fn a_decommission_the_remaining_volumes_cannot_hold_is_refused() {
     };
 
     let c = cluster(spec("256"), true);
-    let expected = c.clone();
-    let action = pass(c, endpoints.clone(), |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
+    let action = pass(c, endpoints.clone(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
         // No StatefulSet write and no Leave: a warning and the status.
         let event = event_posted(&mut server).await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], "InsufficientCapacity");
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Degraded");
         let degraded = condition(s, "Degraded");
         assert_eq!(
@@ -855,15 +838,14 @@ async fn a_decommission_the_remaining_volumes_cannot_hold_is_refused() {
 
     // The same cluster with room for the data: db-1 is decommissioned through db-0.
     let c = cluster(spec("1Mi"), true);
-    let expected = c.clone();
-    pass(c, endpoints, |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
+    pass(c, endpoints, |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
         let event = event_posted(&mut server).await;
         assert_eq!(
             (&event["type"], &event["note"]),
             (&json!("Normal"), &json!("decommission 1"))
         );
-        let s = status_written(&mut server, &expected).await;
+        let s = status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "decommission 1");
         server
     })
@@ -935,13 +917,12 @@ async fn stale_labels_and_status_never_decide_a_step() {
         "observedGeneration": 1, "readyNodes": 1, "members": 1, "phase": "Running",
         "selector": SELECTOR,
     }));
-    let expected = c.clone();
-    pass(c, ring.endpoints(), |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
         // No StatefulSet shrink, no volume deleted: a Leave to db-0, then the event.
         let event = event_posted(&mut server).await;
         assert_eq!(event["note"], "decommission 1");
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "decommission 1");
         assert_eq!((&s["members"], &s["readyNodes"]), (&json!(2), &json!(2)));
         server
@@ -1031,11 +1012,10 @@ async fn a_size_change_waits_while_a_node_is_leaving() {
         true,
     );
 
-    let expected = c.clone();
-    let action = pass(c.clone(), endpoints.clone(), |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
+    let action = pass(c.clone(), endpoints.clone(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
         // No StatefulSet apply (no growth to 3), no event: the status says why.
-        let s = &status_written(&mut server, &expected).await;
+        let s = &status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
         assert_eq!(condition(s, "Progressing")["reason"], "WaitingForTransfers");
         server
@@ -1045,10 +1025,9 @@ async fn a_size_change_waits_while_a_node_is_leaving() {
     assert_eq!(action, poll_again());
 
     pair.drive_db1_to(MemberState::Removed).await;
-    let expected = c.clone();
-    pass(c, endpoints, |mut server| async move {
+    pass(c, endpoints, |mut server, db| async move {
         // A removed node no longer reports ready.
-        objects_and_token_read(&mut server, &expected, 2, vec![pod(0, true), pod(1, false)]).await;
+        objects_and_token_read(&mut server, &db, 2, vec![pod(0, true), pod(1, false)]).await;
         let sts = server
             .expect("PATCH", &format!("{APPS}/statefulsets/db"))
             .await;
@@ -1056,7 +1035,7 @@ async fn a_size_change_waits_while_a_node_is_leaving() {
         sts.echo();
         let event = event_posted(&mut server).await;
         assert_eq!(event["note"], "grow statefulset to 3");
-        status_written(&mut server, &expected).await;
+        status_written(&mut server, &db).await;
         server
     })
     .await
@@ -1078,11 +1057,10 @@ async fn a_volume_is_deleted_only_after_its_node_is_removed() {
                "storage": {"retainOnScaleDown": false}}),
         true,
     );
-    let expected = c.clone();
-    pass(c.clone(), endpoints.clone(), |mut server| async move {
-        two_ready_pods_read(&mut server, &expected).await;
+    pass(c.clone(), endpoints.clone(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
         // No StatefulSet apply, no DELETE of data-db-1: only the status.
-        let s = status_written(&mut server, &expected).await;
+        let s = status_written(&mut server, &db).await;
         assert_eq!(s["currentStep"], "wait: transfers pending on node 1");
         server
     })
@@ -1090,9 +1068,8 @@ async fn a_volume_is_deleted_only_after_its_node_is_removed() {
     .unwrap();
 
     pair.drive_db1_to(MemberState::Removed).await;
-    let expected = c.clone();
-    pass(c, endpoints, |mut server| async move {
-        objects_and_token_read(&mut server, &expected, 2, vec![pod(0, true), pod(1, false)]).await;
+    pass(c, endpoints, |mut server, db| async move {
+        objects_and_token_read(&mut server, &db, 2, vec![pod(0, true), pod(1, false)]).await;
         let sts = server
             .expect("PATCH", &format!("{APPS}/statefulsets/db"))
             .await;
@@ -1106,7 +1083,7 @@ async fn a_volume_is_deleted_only_after_its_node_is_removed() {
             .respond(200, claim);
         let event = event_posted(&mut server).await;
         assert_eq!(event["note"], "shrink statefulset to 1");
-        status_written(&mut server, &expected).await;
+        status_written(&mut server, &db).await;
         server
     })
     .await

@@ -60,19 +60,20 @@ pub async fn generated_token_exists(server: &mut ApiServer) {
         );
 }
 
-/// Runs one pass of `cluster` against `scenario` (the API server's side), then checks the
-/// client made no request the scenario did not expect.
+/// Runs one pass of `cluster` against `scenario` (the API server's side, handed the
+/// cluster object it serves), then checks the client made no request the scenario did
+/// not expect.
 pub async fn pass<F, Fut>(
     cluster: DynamoCluster,
     endpoints: Loopback,
     scenario: F,
 ) -> Result<Action, controller::Error>
 where
-    F: FnOnce(ApiServer) -> Fut,
+    F: FnOnce(ApiServer, DynamoCluster) -> Fut,
     Fut: Future<Output = ApiServer> + Send + 'static,
 {
-    let (result, ()) = pass_with(cluster, endpoints, |server| {
-        let scenario = scenario(server);
+    let (result, ()) = pass_with(cluster, endpoints, |server, cluster| {
+        let scenario = scenario(server, cluster);
         async move { (scenario.await, ()) }
     })
     .await;
@@ -87,12 +88,12 @@ pub async fn pass_with<F, Fut, T>(
     scenario: F,
 ) -> (Result<Action, controller::Error>, T)
 where
-    F: FnOnce(ApiServer) -> Fut,
+    F: FnOnce(ApiServer, DynamoCluster) -> Fut,
     Fut: Future<Output = (ApiServer, T)> + Send + 'static,
     T: Send + 'static,
 {
     let (client, server) = mock_client();
-    let server = tokio::spawn(scenario(server));
+    let server = tokio::spawn(scenario(server, cluster.clone()));
     let ctx = context(client, endpoints);
     let result = tokio::time::timeout(WAIT, reconcile(Arc::new(cluster), ctx))
         .await
@@ -102,56 +103,50 @@ where
     (result, seen)
 }
 
+/// `built` (a builder's output) as the operator last applied it: with the hash of its
+/// content, as the API server returns it.
+fn as_applied<K, E>(built: Result<K, E>) -> Value
+where
+    K: kube::Resource + serde::Serialize,
+    E: std::fmt::Debug,
+{
+    let object = with_applied_hash(built.expect("the builder accepts the cluster"));
+    serde_json::to_value(object.expect("the object serializes")).expect("JSON")
+}
+
 /// The five children that do not depend on membership, already applied with the current
 /// content: read, not written.
 pub async fn children_unchanged(server: &mut ApiServer, cluster: &DynamoCluster) {
     let current = [
         (
             format!("{NS}/configmaps/db-config"),
-            serde_json::to_value(
-                with_applied_hash(builders::config_map(cluster).unwrap()).unwrap(),
-            ),
+            as_applied(builders::config_map(cluster)),
         ),
         (
             format!("{NS}/services/db-peers"),
-            serde_json::to_value(
-                with_applied_hash(builders::headless_service(cluster).unwrap()).unwrap(),
-            ),
+            as_applied(builders::headless_service(cluster)),
         ),
         (
             format!("{NS}/services/db"),
-            serde_json::to_value(
-                with_applied_hash(builders::client_service(cluster).unwrap()).unwrap(),
-            ),
+            as_applied(builders::client_service(cluster)),
         ),
         (
             format!("{POLICY}/poddisruptionbudgets/db"),
-            serde_json::to_value(
-                with_applied_hash(builders::pod_disruption_budget(cluster).unwrap()).unwrap(),
-            ),
+            as_applied(builders::pod_disruption_budget(cluster)),
         ),
         (
             NETPOL.to_owned(),
-            serde_json::to_value(
-                with_applied_hash(builders::network_policy(cluster, OPERATOR_NAMESPACE).unwrap())
-                    .unwrap(),
-            ),
+            as_applied(builders::network_policy(cluster, OPERATOR_NAMESPACE)),
         ),
     ];
     for (path, object) in current {
-        server
-            .expect("GET", &path)
-            .await
-            .respond(200, object.unwrap());
+        server.expect("GET", &path).await.respond(200, object);
     }
 }
 
 /// The cluster's StatefulSet at `replicas`, as the operator last applied it.
 pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Value {
-    serde_json::to_value(
-        with_applied_hash(builders::statefulset(cluster, replicas).unwrap()).unwrap(),
-    )
-    .unwrap()
+    as_applied(builders::statefulset(cluster, replicas))
 }
 
 /// The reads of a pass whose children are current, in order: the five children, the
