@@ -843,6 +843,15 @@ mod tests {
         step
     }
 
+    fn wait(reason: WaitReason) -> Step {
+        Step::Wait { reason }
+    }
+
+    /// A join with weight 1, the weight of every node in [`desired`].
+    fn join(ordinal: u32) -> Step {
+        Step::Join { ordinal, weight: 1 }
+    }
+
     #[test]
     fn desired_validates_once() {
         assert_eq!(Desired::new(0, 3, vec![]), Err(DesiredError::ZeroSize));
@@ -868,7 +877,7 @@ mod tests {
         );
     }
 
-    /// The table: (name, desired size, N, observed, expected step).
+    /// The table: (name, desired size and N, observed, expected step).
     #[test]
     fn table() {
         let mut pending = observed(3, &[Member, Member, Member]);
@@ -890,144 +899,106 @@ mod tests {
         let mut weight_due_unhealthy = heavier.clone();
         weight_due_unhealthy.ready.remove(&2);
 
-        let cases: Vec<(&str, u32, u32, Observed, Step)> = vec![
+        let cases: Vec<(&str, Desired, Observed, Step)> = vec![
             (
                 "new cluster creates pods",
-                3,
-                3,
+                desired(3, 3),
                 observed(0, &[]),
                 Step::GrowStatefulSet { to: 3 },
             ),
             (
                 "bootstrap joins ordinal 0",
-                3,
-                3,
+                desired(3, 3),
                 observed(3, &[]),
-                Step::Join {
-                    ordinal: 0,
-                    weight: 1,
-                },
+                join(0),
             ),
             (
                 "converged",
-                3,
-                3,
+                desired(3, 3),
                 observed(3, &[Member, Member, Member]),
                 Step::Done,
             ),
             (
                 "scale up grows first",
-                5,
-                3,
+                desired(5, 3),
                 observed(3, &[Member, Member, Member]),
                 Step::GrowStatefulSet { to: 5 },
             ),
             (
                 "scale up joins lowest",
-                5,
-                3,
+                desired(5, 3),
                 observed(5, &[Member, Member, Member]),
-                Step::Join {
-                    ordinal: 3,
-                    weight: 1,
-                },
+                join(3),
             ),
             (
                 "join skips a pod not running",
-                5,
-                3,
+                desired(5, 3),
                 new_pod_not_running,
-                Step::Join {
-                    ordinal: 4,
-                    weight: 1,
-                },
+                join(4),
             ),
             (
                 "pod not running",
-                5,
-                3,
+                desired(5, 3),
                 no_new_pod_running,
-                Step::Wait {
-                    reason: WaitReason::PodNotRunning { ordinal: 3 },
-                },
+                wait(WaitReason::PodNotRunning { ordinal: 3 }),
             ),
             (
                 "joining waits",
-                5,
-                3,
+                desired(5, 3),
                 observed(5, &[Member, Member, Member, Joining]),
-                Step::Wait {
-                    reason: WaitReason::Joining { ordinal: 3 },
-                },
+                wait(WaitReason::Joining { ordinal: 3 }),
             ),
             (
                 "transfer pending",
-                3,
-                3,
+                desired(3, 3),
                 pending.clone(),
-                Step::Wait {
-                    reason: WaitReason::TransfersPending { ordinal: 1 },
-                },
+                wait(WaitReason::TransfersPending { ordinal: 1 }),
             ),
             (
                 "member not ready",
-                3,
-                3,
+                desired(3, 3),
                 not_ready,
-                Step::Wait {
-                    reason: WaitReason::MemberNotReady { ordinal: 2 },
-                },
+                wait(WaitReason::MemberNotReady { ordinal: 2 }),
             ),
             (
                 "scale down decommissions highest",
-                3,
-                3,
+                desired(3, 3),
                 observed(5, &[Member; 5]),
                 Step::Decommission { ordinal: 4 },
             ),
             (
                 "leaving in progress",
-                3,
-                3,
+                desired(3, 3),
                 observed(5, &[Member, Member, Member, Member, Leaving]),
-                Step::Wait {
-                    reason: WaitReason::Leaving { ordinal: 4 },
-                },
+                wait(WaitReason::Leaving { ordinal: 4 }),
             ),
             (
                 "size change waits while leaving",
-                6,
-                3,
+                desired(6, 3),
                 observed(5, &[Member, Member, Member, Member, Leaving]),
-                Step::Wait {
-                    reason: WaitReason::Leaving { ordinal: 4 },
-                },
+                wait(WaitReason::Leaving { ordinal: 4 }),
             ),
             (
                 "shrink after removed",
-                3,
-                3,
+                desired(3, 3),
                 observed(5, &[Member, Member, Member, Member, Removed]),
                 Step::ShrinkStatefulSet { to: 4 },
             ),
             (
                 "then decommission next",
-                3,
-                3,
+                desired(3, 3),
                 observed(4, &[Member, Member, Member, Member, Removed]),
                 Step::Decommission { ordinal: 3 },
             ),
             (
                 "shrink over never-joined pods",
-                3,
-                3,
+                desired(3, 3),
                 observed(5, &[Member, Member, Member]),
                 Step::ShrinkStatefulSet { to: 3 },
             ),
             (
                 "N larger than remaining",
-                2,
-                3,
+                desired(2, 3),
                 observed(3, &[Member, Member, Member]),
                 Step::Refuse {
                     reason: RefuseReason::TooFewMembers {
@@ -1039,8 +1010,7 @@ mod tests {
             ),
             (
                 "weight change",
-                3,
-                3,
+                desired(3, 3),
                 heavier,
                 Step::SetWeight {
                     ordinal: 1,
@@ -1049,53 +1019,36 @@ mod tests {
             ),
             (
                 "join waits until the ring is healthy",
-                5,
-                3,
+                desired(5, 3),
                 join_due_unhealthy,
-                Step::Wait {
-                    reason: WaitReason::MemberNotReady { ordinal: 1 },
-                },
+                wait(WaitReason::MemberNotReady { ordinal: 1 }),
             ),
             (
                 "decommission waits until the ring is healthy",
-                3,
-                3,
+                desired(3, 3),
                 decommission_due_unhealthy,
-                Step::Wait {
-                    reason: WaitReason::MemberNotReady { ordinal: 1 },
-                },
+                wait(WaitReason::MemberNotReady { ordinal: 1 }),
             ),
             (
                 "weight change waits until the ring is healthy",
-                3,
-                3,
+                desired(3, 3),
                 weight_due_unhealthy,
-                Step::Wait {
-                    reason: WaitReason::MemberNotReady { ordinal: 2 },
-                },
+                wait(WaitReason::MemberNotReady { ordinal: 2 }),
             ),
             (
                 "size change waits while a transfer is pending",
-                5,
-                3,
+                desired(5, 3),
                 pending.clone(),
-                Step::Wait {
-                    reason: WaitReason::TransfersPending { ordinal: 1 },
-                },
+                wait(WaitReason::TransfersPending { ordinal: 1 }),
             ),
             (
                 "removed below size rejoins",
-                3,
-                3,
+                desired(3, 3),
                 observed(3, &[Member, Removed, Member]),
-                Step::Join {
-                    ordinal: 1,
-                    weight: 1,
-                },
+                join(1),
             ),
         ];
-        for (name, size, n, obs, expected) in cases {
-            let d = desired(size, n);
+        for (name, d, obs, expected) in cases {
             assert_eq!(plan(&d, &obs), expected, "{name}");
             assert_eq!(check(&d, &obs, &expected), Ok(()), "{name}");
             // Level-triggered: the same observation gives the same step.
@@ -1124,9 +1077,7 @@ mod tests {
         );
         assert_eq!(
             plan(&d, &o),
-            Step::Wait {
-                reason: WaitReason::TransfersPending { ordinal: 1 }
-            }
+            wait(WaitReason::TransfersPending { ordinal: 1 })
         );
         settle(&mut o);
         assert_eq!(
@@ -1166,14 +1117,8 @@ mod tests {
             log,
             [
                 Step::GrowStatefulSet { to: 5 },
-                Step::Join {
-                    ordinal: 3,
-                    weight: 1
-                },
-                Step::Join {
-                    ordinal: 4,
-                    weight: 1
-                },
+                join(3),
+                join(4),
                 Step::Decommission { ordinal: 4 },
                 Step::ShrinkStatefulSet { to: 4 },
                 Step::Decommission { ordinal: 3 },
@@ -1263,22 +1208,13 @@ mod tests {
             Step::GrowStatefulSet { to: 3 }.phase(&empty),
             Phase::Pending
         );
-        assert_eq!(
-            Step::Join {
-                ordinal: 0,
-                weight: 1
-            }
-            .phase(&empty),
-            Phase::Pending
-        );
+        assert_eq!(join(0).phase(&empty), Phase::Pending);
         assert_eq!(
             Step::Decommission { ordinal: 2 }.phase(&full),
             Phase::Progressing
         );
         assert_eq!(Step::Done.phase(&full), Phase::Running);
-        let unready = Step::Wait {
-            reason: WaitReason::MemberNotReady { ordinal: 1 },
-        };
+        let unready = wait(WaitReason::MemberNotReady { ordinal: 1 });
         assert_eq!(unready.phase(&full), Phase::Degraded);
     }
 
@@ -1289,10 +1225,7 @@ mod tests {
             "decommission 4"
         );
         assert_eq!(
-            Step::Wait {
-                reason: WaitReason::Leaving { ordinal: 4 }
-            }
-            .to_string(),
+            wait(WaitReason::Leaving { ordinal: 4 }).to_string(),
             "wait: node 4 is leaving"
         );
     }
@@ -1306,12 +1239,7 @@ mod tests {
         assert_eq!(plan(&d, &o), Step::ShrinkStatefulSet { to: 4 });
         o.members.get_mut(&1).unwrap().transfers_pending = true;
         let step = plan(&d, &o);
-        assert_eq!(
-            step,
-            Step::Wait {
-                reason: WaitReason::TransfersPending { ordinal: 1 }
-            }
-        );
+        assert_eq!(step, wait(WaitReason::TransfersPending { ordinal: 1 }));
         assert_eq!(step.to_string(), "wait: transfers pending on node 1");
         // A joining node still pulling ranges reports the transfer, the more specific
         // reason; once its ranges are in, the flip to member is what is waited on.
@@ -1319,16 +1247,12 @@ mod tests {
         joining.members.get_mut(&3).unwrap().transfers_pending = true;
         assert_eq!(
             plan(&desired(5, 3), &joining),
-            Step::Wait {
-                reason: WaitReason::TransfersPending { ordinal: 3 }
-            }
+            wait(WaitReason::TransfersPending { ordinal: 3 })
         );
         joining.members.get_mut(&3).unwrap().transfers_pending = false;
         assert_eq!(
             plan(&desired(5, 3), &joining),
-            Step::Wait {
-                reason: WaitReason::Joining { ordinal: 3 }
-            }
+            wait(WaitReason::Joining { ordinal: 3 })
         );
     }
 
