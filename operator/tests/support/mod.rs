@@ -1,6 +1,8 @@
 //! Test harness: a mock Kubernetes API server (tower-test, as kube-rs's controller
 //! examples use) that asserts each request in order, and real `dynamo-node`s started in
-//! this process on loopback ports bound to 0.
+//! this process on loopback ports bound to 0. [`ring`] joins such nodes into a ring,
+//! [`passes`] holds the request sequences a reconcile pass makes, and [`tls`] a
+//! self-signed certificate for mutual TLS.
 
 #![allow(dead_code, unreachable_pub)]
 
