@@ -28,7 +28,7 @@ use crate::transport::{
 };
 
 /// The meta record holding the driver's [`Progress`].
-const META_PROGRESS: &str = "transfer-progress";
+pub(super) const META_PROGRESS: &str = "transfer-progress";
 
 /// How often the transfer loop runs a round, and how much each round may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,8 +345,7 @@ impl NodeShared {
                 .restore(progress.unreachable_since().iter().cloned());
         }
         let mut changed = progress.retain_plan(&tasks);
-        let waiting =
-            self.replace_stalled_peers(&tasks, &settled, &target, n, &mut progress, now);
+        let waiting = self.replace_stalled_peers(&tasks, &settled, &target, n, &mut progress, now);
         changed |= waiting.changed;
         report.errors.extend(waiting.messages.iter().cloned());
         if changed {
@@ -383,8 +382,7 @@ impl NodeShared {
                         "copying {:?} from {} to {}: {}",
                         task.range, task.source, task.dest, error.reason
                     ));
-                    if error.peer != me && (error.peer == task.source || error.peer == task.dest)
-                    {
+                    if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
                         self.transfer.stalls().handle_failure(&error.peer, now);
                     }
                     failed.insert(error.peer);
@@ -618,7 +616,9 @@ impl NodeShared {
     fn finish_transfer(&self) {
         self.transfer.announced.store(0, Ordering::Release);
         *self.transfer.stalls() = StallTracker::new();
-        self.transfer.stalls_restored.store(false, Ordering::Release);
+        self.transfer
+            .stalls_restored
+            .store(false, Ordering::Release);
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {
             if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {
@@ -831,8 +831,7 @@ impl NodeShared {
         }
         for (peer, &count) in &replacements.waiting {
             if let Some(task) = tasks.iter().find(|t| &t.source == peer || &t.dest == peer) {
-                stalled_peer_entry(&mut peers, me, task, peer, unreachable).ranges_waiting =
-                    count;
+                stalled_peer_entry(&mut peers, me, task, peer, unreachable).ranges_waiting = count;
             }
         }
         TransferStatus {

@@ -1,4 +1,5 @@
-//! Fallback sources for a copy whose source stalled (no I/O; time as [`Millis`]).
+//! Fallback sources for a copy whose source stalled, and redirected destinations for
+//! a copy whose destination stalled (no I/O; time as [`Millis`]).
 //!
 //! A copy normally pulls a range out of the node that loses it. While that node is
 //! down the copy cannot progress, and neither can the join or leave it belongs to. But
@@ -14,6 +15,12 @@
 //! [`Progress`](super::Progress) and copies from them instead, each with its own
 //! cursor. Merging is by vector clock, so copying the same key from several replicas
 //! is harmless.
+//!
+//! The other direction: a leaving node pushes its ranges to their new owners, and one
+//! of those may be down. Once it has failed for the same stall time,
+//! [`choose_redirect`] picks W other target replicas of the range to push to instead
+//! (see its docs for why that loses no acknowledged write), recorded in the progress
+//! the same way.
 //!
 //! Limits of the rule: it covers writes acknowledged with the configured W. A client
 //! that lowers W for one request (`w` on the request) accepts that such a write may be
@@ -462,7 +469,10 @@ mod tests {
         before.handle_failure(&a, Millis(1_000));
         before.handle_failure(&b, Millis(50_000));
         let saved = before.failing_since();
-        assert_eq!(saved, vec![(a.clone(), Millis(1_000)), (b.clone(), Millis(50_000))]);
+        assert_eq!(
+            saved,
+            vec![(a.clone(), Millis(1_000)), (b.clone(), Millis(50_000))]
+        );
 
         // The driver restarts at 70 s: the saved times come back, but count only once
         // a failure confirms them (the peer may be up again).
@@ -549,9 +559,9 @@ mod tests {
                 // One stayer fewer would leave a write L alone held short of W.
                 let short = subsets(&settled, w).iter().any(|acked| {
                     acked & 1 != 0
-                        && subsets(&stayers, needed - 1).iter().any(|pushed_to| {
-                            (((acked | pushed_to) & !1).count_ones() as usize) < w
-                        })
+                        && subsets(&stayers, needed - 1)
+                            .iter()
+                            .any(|pushed_to| (((acked | pushed_to) & !1).count_ones() as usize) < w)
                 });
                 assert!(short, "N={n} W={w}: W - 1 stayers would do");
             }

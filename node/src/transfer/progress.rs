@@ -272,7 +272,7 @@ impl Progress {
             &(entries, fallbacks, redirects, &self.unreachable_since),
             vec![PROGRESS_FORMAT_VERSION],
         )
-            .expect("postcard encodes transfer progress")
+        .expect("postcard encodes transfer progress")
     }
 
     /// Reads a record written by [`Progress::encode`].
