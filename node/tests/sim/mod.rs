@@ -779,41 +779,40 @@ fn purge_probe(
     let grace = w.tombstone_grace;
     let start = rng.random_range(0..keys);
     let index_of = |w: &World, id: &NodeId| w.nodes.iter().position(|n| &n.id == id);
+    let Some(any) = w.up_nodes().first().copied() else {
+        return;
+    };
+    let ring = w.up(any).expect("an up node").0.cluster().ring();
+    // Each purger's own view decides, as its round will (rings are copied once).
+    let mut views: BTreeMap<usize, (Arc<NodeShared>, dynamo_node::ring::Ring)> = BTreeMap::new();
     let mut chosen = None;
     for i in 0..keys {
         let key = key_of((start + i) % keys);
-        let Some(any) = w.up_nodes().first().copied() else {
+        let Some(purger) = ring.preference_list_for_key(&key, 3).first().cloned() else {
             return;
         };
-        let (shared, _) = w.up(any).expect("an up node");
-        let Some(purger) = shared
-            .cluster()
-            .ring()
-            .preference_list_for_key(&key, 3)
-            .first()
-            .cloned()
-        else {
-            return;
-        };
-        let Some((purger_shared, _)) = index_of(&w, &purger).and_then(|p| w.up(p)) else {
+        let Some(index) = index_of(&w, &purger) else {
             continue;
         };
-        // The purger's own view decides, as its round will.
-        let replicas = purger_shared
-            .cluster()
-            .ring()
-            .preference_list_for_key(&key, 3);
+        if !views.contains_key(&index) {
+            let Some((shared, _)) = w.up(index) else {
+                continue;
+            };
+            let ring = shared.cluster().ring();
+            views.insert(index, (shared, ring));
+        }
+        let (shared, view) = &views[&index];
+        let replicas = view.preference_list_for_key(&key, 3);
         if replicas.first() != Some(&purger) {
             continue;
         }
-        let now = purger_shared.cluster().clock().wall();
-        let Ok(state) = purger_shared.store().read(&key) else {
+        let now = shared.cluster().clock().wall();
+        let Ok(state) = shared.store().read(&key) else {
             continue;
         };
         if state.is_empty() || !tombstone_expired(&state, now, grace) {
             continue;
         }
-        let index = index_of(&w, &purger).expect("the purger is a node");
         chosen = Some((key, replicas, index));
         break;
     }
@@ -840,6 +839,7 @@ fn purge_probe(
     let target = if holders.is_empty() {
         outside[rng.random_range(0..outside.len())]
     } else {
+        w.count("purge probe aimed at a stray copy's holder");
         holders[rng.random_range(0..holders.len())]
     };
     match rng.random_range(0..3) {
