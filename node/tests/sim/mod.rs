@@ -794,14 +794,16 @@ fn purge_probe(
         let Some(index) = index_of(&w, &purger) else {
             continue;
         };
-        if !views.contains_key(&index) {
-            let Some((shared, _)) = w.up(index) else {
-                continue;
-            };
-            let ring = shared.cluster().ring();
-            views.insert(index, (shared, ring));
-        }
-        let (shared, view) = &views[&index];
+        let (shared, view) = match views.entry(index) {
+            std::collections::btree_map::Entry::Occupied(seen) => seen.into_mut(),
+            std::collections::btree_map::Entry::Vacant(unseen) => {
+                let Some((shared, _)) = w.up(index) else {
+                    continue;
+                };
+                let ring = shared.cluster().ring();
+                unseen.insert((shared, ring))
+            }
+        };
         let replicas = view.preference_list_for_key(&key, 3);
         if replicas.first() != Some(&purger) {
             continue;
