@@ -359,8 +359,16 @@ async fn a_destination_left_down_during_a_decommission_is_bypassed_and_the_decom
                 // Already complete: the removal below still proves the point.
                 return Ok(());
             }
+            // Unreachable, and its ranges sent elsewhere (in progress) or none pending
+            // on it any more (the redirected copies are done; n4 may still wait for its
+            // hints to be handed off).
             match status.transfers.iter().find(|t| t.peer == down_id) {
-                Some(t) if t.unreachable_ms.is_some() && t.ranges_on_fallback > 0 => Ok(()),
+                Some(t)
+                    if t.unreachable_ms.is_some()
+                        && (t.ranges_on_fallback > 0 || t.ranges == 0) =>
+                {
+                    Ok(())
+                }
                 other => Err(format!("{down_id}'s entry: {other:?}")),
             }
         },
