@@ -66,6 +66,11 @@ const PARTITIONS: u32 = 32;
 /// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
 /// hashing a production-sized tree after every restart would dominate a run's time.
 const TREE_DEPTH: u8 = 8;
+/// How long a transfer's source or destination may fail before it is worked around
+/// (`--transfer-source-stall`): shorter than a run, so a crash during a join, leave or
+/// weight change makes the transfer fall back to other replicas (a down source) or
+/// redirect to other new replicas (a down destination).
+const SOURCE_STALL: Duration = Duration::from_secs(60);
 /// Mixed into the seed for the weight change's own random stream.
 const REWEIGHT_STREAM: u64 = 0x5745_4947_4854;
 /// Mixed into the seed for the purge probes' own random stream.
@@ -451,6 +456,10 @@ impl World {
         settings.strategy = PartitionStrategy::equal_partitions(PARTITIONS).expect("valid Q");
         settings.durability = node.durability;
         settings.seeds = node.seeds.clone();
+        settings.transfer = TransferSettings {
+            source_stall: SOURCE_STALL,
+            ..TransferSettings::default()
+        };
         // Wall time goes on across restarts (a restarted process reads the same system
         // clock); monotonic time counts from the process's start.
         settings.clock = Clock::tokio(WALL_ORIGIN + self.started.elapsed());
@@ -730,6 +739,12 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     shared.handoff_round().await;
     let allowance = TransferSettings::default().per_round;
     let transfer = shared.transfer_round(allowance).await;
+    let worked_around = shared
+        .transfer_status_snapshot()
+        .peers
+        .iter()
+        .filter(|p| p.ranges_on_fallback > 0)
+        .count() as u64;
     let sweep = shared.sweep_round(allowance.minus(transfer.used)).await;
     let now = shared.cluster().clock().wall();
     let repair = shared.antientropy_round(random.rotate_left(32), now).await;
@@ -738,6 +753,7 @@ async fn background_round(world: Shared, index: usize, random: u64) {
         w.note("transfer completed", index);
     }
     w.add("stray keys handed over", sweep.keys_handed_over);
+    w.add("transfer rounds around a stalled peer", worked_around);
     w.count_repair(&repair);
 }
 
