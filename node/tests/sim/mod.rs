@@ -70,7 +70,7 @@ const TREE_DEPTH: u8 = 8;
 /// (`--transfer-source-stall`): shorter than a run, so a crash during a join, leave or
 /// weight change makes the transfer fall back to other replicas (a down source) or
 /// redirect to other new replicas (a down destination).
-const SOURCE_STALL: Duration = Duration::from_secs(60);
+const SOURCE_STALL: Duration = Duration::from_millis(300);
 /// Mixed into the seed for the weight change's own random stream.
 const REWEIGHT_STREAM: u64 = 0x5745_4947_4854;
 /// Mixed into the seed for the purge probes' own random stream.
