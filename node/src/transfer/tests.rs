@@ -1190,6 +1190,59 @@ async fn a_leave_whose_destination_is_down_completes_through_the_other_target_re
 }
 
 #[tokio::test]
+async fn a_leave_whose_destination_is_down_waits_while_too_few_other_target_replicas_answer() {
+    let cluster = cluster_with_stall(4, TEST_STALL);
+    let n4 = id("n4");
+    load(&cluster, "k", 60).await;
+    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
+    let tasks = {
+        let (settled, target) = cluster.node(&n4).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    let down = tasks
+        .iter()
+        .find(|t| t.source == n4)
+        .map(|t| t.dest.clone())
+        .expect("n4 hands a range over");
+    // With four nodes and N=3, every range of n4's has the two other stayers as its
+    // other target replicas; one of them is cut off from n4 too, so W=2 of them cannot
+    // be reached.
+    let cut = cluster
+        .nodes
+        .keys()
+        .find(|node| **node != n4 && **node != down)
+        .cloned()
+        .expect("a stayer");
+    cluster.network.unregister(&addr(&down));
+    cluster.network.cut(&addr(&n4), &addr(&cut));
+    let report = drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.errors.iter().any(|e| e.contains("waits"))
+    })
+    .await;
+    assert!(!report.completed);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    let stalled = status
+        .peers
+        .iter()
+        .find(|p| p.peer == down)
+        .expect("the down destination shows");
+    assert!(stalled.ranges_waiting > 0, "{status:?}");
+    assert!(stalled.unreachable_for.is_some(), "{status:?}");
+    for _ in 0..3 {
+        assert!(!cluster.node(&n4).transfer_round(UNLIMITED).await.completed);
+    }
+    assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
+
+    // The cut heals: the down node's ranges go to the two stayers; the leave ends.
+    cluster.network.heal(&addr(&n4), &addr(&cut));
+    cluster.node(&n4).cluster().record_success(&cut);
+    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_stall_clock_survives_a_restart_of_the_driver() {
     // The time a peer began failing is saved with the progress: a driver restarted
     // after the peer has been down for longer than the stall time works around it at
