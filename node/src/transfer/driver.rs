@@ -375,18 +375,15 @@ impl NodeShared {
             {
                 continue;
             }
-            match self.copy(task, &mut progress, &mut left).await {
-                Ok(()) => {}
-                Err(error) => {
-                    report.errors.push(format!(
-                        "copying {:?} from {} to {}: {}",
-                        task.range, task.source, task.dest, error.reason
-                    ));
-                    if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
-                        self.transfer.stalls().handle_failure(&error.peer, now);
-                    }
-                    failed.insert(error.peer);
+            if let Err(error) = self.copy(task, &mut progress, &mut left).await {
+                report.errors.push(format!(
+                    "copying {:?} from {} to {}: {}",
+                    task.range, task.source, task.dest, error.reason
+                ));
+                if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
+                    self.transfer.stalls().handle_failure(&error.peer, now);
                 }
+                failed.insert(error.peer);
             }
         }
         // When the failing peers began failing goes with the progress, so a restarted
