@@ -3,13 +3,16 @@
 //! (the driver) or a source node is SIGKILLed. The join must still complete, resume
 //! from its persisted cursors rather than start over, and lose no acknowledged write:
 //! the history checker's verdict on the clients' writes, and every preloaded key on
-//! the new node.
+//! the new node. Likewise a decommission whose destination is down must complete
+//! through the other new replicas.
 
-use dynamo_e2e::cluster::{Cluster, Placement, REPLICATION};
+use dynamo_e2e::cluster::{Cluster, Placement, REPLICATION, ring_strategy};
 use dynamo_e2e::workload::{Settle, Workload, WorkloadConfig, final_verdict};
 use dynamo_e2e::{WAIT, eventually};
+use dynamo_node::NodeId;
 use dynamo_node::history::Verdict;
 use dynamo_node::proto::{GetRequest, MemberState, PutRequest};
+use dynamo_node::ring::Ring;
 
 /// Keys written before the join, so the copy takes many rounds.
 const PRELOAD: usize = 2000;
@@ -19,6 +22,8 @@ const BATCH_KEYS: u64 = 16;
 const JOINER: usize = 3;
 /// The index of the source node the source-fault cases kill (`n2`).
 const SOURCE: usize = 1;
+/// The index of the node the decommission case removes (`n4`).
+const LEAVER: usize = 3;
 
 /// Flags for every node: small, quick transfer rounds; no anti-entropy, so only the
 /// transfer can fill the new node; a latency target a debug build on a shared machine
@@ -291,4 +296,114 @@ async fn a_source_left_down_mid_transfer_is_replaced_by_other_replicas_and_the_j
     let all: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
     cluster.wait_for_members(&all).await;
     finish(&cluster, workload, &gained).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_left_down_during_a_decommission_is_bypassed_and_the_decommission_completes()
+{
+    // N=3, W=2: once the new owner has failed for the stall time, n4 sends the
+    // ranges it was to hand that owner to the two other new replicas of each range,
+    // so every acknowledged write is on a write quorum of them; the owner, back, is
+    // repaired like any replica that missed writes.
+    let mut cluster = Cluster::start(
+        4,
+        Placement::Loopback,
+        &flags(&["--transfer-source-stall", "1s"]),
+    )
+    .await
+    .expect("loopback clusters always start");
+    preload(&cluster).await;
+    let before = cluster.target_ring().await.expect("the ring");
+    let stayers: Vec<(NodeId, u32)> = cluster.nodes[..LEAVER]
+        .iter()
+        .map(|n| (NodeId::new(&n.id).expect("a valid id"), 1))
+        .collect();
+    let after = Ring::build(&stayers, ring_strategy(), 0, None).expect("the ring after");
+    let gains = |index: usize| {
+        let id = NodeId::new(&cluster.nodes[index].id).expect("a valid id");
+        (0..PRELOAD)
+            .filter(|&i| {
+                let key = preload_key(i);
+                after
+                    .preference_list_for_key(&key, REPLICATION)
+                    .contains(&id)
+                    && !before
+                        .preference_list_for_key(&key, REPLICATION)
+                        .contains(&id)
+            })
+            .count()
+    };
+    // The destination that gains the most of n4's keys (n1 stays up: requests go
+    // through it).
+    let down = [1usize, 2]
+        .into_iter()
+        .max_by_key(|&i| gains(i))
+        .expect("two candidates");
+    assert!(gains(down) > 0, "n4 hands nothing to n{}", down + 1);
+    let other = 3 - down;
+    let down_id = cluster.nodes[down].id.clone();
+    let workload = Workload::start(
+        client_endpoints(&cluster, &[0, other]),
+        WorkloadConfig::default(),
+    );
+    workload.wait_for_progress(50).await;
+
+    cluster.nodes[down].kill().await;
+    cluster.leave(LEAVER).await;
+    eventually(
+        "n4 to send the down node's ranges elsewhere",
+        WAIT,
+        || async {
+            let status = cluster.status(LEAVER).await?;
+            if status.transfer.is_empty() {
+                // Already complete: the removal below still proves the point.
+                return Ok(());
+            }
+            // Unreachable, and its ranges sent elsewhere (in progress) or none pending
+            // on it any more (the redirected copies are done; n4 may still wait for its
+            // hints to be handed off).
+            match status.transfers.iter().find(|t| t.peer == down_id) {
+                Some(t)
+                    if t.unreachable_ms.is_some()
+                        && (t.ranges_on_fallback > 0 || t.ranges == 0) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{down_id}'s entry: {other:?}")),
+            }
+        },
+    )
+    .await;
+    eventually("n4 to be removed", WAIT, || async {
+        match cluster.state_of(LEAVER, 0).await {
+            Some(MemberState::Removed) => Ok(()),
+            other => Err(format!(
+                "n4 is {other:?}; its status: {:?}",
+                cluster.status(LEAVER).await
+            )),
+        }
+    })
+    .await;
+    assert!(
+        !cluster.nodes[down].is_running(),
+        "the decommission completed with {down_id} down"
+    );
+    // Every preloaded key reads back while the new owner is still down.
+    assert_preload_readable(&cluster).await;
+    workload.wait_for_progress(50).await;
+
+    cluster.nodes[down].restart().await;
+    let remaining: Vec<String> = cluster.nodes[..LEAVER]
+        .iter()
+        .map(|n| n.id.clone())
+        .collect();
+    cluster.wait_for_members(&remaining).await;
+    // The decommissioned machine goes away.
+    cluster.nodes[LEAVER].kill().await;
+    workload.set_endpoints(client_endpoints(&cluster, &[0, 1, 2]));
+    workload.wait_for_progress(50).await;
+    let keys = workload.keys().to_vec();
+    let history = workload.stop().await;
+    assert_preload_readable(&cluster).await;
+    assert_passes(&final_verdict(&cluster, history, &keys, Settle::Hints).await);
 }

@@ -3,8 +3,10 @@
 //! The shell owns the clock and passes [`Millis`] into every state machine input; the
 //! simulator passes virtual time. Two kinds of time are used and never mixed:
 //! monotonic time for timeouts and failure detection, and wall-clock time (also
-//! [`Millis`], since the Unix epoch) only for vector clock entry timestamps, which
-//! decide which entry truncation drops.
+//! [`Millis`], since the Unix epoch) only for what must mean something across
+//! restarts or between nodes: vector clock entry timestamps, which decide which entry
+//! truncation drops, tombstone ages, and when a transfer's peer began failing (saved
+//! with the transfer's progress, see `transfer::fallback::StallTracker`).
 
 use std::ops::{Add, Sub};
 use std::time::Duration;

@@ -464,8 +464,9 @@ impl NodeConfig {
         self.transfer_interval
     }
 
-    /// How long a range transfer's source may fail before its ranges are copied from
-    /// other replicas instead; zero never replaces a source.
+    /// How long a range transfer's peer may fail before it is worked around: a source's
+    /// ranges are copied from other replicas, a destination's sent to other new
+    /// replicas; zero never works around a peer.
     pub fn transfer_source_stall(&self) -> Duration {
         self.transfer_source_stall
     }

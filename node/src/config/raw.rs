@@ -155,9 +155,12 @@ pub struct RawConfig {
     )]
     pub transfer_interval: Option<Duration>,
 
-    /// How long a range transfer's source may fail (down, unreachable) before the
-    /// ranges it hands over are copied from N - W + 1 other replicas of each range
-    /// instead; 0s never replaces a source [default: 60s].
+    /// How long a range transfer's peer may fail (down, unreachable) before it is
+    /// worked around, in both directions: the ranges a stalled source hands over are
+    /// copied from N - W + 1 other replicas of each range, and the ranges a leaving
+    /// node pushes to a stalled destination go to W other new replicas of each range
+    /// (the destination is repaired later by anti-entropy); the time survives a
+    /// restart of the node; 0s never works around a peer [default: 60s].
     #[arg(long, env = "DYNAMO_TRANSFER_SOURCE_STALL", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
         default,

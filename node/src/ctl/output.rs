@@ -314,7 +314,7 @@ fn transfer_summary(status: &proto::StatusResponse) -> String {
             };
             let fallback = if t.ranges_on_fallback + t.ranges_waiting > 0 {
                 format!(
-                    ", {} ranges copied from other replicas, {} waiting for enough of them",
+                    ", {} ranges worked around through other replicas, {} waiting for enough of them",
                     t.ranges_on_fallback, t.ranges_waiting
                 )
             } else {
@@ -632,7 +632,7 @@ mod tests {
         assert_eq!(doc["transfers"][0]["ranges_waiting"], json!(1));
         assert!(
             render_status(&stalled).contains(
-                "node3 (0 ranges, 0.0% of the ring, 0 keys sent, unreachable for 61.5s, 2 ranges copied from other replicas, 1 waiting for enough of them)"
+                "node3 (0 ranges, 0.0% of the ring, 0 keys sent, unreachable for 61.5s, 2 ranges worked around through other replicas, 1 waiting for enough of them)"
             ),
             "{}",
             render_status(&stalled)

@@ -3,12 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::fallback::{DEFAULT_SOURCE_STALL, FallbackChoice, StallTracker, choose_fallback};
+use super::fallback::{
+    DEFAULT_SOURCE_STALL, FallbackChoice, RedirectChoice, StallTracker, choose_fallback,
+    choose_redirect,
+};
 use super::plan::{Task, plan};
 use super::progress::Progress;
 use super::throttle::{Allowance, FixedThrottle, TransferThrottle};
@@ -25,7 +28,7 @@ use crate::transport::{
 };
 
 /// The meta record holding the driver's [`Progress`].
-const META_PROGRESS: &str = "transfer-progress";
+pub(super) const META_PROGRESS: &str = "transfer-progress";
 
 /// How often the transfer loop runs a round, and how much each round may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +37,10 @@ pub struct TransferSettings {
     pub interval: Duration,
     /// What one round may send.
     pub per_round: Allowance,
-    /// How long a source may fail before its copies are taken from other replicas of
-    /// the range instead (see [`super::fallback`]); zero never replaces a source.
+    /// How long a peer of the transfer may fail before it is worked around (see
+    /// [`super::fallback`]): a source's copies are then taken from other settled
+    /// replicas of the range, and a destination's ranges sent to other target replicas;
+    /// zero never works around a peer.
     pub source_stall: Duration,
 }
 
@@ -105,14 +110,16 @@ pub struct PeerTransfer {
     pub keys_sent: u64,
     /// Key and state bytes acknowledged so far in the current transfer.
     pub bytes_sent: u64,
-    /// How long this peer has been failing as a source of the transfer; `None` while
-    /// it answers (or is no source).
+    /// How long this peer has been failing as a source or destination of the
+    /// transfer; `None` while it answers.
     pub unreachable_for: Option<Duration>,
-    /// Ranges this peer was to hand over that are copied from other replicas instead,
-    /// because it stalled (see [`super::fallback`]), and are not complete yet.
+    /// Ranges this peer was to hand over (as a source) or to receive (as a
+    /// destination) that are copied from other settled replicas, or sent to other
+    /// target replicas, instead, because it stalled (see [`super::fallback`]), and are
+    /// not complete yet.
     pub ranges_on_fallback: u64,
     /// Ranges this peer stalled on for which too few other replicas are reachable to
-    /// copy them from: they wait (for the peer, or for enough replicas).
+    /// work around it: they wait (for the peer, or for enough replicas).
     pub ranges_waiting: u64,
 }
 
@@ -177,9 +184,13 @@ pub(crate) struct TransferShared {
     /// The stray ranges of the rings of the given (settled, target) epochs. A std
     /// `Mutex`: held only to read or replace.
     pub(super) stray: Mutex<Option<StrayCache>>,
-    /// When each source of the transfer began failing, to replace stalled ones. A std
-    /// `Mutex`: held only for bookkeeping, never across an `.await`.
+    /// When each peer (source or destination) of the transfer began failing, to work
+    /// around stalled ones. A std `Mutex`: held only for bookkeeping, never across an
+    /// `.await`.
     stalls: Mutex<StallTracker>,
+    /// Whether `stalls` took back the failure times saved with the progress (once per
+    /// transfer and process).
+    stalls_restored: AtomicBool,
 }
 
 impl TransferShared {
@@ -192,6 +203,7 @@ impl TransferShared {
             sweep: tokio::sync::Mutex::new(()),
             stray: Mutex::new(None),
             stalls: Mutex::new(StallTracker::new()),
+            stalls_restored: AtomicBool::new(false),
         }
     }
 
@@ -324,9 +336,16 @@ impl NodeShared {
                 return report;
             }
         };
-        let now = self.cluster.clock().monotonic();
+        // Wall-clock time: the failure times are saved with the progress and must mean
+        // something to the next incarnation of the driver (see `StallTracker`).
+        let now = self.cluster.clock().wall();
+        if !self.transfer.stalls_restored.swap(true, Ordering::AcqRel) {
+            self.transfer
+                .stalls()
+                .restore(progress.unreachable_since().iter().cloned());
+        }
         let mut changed = progress.retain_plan(&tasks);
-        let waiting = self.replace_stalled_sources(&tasks, &settled, n, &mut progress, now);
+        let waiting = self.replace_stalled_peers(&tasks, &settled, &target, n, &mut progress, now);
         changed |= waiting.changed;
         report.errors.extend(waiting.messages.iter().cloned());
         if changed {
@@ -356,18 +375,23 @@ impl NodeShared {
             {
                 continue;
             }
-            match self.copy(task, &mut progress, &mut left).await {
-                Ok(()) => self.transfer.stalls().handle_success(&task.source),
-                Err(error) => {
-                    report.errors.push(format!(
-                        "copying {:?} from {} to {}: {}",
-                        task.range, task.source, task.dest, error.reason
-                    ));
-                    if error.peer == task.source {
-                        self.transfer.stalls().handle_failure(&task.source, now);
-                    }
-                    failed.insert(error.peer);
+            if let Err(error) = self.copy(task, &mut progress, &mut left).await {
+                report.errors.push(format!(
+                    "copying {:?} from {} to {}: {}",
+                    task.range, task.source, task.dest, error.reason
+                ));
+                if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
+                    self.transfer.stalls().handle_failure(&error.peer, now);
                 }
+                failed.insert(error.peer);
+            }
+        }
+        // When the failing peers began failing goes with the progress, so a restarted
+        // driver does not wait the whole stall time again.
+        let failing = self.transfer.stalls().failing_since();
+        if progress.set_unreachable_since(failing) {
+            if let Err(error) = self.save_progress(&progress) {
+                report.errors.push(error);
             }
         }
         report.used = allowance.minus(left);
@@ -416,14 +440,22 @@ impl NodeShared {
         report
     }
 
-    /// Replaces the copies of every source that has failed for the stall time by copies
-    /// from other settled replicas of the range (see [`super::fallback`]), and a
-    /// fallback source that stalled in turn by another; records the choices in
-    /// `progress`. Ranges with too few reachable replicas wait, and are reported.
-    fn replace_stalled_sources(
+    /// Works around the peers that have failed for the stall time, recording the
+    /// choices in `progress`:
+    ///
+    /// * a stalled source's copies are taken from other settled replicas of the range
+    ///   ([`choose_fallback`]), and a fallback source that stalled in turn is replaced;
+    /// * a stalled destination's ranges (a leaving node pushing to a down new owner)
+    ///   are sent to W other target replicas of the range instead ([`choose_redirect`]),
+    ///   and a redirect destination that stalled in turn is replaced.
+    ///
+    /// A task already on fallback sources is not redirected too (it waits for its
+    /// destination). Ranges with too few reachable replicas wait, and are reported.
+    fn replace_stalled_peers(
         &self,
         tasks: &[Task],
         settled: &Ring,
+        target: &Ring,
         n: usize,
         progress: &mut Progress,
         now: Millis,
@@ -432,64 +464,106 @@ impl NodeShared {
         let stall = self.transfer.settings.source_stall;
         let w = usize::try_from(self.quorum.w()).unwrap_or(usize::MAX);
         let mut stalls = self.transfer.stalls();
-        // Sources the failure detector already believes down are failing too, even
+        // Peers the failure detector already believes down are failing too, even
         // before this round calls them.
         let copies = progress.copies(tasks);
         for copy in &copies {
-            if !progress.of(copy).done && !self.cluster.is_available(&copy.source) {
-                stalls.handle_failure(&copy.source, now);
+            if progress.of(copy).done {
+                continue;
+            }
+            for peer in [&copy.source, &copy.dest] {
+                if peer != me && !self.cluster.is_available(peer) {
+                    stalls.handle_failure(peer, now);
+                }
             }
         }
         stalls.retain(|node| {
-            tasks.iter().any(|t| &t.source == node) || copies.iter().any(|c| &c.source == node)
+            let involves = |t: &Task| &t.source == node || &t.dest == node;
+            tasks.iter().any(involves) || copies.iter().any(involves)
         });
         let mut outcome = Replacements::default();
         if stall.is_zero() {
             return outcome;
         }
+        let usable = |node: &NodeId| {
+            node == me || (self.cluster.is_available(node) && !stalls.is_stalled(node, now, stall))
+        };
         for task in tasks {
-            if &task.source == me || progress.is_complete(task) {
+            if progress.is_complete(task) {
                 continue;
             }
-            let usable = |node: &NodeId| {
-                node == me
-                    || (self.cluster.is_available(node) && !stalls.is_stalled(node, now, stall))
-            };
-            let done = |node: &NodeId| {
-                progress
-                    .of(&Task {
-                        range: task.range,
-                        source: node.clone(),
-                        dest: task.dest.clone(),
-                    })
-                    .done
-            };
-            let current: Vec<NodeId> = match progress.fallback_of(task) {
-                // Replaced, and every fallback source still serves (or is done).
-                Some(sources) if sources.iter().all(|s| done(s) || usable(s)) => continue,
-                Some(sources) => sources.to_vec(),
-                None if stalls.is_stalled(&task.source, now, stall) => Vec::new(),
+            // The source side first: a task is redirected only while it copies from
+            // its own source.
+            if &task.source != me {
+                let done = |node: &NodeId| copy_done(progress, task, node, &task.dest);
+                let current: Option<Vec<NodeId>> = match progress.fallback_of(task) {
+                    // Replaced, and every fallback source still serves (or is done).
+                    Some(sources) if sources.iter().all(|s| done(s) || usable(s)) => None,
+                    Some(sources) => Some(sources.to_vec()),
+                    None if progress.redirect_of(task).is_none()
+                        && stalls.is_stalled(&task.source, now, stall) =>
+                    {
+                        Some(Vec::new())
+                    }
+                    None => None,
+                };
+                if let Some(current) = current {
+                    match choose_fallback(task, settled, n, w, &current, usable, done) {
+                        FallbackChoice::Sources(sources) => {
+                            if sources != current {
+                                tracing::info!(
+                                    range = ?task.range,
+                                    stalled = %task.source,
+                                    fallback = ?sources,
+                                    "copying a stalled source's range from other replicas"
+                                );
+                                progress.set_fallback(task, sources);
+                                outcome.changed = true;
+                            }
+                        }
+                        FallbackChoice::Wait { needed, usable } => {
+                            *outcome.waiting.entry(task.source.clone()).or_default() += 1;
+                            outcome.messages.push(format!(
+                                "{:?} from {} waits: its source stalled and {} of the {needed} other replicas a fallback needs are reachable ({usable:?})",
+                                task.range,
+                                task.source,
+                                usable.len()
+                            ));
+                        }
+                    }
+                    continue;
+                }
+            }
+            if &task.dest == me || progress.fallback_of(task).is_some() {
+                continue;
+            }
+            let done = |node: &NodeId| copy_done(progress, task, &task.source, node);
+            let current: Vec<NodeId> = match progress.redirect_of(task) {
+                // Redirected, and every destination still takes it (or is done).
+                Some(dests) if dests.iter().all(|d| done(d) || usable(d)) => continue,
+                Some(dests) => dests.to_vec(),
+                None if stalls.is_stalled(&task.dest, now, stall) => Vec::new(),
                 None => continue,
             };
-            match choose_fallback(task, settled, n, w, &current, usable, done) {
-                FallbackChoice::Sources(sources) => {
-                    if sources != current {
+            match choose_redirect(task, target, n, w, &current, usable, done) {
+                RedirectChoice::Destinations(dests) => {
+                    if dests != current {
                         tracing::info!(
                             range = ?task.range,
-                            stalled = %task.source,
-                            fallback = ?sources,
-                            "copying a stalled source's range from other replicas"
+                            stalled = %task.dest,
+                            redirect = ?dests,
+                            "sending a stalled destination's range to other target replicas"
                         );
-                        progress.set_fallback(task, sources);
+                        progress.set_redirect(task, dests);
                         outcome.changed = true;
                     }
                 }
-                FallbackChoice::Wait { needed, usable } => {
-                    *outcome.waiting.entry(task.source.clone()).or_default() += 1;
+                RedirectChoice::Wait { needed, usable } => {
+                    *outcome.waiting.entry(task.dest.clone()).or_default() += 1;
                     outcome.messages.push(format!(
-                        "{:?} from {} waits: its source stalled and {} of the {needed} other replicas a fallback needs are reachable ({usable:?})",
+                        "{:?} to {} waits: its destination stalled and {} of the {needed} other target replicas a redirect needs are reachable ({usable:?})",
                         task.range,
-                        task.source,
+                        task.dest,
                         usable.len()
                     ));
                 }
@@ -539,6 +613,9 @@ impl NodeShared {
     fn finish_transfer(&self) {
         self.transfer.announced.store(0, Ordering::Release);
         *self.transfer.stalls() = StallTracker::new();
+        self.transfer
+            .stalls_restored
+            .store(false, Ordering::Release);
         let had_progress = matches!(self.store.engine().meta_get(META_PROGRESS), Ok(Some(_)));
         if had_progress {
             if let Err(error) = self.store.engine().meta_remove(META_PROGRESS) {
@@ -590,6 +667,7 @@ impl NodeShared {
                     .min(MAX_SCAN_BYTES),
             };
             let page = self.scan_source(&task.source, scan).await?;
+            self.transfer.stalls().handle_success(&task.source);
             let keys = page.entries.len() as u64;
             let bytes: u64 = page
                 .entries
@@ -600,6 +678,7 @@ impl NodeShared {
             let done = page.done;
             if !page.entries.is_empty() {
                 self.merge_into(&task.dest, page.entries).await?;
+                self.transfer.stalls().handle_success(&task.dest);
             }
             progress.acknowledge(task, last, done, keys, bytes);
             self.save_progress(progress).map_err(|reason| CallError {
@@ -730,21 +809,26 @@ impl NodeShared {
             }
         }
         for task in tasks {
-            if progress.fallback_of(task).is_none() {
+            if progress.fallback_of(task).is_none() && progress.redirect_of(task).is_none() {
                 continue;
             }
-            // What the stalled source sent before it was replaced.
+            // What the stalled peer took part in before it was worked around.
             let state = progress.of(task);
-            let entry = peer_entry(&mut peers, me, task, unreachable);
+            let stalled = if progress.fallback_of(task).is_some() {
+                &task.source
+            } else {
+                &task.dest
+            };
+            let entry = stalled_peer_entry(&mut peers, me, task, stalled, unreachable);
             entry.keys_sent += state.keys_sent;
             entry.bytes_sent += state.bytes_sent;
             if !progress.is_complete(task) {
                 entry.ranges_on_fallback += 1;
             }
         }
-        for task in tasks {
-            if let Some(&count) = replacements.waiting.get(&task.source) {
-                peer_entry(&mut peers, me, task, unreachable).ranges_waiting = count;
+        for (peer, &count) in &replacements.waiting {
+            if let Some(task) = tasks.iter().find(|t| &t.source == peer || &t.dest == peer) {
+                stalled_peer_entry(&mut peers, me, task, peer, unreachable).ranges_waiting = count;
             }
         }
         TransferStatus {
@@ -757,6 +841,17 @@ impl NodeShared {
     pub fn transfer_status_snapshot(&self) -> TransferStatus {
         self.transfer.status()
     }
+}
+
+/// Whether the copy of `task`'s range from `source` to `dest` is done.
+fn copy_done(progress: &Progress, task: &Task, source: &NodeId, dest: &NodeId) -> bool {
+    progress
+        .of(&Task {
+            range: task.range,
+            source: source.clone(),
+            dest: dest.clone(),
+        })
+        .done
 }
 
 /// The status entry of the peer `task` involves besides `me` (its source, or the
@@ -772,6 +867,18 @@ fn peer_entry<'a>(
     } else {
         &task.source
     };
+    stalled_peer_entry(peers, me, task, peer, unreachable)
+}
+
+/// The status entry of `peer`, one of `task`'s source and destination, created empty
+/// if missing.
+fn stalled_peer_entry<'a>(
+    peers: &'a mut BTreeMap<NodeId, PeerTransfer>,
+    me: &NodeId,
+    task: &Task,
+    peer: &NodeId,
+    unreachable: impl Fn(&NodeId) -> Option<Duration>,
+) -> &'a mut PeerTransfer {
     peers.entry(peer.clone()).or_insert_with(|| PeerTransfer {
         peer: peer.clone(),
         pending_ranges: 0,

@@ -1,4 +1,5 @@
-//! Fallback sources for a copy whose source stalled (no I/O; time as [`Millis`]).
+//! Fallback sources for a copy whose source stalled, and redirected destinations for
+//! a copy whose destination stalled (no I/O; time as [`Millis`]).
 //!
 //! A copy normally pulls a range out of the node that loses it. While that node is
 //! down the copy cannot progress, and neither can the join or leave it belongs to. But
@@ -14,6 +15,12 @@
 //! [`Progress`](super::Progress) and copies from them instead, each with its own
 //! cursor. Merging is by vector clock, so copying the same key from several replicas
 //! is harmless.
+//!
+//! The other direction: a leaving node pushes its ranges to their new owners, and one
+//! of those may be down. Once it has failed for the same stall time,
+//! [`choose_redirect`] picks W other target replicas of the range to push to instead
+//! (see its docs for why that loses no acknowledged write), recorded in the progress
+//! the same way.
 //!
 //! Limits of the rule: it covers writes acknowledged with the configured W. A client
 //! that lowers W for one request (`w` on the request) accepts that such a write may be
@@ -34,52 +41,99 @@ use crate::time::Millis;
 /// enough that a dead node does not hold a join or leave up for long.
 pub const DEFAULT_SOURCE_STALL: Duration = Duration::from_secs(60);
 
-/// When each source began failing, for the sources failing now.
+/// When each peer of the transfer (a source, or a destination) began failing, for the
+/// peers failing now.
 ///
 /// Call order, in the driver: [`handle_failure`](Self::handle_failure) when a call to
-/// a source fails (or the failure detector believes it down), and
+/// a peer fails (or the failure detector believes it down), and
 /// [`handle_success`](Self::handle_success) when one answers; then
 /// [`unreachable_for`](Self::unreachable_for) or [`is_stalled`](Self::is_stalled).
-/// Kept in memory only: after a restart of the driver the stall time starts again,
-/// while a fallback already chosen stays chosen (it is in the persisted progress).
+///
+/// Times are wall-clock [`Millis`] so that they mean something after a restart: the
+/// driver saves [`failing_since`](Self::failing_since) with its progress and a
+/// restarted driver [`restore`](Self::restore)s it, so a restart does not start the
+/// stall time again. A restored peer counts as failing only once this process saw it
+/// fail too (a call failed, or the failure detector believes it down): the peer may
+/// have come back while the driver was down, and its old failure must not replace it
+/// the moment the driver starts. A wall clock that jumps back makes the wait longer
+/// (never negative); one that jumps forward makes a replacement come early, which is
+/// safe, only sooner than asked.
 #[derive(Debug, Clone, Default)]
 pub struct StallTracker {
-    failing_since: BTreeMap<NodeId, Millis>,
+    failing_since: BTreeMap<NodeId, Failing>,
+}
+
+/// One failing peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failing {
+    /// When it began failing (wall clock).
+    since: Millis,
+    /// Whether this process saw it fail (false for a peer only restored from disk).
+    confirmed: bool,
 }
 
 impl StallTracker {
-    /// No source failing.
+    /// No peer failing.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A call to `source` failed at `now`; the stall counts from its first failure
-    /// since it last answered.
-    pub fn handle_failure(&mut self, source: &NodeId, now: Millis) {
-        self.failing_since.entry(source.clone()).or_insert(now);
+    /// Takes back failures saved by an earlier incarnation of the driver (see
+    /// [`failing_since`](Self::failing_since)); a peer this tracker already knows of is
+    /// left as it is. Restored failures count once a failure confirms them.
+    pub fn restore(&mut self, saved: impl IntoIterator<Item = (NodeId, Millis)>) {
+        for (peer, since) in saved {
+            self.failing_since.entry(peer).or_insert(Failing {
+                since,
+                confirmed: false,
+            });
+        }
     }
 
-    /// `source` answered: it is not stalled.
-    pub fn handle_success(&mut self, source: &NodeId) {
-        self.failing_since.remove(source);
-    }
-
-    /// How long `source` has been failing at `now`; `None` if it is not failing.
-    pub fn unreachable_for(&self, source: &NodeId, now: Millis) -> Option<Duration> {
+    /// A call to `peer` failed at `now`; the stall counts from its first failure since
+    /// it last answered (a restored one included).
+    pub fn handle_failure(&mut self, peer: &NodeId, now: Millis) {
         self.failing_since
-            .get(source)
-            .map(|since| now.saturating_since(*since))
+            .entry(peer.clone())
+            .and_modify(|failing| failing.confirmed = true)
+            .or_insert(Failing {
+                since: now,
+                confirmed: true,
+            });
     }
 
-    /// Whether `source` has been failing for at least `stall` at `now`.
-    pub fn is_stalled(&self, source: &NodeId, now: Millis, stall: Duration) -> bool {
-        self.unreachable_for(source, now)
+    /// `peer` answered: it is not stalled.
+    pub fn handle_success(&mut self, peer: &NodeId) {
+        self.failing_since.remove(peer);
+    }
+
+    /// How long `peer` has been failing at `now`; `None` if it is not failing (or
+    /// only restored, not yet seen failing by this process).
+    pub fn unreachable_for(&self, peer: &NodeId, now: Millis) -> Option<Duration> {
+        self.failing_since
+            .get(peer)
+            .filter(|failing| failing.confirmed)
+            .map(|failing| now.saturating_since(failing.since))
+    }
+
+    /// Whether `peer` has been failing for at least `stall` at `now`.
+    pub fn is_stalled(&self, peer: &NodeId, now: Millis, stall: Duration) -> bool {
+        self.unreachable_for(peer, now)
             .is_some_and(|failing| failing >= stall)
     }
 
-    /// Forgets sources `keep` rejects (no longer part of any copy).
+    /// Forgets peers `keep` rejects (no longer part of any copy).
     pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
-        self.failing_since.retain(|source, _| keep(source));
+        self.failing_since.retain(|peer, _| keep(peer));
+    }
+
+    /// Every failing peer (restored ones too) and when it began failing, in id order:
+    /// what the driver saves with its progress.
+    pub fn failing_since(&self) -> Vec<(NodeId, Millis)> {
+        self.failing_since
+            .iter()
+            .map(|(peer, failing)| (peer.clone(), failing.since))
+            .collect()
     }
 }
 
@@ -120,8 +174,8 @@ pub fn choose_fallback(
     n: usize,
     w: usize,
     current: &[NodeId],
-    mut usable: impl FnMut(&NodeId) -> bool,
-    mut done: impl FnMut(&NodeId) -> bool,
+    usable: impl FnMut(&NodeId) -> bool,
+    done: impl FnMut(&NodeId) -> bool,
 ) -> FallbackChoice {
     let replicas = settled.preference_list(task.range.end, n);
     let needed = fallback_count(replicas.len(), w);
@@ -129,6 +183,22 @@ pub fn choose_fallback(
         .iter()
         .filter(|node| **node != task.source && **node != task.dest)
         .collect();
+    match pick(&candidates, needed, current, usable, done) {
+        Ok(chosen) => FallbackChoice::Sources(chosen),
+        Err(usable) => FallbackChoice::Wait { needed, usable },
+    }
+}
+
+/// `needed` of `candidates`: the members of `current` that still count (`done`, or
+/// `usable`) first, then usable candidates in order; sorted. `Err` with the usable
+/// ones when there are too few.
+fn pick(
+    candidates: &[&NodeId],
+    needed: usize,
+    current: &[NodeId],
+    mut usable: impl FnMut(&NodeId) -> bool,
+    mut done: impl FnMut(&NodeId) -> bool,
+) -> Result<Vec<NodeId>, Vec<NodeId>> {
     let mut chosen: Vec<NodeId> = Vec::new();
     for node in current {
         if candidates.contains(&node) && (done(node) || usable(node)) && !chosen.contains(node) {
@@ -140,18 +210,75 @@ pub fn choose_fallback(
             break;
         }
         if !chosen.contains(node) && usable(node) {
-            chosen.push(node.clone());
+            chosen.push((*node).clone());
         }
     }
     if chosen.len() >= needed {
         chosen.truncate(needed);
         chosen.sort();
-        FallbackChoice::Sources(chosen)
+        Ok(chosen)
     } else {
-        FallbackChoice::Wait {
-            needed,
-            usable: chosen,
-        }
+        Err(chosen)
+    }
+}
+
+/// How many of a range's `targets` target replicas a redirected copy must reach so
+/// that every write the copy's source holds ends up on a write quorum of the range's
+/// new replicas: `w`, or every target replica when there are fewer.
+pub fn redirect_count(targets: usize, w: usize) -> usize {
+    w.min(targets).max(1)
+}
+
+/// The outcome of [`choose_redirect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectChoice {
+    /// Send the range to each of these (target replicas other than the stalled
+    /// destination) instead.
+    Destinations(Vec<NodeId>),
+    /// Too few usable target replicas: the copy keeps waiting for its destination.
+    Wait {
+        /// Target replicas the redirect needs.
+        needed: usize,
+        /// The usable ones there are.
+        usable: Vec<NodeId>,
+    },
+}
+
+/// The replacement destinations for `task`, whose destination stalled (a leaving
+/// node, or one whose weight fell, pushing a range to a down new owner):
+/// [`redirect_count`] of the range's target replicas (the first `n` of `target`'s
+/// preference list at the range) other than the stalled destination and the source.
+///
+/// Why that is enough: once the change settles, the range's replicas are its target
+/// replicas. A write acknowledged before was on W settled replicas; those that stay are
+/// target replicas and keep it, and a copy on a node that loses the range (the
+/// source) now lands on W target replicas that are up. So every acknowledged write is
+/// on W of the new replicas without the stalled destination, every read quorum
+/// (R + W > N) meets it, and the destination, back, is repaired by read repair and
+/// anti-entropy like any replica that missed writes. (Writes acknowledged during the
+/// change went to the target replicas too: the write set's rule, [`super::write_set`].)
+///
+/// `current`, `usable` and `done` work as in [`choose_fallback`]: a destination already
+/// chosen that still counts is kept, and one whose copy is `done` counts even when it
+/// is no longer usable.
+pub fn choose_redirect(
+    task: &Task,
+    target: &Ring,
+    n: usize,
+    w: usize,
+    current: &[NodeId],
+    usable: impl FnMut(&NodeId) -> bool,
+    done: impl FnMut(&NodeId) -> bool,
+) -> RedirectChoice {
+    let targets = target.preference_list(task.range.end, n);
+    let needed = redirect_count(targets.len(), w);
+    let candidates: Vec<&NodeId> = targets
+        .iter()
+        .filter(|node| **node != task.source && **node != task.dest)
+        .collect();
+    match pick(&candidates, needed, current, usable, done) {
+        Ok(chosen) => RedirectChoice::Destinations(chosen),
+        Err(usable) => RedirectChoice::Wait { needed, usable },
     }
 }
 
@@ -332,5 +459,181 @@ mod tests {
             choose_fallback(&task, &settled, 3, 2, &[], |_| true, |_| false),
             FallbackChoice::Sources(vec![id("b")])
         );
+    }
+
+    #[test]
+    fn a_restored_failure_counts_from_its_saved_time_once_this_process_sees_it_fail() {
+        let stall = Duration::from_secs(60);
+        let (a, b) = (id("a"), id("b"));
+        let mut before = StallTracker::new();
+        before.handle_failure(&a, Millis(1_000));
+        before.handle_failure(&b, Millis(50_000));
+        let saved = before.failing_since();
+        assert_eq!(
+            saved,
+            vec![(a.clone(), Millis(1_000)), (b.clone(), Millis(50_000))]
+        );
+
+        // The driver restarts at 70 s: the saved times come back, but count only once
+        // a failure confirms them (the peer may be up again).
+        let mut after = StallTracker::new();
+        after.restore(saved.clone());
+        assert_eq!(after.unreachable_for(&a, Millis(70_000)), None);
+        assert!(!after.is_stalled(&a, Millis(70_000), stall));
+        assert_eq!(after.failing_since(), saved, "kept while unconfirmed");
+        // a fails again: it has been failing since 1 s, so it is stalled at once,
+        // without a fresh 60 s wait.
+        after.handle_failure(&a, Millis(70_000));
+        assert_eq!(
+            after.unreachable_for(&a, Millis(70_000)),
+            Some(Duration::from_secs(69))
+        );
+        assert!(after.is_stalled(&a, Millis(70_000), stall));
+        // b answers: its old failure is forgotten.
+        after.handle_success(&b);
+        after.handle_failure(&b, Millis(80_000));
+        assert!(!after.is_stalled(&b, Millis(139_999), stall));
+        assert!(after.is_stalled(&b, Millis(140_000), stall));
+        // Restoring again never overrides what this process knows.
+        after.restore([(b.clone(), Millis(0))]);
+        assert_eq!(
+            after.unreachable_for(&b, Millis(90_000)),
+            Some(Duration::from_secs(10))
+        );
+        // A wall clock that went back: no negative wait, no stall.
+        assert_eq!(
+            after.unreachable_for(&b, Millis(10_000)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_redirect_puts_every_acknowledged_write_on_a_write_quorum_of_the_new_replicas() {
+        // A leave in the abstract, exhaustively for small N and every W: the settled
+        // replicas are the leaving source L (bit 0) and N - 1 stayers (bits 1..N); the
+        // target replicas are the stayers and the new owner D (bit N), which is down.
+        // A write acknowledged by any W settled replicas, after L's data is pushed to
+        // any `redirect_count` stayers, is on W target replicas other than D, so every
+        // read quorum of the target replicas (R = N - W + 1) meets it even while D is
+        // down or comes back empty.
+        for n in 1..=5usize {
+            for w in 1..=n {
+                let needed = redirect_count(n, w);
+                assert_eq!(needed, w);
+                let stayers: Vec<u32> = (1..n as u32).collect();
+                let subsets = |of: &[u32], size: usize| -> Vec<u32> {
+                    (0u32..1 << of.len())
+                        .filter(|s| s.count_ones() as usize == size)
+                        .map(|s| {
+                            of.iter()
+                                .enumerate()
+                                .filter(|(i, _)| s & (1 << i) != 0)
+                                .map(|(_, bit)| 1u32 << bit)
+                                .sum()
+                        })
+                        .collect()
+                };
+                let settled: Vec<u32> = (0..n as u32).collect();
+                let target: Vec<u32> = (1..=n as u32).collect();
+                let down = 1u32 << n;
+                if stayers.len() < needed {
+                    // Too few stayers (W = N): the rule waits for D instead.
+                    continue;
+                }
+                for acked in subsets(&settled, w) {
+                    for pushed_to in subsets(&stayers, needed) {
+                        let holders = if acked & 1 != 0 {
+                            (acked | pushed_to) & !1
+                        } else {
+                            acked
+                        };
+                        assert!(
+                            (holders & !down).count_ones() as usize >= w,
+                            "N={n} W={w} acked={acked:b} pushed={pushed_to:b}"
+                        );
+                        for read in subsets(&target, n - w + 1) {
+                            assert_ne!(read & holders, 0, "N={n} W={w}");
+                        }
+                    }
+                }
+                // One stayer fewer would leave a write L alone held short of W.
+                let short = subsets(&settled, w).iter().any(|acked| {
+                    acked & 1 != 0
+                        && subsets(&stayers, needed - 1)
+                            .iter()
+                            .any(|pushed_to| (((acked | pushed_to) & !1).count_ones() as usize) < w)
+                });
+                assert!(short, "N={n} W={w}: W - 1 stayers would do");
+            }
+        }
+    }
+
+    #[test]
+    fn a_redirect_takes_w_reachable_target_replicas_other_than_the_destination() {
+        // A five-node cluster where "x" leaves: the target ring lacks it.
+        let target = ring(&["a", "b", "c", "d", "e"]);
+        let (range, _) = target.vnodes().next().unwrap();
+        let targets = target.preference_list(range.end, 3);
+        let task = Task {
+            range,
+            source: id("x"),
+            dest: targets[0].clone(),
+        };
+        let mut stayers = targets[1..].to_vec();
+        stayers.sort();
+        assert_eq!(
+            choose_redirect(&task, &target, 3, 2, &[], |_| true, |_| false),
+            RedirectChoice::Destinations(stayers.clone())
+        );
+        // W=1: one stayer is enough; W=3: the down destination itself would be
+        // needed, so the copy waits for it.
+        let choice = choose_redirect(&task, &target, 3, 1, &[], |_| true, |_| false);
+        assert!(matches!(choice, RedirectChoice::Destinations(d) if d.len() == 1));
+        assert_eq!(
+            choose_redirect(&task, &target, 3, 3, &[], |_| true, |_| false),
+            RedirectChoice::Wait {
+                needed: 3,
+                usable: targets[1..].to_vec()
+            }
+        );
+        // One stayer unreachable too: wait, naming the usable one.
+        let (first, second) = (targets[1].clone(), targets[2].clone());
+        assert_eq!(
+            choose_redirect(&task, &target, 3, 2, &[], |n| n != &second, |_| false),
+            RedirectChoice::Wait {
+                needed: 2,
+                usable: vec![first.clone()]
+            }
+        );
+        // ... unless its copy was already done before it went down.
+        assert_eq!(
+            choose_redirect(
+                &task,
+                &target,
+                3,
+                2,
+                &stayers,
+                |n| n != &second,
+                |n| n == &second
+            ),
+            RedirectChoice::Destinations(stayers.clone())
+        );
+        // Nodes outside the range's target replicas never receive it, even if a stale
+        // choice names them.
+        let outsider = target
+            .preference_list(range.end, usize::MAX)
+            .into_iter()
+            .find(|node| !targets.contains(node))
+            .expect("a node that does not replicate the range");
+        let choice = choose_redirect(
+            &task,
+            &target,
+            3,
+            2,
+            &[outsider, id("x")],
+            |_| true,
+            |_| true,
+        );
+        assert_eq!(choice, RedirectChoice::Destinations(stayers));
     }
 }

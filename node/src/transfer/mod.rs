@@ -51,12 +51,22 @@
 //! the same cursor. A batch merged but not yet recorded is sent again, which is
 //! harmless: merging sibling sets by vector clock is idempotent.
 //!
-//! # Stalled sources
+//! # Stalled sources and destinations
 //!
-//! A copy whose source keeps failing (down, partitioned) for the stall time is
-//! replaced by copies of the same range from other settled replicas, as many as make
-//! sure every acknowledged write is among them ([`fallback`]); the replacement is
-//! recorded in the progress, so it survives a restart of the driver.
+//! A copy whose source keeps failing (down, partitioned) for the stall time
+//! (`--transfer-source-stall`, which covers both directions) is replaced by copies of
+//! the same range from other settled replicas, as many as make sure every
+//! acknowledged write is among them ([`fallback`]). A copy whose *destination* keeps
+//! failing as long (a leaving node, or one whose weight fell, pushing to a down new
+//! owner) is redirected: the range goes to W other target replicas, which stay
+//! replicas after the change, so every acknowledged write ends up on a write quorum
+//! of the new replicas without the down one, which read repair and anti-entropy
+//! repair once it is back ([`fallback::choose_redirect`]). With fewer than W other
+//! target replicas reachable the range waits (the status says so). Replacements,
+//! redirects and the wall-clock time each peer began failing are recorded in the
+//! progress, so they survive a restart of the driver: a restart does not start the
+//! stall time again, though a peer counts as failing only once the restarted driver
+//! saw it fail too (it may have come back meanwhile).
 //!
 //! # Throttle
 //!
@@ -93,6 +103,14 @@
 //!   waits (the status says so). A write acknowledged with a lower per-request W, or
 //!   only by stand-ins, reaches the new owner by hinted handoff, the sweep or
 //!   anti-entropy instead.
+//! * Likewise a copy waits for its destination for the stall time, then goes to W
+//!   other target replicas of the range. Until anti-entropy (or read repair) reaches
+//!   the destination once it is back, that range has one replica short of N holding
+//!   the leaving node's writes (W still do): a second failure among those W before
+//!   the repair loses durability as any W-replica write would. With W = N (or fewer
+//!   than W other target replicas up) the range waits for the destination. A copy
+//!   relayed between two other nodes whose source was replaced is not redirected too:
+//!   it waits for its destination.
 //! * Nodes keep the data of ranges they lost until the [stray sweep](sweep) hands it
 //!   (again) to the current replicas and removes it. The sweep also rescues writes
 //!   a coordinator with a stale ring sent to old replicas only (the first limit

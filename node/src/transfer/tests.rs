@@ -15,6 +15,7 @@ use crate::node::{NodeSettings, NodeShared};
 use crate::quorum::QuorumConfig;
 use crate::ring::{PartitionStrategy, Token};
 use crate::storage::{MemoryEngine, StorageEngine};
+use crate::time::Millis;
 use crate::transport::MemoryNetwork;
 use crate::version::{SiblingSet, VectorClock};
 
@@ -1053,6 +1054,293 @@ async fn a_stalled_source_with_too_few_reachable_replicas_waits_and_says_so() {
     cluster.network.heal(&addr(&n4), &addr(&n3));
     cluster.node(&n4).cluster().record_success(&n3);
     drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_leave_whose_destination_is_down_completes_through_the_other_target_replicas() {
+    // Dynamo §4.9 with the new owner down: after the stall time the leaving node
+    // sends that owner's ranges to W other target replicas of each range (they stay
+    // replicas after the leave), so every acknowledged write is on a write quorum of
+    // the new replicas; the leave completes, and the owner, back, is repaired by
+    // anti-entropy.
+    let cluster = cluster_with_stall(5, TEST_STALL);
+    let (n1, n5) = (id("n1"), id("n5"));
+    let mut acknowledged = load(&cluster, "k", 150).await;
+    cluster.change_everywhere(|t| t.leave(&n5).map(|_| ()));
+    let tasks = {
+        let (settled, target) = cluster.node(&n5).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    // The destination of most of n5's ranges (not n1, which coordinates the writes)
+    // goes down before the leave sends anything.
+    let mut per_dest: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for task in tasks.iter().filter(|t| t.source == n5 && t.dest != n1) {
+        *per_dest.entry(task.dest.clone()).or_default() += 1;
+    }
+    let (down, _) = per_dest
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .expect("n5 hands ranges to a node other than n1");
+    cluster.network.unregister(&addr(&down));
+    for i in 0..40 {
+        let (key, value) = (format!("during-{i}"), format!("d{i}"));
+        assert!(cluster.put(&n1, &key, &value).await, "writing {key}");
+        acknowledged.insert(key, value);
+    }
+
+    // Small rounds, so the redirect shows in the status before the leave completes.
+    let small = Allowance {
+        keys: 5,
+        bytes: u64::MAX,
+    };
+    drive_until(&cluster, &n5, small, Duration::from_secs(10), |r| {
+        assert!(!r.completed, "completed before the redirect showed");
+        let status = cluster.node(&n5).transfer_status_snapshot();
+        status
+            .peers
+            .iter()
+            .any(|p| p.peer == down && p.ranges_on_fallback > 0)
+    })
+    .await;
+    let status = cluster.node(&n5).transfer_status_snapshot();
+    let stalled = status
+        .peers
+        .iter()
+        .find(|p| p.peer == down)
+        .expect("the down destination shows");
+    assert!(
+        stalled.unreachable_for.is_some_and(|d| d >= TEST_STALL),
+        "{stalled:?}"
+    );
+    assert_eq!(stalled.ranges_waiting, 0, "{stalled:?}");
+    drive_until(&cluster, &n5, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+    assert_eq!(
+        cluster
+            .node(&n5)
+            .cluster()
+            .table()
+            .get(&n5)
+            .map(|m| m.state()),
+        Some(MemberState::Removed)
+    );
+    cluster.spread(&n5);
+
+    // Every acknowledged write is on W (2) of its new replicas without the down one,
+    // and a quorum read finds it while that one is still down.
+    for (key, value) in &acknowledged {
+        let replicas = cluster.target_replicas(key);
+        assert!(!replicas.contains(&n5));
+        let holders: Vec<&NodeId> = replicas
+            .iter()
+            .filter(|node| **node != down && cluster.stored(node, key).contains(value))
+            .collect();
+        assert!(
+            holders.len() >= 2,
+            "{key}={value} is on {holders:?} of {replicas:?}"
+        );
+        let got = cluster.get(&n1, key, None).await;
+        assert!(
+            got.as_ref().is_some_and(|v| v.contains(value)),
+            "{key}: {got:?}, expected {value}"
+        );
+    }
+
+    // The destination comes back; anti-entropy gives it what it missed.
+    let missing = |cluster: &Cluster| -> usize {
+        acknowledged
+            .iter()
+            .filter(|(key, value)| {
+                cluster.target_replicas(key).contains(&down)
+                    && !cluster.stored(&down, key).contains(value)
+            })
+            .count()
+    };
+    assert!(missing(&cluster) > 0, "the down node missed nothing");
+    cluster
+        .network
+        .register(addr(&down), cluster.node(&down).handler());
+    for node in cluster.nodes.values() {
+        node.cluster().record_success(&down);
+    }
+    let live: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .filter(|n| **n != n5)
+        .cloned()
+        .collect();
+    let mut rounds = 0u64;
+    while missing(&cluster) > 0 {
+        assert!(
+            rounds < 400,
+            "{} writes still missing on {down} after {rounds} anti-entropy rounds",
+            missing(&cluster)
+        );
+        for node in &live {
+            let now = cluster.node(node).cluster().clock().wall();
+            cluster.node(node).antientropy_round(rounds, now).await;
+        }
+        rounds += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_leave_whose_destination_is_down_waits_while_too_few_other_target_replicas_answer() {
+    let cluster = cluster_with_stall(4, TEST_STALL);
+    let n4 = id("n4");
+    load(&cluster, "k", 60).await;
+    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
+    let tasks = {
+        let (settled, target) = cluster.node(&n4).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    let down = tasks
+        .iter()
+        .find(|t| t.source == n4)
+        .map(|t| t.dest.clone())
+        .expect("n4 hands a range over");
+    // With four nodes and N=3, every range of n4's has the two other stayers as its
+    // other target replicas; one of them is cut off from n4 too, so W=2 of them cannot
+    // be reached.
+    let cut = cluster
+        .nodes
+        .keys()
+        .find(|node| **node != n4 && **node != down)
+        .cloned()
+        .expect("a stayer");
+    cluster.network.unregister(&addr(&down));
+    cluster.network.cut(&addr(&n4), &addr(&cut));
+    let report = drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.errors.iter().any(|e| e.contains("waits"))
+    })
+    .await;
+    assert!(!report.completed);
+    let status = cluster.node(&n4).transfer_status_snapshot();
+    let stalled = status
+        .peers
+        .iter()
+        .find(|p| p.peer == down)
+        .expect("the down destination shows");
+    assert!(stalled.ranges_waiting > 0, "{status:?}");
+    assert!(stalled.unreachable_for.is_some(), "{status:?}");
+    for _ in 0..3 {
+        assert!(!cluster.node(&n4).transfer_round(UNLIMITED).await.completed);
+    }
+    assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
+
+    // The cut heals: the down node's ranges go to the two stayers; the leave ends.
+    cluster.network.heal(&addr(&n4), &addr(&cut));
+    cluster.node(&n4).cluster().record_success(&cut);
+    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_stall_clock_survives_a_restart_of_the_driver() {
+    // The time a peer began failing is saved with the progress: a driver restarted
+    // after the peer has been down for longer than the stall time works around it at
+    // its first failed call, instead of waiting the whole stall time again.
+    let stall = Duration::from_secs(60);
+    let mut cluster = cluster_with_stall(5, stall);
+    let (n1, n5) = (id("n1"), id("n5"));
+    load(&cluster, "k", 100).await;
+    cluster.change_everywhere(|t| t.leave(&n5).map(|_| ()));
+    let tasks = {
+        let (settled, target) = cluster.node(&n5).cluster().rings();
+        plan(&settled, &target, 3)
+    };
+    let down = tasks
+        .iter()
+        .find(|t| t.source == n5 && t.dest != n1)
+        .map(|t| t.dest.clone())
+        .expect("n5 hands a range to a node other than n1");
+    cluster.network.unregister(&addr(&down));
+    let report = cluster.node(&n5).transfer_round(UNLIMITED).await;
+    assert!(!report.completed, "{report:?}");
+    let engine = Arc::clone(&cluster.engines[&n5]);
+    let read = |engine: &Arc<dyn StorageEngine>| {
+        super::Progress::decode(
+            &engine
+                .meta_get(super::driver::META_PROGRESS)
+                .expect("reading the meta keyspace")
+                .expect("a progress record"),
+        )
+        .expect("a readable progress record")
+    };
+    let mut progress = read(&engine);
+    let saved = progress.unreachable_since().to_vec();
+    let since = saved
+        .iter()
+        .find(|(peer, _)| *peer == down)
+        .map(|(_, since)| *since)
+        .unwrap_or_else(|| panic!("{down}'s failure is saved: {saved:?}"));
+    let status = cluster.node(&n5).transfer_status_snapshot();
+    assert!(
+        status
+            .peers
+            .iter()
+            .all(|p| p.ranges_on_fallback == 0 && p.ranges_waiting == 0),
+        "nothing is worked around within the stall time: {status:?}"
+    );
+
+    // The driver goes down for longer than the stall time (its saved failure time is
+    // moved back by as much: real time cannot be fast-forwarded here), then restarts.
+    progress.set_unreachable_since(
+        saved
+            .iter()
+            .map(|(peer, at)| (peer.clone(), Millis(at.0 - 61_000)))
+            .collect(),
+    );
+    engine
+        .meta_put(
+            super::driver::META_PROGRESS,
+            &progress.encode(),
+            crate::storage::Durability::Sync,
+        )
+        .expect("saving the progress");
+    cluster.network.unregister(&addr(&n5));
+    cluster.start(&n5, Arc::clone(&engine));
+    // The first round calls the peer (the new process has not seen it fail), the
+    // failure confirms the saved time, and the next round redirects its ranges. One
+    // key a round, so the leave does not complete before the redirect can be seen.
+    let one_key = Allowance {
+        keys: 1,
+        bytes: u64::MAX,
+    };
+    let mut redirected = None;
+    for _ in 0..5 {
+        let report = cluster.node(&n5).transfer_round(one_key).await;
+        assert!(!report.completed, "{report:?}");
+        let status = cluster.node(&n5).transfer_status_snapshot();
+        redirected = status
+            .peers
+            .into_iter()
+            .find(|p| p.peer == down && p.ranges_on_fallback > 0);
+        if redirected.is_some() {
+            break;
+        }
+    }
+    let peer = redirected.expect("the restarted driver waited the stall time again");
+    assert!(
+        peer.unreachable_for
+            .is_some_and(|d| d >= Duration::from_secs(61)),
+        "{peer:?}"
+    );
+    assert!(
+        read(&engine)
+            .unreachable_since()
+            .iter()
+            .any(|(peer, at)| *peer == down && at.0 == since.0 - 61_000),
+        "the saved failure time is kept, not restarted"
+    );
+    drive_until(&cluster, &n5, UNLIMITED, Duration::from_secs(10), |r| {
         r.completed
     })
     .await;

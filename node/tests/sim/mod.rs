@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dynamo_node::NodeId;
 use dynamo_node::antientropy::AntiEntropyConfig;
+use dynamo_node::antientropy::plan::{choose_exchange, tombstone_expired};
 use dynamo_node::cluster::Clock;
 use dynamo_node::coordinator::CoordinatorError;
 use dynamo_node::history::{History, OpId, Outcome, ReplicaDump, Verdict, check};
@@ -34,7 +35,7 @@ use dynamo_node::membership::{MemberState, MemberTable};
 use dynamo_node::merkle::Hash;
 use dynamo_node::node::{NodeSettings, NodeShared};
 use dynamo_node::quorum::QuorumConfig;
-use dynamo_node::ring::PartitionStrategy;
+use dynamo_node::ring::{PartitionStrategy, Token};
 use dynamo_node::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use dynamo_node::time::Millis;
 use dynamo_node::transfer::TransferSettings;
@@ -65,8 +66,15 @@ const PARTITIONS: u32 = 32;
 /// Merkle tree depth over the whole ring: a run's few keys need few buckets, and
 /// hashing a production-sized tree after every restart would dominate a run's time.
 const TREE_DEPTH: u8 = 8;
+/// How long a transfer's source or destination may fail before it is worked around
+/// (`--transfer-source-stall`): shorter than a run, so a crash during a join, leave or
+/// weight change makes the transfer fall back to other replicas (a down source) or
+/// redirect to other new replicas (a down destination).
+const SOURCE_STALL: Duration = Duration::from_millis(300);
 /// Mixed into the seed for the weight change's own random stream.
 const REWEIGHT_STREAM: u64 = 0x5745_4947_4854;
+/// Mixed into the seed for the purge probes' own random stream.
+const PURGE_PROBE_STREAM: u64 = 0x5055_5247_4550;
 /// The most simulated time between two workload steps, exclusive.
 pub(crate) const MAX_STEP_GAP_MS: u64 = 40;
 /// A tombstone grace period shorter than this is meant to purge deletes within the
@@ -193,6 +201,13 @@ pub(crate) struct FaultBursts {
     /// During a calm spell every live node runs a background round this often, in
     /// steps.
     pub(crate) round_every: usize,
+    /// The chance, in percent, that a burst step also runs a [`purge_probe`]: a fault
+    /// aimed outside the replicas of a key whose tombstone has expired, then its
+    /// purger's anti-entropy round over that key's range. Purges need every replica of
+    /// the range reachable and agreeing, so left to chance they land in calm spells;
+    /// this makes them happen while a fault is active, with the fault where the purge
+    /// rule's danger lies (a node holding a hint or a stray copy, cut off or down).
+    pub(crate) purge_probe_percent: u32,
 }
 
 impl FaultBursts {
@@ -441,6 +456,10 @@ impl World {
         settings.strategy = PartitionStrategy::equal_partitions(PARTITIONS).expect("valid Q");
         settings.durability = node.durability;
         settings.seeds = node.seeds.clone();
+        settings.transfer = TransferSettings {
+            source_stall: SOURCE_STALL,
+            ..TransferSettings::default()
+        };
         // Wall time goes on across restarts (a restarted process reads the same system
         // clock); monotonic time counts from the process's start.
         settings.clock = Clock::tokio(WALL_ORIGIN + self.started.elapsed());
@@ -720,6 +739,12 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     shared.handoff_round().await;
     let allowance = TransferSettings::default().per_round;
     let transfer = shared.transfer_round(allowance).await;
+    let worked_around = shared
+        .transfer_status_snapshot()
+        .peers
+        .iter()
+        .filter(|p| p.ranges_on_fallback > 0)
+        .count() as u64;
     let sweep = shared.sweep_round(allowance.minus(transfer.used)).await;
     let now = shared.cluster().clock().wall();
     let repair = shared.antientropy_round(random.rotate_left(32), now).await;
@@ -728,20 +753,195 @@ async fn background_round(world: Shared, index: usize, random: u64) {
         w.note("transfer completed", index);
     }
     w.add("stray keys handed over", sweep.keys_handed_over);
-    w.add("keys repaired", repair.keys_pulled + repair.keys_pushed);
-    w.add("tombstones purged", repair.tombstones_purged);
-    if !w.quiescing {
-        w.add(
-            "tombstones purged in the workload",
-            repair.tombstones_purged,
-        );
-        if w.fault_active() {
-            w.add(
-                "tombstones purged with a fault active",
+    w.add("transfer rounds around a stalled peer", worked_around);
+    w.count_repair(&repair);
+}
+
+impl World {
+    /// Counts what an anti-entropy round repaired and purged.
+    fn count_repair(&mut self, repair: &dynamo_node::antientropy::RoundReport) {
+        self.add("keys repaired", repair.keys_pulled + repair.keys_pushed);
+        self.add("tombstones purged", repair.tombstones_purged);
+        if !self.quiescing {
+            self.add(
+                "tombstones purged in the workload",
                 repair.tombstones_purged,
             );
+            if self.fault_active() {
+                self.add(
+                    "tombstones purged with a fault active",
+                    repair.tombstones_purged,
+                );
+            }
         }
     }
+}
+
+/// A burst step's purge probe (see [`FaultBursts::purge_probe_percent`]): finds a key
+/// (from a random start) whose purger is up and holds only an expired tombstone of it,
+/// injects a fault aimed outside the key's replicas (a crash of another node, one
+/// holding a stray copy or hint of the key if there is one; a partition that keeps the
+/// replicas together; or drops between another node and the replicas), then runs the
+/// purger's anti-entropy round over the key's range. Every choice comes from `rng`.
+fn purge_probe(
+    world: &Shared,
+    rng: &mut ChaCha8Rng,
+    keys: usize,
+    faults: Faults,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let mut w = lock(world);
+    w.count("purge probe");
+    let grace = w.tombstone_grace;
+    let start = rng.random_range(0..keys);
+    let index_of = |w: &World, id: &NodeId| w.nodes.iter().position(|n| &n.id == id);
+    let Some(any) = w.up_nodes().first().copied() else {
+        return;
+    };
+    let ring = w.up(any).expect("an up node").0.cluster().ring();
+    // Each purger's own view decides, as its round will (rings are copied once).
+    let mut views: BTreeMap<usize, (Arc<NodeShared>, dynamo_node::ring::Ring)> = BTreeMap::new();
+    let mut chosen = None;
+    for i in 0..keys {
+        let key = key_of((start + i) % keys);
+        let Some(purger) = ring.preference_list_for_key(&key, 3).first().cloned() else {
+            return;
+        };
+        let Some(index) = index_of(&w, &purger) else {
+            continue;
+        };
+        let (shared, view) = match views.entry(index) {
+            std::collections::btree_map::Entry::Occupied(seen) => seen.into_mut(),
+            std::collections::btree_map::Entry::Vacant(unseen) => {
+                let Some((shared, _)) = w.up(index) else {
+                    continue;
+                };
+                let ring = shared.cluster().ring();
+                unseen.insert((shared, ring))
+            }
+        };
+        let replicas = view.preference_list_for_key(&key, 3);
+        if replicas.first() != Some(&purger) {
+            continue;
+        }
+        let now = shared.cluster().clock().wall();
+        let Ok(state) = shared.store().read(&key) else {
+            continue;
+        };
+        if state.is_empty() || !tombstone_expired(&state, now, grace) {
+            continue;
+        }
+        chosen = Some((key, replicas, index));
+        break;
+    }
+    let Some((key, replicas, purger)) = chosen else {
+        w.count("purge probe without an expired tombstone");
+        return;
+    };
+    let outside: Vec<usize> = (0..w.nodes.len())
+        .filter(|&i| !w.nodes[i].removed && !replicas.contains(&w.nodes[i].id))
+        .collect();
+    if outside.is_empty() {
+        return;
+    }
+    // Prefer a node that holds something of the key although it is no replica of it: a
+    // stand-in's stray copy, a former owner's.
+    let holders: Vec<usize> = outside
+        .iter()
+        .copied()
+        .filter(|&i| {
+            w.up(i)
+                .is_some_and(|(s, _)| s.store().read(&key).is_ok_and(|st| !st.is_empty()))
+        })
+        .collect();
+    let target = if holders.is_empty() {
+        outside[rng.random_range(0..outside.len())]
+    } else {
+        w.count("purge probe aimed at a stray copy's holder");
+        holders[rng.random_range(0..holders.len())]
+    };
+    match rng.random_range(0..3) {
+        0 if faults.crashes && w.nodes[target].process.is_some() => {
+            let lose = faults.lose_unflushed && rng.random_bool(0.5);
+            let mode = if lose {
+                CrashMode::LoseUnflushed
+            } else {
+                CrashMode::KeepUnflushed
+            };
+            w.crash(target, mode);
+            w.note("crash outside a purge's replicas", target);
+        }
+        1 if faults.partitions => {
+            // The replicas on one side; the target and a random share of the other
+            // nodes on the other.
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for (i, node) in w.nodes.iter().enumerate() {
+                let side = if replicas.contains(&node.id) {
+                    &mut a
+                } else if i == target || rng.random_bool(0.5) {
+                    &mut b
+                } else {
+                    &mut a
+                };
+                side.push(node.address.clone());
+            }
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let b: Vec<&str> = b.iter().map(String::as_str).collect();
+            w.network.partition(&a, &b);
+            w.network_fault_began();
+            w.count("partition outside a purge's replicas");
+            let line = format!(
+                "after op #{}: partition {a:?} | {b:?} (purge probe)",
+                w.history.ops().len()
+            );
+            w.log.push(line);
+        }
+        _ if faults.drops => {
+            let from = w.nodes[target].address.clone();
+            for replica in &replicas {
+                if let Some(r) = index_of(&w, replica) {
+                    let to = w.nodes[r].address.clone();
+                    w.network.set_drop(&from, &to, rng.random_range(1..4));
+                    w.network.set_drop(&to, &from, rng.random_range(1..4));
+                }
+            }
+            w.network_fault_began();
+            w.count("drops outside a purge's replicas");
+        }
+        _ => {}
+    }
+    tasks.spawn(purge_round(Arc::clone(world), purger, key));
+}
+
+/// The anti-entropy round of node `index` over the range holding `key`: the round
+/// picks its range from a random value, so this passes the first value that points
+/// at that range.
+async fn purge_round(world: Shared, index: usize, key: Vec<u8>) {
+    let Some((shared, _)) = lock(&world).up(index) else {
+        return;
+    };
+    shared.refresh_trees().await;
+    let ready = shared.antientropy().trees().ready_specs();
+    let me = shared.cluster().me().clone();
+    let token = Token::of(&key);
+    let random = (0..ready.len() as u64).find(|&random| {
+        choose_exchange(
+            &ready,
+            &me,
+            |node| shared.cluster().is_available(node),
+            random,
+        )
+        .is_some_and(|(spec, _)| spec.range.contains(token))
+    });
+    let Some(random) = random else {
+        lock(&world).count("purge probe without a ready range");
+        return;
+    };
+    let now = shared.cluster().clock().wall();
+    let repair = shared.antientropy_round(random, now).await;
+    let mut w = lock(&world);
+    w.add("tombstones purged by a probe", repair.tombstones_purged);
+    w.count_repair(&repair);
 }
 
 /// Applies [`FaultBursts`] at `step`: the first step of a calm spell restarts every
@@ -886,6 +1086,8 @@ async fn simulate(config: SimConfig) -> SimReport {
     // The weight change draws from its own stream, so it leaves the rest of a seed's
     // schedule as it was before weight changes were simulated.
     let mut reweight_rng = ChaCha8Rng::seed_from_u64(config.seed ^ REWEIGHT_STREAM);
+    // So do the purge probes: the rest of the schedule is the same with or without them.
+    let mut probe_rng = ChaCha8Rng::seed_from_u64(config.seed ^ PURGE_PROBE_STREAM);
     let reweight_at = config
         .faults
         .reweight
@@ -919,6 +1121,11 @@ async fn simulate(config: SimConfig) -> SimReport {
         if let Some(index) = leaving {
             if retire_if_removed(&world, index) {
                 leaving = None;
+            }
+        }
+        if let Some(bursts) = config.fault_bursts {
+            if !calm && probe_rng.random_range(0..100) < bursts.purge_probe_percent {
+                purge_probe(&world, &mut probe_rng, config.keys, faults, &mut tasks);
             }
         }
         trace_holdings(&world);
