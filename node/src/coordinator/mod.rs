@@ -5,13 +5,20 @@
 //! replicas: the receiving node forwards it there when it is not one of them. The
 //! coordinator writes locally first (durably: in buffered mode it is the one durable
 //! replica of Dynamo §6.1), then replicates the key's whole new state to the rest of the
-//! first N healthy nodes, and answers after W acknowledgements. A get asks the first N
-//! healthy nodes, answers after R with every concurrent version, and repairs stale
-//! replicas in the background once the late replies are in (read repair).
+//! first N healthy nodes, and answers after W acknowledgements. A get targets the first
+//! N healthy nodes but asks R of them first, this node among them when it is one (its
+//! read is local); it asks another target when a read fails, when no outcome came within
+//! the recent p99 of remote reads (a speculative read, `read_latency.rs`), and all of them
+//! as soon as two replies disagree. It answers after R replies with every concurrent
+//! version, and repairs the stale replicas among those it asked (read repair). Dynamo
+//! §4.5 asks all N; asking R first halves the remote reads of a get at N=3, R=2, and a
+//! stale replica that was not asked is left to anti-entropy or the next read that asks
+//! it (see [`GetCoordinator::read_first`]).
 //!
 //! The machine keeps running after the client has its answer: late acknowledgements,
 //! retries on stand-ins, and read repair happen in a spawned task, bounded by the
-//! request timeout.
+//! request timeout. A get is driven in the request's own task up to its outcome; most
+//! leave nothing behind.
 
 use std::sync::Arc;
 use std::time::Duration;

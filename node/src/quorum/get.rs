@@ -53,6 +53,8 @@ struct Speculation {
 /// tells which replicas are stale (Dynamo §4.5: "the coordinator requests all existing
 /// versions of data for that key from the N highest-ranked reachable nodes ... and
 /// then waits for R responses before returning the result to the client").
+/// [`read_first`](Self::read_first) makes it ask R of them first and the rest only when
+/// needed (a failure, a slow read, disagreeing replies).
 ///
 /// A replica holding nothing for the key replies with the empty state (the shell
 /// builds it, typically with `Default`): that is a reply, and makes the replica a
