@@ -146,11 +146,17 @@ mod tests {
         for i in 0..WINDOW {
             latency.record(if i % 7 == 0 { 40 } else { 12 });
         }
-        assert_eq!(latency.speculation_delay(TIMEOUT), Duration::from_millis(48));
+        assert_eq!(
+            latency.speculation_delay(TIMEOUT),
+            Duration::from_millis(48)
+        );
         for _ in 0..WINDOW {
             latency.record(12);
         }
-        assert_eq!(latency.speculation_delay(TIMEOUT), Duration::from_millis(14));
+        assert_eq!(
+            latency.speculation_delay(TIMEOUT),
+            Duration::from_millis(14)
+        );
     }
 
     #[test]

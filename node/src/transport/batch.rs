@@ -99,6 +99,10 @@ pub(crate) fn take_batch<T: Batchable>(
     batch
 }
 
+/// Each call's outcome from a batch reply: `None` for a call the peer did not run and
+/// that goes again as a single call.
+pub(crate) type BatchResults<R> = Vec<Option<Result<R, TransportError>>>;
+
 /// One kind of replica call that travels in batches: its single and batch RPCs and how
 /// their replies map to each call's result.
 pub(crate) trait BatchCall: Send + Sync + 'static {
@@ -129,7 +133,7 @@ pub(crate) trait BatchCall: Send + Sync + 'static {
         address: &str,
         sent: usize,
         response: Self::BatchResponse,
-    ) -> Result<Vec<Option<Result<Self::Reply, TransportError>>>, TransportError>;
+    ) -> Result<BatchResults<Self::Reply>, TransportError>;
     /// A single call's outcome.
     fn single_reply(
         address: &str,
@@ -168,7 +172,7 @@ impl BatchCall for Writes {
         address: &str,
         sent: usize,
         response: Self::BatchResponse,
-    ) -> Result<Vec<Option<Result<(), TransportError>>>, TransportError> {
+    ) -> Result<BatchResults<()>, TransportError> {
         codec::write_batch_reply(address, sent, response)
             .map(|results| results.into_iter().map(Some).collect())
     }
@@ -212,7 +216,7 @@ impl BatchCall for Reads {
         address: &str,
         sent: usize,
         response: Self::BatchResponse,
-    ) -> Result<Vec<Option<Result<SiblingSet, TransportError>>>, TransportError> {
+    ) -> Result<BatchResults<SiblingSet>, TransportError> {
         codec::read_batch_reply(address, sent, response)
     }
 

@@ -297,7 +297,7 @@ pub(crate) fn read_batch_reply(
     address: &str,
     sent: usize,
     reply: proto::ReplicaReadBatchResponse,
-) -> Result<Vec<Option<Result<SiblingSet, TransportError>>>, TransportError> {
+) -> Result<super::batch::BatchResults<SiblingSet>, TransportError> {
     if reply.results.len() != sent {
         return Err(bad_reply(
             address,
