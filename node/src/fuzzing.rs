@@ -187,6 +187,37 @@ pub fn replica_message(bytes: &[u8]) {
                 let sent = reply.results.len();
                 let _ = codec::write_batch_reply("peer:1", sent, reply);
             }
+            // A batch of reads (bounded before any key is copied), and its reply: every
+            // state that decodes is re-encoded into a reply that reads back the same.
+            if let Ok(request) = proto::ReplicaReadBatchRequest::decode(body) {
+                if let Ok(keys) = codec::decode_read_batch(request) {
+                    assert!(keys.len() <= crate::transport::MAX_BATCH_ENTRIES);
+                }
+            }
+            if let Ok(reply) = proto::ReplicaReadBatchResponse::decode(body) {
+                let sent = reply.results.len();
+                if let Ok(results) = codec::read_batch_reply("peer:1", sent, reply) {
+                    let states: Vec<_> = results
+                        .into_iter()
+                        .filter_map(|result| result.and_then(Result::ok))
+                        .collect();
+                    let again = codec::read_batch_reply(
+                        "peer:1",
+                        states.len(),
+                        codec::read_batch_response(states.iter().cloned().map(Ok)),
+                    )
+                    .expect("an encoded read batch reply decodes");
+                    let again: Vec<_> = again
+                        .into_iter()
+                        .map(|result| result.and_then(Result::ok))
+                        .collect();
+                    assert_eq!(
+                        again,
+                        states.into_iter().map(Some).collect::<Vec<_>>(),
+                        "a read batch reply round-trips"
+                    );
+                }
+            }
             // A scan page answering a whole-ring scan of up to the largest page.
             if let Ok(reply) = proto::ScanRangeResponse::decode(body) {
                 let asked = codec::scan_range_request(crate::transport::RangeScan {
@@ -380,6 +411,14 @@ mod tests {
                     indices: vec![0, 3],
                 })),
                 framed(10, &codec::purge_tombstone_request(&key, [7u8; 16])),
+                framed(11, &proto::ReplicaReadBatchRequest {
+                    reads: vec![codec::read_request(&key), codec::read_request(b"k")],
+                }),
+                framed(11, &codec::read_batch_response([
+                    Ok(state.clone()),
+                    Err(crate::transport::ReplicaError::Unavailable("busy".into())),
+                    Ok(SiblingSet::new()),
+                ])),
             ];
             for message in messages {
                 replica_message(&message);

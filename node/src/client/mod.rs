@@ -605,9 +605,11 @@ impl Client {
         Ok(Some(read::versions(&merged.state)))
     }
 
-    /// Sends an ordinary get of `key` in the background: the replica that coordinates
-    /// it reads all N replicas and writes the merge back to the stale ones (read
-    /// repair). Skipped when [`MAX_PENDING_REPAIRS`] are in flight.
+    /// Sends an ordinary get of `key` with R = N in the background: the replica that
+    /// coordinates it reads all N replicas (a get with a smaller R reads only R of them
+    /// while they agree) and writes the merge back to the stale ones (read repair).
+    /// Its outcome does not matter: a replica that is down fails the get but not the
+    /// repair of the others. Skipped when [`MAX_PENDING_REPAIRS`] are in flight.
     fn repair(&self, key: &[u8]) {
         let Ok(permit) = Arc::clone(&self.inner.repairs).try_acquire_owned() else {
             return;
@@ -615,8 +617,12 @@ impl Client {
         self.inner.read_repairs.fetch_add(1, Ordering::Relaxed);
         let inner = Arc::clone(&self.inner);
         let key = key.to_vec();
+        let all = self
+            .inner
+            .current()
+            .and_then(|table| u32::try_from(table.replication_factor()).ok());
         tokio::spawn(async move {
-            if let Err(error) = inner.server_get(&key).await {
+            if let Err(error) = inner.server_get_with(&key, all.or(inner.read_quorum)).await {
                 tracing::debug!(%error, "read repair get failed");
             }
             drop(permit);
@@ -753,9 +759,15 @@ impl Inner {
     /// A get sent to one node, which coordinates it: a replica of the key under
     /// client routing, a seed under server routing.
     async fn server_get(&self, key: &[u8]) -> Result<Versions, ClientError> {
+        self.server_get_with(key, self.read_quorum).await
+    }
+
+    /// [`server_get`](Self::server_get) with the read quorum `r` (the node's default
+    /// when `None`).
+    async fn server_get_with(&self, key: &[u8], r: Option<u32>) -> Result<Versions, ClientError> {
         let request = proto::GetRequest {
             key: Bytes::copy_from_slice(key),
-            r: self.read_quorum,
+            r,
         };
         let answer = self
             .call(key, Kind::Read, move |mut kv| {

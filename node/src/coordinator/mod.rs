@@ -5,19 +5,28 @@
 //! replicas: the receiving node forwards it there when it is not one of them. The
 //! coordinator writes locally first (durably: in buffered mode it is the one durable
 //! replica of Dynamo §6.1), then replicates the key's whole new state to the rest of the
-//! first N healthy nodes, and answers after W acknowledgements. A get asks the first N
-//! healthy nodes, answers after R with every concurrent version, and repairs stale
-//! replicas in the background once the late replies are in (read repair).
+//! first N healthy nodes, and answers after W acknowledgements. A get targets the first
+//! N healthy nodes but asks R of them first, this node among them when it is one (its
+//! read is local); it asks another target when a read fails, when no outcome came within
+//! the recent p99 of remote reads (a speculative read, `read_latency.rs`), and all of them
+//! as soon as two replies disagree. It answers after R replies with every concurrent
+//! version, and repairs the stale replicas among those it asked (read repair). Dynamo
+//! §4.5 asks all N; asking R first halves the remote reads of a get at N=3, R=2, and a
+//! stale replica that was not asked is left to anti-entropy or the next read that asks
+//! it (see [`GetCoordinator::read_first`]).
 //!
 //! The machine keeps running after the client has its answer: late acknowledgements,
 //! retries on stand-ins, and read repair happen in a spawned task, bounded by the
-//! request timeout.
+//! request timeout. A get is driven in the request's own task up to its outcome; most
+//! leave nothing behind.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use self::read_latency::ReadLatency;
 
 use crate::NodeId;
 use crate::cluster::Cluster;
@@ -123,6 +132,8 @@ struct Inner {
     buffered: bool,
     limits: RequestLimits,
     metrics: Metrics,
+    /// Recent remote read latencies: the delay before a get's speculative read.
+    read_latency: ReadLatency,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -170,6 +181,7 @@ impl Coordinator {
                 buffered: config.durability == Durability::Buffered,
                 limits: config.limits,
                 metrics: config.metrics,
+                read_latency: ReadLatency::new(),
             }),
         }
     }
@@ -203,19 +215,37 @@ impl Coordinator {
             return Err(no_members());
         }
         let clock = self.inner.cluster.clock();
+        let speculate_after = self
+            .inner
+            .read_latency
+            .speculation_delay(self.inner.timeout);
         let machine = GetCoordinator::new(
             config,
             &extended,
             |node| self.inner.cluster.is_available(node),
             clock.monotonic(),
             self.inner.timeout,
-        );
-        let (outcome_tx, outcome_rx) = oneshot::channel();
-        tokio::spawn(Arc::clone(&self.inner).drive_get(key.to_vec(), machine, outcome_tx));
-        match outcome_rx.await {
-            Ok(GetOutcome::Success { state, .. }) => Ok(state),
-            Ok(GetOutcome::Failed(error)) => Err(error.into()),
-            Err(_) => Err(CoordinatorError::Unavailable("get task ended early".into())),
+        )
+        // R replicas first, this node's own (a local read) among them; see `read_first`
+        // for what that gives up against Dynamo's read of all N.
+        .read_first(self.inner.cluster.me(), speculate_after, clock.monotonic());
+        let mut driver = GetDriver {
+            inner: Arc::clone(&self.inner),
+            key: Arc::new(key.to_vec()),
+            machine,
+            calls: FuturesUnordered::new(),
+        };
+        // Driven in the request's task up to the outcome; only what is left after it
+        // (late replies, read repair) moves to a task of its own, and most gets leave
+        // nothing.
+        let outcome = driver.outcome().await;
+        driver.finish_in_background();
+        match outcome {
+            Some(GetOutcome::Success { state, .. }) => Ok(state),
+            Some(GetOutcome::Failed(error)) => Err(error.into()),
+            None => Err(CoordinatorError::Unavailable(
+                "the get ended without an outcome".into(),
+            )),
         }
     }
 
@@ -401,18 +431,52 @@ fn no_members() -> CoordinatorError {
 }
 
 impl Inner {
-    /// Sends a replica read to `node` (or reads locally) and reports the result.
-    async fn read_replica(&self, node: &NodeId, key: &[u8]) -> Result<SiblingSet, String> {
-        if node == self.cluster.me() {
-            return self.store.read(key).map_err(|e| e.to_string());
-        }
+    /// Sends a replica read to another node and reports the result; a reply's round
+    /// trip feeds the speculation delay.
+    async fn read_remote_replica(&self, node: &NodeId, key: &[u8]) -> Result<SiblingSet, String> {
         let address = self
             .cluster
             .address_of(node)
             .ok_or_else(|| format!("no address for {node}"))?;
+        let clock = self.cluster.clock();
+        let sent = clock.monotonic();
         let result = self.transport.read(&address, key).await;
         self.observe(node, result.as_ref().err());
+        if result.is_ok() {
+            self.read_latency.record(
+                clock
+                    .monotonic()
+                    .saturating_since(sent)
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            );
+        }
         result.map_err(|e| e.to_string())
+    }
+
+    /// Writes the merged state to the replicas a get found stale (read repair, Dynamo
+    /// §4.6/§5), this node's own copy in memory, the others as buffered replica writes.
+    async fn read_repair(&self, key: &[u8], repairs: Vec<(NodeId, SiblingSet)>) {
+        for (node, state) in repairs {
+            let write = ReplicaWrite {
+                key: key.to_vec(),
+                state,
+                durable: false,
+                hint_for: None,
+            };
+            let result = if &node == self.cluster.me() {
+                self.store
+                    .merge(&write.key, &write.state, Durability::Buffered)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                self.write_replica(&node, write).await
+            };
+            if let Err(reason) = result {
+                tracing::debug!(%node, %reason, "read repair failed");
+            }
+        }
     }
 
     async fn write_replica(&self, node: &NodeId, write: ReplicaWrite) -> Result<(), String> {
@@ -441,71 +505,6 @@ impl Inner {
         }
     }
 
-    async fn drive_get(
-        self: Arc<Self>,
-        key: Vec<u8>,
-        mut machine: GetCoordinator<SiblingSet>,
-        outcome_tx: oneshot::Sender<GetOutcome<SiblingSet>>,
-    ) {
-        let key = Arc::new(key);
-        let (reply_tx, mut replies) = mpsc::unbounded_channel();
-        let mut outcome_tx = Some(outcome_tx);
-        let clock = self.cluster.clock();
-        loop {
-            while let Some(node) = machine.poll_transmit() {
-                if &node == self.cluster.me() {
-                    // A local read is a page-cache lookup: no task needed.
-                    let result = self.store.read(&key).map_err(|e| e.to_string());
-                    let _ = reply_tx.send((node, result));
-                    continue;
-                }
-                let (inner, key, reply_tx) =
-                    (Arc::clone(&self), Arc::clone(&key), reply_tx.clone());
-                tokio::spawn(async move {
-                    let result = inner.read_replica(&node, &key).await;
-                    let _ = reply_tx.send((node, result));
-                });
-            }
-            publish(&mut outcome_tx, machine.poll_outcome());
-            if machine.is_finished() {
-                break;
-            }
-            match next_event(&mut replies, machine.poll_timeout(), clock).await {
-                Event::Reply(node, Ok(state)) => {
-                    machine.handle_reply(&node, state, clock.monotonic());
-                }
-                Event::Reply(node, Err(reason)) => {
-                    machine.handle_failure(&node, reason, clock.monotonic());
-                }
-                Event::Deadline => machine.handle_timeout(clock.monotonic()),
-                Event::Done => break,
-            }
-        }
-        // Read repair (Dynamo §4.6/§5): bring every replica that answered with an older
-        // state up to the merged one.
-        if let Some(repairs) = machine.poll_read_repair() {
-            for (node, state) in repairs {
-                let write = ReplicaWrite {
-                    key: key.to_vec(),
-                    state,
-                    durable: false,
-                    hint_for: None,
-                };
-                let result = if &node == self.cluster.me() {
-                    self.store
-                        .merge(&write.key, &write.state, Durability::Buffered)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                } else {
-                    self.write_replica(&node, write).await
-                };
-                if let Err(reason) = result {
-                    tracing::debug!(%node, %reason, "read repair failed");
-                }
-            }
-        }
-    }
-
     /// Runs the put machine to its end. The replica calls run as futures of this one
     /// task rather than as a task each: a put makes up to N of them, and a spawned task
     /// per call cost a task allocation, a channel message and an extra wake-up each.
@@ -515,7 +514,7 @@ impl Inner {
         mut machine: PutCoordinator<SiblingSet>,
         outcome_tx: oneshot::Sender<PutOutcome>,
     ) {
-        let mut calls: FuturesUnordered<ReplicaCall<'_>> = FuturesUnordered::new();
+        let mut calls: FuturesUnordered<ReplicaCall<'_, ()>> = FuturesUnordered::new();
         let mut outcome_tx = Some(outcome_tx);
         let clock = self.cluster.clock();
         let me = self.cluster.me().clone();
@@ -565,35 +564,99 @@ impl Inner {
     }
 }
 
-/// One replica call of a put in flight: which node, and how it went.
-type ReplicaCall<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (NodeId, Result<(), String>)> + Send + 'a>>;
+/// One replica call in flight: which node, and how it went.
+type ReplicaCall<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (NodeId, Result<T, String>)> + Send + 'a>>;
 
-/// What woke a coordinator loop.
-enum Event<T> {
-    /// A replica answered (or its call failed).
-    Reply(NodeId, Result<T, String>),
-    /// The machine's deadline passed.
-    Deadline,
-    /// The machine has no deadline left: nothing more to wait for.
-    Done,
+/// Drives one get's machine: this node's read inline (a page-cache lookup), the
+/// remote reads as futures of the driving task rather than a task each.
+struct GetDriver {
+    inner: Arc<Inner>,
+    key: Arc<Vec<u8>>,
+    machine: GetCoordinator<SiblingSet>,
+    calls: FuturesUnordered<ReplicaCall<'static, SiblingSet>>,
 }
 
-/// Waits for the next replica answer or the machine's deadline, whichever comes first.
-async fn next_event<T>(
-    replies: &mut mpsc::UnboundedReceiver<(NodeId, Result<T, String>)>,
-    deadline: Option<crate::time::Millis>,
-    clock: crate::cluster::Clock,
-) -> Event<T> {
-    let Some(deadline) = deadline else {
-        return Event::Done;
-    };
-    let wait = deadline.saturating_since(clock.monotonic());
-    // `biased`: poll in order, not at random, so a seeded simulation is reproducible.
-    tokio::select! {
-        biased;
-        Some((node, result)) = replies.recv() => Event::Reply(node, result),
-        () = tokio::time::sleep(wait) => Event::Deadline,
+impl GetDriver {
+    /// Starts the reads the machine asks for.
+    fn transmit(&mut self) {
+        let clock = self.inner.cluster.clock();
+        while let Some(node) = self.machine.poll_transmit() {
+            if &node == self.inner.cluster.me() {
+                match self.inner.store.read(&self.key) {
+                    Ok(state) => self.machine.handle_reply(&node, state, clock.monotonic()),
+                    Err(error) => {
+                        self.machine
+                            .handle_failure(&node, error.to_string(), clock.monotonic());
+                    }
+                }
+                continue;
+            }
+            let (inner, key) = (Arc::clone(&self.inner), Arc::clone(&self.key));
+            self.calls.push(Box::pin(async move {
+                let result = inner.read_remote_replica(&node, &key).await;
+                (node, result)
+            }));
+        }
+    }
+
+    /// Waits for the next reply or the machine's next wake-up and feeds it in; false
+    /// once the machine is finished.
+    async fn step(&mut self) -> bool {
+        self.transmit();
+        if self.machine.is_finished() {
+            return false;
+        }
+        let Some(deadline) = self.machine.poll_timeout() else {
+            return false;
+        };
+        let clock = self.inner.cluster.clock();
+        let wait = deadline.saturating_since(clock.monotonic());
+        // `biased`: poll in order, not at random, so a seeded simulation is
+        // reproducible.
+        tokio::select! {
+            biased;
+            Some((node, result)) = self.calls.next() => match result {
+                Ok(state) => self.machine.handle_reply(&node, state, clock.monotonic()),
+                Err(reason) => self.machine.handle_failure(&node, reason, clock.monotonic()),
+            },
+            () = tokio::time::sleep(wait) => self.machine.handle_timeout(clock.monotonic()),
+        }
+        true
+    }
+
+    /// Runs the machine until it decides (`None` only if it finished without an
+    /// outcome, which a finished machine never does).
+    async fn outcome(&mut self) -> Option<GetOutcome<SiblingSet>> {
+        loop {
+            self.transmit();
+            if let Some(outcome) = self.machine.poll_outcome() {
+                return Some(outcome);
+            }
+            if !self.step().await {
+                return self.machine.poll_outcome();
+            }
+        }
+    }
+
+    /// Collects the late replies and runs read repair in a task of its own, bounded by
+    /// the request deadline; spawns nothing when the machine is finished and nothing
+    /// is stale.
+    fn finish_in_background(mut self) {
+        self.transmit();
+        if self.machine.is_finished() {
+            if let Some(repairs) = self.machine.poll_read_repair() {
+                tokio::spawn(async move { self.inner.read_repair(&self.key, repairs).await });
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            while self.step().await {}
+            if let Some(repairs) = self.machine.poll_read_repair() {
+                self.calls = FuturesUnordered::new();
+                self.inner.read_repair(&self.key, repairs).await;
+            }
+        });
     }
 }
 
@@ -607,5 +670,6 @@ fn publish<O>(outcome_tx: &mut Option<oneshot::Sender<O>>, outcome: Option<O>) {
     }
 }
 
+mod read_latency;
 #[cfg(test)]
 mod tests;

@@ -24,13 +24,28 @@ pub enum GetOutcome<S> {
     Failed(QuorumError),
 }
 
-/// What a contacted replica has answered so far. Its first answer counts; any later
-/// one is ignored.
+/// What a replica has answered so far. Its first answer counts; any later one is
+/// ignored.
 #[derive(Debug, Clone)]
 enum Answer<S> {
+    /// Asked (or queued to be asked), no answer yet.
     Pending,
+    /// Held back by [`GetCoordinator::read_first`]: asked only if a read fails, is
+    /// slow, or the replies disagree.
+    Held,
+    /// Held back and never asked: the outcome was decided without it.
+    NotAsked,
     Replied(S),
     Failed,
+}
+
+/// When a get that reads R replicas first asks the next one anyway.
+#[derive(Debug, Clone, Copy)]
+struct Speculation {
+    /// The next speculative read is due at this time.
+    at: Millis,
+    /// The delay before each speculative read.
+    delay: Duration,
 }
 
 /// Coordinates one get: reads from the first N healthy nodes of the key's extended
@@ -38,6 +53,8 @@ enum Answer<S> {
 /// tells which replicas are stale (Dynamo §4.5: "the coordinator requests all existing
 /// versions of data for that key from the N highest-ranked reachable nodes ... and
 /// then waits for R responses before returning the result to the client").
+/// [`read_first`](Self::read_first) makes it ask R of them first and the rest only when
+/// needed (a failure, a slow read, disagreeing replies).
 ///
 /// A replica holding nothing for the key replies with the empty state (the shell
 /// builds it, typically with `Default`): that is a reply, and makes the replica a
@@ -71,6 +88,10 @@ pub struct GetCoordinator<S> {
     targets: Vec<(NodeId, Answer<S>)>,
     /// Indices into `targets` whose read the shell has not yet taken.
     unsent: VecDeque<usize>,
+    /// Indices into `targets` held back ([`Answer::Held`]), in preference-list order.
+    held: VecDeque<usize>,
+    /// Set while targets are held back and the outcome is open.
+    speculation: Option<Speculation>,
     /// The reconciliation of every reply so far; `None` before the first.
     merged: Option<S>,
     replies: usize,
@@ -107,6 +128,8 @@ impl<S: Reconcile> GetCoordinator<S> {
         let mut get = Self {
             needed: config.read_quorum(),
             unsent: (0..targets.len()).collect(),
+            held: VecDeque::new(),
+            speculation: None,
             targets,
             merged: None,
             replies: 0,
@@ -119,6 +142,48 @@ impl<S: Reconcile> GetCoordinator<S> {
         };
         get.settle();
         get
+    }
+
+    /// Reads only R of the targets at first, `preferred` (the coordinator itself, whose
+    /// read costs no message) first if it is one, then the others in preference-list
+    /// order; the remaining targets are held back and asked one at a time when a read
+    /// fails, and one more each time `speculate_after` passes without an outcome
+    /// (speculative retry, as in Cassandra), and all at once as soon as two replies
+    /// disagree, so that a divergent key is read, and read-repaired, on every target.
+    ///
+    /// Dynamo §4.5 reads all N and waits for R. Reading R first halves a get's remote
+    /// reads at N=3, R=2; what it gives up is read repair of a stale replica that was
+    /// not asked while the replies agree: anti-entropy (and the next get that asks it)
+    /// covers that replica. With R = N nothing is held back. Call right after
+    /// [`new`](Self::new), before the first [`poll_transmit`](Self::poll_transmit).
+    #[must_use]
+    pub fn read_first(
+        mut self,
+        preferred: &NodeId,
+        speculate_after: Duration,
+        now: Millis,
+    ) -> Self {
+        if self.decided || self.unsent.len() <= self.needed {
+            return self;
+        }
+        if let Some(position) = self
+            .unsent
+            .iter()
+            .position(|&index| &self.targets[index].0 == preferred)
+        {
+            if let Some(index) = self.unsent.remove(position) {
+                self.unsent.push_front(index);
+            }
+        }
+        self.held = self.unsent.split_off(self.needed);
+        for &index in &self.held {
+            self.targets[index].1 = Answer::Held;
+        }
+        self.speculation = Some(Speculation {
+            at: now + speculate_after,
+            delay: speculate_after,
+        });
+        self
     }
 
     /// The next replica to send a read to, if any.
@@ -138,6 +203,10 @@ impl<S: Reconcile> GetCoordinator<S> {
         let Some(index) = self.pending(from) else {
             return;
         };
+        if self.merged.as_ref().is_some_and(|merged| *merged != state) {
+            // Replicas disagree: ask every target, so read repair sees them all.
+            self.release(usize::MAX);
+        }
         match &mut self.merged {
             Some(merged) => merged.reconcile(&state),
             None => self.merged = Some(state.clone()),
@@ -158,6 +227,8 @@ impl<S: Reconcile> GetCoordinator<S> {
         self.targets[index].1 = Answer::Failed;
         if !self.decided {
             self.errors.push((from.clone(), bounded_reason(reason)));
+            // A held-back target takes the failed one's place.
+            self.release(1);
         }
         self.settle();
     }
@@ -168,11 +239,17 @@ impl<S: Reconcile> GetCoordinator<S> {
         self.observe(now);
     }
 
-    /// When to call [`handle_timeout`](Self::handle_timeout): the deadline, until the
+    /// When to call [`handle_timeout`](Self::handle_timeout): the deadline, or earlier
+    /// the next speculative read of a [`read_first`](Self::read_first) get, until the
     /// machine is finished.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        (!self.is_finished()).then_some(self.deadline)
+        if self.is_finished() {
+            return None;
+        }
+        Some(self.speculation.map_or(self.deadline, |speculation| {
+            speculation.at.min(self.deadline)
+        }))
     }
 
     /// The outcome, returned once, as soon as it is known. Replies merged later feed
@@ -204,14 +281,14 @@ impl<S: Reconcile> GetCoordinator<S> {
         (!stale.is_empty()).then_some(stale)
     }
 
-    /// Whether the machine has nothing left to collect: every target answered, or the
-    /// deadline passed. The outcome is settled by then.
+    /// Whether the machine has nothing left to collect: every target asked answered
+    /// (and none is held back), or the deadline passed. The outcome is settled by then.
     pub fn is_finished(&self) -> bool {
         self.expired
             || self
                 .targets
                 .iter()
-                .all(|(_, answer)| !matches!(answer, Answer::Pending))
+                .all(|(_, answer)| !matches!(answer, Answer::Pending | Answer::Held))
     }
 
     /// The index of `from` among the targets still awaiting an answer.
@@ -221,21 +298,57 @@ impl<S: Reconcile> GetCoordinator<S> {
             .position(|(node, answer)| node == from && matches!(answer, Answer::Pending))
     }
 
+    /// Targets that may still reply: asked, or held back and askable.
     fn pending_count(&self) -> usize {
         self.targets
             .iter()
-            .filter(|(_, answer)| matches!(answer, Answer::Pending))
+            .filter(|(_, answer)| matches!(answer, Answer::Pending | Answer::Held))
             .count()
     }
 
+    /// Asks up to `count` held-back targets, in preference-list order.
+    fn release(&mut self, count: usize) {
+        for _ in 0..count {
+            let Some(index) = self.held.pop_front() else {
+                break;
+            };
+            self.targets[index].1 = Answer::Pending;
+            self.unsent.push_back(index);
+        }
+        if self.held.is_empty() {
+            self.speculation = None;
+        }
+    }
+
+    /// Drops the held-back targets once the outcome is decided: they are never asked.
+    fn drop_held(&mut self) {
+        for index in std::mem::take(&mut self.held) {
+            self.targets[index].1 = Answer::NotAsked;
+        }
+        self.speculation = None;
+    }
+
     /// Applies the deadline: past it, an undecided get fails with every silent
-    /// replica listed as timed out, and nothing more is collected.
+    /// replica listed as timed out, and nothing more is collected. Before it, asks one
+    /// more held-back target if a speculative read is due.
     fn observe(&mut self, now: Millis) {
-        if self.expired || now < self.deadline {
+        if self.expired {
+            return;
+        }
+        if now < self.deadline {
+            if let Some(speculation) = self.speculation {
+                if now >= speculation.at {
+                    self.release(1);
+                    if let Some(next) = &mut self.speculation {
+                        next.at = now + next.delay;
+                    }
+                }
+            }
             return;
         }
         self.expired = true;
         self.unsent.clear();
+        self.drop_held();
         if !self.decided {
             let silent = self
                 .targets
@@ -260,6 +373,7 @@ impl<S: Reconcile> GetCoordinator<S> {
                     state: merged.clone(),
                     replies: self.replies,
                 });
+                self.drop_held();
             }
             return;
         }
@@ -270,6 +384,7 @@ impl<S: Reconcile> GetCoordinator<S> {
 
     fn fail(&mut self, timed_out: bool) {
         self.decided = true;
+        self.drop_held();
         self.outcome = Some(GetOutcome::Failed(QuorumError {
             op: Operation::Read,
             needed: self.needed,
@@ -482,6 +597,221 @@ mod tests {
             get.poll_read_repair(),
             Some(vec![(node("a"), Union::of(&[1, 2]))])
         );
+    }
+
+    /// A get over a, b, c (N = 3) reading R first, with `me` preferred and a 10 ms
+    /// speculation delay.
+    fn start_first(r: u32, me: &str) -> GetCoordinator<Union> {
+        start(r, &["a", "b", "c"], &[]).read_first(&node(me), SPECULATE, Millis(0))
+    }
+
+    const SPECULATE: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn read_first_asks_the_preferred_node_and_then_r_minus_one_others() {
+        let mut get = start_first(2, "c");
+        assert_eq!(drain(&mut get), nodes(&["c", "a"]));
+        assert_eq!(get.poll_timeout(), Some(Millis(10)), "the speculative read");
+        let mut all = start_first(3, "c");
+        assert_eq!(
+            drain(&mut all),
+            nodes(&["a", "b", "c"]),
+            "R = N holds nothing back"
+        );
+        assert_eq!(all.poll_timeout(), Some(DEADLINE));
+    }
+
+    #[test]
+    fn read_first_with_agreeing_replies_never_asks_the_held_back_target() {
+        let mut get = start_first(2, "a");
+        assert_eq!(drain(&mut get), nodes(&["a", "b"]));
+        get.handle_reply(&node("a"), Union::of(&[1]), Millis(1));
+        get.handle_reply(&node("c"), Union::of(&[1]), Millis(1)); // not asked: ignored
+        assert_eq!(get.poll_outcome(), None);
+        get.handle_reply(&node("b"), Union::of(&[1]), Millis(2));
+        assert_eq!(
+            get.poll_outcome(),
+            Some(GetOutcome::Success {
+                state: Union::of(&[1]),
+                replies: 2
+            })
+        );
+        assert_eq!(get.poll_transmit(), None);
+        assert!(get.is_finished(), "nothing left to wait for");
+        assert_eq!(get.poll_timeout(), None);
+        assert_eq!(get.poll_read_repair(), None);
+    }
+
+    #[test]
+    fn read_first_asks_a_held_back_target_when_a_read_fails() {
+        let mut get = start_first(2, "a");
+        let _ = drain(&mut get);
+        get.handle_reply(&node("a"), Union::of(&[1]), Millis(1));
+        get.handle_failure(&node("b"), "connection refused".to_owned(), Millis(2));
+        assert_eq!(get.poll_outcome(), None, "c may still make R = 2");
+        assert_eq!(drain(&mut get), nodes(&["c"]));
+        get.handle_reply(&node("c"), Union::of(&[1]), Millis(3));
+        assert!(matches!(
+            get.poll_outcome(),
+            Some(GetOutcome::Success { replies: 2, .. })
+        ));
+        assert!(get.is_finished());
+    }
+
+    #[test]
+    fn read_first_speculates_when_a_read_is_slow() {
+        let mut get = start_first(2, "a");
+        let _ = drain(&mut get);
+        get.handle_reply(&node("a"), Union::of(&[1]), Millis(1));
+        get.handle_timeout(Millis(9));
+        assert_eq!(get.poll_transmit(), None, "not due yet");
+        get.handle_timeout(Millis(10));
+        assert_eq!(drain(&mut get), nodes(&["c"]));
+        assert_eq!(
+            get.poll_timeout(),
+            Some(DEADLINE),
+            "nothing more to speculate on"
+        );
+        // Whichever answers first makes R; the other still feeds read repair.
+        get.handle_reply(&node("c"), Union::of(&[1]), Millis(11));
+        assert!(matches!(
+            get.poll_outcome(),
+            Some(GetOutcome::Success { replies: 2, .. })
+        ));
+        assert!(!get.is_finished(), "b was asked and may still answer");
+        get.handle_reply(&node("b"), Union::default(), Millis(30));
+        assert_eq!(
+            get.poll_read_repair(),
+            Some(vec![(node("b"), Union::of(&[1]))])
+        );
+    }
+
+    #[test]
+    fn read_first_asks_every_target_once_replies_disagree_and_repairs_them_all() {
+        let mut get = start_first(2, "a");
+        let _ = drain(&mut get);
+        get.handle_reply(&node("a"), Union::of(&[1, 2]), Millis(1));
+        get.handle_reply(&node("b"), Union::of(&[1]), Millis(2));
+        assert!(matches!(
+            get.poll_outcome(),
+            Some(GetOutcome::Success { replies: 2, .. })
+        ));
+        assert_eq!(drain(&mut get), nodes(&["c"]), "divergence: c is read too");
+        assert!(!get.is_finished());
+        get.handle_reply(&node("c"), Union::default(), Millis(3));
+        let merged = Union::of(&[1, 2]);
+        assert_eq!(
+            get.poll_read_repair().map(sorted),
+            Some(vec![(node("b"), merged.clone()), (node("c"), merged)])
+        );
+    }
+
+    #[test]
+    fn read_first_fails_only_when_every_target_failed_short_of_r() {
+        let mut get = start_first(2, "a");
+        let _ = drain(&mut get);
+        get.handle_failure(&node("a"), "io error".to_owned(), Millis(1));
+        assert_eq!(drain(&mut get), nodes(&["c"]));
+        get.handle_failure(&node("b"), "refused".to_owned(), Millis(2));
+        let Some(GetOutcome::Failed(error)) = get.poll_outcome() else {
+            panic!("expected a failure");
+        };
+        assert_eq!((error.needed, error.got), (2, 0));
+        assert!(!error.timed_out);
+    }
+
+    proptest! {
+        /// A get reading R first never asks a target twice or a stranger, succeeds as
+        /// soon as R asked targets replied (with the merge of those R), fails only when R
+        /// is out of reach or the deadline passed, and repairs only replicas that replied.
+        #[test]
+        fn read_first_asks_each_target_at_most_once_and_keeps_the_quorum(
+            (n, r, healthy, events) in scenario(),
+            preferred in 0usize..6,
+        ) {
+            let len = healthy.len();
+            let list: Vec<NodeId> = (0..len).map(|i| node(&format!("n{i}"))).collect();
+            let id = |i: usize| list.get(i).cloned().unwrap_or_else(|| node(&format!("x{i}")));
+            let is_healthy = |x: &NodeId| list.iter().position(|y| y == x).is_some_and(|i| healthy[i]);
+            let targets: Vec<NodeId> =
+                select_targets(&list, n as usize, is_healthy).into_iter().map(|t| t.node).collect();
+            let mut get: GetCoordinator<Union> = GetCoordinator::new(
+                QuorumConfig::new(n, r, 1).unwrap(), &list, is_healthy, Millis(0), TIMEOUT)
+                .read_first(&id(preferred), SPECULATE, Millis(0));
+            let r = r as usize;
+            let mut now = Millis(0);
+            let mut asked: Vec<NodeId> = Vec::new();
+            let mut answered: BTreeSet<NodeId> = BTreeSet::new();
+            let mut replies: Vec<(NodeId, Union)> = Vec::new();
+            let mut decision = None;
+            for event in events.iter().chain([&Event::Timeout]) {
+                while let Some(to) = get.poll_transmit() {
+                    prop_assert!(targets.contains(&to), "only targets are asked");
+                    prop_assert!(!asked.contains(&to), "no target is asked twice");
+                    asked.push(to);
+                }
+                if decision.is_none() && now < DEADLINE {
+                    let open = asked.iter().filter(|x| !answered.contains(*x)).count();
+                    prop_assert!(
+                        replies.len() + open >= r.min(targets.len()) || asked.len() == targets.len(),
+                        "enough reads are out to reach R while targets remain");
+                }
+                match event {
+                    Event::Reply(i, items) => {
+                        let from = id(*i);
+                        let state = Union::of(items);
+                        if asked.contains(&from) && answered.insert(from.clone()) && now < DEADLINE {
+                            replies.push((from.clone(), state.clone()));
+                        }
+                        get.handle_reply(&from, state, now);
+                    }
+                    Event::Fail(i) => {
+                        let from = id(*i);
+                        if asked.contains(&from) {
+                            answered.insert(from.clone());
+                        }
+                        get.handle_failure(&from, "down".to_owned(), now);
+                    }
+                    Event::Advance(ms) => {
+                        now = Millis(now.0 + ms);
+                        // The shell's timer: a due speculative read is sent before
+                        // anything else can happen.
+                        if get.poll_timeout().is_some_and(|at| at <= now) {
+                            get.handle_timeout(now);
+                        }
+                    }
+                    Event::Timeout => {
+                        now = now.max(DEADLINE);
+                        get.handle_timeout(now);
+                    }
+                }
+                if let Some(outcome) = get.poll_outcome() {
+                    prop_assert!(decision.is_none(), "the outcome is reported once");
+                    decision = Some((outcome, replies.len()));
+                }
+                if replies.len() >= r {
+                    prop_assert!(matches!(decision, Some((GetOutcome::Success { .. }, _))), "success at R replies");
+                }
+            }
+            prop_assert!(get.is_finished());
+            match decision {
+                Some((GetOutcome::Success { state, replies: count }, then)) => {
+                    prop_assert_eq!(count, r);
+                    prop_assert_eq!(then, r);
+                    let mut expected = Union::default();
+                    for (_, reply) in &replies[..r] {
+                        expected.reconcile(reply);
+                    }
+                    prop_assert_eq!(state, expected);
+                }
+                Some((GetOutcome::Failed(_), then)) => prop_assert!(then < r),
+                None => return Err(TestCaseError::fail("no outcome after the deadline")),
+            }
+            let repaired: BTreeSet<NodeId> = get.poll_read_repair().unwrap_or_default()
+                .into_iter().map(|(x, _)| x).collect();
+            let replied: BTreeSet<NodeId> = replies.iter().map(|(x, _)| x.clone()).collect();
+            prop_assert!(repaired.is_subset(&replied));
+        }
     }
 
     #[derive(Debug, Clone)]

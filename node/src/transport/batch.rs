@@ -1,14 +1,16 @@
-//! Coalescing of concurrent replica writes to one peer into `WriteBatch` calls (I/O
-//! shell, used by [`GrpcTransport`](super::GrpcTransport)).
+//! Coalescing of concurrent replica writes (and reads) to one peer into `WriteBatch`
+//! (`ReadBatch`) calls (I/O shell, used by [`GrpcTransport`](super::GrpcTransport)).
 //!
 //! Under load a coordinator sends many small replica writes to the same few peers at
 //! once, and each gRPC call costs far more than the write it carries: an HTTP/2 stream
 //! with its HEADERS, DATA and trailer frames, a server task, routing, a socket write and
-//! a wake-up on each side. A [`WriteBatcher`] per peer queues the writes that arrive
-//! while earlier calls to that peer are in flight (at most [`MAX_IN_FLIGHT`]) and sends
-//! them as one call when a slot frees up. An idle peer's first write goes out at once,
-//! so batching adds no delay when there is nothing to coalesce; under load, batches grow
-//! with the queue, as a group commit does.
+//! a wake-up on each side. A [`Batcher`] per peer and kind of call queues the calls that
+//! arrive while earlier batches to that peer are in flight (at most [`MAX_IN_FLIGHT`])
+//! and sends them as one call when a slot frees up. An idle peer's first call goes out
+//! at once, so batching adds no delay when there is nothing to coalesce; under load,
+//! batches grow with the queue, as a group commit does. [`Writes`] and [`Reads`] are the
+//! two kinds; what follows says "write", and holds for reads the same way (a read that
+//! a full batch reply had no room for is sent again as a single `Read`).
 //!
 //! What a caller sees does not change (Dynamo §4.5's replica write, one result each):
 //!
@@ -33,14 +35,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use std::future::Future;
+
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use tonic::{Response, Status};
 
 use super::codec;
 use super::{MAX_BATCH_ENTRIES, TransportError};
 use crate::proto;
 use crate::proto::replica_client::ReplicaClient;
+use crate::version::SiblingSet;
 
 /// The most `WriteBatch` calls in flight to one peer. Two rather than one, so a batch
 /// can be sent and merged while the previous one waits for its flush on the peer.
@@ -93,14 +99,148 @@ pub(crate) fn take_batch<T: Batchable>(
     batch
 }
 
-/// One queued write and where its result goes.
-struct Queued {
-    request: proto::ReplicaWriteRequest,
-    size: usize,
-    reply: oneshot::Sender<Result<(), TransportError>>,
+/// Each call's outcome from a batch reply: `None` for a call the peer did not run and
+/// that goes again as a single call.
+pub(crate) type BatchResults<R> = Vec<Option<Result<R, TransportError>>>;
+
+/// One kind of replica call that travels in batches: its single and batch RPCs and how
+/// their replies map to each call's result.
+pub(crate) trait BatchCall: Send + Sync + 'static {
+    /// One call's request.
+    type Request: prost::Message + Clone + Send + 'static;
+    /// One call's result when it succeeds.
+    type Reply: Send + 'static;
+    /// The single RPC's response.
+    type SingleResponse: Send + 'static;
+    /// The batch RPC's response.
+    type BatchResponse: Send + 'static;
+    /// What the calls are, for logs.
+    const WHAT: &'static str;
+
+    /// The batch RPC.
+    fn call_batch(
+        client: ReplicaClient<Channel>,
+        requests: Vec<Self::Request>,
+    ) -> impl Future<Output = Result<Response<Self::BatchResponse>, Status>> + Send;
+    /// The single RPC.
+    fn call_single(
+        client: ReplicaClient<Channel>,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Response<Self::SingleResponse>, Status>> + Send;
+    /// Each call's outcome from a batch reply to `sent` calls; `None` for a call the
+    /// peer did not run and that must go again as a single call.
+    fn batch_reply(
+        address: &str,
+        sent: usize,
+        response: Self::BatchResponse,
+    ) -> Result<BatchResults<Self::Reply>, TransportError>;
+    /// A single call's outcome.
+    fn single_reply(
+        address: &str,
+        response: Self::SingleResponse,
+    ) -> Result<Self::Reply, TransportError>;
 }
 
-impl Batchable for Queued {
+/// Replica writes: `Write` and `WriteBatch`.
+#[derive(Debug)]
+pub(crate) struct Writes;
+
+impl BatchCall for Writes {
+    type Request = proto::ReplicaWriteRequest;
+    type Reply = ();
+    type SingleResponse = proto::ReplicaWriteResponse;
+    type BatchResponse = proto::ReplicaWriteBatchResponse;
+    const WHAT: &'static str = "writes";
+
+    async fn call_batch(
+        mut client: ReplicaClient<Channel>,
+        requests: Vec<Self::Request>,
+    ) -> Result<Response<Self::BatchResponse>, Status> {
+        client
+            .write_batch(codec::write_batch_request(requests))
+            .await
+    }
+
+    async fn call_single(
+        mut client: ReplicaClient<Channel>,
+        request: Self::Request,
+    ) -> Result<Response<Self::SingleResponse>, Status> {
+        client.write(request).await
+    }
+
+    fn batch_reply(
+        address: &str,
+        sent: usize,
+        response: Self::BatchResponse,
+    ) -> Result<BatchResults<()>, TransportError> {
+        codec::write_batch_reply(address, sent, response)
+            .map(|results| results.into_iter().map(Some).collect())
+    }
+
+    fn single_reply(
+        _address: &str,
+        _response: proto::ReplicaWriteResponse,
+    ) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+/// Replica reads: `Read` and `ReadBatch`.
+#[derive(Debug)]
+pub(crate) struct Reads;
+
+impl BatchCall for Reads {
+    type Request = proto::ReplicaReadRequest;
+    type Reply = SiblingSet;
+    type SingleResponse = proto::ReplicaReadResponse;
+    type BatchResponse = proto::ReplicaReadBatchResponse;
+    const WHAT: &'static str = "reads";
+
+    async fn call_batch(
+        mut client: ReplicaClient<Channel>,
+        requests: Vec<Self::Request>,
+    ) -> Result<Response<Self::BatchResponse>, Status> {
+        client
+            .read_batch(proto::ReplicaReadBatchRequest { reads: requests })
+            .await
+    }
+
+    async fn call_single(
+        mut client: ReplicaClient<Channel>,
+        request: Self::Request,
+    ) -> Result<Response<Self::SingleResponse>, Status> {
+        client.read(request).await
+    }
+
+    fn batch_reply(
+        address: &str,
+        sent: usize,
+        response: Self::BatchResponse,
+    ) -> Result<BatchResults<SiblingSet>, TransportError> {
+        codec::read_batch_reply(address, sent, response)
+    }
+
+    fn single_reply(
+        address: &str,
+        response: proto::ReplicaReadResponse,
+    ) -> Result<SiblingSet, TransportError> {
+        codec::read_reply(address, response)
+    }
+}
+
+/// Coalesces one peer's replica writes.
+pub(crate) type WriteBatcher = Batcher<Writes>;
+/// Coalesces one peer's replica reads.
+pub(crate) type ReadBatcher = Batcher<Reads>;
+
+/// One queued call and where its result goes.
+struct Queued<C: BatchCall> {
+    request: C::Request,
+    size: usize,
+    reply: oneshot::Sender<Result<C::Reply, TransportError>>,
+}
+
+impl<C: BatchCall> Batchable for Queued<C> {
     fn size(&self) -> usize {
         self.size
     }
@@ -115,36 +255,37 @@ impl Batchable for Queued {
 enum Support {
     /// Not refused so far: batch.
     Batches,
-    /// The peer answered `UNIMPLEMENTED`: single `Write` calls only.
-    SingleWrites,
+    /// The peer answered `UNIMPLEMENTED`: single calls (`Write`, `Read`) only.
+    SingleCalls,
 }
 
-struct State {
-    queue: VecDeque<Queued>,
+struct State<C: BatchCall> {
+    queue: VecDeque<Queued<C>>,
     /// Sender tasks running, at most [`MAX_IN_FLIGHT`]; each sends one batch at a time
     /// and ends when the queue is empty.
     senders: usize,
     support: Support,
 }
 
-/// Coalesces one peer's replica writes (see the [module docs](self)).
-pub(crate) struct WriteBatcher {
+/// Coalesces one peer's replica calls of one kind (see the [module docs](self)).
+pub(crate) struct Batcher<C: BatchCall> {
     address: String,
     client: ReplicaClient<Channel>,
     call_timeout: Duration,
     /// A std mutex: it guards queue operations and is never held across an `.await`.
-    state: Mutex<State>,
+    state: Mutex<State<C>>,
 }
 
-impl std::fmt::Debug for WriteBatcher {
+impl<C: BatchCall> std::fmt::Debug for Batcher<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteBatcher")
+        f.debug_struct("Batcher")
+            .field("what", &C::WHAT)
             .field("address", &self.address)
             .finish_non_exhaustive()
     }
 }
 
-impl WriteBatcher {
+impl<C: BatchCall> Batcher<C> {
     /// A batcher for the peer at `address`, calling it through `client`.
     pub(crate) fn new(
         address: String,
@@ -163,22 +304,22 @@ impl WriteBatcher {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
         // Queue operations cannot panic halfway; recover rather than propagate poison.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends one replica write, batched with other writes to the same peer, and returns
-    /// its own result within the call timeout.
-    pub(crate) async fn write(
+    /// Sends one replica call, batched with other calls of its kind to the same peer,
+    /// and returns its own result within the call timeout.
+    pub(crate) async fn call(
         self: &Arc<Self>,
-        request: proto::ReplicaWriteRequest,
-    ) -> Result<(), TransportError> {
+        request: C::Request,
+    ) -> Result<C::Reply, TransportError> {
         let size = request.encoded_len();
         let (reply, result) = oneshot::channel();
         let alone = {
             let mut state = self.lock();
-            if state.support == Support::SingleWrites
+            if state.support == Support::SingleCalls
                 || size > MAX_BATCH_BYTES
                 || state.queue.len() >= MAX_QUEUED_WRITES
             {
@@ -197,7 +338,7 @@ impl WriteBatcher {
             }
         };
         if let Some(request) = alone {
-            return self.single_write(request).await;
+            return self.single_call(request).await;
         }
         match tokio::time::timeout(self.call_timeout, result).await {
             Err(_elapsed) => Err(TransportError::Timeout {
@@ -208,7 +349,7 @@ impl WriteBatcher {
             // shuts down, and the write may have left by then.
             Ok(Err(_closed)) => Err(TransportError::Unreachable {
                 address: self.address.clone(),
-                reason: "the write's batch was dropped".to_owned(),
+                reason: format!("the batch of {} was dropped", C::WHAT),
             }),
         }
     }
@@ -232,16 +373,15 @@ impl WriteBatcher {
     }
 
     /// Sends one batch and hands every write its result.
-    async fn send_batch(self: &Arc<Self>, batch: Vec<Queued>) {
+    async fn send_batch(self: &Arc<Self>, batch: Vec<Queued<C>>) {
         let (requests, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|queued| (queued.request, queued.reply))
             .unzip();
         let sent = requests.len();
-        let mut client = self.client.clone();
         // Cheap: the keys and states are reference-counted `Bytes`. Kept for the
-        // fallback to single writes.
-        let call = client.write_batch(codec::write_batch_request(requests.clone()));
+        // fallback to single calls.
+        let call = C::call_batch(self.client.clone(), requests.clone());
         let results = match tokio::time::timeout(self.call_timeout, call).await {
             Err(_elapsed) => Err(TransportError::Timeout {
                 address: self.address.clone(),
@@ -249,28 +389,30 @@ impl WriteBatcher {
             Ok(Err(status)) if codec::unimplemented(&status) => {
                 tracing::info!(
                     peer = %self.address,
-                    "peer does not take batched writes; sending single writes"
+                    what = C::WHAT,
+                    "peer does not take batched calls; sending single calls"
                 );
-                self.lock().support = Support::SingleWrites;
+                self.lock().support = Support::SingleCalls;
                 // The batch had no effect: send each write again, concurrently, as
                 // single calls would have been.
                 for (request, reply) in requests.into_iter().zip(replies) {
-                    let this = Arc::clone(self);
-                    tokio::spawn(async move {
-                        let _ = reply.send(this.single_write(request).await);
-                    });
+                    self.resend_single(request, reply);
                 }
                 return;
             }
             Ok(Err(status)) => Err(codec::status_to_error(&self.address, &status)),
-            Ok(Ok(response)) => {
-                codec::write_batch_reply(&self.address, sent, response.into_inner())
-            }
+            Ok(Ok(response)) => C::batch_reply(&self.address, sent, response.into_inner()),
         };
         match results {
             Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for ((request, reply), result) in requests.into_iter().zip(replies).zip(results) {
+                    match result {
+                        Some(result) => {
+                            let _ = reply.send(result);
+                        }
+                        // The peer had no room for it in the reply: on its own, then.
+                        None => self.resend_single(request, reply),
+                    }
                 }
             }
             // The whole call failed: each write shares its class (never sent, or
@@ -283,18 +425,28 @@ impl WriteBatcher {
         }
     }
 
-    /// One write as its own `Write` call, under the call timeout.
-    async fn single_write(
-        &self,
-        request: proto::ReplicaWriteRequest,
-    ) -> Result<(), TransportError> {
-        let mut client = self.client.clone();
-        match tokio::time::timeout(self.call_timeout, client.write(request)).await {
+    /// Sends one call of a batch again as a single call, in a task of its own, so the
+    /// batch's other results are not held up.
+    fn resend_single(
+        self: &Arc<Self>,
+        request: C::Request,
+        reply: oneshot::Sender<Result<C::Reply, TransportError>>,
+    ) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = reply.send(this.single_call(request).await);
+        });
+    }
+
+    /// One call on its own (`Write`, `Read`), under the call timeout.
+    async fn single_call(&self, request: C::Request) -> Result<C::Reply, TransportError> {
+        let call = C::call_single(self.client.clone(), request);
+        match tokio::time::timeout(self.call_timeout, call).await {
             Err(_elapsed) => Err(TransportError::Timeout {
                 address: self.address.clone(),
             }),
             Ok(Err(status)) => Err(codec::status_to_error(&self.address, &status)),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(response)) => C::single_reply(&self.address, response.into_inner()),
         }
     }
 }

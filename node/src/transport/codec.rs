@@ -290,7 +290,107 @@ pub(crate) fn write_batch_reply(
         .collect())
 }
 
+/// Each read's outcome from a batch reply, which must hold exactly one result per read
+/// sent (`sent`), in order; `None` for a read the peer deferred (no room left in its
+/// reply), to be sent again as a single read.
+pub(crate) fn read_batch_reply(
+    address: &str,
+    sent: usize,
+    reply: proto::ReplicaReadBatchResponse,
+) -> Result<super::batch::BatchResults<SiblingSet>, TransportError> {
+    if reply.results.len() != sent {
+        return Err(bad_reply(
+            address,
+            format!("{} results for {sent} reads", reply.results.len()),
+        ));
+    }
+    Ok(reply
+        .results
+        .into_iter()
+        .map(|result| {
+            if result.deferred {
+                return None;
+            }
+            if result.code == 0 {
+                return Some(
+                    decode_state(&result.state)
+                        .map_err(|e| bad_reply(address, format!("state: {e}"))),
+                );
+            }
+            let code = i32::try_from(result.code).map_or(Code::Unknown, Code::from_i32);
+            Some(Err(TransportError::Rejected {
+                address: address.to_owned(),
+                error: replica_error(code, result.message),
+            }))
+        })
+        .collect())
+}
+
 // ---- serving side: requests in, replies out ----
+
+/// The byte budget of the states in one `ReadBatch` reply: reads past it are deferred
+/// (answered as single reads), so a batch of large values never makes a reply the
+/// caller would refuse (the first state is always included, as a single read's would be).
+pub(crate) const READ_BATCH_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(READ_BATCH_REPLY_BYTES < MAX_MESSAGE_BYTES);
+
+/// The keys of a batch of reads, refusing more than [`MAX_BATCH_ENTRIES`] before
+/// looking at any.
+pub(crate) fn decode_read_batch(
+    request: proto::ReplicaReadBatchRequest,
+) -> Result<Vec<Vec<u8>>, ReplicaError> {
+    if request.reads.len() > MAX_BATCH_ENTRIES {
+        return Err(invalid(
+            "batch",
+            format!(
+                "{} reads, at most {MAX_BATCH_ENTRIES} allowed",
+                request.reads.len()
+            ),
+        ));
+    }
+    Ok(request
+        .reads
+        .into_iter()
+        .map(|read| read.key.to_vec())
+        .collect())
+}
+
+/// Fills a `ReadBatch` reply from each read's result, in order, deferring the reads
+/// whose states no longer fit [`READ_BATCH_REPLY_BYTES`] (see there).
+pub(crate) fn read_batch_response(
+    results: impl IntoIterator<Item = Result<SiblingSet, ReplicaError>>,
+) -> proto::ReplicaReadBatchResponse {
+    let mut bytes = 0usize;
+    let results = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(state) => {
+                let state = encode_state(&state);
+                if bytes > 0 && bytes.saturating_add(state.len()) > READ_BATCH_REPLY_BYTES {
+                    return proto::ReplicaReadResult {
+                        deferred: true,
+                        ..Default::default()
+                    };
+                }
+                bytes = bytes.saturating_add(state.len().max(1));
+                proto::ReplicaReadResult {
+                    state,
+                    ..Default::default()
+                }
+            }
+            Err(error) => {
+                let (code, message) = error_code(error);
+                proto::ReplicaReadResult {
+                    code: u32::try_from(i32::from(code)).unwrap_or(u32::MAX),
+                    message,
+                    ..Default::default()
+                }
+            }
+        })
+        .collect();
+    proto::ReplicaReadBatchResponse { results }
+}
 
 /// The status code and message that carry `error` (the inverse of [`replica_error`]).
 fn error_code(error: ReplicaError) -> (Code, String) {
@@ -537,6 +637,52 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_read_batch_reply_defers_the_states_past_its_budget_and_keeps_each_result() {
+        let big = |byte: u8| {
+            let mut state = SiblingSet::new();
+            state
+                .put(
+                    &crate::version::VectorClock::new(),
+                    crate::version::Value::data(vec![byte; READ_BATCH_REPLY_BYTES / 2]),
+                    &crate::version::Actor::new(NodeId::new("a").unwrap(), 1),
+                    crate::time::Millis(1),
+                    &crate::version::SiblingLimits::default(),
+                )
+                .unwrap();
+            state
+        };
+        let reply = read_batch_response([
+            Ok(big(1)),
+            Err(ReplicaError::Unavailable("busy".into())),
+            Ok(big(2)), // no room left next to the first
+            Ok(SiblingSet::new()),
+            Ok(big(3)),
+        ]);
+        let results = read_batch_reply("peer", 5, reply.clone()).unwrap();
+        assert_eq!(results[0], Some(Ok(big(1))));
+        assert_eq!(
+            results[1],
+            Some(Err(TransportError::Rejected {
+                address: "peer".into(),
+                error: ReplicaError::Unavailable("busy".into()),
+            }))
+        );
+        assert_eq!(results[2], None, "deferred: sent again alone");
+        assert_eq!(results[3], Some(Ok(SiblingSet::new())));
+        assert_eq!(results[4], None);
+        assert!(
+            matches!(
+                read_batch_reply("peer", 4, reply),
+                Err(TransportError::BadReply { .. })
+            ),
+            "a reply with the wrong count is refused whole"
+        );
+        // A single state larger than the budget still goes, alone in its batch.
+        let alone = read_batch_reply("peer", 1, read_batch_response([Ok(big(4))])).unwrap();
+        assert_eq!(alone, vec![Some(Ok(big(4)))]);
+    }
     use crate::time::Millis;
     use crate::version::{Actor, SiblingLimits, Value, VectorClock};
 

@@ -269,6 +269,17 @@ pub trait ReplicaHandler: Send + Sync + 'static {
         }
         results
     }
+    /// Serves several independent reads that a peer's transport coalesced into one call
+    /// (at most [`MAX_BATCH_ENTRIES`]): one result per key, in order, each what
+    /// [`read`](Self::read) would have returned for it. The default reads them one
+    /// after another.
+    async fn read_batch(&self, keys: Vec<Vec<u8>>) -> Vec<Result<SiblingSet, ReplicaError>> {
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            results.push(self.read(key).await);
+        }
+        results
+    }
     /// Serves [`Transport::coordinate_put`].
     async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError>;
     /// Serves [`Transport::gossip`].

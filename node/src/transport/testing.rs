@@ -70,6 +70,10 @@ struct ReplicaState {
     single_writes: usize,
     /// The size of every `write_batch` call, in arrival order.
     batches: Vec<usize>,
+    /// Reads that arrived as single `read` calls.
+    single_reads: usize,
+    /// The size of every `read_batch` call, in arrival order.
+    read_batches: Vec<usize>,
 }
 
 impl TestReplica {
@@ -103,6 +107,21 @@ impl TestReplica {
     pub(crate) fn write_calls(&self) -> (usize, Vec<usize>) {
         let state = self.state.lock().unwrap();
         (state.single_writes, state.batches.clone())
+    }
+
+    /// How many reads arrived alone, and the size of each read batch that arrived.
+    pub(crate) fn read_calls(&self) -> (usize, Vec<usize>) {
+        let state = self.state.lock().unwrap();
+        (state.single_reads, state.read_batches.clone())
+    }
+
+    /// One read; the refused key is refused (one bad read of a batch).
+    fn read_one(&self, key: &[u8]) -> Result<SiblingSet, ReplicaError> {
+        let state = self.serve()?;
+        if state.refused_key.as_deref() == Some(key) {
+            return Err(ReplicaError::InvalidArgument("refused key".into()));
+        }
+        Ok(state.data.get(key).cloned().unwrap_or_default())
     }
 
     fn apply_write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
@@ -147,7 +166,13 @@ impl TestReplica {
 #[async_trait]
 impl ReplicaHandler for TestReplica {
     async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
-        Ok(self.serve()?.data.get(&key).cloned().unwrap_or_default())
+        self.state.lock().unwrap().single_reads += 1;
+        self.read_one(&key)
+    }
+
+    async fn read_batch(&self, keys: Vec<Vec<u8>>) -> Vec<Result<SiblingSet, ReplicaError>> {
+        self.state.lock().unwrap().read_batches.push(keys.len());
+        keys.iter().map(|key| self.read_one(key)).collect()
     }
 
     async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
