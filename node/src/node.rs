@@ -24,7 +24,7 @@ use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
 use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
-use crate::coordinator::{Coordinator, CoordinatorConfig, RequestLimits};
+use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
 use crate::merkle::Hash;
 use crate::metrics::Metrics;
@@ -504,6 +504,8 @@ pub struct NodeSettings {
     pub request_timeout: Duration,
     /// Sync or buffered writes.
     pub durability: Durability,
+    /// How many replicas a get asks at first.
+    pub read_fanout: ReadFanout,
     /// Client key and value bounds.
     pub limits: RequestLimits,
     /// Sibling and clock bounds.
@@ -534,6 +536,7 @@ impl NodeSettings {
             quorum: QuorumConfig::default(),
             request_timeout: Duration::from_secs(2),
             durability: Durability::Sync,
+            read_fanout: ReadFanout::default(),
             limits: RequestLimits {
                 max_key_bytes: 1024,
                 max_value_bytes: 1024 * 1024,
@@ -573,6 +576,7 @@ impl NodeSettings {
             quorum,
             request_timeout: config.request_timeout(),
             durability: config.durability(),
+            read_fanout: config.read_fanout(),
             limits: RequestLimits {
                 max_key_bytes: config.max_key_bytes(),
                 max_value_bytes: config.max_value_bytes(),
@@ -663,6 +667,7 @@ impl NodeShared {
                 durability: settings.durability,
                 limits: settings.limits,
                 metrics: metrics.clone(),
+                read_fanout: settings.read_fanout,
             },
             store.clone(),
             Arc::clone(&cluster),

@@ -51,6 +51,7 @@ pub use raw::{
 
 use crate::NodeId;
 use crate::admission::{AdmissionConfig, AdmissionConfigError};
+use crate::coordinator::ReadFanout;
 use crate::membership::{MAX_WEIGHT, check_address};
 use crate::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
 use crate::storage::{Durability, SledConfig, SledConfigError};
@@ -327,6 +328,7 @@ pub struct NodeConfig {
     partitioning: PartitionStrategy,
     storage: StorageConfig,
     durability: Durability,
+    read_fanout: ReadFanout,
     flush_interval: Duration,
     request_timeout: Duration,
     gossip_interval: Duration,
@@ -442,6 +444,11 @@ impl NodeConfig {
     /// How durable a write must be before a replica acknowledges it.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// How many replicas a get asks at first.
+    pub fn read_fanout(&self) -> ReadFanout {
+        self.read_fanout
     }
 
     /// How often buffered writes reach disk.
@@ -563,6 +570,7 @@ impl NodeConfig {
                 StorageConfig::Memory => StorageKind::Memory,
             }),
             durability: Some(self.durability.into()),
+            read_fanout: Some(self.read_fanout),
             flush_interval: Some(self.flush_interval),
             request_timeout: Some(self.request_timeout),
             gossip_interval: Some(self.gossip_interval),
@@ -773,6 +781,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             partitioning,
             storage,
             durability,
+            read_fanout: raw.read_fanout.unwrap_or_default(),
             flush_interval,
             request_timeout,
             gossip_interval,
@@ -1124,6 +1133,8 @@ mod tests {
         assert_eq!(sled.path(), Path::new("/var/lib/dynamo"));
         assert_eq!(sled.flush_interval(), Some(Duration::from_millis(500)));
         assert_eq!(config.durability(), Durability::Sync);
+        // Dynamo §4.5: a get asks all N.
+        assert_eq!(config.read_fanout(), ReadFanout::All);
         assert_eq!(config.flush_interval(), Duration::from_millis(500));
         assert_eq!(config.request_timeout(), Duration::from_secs(2));
         assert_eq!(config.gossip_interval(), Duration::from_secs(1));
@@ -1143,7 +1154,7 @@ mod tests {
              advertise: dynamo-0.dynamo:9000\nseeds: [dynamo-0.dynamo:9000]\n\
              replication-factor: 5\nread-quorum: 1\nwrite-quorum: 5\nweight: 4\n\
              partitioning: random-tokens\ntokens-per-weight: 64\ndurability: buffered\n\
-             admin-token: s3cret\ntls-cert: /tls/crt\ntls-key: /tls/key\nlog: debug\n",
+             read-fanout: quorum\nadmin-token: s3cret\ntls-cert: /tls/crt\ntls-key: /tls/key\nlog: debug\n",
         )
         .unwrap();
         assert_eq!(config.internode_listen().port(), 9000);
@@ -1160,6 +1171,7 @@ mod tests {
         );
         assert_eq!(config.storage(), &StorageConfig::Memory);
         assert_eq!(config.durability(), Durability::Buffered);
+        assert_eq!(config.read_fanout(), ReadFanout::Quorum);
         assert_eq!(config.admin_token().map(AdminToken::expose), Some("s3cret"));
         assert_eq!(
             config.tls(),
@@ -1509,6 +1521,11 @@ mod tests {
                             DurabilityMode::Buffered
                         } else {
                             DurabilityMode::Sync
+                        }),
+                        read_fanout: Some(if buffered {
+                            ReadFanout::Quorum
+                        } else {
+                            ReadFanout::All
                         }),
                         flush_interval: Some(ms(flush)),
                         request_timeout: Some(ms(timeout)),

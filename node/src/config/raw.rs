@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::NodeId;
+use crate::coordinator::ReadFanout;
 use crate::storage::Durability;
 
 /// What [`AdminToken`]'s `Debug` and every configuration printout show instead of it.
@@ -118,6 +119,12 @@ pub struct RawConfig {
     #[arg(long, env = "DYNAMO_DURABILITY", value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<DurabilityMode>,
+
+    /// How many replicas a get asks at first: `all` N (Dynamo §4.5) or `quorum` (R
+    /// first, more only on a failure, a slow read or disagreement) [default: all].
+    #[arg(long, env = "DYNAMO_READ_FANOUT", value_name = "FANOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_fanout: Option<ReadFanout>,
 
     /// How often buffered writes are flushed to disk, e.g. 500ms [default: 500ms].
     #[arg(long, env = "DYNAMO_FLUSH_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
@@ -334,6 +341,7 @@ impl RawConfig {
             partitions: self.partitions.or(fallback.partitions),
             storage: self.storage.or(fallback.storage),
             durability: self.durability.or(fallback.durability),
+            read_fanout: self.read_fanout.or(fallback.read_fanout),
             flush_interval: self.flush_interval.or(fallback.flush_interval),
             request_timeout: self.request_timeout.or(fallback.request_timeout),
             gossip_interval: self.gossip_interval.or(fallback.gossip_interval),
@@ -616,6 +624,9 @@ mod tests {
         let err = RawConfig::from_yaml("durability: eventually\n").unwrap_err();
         assert!(err.to_string().starts_with("durability: "), "{err}");
         assert!(err.to_string().contains("buffered"), "{err}");
+        let err = RawConfig::from_yaml("read-fanout: some\n").unwrap_err();
+        assert!(err.to_string().starts_with("read-fanout: "), "{err}");
+        assert!(err.to_string().contains("quorum"), "{err}");
     }
 
     #[test]

@@ -5,15 +5,19 @@
 //! replicas: the receiving node forwards it there when it is not one of them. The
 //! coordinator writes locally first (durably: in buffered mode it is the one durable
 //! replica of Dynamo §6.1), then replicates the key's whole new state to the rest of the
-//! first N healthy nodes, and answers after W acknowledgements. A get targets the first
-//! N healthy nodes but asks R of them first, this node among them when it is one (its
-//! read is local); it asks another target when a read fails, when no outcome came within
-//! the recent p99 of remote reads (a speculative read, `read_latency.rs`), and all of them
-//! as soon as two replies disagree. It answers after R replies with every concurrent
-//! version, and repairs the stale replicas among those it asked (read repair). Dynamo
-//! §4.5 asks all N; asking R first halves the remote reads of a get at N=3, R=2, and a
-//! stale replica that was not asked is left to anti-entropy or the next read that asks
-//! it (see [`GetCoordinator::read_first`]).
+//! first N healthy nodes, and answers after W acknowledgements. A get answers after R
+//! replies with every concurrent version and repairs the stale replicas among those that
+//! replied (read repair). How many it asks is the node's [`ReadFanout`]: by default all
+//! N healthy targets at once, as Dynamo §4.5 does, so every read repairs every replica
+//! that answers; with [`ReadFanout::Quorum`] it asks R of them first, this node among them
+//! when it is one (its read is local), and another target when a read fails, when no
+//! outcome came within the recent p90 of remote reads (a speculative read,
+//! `read_latency.rs`), and all of them as soon as two replies disagree. That halves the
+//! remote reads of a get at N=3, R=2, but a stale replica that was not asked is left to
+//! anti-entropy or the next read that asks it (see [`GetCoordinator::read_first`]).
+//! Remote reads travel in per-peer batches either way, which makes the third read cheap:
+//! the two measured within noise of each other in CPU per get (BENCHMARKS.md), so the
+//! default is the paper's.
 //!
 //! The machine keeps running after the client has its answer: late acknowledgements,
 //! retries on stand-ins, and read repair happen in a spawned task, bounded by the
@@ -134,6 +138,34 @@ struct Inner {
     metrics: Metrics,
     /// Recent remote read latencies: the delay before a get's speculative read.
     read_latency: ReadLatency,
+    /// How many replicas a get asks at first.
+    read_fanout: ReadFanout,
+}
+
+/// How many of a key's N healthy replicas a get asks at first (the `read-fanout`
+/// setting).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFanout {
+    /// All N at once and answer after R (Dynamo §4.5): every read repairs every replica
+    /// that answers.
+    #[default]
+    All,
+    /// R first (this node's own read among them), more only when a read fails, is slow
+    /// (past the recent p90) or two replies disagree (Cassandra's speculative retry):
+    /// fewer remote reads; an unasked stale replica waits for anti-entropy.
+    Quorum,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -160,6 +192,8 @@ pub struct CoordinatorConfig {
     pub limits: RequestLimits,
     /// Where the coordinator counts the puts it forwards to a home replica.
     pub metrics: Metrics,
+    /// How many replicas a get asks at first.
+    pub read_fanout: ReadFanout,
 }
 
 impl Coordinator {
@@ -182,6 +216,7 @@ impl Coordinator {
                 limits: config.limits,
                 metrics: config.metrics,
                 read_latency: ReadLatency::new(),
+                read_fanout: config.read_fanout,
             }),
         }
     }
@@ -215,20 +250,23 @@ impl Coordinator {
             return Err(no_members());
         }
         let clock = self.inner.cluster.clock();
-        let speculate_after = self
-            .inner
-            .read_latency
-            .speculation_delay(self.inner.timeout);
-        let machine = GetCoordinator::new(
+        let mut machine = GetCoordinator::new(
             config,
             &extended,
             |node| self.inner.cluster.is_available(node),
             clock.monotonic(),
             self.inner.timeout,
-        )
-        // R replicas first, this node's own (a local read) among them; see `read_first`
-        // for what that gives up against Dynamo's read of all N.
-        .read_first(self.inner.cluster.me(), speculate_after, clock.monotonic());
+        );
+        if self.inner.read_fanout == ReadFanout::Quorum {
+            // R replicas first, this node's own (a local read) among them; see
+            // `read_first` for what that gives up against Dynamo's read of all N.
+            let speculate_after = self
+                .inner
+                .read_latency
+                .speculation_delay(self.inner.timeout);
+            machine =
+                machine.read_first(self.inner.cluster.me(), speculate_after, clock.monotonic());
+        }
         let mut driver = GetDriver {
             inner: Arc::clone(&self.inner),
             key: Arc::new(key.to_vec()),

@@ -311,8 +311,8 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_quorum_read() {
     assert!(harness.stored(stale, &key).is_empty(), "{stale} missed it");
 
     harness.network.heal(&addr(coordinator), &addr(stale));
-    // Coordinated by the stale replica: it reads itself (empty) and one more replica
-    // first, sees them disagree, reads the third as well, and repairs itself.
+    // Coordinated by the stale replica: it reads every replica (the default fanout),
+    // sees them disagree, and repairs itself.
     let read = harness.get(stale, &key, Some(2)).await.expect("get");
     assert_eq!(values(&read), ["v1"]);
     assert!(
@@ -322,11 +322,41 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_quorum_read() {
 }
 
 #[tokio::test]
-async fn a_quorum_read_asks_r_replicas_and_a_read_of_all_n_repairs_the_one_not_asked() {
-    // A get reads R replicas first (the coordinator's own among them); while they agree
-    // a stale replica it did not ask stays stale (anti-entropy's job), and a get with
-    // R = N, as the client sends for read repair, reads and repairs every replica.
+async fn by_default_a_get_asks_every_replica_and_repairs_one_the_quorum_did_not_need() {
+    // Dynamo §4.5: the coordinator asks all N and answers after R. The two replicas that
+    // agree answer first, yet the stale third one is read and repaired too.
     let harness = Harness::new(5, quorum_3_2_2());
+    let key = harness.key_where("asked-anyway", |_| true);
+    let home = harness.home(&key);
+    let (coordinator, stale) = (&home[0], &home[2]);
+    harness.network.cut(&addr(coordinator), &addr(stale));
+    harness
+        .put(coordinator, &key, "v1", Some(2))
+        .await
+        .expect("W=2 from the other replicas");
+    assert!(
+        eventually(|| harness.stored(&home[1], &key) == ["v1"]).await,
+        "the healthy replica stores the write"
+    );
+    harness.network.heal(&addr(coordinator), &addr(stale));
+
+    let read = harness.get(coordinator, &key, Some(2)).await.expect("get");
+    assert_eq!(values(&read), ["v1"]);
+    assert!(
+        eventually(|| harness.stored(stale, &key) == ["v1"]).await,
+        "the default read of all N repaired {stale}"
+    );
+}
+
+#[tokio::test]
+async fn a_quorum_fanout_read_asks_r_replicas_and_a_read_of_all_n_repairs_the_one_not_asked() {
+    // With `read-fanout: quorum` a get reads R replicas first (the coordinator's own among
+    // them); while they agree a stale replica it did not ask stays stale (anti-entropy's
+    // job), and a get with R = N, as the client sends for read repair, reads and repairs
+    // every replica.
+    let harness = Harness::build(5, quorum_3_2_2(), CALL_TIMEOUT, |settings| {
+        settings.read_fanout = crate::coordinator::ReadFanout::Quorum;
+    });
     let key = harness.key_where("not-asked", |_| true);
     let home = harness.home(&key);
     let (coordinator, stale) = (&home[0], &home[2]);

@@ -606,6 +606,7 @@ mod tests {
                 durability: Durability::Sync,
                 limits: LIMITS,
                 metrics: Metrics::new(),
+                read_fanout: crate::coordinator::ReadFanout::All,
             },
             Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default()),
             Arc::clone(&cluster),
