@@ -264,6 +264,13 @@ impl SiblingSet {
         !self.siblings.is_empty() && self.siblings.iter().all(|s| s.value.is_tombstone())
     }
 
+    /// Whether `actor` appears in the state: in the clock or as a sibling's dot. A node
+    /// that deletes such a state for its own current actor must take a new actor first
+    /// (see [`crate::identity`]): its next dot would otherwise claim the deleted ones.
+    pub fn mentions(&self, actor: &Actor) -> bool {
+        self.clock.entry(actor).is_some() || self.siblings.iter().any(|s| &s.dot.actor == actor)
+    }
+
     /// MD5 of the canonical storage encoding ([`SiblingSet::to_bytes`]): equal states
     /// give equal digests. Merkle anti-entropy (Dynamo §4.7) hashes these.
     pub fn digest(&self) -> [u8; 16] {
