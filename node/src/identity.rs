@@ -61,6 +61,8 @@ pub struct ActorIdentity {
     incarnation: AtomicU64,
     /// Serialises renewals, so each derives from the one before and persists in order.
     renewing: Mutex<()>,
+    /// Renewals since this identity was opened (a figure for tests and the simulator).
+    renewals: AtomicU64,
 }
 
 impl ActorIdentity {
@@ -72,6 +74,7 @@ impl ActorIdentity {
             clock,
             incarnation: AtomicU64::new(incarnation),
             renewing: Mutex::new(()),
+            renewals: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +123,12 @@ impl ActorIdentity {
         Actor::new(self.node.clone(), self.incarnation())
     }
 
+    /// How many times [`renew`](Self::renew) switched the actor since this identity was
+    /// opened.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
     /// Whether `actor` is the current actor.
     pub fn is_current(&self, actor: &Actor) -> bool {
         actor.node == self.node && actor.incarnation == self.incarnation()
@@ -142,6 +151,7 @@ impl ActorIdentity {
         let fresh = fresh_incarnation(&self.node, self.clock, Some(previous));
         engine.meta_put(META_INCARNATION, &fresh.to_be_bytes(), Durability::Sync)?;
         self.incarnation.store(fresh, Ordering::SeqCst);
+        self.renewals.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %self.node, previous, incarnation = fresh, "new clock incarnation");
         Ok(fresh)
     }
@@ -230,6 +240,7 @@ mod tests {
         assert!(!identity.is_current(&before));
         assert!(identity.is_current(&Actor::new(node(), fresh)));
         assert_eq!(read_incarnation(&engine).unwrap(), Some(fresh));
+        assert_eq!(identity.renewals(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -935,6 +935,23 @@ mod tests {
     }
 
     #[test]
+    fn renewals_leave_the_clock_bounded_by_truncation() {
+        // Each renewal puts one more actor of this node into the clocks of keys it
+        // writes afterwards; the old incarnations stop advancing, so their entries are
+        // the oldest and truncation (Dynamo §4.4) drops them first.
+        let n0 = store_of("n0");
+        let limit = SiblingLimits::default().max_clock_entries();
+        let mut context = VectorClock::new();
+        for round in 0..3 * limit as u64 {
+            let state = put(&n0, &context, Some(&format!("v{round}")), 10 + round);
+            assert!(state.clock().len() <= limit, "round {round}: {state:?}");
+            assert_eq!(strings(&state), [format!("v{round}")]);
+            context = state.context();
+            n0.identity().renew(n0.engine().as_ref()).unwrap();
+        }
+    }
+
+    #[test]
     fn a_removal_of_a_changed_key_does_nothing() {
         let n0 = store_of("n0");
         let stale = put(&n0, &VectorClock::new(), Some("one"), 10);

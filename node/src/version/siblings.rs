@@ -299,7 +299,11 @@ impl SiblingSet {
     /// for the key before the purge unless the actor wrote the key more than once per
     /// millisecond for longer than the whole grace period, or the node's clock went
     /// back by more than the grace period. Found by the simulator's purge-during-faults
-    /// runs; Riak's KV679 is the same family of bug.
+    /// runs; Riak's KV679 is the same family of bug. The node's store also takes a new
+    /// actor before it removes a state holding its own dots (purge, stray sweep; see
+    /// `crate::identity`), which closes the remaining cases: counters alone cannot,
+    /// since a larger counter claims every smaller one, including dots of values the
+    /// node removed but other replicas still hold.
     ///
     /// Two puts with the same context both survive: the second context does not
     /// cover the first's new dot (Riak's false lost write cannot happen).
