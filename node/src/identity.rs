@@ -33,7 +33,7 @@ use crate::storage::{Durability, StorageEngine, StorageError};
 use crate::version::Actor;
 
 /// The meta record holding the current incarnation (8 bytes, big-endian).
-pub(crate) const META_INCARNATION: &str = "incarnation";
+const META_INCARNATION: &str = "incarnation";
 
 /// Why the persisted incarnation could not be read or written.
 #[derive(Debug, thiserror::Error)]
