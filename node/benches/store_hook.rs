@@ -96,7 +96,6 @@ fn store_hook(c: &mut Criterion) {
                 )
             })
         });
-        let actor = Actor::new(NodeId::new("bench").expect("valid id"), 1);
         let value = Value::data(vec![7u8; 1024]);
         let mut n = 0u32;
         c.bench_function(&format!("Store::coordinate 1 KiB, {label}"), |b| {
@@ -110,7 +109,6 @@ fn store_hook(c: &mut Criterion) {
                             &key,
                             &current.context(),
                             value.clone(),
-                            &actor,
                             Millis(1),
                             Durability::Buffered,
                         )

@@ -39,6 +39,8 @@
 //!   deterministic faults for multi-node tests in one process.
 //! * [`store`]: sibling sets over a storage engine: coordinator writes, replica merges,
 //!   hints.
+//! * [`identity`]: the node's clock actor (node id and current incarnation), renewed
+//!   whenever the node may have lost its own dots for a key.
 //! * [`cluster`]: one node's view: member table, derived ring, peer health.
 //! * [`coordinator`]: server-driven get/put coordination over the quorum machines.
 //! * [`server`]: the `Kv` and `Admin` gRPC services, and the HTTP API
@@ -75,6 +77,7 @@ pub mod fuzzing;
 mod gossip;
 mod handoff;
 pub mod history;
+pub mod identity;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,6 +24,7 @@ use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
 use crate::config::{NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
+use crate::identity::{ActorIdentity, IdentityError};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
 use crate::merkle::Hash;
 use crate::metrics::Metrics;
@@ -42,11 +42,10 @@ use crate::transport::{
     ReplicaHandler, ReplicaWrite, Transport,
 };
 use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
-use crate::version::{Actor, SiblingLimits, SiblingSet};
+use crate::version::{SiblingLimits, SiblingSet};
 
 /// Meta record names.
 const META_MEMBERS: &str = "members";
-const META_INCARNATION: &str = "incarnation";
 const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
 
 /// Why a node could not start or stopped with an error.
@@ -84,6 +83,9 @@ pub struct NodeShared {
     pub(crate) coordinator: Coordinator,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) quorum: QuorumConfig,
+    /// The clock incarnation this start began with: seeds gossip's and anti-entropy's
+    /// peer pickers. The current one, renewed at run time, is the store's
+    /// ([`Store::identity`]).
     pub(crate) incarnation: u64,
     pub(crate) durability: Durability,
     pub(crate) strategy: PartitionStrategy,
@@ -614,12 +616,12 @@ impl NodeShared {
         transport: Arc<dyn Transport>,
         advertise: String,
     ) -> Result<Arc<NodeShared>, NodeError> {
-        let incarnation = choose_incarnation(
+        let identity = Arc::new(open_identity(
             engine.as_ref(),
             &settings.node_id,
-            settings.durability,
             settings.clock,
-        )?;
+        )?);
+        let incarnation = identity.incarnation();
         let table = match engine.meta_get(META_MEMBERS)? {
             Some(bytes) => MemberTable::decode(&bytes)
                 .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
@@ -654,14 +656,13 @@ impl NodeShared {
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
         let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
-        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits);
+        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits, identity);
         if settings.anti_entropy.enabled() {
             store = store.with_observer(Arc::clone(antientropy.trees()) as _);
         }
         let metrics = Metrics::new();
         let coordinator = Coordinator::new(
             CoordinatorConfig {
-                actor: Actor::new(me, incarnation),
                 quorum: settings.quorum,
                 timeout: settings.request_timeout,
                 durability: settings.durability,
@@ -858,63 +859,20 @@ fn local_addr(listener: &TcpListener, address: SocketAddr) -> Result<SocketAddr,
     })
 }
 
-/// Picks this start's clock incarnation. A node whose data may be incomplete (new or
-/// wiped data dir, or an unclean stop in buffered mode, which can lose acknowledged
-/// writes of its own) takes a fresh one, so it never reissues a version counter it
-/// already used (Riak's KV679).
-///
-/// The fresh incarnation hashes the node id, the wall clock and the previous
-/// incarnation; with the system clock also the process id and the clock's nanoseconds,
-/// so two starts in one millisecond differ. Under the simulator's clock it depends on
-/// simulated time only, so a seeded run picks the same incarnations every time.
-fn choose_incarnation(
+/// The node's clock actor at this start: its persisted incarnation after a clean stop,
+/// a fresh one otherwise (new or wiped data dir, or an unclean stop in either durability
+/// mode, see [`ActorIdentity::open`]). Consumes the clean-shutdown marker.
+fn open_identity(
     engine: &dyn StorageEngine,
     node: &NodeId,
-    durability: Durability,
     clock: Clock,
-) -> Result<u64, NodeError> {
-    let stored = engine
-        .meta_get(META_INCARNATION)?
-        .map(|b| {
-            <[u8; 8]>::try_from(b.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| NodeError::Corrupt("incarnation record".into()))
-        })
-        .transpose()?;
+) -> Result<ActorIdentity, NodeError> {
     let clean = engine.meta_get(META_CLEAN_SHUTDOWN)?.is_some();
     engine.meta_remove(META_CLEAN_SHUTDOWN)?;
-    let keep = match stored {
-        Some(_) if durability == Durability::Sync || clean => stored,
-        _ => None,
-    };
-    let incarnation = match keep {
-        Some(incarnation) => incarnation,
-        None => {
-            let mut hasher = Md5::new();
-            hasher.update(node.as_str().as_bytes());
-            hasher.update(clock.wall().0.to_be_bytes());
-            if !clock.is_simulated() {
-                hasher.update(std::process::id().to_be_bytes());
-                hasher.update(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_nanos()
-                        .to_be_bytes(),
-                );
-            }
-            if let Some(previous) = stored {
-                hasher.update(previous.to_be_bytes());
-            }
-            let digest: [u8; 16] = hasher.finalize().into();
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&digest[..8]);
-            let fresh = u64::from_be_bytes(first);
-            engine.meta_put(META_INCARNATION, &fresh.to_be_bytes(), Durability::Sync)?;
-            fresh
-        }
-    };
-    Ok(incarnation)
+    ActorIdentity::open(engine, node.clone(), clock, clean).map_err(|e| match e {
+        IdentityError::Storage(e) => NodeError::Storage(e),
+        other => NodeError::Corrupt(other.to_string()),
+    })
 }
 
 /// The node's bound sockets.

@@ -6,6 +6,11 @@
 //! writes to one key therefore never lose either (the engine retries the closure on a
 //! conflict, which is why the closures here are pure).
 //!
+//! The store owns the node's clock actor ([`ActorIdentity`]): a coordinated write reads
+//! it inside the key's atomic update, and every removal of a key's state that mentions
+//! it renews it first, so the node never issues a dot whose clock entry would claim
+//! dots it no longer holds (see [`crate::identity`]).
+//!
 //! Hinted writes (Dynamo §4.6) are kept twice on a stand-in: merged into its data, so
 //! reads that reach the stand-in see them, and merged into a hint record for the home
 //! node, which the handoff loop delivers and then deletes.
@@ -13,11 +18,12 @@
 use std::sync::Arc;
 
 use crate::NodeId;
+use crate::identity::ActorIdentity;
 use crate::ring::TokenRange;
 use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
-    Actor, SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
+    SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
 };
 
 /// What can go wrong reading or writing a key's versions.
@@ -41,6 +47,9 @@ pub struct Store {
     /// Shared with the handoff loop and the servers; the engine does its own locking.
     engine: Arc<dyn StorageEngine>,
     limits: SiblingLimits,
+    /// The actor this node's coordinated writes are issued under; renewed before a
+    /// removal of a key's state that mentions it.
+    identity: Arc<ActorIdentity>,
     /// Told of every change to a key's data (anti-entropy's Merkle trees); `None` skips
     /// the per-key locks and digests entirely.
     observer: Option<Arc<dyn StoreObserver>>,
@@ -55,6 +64,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("limits", &self.limits)
+            .field("actor", &self.identity.current())
             .finish()
     }
 }
@@ -78,11 +88,16 @@ pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
 }
 
 impl Store {
-    /// Wraps an engine.
-    pub fn new(engine: Arc<dyn StorageEngine>, limits: SiblingLimits) -> Self {
+    /// Wraps an engine; coordinated writes are issued under `identity`'s actor.
+    pub fn new(
+        engine: Arc<dyn StorageEngine>,
+        limits: SiblingLimits,
+        identity: Arc<ActorIdentity>,
+    ) -> Self {
         Self {
             engine,
             limits,
+            identity,
             observer: None,
             key_locks: Arc::new(KeyLocks::new()),
             commit: Arc::new(GroupCommit::new()),
@@ -106,6 +121,11 @@ impl Store {
         Ok(self.commit.sync_async(move || engine.flush()).await?)
     }
 
+    /// The node's clock actor (its current incarnation).
+    pub fn identity(&self) -> &Arc<ActorIdentity> {
+        &self.identity
+    }
+
     /// The engine underneath (for metadata and flushes).
     pub fn engine(&self) -> &Arc<dyn StorageEngine> {
         &self.engine
@@ -120,8 +140,12 @@ impl Store {
     }
 
     /// The coordinator's write (Dynamo §4.4): supersedes what `context` covers, adds the
-    /// new version under `actor`, and returns the key's whole new state, which is then
-    /// replicated.
+    /// new version under the node's current actor, and returns the key's whole new
+    /// state, which is then replicated.
+    ///
+    /// The actor is read inside the key's atomic update, so a removal of the key that
+    /// renews the actor is ordered with this write: the write either lands before the
+    /// removal (which then sees a changed key and keeps it) or after the renewal.
     ///
     /// # Errors
     /// Storage failures, corrupt stored state, or too many siblings (the key is left
@@ -131,7 +155,6 @@ impl Store {
         key: &[u8],
         context: &VectorClock,
         value: Value,
-        actor: &Actor,
         now: Millis,
         durability: Durability,
     ) -> Result<SiblingSet, StoreError> {
@@ -139,12 +162,15 @@ impl Store {
         self.observed_update(
             key,
             &mut |current| {
+                // Read on every attempt: a retried update must see a renewal that
+                // happened meanwhile.
+                let actor = self.identity.current();
                 let result =
                     decode_state(current)
                         .map_err(StoreError::from)
                         .and_then(|mut state| {
                             state
-                                .put(context, value.clone(), actor, now, &self.limits)
+                                .put(context, value.clone(), &actor, now, &self.limits)
                                 .map_err(StoreError::from)?;
                             Ok(state)
                         });
@@ -419,6 +445,9 @@ impl Store {
     /// after every other replica had dropped the tombstone that could supersede it
     /// again (found by the simulator's purge-during-faults runs).
     ///
+    /// A tombstone that holds the node's own dots renews its actor first (see
+    /// [`Store::remove_unchanged`]).
+    ///
     /// # Errors
     /// Storage failures or corrupt stored state.
     pub fn remove_tombstone_if(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
@@ -437,6 +466,10 @@ impl Store {
     /// returns whether it did. Buffered, like [`StorageEngine::remove`]: a removal
     /// undone by a crash leaves the key, which a later sweep hands over again.
     ///
+    /// A state that mentions the node's current actor renews the actor, durably,
+    /// before it is removed: a key that comes back to this node later (the ring moves
+    /// again) is written under a new actor, whose dots claim none of the removed ones.
+    ///
     /// # Errors
     /// Storage failures.
     pub fn remove_unchanged(&self, key: &[u8], expected: [u8; 16]) -> Result<bool, StoreError> {
@@ -445,6 +478,13 @@ impl Store {
 
     /// Removes `key` if its stored digest is `expected` and `also` accepts its bytes
     /// (it may first prepare the removal on the engine, under the key's lock).
+    ///
+    /// If the state mentions the node's current actor, the actor is renewed (durably)
+    /// before the removal: once the state is gone, the node no longer holds its own
+    /// dots for the key, and a later write under the same actor would issue a dot whose
+    /// clock entry claims them, dropping whatever they name on every replica that still
+    /// holds them (the simulator found this after a stray sweep; see
+    /// [`crate::identity`]).
     fn remove_if(
         &self,
         key: &[u8],
@@ -459,13 +499,41 @@ impl Store {
         if digest != expected || !also(self.engine.as_ref(), &raw)? {
             return Ok(false);
         }
-        let removed = self.engine.remove(key)?;
+        // The actor is read after the state: a state holding the current actor's dots
+        // was written under it, so this read sees that actor or a later one.
+        if self.mentions_current_actor(&raw) {
+            self.identity.renew(self.engine.as_ref())?;
+        }
+        // Compare-and-delete through the engine's atomic update: a write that landed
+        // since the read (coordinated writes do not take the key's lock without an
+        // observer) keeps the key, and a write retried after the removal reads the
+        // renewed actor.
+        let mut removed = false;
+        self.engine.update(
+            key,
+            &mut |current| {
+                removed = current == Some(raw.as_slice());
+                if removed {
+                    None
+                } else {
+                    current.map(<[u8]>::to_vec)
+                }
+            },
+            Durability::Buffered,
+        )?;
         if removed {
             if let Some(observer) = &self.observer {
                 observer.changed(key, Some(digest), None);
             }
         }
         Ok(removed)
+    }
+
+    /// Whether the stored bytes mention the current actor; undecodable bytes count as
+    /// mentioning it (a needless renewal costs one clock entry, a missed one a write).
+    fn mentions_current_actor(&self, raw: &[u8]) -> bool {
+        let actor = self.identity.current();
+        decode_state(Some(raw)).map_or(true, |state| state.mentions(&actor))
     }
 }
 
@@ -506,13 +574,31 @@ mod tests {
     use super::*;
     use crate::ring::Token;
     use crate::storage::MemoryEngine;
-
-    fn store() -> Store {
-        Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default())
-    }
+    use crate::version::Actor;
 
     fn actor(name: &str) -> Actor {
         Actor::new(NodeId::new(name).unwrap(), 1)
+    }
+
+    fn identity(name: &str) -> Arc<ActorIdentity> {
+        Arc::new(ActorIdentity::new(
+            NodeId::new(name).unwrap(),
+            1,
+            crate::cluster::Clock::default(),
+        ))
+    }
+
+    /// A store in memory whose writes are coordinated by actor `name`#1.
+    fn store_of(name: &str) -> Store {
+        Store::new(
+            Arc::new(MemoryEngine::new()),
+            SiblingLimits::default(),
+            identity(name),
+        )
+    }
+
+    fn store() -> Store {
+        store_of("a")
     }
 
     #[test]
@@ -523,7 +609,6 @@ mod tests {
                 b"k",
                 &VectorClock::new(),
                 Value::data(&b"v1"[..]),
-                &actor("a"),
                 Millis(1),
                 Durability::Sync,
             )
@@ -535,7 +620,6 @@ mod tests {
                 b"k",
                 &state.context(),
                 Value::data(&b"v2"[..]),
-                &actor("a"),
                 Millis(2),
                 Durability::Sync,
             )
@@ -551,18 +635,16 @@ mod tests {
                 b"k",
                 &VectorClock::new(),
                 Value::data(&b"a"[..]),
-                &actor("a"),
                 Millis(1),
                 Durability::Buffered,
             )
             .unwrap();
-        let other = Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default());
+        let other = store_of("b");
         let b = other
             .coordinate(
                 b"k",
                 &VectorClock::new(),
                 Value::data(&b"b"[..]),
-                &actor("b"),
                 Millis(1),
                 Durability::Buffered,
             )
@@ -576,14 +658,14 @@ mod tests {
     #[test]
     fn too_many_siblings_is_an_error_and_leaves_the_key_unchanged() {
         let limits = SiblingLimits::new(2, 1, 10).unwrap();
-        let store = Store::new(Arc::new(MemoryEngine::new()), limits);
-        for (i, name) in ["a", "b"].iter().enumerate() {
+        let store = Store::new(Arc::new(MemoryEngine::new()), limits, identity("a"));
+        // Blind writes by one coordinator are concurrent: each stays a sibling.
+        for i in 0..2u8 {
             store
                 .coordinate(
                     b"k",
                     &VectorClock::new(),
-                    Value::data(vec![i as u8]),
-                    &actor(name),
+                    Value::data(vec![i]),
                     Millis(1),
                     Durability::Sync,
                 )
@@ -595,7 +677,6 @@ mod tests {
                 b"k",
                 &VectorClock::new(),
                 Value::data(&b"c"[..]),
-                &actor("c"),
                 Millis(1),
                 Durability::Sync,
             )
@@ -620,7 +701,7 @@ mod tests {
                 Durability::Sync,
             )
             .unwrap();
-        let store = Store::new(engine, SiblingLimits::default());
+        let store = Store::new(engine, SiblingLimits::default(), identity("a"));
         assert!(matches!(store.read(b"k"), Err(StoreError::Corrupt(_))));
         let incoming = SiblingSet::new();
         assert!(matches!(
@@ -681,7 +762,6 @@ mod tests {
                     format!("key-{i}").as_bytes(),
                     &VectorClock::new(),
                     Value::data(vec![7u8; value_len]),
-                    &actor("a"),
                     Millis(1),
                     Durability::Buffered,
                 )
@@ -771,6 +851,137 @@ mod tests {
         for (key, state) in &page.entries {
             assert_eq!(&target.read(key).unwrap(), state);
         }
+    }
+
+    /// Values of `state`, as strings, in dot order.
+    fn strings(state: &SiblingSet) -> Vec<String> {
+        state
+            .values()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect()
+    }
+
+    fn put(store: &Store, context: &VectorClock, value: Option<&str>, now: u64) -> SiblingSet {
+        let value = value.map_or(Value::Tombstone, |v| Value::data(v.as_bytes().to_vec()));
+        store
+            .coordinate(b"k", context, value, Millis(now), Durability::Buffered)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_node_that_swept_a_key_away_does_not_cover_its_earlier_dots_when_it_writes_again() {
+        // The simulator's seed 4000937 in miniature: n0 coordinates e11 (superseding
+        // e5), the state reaches n8, n0 hands the key over and removes it (the stray
+        // sweep), becomes a replica again and coordinates a blind put. Under the same
+        // actor the new dot's clock entry would claim e11's dot, and n8 would drop e11.
+        let n0 = store_of("n0");
+        let n8 = store_of("n8");
+        let first = put(&n0, &VectorClock::new(), Some("e5"), 500);
+        let superseding = put(&n0, &first.context(), Some("e11"), 719);
+        assert_eq!(strings(&superseding), ["e11"]);
+        n8.merge(b"k", &superseding, Durability::Sync).unwrap();
+
+        let before = n0.identity().current();
+        let digest = n0.read(b"k").unwrap().digest();
+        assert!(n0.remove_unchanged(b"k", digest).unwrap());
+        assert!(n0.read(b"k").unwrap().is_empty());
+
+        let blind = put(&n0, &VectorClock::new(), Some("e12"), 1467);
+        let merged = n8.merge(b"k", &blind, Durability::Sync).unwrap();
+        assert_eq!(
+            strings(&merged),
+            ["e11", "e12"],
+            "the blind put is concurrent with e11, not a successor"
+        );
+        assert!(
+            !n0.identity().is_current(&before),
+            "removing a state with our own dots takes a new actor"
+        );
+    }
+
+    #[test]
+    fn a_purge_of_a_tombstone_with_own_dots_takes_a_new_actor() {
+        // n0 deletes k; n8 keeps its copy of the tombstone (a purge stopped halfway);
+        // n0 purges its own and writes k again after its wall clock stepped back. Under
+        // the same actor the new dot (counted from the clock) would be one the surviving
+        // tombstone covers, and n8 would drop the acknowledged write.
+        let n0 = store_of("n0");
+        let n8 = store_of("n8");
+        let written = put(&n0, &VectorClock::new(), Some("v"), 5_000);
+        let deleted = put(&n0, &written.context(), None, 5_001);
+        assert!(deleted.tombstone_only());
+        n8.merge(b"k", &deleted, Durability::Sync).unwrap();
+
+        let before = n0.identity().current();
+        assert!(n0.remove_tombstone_if(b"k", deleted.digest()).unwrap());
+
+        let again = put(&n0, &VectorClock::new(), Some("back"), 1_000);
+        let merged = n8.merge(b"k", &again, Durability::Sync).unwrap();
+        assert_eq!(strings(&merged), ["back"]);
+        assert!(!n0.identity().is_current(&before));
+    }
+
+    #[test]
+    fn removing_a_state_without_own_dots_keeps_the_actor() {
+        // Renewals cost a clock entry on later writes: only a removal that loses our
+        // own dots takes one.
+        let n0 = store_of("n0");
+        let n8 = store_of("n8");
+        let foreign = put(&n8, &VectorClock::new(), Some("theirs"), 10);
+        n0.merge(b"k", &foreign, Durability::Sync).unwrap();
+        let before = n0.identity().current();
+        assert!(n0.remove_unchanged(b"k", foreign.digest()).unwrap());
+        assert!(n0.identity().is_current(&before));
+    }
+
+    #[test]
+    fn renewals_leave_the_clock_bounded_by_truncation() {
+        // Each renewal puts one more actor of this node into the clocks of keys it
+        // writes afterwards; the old incarnations stop advancing, so their entries are
+        // the oldest and truncation (Dynamo §4.4) drops them first.
+        let n0 = store_of("n0");
+        let limit = SiblingLimits::default().max_clock_entries();
+        let mut context = VectorClock::new();
+        for round in 0..3 * limit as u64 {
+            let state = put(&n0, &context, Some(&format!("v{round}")), 10 + round);
+            assert!(state.clock().len() <= limit, "round {round}: {state:?}");
+            assert_eq!(strings(&state), [format!("v{round}")]);
+            context = state.context();
+            n0.identity().renew(n0.engine().as_ref()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_removal_of_a_changed_key_does_nothing() {
+        let n0 = store_of("n0");
+        let stale = put(&n0, &VectorClock::new(), Some("one"), 10);
+        put(&n0, &VectorClock::new(), Some("two"), 11);
+        assert!(!n0.remove_unchanged(b"k", stale.digest()).unwrap());
+        assert_eq!(strings(&n0.read(b"k").unwrap()), ["one", "two"]);
+    }
+
+    #[test]
+    fn a_renewed_actor_survives_a_restart_of_the_sled_engine() {
+        use crate::storage::{SledConfig, SledEngine};
+
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId::new("n0").unwrap();
+        let clock = crate::cluster::Clock::default();
+        let renewed = {
+            let engine = Arc::new(SledEngine::open(&SledConfig::new(dir.path())).unwrap());
+            let identity =
+                Arc::new(ActorIdentity::open(engine.as_ref(), node.clone(), clock, true).unwrap());
+            let started = identity.incarnation();
+            let store = Store::new(engine, SiblingLimits::default(), identity);
+            let state = put(&store, &VectorClock::new(), Some("v"), 10);
+            assert!(store.remove_unchanged(b"k", state.digest()).unwrap());
+            let renewed = store.identity().incarnation();
+            assert_ne!(renewed, started);
+            renewed
+        };
+        let engine = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        let reopened = ActorIdentity::open(&engine, node, clock, true).unwrap();
+        assert_eq!(reopened.incarnation(), renewed);
     }
 
     #[test]

@@ -368,7 +368,6 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
             b"both",
             &VectorClock::new(),
             crate::version::Value::data(&b"from-n3"[..]),
-            &crate::version::Actor::new(id("n3"), 1),
             Millis(1),
             Durability::Sync,
         )
@@ -378,7 +377,6 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
             b"only-n3",
             &VectorClock::new(),
             crate::version::Value::data(&b"mine"[..]),
-            &crate::version::Actor::new(id("n3"), 1),
             Millis(1),
             Durability::Sync,
         )

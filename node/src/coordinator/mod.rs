@@ -41,7 +41,7 @@ use crate::quorum::{
 use crate::storage::Durability;
 use crate::store::{Store, StoreError};
 use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
-use crate::version::{Actor, SiblingSet, Value, VectorClock};
+use crate::version::{SiblingSet, Value, VectorClock};
 
 /// Why a client request failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,8 @@ pub struct Coordinator {
 }
 
 struct Inner {
-    actor: Actor,
+    /// Also owns the clock actor puts are issued under (read inside each write, see
+    /// [`Store::coordinate`]).
     store: Store,
     cluster: Arc<Cluster>,
     transport: Arc<dyn Transport>,
@@ -171,7 +172,7 @@ pub enum ReadFanout {
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator")
-            .field("actor", &self.inner.actor)
+            .field("actor", &self.inner.store.identity().current())
             .field("quorum", &self.inner.quorum)
             .finish_non_exhaustive()
     }
@@ -180,8 +181,6 @@ impl std::fmt::Debug for Coordinator {
 /// Settings of a [`Coordinator`].
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// This node's clock actor (node id and incarnation).
-    pub actor: Actor,
     /// Default N, R, W.
     pub quorum: QuorumConfig,
     /// Deadline of one request, including replication.
@@ -206,7 +205,6 @@ impl Coordinator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                actor: config.actor,
                 store,
                 cluster,
                 transport,
@@ -416,12 +414,15 @@ impl Coordinator {
         // applied here: an in-memory compare-and-swap, cheap enough for the async thread.
         // `drive_put` counts the local acknowledgement once a flush that starts after
         // this write has ended, so the flush overlaps the replicas' writes instead of
-        // delaying them, and concurrent puts share it (group commit).
+        // delaying them, and concurrent puts share it (group commit). The put succeeds
+        // on any W acknowledgements, so the client may hear of it before this node's
+        // own flush: a crash then loses our dot of an acknowledged write, which is why
+        // every unclean start takes a new clock incarnation, in sync mode too
+        // (`ActorIdentity::open`).
         let state = self.inner.store.coordinate(
             key,
             &context,
             value,
-            &self.inner.actor,
             clock.wall(),
             Durability::Buffered,
         )?;

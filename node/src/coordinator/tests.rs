@@ -958,3 +958,41 @@ async fn a_batch_of_replica_writes_shares_one_flush_and_each_keeps_its_result() 
         }
     }
 }
+
+#[tokio::test]
+async fn a_coordinator_that_removed_a_key_writes_it_again_under_a_new_actor() {
+    // The simulator's seed 4000937 through the real put path: n1 coordinates e11 over
+    // e5, both replicas hold it, n1 removes its copy (as the stray sweep does after a
+    // range moved away) and later coordinates a blind put. The new write must be
+    // concurrent with e11 on n2, not a successor that drops it; and `Admin.Status`
+    // reports the renewed incarnation.
+    use crate::proto::{self, admin_server::Admin as _};
+    use crate::server::AdminService;
+
+    let harness = Harness::new(2, QuorumConfig::new(2, 1, 2).expect("valid quorum"));
+    let (n1, n2) = (id("n1"), id("n2"));
+    let key = b"set-0";
+    let first = harness.put(&n1, key, "e5", None).await.expect("first put");
+    harness
+        .node(&n1)
+        .coordinator()
+        .put(key, first, Some(b"e11".to_vec()), None)
+        .await
+        .expect("superseding put");
+    assert_eq!(harness.stored(&n2, key), ["e11"]);
+
+    let store = harness.node(&n1).store();
+    let started = store.identity().incarnation();
+    let digest = store.read(key).expect("reading").digest();
+    assert!(store.remove_unchanged(key, digest).expect("removing"));
+    harness.put(&n1, key, "e12", None).await.expect("blind put");
+    assert_eq!(harness.stored(&n2, key), ["e11", "e12"]);
+
+    let status = AdminService::new(Arc::clone(harness.node(&n1)))
+        .status(tonic::Request::new(proto::StatusRequest {}))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_ne!(status.incarnation, started);
+    assert_eq!(status.incarnation, store.identity().incarnation());
+}

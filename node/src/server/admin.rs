@@ -182,7 +182,8 @@ impl admin_server::Admin for AdminService {
         }
         Ok(Response::new(proto::StatusResponse {
             node_id: node.cluster.me().to_string(),
-            incarnation: node.incarnation,
+            // The current clock incarnation, renewed at run time (see `crate::identity`).
+            incarnation: node.store.identity().incarnation(),
             state: state as i32,
             keys: node.store.engine().approximate_len(),
             hints: hints

@@ -562,13 +562,14 @@ mod tests {
     use super::*;
     use crate::cluster::Clock;
     use crate::coordinator::{CoordinatorConfig, RequestLimits};
+    use crate::identity::ActorIdentity;
     use crate::membership::{DetectorConfig, MemberTable};
     use crate::quorum::QuorumConfig;
     use crate::ring::PartitionStrategy;
     use crate::storage::{Durability, MemoryEngine};
     use crate::store::Store;
     use crate::transport::MemoryNetwork;
-    use crate::version::{Actor, SiblingLimits};
+    use crate::version::SiblingLimits;
 
     const LIMITS: RequestLimits = RequestLimits {
         max_key_bytes: 64,
@@ -600,7 +601,6 @@ mod tests {
         );
         let coordinator = Coordinator::new(
             CoordinatorConfig {
-                actor: Actor::new(id(me), 1),
                 quorum,
                 timeout: Duration::from_secs(2),
                 durability: Durability::Sync,
@@ -608,7 +608,11 @@ mod tests {
                 metrics: Metrics::new(),
                 read_fanout: crate::coordinator::ReadFanout::All,
             },
-            Store::new(Arc::new(MemoryEngine::new()), SiblingLimits::default()),
+            Store::new(
+                Arc::new(MemoryEngine::new()),
+                SiblingLimits::default(),
+                Arc::new(ActorIdentity::new(id(me), 1, Clock::default())),
+            ),
             Arc::clone(&cluster),
             // No peer is registered on the network: every call to one fails as a
             // refused connection would.

@@ -16,11 +16,14 @@ use crate::time::Millis;
 
 /// The owner of a vector clock entry: one node in one incarnation of its storage.
 ///
-/// A node picks a new incarnation whenever it starts with storage it cannot prove
-/// complete (a fresh or wiped data directory, or an unclean restart with buffered
-/// writes). Counters are then issued under a new actor, so a replica that lost data
-/// never reissues a dot it already handed out: reissuing one would make a new write
-/// look like an old, already superseded one and silently drop it (Riak's KV679).
+/// A node picks a new incarnation whenever it may no longer hold every dot it issued
+/// for some key: at a start with storage it cannot prove complete (a fresh or wiped
+/// data directory, or any unclean stop), and at run time before it removes a key's
+/// state that mentions its current actor (stray sweep, transfer clean-up, tombstone
+/// purge; see `crate::identity`). Counters are then issued under a new actor, so a
+/// node never issues a dot whose clock entry claims dots it lost: that would make a
+/// new write look like an old, already superseded one, or supersede a write it never
+/// saw, and silently drop one of them (Riak's KV679).
 ///
 /// Ordered by `(node, incarnation)`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -13,8 +13,13 @@
 //!   made it. Two writes with the same context through one coordinator both survive,
 //!   and siblings do not pile up as with per-version clocks.
 //! * **Actor incarnations** ([`Actor`]): clock entries belong to a node *in one life
-//!   of its storage*. A node that restarts without its data takes a new incarnation,
-//!   so it cannot reissue a dot and make a new write look already superseded (KV679).
+//!   of its storage*. A clock entry `actor:n` claims every dot `actor:1..=n`, so an
+//!   actor may issue a dot for a key only while its node holds every earlier dot of
+//!   that actor for the key. A node that may have lost some (a start without all its
+//!   data, or a removal of a key's state that held them: stray sweep, purge) takes a
+//!   new incarnation, so it cannot make a new write cover, or look covered by, one it
+//!   no longer holds (KV679). The node's current actor lives in
+//!   [`crate::identity::ActorIdentity`].
 //!
 //! Clocks are truncated past a threshold, oldest entry first, as in the paper, but
 //! never an entry that a live version's dot needs.

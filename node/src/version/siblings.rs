@@ -264,6 +264,13 @@ impl SiblingSet {
         !self.siblings.is_empty() && self.siblings.iter().all(|s| s.value.is_tombstone())
     }
 
+    /// Whether `actor` appears in the state: in the clock or as a sibling's dot. A node
+    /// that deletes such a state for its own current actor must take a new actor first
+    /// (see [`crate::identity`]): its next dot would otherwise claim the deleted ones.
+    pub fn mentions(&self, actor: &Actor) -> bool {
+        self.clock.entry(actor).is_some() || self.siblings.iter().any(|s| &s.dot.actor == actor)
+    }
+
     /// MD5 of the canonical storage encoding ([`SiblingSet::to_bytes`]): equal states
     /// give equal digests. Merkle anti-entropy (Dynamo §4.7) hashes these.
     pub fn digest(&self) -> [u8; 16] {
@@ -292,7 +299,11 @@ impl SiblingSet {
     /// for the key before the purge unless the actor wrote the key more than once per
     /// millisecond for longer than the whole grace period, or the node's clock went
     /// back by more than the grace period. Found by the simulator's purge-during-faults
-    /// runs; Riak's KV679 is the same family of bug.
+    /// runs; Riak's KV679 is the same family of bug. The node's store also takes a new
+    /// actor before it removes a state holding its own dots (purge, stray sweep; see
+    /// `crate::identity`), which closes the remaining cases: counters alone cannot,
+    /// since a larger counter claims every smaller one, including dots of values the
+    /// node removed but other replicas still hold.
     ///
     /// Two puts with the same context both survive: the second context does not
     /// cover the first's new dot (Riak's false lost write cannot happen).

@@ -492,10 +492,18 @@ impl World {
             return;
         };
         process.alive.store(false, Ordering::SeqCst);
+        let renewals = process.shared.store().identity().renewals();
         node.down_since = Some(self.step);
         self.network.unregister(&node.address);
         node.engine = Arc::new(node.engine.crash(mode));
         node.generation += 1;
+        self.count_renewals(renewals);
+    }
+
+    /// Counts the clock actor renewals of a node's life (removals of states holding its
+    /// own dots: stray sweeps, purges), at its crash or at the end of the run.
+    fn count_renewals(&mut self, renewals: u64) {
+        self.add("actor renewals", renewals);
     }
 
     /// Replaces the node's disk with an empty one: whatever it held (data, hints,
@@ -1216,7 +1224,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         tokio::time::sleep(REQUEST_TIMEOUT * 2).await;
         dump = dump_replicas(&world, &keys);
     }
-    let w = lock(&world);
+    let mut w = lock(&world);
     let verdict = check(&w.history, &dump);
     let lost_set_elements = w
         .acked_elements
@@ -1228,6 +1236,12 @@ async fn simulate(config: SimConfig) -> SimReport {
         })
         .map(|(element, key)| format!("{element} of {}", String::from_utf8_lossy(key)))
         .collect();
+    for i in w.up_nodes() {
+        let renewals = w
+            .up(i)
+            .map_or(0, |(shared, _)| shared.store().identity().renewals());
+        w.count_renewals(renewals);
+    }
     SimReport {
         nodes: node_count,
         history: w.history.clone(),
