@@ -8,6 +8,10 @@
 //! change while holding the key's lock, and the build reads each key under the same
 //! lock, so every key is counted exactly once. A tree being built takes no part in
 //! exchanges.
+//!
+//! A build may pause between any two keys (its share of the background budget ran
+//! out) and resume later from the last key it read: the same rule keeps counting the
+//! writes behind the scan meanwhile and leaves those ahead of it to the scan.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -182,6 +186,27 @@ impl TreeSet {
         slot.tree = MerkleTree::new(slot.spec.range, slot.spec.depth).ok()?;
         slot.state = BuildState::Building { passed: None };
         Some(slot.generation)
+    }
+
+    /// Where the build of `range`'s tree goes on from: a pending tree starts from empty
+    /// (as [`start_build`](Self::start_build)), a tree whose build paused (its budget ran
+    /// out) resumes after the last key its scan read, keeping what it hashed so far and
+    /// every change made since behind the scan. Returns the generation and the key to
+    /// scan after; `None` if there is no such tree or it is ready.
+    pub(crate) fn resume_build(&self, range: TokenRange) -> Option<(u64, Option<Vec<u8>>)> {
+        let mut slots = self.lock();
+        let slot = slots.slot(range)?;
+        match &slot.state {
+            BuildState::Ready => None,
+            BuildState::Building { passed } => Some((
+                slot.generation,
+                passed.as_ref().map(|(_, key)| key.clone()),
+            )),
+            BuildState::Pending => {
+                drop(slots);
+                self.start_build(range).map(|generation| (generation, None))
+            }
+        }
     }
 
     /// The build scan read `key` with state digest `digest` (`None`: absent). Call with
