@@ -115,7 +115,7 @@ pub struct BuildProgress {
     /// Whether a build stopped because the background budget was spent; a later call
     /// resumes it.
     pub paused: bool,
-    /// Whether a build completed (its tree is ready to exchange).
+    /// Whether a build completed (its tree became ready to exchange).
     pub finished: bool,
 }
 
@@ -285,6 +285,7 @@ impl NodeShared {
             match self.build_tree(range).await {
                 Ok(progress) => {
                     total.keys_hashed += progress.keys_hashed;
+                    total.finished |= progress.finished;
                     if progress.paused {
                         // The budget is spent: the other ranges wait for the next call.
                         total.paused = true;
