@@ -79,8 +79,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
-pub use round::{BuildProgress, RoundReport};
 pub(crate) use round::antientropy_loop;
+pub use round::{BuildProgress, RoundReport};
 pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 
 use crate::ring::TokenRange;

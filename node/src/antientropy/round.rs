@@ -164,7 +164,9 @@ fn build_page(
     let allowed = if granted >= units {
         read
     } else {
-        usize::try_from(granted * TREE_BUILD_KEYS_PER_UNIT).unwrap_or(usize::MAX).min(read)
+        usize::try_from(granted * TREE_BUILD_KEYS_PER_UNIT)
+            .unwrap_or(usize::MAX)
+            .min(read)
     };
     let mut hashed = 0;
     let mut last = None;

@@ -845,7 +845,9 @@ async fn a_tree_built_in_budgeted_pieces_matches_the_data_including_writes_made_
         harness.put("n1", &format!("meanwhile-{i}"), "new").await;
     }
     for i in (0..600).step_by(10) {
-        harness.put("n1", &format!("piece-{i}"), "overwritten").await;
+        harness
+            .put("n1", &format!("piece-{i}"), "overwritten")
+            .await;
     }
     for i in (5..600).step_by(50) {
         harness.delete("n1", &format!("piece-{i}")).await;

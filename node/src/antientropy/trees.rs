@@ -198,10 +198,9 @@ impl TreeSet {
         let slot = slots.slot(range)?;
         match &slot.state {
             BuildState::Ready => None,
-            BuildState::Building { passed } => Some((
-                slot.generation,
-                passed.as_ref().map(|(_, key)| key.clone()),
-            )),
+            BuildState::Building { passed } => {
+                Some((slot.generation, passed.as_ref().map(|(_, key)| key.clone())))
+            }
             BuildState::Pending => {
                 drop(slots);
                 self.start_build(range).map(|generation| (generation, None))
@@ -454,6 +453,45 @@ mod tests {
                 building: 0
             }
         );
+    }
+
+    #[test]
+    fn a_paused_build_resumes_after_the_last_key_it_read_keeping_its_progress() {
+        let range = TokenRange::full();
+        let set = TreeSet::new();
+        set.reconcile(&[spec(range, 4)]);
+        let mut keys: Vec<&[u8]> = vec![b"k1", b"k2", b"k3"];
+        keys.sort_by_key(|k| ring_position(range, k));
+        let (first, second, third) = (keys[0], keys[1], keys[2]);
+
+        // A pending tree starts from the beginning of its range.
+        let (generation, after) = set.resume_build(range).unwrap();
+        assert_eq!(after, None);
+        assert!(set.build_visit(range, generation, first, Some(digest(1))));
+        // Paused here: resuming gives the same build and the key to scan after.
+        assert_eq!(
+            set.resume_build(range),
+            Some((generation, Some(first.to_vec())))
+        );
+        // While paused, a write behind the cursor counts, one ahead waits for the scan.
+        set.changed(first, Some(digest(1)), Some(digest(5)));
+        set.changed(third, None, Some(digest(3)));
+        assert!(set.build_visit(range, generation, second, None));
+        assert!(set.build_visit(range, generation, third, Some(digest(3))));
+        assert!(set.finish_build(range, generation));
+        assert_eq!(
+            set.root(range).unwrap(),
+            expected(range, 4, &[(first, digest(5)), (third, digest(3))])
+        );
+        // A ready tree has nothing to resume.
+        assert_eq!(set.resume_build(range), None);
+        // A ring change that replaces the tree voids the paused build's generation.
+        let other = TokenRange::new(Token(0), Token(1 << 127));
+        set.reconcile(&[spec(other, 3)]);
+        let (fresh, after) = set.resume_build(other).unwrap();
+        assert_eq!(after, None);
+        assert_ne!(fresh, generation);
+        assert!(!set.build_visit(range, generation, first, Some(digest(1))));
     }
 
     #[test]
