@@ -41,6 +41,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CHILDREN = []
+DYNAMO_HTTP = []  # the Dynamo nodes' HTTP base URLs, for --keep-logs metric snapshots
 
 
 def free_port():
@@ -105,7 +106,7 @@ def cpu_seconds(pids):
     return total / ticks
 
 
-def start_dynamo(tmp, durability, bin_dir):
+def start_dynamo(tmp, durability, bin_dir, log_filter="warn"):
     binary = os.path.join(bin_dir, "dynamo-node")
     ctl = os.path.join(bin_dir, "dynamoctl")
     for path in (binary, ctl):
@@ -130,7 +131,7 @@ def start_dynamo(tmp, durability, bin_dir):
             "--read-quorum", "2",
             "--write-quorum", "2",
             "--durability", durability,
-            "--log", "warn",
+            "--log", log_filter,
         ]
         if nodes:
             args += ["--seeds", f"127.0.0.1:{nodes[0]['internode']}"]
@@ -150,6 +151,7 @@ def start_dynamo(tmp, durability, bin_dir):
         wait_until(f"dynamo {node['id']} /readyz",
                    lambda n=node: http_status(f"http://127.0.0.1:{n['http']}/readyz")[0] == 200)
     url = f"http://127.0.0.1:{nodes[0]['http']}"
+    DYNAMO_HTTP[:] = [f"http://127.0.0.1:{n['http']}" for n in nodes]
     # Every node must see all three before W=2 puts can land on the right replicas.
     wait_until("a W=2 put on dynamo",
                lambda: http_status(f"{url}/v1/kv/compare-probe", "PUT", b"x")[0] == 204)
@@ -252,6 +254,17 @@ def run_wrk(url, script, args, env, pids):
             "requests": requests, "cpu_ms_per_op": 1000 * cpu / max(1, requests)}
 
 
+def snapshot_metrics(path):
+    """The Dynamo nodes' anti-entropy and background-budget series, one block per node."""
+    with open(path, "w") as out:
+        for base in DYNAMO_HTTP:
+            status, body = http_status(f"{base}/metrics")
+            out.write(f"# {base} at {time.time():.1f} (HTTP {status})\n")
+            for line in body.decode(errors="replace").splitlines():
+                if line.startswith(("dynamo_antientropy", "dynamo_background")):
+                    out.write(line + "\n")
+
+
 def run_redis_benchmark(port, args):
     command = ["redis-benchmark", "-p", str(port), "-t", "set,get", "-d", str(args.value_bytes),
                "-c", str(args.clients), "-r", str(args.keys), "-n", str(args.redis_requests),
@@ -284,6 +297,12 @@ def main():
     parser.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
                         help="where dynamo-node and dynamoctl are (to compare two builds) "
                              "[default: target/release]")
+    parser.add_argument("--dynamo-log", default="warn", metavar="FILTER",
+                        help="the Dynamo nodes' log filter, e.g. "
+                             "warn,dynamo_node::antientropy=debug [default: warn]")
+    parser.add_argument("--keep-logs", metavar="DIR",
+                        help="keep the servers' logs here, with the Dynamo nodes' "
+                             "anti-entropy and background metrics after each phase")
     parser.add_argument("--only-dynamo", action="store_true",
                         help="skip etcd and Redis (for profiling runs; prints no ratios)")
     args = parser.parse_args()
@@ -294,11 +313,16 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="dynamo-compare-")
     atexit.register(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    if args.keep_logs:
+        os.makedirs(args.keep_logs, exist_ok=True)
+        # Runs after stop_children (atexit is last in, first out): the logs are complete.
+        atexit.register(lambda: [shutil.copy(os.path.join(tmp, name), args.keep_logs)
+                                 for name in os.listdir(tmp) if name.endswith(".log")])
     atexit.register(stop_children)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     value = b"v" * args.value_bytes
-    systems = [("dynamo", *start_dynamo(tmp, args.durability, args.bin_dir))]
+    systems = [("dynamo", *start_dynamo(tmp, args.durability, args.bin_dir, args.dynamo_log))]
     if not args.only_dynamo:
         systems.append(("etcd", *start_etcd(tmp)))
         redis_port = start_redis(tmp)
@@ -313,6 +337,8 @@ def main():
         for op in ("put", "get"):
             print(f"wrk: {system} {op} for {args.seconds}s ...", file=sys.stderr)
             results[f"{system}_{op}"] = run_wrk(url, f"{system}_{op}.lua", args, env, pids)
+            if system == "dynamo" and args.keep_logs:
+                snapshot_metrics(os.path.join(args.keep_logs, f"metrics-after-{op}.txt"))
     if not args.only_dynamo:
         print("redis-benchmark ...", file=sys.stderr)
         redis = run_redis_benchmark(redis_port, args)

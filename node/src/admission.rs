@@ -62,15 +62,20 @@ pub enum WorkKind {
     /// The stray sweep: keys a node holds but no longer replicates, handed to their
     /// replicas (see `transfer::sweep`).
     Sweep,
+    /// Building a Merkle tree by scanning and hashing the local data of a range
+    /// (anti-entropy, Dynamo §4.7); one unit per
+    /// [`TREE_BUILD_KEYS_PER_UNIT`](crate::antientropy::TREE_BUILD_KEYS_PER_UNIT) keys.
+    TreeBuild,
 }
 
 impl WorkKind {
     /// Every kind, for metrics that show all of them.
-    pub const ALL: [WorkKind; 4] = [
+    pub const ALL: [WorkKind; 5] = [
         WorkKind::Handoff,
         WorkKind::Transfer,
         WorkKind::AntiEntropy,
         WorkKind::Sweep,
+        WorkKind::TreeBuild,
     ];
 
     /// The metric label value.
@@ -80,6 +85,7 @@ impl WorkKind {
             WorkKind::Transfer => "transfer",
             WorkKind::AntiEntropy => "anti_entropy",
             WorkKind::Sweep => "sweep",
+            WorkKind::TreeBuild => "tree_build",
         }
     }
 }

@@ -757,6 +757,7 @@ mod tests {
                 r#"dynamo_background_granted_total{kind="handoff"} 0"#,
                 r#"dynamo_background_granted_total{kind="sweep"} 0"#,
                 r#"dynamo_background_granted_total{kind="transfer"} 0"#,
+                r#"dynamo_background_granted_total{kind="tree_build"} 0"#,
                 r#"dynamo_foreground_latency_p99_seconds 0.0"#,
                 r#"dynamo_forwarded_puts_total 0"#,
                 r#"dynamo_keys 0"#,

@@ -943,6 +943,35 @@ async fn a_wiped_node_is_refilled_by_anti_entropy_alone() {
     }
 }
 
+/// Trees are built between rounds, a budget's worth at a time, soon after the ring
+/// forms: with rounds an hour apart, every node's tree is ready (and counts the writes
+/// made since) although no round has run, so the first round has no scan of all the
+/// node's data to make while clients wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_are_built_between_rounds_without_waiting_for_one() {
+    let cluster = TestCluster::start(3, &["--anti-entropy-interval", "1h"]).await;
+    for i in 0..50 {
+        let key = format!("tree-{i}");
+        put(&cluster.nodes[0], &key, &key, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+    for node in &cluster.nodes {
+        eventually(&format!("{}'s tree to be ready", node.id), || async {
+            let stats = status(node).await.anti_entropy.expect("anti-entropy on");
+            stats.trees_ready == 1 && stats.trees_building == 0
+        })
+        .await;
+        let stats = status(node).await.anti_entropy.expect("anti-entropy on");
+        assert_eq!(
+            (stats.exchanges, stats.exchange_failures),
+            (0, 0),
+            "{}: no round ran: {stats:?}",
+            node.id
+        );
+    }
+}
+
 async fn status(node: &TestNode) -> proto::StatusResponse {
     node.admin()
         .await

@@ -12,7 +12,10 @@
 //!   every data change to it ([`StoreObserver`](crate::store::StoreObserver)): coordinator
 //!   writes, replica merges, read repair, hint delivery, transfer and repair batches,
 //!   purges. Trees are built by one local scan when their range appears and are never
-//!   rebuilt per exchange.
+//!   rebuilt per exchange. The scan is paid for from the node's background budget
+//!   (kind `tree_build`): it pauses when the budget is spent and resumes where it
+//!   stopped, so a node with much data hashes it over several budget intervals, never
+//!   in one burst that would stall the foreground gets and puts.
 //! * The rounds (`NodeShared::antientropy_round`): every `--anti-entropy-interval`, pick
 //!   one range and one other replica of it, walk the two trees top-down with the
 //!   `MerkleHashes` RPC ([`Exchange`](crate::merkle::Exchange)), then page both sides'
@@ -76,8 +79,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
-pub use round::RoundReport;
 pub(crate) use round::antientropy_loop;
+pub use round::{BuildProgress, RoundReport};
 pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 
 use crate::ring::TokenRange;
@@ -105,6 +108,13 @@ pub struct AntiEntropyConfig {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// The default tombstone grace period (see the [module docs](self)).
 pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Keys a tree build hashes per unit of the background budget
+/// ([`WorkKind::TreeBuild`](crate::admission::WorkKind::TreeBuild)): reading and hashing a
+/// local key costs far less than repairing one (a unit of
+/// [`WorkKind::AntiEntropy`](crate::admission::WorkKind::AntiEntropy)), which moves a
+/// state over the network and writes it. At the default budget of 1,000 units a second
+/// a node hashes up to 16,000 keys a second, at the minimum of 10 units 160.
+pub const TREE_BUILD_KEYS_PER_UNIT: u64 = 16;
 /// The default keys repaired per round.
 pub const DEFAULT_MAX_KEYS_PER_ROUND: u64 = 10_000;
 /// The default bytes moved per round.

@@ -6,11 +6,15 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::TREE_BUILD_KEYS_PER_UNIT;
 use super::plan::{
     AdmittedLimit, RepairBudget, TreeSpec, choose_exchange, key_repair, purger, ring_position,
     tombstone_expired, tree_specs,
 };
+use super::trees::TreeSet;
 use crate::NodeId;
+use crate::admission::WorkKind;
+use crate::background::BackgroundBudget;
 use crate::node::NodeShared;
 use crate::ring::TokenRange;
 use crate::storage::{StorageError, run_engine_call};
@@ -22,8 +26,11 @@ use crate::transport::{
 };
 use crate::version::SiblingSet;
 
-/// Keys read per page by a tree build.
+/// Keys read per page by a tree build: the most hashed between two yields.
 const BUILD_PAGE: usize = 256;
+/// The shortest pause between two tree build steps of the loop, whatever the budget
+/// interval.
+const MIN_BUILD_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Entries per page when comparing a bucket's keys, on either side.
 const REPAIR_PAGE: u32 = 256;
 /// Bytes per page when comparing a bucket's keys.
@@ -78,14 +85,123 @@ pub(crate) async fn antientropy_loop(node: Arc<NodeShared>, shutdown: watch::Rec
     let mut picker = Picker(node.incarnation ^ 0x9e37_79b9_7f4a_7c15);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Tree builds go on between rounds, one step per budget interval: a ring change
+    // (this node joining, a neighbour leaving) gets its trees while there is little to
+    // hash, and a large range is hashed a budget's worth at a time.
+    let mut builds = tokio::time::interval(node.background.config().interval().max(MIN_BUILD_TICK));
+    builds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate: build the trees at startup, exchange a period later.
     ticker.tick().await;
+    builds.tick().await;
     node.refresh_trees().await;
     while !*shutdown.borrow() {
-        ticker.tick().await;
-        let now = node.cluster.clock().wall();
-        node.antientropy_round(picker.next(), now).await;
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = node.cluster.clock().wall();
+                node.antientropy_round(picker.next(), now).await;
+            }
+            _ = builds.tick() => {
+                node.refresh_trees().await;
+            }
+        }
     }
+}
+
+/// What tree building did in one call of `NodeShared::refresh_trees`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildProgress {
+    /// Keys read and hashed into trees.
+    pub keys_hashed: u64,
+    /// Whether a build stopped because the background budget was spent; a later call
+    /// resumes it.
+    pub paused: bool,
+    /// Whether a build completed (its tree became ready to exchange).
+    pub finished: bool,
+}
+
+/// How one page of a tree build ended.
+enum PageEnd {
+    /// More keys follow this one, the last read.
+    More(Vec<u8>),
+    /// The scan reached the end of the range.
+    Finished,
+    /// The budget ran out; the build resumes after the last key hashed.
+    Paused,
+    /// The tree was replaced (a ring change) or drifted: this build is void.
+    Superseded,
+}
+
+/// One page of a tree build.
+struct BuildPage {
+    hashed: u64,
+    end: PageEnd,
+}
+
+/// The budget units that hashing `keys` keys costs.
+fn build_units(keys: usize) -> u64 {
+    (keys as u64).div_ceil(TREE_BUILD_KEYS_PER_UNIT)
+}
+
+/// Reads up to [`BUILD_PAGE`] keys of `range` after `cursor` and hashes as many as the
+/// background budget grants into the tree, each under its store lock. Blocking: runs on
+/// a blocking thread for a blocking engine.
+fn build_page(
+    store: &Store,
+    trees: &TreeSet,
+    background: &BackgroundBudget,
+    range: TokenRange,
+    generation: u64,
+    cursor: Option<Vec<u8>>,
+) -> Result<BuildPage, RoundError> {
+    let page = store.engine().scan(range, cursor.as_deref(), BUILD_PAGE)?;
+    let read = page.len();
+    let units = build_units(read);
+    let granted = if units == 0 {
+        0
+    } else {
+        background.take(WorkKind::TreeBuild, units)
+    };
+    let allowed = if granted >= units {
+        read
+    } else {
+        usize::try_from(granted * TREE_BUILD_KEYS_PER_UNIT)
+            .unwrap_or(usize::MAX)
+            .min(read)
+    };
+    let mut hashed = 0;
+    let mut last = None;
+    for (key, _) in page.into_iter().take(allowed) {
+        // Read again under the lock: the scan's copy may already be stale, and a write
+        // after the lock is released sees the key as passed and updates the tree.
+        let current = store.with_key_locked(&key, || {
+            let raw = store.engine().get(&key)?;
+            Ok::<_, StorageError>(trees.build_visit(
+                range,
+                generation,
+                &key,
+                raw.as_deref().map(state_digest),
+            ))
+        })?;
+        if !current {
+            return Ok(BuildPage {
+                hashed,
+                end: PageEnd::Superseded,
+            });
+        }
+        hashed += 1;
+        last = Some(key);
+    }
+    let end = if allowed < read {
+        PageEnd::Paused
+    } else if read < BUILD_PAGE {
+        PageEnd::Finished
+    } else {
+        match last {
+            Some(last) => PageEnd::More(last),
+            None => PageEnd::Finished,
+        }
+    };
+    Ok(BuildPage { hashed, end })
 }
 
 /// Repair failed: the peer or our storage.
@@ -147,11 +263,14 @@ struct Pending {
 impl NodeShared {
     /// Brings the trees in line with the current ring: drops trees of ranges this node
     /// no longer replicates, and builds (by a local scan) those of ranges it newly
-    /// replicates or whose tree drifted. Rounds call it first; the loop also calls it at
-    /// startup.
-    pub async fn refresh_trees(&self) {
+    /// replicates or whose tree drifted. Builds draw on the background budget and pause
+    /// when it is spent (see `build_tree`); a later call resumes them. Rounds call it
+    /// first; the loop also calls it at startup and every budget interval, so trees are
+    /// built soon after a ring change, while the budget allows, rather than all at once
+    /// in the next round. Returns what the builds did.
+    pub async fn refresh_trees(&self) -> BuildProgress {
         if !self.antientropy.config().enabled() {
-            return;
+            return BuildProgress::default();
         }
         let ring = self.cluster.ring();
         let n = usize::try_from(self.quorum.n()).unwrap_or(usize::MAX);
@@ -163,12 +282,23 @@ impl NodeShared {
         );
         let pending = self.antientropy.trees().reconcile(&specs);
         self.publish_tree_counts();
+        let mut total = BuildProgress::default();
         for range in pending {
-            if let Err(error) = self.build_tree(range).await {
-                tracing::warn!(?range, %error, "building a Merkle tree");
+            match self.build_tree(range).await {
+                Ok(progress) => {
+                    total.keys_hashed += progress.keys_hashed;
+                    total.finished |= progress.finished;
+                    if progress.paused {
+                        // The budget is spent: the other ranges wait for the next call.
+                        total.paused = true;
+                        break;
+                    }
+                }
+                Err(error) => tracing::warn!(?range, %error, "building a Merkle tree"),
             }
         }
         self.publish_tree_counts();
+        total
     }
 
     fn publish_tree_counts(&self) {
@@ -177,50 +307,56 @@ impl NodeShared {
             .set_anti_entropy_trees(counts.ready, counts.building);
     }
 
-    /// Builds `range`'s tree from one scan of the local data, reading each key under its
+    /// Builds `range`'s tree from a scan of the local data, reading each key under its
     /// store lock so concurrent writes are counted exactly once (see `TreeSet`).
-    async fn build_tree(&self, range: TokenRange) -> Result<(), RoundError> {
+    ///
+    /// The scan goes a page at a time, off the async threads for a blocking engine, and
+    /// yields between pages; each page's hashing is paid for from the node's background
+    /// budget ([`WorkKind::TreeBuild`], one unit per [`TREE_BUILD_KEYS_PER_UNIT`] keys).
+    /// When the budget runs out the build pauses after the last key it hashed and the
+    /// next call resumes it there, so a range of many keys is hashed over several budget
+    /// intervals instead of in one burst that stalls foreground requests.
+    async fn build_tree(&self, range: TokenRange) -> Result<BuildProgress, RoundError> {
         let trees = Arc::clone(self.antientropy.trees());
-        let Some(generation) = trees.start_build(range) else {
-            return Ok(());
+        let Some((generation, mut after)) = trees.resume_build(range) else {
+            return Ok(BuildProgress::default());
         };
-        let mut after: Option<Vec<u8>> = None;
+        let started = std::time::Instant::now();
+        let mut progress = BuildProgress::default();
         loop {
             let store = self.store.clone();
             let page_trees = Arc::clone(&trees);
+            let background = Arc::clone(&self.background);
             let cursor = after.take();
-            // (last key read, scan finished, build superseded)
-            let (last, done, superseded) = blocking(&self.store, move || {
-                let page = store.engine().scan(range, cursor.as_deref(), BUILD_PAGE)?;
-                let done = page.len() < BUILD_PAGE;
-                let mut last = None;
-                for (key, _) in page {
-                    let current = store.with_key_locked(&key, || {
-                        let raw = store.engine().get(&key)?;
-                        Ok::<_, StorageError>(page_trees.build_visit(
-                            range,
-                            generation,
-                            &key,
-                            raw.as_deref().map(state_digest),
-                        ))
-                    })?;
-                    if !current {
-                        return Ok((None, true, true));
-                    }
-                    last = Some(key);
-                }
-                Ok((last, done, false))
+            let page = blocking(&self.store, move || {
+                build_page(&store, &page_trees, &background, range, generation, cursor)
             })
             .await?;
-            if superseded {
-                return Ok(());
+            progress.keys_hashed += page.hashed;
+            match page.end {
+                PageEnd::More(last) => after = Some(last),
+                PageEnd::Finished => {
+                    progress.finished = trees.finish_build(range, generation);
+                    break;
+                }
+                PageEnd::Paused => {
+                    progress.paused = true;
+                    break;
+                }
+                PageEnd::Superseded => break,
             }
-            if done || last.is_none() {
-                trees.finish_build(range, generation);
-                return Ok(());
-            }
-            after = last;
+            // Between pages, let foreground requests on this thread go first.
+            tokio::task::yield_now().await;
         }
+        tracing::debug!(
+            ?range,
+            keys_hashed = progress.keys_hashed,
+            finished = progress.finished,
+            paused = progress.paused,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Merkle tree build step"
+        );
+        Ok(progress)
     }
 
     /// One anti-entropy round (Dynamo §4.7) at wall time `now`: refresh the trees,
@@ -233,7 +369,9 @@ impl NodeShared {
         if !self.antientropy.config().enabled() {
             return report;
         }
-        self.refresh_trees().await;
+        let started = std::time::Instant::now();
+        let built = self.refresh_trees().await;
+        let refreshed = started.elapsed();
         let ready = self.antientropy.trees().ready_specs();
         let me = self.cluster.me();
         let Some((spec, peer)) =
@@ -254,9 +392,19 @@ impl NodeShared {
             report.failed = true;
             tracing::debug!(%peer, range = ?spec.range, %error, "anti-entropy exchange failed");
         }
+        let exchanged = started.elapsed();
         if let Err(error) = self.purge_step(&spec, now, &mut budget, &mut report).await {
             tracing::debug!(range = ?spec.range, %error, "tombstone purge step failed");
         }
+        // Phase timings, to tell which part of a round costs what (debug only).
+        tracing::debug!(
+            tree_keys_hashed = built.keys_hashed,
+            refresh_ms = refreshed.as_millis() as u64,
+            exchange_and_repair_ms = (exchanged - refreshed).as_millis() as u64,
+            purge_ms = (started.elapsed() - exchanged).as_millis() as u64,
+            ?report,
+            "anti-entropy round"
+        );
         self.metrics.record_anti_entropy_round(&report);
         report
     }

@@ -790,3 +790,98 @@ async fn a_shallower_tree_depth_builds_smaller_trees_that_still_repair_a_wiped_r
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tree_built_in_budgeted_pieces_matches_the_data_including_writes_made_meanwhile() {
+    // Admission control for tree builds: 5 units (80 keys) per 50 ms interval (real
+    // time: the budget runs on the system clock), so a build of 600 keys must pause and
+    // resume several times; the writes made while it is paused land on both sides of
+    // its cursor.
+    let admission = crate::admission::AdmissionConfig::new(
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+        Duration::from_millis(50),
+        5,
+        5,
+    )
+    .expect("valid admission config");
+    let harness = Harness::with_admission(3, config(), admission);
+    let keys: Vec<String> = (0..600).map(|i| format!("piece-{i}")).collect();
+    for key in &keys {
+        harness.put("n1", key, "v").await;
+    }
+    harness.settle(&keys).await;
+    let n1 = harness.node("n1");
+    let range = TokenRange::full();
+    let depth = super::plan::FULL_RING_DEPTH;
+
+    let first = n1.refresh_trees().await;
+    assert!(first.paused, "600 keys do not fit one interval: {first:?}");
+    assert!(!first.finished);
+    assert!(
+        first.keys_hashed > 0 && first.keys_hashed < 600,
+        "{first:?}"
+    );
+    assert_eq!(n1.antientropy().trees().root(range), None, "not ready yet");
+    assert!(
+        matches!(
+            n1.antientropy().trees().hashes(range, depth, 0, &[0]),
+            Err(super::TreeLookupError::Building(_))
+        ),
+        "a paused build takes no part in exchanges"
+    );
+    assert!(
+        !n1.metrics()
+            .encode()
+            .contains(r#"dynamo_background_granted_total{kind="tree_build"} 0"#),
+        "tree_build grants show in /metrics"
+    );
+
+    // Writes while the build is paused: new keys, overwrites and deletes, spread over
+    // the ring, so some fall behind the scan's cursor and some ahead of it.
+    for i in 0..60 {
+        harness.put("n1", &format!("meanwhile-{i}"), "new").await;
+    }
+    for i in (0..600).step_by(10) {
+        harness
+            .put("n1", &format!("piece-{i}"), "overwritten")
+            .await;
+    }
+    for i in (5..600).step_by(50) {
+        harness.delete("n1", &format!("piece-{i}")).await;
+    }
+
+    // Resume until done: each call hashes at most what the budget grants.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut calls = 1;
+    let mut hashed = first.keys_hashed;
+    loop {
+        let progress = n1.refresh_trees().await;
+        calls += 1;
+        hashed += progress.keys_hashed;
+        if progress.finished {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build did not finish within 20 s ({calls} calls, {hashed} keys hashed)"
+        );
+        // Wait (real time) for the budget's next interval before asking again.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        hashed >= 600,
+        "every key hashed at least once: {hashed} in {calls} calls"
+    );
+    // The pieces add up to the tree one scan of the data would build.
+    assert_eq!(
+        n1.antientropy().trees().root(range),
+        Some(rebuilt_root(n1, range, depth))
+    );
+    // And it stays exact: writes after the build count too.
+    harness.put("n1", "after-build", "v").await;
+    assert_eq!(
+        n1.antientropy().trees().root(range),
+        Some(rebuilt_root(n1, range, depth))
+    );
+}

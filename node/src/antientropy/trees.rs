@@ -8,6 +8,10 @@
 //! change while holding the key's lock, and the build reads each key under the same
 //! lock, so every key is counted exactly once. A tree being built takes no part in
 //! exchanges.
+//!
+//! A build may pause between any two keys (its share of the background budget ran
+//! out) and resume later from the last key it read: the same rule keeps counting the
+//! writes behind the scan meanwhile and leaves those ahead of it to the scan.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -182,6 +186,26 @@ impl TreeSet {
         slot.tree = MerkleTree::new(slot.spec.range, slot.spec.depth).ok()?;
         slot.state = BuildState::Building { passed: None };
         Some(slot.generation)
+    }
+
+    /// Where the build of `range`'s tree goes on from: a pending tree starts from empty
+    /// (as [`start_build`](Self::start_build)), a tree whose build paused (its budget ran
+    /// out) resumes after the last key its scan read, keeping what it hashed so far and
+    /// every change made since behind the scan. Returns the generation and the key to
+    /// scan after; `None` if there is no such tree or it is ready.
+    pub(crate) fn resume_build(&self, range: TokenRange) -> Option<(u64, Option<Vec<u8>>)> {
+        let mut slots = self.lock();
+        let slot = slots.slot(range)?;
+        match &slot.state {
+            BuildState::Ready => None,
+            BuildState::Building { passed } => {
+                Some((slot.generation, passed.as_ref().map(|(_, key)| key.clone())))
+            }
+            BuildState::Pending => {
+                drop(slots);
+                self.start_build(range).map(|generation| (generation, None))
+            }
+        }
     }
 
     /// The build scan read `key` with state digest `digest` (`None`: absent). Call with
@@ -429,6 +453,45 @@ mod tests {
                 building: 0
             }
         );
+    }
+
+    #[test]
+    fn a_paused_build_resumes_after_the_last_key_it_read_keeping_its_progress() {
+        let range = TokenRange::full();
+        let set = TreeSet::new();
+        set.reconcile(&[spec(range, 4)]);
+        let mut keys: Vec<&[u8]> = vec![b"k1", b"k2", b"k3"];
+        keys.sort_by_key(|k| ring_position(range, k));
+        let (first, second, third) = (keys[0], keys[1], keys[2]);
+
+        // A pending tree starts from the beginning of its range.
+        let (generation, after) = set.resume_build(range).unwrap();
+        assert_eq!(after, None);
+        assert!(set.build_visit(range, generation, first, Some(digest(1))));
+        // Paused here: resuming gives the same build and the key to scan after.
+        assert_eq!(
+            set.resume_build(range),
+            Some((generation, Some(first.to_vec())))
+        );
+        // While paused, a write behind the cursor counts, one ahead waits for the scan.
+        set.changed(first, Some(digest(1)), Some(digest(5)));
+        set.changed(third, None, Some(digest(3)));
+        assert!(set.build_visit(range, generation, second, None));
+        assert!(set.build_visit(range, generation, third, Some(digest(3))));
+        assert!(set.finish_build(range, generation));
+        assert_eq!(
+            set.root(range).unwrap(),
+            expected(range, 4, &[(first, digest(5)), (third, digest(3))])
+        );
+        // A ready tree has nothing to resume.
+        assert_eq!(set.resume_build(range), None);
+        // A ring change that replaces the tree voids the paused build's generation.
+        let other = TokenRange::new(Token(0), Token(1 << 127));
+        set.reconcile(&[spec(other, 3)]);
+        let (fresh, after) = set.resume_build(other).unwrap();
+        assert_eq!(after, None);
+        assert_ne!(fresh, generation);
+        assert!(!set.build_visit(range, generation, first, Some(digest(1))));
     }
 
     #[test]
