@@ -935,6 +935,25 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_state_that_names_the_actor_only_in_its_clock_keeps_the_actor() {
+        // n0's value was superseded by n8's write: n0 is in the clock, in no live dot.
+        // A later, larger n0 dot covers only dots already superseded, so no new actor
+        // (and no extra clock entry) is needed.
+        let n0 = store_of("n0");
+        let n8 = store_of("n8");
+        let own = put(&n0, &VectorClock::new(), Some("ours"), 10);
+        n8.merge(b"k", &own, Durability::Sync).unwrap();
+        let theirs = put(&n8, &own.context(), Some("theirs"), 20);
+        n0.merge(b"k", &theirs, Durability::Sync).unwrap();
+        let stored = n0.read(b"k").unwrap();
+        assert_eq!(strings(&stored), ["theirs"]);
+        let before = n0.identity().current();
+        assert!(stored.clock().entry(&before).is_some(), "{stored:?}");
+        assert!(n0.remove_unchanged(b"k", stored.digest()).unwrap());
+        assert!(n0.identity().is_current(&before));
+    }
+
+    #[test]
     fn renewals_leave_the_clock_bounded_by_truncation() {
         // Each renewal puts one more actor of this node into the clocks of keys it
         // writes afterwards; the old incarnations stop advancing, so their entries are

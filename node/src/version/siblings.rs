@@ -264,11 +264,18 @@ impl SiblingSet {
         !self.siblings.is_empty() && self.siblings.iter().all(|s| s.value.is_tombstone())
     }
 
-    /// Whether `actor` appears in the state: in the clock or as a sibling's dot. A node
-    /// that deletes such a state for its own current actor must take a new actor first
-    /// (see [`crate::identity`]): its next dot would otherwise claim the deleted ones.
+    /// Whether a live sibling carries a dot of `actor`. A node that deletes such a state
+    /// for its own current actor must take a new actor first (see [`crate::identity`]):
+    /// its next dot would otherwise claim the deleted one as seen while other replicas
+    /// may still hold it as a current value. An actor that appears only in the clock
+    /// needs no new actor: every one of its dots the state saw was superseded there by
+    /// a write that travels with it, so a later, larger dot covering them drops nothing
+    /// that is not already superseded. (Renewing in that case too made clocks grow by
+    /// an entry per node and stray sweep, past the truncation limit in a 5-node scaling
+    /// run, where truncation then dropped an entry still needed: a superseded value
+    /// came back.)
     pub fn mentions(&self, actor: &Actor) -> bool {
-        self.clock.entry(actor).is_some() || self.siblings.iter().any(|s| &s.dot.actor == actor)
+        self.siblings.iter().any(|s| &s.dot.actor == actor)
     }
 
     /// MD5 of the canonical storage encoding ([`SiblingSet::to_bytes`]): equal states
@@ -357,7 +364,23 @@ impl SiblingSet {
                 timestamp: now,
             },
         );
-        self.clock.merge(context);
+        // Entries the client saw that this replica's clock lags behind are stamped with
+        // the time of this write, not the context's zero (contexts carry no
+        // timestamps): truncation drops the oldest entries first, and an entry just
+        // learned from the client may be the one covering a value this write
+        // supersedes; with timestamp zero it went first (a superseded value came back
+        // in a 5-node scaling run).
+        for (context_actor, entry) in context.iter() {
+            if entry.counter > self.clock.counter(context_actor) {
+                self.clock.set(
+                    context_actor,
+                    ClockEntry {
+                        counter: entry.counter,
+                        timestamp: entry.timestamp.max(now),
+                    },
+                );
+            }
+        }
         self.clock.set(
             actor,
             ClockEntry {
@@ -428,6 +451,7 @@ mod tests {
     use super::*;
     use crate::version::clock::Causality;
     use crate::version::clock::tests::actor;
+    use crate::version::context;
 
     fn data(s: &str) -> Value {
         Value::data(s.as_bytes())
@@ -735,6 +759,39 @@ mod tests {
         assert_eq!(out.dot.counter, 41);
         let left: Vec<_> = set.clock().iter().map(|(x, _)| x.clone()).collect();
         assert_eq!(left, [d, actor("e", 1)]);
+    }
+
+    #[test]
+    fn an_entry_learned_from_the_client_is_not_the_first_truncated() {
+        // Contexts carry no timestamps. The coordinator's clock lacks the entry that
+        // covers the value the client supersedes (`x`'s): it must survive truncation,
+        // or a replica still holding that value keeps it as a concurrent sibling.
+        let limits = SiblingLimits::new(100, 20, 3).unwrap();
+        let (a, b, c, x) = (actor("a", 1), actor("b", 1), actor("c", 1), actor("x", 1));
+        let mut coordinator = SiblingSet::new();
+        coordinator
+            .put(&VectorClock::new(), data("a"), &a, Millis(10), &limits)
+            .unwrap();
+        let ctx = coordinator.context();
+        coordinator
+            .put(&ctx, data("b"), &b, Millis(20), &limits)
+            .unwrap();
+        // Elsewhere, x wrote on top of b; the client read that and writes on top of it.
+        let mut elsewhere = coordinator.clone();
+        let ctx = elsewhere.context();
+        elsewhere
+            .put(&ctx, data("x"), &x, Millis(30), &limits)
+            .unwrap();
+        let client = context::decode(&context::encode(&elsewhere.context())).unwrap();
+        coordinator
+            .put(&client, data("c"), &c, Millis(40), &limits)
+            .unwrap();
+        assert!(
+            coordinator.clock().entry(&x).is_some(),
+            "x's entry was dropped: {:?}",
+            coordinator.clock()
+        );
+        assert_eq!(values(&merged(&elsewhere, &coordinator)), ["c"]);
     }
 
     #[test]
