@@ -151,12 +151,22 @@ impl SiblingLimits {
 }
 
 impl Default for SiblingLimits {
-    /// 100 siblings at most, a warning above 20, clocks truncated to 10 entries.
+    /// 100 siblings at most, a warning above 20, clocks truncated to 32 entries.
+    ///
+    /// Dynamo §4.4 suggests 10 entries, one per coordinating node. An actor here is a
+    /// node *and* its incarnation, which changes after an unclean start and before the
+    /// node removes a state holding its own live dot (`crate::identity`), so one node
+    /// can stand in a clock several times. Truncation can drop the entry that covers a
+    /// superseded value, which then comes back as a sibling wherever a replica still
+    /// holds it; at 10 entries a 5-node scaling run under load hit that (e2e
+    /// `scaling.rs`), so the default leaves room for about three incarnations a node
+    /// in a 10-node cluster. Old incarnations stop advancing, so they are the oldest
+    /// entries and go first.
     fn default() -> Self {
         Self {
             max_siblings: 100,
             warn_siblings: 20,
-            max_clock_entries: 10,
+            max_clock_entries: 32,
         }
     }
 }
@@ -834,7 +844,7 @@ mod tests {
         );
         assert_eq!(
             (d.max_siblings(), d.warn_siblings(), d.max_clock_entries()),
-            (100, 20, 10)
+            (100, 20, 32)
         );
     }
 
