@@ -23,6 +23,13 @@ const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 128 * 1024 * 1024;
 /// The default flush interval for buffered writes (sled's own default).
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long [`SledEngine::open`] waits, by default, for a directory lock still held by
+/// a handle of this process that is closing (see [`SledConfig::with_lock_wait`]).
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The pause between attempts to take a directory lock that is being released.
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
 /// Why a [`SledConfig`] setting was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -49,6 +56,8 @@ pub struct SledConfig {
     flush_interval: Option<Duration>,
     /// Memory for sled's page cache.
     cache_capacity_bytes: u64,
+    /// How long to keep retrying when the directory's lock is held.
+    lock_wait: Duration,
 }
 
 impl SledConfig {
@@ -59,7 +68,18 @@ impl SledConfig {
             path: path.into(),
             flush_interval: Some(DEFAULT_FLUSH_INTERVAL),
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
+    }
+
+    /// Sets how long [`SledEngine::open`] keeps retrying while the directory's file lock
+    /// is held (default 5 s). sled releases the lock from its flusher thread a moment
+    /// after the last handle drops, so reopening a directory right after closing it in
+    /// the same process (a node restarted in place) can find it still locked; a lock
+    /// held by a live process is still an error once the wait runs out.
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     /// Sets the periodic flush interval (Dynamo §6.1's writer thread), or `None` for
@@ -140,6 +160,27 @@ pub struct SledEngine {
     config: SledConfig,
 }
 
+/// Opens `config`, retrying for up to `wait` while the directory lock is held: sled
+/// drops the lock asynchronously after the last handle closes (see
+/// [`SledConfig::with_lock_wait`]).
+fn open_waiting_for_lock(config: &sled::Config, wait: Duration) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match config.open() {
+            Err(error) if is_lock_held(&error) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `error` is sled failing to take the directory's file lock. sled 0.34 reports
+/// it only as an I/O error with this message wrapping the OS's `WouldBlock`.
+fn is_lock_held(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Wraps a sled error with what was being done.
 fn backend(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
     move |source| StorageError::Backend {
@@ -168,11 +209,11 @@ impl SledEngine {
         let flush_every_ms = config
             .flush_interval
             .map(|interval| u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(flush_every_ms)
-            .open()
+            .flush_every_ms(flush_every_ms);
+        let db = open_waiting_for_lock(&sled_config, config.lock_wait)
             .map_err(backend("open the database"))?;
         let data = db
             .open_tree("data")
@@ -511,7 +552,8 @@ mod tests {
 
     /// Writes `internal_key -> garbage` straight into a tree of the closed database.
     fn plant(dir: &Path, tree: &str, internal_key: &[u8]) {
-        let db = sled::open(dir).unwrap();
+        let db =
+            open_waiting_for_lock(&sled::Config::new().path(dir), Duration::from_secs(5)).unwrap();
         db.open_tree(tree)
             .unwrap()
             .insert(internal_key, b"garbage".as_slice())
@@ -564,9 +606,34 @@ mod tests {
     }
 
     #[test]
+    fn reopening_right_after_a_close_waits_for_the_released_lock() {
+        // CI once saw a reopen fail because sled's flusher thread still held the lock of
+        // the handle just dropped; many quick cycles make that race likely.
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..30u8 {
+            let engine = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+            engine
+                .update(&[round], &mut |_| Some(vec![round]), Durability::Sync)
+                .unwrap();
+        }
+        let engine = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        assert_eq!(engine.approximate_len(), 30);
+    }
+
+    #[test]
+    fn a_held_lock_is_recognised_as_one() {
+        let (_engine, dir) = engine();
+        let error = sled::Config::new().path(dir.path()).open().unwrap_err();
+        assert!(is_lock_held(&error), "{error}");
+        assert!(!is_lock_held(&sled::Error::Unsupported("x".into())));
+    }
+
+    #[test]
     fn opening_a_locked_directory_is_an_error() {
         let (_engine, dir) = engine();
-        let second = SledEngine::open(&SledConfig::new(dir.path()));
+        let second = SledEngine::open(
+            &SledConfig::new(dir.path()).with_lock_wait(Duration::from_millis(50)),
+        );
         assert!(matches!(second, Err(StorageError::Backend { .. })));
     }
 }
