@@ -130,12 +130,13 @@ impl NodeProcess {
         if !extra.iter().any(|flag| flag == "--gossip-interval") {
             args.extend(["--gossip-interval".into(), "100ms".into()]);
         }
-        args.extend([
-            "--request-timeout".into(),
-            "1s".into(),
-            "--log".into(),
-            "warn".into(),
-        ]);
+        args.extend(["--request-timeout".into(), "1s".into()]);
+        // Quiet nodes unless the test chose a filter; DYNAMO_E2E_LOG sets one for every
+        // node of a run being debugged (e.g. `dynamo_node::handoff=debug,warn`).
+        if !extra.iter().any(|flag| flag == "--log") {
+            let filter = std::env::var("DYNAMO_E2E_LOG").unwrap_or_else(|_| "warn".into());
+            args.extend(["--log".into(), filter]);
+        }
         if !seeds.is_empty() {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--seeds".into(), seeds.join(",")]);

@@ -90,6 +90,7 @@ impl NodeShared {
                 redirect_hints(self, &home, Redirect::ToAvailable).await
             } else {
                 // Down homes come back through `probe_round`.
+                tracing::trace!(me = %self.cluster.me(), %home, "holding hints until the home answers");
                 continue;
             };
             match delivered {
@@ -151,6 +152,7 @@ async fn redirect_hints(
     mode: Redirect,
 ) -> Result<Budget, String> {
     let (hints, outcome) = granted_hints(node, home)?;
+    tracing::trace!(me = %node.cluster.me(), %home, ?mode, hints = hints.len(), "redirecting hints");
     let n = usize::try_from(node.quorum.n()).unwrap_or(usize::MAX);
     let me = node.cluster.me().clone();
     for hint in hints {
@@ -205,6 +207,7 @@ async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, Strin
         .address_of(home)
         .ok_or_else(|| format!("no address for {home}"))?;
     let (hints, outcome) = granted_hints(node, home)?;
+    tracing::trace!(%home, hints = hints.len(), "delivering hints");
     for hint in hints {
         let write = ReplicaWrite {
             key: hint.key.clone(),

@@ -106,7 +106,7 @@ pub fn read_ring<'a>(settled: &'a Ring, target: &'a Ring) -> &'a Ring {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteSet {
     /// Every distinct node to consider, the `home` replicas first, then the rest of
-    /// both rings clockwise (stand-ins for the sloppy quorum).
+    /// the target ring clockwise (stand-ins for the sloppy quorum).
     pub extended: Vec<NodeId>,
     /// How many leading entries of `extended` are home replicas: the union of the
     /// settled and the target preference lists.
@@ -118,7 +118,8 @@ pub struct WriteSet {
 }
 
 /// The replicas a write of the key at `token` goes to: the first `n` nodes of the
-/// settled ring's list, then the target list's nodes not among them.
+/// settled ring's list, then the target list's nodes not among them, then the rest of
+/// the target ring as stand-ins (never a node that is leaving).
 ///
 /// With `W + pending` acknowledgements out of the union, at least W come from the
 /// settled replicas and at least W from the target replicas (each side misses only
@@ -140,7 +141,12 @@ pub fn write_set(settled: &Ring, target: &Ring, token: Token, n: usize) -> Write
     let mut seen: BTreeSet<NodeId> = home.iter().cloned().collect();
     let home_len = home.len();
     let mut extended = home;
-    for node in target.walk(token).chain(base.walk(token)) {
+    // Stand-ins come from the target ring only: a node in the settled ring alone is
+    // leaving, and a hint it took would have to move again before it may go; under a
+    // steady write load, hints for a down home would keep arriving and its leave would
+    // never see its hint backlog empty (Cassandra likewise writes no hints to a
+    // leaving endpoint).
+    for node in target.walk(token) {
         if seen.insert(node.clone()) {
             extended.push(node.clone());
         }
@@ -483,6 +489,33 @@ mod tests {
         let same = write_set(&target, &target, token, 3);
         assert_eq!((same.home, same.pending), (3, 0));
         assert_eq!(same.extended, target.preference_list(token, usize::MAX));
+    }
+
+    #[test]
+    fn a_leaving_node_stays_a_home_replica_but_never_stands_in() {
+        let strategy = PartitionStrategy::equal_partitions(64).unwrap();
+        let settled = ring(
+            &[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("x", 1)],
+            strategy,
+        );
+        let target = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)], strategy);
+        let (mut homed, mut not_homed) = (0, 0);
+        for key in keys(500) {
+            let token = Token::of(&key);
+            let set = write_set(&settled, &target, token, 3);
+            let position = set.extended.iter().position(|n| *n == id("x"));
+            if settled.preference_list(token, 3).contains(&id("x")) {
+                // It still holds the range until the hand-over: a home replica.
+                assert!(position.is_some_and(|p| p < set.home), "{key:?}: {set:?}");
+                homed += 1;
+            } else {
+                assert_eq!(position, None, "{key:?}: {set:?}");
+                not_homed += 1;
+            }
+            // Every staying node is still reachable as a home replica or stand-in.
+            assert_eq!(set.extended.len(), 4 + usize::from(position.is_some()));
+        }
+        assert!(homed > 0 && not_homed > 0, "{homed} {not_homed}");
     }
 
     fn members_strategy() -> impl Strategy<Value = Vec<(NodeId, u32)>> {
