@@ -111,10 +111,10 @@
 //!   than W other target replicas up) the range waits for the destination. A copy
 //!   relayed between two other nodes whose source was replaced is not redirected too:
 //!   it waits for its destination.
-//!   A leaving node is "removed" only once it holds no hints; hints it holds for a
-//!   *member* that is down wait for that member, so a decommission during which the
-//!   leaving node stood in for the down destination still waits for it (the e2e test
-//!   of this case is ignored until those hints can move to another stand-in).
+//!   A leaving node is "removed" only once it holds no hints: those for a home that
+//!   is down go to the key's live home replicas ([`crate::handoff`]), and no
+//!   coordinator makes a leaving node a stand-in ([`write_set`] takes stand-ins from
+//!   the target ring only), so under a steady write load its backlog still empties.
 //! * Nodes keep the data of ranges they lost until the [stray sweep](sweep) hands it
 //!   (again) to the current replicas and removes it. The sweep also rescues writes
 //!   a coordinator with a stale ring sent to old replicas only (the first limit
