@@ -116,27 +116,38 @@ pub(crate) fn node_args(spec: &NodeSpec, args: &DevArgs) -> Vec<OsString> {
 }
 
 /// `None` when every node's member table lists every expected node, at its current
-/// address, as joining or member; otherwise which node lacks what, for progress and
-/// timeout messages. `expected` holds (id, internode address) pairs.
+/// address, as a member; otherwise which node lacks what, for progress and timeout
+/// messages. `expected` holds (id, internode address) pairs.
+///
+/// A node still joining does not count: reads use the settled ring (members whose data
+/// is in place), so until the joins' (empty) hand-overs finish a fresh cluster has
+/// fewer read replicas than R and a client's first reads fail as unavailable.
 pub(crate) fn agreement_gap(
     expected: &[(String, String)],
     views: &[(String, Vec<proto::MemberInfo>)],
 ) -> Option<String> {
     let mut gaps = Vec::new();
     for (viewer, members) in views {
-        let missing: Vec<&str> = expected
-            .iter()
-            .filter(|(id, address)| {
-                !members.iter().any(|m| {
-                    m.node_id == *id
-                        && m.address == *address
-                        && matches!(output::state_name(m.state), "joining" | "member")
-                })
-            })
-            .map(|(id, _)| id.as_str())
-            .collect();
+        let state_of = |id: &str, address: &str| {
+            members
+                .iter()
+                .find(|m| m.node_id == id && m.address == address)
+                .map(|m| output::state_name(m.state))
+        };
+        let mut missing = Vec::new();
+        let mut joining = Vec::new();
+        for (id, address) in expected {
+            match state_of(id, address) {
+                Some("member") => {}
+                Some("joining") => joining.push(id.as_str()),
+                _ => missing.push(id.as_str()),
+            }
+        }
         if !missing.is_empty() {
             gaps.push(format!("{viewer} is missing {}", missing.join(", ")));
+        }
+        if !joining.is_empty() {
+            gaps.push(format!("{viewer} sees {} still joining", joining.join(", ")));
         }
     }
     if gaps.is_empty() && views.len() == expected.len() {
@@ -794,12 +805,23 @@ mod tests {
             ("node1".to_owned(), "node1:1".to_owned()),
             ("node2".to_owned(), "node2:1".to_owned()),
         ];
-        let full = vec![member("node1", Member), member("node2", Joining)];
+        let full = vec![member("node1", Member), member("node2", Member)];
         let agreed = vec![
             ("node1".to_owned(), full.clone()),
             ("node2".to_owned(), full.clone()),
         ];
         assert_eq!(agreement_gap(&expected, &agreed), None);
+
+        // A join whose hand-over has not finished: reads would not use node2 yet.
+        let joining = vec![member("node1", Member), member("node2", Joining)];
+        let settling = vec![
+            ("node1".to_owned(), joining.clone()),
+            ("node2".to_owned(), full.clone()),
+        ];
+        assert_eq!(
+            agreement_gap(&expected, &settling).as_deref(),
+            Some("node1 sees node2 still joining")
+        );
 
         let lagging = vec![
             ("node1".to_owned(), full.clone()),
