@@ -779,13 +779,15 @@ impl StorageEngine for FailingFlush {
 }
 
 impl Harness {
-    /// Three nodes with `durability`, `failing` (a node id) over a [`FailingFlush`]
-    /// engine (returned too, to steer it) and the others over memory engines.
+    /// Three nodes with `durability` and an (N, R, W) quorum, `failing` (a node id) over
+    /// a [`FailingFlush`] engine (returned too, to steer it) and the others over memory
+    /// engines.
     fn with_failing_flush(
         failing: &str,
-        quorum: QuorumConfig,
+        (n, r, w): (u32, u32, u32),
         durability: Durability,
     ) -> (Self, Arc<FailingFlush>) {
+        let quorum = QuorumConfig::new(n, r, w).expect("valid quorum");
         let engine = Arc::new(FailingFlush::default());
         let for_failing = Arc::clone(&engine);
         let harness = Self::build_with_engines(
@@ -812,11 +814,7 @@ impl Harness {
 async fn the_coordinators_own_write_counts_only_once_flushed() {
     use std::sync::atomic::Ordering;
     for durability in [Durability::Sync, Durability::Buffered] {
-        let (harness, n1_engine) = Harness::with_failing_flush(
-            "n1",
-            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
-            durability,
-        );
+        let (harness, n1_engine) = Harness::with_failing_flush("n1", (3, 2, 3), durability);
         let n1 = id("n1");
         n1_engine.fail.store(true, Ordering::SeqCst);
         let error = expect_quorum_error(harness.put(&n1, b"k", "lost", None).await);
@@ -840,11 +838,7 @@ async fn the_coordinators_own_write_counts_only_once_flushed() {
 async fn a_replica_acknowledges_a_durable_write_only_once_flushed() {
     use std::sync::atomic::Ordering;
     for durability in [Durability::Sync, Durability::Buffered] {
-        let (harness, n2_engine) = Harness::with_failing_flush(
-            "n2",
-            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
-            durability,
-        );
+        let (harness, n2_engine) = Harness::with_failing_flush("n2", (3, 2, 3), durability);
         n2_engine.fail.store(true, Ordering::SeqCst);
         let result = harness.put(&id("n1"), b"k", "v", None).await;
         match durability {
@@ -890,11 +884,7 @@ async fn a_batch_of_replica_writes_shares_one_flush_and_each_keeps_its_result() 
         }
     };
     for durability in [Durability::Sync, Durability::Buffered] {
-        let (harness, n2_engine) = Harness::with_failing_flush(
-            "n2",
-            QuorumConfig::new(3, 2, 2).expect("valid quorum"),
-            durability,
-        );
+        let (harness, n2_engine) = Harness::with_failing_flush("n2", (3, 2, 2), durability);
         let n2 = id("n2");
         let handler = harness.node(&n2).handler();
         let batch = |round: &str| {
