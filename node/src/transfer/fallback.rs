@@ -182,6 +182,19 @@ pub fn choose_fallback(
 ) -> Replacement {
     let replicas = settled.preference_list(task.range.end, n);
     let needed = fallback_count(replicas.len(), w);
+    replace(task, &replicas, needed, current, usable, done)
+}
+
+/// `needed` of `replicas` other than `task`'s source and destination, as [`pick`]
+/// chooses them; or, when too few count, how many were needed and the usable ones.
+fn replace(
+    task: &Task,
+    replicas: &[NodeId],
+    needed: usize,
+    current: &[NodeId],
+    usable: impl FnMut(&NodeId) -> bool,
+    done: impl FnMut(&NodeId) -> bool,
+) -> Replacement {
     let candidates: Vec<&NodeId> = replicas
         .iter()
         .filter(|node| **node != task.source && **node != task.dest)
@@ -260,14 +273,7 @@ pub fn choose_redirect(
 ) -> Replacement {
     let targets = target.preference_list(task.range.end, n);
     let needed = redirect_count(targets.len(), w);
-    let candidates: Vec<&NodeId> = targets
-        .iter()
-        .filter(|node| **node != task.source && **node != task.dest)
-        .collect();
-    match pick(&candidates, needed, current, usable, done) {
-        Ok(chosen) => Replacement::Nodes(chosen),
-        Err(usable) => Replacement::Wait { needed, usable },
-    }
+    replace(task, &targets, needed, current, usable, done)
 }
 
 #[cfg(test)]
