@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use dynamo_node::proto::{self, DeleteRequest, GetRequest, PutRequest};
-use support::{TestCluster, TestNode, eventually};
+use support::{ONE_REPLICA, TestCluster, TestNode, eventually};
 use tonic::Code;
 
 async fn put(
@@ -130,43 +130,12 @@ async fn a_killed_node_loses_no_acknowledged_write_and_gets_its_hints_after_rest
         acknowledged.len()
     );
     // Some writes for n4's ranges went to stand-ins with hints.
-    let mut hinted = 0;
-    for node in &cluster.nodes[..3] {
-        let status = node
-            .admin()
-            .await
-            .status(proto::StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        hinted += status
-            .hints
-            .iter()
-            .filter(|h| h.target == "n4")
-            .map(|h| h.keys)
-            .sum::<u64>();
-    }
+    let hinted = hints_for(&cluster.nodes[..3], "n4").await;
     assert!(hinted > 0, "no hints were recorded for the killed node");
 
     cluster.nodes[3].restart().await;
     eventually("hints for n4 to be delivered", || async {
-        let mut pending = 0;
-        for node in &cluster.nodes[..3] {
-            let status = node
-                .admin()
-                .await
-                .status(proto::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            pending += status
-                .hints
-                .iter()
-                .filter(|h| h.target == "n4")
-                .map(|h| h.keys)
-                .sum::<u64>();
-        }
-        pending == 0
+        hints_for(&cluster.nodes[..3], "n4").await == 0
     })
     .await;
     for (key, value) in &acknowledged {
@@ -222,59 +191,33 @@ async fn a_write_succeeds_with_one_of_three_replicas_down_and_an_r3_read_fails_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_invalid_argument_with_a_message() {
-    let cluster = TestCluster::start(
-        1,
-        &[
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-        ],
-    )
-    .await;
+    let cluster = TestCluster::start(1, &ONE_REPLICA).await;
     let node = &cluster.nodes[0];
     let mut kv = node.kv().await;
-    let expect_invalid =
-        |result: Result<tonic::Response<_>, tonic::Status>, what: &str, needle: &str| {
-            let status = result
-                .err()
-                .unwrap_or_else(|| panic!("{what} was accepted"));
-            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-            assert!(
-                status.message().contains(needle),
-                "{what}: {:?} lacks {needle:?}",
-                status.message()
-            );
-        };
     let put_req = |key: Vec<u8>, value: Vec<u8>, context: Vec<u8>| PutRequest {
         key: key.into(),
         context: context.into(),
         value: value.into(),
         w: None,
     };
-    expect_invalid(
-        kv.put(put_req(Vec::new(), b"v".to_vec(), Vec::new()))
-            .await
-            .map(|_| tonic::Response::new(())),
-        "empty key",
-        "key is empty",
-    );
-    expect_invalid(
-        kv.put(put_req(vec![b'k'; 1025], b"v".to_vec(), Vec::new()))
-            .await
-            .map(|_| tonic::Response::new(())),
-        "1025-byte key",
-        "limit is 1024",
-    );
-    expect_invalid(
-        kv.put(put_req(b"k".to_vec(), vec![0; 1024 * 1024 + 1], Vec::new()))
-            .await
-            .map(|_| tonic::Response::new(())),
-        "oversized value",
-        "limit is 1048576",
-    );
+    let oversized = vec![0; 1024 * 1024 + 1];
+    for (key, value, what, needle) in [
+        (Vec::new(), b"v".to_vec(), "empty key", "key is empty"),
+        (
+            vec![b'k'; 1025],
+            b"v".to_vec(),
+            "1025-byte key",
+            "limit is 1024",
+        ),
+        (
+            b"k".to_vec(),
+            oversized,
+            "oversized value",
+            "limit is 1048576",
+        ),
+    ] {
+        expect_invalid(kv.put(put_req(key, value, Vec::new())).await, what, needle);
+    }
     // Far over the value limit: refused by the gRPC layer from the message's length
     // prefix, before the message is read.
     let refused = kv
@@ -284,8 +227,7 @@ async fn bad_inputs_get_invalid_argument_with_a_message() {
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
     expect_invalid(
         kv.put(put_req(b"k".to_vec(), b"v".to_vec(), b"garbage".to_vec()))
-            .await
-            .map(|_| tonic::Response::new(())),
+            .await,
         "garbage context",
         "malformed context",
     );
@@ -295,31 +237,17 @@ async fn bad_inputs_get_invalid_argument_with_a_message() {
             context: vec![1, 200].into(),
             w: None,
         })
-        .await
-        .map(|_| tonic::Response::new(())),
+        .await,
         "truncated context",
         "malformed context",
     );
-    expect_invalid(
-        kv.get(GetRequest {
+    for (r, what) in [(2, "r above N"), (0, "r of zero")] {
+        let get = GetRequest {
             key: b"k".to_vec().into(),
-            r: Some(2),
-        })
-        .await
-        .map(|_| tonic::Response::new(())),
-        "r above N",
-        "read",
-    );
-    expect_invalid(
-        kv.get(GetRequest {
-            key: b"k".to_vec().into(),
-            r: Some(0),
-        })
-        .await
-        .map(|_| tonic::Response::new(())),
-        "r of zero",
-        "read",
-    );
+            r: Some(r),
+        };
+        expect_invalid(kv.get(get).await, what, "read");
+    }
     let join = node
         .admin()
         .await
@@ -329,15 +257,24 @@ async fn bad_inputs_get_invalid_argument_with_a_message() {
             weight: 1,
         })
         .await;
-    expect_invalid(
-        join.map(|_| tonic::Response::new(())),
-        "bad node id",
-        "node_id",
-    );
+    expect_invalid(join, "bad node id", "node_id");
     // The node is still serving after all of that.
     put(node, "k", "v", Vec::new())
         .await
         .expect("valid put after bad ones");
+}
+
+/// `result` is a refusal with InvalidArgument and a message that names `needle`.
+fn expect_invalid<T>(result: Result<T, tonic::Status>, what: &str, needle: &str) {
+    let status = result
+        .err()
+        .unwrap_or_else(|| panic!("{what} was accepted"));
+    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{what}: {:?} lacks {needle:?}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,20 +307,8 @@ async fn admin_calls_need_the_token_when_one_is_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_a_restarted_node_remembers_membership_and_data() {
-    let mut cluster = TestCluster::start(
-        1,
-        &[
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-            "--durability",
-            "buffered",
-        ],
-    )
-    .await;
+    let args = [&ONE_REPLICA[..], &["--durability", "buffered"]].concat();
+    let mut cluster = TestCluster::start(1, &args).await;
     let node = &cluster.nodes[0];
     put(node, "k", "v", Vec::new()).await.unwrap();
     cluster.nodes[0].stop().await;
@@ -399,22 +324,9 @@ async fn sigterm_drains_and_a_restarted_node_remembers_membership_and_data() {
 async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
     use tonic::transport::{Certificate, ClientTlsConfig};
     let cert = support::TestCert::generate();
-    let (cert_arg, key_arg) = (cert.cert_arg(), cert.key_arg());
     let tls = cert.client_tls();
     // Joining, gossip, replication and hint delivery all cross TLS here.
-    let cluster = TestCluster::start_with(
-        3,
-        &[
-            "--tls-cert",
-            cert_arg,
-            "--tls-key",
-            key_arg,
-            "--tls-ca",
-            cert_arg,
-        ],
-        Some(tls),
-    )
-    .await;
+    let cluster = TestCluster::start_with(3, &cert.node_args(), Some(tls)).await;
     put(&cluster.nodes[0], "k", "v", Vec::new())
         .await
         .expect("put over TLS");
@@ -483,27 +395,9 @@ async fn tls_cluster_serves_over_mutual_tls_and_refuses_plaintext() {
 async fn tls_node_serves_https_on_the_http_listener() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cert = support::TestCert::generate();
-    let cluster = TestCluster::start_with(
-        1,
-        &[
-            "--tls-cert",
-            cert.cert_arg(),
-            "--tls-key",
-            cert.key_arg(),
-            "--tls-ca",
-            cert.cert_arg(),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-        ],
-        Some(cert.client_tls()),
-    )
-    .await;
+    let http = ["--http-listen", "127.0.0.1:0"];
+    let args = [&cert.node_args()[..], &http, &ONE_REPLICA[..]].concat();
+    let cluster = TestCluster::start_with(1, &args, Some(cert.client_tls())).await;
     let address = cluster.nodes[0].http.expect("HTTP port announced");
     let health = support::https(address, &cert.cert_pem, "GET", "/healthz", &[], b"").await;
     assert_eq!(health.status, 200);
@@ -565,22 +459,10 @@ async fn http_api_serves_kv_metrics_probes_and_the_ring_page() {
     let got = support::http(b, "GET", "/v1/kv/user%2F42", &[], b"").await;
     assert_eq!((got.status, got.body.as_slice()), (200, &b"hello"[..]));
     // Two writers from the same version: siblings, 300 Multiple Choices.
-    support::http(
-        a,
-        "PUT",
-        "/v1/kv/user%2F42",
-        &[("X-Dynamo-Context", &context)],
-        b"one",
-    )
-    .await;
-    support::http(
-        b,
-        "PUT",
-        "/v1/kv/user%2F42",
-        &[("X-Dynamo-Context", &context)],
-        b"two",
-    )
-    .await;
+    for (through, value) in [(a, b"one"), (b, b"two")] {
+        let headers = [("X-Dynamo-Context", context.as_str())];
+        support::http(through, "PUT", "/v1/kv/user%2F42", &headers, value).await;
+    }
     let siblings = support::http(a, "GET", "/v1/kv/user%2F42?r=3", &[], b"").await;
     assert_eq!(
         siblings.status,
@@ -669,14 +551,9 @@ async fn a_peer_marked_down_is_probed_and_routed_to_again_after_it_recovers() {
 
 /// Whether `node` currently routes to n3, per its Admin.Ring.
 async fn n3_reachable(node: &TestNode) -> Option<bool> {
-    let ring = node
-        .admin()
+    ring(node)
         .await
-        .ring(proto::RingRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    ring.members
+        .members
         .iter()
         .find(|m| m.node_id == "n3")
         .map(|m| m.reachable)
@@ -693,18 +570,7 @@ async fn grpc_health_and_reflection_are_served() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let cluster = TestCluster::start(
-        1,
-        &[
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-        ],
-    )
-    .await;
+    let cluster = TestCluster::start(1, &ONE_REPLICA).await;
     let node = &cluster.nodes[0];
     let mut health = HealthClient::new(node.channel(node.client).await.unwrap());
     let status = health
@@ -839,50 +705,42 @@ async fn a_range_merged_in_batches_survives_a_kill_and_pages_back_exactly() {
         "the range came back in ring order, once each"
     );
 
-    let refused = transport
-        .scan_range(
-            &address,
-            RangeScan {
-                range,
-                after: None,
-                max_entries: 0,
-                max_bytes: 10,
-            },
-        )
-        .await;
-    assert!(
-        matches!(&refused, Err(TransportError::Rejected { error, .. }) if error.to_string().contains("max_entries")),
-        "{refused:?}"
-    );
     let outside = entries
         .iter()
         .find(|e| !range.contains(Token::of(&e.key)))
         .unwrap();
-    let refused = transport
-        .scan_range(
-            &address,
-            RangeScan {
-                range,
-                after: Some(outside.key.clone()),
-                max_entries: 5,
-                max_bytes: 10,
-            },
-        )
-        .await;
-    assert!(
-        matches!(&refused, Err(TransportError::Rejected { error, .. }) if error.to_string().contains("outside")),
-        "{refused:?}"
-    );
+    for (after, max_entries, named) in [
+        (None, 0, "max_entries"),
+        (Some(outside.key.clone()), 5, "outside"),
+    ] {
+        let scan = RangeScan {
+            range,
+            after,
+            max_entries,
+            max_bytes: 10,
+        };
+        let refused = transport.scan_range(&address, scan).await;
+        assert!(
+            matches!(&refused, Err(TransportError::Rejected { error, .. }) if error.to_string().contains(named)),
+            "{refused:?}"
+        );
+    }
 }
 
-/// The member table as the node at `node` sees it: `(id, state, weight, address)`.
-async fn members(node: &TestNode) -> Vec<(String, i32, u32, String)> {
+/// The node's `Admin.Ring`.
+async fn ring(node: &TestNode) -> proto::RingResponse {
     node.admin()
         .await
         .ring(proto::RingRequest {})
         .await
         .expect("Admin.Ring")
         .into_inner()
+}
+
+/// The member table as the node at `node` sees it: `(id, state, weight, address)`.
+async fn members(node: &TestNode) -> Vec<(String, i32, u32, String)> {
+    ring(node)
+        .await
         .members
         .into_iter()
         .map(|m| (m.node_id, m.state, m.weight, m.address))
@@ -972,6 +830,47 @@ async fn trees_are_built_between_rounds_without_waiting_for_one() {
     }
 }
 
+/// The hints `nodes` hold for `target`, per their `Admin.Status`.
+async fn hints_for(nodes: &[TestNode], target: &str) -> u64 {
+    let mut held = 0;
+    for node in nodes {
+        held += status(node)
+            .await
+            .hints
+            .iter()
+            .filter(|h| h.target == target)
+            .map(|h| h.keys)
+            .sum::<u64>();
+    }
+    held
+}
+
+/// Writes `key-i` = `value-i` for 200 keys, through every node in turn; returns them.
+async fn load(nodes: &[TestNode]) -> BTreeMap<String, String> {
+    let mut keys = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        put(&nodes[i % nodes.len()], &key, &value, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        keys.insert(key, value);
+    }
+    keys
+}
+
+/// Every key reads back through `node` with R = 3, with just its value.
+async fn assert_all_read_r3<'a>(
+    node: &TestNode,
+    keys: impl IntoIterator<Item = (&'a String, &'a String)>,
+) {
+    for (key, value) in keys {
+        let (values, _) = get(node, key, Some(3))
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(values, vec![value.clone()], "{key}");
+    }
+}
+
 async fn status(node: &TestNode) -> proto::StatusResponse {
     node.admin()
         .await
@@ -1045,14 +944,7 @@ async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_mem
         "127.0.0.1:0",
     ];
     let mut cluster = TestCluster::start(3, &extra).await;
-    let mut keys = BTreeMap::new();
-    for i in 0..200 {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        put(&cluster.nodes[i % 3], &key, &value, Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {e}"));
-        keys.insert(key, value);
-    }
+    let keys = load(&cluster.nodes).await;
     let root = tempfile::tempdir().unwrap();
     let n4 = TestNode::start(root.path(), "n4", &[cluster.nodes[0].internode], &extra).await;
     cluster.nodes[0]
@@ -1100,12 +992,7 @@ async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_mem
     // Every key is still readable with R = N through every node, the new one included.
     cluster.nodes.push(n4);
     cluster.wait_for_members(4).await;
-    for (key, value) in &keys {
-        let (values, _) = get(&cluster.nodes[3], key, Some(3))
-            .await
-            .unwrap_or_else(|e| panic!("get {key}: {e}"));
-        assert_eq!(values, vec![value.clone()], "{key}");
-    }
+    assert_all_read_r3(&cluster.nodes[3], &keys).await;
     drop(root);
 }
 
@@ -1116,14 +1003,7 @@ async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_mem
 async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owners() {
     let extra = ["--transfer-interval", "50ms", "--transfer-batch-keys", "16"];
     let mut cluster = TestCluster::start(4, &extra).await;
-    let mut keys = BTreeMap::new();
-    for i in 0..200 {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        put(&cluster.nodes[i % 4], &key, &value, Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {e}"));
-        keys.insert(key, value);
-    }
+    let keys = load(&cluster.nodes).await;
     cluster.nodes[0]
         .admin()
         .await
@@ -1176,22 +1056,13 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
     let (ring, addresses) = ring_of(&table);
     assert!(ring.members().all(|(id, _)| id.as_str() != "n4"));
     assert_every_replica_holds(&ring, &addresses, &keys).await;
-    for (key, value) in &keys {
-        let (values, _) = get(&cluster.nodes[0], key, Some(3))
-            .await
-            .unwrap_or_else(|e| panic!("get {key}: {e}"));
-        assert_eq!(values, vec![value.clone()], "{key}");
-    }
+    assert_all_read_r3(&cluster.nodes[0], &keys).await;
 }
 
 /// `(weight, settled weight, ownership)` of `id` in the member table `node` reports.
 async fn weights(node: &TestNode, id: &str) -> (u32, u32, f64) {
-    node.admin()
+    ring(node)
         .await
-        .ring(proto::RingRequest {})
-        .await
-        .expect("Admin.Ring")
-        .into_inner()
         .members
         .into_iter()
         .find(|m| m.node_id == id)
@@ -1208,14 +1079,7 @@ async fn weights(node: &TestNode, id: &str) -> (u32, u32, f64) {
 async fn a_weight_rise_under_writes_is_handed_over_and_moves_the_ring_shares() {
     let extra = ["--transfer-interval", "50ms", "--transfer-batch-keys", "16"];
     let cluster = TestCluster::start(4, &extra).await;
-    let mut keys = BTreeMap::new();
-    for i in 0..200 {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        put(&cluster.nodes[i % 4], &key, &value, Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("put {key}: {e}"));
-        keys.insert(key, value);
-    }
+    let keys = load(&cluster.nodes).await;
     let (weight, settled, share_before) = weights(&cluster.nodes[0], "n4").await;
     assert_eq!((weight, settled), (1, 1));
 
@@ -1312,23 +1176,12 @@ async fn a_weight_rise_under_writes_is_handed_over_and_moves_the_ring_shares() {
     assert_every_replica_holds(&ring, &addresses, &keys).await;
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
-    for (key, value) in keys.iter().chain(&acked) {
-        let (values, _) = get(&cluster.nodes[1], key, Some(3))
-            .await
-            .unwrap_or_else(|e| panic!("get {key}: {e}"));
-        assert_eq!(values, vec![value.clone()], "{key}");
-    }
+    assert_all_read_r3(&cluster.nodes[1], keys.iter().chain(&acked)).await;
 }
 
 /// The node's clock incarnation, as `Admin.Status` reports it.
 async fn incarnation(node: &TestNode) -> u64 {
-    node.admin()
-        .await
-        .status(proto::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .incarnation
+    status(node).await.incarnation
 }
 
 /// A clean stop keeps the clock incarnation; a SIGKILL takes a new one at the next start,
@@ -1337,20 +1190,8 @@ async fn incarnation(node: &TestNode) -> u64 {
 /// an acknowledged write and must not issue dots that would claim it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sync_node_takes_a_new_clock_incarnation_and_a_stopped_one_keeps_it() {
-    let mut cluster = TestCluster::start(
-        1,
-        &[
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-            "--durability",
-            "sync",
-        ],
-    )
-    .await;
+    let args = [&ONE_REPLICA[..], &["--durability", "sync"]].concat();
+    let mut cluster = TestCluster::start(1, &args).await;
     put(&cluster.nodes[0], "k", "v", Vec::new()).await.unwrap();
     let started = incarnation(&cluster.nodes[0]).await;
 

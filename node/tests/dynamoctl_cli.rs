@@ -199,20 +199,7 @@ async fn tls_flags_reach_a_tls_node() {
         root.path(),
         "n1",
         &[],
-        &[
-            "--tls-cert",
-            cert.cert_arg(),
-            "--tls-key",
-            cert.key_arg(),
-            "--tls-ca",
-            cert.cert_arg(),
-            "--replication-factor",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-        ],
+        &[&cert.node_args()[..], &support::ONE_REPLICA[..]].concat(),
     )
     .await;
     let client = node.client.to_string();

@@ -197,10 +197,45 @@ impl Harness {
     ) -> Result<SiblingSet, CoordinatorError> {
         self.node(through).coordinator().get(key, r).await
     }
+
+    /// Writes "v1" to a `prefix` key with W=2 through its first home replica while that
+    /// one is cut off from the third, which so misses the write; then heals the cut.
+    /// Returns the key and its home replicas.
+    async fn write_v1_missing_the_third_replica(&self, prefix: &str) -> (Vec<u8>, Vec<NodeId>) {
+        let key = self.key_where(prefix, |_| true);
+        let home = self.home(&key);
+        let (coordinator, stale) = (&home[0], &home[2]);
+        self.network.cut(&addr(coordinator), &addr(stale));
+        self.put(coordinator, &key, "v1", Some(2))
+            .await
+            .expect("W=2 from the other replicas");
+        assert!(
+            eventually(|| self.stored(&home[1], &key) == ["v1"]).await,
+            "the healthy replica stores the write"
+        );
+        assert!(self.stored(stale, &key).is_empty(), "{stale} missed it");
+        self.network.heal(&addr(coordinator), &addr(stale));
+        (key, home)
+    }
 }
 
 fn quorum_3_2_2() -> QuorumConfig {
     QuorumConfig::new(3, 2, 2).expect("valid quorum")
+}
+
+/// The state of a key's first write, of `value`, by `actor`.
+fn first_version(value: Vec<u8>, actor: &crate::version::Actor) -> SiblingSet {
+    let mut state = SiblingSet::new();
+    state
+        .put(
+            &VectorClock::new(),
+            crate::version::Value::data(value),
+            actor,
+            crate::time::Millis(1),
+            &crate::version::SiblingLimits::default(),
+        )
+        .expect("a first put");
+    state
 }
 
 fn expect_quorum_error(result: Result<impl std::fmt::Debug, CoordinatorError>) -> String {
@@ -295,22 +330,8 @@ async fn a_replica_that_missed_a_write_is_repaired_by_a_quorum_read() {
     // Dynamo §5: "read repair" — the coordinator of a get writes the merged state back
     // to replicas that answered with an older one.
     let harness = Harness::new(5, quorum_3_2_2());
-    let key = harness.key_where("repair", |_| true);
-    let home = harness.home(&key);
-    let (coordinator, stale) = (&home[0], &home[2]);
-    harness.network.cut(&addr(coordinator), &addr(stale));
-
-    harness
-        .put(coordinator, &key, "v1", Some(2))
-        .await
-        .expect("W=2 from the other replicas");
-    assert!(
-        eventually(|| harness.stored(&home[1], &key) == ["v1"]).await,
-        "the healthy replica stores the write"
-    );
-    assert!(harness.stored(stale, &key).is_empty(), "{stale} missed it");
-
-    harness.network.heal(&addr(coordinator), &addr(stale));
+    let (key, home) = harness.write_v1_missing_the_third_replica("repair").await;
+    let stale = &home[2];
     // Coordinated by the stale replica: it reads every replica (the default fanout),
     // sees them disagree, and repairs itself.
     let read = harness.get(stale, &key, Some(2)).await.expect("get");
@@ -326,19 +347,10 @@ async fn by_default_a_get_asks_every_replica_and_repairs_one_the_quorum_did_not_
     // Dynamo §4.5: the coordinator asks all N and answers after R. The two replicas that
     // agree answer first, yet the stale third one is read and repaired too.
     let harness = Harness::new(5, quorum_3_2_2());
-    let key = harness.key_where("asked-anyway", |_| true);
-    let home = harness.home(&key);
+    let (key, home) = harness
+        .write_v1_missing_the_third_replica("asked-anyway")
+        .await;
     let (coordinator, stale) = (&home[0], &home[2]);
-    harness.network.cut(&addr(coordinator), &addr(stale));
-    harness
-        .put(coordinator, &key, "v1", Some(2))
-        .await
-        .expect("W=2 from the other replicas");
-    assert!(
-        eventually(|| harness.stored(&home[1], &key) == ["v1"]).await,
-        "the healthy replica stores the write"
-    );
-    harness.network.heal(&addr(coordinator), &addr(stale));
 
     let read = harness.get(coordinator, &key, Some(2)).await.expect("get");
     assert_eq!(values(&read), ["v1"]);
@@ -357,19 +369,10 @@ async fn a_quorum_fanout_read_asks_r_replicas_and_a_read_of_all_n_repairs_the_on
     let harness = Harness::build(5, quorum_3_2_2(), CALL_TIMEOUT, |settings| {
         settings.read_fanout = crate::coordinator::ReadFanout::Quorum;
     });
-    let key = harness.key_where("not-asked", |_| true);
-    let home = harness.home(&key);
+    let (key, home) = harness
+        .write_v1_missing_the_third_replica("not-asked")
+        .await;
     let (coordinator, stale) = (&home[0], &home[2]);
-    harness.network.cut(&addr(coordinator), &addr(stale));
-    harness
-        .put(coordinator, &key, "v1", Some(2))
-        .await
-        .expect("W=2 from the other replicas");
-    assert!(
-        eventually(|| harness.stored(&home[1], &key) == ["v1"]).await,
-        "the healthy replica stores the write"
-    );
-    harness.network.heal(&addr(coordinator), &addr(stale));
 
     let read = harness.get(coordinator, &key, Some(2)).await.expect("get");
     assert_eq!(values(&read), ["v1"]);
@@ -599,7 +602,7 @@ async fn a_tiny_background_budget_spreads_hint_delivery_over_several_rounds() {
     // it delivers at most 3, and the backlog drains over at least 4 rounds.
     use crate::admission::AdmissionConfig;
     use crate::storage::Durability;
-    use crate::version::{Actor, SiblingLimits, Value};
+    use crate::version::Actor;
 
     const BUDGET: u64 = 3;
     const HINTS: usize = 12;
@@ -622,16 +625,7 @@ async fn a_tiny_background_budget_spreads_hint_delivery_over_several_rounds() {
     let store = harness.node(&stand_in).store();
     let actor = Actor::new(stand_in.clone(), 1);
     for i in 0..HINTS {
-        let mut state = SiblingSet::new();
-        state
-            .put(
-                &VectorClock::new(),
-                Value::data(format!("v{i}").into_bytes()),
-                &actor,
-                crate::time::Millis(1),
-                &SiblingLimits::default(),
-            )
-            .expect("a first put");
+        let state = first_version(format!("v{i}").into_bytes(), &actor);
         store
             .add_hint(&home, format!("k{i}").as_bytes(), &state, Durability::Sync)
             .expect("storing a hint");
@@ -784,6 +778,35 @@ impl StorageEngine for FailingFlush {
     }
 }
 
+impl Harness {
+    /// Three nodes with `durability` and an (N, R, W) quorum, `failing` (a node id) over
+    /// a [`FailingFlush`] engine (returned too, to steer it) and the others over memory
+    /// engines.
+    fn with_failing_flush(
+        failing: &str,
+        (n, r, w): (u32, u32, u32),
+        durability: Durability,
+    ) -> (Self, Arc<FailingFlush>) {
+        let quorum = QuorumConfig::new(n, r, w).expect("valid quorum");
+        let engine = Arc::new(FailingFlush::default());
+        let for_failing = Arc::clone(&engine);
+        let harness = Self::build_with_engines(
+            3,
+            quorum,
+            CALL_TIMEOUT,
+            |settings| settings.durability = durability,
+            move |node| -> Arc<dyn StorageEngine> {
+                if node.as_str() == failing {
+                    Arc::clone(&for_failing) as Arc<dyn StorageEngine>
+                } else {
+                    Arc::new(MemoryEngine::new())
+                }
+            },
+        );
+        (harness, engine)
+    }
+}
+
 /// The coordinator applies its own write in memory and replicates at once, but counts
 /// it toward W only after a flush: a coordinator whose disk cannot flush is no durable
 /// replica, and with W = N its put must fail.
@@ -791,21 +814,7 @@ impl StorageEngine for FailingFlush {
 async fn the_coordinators_own_write_counts_only_once_flushed() {
     use std::sync::atomic::Ordering;
     for durability in [Durability::Sync, Durability::Buffered] {
-        let n1_engine = Arc::new(FailingFlush::default());
-        let engine_for_n1 = Arc::clone(&n1_engine);
-        let harness = Harness::build_with_engines(
-            3,
-            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
-            CALL_TIMEOUT,
-            |settings| settings.durability = durability,
-            move |node| -> Arc<dyn StorageEngine> {
-                if node.as_str() == "n1" {
-                    Arc::clone(&engine_for_n1) as Arc<dyn StorageEngine>
-                } else {
-                    Arc::new(MemoryEngine::new())
-                }
-            },
-        );
+        let (harness, n1_engine) = Harness::with_failing_flush("n1", (3, 2, 3), durability);
         let n1 = id("n1");
         n1_engine.fail.store(true, Ordering::SeqCst);
         let error = expect_quorum_error(harness.put(&n1, b"k", "lost", None).await);
@@ -829,22 +838,8 @@ async fn the_coordinators_own_write_counts_only_once_flushed() {
 async fn a_replica_acknowledges_a_durable_write_only_once_flushed() {
     use std::sync::atomic::Ordering;
     for durability in [Durability::Sync, Durability::Buffered] {
-        let n2_engine = Arc::new(FailingFlush::default());
+        let (harness, n2_engine) = Harness::with_failing_flush("n2", (3, 2, 3), durability);
         n2_engine.fail.store(true, Ordering::SeqCst);
-        let engine_for_n2 = Arc::clone(&n2_engine);
-        let harness = Harness::build_with_engines(
-            3,
-            QuorumConfig::new(3, 2, 3).expect("valid quorum"),
-            CALL_TIMEOUT,
-            |settings| settings.durability = durability,
-            move |node| -> Arc<dyn StorageEngine> {
-                if node.as_str() == "n2" {
-                    Arc::clone(&engine_for_n2) as Arc<dyn StorageEngine>
-                } else {
-                    Arc::new(MemoryEngine::new())
-                }
-            },
-        );
         let result = harness.put(&id("n1"), b"k", "v", None).await;
         match durability {
             Durability::Sync => {
@@ -877,19 +872,10 @@ async fn a_batch_of_replica_writes_shares_one_flush_and_each_keeps_its_result() 
     use std::sync::atomic::Ordering;
 
     use crate::transport::ReplicaWrite;
-    use crate::version::{Actor, SiblingLimits, Value};
+    use crate::version::Actor;
 
     let write = |key: &str, durable: bool| {
-        let mut state = SiblingSet::new();
-        state
-            .put(
-                &VectorClock::new(),
-                Value::data(key.as_bytes().to_vec()),
-                &Actor::new(id("n1"), 1),
-                crate::time::Millis(1),
-                &SiblingLimits::default(),
-            )
-            .unwrap();
+        let state = first_version(key.as_bytes().to_vec(), &Actor::new(id("n1"), 1));
         ReplicaWrite {
             key: key.as_bytes().to_vec(),
             state,
@@ -898,21 +884,7 @@ async fn a_batch_of_replica_writes_shares_one_flush_and_each_keeps_its_result() 
         }
     };
     for durability in [Durability::Sync, Durability::Buffered] {
-        let n2_engine = Arc::new(FailingFlush::default());
-        let engine_for_n2 = Arc::clone(&n2_engine);
-        let harness = Harness::build_with_engines(
-            3,
-            QuorumConfig::new(3, 2, 2).expect("valid quorum"),
-            CALL_TIMEOUT,
-            |settings| settings.durability = durability,
-            move |node| -> Arc<dyn StorageEngine> {
-                if node.as_str() == "n2" {
-                    Arc::clone(&engine_for_n2) as Arc<dyn StorageEngine>
-                } else {
-                    Arc::new(MemoryEngine::new())
-                }
-            },
-        );
+        let (harness, n2_engine) = Harness::with_failing_flush("n2", (3, 2, 2), durability);
         let n2 = id("n2");
         let handler = harness.node(&n2).handler();
         let batch = |round: &str| {

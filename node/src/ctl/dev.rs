@@ -147,7 +147,10 @@ pub(crate) fn agreement_gap(
             gaps.push(format!("{viewer} is missing {}", missing.join(", ")));
         }
         if !joining.is_empty() {
-            gaps.push(format!("{viewer} sees {} still joining", joining.join(", ")));
+            gaps.push(format!(
+                "{viewer} sees {} still joining",
+                joining.join(", ")
+            ));
         }
     }
     if gaps.is_empty() && views.len() == expected.len() {

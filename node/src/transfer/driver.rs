@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::fallback::{
-    DEFAULT_SOURCE_STALL, FallbackChoice, RedirectChoice, StallTracker, choose_fallback,
-    choose_redirect,
+    DEFAULT_SOURCE_STALL, Replacement, StallTracker, choose_fallback, choose_redirect,
 };
 use super::plan::{Task, plan};
 use super::progress::Progress;
@@ -261,15 +260,85 @@ pub(crate) async fn transfer_loop(
     }
 }
 
-/// What [`NodeShared::replace_stalled_sources`] decided.
+/// What [`NodeShared::replace_stalled_peers`] decided.
 #[derive(Debug, Default)]
 struct Replacements {
-    /// A fallback was chosen or changed: the progress must be saved.
+    /// A fallback or redirect was chosen or changed: the progress must be saved.
     changed: bool,
-    /// Per stalled source, its ranges that wait for enough reachable replicas.
+    /// Per stalled source or destination, its ranges that wait for enough reachable
+    /// replicas.
     waiting: BTreeMap<NodeId, u64>,
     /// One line per waiting range, for the round's report.
     messages: Vec<String>,
+}
+
+/// Which peer of a copy stalled, and so which kind of replacement stands in for it.
+#[derive(Debug, Clone, Copy)]
+enum Stalled {
+    /// The source: the copy is taken from other settled replicas (a fallback).
+    Source,
+    /// The destination: the range is sent to other target replicas (a redirect).
+    Destination,
+}
+
+impl Replacements {
+    /// Records `choice` for `task`, whose `side` stalled and whose replacement so far
+    /// was `current`: new replacement peers go into `progress` (and the log), and too
+    /// few usable ones count the range as waiting on the stalled peer, with a line for
+    /// the round's report.
+    fn apply(
+        &mut self,
+        task: &Task,
+        side: Stalled,
+        choice: Replacement,
+        current: &[NodeId],
+        progress: &mut Progress,
+    ) {
+        let stalled = match side {
+            Stalled::Source => &task.source,
+            Stalled::Destination => &task.dest,
+        };
+        match choice {
+            Replacement::Nodes(nodes) if nodes == current => {}
+            Replacement::Nodes(nodes) => {
+                // Tracing field names are fixed at compile time: one call per side.
+                match side {
+                    Stalled::Source => tracing::info!(
+                        range = ?task.range,
+                        %stalled,
+                        fallback = ?nodes,
+                        "copying a stalled source's range from other replicas"
+                    ),
+                    Stalled::Destination => tracing::info!(
+                        range = ?task.range,
+                        %stalled,
+                        redirect = ?nodes,
+                        "sending a stalled destination's range to other target replicas"
+                    ),
+                }
+                match side {
+                    Stalled::Source => progress.set_fallback(task, nodes),
+                    Stalled::Destination => progress.set_redirect(task, nodes),
+                }
+                self.changed = true;
+            }
+            Replacement::Wait { needed, usable } => {
+                *self.waiting.entry(stalled.clone()).or_default() += 1;
+                // The two sides' lines differ only in these words.
+                let (way, peer, replicas, kind) = match side {
+                    Stalled::Source => ("from", "source", "other replicas", "fallback"),
+                    Stalled::Destination => {
+                        ("to", "destination", "other target replicas", "redirect")
+                    }
+                };
+                self.messages.push(format!(
+                    "{:?} {way} {stalled} waits: its {peer} stalled and {} of the {needed} {replicas} a {kind} needs are reachable ({usable:?})",
+                    task.range,
+                    usable.len()
+                ));
+            }
+        }
+    }
 }
 
 /// A call that failed, and the peer to skip for the rest of the round.
@@ -508,29 +577,8 @@ impl NodeShared {
                     None => None,
                 };
                 if let Some(current) = current {
-                    match choose_fallback(task, settled, n, w, &current, usable, done) {
-                        FallbackChoice::Sources(sources) => {
-                            if sources != current {
-                                tracing::info!(
-                                    range = ?task.range,
-                                    stalled = %task.source,
-                                    fallback = ?sources,
-                                    "copying a stalled source's range from other replicas"
-                                );
-                                progress.set_fallback(task, sources);
-                                outcome.changed = true;
-                            }
-                        }
-                        FallbackChoice::Wait { needed, usable } => {
-                            *outcome.waiting.entry(task.source.clone()).or_default() += 1;
-                            outcome.messages.push(format!(
-                                "{:?} from {} waits: its source stalled and {} of the {needed} other replicas a fallback needs are reachable ({usable:?})",
-                                task.range,
-                                task.source,
-                                usable.len()
-                            ));
-                        }
-                    }
+                    let choice = choose_fallback(task, settled, n, w, &current, usable, done);
+                    outcome.apply(task, Stalled::Source, choice, &current, progress);
                     continue;
                 }
             }
@@ -545,29 +593,8 @@ impl NodeShared {
                 None if stalls.is_stalled(&task.dest, now, stall) => Vec::new(),
                 None => continue,
             };
-            match choose_redirect(task, target, n, w, &current, usable, done) {
-                RedirectChoice::Destinations(dests) => {
-                    if dests != current {
-                        tracing::info!(
-                            range = ?task.range,
-                            stalled = %task.dest,
-                            redirect = ?dests,
-                            "sending a stalled destination's range to other target replicas"
-                        );
-                        progress.set_redirect(task, dests);
-                        outcome.changed = true;
-                    }
-                }
-                RedirectChoice::Wait { needed, usable } => {
-                    *outcome.waiting.entry(task.dest.clone()).or_default() += 1;
-                    outcome.messages.push(format!(
-                        "{:?} to {} waits: its destination stalled and {} of the {needed} other target replicas a redirect needs are reachable ({usable:?})",
-                        task.range,
-                        task.dest,
-                        usable.len()
-                    ));
-                }
-            }
+            let choice = choose_redirect(task, target, n, w, &current, usable, done);
+            outcome.apply(task, Stalled::Destination, choice, &current, progress);
         }
         outcome
     }
@@ -904,5 +931,85 @@ fn remaining_fraction(range: TokenRange, cursor: Option<&[u8]>) -> f64 {
                 TokenRange::new(at, range.end).fraction()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    fn task() -> Task {
+        Task {
+            range: TokenRange::new(Token(1), Token(101)),
+            source: id("a"),
+            dest: id("x"),
+        }
+    }
+
+    #[test]
+    fn a_new_replacement_is_recorded_on_its_side_and_an_unchanged_one_is_not() {
+        let task = task();
+        let mut progress = Progress::new();
+        let mut outcome = Replacements::default();
+        let same = Replacement::Nodes(vec![id("b")]);
+        outcome.apply(&task, Stalled::Source, same, &[id("b")], &mut progress);
+        assert!(!outcome.changed, "the same fallback again changes nothing");
+        assert_eq!(progress.fallback_of(&task), None);
+
+        let fallback = Replacement::Nodes(vec![id("b"), id("c")]);
+        outcome.apply(&task, Stalled::Source, fallback, &[], &mut progress);
+        assert!(outcome.changed);
+        assert_eq!(progress.fallback_of(&task), Some(&[id("b"), id("c")][..]));
+        assert_eq!(progress.redirect_of(&task), None);
+
+        let mut progress = Progress::new();
+        let mut outcome = Replacements::default();
+        let redirect = Replacement::Nodes(vec![id("y")]);
+        outcome.apply(
+            &task,
+            Stalled::Destination,
+            redirect,
+            &[id("z")],
+            &mut progress,
+        );
+        assert!(outcome.changed);
+        assert_eq!(progress.redirect_of(&task), Some(&[id("y")][..]));
+        assert_eq!(progress.fallback_of(&task), None);
+        assert!(outcome.waiting.is_empty() && outcome.messages.is_empty());
+    }
+
+    #[test]
+    fn a_waiting_replacement_counts_against_the_stalled_peer_and_says_why() {
+        let task = task();
+        let mut progress = Progress::new();
+        let mut outcome = Replacements::default();
+        let waits = [
+            (Stalled::Source, vec![id("b")]),
+            (Stalled::Destination, vec![]),
+            (Stalled::Destination, vec![]),
+        ];
+        for (side, usable) in waits {
+            let wait = Replacement::Wait { needed: 2, usable };
+            outcome.apply(&task, side, wait, &[], &mut progress);
+        }
+        assert!(!outcome.changed);
+        assert_eq!(progress.fallback_of(&task), None);
+        assert_eq!(progress.redirect_of(&task), None);
+        assert_eq!(
+            outcome.waiting,
+            BTreeMap::from([(id("a"), 1), (id("x"), 2)])
+        );
+        let range = format!("{:?}", task.range);
+        let source = format!(
+            "{range} from a waits: its source stalled and 1 of the 2 other replicas a fallback needs are reachable ([\"b\"])"
+        );
+        let dest = format!(
+            "{range} to x waits: its destination stalled and 0 of the 2 other target replicas a redirect needs are reachable ([])"
+        );
+        assert_eq!(outcome.messages, vec![source, dest.clone(), dest]);
     }
 }

@@ -144,15 +144,18 @@ pub fn fallback_count(replicas: usize, w: usize) -> usize {
     (replicas + 1).saturating_sub(w).max(1)
 }
 
-/// The outcome of [`choose_fallback`].
+/// The outcome of [`choose_fallback`] and [`choose_redirect`]: the peers that stand in
+/// for a stalled one, or why the copy keeps waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FallbackChoice {
-    /// Copy the range from each of these (settled replicas other than the stalled
-    /// source) instead.
-    Sources(Vec<NodeId>),
-    /// Too few usable replicas: the copy keeps waiting.
+pub enum Replacement {
+    /// Use each of these instead: for a fallback, copy the range from them (settled
+    /// replicas other than the stalled source); for a redirect, send the range to them
+    /// (target replicas other than the stalled destination).
+    Nodes(Vec<NodeId>),
+    /// Too few usable replicas: the copy keeps waiting (for its destination, when
+    /// redirecting).
     Wait {
-        /// Replicas the fallback needs.
+        /// Replicas the fallback or redirect needs.
         needed: usize,
         /// The usable ones there are.
         usable: Vec<NodeId>,
@@ -176,16 +179,29 @@ pub fn choose_fallback(
     current: &[NodeId],
     usable: impl FnMut(&NodeId) -> bool,
     done: impl FnMut(&NodeId) -> bool,
-) -> FallbackChoice {
+) -> Replacement {
     let replicas = settled.preference_list(task.range.end, n);
     let needed = fallback_count(replicas.len(), w);
+    replace(task, &replicas, needed, current, usable, done)
+}
+
+/// `needed` of `replicas` other than `task`'s source and destination, as [`pick`]
+/// chooses them; or, when too few count, how many were needed and the usable ones.
+fn replace(
+    task: &Task,
+    replicas: &[NodeId],
+    needed: usize,
+    current: &[NodeId],
+    usable: impl FnMut(&NodeId) -> bool,
+    done: impl FnMut(&NodeId) -> bool,
+) -> Replacement {
     let candidates: Vec<&NodeId> = replicas
         .iter()
         .filter(|node| **node != task.source && **node != task.dest)
         .collect();
     match pick(&candidates, needed, current, usable, done) {
-        Ok(chosen) => FallbackChoice::Sources(chosen),
-        Err(usable) => FallbackChoice::Wait { needed, usable },
+        Ok(chosen) => Replacement::Nodes(chosen),
+        Err(usable) => Replacement::Wait { needed, usable },
     }
 }
 
@@ -229,21 +245,6 @@ pub fn redirect_count(targets: usize, w: usize) -> usize {
     w.min(targets).max(1)
 }
 
-/// The outcome of [`choose_redirect`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedirectChoice {
-    /// Send the range to each of these (target replicas other than the stalled
-    /// destination) instead.
-    Destinations(Vec<NodeId>),
-    /// Too few usable target replicas: the copy keeps waiting for its destination.
-    Wait {
-        /// Target replicas the redirect needs.
-        needed: usize,
-        /// The usable ones there are.
-        usable: Vec<NodeId>,
-    },
-}
-
 /// The replacement destinations for `task`, whose destination stalled (a leaving
 /// node, or one whose weight fell, pushing a range to a down new owner):
 /// [`redirect_count`] of the range's target replicas (the first `n` of `target`'s
@@ -269,17 +270,10 @@ pub fn choose_redirect(
     current: &[NodeId],
     usable: impl FnMut(&NodeId) -> bool,
     done: impl FnMut(&NodeId) -> bool,
-) -> RedirectChoice {
+) -> Replacement {
     let targets = target.preference_list(task.range.end, n);
     let needed = redirect_count(targets.len(), w);
-    let candidates: Vec<&NodeId> = targets
-        .iter()
-        .filter(|node| **node != task.source && **node != task.dest)
-        .collect();
-    match pick(&candidates, needed, current, usable, done) {
-        Ok(chosen) => RedirectChoice::Destinations(chosen),
-        Err(usable) => RedirectChoice::Wait { needed, usable },
-    }
+    replace(task, &targets, needed, current, usable, done)
 }
 
 #[cfg(test)]
@@ -378,7 +372,7 @@ mod tests {
         let task = first_task(&settled, "x");
         let replicas = settled.preference_list(task.range.end, 3);
         let choice = choose_fallback(&task, &settled, 3, 2, &[], |_| true, |_| false);
-        let FallbackChoice::Sources(sources) = choice else {
+        let Replacement::Nodes(sources) = choice else {
             panic!("expected sources, got {choice:?}");
         };
         assert_eq!(sources.len(), 2);
@@ -387,11 +381,11 @@ mod tests {
         // W=3: one other replica is enough; W=1: every other replica would be needed,
         // and two is all there is besides the source.
         let choice = choose_fallback(&task, &settled, 3, 3, &[], |_| true, |_| false);
-        assert!(matches!(choice, FallbackChoice::Sources(s) if s.len() == 1));
+        assert!(matches!(choice, Replacement::Nodes(s) if s.len() == 1));
         let choice = choose_fallback(&task, &settled, 3, 1, &[], |_| true, |_| false);
         assert_eq!(
             choice,
-            FallbackChoice::Wait {
+            Replacement::Wait {
                 needed: 3,
                 usable: replicas[1..].to_vec(),
             }
@@ -408,7 +402,7 @@ mod tests {
         let choice = choose_fallback(&task, &settled, 3, 2, &[], |node| node != &third, |_| false);
         assert_eq!(
             choice,
-            FallbackChoice::Wait {
+            Replacement::Wait {
                 needed: 2,
                 usable: vec![second.clone()],
             }
@@ -426,7 +420,7 @@ mod tests {
         );
         let mut both = current.to_vec();
         both.sort();
-        assert_eq!(choice, FallbackChoice::Sources(both));
+        assert_eq!(choice, Replacement::Nodes(both));
         // The source and the destination are never chosen, nor are nodes outside the
         // range's replicas, even if a stale choice names them.
         let outsider = settled
@@ -436,7 +430,7 @@ mod tests {
             .expect("a node that does not replicate the range");
         let stale = [task.source.clone(), outsider, id("x")];
         let choice = choose_fallback(&task, &settled, 3, 2, &stale, |_| true, |_| true);
-        let FallbackChoice::Sources(sources) = choice else {
+        let Replacement::Nodes(sources) = choice else {
             panic!("expected sources");
         };
         assert!(
@@ -457,7 +451,7 @@ mod tests {
         };
         assert_eq!(
             choose_fallback(&task, &settled, 3, 2, &[], |_| true, |_| false),
-            FallbackChoice::Sources(vec![id("b")])
+            Replacement::Nodes(vec![id("b")])
         );
     }
 
@@ -583,15 +577,15 @@ mod tests {
         stayers.sort();
         assert_eq!(
             choose_redirect(&task, &target, 3, 2, &[], |_| true, |_| false),
-            RedirectChoice::Destinations(stayers.clone())
+            Replacement::Nodes(stayers.clone())
         );
         // W=1: one stayer is enough; W=3: the down destination itself would be
         // needed, so the copy waits for it.
         let choice = choose_redirect(&task, &target, 3, 1, &[], |_| true, |_| false);
-        assert!(matches!(choice, RedirectChoice::Destinations(d) if d.len() == 1));
+        assert!(matches!(choice, Replacement::Nodes(d) if d.len() == 1));
         assert_eq!(
             choose_redirect(&task, &target, 3, 3, &[], |_| true, |_| false),
-            RedirectChoice::Wait {
+            Replacement::Wait {
                 needed: 3,
                 usable: targets[1..].to_vec()
             }
@@ -600,7 +594,7 @@ mod tests {
         let (first, second) = (targets[1].clone(), targets[2].clone());
         assert_eq!(
             choose_redirect(&task, &target, 3, 2, &[], |n| n != &second, |_| false),
-            RedirectChoice::Wait {
+            Replacement::Wait {
                 needed: 2,
                 usable: vec![first.clone()]
             }
@@ -616,7 +610,7 @@ mod tests {
                 |n| n != &second,
                 |n| n == &second
             ),
-            RedirectChoice::Destinations(stayers.clone())
+            Replacement::Nodes(stayers.clone())
         );
         // Nodes outside the range's target replicas never receive it, even if a stale
         // choice names them.
@@ -634,6 +628,6 @@ mod tests {
             |_| true,
             |_| true,
         );
-        assert_eq!(choice, RedirectChoice::Destinations(stayers));
+        assert_eq!(choice, Replacement::Nodes(stayers));
     }
 }

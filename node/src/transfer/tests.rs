@@ -29,6 +29,14 @@ const UNLIMITED: Allowance = Allowance {
     bytes: u64::MAX,
 };
 
+/// An allowance of `count` keys a round (bytes unlimited).
+fn keys(count: u64) -> Allowance {
+    Allowance {
+        keys: count,
+        bytes: u64::MAX,
+    }
+}
+
 fn id(name: &str) -> NodeId {
     NodeId::new(name).expect("valid test node id")
 }
@@ -72,12 +80,17 @@ struct Cluster {
 impl Cluster {
     /// `members` nodes n1.. that are all Members, with N=3, R=2, W=2.
     fn new(members: usize) -> Self {
+        Self::with_transfer(members, super::TransferSettings::default())
+    }
+
+    /// [`Cluster::new`] whose nodes start with the `transfer` settings.
+    fn with_transfer(members: usize, transfer: super::TransferSettings) -> Self {
         let mut cluster = Self {
             network: MemoryNetwork::new(CALL_TIMEOUT).expect("nonzero call timeout"),
             nodes: BTreeMap::new(),
             engines: BTreeMap::new(),
             quorum: QuorumConfig::new(3, 2, 2).expect("valid quorum"),
-            transfer: super::TransferSettings::default(),
+            transfer,
             admission: crate::admission::AdmissionConfig::default(),
         };
         let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
@@ -139,6 +152,40 @@ impl Cluster {
             node.persist_table(&node.cluster().table())
                 .expect("persisting the table");
         }
+    }
+
+    /// Starts `node` knowing the current table and has every node see it join.
+    fn join(&mut self, node: &NodeId) {
+        self.add(node);
+        self.change_everywhere(|t| t.join(node.clone(), &addr(node), 1).map(|_| ()));
+    }
+
+    /// Has every node see `node` leave.
+    fn leave(&self, node: &NodeId) {
+        self.change_everywhere(|t| t.leave(node).map(|_| ()));
+    }
+
+    /// The copies `node`'s transfer plans from its current rings.
+    fn plan_of(&self, node: &NodeId) -> Vec<super::Task> {
+        let (settled, target) = self.node(node).cluster().rings();
+        plan(&settled, &target, 3)
+    }
+
+    /// `node`'s state in its own member table.
+    fn own_state(&self, node: &NodeId) -> Option<MemberState> {
+        self.node(node)
+            .cluster()
+            .table()
+            .get(node)
+            .map(|m| m.state())
+    }
+
+    /// A key whose target replicas include `node`.
+    fn key_gained_by(&self, node: &NodeId) -> String {
+        (0..10_000)
+            .map(|i| format!("moving-{i}"))
+            .find(|k| self.target_replicas(k).contains(node))
+            .expect("some key moves to the node")
     }
 
     /// Spreads `from`'s table to every node (one round of perfect gossip).
@@ -234,6 +281,16 @@ async fn load(cluster: &Cluster, prefix: &str, count: usize) -> BTreeMap<String,
     acknowledged
 }
 
+/// `key` reads through `reader` (with the configured R) with `value` among its
+/// siblings.
+async fn assert_readable(cluster: &Cluster, reader: &NodeId, key: &str, value: &str) {
+    let got = cluster.get(reader, key, None).await;
+    assert!(
+        got.as_ref().is_some_and(|v| v.iter().any(|v| v == value)),
+        "{key}: {got:?}, expected {value}"
+    );
+}
+
 /// Every acknowledged value is held by at least W (2) of the key's target replicas, so
 /// a quorum read after the hand-over sees it.
 fn assert_on_w_target_replicas(cluster: &Cluster, acknowledged: &BTreeMap<String, String>) {
@@ -258,8 +315,7 @@ async fn a_joining_node_pulls_its_ranges_then_becomes_member_and_serves_them() {
     let mut cluster = Cluster::new(3);
     let acknowledged = load(&cluster, "k", 150).await;
     let n4 = id("n4");
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+    cluster.join(&n4);
     assert_eq!(cluster.state_of(&n4), MemberState::Joining);
 
     // Reads stay on the settled ring: n4 is not asked, and nothing is missed.
@@ -284,15 +340,7 @@ async fn a_joining_node_pulls_its_ranges_then_becomes_member_and_serves_them() {
 
     let sent = cluster.drive_to_completion(&n4, UNLIMITED).await;
     assert!(sent >= gained.len() as u64, "sent {sent} keys");
-    assert_eq!(
-        cluster
-            .node(&n4)
-            .cluster()
-            .table()
-            .get(&n4)
-            .map(|m| m.state()),
-        Some(MemberState::Member)
-    );
+    assert_eq!(cluster.own_state(&n4), Some(MemberState::Member));
     // n4 holds every key it gained before anyone reads from it.
     for key in &gained {
         assert_eq!(cluster.stored(&n4, key), vec![acknowledged[*key].clone()]);
@@ -320,14 +368,10 @@ async fn writes_during_a_join_reach_old_and_new_owners_and_none_is_lost() {
     let mut cluster = Cluster::new(3);
     let mut acknowledged = load(&cluster, "before", 60).await;
     let n4 = id("n4");
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+    cluster.join(&n4);
 
     // A write of a key n4 gains lands on n4 as well as on the old owners.
-    let key = (0..10_000)
-        .map(|i| format!("moving-{i}"))
-        .find(|k| cluster.target_replicas(k).contains(&n4))
-        .expect("some key moves to n4");
+    let key = cluster.key_gained_by(&n4);
     assert!(cluster.put(&id("n2"), &key, "fresh").await);
     let settled = cluster
         .node(&id("n1"))
@@ -349,44 +393,13 @@ async fn writes_during_a_join_reach_old_and_new_owners_and_none_is_lost() {
 
     // Concurrent writers and a throttled transfer: every round sends a few keys while
     // writes keep coming through every node.
-    let writer = {
-        let nodes: Vec<Arc<NodeShared>> = cluster.nodes.values().cloned().collect();
-        tokio::spawn(async move {
-            let mut written = BTreeMap::new();
-            for i in 0..80 {
-                let (key, value) = (format!("during-{i}"), format!("w{i}"));
-                let node = &nodes[i % nodes.len()];
-                let ok = node
-                    .coordinator()
-                    .put(
-                        key.as_bytes(),
-                        VectorClock::new(),
-                        Some(value.as_bytes().to_vec()),
-                        None,
-                    )
-                    .await
-                    .is_ok();
-                if ok {
-                    written.insert(key, value);
-                }
-                tokio::task::yield_now().await;
-            }
-            written
-        })
-    };
-    let small = Allowance {
-        keys: 5,
-        bytes: u64::MAX,
-    };
+    let writer = spawn_writer(&cluster, "during", 80);
+    let small = keys(5);
     let mut completed = false;
     for _ in 0..MAX_ROUNDS {
         // Reads during the join never miss what the old owners hold.
         for (key, value) in acknowledged.iter().take(10) {
-            let got = cluster.get(&id("n3"), key, None).await;
-            assert!(
-                got.as_ref().is_some_and(|v| v.contains(value)),
-                "{key}: {got:?}, expected {value}"
-            );
+            assert_readable(&cluster, &id("n3"), key, value).await;
         }
         if cluster.node(&n4).transfer_round(small).await.completed {
             completed = true;
@@ -402,27 +415,7 @@ async fn writes_during_a_join_reach_old_and_new_owners_and_none_is_lost() {
     }
     cluster.spread(&n4);
     // Background replication of the last writes may still be landing.
-    let all_there = eventually(|| {
-        acknowledged.iter().all(|(key, value)| {
-            cluster
-                .target_replicas(key)
-                .iter()
-                .filter(|n| cluster.stored(n, key).contains(value))
-                .count()
-                >= 2
-        })
-    })
-    .await;
-    if !all_there {
-        assert_on_w_target_replicas(&cluster, &acknowledged);
-    }
-    for (key, value) in &acknowledged {
-        let got = cluster.get(&id("n1"), key, None).await;
-        assert!(
-            got.as_ref().is_some_and(|v| v.contains(value)),
-            "{key}: {got:?}, expected {value}"
-        );
-    }
+    assert_nothing_lost(&cluster, &id("n1"), &acknowledged).await;
 }
 
 #[tokio::test]
@@ -445,10 +438,7 @@ async fn peers_hear_of_a_join_before_its_first_copy_so_their_writes_reach_the_ne
     }
     assert!(cluster.node(&id("n2")).cluster().table().get(&n4).is_none());
 
-    let one_key = Allowance {
-        keys: 1,
-        bytes: u64::MAX,
-    };
+    let one_key = keys(1);
     let report = cluster.node(&n4).transfer_round(one_key).await;
     assert_eq!(report.used.keys, 1);
     assert!(!report.completed);
@@ -466,10 +456,7 @@ async fn peers_hear_of_a_join_before_its_first_copy_so_their_writes_reach_the_ne
     }
     // So a write n2 coordinates of a key n4 gains reaches n4 itself, wherever the
     // pull's cursor is.
-    let key = (0..10_000)
-        .map(|i| format!("moving-{i}"))
-        .find(|k| cluster.target_replicas(k).contains(&n4))
-        .expect("some key moves to n4");
+    let key = cluster.key_gained_by(&n4);
     assert!(cluster.put(&id("n2"), &key, "fresh").await);
     assert!(
         eventually(|| cluster.stored(&n4, &key) == ["fresh"]).await,
@@ -485,12 +472,9 @@ async fn a_leaving_node_is_removed_only_after_every_range_is_acknowledged() {
     let cluster = Cluster::new(4);
     let acknowledged = load(&cluster, "k", 150).await;
     let n4 = id("n4");
-    cluster.change_everywhere(|t| t.leave(&id("n4")).map(|_| ()));
+    cluster.leave(&id("n4"));
     // Writes during the leave go to the new owners too.
-    let tasks = {
-        let (settled, target) = cluster.node(&n4).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    let tasks = cluster.plan_of(&n4);
     assert!(tasks.iter().any(|t| t.source == n4));
     // One new owner cannot be reached: the leave cannot finish.
     let blocked = tasks
@@ -511,26 +495,14 @@ async fn a_leaving_node_is_removed_only_after_every_range_is_acknowledged() {
     assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
     let status = cluster.node(&n4).transfer_status_snapshot();
     assert_eq!(status.role, Some(TransferRole::Leaving));
-    let pending = status
-        .peers
-        .iter()
-        .find(|p| p.peer == blocked)
-        .expect("the blocked peer is reported");
+    let pending = peer_in(&status, &blocked);
     assert!(pending.pending_ranges > 0);
     assert!(pending.ring_fraction_remaining > 0.0);
     assert!(pending.estimated_keys_remaining.is_some_and(|k| k > 0));
 
     cluster.network.heal(&addr(&n4), &addr(&blocked));
     cluster.drive_to_completion(&n4, UNLIMITED).await;
-    assert_eq!(
-        cluster
-            .node(&n4)
-            .cluster()
-            .table()
-            .get(&n4)
-            .map(|m| m.state()),
-        Some(MemberState::Removed)
-    );
+    assert_eq!(cluster.own_state(&n4), Some(MemberState::Removed));
     cluster.spread(&n4);
     assert_on_w_target_replicas(&cluster, &acknowledged);
     for (key, value) in &acknowledged {
@@ -547,11 +519,10 @@ async fn a_transfer_resumes_from_its_cursor_after_a_crash_and_replaying_a_batch_
     let mut cluster = Cluster::new(3);
     load(&cluster, "k", 200).await;
     let n4 = id("n4");
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(id("n4"), "n4:1", 1).map(|_| ()));
+    cluster.join(&n4);
     // What the whole transfer sends: each task's range, out of its source.
-    let (settled, target) = cluster.node(&n4).cluster().rings();
-    let total: u64 = plan(&settled, &target, 3)
+    let total: u64 = cluster
+        .plan_of(&n4)
         .iter()
         .map(|task| {
             let page = cluster
@@ -564,10 +535,7 @@ async fn a_transfer_resumes_from_its_cursor_after_a_crash_and_replaying_a_batch_
         .sum();
     assert!(total > 20, "the plan moves {total} keys");
 
-    let first = Allowance {
-        keys: 20,
-        bytes: u64::MAX,
-    };
+    let first = keys(20);
     let report = cluster.node(&n4).transfer_round(first).await;
     assert_eq!(report.used.keys, 20);
     assert!(!report.completed);
@@ -625,8 +593,7 @@ async fn a_write_coordinated_with_a_stale_ring_reaches_the_new_replicas_through_
     let mut cluster = Cluster::new(4);
     let (n1, n5) = (id("n1"), id("n5"));
     let old_table = cluster.table();
-    cluster.add(&n5);
-    cluster.change_everywhere(|t| t.join(n5.clone(), &addr(&n5), 1).map(|_| ()));
+    cluster.join(&n5);
     cluster.drive_to_completion(&n5, UNLIMITED).await;
     cluster.spread(&n5);
     // n1 restarts with the member table from before the join (as a node that was down
@@ -703,8 +670,7 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
     let mut cluster = Cluster::new(3);
     let (n1, n4) = (id("n1"), id("n4"));
     let acknowledged = load(&cluster, "k", 60).await;
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    cluster.join(&n4);
     cluster.drive_to_completion(&n4, UNLIMITED).await;
     cluster.spread(&n4);
     // n1 lost some keys to n4 but kept them; n4 cannot be reached.
@@ -745,6 +711,25 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
     assert_on_w_target_replicas(&cluster, &acknowledged);
 }
 
+/// Has `holder` keep, as a hint for `home`, a first version of `key` holding `value`,
+/// written by `writer` (a node and its incarnation).
+fn add_hint(holder: &NodeShared, home: &NodeId, key: &[u8], value: &[u8], writer: (&NodeId, u64)) {
+    let mut state = SiblingSet::new();
+    state
+        .put(
+            &VectorClock::new(),
+            crate::version::Value::data(value),
+            &crate::version::Actor::new(writer.0.clone(), writer.1),
+            crate::time::Millis(1),
+            &crate::version::SiblingLimits::default(),
+        )
+        .expect("a first version");
+    holder
+        .store()
+        .add_hint(home, key, &state, crate::storage::Durability::Sync)
+        .expect("adding a hint");
+}
+
 /// Regression (found by the deterministic simulator): hints held for a node that left
 /// were never delivered (its address answers no more), so stand-ins kept them forever
 /// and the write they carried reached no current replica. They go to the key's current
@@ -753,27 +738,14 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
 async fn a_hint_for_a_removed_node_is_delivered_to_the_keys_current_replicas() {
     let cluster = Cluster::new(4);
     let (n1, n4) = (id("n1"), id("n4"));
-    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
+    cluster.leave(&n4);
     cluster.drive_to_completion(&n4, UNLIMITED).await;
     cluster.spread(&n4);
     cluster.network.unregister(&addr(&n4));
     // A version n1 holds only as a hint for n4 (written while n4 was a replica).
     let key = b"hinted".as_slice();
-    let mut state = SiblingSet::new();
-    state
-        .put(
-            &VectorClock::new(),
-            crate::version::Value::data(b"only-in-a-hint".as_slice()),
-            &crate::version::Actor::new(id("n2"), 7),
-            crate::time::Millis(1),
-            &crate::version::SiblingLimits::default(),
-        )
-        .expect("a first version");
     let stand_in = cluster.node(&n1);
-    stand_in
-        .store()
-        .add_hint(&n4, key, &state, crate::storage::Durability::Sync)
-        .expect("adding a hint");
+    add_hint(stand_in, &n4, key, b"only-in-a-hint", (&id("n2"), 7));
     stand_in.handoff_round().await;
     assert!(
         stand_in
@@ -811,33 +783,21 @@ async fn a_leaving_node_hands_its_hints_to_live_replicas_before_it_is_removed() 
         .expect("a key n4 does not replicate");
     let replicas = cluster.target_replicas(&key);
     let down = replicas[0].clone();
-    let mut state = SiblingSet::new();
-    state
-        .put(
-            &VectorClock::new(),
-            crate::version::Value::data(b"hinted-only".as_slice()),
-            &crate::version::Actor::new(id("n5"), 3),
-            crate::time::Millis(1),
-            &crate::version::SiblingLimits::default(),
-        )
-        .expect("a first version");
     let leaving = cluster.node(&n4);
-    leaving
-        .store()
-        .add_hint(
-            &down,
-            key.as_bytes(),
-            &state,
-            crate::storage::Durability::Sync,
-        )
-        .expect("adding a hint");
+    add_hint(
+        leaving,
+        &down,
+        key.as_bytes(),
+        b"hinted-only",
+        (&id("n5"), 3),
+    );
     cluster.network.unregister(&addr(&down));
     for _ in 0..3 {
         leaving.cluster().record_failure(&down);
     }
     assert!(!leaving.cluster().is_available(&down));
 
-    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
+    cluster.leave(&n4);
     // The ranges are handed over, but the hint holds the leave back.
     let report = leaving.transfer_round(UNLIMITED).await;
     assert!(!report.completed);
@@ -863,19 +823,11 @@ async fn a_leaving_node_hands_its_hints_to_live_replicas_before_it_is_removed() 
 
 /// A cluster whose transfers replace a source after it failed for `stall`.
 fn cluster_with_stall(members: usize, stall: Duration) -> Cluster {
-    let mut cluster = Cluster::new(0);
-    cluster.transfer.source_stall = stall;
-    let ids: Vec<NodeId> = (1..=members).map(|i| id(&format!("n{i}"))).collect();
-    for node in &ids {
-        cluster.start(node, Arc::new(MemoryEngine::new()));
-    }
-    for node in &ids {
-        cluster.change_everywhere(|t| {
-            t.join(node.clone(), &addr(node), 1)?;
-            t.mark_member(node).map(|_| ())
-        });
-    }
-    cluster
+    let transfer = super::TransferSettings {
+        source_stall: stall,
+        ..super::TransferSettings::default()
+    };
+    Cluster::with_transfer(members, transfer)
 }
 
 /// The stall time of the fallback tests: real time, as the coordinators' deadlines are.
@@ -905,6 +857,77 @@ async fn drive_until(
     }
 }
 
+/// Drives `driver`'s rounds until its transfer completes, for at most ten seconds.
+async fn drive_until_complete(cluster: &Cluster, driver: &NodeId) {
+    drive_until(cluster, driver, UNLIMITED, Duration::from_secs(10), |r| {
+        r.completed
+    })
+    .await;
+}
+
+/// Drives `driver`'s rounds until one reports a range that waits, for at most ten
+/// seconds; returns that round's report.
+async fn drive_until_waiting(cluster: &Cluster, driver: &NodeId) -> super::RoundReport {
+    drive_until(cluster, driver, UNLIMITED, Duration::from_secs(10), |r| {
+        r.errors.iter().any(|e| e.contains("waits"))
+    })
+    .await
+}
+
+/// Three more rounds leave `driver`'s transfer incomplete and `driver` in `state`.
+async fn assert_stays(cluster: &Cluster, driver: &NodeId, state: MemberState) {
+    for _ in 0..3 {
+        assert!(
+            !cluster
+                .node(driver)
+                .transfer_round(UNLIMITED)
+                .await
+                .completed
+        );
+    }
+    assert_eq!(cluster.state_of(driver), state);
+}
+
+/// Heals `driver`'s link to `peer`, lets it see `peer` back, and drives its transfer
+/// to completion.
+async fn heal_and_complete(cluster: &Cluster, driver: &NodeId, peer: &NodeId) {
+    cluster.network.heal(&addr(driver), &addr(peer));
+    cluster.node(driver).cluster().record_success(peer);
+    drive_until_complete(cluster, driver).await;
+}
+
+/// `peer`'s line in a transfer `status`.
+fn peer_in<'a>(status: &'a super::TransferStatus, peer: &NodeId) -> &'a super::PeerTransfer {
+    status
+        .peers
+        .iter()
+        .find(|p| p.peer == *peer)
+        .unwrap_or_else(|| panic!("{peer} shows in the status: {status:?}"))
+}
+
+/// Whether `driver`'s status shows ranges of `peer` on fallback (or redirected).
+fn on_fallback(cluster: &Cluster, driver: &NodeId, peer: &NodeId) -> bool {
+    let status = cluster.node(driver).transfer_status_snapshot();
+    status
+        .peers
+        .iter()
+        .any(|p| p.peer == *peer && p.ranges_on_fallback > 0)
+}
+
+/// Writes 40 "during" keys through `through`, each of which must be acknowledged,
+/// into `acknowledged`.
+async fn write_during(
+    cluster: &Cluster,
+    through: &NodeId,
+    acknowledged: &mut BTreeMap<String, String>,
+) {
+    for i in 0..40 {
+        let (key, value) = (format!("during-{i}"), format!("d{i}"));
+        assert!(cluster.put(through, &key, &value).await, "writing {key}");
+        acknowledged.insert(key, value);
+    }
+}
+
 #[tokio::test]
 async fn a_join_whose_source_is_down_completes_from_other_replicas_with_every_acknowledged_write() {
     // Dynamo §4.9 with a losing node down: every write acknowledged by W of a range's
@@ -913,56 +936,31 @@ async fn a_join_whose_source_is_down_completes_from_other_replicas_with_every_ac
     let mut cluster = cluster_with_stall(3, TEST_STALL);
     let (n1, n2, n4) = (id("n1"), id("n2"), id("n4"));
     let mut acknowledged = load(&cluster, "k", 150).await;
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
-    let tasks = {
-        let (settled, target) = cluster.node(&n4).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    cluster.join(&n4);
+    let tasks = cluster.plan_of(&n4);
     assert!(
         tasks.iter().any(|t| t.source == n2),
         "n2 loses ranges to n4"
     );
 
     // A little of the transfer, then n2 goes down for good.
-    let report = cluster
-        .node(&n4)
-        .transfer_round(Allowance {
-            keys: 10,
-            bytes: u64::MAX,
-        })
-        .await;
+    let report = cluster.node(&n4).transfer_round(keys(10)).await;
     assert!(!report.completed);
     cluster.network.unregister(&addr(&n2));
     // Writes go on while it is down (n2's share lands on stand-ins with hints).
-    for i in 0..40 {
-        let (key, value) = (format!("during-{i}"), format!("d{i}"));
-        assert!(cluster.put(&n1, &key, &value).await, "writing {key}");
-        acknowledged.insert(key, value);
-    }
+    write_during(&cluster, &n1, &mut acknowledged).await;
 
     // Before the stall time the copy waits for n2; after it, n2's ranges come from the
     // other replicas.
     // Small rounds, so the status can be seen before the copy completes.
-    let small = Allowance {
-        keys: 5,
-        bytes: u64::MAX,
-    };
+    let small = keys(5);
     let report = drive_until(&cluster, &n4, small, Duration::from_secs(10), |_| {
-        let status = cluster.node(&n4).transfer_status_snapshot();
-        status
-            .peers
-            .iter()
-            .any(|p| p.peer == n2 && p.ranges_on_fallback > 0)
+        on_fallback(&cluster, &n4, &n2)
     })
     .await;
     assert!(!report.completed);
     let status = cluster.node(&n4).transfer_status_snapshot();
-    let stalled = status
-        .peers
-        .iter()
-        .find(|p| p.peer == n2)
-        .expect("n2 shows");
+    let stalled = peer_in(&status, &n2);
     assert!(
         stalled.unreachable_for.is_some_and(|d| d >= TEST_STALL),
         "{stalled:?}"
@@ -974,32 +972,15 @@ async fn a_join_whose_source_is_down_completes_from_other_replicas_with_every_ac
     let engine = Arc::clone(&cluster.engines[&n4]);
     cluster.network.unregister(&addr(&n4));
     cluster.start(&n4, engine);
-    let report = cluster
-        .node(&n4)
-        .transfer_round(Allowance {
-            keys: 5,
-            bytes: u64::MAX,
-        })
-        .await;
+    let report = cluster.node(&n4).transfer_round(keys(5)).await;
     assert!(
         !report.errors.iter().any(|e| e.contains("from n2")),
         "{:?}",
         report.errors
     );
     assert!(report.used.keys > 0, "{report:?}");
-    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
-        r.completed
-    })
-    .await;
-    assert_eq!(
-        cluster
-            .node(&n4)
-            .cluster()
-            .table()
-            .get(&n4)
-            .map(|m| m.state()),
-        Some(MemberState::Member)
-    );
+    drive_until_complete(&cluster, &n4).await;
+    assert_eq!(cluster.own_state(&n4), Some(MemberState::Member));
 
     // n4 holds every acknowledged write of every key it now replicates, though the
     // node that was to hand them over never came back.
@@ -1017,11 +998,7 @@ async fn a_join_whose_source_is_down_completes_from_other_replicas_with_every_ac
     assert!(gained > 50, "n4 gained only {gained} keys");
     cluster.spread(&n4);
     for (key, value) in &acknowledged {
-        let got = cluster.get(&n1, key, None).await;
-        assert!(
-            got.as_ref().is_some_and(|v| v.contains(value)),
-            "{key}: {got:?}, expected {value}"
-        );
+        assert_readable(&cluster, &n1, key, value).await;
     }
 }
 
@@ -1030,33 +1007,21 @@ async fn a_stalled_source_with_too_few_reachable_replicas_waits_and_says_so() {
     let mut cluster = cluster_with_stall(3, TEST_STALL);
     let (n2, n3, n4) = (id("n2"), id("n3"), id("n4"));
     load(&cluster, "k", 60).await;
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    cluster.join(&n4);
     // Two of the three replicas down: a range of n2's has n1 alone to fall back on,
     // and N - W + 1 = 2 are needed.
     cluster.network.unregister(&addr(&n2));
     cluster.network.cut(&addr(&n4), &addr(&n3));
-    let report = drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
-        r.errors.iter().any(|e| e.contains("waits"))
-    })
-    .await;
+    let report = drive_until_waiting(&cluster, &n4).await;
     assert!(!report.completed);
     let status = cluster.node(&n4).transfer_status_snapshot();
     let waiting: u64 = status.peers.iter().map(|p| p.ranges_waiting).sum();
     assert!(waiting > 0, "{status:?}");
     assert!(status.pending_ranges() > 0);
-    for _ in 0..3 {
-        assert!(!cluster.node(&n4).transfer_round(UNLIMITED).await.completed);
-    }
-    assert_eq!(cluster.state_of(&n4), MemberState::Joining);
+    assert_stays(&cluster, &n4, MemberState::Joining).await;
 
     // n3 is back: n3's own ranges and n2's (from n1 and n3) are copied; the join ends.
-    cluster.network.heal(&addr(&n4), &addr(&n3));
-    cluster.node(&n4).cluster().record_success(&n3);
-    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
-        r.completed
-    })
-    .await;
+    heal_and_complete(&cluster, &n4, &n3).await;
 }
 
 #[tokio::test]
@@ -1069,11 +1034,8 @@ async fn a_leave_whose_destination_is_down_completes_through_the_other_target_re
     let cluster = cluster_with_stall(5, TEST_STALL);
     let (n1, n5) = (id("n1"), id("n5"));
     let mut acknowledged = load(&cluster, "k", 150).await;
-    cluster.change_everywhere(|t| t.leave(&n5).map(|_| ()));
-    let tasks = {
-        let (settled, target) = cluster.node(&n5).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    cluster.leave(&n5);
+    let tasks = cluster.plan_of(&n5);
     // The destination of most of n5's ranges (not n1, which coordinates the writes)
     // goes down before the leave sends anything.
     let mut per_dest: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -1085,50 +1047,24 @@ async fn a_leave_whose_destination_is_down_completes_through_the_other_target_re
         .max_by_key(|(_, count)| *count)
         .expect("n5 hands ranges to a node other than n1");
     cluster.network.unregister(&addr(&down));
-    for i in 0..40 {
-        let (key, value) = (format!("during-{i}"), format!("d{i}"));
-        assert!(cluster.put(&n1, &key, &value).await, "writing {key}");
-        acknowledged.insert(key, value);
-    }
+    write_during(&cluster, &n1, &mut acknowledged).await;
 
     // Small rounds, so the redirect shows in the status before the leave completes.
-    let small = Allowance {
-        keys: 5,
-        bytes: u64::MAX,
-    };
+    let small = keys(5);
     drive_until(&cluster, &n5, small, Duration::from_secs(10), |r| {
         assert!(!r.completed, "completed before the redirect showed");
-        let status = cluster.node(&n5).transfer_status_snapshot();
-        status
-            .peers
-            .iter()
-            .any(|p| p.peer == down && p.ranges_on_fallback > 0)
+        on_fallback(&cluster, &n5, &down)
     })
     .await;
     let status = cluster.node(&n5).transfer_status_snapshot();
-    let stalled = status
-        .peers
-        .iter()
-        .find(|p| p.peer == down)
-        .expect("the down destination shows");
+    let stalled = peer_in(&status, &down);
     assert!(
         stalled.unreachable_for.is_some_and(|d| d >= TEST_STALL),
         "{stalled:?}"
     );
     assert_eq!(stalled.ranges_waiting, 0, "{stalled:?}");
-    drive_until(&cluster, &n5, UNLIMITED, Duration::from_secs(10), |r| {
-        r.completed
-    })
-    .await;
-    assert_eq!(
-        cluster
-            .node(&n5)
-            .cluster()
-            .table()
-            .get(&n5)
-            .map(|m| m.state()),
-        Some(MemberState::Removed)
-    );
+    drive_until_complete(&cluster, &n5).await;
+    assert_eq!(cluster.own_state(&n5), Some(MemberState::Removed));
     cluster.spread(&n5);
 
     // Every acknowledged write is on W (2) of its new replicas without the down one,
@@ -1144,11 +1080,7 @@ async fn a_leave_whose_destination_is_down_completes_through_the_other_target_re
             holders.len() >= 2,
             "{key}={value} is on {holders:?} of {replicas:?}"
         );
-        let got = cluster.get(&n1, key, None).await;
-        assert!(
-            got.as_ref().is_some_and(|v| v.contains(value)),
-            "{key}: {got:?}, expected {value}"
-        );
+        assert_readable(&cluster, &n1, key, value).await;
     }
 
     // The destination comes back; anti-entropy gives it what it missed.
@@ -1194,11 +1126,8 @@ async fn a_leave_whose_destination_is_down_waits_while_too_few_other_target_repl
     let cluster = cluster_with_stall(4, TEST_STALL);
     let n4 = id("n4");
     load(&cluster, "k", 60).await;
-    cluster.change_everywhere(|t| t.leave(&n4).map(|_| ()));
-    let tasks = {
-        let (settled, target) = cluster.node(&n4).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    cluster.leave(&n4);
+    let tasks = cluster.plan_of(&n4);
     let down = tasks
         .iter()
         .find(|t| t.source == n4)
@@ -1215,31 +1144,16 @@ async fn a_leave_whose_destination_is_down_waits_while_too_few_other_target_repl
         .expect("a stayer");
     cluster.network.unregister(&addr(&down));
     cluster.network.cut(&addr(&n4), &addr(&cut));
-    let report = drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
-        r.errors.iter().any(|e| e.contains("waits"))
-    })
-    .await;
+    let report = drive_until_waiting(&cluster, &n4).await;
     assert!(!report.completed);
     let status = cluster.node(&n4).transfer_status_snapshot();
-    let stalled = status
-        .peers
-        .iter()
-        .find(|p| p.peer == down)
-        .expect("the down destination shows");
+    let stalled = peer_in(&status, &down);
     assert!(stalled.ranges_waiting > 0, "{status:?}");
     assert!(stalled.unreachable_for.is_some(), "{status:?}");
-    for _ in 0..3 {
-        assert!(!cluster.node(&n4).transfer_round(UNLIMITED).await.completed);
-    }
-    assert_eq!(cluster.state_of(&n4), MemberState::Leaving);
+    assert_stays(&cluster, &n4, MemberState::Leaving).await;
 
     // The cut heals: the down node's ranges go to the two stayers; the leave ends.
-    cluster.network.heal(&addr(&n4), &addr(&cut));
-    cluster.node(&n4).cluster().record_success(&cut);
-    drive_until(&cluster, &n4, UNLIMITED, Duration::from_secs(10), |r| {
-        r.completed
-    })
-    .await;
+    heal_and_complete(&cluster, &n4, &cut).await;
 }
 
 #[tokio::test]
@@ -1251,11 +1165,8 @@ async fn the_stall_clock_survives_a_restart_of_the_driver() {
     let mut cluster = cluster_with_stall(5, stall);
     let (n1, n5) = (id("n1"), id("n5"));
     load(&cluster, "k", 100).await;
-    cluster.change_everywhere(|t| t.leave(&n5).map(|_| ()));
-    let tasks = {
-        let (settled, target) = cluster.node(&n5).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    cluster.leave(&n5);
+    let tasks = cluster.plan_of(&n5);
     let down = tasks
         .iter()
         .find(|t| t.source == n5 && t.dest != n1)
@@ -1310,10 +1221,7 @@ async fn the_stall_clock_survives_a_restart_of_the_driver() {
     // The first round calls the peer (the new process has not seen it fail), the
     // failure confirms the saved time, and the next round redirects its ranges. One
     // key a round, so the leave does not complete before the redirect can be seen.
-    let one_key = Allowance {
-        keys: 1,
-        bytes: u64::MAX,
-    };
+    let one_key = keys(1);
     let mut redirected = None;
     for _ in 0..5 {
         let report = cluster.node(&n5).transfer_round(one_key).await;
@@ -1340,10 +1248,7 @@ async fn the_stall_clock_survives_a_restart_of_the_driver() {
             .any(|(peer, at)| *peer == down && at.0 == since.0 - 61_000),
         "the saved failure time is kept, not restarted"
     );
-    drive_until(&cluster, &n5, UNLIMITED, Duration::from_secs(10), |r| {
-        r.completed
-    })
-    .await;
+    drive_until_complete(&cluster, &n5).await;
 }
 
 /// The sweep's grants from the node's background budget, as `/metrics` shows them.
@@ -1364,8 +1269,7 @@ async fn the_sweep_draws_what_it_sends_from_the_shared_background_budget() {
     let mut cluster = Cluster::new(3);
     let (n1, n4) = (id("n1"), id("n4"));
     let acknowledged = load(&cluster, "k", 60).await;
-    cluster.add(&n4);
-    cluster.change_everywhere(|t| t.join(n4.clone(), &addr(&n4), 1).map(|_| ()));
+    cluster.join(&n4);
     cluster.drive_to_completion(&n4, UNLIMITED).await;
     cluster.spread(&n4);
     let stray = acknowledged
@@ -1462,10 +1366,7 @@ async fn drive_while_reading(
     reader: &NodeId,
     acknowledged: &BTreeMap<String, String>,
 ) -> usize {
-    let small = Allowance {
-        keys: 5,
-        bytes: u64::MAX,
-    };
+    let small = keys(5);
     for round in 1..=MAX_ROUNDS {
         for (key, value) in acknowledged.iter().step_by(7) {
             let got = cluster.get(reader, key, None).await;
@@ -1503,11 +1404,7 @@ async fn assert_nothing_lost(
         assert_on_w_target_replicas(cluster, acknowledged);
     }
     for (key, value) in acknowledged {
-        let got = cluster.get(reader, key, None).await;
-        assert!(
-            got.as_ref().is_some_and(|v| v.contains(value)),
-            "{key}: {got:?}, expected {value}"
-        );
+        assert_readable(cluster, reader, key, value).await;
     }
 }
 
@@ -1559,13 +1456,7 @@ async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_
 
     let writer = spawn_writer(&cluster, "during", 80);
     // The first round reports the role before anything is done.
-    let first = cluster
-        .node(&n4)
-        .transfer_round(Allowance {
-            keys: 3,
-            bytes: u64::MAX,
-        })
-        .await;
+    let first = cluster.node(&n4).transfer_round(keys(3)).await;
     assert!(!first.completed);
     let status = cluster.node(&n4).transfer_status_snapshot();
     assert_eq!(status.role, Some(TransferRole::Reweighting));
@@ -1583,9 +1474,8 @@ async fn a_weight_rise_is_handed_over_under_writes_with_reads_on_the_old_owners_
     acknowledged.extend(writer.await.expect("writer task"));
     cluster.spread(&n4);
     assert_eq!(weights_of(&cluster, &id("n1"), &n4), (3, 3));
-    let (settled, target) = cluster.node(&id("n1")).cluster().rings();
     assert!(
-        plan(&settled, &target, 3).is_empty(),
+        cluster.plan_of(&id("n1")).is_empty(),
         "both rings agree again"
     );
     // Reads now go to n4 for the keys it gained.
@@ -1615,8 +1505,7 @@ async fn a_weight_fall_pushes_the_ranges_the_node_loses_then_settles() {
     let mut acknowledged = load(&cluster, "before", 120).await;
 
     cluster.change_everywhere(|t| t.set_weight(&n4, 1).map(|_| ()));
-    let (settled, target) = cluster.node(&n4).cluster().rings();
-    let tasks = plan(&settled, &target, 3);
+    let tasks = cluster.plan_of(&n4);
     assert!(!tasks.is_empty());
     assert!(tasks.iter().all(|t| t.source == n4), "{tasks:?}");
     let writer = spawn_writer(&cluster, "during", 60);
@@ -1635,21 +1524,14 @@ async fn a_second_weight_change_during_a_hand_over_re_plans_from_the_current_rin
     let acknowledged = load(&cluster, "before", 150).await;
     let n4 = id("n4");
     cluster.change_everywhere(|t| t.set_weight(&n4, 2).map(|_| ()));
-    let few = Allowance {
-        keys: 10,
-        bytes: u64::MAX,
-    };
+    let few = keys(10);
     let report = cluster.node(&n4).transfer_round(few).await;
     assert!(!report.completed && report.pending_tasks > 0);
-    let first_plan = {
-        let (settled, target) = cluster.node(&n4).cluster().rings();
-        plan(&settled, &target, 3)
-    };
+    let first_plan = cluster.plan_of(&n4);
 
     cluster.change_everywhere(|t| t.set_weight(&n4, 4).map(|_| ()));
     assert_eq!(weights_of(&cluster, &n4, &n4), (4, 1), "still settled at 1");
-    let (settled, target) = cluster.node(&n4).cluster().rings();
-    let second_plan = plan(&settled, &target, 3);
+    let second_plan = cluster.plan_of(&n4);
     assert!(second_plan.len() > first_plan.len(), "weight 4 gains more");
     cluster.drive_to_completion(&n4, UNLIMITED).await;
     assert_eq!(weights_of(&cluster, &n4, &n4), (4, 4));

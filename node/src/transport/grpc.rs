@@ -543,14 +543,114 @@ mod tests {
     /// Serves `handler` on a fresh 127.0.0.1 port and returns the address. The server
     /// task ends with the test's runtime.
     async fn serve<H: ReplicaHandler + ?Sized>(handler: Arc<H>) -> String {
+        serve_service(replica_server(handler)).await
+    }
+
+    /// Serves `service` on a fresh 127.0.0.1 port and returns the address.
+    async fn serve_service<S>(service: S) -> String
+    where
+        S: tower::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(replica_server(handler))
+                .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         address
+    }
+
+    /// A "server" test replica, served on a fresh port; and that port's address.
+    async fn served() -> (Arc<TestReplica>, String) {
+        let replica = Arc::new(TestReplica::new("server"));
+        let address = serve(replica.clone()).await;
+        (replica, address)
+    }
+
+    /// What a caller gets for a key the test replica at `address` refuses.
+    fn refused_key(address: &str) -> TransportError {
+        TransportError::Rejected {
+            address: address.to_owned(),
+            error: ReplicaError::InvalidArgument("refused key".into()),
+        }
+    }
+
+    /// 64 concurrent `what` (a replica's single calls and batch sizes, `calls`) all
+    /// went out in batches, in a few calls.
+    fn assert_64_in_a_few_batches((single, batches): (usize, Vec<usize>), what: &str) {
+        assert_eq!(single, 0);
+        assert_eq!(batches.iter().sum::<usize>(), 64);
+        assert!(
+            batches.len() <= 8,
+            "64 concurrent {what} took {} calls: {batches:?}",
+            batches.len()
+        );
+    }
+
+    /// Every call failed before it was sent: the peer was never connected.
+    fn assert_never_sent<T: std::fmt::Debug>(results: Vec<Result<T, TransportError>>) {
+        for result in results {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(error, TransportError::NotConnected { .. }),
+                "{error:?}"
+            );
+        }
+    }
+
+    /// Every call to `address` was sent and timed out.
+    fn assert_all_timed_out<T: std::fmt::Debug + PartialEq>(
+        results: Vec<Result<T, TransportError>>,
+        address: &str,
+    ) {
+        for result in results {
+            assert_eq!(
+                result,
+                Err(TransportError::Timeout {
+                    address: address.to_owned()
+                })
+            );
+        }
+    }
+
+    /// The address of a 127.0.0.1 port that was just bound and closed again.
+    async fn closed_address() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        address
+    }
+
+    /// A raw gRPC client of the Replica service at `address`.
+    async fn raw_client(address: &str) -> ReplicaClient<tonic::transport::Channel> {
+        ReplicaClient::connect(format!("http://{address}"))
+            .await
+            .unwrap()
+    }
+
+    /// A first version of a key, of `value`, written by `actor`.
+    fn one_version(value: Vec<u8>, actor: &str) -> SiblingSet {
+        let mut state = SiblingSet::new();
+        state
+            .put(
+                &VectorClock::new(),
+                crate::version::Value::data(value),
+                &crate::version::Actor::new(node(actor), 1),
+                crate::time::Millis(1),
+                &SiblingLimits::default(),
+            )
+            .unwrap();
+        state
     }
 
     fn transport(call_timeout: Duration) -> GrpcTransport {
@@ -573,8 +673,7 @@ mod tests {
     #[tokio::test]
     async fn write_then_read_round_trips_siblings_and_tombstones() {
         // Dynamo §4.4: concurrent versions and deletes travel between replicas intact.
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let transport = transport(Duration::from_secs(5));
 
         assert_eq!(
@@ -602,8 +701,7 @@ mod tests {
     #[tokio::test]
     async fn a_hinted_write_names_the_home_replica() {
         // Dynamo §4.6: the stand-in learns which node the write was meant for.
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let write = ReplicaWrite {
             key: b"k".to_vec(),
             state: concurrent_state_with_tombstone(),
@@ -621,8 +719,7 @@ mod tests {
     #[tokio::test]
     async fn gossip_merges_on_both_sides() {
         // Dynamo §4.8: push-pull; each side ends with the union of both views.
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let mut ours = MemberTable::new();
         ours.join(node("client"), "10.0.0.1:7000", 2).unwrap();
 
@@ -639,8 +736,7 @@ mod tests {
     async fn coordinate_put_returns_a_context_that_supersedes() {
         // Dynamo §4.5: a node that is not a replica forwards the put; the context
         // it gets back lets the client overwrite what it wrote.
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let transport = transport(Duration::from_secs(5));
         let put = |context: VectorClock, value: &[u8]| ForwardedPut {
             key: b"k".to_vec(),
@@ -681,8 +777,7 @@ mod tests {
 
     #[tokio::test]
     async fn handler_errors_arrive_as_the_same_replica_error() {
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let transport = transport(Duration::from_secs(5));
         for error in [
             ReplicaError::InvalidArgument("key too long".into()),
@@ -736,9 +831,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable_without_waiting_for_the_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        drop(listener);
+        let address = closed_address().await;
         let transport = transport(Duration::from_secs(30));
         let error = transport.read(&address, b"k").await.unwrap_err();
         // Never connected, so never sent: a forwarded put may safely go elsewhere.
@@ -816,11 +909,8 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_requests_get_invalid_argument_and_the_server_keeps_serving() {
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
-        let mut raw = ReplicaClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
+        let (replica, address) = served().await;
+        let mut raw = raw_client(&address).await;
         let garbage = Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]);
 
         let write = raw
@@ -907,8 +997,7 @@ mod tests {
         use tonic::codegen::http;
         use tower::ServiceExt as _;
 
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (_, address) = served().await;
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .unwrap()
             .connect()
@@ -953,19 +1042,7 @@ mod tests {
         // state larger than MAX_MESSAGE_BYTES: the caller refuses it, it does not
         // buffer it.
         let replica = Arc::new(TestReplica::new("server"));
-        let huge = {
-            let mut state = SiblingSet::new();
-            state
-                .put(
-                    &VectorClock::new(),
-                    crate::version::Value::data(vec![7u8; MAX_MESSAGE_BYTES]),
-                    &crate::version::Actor::new(node("server"), 1),
-                    crate::time::Millis(1),
-                    &SiblingLimits::default(),
-                )
-                .unwrap();
-            state
-        };
+        let huge = one_version(vec![7u8; MAX_MESSAGE_BYTES], "server");
         replica
             .write(ReplicaWrite {
                 key: b"big".to_vec(),
@@ -975,13 +1052,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ReplicaServer::new(ReplicaService::new(replica)))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let address = serve_service(ReplicaServer::new(ReplicaService::new(replica))).await;
         let error = transport(Duration::from_secs(10))
             .read(&address, b"big")
             .await
@@ -995,22 +1066,27 @@ mod tests {
 
     /// A write of 1 KiB to `key`, as a coordinator sends to a replica.
     fn replica_write(key: &str) -> ReplicaWrite {
-        let mut state = SiblingSet::new();
-        state
-            .put(
-                &VectorClock::new(),
-                crate::version::Value::data(vec![b'v'; 1024]),
-                &crate::version::Actor::new(node("coordinator"), 1),
-                crate::time::Millis(1),
-                &SiblingLimits::default(),
-            )
-            .unwrap();
         ReplicaWrite {
             key: key.as_bytes().to_vec(),
-            state,
+            state: one_version(vec![b'v'; 1024], "coordinator"),
             durable: true,
             hint_for: None,
         }
+    }
+
+    /// Runs `call` for every key at once, each in its own task; the results in key
+    /// order.
+    async fn at_once<T, F>(keys: &[String], call: impl Fn(&String) -> F) -> Vec<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let tasks: Vec<_> = keys.iter().map(|key| tokio::spawn(call(key))).collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
     }
 
     /// Sends `keys.len()` writes at once from as many tasks; their results in key order.
@@ -1019,22 +1095,15 @@ mod tests {
         address: &str,
         keys: &[String],
     ) -> Vec<Result<(), TransportError>> {
-        let tasks: Vec<_> = keys
-            .iter()
-            .map(|key| {
-                let (transport, address, write) = (
-                    Arc::clone(transport),
-                    address.to_owned(),
-                    replica_write(key),
-                );
-                tokio::spawn(async move { transport.write(&address, write).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.unwrap());
-        }
-        results
+        at_once(keys, |key| {
+            let (transport, address, write) = (
+                Arc::clone(transport),
+                address.to_owned(),
+                replica_write(key),
+            );
+            async move { transport.write(&address, write).await }
+        })
+        .await
     }
 
     fn keys(count: usize) -> Vec<String> {
@@ -1045,8 +1114,7 @@ mod tests {
     async fn concurrent_writes_to_one_peer_share_calls() {
         // 64 writes queued at once travel in a few WriteBatch calls, not 64 Write calls,
         // and every one lands.
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
+        let (replica, address) = served().await;
         let transport = Arc::new(transport(Duration::from_secs(5)));
         let keys = keys(64);
         for result in concurrent_writes(&transport, &address, &keys).await {
@@ -1055,33 +1123,19 @@ mod tests {
         for key in &keys {
             assert_eq!(replica.stored(key.as_bytes()), replica_write(key).state);
         }
-        let (single, batches) = replica.write_calls();
-        assert_eq!(single, 0);
-        assert_eq!(batches.iter().sum::<usize>(), 64);
-        assert!(
-            batches.len() <= 8,
-            "64 concurrent writes took {} calls: {batches:?}",
-            batches.len()
-        );
+        assert_64_in_a_few_batches(replica.write_calls(), "writes");
     }
 
     #[tokio::test]
     async fn each_write_of_a_batch_keeps_its_own_result() {
-        let replica = Arc::new(TestReplica::new("server"));
+        let (replica, address) = served().await;
         replica.refuse_key(b"key-3");
-        let address = serve(replica.clone()).await;
         let transport = Arc::new(transport(Duration::from_secs(5)));
         let keys = keys(8);
         let results = concurrent_writes(&transport, &address, &keys).await;
         for (key, result) in keys.iter().zip(results) {
             if key == "key-3" {
-                assert_eq!(
-                    result,
-                    Err(TransportError::Rejected {
-                        address: address.clone(),
-                        error: ReplicaError::InvalidArgument("refused key".into()),
-                    })
-                );
+                assert_eq!(result, Err(refused_key(&address)));
                 assert!(replica.stored(key.as_bytes()).is_empty());
             } else {
                 result.unwrap();
@@ -1143,13 +1197,7 @@ mod tests {
         // A rolling upgrade: the caller is newer than the peer. The refused batch had
         // no effect, so its writes are sent again as single calls, and so is what follows.
         let replica = Arc::new(TestReplica::new("old"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(WithoutWriteBatch(replica_server(replica.clone())))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let address = serve_service(WithoutWriteBatch(replica_server(replica.clone()))).await;
         let transport = Arc::new(transport(Duration::from_secs(5)));
         let keys = keys(16);
         for result in concurrent_writes(&transport, &address, &keys).await {
@@ -1171,19 +1219,12 @@ mod tests {
         address: &str,
         keys: &[String],
     ) -> Vec<Result<SiblingSet, TransportError>> {
-        let tasks: Vec<_> = keys
-            .iter()
-            .map(|key| {
-                let (transport, address, key) =
-                    (Arc::clone(transport), address.to_owned(), key.clone());
-                tokio::spawn(async move { transport.read(&address, key.as_bytes()).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.unwrap());
-        }
-        results
+        at_once(keys, |key| {
+            let (transport, address, key) =
+                (Arc::clone(transport), address.to_owned(), key.clone());
+            async move { transport.read(&address, key.as_bytes()).await }
+        })
+        .await
     }
 
     /// A replica holding `replica_write(key)` for every key.
@@ -1210,14 +1251,7 @@ mod tests {
             };
             assert_eq!(result.unwrap(), expected, "{key}");
         }
-        let (single, batches) = replica.read_calls();
-        assert_eq!(single, 0);
-        assert_eq!(batches.iter().sum::<usize>(), 64);
-        assert!(
-            batches.len() <= 8,
-            "64 concurrent reads took {} calls: {batches:?}",
-            batches.len()
-        );
+        assert_64_in_a_few_batches(replica.read_calls(), "reads");
     }
 
     #[tokio::test]
@@ -1230,13 +1264,7 @@ mod tests {
         let results = concurrent_reads(&transport, &address, &keys).await;
         for (key, result) in keys.iter().zip(results) {
             if key == "key-3" {
-                assert_eq!(
-                    result,
-                    Err(TransportError::Rejected {
-                        address: address.clone(),
-                        error: ReplicaError::InvalidArgument("refused key".into()),
-                    })
-                );
+                assert_eq!(result, Err(refused_key(&address)));
             } else {
                 assert_eq!(result.unwrap(), replica_write(key).state);
             }
@@ -1253,17 +1281,7 @@ mod tests {
         let replica = Arc::new(TestReplica::new("server"));
         let big = |key: &str| {
             let mut write = replica_write(key);
-            write.state = SiblingSet::new();
-            write
-                .state
-                .put(
-                    &VectorClock::new(),
-                    crate::version::Value::data(vec![b'b'; 3 * 1024 * 1024]),
-                    &crate::version::Actor::new(node("coordinator"), 1),
-                    crate::time::Millis(1),
-                    &SiblingLimits::default(),
-                )
-                .unwrap();
+            write.state = one_version(vec![b'b'; 3 * 1024 * 1024], "coordinator");
             write
         };
         for key in &keys {
@@ -1298,13 +1316,7 @@ mod tests {
     async fn a_peer_without_read_batch_gets_single_reads() {
         let keys = keys(16);
         let replica = replica_with(&keys).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(WithoutWriteBatch(replica_server(replica.clone())))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let address = serve_service(WithoutWriteBatch(replica_server(replica.clone()))).await;
         let transport = Arc::new(transport(Duration::from_secs(5)));
         for (key, result) in keys
             .iter()
@@ -1321,35 +1333,20 @@ mod tests {
 
     #[tokio::test]
     async fn batched_reads_from_a_closed_port_are_never_sent_and_a_silent_peer_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let closed = listener.local_addr().unwrap().to_string();
-        drop(listener);
+        let closed = closed_address().await;
         let transport = Arc::new(transport(Duration::from_millis(300)));
-        for result in concurrent_reads(&transport, &closed, &keys(8)).await {
-            let error = result.unwrap_err();
-            assert!(
-                matches!(error, TransportError::NotConnected { .. }),
-                "{error:?}"
-            );
-        }
+        assert_never_sent(concurrent_reads(&transport, &closed, &keys(8)).await);
         let silent = serve(Arc::new(NeverAnswers)).await;
-        for result in concurrent_reads(&transport, &silent, &keys(8)).await {
-            assert_eq!(
-                result,
-                Err(TransportError::Timeout {
-                    address: silent.clone()
-                })
-            );
-        }
+        assert_all_timed_out(
+            concurrent_reads(&transport, &silent, &keys(8)).await,
+            &silent,
+        );
     }
 
     #[tokio::test]
     async fn an_oversized_read_batch_is_refused_whole() {
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
-        let mut raw = ReplicaClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
+        let (replica, address) = served().await;
+        let mut raw = raw_client(&address).await;
         let too_many = proto::ReplicaReadBatchRequest {
             reads: vec![codec::read_request(b"k"); crate::transport::MAX_BATCH_ENTRIES + 1],
         };
@@ -1361,17 +1358,9 @@ mod tests {
 
     #[tokio::test]
     async fn batched_writes_to_a_closed_port_are_never_sent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        drop(listener);
+        let address = closed_address().await;
         let transport = Arc::new(transport(Duration::from_secs(30)));
-        for result in concurrent_writes(&transport, &address, &keys(8)).await {
-            let error = result.unwrap_err();
-            assert!(
-                matches!(error, TransportError::NotConnected { .. }),
-                "{error:?}"
-            );
-        }
+        assert_never_sent(concurrent_writes(&transport, &address, &keys(8)).await);
     }
 
     #[tokio::test]
@@ -1379,23 +1368,16 @@ mod tests {
         // Sent, never answered: outcome unknown for each write, within its own deadline.
         let address = serve(Arc::new(NeverAnswers)).await;
         let transport = Arc::new(transport(Duration::from_millis(200)));
-        for result in concurrent_writes(&transport, &address, &keys(8)).await {
-            assert_eq!(
-                result,
-                Err(TransportError::Timeout {
-                    address: address.clone()
-                })
-            );
-        }
+        assert_all_timed_out(
+            concurrent_writes(&transport, &address, &keys(8)).await,
+            &address,
+        );
     }
 
     #[tokio::test]
     async fn a_batch_refuses_malformed_writes_one_by_one_and_oversized_batches_whole() {
-        let replica = Arc::new(TestReplica::new("server"));
-        let address = serve(replica.clone()).await;
-        let mut raw = ReplicaClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
+        let (replica, address) = served().await;
+        let mut raw = raw_client(&address).await;
         let good = codec::write_request(replica_write("good"));
         let garbage = proto::ReplicaWriteRequest {
             key: Bytes::from_static(b"bad"),

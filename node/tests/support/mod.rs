@@ -15,6 +15,16 @@ use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{self, MemberState};
 use tonic::transport::{Channel, ClientTlsConfig};
 
+/// The arguments of a single-node cluster: N = R = W = 1.
+pub const ONE_REPLICA: [&str; 6] = [
+    "--replication-factor",
+    "1",
+    "--read-quorum",
+    "1",
+    "--write-quorum",
+    "1",
+];
+
 /// How long any single wait may take before the test fails with a message.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -292,6 +302,19 @@ impl TestCert {
     /// `--tls-key` as a command-line argument.
     pub fn key_arg(&self) -> &str {
         self.key_path.to_str().expect("utf-8 temp path")
+    }
+
+    /// The node flags serving TLS with this certificate, and trusting it as the CA
+    /// (so peers presenting it pass mutual TLS).
+    pub fn node_args(&self) -> [&str; 6] {
+        [
+            "--tls-cert",
+            self.cert_arg(),
+            "--tls-key",
+            self.key_arg(),
+            "--tls-ca",
+            self.cert_arg(),
+        ]
     }
 
     /// A gRPC client config trusting this certificate and presenting it (mutual TLS).
