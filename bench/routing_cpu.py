@@ -103,7 +103,9 @@ def main():
     parser.add_argument("--bin-dir", default=os.path.join(here, "..", "target", "release"))
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--workloads", default="a,c")
-    parser.add_argument("--routings", default="server,client")
+    parser.add_argument("--routings", default="server,client",
+                        help="comma-separated: server, client (client-coordinated reads), "
+                             "client-replica (client routing, replica-coordinated reads)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=int, default=15, help="seconds per run")
     parser.add_argument("--records", type=int, default=10000)
@@ -125,10 +127,12 @@ def main():
             for workload in args.workloads.split(","):
                 for routing in args.routings.split(","):
                     nodes_before = sum(cpu_seconds(p) for p in pids)
-                    report, bench_cpu = bench(
-                        bin_dir, endpoints[0], args,
-                        ["--skip-load", "--workload", workload, "--routing", routing,
-                         "--duration", f"{args.duration}s"])
+                    mode, _, reads = routing.partition("-")
+                    flags = ["--skip-load", "--workload", workload, "--routing", mode,
+                             "--duration", f"{args.duration}s"]
+                    if reads:
+                        flags += ["--read-coordinator", reads]
+                    report, bench_cpu = bench(bin_dir, endpoints[0], args, flags)
                     nodes_cpu = sum(cpu_seconds(p) for p in pids) - nodes_before
                     run = report["run"]
                     ops = max(1, run["count"] - run["errors"])

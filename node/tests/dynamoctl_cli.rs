@@ -366,9 +366,41 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
         "client",
         "--json",
     ]);
+    // Client routing with replica-coordinated reads: each get goes to one replica of
+    // its key, which coordinates it; the client merges nothing itself.
+    let replica_reads = run(&[
+        "--endpoint",
+        &client,
+        "bench",
+        "--skip-load",
+        "--records",
+        "200",
+        "--operations",
+        "100",
+        "--workload",
+        "c",
+        "--routing",
+        "client",
+        "--read-coordinator",
+        "replica",
+        "--json",
+    ]);
     stop_dev_cluster(dev);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(rmw.status.code(), Some(0), "{rmw:?}");
+    assert_eq!(replica_reads.status.code(), Some(0), "{replica_reads:?}");
+    let replica_reads: serde_json::Value =
+        serde_json::from_slice(&replica_reads.stdout).expect("one JSON document");
+    assert_eq!(
+        replica_reads["settings"]["read_coordinator"], "replica",
+        "{replica_reads}"
+    );
+    assert_eq!(replica_reads["run"]["errors"], 0, "{replica_reads}");
+    assert_eq!(
+        replica_reads["routing"]["client_reads"], 0,
+        "{replica_reads}"
+    );
+    assert_eq!(replica_reads["routing"]["routed"], 100, "{replica_reads}");
     let rmw: serde_json::Value = serde_json::from_slice(&rmw.stdout).expect("one JSON document");
     assert!(rmw["load"].is_null(), "--skip-load: {rmw}");
     let rmw_run = &rmw["run"];
@@ -379,6 +411,7 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     // Client routing: every request went straight to a replica of its key, and the
     // client coordinated every read itself (Dynamo §6.4): one per read and per rmw.
     assert_eq!(rmw["settings"]["routing"], "client", "{rmw}");
+    assert_eq!(rmw["settings"]["read_coordinator"], "client", "{rmw}");
     assert!(rmw["routing"]["routed"].as_u64().unwrap() >= 100, "{rmw}");
     assert_eq!(rmw["routing"]["fallback"], 0, "{rmw}");
     assert_eq!(
@@ -388,6 +421,7 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(report["settings"]["routing"], "server", "{report}");
+    assert!(report["settings"]["read_coordinator"].is_null(), "{report}");
     assert_eq!(report["routing"]["routed"], 0, "{report}");
     assert_eq!(report["routing"]["fallback"], 700, "load and run: {report}");
 

@@ -68,6 +68,26 @@ impl Routing {
     }
 }
 
+/// Who coordinates a read under client routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadCoordinator {
+    /// The client reads R replicas' local states and merges them (Dynamo §6.4): two
+    /// client RPCs per read, no internode call.
+    Client,
+    /// The client sends the get to a replica of the key, which coordinates it: one
+    /// client RPC, and the replica reads itself locally.
+    Replica,
+}
+
+impl ReadCoordinator {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReadCoordinator::Client => "client",
+            ReadCoordinator::Replica => "replica",
+        }
+    }
+}
+
 /// Flags of `dynamoctl bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -80,6 +100,11 @@ pub struct BenchArgs {
     /// the client coordinates reads itself from R replicas' local reads).
     #[arg(long, value_enum, default_value_t = Routing::Server)]
     pub routing: Routing,
+    /// With `--routing client`: who coordinates a read, the client itself from R
+    /// replicas (`client`, Dynamo §6.4) or a replica of the key the client sends it to
+    /// (`replica`). Ignored under server routing.
+    #[arg(long, value_enum, default_value_t = ReadCoordinator::Client)]
+    pub read_coordinator: ReadCoordinator,
     /// Records inserted by the load phase and chosen from by the run phase.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
     pub records: u64,
@@ -187,6 +212,7 @@ pub async fn run(
     let connect = |per_node: usize| {
         let mut config = ClientConfig::new(endpoints.iter().cloned())
             .with_routing(args.routing.mode())
+            .with_client_reads(args.read_coordinator == ReadCoordinator::Client)
             .with_request_timeout(timeout)
             .with_connect_timeout(timeout)
             .with_connections_per_node(per_node.clamp(1, client::MAX_CONNECTIONS_PER_NODE));
@@ -225,6 +251,10 @@ pub async fn run(
     }
     let settings = Settings {
         routing: args.routing.mode().as_str().to_owned(),
+        read_coordinator: match args.routing {
+            Routing::Client => Some(args.read_coordinator.as_str().to_owned()),
+            Routing::Server => None,
+        },
         endpoints,
         workload: args.workload,
         distribution: args.distribution,

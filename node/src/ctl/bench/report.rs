@@ -240,6 +240,10 @@ pub struct RoutingReport {
 pub struct Settings {
     /// `server` or `client`: who picked the node each request went to.
     pub routing: String,
+    /// Under client routing, who coordinated reads: `client` (from R replicas' local
+    /// reads) or `replica` (a replica of the key); absent under server routing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_coordinator: Option<String>,
     /// Client endpoints requests were spread over.
     pub endpoints: Vec<String>,
     /// Workload letter.
@@ -343,6 +347,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             routing: "server".into(),
+            read_coordinator: None,
             endpoints: vec!["http://127.0.0.1:7000".into()],
             workload: Workload::A,
             distribution: Distribution::Zipfian,
