@@ -197,6 +197,13 @@ struct Inner {
     /// Client puts this node received without being a home replica of the key, and
     /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
     forwarded_puts: Counter,
+    /// Spare replica reads a get sent because no quorum answered within the recent p90
+    /// (`--read-fanout quorum`'s speculative retry).
+    speculative_reads: Counter,
+    /// Clock incarnations this node took since it started (see `identity`), and the
+    /// count already added to the counter.
+    actor_renewals: Counter,
+    actor_renewals_seen: std::sync::atomic::AtomicU64,
     /// Anti-entropy's counters and tree gauges.
     anti_entropy: AntiEntropyCounters,
     /// The stray sweep's counters.
@@ -290,6 +297,18 @@ impl Metrics {
             "Client puts received by a node outside the key's preference list and forwarded to a home replica",
             forwarded_puts.clone(),
         );
+        let speculative_reads = Counter::default();
+        registry.register(
+            "dynamo_speculative_reads",
+            "Spare replica reads gets sent after waiting the recent p90 without a quorum (read fan-out quorum)",
+            speculative_reads.clone(),
+        );
+        let actor_renewals = Counter::default();
+        registry.register(
+            "dynamo_actor_renewals",
+            "Fresh clock incarnations taken since start, each before removing a key state holding a live sibling with the node's own dot",
+            actor_renewals.clone(),
+        );
         let anti_entropy = AntiEntropyCounters::register(&mut registry);
         let sweep = SweepCounters::register(&mut registry);
         let background_budget = Gauge::default();
@@ -320,6 +339,9 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 forwarded_puts,
+                speculative_reads,
+                actor_renewals,
+                actor_renewals_seen: std::sync::atomic::AtomicU64::new(0),
                 requests,
                 latency,
                 hint_backlog,
@@ -397,6 +419,30 @@ impl Metrics {
     /// Client puts forwarded to a home replica so far.
     pub fn forwarded_puts(&self) -> u64 {
         self.inner.forwarded_puts.get()
+    }
+
+    /// Counts the speculative reads one get sent.
+    pub fn record_speculative_reads(&self, reads: u32) {
+        if reads > 0 {
+            self.inner.speculative_reads.inc_by(u64::from(reads));
+        }
+    }
+
+    /// Speculative reads sent so far.
+    pub fn speculative_reads(&self) -> u64 {
+        self.inner.speculative_reads.get()
+    }
+
+    /// Brings the renewal counter up to `total`, the identity's count since start (a
+    /// smaller total, which a running identity never reports, changes nothing).
+    pub fn set_actor_renewals(&self, total: u64) {
+        let seen = self
+            .inner
+            .actor_renewals_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.inner.actor_renewals.inc_by(total - seen);
+        }
     }
 
     /// Replaces the hint backlog gauges: hinted keys held for each home replica.
@@ -746,6 +792,7 @@ mod tests {
         assert_eq!(
             series,
             [
+                r#"dynamo_actor_renewals_total 0"#,
                 r#"dynamo_antientropy_differing_buckets_total 0"#,
                 r#"dynamo_antientropy_exchange_failures_total 0"#,
                 r#"dynamo_antientropy_exchanges_total 0"#,
@@ -761,6 +808,7 @@ mod tests {
                 r#"dynamo_foreground_latency_p99_seconds 0.0"#,
                 r#"dynamo_forwarded_puts_total 0"#,
                 r#"dynamo_keys 0"#,
+                r#"dynamo_speculative_reads_total 0"#,
                 r#"dynamo_sweep_keys_handed_over_total 0"#,
                 r#"dynamo_sweep_keys_removed_total 0"#,
                 r#"dynamo_sweep_rounds_total 0"#,
@@ -886,6 +934,22 @@ mod tests {
             sample(&metrics.encode(), "dynamo_forwarded_puts_total"),
             Some("2")
         );
+    }
+
+    #[test]
+    fn speculative_reads_and_actor_renewals_are_counted() {
+        let metrics = Metrics::new();
+        metrics.record_speculative_reads(0);
+        metrics.record_speculative_reads(2);
+        metrics.record_speculative_reads(1);
+        assert_eq!(metrics.speculative_reads(), 3);
+        metrics.set_actor_renewals(2);
+        metrics.set_actor_renewals(2);
+        metrics.set_actor_renewals(5);
+        metrics.set_actor_renewals(4);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "dynamo_speculative_reads_total"), Some("3"));
+        assert_eq!(sample(&text, "dynamo_actor_renewals_total"), Some("5"));
     }
 
     #[test]

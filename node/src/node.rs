@@ -1042,6 +1042,8 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+        self.metrics
+            .set_actor_renewals(self.store.identity().renewals());
         self.background.refresh();
     }
 }

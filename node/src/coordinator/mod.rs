@@ -275,6 +275,10 @@ impl Coordinator {
         // (late replies, read repair) moves to a task of its own, and most gets leave
         // nothing.
         let outcome = driver.outcome().await;
+        // Speculation stops once the outcome is decided, so this is the get's count.
+        self.inner
+            .metrics
+            .record_speculative_reads(driver.machine.speculative_reads());
         driver.finish_in_background();
         match outcome {
             Some(GetOutcome::Success { state, .. }) => Ok(state),

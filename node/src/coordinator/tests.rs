@@ -967,4 +967,15 @@ async fn a_coordinator_that_removed_a_key_writes_it_again_under_a_new_actor() {
         .into_inner();
     assert_ne!(status.incarnation, started);
     assert_eq!(status.incarnation, store.identity().incarnation());
+    // And /metrics counts the renewal once the gauges are refreshed.
+    let node = harness.node(&n1);
+    node.refresh_gauges(&[]);
+    assert!(
+        node.metrics()
+            .encode()
+            .lines()
+            .any(|line| line == "dynamo_actor_renewals_total 1"),
+        "{}",
+        node.metrics().encode()
+    );
 }

@@ -92,6 +92,9 @@ pub struct GetCoordinator<S> {
     held: VecDeque<usize>,
     /// Set while targets are held back and the outcome is open.
     speculation: Option<Speculation>,
+    /// Reads sent because a speculation delay passed (not those released because
+    /// replies disagreed or a replica failed).
+    speculative_reads: u32,
     /// The reconciliation of every reply so far; `None` before the first.
     merged: Option<S>,
     replies: usize,
@@ -130,6 +133,7 @@ impl<S: Reconcile> GetCoordinator<S> {
             unsent: (0..targets.len()).collect(),
             held: VecDeque::new(),
             speculation: None,
+            speculative_reads: 0,
             targets,
             merged: None,
             replies: 0,
@@ -252,6 +256,12 @@ impl<S: Reconcile> GetCoordinator<S> {
         }))
     }
 
+    /// How many reads went out because a speculation delay of a
+    /// [`read_first`](Self::read_first) get passed without an outcome.
+    pub fn speculative_reads(&self) -> u32 {
+        self.speculative_reads
+    }
+
     /// The outcome, returned once, as soon as it is known. Replies merged later feed
     /// read repair, not this outcome.
     #[must_use]
@@ -338,6 +348,7 @@ impl<S: Reconcile> GetCoordinator<S> {
         if now < self.deadline {
             if let Some(speculation) = self.speculation {
                 if now >= speculation.at {
+                    self.speculative_reads += 1;
                     self.release(1);
                     if let Some(next) = &mut self.speculation {
                         next.at = now + next.delay;
@@ -650,6 +661,11 @@ mod tests {
         get.handle_failure(&node("b"), "connection refused".to_owned(), Millis(2));
         assert_eq!(get.poll_outcome(), None, "c may still make R = 2");
         assert_eq!(drain(&mut get), nodes(&["c"]));
+        assert_eq!(
+            get.speculative_reads(),
+            0,
+            "a failure's replacement is no speculation"
+        );
         get.handle_reply(&node("c"), Union::of(&[1]), Millis(3));
         assert!(matches!(
             get.poll_outcome(),
@@ -665,8 +681,10 @@ mod tests {
         get.handle_reply(&node("a"), Union::of(&[1]), Millis(1));
         get.handle_timeout(Millis(9));
         assert_eq!(get.poll_transmit(), None, "not due yet");
+        assert_eq!(get.speculative_reads(), 0);
         get.handle_timeout(Millis(10));
         assert_eq!(drain(&mut get), nodes(&["c"]));
+        assert_eq!(get.speculative_reads(), 1);
         assert_eq!(
             get.poll_timeout(),
             Some(DEADLINE),
