@@ -348,43 +348,31 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
         "100",
         "--json",
     ]);
-    // Workload F on the loaded records: each read-modify-write puts with its get's context.
-    let rmw = run(&[
-        "--endpoint",
-        &client,
-        "bench",
-        "--skip-load",
-        "--records",
-        "200",
-        "--operations",
-        "100",
-        "--concurrency",
-        "4",
-        "--workload",
-        "f",
-        "--routing",
-        "client",
-        "--json",
-    ]);
-    // Client routing with replica-coordinated reads: each get goes to one replica of
-    // its key, which coordinates it; the client merges nothing itself.
-    let replica_reads = run(&[
-        "--endpoint",
-        &client,
-        "bench",
-        "--skip-load",
-        "--records",
-        "200",
-        "--operations",
-        "100",
-        "--workload",
-        "c",
-        "--routing",
-        "client",
-        "--read-coordinator",
-        "replica",
-        "--json",
-    ]);
+    // 100 more operations on the loaded records, client-routed, as JSON.
+    let client_routed = |workload: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--endpoint",
+            &client,
+            "bench",
+            "--skip-load",
+            "--records",
+            "200",
+            "--operations",
+            "100",
+            "--workload",
+            workload,
+            "--routing",
+            "client",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Workload F: each read-modify-write puts with its get's context.
+    let rmw = client_routed("f", &["--concurrency", "4"]);
+    // Replica-coordinated reads: each get goes to one replica of its key, which
+    // coordinates it; the client merges nothing itself.
+    let replica_reads = client_routed("c", &["--read-coordinator", "replica"]);
     stop_dev_cluster(dev);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(rmw.status.code(), Some(0), "{rmw:?}");
