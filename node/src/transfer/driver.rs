@@ -478,6 +478,12 @@ impl NodeShared {
                 .push(format!("waiting for {hints_left} hints to be handed off"));
         }
         let can_finish = role != TransferRole::Leaving || (!target.is_empty() && hints_left == 0);
+        // Published before the membership change below, so no one reads the new state
+        // (a leaver's "removed") next to the previous round's pending ranges.
+        let status = self.transfer_status(role, &tasks, &progress, &settled, n, &waiting, now);
+        self.metrics
+            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
+        self.transfer.set_status(status);
         if report.pending_tasks == 0 && can_finish {
             let change = match role {
                 TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),
@@ -502,10 +508,6 @@ impl NodeShared {
                     .push(format!("finishing the transfer: {error}")),
             }
         }
-        let status = self.transfer_status(role, &tasks, &progress, &settled, n, &waiting, now);
-        self.metrics
-            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
-        self.transfer.set_status(status);
         report
     }
 
