@@ -8,6 +8,7 @@
 #   e2e/k8s/cluster.sh down           # stop every process, remove every mount,
 #                                     # namespace, interface and file `up` made
 #   e2e/k8s/cluster.sh build          # only build the components (and the images)
+#   e2e/k8s/cluster.sh images         # rebuild the images, import them into the cluster
 #   e2e/k8s/cluster.sh status         # which components run, where the logs are
 #
 # Layout (see e2e/README.md):
@@ -296,6 +297,10 @@ state = "$RUN/containerd/state"
   sandbox = "$PAUSE_IMAGE"
 
 [plugins.'io.containerd.cri.v1.runtime']
+  # These machines run root without CAP_SYS_RESOURCE (checked: CapBnd lacks it), so a
+  # negative oom_score_adj (the kubelet asks -998 for sandboxes) is refused and runc
+  # fails with "can't get final child's PID from pipe". Clamp it at containerd's own.
+  restrict_oom_score_adj = true
   enable_unprivileged_ports = true
   enable_unprivileged_icmp = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -369,6 +374,7 @@ start_control_plane() {
     --tls-cert-file="$RUN/pki/apiserver.crt" --tls-private-key-file="$RUN/pki/apiserver.key" \
     --kubelet-client-certificate="$RUN/pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$RUN/pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --service-account-key-file="$RUN/pki/sa.pub" \
     --service-account-signing-key-file="$RUN/pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -395,22 +401,28 @@ start_control_plane() {
     --leader-elect=false --bind-address=127.0.0.1
 }
 
+# Imports every archive images.sh made (and the node image's second tag).
+import_images() {
+  log "importing images into containerd"
+  local image
+  for image in "$CACHE"/images/*.tar; do
+    "$BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images import \
+      --base-name "$(cat "${image%.tar}.name")" "$image" >/dev/null 2>"$RUN/logs/import.log" || {
+      cat "$RUN/logs/import.log" >&2
+      die "containerd: importing $image failed"
+    }
+  done
+  # A second tag of the node image, for a rolling upgrade to a new image reference.
+  "$BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images tag --force \
+    docker.io/library/dynamo-node:dev docker.io/library/dynamo-node:upgrade >/dev/null 2>&1
+}
+
 start_node() {
   mkdir -p "$RUN/kubelet" "$RUN/pod-logs" "$RUN/runc"
   start containerd env PATH="$BIN:$PATH" "$BIN/containerd" --config "$RUN/containerd/config.toml"
   wait_for containerd "containerd serving" \
     "$BIN/ctr" --address "$RUN/containerd/containerd.sock" version
-  log "importing images into containerd"
-  local image
-  for image in "$CACHE"/images/*.tar; do
-    "$BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images import \
-      --base-name "$(cat "${image%.tar}.name")" "$image" >/dev/null ||
-      die "containerd: importing $image failed"
-  done
-  # A second tag of the node image, for a rolling upgrade to a new image reference.
-  "$BIN/ctr" --address "$RUN/containerd/containerd.sock" -n k8s.io images tag --force \
-    docker.io/library/dynamo-node:dev docker.io/library/dynamo-node:upgrade >/dev/null
-
+  import_images
   start kubelet "$BIN/kubelet" --config="$RUN/kubelet.yaml" \
     --kubeconfig="$RUN/kubelet.kubeconfig" --root-dir="$RUN/kubelet" \
     --cert-dir="$RUN/kubelet/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
@@ -457,6 +469,7 @@ up() {
   mkdir -p "$RUN/logs" "$RUN/pids"
   # What existed before, so `down` removes only what this cluster made.
   ls /run/netns >"$RUN/netns.before" 2>/dev/null || : >"$RUN/netns.before"
+  [[ -d /var/log/containers ]] && touch "$RUN/var-log-containers.before"
   make_network
   make_pki
   write_configs
@@ -537,6 +550,7 @@ down() {
   # The kubelet links container logs into /var/log/containers whatever podLogsDir is.
   if [[ -d /var/log/containers ]]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$RUN/*" -delete 2>/dev/null || true
+    [[ -e "$RUN/var-log-containers.before" ]] || rmdir /var/log/containers 2>/dev/null || true
   fi
   rm -rf "$RUN"
   log "cluster removed"
@@ -558,9 +572,14 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   build) build_all ;;
+  images)
+    # Rebuild the images (after a code change) and import them into the running cluster.
+    bash "$K8S/images.sh" >&2 || die "building the images failed"
+    import_images
+    ;;
   status) status ;;
   *)
-    echo "usage: $0 up|down|build|status" >&2
+    echo "usage: $0 up|down|build|images|status" >&2
     exit 2
     ;;
 esac

@@ -48,16 +48,17 @@ base_rootfs() {
   log "assembling the glibc runtime from Debian packages: ${BASE_DEBS[*]}"
   rm -rf "$rootfs" "${debs:?}"/*.deb
   local deb
+  # apt's downloader runs as _apt: let it write there.
+  chown _apt "$debs" 2>/dev/null || true
+  local deb version
   for deb in "${BASE_DEBS[@]}"; do
-    # The installed version when there is one, so the runtime is what the binaries
-    # were linked against here.
-    local want="$deb"
-    local version
+    # The installed version when the archive still has it (the runtime the binaries
+    # were linked against here), else the archive's candidate.
     version="$(dpkg-query -W -f='${Version}' "$deb" 2>/dev/null || true)"
-    [[ -n "$version" ]] && want="$deb=$version"
-    (cd "$debs" && apt-get download -qq "$want" >&2) ||
-      (apt-get update -qq >&2 && cd "$debs" && apt-get download -qq "$want" >&2) ||
-      die "apt-get download $want failed"
+    (cd "$debs" && { [[ -n "$version" ]] && apt-get download -qq "$deb=$version" 2>/dev/null; } ||
+      apt-get download -qq "$deb") >&2 ||
+      (apt-get update -qq >&2 && cd "$debs" && apt-get download -qq "$deb" >&2) ||
+      die "apt-get download $deb failed"
   done
   mkdir -p "$rootfs"
   for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$rootfs"; done

@@ -339,7 +339,8 @@ impl Cluster {
     }
 }
 
-fn replica_transport() -> GrpcTransport {
+/// The internode transport the harness reads single replicas with.
+pub(crate) fn replica_transport() -> GrpcTransport {
     GrpcTransport::new(
         GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(2))
             .expect("valid timeouts"),

@@ -13,6 +13,7 @@
 //! * [`process`]: one node process: start, kill, stop and continue, wipe, restart.
 //! * [`cluster`]: a cluster of them: explicit joins and leaves through `Admin`, waiting
 //!   for agreement, and the replica dump.
+//! * [`k8s`]: the Kubernetes suite's kubectl, helm and a DynamoCluster's pods.
 //! * [`workload`]: clients writing unique values with contexts, deleting and recreating,
 //!   recording the history.
 //!
@@ -21,6 +22,7 @@
 //! a test reports them.
 
 pub mod cluster;
+pub mod k8s;
 pub mod netns;
 pub mod process;
 pub mod workload;
@@ -33,7 +35,21 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `within` naming
 /// `what` and the last reason `check` gave.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    eventually_every(what, within, Duration::from_millis(50), check).await
+}
+
+/// [`eventually`], polling every `period`.
+pub async fn eventually_every<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    period: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -45,7 +61,7 @@ where
             Err(reason) if tokio::time::Instant::now() >= deadline => {
                 panic!("timed out after {within:?} waiting for {what}: {reason}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => tokio::time::sleep(period).await,
         }
     }
 }

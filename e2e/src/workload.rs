@@ -52,6 +52,9 @@ impl Default for WorkloadConfig {
 
 type SharedHistory = Arc<Mutex<History>>;
 
+/// Each failed operation's index in the history and the status it failed with.
+pub type ErrorLog = Arc<Mutex<Vec<(usize, String)>>>;
+
 fn lock(history: &SharedHistory) -> std::sync::MutexGuard<'_, History> {
     // A client that panicked leaves a usable history: recording is append-only.
     history.lock().unwrap_or_else(PoisonError::into_inner)
@@ -70,6 +73,7 @@ pub struct Workload {
     parked: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
     keys: Vec<Vec<u8>>,
+    errors: ErrorLog,
 }
 
 impl Workload {
@@ -85,6 +89,7 @@ impl Workload {
         let history = SharedHistory::default();
         let endpoints = Arc::new(Mutex::new(endpoints));
         let completed = Arc::new(AtomicUsize::new(0));
+        let errors = ErrorLog::default();
         let tasks = (0..config.clients)
             .map(|client| {
                 let client = Client {
@@ -98,6 +103,7 @@ impl Workload {
                     keys: keys.clone(),
                     channels: HashMap::new(),
                     written: 0,
+                    errors: Arc::clone(&errors),
                 };
                 tokio::spawn(client.run(stopped.clone()))
             })
@@ -111,7 +117,13 @@ impl Workload {
             parked,
             tasks,
             keys,
+            errors,
         }
+    }
+
+    /// The failed operations' statuses so far (the log lives on after [`stop`](Self::stop)).
+    pub fn errors(&self) -> ErrorLog {
+        Arc::clone(&self.errors)
     }
 
     /// Stops issuing operations and waits (bounded by [`WAIT`]) until no client has one
@@ -154,6 +166,12 @@ impl Workload {
             .endpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
+    }
+
+    /// Operations the clients invoked so far: the index the next one will have in the
+    /// history [`stop`](Self::stop) returns, to tell a phase's operations apart.
+    pub fn invoked(&self) -> usize {
+        lock(&self.history).ops().len()
     }
 
     /// Operations the clients completed so far (of any outcome).
@@ -200,6 +218,7 @@ struct Client {
     keys: Vec<Vec<u8>>,
     channels: HashMap<SocketAddr, KvClient<Channel>>,
     written: u64,
+    errors: ErrorLog,
 }
 
 /// How a failed call ended: refused before any effect, or unknown (it may have been
@@ -256,6 +275,14 @@ impl Client {
         }
     }
 
+    fn failed(&self, op: usize, status: &tonic::Status) -> Outcome {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((op, status.to_string()));
+        outcome_of_error(status)
+    }
+
     fn finish(&self, op: usize, outcome: Outcome) {
         lock(&self.history).complete(op, outcome);
         self.completed.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +335,7 @@ impl Client {
                 context: context::decode(&reply.into_inner().context)
                     .expect("a node sent a bad context"),
             },
-            Err(status) => outcome_of_error(&status),
+            Err(status) => self.failed(op, &status),
         };
         self.finish(op, outcome);
     }
@@ -328,9 +355,37 @@ impl Client {
                 context: context::decode(&reply.into_inner().context)
                     .expect("a node sent a bad context"),
             },
-            Err(status) => outcome_of_error(&status),
+            Err(status) => self.failed(op, &status),
         };
         self.finish(op, outcome);
+    }
+}
+
+/// What the final phase needs of a cluster, whether node processes ([`Cluster`]) or a
+/// DynamoCluster's pods ([`crate::k8s::PodCluster`]).
+pub trait Replicas {
+    /// Waits (bounded) until no node holds hints for another.
+    fn wait_for_hints_delivered(&self) -> impl Future<Output = ()>;
+    /// Each key's replicas and the versions each holds, read from the replicas alone.
+    fn replica_dump(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> impl Future<Output = Result<ReplicaDump, String>>;
+    /// A client of a running node, for the final reads.
+    fn client(&self) -> impl Future<Output = KvClient<Channel>>;
+}
+
+impl Replicas for Cluster {
+    async fn wait_for_hints_delivered(&self) {
+        Cluster::wait_for_hints_delivered(self).await;
+    }
+
+    async fn replica_dump(&self, keys: &[Vec<u8>]) -> Result<ReplicaDump, String> {
+        Cluster::replica_dump(self, keys).await
+    }
+
+    async fn client(&self) -> KvClient<Channel> {
+        self.kv(self.other_running(&[])).await
     }
 }
 
@@ -357,7 +412,7 @@ fn converged(dump: &ReplicaDump) -> Result<(), String> {
 ///
 /// # Panics
 /// When the replicas do not converge in time, naming the first difference.
-pub async fn wait_for_converged(cluster: &Cluster, keys: &[Vec<u8>]) {
+pub async fn wait_for_converged(cluster: &impl Replicas, keys: &[Vec<u8>]) {
     cluster.wait_for_hints_delivered().await;
     eventually("replicas converged without reads", WAIT, || async {
         converged(&cluster.replica_dump(keys).await?)
@@ -379,7 +434,7 @@ pub enum Settle {
 /// quiesced, reads every key once through a running node, waits for the replicas to
 /// converge, dumps them and returns the checker's verdict.
 pub async fn final_verdict(
-    cluster: &Cluster,
+    cluster: &impl Replicas,
     mut history: History,
     keys: &[Vec<u8>],
     settle: Settle,
@@ -390,8 +445,7 @@ pub async fn final_verdict(
         cluster.wait_for_hints_delivered().await;
     }
     history.quiesced();
-    let via = cluster.other_running(&[]);
-    let mut kv = cluster.kv(via).await;
+    let mut kv = cluster.client().await;
     for key in keys {
         let op = history.invoke_get(key);
         let reply = kv

@@ -30,6 +30,12 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_TOKENS_PER_WEIGHT: u32 = 1024;
 /// The largest `partitions` (`dynamo-node`'s `ring::MAX_PARTITIONS`).
 pub const MAX_PARTITIONS: u32 = 65_536;
+/// The longest DynamoCluster name. Its StatefulSet labels every pod
+/// `controller-revision-hash: <name>-<hash>`, a label value of at most 63 characters
+/// with a hash of up to 10 and a dash: a longer name is accepted by the API server and
+/// then every pod is refused (found on a real cluster, e2e/k8s). The CRD's CEL rule
+/// repeats the number.
+pub const MAX_NAME_LEN: usize = 52;
 
 /// Desired state of a Dynamo cluster: how many nodes, which image, and how they replicate
 /// and partition data.
@@ -80,7 +86,9 @@ pub const MAX_PARTITIONS: u32 = 65_536;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name must be at most 52 characters: the StatefulSet labels each pod with the name and a 10-character revision hash, at most 63 in all"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label starting with a letter (lowercase letters, digits, '-'): it names the cluster's Services")
 )]
 #[x_kube(validation = Rule::new("self.size >= self.replication.n").message("size must be at least replication.n"))]
 #[serde(rename_all = "camelCase")]
@@ -735,6 +743,21 @@ mod tests {
         let mut s = spec(2);
         s.replication = Replication { n: 2, r: 1, w: 1 };
         assert!(cel_accepts(s));
+    }
+
+    #[test]
+    fn cel_rules_refuse_names_the_derived_objects_cannot_carry() {
+        let named = |name: &str| {
+            kube::core::cel::validate_cel(&DynamoCluster::new(name, spec(3))).map_err(|e| e.to_string())
+        };
+        assert!(named(&"a".repeat(MAX_NAME_LEN)).is_ok());
+        let too_long = named(&"a".repeat(MAX_NAME_LEN + 1)).unwrap_err();
+        assert!(too_long.contains("at most 52 characters"), "{too_long}");
+        for bad in ["1db", "db-", "Db", "db.example"] {
+            let refused = named(bad).unwrap_err();
+            assert!(refused.contains("DNS label"), "{bad}: {refused}");
+        }
+        assert!(named("db-2").is_ok());
     }
 
     #[test]

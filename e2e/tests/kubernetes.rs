@@ -1,0 +1,665 @@
+//! The product on a real Kubernetes, as a platform team would use it: the cluster that
+//! `e2e/k8s/cluster.sh up` builds from the components' own modules (or any cluster
+//! whose nodes hold the `dynamo-node:dev`, `dynamo-node:upgrade` and
+//! `dynamo-operator:dev` images), `helm install` of the operator chart, `kubectl apply`
+//! of `e2e/manifests/small-cluster.yaml`, then data, scaling, faults, refusals,
+//! failover and deletion, each step checked.
+//!
+//! Runs when `DYNAMO_K8S_SUITE=1` (see [`dynamo_e2e::k8s::skip_reason`]); `.ci/run`
+//! brings the cluster up and runs it. One test, one cluster: the steps build on each
+//! other, in the order of the issue that asked for them, and each logs its name and
+//! time so a failure says where it happened.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dynamo_e2e::k8s::{self, CLIENT_PORT, Kubectl, PodCluster, helm, repo_root, wait};
+use dynamo_e2e::workload::{Replicas, Settle, Workload, WorkloadConfig, final_verdict};
+use dynamo_node::history::{OpKind, Outcome};
+use dynamo_node::proto::kv_client::KvClient;
+use dynamo_node::proto::{GetRequest, PutRequest};
+use tonic::transport::Channel;
+
+const OPERATOR_NAMESPACE: &str = "dynamo-system";
+const NAMESPACE: &str = "dynamo-e2e";
+const CLUSTER: &str = "small";
+const KEYS: usize = 10_000;
+/// Bound on the cluster reaching a state (pods scheduled, volumes bound, images
+/// started, joins and decommissions with their range transfers).
+const SETTLE: Duration = Duration::from_secs(300);
+
+fn step(name: &str, started: Instant) {
+    eprintln!("\n== [{:>6.1}s] {name}", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes() {
+    if let Some(reason) = k8s::skip_reason() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    let repo = repo_root();
+    let operator = Kubectl::new(OPERATOR_NAMESPACE);
+    let kubectl = Kubectl::new(NAMESPACE);
+
+    step("helm install the operator chart (two replicas)", started);
+    let chart = repo.join("charts/dynamo-operator");
+    helm(&[
+        "upgrade",
+        "--install",
+        "dynamo-operator",
+        chart.to_str().expect("a UTF-8 path"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "image.repository=dynamo-operator",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "replicaCount=2",
+        "--wait",
+        "--timeout",
+        "300s",
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    operator
+        .ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/dynamoclusters.dynamo.example.org",
+            "--timeout=60s",
+        ])
+        .await;
+
+    step("the API server refuses bad DynamoClusters with the CRD's messages", started);
+    kubectl
+        .run_with_input(&["apply", "-f", "-"], &namespace_yaml(NAMESPACE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    refusals(&kubectl).await;
+
+    step("kubectl apply -f e2e/manifests/small-cluster.yaml", started);
+    let manifest = std::fs::read_to_string(repo.join("e2e/manifests/small-cluster.yaml"))
+        .expect("e2e/manifests/small-cluster.yaml");
+    kubectl.apply(&manifest).await;
+    wait_settled(&kubectl, 3).await;
+    let columns = kubectl.ok(&["get", "dynamoclusters"]).await;
+    let header: Vec<&str> = columns.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SIZE", "MEMBERS", "READY", "PHASE", "AGE"],
+        "kubectl get dynamoclusters printed:\n{columns}"
+    );
+    let row: Vec<&str> = columns.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(&row[..5], [CLUSTER, "3", "3", "3", "Running"], "{columns}");
+
+    step(&format!("{KEYS} keys written through the client Service"), started);
+    let service = client_service(&kubectl).await;
+    write_keys(service, 0..KEYS).await;
+    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pods.pods.len(), 3, "ready pods: {:?}", pods.pods);
+    for address in pods.client_addresses() {
+        step(&format!("every key read back through pod {address}"), started);
+        read_keys(address, 0..KEYS).await;
+    }
+
+    step("the operator's leader pod deleted: the other replica takes over", started);
+    leader_failover(&operator).await;
+
+    step("kubectl scale --replicas=5 with every key readable throughout", started);
+    let readers = Readers::start(service, KEYS);
+    kubectl
+        .ok(&["scale", &format!("dynamocluster/{CLUSTER}"), "--replicas=5"])
+        .await;
+    wait_settled(&kubectl, 5).await;
+    assert_eq!(pvc_names(&kubectl).await.len(), 5);
+
+    step("kubectl scale --replicas=3: decommission before the StatefulSet shrinks", started);
+    let watcher = ShrinkWatcher::start(kubectl.clone());
+    kubectl
+        .ok(&["scale", &format!("dynamocluster/{CLUSTER}"), "--replicas=3"])
+        .await;
+    wait_settled(&kubectl, 3).await;
+    let shrink = watcher.stop().await;
+    assert!(
+        shrink.samples > 0 && shrink.violations.is_empty(),
+        "the StatefulSet shrank before its nodes were removed from the ring: {:?} ({} samples)",
+        shrink.violations,
+        shrink.samples
+    );
+    // retainOnScaleDown: false in the manifest: the removed nodes' volumes go.
+    wait("the removed nodes' volume claims deleted", SETTLE, || async {
+        let names = pvc_names(&kubectl).await;
+        if names.len() == 3 { Ok(()) } else { Err(format!("claims: {names:?}")) }
+    })
+    .await;
+    let unreadable = readers.stop().await;
+    assert_eq!(unreadable, 0, "keys that could not be read while scaling");
+    read_keys(service, 0..KEYS).await;
+
+    step("under a write load: kubectl delete pod of a member", started);
+    let workload = Workload::start(
+        vec![service],
+        WorkloadConfig { clients: 4, keys: 24, seed: 12 },
+    );
+    workload.wait_for_progress(200).await;
+    replace_pod(&kubectl, &format!("{CLUSTER}-1"), false).await;
+    workload.wait_for_progress(200).await;
+    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    pods.wait_for_hints_delivered().await;
+
+    step("under a write load: a pod deleted together with its volume comes back empty and refills", started);
+    replace_pod(&kubectl, &format!("{CLUSTER}-2"), true).await;
+    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    let refilled = pods
+        .pods
+        .iter()
+        .position(|(name, _)| *name == format!("{CLUSTER}-2"))
+        .expect("the re-created pod is ready");
+    let first = pods.status(refilled).await.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("   {CLUSTER}-2 came back holding {} keys", first.keys);
+    assert!(first.keys < KEYS as u64, "{CLUSTER}-2 came back with its data: {}", first.keys);
+    wait(&format!("{CLUSTER}-2 holding its ranges again ({KEYS} keys and more)"), SETTLE, || async {
+        let status = pods.status(refilled).await?;
+        if status.keys >= KEYS as u64 { Ok(()) } else { Err(format!("{} keys", status.keys)) }
+    })
+    .await;
+    workload.wait_for_progress(200).await;
+
+    step("under a write load: a rolling upgrade to a second image tag", started);
+    let upgrade_from = workload.invoked();
+    let rollout = RolloutWatcher::start(kubectl.clone());
+    kubectl
+        .ok(&[
+            "patch",
+            "dynamocluster",
+            CLUSTER,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"dynamo-node:upgrade"}}"#,
+        ])
+        .await;
+    wait("every pod running dynamo-node:upgrade", SETTLE, || async {
+        let pods = kubectl.pods(&node_selector()).await?;
+        let upgraded = pods.iter().filter(|p| p.ready && p.image == "dynamo-node:upgrade").count();
+        if upgraded == 3 && pods.len() == 3 { Ok(()) } else { Err(format!("pods: {pods:?}")) }
+    })
+    .await;
+    wait_settled(&kubectl, 3).await;
+    let most_unready = rollout.stop().await;
+    assert!(most_unready <= 1, "{most_unready} node pods were down at once during the rollout");
+    workload.wait_for_progress(200).await;
+    let upgrade_to = workload.invoked();
+    let errors = workload.errors();
+    let history = workload.stop().await;
+    for (op, error) in errors.lock().expect("the error log").iter() {
+        if (upgrade_from..upgrade_to).contains(op) {
+            eprintln!("   op {op} failed during the rollout: {error}");
+        }
+    }
+    let failed_writes: Vec<_> = history.ops()[upgrade_from..upgrade_to]
+        .iter()
+        .filter(|op| matches!(op.kind, OpKind::Put { .. }) && !matches!(op.outcome, Outcome::PutOk { .. }))
+        .collect();
+    eprintln!(
+        "   {} writes during the rollout, {} failed",
+        history.ops()[upgrade_from..upgrade_to].iter().filter(|op| matches!(op.kind, OpKind::Put { .. })).count(),
+        failed_writes.len()
+    );
+    assert!(failed_writes.is_empty(), "writes failed during the rollout: {failed_writes:?}");
+
+    step("no acknowledged write lost (the history checker's verdict)", started);
+    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<Vec<u8>> = (0..24).map(|k| format!("e2e-key-{k}").into_bytes()).collect();
+    let verdict = final_verdict(&pods, history, &keys, Settle::Hints).await;
+    assert!(verdict.is_ok(), "{verdict:?}");
+    read_keys(service, 0..KEYS).await;
+
+    step("kubectl delete dynamocluster: the finalizer deletes what it owns", started);
+    kubectl
+        .ok(&["delete", "dynamocluster", CLUSTER, "--timeout=300s"])
+        .await;
+    wait("the StatefulSet and the volume claims gone", SETTLE, || async {
+        let sts = kubectl.run(&["get", "statefulset", CLUSTER]).await;
+        let claims = pvc_names(&kubectl).await;
+        if sts.is_err() && claims.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("statefulset present: {}, claims: {claims:?}", sts.is_ok()))
+        }
+    })
+    .await;
+
+    step("helm uninstall keeps the CRD", started);
+    helm(&["uninstall", "dynamo-operator", "--namespace", OPERATOR_NAMESPACE, "--wait"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    operator
+        .ok(&["get", "crd", "dynamoclusters.dynamo.example.org"])
+        .await;
+    step("passed", started);
+}
+
+fn namespace_yaml(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+}
+
+/// A DynamoCluster with `spec` (YAML lines, indented by two) named `name`.
+fn cluster_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: dynamo.example.org/v1alpha1\nkind: DynamoCluster\nmetadata:\n  name: {name}\nspec:\n  image: dynamo-node:dev\n{spec}"
+    )
+}
+
+/// Manifests the real API server must refuse, each with the message of the CRD rule
+/// or bound that refuses it.
+async fn refusals(kubectl: &Kubectl) {
+    let long_name = format!("n{}", "x".repeat(52));
+    let cases = [
+        ("size -1", cluster_yaml("bad", "  size: -1\n"), "spec.size"),
+        (
+            "r > n",
+            cluster_yaml("bad", "  size: 3\n  replication: {\"n\": 3, r: 4, w: 2}\n"),
+            "replication.r must not exceed replication.n",
+        ),
+        (
+            "weight 0",
+            cluster_yaml("bad", "  size: 3\n  weights: {default: 0}\n"),
+            "spec.weights.default",
+        ),
+        (
+            "size 2 with N=3",
+            cluster_yaml("bad", "  size: 2\n  replication: {\"n\": 3, r: 2, w: 2}\n"),
+            "size must be at least replication.n",
+        ),
+        (
+            "a name too long for the objects derived from it",
+            cluster_yaml(&long_name, "  size: 3\n"),
+            "metadata.name must be at most 52 characters",
+        ),
+        (
+            "a name that is no DNS label",
+            cluster_yaml("9lives", "  size: 3\n"),
+            "metadata.name must be a DNS label",
+        ),
+    ];
+    for (what, yaml, message) in cases {
+        let refused = kubectl
+            .run_with_input(&["apply", "--dry-run=server", "-f", "-"], &yaml)
+            .await
+            .expect_err(&format!("the API server accepted {what}"));
+        assert!(
+            refused.contains(message),
+            "{what}: refused, but without \"{message}\": {refused}"
+        );
+        eprintln!("   refused {what}: ...{message}...");
+    }
+}
+
+/// Waits until the DynamoCluster is Running with `size` members and ready nodes for
+/// its current generation, and its StatefulSet has `size` replicas.
+async fn wait_settled(kubectl: &Kubectl, size: i64) {
+    wait(&format!("DynamoCluster {CLUSTER} Running with {size} members"), SETTLE, || async {
+        let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+        let status = &cluster["status"];
+        let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
+        let settled = status["phase"] == "Running"
+            && status["members"] == size
+            && status["readyNodes"] == size
+            && status["observedGeneration"] == cluster["metadata"]["generation"]
+            && sts["spec"]["replicas"] == size
+            && sts["status"]["readyReplicas"] == size;
+        if settled {
+            Ok(())
+        } else {
+            Err(format!(
+                "status {}, statefulset replicas {} ready {}",
+                status, sts["spec"]["replicas"], sts["status"]["readyReplicas"]
+            ))
+        }
+    })
+    .await;
+}
+
+async fn client_service(kubectl: &Kubectl) -> SocketAddr {
+    let ip = kubectl
+        .ok(&["get", "service", CLUSTER, "-o", "jsonpath={.spec.clusterIP}"])
+        .await;
+    SocketAddr::new(
+        ip.trim().parse().unwrap_or_else(|e| panic!("cluster IP {ip:?}: {e}")),
+        CLIENT_PORT,
+    )
+}
+
+fn node_selector() -> String {
+    format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=node")
+}
+
+/// Deletes pod `name` (and first its volume claim, when `with_volume`) and waits
+/// until the StatefulSet has re-created it (a new uid) and the cluster is settled.
+async fn replace_pod(kubectl: &Kubectl, name: &str, with_volume: bool) {
+    let before = kubectl.json(&["pod", name]).await.unwrap_or_else(|e| panic!("{e}"));
+    let uid = before["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let claim = format!("data-{name}");
+    let claim_uid = kubectl
+        .ok(&["get", "pvc", &claim, "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    if with_volume {
+        // Held by the pvc-protection finalizer until the pod is gone.
+        kubectl.ok(&["delete", "pvc", &claim, "--wait=false"]).await;
+    }
+    kubectl.ok(&["delete", "pod", name, "--wait=false"]).await;
+    wait(&format!("pod {name} re-created and ready"), SETTLE, || async {
+        let pods = kubectl.pods(&node_selector()).await?;
+        match pods.iter().find(|p| p.name == name) {
+            Some(pod) if pod.uid != uid && pod.ready => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    if with_volume {
+        let now = kubectl
+            .ok(&["get", "pvc", &claim, "-o", "jsonpath={.metadata.uid}"])
+            .await;
+        assert_ne!(now, claim_uid, "{claim} was not re-created");
+    }
+    wait_settled(kubectl, 3).await;
+}
+
+/// Samples the node pods during a rollout: the most that were not ready at once.
+struct RolloutWatcher {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl RolloutWatcher {
+    fn start(kubectl: Kubectl) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut most = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(pods) = kubectl.pods(&node_selector()).await {
+                        let ready = pods.iter().filter(|p| p.ready).count();
+                        most = most.max(3usize.saturating_sub(ready));
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                most
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the rollout watcher panicked")
+    }
+}
+
+async fn pvc_names(kubectl: &Kubectl) -> Vec<String> {
+    let list = kubectl
+        .json(&["pvc", "-l", &format!("app.kubernetes.io/instance={CLUSTER}")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|pvc| pvc["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|pvc| pvc["metadata"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn client(address: SocketAddr) -> KvClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a valid endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    KvClient::new(channel)
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k8s-key-{i}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    format!("k8s-value-{i}").into_bytes()
+}
+
+/// Concurrent requests of [`write_keys`] and [`read_keys`].
+const CONCURRENCY: usize = 32;
+
+/// Writes keys `range` (blind puts, W = 2) through `address`, `CONCURRENCY` at a time.
+async fn write_keys(address: SocketAddr, range: std::ops::Range<usize>) {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let mut kv = client(address);
+            let end = range.end;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return;
+                    }
+                    kv.put(PutRequest {
+                        key: key(i).into(),
+                        context: Vec::new().into(),
+                        value: value(i).into(),
+                        w: None,
+                    })
+                    .await
+                    .unwrap_or_else(|status| panic!("put of key {i} through {address}: {status}"));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a writer panicked");
+    }
+}
+
+/// Reads keys `range` through `address` (R = 2) and checks each holds its one value.
+async fn read_keys(address: SocketAddr, range: std::ops::Range<usize>) {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let mut kv = client(address);
+            let end = range.end;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return;
+                    }
+                    let reply = kv
+                        .get(GetRequest { key: key(i).into(), r: None })
+                        .await
+                        .unwrap_or_else(|status| panic!("get of key {i} through {address}: {status}"))
+                        .into_inner();
+                    let values: Vec<Vec<u8>> = reply.values.iter().map(|v| v.to_vec()).collect();
+                    assert_eq!(values, [value(i)], "key {i} through {address}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a reader panicked");
+    }
+}
+
+/// Readers that go round the keys through the client Service while the cluster
+/// changes; a key counts as unreadable when three reads 200 ms apart all fail or miss
+/// its value (a single read may meet a connection to a pod that just went away).
+struct Readers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Readers {
+    fn start(service: SocketAddr, keys: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|reader| {
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let mut unreadable = 0;
+                    let mut i = reader;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut ok = false;
+                        for _attempt in 0..3 {
+                            let reply = client(service)
+                                .get(GetRequest { key: key(i).into(), r: None })
+                                .await;
+                            if let Ok(reply) = reply {
+                                let values: Vec<Vec<u8>> =
+                                    reply.into_inner().values.iter().map(|v| v.to_vec()).collect();
+                                if values == [value(i)] {
+                                    ok = true;
+                                    break;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if !ok {
+                            eprintln!("   key {i} unreadable through {service}");
+                            unreadable += 1;
+                        }
+                        i = (i + 4) % keys;
+                    }
+                    unreadable
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut unreadable = 0;
+        for task in self.tasks {
+            unreadable += task.await.expect("a reader panicked");
+        }
+        unreadable
+    }
+}
+
+/// What [`ShrinkWatcher`] saw.
+struct ShrinkReport {
+    samples: usize,
+    violations: Vec<String>,
+}
+
+/// Samples, while a scale-down runs, the StatefulSet's replicas and the ring: a pod
+/// the StatefulSet no longer keeps (ordinal >= replicas) must not be a ring member
+/// still (joining, member or leaving), or its data would go with it.
+struct ShrinkWatcher {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<ShrinkReport>,
+}
+
+impl ShrinkWatcher {
+    fn start(kubectl: Kubectl) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut report = ShrinkReport { samples: 0, violations: Vec::new() };
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = Self::sample(&kubectl, &mut report).await {
+                        eprintln!("   shrink watcher: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                report
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn sample(kubectl: &Kubectl, report: &mut ShrinkReport) -> Result<(), String> {
+        // The ring first: a member removed between the two reads is then seen gone
+        // by the ring and still kept by the StatefulSet, never the other way round.
+        let pods = PodCluster::observe(kubectl, CLUSTER).await?;
+        let ring = pods.ring(0).await?;
+        let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
+        let replicas = sts["spec"]["replicas"].as_i64().ok_or("no replicas")?;
+        let in_ring: BTreeSet<String> = ring
+            .members
+            .iter()
+            .filter(|m| m.state != dynamo_node::proto::MemberState::Removed as i32)
+            .map(|m| m.node_id.clone())
+            .collect();
+        report.samples += 1;
+        for member in &in_ring {
+            let ordinal: i64 = member
+                .rsplit('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| format!("member {member} has no ordinal"))?;
+            if ordinal >= replicas {
+                report
+                    .violations
+                    .push(format!("{member} in the ring while the StatefulSet keeps {replicas}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> ShrinkReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the shrink watcher panicked")
+    }
+}
+
+/// The Lease's holder, deleted: the other operator pod must take the Lease over.
+async fn leader_failover(operator: &Kubectl) {
+    let holder = || async {
+        let lease = operator.json(&["lease", "dynamo-operator"]).await?;
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "the Lease has no holder".to_owned())
+    };
+    let leader = wait("an operator replica holding the Lease", SETTLE, holder).await;
+    let pods = operator
+        .pods("app.kubernetes.io/name=dynamo-operator")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pods.len(), 2, "operator pods: {pods:?}");
+    let leader_pod = pods
+        .iter()
+        .find(|p| leader.contains(&p.name))
+        .unwrap_or_else(|| panic!("the Lease holder {leader} is none of {pods:?}"));
+    eprintln!("   leader {leader}: deleting pod {}", leader_pod.name);
+    operator
+        .ok(&["delete", "pod", &leader_pod.name, "--wait=false"])
+        .await;
+    let old = leader_pod.name.clone();
+    let new_leader = wait("another replica holding the Lease", SETTLE, || async {
+        let now = holder().await?;
+        if now.contains(&old) {
+            Err(format!("{now} still holds it"))
+        } else {
+            Ok(now)
+        }
+    })
+    .await;
+    eprintln!("   new leader {new_leader}");
+}
