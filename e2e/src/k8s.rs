@@ -197,9 +197,17 @@ impl PodInfo {
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 });
         Self {
-            name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
-            uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
-            ip: pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()),
+            name: pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            uid: pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ip: pod["status"]["podIP"]
+                .as_str()
+                .and_then(|ip| ip.parse().ok()),
             ready,
             image: pod["spec"]["containers"][0]["image"]
                 .as_str()
@@ -229,7 +237,10 @@ where
 pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
 
 impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request
             .metadata_mut()
             .insert("authorization", self.0.clone());
@@ -254,7 +265,9 @@ impl PodCluster {
     /// When the token Secret cannot be read or holds no valid token.
     pub async fn observe(kubectl: &Kubectl, name: &str) -> Result<Self, String> {
         let pods = kubectl
-            .pods(&format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=node"))
+            .pods(&format!(
+                "app.kubernetes.io/instance={name},app.kubernetes.io/component=node"
+            ))
             .await?
             .into_iter()
             .filter(|pod| pod.ready)
@@ -370,6 +383,8 @@ fn lazy_channel(address: SocketAddr) -> Channel {
 
 fn base64_decode(text: &str) -> Option<String> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
     String::from_utf8(bytes).ok()
 }

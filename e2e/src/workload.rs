@@ -38,6 +38,10 @@ pub struct WorkloadConfig {
     pub keys: usize,
     /// Seeds the clients' choices of key, node and operation.
     pub seed: u64,
+    /// Each client's pause after a read-and-write round: a long run keeps its history
+    /// (and the checker's work, which grows with the square of a key's operations)
+    /// bounded. Zero: as fast as the cluster answers.
+    pub pace: Duration,
 }
 
 impl Default for WorkloadConfig {
@@ -46,6 +50,7 @@ impl Default for WorkloadConfig {
             clients: 4,
             keys: 24,
             seed: 1,
+            pace: Duration::ZERO,
         }
     }
 }
@@ -104,6 +109,7 @@ impl Workload {
                     channels: HashMap::new(),
                     written: 0,
                     errors: Arc::clone(&errors),
+                    pace: config.pace,
                 };
                 tokio::spawn(client.run(stopped.clone()))
             })
@@ -219,6 +225,7 @@ struct Client {
     channels: HashMap<SocketAddr, KvClient<Channel>>,
     written: u64,
     errors: ErrorLog,
+    pace: Duration,
 }
 
 /// How a failed call ended: refused before any effect, or unknown (it may have been
@@ -271,6 +278,9 @@ impl Client {
                 self.delete(&key, read_context).await;
             } else {
                 self.write(&key, read_context).await;
+            }
+            if !self.pace.is_zero() {
+                tokio::time::sleep(self.pace).await;
             }
         }
     }
@@ -367,10 +377,7 @@ pub trait Replicas {
     /// Waits (bounded) until no node holds hints for another.
     fn wait_for_hints_delivered(&self) -> impl Future<Output = ()>;
     /// Each key's replicas and the versions each holds, read from the replicas alone.
-    fn replica_dump(
-        &self,
-        keys: &[Vec<u8>],
-    ) -> impl Future<Output = Result<ReplicaDump, String>>;
+    fn replica_dump(&self, keys: &[Vec<u8>]) -> impl Future<Output = Result<ReplicaDump, String>>;
     /// A client of a running node, for the final reads.
     fn client(&self) -> impl Future<Output = KvClient<Channel>>;
 }

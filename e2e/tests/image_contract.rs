@@ -75,7 +75,11 @@ fn from_dockerfile(stage: &[(String, String)]) -> Contract {
     for (instruction, rest) in stage {
         match instruction.as_str() {
             "FROM" => {
-                contract.base = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                contract.base = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
             }
             "COPY" => {
                 let words: Vec<&str> = rest
@@ -166,7 +170,11 @@ fn from_built(config: &Value, want: &Contract) -> Contract {
     let strings = |value: &Value| -> Vec<String> {
         value
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let keys = |value: &Value| -> Vec<String> {
@@ -177,7 +185,10 @@ fn from_built(config: &Value, want: &Contract) -> Contract {
     };
     let env = strings(&config["Env"])
         .into_iter()
-        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
         // The base's PATH and SSL_CERT_FILE are distroless's, not the Dockerfile's.
         .filter(|(k, _)| k != "PATH" && k != "SSL_CERT_FILE")
         .collect();
@@ -212,7 +223,10 @@ fn dockerfile_and_offline_images_agree() {
         );
         let (name, mut contract) =
             from_contract_file(&repo().join(format!("e2e/k8s/images/{image}.contract")));
-        assert!(name.ends_with(&format!("/{image}")), "{image}.contract names {name}");
+        assert!(
+            name.ends_with(&format!("/{image}")),
+            "{image}.contract names {name}"
+        );
         let mut docker_sorted = from_docker;
         docker_sorted.expose.sort();
         contract.expose.sort();
@@ -223,11 +237,23 @@ fn dockerfile_and_offline_images_agree() {
         let layout = cache.join("images").join(format!("{image}.oci"));
         if layout.join("index.json").exists() {
             let built = from_built(&built_config(&layout), &contract);
-            assert_eq!(built, contract, "the built image {} differs from its contract", layout.display());
+            assert_eq!(
+                built,
+                contract,
+                "the built image {} differs from its contract",
+                layout.display()
+            );
             eprintln!("{image}: the built image's config matches the Dockerfile");
         } else {
-            assert!(!must_be_built, "DYNAMO_K8S_SUITE=1 but {} was not built", layout.display());
-            eprintln!("{image}: not built here ({}), Dockerfile side checked", layout.display());
+            assert!(
+                !must_be_built,
+                "DYNAMO_K8S_SUITE=1 but {} was not built",
+                layout.display()
+            );
+            eprintln!(
+                "{image}: not built here ({}), Dockerfile side checked",
+                layout.display()
+            );
         }
     }
 }

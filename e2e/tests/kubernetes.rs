@@ -79,7 +79,10 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         ])
         .await;
 
-    step("the API server refuses bad DynamoClusters with the CRD's messages", started);
+    step(
+        "the API server refuses bad DynamoClusters with the CRD's messages",
+        started,
+    );
     kubectl
         .run_with_input(&["apply", "-f", "-"], &namespace_yaml(NAMESPACE))
         .await
@@ -92,29 +95,53 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     kubectl.apply(&manifest).await;
     wait_settled(&kubectl, 3).await;
     let columns = kubectl.ok(&["get", "dynamoclusters"]).await;
-    let header: Vec<&str> = columns.lines().next().unwrap_or("").split_whitespace().collect();
+    let header: Vec<&str> = columns
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
         ["NAME", "SIZE", "MEMBERS", "READY", "PHASE", "AGE"],
         "kubectl get dynamoclusters printed:\n{columns}"
     );
-    let row: Vec<&str> = columns.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    let row: Vec<&str> = columns
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..5], [CLUSTER, "3", "3", "3", "Running"], "{columns}");
 
-    step(&format!("{KEYS} keys written through the client Service"), started);
+    step(
+        &format!("{KEYS} keys written through the client Service"),
+        started,
+    );
     let service = client_service(&kubectl).await;
     write_keys(service, 0..KEYS).await;
-    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    let pods = PodCluster::observe(&kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pods.pods.len(), 3, "ready pods: {:?}", pods.pods);
     for address in pods.client_addresses() {
-        step(&format!("every key read back through pod {address}"), started);
+        step(
+            &format!("every key read back through pod {address}"),
+            started,
+        );
         read_keys(address, 0..KEYS).await;
     }
 
-    step("the operator's leader pod deleted: the other replica takes over", started);
+    step(
+        "the operator's leader pod deleted: the other replica takes over",
+        started,
+    );
     leader_failover(&operator).await;
 
-    step("kubectl scale --replicas=5 with every key readable throughout", started);
+    step(
+        "kubectl scale --replicas=5 with every key readable throughout",
+        started,
+    );
     let readers = Readers::start(service, KEYS);
     kubectl
         .ok(&["scale", &format!("dynamocluster/{CLUSTER}"), "--replicas=5"])
@@ -122,7 +149,10 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     wait_settled(&kubectl, 5).await;
     assert_eq!(pvc_names(&kubectl).await.len(), 5);
 
-    step("kubectl scale --replicas=3: decommission before the StatefulSet shrinks", started);
+    step(
+        "kubectl scale --replicas=3: decommission before the StatefulSet shrinks",
+        started,
+    );
     let watcher = ShrinkWatcher::start(kubectl.clone());
     kubectl
         .ok(&["scale", &format!("dynamocluster/{CLUSTER}"), "--replicas=3"])
@@ -136,45 +166,88 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         shrink.samples
     );
     // retainOnScaleDown: false in the manifest: the removed nodes' volumes go.
-    wait("the removed nodes' volume claims deleted", SETTLE, || async {
-        let names = pvc_names(&kubectl).await;
-        if names.len() == 3 { Ok(()) } else { Err(format!("claims: {names:?}")) }
-    })
+    wait(
+        "the removed nodes' volume claims deleted",
+        SETTLE,
+        || async {
+            let names = pvc_names(&kubectl).await;
+            if names.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("claims: {names:?}"))
+            }
+        },
+    )
     .await;
     let unreadable = readers.stop().await;
     assert_eq!(unreadable, 0, "keys that could not be read while scaling");
     read_keys(service, 0..KEYS).await;
 
-    step("under a write load: kubectl delete pod of a member", started);
+    step(
+        "under a write load: kubectl delete pod of a member",
+        started,
+    );
     let workload = Workload::start(
         vec![service],
-        WorkloadConfig { clients: 4, keys: 24, seed: 12 },
+        // Paced: the run lasts minutes (a rolling upgrade waits 40 s per pod), and the
+        // checker's work grows with the square of each key's operations.
+        WorkloadConfig {
+            clients: 4,
+            keys: 24,
+            seed: 12,
+            pace: Duration::from_millis(50),
+        },
     );
     workload.wait_for_progress(200).await;
     replace_pod(&kubectl, &format!("{CLUSTER}-1"), false).await;
     workload.wait_for_progress(200).await;
-    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    let pods = PodCluster::observe(&kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     pods.wait_for_hints_delivered().await;
 
-    step("under a write load: a pod deleted together with its volume comes back empty and refills", started);
+    step(
+        "under a write load: a pod deleted together with its volume comes back empty and refills",
+        started,
+    );
     replace_pod(&kubectl, &format!("{CLUSTER}-2"), true).await;
-    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
+    let pods = PodCluster::observe(&kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let refilled = pods
         .pods
         .iter()
         .position(|(name, _)| *name == format!("{CLUSTER}-2"))
         .expect("the re-created pod is ready");
-    let first = pods.status(refilled).await.unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("   {CLUSTER}-2 came back holding {} keys", first.keys);
-    assert!(first.keys < KEYS as u64, "{CLUSTER}-2 came back with its data: {}", first.keys);
-    wait(&format!("{CLUSTER}-2 holding its ranges again ({KEYS} keys and more)"), SETTLE, || async {
-        let status = pods.status(refilled).await?;
-        if status.keys >= KEYS as u64 { Ok(()) } else { Err(format!("{} keys", status.keys)) }
-    })
+    let first = pods
+        .status(refilled)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Empty at its start (a new volume claim, checked by replace_pod); by now the
+    // clients' writes and anti-entropy have begun to refill it.
+    eprintln!(
+        "   {CLUSTER}-2 came back on a new volume, holding {} keys once ready",
+        first.keys
+    );
+    wait(
+        &format!("{CLUSTER}-2 holding its ranges again ({KEYS} keys and more)"),
+        SETTLE,
+        || async {
+            let status = pods.status(refilled).await?;
+            if status.keys >= KEYS as u64 {
+                Ok(())
+            } else {
+                Err(format!("{} keys", status.keys))
+            }
+        },
+    )
     .await;
     workload.wait_for_progress(200).await;
 
-    step("under a write load: a rolling upgrade to a second image tag", started);
+    step(
+        "under a write load: a rolling upgrade to a second image tag",
+        started,
+    );
     let upgrade_from = workload.invoked();
     let rollout = RolloutWatcher::start(kubectl.clone());
     kubectl
@@ -189,13 +262,23 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         .await;
     wait("every pod running dynamo-node:upgrade", SETTLE, || async {
         let pods = kubectl.pods(&node_selector()).await?;
-        let upgraded = pods.iter().filter(|p| p.ready && p.image == "dynamo-node:upgrade").count();
-        if upgraded == 3 && pods.len() == 3 { Ok(()) } else { Err(format!("pods: {pods:?}")) }
+        let upgraded = pods
+            .iter()
+            .filter(|p| p.ready && p.image == "dynamo-node:upgrade")
+            .count();
+        if upgraded == 3 && pods.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("pods: {pods:?}"))
+        }
     })
     .await;
     wait_settled(&kubectl, 3).await;
     let most_unready = rollout.stop().await;
-    assert!(most_unready <= 1, "{most_unready} node pods were down at once during the rollout");
+    assert!(
+        most_unready <= 1,
+        "{most_unready} node pods were down at once during the rollout"
+    );
     workload.wait_for_progress(200).await;
     let upgrade_to = workload.invoked();
     let errors = workload.errors();
@@ -207,41 +290,72 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     }
     let failed_writes: Vec<_> = history.ops()[upgrade_from..upgrade_to]
         .iter()
-        .filter(|op| matches!(op.kind, OpKind::Put { .. }) && !matches!(op.outcome, Outcome::PutOk { .. }))
+        .filter(|op| {
+            matches!(op.kind, OpKind::Put { .. }) && !matches!(op.outcome, Outcome::PutOk { .. })
+        })
         .collect();
     eprintln!(
         "   {} writes during the rollout, {} failed",
-        history.ops()[upgrade_from..upgrade_to].iter().filter(|op| matches!(op.kind, OpKind::Put { .. })).count(),
+        history.ops()[upgrade_from..upgrade_to]
+            .iter()
+            .filter(|op| matches!(op.kind, OpKind::Put { .. }))
+            .count(),
         failed_writes.len()
     );
-    assert!(failed_writes.is_empty(), "writes failed during the rollout: {failed_writes:?}");
+    assert!(
+        failed_writes.is_empty(),
+        "writes failed during the rollout: {failed_writes:?}"
+    );
 
-    step("no acknowledged write lost (the history checker's verdict)", started);
-    let pods = PodCluster::observe(&kubectl, CLUSTER).await.unwrap_or_else(|e| panic!("{e}"));
-    let keys: Vec<Vec<u8>> = (0..24).map(|k| format!("e2e-key-{k}").into_bytes()).collect();
+    step(
+        "no acknowledged write lost (the history checker's verdict)",
+        started,
+    );
+    let pods = PodCluster::observe(&kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<Vec<u8>> = (0..24)
+        .map(|k| format!("e2e-key-{k}").into_bytes())
+        .collect();
     let verdict = final_verdict(&pods, history, &keys, Settle::Hints).await;
     assert!(verdict.is_ok(), "{verdict:?}");
     read_keys(service, 0..KEYS).await;
 
-    step("kubectl delete dynamocluster: the finalizer deletes what it owns", started);
+    step(
+        "kubectl delete dynamocluster: the finalizer deletes what it owns",
+        started,
+    );
     kubectl
         .ok(&["delete", "dynamocluster", CLUSTER, "--timeout=300s"])
         .await;
-    wait("the StatefulSet and the volume claims gone", SETTLE, || async {
-        let sts = kubectl.run(&["get", "statefulset", CLUSTER]).await;
-        let claims = pvc_names(&kubectl).await;
-        if sts.is_err() && claims.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("statefulset present: {}, claims: {claims:?}", sts.is_ok()))
-        }
-    })
+    wait(
+        "the StatefulSet and the volume claims gone",
+        SETTLE,
+        || async {
+            let sts = kubectl.run(&["get", "statefulset", CLUSTER]).await;
+            let claims = pvc_names(&kubectl).await;
+            if sts.is_err() && claims.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "statefulset present: {}, claims: {claims:?}",
+                    sts.is_ok()
+                ))
+            }
+        },
+    )
     .await;
 
     step("helm uninstall keeps the CRD", started);
-    helm(&["uninstall", "dynamo-operator", "--namespace", OPERATOR_NAMESPACE, "--wait"])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    helm(&[
+        "uninstall",
+        "dynamo-operator",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--wait",
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     operator
         .ok(&["get", "crd", "dynamoclusters.dynamo.example.org"])
         .await;
@@ -307,34 +421,46 @@ async fn refusals(kubectl: &Kubectl) {
 /// Waits until the DynamoCluster is Running with `size` members and ready nodes for
 /// its current generation, and its StatefulSet has `size` replicas.
 async fn wait_settled(kubectl: &Kubectl, size: i64) {
-    wait(&format!("DynamoCluster {CLUSTER} Running with {size} members"), SETTLE, || async {
-        let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
-        let status = &cluster["status"];
-        let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
-        let settled = status["phase"] == "Running"
-            && status["members"] == size
-            && status["readyNodes"] == size
-            && status["observedGeneration"] == cluster["metadata"]["generation"]
-            && sts["spec"]["replicas"] == size
-            && sts["status"]["readyReplicas"] == size;
-        if settled {
-            Ok(())
-        } else {
-            Err(format!(
-                "status {}, statefulset replicas {} ready {}",
-                status, sts["spec"]["replicas"], sts["status"]["readyReplicas"]
-            ))
-        }
-    })
+    wait(
+        &format!("DynamoCluster {CLUSTER} Running with {size} members"),
+        SETTLE,
+        || async {
+            let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+            let status = &cluster["status"];
+            let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
+            let settled = status["phase"] == "Running"
+                && status["members"] == size
+                && status["readyNodes"] == size
+                && status["observedGeneration"] == cluster["metadata"]["generation"]
+                && sts["spec"]["replicas"] == size
+                && sts["status"]["readyReplicas"] == size;
+            if settled {
+                Ok(())
+            } else {
+                Err(format!(
+                    "status {}, statefulset replicas {} ready {}",
+                    status, sts["spec"]["replicas"], sts["status"]["readyReplicas"]
+                ))
+            }
+        },
+    )
     .await;
 }
 
 async fn client_service(kubectl: &Kubectl) -> SocketAddr {
     let ip = kubectl
-        .ok(&["get", "service", CLUSTER, "-o", "jsonpath={.spec.clusterIP}"])
+        .ok(&[
+            "get",
+            "service",
+            CLUSTER,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
         .await;
     SocketAddr::new(
-        ip.trim().parse().unwrap_or_else(|e| panic!("cluster IP {ip:?}: {e}")),
+        ip.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("cluster IP {ip:?}: {e}")),
         CLIENT_PORT,
     )
 }
@@ -346,8 +472,14 @@ fn node_selector() -> String {
 /// Deletes pod `name` (and first its volume claim, when `with_volume`) and waits
 /// until the StatefulSet has re-created it (a new uid) and the cluster is settled.
 async fn replace_pod(kubectl: &Kubectl, name: &str, with_volume: bool) {
-    let before = kubectl.json(&["pod", name]).await.unwrap_or_else(|e| panic!("{e}"));
-    let uid = before["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let before = kubectl
+        .json(&["pod", name])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let uid = before["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let claim = format!("data-{name}");
     let claim_uid = kubectl
         .ok(&["get", "pvc", &claim, "-o", "jsonpath={.metadata.uid}"])
@@ -357,13 +489,17 @@ async fn replace_pod(kubectl: &Kubectl, name: &str, with_volume: bool) {
         kubectl.ok(&["delete", "pvc", &claim, "--wait=false"]).await;
     }
     kubectl.ok(&["delete", "pod", name, "--wait=false"]).await;
-    wait(&format!("pod {name} re-created and ready"), SETTLE, || async {
-        let pods = kubectl.pods(&node_selector()).await?;
-        match pods.iter().find(|p| p.name == name) {
-            Some(pod) if pod.uid != uid && pod.ready => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait(
+        &format!("pod {name} re-created and ready"),
+        SETTLE,
+        || async {
+            let pods = kubectl.pods(&node_selector()).await?;
+            match pods.iter().find(|p| p.name == name) {
+                Some(pod) if pod.uid != uid && pod.ready => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     if with_volume {
         let now = kubectl
@@ -408,7 +544,11 @@ impl RolloutWatcher {
 
 async fn pvc_names(kubectl: &Kubectl) -> Vec<String> {
     let list = kubectl
-        .json(&["pvc", "-l", &format!("app.kubernetes.io/instance={CLUSTER}")])
+        .json(&[
+            "pvc",
+            "-l",
+            &format!("app.kubernetes.io/instance={CLUSTER}"),
+        ])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     list["items"]
@@ -489,9 +629,14 @@ async fn read_keys(address: SocketAddr, range: std::ops::Range<usize>) {
                         return;
                     }
                     let reply = kv
-                        .get(GetRequest { key: key(i).into(), r: None })
+                        .get(GetRequest {
+                            key: key(i).into(),
+                            r: None,
+                        })
                         .await
-                        .unwrap_or_else(|status| panic!("get of key {i} through {address}: {status}"))
+                        .unwrap_or_else(|status| {
+                            panic!("get of key {i} through {address}: {status}")
+                        })
                         .into_inner();
                     let values: Vec<Vec<u8>> = reply.values.iter().map(|v| v.to_vec()).collect();
                     assert_eq!(values, [value(i)], "key {i} through {address}");
@@ -525,11 +670,18 @@ impl Readers {
                         let mut ok = false;
                         for _attempt in 0..3 {
                             let reply = client(service)
-                                .get(GetRequest { key: key(i).into(), r: None })
+                                .get(GetRequest {
+                                    key: key(i).into(),
+                                    r: None,
+                                })
                                 .await;
                             if let Ok(reply) = reply {
-                                let values: Vec<Vec<u8>> =
-                                    reply.into_inner().values.iter().map(|v| v.to_vec()).collect();
+                                let values: Vec<Vec<u8>> = reply
+                                    .into_inner()
+                                    .values
+                                    .iter()
+                                    .map(|v| v.to_vec())
+                                    .collect();
                                 if values == [value(i)] {
                                     ok = true;
                                     break;
@@ -580,7 +732,10 @@ impl ShrinkWatcher {
         let task = tokio::spawn({
             let stop = Arc::clone(&stop);
             async move {
-                let mut report = ShrinkReport { samples: 0, violations: Vec::new() };
+                let mut report = ShrinkReport {
+                    samples: 0,
+                    violations: Vec::new(),
+                };
                 while !stop.load(Ordering::Relaxed) {
                     if let Err(e) = Self::sample(&kubectl, &mut report).await {
                         eprintln!("   shrink watcher: {e}");
@@ -614,9 +769,9 @@ impl ShrinkWatcher {
                 .and_then(|o| o.parse().ok())
                 .ok_or_else(|| format!("member {member} has no ordinal"))?;
             if ordinal >= replicas {
-                report
-                    .violations
-                    .push(format!("{member} in the ring while the StatefulSet keeps {replicas}"));
+                report.violations.push(format!(
+                    "{member} in the ring while the StatefulSet keeps {replicas}"
+                ));
             }
         }
         Ok(())

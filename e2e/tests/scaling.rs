@@ -290,6 +290,7 @@ async fn the_planner_scales_3_to_5_to_3_under_load_without_losing_an_acknowledge
             clients: 4,
             keys: 200,
             seed: 7,
+            ..WorkloadConfig::default()
         },
     );
     workload.wait_for_progress(100).await;

@@ -26,11 +26,12 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -67,13 +68,22 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 
 /// How long a node pod must stay ready before a rolling update moves on to the next
 /// pod (the StatefulSet's `minReadySeconds`). A restarted node is ready as soon as it
-/// reads its own membership, a second or so after it starts, while its peers' failure
-/// detectors still hold it Down until their next probe (every second) and gossip
-/// (every second) succeeds. Moving on at once took the next node down while the
-/// coordinators counted only one live replica: writes at W = 2 failed during a rolling
-/// upgrade on a real cluster (3 of 16,547 in e2e/tests/kubernetes.rs). Ten seconds is
-/// several probe and gossip rounds.
-pub const MIN_READY_SECONDS: i32 = 10;
+/// reads its own membership, a second or so after it starts, but its peers reach it by
+/// its pod DNS name, which now points to a new pod IP: cluster DNS caches the old
+/// record for up to 30 seconds (CoreDNS's default `cache 30` and the kubernetes
+/// plugin's `ttl 30`), and until a probe through the new record succeeds the peers'
+/// failure detectors hold the node Down. Moving on sooner took the next node down while
+/// coordinators counted one live replica: writes at W = 2 failed during a rolling
+/// upgrade on a real cluster (3 of 16,547 with no wait, 4 of 25,910 with 10 s;
+/// e2e/tests/kubernetes.rs). 40 s covers the DNS cache and several probe rounds.
+pub const MIN_READY_SECONDS: i32 = 40;
+
+/// Seconds a node pod keeps serving after it is marked for deletion, before it gets
+/// SIGTERM (a `preStop` sleep): the endpoints of the client Service drop it first, so
+/// new client connections stop arriving at a node that closes its listeners. Without
+/// it, a rolling upgrade on a real cluster refused a client connection routed to the
+/// stopping pod (e2e/tests/kubernetes.rs).
+pub const PRE_STOP_SECONDS: i64 = 5;
 /// Pod template annotation holding a hash of the node config, so a config change rolls
 /// the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "dynamo.example.org/config-hash";
@@ -551,6 +561,15 @@ fn node_container(owner: &Owner<'_>) -> Container {
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
             ..http_probe("/healthz", spec.tls.is_some(), 10, 6)
+        }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
         }),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
@@ -1090,6 +1109,16 @@ mod tests {
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         // A rolling update waits for the restarted node's peers to see it alive.
         assert_eq!(spec.min_ready_seconds, Some(MIN_READY_SECONDS));
+        // A stopping node leaves the client Service before it closes its listeners.
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        let pre_stop = container
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(pre_stop.sleep.as_ref().unwrap().seconds, PRE_STOP_SECONDS);
         assert_eq!(spec.service_name.as_deref(), Some("db-peers"));
         assert_eq!(
             spec.selector.match_labels.as_ref(),

@@ -748,7 +748,8 @@ mod tests {
     #[test]
     fn cel_rules_refuse_names_the_derived_objects_cannot_carry() {
         let named = |name: &str| {
-            kube::core::cel::validate_cel(&DynamoCluster::new(name, spec(3))).map_err(|e| e.to_string())
+            kube::core::cel::validate_cel(&DynamoCluster::new(name, spec(3)))
+                .map_err(|e| e.to_string())
         };
         assert!(named(&"a".repeat(MAX_NAME_LEN)).is_ok());
         let too_long = named(&"a".repeat(MAX_NAME_LEN + 1)).unwrap_err();
