@@ -5,8 +5,9 @@
 //! ports, volume), and, where the offline images were built, when an image's config
 //! is not what its contract says.
 //!
-//! With `DYNAMO_K8S_SUITE=1` (`.ci/run` after `cluster.sh up`) the built images must
-//! exist; elsewhere a machine that never built them checks the Dockerfile side only.
+//! With `DYNAMO_K8S_SUITE=1` (`.ci/run` after `cluster.sh up`, which has just built
+//! them) the built images are checked too; elsewhere the Dockerfile side only, so a
+//! stale image cache cannot fail an unrelated run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -235,7 +236,12 @@ fn dockerfile_and_offline_images_agree() {
             "the Dockerfile's `{stage}` stage and e2e/k8s/images/{image}.contract differ"
         );
         let layout = cache.join("images").join(format!("{image}.oci"));
-        if layout.join("index.json").exists() {
+        if must_be_built {
+            assert!(
+                layout.join("index.json").exists(),
+                "DYNAMO_K8S_SUITE=1 but {} was not built",
+                layout.display()
+            );
             let built = from_built(&built_config(&layout), &contract);
             assert_eq!(
                 built,
@@ -245,15 +251,7 @@ fn dockerfile_and_offline_images_agree() {
             );
             eprintln!("{image}: the built image's config matches the Dockerfile");
         } else {
-            assert!(
-                !must_be_built,
-                "DYNAMO_K8S_SUITE=1 but {} was not built",
-                layout.display()
-            );
-            eprintln!(
-                "{image}: not built here ({}), Dockerfile side checked",
-                layout.display()
-            );
+            eprintln!("{image}: Dockerfile and contract agree (built images: DYNAMO_K8S_SUITE=1)");
         }
     }
 }
