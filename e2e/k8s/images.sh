@@ -24,6 +24,8 @@ CACHE="${DYNAMO_K8S_CACHE:-/var/cache/dynamo-k8s}"
 BIN="$CACHE/bin"
 OUT="$CACHE/images"
 WORK="$CACHE/image-work"
+# Where cargo puts the release binaries.
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 # The Debian 12 packages distroless/cc-debian12 installs that a binary can need.
 BASE_DEBS=(libc6 libgcc-s1 libstdc++6 libssl3 netbase)
 
@@ -126,8 +128,8 @@ dynamo_image() {
       copy)
         local source dest
         read -r source dest <<<"$value"
-        [[ -x "$REPO/target/release/$source" ]] || die "target/release/$source is missing"
-        install -D -m 0755 "$REPO/target/release/$source" "$binaries$dest"
+        [[ -x "$TARGET/release/$source" ]] || die "$TARGET/release/$source is missing"
+        install -D -m 0755 "$TARGET/release/$source" "$binaries$dest"
         ;;
       expose) config+=(--config.exposedports "$value/tcp") ;;
       env) config+=(--config.env "$value") ;;
