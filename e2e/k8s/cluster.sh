@@ -28,11 +28,10 @@
 # Output on stdout is only the export lines; progress goes to stderr.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-K8S="$REPO/e2e/k8s"
+SCRIPT=cluster.sh
+# shellcheck source=e2e/k8s/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN="${DYNAMO_K8S_DIR:-/var/lib/dynamo-k8s}"
-CACHE="${DYNAMO_K8S_CACHE:-/var/cache/dynamo-k8s}"
-BIN="$CACHE/bin"
 NETNS=dynamo-k8s
 NODE_NAME=dynamo-e2e
 HOST_IP=10.250.0.1
@@ -48,11 +47,6 @@ K8S_VERSION=v1.35.4
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 WAIT="${DYNAMO_K8S_WAIT:-180}" # seconds for each bounded wait
 
-log() { printf '[cluster.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  printf '[cluster.sh] FAILED: %s\n' "$*" >&2
-  exit 1
-}
 
 # Runs a command inside the cluster's network namespace (only the network: the mount
 # namespace stays the host's, so the kubelet's and containerd's mounts see each other).

@@ -15,13 +15,13 @@
 #   rancher/local-path-provisioner, busybox (its helper pods' image, busybox-static)
 #
 # Output: $DYNAMO_K8S_CACHE/images/<image>.tar, <image>.name (the name the archive's
-# tag is imported under) and <image>.oci (the OCI layout the archive holds). Run by `cluster.sh build|up`; needs root (file ownership).
+# tag is imported under) and <image>.oci (the OCI layout the archive holds). Run by
+# `cluster.sh build|up|images`; needs root (file ownership in the layers).
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-K8S="$REPO/e2e/k8s"
-CACHE="${DYNAMO_K8S_CACHE:-/var/cache/dynamo-k8s}"
-BIN="$CACHE/bin"
+SCRIPT=images.sh
+# shellcheck source=e2e/k8s/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT="$CACHE/images"
 WORK="$CACHE/image-work"
 # Where cargo puts the release binaries.
@@ -29,11 +29,6 @@ TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 # The Debian 12 packages distroless/cc-debian12 installs that a binary can need.
 BASE_DEBS=(libc6 libgcc-s1 libstdc++6 libssl3 netbase)
 
-log() { printf '[images.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  printf '[images.sh] FAILED: %s\n' "$*" >&2
-  exit 1
-}
 
 mkdir -p "$OUT" "$WORK"
 

@@ -587,13 +587,19 @@ fn value(i: usize) -> Vec<u8> {
 /// Concurrent requests of [`write_keys`] and [`read_keys`].
 const CONCURRENCY: usize = 32;
 
-/// Writes keys `range` (blind puts, W = 2) through `address`, `CONCURRENCY` at a time.
-async fn write_keys(address: SocketAddr, range: std::ops::Range<usize>) {
+/// Runs `op(client, i)` for every `i` in `range`, `CONCURRENCY` at a time, each task
+/// with its own client of `address`.
+async fn for_each_key<F, Fut>(address: SocketAddr, range: std::ops::Range<usize>, op: F)
+where
+    F: Fn(KvClient<Channel>, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let next = Arc::new(AtomicUsize::new(range.start));
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
             let next = Arc::clone(&next);
-            let mut kv = client(address);
+            let kv = client(address);
+            let op = op.clone();
             let end = range.end;
             tokio::spawn(async move {
                 loop {
@@ -601,56 +607,46 @@ async fn write_keys(address: SocketAddr, range: std::ops::Range<usize>) {
                     if i >= end {
                         return;
                     }
-                    kv.put(PutRequest {
-                        key: key(i).into(),
-                        context: Vec::new().into(),
-                        value: value(i).into(),
-                        w: None,
-                    })
-                    .await
-                    .unwrap_or_else(|status| panic!("put of key {i} through {address}: {status}"));
+                    op(kv.clone(), i).await;
                 }
             })
         })
         .collect();
     for task in tasks {
-        task.await.expect("a writer panicked");
+        task.await.expect("a client task panicked");
     }
+}
+
+/// Writes keys `range` (blind puts, W = 2) through `address`.
+async fn write_keys(address: SocketAddr, range: std::ops::Range<usize>) {
+    for_each_key(address, range, move |mut kv, i| async move {
+        kv.put(PutRequest {
+            key: key(i).into(),
+            context: Vec::new().into(),
+            value: value(i).into(),
+            w: None,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("put of key {i} through {address}: {status}"));
+    })
+    .await;
 }
 
 /// Reads keys `range` through `address` (R = 2) and checks each holds its one value.
 async fn read_keys(address: SocketAddr, range: std::ops::Range<usize>) {
-    let next = Arc::new(AtomicUsize::new(range.start));
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let next = Arc::clone(&next);
-            let mut kv = client(address);
-            let end = range.end;
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= end {
-                        return;
-                    }
-                    let reply = kv
-                        .get(GetRequest {
-                            key: key(i).into(),
-                            r: None,
-                        })
-                        .await
-                        .unwrap_or_else(|status| {
-                            panic!("get of key {i} through {address}: {status}")
-                        })
-                        .into_inner();
-                    let values: Vec<Vec<u8>> = reply.values.iter().map(|v| v.to_vec()).collect();
-                    assert_eq!(values, [value(i)], "key {i} through {address}");
-                }
+    for_each_key(address, range, move |mut kv, i| async move {
+        let reply = kv
+            .get(GetRequest {
+                key: key(i).into(),
+                r: None,
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("a reader panicked");
-    }
+            .await
+            .unwrap_or_else(|status| panic!("get of key {i} through {address}: {status}"))
+            .into_inner();
+        let values: Vec<Vec<u8>> = reply.values.iter().map(|v| v.to_vec()).collect();
+        assert_eq!(values, [value(i)], "key {i} through {address}");
+    })
+    .await;
 }
 
 /// Readers that go round the keys through the client Service while the cluster
