@@ -440,10 +440,13 @@ start_addons() {
   sed -e "s|/opt/local-path-provisioner|$RUN/local-path|" \
     "$lpp_module/deploy/local-path-storage.yaml" | api apply -f - >&2
   api annotate storageclass local-path storageclass.kubernetes.io/is-default-class=true --overwrite >&2
-  wait_for kubelet "CoreDNS available" \
-    api -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
-  wait_for kubelet "local-path provisioner available" \
-    api -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
+  # Ready pods, not the Available condition: CoreDNS's manifest allows one unavailable
+  # replica of its one, so it is "Available" before it answers anything.
+  wait_for kubelet "CoreDNS ready" \
+    api -n kube-system wait --for=jsonpath='{.status.readyReplicas}'=1 deployment/coredns --timeout=1s
+  wait_for kubelet "local-path provisioner ready" \
+    api -n local-path-storage wait --for=jsonpath='{.status.readyReplicas}'=1 \
+    deployment/local-path-provisioner --timeout=1s
 }
 
 print_exports() {
