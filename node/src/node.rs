@@ -900,6 +900,11 @@ async fn serve(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Server(e.to_string()))?;
+    // Python's grpcio-reflection and older grpcurl speak only `v1alpha`.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
 
     let kv = KvServer::new(KvService::new(
         shared.coordinator.clone(),
@@ -920,6 +925,7 @@ async fn serve(
     let client_server = client_builder
         .add_service(health_service.clone())
         .add_service(reflection.clone())
+        .add_service(reflection_v1alpha.clone())
         .add_service(kv)
         .serve_with_incoming_shutdown(incoming(client_listener), wait_for(shutdown.clone()));
 
@@ -933,6 +939,7 @@ async fn serve(
     let internode_server = internode_builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(replica_server(handler))
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(internode_listener), wait_for(shutdown.clone()));
@@ -1058,7 +1065,23 @@ impl NodeShared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{MAX_SIBLINGS_LIMIT, RawConfig};
     use crate::transport::MemoryNetwork;
+
+    fn config_with_max_siblings(max: u32) -> Result<NodeConfig, crate::config::ConfigError> {
+        let yaml = format!("node-id: n1\nstorage: memory\nmax-siblings: {max}\n");
+        NodeConfig::try_from(RawConfig::from_yaml(&yaml).unwrap())
+    }
+
+    /// Every `max-siblings` the config check accepts is one a node starts with, and the
+    /// first it would refuse is refused by the check, naming the setting.
+    #[test]
+    fn the_largest_max_siblings_the_config_accepts_starts_a_node() {
+        let largest = config_with_max_siblings(MAX_SIBLINGS_LIMIT).unwrap();
+        NodeSettings::from_config(&largest).unwrap();
+        let refused = config_with_max_siblings(MAX_SIBLINGS_LIMIT + 1).unwrap_err();
+        assert!(refused.to_string().contains("max-siblings"), "{refused}");
+    }
 
     fn id(name: &str) -> NodeId {
         NodeId::new(name).unwrap()

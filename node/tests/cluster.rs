@@ -608,6 +608,37 @@ async fn grpc_health_and_reflection_are_served() {
             "{expected} missing from {names:?}"
         );
     }
+
+    // The older `v1alpha` protocol too (Python's grpcio-reflection, older grpcurl).
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+        let mut reflection = ServerReflectionClient::new(node.channel(node.client).await.unwrap());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let reply = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("v1alpha reflection stream")
+            .into_inner()
+            .message()
+            .await
+            .expect("v1alpha reflection reply")
+            .expect("one reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected v1alpha reflection reply {reply:?}");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "dynamo.v1.Kv"),
+            "dynamo.v1.Kv missing from {:?}",
+            list.service
+        );
+    }
 }
 
 /// Range transfer and anti-entropy move whole key ranges with `ScanRange` and

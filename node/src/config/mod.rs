@@ -102,8 +102,15 @@ pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1024 * 1024;
 pub const MAX_VALUE_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
 /// Default most siblings kept per key.
 pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
-/// The largest accepted `max-siblings`.
-pub const MAX_SIBLINGS_LIMIT: u32 = 10_000;
+/// The largest accepted `max-siblings`: the most a stored state may hold
+/// ([`crate::version::MAX_SIBLINGS_LIMIT`]). It was 10,000 here while the node refused
+/// more than 4096 at start, so a config `--check-config` passed could not run.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "4096 fits a u32; the assertion below keeps it so"
+)]
+pub const MAX_SIBLINGS_LIMIT: u32 = crate::version::MAX_SIBLINGS_LIMIT as u32;
+const _: () = assert!(crate::version::MAX_SIBLINGS_LIMIT <= u32::MAX as usize);
 /// Default keys one anti-entropy round repairs.
 pub const DEFAULT_ANTI_ENTROPY_MAX_KEYS: u32 = 10_000;
 /// Default state bytes one anti-entropy round moves (64 MiB).
@@ -1270,10 +1277,7 @@ mod tests {
                 "max-value-bytes is 0; allowed are 1..=67108864",
             ),
             ("max-value-bytes: 67108865", "max-value-bytes is 67108865"),
-            (
-                "max-siblings: 0",
-                "max-siblings is 0; allowed are 1..=10000",
-            ),
+            ("max-siblings: 0", "max-siblings is 0; allowed are 1..=4096"),
             (
                 "request-timeout: 0s",
                 "request-timeout must be at least 1ms",
@@ -1336,7 +1340,7 @@ mod tests {
             "replication-factor: 1\nread-quorum: 1\nwrite-quorum: 1",
             "weight: 10000",
             "partitioning: random-tokens\ntokens-per-weight: 104\nweight: 10000",
-            "max-key-bytes: 65536\nmax-value-bytes: 67108864\nmax-siblings: 10000",
+            "max-key-bytes: 65536\nmax-value-bytes: 67108864\nmax-siblings: 4096",
             "request-timeout: 1ms\ngossip-interval: 1h\nflush-interval: 1m",
             // Different addresses may share a port; port 0 (any free port) never clashes.
             "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7000\nhttp-listen: '[::1]:7000'",
