@@ -157,7 +157,7 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         "kubectl scale --replicas=3: decommission before the StatefulSet shrinks",
         started,
     );
-    let watcher = ShrinkWatcher::start(kubectl.clone());
+    let watcher = shrink_watcher(&kubectl);
     kubectl
         .ok(&["scale", &format!("dynamocluster/{CLUSTER}"), "--replicas=3"])
         .await;
@@ -253,7 +253,7 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         started,
     );
     let upgrade_from = workload.invoked();
-    let rollout = RolloutWatcher::start(kubectl.clone());
+    let rollout = rollout_watcher(&kubectl);
     kubectl
         .ok(&[
             "patch",
@@ -514,36 +514,55 @@ async fn replace_pod(kubectl: &Kubectl, name: &str, with_volume: bool) {
     wait_settled(kubectl, 3).await;
 }
 
-/// Samples the node pods during a rollout: the most that were not ready at once.
-struct RolloutWatcher {
+/// Runs `sample` on its state every 300 ms in the background until
+/// [`stop`](Self::stop), which returns the state: the watchers of a scale-down and of a
+/// rollout.
+struct Sampler<T> {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<usize>,
+    task: tokio::task::JoinHandle<T>,
 }
 
-impl RolloutWatcher {
-    fn start(kubectl: Kubectl) -> Self {
+impl<T: Send + 'static> Sampler<T> {
+    fn start<F, Fut>(mut state: T, mut sample: F) -> Self
+    where
+        F: FnMut(T) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
             let stop = Arc::clone(&stop);
             async move {
-                let mut most = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(pods) = kubectl.pods(&node_selector()).await {
-                        let ready = pods.iter().filter(|p| p.ready).count();
-                        most = most.max(3usize.saturating_sub(ready));
-                    }
+                    state = sample(state).await;
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                most
+                state
             }
         });
         Self { stop, task }
     }
 
-    async fn stop(self) -> usize {
+    async fn stop(self) -> T {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("the rollout watcher panicked")
+        self.task.await.expect("a sampler panicked")
     }
+}
+
+/// Samples the node pods during a rollout: the most that were not ready at once.
+fn rollout_watcher(kubectl: &Kubectl) -> Sampler<usize> {
+    let kubectl = kubectl.clone();
+    Sampler::start(0, move |most: usize| {
+        let kubectl = kubectl.clone();
+        async move {
+            match kubectl.pods(&node_selector()).await {
+                Ok(pods) => {
+                    let ready = pods.iter().filter(|p| p.ready).count();
+                    most.max(3usize.saturating_sub(ready))
+                }
+                Err(_) => most,
+            }
+        }
+    })
 }
 
 async fn pvc_names(kubectl: &Kubectl) -> Vec<String> {
@@ -712,7 +731,7 @@ impl Readers {
     }
 }
 
-/// What [`ShrinkWatcher`] saw.
+/// What [`shrink_watcher`] saw.
 struct ShrinkReport {
     samples: usize,
     violations: Vec<String>,
@@ -721,66 +740,50 @@ struct ShrinkReport {
 /// Samples, while a scale-down runs, the StatefulSet's replicas and the ring: a pod
 /// the StatefulSet no longer keeps (ordinal >= replicas) must not be a ring member
 /// still (joining, member or leaving), or its data would go with it.
-struct ShrinkWatcher {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<ShrinkReport>,
+fn shrink_watcher(kubectl: &Kubectl) -> Sampler<ShrinkReport> {
+    let kubectl = kubectl.clone();
+    let report = ShrinkReport {
+        samples: 0,
+        violations: Vec::new(),
+    };
+    Sampler::start(report, move |mut report: ShrinkReport| {
+        let kubectl = kubectl.clone();
+        async move {
+            if let Err(e) = shrink_sample(&kubectl, &mut report).await {
+                eprintln!("   shrink watcher: {e}");
+            }
+            report
+        }
+    })
 }
 
-impl ShrinkWatcher {
-    fn start(kubectl: Kubectl) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let stop = Arc::clone(&stop);
-            async move {
-                let mut report = ShrinkReport {
-                    samples: 0,
-                    violations: Vec::new(),
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = Self::sample(&kubectl, &mut report).await {
-                        eprintln!("   shrink watcher: {e}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                report
-            }
-        });
-        Self { stop, task }
-    }
-
-    async fn sample(kubectl: &Kubectl, report: &mut ShrinkReport) -> Result<(), String> {
-        // The ring first: a member removed between the two reads is then seen gone
-        // by the ring and still kept by the StatefulSet, never the other way round.
-        let pods = PodCluster::observe(kubectl, CLUSTER).await?;
-        let ring = pods.ring(0).await?;
-        let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
-        let replicas = sts["spec"]["replicas"].as_i64().ok_or("no replicas")?;
-        let in_ring: BTreeSet<String> = ring
-            .members
-            .iter()
-            .filter(|m| m.state != dynamo_node::proto::MemberState::Removed as i32)
-            .map(|m| m.node_id.clone())
-            .collect();
-        report.samples += 1;
-        for member in &in_ring {
-            let ordinal: i64 = member
-                .rsplit('-')
-                .next()
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| format!("member {member} has no ordinal"))?;
-            if ordinal >= replicas {
-                report.violations.push(format!(
-                    "{member} in the ring while the StatefulSet keeps {replicas}"
-                ));
-            }
+async fn shrink_sample(kubectl: &Kubectl, report: &mut ShrinkReport) -> Result<(), String> {
+    // The ring first: a member removed between the two reads is then seen gone
+    // by the ring and still kept by the StatefulSet, never the other way round.
+    let pods = PodCluster::observe(kubectl, CLUSTER).await?;
+    let ring = pods.ring(0).await?;
+    let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
+    let replicas = sts["spec"]["replicas"].as_i64().ok_or("no replicas")?;
+    let in_ring: BTreeSet<String> = ring
+        .members
+        .iter()
+        .filter(|m| m.state != dynamo_node::proto::MemberState::Removed as i32)
+        .map(|m| m.node_id.clone())
+        .collect();
+    report.samples += 1;
+    for member in &in_ring {
+        let ordinal: i64 = member
+            .rsplit('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| format!("member {member} has no ordinal"))?;
+        if ordinal >= replicas {
+            report.violations.push(format!(
+                "{member} in the ring while the StatefulSet keeps {replicas}"
+            ));
         }
-        Ok(())
     }
-
-    async fn stop(self) -> ShrinkReport {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("the shrink watcher panicked")
-    }
+    Ok(())
 }
 
 /// The Lease's holder, deleted: the other operator pod must take the Lease over.
