@@ -339,12 +339,17 @@ impl Cluster {
     }
 }
 
-/// The internode transport the harness reads single replicas with.
-pub(crate) fn replica_transport() -> GrpcTransport {
+/// The internode transport the harness reads single replicas with, presenting the
+/// cluster secret the harness starts nodes with.
+pub fn replica_transport() -> GrpcTransport {
+    let tokens =
+        dynamo_node::transport::auth::InternodeTokens::parse(crate::process::TEST_INTERNODE_TOKEN)
+            .expect("the test token is valid");
     GrpcTransport::new(
         GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(2))
             .expect("valid timeouts"),
     )
+    .with_token(&tokens)
 }
 
 async fn channel(address: SocketAddr) -> Channel {

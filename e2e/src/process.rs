@@ -41,6 +41,11 @@ pub fn node_binary() -> PathBuf {
     binary
 }
 
+/// The cluster secret every node the harness starts shares, unless the test passes
+/// its own `--internode-token-file` or `--insecure-internode`: tests run nodes the way
+/// production does, with internode authentication on.
+pub const TEST_INTERNODE_TOKEN: &str = "e2e-cluster-secret-0123456789abcdef";
+
 /// A node process and what the test needs to reach and hurt it.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -58,6 +63,9 @@ pub struct NodeProcess {
     /// Whether the node serves HTTP.
     http_enabled: bool,
     data_dir: PathBuf,
+    /// Where [`TEST_INTERNODE_TOKEN`] is written before each start (beside the data
+    /// dir, so wiping the data keeps it); `None` when the test chose its own setting.
+    token_file: Option<PathBuf>,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -141,6 +149,17 @@ impl NodeProcess {
             let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             args.extend(["--seeds".into(), seeds.join(",")]);
         }
+        let chose_internode_auth = extra.iter().any(|flag| {
+            flag.starts_with("--internode-token-file") || flag.starts_with("--insecure-internode")
+        });
+        let token_file = (!chose_internode_auth).then(|| {
+            let mut name = data_dir.file_name().unwrap_or_default().to_owned();
+            name.push(".internode-token");
+            data_dir.with_file_name(name)
+        });
+        if let Some(file) = &token_file {
+            args.extend(["--internode-token-file".into(), file.display().to_string()]);
+        }
         args.extend(extra.iter().cloned());
         let mut node = NodeProcess {
             id: id.into(),
@@ -150,6 +169,7 @@ impl NodeProcess {
             http: http_listen.unwrap_or_else(|| SocketAddr::new(client_listen.ip(), 0)),
             http_enabled: http_listen.is_some(),
             data_dir,
+            token_file,
             args,
             child: None,
         };
@@ -158,6 +178,10 @@ impl NodeProcess {
     }
 
     async fn spawn(&mut self) {
+        if let Some(file) = &self.token_file {
+            std::fs::write(file, format!("{TEST_INTERNODE_TOKEN}\n"))
+                .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        }
         let binary = node_binary();
         let mut command = match &self.host {
             Some(host) => {

@@ -160,6 +160,12 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicaCallLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
 }
@@ -210,6 +216,8 @@ struct Inner {
     sweep: SweepCounters,
     background_budget: Gauge,
     background_granted: Family<KindLabel, Counter>,
+    /// `Replica` calls this node served or refused, by method and gRPC outcome.
+    replica_calls: Family<ReplicaCallLabels, Counter>,
     foreground_p99: Gauge<f64, AtomicU64>,
     /// Told every foreground latency [`Metrics::observe`] records (the node's
     /// background budget); set once.
@@ -329,6 +337,12 @@ impl Metrics {
                 kind: kind.as_str(),
             });
         }
+        let replica_calls = Family::<ReplicaCallLabels, Counter>::default();
+        registry.register(
+            "dynamo_replica_calls",
+            "Internode Replica calls this node answered, by method and gRPC outcome (unauthenticated: refused by internode authentication)",
+            replica_calls.clone(),
+        );
         let foreground_p99 = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "dynamo_foreground_latency_p99_seconds",
@@ -355,6 +369,7 @@ impl Metrics {
                 sweep,
                 background_budget,
                 background_granted,
+                replica_calls,
                 foreground_p99,
                 foreground_observer: OnceLock::new(),
                 refresh: Mutex::new(()),
@@ -392,6 +407,23 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc_by(units);
+    }
+
+    /// Counts one `Replica` call answered with `outcome` (labels from
+    /// [`transport::auth`](crate::transport::auth): a fixed set of methods and codes).
+    pub fn replica_call(&self, method: &'static str, outcome: &'static str) {
+        self.inner
+            .replica_calls
+            .get_or_create(&ReplicaCallLabels { method, outcome })
+            .inc();
+    }
+
+    /// `Replica` calls counted with `method` and `outcome` so far.
+    pub fn replica_calls(&self, method: &'static str, outcome: &'static str) -> u64 {
+        self.inner
+            .replica_calls
+            .get_or_create(&ReplicaCallLabels { method, outcome })
+            .get()
     }
 
     /// Records one client request: counts it and adds its latency.

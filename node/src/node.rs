@@ -22,7 +22,7 @@ use crate::admission::AdmissionConfig;
 use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
 use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
-use crate::config::{NodeConfig, StorageConfig, TlsConfig};
+use crate::config::{InternodeAuthConfig, NodeConfig, StorageConfig, TlsConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
 use crate::identity::{ActorIdentity, IdentityError};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
@@ -37,6 +37,7 @@ use crate::storage::{
 };
 use crate::store::{Store, StoreError};
 use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
+use crate::transport::auth::{Authenticated, InternodeAuth, InternodeTokens, certificate_names};
 use crate::transport::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
     ReplicaHandler, ReplicaWrite, Transport,
@@ -449,10 +450,24 @@ impl Node {
             Some(tls) => Some(TlsMaterial::load(tls).await?),
             None => None,
         };
-        let transport: Arc<dyn Transport> = Arc::new(match &tls {
+        let tokens = read_internode_tokens(config.internode_auth()).await?;
+        let mut grpc_transport = match &tls {
             Some(tls) => GrpcTransport::with_tls(transport_config, tls.client()),
             None => GrpcTransport::new(transport_config),
-        });
+        };
+        if let Some(tokens) = &tokens {
+            grpc_transport = grpc_transport.with_token(tokens);
+        }
+        let internode_auth =
+            InternodeAuth::new(tokens, tls.as_ref().and_then(|tls| tls.node_name.clone()));
+        if internode_auth.is_open() {
+            tracing::warn!(
+                internode_listen = %internode_addr,
+                "internode calls are not authenticated: whoever reaches the internode port \
+                 can read and overwrite every key (set internode-token-file or tls-ca)"
+            );
+        }
+        let transport: Arc<dyn Transport> = Arc::new(grpc_transport);
         let mut settings = NodeSettings::from_config(&config)?;
         settings.client_advertise = config.client_advertise_for(client_addr);
         if settings.client_advertise.is_none() {
@@ -470,6 +485,7 @@ impl Node {
             Arc::clone(&shared),
             config,
             tls,
+            internode_auth,
             Listeners {
                 client: client_listener,
                 internode: internode_listener,
@@ -792,6 +808,8 @@ struct TlsMaterial {
     mutual: bool,
     /// The HTTP API's TLS settings, built here so a bad PEM fails the start.
     https: Arc<tokio_rustls::rustls::ServerConfig>,
+    /// Under mutual TLS, the name a `Replica` caller's certificate must carry.
+    node_name: Option<String>,
 }
 
 impl TlsMaterial {
@@ -809,8 +827,14 @@ impl TlsMaterial {
         };
         let https = crate::server::https::server_config(&cert, &tls.cert, &key, &tls.key)
             .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+        let node_name = match (&tls.node_name, mutual) {
+            (_, false) => None,
+            (Some(name), true) => Some(name.clone()),
+            (None, true) => Some(own_node_name(&cert, &tls.cert)?),
+        };
         Ok(Self {
             https,
+            node_name,
             identity: Identity::from_pem(cert, key),
             trust: Certificate::from_pem(trust),
             mutual,
@@ -835,6 +859,44 @@ impl TlsMaterial {
             .ca_certificate(self.trust.clone())
             .identity(self.identity.clone())
     }
+}
+
+/// The default node name under mutual TLS: the first name (DNS name, else common name)
+/// of the node's own certificate, which every node shares when the cluster shares one
+/// certificate, or which per-node certificates share as a common SAN.
+fn own_node_name(cert_pem: &[u8], path: &std::path::Path) -> Result<String, NodeError> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let unreadable = |reason: String| {
+        NodeError::Config(format!(
+            "{}: cannot take tls-node-name from the certificate: {reason}",
+            path.display()
+        ))
+    };
+    let leaf = CertificateDer::pem_slice_iter(cert_pem)
+        .next()
+        .ok_or_else(|| unreadable("no certificate".into()))?
+        .map_err(|e| unreadable(e.to_string()))?;
+    certificate_names(&leaf)
+        .map_err(unreadable)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| unreadable("it names nothing; set tls-node-name".into()))
+}
+
+/// The cluster secret from `internode-token-file`, if one is configured.
+async fn read_internode_tokens(
+    auth: &InternodeAuthConfig,
+) -> Result<Option<InternodeTokens>, NodeError> {
+    let Some(path) = &auth.token_file else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| NodeError::Config(format!("reading {}: {e}", path.display())))?;
+    InternodeTokens::parse(&text)
+        .map(Some)
+        .map_err(|e| NodeError::Config(format!("internode-token-file {}: {e}", path.display())))
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -886,6 +948,7 @@ async fn serve(
     shared: Arc<NodeShared>,
     config: NodeConfig,
     tls: Option<TlsMaterial>,
+    internode_auth: InternodeAuth,
     listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
@@ -940,7 +1003,11 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(replica_server(handler))
+        .add_service(Authenticated::new(
+            replica_server(handler),
+            Arc::new(internode_auth),
+            shared.metrics.clone(),
+        ))
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(internode_listener), wait_for(shutdown.clone()));
 

@@ -650,19 +650,13 @@ async fn a_range_merged_in_batches_survives_a_kill_and_pages_back_exactly() {
     use dynamo_node::NodeId;
     use dynamo_node::ring::{Token, TokenRange};
     use dynamo_node::time::Millis;
-    use dynamo_node::transport::{
-        GrpcTransport, GrpcTransportConfig, MergeBatch, RangeEntry, RangeScan, Transport,
-        TransportError,
-    };
+    use dynamo_node::transport::{MergeBatch, RangeEntry, RangeScan, Transport, TransportError};
     use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock};
-    use std::time::Duration;
 
     let root = tempfile::tempdir().unwrap();
     let mut node = TestNode::start(root.path(), "n1", &[], &[]).await;
     let address = node.internode.to_string();
-    let transport = GrpcTransport::new(
-        GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(1)).unwrap(),
-    );
+    let transport = dynamo_e2e::cluster::replica_transport();
     let actor = Actor::new(NodeId::new("elsewhere").unwrap(), 1);
     let entries: Vec<RangeEntry> = (0..200)
         .map(|i| {
@@ -938,11 +932,8 @@ async fn assert_every_replica_holds(
     addresses: &BTreeMap<String, String>,
     keys: &BTreeMap<String, String>,
 ) {
-    use dynamo_node::transport::{GrpcTransport, GrpcTransportConfig, Transport};
-    use std::time::Duration;
-    let transport = GrpcTransport::new(
-        GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(1)).unwrap(),
-    );
+    use dynamo_node::transport::Transport;
+    let transport = dynamo_e2e::cluster::replica_transport();
     for (key, value) in keys {
         for replica in ring.preference_list_for_key(key.as_bytes(), 3) {
             let state = transport

@@ -103,3 +103,89 @@ fn help_and_version_exit_0() {
         "{version:?}"
     );
 }
+
+#[test]
+fn a_node_reachable_from_other_hosts_refuses_to_start_without_internode_authentication() {
+    let reachable = [
+        "--node-id",
+        "n1",
+        "--storage",
+        "memory",
+        "--listen",
+        "0.0.0.0:0",
+        "--internode-listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "n1.example:7001",
+    ];
+    // Started for real, not only checked: it must not serve.
+    let out = run(&reachable, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("internode-listen (0.0.0.0:0) is not a loopback address")
+            && stderr.contains("internode-token-file"),
+        "{stderr}"
+    );
+    // Saying so explicitly is accepted, and shows in the effective config.
+    let mut insecure = reachable.to_vec();
+    insecure.extend(["--check-config", "--insecure-internode"]);
+    let out = run(&insecure, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l == "insecure-internode: true")
+    );
+    // As is a cluster secret, from the environment like every setting.
+    let mut checked = reachable.to_vec();
+    checked.push("--check-config");
+    let out = run(
+        &checked,
+        &[("DYNAMO_INTERNODE_TOKEN_FILE", "/etc/dynamo/internode/token")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn an_unusable_internode_token_file_stops_the_start_without_showing_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "hunter2\n").unwrap();
+    let out = run(
+        &[
+            "--node-id",
+            "n1",
+            "--storage",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--internode-token-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 1: the token is shorter than 16 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let missing = dir.path().join("missing");
+    let out = run(
+        &[
+            "--node-id",
+            "n1",
+            "--storage",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--internode-token-file",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("missing"), "{out:?}");
+}

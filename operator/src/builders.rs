@@ -93,6 +93,11 @@ pub const NODE_UID: i64 = 65_532;
 pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Bytes of randomness in a generated admin token (256 bits; hex-encoded in the Secret).
 pub const ADMIN_TOKEN_BYTES: usize = 32;
+/// Where the internode secret is mounted in the node container; the node reads the
+/// file `token` there (`internode-token-file`).
+pub const INTERNODE_TOKEN_DIR: &str = "/etc/dynamo/internode";
+/// The key of the internode secret in its Secret, and the file name it is mounted as.
+pub const INTERNODE_TOKEN_KEY: &str = "token";
 /// The `app.kubernetes.io/name` label of the operator's own pods (the Helm chart sets
 /// it); the NetworkPolicy admits them to the internode/admin port.
 pub const OPERATOR_APP_NAME: &str = "dynamo-operator";
@@ -104,6 +109,7 @@ const CONTAINER_NAME: &str = "dynamo-node";
 const DATA_VOLUME: &str = "data";
 const CONFIG_VOLUME: &str = "config";
 const TLS_VOLUME: &str = "tls";
+const INTERNODE_TOKEN_VOLUME: &str = "internode-token";
 
 /// Why an object cannot be built from a `DynamoCluster`: it lacks what the API server
 /// always sets, so it was not read from a cluster.
@@ -155,6 +161,12 @@ pub fn config_map_name(cluster_name: &str) -> String {
 #[must_use]
 pub fn generated_admin_token_secret_name(cluster_name: &str) -> String {
     format!("{cluster_name}-admin-token")
+}
+
+/// The name of the Secret holding the cluster's internode secret (generated, always).
+#[must_use]
+pub fn internode_token_secret_name(cluster_name: &str) -> String {
+    format!("{cluster_name}-internode")
 }
 
 /// The Secret whose key [`ADMIN_TOKEN_KEY`] holds the cluster's admin token: the one
@@ -307,6 +319,7 @@ struct NodeConfigFile<'a> {
     tls_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_ca: Option<String>,
+    internode_token_file: String,
 }
 
 /// The node config YAML for this cluster (the config map's `config.yaml`).
@@ -337,6 +350,9 @@ pub fn node_config_yaml(cluster: &DynamoCluster) -> String {
         tls_cert: tls_file("tls.crt"),
         tls_key: tls_file("tls.key"),
         tls_ca,
+        // The node listens on every address, so it needs the cluster secret to start
+        // (and every peer call carries it).
+        internode_token_file: format!("{INTERNODE_TOKEN_DIR}/{INTERNODE_TOKEN_KEY}"),
     };
     // A struct of strings and integers always serializes.
     serde_yaml::to_string(&file).expect("node config serializes")
@@ -541,6 +557,12 @@ fn node_container(owner: &Owner<'_>) -> Container {
             ..VolumeMount::default()
         });
     }
+    mounts.push(VolumeMount {
+        name: INTERNODE_TOKEN_VOLUME.to_owned(),
+        mount_path: INTERNODE_TOKEN_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(spec.image.clone()),
@@ -672,6 +694,18 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
             ..Volume::default()
         });
     }
+
+    volumes.push(Volume {
+        name: INTERNODE_TOKEN_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(internode_token_secret_name(owner.name)),
+            // Readable by the node's user only (fsGroup makes the group the node's).
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
 
     let pod_spec = PodSpec {
         containers: vec![node_container(&owner)],
@@ -865,6 +899,30 @@ pub fn admin_token_secret(
     }))
 }
 
+/// The generated internode secret: `random` hex-encoded under
+/// [`INTERNODE_TOKEN_KEY`]; the caller draws `random` from a cryptographic generator.
+/// Every node mounts it and presents it on every `Replica` call, and refuses calls
+/// without it. Created once and never re-applied, like the admin token; owned by the
+/// cluster, so it goes with it.
+///
+/// # Errors
+/// [`BuildError`] when the cluster lacks a name, namespace or uid.
+pub fn internode_token_secret(
+    cluster: &DynamoCluster,
+    random: &[u8; ADMIN_TOKEN_BYTES],
+) -> Result<Secret, BuildError> {
+    let owner = Owner::of(cluster)?;
+    Ok(Secret {
+        metadata: owner.metadata(internode_token_secret_name(owner.name)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            INTERNODE_TOKEN_KEY.to_owned(),
+            ByteString(hex(random).into_bytes()),
+        )])),
+        ..Secret::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,6 +997,9 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .metadata,
+            internode_token_secret(&c, &[0; ADMIN_TOKEN_BYTES])
+                .unwrap()
+                .metadata,
         ];
         for meta in &metas {
             assert_eq!(meta.namespace.as_deref(), Some("prod"));
@@ -991,6 +1052,44 @@ mod tests {
         assert_eq!(key("internode-listen"), "0.0.0.0:7001");
         assert!(!parsed.contains_key("partitions"));
         assert!(!parsed.contains_key("tls-cert"));
+    }
+
+    #[test]
+    fn every_node_mounts_the_internode_secret_and_reads_it() {
+        let c = cluster("db", "prod", 3);
+        let secret = internode_token_secret(&c, &[0xab; ADMIN_TOKEN_BYTES]).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("db-internode"));
+        let token = &secret.data.as_ref().unwrap()[INTERNODE_TOKEN_KEY].0;
+        assert_eq!(token, &"ab".repeat(ADMIN_TOKEN_BYTES).into_bytes());
+
+        let config: serde_yaml::Value = serde_yaml::from_str(&node_config_yaml(&c)).unwrap();
+        assert_eq!(
+            config["internode-token-file"].as_str(),
+            Some("/etc/dynamo/internode/token")
+        );
+        let sts = statefulset(&c, 3).unwrap();
+        let pod = pod_spec(&sts);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == INTERNODE_TOKEN_VOLUME)
+            .expect("an internode secret volume");
+        let source = volume.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("db-internode"));
+        assert_eq!(
+            source.optional,
+            Some(false),
+            "a pod must not start without it"
+        );
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == INTERNODE_TOKEN_VOLUME)
+            .unwrap();
+        assert_eq!(mount.mount_path, INTERNODE_TOKEN_DIR);
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

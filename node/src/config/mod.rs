@@ -279,6 +279,15 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The internode port is reachable from other hosts and nothing authenticates the
+    /// `Replica` calls it serves.
+    #[error(
+        "internode-listen ({internode_listen}) is not a loopback address and nothing authenticates internode calls: set internode-token-file (a cluster secret) or mutual TLS (tls-ca), or insecure-internode to accept that anyone who reaches the port can read and overwrite every key"
+    )]
+    InternodeUnauthenticated {
+        /// The non-loopback internode address.
+        internode_listen: SocketAddr,
+    },
     /// A TLS file was given without the others it needs.
     #[error("{given} needs {missing}")]
     TlsIncomplete {
@@ -308,6 +317,20 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA bundle (PEM) peers' certificates must chain to, for mutual TLS.
     pub ca: Option<PathBuf>,
+    /// The name a peer's certificate must carry for `Replica` calls under mutual TLS;
+    /// `None` takes the node's own certificate's first DNS name when it is read.
+    pub node_name: Option<String>,
+}
+
+/// How the internode port authenticates `Replica` callers (see
+/// [`transport::auth`](crate::transport::auth)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InternodeAuthConfig {
+    /// The file holding the cluster secret, read at start.
+    pub token_file: Option<PathBuf>,
+    /// Whether the operator accepted an unauthenticated internode port on a
+    /// non-loopback address.
+    pub insecure: bool,
 }
 
 /// A node's complete, checked configuration (see the [module docs](self)).
@@ -349,6 +372,7 @@ pub struct NodeConfig {
     admission: AdmissionConfig,
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
+    internode_auth: InternodeAuthConfig,
     log: String,
     anti_entropy_interval: Duration,
     anti_entropy_max_keys: u32,
@@ -537,6 +561,11 @@ impl NodeConfig {
         self.tls.as_ref()
     }
 
+    /// How `Replica` callers are authenticated.
+    pub fn internode_auth(&self) -> &InternodeAuthConfig {
+        &self.internode_auth
+    }
+
     /// The log filter.
     pub fn log(&self) -> &str {
         &self.log
@@ -597,6 +626,9 @@ impl NodeConfig {
             tls_cert: tls.map(|t| t.cert.clone()),
             tls_key: tls.map(|t| t.key.clone()),
             tls_ca: tls.and_then(|t| t.ca.clone()),
+            tls_node_name: tls.and_then(|t| t.node_name.clone()),
+            internode_token_file: self.internode_auth.token_file.clone(),
+            insecure_internode: self.internode_auth.insecure.then_some(true),
             log: Some(self.log.clone()),
             anti_entropy_interval: Some(self.anti_entropy_interval),
             anti_entropy_max_keys: Some(self.anti_entropy_max_keys),
@@ -766,7 +798,13 @@ impl TryFrom<RawConfig> for NodeConfig {
         let tombstone_grace = raw
             .tombstone_grace
             .unwrap_or(crate::antientropy::DEFAULT_TOMBSTONE_GRACE);
-        let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca)?;
+        let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca, raw.tls_node_name)?;
+        let internode_auth = internode_auth(
+            internode_listen,
+            tls.as_ref(),
+            raw.internode_token_file,
+            raw.insecure_internode.unwrap_or(false),
+        )?;
         let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         if log.trim().is_empty() {
             return Err(ConfigError::Empty { key: "log" });
@@ -802,6 +840,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             admission,
             admin_token: raw.admin_token,
             tls,
+            internode_auth,
             log,
             anti_entropy_interval,
             anti_entropy_max_keys,
@@ -940,14 +979,34 @@ fn tls(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    node_name: Option<String>,
 ) -> Result<Option<TlsConfig>, ConfigError> {
     for (name, path) in [("tls-cert", &cert), ("tls-key", &key), ("tls-ca", &ca)] {
         if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(ConfigError::Empty { key: name });
         }
     }
+    if let Some(name) = &node_name {
+        if name.trim().is_empty() {
+            return Err(ConfigError::Empty {
+                key: "tls-node-name",
+            });
+        }
+        if ca.is_none() {
+            // Without a CA no peer presents a certificate, so there is nothing to check.
+            return Err(ConfigError::TlsIncomplete {
+                given: "tls-node-name",
+                missing: "tls-ca",
+            });
+        }
+    }
     match (cert, key) {
-        (Some(cert), Some(key)) => Ok(Some(TlsConfig { cert, key, ca })),
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            cert,
+            key,
+            ca,
+            node_name,
+        })),
         (Some(_), None) => Err(ConfigError::TlsIncomplete {
             given: "tls-cert",
             missing: "tls-key",
@@ -962,6 +1021,34 @@ fn tls(
         }),
         (None, None) => Ok(None),
     }
+}
+
+/// The internode authentication settings, refusing a `Replica` port that other hosts
+/// can reach with nothing in front of it unless the operator said `insecure-internode`.
+/// Mutual TLS (`tls-ca`) authenticates on its own; the token adds a check either way.
+fn internode_auth(
+    internode_listen: SocketAddr,
+    tls: Option<&TlsConfig>,
+    token_file: Option<PathBuf>,
+    insecure: bool,
+) -> Result<InternodeAuthConfig, ConfigError> {
+    if token_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(ConfigError::Empty {
+            key: "internode-token-file",
+        });
+    }
+    let mutual_tls = tls.is_some_and(|tls| tls.ca.is_some());
+    let authenticated = token_file.is_some() || mutual_tls;
+    if !authenticated && !insecure && !internode_listen.ip().is_loopback() {
+        return Err(ConfigError::InternodeUnauthenticated { internode_listen });
+    }
+    Ok(InternodeAuthConfig {
+        token_file,
+        insecure,
+    })
 }
 
 fn in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
@@ -1026,8 +1113,14 @@ mod tests {
     }
 
     /// `yaml` over a minimal valid config (node n1, memory storage).
+    /// A config from `yaml` over a node id and memory storage.
     fn build(yaml: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::try_from(raw(yaml).or(raw("node-id: n1\nstorage: memory\n")))
+    }
+
+    /// [`build`] with a cluster secret too, so non-loopback listeners pass.
+    fn build_authenticated(yaml: &str) -> Result<NodeConfig, ConfigError> {
+        build(&format!("internode-token-file: /t\n{yaml}"))
     }
 
     /// The client address a node gossips for partition-aware clients: explicit, else
@@ -1036,13 +1129,14 @@ mod tests {
     #[test]
     fn the_client_advertise_address_defaults_like_the_internode_one() {
         let bound: SocketAddr = "0.0.0.0:7000".parse().unwrap();
-        let config = build("listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001").unwrap();
+        let config =
+            build_authenticated("listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001").unwrap();
         assert_eq!(config.advertise_client(), None);
         assert_eq!(
             config.client_advertise_for(bound).as_deref(),
             Some("dynamo-0.dynamo:7000")
         );
-        let config = build(
+        let config = build_authenticated(
             "listen: 0.0.0.0:7000\nadvertise: '[fd00::1]:7001'\nadvertise-client: lb.example:443",
         )
         .unwrap();
@@ -1051,7 +1145,8 @@ mod tests {
             config.client_advertise_for(bound).as_deref(),
             Some("lb.example:443")
         );
-        let config = build("listen: 0.0.0.0:7000\nadvertise: '[fd00::1]:7001'").unwrap();
+        let config =
+            build_authenticated("listen: 0.0.0.0:7000\nadvertise: '[fd00::1]:7001'").unwrap();
         assert_eq!(
             config.client_advertise_for(bound).as_deref(),
             Some("[fd00::1]:7000")
@@ -1156,7 +1251,7 @@ mod tests {
 
     #[test]
     fn explicit_settings_are_kept() {
-        let config = build(
+        let config = build_authenticated(
             "listen: 0.0.0.0:8000\ninternode-listen: 0.0.0.0:9000\nhttp-listen: 0.0.0.0:9100\n\
              advertise: dynamo-0.dynamo:9000\nseeds: [dynamo-0.dynamo:9000]\n\
              replication-factor: 5\nread-quorum: 1\nwrite-quorum: 5\nweight: 4\n\
@@ -1185,7 +1280,8 @@ mod tests {
             Some(&TlsConfig {
                 cert: "/tls/crt".into(),
                 key: "/tls/key".into(),
-                ca: None
+                ca: None,
+                node_name: None,
             })
         );
     }
@@ -1303,6 +1399,15 @@ mod tests {
             ("tls-key: /k", "tls-key needs tls-cert"),
             ("tls-ca: /ca", "tls-ca needs tls-cert and tls-key"),
             ("tls-cert: ''\ntls-key: /k", "tls-cert is empty"),
+            (
+                "tls-cert: /c\ntls-key: /k\ntls-node-name: dynamo-node",
+                "tls-node-name needs tls-ca",
+            ),
+            (
+                "tls-cert: /c\ntls-key: /k\ntls-ca: /ca\ntls-node-name: ' '",
+                "tls-node-name is empty",
+            ),
+            ("internode-token-file: ''", "internode-token-file is empty"),
             ("admin-token: ''", "admin-token is empty"),
             (
                 "admin-token: 'top secret'",
@@ -1320,6 +1425,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reachable_internode_port_needs_authentication_or_consent() {
+        let reachable = "listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001";
+        for refused in [
+            reachable.to_owned(),
+            // TLS without a CA encrypts, but any caller may still connect.
+            format!("{reachable}\ntls-cert: /c\ntls-key: /k"),
+            format!("{reachable}\ninsecure-internode: false"),
+            "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7001".to_owned(),
+        ] {
+            let error = build(&refused).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::InternodeUnauthenticated { .. }),
+                "{refused:?}: {error}"
+            );
+            let message = error.to_string();
+            for named in ["internode-token-file", "tls-ca", "insecure-internode"] {
+                assert!(message.contains(named), "{message} does not name {named}");
+            }
+        }
+        for accepted in [
+            format!("{reachable}\ninternode-token-file: /etc/dynamo/internode/token"),
+            format!("{reachable}\ntls-cert: /c\ntls-key: /k\ntls-ca: /ca"),
+            format!("{reachable}\ninsecure-internode: true"),
+            // Loopback only: nobody else can reach the port.
+            "listen: 127.0.0.1:7000".to_owned(),
+            "listen: '[::1]:7000'".to_owned(),
+        ] {
+            let config = build(&accepted).unwrap_or_else(|e| panic!("{accepted:?}: {e}"));
+            let printed =
+                NodeConfig::try_from(RawConfig::from_yaml(&config.to_yaml().unwrap()).unwrap())
+                    .unwrap();
+            assert_eq!(printed, config, "{accepted:?} does not print back");
+        }
+        let insecure = build(&format!("{reachable}\ninsecure-internode: true")).unwrap();
+        assert!(insecure.internode_auth().insecure);
+        let token = build(&format!("{reachable}\ninternode-token-file: /t")).unwrap();
+        assert_eq!(
+            token.internode_auth().token_file.as_deref(),
+            Some(std::path::Path::new("/t"))
+        );
     }
 
     #[test]
@@ -1343,9 +1491,10 @@ mod tests {
             "max-key-bytes: 65536\nmax-value-bytes: 67108864\nmax-siblings: 4096",
             "request-timeout: 1ms\ngossip-interval: 1h\nflush-interval: 1m",
             // Different addresses may share a port; port 0 (any free port) never clashes.
-            "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7000\nhttp-listen: '[::1]:7000'",
+            "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7000\nhttp-listen: '[::1]:7000'\n\
+             insecure-internode: true",
             "listen: 127.0.0.1:0\nhttp-listen: 127.0.0.1:0\nadvertise: n1:7001",
-            "listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001",
+            "listen: 0.0.0.0:7000\nadvertise: dynamo-0.dynamo:7001\ninternode-token-file: /t",
             "tls-cert: /c\ntls-key: /k\ntls-ca: /ca",
         ] {
             if let Err(err) = build(yaml) {
@@ -1551,6 +1700,10 @@ mod tests {
                         tls_cert: tls.then(|| "/c".into()),
                         tls_key: tls.then(|| "/k".into()),
                         tls_ca: (tls && ca).then(|| "/ca".into()),
+                        // Derived from other draws: the tuple is at its size limit.
+                        tls_node_name: (tls && ca && random).then(|| "dynamo-node".into()),
+                        internode_token_file: buffered.then(|| "/token".into()),
+                        insecure_internode: (!buffered && sled).then_some(true),
                         log: Some(log),
                         anti_entropy_interval: Some(ms(gossip)),
                         anti_entropy_max_keys: Some(key),

@@ -251,6 +251,35 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Name a peer's certificate must carry (a DNS subject alternative name, or the
+    /// subject CN) for its `Replica` calls to be accepted under mutual TLS, which tells
+    /// node certificates from admin client certificates signed by the same CA; needs
+    /// tls-ca [default: the first DNS name of this node's own certificate].
+    #[arg(long, env = "DYNAMO_TLS_NODE_NAME", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_node_name: Option<String>,
+
+    /// File holding the cluster's internode secret: every `Replica` call (gossip,
+    /// replica reads and writes, transfer, anti-entropy, purge) must present it. One
+    /// token per line: the first is sent, every line is accepted, so a new secret can
+    /// be rolled in beside the old one.
+    #[arg(long, env = "DYNAMO_INTERNODE_TOKEN_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internode_token_file: Option<PathBuf>,
+
+    /// Serve `Replica` on a non-loopback address without internode authentication
+    /// (neither internode-token-file nor tls-ca): anyone who reaches the port can then
+    /// read, overwrite and delete every key and rewrite the membership [default: false].
+    #[arg(
+        long,
+        env = "DYNAMO_INSECURE_INTERNODE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_internode: Option<bool>,
+
     /// Time between anti-entropy rounds (Dynamo §4.7); 0s disables anti-entropy and its
     /// Merkle trees [default: 30s].
     #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
@@ -371,6 +400,9 @@ impl RawConfig {
             tls_cert: self.tls_cert.or(fallback.tls_cert),
             tls_key: self.tls_key.or(fallback.tls_key),
             tls_ca: self.tls_ca.or(fallback.tls_ca),
+            tls_node_name: self.tls_node_name.or(fallback.tls_node_name),
+            internode_token_file: self.internode_token_file.or(fallback.internode_token_file),
+            insecure_internode: self.insecure_internode.or(fallback.insecure_internode),
             log: self.log.or(fallback.log),
             anti_entropy_interval: self
                 .anti_entropy_interval
@@ -482,13 +514,7 @@ impl AdminToken {
     /// Whether `presented` is the token, in time that depends only on the lengths, so
     /// response timing does not reveal how much of a guess was right.
     pub fn verify(&self, presented: &[u8]) -> bool {
-        let expected = self.0.as_bytes();
-        expected.len() == presented.len()
-            && expected
-                .iter()
-                .zip(presented)
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0
+        crate::transport::auth::constant_time_eq(self.0.as_bytes(), presented)
     }
 
     /// Why the token is unusable, if it is.

@@ -75,6 +75,8 @@ pub(crate) struct NodeSpec {
     pub(crate) id: String,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) seed: Option<SocketAddr>,
+    /// The cluster secret's file, the same for every node.
+    pub(crate) internode_token_file: PathBuf,
 }
 
 /// The `dynamo-node` flags for one node of the cluster.
@@ -112,7 +114,36 @@ pub(crate) fn node_args(spec: &NodeSpec, args: &DevArgs) -> Vec<OsString> {
         flags.push("--seeds".into());
         flags.push(seed.to_string().into());
     }
+    flags.push("--internode-token-file".into());
+    flags.push(spec.internode_token_file.clone().into());
     flags
+}
+
+/// Bytes of randomness in a dev cluster's internode secret (256 bits, hex-encoded).
+const INTERNODE_TOKEN_BYTES: usize = 32;
+
+/// Writes a fresh internode secret to `base_dir/internode-token`, readable by the owner
+/// only. The dev cluster listens on loopback, where a node needs no secret, but it runs
+/// the way a real cluster does so what works here works there.
+fn write_internode_token(base_dir: &Path) -> Result<PathBuf, CtlError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut random = [0u8; INTERNODE_TOKEN_BYTES];
+    getrandom::fill(&mut random)
+        .map_err(|e| CtlError::Dev(format!("no randomness for the internode secret: {e}")))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = base_dir.join("internode-token");
+    let failed = |e: std::io::Error| CtlError::Dev(format!("writing {}: {e}", path.display()));
+    // A secret left by an earlier run in a kept base dir is replaced, never reused.
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    writeln!(file, "{token}").map_err(failed)?;
+    Ok(path)
 }
 
 /// `None` when every node's member table lists every expected node, at its current
@@ -403,12 +434,14 @@ async fn start(
     admin_token: Option<&str>,
     token: &BearerToken,
 ) -> Result<(), CtlError> {
+    let internode_token_file = write_internode_token(base_dir)?;
     for index in 1..=args.nodes {
         let id = format!("node{index}");
         let spec = NodeSpec {
             ordinal: index - 1,
             data_dir: (args.storage == DevStorage::Sled).then(|| base_dir.join(&id)),
             seed: cluster.nodes.first().map(|first| first.ready.internode),
+            internode_token_file: internode_token_file.clone(),
             id,
         };
         let (node, child) = spawn_node(&spec, args, node_bin, base_dir, admin_token).await?;
@@ -760,6 +793,7 @@ mod tests {
             id: "node1".into(),
             data_dir: Some("/tmp/d/node1".into()),
             seed: None,
+            internode_token_file: "/tmp/d/internode-token".into(),
         };
         let flags: Vec<String> = node_args(&first, &args)
             .into_iter()
@@ -769,19 +803,25 @@ mod tests {
             flags.join(" "),
             "--node-id node1 --listen 127.0.0.1:7000 --internode-listen 127.0.0.1:7001 \
              --http-listen 127.0.0.1:7002 --storage sled --replication-factor 2 \
-             --read-quorum 2 --write-quorum 2 --data-dir /tmp/d/node1"
+             --read-quorum 2 --write-quorum 2 --data-dir /tmp/d/node1 \
+             --internode-token-file /tmp/d/internode-token"
         );
         let second = NodeSpec {
             ordinal: 1,
             id: "node2".into(),
             data_dir: None,
             seed: Some("127.0.0.1:41001".parse().unwrap()),
+            internode_token_file: "/tmp/d/internode-token".into(),
         };
         let flags: Vec<String> = node_args(&second, &dev_args(&["--storage", "memory"]))
             .into_iter()
             .map(|f| f.into_string().unwrap())
             .collect();
-        assert!(flags.ends_with(&["--seeds".to_owned(), "127.0.0.1:41001".to_owned()]));
+        assert!(
+            flags
+                .windows(2)
+                .any(|w| w == ["--seeds", "127.0.0.1:41001"])
+        );
         assert!(
             flags
                 .windows(2)

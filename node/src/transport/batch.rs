@@ -39,13 +39,12 @@ use std::future::Future;
 
 use prost::Message as _;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use super::codec;
+use super::grpc::PeerClient;
 use super::{MAX_BATCH_ENTRIES, TransportError};
 use crate::proto;
-use crate::proto::replica_client::ReplicaClient;
 use crate::version::SiblingSet;
 
 /// The most `WriteBatch` calls in flight to one peer. Two rather than one, so a batch
@@ -119,12 +118,12 @@ pub(crate) trait BatchCall: Send + Sync + 'static {
 
     /// The batch RPC.
     fn call_batch(
-        client: ReplicaClient<Channel>,
+        client: PeerClient,
         requests: Vec<Self::Request>,
     ) -> impl Future<Output = Result<Response<Self::BatchResponse>, Status>> + Send;
     /// The single RPC.
     fn call_single(
-        client: ReplicaClient<Channel>,
+        client: PeerClient,
         request: Self::Request,
     ) -> impl Future<Output = Result<Response<Self::SingleResponse>, Status>> + Send;
     /// Each call's outcome from a batch reply to `sent` calls; `None` for a call the
@@ -153,7 +152,7 @@ impl BatchCall for Writes {
     const WHAT: &'static str = "writes";
 
     async fn call_batch(
-        mut client: ReplicaClient<Channel>,
+        mut client: PeerClient,
         requests: Vec<Self::Request>,
     ) -> Result<Response<Self::BatchResponse>, Status> {
         client
@@ -162,7 +161,7 @@ impl BatchCall for Writes {
     }
 
     async fn call_single(
-        mut client: ReplicaClient<Channel>,
+        mut client: PeerClient,
         request: Self::Request,
     ) -> Result<Response<Self::SingleResponse>, Status> {
         client.write(request).await
@@ -197,7 +196,7 @@ impl BatchCall for Reads {
     const WHAT: &'static str = "reads";
 
     async fn call_batch(
-        mut client: ReplicaClient<Channel>,
+        mut client: PeerClient,
         requests: Vec<Self::Request>,
     ) -> Result<Response<Self::BatchResponse>, Status> {
         client
@@ -206,7 +205,7 @@ impl BatchCall for Reads {
     }
 
     async fn call_single(
-        mut client: ReplicaClient<Channel>,
+        mut client: PeerClient,
         request: Self::Request,
     ) -> Result<Response<Self::SingleResponse>, Status> {
         client.read(request).await
@@ -270,7 +269,7 @@ struct State<C: BatchCall> {
 /// Coalesces one peer's replica calls of one kind (see the [module docs](self)).
 pub(crate) struct Batcher<C: BatchCall> {
     address: String,
-    client: ReplicaClient<Channel>,
+    client: PeerClient,
     call_timeout: Duration,
     /// A std mutex: it guards queue operations and is never held across an `.await`.
     state: Mutex<State<C>>,
@@ -287,11 +286,7 @@ impl<C: BatchCall> std::fmt::Debug for Batcher<C> {
 
 impl<C: BatchCall> Batcher<C> {
     /// A batcher for the peer at `address`, calling it through `client`.
-    pub(crate) fn new(
-        address: String,
-        client: ReplicaClient<Channel>,
-        call_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(address: String, client: PeerClient, call_timeout: Duration) -> Self {
         Self {
             address,
             client,

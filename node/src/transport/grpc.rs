@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::auth::{Credentials, InternodeTokens};
 use super::batch::{ReadBatcher, WriteBatcher};
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::{
@@ -101,9 +103,13 @@ impl Default for GrpcTransportConfig {
     }
 }
 
-/// A client on `channel` with message sizes bounded by [`MAX_MESSAGE_BYTES`] both ways.
-fn bounded_client(channel: Channel) -> ReplicaClient<Channel> {
-    ReplicaClient::new(channel)
+/// A `Replica` client that presents this node's [`Credentials`] on every call.
+pub(crate) type PeerClient = ReplicaClient<InterceptedService<Channel, Credentials>>;
+
+/// A client on `channel` presenting `credentials`, with message sizes bounded by
+/// [`MAX_MESSAGE_BYTES`] both ways.
+fn bounded_client(channel: Channel, credentials: Credentials) -> PeerClient {
+    ReplicaClient::with_interceptor(channel, credentials)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -119,6 +125,8 @@ pub struct GrpcTransport {
     /// TLS for every peer call (`https`), verifying peers against the configured CA and
     /// presenting this node's certificate; `None` calls peers over plain HTTP/2.
     tls: Option<ClientTlsConfig>,
+    /// What every call presents to the peer's internode authentication.
+    credentials: Credentials,
     /// Channels and write batchers by peer address. A std mutex: it guards a map lookup
     /// and is never held across an `.await`. The map grows with the addresses ever
     /// called, which the member table bounds.
@@ -142,6 +150,7 @@ impl GrpcTransport {
         Self {
             config,
             tls: None,
+            credentials: Credentials::none(),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -151,7 +160,17 @@ impl GrpcTransport {
         Self {
             config,
             tls: Some(tls),
+            credentials: Credentials::none(),
             channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same transport presenting the first of `tokens` on every call.
+    #[must_use]
+    pub fn with_token(self, tokens: &InternodeTokens) -> Self {
+        Self {
+            credentials: Credentials::token(tokens),
+            ..self
         }
     }
 
@@ -190,12 +209,12 @@ impl GrpcTransport {
             .connect_lazy();
         let writes = Arc::new(WriteBatcher::new(
             address.to_owned(),
-            bounded_client(channel.clone()),
+            bounded_client(channel.clone(), self.credentials.clone()),
             self.config.call_timeout,
         ));
         let reads = Arc::new(ReadBatcher::new(
             address.to_owned(),
-            bounded_client(channel.clone()),
+            bounded_client(channel.clone(), self.credentials.clone()),
             self.config.call_timeout,
         ));
         let peer = Peer {
@@ -207,8 +226,11 @@ impl GrpcTransport {
         Ok(peer)
     }
 
-    fn client(&self, address: &str) -> Result<ReplicaClient<Channel>, TransportError> {
-        Ok(bounded_client(self.peer(address)?.channel))
+    fn client(&self, address: &str) -> Result<PeerClient, TransportError> {
+        Ok(bounded_client(
+            self.peer(address)?.channel,
+            self.credentials.clone(),
+        ))
     }
 
     /// Runs one call under the call timeout and classifies its failure.

@@ -23,6 +23,7 @@
 
 use async_trait::async_trait;
 
+pub mod auth;
 mod batch;
 pub(crate) mod codec;
 mod grpc;

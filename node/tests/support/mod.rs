@@ -466,3 +466,98 @@ fn parse_response(raw: &[u8]) -> HttpResponse {
         body,
     }
 }
+
+/// A test CA and certificates it signed, as files: what an operator issues for mutual
+/// TLS, including an admin client certificate from the same CA.
+pub struct TestCa {
+    pub ca_path: PathBuf,
+    ca_pem: String,
+    _dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and key a [`TestCa`] signed, with the files holding them.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl TestCa {
+    pub fn generate() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dynamo test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signing the CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_path = dir.path().join("ca.pem");
+        let ca_pem = cert.pem();
+        std::fs::write(&ca_path, &ca_pem).expect("writing the CA");
+        TestCa {
+            ca_path,
+            ca_pem,
+            _dir: dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IPs) with common name `common_name`,
+    /// valid for both TLS server and client use, written as `<file>.pem`/`<file>.key`.
+    pub fn issue(&self, file: &str, names: &[&str], common_name: &str) -> IssuedCert {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        let cert_path = self._dir.path().join(format!("{file}.pem"));
+        let key_path = self._dir.path().join(format!("{file}.key"));
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        std::fs::write(&cert_path, &cert_pem).expect("writing the certificate");
+        std::fs::write(&key_path, &key_pem).expect("writing the key");
+        IssuedCert {
+            cert_pem,
+            key_pem,
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// A gRPC client config trusting this CA and presenting `identity`.
+    pub fn client_tls(&self, identity: &IssuedCert) -> ClientTlsConfig {
+        use tonic::transport::{Certificate, Identity};
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+    }
+
+    /// The CA file as a command-line argument.
+    pub fn ca_arg(&self) -> &str {
+        self.ca_path.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl IssuedCert {
+    /// `--tls-cert PATH --tls-key PATH`.
+    pub fn args(&self) -> [&str; 4] {
+        [
+            "--tls-cert",
+            self.cert_path.to_str().expect("utf-8 temp path"),
+            "--tls-key",
+            self.key_path.to_str().expect("utf-8 temp path"),
+        ]
+    }
+}

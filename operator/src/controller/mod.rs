@@ -439,34 +439,70 @@ async fn admin_token(secrets: &Api<Secret>, cluster: &DynamoCluster) -> Result<S
     Ok(token.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-/// Creates the generated admin token Secret (`create`, not apply: an existing one is
-/// never overwritten). If another writer created it first (a previous leader, or a
-/// pass whose reply was lost), theirs is read and used.
+/// Creates the generated admin token Secret.
 async fn create_admin_token(
     secrets: &Api<Secret>,
     cluster: &DynamoCluster,
     name: &str,
 ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
-    let mut random = [0u8; builders::ADMIN_TOKEN_BYTES];
-    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
-    let not_found = || Error::Secret {
+    let random = random_token_bytes()?;
+    let secret = builders::admin_token_secret(cluster, &random)?.ok_or_else(|| Error::Secret {
         name: name.to_owned(),
         reason: "not found".to_owned(),
-    };
-    let secret = builders::admin_token_secret(cluster, &random)?.ok_or_else(not_found)?;
+    })?;
+    create_once(secrets, cluster, secret, "the admin token").await
+}
+
+/// Randomness for a generated token, from the OS's cryptographic generator.
+fn random_token_bytes() -> Result<[u8; builders::ADMIN_TOKEN_BYTES], Error> {
+    let mut random = [0u8; builders::ADMIN_TOKEN_BYTES];
+    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(random)
+}
+
+/// Makes sure the cluster's internode secret exists (see
+/// [`builders::internode_token_secret`]): the pods mount it and refuse to start
+/// without it. Created once, never re-applied: a new secret on every pass would split
+/// the running nodes from the ones that restart.
+async fn ensure_internode_token(
+    secrets: &Api<Secret>,
+    cluster: &DynamoCluster,
+) -> Result<(), Error> {
+    let name = builders::internode_token_secret_name(&cluster.name_any());
+    if secret_data(secrets, &name).await?.is_some() {
+        return Ok(());
+    }
+    let secret = builders::internode_token_secret(cluster, &random_token_bytes()?)?;
+    create_once(secrets, cluster, secret, "the internode secret").await?;
+    Ok(())
+}
+
+/// Creates a generated Secret (`create`, not apply: an existing one is never
+/// overwritten) and returns its data. If another writer created it first (a previous
+/// leader, or a pass whose reply was lost), theirs is read and used.
+async fn create_once(
+    secrets: &Api<Secret>,
+    cluster: &DynamoCluster,
+    secret: Secret,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
+    let name = secret.name_any();
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
     match secrets.create(&params, &secret).await {
         Ok(created) => {
-            tracing::info!(cluster = %cluster.name_any(), secret = name, "created the admin token");
+            tracing::info!(cluster = %cluster.name_any(), secret = %name, "created {what}");
             let data = created.data.or(secret.data).unwrap_or_default();
             Ok(data.into_iter().map(|(k, v)| (k, v.0)).collect())
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            secret_data(secrets, name).await?.ok_or_else(not_found)
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => secret_data(secrets, &name)
+            .await?
+            .ok_or_else(|| Error::Secret {
+                name,
+                reason: "not found".to_owned(),
+            }),
         Err(e) => Err(e.into()),
     }
 }
@@ -502,6 +538,7 @@ async fn credentials(
 ) -> Result<(Option<String>, Option<AdminTls>), Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let token = admin_token(&secrets, cluster).await?;
+    ensure_internode_token(&secrets, cluster).await?;
     let tls = admin_tls(&secrets, cluster).await?;
     Ok((Some(token), tls))
 }
