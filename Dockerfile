@@ -59,6 +59,7 @@ ENV DYNAMO_LISTEN=0.0.0.0:7000 \
 VOLUME ["/var/lib/dynamo"]
 # Numeric (distroless `nonroot`), so the kubelet can check runAsNonRoot.
 USER 65532:65532
-# Set DYNAMO_NODE_ID and DYNAMO_ADVERTISE (the pod's stable DNS name:7001) per node;
-# the operator does.
+# Set DYNAMO_NODE_ID and DYNAMO_ADVERTISE (the pod's stable DNS name:7001) per node, and
+# DYNAMO_INTERNODE_TOKEN_FILE (the cluster secret; a node listening on 0.0.0.0 refuses to
+# start without it or mutual TLS); the operator does.
 ENTRYPOINT ["/usr/local/bin/dynamo-node"]

@@ -1023,7 +1023,8 @@ mod tests {
                 "db",
                 "db",
                 "db",
-                "db-admin-token"
+                "db-admin-token",
+                "db-internode"
             ]
         );
     }

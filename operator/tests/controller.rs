@@ -15,9 +15,9 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use support::passes::{
     APPS, CLUSTER, CLUSTER_STATUS, CLUSTERS, NETPOL, NS, POLICY, SELECTOR, answer_status,
-    condition, deleting, event_posted, generated_token_exists, objects_and_token_read,
-    objects_read, pass, pass_with, poll_again, resync_later, secret, status_of, status_written,
-    two_ready_pods_read,
+    condition, deleting, event_posted, generated_token_exists, internode_secret_exists,
+    objects_and_token_read, objects_read, pass, pass_with, poll_again, resync_later, secret,
+    status_of, status_written, two_ready_pods_read,
 };
 use support::ring::{Ring, TOKEN};
 use support::tls::SelfSigned;
@@ -125,6 +125,21 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
         let token = create.body["data"]["token"].as_str().unwrap().to_owned();
         // 32 random bytes as 64 hex characters, base64-encoded by the client: 88 chars.
         assert_eq!(token.len(), 88, "{token}");
+        create.echo();
+        // So is the internode secret the pods mount (and refuse to start without).
+        server
+            .expect("GET", &format!("{NS}/secrets/db-internode"))
+            .await
+            .not_found();
+        let create = server.expect("POST", &format!("{NS}/secrets")).await;
+        assert_eq!(create.body["metadata"]["name"], "db-internode");
+        assert_eq!(
+            create.body["metadata"]["ownerReferences"][0]["name"],
+            json!("db")
+        );
+        let internode = create.body["data"]["token"].as_str().unwrap().to_owned();
+        assert_eq!(internode.len(), 88, "{internode}");
+        assert_ne!(internode, token, "the two secrets are drawn apart");
         create.echo();
         // No pod runs, so no node is asked; the planner grows the StatefulSet to size.
         let sts = server
@@ -414,6 +429,7 @@ async fn the_admin_token_comes_from_the_named_secret() {
                        "metadata": {"name": "db-admin", "namespace": "prod"},
                        "data": {"token": "czNjcmV0Cg=="}}),
             );
+        internode_secret_exists(&mut server).await;
         let s = &status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Running");
         assert!(s.get("currentStep").is_none(), "{s}");
@@ -517,6 +533,7 @@ async fn a_lost_race_for_the_generated_token_uses_the_winners() {
                    "reason": "AlreadyExists", "code": 409}),
         );
         generated_token_exists(&mut server).await;
+        internode_secret_exists(&mut server).await;
         // The ring and the status were read with the winner's token: converged.
         let s = status_written(&mut server, &db).await;
         assert_eq!(s["phase"], "Running");

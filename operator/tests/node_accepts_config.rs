@@ -117,6 +117,13 @@ fn default_cluster_pod_config_is_accepted() {
     // No Secret named: the node requires the token the operator generated.
     let token = config.admin_token().expect("admin token set");
     assert_eq!(token.expose(), "5a".repeat(ADMIN_TOKEN_BYTES));
+    // The node listens on every address, so it starts only with the cluster secret,
+    // which it reads from where the pod mounts the generated Secret.
+    assert_eq!(
+        config.internode_auth().token_file.as_deref(),
+        Some(std::path::Path::new("/etc/dynamo/internode/token"))
+    );
+    assert!(!config.internode_auth().insecure);
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn built_in_example_renders_every_object() {
     let rendered = objects(&output);
     let expected = [
         ("Secret", "example-admin-token"),
+        ("Secret", "example-internode"),
         ("ConfigMap", "example-config"),
         ("Service", "example-peers"),
         ("Service", "example"),
@@ -52,13 +53,15 @@ fn built_in_example_renders_every_object() {
         assert!(object["apiVersion"].as_str().is_some(), "{object:?}");
         assert_eq!(object["metadata"]["namespace"], "default");
     }
-    let policy = &rendered[4];
+    let policy = &rendered[5];
     let operator_ns = &policy["spec"]["ingress"][0]["from"][1]["namespaceSelector"]["matchLabels"]
         ["kubernetes.io/metadata.name"];
     assert_eq!(operator_ns, "dynamo-system");
     // Two runs draw two different tokens.
     let again = objects(&render(&[]));
     assert_ne!(rendered[0]["data"]["token"], again[0]["data"]["token"]);
+    // And the admin token and internode secret are drawn apart.
+    assert_ne!(rendered[0]["data"]["token"], rendered[1]["data"]["token"]);
 }
 
 #[test]
@@ -84,16 +87,19 @@ fn every_cluster_of_a_file_is_rendered_and_other_kinds_skipped() {
     assert!(output.status.success(), "{output:?}");
     let objects = objects(&output);
     let names = kinds_and_names(&objects);
-    // A user-named token Secret: none generated for `a`; one for `b`.
-    assert_eq!(names.iter().filter(|(k, _)| k == "Secret").count(), 1);
-    assert!(names.contains(&("Secret".to_owned(), "b-admin-token".to_owned())));
-    assert_eq!(objects.len(), 6 + 7);
+    // A user-named token Secret: no admin token generated for `a`; one for `b`. Both
+    // get their internode secret.
+    assert_eq!(names.iter().filter(|(k, _)| k == "Secret").count(), 3);
+    for secret in ["a-internode", "b-admin-token", "b-internode"] {
+        assert!(names.contains(&("Secret".to_owned(), secret.to_owned())));
+    }
+    assert_eq!(objects.len(), 7 + 8);
     let namespaces: Vec<&str> = objects
         .iter()
         .map(|o| o["metadata"]["namespace"].as_str().unwrap())
         .collect();
-    assert_eq!(namespaces[..6], ["prod"; 6]);
-    assert_eq!(namespaces[6..], ["dev"; 7]);
+    assert_eq!(namespaces[..7], ["prod"; 7]);
+    assert_eq!(namespaces[7..], ["dev"; 8]);
     let sts = objects
         .iter()
         .rfind(|o| o["kind"] == "StatefulSet")

@@ -10,8 +10,8 @@
 //! The objects are for reading and validating, not for `kubectl apply`: a cluster read
 //! from a file has no uid yet, so owner references point at a placeholder uid, and the
 //! StatefulSet has `spec.size` replicas where the operator grows and shrinks it one
-//! membership step at a time. A generated admin token Secret does hold a fresh random
-//! token.
+//! membership step at a time. The generated admin token and internode secret do hold
+//! fresh random tokens.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use dynamo_operator::builders::{
     ADMIN_TOKEN_BYTES, admin_token_secret, client_service, config_map, headless_service,
-    network_policy, pod_disruption_budget, statefulset,
+    internode_token_secret, network_policy, pod_disruption_budget, statefulset,
 };
 use dynamo_operator::crd::DynamoCluster;
 use serde::Deserialize;
@@ -160,6 +160,11 @@ fn objects(
     if let Some(secret) = admin_token_secret(cluster, &random)? {
         objects.push(serde_json::to_value(secret)?);
     }
+    // Drawn apart from the admin token: knowing one must not give the other.
+    getrandom::fill(&mut random).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+    objects.push(serde_json::to_value(internode_token_secret(
+        cluster, &random,
+    )?)?);
     objects.push(serde_json::to_value(config_map(cluster)?)?);
     objects.push(serde_json::to_value(headless_service(cluster)?)?);
     objects.push(serde_json::to_value(client_service(cluster)?)?);

@@ -60,6 +60,21 @@ pub async fn generated_token_exists(server: &mut ApiServer) {
         );
 }
 
+/// The token in the generated internode secret of the controller tests' clusters.
+pub const INTERNODE_TOKEN: &str =
+    "9e1d0000c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+
+/// The cluster's generated internode secret exists already: read, never written.
+pub async fn internode_secret_exists(server: &mut ApiServer) {
+    server
+        .expect("GET", &format!("{NS}/secrets/db-internode"))
+        .await
+        .respond(
+            200,
+            secret("db-internode", &[("token", INTERNODE_TOKEN.as_bytes())]),
+        );
+}
+
 /// Runs one pass of `cluster` against `scenario` (the API server's side, handed the
 /// cluster object it serves), then checks the client made no request the scenario did
 /// not expect.
@@ -168,8 +183,8 @@ pub async fn objects_read(
         .respond(200, list("PodList", pods));
 }
 
-/// [`objects_read`], then the generated admin token: every read of a pass that goes on
-/// to ask the nodes.
+/// [`objects_read`], then the generated admin token and internode secret: every read
+/// of a pass that goes on to ask the nodes.
 pub async fn objects_and_token_read(
     server: &mut ApiServer,
     cluster: &DynamoCluster,
@@ -178,6 +193,7 @@ pub async fn objects_and_token_read(
 ) {
     objects_read(server, cluster, replicas, pods).await;
     generated_token_exists(server).await;
+    internode_secret_exists(server).await;
 }
 
 /// One pass over a converged-looking cluster of two ready pods whose objects and
