@@ -35,6 +35,7 @@
 //! The engine is behind [`StorageEngine`] so it can be replaced without touching the
 //! protocol; operators should watch the data directory's size.
 
+mod durable_files;
 mod group_commit;
 mod keys;
 mod memory;
@@ -42,6 +43,7 @@ mod sled_engine;
 #[cfg(test)]
 mod suite;
 
+pub use durable_files::SyncCounts;
 pub(crate) use group_commit::GroupCommit;
 pub use memory::{CrashMode, MemoryEngine};
 pub use sled_engine::{MAX_FLUSH_INTERVAL, SledConfig, SledConfigError, SledEngine};

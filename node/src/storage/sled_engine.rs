@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sled::{IVec, Tree};
 
+use super::durable_files::{DurableFiles, SyncCounts};
 use super::group_commit::GroupCommit;
 use super::keys::{self, KeyRange};
 use super::{Durability, Result, StorageEngine, StorageError, UpdateFn, check_limit};
@@ -156,6 +157,8 @@ pub struct SledEngine {
     /// Coalesces the flushes of concurrent durable writes and [`StorageEngine::flush`]
     /// calls.
     commit: GroupCommit,
+    /// Makes each of those flushes durable (`fdatasync`, see [`super::durable_files`]).
+    files: DurableFiles,
     /// The config it was opened with, for `Debug`.
     config: SledConfig,
 }
@@ -224,6 +227,10 @@ impl SledEngine {
         let meta = db
             .open_tree("meta")
             .map_err(backend("open the meta tree"))?;
+        let files = DurableFiles::open(&config.path).map_err(|e| StorageError::Backend {
+            op: "open the log for fdatasync",
+            source: Box::new(e),
+        })?;
         let mut data_len = 0i64;
         for entry in data.iter().keys() {
             entry.map_err(backend("count data entries"))?;
@@ -236,6 +243,7 @@ impl SledEngine {
             meta,
             data_len: AtomicI64::new(data_len),
             commit: GroupCommit::new(),
+            files,
             config: config.clone(),
         })
     }
@@ -246,6 +254,13 @@ impl SledEngine {
     /// buffered writes are not counted.)
     pub fn flush_count(&self) -> u64 {
         self.commit.flushes()
+    }
+
+    /// The `fdatasync`s durable flushes did since the engine was opened (sled's
+    /// periodic background flushes of buffered writes sync on their own and are not
+    /// counted).
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.files.counts()
     }
 
     /// Flushes everything if `durability` asks for it.
@@ -435,8 +450,16 @@ impl StorageEngine for SledEngine {
         // One flush that starts after this call covers every write acknowledged so far,
         // and concurrent callers share it.
         self.commit.sync(|| {
-            self.db.flush().map_err(backend("flush to disk"))?;
-            Ok(())
+            self.files.flush(
+                || {
+                    self.db.flush().map_err(backend("flush to disk"))?;
+                    Ok(())
+                },
+                |e| StorageError::Backend {
+                    op: "fdatasync to disk",
+                    source: Box::new(e),
+                },
+            )
         })
     }
 }
@@ -511,6 +534,66 @@ mod tests {
             reopened.approximate_len(),
             (SYNC_WRITERS * SYNC_WRITES_EACH) as u64
         );
+    }
+
+    #[test]
+    fn a_sync_write_is_fdatasynced_and_a_buffered_one_is_not() {
+        let (engine, _dir) = engine();
+        let at_open = engine.sync_counts();
+        engine
+            .update(
+                b"buffered",
+                &mut |_| Some(b"v".to_vec()),
+                Durability::Buffered,
+            )
+            .unwrap();
+        assert_eq!(
+            engine.sync_counts(),
+            at_open,
+            "a buffered write waits for nothing"
+        );
+        engine
+            .update(b"durable", &mut |_| Some(b"v".to_vec()), Durability::Sync)
+            .unwrap();
+        let after = engine.sync_counts();
+        assert_eq!(after.log, at_open.log + 1, "the log is fdatasynced");
+        assert_eq!(
+            after.blobs, at_open.blobs,
+            "small values make no blob files"
+        );
+        // Every flush of a durable write syncs the log once: one per flush, never fewer.
+        assert_eq!(after.log, engine.flush_count());
+    }
+
+    #[test]
+    fn a_large_value_s_blob_file_and_its_directory_are_synced_once() {
+        let (engine, dir) = engine();
+        // Far over sled's blob threshold (a quarter of its 512 KiB segments).
+        let large = vec![7u8; 1024 * 1024];
+        engine
+            .update(b"large", &mut |_| Some(large.clone()), Durability::Sync)
+            .unwrap();
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("sled wrote a blob")
+            .collect();
+        assert!(!blobs.is_empty(), "sled stored the value in a blob file");
+        let counts = engine.sync_counts();
+        // Each blob file, then the directory holding their names.
+        assert!(
+            counts.blobs > blobs.len() as u64,
+            "{counts:?} for {} blobs",
+            blobs.len()
+        );
+        // A later durable write syncs the log again but not the same blobs.
+        engine
+            .update(b"small", &mut |_| Some(b"v".to_vec()), Durability::Sync)
+            .unwrap();
+        let later = engine.sync_counts();
+        assert_eq!(later.blobs, counts.blobs);
+        assert_eq!(later.log, counts.log + 1);
+        drop(engine);
+        let reopened = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        assert_eq!(reopened.get(b"large").unwrap(), Some(large));
     }
 
     #[test]
