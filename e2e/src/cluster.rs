@@ -345,11 +345,21 @@ pub fn replica_transport() -> GrpcTransport {
     let tokens =
         dynamo_node::transport::auth::InternodeTokens::parse(crate::process::TEST_INTERNODE_TOKEN)
             .expect("the test token is valid");
-    GrpcTransport::new(
+    replica_transport_with(Some(&tokens))
+}
+
+/// An internode transport presenting `tokens` (none: an outsider's calls).
+pub fn replica_transport_with(
+    tokens: Option<&dynamo_node::transport::auth::InternodeTokens>,
+) -> GrpcTransport {
+    let transport = GrpcTransport::new(
         GrpcTransportConfig::new(Duration::from_secs(5), Duration::from_secs(2))
             .expect("valid timeouts"),
-    )
-    .with_token(&tokens)
+    );
+    match tokens {
+        Some(tokens) => transport.with_token(tokens),
+        None => transport,
+    }
 }
 
 async fn channel(address: SocketAddr) -> Channel {

@@ -24,9 +24,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::cluster::replica_transport;
+use crate::cluster::replica_transport_with;
 use crate::workload::Replicas;
 use crate::{WAIT, eventually_every};
+use dynamo_node::transport::auth::InternodeTokens;
 
 /// The client API port of a node pod.
 pub const CLIENT_PORT: u16 = 7000;
@@ -256,6 +257,8 @@ pub struct PodCluster {
     /// Pod name (the node id) and IP, ready pods only.
     pub pods: Vec<(String, IpAddr)>,
     token: BearerToken,
+    /// The cluster secret the operator generated, which every `Replica` call needs.
+    internode: InternodeTokens,
 }
 
 impl PodCluster {
@@ -286,10 +289,32 @@ impl PodCluster {
             .ok_or_else(|| format!("secret {name}-admin-token holds no base64 token"))?;
         let header = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|e| format!("the admin token is not a header value: {e}"))?;
+        let secret = format!("{name}-internode");
+        let encoded = kubectl
+            .ok(&["get", "secret", &secret, "-o", "jsonpath={.data.token}"])
+            .await;
+        let internode = base64_decode(encoded.trim())
+            .ok_or_else(|| format!("secret {secret} holds no base64 token"))?;
+        let internode = InternodeTokens::parse(&internode)
+            .map_err(|e| format!("secret {secret}: the token {e}"))?;
         Ok(Self {
             pods,
             token: BearerToken(header),
+            internode,
         })
+    }
+
+    /// Pod `index`'s answer to a `Replica` read from a caller without the cluster
+    /// secret: `Ok` if it served it (it must not).
+    ///
+    /// # Errors
+    /// The transport error, which should be the refusal.
+    pub async fn outsider_read(&self, index: usize) -> Result<(), String> {
+        replica_transport_with(None)
+            .read(&self.internode(index).to_string(), b"probe")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Each pod's client API address.
@@ -349,7 +374,7 @@ impl Replicas for PodCluster {
     /// Every pod's versions of every key: the suite's final checks run with as many
     /// pods as replicas (N = 3), so every pod is a replica of every key.
     async fn replica_dump(&self, keys: &[Vec<u8>]) -> Result<ReplicaDump, String> {
-        let transport = replica_transport();
+        let transport = replica_transport_with(Some(&self.internode));
         let mut dump = ReplicaDump::new();
         for key in keys {
             for (index, (name, _)) in self.pods.iter().enumerate() {

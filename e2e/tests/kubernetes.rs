@@ -128,6 +128,18 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pods.pods.len(), 3, "ready pods: {:?}", pods.pods);
+    // The nodes replicate with the secret the operator generated, and refuse anyone
+    // without it.
+    for index in 0..pods.pods.len() {
+        let refusal = pods
+            .outsider_read(index)
+            .await
+            .expect_err("a Replica read without the cluster secret was served");
+        assert!(
+            refusal.contains("cluster secret"),
+            "pod {index} refused for another reason: {refusal}"
+        );
+    }
     for address in pods.client_addresses() {
         step(
             &format!("every key read back through pod {address}"),

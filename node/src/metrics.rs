@@ -218,6 +218,8 @@ struct Inner {
     background_granted: Family<KindLabel, Counter>,
     /// `Replica` calls this node served or refused, by method and gRPC outcome.
     replica_calls: Family<ReplicaCallLabels, Counter>,
+    /// Whether the failure detector takes each peer to be up.
+    peer_reachable: Family<PeerLabel, Gauge>,
     foreground_p99: Gauge<f64, AtomicU64>,
     /// Told every foreground latency [`Metrics::observe`] records (the node's
     /// background budget); set once.
@@ -343,6 +345,12 @@ impl Metrics {
             "Internode Replica calls this node answered, by method and gRPC outcome (unauthenticated: refused by internode authentication)",
             replica_calls.clone(),
         );
+        let peer_reachable = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "dynamo_peer_reachable",
+            "1 while the failure detector takes the peer (a member other than this node) to be up, 0 while it takes it to be down",
+            peer_reachable.clone(),
+        );
         let foreground_p99 = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "dynamo_foreground_latency_p99_seconds",
@@ -370,6 +378,7 @@ impl Metrics {
                 background_budget,
                 background_granted,
                 replica_calls,
+                peer_reachable,
                 foreground_p99,
                 foreground_observer: OnceLock::new(),
                 refresh: Mutex::new(()),
@@ -489,6 +498,21 @@ impl Metrics {
                     target: target.to_string(),
                 })
                 .set(saturating_i64(keys));
+        }
+    }
+
+    /// Replaces the peer reachability gauges: one per peer given, 1 when reachable;
+    /// peers left out disappear.
+    pub fn set_peer_reachability<'a>(&self, peers: impl IntoIterator<Item = (&'a NodeId, bool)>) {
+        let _refresh = self.refresh_lock();
+        self.inner.peer_reachable.clear();
+        for (peer, up) in peers {
+            self.inner
+                .peer_reachable
+                .get_or_create(&PeerLabel {
+                    peer: peer.to_string(),
+                })
+                .set(i64::from(up));
         }
     }
 

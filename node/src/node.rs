@@ -1112,7 +1112,18 @@ impl NodeShared {
     pub(crate) fn refresh_gauges(&self, hint_targets: &[(NodeId, u64)]) {
         self.metrics
             .set_hint_backlogs(hint_targets.iter().map(|(node, keys)| (node, *keys)));
-        self.metrics.set_members(&self.cluster.table());
+        let table = self.cluster.table();
+        self.metrics.set_members(&table);
+        // Membership says who belongs; this says who answers (a SIGSTOPped peer is still
+        // a member, and only shows here).
+        let me = self.cluster.me();
+        let peers: Vec<(NodeId, bool)> = table
+            .iter()
+            .filter(|m| m.id() != me && m.state() != MemberState::Removed)
+            .map(|m| (m.id().clone(), self.cluster.is_available(m.id())))
+            .collect();
+        self.metrics
+            .set_peer_reachability(peers.iter().map(|(peer, up)| (peer, *up)));
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());

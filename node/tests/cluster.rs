@@ -1238,3 +1238,33 @@ async fn a_killed_sync_node_takes_a_new_clock_incarnation_and_a_stopped_one_keep
     let (values, _) = get(&cluster.nodes[0], "k", None).await.unwrap();
     assert_eq!(values, vec!["v"], "sync mode kept the acknowledged write");
 }
+
+/// Membership says who belongs, `dynamo_peer_reachable` who answers: a SIGSTOPped peer
+/// stays a member but shows as unreachable until it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_peer_shows_as_unreachable_while_it_stays_a_member() {
+    let cluster = TestCluster::start(3, &["--http-listen", "127.0.0.1:0"]).await;
+    let watcher = &cluster.nodes[0];
+    let reachable = |peer: &str| format!("dynamo_peer_reachable{{peer=\"{peer}\"}}");
+    eventually("n1 to see n2 and n3 reachable", || async {
+        watcher.metric(&reachable("n2")).await == 1.0
+            && watcher.metric(&reachable("n3")).await == 1.0
+    })
+    .await;
+    cluster.nodes[2].pause();
+    eventually("n1 to see n3 unreachable", || async {
+        watcher.metric(&reachable("n3")).await == 0.0
+    })
+    .await;
+    assert_eq!(
+        watcher.metric("dynamo_members{state=\"member\"}").await,
+        3.0,
+        "a stuck node is still a member"
+    );
+    assert_eq!(watcher.metric(&reachable("n2")).await, 1.0);
+    cluster.nodes[2].resume();
+    eventually("n1 to see n3 reachable again", || async {
+        watcher.metric(&reachable("n3")).await == 1.0
+    })
+    .await;
+}

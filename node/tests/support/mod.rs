@@ -98,6 +98,16 @@ impl TestNode {
         self.process.terminate().await;
     }
 
+    /// SIGSTOP: the process hangs with its sockets open (a stuck node).
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
     /// Deletes the node's data dir (a wiped or replaced volume); the node must be stopped.
     pub fn wipe(&self) {
         self.process.delete_data();
