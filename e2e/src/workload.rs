@@ -15,7 +15,7 @@ use std::time::Duration;
 use dynamo_node::history::{History, Outcome, ReplicaDump, Verdict, check};
 use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{DeleteRequest, GetRequest, PutRequest};
-use dynamo_node::version::{VectorClock, context};
+use dynamo_node::version::context::{self, Context};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
@@ -298,7 +298,7 @@ impl Client {
         self.completed.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn read(&mut self, key: &[u8]) -> Option<(Vec<Vec<u8>>, VectorClock)> {
+    async fn read(&mut self, key: &[u8]) -> Option<(Vec<Vec<u8>>, Context)> {
         let mut kv = self.kv();
         let op = lock(&self.history).invoke_get(key);
         let reply = kv
@@ -327,7 +327,7 @@ impl Client {
         }
     }
 
-    async fn write(&mut self, key: &[u8], read_context: VectorClock) {
+    async fn write(&mut self, key: &[u8], read_context: Context) {
         self.written += 1;
         let value = format!("c{}-{}", self.id, self.written).into_bytes();
         let mut kv = self.kv();
@@ -350,7 +350,7 @@ impl Client {
         self.finish(op, outcome);
     }
 
-    async fn delete(&mut self, key: &[u8], read_context: VectorClock) {
+    async fn delete(&mut self, key: &[u8], read_context: Context) {
         let mut kv = self.kv();
         let op = lock(&self.history).invoke_delete(key, read_context.clone());
         let reply = kv

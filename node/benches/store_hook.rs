@@ -16,7 +16,8 @@ use dynamo_node::node::{NodeSettings, NodeShared};
 use dynamo_node::storage::{Durability, MemoryEngine};
 use dynamo_node::time::Millis;
 use dynamo_node::transport::MemoryNetwork;
-use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock};
+use dynamo_node::version::context::Context;
+use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value};
 
 const KEYS: u32 = 10_000;
 
@@ -68,7 +69,7 @@ fn state(n: u32, version: u64) -> SiblingSet {
     let actor = Actor::new(NodeId::new("writer").expect("valid id"), version + 1);
     state
         .put(
-            &VectorClock::new(),
+            &Context::new(),
             Value::data(vec![(n % 251) as u8; 1024]),
             &actor,
             Millis(version),

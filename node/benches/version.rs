@@ -6,6 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use dynamo_node::NodeId;
 use dynamo_node::time::Millis;
+use dynamo_node::version::context::Context;
 use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
 
 fn actor(i: usize) -> Actor {
@@ -32,7 +33,7 @@ fn states() -> (SiblingSet, SiblingSet) {
     let limits = SiblingLimits::default();
     let mut base = SiblingSet::new();
     base.put(
-        &VectorClock::new(),
+        &Context::new(),
         Value::data(vec![0; 64]),
         &actor(0),
         Millis(1),
@@ -103,6 +104,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    let a = Context::from(a);
     let bytes = context::encode(&a);
     c.bench_function("context_encode_10", |bench| {
         bench.iter(|| context::encode(black_box(&a)))

@@ -16,7 +16,7 @@ use prost::Message;
 use crate::membership::MemberTable;
 use crate::proto;
 use crate::transport::codec;
-use crate::version::{Causality, SiblingSet, context};
+use crate::version::{SiblingSet, context};
 
 /// A client context (the `context` of `Kv` requests and the HTTP context header).
 pub fn client_context(bytes: &[u8]) {
@@ -70,7 +70,7 @@ pub fn replica_message(bytes: &[u8]) {
                 let again =
                     codec::decode_coordinate_put(codec::coordinate_put_request(put.clone()))
                         .expect("an encoded forwarded put decodes");
-                assert_eq!(again.context.compare(&put.context), Causality::Equal);
+                assert_eq!(again.context, put.context);
                 assert_eq!(
                     (again.key, again.value, again.w),
                     (put.key, put.value, put.w)
@@ -264,7 +264,8 @@ mod tests {
     use crate::transport::{
         ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangeScan, ReplicaWrite,
     };
-    use crate::version::{Actor, SiblingLimits, Value, VectorClock};
+    use crate::version::context::Context;
+    use crate::version::{Actor, SiblingLimits, Value};
 
     fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..max)
@@ -301,7 +302,7 @@ mod tests {
                 let value = value.map_or(Value::Tombstone, Value::data);
                 // Blind puts: every one a new sibling, until the default cap.
                 let _ = state.put(
-                    &VectorClock::new(),
+                    &Context::new(),
                     value,
                     &actor,
                     Millis(5),

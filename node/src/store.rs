@@ -23,7 +23,7 @@ use crate::ring::TokenRange;
 use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
-    SiblingLimits, SiblingSet, StorageFormatError, Value, VectorClock, VersionError,
+    SiblingLimits, SiblingSet, StorageFormatError, Value, VersionError, context::Context,
 };
 
 /// What can go wrong reading or writing a key's versions.
@@ -39,6 +39,16 @@ pub enum StoreError {
     /// The write broke a version rule (too many siblings).
     #[error(transparent)]
     Version(#[from] VersionError),
+}
+
+/// What a coordinated put left: the key's state after it, to replicate, and the context
+/// the client gets back (see [`SiblingSet::put_context`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinated {
+    /// The key's whole state after the put.
+    pub state: SiblingSet,
+    /// What the writer has seen: the context it sent and its new version.
+    pub context: Context,
 }
 
 /// Typed access to one node's keys and hints.
@@ -153,12 +163,12 @@ impl Store {
     pub fn coordinate(
         &self,
         key: &[u8],
-        context: &VectorClock,
+        context: &Context,
         value: Value,
         now: Millis,
         durability: Durability,
-    ) -> Result<SiblingSet, StoreError> {
-        let mut outcome: Option<Result<SiblingSet, StoreError>> = None;
+    ) -> Result<Coordinated, StoreError> {
+        let mut outcome: Option<Result<Coordinated, StoreError>> = None;
         self.observed_update(
             key,
             &mut |current| {
@@ -169,13 +179,14 @@ impl Store {
                     decode_state(current)
                         .map_err(StoreError::from)
                         .and_then(|mut state| {
-                            state
+                            let written = state
                                 .put(context, value.clone(), &actor, now, &self.limits)
                                 .map_err(StoreError::from)?;
-                            Ok(state)
+                            let context = state.put_context(context, &written.dot);
+                            Ok(Coordinated { state, context })
                         });
                 let next = match &result {
-                    Ok(state) => encode(state),
+                    Ok(coordinated) => encode(&coordinated.state),
                     // Leave the record exactly as it was.
                     Err(_) => current.map(<[u8]>::to_vec),
                 };
@@ -184,7 +195,12 @@ impl Store {
             },
             durability,
         )?;
-        outcome.unwrap_or_else(|| Ok(SiblingSet::new()))
+        outcome.unwrap_or_else(|| {
+            Ok(Coordinated {
+                state: SiblingSet::new(),
+                context: Context::new(),
+            })
+        })
     }
 
     /// The replica's write: merges `incoming` into the stored state (Dynamo §4.5 replica
@@ -607,12 +623,13 @@ mod tests {
         let state = store
             .coordinate(
                 b"k",
-                &VectorClock::new(),
+                &Context::new(),
                 Value::data(&b"v1"[..]),
                 Millis(1),
                 Durability::Sync,
             )
-            .unwrap();
+            .unwrap()
+            .state;
         assert_eq!(store.read(b"k").unwrap(), state);
         // A put with the read's context supersedes the first value (Dynamo §4.4).
         let next = store
@@ -623,7 +640,8 @@ mod tests {
                 Millis(2),
                 Durability::Sync,
             )
-            .unwrap();
+            .unwrap()
+            .state;
         assert_eq!(next.values().collect::<Vec<_>>(), vec![&b"v2"[..]]);
     }
 
@@ -633,22 +651,24 @@ mod tests {
         let a = store
             .coordinate(
                 b"k",
-                &VectorClock::new(),
+                &Context::new(),
                 Value::data(&b"a"[..]),
                 Millis(1),
                 Durability::Buffered,
             )
-            .unwrap();
+            .unwrap()
+            .state;
         let other = store_of("b");
         let b = other
             .coordinate(
                 b"k",
-                &VectorClock::new(),
+                &Context::new(),
                 Value::data(&b"b"[..]),
                 Millis(1),
                 Durability::Buffered,
             )
-            .unwrap();
+            .unwrap()
+            .state;
         let merged = store.merge(b"k", &b, Durability::Sync).unwrap();
         assert_eq!(merged.len(), 2);
         // Merging again is idempotent.
@@ -664,7 +684,7 @@ mod tests {
             store
                 .coordinate(
                     b"k",
-                    &VectorClock::new(),
+                    &Context::new(),
                     Value::data(vec![i]),
                     Millis(1),
                     Durability::Sync,
@@ -675,7 +695,7 @@ mod tests {
         let err = store
             .coordinate(
                 b"k",
-                &VectorClock::new(),
+                &Context::new(),
                 Value::data(&b"c"[..]),
                 Millis(1),
                 Durability::Sync,
@@ -716,7 +736,7 @@ mod tests {
         let home = NodeId::new("home").unwrap();
         let mut v1 = SiblingSet::new();
         v1.put(
-            &VectorClock::new(),
+            &Context::new(),
             Value::data(&b"1"[..]),
             &actor("a"),
             Millis(1),
@@ -730,7 +750,7 @@ mod tests {
         // A second hinted write for the key lands while the first is being delivered.
         let mut v2 = SiblingSet::new();
         v2.put(
-            &VectorClock::new(),
+            &Context::new(),
             Value::data(&b"2"[..]),
             &actor("b"),
             Millis(1),
@@ -760,7 +780,7 @@ mod tests {
             store
                 .coordinate(
                     format!("key-{i}").as_bytes(),
-                    &VectorClock::new(),
+                    &Context::new(),
                     Value::data(vec![7u8; value_len]),
                     Millis(1),
                     Durability::Buffered,
@@ -861,11 +881,12 @@ mod tests {
             .collect()
     }
 
-    fn put(store: &Store, context: &VectorClock, value: Option<&str>, now: u64) -> SiblingSet {
+    fn put(store: &Store, context: &Context, value: Option<&str>, now: u64) -> SiblingSet {
         let value = value.map_or(Value::Tombstone, |v| Value::data(v.as_bytes().to_vec()));
         store
             .coordinate(b"k", context, value, Millis(now), Durability::Buffered)
             .unwrap()
+            .state
     }
 
     #[test]
@@ -876,7 +897,7 @@ mod tests {
         // actor the new dot's clock entry would claim e11's dot, and n8 would drop e11.
         let n0 = store_of("n0");
         let n8 = store_of("n8");
-        let first = put(&n0, &VectorClock::new(), Some("e5"), 500);
+        let first = put(&n0, &Context::new(), Some("e5"), 500);
         let superseding = put(&n0, &first.context(), Some("e11"), 719);
         assert_eq!(strings(&superseding), ["e11"]);
         n8.merge(b"k", &superseding, Durability::Sync).unwrap();
@@ -886,7 +907,7 @@ mod tests {
         assert!(n0.remove_unchanged(b"k", digest).unwrap());
         assert!(n0.read(b"k").unwrap().is_empty());
 
-        let blind = put(&n0, &VectorClock::new(), Some("e12"), 1467);
+        let blind = put(&n0, &Context::new(), Some("e12"), 1467);
         let merged = n8.merge(b"k", &blind, Durability::Sync).unwrap();
         assert_eq!(
             strings(&merged),
@@ -907,7 +928,7 @@ mod tests {
         // tombstone covers, and n8 would drop the acknowledged write.
         let n0 = store_of("n0");
         let n8 = store_of("n8");
-        let written = put(&n0, &VectorClock::new(), Some("v"), 5_000);
+        let written = put(&n0, &Context::new(), Some("v"), 5_000);
         let deleted = put(&n0, &written.context(), None, 5_001);
         assert!(deleted.tombstone_only());
         n8.merge(b"k", &deleted, Durability::Sync).unwrap();
@@ -915,7 +936,7 @@ mod tests {
         let before = n0.identity().current();
         assert!(n0.remove_tombstone_if(b"k", deleted.digest()).unwrap());
 
-        let again = put(&n0, &VectorClock::new(), Some("back"), 1_000);
+        let again = put(&n0, &Context::new(), Some("back"), 1_000);
         let merged = n8.merge(b"k", &again, Durability::Sync).unwrap();
         assert_eq!(strings(&merged), ["back"]);
         assert!(!n0.identity().is_current(&before));
@@ -927,7 +948,7 @@ mod tests {
         // own dots takes one.
         let n0 = store_of("n0");
         let n8 = store_of("n8");
-        let foreign = put(&n8, &VectorClock::new(), Some("theirs"), 10);
+        let foreign = put(&n8, &Context::new(), Some("theirs"), 10);
         n0.merge(b"k", &foreign, Durability::Sync).unwrap();
         let before = n0.identity().current();
         assert!(n0.remove_unchanged(b"k", foreign.digest()).unwrap());
@@ -941,7 +962,7 @@ mod tests {
         // (and no extra clock entry) is needed.
         let n0 = store_of("n0");
         let n8 = store_of("n8");
-        let own = put(&n0, &VectorClock::new(), Some("ours"), 10);
+        let own = put(&n0, &Context::new(), Some("ours"), 10);
         n8.merge(b"k", &own, Durability::Sync).unwrap();
         let theirs = put(&n8, &own.context(), Some("theirs"), 20);
         n0.merge(b"k", &theirs, Durability::Sync).unwrap();
@@ -960,7 +981,7 @@ mod tests {
         // the oldest and truncation (Dynamo §4.4) drops them first.
         let n0 = store_of("n0");
         let limit = SiblingLimits::default().max_clock_entries();
-        let mut context = VectorClock::new();
+        let mut context = Context::new();
         for round in 0..3 * limit as u64 {
             let state = put(&n0, &context, Some(&format!("v{round}")), 10 + round);
             assert!(state.clock().len() <= limit, "round {round}: {state:?}");
@@ -973,8 +994,8 @@ mod tests {
     #[test]
     fn a_removal_of_a_changed_key_does_nothing() {
         let n0 = store_of("n0");
-        let stale = put(&n0, &VectorClock::new(), Some("one"), 10);
-        put(&n0, &VectorClock::new(), Some("two"), 11);
+        let stale = put(&n0, &Context::new(), Some("one"), 10);
+        put(&n0, &Context::new(), Some("two"), 11);
         assert!(!n0.remove_unchanged(b"k", stale.digest()).unwrap());
         assert_eq!(strings(&n0.read(b"k").unwrap()), ["one", "two"]);
     }
@@ -992,7 +1013,7 @@ mod tests {
                 Arc::new(ActorIdentity::open(engine.as_ref(), node.clone(), clock, true).unwrap());
             let started = identity.incarnation();
             let store = Store::new(engine, SiblingLimits::default(), identity);
-            let state = put(&store, &VectorClock::new(), Some("v"), 10);
+            let state = put(&store, &Context::new(), Some("v"), 10);
             assert!(store.remove_unchanged(b"k", state.digest()).unwrap());
             let renewed = store.identity().incarnation();
             assert_ne!(renewed, started);

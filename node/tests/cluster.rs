@@ -79,6 +79,60 @@ async fn five_nodes_with_n3_r2_w2_serve_reads_and_writes_through_every_node() {
     }
 }
 
+/// A put's returned context covers what its writer saw and nothing else: blind A and
+/// blind B through one coordinator, then C with the context B's put returned. The
+/// writer of C never saw A, so A survives beside C (it used to be lost: B's context
+/// was the key's whole clock, which covered A).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_s_context_supersedes_only_what_its_writer_saw() {
+    let cluster = TestCluster::start(1, &ONE_REPLICA).await;
+    let node = &cluster.nodes[0];
+    put(node, "cart", "a", Vec::new())
+        .await
+        .expect("blind put a");
+    let b = put(node, "cart", "b", Vec::new())
+        .await
+        .expect("blind put b");
+    put(node, "cart", "c", b)
+        .await
+        .expect("put c with b's context");
+    let (values, context) = get(node, "cart", None).await.expect("get");
+    assert_eq!(values, ["a", "c"], "a was never seen by c's writer");
+    // A read's context covers both, so a put with it resolves them.
+    put(node, "cart", "d", context).await.expect("put d");
+    let (values, _) = get(node, "cart", None).await.expect("get");
+    assert_eq!(values, ["d"]);
+}
+
+/// A context claiming a counter no node issued (near `u64::MAX`, for the node's own
+/// actor) is refused before anything is written, and puts through that actor go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_with_an_impossible_counter_is_refused_and_harms_nothing() {
+    let cluster = TestCluster::start(1, &ONE_REPLICA).await;
+    let node = &cluster.nodes[0];
+    put(node, "k", "v1", Vec::new()).await.expect("put v1");
+    let (_, context) = get(node, "k", None).await.expect("get");
+    let decoded = dynamo_node::version::context::decode(&context).expect("a valid context");
+    let (actor, _) = decoded.clock().iter().next().expect("the node's actor");
+    let forged = postcard::to_extend(&vec![(actor.clone(), u64::MAX - 1)], vec![1u8])
+        .expect("encoding a forged context");
+    let refused = put(node, "k", "forged", forged)
+        .await
+        .expect_err("a forged counter is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("beyond any clock"),
+        "{}",
+        refused.message()
+    );
+    let (values, context) = get(node, "k", None).await.expect("get");
+    assert_eq!(values, ["v1"], "nothing was written");
+    put(node, "k", "v2", context)
+        .await
+        .expect("later puts go on");
+    assert_eq!(get(node, "k", None).await.expect("get").0, ["v2"]);
+}
+
 /// Dynamo §4.4: writes that descend from the same version are concurrent; the store keeps
 /// both and a write with the merged context reconciles them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,7 +705,8 @@ async fn a_range_merged_in_batches_survives_a_kill_and_pages_back_exactly() {
     use dynamo_node::ring::{Token, TokenRange};
     use dynamo_node::time::Millis;
     use dynamo_node::transport::{MergeBatch, RangeEntry, RangeScan, Transport, TransportError};
-    use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock};
+    use dynamo_node::version::context::Context;
+    use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value};
 
     let root = tempfile::tempdir().unwrap();
     let mut node = TestNode::start(root.path(), "n1", &[], &[]).await;
@@ -663,7 +718,7 @@ async fn a_range_merged_in_batches_survives_a_kill_and_pages_back_exactly() {
             let mut state = SiblingSet::new();
             state
                 .put(
-                    &VectorClock::new(),
+                    &Context::new(),
                     Value::data(format!("value-{i}").into_bytes()),
                     &actor,
                     Millis(1),

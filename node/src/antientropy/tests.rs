@@ -4,6 +4,7 @@
 //! Dynamo §4.7: "To detect the inconsistencies between replicas faster and to minimize
 //! the amount of transferred data, Dynamo uses Merkle trees."
 
+use crate::version::context::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::ring::{Token, TokenRange};
 use crate::storage::{CrashMode, Durability, MemoryEngine, StorageEngine};
 use crate::time::Millis;
 use crate::transport::{MemoryNetwork, MerkleQuery, ReplicaError, Transport, TransportError};
-use crate::version::{SiblingSet, VectorClock};
+use crate::version::SiblingSet;
 
 /// Rounds a test may run before it gives up on convergence.
 const MAX_ROUNDS: u64 = 40;
@@ -151,7 +152,7 @@ impl Harness {
             .coordinator()
             .put(
                 key.as_bytes(),
-                VectorClock::new(),
+                Context::new(),
                 Some(value.as_bytes().to_vec()),
                 None,
             )
@@ -366,16 +367,17 @@ async fn newer_versions_flow_both_ways_and_concurrent_ones_become_siblings() {
         .store()
         .coordinate(
             b"both",
-            &VectorClock::new(),
+            &Context::new(),
             crate::version::Value::data(&b"from-n3"[..]),
             Millis(1),
             Durability::Sync,
         )
-        .expect("local write");
+        .expect("local write")
+        .state;
     n3.store()
         .coordinate(
             b"only-n3",
-            &VectorClock::new(),
+            &Context::new(),
             crate::version::Value::data(&b"mine"[..]),
             Millis(1),
             Durability::Sync,

@@ -97,13 +97,14 @@ mod tests {
     use crate::NodeId;
     use crate::proto::MemberState;
     use crate::time::Millis;
-    use crate::version::{Actor, SiblingLimits, Value, VectorClock};
+    use crate::version::context::Context;
+    use crate::version::{Actor, SiblingLimits, Value};
 
     fn actor(name: &str) -> Actor {
         Actor::new(NodeId::new(name).unwrap(), 1)
     }
 
-    fn put(state: &SiblingSet, context: &VectorClock, value: &str, by: &str) -> SiblingSet {
+    fn put(state: &SiblingSet, context: &Context, value: &str, by: &str) -> SiblingSet {
         let mut next = state.clone();
         next.put(
             context,
@@ -123,7 +124,7 @@ mod tests {
     /// Dynamo §6.4: equal answers are the answer, and nothing needs repair.
     #[test]
     fn equal_answers_are_the_result_and_need_no_repair() {
-        let v1 = put(&SiblingSet::new(), &VectorClock::new(), "v1", "a");
+        let v1 = put(&SiblingSet::new(), &Context::new(), "v1", "a");
         let merged = merge_replies(&[encoded(&v1), encoded(&v1)]).unwrap();
         assert_eq!(
             merged,
@@ -146,7 +147,7 @@ mod tests {
     /// either way the replicas diverged and the key needs read repair.
     #[test]
     fn differing_answers_merge_by_vector_clock_and_call_for_repair() {
-        let v1 = put(&SiblingSet::new(), &VectorClock::new(), "v1", "a");
+        let v1 = put(&SiblingSet::new(), &Context::new(), "v1", "a");
         let v2 = put(&v1, &v1.context(), "v2", "a");
         let stale = merge_replies(&[encoded(&v1), encoded(&v2)]).unwrap();
         assert!(stale.diverged);
@@ -161,7 +162,7 @@ mod tests {
             [Bytes::from_static(b"v2"), Bytes::from_static(b"from b")]
         );
         let context = context::decode(read.context.as_bytes()).unwrap();
-        assert!(context.descends(v2.clock()) && context.descends(on_b.clock()));
+        assert!(context.descends(&v2.context()) && context.descends(&on_b.context()));
 
         let missing = merge_replies(&[encoded(&SiblingSet::new()), encoded(&v1)]).unwrap();
         assert!(missing.diverged, "a replica without the key is behind");
@@ -170,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_malformed_answer_is_an_error_not_a_panic() {
-        let v1 = put(&SiblingSet::new(), &VectorClock::new(), "v1", "a");
+        let v1 = put(&SiblingSet::new(), &Context::new(), "v1", "a");
         for bad in [
             Bytes::new(),
             Bytes::from_static(&[9, 0, 0]),

@@ -41,7 +41,8 @@ use crate::quorum::{
 use crate::storage::Durability;
 use crate::store::{Store, StoreError};
 use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
-use crate::version::{SiblingSet, Value, VectorClock};
+use crate::version::context::Context;
+use crate::version::{SiblingSet, Value};
 
 /// Why a client request failed.
 #[derive(Debug, thiserror::Error)]
@@ -297,11 +298,11 @@ impl Coordinator {
     pub async fn put(
         &self,
         key: &[u8],
-        context: VectorClock,
+        context: Context,
         value: Option<Vec<u8>>,
         w: Option<u32>,
-    ) -> Result<VectorClock, CoordinatorError> {
-        self.check_put(key, value.as_deref(), w)?;
+    ) -> Result<Context, CoordinatorError> {
+        self.check_put(key, &context, value.as_deref(), w)?;
         let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
         let writes = self.inner.cluster.write_set(key, n);
         if writes.extended.is_empty() {
@@ -386,6 +387,7 @@ impl Coordinator {
     fn check_put(
         &self,
         key: &[u8],
+        context: &Context,
         value: Option<&[u8]>,
         w: Option<u32>,
     ) -> Result<(), CoordinatorError> {
@@ -394,6 +396,11 @@ impl Coordinator {
             self.inner.limits.check_value(value)?;
         }
         self.inner.quorum.with_overrides(None, w)?;
+        // A forged counter near u64::MAX would exhaust the actor's counter for the key
+        // and fail every later put through it; no node issues one.
+        context
+            .check_counters(self.inner.cluster.clock().wall())
+            .map_err(|e| CoordinatorError::InvalidArgument(format!("context: {e}")))?;
         Ok(())
     }
 
@@ -405,11 +412,11 @@ impl Coordinator {
     pub async fn coordinate_put(
         &self,
         key: &[u8],
-        context: VectorClock,
+        context: Context,
         value: Option<Vec<u8>>,
         w: Option<u32>,
-    ) -> Result<VectorClock, CoordinatorError> {
-        self.check_put(key, value.as_deref(), w)?;
+    ) -> Result<Context, CoordinatorError> {
+        self.check_put(key, &context, value.as_deref(), w)?;
         let config = self.inner.quorum.with_overrides(None, w)?;
         let value = value.map_or(Value::Tombstone, Value::data);
         let clock = self.inner.cluster.clock();
@@ -423,7 +430,7 @@ impl Coordinator {
         // own flush: a crash then loses our dot of an acknowledged write, which is why
         // every unclean start takes a new clock incarnation, in sync mode too
         // (`ActorIdentity::open`).
-        let state = self.inner.store.coordinate(
+        let coordinated = self.inner.store.coordinate(
             key,
             &context,
             value,
@@ -439,7 +446,7 @@ impl Coordinator {
             &writes.extended,
             |node| self.inner.cluster.is_available(node),
             &me,
-            state.clone(),
+            coordinated.state.clone(),
             clock.monotonic(),
             self.inner.timeout,
             self.inner.buffered,
@@ -447,7 +454,7 @@ impl Coordinator {
         let (outcome_tx, outcome_rx) = oneshot::channel();
         tokio::spawn(Arc::clone(&self.inner).drive_put(key.to_vec(), machine, outcome_tx));
         match outcome_rx.await {
-            Ok(PutOutcome::Success { .. }) => Ok(state.context()),
+            Ok(PutOutcome::Success { .. }) => Ok(coordinated.context),
             Ok(PutOutcome::Failed(error)) => Err(error.into()),
             Err(_) => Err(CoordinatorError::Unavailable("put task ended early".into())),
         }

@@ -10,6 +10,7 @@
 //!
 //! [`Clock`]: crate::cluster::Clock
 
+use crate::version::context::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::node::{NodeSettings, NodeShared};
 use crate::quorum::QuorumConfig;
 use crate::storage::{Durability, MemoryEngine, StorageEngine, StorageError, UpdateFn};
 use crate::transport::{MemoryNetwork, ReplicaError};
-use crate::version::{SiblingSet, VectorClock};
+use crate::version::SiblingSet;
 
 /// Deadline of one client request on every node.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
@@ -182,10 +183,10 @@ impl Harness {
         key: &[u8],
         value: &str,
         w: Option<u32>,
-    ) -> Result<VectorClock, CoordinatorError> {
+    ) -> Result<Context, CoordinatorError> {
         self.node(through)
             .coordinator()
-            .put(key, VectorClock::new(), Some(value.as_bytes().to_vec()), w)
+            .put(key, Context::new(), Some(value.as_bytes().to_vec()), w)
             .await
     }
 
@@ -228,7 +229,7 @@ fn first_version(value: Vec<u8>, actor: &crate::version::Actor) -> SiblingSet {
     let mut state = SiblingSet::new();
     state
         .put(
-            &VectorClock::new(),
+            &Context::new(),
             crate::version::Value::data(value),
             actor,
             crate::time::Millis(1),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::{History, Op, OpId, OpKind, Outcome, ReplicaDump, StoredVersion};
-use crate::version::VectorClock;
+use crate::version::context::Context;
 
 /// A broken promise found by [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,31 @@ impl Verdict {
     }
 }
 
+/// How a write's context must cover a value's witness for the write to supersede it.
+#[derive(Debug, Clone, Copy)]
+enum Coverage {
+    /// The clock or the single dots of the context: the write may have superseded the
+    /// value (a dot supersedes it where the coordinator holds that version).
+    Any,
+    /// The clock alone: the write superseded the value on every replica it reaches. A
+    /// version the context knows only as a single dot stays a sibling where the
+    /// coordinator lacked it (see `version::context`), so it may come back, as a
+    /// sibling beside the write, without a violation.
+    Clock,
+}
+
+impl Coverage {
+    fn covers(self, context: &Context, witness: &Context) -> bool {
+        match self {
+            Self::Any => context.descends(witness),
+            Self::Clock => {
+                context.clock().descends(witness.clock())
+                    && witness.dots().iter().all(|dot| context.clock().covers(dot))
+            }
+        }
+    }
+}
+
 /// One key's operations, with what the verdicts need precomputed.
 struct KeyOps<'h> {
     key: &'h [u8],
@@ -157,16 +182,18 @@ struct KeyOps<'h> {
     /// Value to the put that wrote it.
     writer: BTreeMap<&'h [u8], OpId>,
     /// Value to the contexts known to cover it.
-    witnesses: BTreeMap<&'h [u8], Vec<&'h VectorClock>>,
+    witnesses: BTreeMap<&'h [u8], Vec<&'h Context>>,
 }
 
 impl<'h> KeyOps<'h> {
     /// The first write (other than `writer`) whose context covers `value` and whose
-    /// outcome is accepted by `counts`.
+    /// outcome is accepted by `counts`; with [`Coverage::Clock`], only coverage by the
+    /// context's clock counts.
     fn superseded_by(
         &self,
         value: &[u8],
         counts: impl Fn(&Outcome) -> bool,
+        coverage: Coverage,
     ) -> Option<(OpId, &'h Op)> {
         let witnesses = self.witnesses.get(value)?;
         self.ops.iter().copied().find(|(_, op)| {
@@ -174,7 +201,7 @@ impl<'h> KeyOps<'h> {
                 counts(&op.outcome)
                     && witnesses
                         .iter()
-                        .any(|w| !w.is_empty() && context.descends(w))
+                        .any(|w| !w.is_empty() && coverage.covers(context, w))
             })
         })
     }
@@ -274,7 +301,10 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
                 continue;
             }
             verdict.acknowledged_values += 1;
-            if key.superseded_by(value, may_have_landed).is_some() {
+            if key
+                .superseded_by(value, may_have_landed, Coverage::Any)
+                .is_some()
+            {
                 verdict.superseded_values += 1;
                 continue;
             }
@@ -321,7 +351,7 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
             if reported.contains(value) {
                 continue;
             }
-            if let Some((by, op)) = key.superseded_by(value, acknowledged) {
+            if let Some((by, op)) = key.superseded_by(value, acknowledged, Coverage::Clock) {
                 reported.insert(value);
                 violations.push(Violation::Resurrected {
                     key: key.key.to_vec(),
@@ -370,9 +400,10 @@ mod tests {
         }
 
         /// Applies a put with `context` and returns the context a client gets back.
-        fn put(&mut self, context: &VectorClock, value: Option<&str>) -> VectorClock {
+        fn put(&mut self, context: &Context, value: Option<&str>) -> Context {
             let value = value.map_or(Value::Tombstone, |v| Value::data(v.as_bytes()));
-            self.state
+            let written = self
+                .state
                 .put(
                     context,
                     value,
@@ -381,7 +412,7 @@ mod tests {
                     &SiblingLimits::default(),
                 )
                 .unwrap();
-            self.state.context()
+            self.state.put_context(context, &written.dot)
         }
 
         fn values(&self) -> Vec<Vec<u8>> {
@@ -391,13 +422,13 @@ mod tests {
 
     const K: &[u8] = b"k";
 
-    fn put_ok(h: &mut History, value: &str, context: &VectorClock, returned: VectorClock) -> OpId {
+    fn put_ok(h: &mut History, value: &str, context: &Context, returned: Context) -> OpId {
         let op = h.invoke_put(K, value.as_bytes(), context.clone());
         h.complete(op, Outcome::PutOk { context: returned });
         op
     }
 
-    fn read(h: &mut History, values: &[&str], context: VectorClock) -> OpId {
+    fn read(h: &mut History, values: &[&str], context: Context) -> OpId {
         let op = h.invoke_get(K);
         let values = values.iter().map(|v| v.as_bytes().to_vec()).collect();
         h.complete(op, Outcome::GetOk { values, context });
@@ -436,8 +467,8 @@ mod tests {
     fn an_acknowledged_value_in_the_final_read_passes() {
         let mut key = Key::new();
         let mut h = History::new();
-        let returned = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), returned);
+        let returned = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), returned);
         h.quiesced();
         read(&mut h, &["a"], key.state.context());
         let verdict = check(&h, &dump_of(&[("n1", &[Some("a")]), ("n2", &[Some("a")])]));
@@ -449,10 +480,10 @@ mod tests {
     fn an_acknowledged_value_missing_from_the_final_read_is_a_lost_write() {
         let mut key = Key::new();
         let mut h = History::new();
-        let returned = key.put(&VectorClock::new(), Some("a"));
-        let write = put_ok(&mut h, "a", &VectorClock::new(), returned);
+        let returned = key.put(&Context::new(), Some("a"));
+        let write = put_ok(&mut h, "a", &Context::new(), returned);
         h.quiesced();
-        let read = read(&mut h, &[], VectorClock::new());
+        let read = read(&mut h, &[], Context::new());
         let verdict = check(&h, &ReplicaDump::new());
         assert_eq!(
             verdict.violations,
@@ -471,8 +502,8 @@ mod tests {
         // Dynamo §4.4: read "a", write "b" with the read's context: "a" is superseded.
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first);
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first);
         let context = key.state.context();
         read(&mut h, &["a"], context.clone());
         let second = key.put(&context, Some("b"));
@@ -488,13 +519,73 @@ mod tests {
     fn a_write_of_unknown_outcome_covering_a_value_excuses_its_absence() {
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first.clone());
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first.clone());
         let op = h.invoke_delete(K, first.clone());
         h.complete(op, Outcome::Unknown);
         h.quiesced();
-        read(&mut h, &[], VectorClock::new());
+        read(&mut h, &[], Context::new());
         assert!(check(&h, &ReplicaDump::new()).is_ok());
+    }
+
+    #[test]
+    fn a_put_with_the_context_of_a_blind_put_supersedes_only_that_put() {
+        // Blind A, blind B at the same coordinator, then C with the context B's put
+        // returned: the writer of C saw B, never A, so A must survive as C's sibling.
+        let mut key = Key::new();
+        let mut h = History::new();
+        let a = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), a);
+        let b = key.put(&Context::new(), Some("b"));
+        put_ok(&mut h, "b", &Context::new(), b.clone());
+        let c = key.put(&b, Some("c"));
+        put_ok(&mut h, "c", &b, c);
+        assert_eq!(key.values(), [b"a".to_vec(), b"c".to_vec()]);
+        h.quiesced();
+        let mut lost = h.clone();
+        read(&mut h, &["a", "c"], key.state.context());
+        assert!(check(&h, &ReplicaDump::new()).is_ok());
+        // A final read without A is a lost update, and the checker says so: B's
+        // returned context is no witness for A.
+        read(&mut lost, &["c"], key.state.context());
+        assert_eq!(kinds(&check(&lost, &ReplicaDump::new())), vec!["lost"]);
+    }
+
+    #[test]
+    fn a_version_known_only_as_a_single_dot_may_stay_a_sibling() {
+        // c's writer saw b (its own put) only as a dot; a coordinator that lacked b
+        // could not record it as superseded, so b coming back beside c is neither a
+        // lost write nor a resurrection. Covered by a clock, it would be one.
+        let dot = |node: &str, counter| crate::version::Dot {
+            actor: Actor::new(NodeId::new(node).unwrap(), 1),
+            counter,
+        };
+        let mut h = History::new();
+        let b = Context::new().with_dot(dot("n1", 2));
+        put_ok(&mut h, "b", &Context::new(), b.clone());
+        put_ok(&mut h, "c", &b, b.clone().with_dot(dot("n2", 3)));
+        h.quiesced();
+        let mut clocked = h.clone();
+        read(&mut h, &["b", "c"], Context::new());
+        assert!(check(&h, &ReplicaDump::new()).is_ok());
+        // The same history where b's context was a clock: b must stay gone.
+        let b_clock = Context::from({
+            let mut clock = crate::version::VectorClock::new();
+            clock.increment(&dot("n1", 2).actor, Millis(0));
+            clock.increment(&dot("n1", 2).actor, Millis(0));
+            clock
+        });
+        clocked.ops[0].outcome = Outcome::PutOk {
+            context: b_clock.clone(),
+        };
+        if let OpKind::Put { context, .. } = &mut clocked.ops[1].kind {
+            *context = b_clock;
+        }
+        read(&mut clocked, &["b", "c"], Context::new());
+        assert_eq!(
+            kinds(&check(&clocked, &ReplicaDump::new())),
+            vec!["resurrected"]
+        );
     }
 
     #[test]
@@ -502,12 +593,12 @@ mod tests {
         // Two blind writes are concurrent: both must survive as siblings.
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first);
-        let second = key.put(&VectorClock::new(), Some("b"));
-        put_ok(&mut h, "b", &VectorClock::new(), second);
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first);
+        let second = key.put(&Context::new(), Some("b"));
+        put_ok(&mut h, "b", &Context::new(), second);
         h.quiesced();
-        read(&mut h, &["b"], VectorClock::new());
+        read(&mut h, &["b"], Context::new());
         assert_eq!(kinds(&check(&h, &ReplicaDump::new())), vec!["lost"]);
         // With both siblings the history passes.
         let mut h2 = h.clone();
@@ -521,13 +612,13 @@ mod tests {
     #[test]
     fn failed_and_unknown_writes_need_not_survive() {
         let mut h = History::new();
-        let op = h.invoke_put(K, b"a", VectorClock::new());
+        let op = h.invoke_put(K, b"a", Context::new());
         h.complete(op, Outcome::Unknown);
-        let op = h.invoke_put(K, b"b", VectorClock::new());
+        let op = h.invoke_put(K, b"b", Context::new());
         h.complete(op, Outcome::Failed);
-        h.invoke_put(K, b"c", VectorClock::new()); // still pending
+        h.invoke_put(K, b"c", Context::new()); // still pending
         h.quiesced();
-        read(&mut h, &[], VectorClock::new());
+        read(&mut h, &[], Context::new());
         assert!(check(&h, &ReplicaDump::new()).is_ok());
     }
 
@@ -535,8 +626,8 @@ mod tests {
     fn acknowledged_writes_without_a_final_read_cannot_be_judged() {
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first);
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first);
         // A read before the quiesced mark is not final.
         read(&mut h, &["a"], key.state.context());
         h.quiesced();
@@ -570,8 +661,8 @@ mod tests {
     fn a_deleted_value_that_comes_back_is_resurrected() {
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first);
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first);
         let context = key.state.context();
         read(&mut h, &["a"], context.clone());
         let deleted = key.put(&context, None);
@@ -607,8 +698,8 @@ mod tests {
     fn a_delete_of_unknown_outcome_may_leave_the_value() {
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first.clone());
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first.clone());
         let delete = h.invoke_delete(K, first);
         h.complete(delete, Outcome::Unknown);
         h.quiesced();
@@ -621,8 +712,8 @@ mod tests {
         // Delete-then-recreate: the recreated value is not covered by the delete.
         let mut key = Key::new();
         let mut h = History::new();
-        let first = key.put(&VectorClock::new(), Some("a"));
-        put_ok(&mut h, "a", &VectorClock::new(), first.clone());
+        let first = key.put(&Context::new(), Some("a"));
+        put_ok(&mut h, "a", &Context::new(), first.clone());
         let deleted = key.put(&first, None);
         let delete = h.invoke_delete(K, first);
         h.complete(
@@ -641,12 +732,12 @@ mod tests {
     #[test]
     fn values_nobody_wrote_and_values_written_twice_are_reported() {
         let mut h = History::new();
-        let op = h.invoke_put(K, b"a", VectorClock::new());
+        let op = h.invoke_put(K, b"a", Context::new());
         h.complete(op, Outcome::Failed);
-        let op = h.invoke_put(K, b"a", VectorClock::new());
+        let op = h.invoke_put(K, b"a", Context::new());
         h.complete(op, Outcome::Failed);
         h.quiesced();
-        read(&mut h, &["zzz"], VectorClock::new());
+        read(&mut h, &["zzz"], Context::new());
         let mut found = kinds(&check(&h, &ReplicaDump::new()));
         found.sort();
         assert_eq!(found, vec!["duplicate", "phantom"]);
@@ -655,7 +746,7 @@ mod tests {
     #[test]
     fn the_digest_tells_histories_apart() {
         let mut a = History::new();
-        let op = a.invoke_put(K, b"a", VectorClock::new());
+        let op = a.invoke_put(K, b"a", Context::new());
         let mut b = a.clone();
         a.complete(op, Outcome::Unknown);
         b.complete(op, Outcome::Failed);
@@ -667,12 +758,12 @@ mod tests {
     #[should_panic(expected = "does not fit")]
     fn recording_a_read_outcome_for_a_put_is_a_caller_bug() {
         let mut h = History::new();
-        let op = h.invoke_put(K, b"a", VectorClock::new());
+        let op = h.invoke_put(K, b"a", Context::new());
         h.complete(
             op,
             Outcome::GetOk {
                 values: vec![],
-                context: VectorClock::new(),
+                context: Context::new(),
             },
         );
     }

@@ -11,8 +11,11 @@
 //!    returned by every final read of its key, unless a later write whose context
 //!    covered it (acknowledged, or of unknown outcome) superseded it.
 //! 2. **Replicas converge**: every replica of every key holds the same versions.
-//! 3. **Nothing superseded comes back**: a value covered by the context of an
-//!    acknowledged delete (or put) never shows up in a final read or a replica again.
+//! 3. **Nothing superseded comes back**: a value covered by the clock of an
+//!    acknowledged delete's (or put's) context never shows up in a final read or a
+//!    replica again. (A value the context knows only as a single dot, from a put's
+//!    returned context, may stay as a sibling where the coordinator lacked it: see
+//!    `version::context`.)
 //!
 //! Writes whose outcome is unknown (a timeout, a failed quorum: Dynamo keeps a write
 //! its coordinator stored even when too few replicas acknowledged it) may or may not
@@ -36,7 +39,7 @@ use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 
-use crate::version::VectorClock;
+use crate::version::context::Context;
 
 /// Index of an operation in its [`History`].
 pub type OpId = usize;
@@ -49,7 +52,7 @@ pub enum OpKind {
         /// The value written, or `None` for a delete.
         value: Option<Vec<u8>>,
         /// The context the client sent.
-        context: VectorClock,
+        context: Context,
     },
     /// A read.
     Get,
@@ -63,14 +66,14 @@ pub enum Outcome {
     /// The put was acknowledged with this context.
     PutOk {
         /// The context the put returned.
-        context: VectorClock,
+        context: Context,
     },
     /// The read returned these values (tombstones left out) and this context.
     GetOk {
         /// The data values returned.
         values: Vec<Vec<u8>>,
         /// The context returned.
-        context: VectorClock,
+        context: Context,
     },
     /// The operation certainly had no effect (refused before anything was written).
     Failed,
@@ -106,7 +109,7 @@ impl Op {
     }
 
     /// The context a put sent (`None` for reads).
-    pub fn put_context(&self) -> Option<&VectorClock> {
+    pub fn put_context(&self) -> Option<&Context> {
         match &self.kind {
             OpKind::Put { context, .. } => Some(context),
             OpKind::Get => None,
@@ -153,7 +156,7 @@ impl History {
     }
 
     /// Records the invocation of a put of `value` with `context`.
-    pub fn invoke_put(&mut self, key: &[u8], value: &[u8], context: VectorClock) -> OpId {
+    pub fn invoke_put(&mut self, key: &[u8], value: &[u8], context: Context) -> OpId {
         let kind = OpKind::Put {
             value: Some(value.to_vec()),
             context,
@@ -162,7 +165,7 @@ impl History {
     }
 
     /// Records the invocation of a delete with `context`.
-    pub fn invoke_delete(&mut self, key: &[u8], context: VectorClock) -> OpId {
+    pub fn invoke_delete(&mut self, key: &[u8], context: Context) -> OpId {
         self.invoke(
             key,
             OpKind::Put {
@@ -225,7 +228,7 @@ impl History {
             hasher.update((bytes.len() as u64).to_be_bytes());
             hasher.update(bytes);
         };
-        let context = |clock: &VectorClock| crate::version::context::encode(clock);
+        let context = |clock: &Context| crate::version::context::encode(clock);
         for op in &self.ops {
             field(&op.key);
             field(&(op.invoked_at as u64).to_be_bytes());

@@ -15,7 +15,7 @@ use crate::proto::{
     PutRequest, PutResponse, TopologyMember, TopologyRequest, TopologyResponse, kv_server,
 };
 use crate::store::Store;
-use crate::version::{VectorClock, context};
+use crate::version::context::{self, Context};
 
 /// Serves `dynamo.v1.Kv` through the node's coordinator, and replica-local reads from
 /// the node's store.
@@ -156,7 +156,7 @@ impl KvService {
     }
 }
 
-fn decode_context(bytes: &[u8]) -> Result<VectorClock, Status> {
+fn decode_context(bytes: &[u8]) -> Result<Context, Status> {
     context::decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed context: {e}")))
 }
 

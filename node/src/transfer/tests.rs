@@ -4,6 +4,7 @@
 //! Time is real (the coordinator's deadlines come from the node's clock), so requests
 //! use short timeouts and waits poll with a bounded deadline.
 
+use crate::version::context::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::ring::{PartitionStrategy, Token};
 use crate::storage::{MemoryEngine, StorageEngine};
 use crate::time::Millis;
 use crate::transport::MemoryNetwork;
-use crate::version::{SiblingSet, VectorClock};
+use crate::version::SiblingSet;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -218,7 +219,7 @@ impl Cluster {
             .coordinator()
             .put(
                 key.as_bytes(),
-                VectorClock::new(),
+                Context::new(),
                 Some(value.as_bytes().to_vec()),
                 None,
             )
@@ -717,7 +718,7 @@ fn add_hint(holder: &NodeShared, home: &NodeId, key: &[u8], value: &[u8], writer
     let mut state = SiblingSet::new();
     state
         .put(
-            &VectorClock::new(),
+            &Context::new(),
             crate::version::Value::data(value),
             &crate::version::Actor::new(writer.0.clone(), writer.1),
             crate::time::Millis(1),
@@ -1343,7 +1344,7 @@ fn spawn_writer(
                 .coordinator()
                 .put(
                     key.as_bytes(),
-                    VectorClock::new(),
+                    Context::new(),
                     Some(value.as_bytes().to_vec()),
                     None,
                 )

@@ -560,7 +560,8 @@ mod tests {
     use crate::transport::testing::{
         NeverAnswers, TestReplica, concurrent_state_with_tombstone, node,
     };
-    use crate::version::{SiblingLimits, VectorClock, context};
+    use crate::version::context::Context;
+    use crate::version::{SiblingLimits, context};
 
     /// Serves `handler` on a fresh 127.0.0.1 port and returns the address. The server
     /// task ends with the test's runtime.
@@ -665,7 +666,7 @@ mod tests {
         let mut state = SiblingSet::new();
         state
             .put(
-                &VectorClock::new(),
+                &Context::new(),
                 crate::version::Value::data(value),
                 &crate::version::Actor::new(node(actor), 1),
                 crate::time::Millis(1),
@@ -760,7 +761,7 @@ mod tests {
         // it gets back lets the client overwrite what it wrote.
         let (replica, address) = served().await;
         let transport = transport(Duration::from_secs(5));
-        let put = |context: VectorClock, value: &[u8]| ForwardedPut {
+        let put = |context: Context, value: &[u8]| ForwardedPut {
             key: b"k".to_vec(),
             context,
             value: Some(value.to_vec()),
@@ -769,7 +770,7 @@ mod tests {
         };
 
         let first = transport
-            .coordinate_put(&address, put(VectorClock::new(), b"v1"))
+            .coordinate_put(&address, put(Context::new(), b"v1"))
             .await
             .unwrap();
         let first = context::decode(&first).unwrap();
@@ -831,7 +832,7 @@ mod tests {
         let transport = transport(Duration::from_secs(5));
         let blind = ForwardedPut {
             key: b"k".to_vec(),
-            context: VectorClock::new(),
+            context: Context::new(),
             value: Some(b"v".to_vec()),
             w: None,
             deadline: None,

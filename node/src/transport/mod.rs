@@ -42,7 +42,8 @@ use crate::NodeId;
 use crate::membership::MemberTable;
 use crate::merkle::Hash;
 use crate::ring::TokenRange;
-use crate::version::{SiblingSet, VectorClock};
+use crate::version::SiblingSet;
+use crate::version::context::Context;
 
 /// The most entries one [`Transport::scan_range`] page carries, whatever the caller asks.
 pub const MAX_SCAN_ENTRIES: u32 = 1024;
@@ -154,7 +155,7 @@ pub struct ForwardedPut {
     /// The user key.
     pub key: Vec<u8>,
     /// The decoded client context.
-    pub context: VectorClock,
+    pub context: Context,
     /// The value; `None` writes a tombstone (delete).
     pub value: Option<Vec<u8>>,
     /// Per-request write quorum override.

@@ -16,7 +16,8 @@ use crate::membership::MemberTable;
 use crate::merkle::{Hash, MerkleTree};
 use crate::ring::Token;
 use crate::time::Millis;
-use crate::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
+use crate::version::context::Context;
+use crate::version::{Actor, SiblingLimits, SiblingSet, Value, context};
 
 pub(crate) fn node(name: &str) -> NodeId {
     NodeId::new(name).unwrap()
@@ -34,7 +35,7 @@ pub(crate) fn concurrent_state_with_tombstone() -> SiblingSet {
         let mut theirs = SiblingSet::new();
         theirs
             .put(
-                &VectorClock::new(),
+                &Context::new(),
                 value,
                 &Actor::new(node(name), 1),
                 Millis(10),

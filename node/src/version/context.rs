@@ -1,21 +1,150 @@
-//! The opaque client context: a vector clock as bytes (Dynamo §4.4, §5).
+//! The opaque client context: what a client has seen of a key (Dynamo §4.4, §5).
 //!
 //! Dynamo §5: a get returns "the object ... along with a context", and a put "uses the
-//! context ... to determine which versions the write supersedes". The context is the
+//! context ... to determine which versions the write supersedes". A [`Context`] is a
 //! clock of the sibling set read, without timestamps (truncation happens on replicas,
-//! so clients need not see them). No I/O.
+//! so clients need not see them), plus, rarely, single dots outside that clock.
+//!
+//! The dots are what a put returns when the key still has siblings the writer never
+//! saw. Its context must cover only what the writer has seen: the context it sent and
+//! the version it just wrote. A clock cannot say that: the new version's dot `x:9`
+//! as a clock entry claims every `x:1..=9`, including a concurrent blind write `x:8`
+//! the writer knows nothing of, so writing again with that context would silently
+//! drop `x:8` (a lost update). So the put answers with the context it was sent plus
+//! the one dot `x:9`; when its version is the only one left, the key's whole clock
+//! says the same and is returned instead (with the sent dots it does not cover).
+//!
+//! A dot supersedes its version only at a coordinator whose state covers it: the
+//! state's clock is the only record that a version is gone, and a lone dot cannot
+//! enter it without claiming the actor's earlier dots. A put sent with a dotted context
+//! to a replica that has not received that version yet leaves it as a sibling, which
+//! the writer sees and resolves on its next read: an extra sibling, never a lost write.
 //!
 //! Format version 1: one version byte (`1`), then the postcard encoding of the clock's
 //! `(actor, counter)` pairs in actor order. The empty byte string is also valid: it is
 //! the context of a blind write (the empty clock), and what the empty clock encodes to.
+//! Format version 2 (only for contexts with dots): version byte `2`, then the clock's
+//! pairs as in version 1, then the dots' `(actor, counter)` pairs in dot order, none
+//! covered by the clock.
 
 use serde::{Serialize, Serializer};
 
-use super::clock::{Actor, ClockEntry, VectorClock};
+use super::clock::{Actor, ClockEntry, Dot, VectorClock};
 use crate::time::Millis;
 
-/// The context format this module writes.
+/// The context format this module writes for a clock alone.
 pub const CONTEXT_FORMAT_VERSION: u8 = 1;
+
+/// The context format this module writes for a clock with dots.
+pub const DOTTED_CONTEXT_FORMAT_VERSION: u8 = 2;
+
+/// The most single dots a context carries. A writer chaining puts on a key that keeps
+/// a sibling it never saw adds one dot per put; past this, the oldest dots are dropped,
+/// which makes the next put supersede less (one more sibling), never more.
+pub const MAX_CONTEXT_DOTS: usize = 64;
+
+/// How far ahead of the coordinator's wall clock, in milliseconds, a context counter
+/// may be: 2^48 ms, about 8,900 years. Counters are hybrid logical clocks (at least the
+/// wall time in milliseconds, see [`SiblingSet::put`](super::SiblingSet::put)), so no
+/// counter a node issued is anywhere near; a forged one near `u64::MAX` would exhaust
+/// the actor's counter for the key and fail every later put through it.
+pub const MAX_COUNTER_LEAD_MS: u64 = 1 << 48;
+
+/// What a client has seen of a key: a clock, and single dots outside it (see the
+/// [module docs](self)). The empty context is a blind write's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    clock: VectorClock,
+    /// Sorted, none covered by `clock`, at most [`MAX_CONTEXT_DOTS`].
+    dots: Vec<Dot>,
+}
+
+impl From<VectorClock> for Context {
+    fn from(clock: VectorClock) -> Self {
+        Self {
+            clock,
+            dots: Vec::new(),
+        }
+    }
+}
+
+impl Context {
+    /// The blind write's context: nothing seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The clock part.
+    pub fn clock(&self) -> &VectorClock {
+        &self.clock
+    }
+
+    /// The single dots outside the clock, in order.
+    pub fn dots(&self) -> &[Dot] {
+        &self.dots
+    }
+
+    /// Whether nothing is seen.
+    pub fn is_empty(&self) -> bool {
+        self.clock.is_empty() && self.dots.is_empty()
+    }
+
+    /// Whether the write `dot` has been seen.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.clock.covers(dot) || self.dots.binary_search(dot).is_ok()
+    }
+
+    /// The highest counter of `actor` seen, in the clock or a dot (0: none).
+    pub fn counter(&self, actor: &Actor) -> u64 {
+        self.dots
+            .iter()
+            .filter(|dot| &dot.actor == actor)
+            .map(|dot| dot.counter)
+            .fold(self.clock.counter(actor), u64::max)
+    }
+
+    /// Whether `self` has seen everything `other` has.
+    pub fn descends(&self, other: &Context) -> bool {
+        self.clock.descends(&other.clock) && other.dots.iter().all(|dot| self.covers(dot))
+    }
+
+    /// This context having also seen `dot`. Past [`MAX_CONTEXT_DOTS`] the dot with the
+    /// smallest counter goes (seeing less is always safe).
+    #[must_use]
+    pub fn with_dot(mut self, dot: Dot) -> Self {
+        if self.covers(&dot) {
+            return self;
+        }
+        let at = self.dots.partition_point(|d| d < &dot);
+        self.dots.insert(at, dot);
+        if self.dots.len() > MAX_CONTEXT_DOTS {
+            if let Some(oldest) = (0..self.dots.len()).min_by_key(|&i| self.dots[i].counter) {
+                self.dots.remove(oldest);
+            }
+        }
+        self
+    }
+
+    /// Refuses a context no node can have issued: a counter more than
+    /// [`MAX_COUNTER_LEAD_MS`] ahead of `now` (see there).
+    ///
+    /// # Errors
+    /// [`ContextError::ImpossibleCounter`] naming the actor.
+    pub fn check_counters(&self, now: Millis) -> Result<(), ContextError> {
+        let ceiling = now.0.saturating_add(MAX_COUNTER_LEAD_MS);
+        let counters = self
+            .clock
+            .iter()
+            .map(|(actor, entry)| (actor, entry.counter))
+            .chain(self.dots.iter().map(|dot| (&dot.actor, dot.counter)));
+        for (actor, counter) in counters {
+            if counter > ceiling {
+                return Err(ContextError::ImpossibleCounter(actor.clone()));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The largest context accepted, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
@@ -63,26 +192,42 @@ pub enum ContextError {
     /// An entry has counter zero, which no clock holds.
     #[error("context has a zero counter for actor {0}")]
     ZeroCounter(Actor),
+    /// More than [`MAX_CONTEXT_DOTS`] dots.
+    #[error("context has {count} dots, the limit is {MAX_CONTEXT_DOTS}")]
+    TooManyDots {
+        /// Number of dots in the context.
+        count: usize,
+    },
+    /// Dots unsorted, repeated, zero, or covered by the clock.
+    #[error("context dots are not canonical")]
+    BadDots,
+    /// A counter no node can have issued (see [`MAX_COUNTER_LEAD_MS`]).
+    #[error("context counter for actor {0} is beyond any clock")]
+    ImpossibleCounter(Actor),
 }
 
-/// Encodes `clock` as a client context (timestamps are left out).
+/// Encodes `context` for a client (timestamps are left out).
 ///
-/// The empty clock encodes to the empty byte string. A clock too large for the
-/// context limits (only reachable after many merges without truncation) loses its
-/// oldest entries until it fits: a context that covers less can only make the
-/// client's next write concurrent with more versions (extra siblings), never make it
-/// supersede a version the client did not see.
-pub fn encode(clock: &VectorClock) -> Vec<u8> {
-    if clock.is_empty() {
+/// The empty context encodes to the empty byte string, and one without dots in format
+/// version 1. A clock too large for the context limits (only reachable after many
+/// merges without truncation) loses its oldest entries until it fits: a context that
+/// covers less can only make the client's next write concurrent with more versions
+/// (extra siblings), never make it supersede a version the client did not see.
+pub fn encode(context: &Context) -> Vec<u8> {
+    let clock = &context.clock;
+    if context.is_empty() {
         return Vec::new();
     }
-    let out = encode_unchecked(clock);
+    // Dots are at most MAX_CONTEXT_DOTS (bounded by `with_dot` and `decode`), so the
+    // clock gets what the byte limit leaves.
+    let dots = &context.dots;
+    let out = encode_unchecked(clock, dots);
     if out.len() <= MAX_CONTEXT_BYTES && clock.len() <= MAX_CONTEXT_ENTRIES {
         return out;
     }
     let mut smaller = clock.clone();
     smaller.truncate(MAX_CONTEXT_ENTRIES, |_| false);
-    let mut out = encode_unchecked(&smaller);
+    let mut out = encode_unchecked(&smaller, dots);
     while out.len() > MAX_CONTEXT_BYTES {
         // Shed the oldest entries whose encodings add up to the excess. The sequence
         // length prefix only shrinks, so one round normally suffices.
@@ -107,8 +252,14 @@ pub fn encode(clock: &VectorClock) -> Vec<u8> {
             shed += len;
             count += 1;
         }
+        if count == 0 {
+            // Nothing left to shed from the clock (dots alone over the limit cannot
+            // happen with MAX_CONTEXT_DOTS dots of bounded node ids); send the blind
+            // context rather than an oversized one.
+            return Vec::new();
+        }
         smaller.truncate(smaller.len() - count, |_| false);
-        out = encode_unchecked(&smaller);
+        out = encode_unchecked(&smaller, dots);
     }
     out
 }
@@ -117,10 +268,25 @@ fn encoded_pair_len(actor: &Actor, counter: u64) -> usize {
     postcard::to_allocvec(&(actor, counter)).map_or(0, |bytes| bytes.len())
 }
 
-fn encode_unchecked(clock: &VectorClock) -> Vec<u8> {
-    // Serializing a slice iterator of plain data into a Vec cannot fail.
-    postcard::to_extend(&CounterSeq(clock), vec![CONTEXT_FORMAT_VERSION])
-        .unwrap_or_else(|_| unreachable!("postcard serialization into a Vec is infallible"))
+fn encode_unchecked(clock: &VectorClock, dots: &[Dot]) -> Vec<u8> {
+    // Serializing slice iterators of plain data into a Vec cannot fail.
+    let infallible = |_| unreachable!("postcard serialization into a Vec is infallible");
+    if dots.is_empty() {
+        return postcard::to_extend(&CounterSeq(clock), vec![CONTEXT_FORMAT_VERSION])
+            .unwrap_or_else(infallible);
+    }
+    let out = postcard::to_extend(&CounterSeq(clock), vec![DOTTED_CONTEXT_FORMAT_VERSION])
+        .unwrap_or_else(infallible);
+    postcard::to_extend(&DotSeq(dots), out).unwrap_or_else(infallible)
+}
+
+/// Serializes dots as `(actor, counter)` pairs.
+struct DotSeq<'a>(&'a [Dot]);
+
+impl Serialize for DotSeq<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|dot| (&dot.actor, dot.counter)))
+    }
 }
 
 /// Serializes a clock's `(actor, counter)` pairs without copying them.
@@ -140,24 +306,50 @@ impl Serialize for CounterSeq<'_> {
 /// [`ContextError`] for input over the limits, an unknown version byte, truncated or
 /// malformed encodings, trailing bytes, and entries that are unsorted, duplicated or
 /// have a zero counter. Never panics.
-pub fn decode(bytes: &[u8]) -> Result<VectorClock, ContextError> {
+pub fn decode(bytes: &[u8]) -> Result<Context, ContextError> {
     if bytes.len() > MAX_CONTEXT_BYTES {
         return Err(ContextError::TooLarge { len: bytes.len() });
     }
     let Some((&version, body)) = bytes.split_first() else {
-        return Ok(VectorClock::new());
+        return Ok(Context::new());
     };
-    if version != CONTEXT_FORMAT_VERSION {
+    if version != CONTEXT_FORMAT_VERSION && version != DOTTED_CONTEXT_FORMAT_VERSION {
         return Err(ContextError::UnknownVersion(version));
     }
-    let (pairs, rest) =
+    let take = |body| {
         postcard::take_from_bytes::<Vec<(Actor, u64)>>(body).map_err(|e| match e {
             postcard::Error::DeserializeUnexpectedEnd => ContextError::Truncated,
             _ => ContextError::Malformed,
-        })?;
+        })
+    };
+    let (pairs, mut rest) = take(body)?;
+    let mut dot_pairs = Vec::new();
+    if version == DOTTED_CONTEXT_FORMAT_VERSION {
+        (dot_pairs, rest) = take(rest)?;
+    }
     if !rest.is_empty() {
         return Err(ContextError::TrailingBytes { count: rest.len() });
     }
+    let clock = decode_clock(pairs)?;
+    if dot_pairs.len() > MAX_CONTEXT_DOTS {
+        return Err(ContextError::TooManyDots {
+            count: dot_pairs.len(),
+        });
+    }
+    let dots: Vec<Dot> = dot_pairs
+        .into_iter()
+        .map(|(actor, counter)| Dot { actor, counter })
+        .collect();
+    let canonical = dots.windows(2).all(|pair| pair[0] < pair[1])
+        && dots.iter().all(|dot| dot.counter > 0 && !clock.covers(dot));
+    if !canonical {
+        return Err(ContextError::BadDots);
+    }
+    Ok(Context { clock, dots })
+}
+
+/// The clock of a context from its decoded pairs, checked.
+fn decode_clock(pairs: Vec<(Actor, u64)>) -> Result<VectorClock, ContextError> {
     if pairs.len() > MAX_CONTEXT_ENTRIES {
         return Err(ContextError::TooManyEntries { count: pairs.len() });
     }
@@ -206,6 +398,26 @@ mod tests {
     use crate::version::clock::tests::{actor, arb_clock, clock};
     use proptest::prelude::*;
 
+    /// The clock-only encoding of `c`.
+    fn encode_clock(c: &VectorClock) -> Vec<u8> {
+        encode(&Context::from(c.clone()))
+    }
+
+    /// The clock of a decoded context that has no dots.
+    fn decode_clock_of(bytes: &[u8]) -> Result<VectorClock, ContextError> {
+        decode(bytes).map(|context| {
+            assert!(context.dots.is_empty(), "{context:?} has dots");
+            context.clock
+        })
+    }
+
+    fn dot(name: &str, counter: u64) -> Dot {
+        Dot {
+            actor: actor(name, 1),
+            counter,
+        }
+    }
+
     /// A context body from raw pairs, bypassing `encode`'s guarantees.
     fn raw(pairs: &[(Actor, u64)]) -> Vec<u8> {
         postcard::to_extend(&pairs.to_vec(), vec![CONTEXT_FORMAT_VERSION]).unwrap()
@@ -213,16 +425,16 @@ mod tests {
 
     #[test]
     fn empty_bytes_are_the_blind_write_context() {
-        assert_eq!(encode(&VectorClock::new()), Vec::<u8>::new());
-        assert_eq!(decode(&[]), Ok(VectorClock::new()));
+        assert_eq!(encode_clock(&VectorClock::new()), Vec::<u8>::new());
+        assert_eq!(decode_clock_of(&[]), Ok(VectorClock::new()));
         // The explicit form (version byte, zero entries) means the same.
-        assert_eq!(decode(&[1, 0]), Ok(VectorClock::new()));
+        assert_eq!(decode_clock_of(&[1, 0]), Ok(VectorClock::new()));
     }
 
     #[test]
     fn round_trip_drops_timestamps_only() {
         let c = clock(&[("a", 3, 100), ("b", 1, 200)]);
-        let back = decode(&encode(&c)).unwrap();
+        let back = decode_clock_of(&encode_clock(&c)).unwrap();
         assert_eq!(back.compare(&c), Causality::Equal);
         assert_eq!(back, clock(&[("a", 3, 0), ("b", 1, 0)]));
     }
@@ -230,53 +442,56 @@ mod tests {
     #[test]
     fn rejects_each_bad_input() {
         assert_eq!(
-            decode(&vec![1; MAX_CONTEXT_BYTES + 1]),
+            decode_clock_of(&vec![1; MAX_CONTEXT_BYTES + 1]),
             Err(ContextError::TooLarge {
                 len: MAX_CONTEXT_BYTES + 1
             })
         );
-        assert_eq!(decode(&[2, 0]), Err(ContextError::UnknownVersion(2)));
-        assert_eq!(decode(&[0]), Err(ContextError::UnknownVersion(0)));
-        let good = encode(&clock(&[("a", 3, 0)]));
         assert_eq!(
-            decode(&good[..good.len() - 1]),
+            decode_clock_of(&[3, 0]),
+            Err(ContextError::UnknownVersion(3))
+        );
+        assert_eq!(decode_clock_of(&[0]), Err(ContextError::UnknownVersion(0)));
+        let good = encode_clock(&clock(&[("a", 3, 0)]));
+        assert_eq!(
+            decode_clock_of(&good[..good.len() - 1]),
             Err(ContextError::Truncated)
         );
-        assert_eq!(decode(&[1]), Err(ContextError::Truncated));
+        assert_eq!(decode_clock_of(&[1]), Err(ContextError::Truncated));
         let mut trailing = good.clone();
         trailing.extend([7, 7]);
         assert_eq!(
-            decode(&trailing),
+            decode_clock_of(&trailing),
             Err(ContextError::TrailingBytes { count: 2 })
         );
         // One entry whose node id has a space in it.
         assert_eq!(
-            decode(&[1, 1, 3, b'a', b' ', b'b', 1, 1]),
+            decode_clock_of(&[1, 1, 3, b'a', b' ', b'b', 1, 1]),
             Err(ContextError::Malformed)
         );
         // A varint that never ends (eleven continuation bytes).
         let mut endless = vec![1];
         endless.extend([0xff; 11]);
-        assert_eq!(decode(&endless), Err(ContextError::Malformed));
+        assert_eq!(decode_clock_of(&endless), Err(ContextError::Malformed));
 
         let (a, b) = (actor("a", 1), actor("b", 1));
         assert_eq!(
-            decode(&raw(&[(b.clone(), 1), (a.clone(), 1)])),
+            decode_clock_of(&raw(&[(b.clone(), 1), (a.clone(), 1)])),
             Err(ContextError::UnsortedActors)
         );
         assert_eq!(
-            decode(&raw(&[(a.clone(), 1), (a.clone(), 2)])),
+            decode_clock_of(&raw(&[(a.clone(), 1), (a.clone(), 2)])),
             Err(ContextError::DuplicateActor(a.clone()))
         );
         assert_eq!(
-            decode(&raw(&[(a.clone(), 1), (b.clone(), 0)])),
+            decode_clock_of(&raw(&[(a.clone(), 1), (b.clone(), 0)])),
             Err(ContextError::ZeroCounter(b))
         );
         let many: Vec<(Actor, u64)> = (0..=MAX_CONTEXT_ENTRIES as u64)
             .map(|i| (actor("n", i), 1))
             .collect();
         assert_eq!(
-            decode(&raw(&many)),
+            decode_clock_of(&raw(&many)),
             Err(ContextError::TooManyEntries {
                 count: MAX_CONTEXT_ENTRIES + 1
             })
@@ -295,9 +510,9 @@ mod tests {
             };
             c.set(&Actor::new(crate::NodeId::new(node).unwrap(), 1), entry);
         }
-        let bytes = encode(&c);
+        let bytes = encode_clock(&c);
         assert!(bytes.len() <= MAX_CONTEXT_BYTES);
-        let back = decode(&bytes).unwrap();
+        let back = decode_clock_of(&bytes).unwrap();
         assert!(back.len() < MAX_CONTEXT_ENTRIES);
         // What is kept are the newest entries; the client's clock covers less.
         let oldest_kept = 300 - back.len() as u64;
@@ -307,37 +522,132 @@ mod tests {
         assert_eq!(back.compare(&c), Causality::Before);
     }
 
+    #[test]
+    fn a_dotted_context_covers_its_clock_and_its_dots_only() {
+        let context = Context::from(clock(&[("a", 3, 0)])).with_dot(dot("b", 9));
+        assert!(context.covers(&dot("a", 1)) && context.covers(&dot("a", 3)));
+        assert!(context.covers(&dot("b", 9)));
+        // The dot is one write, not everything before it.
+        assert!(!context.covers(&dot("b", 8)));
+        assert!(!context.covers(&dot("a", 4)));
+        assert_eq!(context.counter(&actor("b", 1)), 9);
+        assert_eq!(context.counter(&actor("a", 1)), 3);
+        // A dot the clock covers adds nothing.
+        assert_eq!(context.clone().with_dot(dot("a", 2)), context);
+        // It round-trips in format 2; without dots, format 1 as before.
+        let bytes = encode(&context);
+        assert_eq!(bytes[0], DOTTED_CONTEXT_FORMAT_VERSION);
+        assert_eq!(decode(&bytes), Ok(context.clone()));
+        assert_eq!(encode(&Context::from(clock(&[("a", 3, 0)])))[0], 1);
+        // Descent: clocks pointwise, dots covered.
+        let read = Context::from(clock(&[("a", 3, 0), ("b", 9, 0)]));
+        assert!(read.descends(&context));
+        assert!(!context.descends(&read), "a dot does not claim b:1..8");
+        assert!(context.descends(&Context::from(clock(&[("a", 2, 0)]))));
+    }
+
+    #[test]
+    fn dots_are_bounded_by_dropping_the_oldest() {
+        let mut context = Context::new();
+        for counter in 1..=(MAX_CONTEXT_DOTS as u64 + 5) {
+            // One actor per dot, so none folds into another.
+            context = context.with_dot(dot(&format!("n{counter}"), counter * 10));
+        }
+        assert_eq!(context.dots().len(), MAX_CONTEXT_DOTS);
+        assert!(!context.covers(&dot("n1", 10)), "the oldest went first");
+        assert!(context.covers(&dot(
+            &format!("n{}", MAX_CONTEXT_DOTS + 5),
+            (MAX_CONTEXT_DOTS as u64 + 5) * 10
+        )));
+        assert_eq!(decode(&encode(&context)), Ok(context));
+    }
+
+    #[test]
+    fn non_canonical_dots_are_refused() {
+        let body = |clock: &[(Actor, u64)], dots: &[(Actor, u64)]| {
+            let out =
+                postcard::to_extend(&clock.to_vec(), vec![DOTTED_CONTEXT_FORMAT_VERSION]).unwrap();
+            postcard::to_extend(&dots.to_vec(), out).unwrap()
+        };
+        let (a, b) = (actor("a", 1), actor("b", 1));
+        // Covered by the clock, unsorted, repeated, zero.
+        for dots in [
+            vec![(a.clone(), 2)],
+            vec![(b.clone(), 5), (b.clone(), 4)],
+            vec![(b.clone(), 5), (b.clone(), 5)],
+            vec![(b.clone(), 0)],
+        ] {
+            assert_eq!(
+                decode(&body(&[(a.clone(), 3)], &dots)),
+                Err(ContextError::BadDots),
+                "{dots:?}"
+            );
+        }
+        let many: Vec<(Actor, u64)> = (1..=MAX_CONTEXT_DOTS as u64 + 1)
+            .map(|c| (b.clone(), c))
+            .collect();
+        assert_eq!(
+            decode(&body(&[], &many)),
+            Err(ContextError::TooManyDots {
+                count: MAX_CONTEXT_DOTS + 1
+            })
+        );
+        // The dot list cut short.
+        let good = body(&[(a.clone(), 3)], &[(b.clone(), 5)]);
+        assert_eq!(
+            decode(&good[..good.len() - 1]),
+            Err(ContextError::Truncated)
+        );
+    }
+
+    #[test]
+    fn counters_no_node_can_have_issued_are_refused() {
+        let now = Millis(1_800_000_000_000);
+        let plausible = Context::from(clock(&[("a", now.0 + 5_000, 0)])).with_dot(dot("b", 7));
+        assert_eq!(plausible.check_counters(now), Ok(()));
+        let forged = Context::from(clock(&[("a", u64::MAX - 1, 0)]));
+        assert_eq!(
+            forged.check_counters(now),
+            Err(ContextError::ImpossibleCounter(actor("a", 1)))
+        );
+        let forged_dot = Context::new().with_dot(dot("b", now.0 + MAX_COUNTER_LEAD_MS + 1));
+        assert_eq!(
+            forged_dot.check_counters(now),
+            Err(ContextError::ImpossibleCounter(actor("b", 1)))
+        );
+    }
+
     proptest! {
         #[test]
         fn round_trip(c in arb_clock()) {
-            let back = decode(&encode(&c)).unwrap();
+            let back = decode_clock_of(&encode_clock(&c)).unwrap();
             prop_assert_eq!(back.compare(&c), Causality::Equal);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode(&bytes);
+            let _ = decode_clock_of(&bytes);
             let mut versioned = vec![CONTEXT_FORMAT_VERSION];
             versioned.extend(&bytes);
-            let _ = decode(&versioned);
+            let _ = decode_clock_of(&versioned);
         }
 
         #[test]
         fn every_strict_prefix_is_rejected(c in arb_clock()) {
-            let bytes = encode(&c);
+            let bytes = encode_clock(&c);
             for len in 1..bytes.len() {
-                prop_assert!(decode(&bytes[..len]).is_err());
+                prop_assert!(decode_clock_of(&bytes[..len]).is_err());
             }
         }
 
         #[test]
         fn mutated_encodings_never_panic(c in arb_clock(), at: usize, byte: u8) {
-            let mut bytes = encode(&c);
+            let mut bytes = encode_clock(&c);
             if !bytes.is_empty() {
                 let i = at % bytes.len();
                 bytes[i] = byte;
             }
-            let _ = decode(&bytes);
+            let _ = decode_clock_of(&bytes);
         }
     }
 }

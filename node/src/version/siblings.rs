@@ -14,6 +14,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::clock::{Actor, ClockEntry, Dot, VectorClock};
+use super::context::Context;
 use crate::time::Millis;
 
 /// The most siblings [`SiblingLimits`] can allow per key.
@@ -242,8 +243,28 @@ impl SiblingSet {
 
     /// The context a read returns: the clock, which covers every sibling, so a put
     /// with it supersedes them all.
-    pub fn context(&self) -> VectorClock {
-        self.clock.clone()
+    pub fn context(&self) -> Context {
+        Context::from(self.clock.clone())
+    }
+
+    /// The context a put returns after writing `dot` into this set with `sent`: what
+    /// the writer has seen, and nothing more (see [`super::context`]). When the new
+    /// version is the only one left, every other one was covered by `sent`, so the
+    /// whole clock says that; otherwise the set still holds versions the writer never
+    /// saw, and only `sent` plus `dot` is returned, so a put with it supersedes the
+    /// writer's own version and what it had read, never them.
+    pub fn put_context(&self, sent: &Context, dot: &Dot) -> Context {
+        match self.siblings.as_slice() {
+            // The clock covers `sent`'s clock (merged by the put) but not the single
+            // dots this set never held: keep them, or the writer would lose sight of
+            // versions it wrote elsewhere.
+            [only] if &only.dot == dot => {
+                sent.dots().iter().fold(self.context(), |context, seen| {
+                    context.with_dot(seen.clone())
+                })
+            }
+            _ => sent.clone().with_dot(dot.clone()),
+        }
     }
 
     /// The data values of the siblings (tombstones left out), in dot order.
@@ -332,7 +353,7 @@ impl SiblingSet {
     /// set is unchanged.
     pub fn put(
         &mut self,
-        context: &VectorClock,
+        context: &Context,
         value: Value,
         actor: &Actor,
         now: Millis,
@@ -380,7 +401,9 @@ impl SiblingSet {
         // learned from the client may be the one covering a value this write
         // supersedes; with timestamp zero it went first (a superseded value came back
         // in a 5-node scaling run).
-        for (context_actor, entry) in context.iter() {
+        // Only the clock part: a single dot outside it says nothing of the actor's
+        // earlier dots, which an entry would claim.
+        for (context_actor, entry) in context.clock().iter() {
             if entry.counter > self.clock.counter(context_actor) {
                 self.clock.set(
                     context_actor,
@@ -495,7 +518,7 @@ mod tests {
 
         // A client writes a new object; Sx handles it: D1 ([Sx,1]).
         at_sx
-            .put(&VectorClock::new(), data("D1"), &sx, Millis(0), &limits)
+            .put(&Context::new(), data("D1"), &sx, Millis(0), &limits)
             .unwrap();
         // The client updates it; Sx handles it again: D2 ([Sx,2]) overwrites D1.
         let ctx = at_sx.context();
@@ -523,7 +546,7 @@ mod tests {
         assert_eq!(values(&read), ["D3", "D4"]);
         let ctx = read.context();
         // The context is D3 and D4 combined: ([Sx,2],[Sy,1],[Sz,1]).
-        let counters = |c: &VectorClock| [c.counter(&sx), c.counter(&sy), c.counter(&sz)];
+        let counters = |c: &Context| [c.counter(&sx), c.counter(&sy), c.counter(&sz)];
         assert_eq!(counters(&ctx), [2, 1, 1]);
 
         // The client reconciles them and Sx coordinates the write: D5 ([Sx,3],[Sy,1],[Sz,1]).
@@ -532,7 +555,7 @@ mod tests {
             .put(&ctx, data("D5"), &sx, Millis(0), &limits)
             .unwrap();
         assert_eq!(out.dot.counter, 3);
-        assert_eq!(counters(at_sx.clock()), [3, 1, 1]);
+        assert_eq!(counters(&at_sx.context()), [3, 1, 1]);
         assert_eq!(values(&at_sx), ["D5"]);
 
         // Once D5 reaches Sy and Sz, D3 and D4 are gone everywhere.
@@ -550,7 +573,7 @@ mod tests {
         let a = actor("a", 1);
         let limits = SiblingLimits::default();
         let mut set = SiblingSet::new();
-        set.put(&VectorClock::new(), data("v0"), &a, Millis(1), &limits)
+        set.put(&Context::new(), data("v0"), &a, Millis(1), &limits)
             .unwrap();
         let ctx = set.context();
         set.put(&ctx, data("left"), &a, Millis(2), &limits).unwrap();
@@ -570,9 +593,9 @@ mod tests {
         let (a, b) = (actor("a", 1), actor("b", 1));
         let limits = SiblingLimits::default();
         let mut set = SiblingSet::new();
-        set.put(&VectorClock::new(), data("x"), &a, Millis(1), &limits)
+        set.put(&Context::new(), data("x"), &a, Millis(1), &limits)
             .unwrap();
-        set.put(&VectorClock::new(), data("y"), &b, Millis(2), &limits)
+        set.put(&Context::new(), data("y"), &b, Millis(2), &limits)
             .unwrap();
         assert_eq!(values(&set), ["x", "y"]);
     }
@@ -585,13 +608,13 @@ mod tests {
         let limits = SiblingLimits::default();
         let (a1, a2) = (actor("a", 1), actor("a", 2));
         let mut at_a = SiblingSet::new();
-        at_a.put(&VectorClock::new(), data("v1"), &a1, Millis(0), &limits)
+        at_a.put(&Context::new(), data("v1"), &a1, Millis(0), &limits)
             .unwrap();
         let at_b = at_a.clone();
 
         let mut at_a = SiblingSet::new(); // data directory lost
         let out = at_a
-            .put(&VectorClock::new(), data("v2"), &a2, Millis(0), &limits)
+            .put(&Context::new(), data("v2"), &a2, Millis(0), &limits)
             .unwrap();
         assert_eq!(
             out.dot,
@@ -611,11 +634,11 @@ mod tests {
         let limits = SiblingLimits::default();
         let a = actor("a", 1);
         let mut at_a = SiblingSet::new();
-        at_a.put(&VectorClock::new(), data("v1"), &a, Millis(1), &limits)
+        at_a.put(&Context::new(), data("v1"), &a, Millis(1), &limits)
             .unwrap();
         let at_b = at_a.clone();
         let mut at_a = SiblingSet::new();
-        at_a.put(&VectorClock::new(), data("v2"), &a, Millis(2), &limits)
+        at_a.put(&Context::new(), data("v2"), &a, Millis(2), &limits)
             .unwrap();
         assert_eq!(merged(&at_a, &at_b).len(), 1);
     }
@@ -626,7 +649,7 @@ mod tests {
         let limits = SiblingLimits::default();
         let mut set = SiblingSet::new();
         assert!(set.is_deleted() && !set.tombstone_only() && set.is_empty());
-        set.put(&VectorClock::new(), data("x"), &a, Millis(1), &limits)
+        set.put(&Context::new(), data("x"), &a, Millis(1), &limits)
             .unwrap();
         let stale = set.clone();
         assert!(!set.is_deleted());
@@ -665,13 +688,7 @@ mod tests {
 
         let mut purged = SiblingSet::new();
         let outcome = purged
-            .put(
-                &VectorClock::new(),
-                data("new"),
-                &a,
-                Millis(90_000),
-                &limits,
-            )
+            .put(&Context::new(), data("new"), &a, Millis(90_000), &limits)
             .unwrap();
         assert_eq!(outcome.dot.counter, 90_000);
         assert_eq!(values(&merged(&purged, &surviving_tombstone)), ["new"]);
@@ -680,7 +697,7 @@ mod tests {
         // Within one millisecond (or with the clock behind), counters still rise by one.
         let mut fast = SiblingSet::new();
         let first = fast
-            .put(&VectorClock::new(), data("x"), &a, Millis(5), &limits)
+            .put(&Context::new(), data("x"), &a, Millis(5), &limits)
             .unwrap();
         let ctx = fast.context();
         let second = fast.put(&ctx, data("y"), &a, Millis(5), &limits).unwrap();
@@ -697,7 +714,7 @@ mod tests {
         let a = actor("a", 1);
         let limits = SiblingLimits::new(3, 1, 10).unwrap();
         let mut set = SiblingSet::new();
-        let blind = VectorClock::new();
+        let blind = Context::new();
         let first = set.put(&blind, data("1"), &a, Millis(1), &limits).unwrap();
         assert!(!first.warn);
         let second = set.put(&blind, data("2"), &a, Millis(2), &limits).unwrap();
@@ -741,7 +758,7 @@ mod tests {
     fn put_truncates_clock_but_protects_live_siblings() {
         let limits = SiblingLimits::new(100, 20, 2).unwrap();
         let mut set = SiblingSet::new();
-        let blind = VectorClock::new();
+        let blind = Context::new();
         let (a, b, c, d) = (actor("a", 1), actor("b", 1), actor("c", 1), actor("d", 1));
         // Three concurrent siblings: all their actors are protected.
         set.put(&blind, data("a"), &a, Millis(10), &limits).unwrap();
@@ -756,13 +773,13 @@ mod tests {
         assert_eq!(left, [c, d.clone()]);
         // The coordinator's own entry survives even when it is the oldest, so the
         // actor's counter for the key never goes back and no dot is reissued.
-        let ctx = set.context();
-        let mut newer = ctx.clone();
+        let mut newer = set.clock().clone();
         newer.merge(&{
             let mut e = VectorClock::new();
             e.increment(&actor("e", 1), Millis(99));
             e
         });
+        let newer = Context::from(newer);
         // A skewed wall clock makes d's new entry the oldest (5 < 30 < 99).
         let out = set.put(&newer, data("d2"), &d, Millis(5), &limits).unwrap();
         // One above d's previous counter, which the wall clock lifted to 40.
@@ -780,7 +797,7 @@ mod tests {
         let (a, b, c, x) = (actor("a", 1), actor("b", 1), actor("c", 1), actor("x", 1));
         let mut coordinator = SiblingSet::new();
         coordinator
-            .put(&VectorClock::new(), data("a"), &a, Millis(10), &limits)
+            .put(&Context::new(), data("a"), &a, Millis(10), &limits)
             .unwrap();
         let ctx = coordinator.context();
         coordinator
@@ -812,7 +829,13 @@ mod tests {
         ctx.increment(&a, Millis(2));
         let mut set = SiblingSet::new();
         let out = set
-            .put(&ctx, data("x"), &a, Millis(3), &SiblingLimits::default())
+            .put(
+                &Context::from(ctx),
+                data("x"),
+                &a,
+                Millis(3),
+                &SiblingLimits::default(),
+            )
             .unwrap();
         assert_eq!(out.dot.counter, 3);
     }
@@ -853,10 +876,10 @@ mod tests {
         let a = actor("a", 1);
         let limits = unlimited();
         let mut x = SiblingSet::new();
-        x.put(&VectorClock::new(), data("x"), &a, Millis(1), &limits)
+        x.put(&Context::new(), data("x"), &a, Millis(1), &limits)
             .unwrap();
         let mut y = SiblingSet::new();
-        y.put(&VectorClock::new(), data("y"), &a, Millis(1), &limits)
+        y.put(&Context::new(), data("y"), &a, Millis(1), &limits)
             .unwrap();
         assert_eq!(merged(&x, &y), merged(&y, &x));
         assert_eq!(values(&merged(&x, &y)), ["y"]);

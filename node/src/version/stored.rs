@@ -233,7 +233,7 @@ mod tests {
     fn sample() -> SiblingSet {
         let limits = SiblingLimits::default();
         let mut set = SiblingSet::new();
-        let blind = VectorClock::new();
+        let blind = crate::version::context::Context::new();
         set.put(
             &blind,
             Value::data(&b"one"[..]),

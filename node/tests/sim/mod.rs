@@ -43,7 +43,8 @@ use dynamo_node::transport::{
     ForwardedPut, MemoryNetwork, MemoryTransport, MergeBatch, MerkleQuery, RangePage, RangeScan,
     ReplicaWrite, Transport, TransportError,
 };
-use dynamo_node::version::{SiblingSet, VectorClock};
+use dynamo_node::version::SiblingSet;
+use dynamo_node::version::context::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -593,7 +594,7 @@ impl Session {
     }
 
     /// A read, recorded; its values and context if it succeeded.
-    async fn get(&self, key: &[u8], r: Option<u32>) -> Option<(SiblingSet, VectorClock)> {
+    async fn get(&self, key: &[u8], r: Option<u32>) -> Option<(SiblingSet, Context)> {
         let (shared, generation) = self.node()?;
         let op = lock(&self.world).history.invoke_get(key);
         let result =
@@ -623,12 +624,7 @@ impl Session {
     }
 
     /// A put (`None`: a delete), recorded; the returned context if acknowledged.
-    async fn put(
-        &self,
-        key: &[u8],
-        value: Option<Vec<u8>>,
-        context: VectorClock,
-    ) -> Option<VectorClock> {
+    async fn put(&self, key: &[u8], value: Option<Vec<u8>>, context: Context) -> Option<Context> {
         let (shared, generation) = self.node()?;
         let op: OpId = {
             let mut world = lock(&self.world);
@@ -689,8 +685,16 @@ async fn run_client(world: Shared, node: usize, key: Vec<u8>, workload: Workload
             session.get(&key, None).await;
         }
         Workload::BlindPut => {
-            let value = format!("v{}", unique()).into_bytes();
-            session.put(&key, Some(value), VectorClock::new()).await;
+            let id = unique();
+            let value = format!("v{id}").into_bytes();
+            let returned = session.put(&key, Some(value), Context::new()).await;
+            // Every other one writes again with the context its put returned: that
+            // context covers the writer's own version and nothing it never saw, so the
+            // second write supersedes the first and no concurrent blind write.
+            if let Some(context) = returned.filter(|_| id % 2 == 1) {
+                let value = format!("v{}", unique()).into_bytes();
+                session.put(&key, Some(value), context).await;
+            }
         }
         Workload::ReadModifyWrite => {
             if let Some((_, context)) = session.get(&key, None).await {
