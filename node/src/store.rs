@@ -23,7 +23,8 @@ use crate::ring::TokenRange;
 use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
-    SiblingLimits, SiblingSet, StorageFormatError, Value, VersionError, context::Context,
+    MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, SiblingLimits, SiblingSet, StorageFormatError,
+    Value, VersionError, context::Context,
 };
 
 /// What can go wrong reading or writing a key's versions.
@@ -39,6 +40,39 @@ pub enum StoreError {
     /// The write broke a version rule (too many siblings).
     #[error(transparent)]
     Version(#[from] VersionError),
+    /// The key's state would outgrow what one internode message carries (or what the
+    /// stored-state decoder accepts); the record is left as it was.
+    #[error(
+        "the key's versions would take {bytes} bytes in {siblings} siblings, more than a key may hold ({MAX_STATE_BYTES} bytes, {MAX_STORED_SIBLINGS} siblings); read the key and resolve its siblings, or write a smaller value"
+    )]
+    StateTooLarge {
+        /// The encoded size the state would have.
+        bytes: usize,
+        /// The siblings it would have.
+        siblings: usize,
+    },
+}
+
+/// The most bytes one key's stored state may take: one internode message's worth,
+/// less room for the key and the message around it. Every replica write, replica read,
+/// hint, range transfer and anti-entropy exchange carries a key's whole state, so a
+/// larger one could be written once and never replicated, read or moved again (a put
+/// acknowledged on one copy, a leave that never completes). Puts and merges that
+/// would exceed it are refused before anything is written.
+pub const MAX_STATE_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES - 256 * 1024;
+
+/// Whether an encoded state of `bytes` bytes may be stored, and why not.
+fn check_state_size(state: &SiblingSet, bytes: usize) -> Result<(), StoreError> {
+    if bytes > MAX_STATE_BYTES
+        || state.len() > MAX_STORED_SIBLINGS
+        || state.clock().len() > MAX_STORED_CLOCK_ENTRIES
+    {
+        return Err(StoreError::StateTooLarge {
+            bytes,
+            siblings: state.len(),
+        });
+    }
+    Ok(())
 }
 
 /// What a coordinated put left: the key's state after it, to replicate, and the context
@@ -175,20 +209,25 @@ impl Store {
                 // Read on every attempt: a retried update must see a renewal that
                 // happened meanwhile.
                 let actor = self.identity.current();
-                let result =
-                    decode_state(current)
-                        .map_err(StoreError::from)
-                        .and_then(|mut state| {
-                            let written = state
-                                .put(context, value.clone(), &actor, now, &self.limits)
-                                .map_err(StoreError::from)?;
-                            let context = state.put_context(context, &written.dot);
-                            Ok(Coordinated { state, context })
-                        });
-                let next = match &result {
-                    Ok(coordinated) => encode(&coordinated.state),
+                let result = decode_state(current)
+                    .map_err(StoreError::from)
+                    .and_then(|mut state| {
+                        let written = state
+                            .put(context, value.clone(), &actor, now, &self.limits)
+                            .map_err(StoreError::from)?;
+                        let context = state.put_context(context, &written.dot);
+                        Ok(Coordinated { state, context })
+                    })
+                    .and_then(|coordinated| {
+                        let bytes = encode(&coordinated.state);
+                        let len = bytes.as_ref().map_or(0, Vec::len);
+                        check_state_size(&coordinated.state, len)?;
+                        Ok((coordinated, bytes))
+                    });
+                let (result, next) = match result {
+                    Ok((coordinated, bytes)) => (Ok(coordinated), bytes),
                     // Leave the record exactly as it was.
-                    Err(_) => current.map(<[u8]>::to_vec),
+                    Err(error) => (Err(error), current.map(<[u8]>::to_vec)),
                 };
                 outcome = Some(result);
                 next
@@ -571,16 +610,27 @@ fn merge_with(
 ) -> Result<SiblingSet, StoreError> {
     let mut outcome: Option<Result<SiblingSet, StoreError>> = None;
     update(&mut |current| {
-        let result = decode_state(current).map(|mut state| {
-            state.merge(incoming);
-            state
-        });
-        let next = match &result {
-            Ok(state) => encode(state),
-            Err(_) => current.map(<[u8]>::to_vec),
-        };
-        outcome = Some(result.map_err(StoreError::from));
-        next
+        let result = decode_state(current)
+            .map_err(StoreError::from)
+            .and_then(|mut state| {
+                state.merge(incoming);
+                // A merge only joins what both sides hold, but two replicas' siblings
+                // together can outgrow what a stored state may be: refused, the record
+                // stays readable (the replicas stay apart until a put resolves them).
+                let bytes = encode(&state);
+                check_state_size(&state, bytes.as_ref().map_or(0, Vec::len))?;
+                Ok((state, bytes))
+            });
+        match result {
+            Ok((state, bytes)) => {
+                outcome = Some(Ok(state));
+                bytes
+            }
+            Err(error) => {
+                outcome = Some(Err(error));
+                current.map(<[u8]>::to_vec)
+            }
+        }
     })?;
     outcome.unwrap_or_else(|| Ok(SiblingSet::new()))
 }
@@ -989,6 +1039,80 @@ mod tests {
             context = state.context();
             n0.identity().renew(n0.engine().as_ref()).unwrap();
         }
+    }
+
+    #[test]
+    fn a_put_that_would_outgrow_a_key_s_state_is_refused_and_changes_nothing() {
+        let store = store();
+        let half = vec![1u8; MAX_STATE_BYTES / 2 + 1024];
+        let first = store
+            .coordinate(
+                b"k",
+                &Context::new(),
+                Value::data(half.clone()),
+                Millis(1),
+                Durability::Buffered,
+            )
+            .unwrap()
+            .state;
+        // A concurrent (blind) second half would make two siblings over the bound.
+        let refused = store
+            .coordinate(
+                b"k",
+                &Context::new(),
+                Value::data(half.clone()),
+                Millis(2),
+                Durability::Buffered,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(refused, StoreError::StateTooLarge { siblings: 2, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("resolve its siblings"));
+        assert_eq!(store.read(b"k").unwrap(), first);
+        // Superseding the first instead keeps one sibling: accepted.
+        store
+            .coordinate(
+                b"k",
+                &first.context(),
+                Value::data(half),
+                Millis(3),
+                Durability::Buffered,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_merge_that_would_outgrow_what_a_stored_state_may_be_is_refused() {
+        // Two replicas each under the sibling bound, together over what the stored
+        // state decoder accepts: merging them would leave a record nothing can read.
+        let limits = SiblingLimits::new(4096, 4096, 10_000).unwrap();
+        let many = |name: &str| {
+            let mut state = SiblingSet::new();
+            for i in 0..(MAX_STORED_SIBLINGS / 2 + 1) as u64 {
+                let actor = Actor::new(NodeId::new(format!("{name}{i}")).unwrap(), 1);
+                state
+                    .put(
+                        &Context::new(),
+                        Value::data(vec![1]),
+                        &actor,
+                        Millis(1),
+                        &limits,
+                    )
+                    .unwrap();
+            }
+            state
+        };
+        let (left, right) = (many("a"), many("b"));
+        let store = store();
+        store.merge(b"k", &left, Durability::Buffered).unwrap();
+        let refused = store.merge(b"k", &right, Durability::Buffered).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::StateTooLarge { .. }),
+            "{refused}"
+        );
+        assert_eq!(store.read(b"k").unwrap(), left, "the record stays readable");
     }
 
     #[test]

@@ -1323,3 +1323,48 @@ async fn a_stuck_peer_shows_as_unreachable_while_it_stays_a_member() {
     })
     .await;
 }
+
+/// A key's state is bounded by what one internode message carries: a put that would
+/// outgrow it (two concurrent 9 MiB values) is refused before anything is written,
+/// with a message saying what to do, and the key stays readable and writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_would_outgrow_the_key_is_refused_before_anything_is_written() {
+    let mut args = ONE_REPLICA.to_vec();
+    args.extend(["--max-value-bytes", "10485760"]);
+    let cluster = TestCluster::start(1, &args).await;
+    let node = &cluster.nodes[0];
+    let large = "x".repeat(9 * 1024 * 1024);
+    put(node, "big", &large, Vec::new())
+        .await
+        .expect("one 9 MiB value fits");
+    let refused = put(node, "big", &large, Vec::new())
+        .await
+        .expect_err("a second, concurrent 9 MiB value does not");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("resolve its siblings"),
+        "{}",
+        refused.message()
+    );
+    let reply = node
+        .kv()
+        .await
+        .max_decoding_message_size(32 * 1024 * 1024)
+        .get(GetRequest {
+            key: b"big".to_vec().into(),
+            r: None,
+        })
+        .await
+        .expect("still readable")
+        .into_inner();
+    assert_eq!(
+        reply.values.len(),
+        1,
+        "nothing of the refused put was written"
+    );
+    let context = reply.context.to_vec();
+    put(node, "big", "small", context)
+        .await
+        .expect("a put resolving it is accepted");
+    assert_eq!(get(node, "big", None).await.expect("get").0, ["small"]);
+}

@@ -98,8 +98,18 @@ pub const MAX_KEY_BYTES_LIMIT: u32 = 64 * 1024;
 /// Default largest value, in bytes (1 MiB; the paper's objects are "usually less than
 /// 1 MB", Dynamo §2.1).
 pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1024 * 1024;
-/// The largest accepted `max-value-bytes` (64 MiB).
-pub const MAX_VALUE_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
+/// The largest accepted `max-value-bytes` (15.5 MiB): one value with the largest key
+/// and its versioning must fit in what a key's state may take
+/// ([`MAX_STATE_BYTES`](crate::store::MAX_STATE_BYTES), one internode message), or it
+/// could be written but never replicated. (It was 64 MiB, which no replica could
+/// receive.)
+pub const MAX_VALUE_BYTES_LIMIT: u32 = 31 * 512 * 1024;
+
+// The value and key limits leave room for the state's clock and sibling headers.
+const _: () = assert!(
+    MAX_VALUE_BYTES_LIMIT as usize + MAX_KEY_BYTES_LIMIT as usize + 64 * 1024
+        <= crate::store::MAX_STATE_BYTES
+);
 /// Default most siblings kept per key.
 pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
 /// The largest accepted `max-siblings`: the most a stored state may hold
@@ -1370,7 +1380,7 @@ mod tests {
             ("max-key-bytes: 65537", "max-key-bytes is 65537"),
             (
                 "max-value-bytes: 0",
-                "max-value-bytes is 0; allowed are 1..=67108864",
+                "max-value-bytes is 0; allowed are 1..=16252928",
             ),
             ("max-value-bytes: 67108865", "max-value-bytes is 67108865"),
             ("max-siblings: 0", "max-siblings is 0; allowed are 1..=4096"),
@@ -1488,7 +1498,7 @@ mod tests {
             "replication-factor: 1\nread-quorum: 1\nwrite-quorum: 1",
             "weight: 10000",
             "partitioning: random-tokens\ntokens-per-weight: 104\nweight: 10000",
-            "max-key-bytes: 65536\nmax-value-bytes: 67108864\nmax-siblings: 4096",
+            "max-key-bytes: 65536\nmax-value-bytes: 16252928\nmax-siblings: 4096",
             "request-timeout: 1ms\ngossip-interval: 1h\nflush-interval: 1m",
             // Different addresses may share a port; port 0 (any free port) never clashes.
             "listen: 127.0.0.1:7000\ninternode-listen: 10.0.0.1:7000\nhttp-listen: '[::1]:7000'\n\

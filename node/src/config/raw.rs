@@ -468,7 +468,8 @@ pub enum StorageKind {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum DurabilityMode {
-    /// Every write is on disk before it is acknowledged.
+    /// Every write is on disk (`fdatasync`ed, group-committed) before it is
+    /// acknowledged.
     #[default]
     Sync,
     /// Writes go to memory and are flushed every `flush-interval` (Dynamo §6.1).

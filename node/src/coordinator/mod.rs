@@ -42,7 +42,7 @@ use crate::storage::Durability;
 use crate::store::{Store, StoreError};
 use crate::transport::{ForwardedPut, ReplicaError, ReplicaWrite, Transport, TransportError};
 use crate::version::context::Context;
-use crate::version::{SiblingSet, Value};
+use crate::version::{SiblingSet, Value, VersionError};
 
 /// Why a client request failed.
 #[derive(Debug, thiserror::Error)]
@@ -430,13 +430,11 @@ impl Coordinator {
         // own flush: a crash then loses our dot of an acknowledged write, which is why
         // every unclean start takes a new clock incarnation, in sync mode too
         // (`ActorIdentity::open`).
-        let coordinated = self.inner.store.coordinate(
-            key,
-            &context,
-            value,
-            clock.wall(),
-            Durability::Buffered,
-        )?;
+        let coordinated = self
+            .inner
+            .store
+            .coordinate(key, &context, value, clock.wall(), Durability::Buffered)
+            .map_err(put_refusal)?;
         let n = usize::try_from(self.inner.quorum.n()).unwrap_or(usize::MAX);
         let writes = self.inner.cluster.write_set(key, n);
         let config = transfer_quorum(config, &writes);
@@ -458,6 +456,18 @@ impl Coordinator {
             Ok(PutOutcome::Failed(error)) => Err(error.into()),
             Err(_) => Err(CoordinatorError::Unavailable("put task ended early".into())),
         }
+    }
+}
+
+/// A put the local store refused: the client's to fix (too many siblings, a state too
+/// large to replicate) or the node's (storage failure, corruption).
+fn put_refusal(error: StoreError) -> CoordinatorError {
+    match error {
+        StoreError::StateTooLarge { .. }
+        | StoreError::Version(
+            VersionError::TooManySiblings { .. } | VersionError::CounterOverflow(_),
+        ) => CoordinatorError::InvalidArgument(error.to_string()),
+        other => CoordinatorError::Store(other),
     }
 }
 
