@@ -152,19 +152,22 @@ fn an_unusable_internode_token_file_stops_the_start_without_showing_the_token() 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
     std::fs::write(&file, "hunter2\n").unwrap();
-    let out = run(
-        &[
-            "--node-id",
-            "n1",
-            "--storage",
-            "memory",
-            "--listen",
-            "127.0.0.1:0",
-            "--internode-token-file",
-            file.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let start_with = |token_file: &std::path::Path| {
+        run(
+            &[
+                "--node-id",
+                "n1",
+                "--storage",
+                "memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--internode-token-file",
+                token_file.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let out = start_with(&file);
     assert!(!out.status.success(), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(
@@ -172,20 +175,7 @@ fn an_unusable_internode_token_file_stops_the_start_without_showing_the_token() 
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
-    let missing = dir.path().join("missing");
-    let out = run(
-        &[
-            "--node-id",
-            "n1",
-            "--storage",
-            "memory",
-            "--listen",
-            "127.0.0.1:0",
-            "--internode-token-file",
-            missing.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = start_with(&dir.path().join("missing"));
     assert!(!out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("missing"), "{out:?}");
 }

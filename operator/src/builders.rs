@@ -888,15 +888,30 @@ pub fn admin_token_secret(
     if cluster.spec.admin_token_secret.is_some() {
         return Ok(None);
     }
-    Ok(Some(Secret {
-        metadata: owner.metadata(generated_admin_token_secret_name(owner.name)),
+    Ok(Some(token_secret(
+        &owner,
+        generated_admin_token_secret_name(owner.name),
+        ADMIN_TOKEN_KEY,
+        random,
+    )))
+}
+
+/// An owned Opaque Secret holding `random`, hex-encoded, under `key`.
+fn token_secret(
+    owner: &Owner<'_>,
+    name: String,
+    key: &str,
+    random: &[u8; ADMIN_TOKEN_BYTES],
+) -> Secret {
+    Secret {
+        metadata: owner.metadata(name),
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
-            ADMIN_TOKEN_KEY.to_owned(),
+            key.to_owned(),
             ByteString(hex(random).into_bytes()),
         )])),
         ..Secret::default()
-    }))
+    }
 }
 
 /// The generated internode secret: `random` hex-encoded under
@@ -912,15 +927,12 @@ pub fn internode_token_secret(
     random: &[u8; ADMIN_TOKEN_BYTES],
 ) -> Result<Secret, BuildError> {
     let owner = Owner::of(cluster)?;
-    Ok(Secret {
-        metadata: owner.metadata(internode_token_secret_name(owner.name)),
-        type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            INTERNODE_TOKEN_KEY.to_owned(),
-            ByteString(hex(random).into_bytes()),
-        )])),
-        ..Secret::default()
-    })
+    Ok(token_secret(
+        &owner,
+        internode_token_secret_name(owner.name),
+        INTERNODE_TOKEN_KEY,
+        random,
+    ))
 }
 
 #[cfg(test)]
