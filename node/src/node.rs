@@ -1036,34 +1036,18 @@ async fn serve(
             metrics: shared.metrics.clone(),
             cluster: Arc::clone(&shared.cluster),
         });
-        match &tls {
-            Some(tls) => {
-                // In-flight requests end within the request timeout; the margin covers
-                // reading bodies and writing answers.
-                let drain = config.request_timeout() + Duration::from_secs(5);
-                crate::server::https::serve(
-                    listener,
-                    Arc::clone(&tls.https),
-                    router,
-                    wait_for(shutdown.clone()),
-                    drain,
-                )
-                .await;
-                Ok(())
-            }
-            None => {
-                use axum::serve::ListenerExt;
-                // Small responses must not wait on Nagle's algorithm.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%error, "setting TCP_NODELAY");
-                    }
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(wait_for(shutdown.clone()))
-                    .await
-            }
-        }
+        // In-flight requests end within the request timeout; the margin covers reading
+        // bodies and writing answers.
+        let drain = config.request_timeout() + Duration::from_secs(5);
+        crate::server::https::serve(
+            listener,
+            tls.as_ref().map(|tls| Arc::clone(&tls.https)),
+            router,
+            wait_for(shutdown.clone()),
+            crate::server::https::ServeLimits::with_drain(drain),
+        )
+        .await;
+        Ok::<(), std::io::Error>(())
     };
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
     gossip.abort();

@@ -1368,3 +1368,29 @@ async fn a_put_that_would_outgrow_the_key_is_refused_before_anything_is_written(
         .expect("a put resolving it is accepted");
     assert_eq!(get(node, "big", None).await.expect("get").0, ["small"]);
 }
+
+/// SIGTERM while a plain-HTTP client holds a half-sent request: the node stops
+/// accepting, gives open connections its drain bound (request timeout + 5 s) and exits
+/// cleanly. It used to wait for that client forever, until Kubernetes' SIGKILL made the
+/// stop an unclean one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_half_sent_http_request_exits_within_the_drain_bound() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut args = ONE_REPLICA.to_vec();
+    args.extend(["--http-listen", "127.0.0.1:0"]);
+    let mut cluster = TestCluster::start(1, &args).await;
+    let http = cluster.nodes[0].http.expect("HTTP is on");
+    let mut partial = tokio::net::TcpStream::connect(http).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let health = support::http(http, "GET", "/healthz", &[], b"").await;
+    assert_eq!(
+        health.status, 200,
+        "the node serves beside the half-sent request"
+    );
+    // Panics unless the node exits successfully within the harness's bound (30 s).
+    cluster.nodes[0].stop().await;
+    drop(partial);
+}

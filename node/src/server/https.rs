@@ -1,11 +1,12 @@
-//! HTTPS for the HTTP API listener (I/O shell): when the node has TLS material, the
-//! [`http`](super::http) router is served over TLS with the node's certificate.
+//! The HTTP API listener (I/O shell): the [`http`](super::http) router, over TLS with
+//! the node's certificate when the node has TLS material, within [`ServeLimits`]
+//! (a connection cap, a header-read timeout, a bounded drain at shutdown) either way.
 //!
 //! Clients are not asked for a certificate: this port is for curl users, Prometheus and
 //! kubelet probes (kubelet's HTTPS probes skip verification, so a self-signed cluster
 //! certificate works in Kubernetes). Mutual TLS stays on the internode port.
 //!
-//! One task per connection: TCP accept, TLS handshake (bounded by
+//! One task per connection: TCP accept (past the cap, a `503` and a close), TLS handshake (bounded by
 //! [`HANDSHAKE_TIMEOUT`]), then hyper serving HTTP/1.1 or HTTP/2 (chosen by ALPN or by
 //! the request preface). A failed handshake or a broken connection is logged at debug
 //! and ends that connection only (a protocol error ends one connection, not the
@@ -112,35 +113,108 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS (`tls`, from [`server_config`]) on `listener` until `shutdown` completes, then stops
-/// accepting and gives open connections up to `drain` to finish their requests.
-/// Connections still open after that are dropped.
+/// Bounds on the HTTP API listener, so slow or idle clients cannot hold the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// How long open connections get to finish their requests after shutdown begins;
+    /// connections still open then are dropped, so a stop always ends.
+    pub drain: Duration,
+    /// Most connections served at once. Past it a plain-HTTP client gets `503` with
+    /// `Retry-After` and the connection is closed (a TLS client is closed), so idle or
+    /// slow connections cannot use up the process's file descriptors.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, the first and each
+    /// next on a kept-alive connection (slowloris, idle keep-alive).
+    pub header_read_timeout: Duration,
+}
+
+impl ServeLimits {
+    /// The node's limits: `drain` from its request timeout, the rest fixed.
+    pub fn with_drain(drain: Duration) -> Self {
+        Self {
+            drain,
+            max_connections: MAX_HTTP_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Most HTTP API connections served at once (probes, scrapes, the status page and the
+/// `/v1/kv` API share them).
+pub const MAX_HTTP_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an over-the-cap plain-HTTP client reads before the connection closes.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Length: 30\r\nConnection: close\r\n\r\ntoo many connections; try again\n";
+
+/// How long an over-the-cap connection may take to get its `503` and close.
+const OVERLOADED_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers an over-the-cap client with [`OVERLOADED`] and closes. What the client sent
+/// is read first (up to 64 KiB): closing a socket with unread data resets it, and the
+/// reset can reach the client before the answer does.
+async fn refuse_overloaded(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(OVERLOADED).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut read = 0;
+    while read < 64 * 1024 {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    Ok(())
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given (from
+/// [`server_config`]), until `shutdown` completes; then stops accepting and gives open
+/// connections up to `limits.drain` to finish their requests. Connections still open
+/// after that are dropped: a half-sent request cannot keep the node from stopping.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Option<Arc<ServerConfig>>,
     router: Router,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    limits: ServeLimits,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer lets hyper bound how long a client may take to send request headers.
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "HTTPS accept failed");
+                    tracing::warn!(%error, "HTTP accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection refused: at the connection cap");
+            if acceptor.is_none() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(OVERLOADED_LINGER, refuse_overloaded(&mut stream))
+                        .await;
+                });
+            }
+            continue;
         };
         // Small responses must not wait on Nagle's algorithm.
         if let Err(error) = stream.set_nodelay(true) {
@@ -153,20 +227,35 @@ pub async fn serve(
         // connection (and the drain waits for it).
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "HTTPS handshake failed");
-                    return;
+            // Held until the connection ends.
+            let _slot = slot;
+            let result = match acceptor {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "HTTPS handshake timed out");
-                    return;
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "HTTPS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "HTTPS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watcher.watch(connection).await
                 }
             };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "HTTP connection ended with an error");
             }
         });
     }
@@ -174,8 +263,8 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {
-            tracing::debug!(?drain, "HTTPS connections still open after the drain bound");
+        () = tokio::time::sleep(limits.drain) => {
+            tracing::debug!(drain = ?limits.drain, "HTTP connections still open after the drain bound");
         }
     }
 }
@@ -251,12 +340,12 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
-            server_tls(cert),
+            Some(server_tls(cert)),
             router,
             async move {
                 let _ = stopped.await;
             },
-            drain,
+            ServeLimits::with_drain(drain),
         ));
         (address, stop, task)
     }
@@ -376,6 +465,113 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("serve gives up on a stuck request after the drain bound")
+            .unwrap();
+    }
+
+    /// A plain-HTTP listener for `/ok` within `limits`.
+    async fn start_plain(
+        limits: ServeLimits,
+    ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route("/ok", get(|| async { "fine" }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            None,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        (address, stop, task)
+    }
+
+    /// Sends `request` on a fresh connection and reads until the server closes it.
+    async fn exchange(address: SocketAddr, request: &[u8]) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+            .await
+            .expect("the server answers and closes within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    const GET_OK: &[u8] = b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    #[tokio::test]
+    async fn past_the_connection_cap_a_client_gets_503_and_the_held_ones_keep_working() {
+        let limits = ServeLimits {
+            max_connections: 2,
+            ..ServeLimits::with_drain(Duration::from_secs(1))
+        };
+        let (address, stop, task) = start_plain(limits).await;
+        // Two idle connections hold both slots (the server has accepted them once a
+        // request on a third is answered with the cap's 503).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let refused = exchange(address, GET_OK).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("Retry-After: 1"), "{refused}");
+        // A held connection still serves.
+        let mut first = held.remove(0);
+        first.write_all(GET_OK).await.unwrap();
+        let mut raw = Vec::new();
+        first.read_to_end(&mut raw).await.unwrap();
+        assert!(String::from_utf8_lossy(&raw).contains("fine"));
+        // Its slot is free again once it closed: a new client is served.
+        drop(first);
+        let mut served = String::new();
+        for _ in 0..100 {
+            served = exchange(address, GET_OK).await;
+            if served.contains("fine") {
+                break;
+            }
+            // The closed connection's task ends asynchronously.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served.contains("fine"), "{served}");
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_too_slow_to_send_its_headers_is_cut_off() {
+        let limits = ServeLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServeLimits::with_drain(Duration::from_secs(1))
+        };
+        let (address, stop, task) = start_plain(limits).await;
+        // A slowloris: half a request line, then nothing. The server closes it (with or
+        // without a 408) instead of holding it.
+        let answer = exchange(address, b"GET /ok HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(!answer.contains("fine"), "{answer}");
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_does_not_hold_the_shutdown() {
+        let limits = ServeLimits {
+            // Long enough that only the drain bound can end this test in time.
+            header_read_timeout: Duration::from_secs(600),
+            ..ServeLimits::with_drain(Duration::from_millis(300))
+        };
+        let (address, stop, task) = start_plain(limits).await;
+        let mut partial = tokio::net::TcpStream::connect(address).await.unwrap();
+        partial.write_all(b"GET /ok HTTP/1.1\r\nHo").await.unwrap();
+        // The server is serving that connection once a full request on another works.
+        assert!(exchange(address, GET_OK).await.contains("fine"));
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve stops within the drain bound despite the half-sent request")
             .unwrap();
     }
 }
