@@ -330,16 +330,19 @@ impl Client {
     async fn write(&mut self, key: &[u8], read_context: Context) {
         self.written += 1;
         let value = format!("c{}-{}", self.id, self.written).into_bytes();
-        let mut kv = self.kv();
         let op = lock(&self.history).invoke_put(key, &value, read_context.clone());
-        let reply = kv
-            .put(PutRequest {
-                key: key.to_vec().into(),
-                context: context::encode(&read_context).into(),
-                value: value.into(),
-                w: None,
-            })
-            .await;
+        let request = PutRequest {
+            key: key.to_vec().into(),
+            context: context::encode(&read_context).into(),
+            value: value.into(),
+            w: None,
+        };
+        let mut reply = self.kv().put(request.clone()).await;
+        if reply.as_ref().is_err_and(never_sent) {
+            // The pod's connection closed (it is going away) before the request left:
+            // nothing was written, so sending it again is the same one write.
+            reply = self.kv().put(request).await;
+        }
         let outcome = match reply {
             Ok(reply) => Outcome::PutOk {
                 context: context::decode(&reply.into_inner().context)
@@ -351,15 +354,16 @@ impl Client {
     }
 
     async fn delete(&mut self, key: &[u8], read_context: Context) {
-        let mut kv = self.kv();
         let op = lock(&self.history).invoke_delete(key, read_context.clone());
-        let reply = kv
-            .delete(DeleteRequest {
-                key: key.to_vec().into(),
-                context: context::encode(&read_context).into(),
-                w: None,
-            })
-            .await;
+        let request = DeleteRequest {
+            key: key.to_vec().into(),
+            context: context::encode(&read_context).into(),
+            w: None,
+        };
+        let mut reply = self.kv().delete(request.clone()).await;
+        if reply.as_ref().is_err_and(never_sent) {
+            reply = self.kv().delete(request).await;
+        }
         let outcome = match reply {
             Ok(reply) => Outcome::PutOk {
                 context: context::decode(&reply.into_inner().context)
@@ -369,6 +373,22 @@ impl Client {
         };
         self.finish(op, outcome);
     }
+}
+
+/// Whether a call failed before its request left the client: hyper cancels a request
+/// whose connection closed before it was sent (a pod shutting down closes its client
+/// connections after its last answer), and says so with a canceled error. A request
+/// that was sent and then lost its connection fails otherwise (an HTTP/2 error), and its
+/// outcome stays unknown.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            return hyper.is_canceled();
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// What the final phase needs of a cluster, whether node processes ([`Cluster`]) or a
