@@ -942,6 +942,10 @@ mod tests {
     use crate::fixtures::cluster;
     use k8s_openapi::api::core::v1::Toleration;
 
+    fn volume_named<'a>(pod: &'a PodSpec, name: &str) -> Option<&'a Volume> {
+        pod.volumes.as_ref()?.iter().find(|v| v.name == name)
+    }
+
     fn pod_spec(sts: &StatefulSet) -> &PodSpec {
         sts.spec.template.spec.as_ref().unwrap()
     }
@@ -1082,13 +1086,7 @@ mod tests {
         );
         let sts = statefulset(&c, 3).unwrap();
         let pod = pod_spec(&sts);
-        let volume = pod
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == INTERNODE_TOKEN_VOLUME)
-            .expect("an internode secret volume");
+        let volume = volume_named(pod, INTERNODE_TOKEN_VOLUME).expect("an internode secret volume");
         let source = volume.secret.as_ref().unwrap();
         assert_eq!(source.secret_name.as_deref(), Some("db-internode"));
         assert_eq!(
@@ -1118,12 +1116,7 @@ mod tests {
         assert!(yaml.contains("tls-ca: /etc/dynamo/tls/ca.crt"), "{yaml}");
         let sts = statefulset(&c, 3).unwrap();
         let pod = pod_spec(&sts);
-        let volume = pod
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == TLS_VOLUME);
+        let volume = volume_named(pod, TLS_VOLUME);
         let secret = volume.unwrap().secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("db-tls"));
         let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
