@@ -122,6 +122,56 @@ enum Redirect {
     ToAvailable,
 }
 
+/// Hints a round dropped as too old to deliver, logged once per batch when dropped.
+#[derive(Default)]
+struct Expired {
+    dropped: u64,
+    home: Option<NodeId>,
+}
+
+impl Expired {
+    /// Drops `hint` (held for `home`) if it is too old to deliver
+    /// ([`deliverable`](crate::antientropy::plan::deliverable)): once its tombstone
+    /// could be purged, delivering it could bring a deleted value back. Never when
+    /// tombstones are not purged (anti-entropy off). Returns whether it was dropped.
+    fn drop_if_too_old(
+        &mut self,
+        node: &NodeShared,
+        home: &NodeId,
+        hint: &Hint,
+    ) -> Result<bool, String> {
+        let config = node.antientropy.config();
+        if !config.enabled()
+            || crate::antientropy::plan::deliverable(
+                &hint.state,
+                node.cluster.clock().wall(),
+                config.tombstone_grace,
+            )
+        {
+            return Ok(false);
+        }
+        node.store
+            .remove_hint(home, hint)
+            .map_err(|e| e.to_string())?;
+        node.metrics.count_stale_copy("hint");
+        self.dropped += 1;
+        self.home = Some(home.clone());
+        Ok(true)
+    }
+}
+
+impl Drop for Expired {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            tracing::warn!(
+                %home,
+                dropped = self.dropped,
+                "dropped hints too old to deliver (older than three quarters of the tombstone grace): their deletes could already be purged"
+            );
+        }
+    }
+}
+
 /// Takes up to one batch of `home`'s hints from the background budget: the hints
 /// granted, and whether the budget covered the whole batch.
 fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget), String> {
@@ -155,7 +205,11 @@ async fn redirect_hints(
     tracing::trace!(me = %node.cluster.me(), %home, ?mode, hints = hints.len(), "redirecting hints");
     let n = usize::try_from(node.quorum.n()).unwrap_or(usize::MAX);
     let me = node.cluster.me().clone();
+    let mut expired = Expired::default();
     for hint in hints {
+        if expired.drop_if_too_old(node, home, &hint)? {
+            continue;
+        }
         let write_set = node.cluster.write_set(&hint.key, n);
         let mut replicas: Vec<&NodeId> = write_set.extended
             [..write_set.home.min(write_set.extended.len())]
@@ -208,7 +262,11 @@ async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, Strin
         .ok_or_else(|| format!("no address for {home}"))?;
     let (hints, outcome) = granted_hints(node, home)?;
     tracing::trace!(%home, hints = hints.len(), "delivering hints");
+    let mut expired = Expired::default();
     for hint in hints {
+        if expired.drop_if_too_old(node, home, &hint)? {
+            continue;
+        }
         let write = ReplicaWrite {
             key: hint.key.clone(),
             state: hint.state.clone(),

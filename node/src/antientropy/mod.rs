@@ -37,21 +37,35 @@
 //! that is down, or holds any other state (an older live value not yet repaired, a
 //! newer write), blocks the purge.
 //!
-//! **Why the grace period.** The check covers the replicas' stored data, not copies in
-//! flight: a hint on a stand-in (Dynamo §4.6), a range transfer batch, or a key a node
-//! holds outside its ranges that the stray sweep (`crate::transfer::sweep`) has yet to
-//! hand over can still hold the older, live value and deliver it after the purge,
-//! where no tombstone is left to
-//! supersede it. The grace period must therefore exceed the longest time such a copy
-//! can wait: a node down longer than the grace period should rejoin empty (and be
-//! refilled by anti-entropy) rather than receive its old hints. The default of 24 hours
-//! leaves room for a day-long outage; Cassandra's `gc_grace_seconds` is the same
-//! bargain. Stand-ins also keep hinted writes in their own data after handing them off;
-//! reads that reach such a stand-in while the replicas are down could see an older
-//! value whose tombstone was purged; the same grace period bounds that window. A
-//! buffered node's flush interval is one more such wait (a delivered hint or
-//! handed-over stray whose removal a crash undoes comes back), so the grace period
-//! must exceed it too.
+//! **Copies outside the replicas.** A replica check covers the replicas' stored data,
+//! not copies elsewhere: a hint on a stand-in (Dynamo §4.6), a stand-in's own copy of
+//! a hinted write, a key a node holds outside its ranges that the stray sweep
+//! (`crate::transfer::sweep`) has yet to hand over, or a leaving node's range not yet
+//! transferred. Delivered after the purge, such a copy would bring back the value the
+//! tombstone deleted, with nothing left to supersede it. Two rules close that window
+//! (issue #13; the simulator's scripted stand-in case and its short-grace runs show
+//! it open before them):
+//!
+//! * **The purge waits for every member.** Besides the replicas, the purger reads the
+//!   key from every other member not `Removed`; one that does not answer, or holds a
+//!   live value of the key, blocks the purge until its copy has been handed over
+//!   (where the tombstone supersedes it). A member down for good therefore holds
+//!   purges back until it is removed, as Cassandra's repairs must complete within
+//!   `gc_grace_seconds`.
+//! * **Hints expire.** Hints are kept apart from the data, so the read does not see
+//!   them. A hint older than three quarters of the grace period
+//!   ([`plan::deliverable`]) is dropped instead of delivered: any value a purgeable
+//!   tombstone superseded is older than that, clocks agreeing within the remaining
+//!   quarter (6 hours by default). The price is Cassandra's hint window: a write held
+//!   only by a stand-in that could not reach any home replica for that long is lost
+//!   (counted in `dynamo_stale_copies_dropped_total{path="hint"}` and logged).
+//!
+//! What remains rests on the grace period: messages in flight, bounded by the call
+//! timeouts, far shorter. (The stray sweep flushes its removals before it goes on, so
+//! a buffered node's crash cannot bring back a stray a purge took for handed over.)
+//! The default of 24 hours leaves room for a day-long outage. Stand-ins also keep
+//! hinted writes in their own data; reads that reach such a stand-in while the
+//! replicas are down can see its copy, but the purge waits for it as above.
 //!
 //! **Durability.** The purger flushes its tombstone before any peer drops its copy,
 //! and each replica flushes before its removal, so a crash that loses unflushed

@@ -215,6 +215,37 @@ pub fn tombstone_expired(state: &SiblingSet, now: Millis, grace: std::time::Dura
         .all(|sibling| sibling.timestamp.0.saturating_add(grace) <= now.0)
 }
 
+/// How old a hint may be and still be delivered: three quarters of the tombstone
+/// grace. See [`deliverable`].
+pub fn delivery_horizon(grace: std::time::Duration) -> std::time::Duration {
+    grace - grace / 4
+}
+
+/// Whether `state`, a hint, may still be handed to the key's replicas at wall time
+/// `now`: its newest version (the hinted write) is younger than the
+/// [`delivery_horizon`]. An older hint is dropped instead of delivered.
+///
+/// Hints are the one copy outside the replicas a purge does not see (it reads every
+/// member's data, see the [module docs](super)); this keeps them from outliving a
+/// purge. A value V that
+/// a delete's tombstone T supersedes was written before T, so V's newest timestamp is
+/// below T's (clocks agreeing within the quarter of the grace the horizon leaves).
+/// T is purged only once it is older than the grace ([`tombstone_expired`]), and by
+/// then every hint of V is older than the horizon, so none can be delivered after the
+/// purge; a hint delivered before it meets T (or a replica not yet holding T, which
+/// blocks the purge). The price: a write held only by a stand-in that could not reach
+/// any home replica for that long is dropped, as Cassandra drops hints past its hint
+/// window.
+pub fn deliverable(state: &SiblingSet, now: Millis, grace: std::time::Duration) -> bool {
+    let horizon = u64::try_from(delivery_horizon(grace).as_millis()).unwrap_or(u64::MAX);
+    state
+        .siblings()
+        .iter()
+        .map(|sibling| sibling.timestamp.0)
+        .max()
+        .is_none_or(|newest| newest.saturating_add(horizon) > now.0)
+}
+
 /// The node that runs the purge of a key: the first node of its preference list (its
 /// coordinator, Dynamo §4.3), so exactly one replica tries per key.
 pub fn purger(preference_list: &[NodeId]) -> Option<&NodeId> {
@@ -457,6 +488,49 @@ mod tests {
         ));
         assert_eq!(purger(&[id("a"), id("b")]), Some(&id("a")));
         assert_eq!(purger(&[]), None);
+    }
+
+    #[test]
+    fn copies_older_than_three_quarters_of_the_grace_are_not_delivered() {
+        let grace = Duration::from_millis(1000);
+        assert_eq!(delivery_horizon(grace), Duration::from_millis(750));
+        let mut state = SiblingSet::new();
+        put(&mut state, Some(b"v"), "x", 100);
+        assert!(deliverable(&state, Millis(849), grace));
+        assert!(!deliverable(&state, Millis(850), grace));
+        // A newer concurrent sibling keeps the whole state deliverable.
+        let mut newer = SiblingSet::new();
+        put(&mut newer, Some(b"w"), "y", 600);
+        state.merge(&newer);
+        assert!(deliverable(&state, Millis(1349), grace));
+        assert!(!deliverable(&state, Millis(1350), grace));
+        assert!(deliverable(&SiblingSet::new(), Millis(u64::MAX), grace));
+    }
+
+    proptest::proptest! {
+        /// Whenever a tombstone may be purged, no value it superseded (written before
+        /// it, by a clock up to a quarter of the grace ahead of the tombstone's) can
+        /// still be delivered: the purge window is closed.
+        #[test]
+        fn nothing_a_purgeable_tombstone_superseded_is_deliverable(
+            grace_ms in 4u64..10_000_000,
+            deleted_at in 0u64..1_000_000_000,
+            written_before in 0u64..1_000_000,
+            skew in 0u64..=1_000_000,
+            after in 0u64..1_000_000,
+        ) {
+            let grace = Duration::from_millis(grace_ms);
+            // The value's clock may run ahead of the tombstone's by up to grace / 4.
+            let skew = skew % (grace_ms / 4 + 1);
+            let value_at = deleted_at.saturating_sub(written_before) + skew;
+            let mut value = SiblingSet::new();
+            put(&mut value, Some(b"v"), "x", value_at);
+            let mut tombstone = value.clone();
+            put(&mut tombstone, None, "y", deleted_at);
+            let now = Millis(deleted_at + grace_ms + after);
+            proptest::prop_assert!(tombstone_expired(&tombstone, now, grace));
+            proptest::prop_assert!(!deliverable(&value, now, grace));
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::trees::TreeSet;
 use crate::NodeId;
 use crate::admission::WorkKind;
 use crate::background::BackgroundBudget;
+use crate::membership::MemberState;
 use crate::node::NodeShared;
 use crate::ring::TokenRange;
 use crate::storage::{StorageError, run_engine_call};
@@ -665,6 +666,44 @@ impl NodeShared {
         Ok(())
     }
 
+    /// Whether every member other than this node and the key's `replicas` answers and
+    /// holds no live value of `key`. Those copies (a stand-in's copy of a hinted write,
+    /// a stray a node has yet to hand over, a leaving node's range not yet transferred)
+    /// are not superseded where they are: one delivered after the purge would bring
+    /// back the value the tombstone deleted, with nothing left to supersede it. So the
+    /// purge waits for them to be handed over (where the tombstone supersedes them);
+    /// a member that does not answer makes it wait too. Removed members hold nothing:
+    /// a leave completes only after its hand-over.
+    async fn no_live_copy_elsewhere(
+        &self,
+        key: &[u8],
+        replicas: &[NodeId],
+    ) -> Result<bool, RoundError> {
+        let me = self.cluster.me();
+        let others: Vec<(NodeId, String)> = self
+            .cluster
+            .table()
+            .iter()
+            .filter(|member| {
+                member.state() != MemberState::Removed
+                    && member.id() != me
+                    && !replicas.contains(member.id())
+            })
+            .map(|member| (member.id().clone(), member.address().to_owned()))
+            .collect();
+        // Concurrent, so the transport batches them with other reads to each peer.
+        let reads = others
+            .iter()
+            .map(|(peer, address)| async move { (peer, self.transport.read(address, key).await) });
+        for (peer, result) in futures::future::join_all(reads).await {
+            let held = self.observed(peer, result)?;
+            if !held.is_empty() && !held.tombstone_only() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Purges one key: every other replica must hold exactly `state`; our own copy is
     /// made durable, each peer is asked to remove its copy by compare-and-delete (which
     /// makes the peer's tombstone durable first, see [`Store::remove_tombstone_if`]),
@@ -690,6 +729,9 @@ impl NodeShared {
             if theirs != *state {
                 return Ok(false);
             }
+        }
+        if !self.no_live_copy_elsewhere(key, replicas).await? {
+            return Ok(false);
         }
         // Our tombstone must outlive every peer's: once a peer drops its copy, ours is
         // what restores the tombstone (or supersedes an old value) if this purge stops

@@ -224,7 +224,8 @@ fn quorum_3_2_2() -> QuorumConfig {
     QuorumConfig::new(3, 2, 2).expect("valid quorum")
 }
 
-/// The state of a key's first write, of `value`, by `actor`.
+/// The state of a key's first write, of `value`, by `actor`, written now (a hint
+/// holding a version from 1970 would be dropped as too old to deliver).
 fn first_version(value: Vec<u8>, actor: &crate::version::Actor) -> SiblingSet {
     let mut state = SiblingSet::new();
     state
@@ -232,7 +233,7 @@ fn first_version(value: Vec<u8>, actor: &crate::version::Actor) -> SiblingSet {
             &Context::new(),
             crate::version::Value::data(value),
             actor,
-            crate::time::Millis(1),
+            crate::cluster::Clock::default().wall(),
             &crate::version::SiblingLimits::default(),
         )
         .expect("a first put");

@@ -26,6 +26,7 @@
 //! `dynamo_sweep_keys_removed_total`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::plan::{stray_ranges, write_set};
 use super::throttle::Allowance;
@@ -33,6 +34,7 @@ use crate::NodeId;
 use crate::admission::WorkKind;
 use crate::node::NodeShared;
 use crate::ring::{Token, TokenRange};
+use crate::storage::run_engine_call;
 use crate::store::encode_state;
 use crate::transport::{MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MergeBatch, RangeEntry};
 use crate::version::SiblingSet;
@@ -221,14 +223,27 @@ impl NodeShared {
             result.map_err(|e| format!("handing keys to {home}: {e}"))?;
         }
         report.keys_handed_over += sent.len() as u64;
+        let mut removed = 0;
         for (key, digest) in sent {
             if self
                 .store
                 .remove_unchanged(&key, digest)
                 .map_err(|e| format!("removing a handed-over key: {e}"))?
             {
-                report.keys_removed += 1;
+                removed += 1;
             }
+        }
+        report.keys_removed += removed;
+        if removed > 0 {
+            // A tombstone purge takes a key this node no longer holds for handed over
+            // (it reads every member first, see `antientropy`); a buffered node's
+            // crash must not undo the removal and bring the stray copy back after it.
+            let engine = Arc::clone(self.store.engine());
+            let flushing = Arc::clone(&engine);
+            run_engine_call(engine.as_ref(), move || flushing.flush())
+                .await
+                .map_err(|e| format!("flushing removed strays: {e}"))?
+                .map_err(|e| format!("flushing removed strays: {e}"))?;
         }
         Ok(budget)
     }

@@ -713,7 +713,7 @@ async fn the_sweep_keeps_keys_it_cannot_hand_to_every_replica() {
 }
 
 /// Has `holder` keep, as a hint for `home`, a first version of `key` holding `value`,
-/// written by `writer` (a node and its incarnation).
+/// written by `writer` (a node and its incarnation) at `holder`'s now.
 fn add_hint(holder: &NodeShared, home: &NodeId, key: &[u8], value: &[u8], writer: (&NodeId, u64)) {
     let mut state = SiblingSet::new();
     state
@@ -721,7 +721,8 @@ fn add_hint(holder: &NodeShared, home: &NodeId, key: &[u8], value: &[u8], writer
             &Context::new(),
             crate::version::Value::data(value),
             &crate::version::Actor::new(writer.0.clone(), writer.1),
-            crate::time::Millis(1),
+            // Now: a hint holding a version from 1970 would be dropped as too old.
+            holder.cluster().clock().wall(),
             &crate::version::SiblingLimits::default(),
         )
         .expect("a first version");

@@ -48,6 +48,8 @@ use dynamo_node::version::context::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub(crate) mod scripted;
+
 /// Deadline of one client request on every node.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// The network's per-call timeout.
@@ -493,18 +495,19 @@ impl World {
             return;
         };
         process.alive.store(false, Ordering::SeqCst);
-        let renewals = process.shared.store().identity().renewals();
         node.down_since = Some(self.step);
         self.network.unregister(&node.address);
         node.engine = Arc::new(node.engine.crash(mode));
         node.generation += 1;
-        self.count_renewals(renewals);
+        self.count_process(&process.shared);
     }
 
-    /// Counts the clock actor renewals of a node's life (removals of states holding its
-    /// own dots: stray sweeps, purges), at its crash or at the end of the run.
-    fn count_renewals(&mut self, renewals: u64) {
-        self.add("actor renewals", renewals);
+    /// Counts what a node's process did that only it knows, at its crash or at the end
+    /// of the run: its clock actor renewals (removals of states holding its own dots:
+    /// stray sweeps, purges) and the hints it dropped as too old to deliver.
+    fn count_process(&mut self, shared: &NodeShared) {
+        self.add("actor renewals", shared.store().identity().renewals());
+        self.add("stale hints dropped", shared.metrics().stale_copies("hint"));
     }
 
     /// Replaces the node's disk with an empty one: whatever it held (data, hints,
@@ -1021,21 +1024,16 @@ fn set_key_of(i: usize) -> Vec<u8> {
     format!("set-{i}").into_bytes()
 }
 
-async fn simulate(config: SimConfig) -> SimReport {
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+/// Nodes with `durabilities`, started, each a member in every node's table (the same
+/// membership changes, in the same order, on every node); wall time starts now.
+fn start_world(durabilities: &[Durability], tombstone_grace: Duration) -> Shared {
     let started = tokio::time::Instant::now();
-    let node_count = rng.random_range(5..=9);
-    let faults = config.faults.one_data_loss(&mut rng);
+    let node_count = durabilities.len();
     let network = MemoryNetwork::new(CALL_TIMEOUT).expect("nonzero call timeout");
     let address = |i: usize| format!("n{i}:1");
     let seeds = vec![address(0), address(1)];
     let mut nodes = Vec::new();
-    for i in 0..node_count {
-        let durability = if rng.random_bool(0.5) {
-            Durability::Sync
-        } else {
-            Durability::Buffered
-        };
+    for (i, &durability) in durabilities.iter().enumerate() {
         nodes.push(SimNode {
             id: NodeId::new(format!("n{i}")).expect("valid node id"),
             address: address(i),
@@ -1055,7 +1053,7 @@ async fn simulate(config: SimConfig) -> SimReport {
         events: BTreeMap::new(),
         next_value: 0,
         acked_elements: BTreeMap::new(),
-        tombstone_grace: config.tombstone_grace,
+        tombstone_grace,
         log: Vec::new(),
         traced_holdings: Vec::new(),
         step: 0,
@@ -1086,6 +1084,24 @@ async fn simulate(config: SimConfig) -> SimReport {
             }
         }
     }
+    world
+}
+
+async fn simulate(config: SimConfig) -> SimReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let started = tokio::time::Instant::now();
+    let node_count = rng.random_range(5..=9);
+    let faults = config.faults.one_data_loss(&mut rng);
+    let durabilities: Vec<Durability> = (0..node_count)
+        .map(|_| {
+            if rng.random_bool(0.5) {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            }
+        })
+        .collect();
+    let world = start_world(&durabilities, config.tombstone_grace);
 
     let join_at = config
         .faults
@@ -1241,10 +1257,9 @@ async fn simulate(config: SimConfig) -> SimReport {
         .map(|(element, key)| format!("{element} of {}", String::from_utf8_lossy(key)))
         .collect();
     for i in w.up_nodes() {
-        let renewals = w
-            .up(i)
-            .map_or(0, |(shared, _)| shared.store().identity().renewals());
-        w.count_renewals(renewals);
+        if let Some((shared, _)) = w.up(i) {
+            w.count_process(&shared);
+        }
     }
     SimReport {
         nodes: node_count,
