@@ -67,6 +67,7 @@ pub struct NodeProcess {
     /// dir, so wiping the data keeps it); `None` when the test chose its own setting.
     token_file: Option<PathBuf>,
     args: Vec<String>,
+    open_files_limit: Option<u32>,
     child: Option<Child>,
 }
 
@@ -85,6 +86,9 @@ pub struct NodeOptions {
     pub seeds: Vec<SocketAddr>,
     /// More flags (a 100 ms gossip interval is added unless they set one).
     pub extra: Vec<String>,
+    /// Runs the node under `ulimit -n` this many open files (the node raises its soft
+    /// limit to the hard one; this sets both).
+    pub open_files_limit: Option<u32>,
 }
 
 impl NodeOptions {
@@ -98,6 +102,7 @@ impl NodeOptions {
             http_listen: Some(SocketAddr::new(ip, 0)),
             seeds: Vec::new(),
             extra: Vec::new(),
+            open_files_limit: None,
         }
     }
 }
@@ -132,6 +137,7 @@ impl NodeProcess {
             http_listen,
             seeds,
             extra,
+            open_files_limit,
         } = options;
         let mut args: Vec<String> = vec!["--node-id".into(), id.into()];
         // Quick gossip, so membership changes spread fast, unless the test chose.
@@ -171,6 +177,7 @@ impl NodeProcess {
             data_dir,
             token_file,
             args,
+            open_files_limit,
             child: None,
         };
         node.spawn().await;
@@ -183,14 +190,25 @@ impl NodeProcess {
                 .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
         let binary = node_binary();
-        let mut command = match &self.host {
-            Some(host) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &host.namespace]).arg(binary);
-                command
-            }
-            None => Command::new(binary),
-        };
+        // The program and its leading arguments: the node, inside `sh` when the test
+        // limits its open files, inside `ip netns exec` when it runs in a namespace.
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(host) = &self.host {
+            program.extend(["ip", "netns", "exec", host.namespace.as_str()].map(Into::into));
+        }
+        if let Some(limit) = self.open_files_limit {
+            program.extend(
+                [
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                ]
+                .map(Into::into),
+            );
+        }
+        program.push(binary.into_os_string());
+        let mut command = Command::new(&program[0]);
+        command.args(&program[1..]);
         command
             .args(&self.args)
             .arg("--data-dir")

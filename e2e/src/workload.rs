@@ -15,6 +15,7 @@ use std::time::Duration;
 use dynamo_node::history::{History, Outcome, ReplicaDump, Verdict, check};
 use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{DeleteRequest, GetRequest, PutRequest};
+use dynamo_node::transport::never_sent;
 use dynamo_node::version::context::{self, Context};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -373,22 +374,6 @@ impl Client {
         };
         self.finish(op, outcome);
     }
-}
-
-/// Whether a call failed before its request left the client: hyper cancels a request
-/// whose connection closed before it was sent (a pod shutting down closes its client
-/// connections after its last answer), and says so with a canceled error. A request
-/// that was sent and then lost its connection fails otherwise (an HTTP/2 error), and its
-/// outcome stays unknown.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            return hyper.is_canceled();
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// What the final phase needs of a cluster, whether node processes ([`Cluster`]) or a

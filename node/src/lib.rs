@@ -75,9 +75,11 @@ pub mod ctl;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 mod gossip;
+pub mod grpc_gate;
 mod handoff;
 pub mod history;
 pub mod identity;
+pub mod log_gate;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

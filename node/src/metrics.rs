@@ -166,6 +166,27 @@ struct ReplicaCallLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApiLabel {
+    api: Api,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedConnectionLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
 }
@@ -220,6 +241,16 @@ struct Inner {
     replica_calls: Family<ReplicaCallLabels, Counter>,
     /// Whether the failure detector takes each peer to be up.
     peer_reachable: Family<PeerLabel, Gauge>,
+    /// Copies too old to deliver, dropped, by the path that held them.
+    stale_copies_dropped: Family<PathLabel, Counter>,
+    /// Client requests refused because too many were in flight, by API.
+    requests_shed: Family<ApiLabel, Counter>,
+    /// Connections each listener serves now.
+    connections: Family<ListenerLabel, Gauge>,
+    /// The connection cap each listener enforces.
+    connection_limit: Family<ListenerLabel, Gauge>,
+    /// Connections closed unserved, by listener and reason.
+    connections_refused: Family<RefusedConnectionLabels, Counter>,
     foreground_p99: Gauge<f64, AtomicU64>,
     /// Told every foreground latency [`Metrics::observe`] records (the node's
     /// background budget); set once.
@@ -351,6 +382,36 @@ impl Metrics {
             "1 while the failure detector takes the peer (a member other than this node) to be up, 0 while it takes it to be down",
             peer_reachable.clone(),
         );
+        let stale_copies_dropped = Family::<PathLabel, Counter>::default();
+        registry.register(
+            "dynamo_stale_copies_dropped",
+            "Copies held outside their key's home replicas (path=hint) dropped instead of delivered because they were older than three quarters of the tombstone grace",
+            stale_copies_dropped.clone(),
+        );
+        let requests_shed = Family::<ApiLabel, Counter>::default();
+        registry.register(
+            "dynamo_requests_shed",
+            "Client requests refused at once (UNAVAILABLE or 503 with a retry hint) because max-inflight-requests were in flight, by API",
+            requests_shed.clone(),
+        );
+        let connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "dynamo_connections",
+            "Connections each listener (client, internode, http) serves now",
+            connections.clone(),
+        );
+        let connection_limit = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "dynamo_connection_limit",
+            "Most connections each listener serves at once (max-connections, lowered to fit the open-files limit)",
+            connection_limit.clone(),
+        );
+        let connections_refused = Family::<RefusedConnectionLabels, Counter>::default();
+        registry.register(
+            "dynamo_connections_refused",
+            "Connections closed unserved, by listener and reason (cap: at the connection cap; silent: sent nothing within client-read-timeout)",
+            connections_refused.clone(),
+        );
         let foreground_p99 = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "dynamo_foreground_latency_p99_seconds",
@@ -379,6 +440,11 @@ impl Metrics {
                 background_granted,
                 replica_calls,
                 peer_reachable,
+                stale_copies_dropped,
+                requests_shed,
+                connections,
+                connection_limit,
+                connections_refused,
                 foreground_p99,
                 foreground_observer: OnceLock::new(),
                 refresh: Mutex::new(()),
@@ -433,6 +499,67 @@ impl Metrics {
             .replica_calls
             .get_or_create(&ReplicaCallLabels { method, outcome })
             .get()
+    }
+
+    /// Counts one copy dropped as too old to deliver, held by `path` (`hint`).
+    pub fn count_stale_copy(&self, path: &'static str) {
+        self.inner
+            .stale_copies_dropped
+            .get_or_create(&PathLabel { path })
+            .inc();
+    }
+
+    /// Copies dropped as too old to deliver so far, held by `path`.
+    pub fn stale_copies(&self, path: &'static str) -> u64 {
+        self.inner
+            .stale_copies_dropped
+            .get_or_create(&PathLabel { path })
+            .get()
+    }
+
+    /// Counts one client request shed at the in-flight cap.
+    pub fn count_shed(&self, api: Api) {
+        self.inner
+            .requests_shed
+            .get_or_create(&ApiLabel { api })
+            .inc();
+    }
+
+    /// Client requests shed so far through `api`.
+    pub fn shed(&self, api: Api) -> u64 {
+        self.inner
+            .requests_shed
+            .get_or_create(&ApiLabel { api })
+            .get()
+    }
+
+    /// Shows `listener`'s connection cap.
+    pub fn set_connection_limit(&self, listener: &'static str, limit: usize) {
+        self.inner
+            .connection_limit
+            .get_or_create(&ListenerLabel { listener })
+            .set(saturating_i64(u64::try_from(limit).unwrap_or(u64::MAX)));
+    }
+
+    /// One more (`opened`) or one fewer connection served by `listener`.
+    pub fn connection_changed(&self, listener: &'static str, opened: bool) {
+        let gauge = self
+            .inner
+            .connections
+            .get_or_create(&ListenerLabel { listener });
+        if opened {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+    }
+
+    /// Counts one connection `listener` closed unserved, for `reason`.
+    pub fn count_refused_connection(&self, listener: &'static str, reason: &'static str) {
+        self.inner
+            .connections_refused
+            .get_or_create(&RefusedConnectionLabels { listener, reason })
+            .inc();
     }
 
     /// Records one client request: counts it and adds its latency.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::NodeId;
@@ -31,13 +30,15 @@ use crate::metrics::Metrics;
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
+use crate::server::incoming::{AcceptLimits, admitted_connections};
+use crate::server::limits::{InflightLimit, shed_when_busy};
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{
     Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
 };
 use crate::store::{Store, StoreError};
 use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
-use crate::transport::auth::{Authenticated, InternodeAuth, InternodeTokens, certificate_names};
+use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated, certificate_names};
 use crate::transport::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
     ReplicaHandler, ReplicaWrite, Transport,
@@ -969,14 +970,37 @@ async fn serve(
         .build_v1alpha()
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
-    let kv = KvServer::new(KvService::new(
-        shared.coordinator.clone(),
-        shared.store.clone(),
+    let serving = config.serving_limits();
+    let open_files = crate::server::limits::raise_open_files_limit();
+    let (max_connections, lowered) =
+        crate::server::limits::connection_cap(serving.max_connections, open_files);
+    if lowered {
+        tracing::warn!(
+            configured = serving.max_connections,
+            max_connections,
+            open_files,
+            "max-connections lowered to fit the open-files limit (raise `ulimit -n` to serve more)"
+        );
+    }
+    let accept = AcceptLimits {
+        max_connections,
+        first_bytes_timeout: serving.client_read_timeout,
+    };
+    let inflight = InflightLimit::new(serving.max_inflight_requests);
+    let kv = shed_when_busy(
+        KvServer::new(KvService::new(
+            shared.coordinator.clone(),
+            shared.store.clone(),
+            shared.metrics.clone(),
+        ))
+        .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024),
+        inflight.clone(),
         shared.metrics.clone(),
-    ))
-    .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024);
-    let mut client_builder = tonic::transport::Server::builder();
-    let mut internode_builder = tonic::transport::Server::builder();
+    );
+    // A client request ends within the coordinator's timeout; the margin covers reading
+    // the request and writing the answer. Internode calls touch only the local store.
+    let mut client_builder = grpc_server(config.request_timeout() + REQUEST_MARGIN);
+    let mut internode_builder = grpc_server(INTERNODE_CALL_TIMEOUT);
     if let Some(tls) = &tls {
         client_builder = client_builder
             .tls_config(tls.client_api())
@@ -990,7 +1014,10 @@ async fn serve(
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(kv)
-        .serve_with_incoming_shutdown(incoming(client_listener), wait_for(shutdown.clone()));
+        .serve_with_incoming_shutdown(
+            admitted_connections(client_listener, "client", accept, shared.metrics.clone()),
+            wait_for(shutdown.clone()),
+        );
 
     let handler = Arc::new(PeerHandler {
         node: Arc::clone(&shared),
@@ -1003,13 +1030,21 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(Authenticated::new(
+        .add_service(authenticated(
             replica_server(handler),
             Arc::new(internode_auth),
             shared.metrics.clone(),
         ))
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(internode_listener), wait_for(shutdown.clone()));
+        .serve_with_incoming_shutdown(
+            admitted_connections(
+                internode_listener,
+                "internode",
+                accept,
+                shared.metrics.clone(),
+            ),
+            wait_for(shutdown.clone()),
+        );
 
     let gossip = tokio::spawn(crate::gossip::gossip_loop(
         Arc::clone(&shared),
@@ -1035,6 +1070,10 @@ async fn serve(
             coordinator: shared.coordinator.clone(),
             metrics: shared.metrics.clone(),
             cluster: Arc::clone(&shared.cluster),
+            admission: crate::server::http::KvAdmission {
+                inflight,
+                body_read_timeout: serving.client_read_timeout,
+            },
         });
         // In-flight requests end within the request timeout; the margin covers reading
         // bodies and writing answers.
@@ -1044,7 +1083,12 @@ async fn serve(
             tls.as_ref().map(|tls| Arc::clone(&tls.https)),
             router,
             wait_for(shutdown.clone()),
-            crate::server::https::ServeLimits::with_drain(drain),
+            crate::server::https::ServeLimits {
+                drain,
+                max_connections,
+                header_read_timeout: serving.client_read_timeout,
+            },
+            shared.metrics.clone(),
         )
         .await;
         Ok::<(), std::io::Error>(())
@@ -1068,18 +1112,35 @@ async fn serve(
     Ok(())
 }
 
-/// Accepted connections with Nagle's algorithm off: gRPC replies are small writes, and
-/// Nagle plus the peer's delayed ACK holds each one back for tens of milliseconds.
-/// (`Server::tcp_nodelay` only applies to listeners tonic binds itself.)
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+/// Added to the request timeout for the client API's per-call bound.
+const REQUEST_MARGIN: Duration = Duration::from_secs(5);
+
+/// Bound on one internode call (a replica read or write, a batch merge, a gossip
+/// exchange): they touch only the callee's store. A stream's later messages are
+/// bounded by the caller.
+const INTERNODE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most concurrent calls (HTTP/2 streams) on one connection: a client that opens more
+/// waits for its own calls to finish, so one connection cannot monopolise the node.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take
+/// before the connection is closed: a peer that vanished (a powered-off host, a cut
+/// network) stops holding a connection slot.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gRPC server with the node's per-connection bounds; calls taking longer than
+/// `call_timeout` are cancelled (a client's shorter `grpc-timeout` still applies).
+fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .timeout(call_timeout)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Bounds the rapid-reset attack (CVE-2023-44487): streams a client opens and
+        // cancels at once.
+        .http2_max_pending_accept_reset_streams(Some(64))
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

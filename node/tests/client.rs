@@ -232,6 +232,62 @@ async fn client_falls_back_to_server_routing_when_it_cannot_route() {
     assert_eq!((stats.routed, stats.fallback), (0, 40), "{stats:?}");
 }
 
+/// A node at its in-flight cap sheds a request (UNAVAILABLE with a retry hint) before
+/// doing anything, so the client sends it to the next node instead of failing it, and
+/// does not take the shedding node for down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_an_overloaded_node_sheds_goes_to_another_node() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut extra = SMALL_N.to_vec();
+    extra.extend(["--max-inflight-requests", "1"]);
+    let cluster = TestCluster::start(2, &extra).await;
+    let (busy, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // An HTTP put whose body is still on its way holds the busy node's only slot.
+    let mut holder = tokio::net::TcpStream::connect(busy.http.expect("HTTP on"))
+        .await
+        .unwrap();
+    holder
+        .write_all(b"PUT /v1/kv/held HTTP/1.1\r\nHost: n1\r\nContent-Length: 4\r\n\r\nab")
+        .await
+        .unwrap();
+    eventually("the busy node to shed a request", || async {
+        let mut kv = busy.kv().await;
+        kv.get(proto::GetRequest {
+            key: Bytes::from_static(b"probe"),
+            ..Default::default()
+        })
+        .await
+        .is_err_and(|status| status.code() == tonic::Code::Unavailable)
+    })
+    .await;
+    // Server routing over both nodes, the busy one first: the first request is shed
+    // there and answered by the other.
+    let config = ClientConfig::new([
+        busy.client_dial().to_string(),
+        other.client_dial().to_string(),
+    ])
+    .with_routing(Routing::Server)
+    .with_request_timeout(Duration::from_secs(2));
+    let client = Client::connect(config)
+        .await
+        .expect("connecting the client");
+    for i in 0..4 {
+        let key = format!("shed-{i}");
+        client
+            .put(key.as_bytes(), &Context::empty(), b"v")
+            .await
+            .expect("a put shed by one node is taken by the other");
+    }
+    let stats = client.stats();
+    assert!(stats.failovers >= 1, "no request was shed: {stats:?}");
+    assert!(
+        busy.metric("dynamo_requests_shed_total{api=\"grpc\"}")
+            .await
+            >= 2.0
+    );
+    drop(holder);
+}
+
 /// N=3 R=2 W=2 (the paper's common configuration), anti-entropy off so that only read
 /// repair can heal a divergence.
 const PAPER_NRW: &[&str] = &[

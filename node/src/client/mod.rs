@@ -926,6 +926,13 @@ impl Inner {
                     }
                     return Ok(response.into_inner());
                 }
+                // An overloaded node refused it before doing anything: another node
+                // can coordinate it, and this one is up.
+                Ok(Err(status)) if crate::server::limits::is_shed(&status) => {
+                    self.mark_up(&address);
+                    attempts.push((address, format!("shed: {}", status.message())));
+                    continue;
+                }
                 Ok(Err(status)) if !failed_locally(&status) => {
                     self.mark_up(&address);
                     return Err(ClientError::Status {

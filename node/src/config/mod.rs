@@ -121,6 +121,17 @@ pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
 )]
 pub const MAX_SIBLINGS_LIMIT: u32 = crate::version::MAX_SIBLINGS_LIMIT as u32;
 const _: () = assert!(crate::version::MAX_SIBLINGS_LIMIT <= u32::MAX as usize);
+/// Default most connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// The fewest accepted `max-connections`: probes, scrapes and peers need a few.
+pub const MIN_MAX_CONNECTIONS: u32 = 16;
+/// The most accepted `max-connections` and `max-inflight-requests`.
+pub const MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// Default most client requests served at once.
+pub const DEFAULT_MAX_INFLIGHT_REQUESTS: u32 = 1024;
+/// Default time a client gets to send a connection's first bytes, a request's headers
+/// or its body.
+pub const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default keys one anti-entropy round repairs.
 pub const DEFAULT_ANTI_ENTROPY_MAX_KEYS: u32 = 10_000;
 /// Default state bytes one anti-entropy round moves (64 MiB).
@@ -379,6 +390,7 @@ pub struct NodeConfig {
     max_key_bytes: u32,
     max_value_bytes: u32,
     max_siblings: u32,
+    serving: crate::server::limits::ServingLimits,
     admission: AdmissionConfig,
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
@@ -544,6 +556,11 @@ impl NodeConfig {
         to_usize(self.max_siblings)
     }
 
+    /// What the listeners allow clients: connections, requests in flight, read timeouts.
+    pub fn serving_limits(&self) -> crate::server::limits::ServingLimits {
+        self.serving
+    }
+
     /// Anti-entropy settings: round interval (zero disables), per-round limits and
     /// the tombstone grace period.
     pub fn anti_entropy(&self) -> crate::antientropy::AntiEntropyConfig {
@@ -627,6 +644,11 @@ impl NodeConfig {
             max_key_bytes: Some(self.max_key_bytes),
             max_value_bytes: Some(self.max_value_bytes),
             max_siblings: Some(self.max_siblings),
+            max_connections: Some(u32::try_from(self.serving.max_connections).unwrap_or(u32::MAX)),
+            max_inflight_requests: Some(
+                u32::try_from(self.serving.max_inflight_requests).unwrap_or(u32::MAX),
+            ),
+            client_read_timeout: Some(self.serving.client_read_timeout),
             background_budget: Some(to_u32(self.admission.max_budget())),
             background_budget_min: Some(to_u32(self.admission.min_budget())),
             background_interval_ms: Some(millis_u32(self.admission.interval())),
@@ -780,6 +802,31 @@ impl TryFrom<RawConfig> for NodeConfig {
         in_range("max-value-bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)?;
         let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
         in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        in_range(
+            "max-connections",
+            max_connections,
+            MIN_MAX_CONNECTIONS,
+            MAX_CONNECTIONS_LIMIT,
+        )?;
+        let max_inflight_requests = raw
+            .max_inflight_requests
+            .unwrap_or(DEFAULT_MAX_INFLIGHT_REQUESTS);
+        in_range(
+            "max-inflight-requests",
+            max_inflight_requests,
+            1,
+            MAX_CONNECTIONS_LIMIT,
+        )?;
+        let client_read_timeout = raw
+            .client_read_timeout
+            .unwrap_or(DEFAULT_CLIENT_READ_TIMEOUT);
+        check_interval("client-read-timeout", client_read_timeout)?;
+        let serving = crate::server::limits::ServingLimits {
+            max_connections: to_usize(max_connections),
+            max_inflight_requests: to_usize(max_inflight_requests),
+            client_read_timeout,
+        };
 
         let admission = admission(&raw)?;
 
@@ -847,6 +894,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             max_key_bytes,
             max_value_bytes,
             max_siblings,
+            serving,
             admission,
             admin_token: raw.admin_token,
             tls,
@@ -1253,6 +1301,14 @@ mod tests {
         assert_eq!(config.max_key_bytes(), 1024);
         assert_eq!(config.max_value_bytes(), 1 << 20);
         assert_eq!(config.max_siblings(), 100);
+        assert_eq!(
+            config.serving_limits(),
+            crate::server::limits::ServingLimits {
+                max_connections: 1024,
+                max_inflight_requests: 1024,
+                client_read_timeout: Duration::from_secs(10),
+            }
+        );
         assert_eq!(config.admission(), AdmissionConfig::default());
         assert!(config.admin_token().is_none());
         assert!(config.tls().is_none());
@@ -1324,6 +1380,18 @@ mod tests {
             ("write-quorum: 0", "write-quorum is 0; allowed are 1..=3"),
             ("weight: 0", "weight is 0; allowed are 1..=10000"),
             ("weight: 10001", "weight is 10001; allowed are 1..=10000"),
+            (
+                "max-connections: 15",
+                "max-connections is 15; allowed are 16..=1000000",
+            ),
+            (
+                "max-inflight-requests: 0",
+                "max-inflight-requests is 0; allowed are 1..=1000000",
+            ),
+            (
+                "client-read-timeout: 0s",
+                "client-read-timeout must be at least 1ms",
+            ),
             (
                 "partitioning: random-tokens\ntokens-per-weight: 0",
                 "tokens-per-weight: tokens per weight is 0",
@@ -1701,6 +1769,10 @@ mod tests {
                         max_key_bytes: Some(key),
                         max_value_bytes: Some(value),
                         max_siblings: Some(siblings),
+                        // Derived from other draws: the tuple is at its size limit.
+                        max_connections: Some(16 + siblings),
+                        max_inflight_requests: Some(siblings),
+                        client_read_timeout: Some(ms(flush)),
                         background_budget: budget,
                         background_budget_min: budget_min,
                         background_interval_ms: interval,

@@ -201,6 +201,31 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_siblings: Option<u32>,
 
+    /// Most connections each listener (client gRPC, internode gRPC, HTTP) serves at
+    /// once; past it a connection is closed at once (HTTP: `503` first). Lowered at
+    /// start to what the open-files limit leaves room for [default: 1024].
+    #[arg(long, env = "DYNAMO_MAX_CONNECTIONS", value_name = "COUNT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+
+    /// Most client requests (gRPC `Kv` and HTTP `/v1/kv`) served at once; past it a
+    /// request is refused at once with UNAVAILABLE or `503` and a retry hint, instead of
+    /// queueing [default: 1024].
+    #[arg(long, env = "DYNAMO_MAX_INFLIGHT_REQUESTS", value_name = "COUNT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_requests: Option<u32>,
+
+    /// How long a client may take to send what it must: a new connection's first bytes
+    /// (every listener), and over HTTP a request's headers and then its body
+    /// [default: 10s].
+    #[arg(long, env = "DYNAMO_CLIENT_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_read_timeout: Option<Duration>,
+
     /// Background work units (hints delivered, ...) allowed per interval at most
     /// (Dynamo §6.5) [default: 1000].
     #[arg(long, env = "DYNAMO_BACKGROUND_BUDGET", value_name = "UNITS")]
@@ -300,8 +325,10 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anti_entropy_max_bytes: Option<u32>,
 
-    /// How old a delete (tombstone) must be before it may be purged from every replica;
-    /// must exceed how long a hint or transfer can hold an older copy [default: 24h].
+    /// How old a delete (tombstone) must be before it may be purged (once every member
+    /// answers and no member holds a live copy outside the key's replicas); hints older
+    /// than three quarters of it are dropped instead of delivered, and node clocks must
+    /// agree within a quarter of it [default: 24h].
     #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
         default,
@@ -383,6 +410,11 @@ impl RawConfig {
             max_key_bytes: self.max_key_bytes.or(fallback.max_key_bytes),
             max_value_bytes: self.max_value_bytes.or(fallback.max_value_bytes),
             max_siblings: self.max_siblings.or(fallback.max_siblings),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_inflight_requests: self
+                .max_inflight_requests
+                .or(fallback.max_inflight_requests),
+            client_read_timeout: self.client_read_timeout.or(fallback.client_read_timeout),
             background_budget: self.background_budget.or(fallback.background_budget),
             background_budget_min: self
                 .background_budget_min

@@ -26,14 +26,18 @@ use std::collections::BTreeMap;
 use std::f64::consts::PI;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
@@ -46,6 +50,7 @@ use crate::cluster::Cluster;
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::metrics::{Api, Metrics, OPENMETRICS_CONTENT_TYPE, Op, Outcome};
 use crate::ring::{Ring, TokenRange};
+use crate::server::limits::InflightLimit;
 use crate::version::SiblingSet;
 use crate::version::context::{self, Context};
 
@@ -64,6 +69,18 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// The member table and ring, for `/readyz` and the status page.
     pub cluster: Arc<Cluster>,
+    /// The key-value routes' admission: the in-flight cap (shared with gRPC `Kv`) and
+    /// the body-read deadline.
+    pub admission: KvAdmission,
+}
+
+/// What a key-value request must get past before its handler runs.
+#[derive(Debug, Clone)]
+pub struct KvAdmission {
+    /// Client requests in flight, shared with the gRPC API; past it `503`.
+    pub inflight: InflightLimit,
+    /// How long a client may take to send a request's body; past it `408`.
+    pub body_read_timeout: Duration,
 }
 
 /// The HTTP API's routes over `state`.
@@ -72,7 +89,10 @@ pub struct HttpState {
 /// [`max_value_bytes`](crate::coordinator::RequestLimits::max_value_bytes).
 pub fn router(state: HttpState) -> Router {
     let max_body = state.coordinator.limits().max_value_bytes;
-    let kv = get(get_value).put(put_value).delete(delete_value);
+    let kv = get(get_value)
+        .put(put_value)
+        .delete(delete_value)
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
@@ -86,6 +106,107 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/kv/{*key}", kv)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Admits a key-value request: sheds it (`503` + `Retry-After`) when
+/// `max-inflight-requests` are in flight; refuses a `Content-Length` over the value
+/// limit before reading a byte of the body (`413`); reads a put's body within the
+/// client read timeout (`408` past it; `413` once the body crosses the limit); then
+/// holds the in-flight slot until the handler has answered.
+async fn admit(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let Some(slot) = state.admission.inflight.try_admit() else {
+        state
+            .admission
+            .inflight
+            .record_shed(&state.metrics, Api::Http);
+        let mut response = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": state.admission.inflight.refusal() }).to_string(),
+        );
+        // Whole seconds only; the shortest hint HTTP can give.
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    if request.method() != Method::PUT {
+        let response = next.run(request).await;
+        drop(slot);
+        return response;
+    }
+    let started = Instant::now();
+    let max_body = state.coordinator.limits().max_value_bytes;
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > u64::try_from(max_body).unwrap_or(u64::MAX)) {
+        return refuse_body(
+            &state,
+            started,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value is larger than the limit".to_owned(),
+        );
+    }
+    let timeout = state.admission.body_read_timeout;
+    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_body)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                refuse_body(
+                    &state,
+                    started,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "value is larger than the limit".to_owned(),
+                )
+            } else {
+                refuse_body(
+                    &state,
+                    started,
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {error}"),
+                )
+            };
+        }
+        Err(_) => {
+            return refuse_body(
+                &state,
+                started,
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {timeout:?}"),
+            );
+        }
+    };
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    drop(slot);
+    response
+}
+
+/// A put refused over its body, counted as invalid; the connection is not reused, as
+/// the rest of the body may still be on its way.
+fn refuse_body(
+    state: &HttpState,
+    started: Instant,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    let mut response = state.finish(
+        Op::Put,
+        started,
+        Err(ApiError {
+            status,
+            outcome: Outcome::Invalid,
+            message,
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Per-request quorum overrides.
@@ -623,6 +744,10 @@ mod tests {
             coordinator,
             metrics: Metrics::new(),
             cluster,
+            admission: KvAdmission {
+                inflight: InflightLimit::new(64),
+                body_read_timeout: Duration::from_secs(10),
+            },
         }
     }
 
@@ -652,6 +777,10 @@ mod tests {
 
         fn json(&self) -> serde_json::Value {
             serde_json::from_slice(&self.body).unwrap()
+        }
+
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.get(name).map(|value| value.to_str().unwrap())
         }
     }
 
@@ -800,10 +929,106 @@ mod tests {
         assert_eq!(get(&app, "/v1/kv/k").await.status, StatusCode::NOT_FOUND);
     }
 
-    /// A request body that never ends.
-    struct Endless;
+    /// A put of `declared` bytes whose body never comes.
+    async fn stalled_put(app: &Router, declared: usize) -> Reply {
+        let request = Request::builder()
+            .method("PUT")
+            .uri("/v1/kv/k")
+            .header(CONTENT_LENGTH, declared)
+            .body(Body::new(Hostile::Stalled))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(request))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec(),
+        }
+    }
 
-    impl http_body::Body for Endless {
+    #[tokio::test]
+    async fn a_content_length_over_the_limit_is_refused_before_the_body_is_read() {
+        let state = single_node();
+        let metrics = state.metrics.clone();
+        let app = router(state);
+        let refused = stalled_put(&app, LIMITS.max_value_bytes + 1).await;
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(refused.header("connection"), Some("close"));
+        assert!(refused.json()["error"].as_str().unwrap().contains("limit"));
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"dynamo_requests_total{api="http",op="put",outcome="invalid"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_408() {
+        let mut state = single_node();
+        state.admission.body_read_timeout = Duration::from_millis(100);
+        let app = router(state);
+        let refused = stalled_put(&app, 10).await;
+        assert_eq!(refused.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(refused.header("connection"), Some("close"));
+        assert!(
+            refused.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("did not arrive within 100ms"),
+            "{:?}",
+            refused.json()
+        );
+        // The slot it held is free again.
+        assert_eq!(
+            put(&app, "/v1/kv/k", None, "v").await.status,
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_inflight_cap_are_shed_with_a_retry_hint() {
+        let mut state = single_node();
+        state.admission.inflight = InflightLimit::new(1);
+        let busy = state.admission.inflight.try_admit().expect("the only slot");
+        let metrics = state.metrics.clone();
+        let app = router(state);
+        for (method, body) in [("GET", ""), ("PUT", "v"), ("DELETE", "")] {
+            let shed = send(&app, method, "/v1/kv/k", None, Body::from(body)).await;
+            assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE, "{method}");
+            assert_eq!(shed.header("retry-after"), Some("1"), "{method}");
+            assert!(
+                shed.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("1 client requests in flight"),
+                "{method}: {:?}",
+                shed.json()
+            );
+        }
+        assert_eq!(metrics.shed(Api::Http), 3);
+        // Probes and scrapes are not client requests: never shed.
+        assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
+        assert_eq!(get(&app, "/metrics").await.status, StatusCode::OK);
+        drop(busy);
+        assert_eq!(
+            put(&app, "/v1/kv/k", None, "v").await.status,
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    /// A hostile request body: `Endless` never ends, `Stalled` never sends a byte (a
+    /// client that sent the headers only).
+    enum Hostile {
+        Endless,
+        Stalled,
+    }
+
+    impl http_body::Body for Hostile {
         type Data = Bytes;
         type Error = Infallible;
 
@@ -811,7 +1036,10 @@ mod tests {
             self: Pin<&mut Self>,
             _cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[7; 512])))))
+            match *self {
+                Self::Endless => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[7; 512]))))),
+                Self::Stalled => Poll::Pending,
+            }
         }
     }
 
@@ -833,7 +1061,7 @@ mod tests {
         // whole, this request would never finish.
         let endless = tokio::time::timeout(
             Duration::from_secs(10),
-            send(&app, "PUT", "/v1/kv/k", None, Body::new(Endless)),
+            send(&app, "PUT", "/v1/kv/k", None, Body::new(Hostile::Endless)),
         )
         .await
         .expect("the body limit ends the request");

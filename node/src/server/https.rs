@@ -14,8 +14,11 @@
 //! requests and close, and waits for them at most the drain bound.
 
 use std::future::Future;
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+
+use crate::log_gate::LogGate;
+use crate::metrics::Metrics;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -150,8 +157,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
 Content-Length: 30\r\nConnection: close\r\n\r\ntoo many connections; try again\n";
 
+/// Most over-the-cap connections being answered `503` at once. They fit in the
+/// open-files reserve ([`RESERVED_FILES`](super::limits::RESERVED_FILES)).
+const MAX_REFUSALS_ANSWERED: usize = 16;
+
 /// How long an over-the-cap connection may take to get its `503` and close.
-const OVERLOADED_LINGER: Duration = Duration::from_secs(1);
+const OVERLOADED_LINGER: Duration = Duration::from_millis(250);
 
 /// Answers an over-the-cap client with [`OVERLOADED`] and closes. What the client sent
 /// is read first (up to 64 KiB): closing a socket with unread data resets it, and the
@@ -171,6 +182,109 @@ async fn refuse_overloaded(stream: &mut tokio::net::TcpStream) -> std::io::Resul
     Ok(())
 }
 
+/// The HTTP listener's name in metrics.
+const LISTENER: &str = "http";
+
+/// Counts a connection in `dynamo_connections{listener="http"}` while it exists.
+struct OpenConnection(Metrics);
+
+impl OpenConnection {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.connection_changed(LISTENER, true);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_changed(LISTENER, false);
+    }
+}
+
+/// A connection whose client must send its first bytes within a deadline.
+///
+/// hyper's header-read timeout starts only once the protocol is known, and the
+/// HTTP/1-or-2 detection before it waits for the client's first bytes without a bound:
+/// a connection that sends nothing would hold its slot forever. Once the first read
+/// completes, this is a plain pass-through.
+struct FirstBytesWithin<T> {
+    inner: T,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Metrics,
+}
+
+impl<T> FirstBytesWithin<T> {
+    fn new(inner: T, within: Duration, metrics: &Metrics) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstBytesWithin<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                // Bytes or a close: either way the client is no longer silent.
+                this.deadline = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                this.deadline = None;
+                this.metrics.count_refused_connection(LISTENER, "silent");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing",
+                )))
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstBytesWithin<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Serves `router` on `listener`, over TLS when `tls` is given (from
 /// [`server_config`]), until `shutdown` completes; then stops accepting and gives open
 /// connections up to `limits.drain` to finish their requests. Connections still open
@@ -181,17 +295,26 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()>,
     limits: ServeLimits,
+    metrics: Metrics,
 ) {
+    metrics.set_connection_limit(LISTENER, limits.max_connections);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_ANSWERED));
+    let at_cap = LogGate::new(super::incoming::CAP_LOG_INTERVAL);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer lets hyper bound how long a client may take to send request headers.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // Pings find HTTP/2 clients that vanished, so they stop holding a slot.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -207,11 +330,23 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "HTTP connection refused: at the connection cap");
-            if acceptor.is_none() {
+            metrics.count_refused_connection(LISTENER, "cap");
+            if let Some(skipped) = at_cap.admit() {
+                tracing::warn!(
+                    %peer,
+                    max_connections = limits.max_connections,
+                    also_refused_unlogged = skipped,
+                    "HTTP connection refused: the listener is at its connection cap (max-connections)"
+                );
+            }
+            // Answering takes a file descriptor for up to the linger; past a few at
+            // once the connection is just closed, or a flood of refusals would use up
+            // the descriptors the cap is there to save.
+            if let (None, Ok(refusing)) = (&acceptor, Arc::clone(&refusals).try_acquire_owned()) {
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(OVERLOADED_LINGER, refuse_overloaded(&mut stream))
                         .await;
+                    drop(refusing);
                 });
             }
             continue;
@@ -226,13 +361,17 @@ pub async fn serve(
         // Taken before the handshake, so a shutdown during it still reaches this
         // connection (and the drain waits for it).
         let watcher = graceful.watcher();
+        let open = OpenConnection::new(&metrics);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             // Held until the connection ends.
             let _slot = slot;
+            let _open = open;
             let result = match acceptor {
                 None => {
+                    let io = FirstBytesWithin::new(stream, limits.header_read_timeout, &metrics);
                     let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     watcher.watch(connection).await
                 }
                 Some(acceptor) => {
@@ -249,8 +388,9 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let io = FirstBytesWithin::new(tls, limits.header_read_timeout, &metrics);
                     let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     watcher.watch(connection).await
                 }
             };
@@ -346,6 +486,7 @@ mod tests {
                 let _ = stopped.await;
             },
             ServeLimits::with_drain(drain),
+            Metrics::new(),
         ));
         (address, stop, task)
     }
@@ -484,6 +625,7 @@ mod tests {
                 let _ = stopped.await;
             },
             limits,
+            Metrics::new(),
         ));
         (address, stop, task)
     }

@@ -6,7 +6,9 @@
 mod admin;
 pub mod http;
 pub mod https;
+pub mod incoming;
 mod kv;
+pub mod limits;
 
 pub use admin::{AdminService, admin_token_interceptor};
 pub use kv::{KvService, TOPOLOGY_HEADER};

@@ -21,18 +21,17 @@
 //! each HTTP/2 request before its body is read or decoded, and counts every call by
 //! method and outcome.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tonic::Status;
-use tonic::codegen::{BoxFuture, Service, http};
+use tonic::codegen::http;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::server::NamedService;
 use tonic::service::Interceptor;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use crate::grpc_gate::{CallGate, Gated};
+use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 
 /// The request metadata carrying the cluster secret.
@@ -342,77 +341,53 @@ const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Logs refusals at most once per [`REFUSAL_LOG_INTERVAL`], saying how many were not
 /// logged in between.
-#[derive(Debug, Default)]
-struct RefusalLog {
-    /// When the last refusal was logged, and how many were skipped since.
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+#[derive(Debug)]
+struct RefusalLog(LogGate);
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self(LogGate::new(REFUSAL_LOG_INTERVAL))
+    }
 }
 
 impl RefusalLog {
     fn refused(&self, method: &str, peer: Option<std::net::SocketAddr>, refusal: &Refusal) {
-        let now = std::time::Instant::now();
-        let skipped = {
-            // A poisoned lock only guards a timestamp and a count.
-            let mut state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (last, skipped) = &mut *state;
-            if last.is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL) {
-                *skipped += 1;
-                return;
-            }
-            *last = Some(now);
-            std::mem::take(skipped)
-        };
-        tracing::warn!(method, ?peer, %refusal, also_refused_unlogged = skipped, "refused an internode call");
+        if let Some(skipped) = self.0.admit() {
+            tracing::warn!(method, ?peer, %refusal, also_refused_unlogged = skipped, "refused an internode call");
+        }
     }
 }
 
 /// A `Replica` server behind [`InternodeAuth`]: refuses a call with `UNAUTHENTICATED`
 /// before its body is read, and counts every call in `dynamo_replica_calls_total`.
-#[derive(Debug, Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    auth: Arc<InternodeAuth>,
-    metrics: Metrics,
-    log: Arc<RefusalLog>,
-}
+pub type Authenticated<S> = Gated<S, AuthGate>;
 
-impl<S> Authenticated<S> {
-    /// `inner` behind `auth`, counting into `metrics`.
-    pub fn new(inner: S, auth: Arc<InternodeAuth>, metrics: Metrics) -> Self {
-        Self {
-            inner,
+/// `inner` behind `auth`, counting into `metrics`.
+pub fn authenticated<S>(inner: S, auth: Arc<InternodeAuth>, metrics: Metrics) -> Authenticated<S> {
+    Gated::new(
+        inner,
+        AuthGate {
             auth,
             metrics,
-            log: Arc::default(),
-        }
-    }
+            log: RefusalLog::default(),
+        },
+    )
 }
 
-impl<S: NamedService> NamedService for Authenticated<S> {
-    const NAME: &'static str = S::NAME;
+/// The [`CallGate`] of [`Authenticated`]: the internode checks, the call counts, the
+/// refusal log.
+#[derive(Debug)]
+pub struct AuthGate {
+    auth: Arc<InternodeAuth>,
+    metrics: Metrics,
+    log: RefusalLog,
 }
 
-impl<S, B> Service<http::Request<B>> for Authenticated<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+impl CallGate for AuthGate {
+    /// The method's label, to count the call by when it ends.
+    type Ticket = &'static str;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<&'static str, Status> {
         let method = method_label(request.uri().path());
         let token = request.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
         let certificates = request
@@ -433,19 +408,14 @@ where
             self.log.refused(method, peer, &refusal);
             self.metrics
                 .replica_call(method, code_label(tonic::Code::Unauthenticated));
-            let response = Status::unauthenticated(refusal.to_string()).into_http();
-            return Box::pin(std::future::ready(Ok(response)));
+            return Err(Status::unauthenticated(refusal.to_string()));
         }
-        // The clone that was made ready serves this call (tower's contract); a fresh
-        // clone is left for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            metrics.replica_call(method, code_label(response_code(&response)));
-            Ok(response)
-        })
+        Ok(method)
+    }
+
+    fn finished(&self, method: &'static str, response: &http::Response<tonic::body::Body>) {
+        self.metrics
+            .replica_call(method, code_label(response_code(response)));
     }
 }
 

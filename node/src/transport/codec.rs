@@ -201,12 +201,25 @@ fn bad_reply(address: &str, reason: String) -> TransportError {
 }
 
 /// Whether a failed call's status says the request never left this process: tonic
-/// reports a failed connection attempt as Unavailable "tcp connect error". Anything
-/// else (a reset, a timeout, an h2 error after sending) may have reached the peer.
-pub(crate) fn never_sent(status: &Status) -> bool {
-    status.metadata().get(ERROR_MARKER).is_none()
-        && status.code() == Code::Unavailable
-        && status.message().contains("tcp connect error")
+/// reports a failed connection attempt as Unavailable "tcp connect error", and hyper
+/// cancels a request still queued when its connection closes (a node shutting down
+/// closes its connections after its last answer) with a canceled error. Anything else
+/// (a reset, a timeout, an h2 error after sending) may have reached the peer.
+pub fn never_sent(status: &Status) -> bool {
+    if status.metadata().get(ERROR_MARKER).is_some() {
+        return false;
+    }
+    if status.code() == Code::Unavailable && status.message().contains("tcp connect error") {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            return hyper.is_canceled();
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Classifies a failed call: a status carrying [`ERROR_MARKER`] is the peer's answer

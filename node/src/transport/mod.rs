@@ -32,7 +32,7 @@ mod memory;
 mod testing;
 
 pub use codec::MAX_MESSAGE_BYTES;
-pub(crate) use codec::never_sent;
+pub use codec::never_sent;
 pub use grpc::{
     GrpcTransport, GrpcTransportConfig, ReplicaService, TransportConfigError, replica_server,
 };

@@ -44,8 +44,9 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts a node with its own data dir under `root`. A `--listen` in `extra`
-    /// replaces the client listener's default `127.0.0.1:0`, and an `--http-listen`
-    /// starts the HTTP API there.
+    /// replaces the client listener's default `127.0.0.1:0`, an `--http-listen`
+    /// starts the HTTP API there, and `--test-ulimit-n N` (the harness's own flag)
+    /// runs the node under `ulimit -n N`.
     pub async fn start(
         root: &std::path::Path,
         id: &str,
@@ -69,6 +70,15 @@ impl TestNode {
             match *arg {
                 "--listen" => options.client_listen = value(arg),
                 "--http-listen" => options.http_listen = Some(value(arg)),
+                // The harness's, not the node's: run it under `ulimit -n N`.
+                "--test-ulimit-n" => {
+                    options.open_files_limit = Some(
+                        extra
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .expect("--test-ulimit-n takes a count"),
+                    );
+                }
                 _ => options.extra.push(arg.to_string()),
             }
         }
