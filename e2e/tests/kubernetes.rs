@@ -117,6 +117,7 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         .split_whitespace()
         .collect();
     assert_eq!(&row[..5], [CLUSTER, "3", "3", "3", "Running"], "{columns}");
+    transition_refusals(&kubectl).await;
 
     step(
         &format!("{KEYS} keys written through the client Service"),
@@ -420,6 +421,29 @@ async fn refusals(kubectl: &Kubectl) {
             cluster_yaml("9lives", "  size: 3\n"),
             "metadata.name must be a DNS label",
         ),
+        (
+            "size 100000",
+            cluster_yaml("bad", "  size: 100000\n"),
+            "spec.size",
+        ),
+        (
+            "a negative storage size",
+            cluster_yaml("bad", "  size: 3\n  storage: {size: \"-5Gi\"}\n"),
+            "spec.storage.size",
+        ),
+        (
+            "an admin token Secret name that is no DNS subdomain",
+            cluster_yaml("bad", "  size: 3\n  adminTokenSecret: Bad_Name\n"),
+            "spec.adminTokenSecret",
+        ),
+        (
+            "a node setting the operator manages",
+            cluster_yaml(
+                "bad",
+                "  size: 3\n  nodeConfig: {listen: \"0.0.0.0:9000\"}\n",
+            ),
+            "nodeConfig may not set a key the operator manages",
+        ),
     ];
     for (what, yaml, message) in cases {
         let refused = kubectl
@@ -431,6 +455,43 @@ async fn refusals(kubectl: &Kubectl) {
             "{what}: refused, but without \"{message}\": {refused}"
         );
         eprintln!("   refused {what}: ...{message}...");
+    }
+}
+
+/// Changes a live cluster cannot take, which the real API server must refuse on update
+/// with the CRD's transition rules (`oldSelf`), each saying what to do instead.
+async fn transition_refusals(kubectl: &Kubectl) {
+    let cases = [
+        ("replication.n", r#"{"spec":{"replication":{"n":5}}}"#),
+        (
+            "partitioning",
+            r#"{"spec":{"partitioning":{"partitions":512}}}"#,
+        ),
+        ("storage.size", r#"{"spec":{"storage":{"size":"2Gi"}}}"#),
+        (
+            "storage.storageClassName",
+            r#"{"spec":{"storage":{"storageClassName":"fast"}}}"#,
+        ),
+    ];
+    for (field, patch) in cases {
+        let refused = kubectl
+            .run(&[
+                "patch",
+                "dynamocluster",
+                CLUSTER,
+                "--type=merge",
+                "--dry-run=server",
+                "-p",
+                patch,
+            ])
+            .await
+            .expect_err(&format!("the API server accepted a change of {field}"));
+        let message = format!("{field} cannot change on a live cluster");
+        assert!(
+            refused.contains(&message) && refused.contains("create a new cluster"),
+            "{field}: refused, but without \"{message}\": {refused}"
+        );
+        eprintln!("   refused a change of {field}");
     }
 }
 

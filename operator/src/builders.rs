@@ -355,7 +355,20 @@ pub fn node_config_yaml(cluster: &DynamoCluster) -> String {
         internode_token_file: format!("{INTERNODE_TOKEN_DIR}/{INTERNODE_TOKEN_KEY}"),
     };
     // A struct of strings and integers always serializes.
-    serde_yaml::to_string(&file).expect("node config serializes")
+    let mut yaml = serde_yaml::to_string(&file).expect("node config serializes");
+    // The user's settings after the managed ones, as more lines of the same mapping.
+    // Validation refuses a managed key; one that slipped through is left out here, so
+    // it can neither replace the operator's nor repeat a key.
+    let mut extra = spec.node_config_mapping();
+    extra.retain(|key, _| {
+        key.as_str()
+            .is_some_and(|key| !crate::crd::MANAGED_NODE_KEYS.contains(&key))
+    });
+    if !extra.is_empty() {
+        // Scalars under string keys always serialize.
+        yaml.push_str(&serde_yaml::to_string(&extra).expect("node settings serialize"));
+    }
+    yaml
 }
 
 /// The config map holding [`node_config_yaml`].
@@ -1069,6 +1082,48 @@ mod tests {
         assert_eq!(key("internode-listen"), "0.0.0.0:7001");
         assert!(!parsed.contains_key("partitions"));
         assert!(!parsed.contains_key("tls-cert"));
+    }
+
+    #[test]
+    fn node_config_settings_follow_the_managed_ones_typed_and_roll_the_pods() {
+        let plain = cluster("db", "prod", 3);
+        let mut c = plain.clone();
+        c.spec.node_config = BTreeMap::from([
+            ("max-connections".to_owned(), "4096".to_owned()),
+            ("client-read-timeout".to_owned(), "30s".to_owned()),
+            ("log".to_owned(), "dynamo_node=debug,info".to_owned()),
+            ("insecure-internode".to_owned(), "true".to_owned()),
+        ]);
+        let yaml = node_config_yaml(&c);
+        // What the node reads: numbers as numbers, durations as text.
+        let node = dynamo_node::config::RawConfig::from_yaml(&yaml).unwrap();
+        assert_eq!(node.max_connections, Some(4096));
+        assert_eq!(
+            node.client_read_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(node.log.as_deref(), Some("dynamo_node=debug,info"));
+        // A managed key is the operator's, whatever nodeConfig says.
+        assert_eq!(node.insecure_internode, None);
+        assert_eq!(node.replication_factor, Some(3));
+        // A change rolls the pods: the config hash differs.
+        let hash = |c: &DynamoCluster| {
+            statefulset(c, 3)
+                .unwrap()
+                .spec
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&plain), hash(&c));
+        assert_eq!(node_config_yaml(&plain), {
+            let mut again = plain.clone();
+            again.spec.node_config.clear();
+            node_config_yaml(&again)
+        });
     }
 
     #[test]

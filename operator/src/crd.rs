@@ -91,10 +91,18 @@ pub const MAX_NAME_LEN: usize = 52;
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label starting with a letter (lowercase letters, digits, '-'): it names the cluster's Services")
 )]
 #[x_kube(validation = Rule::new("self.size >= self.replication.n").message("size must be at least replication.n"))]
+#[x_kube(validation = Rule::new(MANAGED_NODE_KEYS_RULE).message("nodeConfig may not set a key the operator manages (listen addresses, storage, replication, partitioning, durability, weights, TLS files, secrets, identity, seeds)"))]
+#[x_kube(validation = Rule::new("self.replication.n == oldSelf.replication.n").message("replication.n cannot change on a live cluster: every key would need new replicas at once; create a new cluster with the new N and move the data to it"))]
+#[x_kube(validation = Rule::new("self.partitioning == oldSelf.partitioning").message("partitioning cannot change on a live cluster: every key would change owners at once; create a new cluster with the new partitioning and move the data to it"))]
+#[x_kube(validation = Rule::new("self.storage.size == oldSelf.storage.size").message("storage.size cannot change on a live cluster yet: the StatefulSet's volume claim template is immutable and expanding volumes in place is not supported; create a new cluster with the new size and move the data to it"))]
+#[x_kube(validation = Rule::new("has(self.storage.storageClassName) == has(oldSelf.storage.storageClassName) && (!has(self.storage.storageClassName) || self.storage.storageClassName == oldSelf.storage.storageClassName)").message("storage.storageClassName cannot change on a live cluster: the StatefulSet's volume claim template is immutable; create a new cluster on the new class and move the data to it"))]
 #[serde(rename_all = "camelCase")]
 pub struct DynamoClusterSpec {
-    /// Number of storage nodes (pods). Must be at least `replication.n`.
-    #[schemars(range(min = 1))]
+    /// Number of storage nodes (pods). Must be at least `replication.n`, at most 1000.
+    /// There is no cap on one change: the operator joins and drains one node at a time
+    /// whatever the jump; the bound catches a typo (`100000`) that would create pods by
+    /// the thousand.
+    #[schemars(range(min = 1, max = 1000))]
     pub size: i32,
     /// Container image of `dynamo-node`.
     #[schemars(length(min = 1))]
@@ -128,11 +136,71 @@ pub struct DynamoClusterSpec {
     /// When unset, the operator creates a Secret `<name>-admin-token` with a random token
     /// and keeps it for the cluster's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub admin_token_secret: Option<String>,
     /// TLS for the gRPC listeners and internode calls; plaintext when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Node settings this spec does not manage, by the node's config key
+    /// (`dynamo-node --help`), each value a YAML scalar written as a string: for example
+    /// `max-connections: "4096"`, `max-inflight-requests: "2048"`,
+    /// `client-read-timeout: 30s`, `tombstone-grace: 48h`, `anti-entropy-interval: 1m`,
+    /// `log: debug`. Keys the operator sets itself (listen addresses, storage,
+    /// replication, partitioning, durability, weights, TLS files, secrets, identity,
+    /// seeds) are refused, as is a key or value the node would refuse. A change rolls
+    /// the pods.
+    // Bounded, so the API server can bound the cost of the CEL rule over its keys;
+    // the node has fewer settings than that.
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_config: BTreeMap<String, String>,
 }
+
+/// The largest `size` (the schema's `maximum`).
+pub const MAX_SIZE: i32 = 1000;
+
+/// Most `nodeConfig` entries (the schema's `maxProperties`).
+pub const MAX_NODE_CONFIG_ENTRIES: usize = 64;
+
+/// The CRD rule refusing [`MANAGED_NODE_KEYS`] in `nodeConfig` at `kubectl apply`
+/// (a test checks the two lists agree); [`DynamoClusterSpec::validate`] refuses them
+/// again for objects that bypassed the schema.
+pub const MANAGED_NODE_KEYS_RULE: &str = "!has(self.nodeConfig) || self.nodeConfig.all(k, !(k in \
+    ['node-id', 'listen', 'internode-listen', 'http-listen', 'advertise', 'advertise-client', \
+    'data-dir', 'seeds', 'storage', 'replication-factor', 'read-quorum', 'write-quorum', \
+    'weight', 'partitioning', 'partitions', 'tokens-per-weight', 'durability', 'admin-token', \
+    'tls-cert', 'tls-key', 'tls-ca', 'internode-token-file', 'insecure-internode']))";
+
+/// Node config keys the operator sets itself (in the node config file or the pods'
+/// environment), so `nodeConfig` may not.
+pub const MANAGED_NODE_KEYS: &[&str] = &[
+    "node-id",
+    "listen",
+    "internode-listen",
+    "http-listen",
+    "advertise",
+    "advertise-client",
+    "data-dir",
+    "seeds",
+    "storage",
+    "replication-factor",
+    "read-quorum",
+    "write-quorum",
+    "weight",
+    "partitioning",
+    "partitions",
+    "tokens-per-weight",
+    "durability",
+    "admin-token",
+    "tls-cert",
+    "tls-key",
+    "tls-ca",
+    "internode-token-file",
+    "insecure-internode",
+];
 
 /// When the kubelet pulls the image.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,7 +337,10 @@ pub struct Weights {
     /// The volume size worth one unit of weight when `fromResources`, a Kubernetes
     /// quantity such as `100Gi`; unset: storage does not count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(
+        length(min = 1),
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+    )]
     pub storage_per_weight: Option<String>,
 }
 
@@ -294,7 +365,10 @@ impl Default for Weights {
 pub struct StorageSpec {
     /// Requested volume size, a Kubernetes quantity such as `10Gi`.
     #[serde(default = "default_storage_size")]
-    #[schemars(length(min = 1))]
+    #[schemars(
+        length(min = 1),
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+    )]
     pub size: String,
     /// StorageClass of the volumes; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,7 +455,10 @@ pub struct PodTemplateExtras {
 pub struct TlsSpec {
     /// Name of a Secret in the same namespace holding `tls.crt`, `tls.key` and, when
     /// `mutual`, `ca.crt` (the keys cert-manager writes).
-    #[schemars(length(min = 1))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
     /// Mutual TLS on the internode/admin port (default true): nodes verify each other
     /// against `ca.crt` and require a certificate signed by it from peers and admin
@@ -437,7 +514,7 @@ pub enum Phase {
 #[non_exhaustive]
 pub enum SpecError {
     /// `size` is below 1.
-    #[error("size must be at least 1, got {0}")]
+    #[error("size must be 1..=1000, got {0}")]
     Size(i32),
     /// `n`, `r` or `w` is out of range or a quorum exceeds `n`.
     #[error("invalid replication n={n} r={r} w={w}")]
@@ -484,6 +561,12 @@ pub enum SpecError {
     /// The CPU quantity is not a plain number of cores or millicores.
     #[error("unsupported cpu quantity {0:?}")]
     CpuQuantity(String),
+    /// A `nodeConfig` key the operator sets itself.
+    #[error("nodeConfig.{0} is set by the operator (from the rest of the spec)")]
+    ManagedNodeKey(String),
+    /// A `nodeConfig` entry the node would refuse.
+    #[error("nodeConfig: {0}")]
+    NodeConfig(String),
 }
 
 impl DynamoClusterSpec {
@@ -492,7 +575,7 @@ impl DynamoClusterSpec {
     /// # Errors
     /// The first [`SpecError`] found.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.size < 1 {
+        if !(1..=MAX_SIZE).contains(&self.size) {
             return Err(SpecError::Size(self.size));
         }
         let Replication { n, r, w } = self.replication;
@@ -513,7 +596,68 @@ impl DynamoClusterSpec {
         } else if self.weights.storage_per_weight.is_some() {
             return Err(SpecError::StoragePerWeightUnused);
         }
-        Ok(())
+        self.check_node_config()
+    }
+
+    /// `nodeConfig` as a YAML mapping of the node's config keys, each value parsed as
+    /// the YAML scalar it spells (`"4096"` a number, `"true"` a boolean, `30s` text).
+    pub fn node_config_mapping(&self) -> serde_yaml::Mapping {
+        self.node_config
+            .iter()
+            .map(|(key, value)| {
+                let value = serde_yaml::from_str::<serde_yaml::Value>(value)
+                    .ok()
+                    .filter(|parsed| {
+                        !matches!(
+                            parsed,
+                            serde_yaml::Value::Mapping(_) | serde_yaml::Value::Sequence(_)
+                        )
+                    })
+                    .unwrap_or_else(|| serde_yaml::Value::String(value.clone()));
+                (serde_yaml::Value::String(key.clone()), value)
+            })
+            .collect()
+    }
+
+    /// Refuses a `nodeConfig` key the operator manages, and a key or value the node
+    /// would refuse at start, with the node's own message naming the key. The planner
+    /// runs it before every pass, so a typo shows in the cluster's status
+    /// (`InvalidSpec`) instead of crash-looping pods.
+    ///
+    /// # Errors
+    /// [`SpecError::ManagedNodeKey`] or [`SpecError::NodeConfig`].
+    pub fn check_node_config(&self) -> Result<(), SpecError> {
+        use dynamo_node::config::{NodeConfig, RawConfig};
+        if self.node_config.is_empty() {
+            return Ok(());
+        }
+        if self.node_config.len() > MAX_NODE_CONFIG_ENTRIES {
+            return Err(SpecError::NodeConfig(format!(
+                "{} entries, at most {MAX_NODE_CONFIG_ENTRIES}",
+                self.node_config.len()
+            )));
+        }
+        if let Some(key) = self
+            .node_config
+            .keys()
+            .find(|key| MANAGED_NODE_KEYS.contains(&key.as_str()))
+        {
+            return Err(SpecError::ManagedNodeKey(key.clone()));
+        }
+        let yaml = serde_yaml::to_string(&self.node_config_mapping())
+            .map_err(|e| SpecError::NodeConfig(e.to_string()))?;
+        let settings =
+            RawConfig::from_yaml(&yaml).map_err(|e| SpecError::NodeConfig(e.to_string()))?;
+        // Checked beside what any node of the cluster has; the managed keys are the
+        // operator's to get right.
+        let placeholder = RawConfig {
+            node_id: dynamo_node::NodeId::new("dynamo-0").ok(),
+            data_dir: Some("/var/lib/dynamo".into()),
+            ..RawConfig::default()
+        };
+        NodeConfig::try_from(settings.or(placeholder))
+            .map(drop)
+            .map_err(|e| SpecError::NodeConfig(e.to_string()))
     }
 
     /// The weight of the node with this ordinal (see [`Weights`]).
@@ -708,7 +852,14 @@ mod tests {
                 })
                 .unwrap_or_default()
         };
-        assert_eq!(rules(spec), ["self.size >= self.replication.n"]);
+        let spec_rules = rules(spec);
+        assert_eq!(
+            spec_rules[..2],
+            ["self.size >= self.replication.n", MANAGED_NODE_KEYS_RULE]
+        );
+        // And the transition rules (`oldSelf`), evaluated on updates only.
+        assert_eq!(spec_rules.len(), 6, "{spec_rules:?}");
+        assert!(spec_rules[2..].iter().all(|rule| rule.contains("oldSelf")));
         let replication = &spec["properties"]["replication"];
         assert_eq!(rules(replication), ["self.r <= self.n", "self.w <= self.n"]);
         assert_eq!(
@@ -775,6 +926,61 @@ mod tests {
         assert!(!cel_accepts(s), "tokensPerWeight with equal-partitions");
     }
 
+    /// Evaluates the CRD's CEL rules on an update from `old` to `new`, as the API
+    /// server would; the refusal's text when refused.
+    fn cel_update(old: DynamoClusterSpec, new: DynamoClusterSpec) -> Result<(), String> {
+        kube::core::cel::validate_cel_update(
+            &DynamoCluster::new("db", new),
+            &DynamoCluster::new("db", old),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cel_transition_rules_refuse_what_a_live_cluster_cannot_change() {
+        let old = spec(5);
+        // What a live cluster can change: size, quorums, weights, durability, ...
+        let mut new = old.clone();
+        new.size = 7;
+        new.replication.r = 1;
+        new.replication.w = 3;
+        new.weights.default = 2;
+        new.durability = Durability::Buffered;
+        new.node_config.insert("log".into(), "debug".into());
+        assert_eq!(cel_update(old.clone(), new), Ok(()));
+        // What it cannot, each with a message saying what to do instead.
+        let refused = |change: &dyn Fn(&mut DynamoClusterSpec), message: &str| {
+            let mut new = old.clone();
+            change(&mut new);
+            let refusal = cel_update(old.clone(), new).unwrap_err();
+            assert!(refusal.contains(message), "{refusal}");
+            assert!(refusal.contains("create a new cluster"), "{refusal}");
+        };
+        refused(&|s| s.replication.n = 5, "replication.n cannot change");
+        refused(
+            &|s| s.partitioning.partitions = Some(512),
+            "partitioning cannot change",
+        );
+        refused(
+            &|s| s.partitioning.strategy = Strategy::RandomTokens,
+            "partitioning cannot change",
+        );
+        refused(
+            &|s| s.storage.size = "20Gi".into(),
+            "storage.size cannot change",
+        );
+        refused(
+            &|s| s.storage.storage_class_name = Some("fast".into()),
+            "storage.storageClassName cannot change",
+        );
+        let mut classed = old.clone();
+        classed.storage.storage_class_name = Some("fast".into());
+        let mut other = classed.clone();
+        other.storage.storage_class_name = Some("slow".into());
+        assert!(cel_update(classed.clone(), other).is_err());
+        assert_eq!(cel_update(classed.clone(), classed), Ok(()));
+    }
+
     #[test]
     fn validate_refuses_what_the_schema_refuses() {
         let mut s = spec(3);
@@ -787,12 +993,103 @@ mod tests {
         );
         s.size = 0;
         assert_eq!(s.validate(), Err(SpecError::Size(0)));
+        s.size = MAX_SIZE + 1;
+        assert_eq!(s.validate(), Err(SpecError::Size(1001)));
         let mut s = spec(3);
         s.weights.overrides.insert("01".into(), 2);
         assert_eq!(s.validate(), Err(SpecError::OverrideKey("01".into())));
         let mut s = spec(3);
         s.weights.default = 0;
         assert_eq!(s.validate(), Err(SpecError::Weight(0)));
+    }
+
+    /// What the API server refuses by the schema alone (no CEL): an absurd size, a
+    /// signed or malformed quantity, a Secret name that is no DNS subdomain.
+    #[test]
+    fn the_schema_bounds_sizes_quantities_and_secret_names() {
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["size"]["maximum"].as_f64(), Some(1000.0));
+        let pattern = |schema: &serde_json::Value| {
+            regex::Regex::new(schema["pattern"].as_str().expect("a pattern")).unwrap()
+        };
+        let quantity = pattern(&spec["properties"]["storage"]["properties"]["size"]);
+        for good in ["10Gi", "1.5Ti", "500M", "1000"] {
+            assert!(quantity.is_match(good), "{good}");
+        }
+        for bad in ["-5Gi", "+5Gi", "5 Gi", "5gi", "1e3", ""] {
+            assert!(!quantity.is_match(bad), "{bad}");
+        }
+        assert_eq!(
+            spec["properties"]["weights"]["properties"]["storagePerWeight"]["pattern"],
+            spec["properties"]["storage"]["properties"]["size"]["pattern"]
+        );
+        let secret = pattern(&spec["properties"]["adminTokenSecret"]);
+        for good in ["db-admin", "db.admin", "a"] {
+            assert!(secret.is_match(good), "{good}");
+        }
+        for bad in ["Db-admin", "db_admin", "-db", "db-", "db..admin"] {
+            assert!(!secret.is_match(bad), "{bad}");
+        }
+        assert_eq!(spec["properties"]["adminTokenSecret"]["maxLength"], 253);
+        assert_eq!(
+            spec["properties"]["tls"]["properties"]["secretName"]["pattern"],
+            spec["properties"]["adminTokenSecret"]["pattern"]
+        );
+    }
+
+    #[test]
+    fn the_crd_rule_refuses_exactly_the_managed_keys() {
+        let listed: Vec<&str> = MANAGED_NODE_KEYS_RULE
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        assert_eq!(listed, MANAGED_NODE_KEYS);
+    }
+
+    #[test]
+    fn node_config_takes_node_settings_and_refuses_managed_unknown_or_bad_ones() {
+        let with = |entries: &[(&str, &str)]| {
+            let mut s = spec(3);
+            s.node_config = entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            s.validate()
+        };
+        assert_eq!(
+            with(&[
+                ("max-connections", "4096"),
+                ("max-inflight-requests", "2048"),
+                ("client-read-timeout", "30s"),
+                ("tombstone-grace", "48h"),
+                ("log", "debug"),
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            with(&[("listen", "0.0.0.0:9000")]),
+            Err(SpecError::ManagedNodeKey("listen".into()))
+        );
+        assert_eq!(
+            with(&[("durability", "buffered")]),
+            Err(SpecError::ManagedNodeKey("durability".into()))
+        );
+        let unknown = with(&[("max-conections", "10")]).unwrap_err().to_string();
+        assert!(unknown.contains("max-conections"), "{unknown}");
+        let out_of_range = with(&[("max-connections", "15")]).unwrap_err().to_string();
+        assert!(
+            out_of_range.contains("max-connections is 15; allowed are 16..=1000000"),
+            "{out_of_range}"
+        );
+        let bad_duration = with(&[("client-read-timeout", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad_duration.contains("client-read-timeout"),
+            "{bad_duration}"
+        );
     }
 
     fn with_cpu(mut s: DynamoClusterSpec, cpu: &str) -> DynamoClusterSpec {

@@ -269,6 +269,9 @@ impl Desired {
     /// for a size below 1, [`DesiredError::StorageSize`] for a volume size that is not
     /// a quantity of bytes.
     pub fn from_spec(spec: &DynamoClusterSpec) -> Result<Self, DesiredError> {
+        // Rendered into every pod's config: a setting the node refuses would stop every
+        // pod from starting.
+        spec.check_node_config()?;
         let size = u32::try_from(spec.size)
             .ok()
             .filter(|&s| s > 0)

@@ -14,7 +14,7 @@ use dynamo_operator::planner::MemberState;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use support::passes::{
-    APPS, CLUSTER, CLUSTER_STATUS, CLUSTERS, NETPOL, NS, POLICY, SELECTOR, answer_status,
+    APPS, CLUSTER, CLUSTER_STATUS, CLUSTERS, EVENTS, NETPOL, NS, POLICY, SELECTOR, answer_status,
     condition, deleting, event_posted, generated_token_exists, internode_secret_exists,
     objects_and_token_read, objects_read, pass, pass_with, poll_again, resync_later, secret,
     status_of, status_written, two_ready_pods_read,
@@ -353,19 +353,75 @@ async fn deletion_keeps_volumes_by_default() {
 
 #[tokio::test]
 async fn an_unreachable_ring_fails_the_pass_without_acting() {
-    // A pod runs but nothing answers Admin.Ring: the controller must not guess.
+    // A pod runs but nothing answers Admin.Ring: the controller must not guess. The
+    // failure shows on the resource (it used to be in the operator's log only): a
+    // Warning event and Degraded with the reason, once per distinct failure.
     let c = cluster(
         json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
         true,
     );
-    let error = pass(c, Loopback::default(), |mut server, db| async move {
+    let (error, failed_status) = pass_with(
+        c.clone(),
+        Loopback::default(),
+        |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 1, vec![pod(0, false)]).await;
+            let event = event_posted(&mut server).await;
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["reason"], "RingUnreadable");
+            assert!(event["note"].as_str().unwrap().contains("db-0"), "{event}");
+            let s = status_written(&mut server, &db).await;
+            let degraded = condition(&s, "Degraded");
+            assert_eq!(
+                (&degraded["status"], &degraded["reason"]),
+                (&json!("True"), &json!("RingUnreadable"))
+            );
+            assert_eq!(s["phase"], "Degraded");
+            (server, s)
+        },
+    )
+    .await;
+    let error = error.unwrap_err();
+    assert_eq!(error.label(), "ring_unreadable", "{error}");
+    assert!(error.to_string().contains("db-0"), "{error}");
+
+    // The retry fails the same way: no second event, no status write.
+    let mut again = c;
+    again.status = status_of(&failed_status);
+    let error = pass(again, Loopback::default(), |mut server, db| async move {
         objects_and_token_read(&mut server, &db, 1, vec![pod(0, false)]).await;
         server
     })
     .await
     .unwrap_err();
     assert_eq!(error.label(), "ring_unreadable", "{error}");
-    assert!(error.to_string().contains("db-0"), "{error}");
+}
+
+#[tokio::test]
+async fn a_node_setting_the_node_would_refuse_is_an_invalid_spec_not_a_crash_loop() {
+    // From before the CRD's rule, or a value only the node's own checks refuse: the pass
+    // applies nothing (no pod is rolled onto a config its node cannot start with) and
+    // the status says why, in the node's words.
+    let c = cluster(
+        json!({"size": 3, "image": "dynamo-node:dev", "nodeConfig": {"max-connections": "15"}}),
+        true,
+    );
+    let action = pass(c, Loopback::default(), |mut server, db| async move {
+        let s = status_written(&mut server, &db).await;
+        let degraded = condition(&s, "Degraded");
+        assert_eq!(
+            (&degraded["status"], &degraded["reason"]),
+            (&json!("True"), &json!("InvalidSpec"))
+        );
+        assert_eq!(
+            degraded["message"],
+            "nodeConfig: max-connections is 15; allowed are 16..=1000000"
+        );
+        assert_eq!(s["phase"], "Degraded");
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, resync_later());
 }
 
 #[tokio::test]
@@ -452,6 +508,18 @@ async fn the_admin_token_comes_from_the_named_secret() {
                 json!({"apiVersion": "v1", "kind": "Secret",
                        "metadata": {"name": "db-admin", "namespace": "prod"}, "data": {}}),
             );
+        // The failure shows on the resource, not only in the operator's log.
+        let event = event_posted(&mut server).await;
+        assert_eq!(
+            (&event["type"], &event["reason"]),
+            (&json!("Warning"), &json!("SecretUnusable"))
+        );
+        let s = status_written(&mut server, &db).await;
+        assert_eq!(condition(&s, "Degraded")["reason"], "SecretUnusable");
+        assert_eq!(
+            condition(&s, "Degraded")["message"],
+            "secret db-admin: no key `token`"
+        );
         server
     })
     .await
@@ -1145,6 +1213,31 @@ async fn failed_passes_back_off_per_cluster_and_a_success_resets_it() {
                         .expect("GET", &format!("{NS}/configmaps/{name}-config"))
                         .await
                         .respond(500, internal_error.clone());
+                    // Each failure shows on its cluster: a Warning and Degraded (the
+                    // objects passed in carry no status, so each is a new report). The
+                    // recorder folds a repeated event into a series: a PATCH of the
+                    // first.
+                    let event = server.next_call("an event").await;
+                    assert!(
+                        event.path.starts_with(EVENTS)
+                            && ["POST", "PATCH"].contains(&event.method.as_str()),
+                        "{} {}",
+                        event.method,
+                        event.path
+                    );
+                    assert_eq!(event.body["reason"], "KubernetesApiError");
+                    event.echo();
+                    let status = server
+                        .expect("PATCH", &format!("{CLUSTERS}/{name}/status"))
+                        .await;
+                    let mut object = finalized.clone();
+                    object["metadata"]["name"] = json!(name);
+                    object["status"] = status.body["status"].clone();
+                    assert_eq!(
+                        object["status"]["conditions"][0]["reason"],
+                        "KubernetesApiError"
+                    );
+                    status.respond(200, object);
                 }
             }
             server

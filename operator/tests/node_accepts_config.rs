@@ -3,6 +3,7 @@
 //! map's file go through `dynamo-node`'s own loader.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use dynamo_node::config::{DurabilityMode, NodeConfig, load_from_args};
 use dynamo_node::ring::PartitionStrategy;
@@ -159,6 +160,35 @@ fn every_setting_the_spec_offers_is_accepted() {
             tokens_per_weight: 64
         }
     );
+}
+
+/// `nodeConfig` settings reach the node as the node's own settings, typed as it reads
+/// them, beside everything the operator manages.
+#[test]
+fn node_config_settings_are_what_the_node_loads() {
+    let cluster = cluster(serde_json::json!({
+        "size": 3,
+        "image": "dynamo-node:dev",
+        "nodeConfig": {
+            "max-connections": "4096",
+            "max-inflight-requests": "2048",
+            "client-read-timeout": "30s",
+            "tombstone-grace": "48h",
+            "anti-entropy-interval": "1m",
+        },
+    }));
+    cluster.spec.validate().expect("a valid spec");
+    let config = load_pod(&cluster, 1);
+    let serving = config.serving_limits();
+    assert_eq!(serving.max_connections, 4096);
+    assert_eq!(serving.max_inflight_requests, 2048);
+    assert_eq!(serving.client_read_timeout, Duration::from_secs(30));
+    let antientropy = config.anti_entropy();
+    assert_eq!(antientropy.tombstone_grace, Duration::from_secs(48 * 3600));
+    assert_eq!(antientropy.interval, Duration::from_secs(60));
+    // The managed settings are still the operator's.
+    assert_eq!(config.replication_factor(), 3);
+    assert_eq!(config.internode_listen().port(), 7001);
 }
 
 #[test]

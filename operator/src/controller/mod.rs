@@ -115,6 +115,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// The reason a failed pass is reported under on the resource (the Degraded
+    /// condition and the Warning event), `PascalCase` as Kubernetes reasons are.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self.label() {
+            "kube" => "KubernetesApiError",
+            "build" => "MalformedObject",
+            "admin" => "AdminCallFailed",
+            "ring_unreadable" => "RingUnreadable",
+            "foreign_member" => "ForeignMember",
+            "no_admin_peer" => "NoAdminPeer",
+            "secret" => "SecretUnusable",
+            "random" => "NoRandomness",
+            "status_unreadable" => "StatusUnreadable",
+            "serialize" => "SerializeFailed",
+            _ => "ReconcileFailed",
+        }
+    }
+
     /// A short label for metrics.
     #[must_use]
     pub fn label(&self) -> &'static str {
@@ -272,7 +291,13 @@ pub async fn reconcile(cluster: Arc<DynamoCluster>, ctx: Arc<Context>) -> Result
     let key = key(&cluster);
     let action = finalizer(&api, FINALIZER, cluster, |event| async {
         match event {
-            Finalize::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalize::Apply(cluster) => {
+                let result = apply(&cluster, &ctx).await;
+                if let Err(error) = &result {
+                    report_failure(&ctx, &cluster, error).await;
+                }
+                result
+            }
             Finalize::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
         }
     })
@@ -559,9 +584,14 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         Ok(desired) => desired,
         Err(error) => {
             tracing::warn!(cluster = name, %error, "invalid spec");
-            let status = status::invalid_spec_status(
-                cluster.metadata.generation,
-                &error.to_string(),
+            let message = error.to_string();
+            let status = status::degraded_status(
+                status::Degradation {
+                    generation: cluster.metadata.generation,
+                    reason: "InvalidSpec",
+                    message: &message,
+                    progressing: Some(false),
+                },
                 &selector,
                 cluster.status.as_ref(),
                 &now,
@@ -817,6 +847,42 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+/// Shows a failed pass on the resource: a Warning event and the Degraded condition
+/// with the error's reason and message, once per distinct failure (a retry that fails
+/// the same way writes nothing). Best effort: the failure itself is what the pass
+/// returns, and a report that cannot be written is logged. Membership work waits for
+/// the next successful pass, whose status replaces this one.
+async fn report_failure(ctx: &Context, cluster: &DynamoCluster, error: &Error) {
+    let reason = error.reason();
+    let message = error.to_string();
+    let reported = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+        .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message);
+    if reported {
+        return;
+    }
+    publish(ctx, cluster, EventType::Warning, reason, message.clone()).await;
+    let Some(namespace) = cluster.namespace() else {
+        return;
+    };
+    let status = status::degraded_status(
+        status::Degradation {
+            generation: cluster.metadata.generation,
+            reason,
+            message: &message,
+            progressing: None,
+        },
+        &builders::selector_string(&cluster.name_any()),
+        cluster.status.as_ref(),
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if let Err(error) = write_status(ctx, cluster, &namespace, status).await {
+        tracing::warn!(cluster = %cluster.name_any(), %error, "writing the status of a failed pass");
+    }
 }
 
 /// Publishes an Event on the cluster. Best effort: a lost event is logged, and the pass

@@ -169,16 +169,37 @@ pub fn cluster_status(
     }
 }
 
-/// The status of a cluster whose spec cannot be planned (e.g. a malformed weight
-/// override): Degraded with the reason, nothing in progress, the rest kept.
+/// Why a cluster is degraded outside a planned step: a spec that cannot be planned
+/// (`InvalidSpec`, nothing in progress: `progressing: Some(false)`), or a pass that
+/// failed (an unreadable ring, a refused child object, a missing Secret: the error's
+/// reason, `progressing: None`, what the last successful pass saw kept).
+#[derive(Debug, Clone, Copy)]
+pub struct Degradation<'a> {
+    /// The object's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The condition's reason.
+    pub reason: &'a str,
+    /// The condition's message.
+    pub message: &'a str,
+    /// Progressing's new value (with the same reason), or `None` to keep it (and the
+    /// step in progress).
+    pub progressing: Option<bool>,
+}
+
+/// Degraded for `degradation`; Available and the counts kept.
 #[must_use]
-pub fn invalid_spec_status(
-    generation: Option<i64>,
-    error: &str,
+pub fn degraded_status(
+    degradation: Degradation<'_>,
     selector: &str,
     previous: Option<&DynamoClusterStatus>,
     now: &Time,
 ) -> DynamoClusterStatus {
+    let Degradation {
+        generation,
+        reason,
+        message,
+        progressing,
+    } = degradation;
     let kept = previous.cloned().unwrap_or_default();
     let keep = |type_: &str| {
         kept.conditions
@@ -188,29 +209,37 @@ pub fn invalid_spec_status(
             .into_iter()
     };
     let mut conditions: Vec<Condition> = keep(AVAILABLE).collect();
-    conditions.push(condition(
-        PROGRESSING,
-        false,
-        "InvalidSpec",
-        error.to_owned(),
-        generation,
-        previous,
-        now,
-    ));
+    match progressing {
+        Some(progressing) => conditions.push(condition(
+            PROGRESSING,
+            progressing,
+            reason,
+            message.to_owned(),
+            generation,
+            previous,
+            now,
+        )),
+        None => conditions.extend(keep(PROGRESSING)),
+    }
     conditions.push(condition(
         DEGRADED,
         true,
-        "InvalidSpec",
-        error.to_owned(),
+        reason,
+        message.to_owned(),
         generation,
         previous,
         now,
     ));
+    // A failed pass leaves the step it found in progress (Progressing kept) as it was.
+    let current_step = progressing
+        .is_none()
+        .then(|| kept.current_step.clone())
+        .flatten();
     DynamoClusterStatus {
         observed_generation: generation,
         phase: Some(Phase::Degraded),
         conditions,
-        current_step: None,
+        current_step,
         selector: Some(selector.to_owned()),
         ..kept
     }
@@ -419,12 +448,61 @@ mod tests {
             selector: "app=x",
         };
         let before = cluster_status(&pass, None, &at(1));
-        let s = invalid_spec_status(Some(2), "bad key", "app=x", Some(&before), &at(5));
+        let s = degraded_status(
+            Degradation {
+                generation: Some(2),
+                reason: "InvalidSpec",
+                message: "bad key",
+                progressing: Some(false),
+            },
+            "app=x",
+            Some(&before),
+            &at(5),
+        );
         assert_eq!((s.members, s.ready_nodes), (3, 3));
         assert_eq!(s.phase, Some(Phase::Degraded));
         assert_eq!(s.observed_generation, Some(2));
         assert_eq!(find(&s, DEGRADED).reason, "InvalidSpec");
         assert_eq!(find(&s, DEGRADED).message, "bad key");
         assert_eq!(find(&s, AVAILABLE), find(&before, AVAILABLE));
+    }
+
+    #[test]
+    fn a_failed_pass_is_degraded_and_keeps_what_the_last_pass_saw() {
+        let o = observed(4, &[0, 1, 2], &[0, 1, 2]);
+        let pass = Pass {
+            generation: Some(3),
+            observed: &o,
+            step: &Step::Wait {
+                reason: WaitReason::MemberNotReady { ordinal: 3 },
+            },
+            replication_factor: 3,
+            selector: "app=x",
+        };
+        let before = cluster_status(&pass, None, &at(1));
+        let s = degraded_status(
+            Degradation {
+                generation: Some(3),
+                reason: "RingUnreadable",
+                message: "no node answered Admin.Ring: db-0: refused",
+                progressing: None,
+            },
+            "app=x",
+            Some(&before),
+            &at(9),
+        );
+        assert_eq!((s.members, s.ready_nodes), (3, 3));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = find(&s, DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "RingUnreadable");
+        assert_eq!(
+            degraded.message,
+            "no node answered Admin.Ring: db-0: refused"
+        );
+        // What was in progress still is, as far as anyone knows.
+        assert_eq!(find(&s, PROGRESSING), find(&before, PROGRESSING));
+        assert_eq!(find(&s, AVAILABLE), find(&before, AVAILABLE));
+        assert_eq!(s.current_step, before.current_step);
     }
 }
