@@ -267,6 +267,16 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     );
     let upgrade_from = workload.invoked();
     let rollout = rollout_watcher(&kubectl);
+    // Paused first: the new template is applied, and no pod restarts until the
+    // annotation goes (the operator holds the StatefulSet's partition).
+    kubectl
+        .ok(&[
+            "annotate",
+            "dynamocluster",
+            CLUSTER,
+            "dynamo.example.org/rollout-paused=true",
+        ])
+        .await;
     kubectl
         .ok(&[
             "patch",
@@ -275,6 +285,41 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
             "--type=merge",
             "-p",
             r#"{"spec":{"image":"dynamo-node:upgrade"}}"#,
+        ])
+        .await;
+    wait("the paused rollout reported", SETTLE, || async {
+        let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+        let rollout = cluster["status"]["rollout"].as_str().unwrap_or_default();
+        if rollout.contains("paused") {
+            Ok(())
+        } else {
+            Err(format!("status {}", cluster["status"]))
+        }
+    })
+    .await;
+    let sts = kubectl
+        .json(&["statefulset", CLUSTER])
+        .await
+        .expect("the StatefulSet");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"], "dynamo-node:upgrade",
+        "the new template is applied"
+    );
+    assert_eq!(
+        sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"],
+        3
+    );
+    let pods = kubectl.pods(&node_selector()).await.expect("the pods");
+    assert!(
+        pods.iter().all(|p| p.ready && p.image == "dynamo-node:dev"),
+        "no pod restarted while paused: {pods:?}"
+    );
+    kubectl
+        .ok(&[
+            "annotate",
+            "dynamocluster",
+            CLUSTER,
+            "dynamo.example.org/rollout-paused-",
         ])
         .await;
     wait("every pod running dynamo-node:upgrade", SETTLE, || async {

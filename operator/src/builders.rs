@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-    StatefulSetUpdateStrategy,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
@@ -87,6 +87,12 @@ pub const PRE_STOP_SECONDS: i64 = 5;
 /// Pod template annotation holding a hash of the node config, so a config change rolls
 /// the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "dynamo.example.org/config-hash";
+/// StatefulSet annotation holding [`template_inputs_hash`]: the spec its pod template and
+/// node config were rendered from. While the spec's hash stays the same, the controller
+/// keeps the pod template and config the StatefulSet has, so a new operator release that
+/// renders them differently restarts nothing; its rendering takes effect with the next
+/// spec change that feeds the template.
+pub const TEMPLATE_INPUTS_ANNOTATION: &str = "dynamo.example.org/template-inputs";
 /// The uid and gid of the image's non-root user (distroless `nonroot`).
 pub const NODE_UID: i64 = 65_532;
 /// The key of the admin token in its Secret, user-named or generated.
@@ -658,6 +664,38 @@ fn zone_spread(cluster_name: &str) -> TopologySpreadConstraint {
     }
 }
 
+/// A hash of what the pod template and node config are rendered from: the spec, except
+/// what only drives membership (the size beyond the seeds it names, the weights, which
+/// the operator sets through `Admin`). Scaling from 5 to 7 nodes or a weight change
+/// leaves it alone; an image, resource, config or TLS change does not.
+///
+/// It must be the same for the same spec across operator releases (a change would roll
+/// every cluster on upgrade; `template_inputs_hash_is_stable_across_releases` pins it): a
+/// new spec field skips serializing its default.
+#[must_use]
+pub fn template_inputs_hash(cluster: &DynamoCluster) -> String {
+    let mut spec = cluster.spec.clone();
+    spec.size = spec.size.clamp(1, MAX_SEEDS.try_into().unwrap_or(i32::MAX));
+    spec.weights = crate::crd::Weights::default();
+    // A struct of strings, numbers, maps and Kubernetes types always serializes.
+    let json = serde_json::to_vec(&spec).expect("the spec serializes");
+    format!("{:016x}", fnv1a(&json))
+}
+
+/// Sets the StatefulSet's `rollingUpdate.partition`: pods with an ordinal at or above it
+/// run the update revision. 0 is left unset (the API's default), so a StatefulSet at rest
+/// reads as one without a partition.
+pub fn set_partition(statefulset: &mut StatefulSet, partition: u32) {
+    let strategy = statefulset
+        .spec
+        .update_strategy
+        .get_or_insert_with(StatefulSetUpdateStrategy::default);
+    strategy.rolling_update = (partition > 0).then(|| RollingUpdateStatefulSetStrategy {
+        partition: Some(i32::try_from(partition).unwrap_or(i32::MAX)),
+        ..RollingUpdateStatefulSetStrategy::default()
+    });
+}
+
 /// FNV-1a: a stable hash (unlike `DefaultHasher`, which may change between Rust
 /// releases and would roll every pod on an operator upgrade).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -765,8 +803,13 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
         ..PersistentVolumeClaim::default()
     };
 
+    let mut metadata = owner.metadata(owner.name.to_owned());
+    metadata.annotations = Some(BTreeMap::from([(
+        TEMPLATE_INPUTS_ANNOTATION.to_owned(),
+        template_inputs_hash(cluster),
+    )]));
     Ok(StatefulSet {
-        metadata: owner.metadata(owner.name.to_owned()),
+        metadata,
         spec: StatefulSetSpec {
             replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
             service_name: Some(headless_service_name(owner.name)),
@@ -1643,6 +1686,41 @@ mod tests {
         let mut c = a.clone();
         c.spec.size = 4;
         assert_eq!(hash(&a), hash(&c));
+    }
+
+    #[test]
+    fn template_inputs_hash_is_stable_across_releases() {
+        // Pinned: a release that changes this value restarts every cluster it
+        // upgrades. Change it only with a note in the release (see
+        // `TEMPLATE_INPUTS_ANNOTATION`).
+        let a = cluster("db", "prod", 5);
+        assert_eq!(template_inputs_hash(&a), "819e3e27d7878b1c");
+        // Membership alone leaves it; the template's inputs change it.
+        let mut b = a.clone();
+        b.spec.size = 7;
+        b.spec.weights.default = 3;
+        assert_eq!(template_inputs_hash(&a), template_inputs_hash(&b));
+        b.spec.size = 2;
+        assert_ne!(template_inputs_hash(&a), template_inputs_hash(&b), "seeds");
+        let mut c = a.clone();
+        c.spec.image = "dynamo-node:next".into();
+        assert_ne!(template_inputs_hash(&a), template_inputs_hash(&c));
+        let built = statefulset(&a, 5).unwrap();
+        assert_eq!(
+            built.metadata.annotations.unwrap()[TEMPLATE_INPUTS_ANNOTATION],
+            template_inputs_hash(&a)
+        );
+    }
+
+    #[test]
+    fn a_partition_is_set_above_zero_and_unset_at_zero() {
+        let mut sts = statefulset(&cluster("db", "prod", 3), 3).unwrap();
+        set_partition(&mut sts, 2);
+        let strategy = sts.spec.update_strategy.clone().unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        assert_eq!(strategy.rolling_update.unwrap().partition, Some(2));
+        set_partition(&mut sts, 0);
+        assert_eq!(sts.spec.update_strategy.unwrap().rolling_update, None);
     }
 
     #[test]

@@ -490,6 +490,10 @@ pub struct DynamoClusterStatus {
     /// The membership step in progress, e.g. `decommission 4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<String>,
+    /// The pod template rollout in progress: how many pods run the new template and what
+    /// the next restart waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     /// Label selector of the node pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

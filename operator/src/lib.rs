@@ -12,6 +12,7 @@
 //!   PodDisruptionBudget, NetworkPolicy, admin token Secret) as functions of the resource.
 //! * [`planner`]: the membership planner, from desired and observed state to the single
 //!   next step.
+//! * [`rollout`]: health-gated pod template rollouts, one pod at a time.
 //! * [`yaml`]: YAML that kubectl and Helm (YAML 1.1) read as serde does (YAML 1.2).
 //! * [`controller::status`]: the status a pass writes.
 //!
@@ -34,6 +35,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod rollout;
 pub mod yaml;
 
 #[cfg(test)]

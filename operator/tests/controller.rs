@@ -93,11 +93,13 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
     let spec = json!({"size": 3, "image": "dynamo-node:dev"});
     let c = cluster(spec, true);
     let action = pass(c, Loopback::default(), |mut server, db| async move {
-        children_applied_fresh(&mut server).await;
+        // The StatefulSet is read first: whether its pod template is kept decides
+        // whether the node config is.
         server
             .expect("GET", &format!("{APPS}/statefulsets/db"))
             .await
             .not_found();
+        children_applied_fresh(&mut server).await;
         let pods = server.expect("GET", &format!("{NS}/pods")).await;
         assert_eq!(
             pods.query.get("labelSelector").map(String::as_str),
@@ -1192,7 +1194,8 @@ async fn failed_passes_back_off_per_cluster_and_a_success_resets_it() {
                                 "status": "Failure", "message": "etcd is unhappy",
                                 "reason": "InternalError", "code": 500});
 
-    // The API server's side: the first read of each failing pass gets a 500; the
+    // The API server's side: the first read of each failing pass (its StatefulSet)
+    // gets a 500; the
     // successful pass is the finalizer patch.
     let answers = {
         let internal_error = internal_error.clone();
@@ -1210,7 +1213,7 @@ async fn failed_passes_back_off_per_cluster_and_a_success_resets_it() {
                         .respond(200, finalized.clone());
                 } else {
                     server
-                        .expect("GET", &format!("{NS}/configmaps/{name}-config"))
+                        .expect("GET", &format!("{APPS}/statefulsets/{name}"))
                         .await
                         .respond(500, internal_error.clone());
                     // Each failure shows on its cluster: a Warning and Degraded (the
@@ -1349,4 +1352,320 @@ async fn the_controller_watches_clusters_and_their_owned_objects_in_its_namespac
         .expect("the controller stops on shutdown")
         .unwrap();
     drop(held);
+}
+
+/// A pod of `db` created from StatefulSet revision `revision`.
+fn pod_on(ordinal: u32, ready: bool, revision: &str) -> serde_json::Value {
+    let mut pod = pod(ordinal, ready);
+    pod["metadata"]["labels"] = json!({"controller-revision-hash": revision});
+    pod
+}
+
+/// `db`'s StatefulSet as the operator applied it for `cluster` at `replicas` with
+/// `partition`, at `generation`, its status observed and naming `update_revision`.
+fn statefulset_observed(
+    cluster: &dynamo_operator::crd::DynamoCluster,
+    replicas: u32,
+    partition: u32,
+    generation: i64,
+    update_revision: &str,
+) -> serde_json::Value {
+    let mut built = dynamo_operator::builders::statefulset(cluster, replicas).unwrap();
+    dynamo_operator::builders::set_partition(&mut built, partition);
+    let mut sts = serde_json::to_value(controller::with_applied_hash(built).unwrap()).unwrap();
+    sts["metadata"]["generation"] = json!(generation);
+    sts["status"] = json!({
+        "observedGeneration": generation, "replicas": replicas,
+        "currentRevision": "db-v1", "updateRevision": update_revision,
+    });
+    sts
+}
+
+/// The reads of a pass over `db` whose StatefulSet is `statefulset` and whose other
+/// children are current, then its pods and secrets.
+async fn reads_with_statefulset(
+    server: &mut ApiServer,
+    db: &dynamo_operator::crd::DynamoCluster,
+    statefulset: serde_json::Value,
+    pods: Vec<serde_json::Value>,
+) {
+    server
+        .expect("GET", &format!("{APPS}/statefulsets/db"))
+        .await
+        .respond(200, statefulset);
+    support::passes::children_unchanged(server, db).await;
+    server
+        .expect("GET", &format!("{NS}/pods"))
+        .await
+        .respond(200, list("PodList", pods));
+    generated_token_exists(server).await;
+    internode_secret_exists(server).await;
+}
+
+/// The partition a StatefulSet apply sets (0 when it leaves it unset).
+fn applied_partition(apply: &support::Call) -> u64 {
+    apply.body["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_new_pod_template_restarts_one_pod_at_a_time_while_the_ring_is_healthy() {
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    let spec =
+        |image: &str| json!({"size": 2, "image": image, "replication": {"n": 1, "r": 1, "w": 1}});
+    let v1 = cluster(spec("dynamo-node:v1"), true);
+    let v2 = cluster(spec("dynamo-node:v2"), true);
+
+    // The image changes: the new template is applied with the partition at the two
+    // existing pods, so neither restarts before a health check.
+    let current = statefulset_observed(&v1, 2, 0, 1, "db-v1");
+    pass(v2.clone(), ring.endpoints(), |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v1")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        let apply = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(
+            apply.body["spec"]["template"]["spec"]["containers"][0]["image"],
+            "dynamo-node:v2"
+        );
+        assert_eq!(applied_partition(&apply), 2);
+        apply.echo();
+        let s = &status_written(&mut server, &db).await;
+        assert_eq!(
+            s["rollout"],
+            "0 of 2 pods on the new template; new pod template; restarts wait for a health check"
+        );
+        assert_eq!(s["phase"], "Progressing");
+        assert_eq!(condition(s, "Progressing")["reason"], "RollingOut");
+        server
+    })
+    .await
+    .map(|action| assert_eq!(action, poll_again()))
+    .unwrap();
+
+    // The StatefulSet controller saw it; the ring is healthy: db-1 is let through.
+    let current = statefulset_observed(&v2, 2, 2, 2, "db-v2");
+    pass(v2.clone(), ring.endpoints(), |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v1")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        let apply = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(applied_partition(&apply), 1);
+        apply.echo();
+        let event = event_posted(&mut server).await;
+        assert_eq!(
+            (&event["reason"], &event["note"]),
+            (
+                &json!("RollingOut"),
+                &json!("restarting db-1 on the new pod template")
+            )
+        );
+        let s = &status_written(&mut server, &db).await;
+        assert_eq!(
+            s["rollout"],
+            "0 of 2 pods on the new template; restarting pod 1"
+        );
+        server
+    })
+    .await
+    .unwrap();
+
+    // db-1 runs the new template, but the cluster is paused: nothing is applied.
+    let mut paused = v2.clone();
+    paused.metadata.annotations = Some(BTreeMap::from([(
+        dynamo_operator::rollout::PAUSE_ANNOTATION.to_owned(),
+        "true".to_owned(),
+    )]));
+    let current = statefulset_observed(&v2, 2, 1, 3, "db-v2");
+    pass(paused, ring.endpoints(), |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v2")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        let s = &status_written(&mut server, &db).await;
+        assert_eq!(
+            s["rollout"],
+            "1 of 2 pods on the new template; paused by the dynamo.example.org/rollout-paused annotation"
+        );
+        server
+    })
+    .await
+    .unwrap();
+
+    // Unpaused: db-0 is let through and the partition is back at rest (unset).
+    let current = statefulset_observed(&v2, 2, 1, 3, "db-v2");
+    pass(v2.clone(), ring.endpoints(), |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v2")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        let apply = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert!(
+            apply.body["spec"]["updateStrategy"]
+                .get("rollingUpdate")
+                .is_none(),
+            "{}",
+            apply.body["spec"]["updateStrategy"]
+        );
+        apply.echo();
+        let event = event_posted(&mut server).await;
+        assert_eq!(event["note"], "restarting db-0 on the new pod template");
+        status_written(&mut server, &db).await;
+        server
+    })
+    .await
+    .unwrap();
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ring_with_a_pending_transfer_holds_the_next_restart() {
+    // db-1 joins while db-0 is down: its transfer stays pending, so no pod restarts
+    // although the pods themselves are through.
+    let mut ring = Ring::start(&[("db-0", 1)], 1).await;
+    ring.add("db-1", &[]).await;
+    ring.wait_for_states(1, &[("db-0", MemberState::Member)])
+        .await;
+    ring.stop(0).await;
+    ring.join_via(1, "db-1", 1).await;
+    let t1 = ring.target(1);
+    support::eventually("db-1 to report its transfer pending", || async {
+        ring.admin
+            .status(&t1)
+            .await
+            .is_ok_and(|s| s.transfer_pending_ranges > 0)
+    })
+    .await;
+    let spec = json!({"size": 2, "image": "dynamo-node:v2",
+                      "replication": {"n": 1, "r": 1, "w": 1}});
+    let c = cluster(spec, true);
+    let current = statefulset_observed(&c, 2, 2, 2, "db-v2");
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        // db-0's pod restarts (not ready); db-1 is up on the old template.
+        let pods = vec![pod_on(0, false, "db-v1"), pod_on(1, true, "db-v1")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        // No StatefulSet apply: the partition stays at 2.
+        let s = &status_written(&mut server, &db).await;
+        let rollout = s["rollout"].as_str().unwrap();
+        assert!(
+            rollout.starts_with("0 of 2 pods on the new template; waiting: "),
+            "{rollout}"
+        );
+        server
+    })
+    .await
+    .unwrap();
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_release_alone_restarts_nothing() {
+    // The StatefulSet and config were rendered by another operator release from the
+    // same spec: its pod template and config differ from what this release renders.
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    let c = cluster(
+        json!({"size": 2, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    for recorded in [true, false] {
+        let mut current = statefulset_observed(&c, 2, 0, 1, "db-v1");
+        current["spec"]["template"]["metadata"]["annotations"]["older-release"] = json!("yes");
+        if !recorded {
+            // A release before the template inputs were recorded: adopted as is.
+            current["metadata"]["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove(dynamo_operator::builders::TEMPLATE_INPUTS_ANNOTATION);
+        }
+        let old_template = current["spec"]["template"].clone();
+        let mut old_config = serde_json::to_value(
+            controller::with_applied_hash(dynamo_operator::builders::config_map(&c).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        old_config["data"]["config.yaml"] = json!("listen: 0.0.0.0:7000\n");
+        old_config["metadata"]["annotations"][controller::APPLIED_HASH_ANNOTATION] =
+            json!("0000000000000000");
+        pass(
+            c.clone(),
+            ring.endpoints(),
+            move |mut server, db| async move {
+                server
+                    .expect("GET", &format!("{APPS}/statefulsets/db"))
+                    .await
+                    .respond(200, current);
+                // The config is read and left as it is; the rest is current.
+                server
+                    .expect("GET", &format!("{NS}/configmaps/db-config"))
+                    .await
+                    .respond(200, old_config);
+                let rest = [
+                    (
+                        format!("{NS}/services/db-peers"),
+                        dynamo_operator::builders::headless_service(&db),
+                    ),
+                    (
+                        format!("{NS}/services/db"),
+                        dynamo_operator::builders::client_service(&db),
+                    ),
+                ];
+                for (path, built) in rest {
+                    let applied = controller::with_applied_hash(built.unwrap()).unwrap();
+                    server
+                        .expect("GET", &path)
+                        .await
+                        .respond(200, serde_json::to_value(applied).unwrap());
+                }
+                let pdb = controller::with_applied_hash(
+                    dynamo_operator::builders::pod_disruption_budget(&db).unwrap(),
+                )
+                .unwrap();
+                server
+                    .expect("GET", &format!("{POLICY}/poddisruptionbudgets/db"))
+                    .await
+                    .respond(200, serde_json::to_value(pdb).unwrap());
+                let netpol = controller::with_applied_hash(
+                    dynamo_operator::builders::network_policy(&db, support::OPERATOR_NAMESPACE)
+                        .unwrap(),
+                )
+                .unwrap();
+                server
+                    .expect("GET", NETPOL)
+                    .await
+                    .respond(200, serde_json::to_value(netpol).unwrap());
+                server
+                    .expect("GET", &format!("{NS}/pods"))
+                    .await
+                    .respond(200, list("PodList", vec![pod(0, true), pod(1, true)]));
+                generated_token_exists(&mut server).await;
+                internode_secret_exists(&mut server).await;
+                // The StatefulSet is applied (its recorded content differs) with the
+                // template the pods run, and the inputs recorded: no pod restarts.
+                let apply = server
+                    .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+                    .await;
+                assert_eq!(apply.body["spec"]["template"], old_template);
+                assert_eq!(
+                    apply.body["metadata"]["annotations"]
+                        [dynamo_operator::builders::TEMPLATE_INPUTS_ANNOTATION],
+                    dynamo_operator::builders::template_inputs_hash(&db)
+                );
+                assert!(
+                    apply.body["spec"]["updateStrategy"]
+                        .get("rollingUpdate")
+                        .is_none()
+                );
+                apply.echo();
+                let s = &status_written(&mut server, &db).await;
+                assert_eq!(s.get("rollout"), None);
+                assert_eq!(s["phase"], "Running");
+                server
+            },
+        )
+        .await
+        .map(|action| assert_eq!(action, resync_later()))
+        .unwrap();
+    }
+    ring.shutdown().await;
 }

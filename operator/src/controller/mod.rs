@@ -3,12 +3,16 @@
 //! 1. applies the builders' objects (server-side apply, field manager
 //!    [`FIELD_MANAGER`], owner references set by the builders), skipping those whose
 //!    last applied content is unchanged so a pass that changes nothing writes nothing;
+//!    keeps the StatefulSet's pod template and the node config while the spec they are
+//!    rendered from is unchanged (a new operator release restarts nothing);
 //!    creates the generated admin token Secret once if the spec names none;
 //! 2. reads the real state: the StatefulSet's replicas, the pods' own status, the
 //!    member table through the nodes' `Admin.Ring`, and each ready member's transfer
 //!    progress and key count through `Admin.Status`;
 //! 3. asks [`planner::plan`](crate::planner::plan) for the one next step and executes
-//!    exactly that step (join, set weight, decommission, resize the StatefulSet);
+//!    exactly that step (join, set weight, decommission, resize the StatefulSet), and
+//!    [`rollout::next_partition`](crate::rollout::next_partition) whether the next pod
+//!    may restart on a new pod template;
 //! 4. publishes an Event for every step taken, writes the status through the status
 //!    subresource when it changed, and requeues: soon while something moves, rarely
 //!    once converged, with backoff after errors.
@@ -23,7 +27,7 @@
 mod observe;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +56,7 @@ use crate::builders::{self, BuildError};
 use crate::crd::DynamoCluster;
 use crate::metrics::Metrics;
 use crate::planner::{Desired, ObserveError, Observed, Step, members_from_ring, plan};
+use crate::rollout::{self, RolloutView};
 
 /// The server-side apply field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "dynamo-operator";
@@ -411,6 +416,37 @@ where
     Ok(true)
 }
 
+/// The StatefulSet's `rollingUpdate.partition`, 0 when unset.
+fn current_partition(statefulset: Option<&StatefulSet>) -> u32 {
+    statefulset
+        .and_then(|s| s.spec.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(0)
+}
+
+/// Creates `object` unless it exists, leaving an existing one as it is.
+async fn create_child_if_absent<K>(
+    client: &Client,
+    namespace: &str,
+    object: K,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(false);
+    }
+    ensure_applied(&api, object, None).await
+}
+
 /// Reads the current object and applies `object` over it if it changed.
 async fn apply_child<K>(client: &Client, namespace: &str, object: K) -> Result<bool, Error>
 where
@@ -601,7 +637,18 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         }
     };
 
-    apply_child(client, &namespace, builders::config_map(cluster)?).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    // Read first: whether the pod template is kept decides whether the node config is.
+    let current_sts = statefulsets.get_opt(name).await?;
+    let template_inputs = builders::template_inputs_hash(cluster);
+    let keep_template = rollout::keeps_template(&template_inputs, current_sts.as_ref());
+    if keep_template {
+        // The running pods' config stays with their template: a new operator release
+        // may render keys their image does not know.
+        create_child_if_absent(client, &namespace, builders::config_map(cluster)?).await?;
+    } else {
+        apply_child(client, &namespace, builders::config_map(cluster)?).await?;
+    }
     apply_child(client, &namespace, builders::headless_service(cluster)?).await?;
     apply_child(client, &namespace, builders::client_service(cluster)?).await?;
     apply_child(
@@ -617,8 +664,6 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     )
     .await?;
 
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let current_sts = statefulsets.get_opt(name).await?;
     let replicas = current_sts
         .as_ref()
         .and_then(|s| s.spec.replicas)
@@ -672,18 +717,69 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     let step = plan(&desired, &observed);
     tracing::info!(cluster = name, namespace, %step, detail = ?step, "planned");
 
-    // The StatefulSet is applied every pass (when changed) so template changes roll out;
-    // its replica count is the planner's.
+    // The StatefulSet is applied every pass (when changed): its replica count is the
+    // planner's, its partition the rollout's.
     let sts_replicas = match step {
         Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => to,
         _ => replicas,
     };
-    ensure_applied(
-        &statefulsets,
-        builders::statefulset(cluster, sts_replicas)?,
-        current_sts.as_ref(),
-    )
-    .await?;
+    let mut statefulset = builders::statefulset(cluster, sts_replicas)?;
+    if let Some(current) = current_sts.as_ref().filter(|_| keep_template) {
+        statefulset.spec.template = current.spec.template.clone();
+    }
+    let hint_backlogs: BTreeMap<u32, u64> = statuses
+        .iter()
+        .map(|(&ordinal, status)| {
+            let hints = status
+                .hint_backlog
+                .values()
+                .fold(0_u64, |sum, h| sum.saturating_add(*h));
+            (ordinal, hints)
+        })
+        .collect();
+    let update_revision = current_sts
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.update_revision.as_deref());
+    let template_changes = current_sts.is_some() && !keep_template;
+    // After a template change no pod runs the revision it will make.
+    let updated = update_revision
+        .filter(|_| !template_changes)
+        .map(|revision| pod_states.on_revision(revision))
+        .unwrap_or_default();
+    let rollout = rollout::next_partition(&RolloutView {
+        replicas: sts_replicas,
+        existing: replicas,
+        partition: current_partition(current_sts.as_ref()),
+        template_changes,
+        revisions_observed: current_sts.as_ref().is_some_and(|s| {
+            s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+        }),
+        updated: &updated,
+        ready: &pod_states.ready,
+        paused: cluster
+            .annotations()
+            .get(rollout::PAUSE_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        health: rollout::ring_health(&observed, &hint_backlogs),
+    });
+    builders::set_partition(&mut statefulset, rollout.partition);
+    ensure_applied(&statefulsets, statefulset, current_sts.as_ref()).await?;
+    let rollout_status = rollout.describe(updated.len(), sts_replicas);
+    if rollout.hold.is_none() && rollout.partition < current_partition(current_sts.as_ref()) {
+        let pod = builders::pod_name(name, rollout.partition);
+        tracing::info!(cluster = name, pod, "rolling out the pod template");
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            status::ROLLING_OUT,
+            format!("restarting {pod} on the new pod template"),
+        )
+        .await;
+    } else if let Some(hold) = rollout.hold {
+        tracing::info!(cluster = name, %hold, "pod template rollout held");
+    }
 
     let took_step = execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?;
 
@@ -707,12 +803,17 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         step: &step,
         replication_factor: desired.replication_factor(),
         selector: &selector,
+        rollout: rollout_status.as_deref(),
     };
     let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
     write_status(ctx, cluster, &namespace, status).await?;
 
+    // Node-side conditions (transfers, hints) change without Kubernetes events, so a
+    // pass that waits on one polls.
     Ok(match step {
-        Step::Done | Step::Refuse { .. } => Action::requeue(ctx.intervals.resync),
+        Step::Done | Step::Refuse { .. } if !rollout.in_progress() => {
+            Action::requeue(ctx.intervals.resync)
+        }
         _ => Action::requeue(ctx.intervals.poll),
     })
 }

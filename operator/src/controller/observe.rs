@@ -23,6 +23,25 @@ pub struct PodStates {
     pub running: BTreeSet<u32>,
     /// Additionally the pod's Ready condition is True.
     pub ready: BTreeSet<u32>,
+    /// The StatefulSet revision each pod not being deleted was created from (its
+    /// `controller-revision-hash` label).
+    pub revisions: BTreeMap<u32, String>,
+}
+
+/// The label the StatefulSet controller puts on each pod: the revision it was created
+/// from.
+pub(super) const REVISION_LABEL: &str = "controller-revision-hash";
+
+impl PodStates {
+    /// Ordinals whose pod was created from `revision`.
+    #[must_use]
+    pub fn on_revision(&self, revision: &str) -> BTreeSet<u32> {
+        self.revisions
+            .iter()
+            .filter(|(_, r)| r.as_str() == revision)
+            .map(|(&o, _)| o)
+            .collect()
+    }
 }
 
 /// Classifies the pods of cluster `cluster_name`; pods whose names are not its ordinals
@@ -41,6 +60,14 @@ pub fn pod_states(cluster_name: &str, pods: &[Pod]) -> PodStates {
         };
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
+        }
+        if let Some(revision) = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(REVISION_LABEL))
+        {
+            states.revisions.insert(ordinal, revision.clone());
         }
         let Some(status) = &pod.status else { continue };
         let started = status.phase.as_deref() == Some("Running")
@@ -227,6 +254,7 @@ mod tests {
         let pods = PodStates {
             running: BTreeSet::from([0, 1, 2, 3]),
             ready: BTreeSet::from([0, 1, 3]),
+            revisions: BTreeMap::new(),
         };
         // Removed (3) and unready (2) members are not asked.
         assert_eq!(status_ordinals(&members, &pods), [0, 1]);
@@ -278,5 +306,31 @@ mod tests {
         let states = pod_states("db", &pods);
         assert_eq!(states.running, BTreeSet::from([0, 1]));
         assert_eq!(states.ready, BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn pod_revisions_come_from_their_label_and_skip_terminating_pods() {
+        let revision = |name: &str, revision: &str| {
+            let mut pod = pod(name, "Pending", false, false);
+            pod.metadata.labels = Some(BTreeMap::from([(
+                REVISION_LABEL.to_owned(),
+                revision.to_owned(),
+            )]));
+            pod
+        };
+        let mut terminating = revision("db-3", "db-new");
+        terminating.metadata.deletion_timestamp =
+            Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let pods = [
+            revision("db-0", "db-old"),
+            // Not started yet: still created from the new revision.
+            revision("db-1", "db-new"),
+            revision("db-2", "db-new"),
+            terminating,
+            pod("db-4", "Running", true, true),
+        ];
+        let states = pod_states("db", &pods);
+        assert_eq!(states.on_revision("db-new"), BTreeSet::from([1, 2]));
+        assert_eq!(states.on_revision("db-old"), BTreeSet::from([0]));
     }
 }

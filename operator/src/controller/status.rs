@@ -32,7 +32,13 @@ pub struct Pass<'a> {
     pub replication_factor: u32,
     /// `status.selector`, for the scale subresource.
     pub selector: &'a str,
+    /// The pod template rollout in progress (`status.rollout`), if any.
+    pub rollout: Option<&'a str>,
 }
+
+/// Reason of `Progressing` while the membership is converged but pods still wait for a
+/// new pod template.
+pub const ROLLING_OUT: &str = "RollingOut";
 
 /// The reason a step is reported under, `PascalCase` as Kubernetes reasons are.
 #[must_use]
@@ -120,16 +126,27 @@ pub fn cluster_status(
         previous,
         now,
     );
-    let progressing = !matches!(step, Step::Done | Step::Refuse { .. });
-    let progressing = condition(
-        PROGRESSING,
-        progressing,
-        reason,
-        step.to_string(),
-        gen_,
-        previous,
-        now,
-    );
+    let rolling_out = matches!(step, Step::Done).then_some(pass.rollout).flatten();
+    let progressing = match rolling_out {
+        Some(rollout) => condition(
+            PROGRESSING,
+            true,
+            ROLLING_OUT,
+            rollout.to_owned(),
+            gen_,
+            previous,
+            now,
+        ),
+        None => condition(
+            PROGRESSING,
+            !matches!(step, Step::Done | Step::Refuse { .. }),
+            reason,
+            step.to_string(),
+            gen_,
+            previous,
+            now,
+        ),
+    };
     let degraded = matches!(
         step,
         Step::Refuse { .. }
@@ -162,9 +179,13 @@ pub fn cluster_status(
         observed_generation: gen_,
         ready_nodes: count(observed.ready.len()),
         members: count(active.len()),
-        phase: Some(step.phase(observed)),
+        phase: Some(match step.phase(observed) {
+            Phase::Running if rolling_out.is_some() => Phase::Progressing,
+            phase => phase,
+        }),
         conditions: vec![available, progressing, degraded],
         current_step: (!matches!(step, Step::Done)).then(|| step.to_string()),
+        rollout: pass.rollout.map(str::to_owned),
         selector: Some(pass.selector.to_owned()),
     }
 }
@@ -284,6 +305,41 @@ mod tests {
     }
 
     #[test]
+    fn a_converged_cluster_rolling_out_a_template_is_progressing() {
+        let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
+        let pass = Pass {
+            generation: Some(4),
+            observed: &o,
+            step: &Step::Done,
+            replication_factor: 3,
+            selector: "app=x",
+            rollout: Some("1 of 3 pods on the new template; waiting: member 1 is not ready"),
+        };
+        let s = cluster_status(&pass, None, &at(10));
+        assert_eq!(s.phase, Some(Phase::Progressing));
+        assert_eq!(find(&s, PROGRESSING).status, "True");
+        assert_eq!(find(&s, PROGRESSING).reason, ROLLING_OUT);
+        assert_eq!(s.rollout.as_deref(), pass.rollout);
+        assert_eq!(s.current_step, None);
+        // A membership step in progress is what Progressing reports; the rollout stays
+        // in its own field.
+        let join = Step::Join {
+            ordinal: 3,
+            weight: 1,
+        };
+        let s = cluster_status(
+            &Pass {
+                step: &join,
+                ..pass
+            },
+            None,
+            &at(10),
+        );
+        assert_eq!(find(&s, PROGRESSING).reason, "Join");
+        assert_eq!(s.rollout.as_deref(), pass.rollout);
+    }
+
+    #[test]
     fn converged_cluster_is_available_and_idle() {
         let o = observed(3, &[0, 1, 2], &[0, 1, 2]);
         let pass = Pass {
@@ -292,6 +348,7 @@ mod tests {
             step: &Step::Done,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.observed_generation, Some(4));
@@ -325,6 +382,7 @@ mod tests {
             step: &step,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.phase, Some(Phase::Degraded));
@@ -382,6 +440,7 @@ mod tests {
             step: &step,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(s.phase, Some(Phase::Progressing));
@@ -407,6 +466,7 @@ mod tests {
             step,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let first = cluster_status(&pass(&join), None, &at(10));
         // The same pass later: identical status, so writing it is a no-op.
@@ -429,6 +489,7 @@ mod tests {
             step: &step,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(find(&s, AVAILABLE).status, "False");
@@ -446,6 +507,7 @@ mod tests {
             step: &Step::Done,
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(
@@ -478,6 +540,7 @@ mod tests {
             },
             replication_factor: 3,
             selector: "app=x",
+            rollout: None,
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(

@@ -164,19 +164,19 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Value {
     as_applied(builders::statefulset(cluster, replicas))
 }
 
-/// The reads of a pass whose children are current, in order: the five children, the
-/// StatefulSet (at `replicas`) and the pods (`pods`).
+/// The reads of a pass whose children are current, in order: the StatefulSet (at
+/// `replicas`), the five children and the pods (`pods`).
 pub async fn objects_read(
     server: &mut ApiServer,
     cluster: &DynamoCluster,
     replicas: u32,
     pods: Vec<Value>,
 ) {
-    children_unchanged(server, cluster).await;
     server
         .expect("GET", &format!("{APPS}/statefulsets/db"))
         .await
         .respond(200, statefulset(cluster, replicas));
+    children_unchanged(server, cluster).await;
     server
         .expect("GET", &format!("{NS}/pods"))
         .await
