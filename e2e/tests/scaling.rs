@@ -168,6 +168,8 @@ async fn scale_to(
                     running: pods.running.clone(),
                     ready: pods.ready.clone(),
                     members,
+                    // Processes here are never dead for long: no time is tracked.
+                    unready_for: std::collections::BTreeMap::new(),
                 };
                 let step = plan(&desired, &observed);
                 if let Err(violation) = check(&desired, &observed, &step) {

@@ -1137,6 +1137,114 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
     assert_all_read_r3(&cluster.nodes[0], &keys).await;
 }
 
+/// A node that is gone for good (#14, dead members): `Admin.Remove` takes it out of the
+/// ring at once, only when the asking node cannot reach it; anti-entropy then fills the
+/// replicas that took over its ranges, and a replacement under the same id, started on
+/// an empty volume, joins and pulls its ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_removed_without_a_hand_off_and_a_replacement_rebuilds_its_ranges() {
+    let extra = [
+        "--transfer-interval",
+        "50ms",
+        "--anti-entropy-interval",
+        "100ms",
+    ];
+    let mut cluster = TestCluster::start(4, &extra).await;
+    let keys = load(&cluster.nodes).await;
+    let remove = |id: &str| proto::RemoveRequest { node_id: id.into() };
+    let mut admin = cluster.nodes[0].admin().await;
+    let live = admin.remove(remove("n4")).await.expect_err("n4 is up");
+    assert_eq!(live.code(), tonic::Code::FailedPrecondition);
+    assert!(live.message().contains("reachable"), "{live:?}");
+    let me = admin.remove(remove("n1")).await.expect_err("n1 itself");
+    assert_eq!(me.code(), tonic::Code::FailedPrecondition);
+    let unknown = admin.remove(remove("n9")).await.expect_err("no n9");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    cluster.nodes[3].kill().await;
+    cluster.nodes[3].wipe();
+    eventually("n1 to find n4 unreachable", || async {
+        ring(&cluster.nodes[0])
+            .await
+            .members
+            .iter()
+            .any(|m| m.node_id == "n4" && !m.reachable)
+    })
+    .await;
+    let removed = admin
+        .remove(remove("n4"))
+        .await
+        .expect("removing the dead n4")
+        .into_inner()
+        .member
+        .expect("the member");
+    assert_eq!(removed.state, proto::MemberState::Removed as i32);
+    for node in &cluster.nodes[..3] {
+        eventually(
+            &format!("{} to learn that n4 is removed", node.id),
+            || async {
+                members(node)
+                    .await
+                    .iter()
+                    .any(|m| m.0 == "n4" && m.1 == proto::MemberState::Removed as i32)
+            },
+        )
+        .await;
+    }
+    // Every key is on each of its replicas in the ring without n4: the ones that took
+    // over n4's ranges got them from the other replicas, by anti-entropy.
+    let (without_n4, addresses) = ring_of(&members(&cluster.nodes[0]).await);
+    assert!(without_n4.members().all(|(id, _)| id.as_str() != "n4"));
+    eventually("anti-entropy to fill n4's ranges' new replicas", || async {
+        every_replica_holds(&without_n4, &addresses, &keys).await
+    })
+    .await;
+    assert_all_read_r3(&cluster.nodes[0], &keys).await;
+
+    // The replacement: the same id on an empty volume joins and pulls its ranges.
+    cluster.nodes[3].restart().await;
+    admin
+        .join(proto::JoinRequest {
+            node_id: "n4".into(),
+            address: cluster.nodes[3].internode.to_string(),
+            weight: 1,
+        })
+        .await
+        .expect("n4 joins again");
+    eventually("the replacement n4 to become a member", || async {
+        status(&cluster.nodes[3]).await.state == proto::MemberState::Member as i32
+    })
+    .await;
+    cluster.wait_for_members(4).await;
+    let (with_n4, addresses) = ring_of(&members(&cluster.nodes[3]).await);
+    assert!(with_n4.members().any(|(id, _)| id.as_str() == "n4"));
+    assert_every_replica_holds(&with_n4, &addresses, &keys).await;
+}
+
+/// Whether each of `keys`' replicas under `ring` stores the key's value itself.
+async fn every_replica_holds(
+    ring: &dynamo_node::ring::Ring,
+    addresses: &BTreeMap<String, String>,
+    keys: &BTreeMap<String, String>,
+) -> bool {
+    use dynamo_node::transport::Transport;
+    let transport = dynamo_e2e::cluster::replica_transport();
+    for (key, value) in keys {
+        for replica in ring.preference_list_for_key(key.as_bytes(), 3) {
+            let Ok(state) = transport
+                .read(&addresses[replica.as_str()], key.as_bytes())
+                .await
+            else {
+                return false;
+            };
+            if state.values().collect::<Vec<_>>() != vec![value.as_bytes()] {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// `(weight, settled weight, ownership)` of `id` in the member table `node` reports.
 async fn weights(node: &TestNode, id: &str) -> (u32, u32, f64) {
     ring(node)

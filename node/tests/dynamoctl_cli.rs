@@ -170,6 +170,19 @@ fn dev_cluster_serves_put_and_get() {
     let ring: serde_json::Value = serde_json::from_slice(&ring.stdout).unwrap();
     assert_eq!(ring["members"].as_array().unwrap().len(), 3);
 
+    // `admin remove` is for dead nodes: a live one is refused with the reason (exit 3),
+    // an unknown one is "not found" (exit 1).
+    let live_id = ring["members"][0]["node_id"].as_str().unwrap().to_owned();
+    let live = run(&["--admin-endpoint", &admin, "admin", "remove", &live_id]);
+    assert_eq!(live.status.code(), Some(3), "{live:?}");
+    let stderr = text(&live.stderr);
+    assert!(
+        stderr.contains("remove failed (FailedPrecondition)") && stderr.contains("reachable"),
+        "{stderr}"
+    );
+    let unknown = run(&["--admin-endpoint", &admin, "admin", "remove", "n9"]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+
     stop_dev_cluster(dev);
 }
 

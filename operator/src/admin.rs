@@ -242,6 +242,9 @@ pub trait NodeAdmin: Send + Sync {
     ) -> Result<MemberView, AdminError>;
     /// `Admin.Leave`: starts decommissioning `node_id`.
     async fn leave(&self, target: &AdminTarget, node_id: &str) -> Result<MemberView, AdminError>;
+    /// `Admin.Remove`: takes a dead member out of the ring at once, without a hand-off
+    /// (refused by a node that can still reach it).
+    async fn remove(&self, target: &AdminTarget, node_id: &str) -> Result<MemberView, AdminError>;
     /// `Admin.SetWeight`: changes a member's weight.
     async fn set_weight(
         &self,
@@ -507,6 +510,17 @@ impl NodeAdmin for GrpcAdmin {
             },
         )?;
         self.change("Leave", target, async move |mut c| c.leave(request).await)
+            .await
+    }
+
+    async fn remove(&self, target: &AdminTarget, node_id: &str) -> Result<MemberView, AdminError> {
+        let request = Self::request(
+            target,
+            proto::RemoveRequest {
+                node_id: node_id.to_owned(),
+            },
+        )?;
+        self.change("Remove", target, async move |mut c| c.remove(request).await)
             .await
     }
 

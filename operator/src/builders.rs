@@ -666,7 +666,7 @@ fn zone_spread(cluster_name: &str) -> TopologySpreadConstraint {
 
 /// A hash of what the pod template and node config are rendered from: the spec, except
 /// what only drives membership (the size beyond the seeds it names, the weights, which
-/// the operator sets through `Admin`). Scaling from 5 to 7 nodes or a weight change
+/// the operator sets through `Admin`, the dead-member timeout). Scaling from 5 to 7 nodes or a weight change
 /// leaves it alone; an image, resource, config or TLS change does not.
 ///
 /// It must be the same for the same spec across operator releases (a change would roll
@@ -677,6 +677,7 @@ pub fn template_inputs_hash(cluster: &DynamoCluster) -> String {
     let mut spec = cluster.spec.clone();
     spec.size = spec.size.clamp(1, MAX_SEEDS.try_into().unwrap_or(i32::MAX));
     spec.weights = crate::crd::Weights::default();
+    spec.dead_member_timeout_seconds = None;
     // A struct of strings, numbers, maps and Kubernetes types always serializes.
     let json = serde_json::to_vec(&spec).expect("the spec serializes");
     format!("{:016x}", fnv1a(&json))

@@ -131,6 +131,14 @@ pub struct DynamoClusterSpec {
     /// Extras merged into the node pods' template.
     #[serde(default)]
     pub pod_template: PodTemplateExtras,
+    /// Seconds a member's pod may be not Ready before the operator reports it dead
+    /// (condition `Degraded`, reason `MemberDead`, and a Warning event); 600 when unset.
+    /// A dead member is replaced only when asked (annotation
+    /// `dynamo.example.org/replace: <pod name>`), except one above `size`, which a
+    /// scale-down removes without its hand-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 604_800))]
+    pub dead_member_timeout_seconds: Option<u32>,
     /// Name of a Secret in the same namespace whose key `token` is the admin token the
     /// nodes require on `Admin` calls (1 to 1024 printable ASCII characters, no spaces).
     /// When unset, the operator creates a Secret `<name>-admin-token` with a random token

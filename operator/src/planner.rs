@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use crate::builders::ordinal_of;
 use crate::crd::{DynamoClusterSpec, MAX_WEIGHT, Phase, SpecError};
@@ -85,6 +86,10 @@ pub struct Observed {
     pub ready: BTreeSet<u32>,
     /// The member table, by ordinal (node ids are pod names, `<cluster>-<ordinal>`).
     pub members: BTreeMap<u32, ObservedMember>,
+    /// How long each pod that is not Ready has been so (its Ready condition's last
+    /// transition, or its creation), by ordinal. A member whose pod is missing is not
+    /// in it: the StatefulSet recreates pods, so no time is known to have passed.
+    pub unready_for: BTreeMap<u32, Duration>,
 }
 
 /// A row of `Admin.Ring`, with the node's transfer report.
@@ -151,6 +156,16 @@ impl Observed {
             .map(|(&o, m)| (o, m))
     }
 
+    /// Whether the active member `ordinal` has been not Ready for `dead_after` or
+    /// longer: dead, until it comes back.
+    fn is_dead(&self, ordinal: u32, dead_after: Duration) -> bool {
+        !self.ready.contains(&ordinal)
+            && self
+                .unready_for
+                .get(&ordinal)
+                .is_some_and(|&unready| unready >= dead_after)
+    }
+
     fn is_active(&self, ordinal: u32) -> bool {
         self.members
             .get(&ordinal)
@@ -213,7 +228,13 @@ pub struct Desired {
     replication_factor: u32,
     weights: Vec<u32>,
     volume_bytes: Option<u64>,
+    dead_after: Duration,
+    replace: Option<u32>,
 }
+
+/// How long a member's pod may be not Ready before it is reported dead, unless the
+/// spec says otherwise.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(600);
 
 impl Desired {
     /// A desired cluster of `weights.len() == size` nodes.
@@ -249,7 +270,34 @@ impl Desired {
             replication_factor,
             weights,
             volume_bytes: None,
+            dead_after: DEFAULT_DEAD_AFTER,
+            replace: None,
         })
+    }
+
+    /// The same cluster with members dead after `after` not Ready.
+    #[must_use]
+    pub fn with_dead_after(self, after: Duration) -> Self {
+        Self {
+            dead_after: after,
+            ..self
+        }
+    }
+
+    /// The same cluster with a replace of member `ordinal` asked for: once it is not
+    /// Ready, it is removed from the ring without a hand-off and its pod rebuilt.
+    #[must_use]
+    pub fn with_replace(self, ordinal: Option<u32>) -> Self {
+        Self {
+            replace: ordinal,
+            ..self
+        }
+    }
+
+    /// The member a replace asks for, if any.
+    #[must_use]
+    pub fn replace(&self) -> Option<u32> {
+        self.replace
     }
 
     /// The same cluster with each node's volume holding `bytes` (`None`: unknown, no
@@ -281,7 +329,12 @@ impl Desired {
             .collect::<Result<Vec<_>, _>>()?;
         let volume = volume_bytes(&spec.storage.size)
             .ok_or_else(|| DesiredError::StorageSize(spec.storage.size.clone()))?;
-        Ok(Self::new(size, spec.replication.n, weights)?.with_volume_bytes(Some(volume)))
+        Ok(Self::new(size, spec.replication.n, weights)?
+            .with_volume_bytes(Some(volume))
+            .with_dead_after(
+                spec.dead_member_timeout_seconds
+                    .map_or(DEFAULT_DEAD_AFTER, |s| Duration::from_secs(u64::from(s))),
+            ))
     }
 
     /// Desired number of nodes.
@@ -385,11 +438,35 @@ pub enum WaitReason {
         /// Its ordinal.
         ordinal: u32,
     },
+    /// A member's pod has not been ready for the dead-member timeout: it is reported,
+    /// and replaced only when asked ([`Desired::with_replace`]), unless it is above
+    /// `size`, where the scale-down removes it.
+    MemberDead {
+        /// Its ordinal.
+        ordinal: u32,
+        /// The timeout, in seconds.
+        after_seconds: u64,
+    },
     /// The pod to join next is not running.
     PodNotRunning {
         /// Its ordinal.
         ordinal: u32,
     },
+}
+
+impl WaitReason {
+    /// The member waited on.
+    #[must_use]
+    pub fn ordinal(&self) -> u32 {
+        match *self {
+            Self::Leaving { ordinal }
+            | Self::Joining { ordinal }
+            | Self::TransfersPending { ordinal }
+            | Self::MemberNotReady { ordinal }
+            | Self::MemberDead { ordinal, .. }
+            | Self::PodNotRunning { ordinal } => ordinal,
+        }
+    }
 }
 
 impl fmt::Display for WaitReason {
@@ -401,6 +478,14 @@ impl fmt::Display for WaitReason {
                 write!(f, "transfers pending on node {ordinal}")
             }
             Self::MemberNotReady { ordinal } => write!(f, "member {ordinal} is not ready"),
+            Self::MemberDead {
+                ordinal,
+                after_seconds,
+            } => write!(
+                f,
+                "member {ordinal} has not been ready for {after_seconds} s or more; if it \
+                 will not come back, replace it (annotation dynamo.example.org/replace)"
+            ),
             Self::PodNotRunning { ordinal } => write!(f, "pod {ordinal} is not running"),
         }
     }
@@ -490,6 +575,16 @@ pub enum Step {
         /// Its ordinal.
         ordinal: u32,
     },
+    /// `Admin.Remove` a dead member: out of the ring at once, without a hand-off (its
+    /// ranges' other replicas hold their copies). Asked for by a replace, or a member
+    /// above `size` dead for the timeout.
+    Remove {
+        /// Its ordinal.
+        ordinal: u32,
+        /// Whether a replace asked for it (the pod and its volume are then deleted so
+        /// the StatefulSet recreates them empty, and the new node joins).
+        replace: bool,
+    },
     /// Set the StatefulSet's replicas to `to` (smaller): every node at or above `to` is
     /// removed from the ring or never joined.
     ShrinkStatefulSet {
@@ -519,6 +614,14 @@ impl fmt::Display for Step {
                 write!(f, "set weight of {ordinal} to {weight}")
             }
             Self::Decommission { ordinal } => write!(f, "decommission {ordinal}"),
+            Self::Remove {
+                ordinal,
+                replace: true,
+            } => write!(f, "remove dead member {ordinal} to replace it"),
+            Self::Remove {
+                ordinal,
+                replace: false,
+            } => write!(f, "remove dead member {ordinal}"),
             Self::ShrinkStatefulSet { to } => write!(f, "shrink statefulset to {to}"),
             Self::Wait { reason } => write!(f, "wait: {reason}"),
             Self::Refuse { reason } => write!(f, "refused: {reason}"),
@@ -535,7 +638,7 @@ impl Step {
             Self::Done => Phase::Running,
             Self::Refuse { .. }
             | Self::Wait {
-                reason: WaitReason::MemberNotReady { .. },
+                reason: WaitReason::MemberNotReady { .. } | WaitReason::MemberDead { .. },
             } => Phase::Degraded,
             _ if observed.members.values().all(|m| !m.state.is_active()) => Phase::Pending,
             _ => Phase::Progressing,
@@ -554,6 +657,9 @@ fn replicas_target(size: u32, highest_active: Option<u32>) -> u32 {
 #[must_use]
 pub fn plan(desired: &Desired, observed: &Observed) -> Step {
     let size = desired.size;
+    if let Some(step) = remove_dead(desired, observed) {
+        return step;
+    }
     if let Some(reason) = observed.in_flight() {
         return Step::Wait { reason };
     }
@@ -566,9 +672,15 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Step {
         return Step::GrowStatefulSet { to: replicas };
     }
     if let Some((ordinal, _)) = observed.active().find(|(o, _)| !observed.ready.contains(o)) {
-        return Step::Wait {
-            reason: WaitReason::MemberNotReady { ordinal },
+        let reason = if observed.is_dead(ordinal, desired.dead_after) {
+            WaitReason::MemberDead {
+                ordinal,
+                after_seconds: desired.dead_after.as_secs(),
+            }
+        } else {
+            WaitReason::MemberNotReady { ordinal }
         };
+        return Step::Wait { reason };
     }
     if let Some(ordinal) = (0..size).find(|&o| !observed.is_active(o)) {
         let running =
@@ -609,6 +721,89 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Step {
     Step::Done
 }
 
+/// Annotation on a `DynamoCluster` asking to replace a dead member: its value is the
+/// member's pod name (`<cluster>-<ordinal>`). The operator removes the member from the
+/// ring without its hand-off, deletes its pod and volume so the StatefulSet recreates
+/// them empty, clears the annotation, and the new node joins and pulls its ranges.
+pub const REPLACE_ANNOTATION: &str = "dynamo.example.org/replace";
+
+/// Why a replace annotation is refused (and cleared).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplaceRefusal {
+    /// The value is not one of this cluster's pod names.
+    #[error("{0:?} is not a pod of this cluster: name the member's pod, e.g. <cluster>-2")]
+    NotAPod(String),
+    /// The pod's node is not in the ring.
+    #[error("member {0} is not in the ring: nothing to replace")]
+    NotAMember(u32),
+    /// The member is Ready: it is alive, and replacing it would throw its data away.
+    #[error(
+        "member {0} is ready: only a member that is not ready can be replaced (a live one \
+         is decommissioned by scaling down, or restarted by deleting its pod)"
+    )]
+    Ready(u32),
+}
+
+/// The member a replace annotation's `value` names, if it can be replaced now: one of
+/// this cluster's pods, in the ring, not Ready.
+///
+/// # Errors
+/// [`ReplaceRefusal`] otherwise.
+pub fn replace_request(
+    cluster_name: &str,
+    value: &str,
+    observed: &Observed,
+) -> Result<u32, ReplaceRefusal> {
+    let ordinal = ordinal_of(cluster_name, value.trim())
+        .ok_or_else(|| ReplaceRefusal::NotAPod(value.to_owned()))?;
+    if !observed.is_active(ordinal) {
+        return Err(ReplaceRefusal::NotAMember(ordinal));
+    }
+    if observed.ready.contains(&ordinal) {
+        return Err(ReplaceRefusal::Ready(ordinal));
+    }
+    Ok(ordinal)
+}
+
+/// The dead member to remove now, if any: one a replace names, or one above `size`
+/// dead for the timeout (scaling down past a node that will not come back), and not
+/// Ready either way. A change in flight on another member comes first; the dead
+/// member's own (a join or a leave it will never finish) does not hold it. Removing one
+/// above `size` must leave `N` members, as a decommission must; a replace may go below
+/// for the moment, since its new node joins next.
+fn remove_dead(desired: &Desired, observed: &Observed) -> Option<Step> {
+    let (ordinal, replace) = observed
+        .active()
+        .filter(|(o, _)| !observed.ready.contains(o))
+        .find_map(|(o, _)| {
+            if desired.replace == Some(o) {
+                Some((o, true))
+            } else if o >= desired.size && observed.is_dead(o, desired.dead_after) {
+                Some((o, false))
+            } else {
+                None
+            }
+        })?;
+    if observed
+        .in_flight()
+        .is_some_and(|reason| reason.ordinal() != ordinal)
+    {
+        return None;
+    }
+    let remaining = u32::try_from(observed.active().count()).unwrap_or(u32::MAX) - 1;
+    if !replace && remaining < desired.replication_factor {
+        return Some(Step::Refuse {
+            reason: RefuseReason::TooFewMembers {
+                ordinal,
+                remaining,
+                replication_factor: desired.replication_factor,
+            },
+        });
+    }
+    Some(Step::Remove { ordinal, replace })
+}
+
 /// A step that breaks a safety rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -635,6 +830,14 @@ pub enum Violation {
     /// fewer than `N` members, or leaves obviously too little room for the data.
     #[error("{step} is not a safe decommission")]
     BadDecommission {
+        /// The step.
+        step: Step,
+    },
+    /// A removal without a hand-off of a member that is Ready, not asked for and not
+    /// dead above `size`, that leaves fewer than `N` members when not a replace, or
+    /// while another member's change is in flight.
+    #[error("{step} is not a removal of a dead or replaced member")]
+    BadRemove {
         /// The step.
         step: Step,
     },
@@ -697,6 +900,21 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
                 && active_count > desired.replication_factor as usize
                 && capacity_shortfall(desired, observed, ordinal).is_none()
         }
+        Step::Remove { ordinal, replace } => {
+            let asked = if replace {
+                desired.replace == Some(ordinal)
+            } else {
+                ordinal >= size
+                    && observed.is_dead(ordinal, desired.dead_after)
+                    && active_count > desired.replication_factor as usize
+            };
+            asked
+                && observed.is_active(ordinal)
+                && !observed.ready.contains(&ordinal)
+                && observed
+                    .in_flight()
+                    .is_none_or(|reason| reason.ordinal() == ordinal)
+        }
         Step::ShrinkStatefulSet { to } => {
             to >= size
                 && to < observed.statefulset_replicas
@@ -736,6 +954,7 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
         Step::Join { .. } => Violation::BadJoin { step: *step },
         Step::SetWeight { .. } => Violation::BadSetWeight { step: *step },
         Step::Decommission { .. } => Violation::BadDecommission { step: *step },
+        Step::Remove { .. } => Violation::BadRemove { step: *step },
         Step::ShrinkStatefulSet { .. } => Violation::BadShrink { step: *step },
         _ => Violation::BadGrow { step: *step },
     })
@@ -774,8 +993,16 @@ mod tests {
                 .enumerate()
                 .map(|(o, &s)| (o as u32, member(s)))
                 .collect(),
+            unready_for: BTreeMap::new(),
         };
         o.ready = ready_pods(&o);
+        o
+    }
+
+    /// `o` with pod `ordinal` not Ready for `seconds`.
+    fn unready(mut o: Observed, ordinal: u32, seconds: u64) -> Observed {
+        o.ready.remove(&ordinal);
+        o.unready_for.insert(ordinal, Duration::from_secs(seconds));
         o
     }
 
@@ -821,6 +1048,17 @@ mod tests {
                 m.state = Leaving;
                 m.transfers_pending = true;
             }
+            Step::Remove { ordinal, replace } => {
+                let m = observed.members.get_mut(&ordinal).unwrap();
+                m.state = Removed;
+                m.transfers_pending = false;
+                if replace {
+                    // The pod and its volume are deleted; the StatefulSet recreates them.
+                    observed.running.remove(&ordinal);
+                    observed.ready.remove(&ordinal);
+                    observed.unready_for.remove(&ordinal);
+                }
+            }
             Step::Wait { .. } | Step::Refuse { .. } | Step::Done => {}
         }
     }
@@ -838,6 +1076,8 @@ mod tests {
         }
         observed.running = (0..observed.statefulset_replicas).collect();
         observed.ready = ready_pods(observed);
+        let ready = observed.ready.clone();
+        observed.unready_for.retain(|o, _| !ready.contains(o));
     }
 
     fn checked_plan(d: &Desired, o: &Observed) -> Step {
@@ -1050,12 +1290,122 @@ mod tests {
                 observed(3, &[Member, Removed, Member]),
                 join(1),
             ),
+            (
+                "not ready for less than the timeout",
+                desired(3, 3),
+                unready(observed(3, &[Member; 3]), 2, 599),
+                wait(WaitReason::MemberNotReady { ordinal: 2 }),
+            ),
+            (
+                "dead member reported, not removed",
+                desired(3, 3),
+                unready(observed(3, &[Member; 3]), 2, 600),
+                wait(WaitReason::MemberDead {
+                    ordinal: 2,
+                    after_seconds: 600,
+                }),
+            ),
+            (
+                "the timeout is the spec's",
+                desired(3, 3).with_dead_after(Duration::from_secs(60)),
+                unready(observed(3, &[Member; 3]), 2, 61),
+                wait(WaitReason::MemberDead {
+                    ordinal: 2,
+                    after_seconds: 60,
+                }),
+            ),
+            (
+                "replace removes a member that is not ready, dead or not",
+                desired(3, 3).with_replace(Some(1)),
+                unready(observed(3, &[Member; 3]), 1, 5),
+                Step::Remove {
+                    ordinal: 1,
+                    replace: true,
+                },
+            ),
+            (
+                "replace of a ready member does nothing",
+                desired(3, 3).with_replace(Some(1)),
+                observed(3, &[Member; 3]),
+                Step::Done,
+            ),
+            (
+                "replace may go below N: the new node joins next",
+                desired(3, 3).with_replace(Some(0)),
+                unready(observed(3, &[Member; 3]), 0, 5),
+                Step::Remove {
+                    ordinal: 0,
+                    replace: true,
+                },
+            ),
+            (
+                "scale down past a dead highest member removes it",
+                desired(3, 3),
+                unready(observed(4, &[Member; 4]), 3, 900),
+                Step::Remove {
+                    ordinal: 3,
+                    replace: false,
+                },
+            ),
+            (
+                "a dead member that was leaving is removed",
+                desired(3, 3),
+                unready(observed(4, &[Member, Member, Member, Leaving]), 3, 900),
+                Step::Remove {
+                    ordinal: 3,
+                    replace: false,
+                },
+            ),
+            (
+                "a dead member above size waits for another's join",
+                desired(3, 3),
+                unready(
+                    observed(5, &[Member, Member, Member, Joining, Member]),
+                    4,
+                    900,
+                ),
+                wait(WaitReason::Joining { ordinal: 3 }),
+            ),
+            (
+                "removing a dead member above size below N is refused",
+                desired(2, 3),
+                unready(observed(3, &[Member; 3]), 2, 900),
+                Step::Refuse {
+                    reason: RefuseReason::TooFewMembers {
+                        ordinal: 2,
+                        remaining: 2,
+                        replication_factor: 3,
+                    },
+                },
+            ),
         ];
         for (name, d, obs, expected) in cases {
             assert_eq!(plan(&d, &obs), expected, "{name}");
             assert_eq!(check(&d, &obs, &expected), Ok(()), "{name}");
             // Level-triggered: the same observation gives the same step.
             assert_eq!(plan(&d, &obs), plan(&d.clone(), &obs.clone()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_replace_names_a_member_that_is_not_ready() {
+        let o = unready(observed(3, &[Member, Member, Removed]), 1, 5);
+        assert_eq!(replace_request("db", "db-1", &o), Ok(1));
+        assert_eq!(replace_request("db", " db-1\n", &o), Ok(1));
+        assert_eq!(
+            replace_request("db", "db-0", &o),
+            Err(ReplaceRefusal::Ready(0))
+        );
+        assert_eq!(
+            replace_request("db", "db-2", &o),
+            Err(ReplaceRefusal::NotAMember(2))
+        );
+        for bad in ["", "db", "other-1", "db-x", "1"] {
+            assert_eq!(
+                replace_request("db", bad, &o),
+                Err(ReplaceRefusal::NotAPod(bad.to_owned())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -1171,6 +1521,28 @@ mod tests {
             ),
             Err(Violation::BadDecommission { .. })
         ));
+        // A removal without a hand-off: never of a ready member, never unasked below
+        // size, never of one not yet dead.
+        let d = desired(3, 3);
+        let remove = |ordinal, replace| Step::Remove { ordinal, replace };
+        let all = observed(4, &[Member; 4]);
+        for (o, step) in [
+            (all.clone(), remove(3, false)),
+            (all.clone(), remove(3, true)),
+            (unready(all.clone(), 1, 900), remove(1, false)),
+            (unready(all.clone(), 3, 10), remove(3, false)),
+        ] {
+            assert!(
+                matches!(check(&d, &o, &step), Err(Violation::BadRemove { .. })),
+                "{step} {o:?}"
+            );
+        }
+        let mut joining = unready(all, 3, 900);
+        joining.members.get_mut(&1).unwrap().state = Joining;
+        assert!(matches!(
+            check(&d, &joining, &remove(3, false)),
+            Err(Violation::BadRemove { .. })
+        ));
     }
 
     #[test]
@@ -1230,6 +1602,23 @@ mod tests {
         assert_eq!(
             wait(WaitReason::Leaving { ordinal: 4 }).to_string(),
             "wait: node 4 is leaving"
+        );
+        assert_eq!(
+            Step::Remove {
+                ordinal: 2,
+                replace: true
+            }
+            .to_string(),
+            "remove dead member 2 to replace it"
+        );
+        assert_eq!(
+            wait(WaitReason::MemberDead {
+                ordinal: 2,
+                after_seconds: 600
+            })
+            .to_string(),
+            "wait: member 2 has not been ready for 600 s or more; if it will not come back, \
+             replace it (annotation dynamo.example.org/replace)"
         );
     }
 
@@ -1414,35 +1803,50 @@ mod tests {
                 ),
                 0..8,
             ),
+            proptest::collection::btree_map(0u32..8, 0u64..1200, 0..8),
         )
-            .prop_map(|(replicas, running, ready, members)| Observed {
-                statefulset_replicas: replicas,
-                running: running.into_iter().filter(|&o| o < replicas).collect(),
-                ready: ready.into_iter().filter(|&o| o < replicas).collect(),
-                members: members
-                    .into_iter()
-                    .map(|(o, (state, weight, transfers_pending, keys))| {
-                        let member = ObservedMember {
-                            state,
-                            weight,
-                            transfers_pending,
-                            keys,
-                        };
-                        (o, member)
-                    })
-                    .collect(),
-            })
+            .prop_map(
+                |(replicas, running, ready, members, unready_for)| Observed {
+                    unready_for: unready_for
+                        .into_iter()
+                        .filter(|(o, _)| !ready.contains(o))
+                        .map(|(o, s)| (o, Duration::from_secs(s)))
+                        .collect(),
+                    statefulset_replicas: replicas,
+                    running: running.into_iter().filter(|&o| o < replicas).collect(),
+                    ready: ready.into_iter().filter(|&o| o < replicas).collect(),
+                    members: members
+                        .into_iter()
+                        .map(|(o, (state, weight, transfers_pending, keys))| {
+                            let member = ObservedMember {
+                                state,
+                                weight,
+                                transfers_pending,
+                                keys,
+                            };
+                            (o, member)
+                        })
+                        .collect(),
+                },
+            )
     }
 
     /// Volumes from tiny (a few keys' worth, so capacity refusals happen) to unknown.
     fn arb_desired() -> impl Strategy<Value = Desired> {
-        (1u32..7, 1u32..4, proptest::option::of(0u64..4096)).prop_flat_map(|(size, n, volume)| {
-            proptest::collection::vec(1u32..4, size as usize).prop_map(move |weights| {
-                Desired::new(size, n, weights)
-                    .unwrap()
-                    .with_volume_bytes(volume)
+        (
+            1u32..7,
+            1u32..4,
+            proptest::option::of(0u64..4096),
+            proptest::option::of(0u32..8),
+        )
+            .prop_flat_map(|(size, n, volume, replace)| {
+                proptest::collection::vec(1u32..4, size as usize).prop_map(move |weights| {
+                    Desired::new(size, n, weights)
+                        .unwrap()
+                        .with_volume_bytes(volume)
+                        .with_replace(replace)
+                })
             })
-        })
     }
 
     proptest! {
@@ -1458,6 +1862,7 @@ mod tests {
         /// model can reach.
         #[test]
         fn model_converges(d in arb_desired(), start in arb_observed()) {
+            let mut d = d;
             let mut o = start;
             let mut finished = false;
             for _ in 0..100 {
@@ -1476,6 +1881,10 @@ mod tests {
                         break;
                     }
                     _ => {}
+                }
+                if let Step::Remove { replace: true, .. } = step {
+                    // The controller clears the annotation when it acts on it.
+                    d = d.with_replace(None);
                 }
                 apply(&mut o, step);
                 settle(&mut o);

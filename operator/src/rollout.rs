@@ -455,6 +455,7 @@ mod tests {
                 // Removed: its pod's readiness does not matter.
                 (2, member(MemberState::Removed, false)),
             ]),
+            unready_for: BTreeMap::new(),
         };
         let hints = BTreeMap::from([(0, 600), (1, 400)]);
         assert_eq!(ring_health(&observed, &hints), Ok(()));

@@ -971,7 +971,8 @@ fn the_charts_rbac_grants_nothing_beyond_what_the_operator_uses() {
     grant("policy", "poddisruptionbudgets", &owned);
     grant("networking.k8s.io", "networkpolicies", &owned);
     grant("", "secrets", &["get", "create"]);
-    grant("", "pods", &["list"]);
+    // Delete: a replaced dead member's pod, after the ring removed it.
+    grant("", "pods", &["list", "delete"]);
     grant("", "persistentvolumeclaims", &["list", "delete"]);
     grant("events.k8s.io", "events", &["create", "patch"]);
     grant("coordination.k8s.io", "leases", &["get", "create", "patch"]);
@@ -1667,5 +1668,252 @@ async fn an_operator_release_alone_restarts_nothing() {
         .map(|action| assert_eq!(action, resync_later()))
         .unwrap();
     }
+    ring.shutdown().await;
+}
+
+/// A pod of `db` whose node runs but whose Ready condition has been False since
+/// `since` (RFC 3339).
+fn pod_unready_since(ordinal: u32, since: &str) -> serde_json::Value {
+    let mut pod = pod(ordinal, false);
+    pod["status"]["conditions"][0]["lastTransitionTime"] = json!(since);
+    pod
+}
+
+#[tokio::test]
+async fn a_dead_member_is_reported_once_and_left_in_the_ring() {
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1), ("db-2", 1)], 1).await;
+    let c = cluster(
+        json!({"size": 3, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1},
+               "deadMemberTimeoutSeconds": 60}),
+        true,
+    );
+    let pods = || {
+        vec![
+            pod(0, true),
+            pod(1, true),
+            pod_unready_since(2, "2020-01-01T00:00:00Z"),
+        ]
+    };
+    let status = pass_with(
+        c.clone(),
+        ring.endpoints(),
+        move |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 3, pods()).await;
+            let event = event_posted(&mut server).await;
+            assert_eq!(
+                (&event["type"], &event["reason"]),
+                (&json!("Warning"), &json!("MemberDead"))
+            );
+            let note = event["note"].as_str().unwrap();
+            assert!(
+                note.contains("member 2 has not been ready for 60 s")
+                    && note.contains("dynamo.example.org/replace"),
+                "{note}"
+            );
+            let s = status_written(&mut server, &db).await;
+            let degraded = condition(&s, "Degraded");
+            assert_eq!(
+                (&degraded["status"], &degraded["reason"]),
+                (&json!("True"), &json!("MemberDead"))
+            );
+            assert_eq!(s["phase"], "Degraded");
+            (server, s)
+        },
+    )
+    .await;
+    assert_eq!(status.0.unwrap(), poll_again());
+    // The next pass sees the same: no second event, no status write, and the member
+    // stays.
+    let mut reported = c.clone();
+    reported.status = status_of(&status.1);
+    pass(
+        reported,
+        ring.endpoints(),
+        move |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 3, pods()).await;
+            server
+        },
+    )
+    .await
+    .unwrap();
+    ring.wait_for_states(0, &[("db-2", MemberState::Member)])
+        .await;
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replace_removes_the_dead_member_rebuilds_its_pod_and_is_cleared() {
+    let mut ring = Ring::start(&[("db-0", 1), ("db-1", 1), ("db-2", 1)], 1).await;
+    let mut c = cluster(
+        json!({"size": 3, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    c.metadata.annotations = Some(BTreeMap::from([(
+        dynamo_operator::planner::REPLACE_ANNOTATION.to_owned(),
+        "db-2".to_owned(),
+    )]));
+    // Not dead for the timeout yet: a replace does not wait for it. While db-0 can
+    // still reach db-2, the node refuses and the pass fails without deleting anything.
+    let pods = || {
+        vec![
+            pod(0, true),
+            pod(1, true),
+            pod_unready_since(2, "2099-01-01T00:00:00Z"),
+        ]
+    };
+    let (result, ()) = pass_with(
+        c.clone(),
+        ring.endpoints(),
+        move |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 3, pods()).await;
+            let event = server.next_call("an event").await;
+            assert_eq!(event.body["reason"], "AdminCallFailed", "{}", event.body);
+            assert!(
+                event.body["note"].as_str().unwrap().contains("reachable"),
+                "{}",
+                event.body
+            );
+            event.echo();
+            status_written(&mut server, &db).await;
+            (server, ())
+        },
+    )
+    .await;
+    assert!(result.is_err());
+
+    ring.stop(2).await;
+    support::eventually("db-0 to find db-2 unreachable", || async {
+        ring.admin.ring(&ring.target(0)).await.is_ok_and(|view| {
+            view.members
+                .iter()
+                .any(|m| m.node_id == "db-2" && !m.reachable)
+        })
+    })
+    .await;
+    pass(
+        c.clone(),
+        ring.endpoints(),
+        move |mut server, db| async move {
+            objects_and_token_read(&mut server, &db, 3, pods()).await;
+            let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": "data-db-2", "namespace": "prod"}});
+            server
+                .expect("DELETE", &format!("{NS}/persistentvolumeclaims/data-db-2"))
+                .await
+                .respond(200, claim);
+            server
+                .expect("DELETE", &format!("{NS}/pods/db-2"))
+                .await
+                .respond(200, pod(2, false));
+            let clear = server.expect("PATCH", CLUSTER).await;
+            assert_eq!(
+                clear.content_type.as_deref(),
+                Some("application/merge-patch+json")
+            );
+            assert_eq!(
+                clear.body,
+                json!({"metadata": {"annotations": {"dynamo.example.org/replace": null}}})
+            );
+            clear.respond(200, serde_json::to_value(&db).unwrap());
+            let event = event_posted(&mut server).await;
+            assert_eq!(
+                (&event["reason"], &event["note"]),
+                (
+                    &json!("ReplaceMember"),
+                    &json!("remove dead member 2 to replace it")
+                )
+            );
+            status_written(&mut server, &db).await;
+            server
+        },
+    )
+    .await
+    .unwrap();
+    ring.wait_for_states(0, &[("db-2", MemberState::Removed)])
+        .await;
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replace_of_a_ready_member_is_refused_and_cleared() {
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    let mut c = cluster(
+        json!({"size": 2, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    c.metadata.annotations = Some(BTreeMap::from([(
+        dynamo_operator::planner::REPLACE_ANNOTATION.to_owned(),
+        "db-1".to_owned(),
+    )]));
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        two_ready_pods_read(&mut server, &db).await;
+        let event = event_posted(&mut server).await;
+        assert_eq!(
+            (&event["type"], &event["reason"]),
+            (&json!("Warning"), &json!("ReplaceRefused"))
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("member 1 is ready"),
+            "{event}"
+        );
+        let clear = server.expect("PATCH", CLUSTER).await;
+        assert_eq!(
+            clear.body,
+            json!({"metadata": {"annotations": {"dynamo.example.org/replace": null}}})
+        );
+        clear.respond(200, serde_json::to_value(&db).unwrap());
+        let s = status_written(&mut server, &db).await;
+        assert_eq!(s["phase"], "Running");
+        server
+    })
+    .await
+    .unwrap();
+    ring.wait_for_states(0, &[("db-1", MemberState::Member)])
+        .await;
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scale_down_past_a_dead_member_removes_it_without_its_hand_off() {
+    // The spec went from 2 nodes to 1 while db-1 was dead: it cannot hand its ranges
+    // off, so a Leave would never finish. Dead past the timeout and above the size, it
+    // is removed at once; the shrink follows in the next pass as usual.
+    let mut ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    ring.stop(1).await;
+    support::eventually("db-0 to find db-1 unreachable", || async {
+        ring.admin.ring(&ring.target(0)).await.is_ok_and(|view| {
+            view.members
+                .iter()
+                .any(|m| m.node_id == "db-1" && !m.reachable)
+        })
+    })
+    .await;
+    let c = cluster(
+        json!({"size": 1, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    pass(c, ring.endpoints(), |mut server, db| async move {
+        let pods = vec![pod(0, true), pod_unready_since(1, "2020-01-01T00:00:00Z")];
+        objects_and_token_read(&mut server, &db, 2, pods).await;
+        // No volume or pod deleted: that is the shrink's business, by its policy.
+        let event = event_posted(&mut server).await;
+        assert_eq!(
+            (&event["type"], &event["reason"], &event["note"]),
+            (
+                &json!("Normal"),
+                &json!("RemoveDeadMember"),
+                &json!("remove dead member 1")
+            )
+        );
+        status_written(&mut server, &db).await;
+        server
+    })
+    .await
+    .unwrap();
+    ring.wait_for_states(0, &[("db-1", MemberState::Removed)])
+        .await;
     ring.shutdown().await;
 }

@@ -146,6 +146,13 @@ pub enum AdminCommand {
         /// The node's id.
         node_id: String,
     },
+    /// Remove a dead node at once, without a hand-off (for a node that will not come
+    /// back; the endpoint's node must be unable to reach it). Its ranges' other
+    /// replicas keep their copies.
+    Remove {
+        /// The node's id.
+        node_id: String,
+    },
     /// Change a node's weight (its share of the ring).
     Weight {
         /// The node's id.

@@ -268,6 +268,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                     .leave(proto::LeaveRequest { node_id })
                     .await
                     .map_err(|s| CtlError::rpc("leave", &s))?,
+                AdminCommand::Remove { node_id } => client
+                    .remove(proto::RemoveRequest { node_id })
+                    .await
+                    .map_err(|s| CtlError::rpc("remove", &s))?,
                 AdminCommand::Weight { node_id, weight } => client
                     .set_weight(proto::SetWeightRequest { node_id, weight })
                     .await

@@ -486,6 +486,24 @@ impl MemberTable {
         )
     }
 
+    /// `Joining | Member | Leaving -> Removed` at once, without a hand-off: for a node
+    /// that is gone for good. The shell checks it is unreachable first; its ranges'
+    /// other replicas keep their copies.
+    ///
+    /// # Errors
+    /// `UnknownMember`, `InvalidTransition` for a removed member, `VersionExhausted`.
+    pub fn remove_dead(&mut self, id: &NodeId) -> Result<Member, MembershipError> {
+        self.change(
+            id,
+            "remove",
+            |s| s != MemberState::Removed,
+            |m| {
+                m.state = MemberState::Removed;
+                m.settled_weight = m.weight;
+            },
+        )
+    }
+
     /// Changes a non-removed member's (target) weight. The settled weight stays: the
     /// node's data is still laid out for it until the node hands the change over and
     /// calls [`settle_weight`](Self::settle_weight).
@@ -721,6 +739,43 @@ pub(super) mod tests {
             (MemberState::Joining, 1, MAX_WEIGHT, "a:1")
         );
         assert_eq!(t.get(&id("a")), Some(&joined));
+    }
+
+    #[test]
+    fn a_dead_member_is_removed_from_any_active_state_and_can_join_again() {
+        let mut t = MemberTable::new();
+        for (name, steps) in [("j", 0), ("m", 1), ("l", 2)] {
+            let n = id(name);
+            t.join(n.clone(), &format!("{name}:1"), 2).unwrap();
+            if steps >= 1 {
+                t.mark_member(&n).unwrap();
+            }
+            if steps >= 2 {
+                t.leave(&n).unwrap();
+            }
+            t.set_weight(&n, 5).unwrap();
+            let before = t.get(&n).unwrap().version();
+            let removed = t.remove_dead(&n).unwrap();
+            assert_eq!(
+                (removed.state(), removed.version(), removed.settled_weight()),
+                (MemberState::Removed, before + 1, 5),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            t.remove_dead(&id("m")),
+            Err(MembershipError::InvalidTransition {
+                state: MemberState::Removed,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.remove_dead(&id("nobody")),
+            Err(MembershipError::UnknownMember { .. })
+        ));
+        // A replacement under the same id joins with the next version.
+        let again = t.join(id("m"), "m:2", 1).unwrap();
+        assert_eq!(again.state(), MemberState::Joining);
     }
 
     /// Dynamo §4.8.1: membership changes are explicit; each one bumps the version.

@@ -143,6 +143,31 @@ impl admin_server::Admin for AdminService {
         self.apply(|table| table.leave(&id)).await
     }
 
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let id = parse_node_id(&request.into_inner().node_id)?;
+        if &id == self.node.cluster.me() {
+            return Err(Status::failed_precondition(format!(
+                "{id} is this node: ask another member to remove it, or decommission it with Leave"
+            )));
+        }
+        if self.node.cluster.table().get(&id).is_none() {
+            return Err(Status::not_found(format!(
+                "{id} is not in the member table"
+            )));
+        }
+        // Only a node this one cannot reach: a live node is decommissioned with Leave,
+        // which hands its data off first.
+        if self.node.cluster.is_available(&id) {
+            return Err(Status::failed_precondition(format!(
+                "{id} is reachable: decommission it with Leave, so its data is handed off"
+            )));
+        }
+        self.apply(|table| table.remove_dead(&id)).await
+    }
+
     async fn set_weight(
         &self,
         request: Request<proto::SetWeightRequest>,

@@ -55,7 +55,10 @@ use crate::admin::{AdminError, AdminTarget, AdminTls, NodeAdmin};
 use crate::builders::{self, BuildError};
 use crate::crd::DynamoCluster;
 use crate::metrics::Metrics;
-use crate::planner::{Desired, ObserveError, Observed, Step, members_from_ring, plan};
+use crate::planner::{
+    Desired, ObserveError, Observed, REPLACE_ANNOTATION, Step, WaitReason, members_from_ring, plan,
+    replace_request,
+};
 use crate::rollout::{self, RolloutView};
 
 /// The server-side apply field manager of everything the operator writes.
@@ -713,7 +716,28 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         running: pod_states.running.clone(),
         ready: pod_states.ready.clone(),
         members,
+        unready_for: pod_states.unready_for(now.0),
     };
+    let replace = match cluster.annotations().get(REPLACE_ANNOTATION) {
+        None => None,
+        Some(value) => match replace_request(name, value, &observed) {
+            Ok(ordinal) => Some(ordinal),
+            Err(refusal) => {
+                tracing::warn!(cluster = name, %refusal, "replace refused");
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    "ReplaceRefused",
+                    refusal.to_string(),
+                )
+                .await;
+                clear_replace_annotation(ctx, cluster, &namespace).await?;
+                None
+            }
+        },
+    };
+    let desired = desired.with_replace(replace);
     let step = plan(&desired, &observed);
     tracing::info!(cluster = name, namespace, %step, detail = ?step, "planned");
 
@@ -791,8 +815,13 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     if took_step {
         ctx.metrics.step_taken(reason);
         publish(ctx, cluster, EventType::Normal, reason, step.to_string()).await;
-    } else if matches!(step, Step::Refuse { .. })
-        && previous_step != Some(step.to_string().as_str())
+    } else if matches!(
+        step,
+        Step::Refuse { .. }
+            | Step::Wait {
+                reason: WaitReason::MemberDead { .. }
+            }
+    ) && previous_step != Some(step.to_string().as_str())
     {
         publish(ctx, cluster, EventType::Warning, reason, step.to_string()).await;
     }
@@ -845,11 +874,47 @@ async fn execute(
             Ok(true)
         }
         Step::GrowStatefulSet { .. } => Ok(true),
+        Step::Remove {
+            ordinal,
+            replace: true,
+        } => {
+            let advertise = |ordinal| ctx.endpoints.advertise(namespace, &name, ordinal);
+            change_membership(ctx.admin.as_ref(), &name, step, ring, target, &advertise).await?;
+            // Out of the ring: its volume holds nothing the ring needs, and a node that
+            // came back on it would bring deletes purged since back to life. The claim
+            // goes once the pod has (its protection finalizer), and the StatefulSet
+            // recreates both, empty; the planner then joins the new node.
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+            delete_if_present(&claims, &claim_name(&name, ordinal)).await?;
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            delete_if_present(&pods, &builders::pod_name(&name, ordinal)).await?;
+            clear_replace_annotation(ctx, cluster, namespace).await?;
+            Ok(true)
+        }
         _ => {
             let advertise = |ordinal| ctx.endpoints.advertise(namespace, &name, ordinal);
             change_membership(ctx.admin.as_ref(), &name, step, ring, target, &advertise).await
         }
     }
+}
+
+/// Removes [`REPLACE_ANNOTATION`] from the cluster once acted on or refused: a replace
+/// is a one-time request, never a standing order to replace whatever is not ready.
+async fn clear_replace_annotation(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+) -> Result<(), Error> {
+    let clusters: Api<DynamoCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {REPLACE_ANNOTATION: null}}});
+    clusters
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Executes a membership step (`Join`, `SetWeight`, `Decommission`) through `Admin`, as
@@ -899,6 +964,13 @@ pub async fn change_membership(
         Step::Decommission { ordinal } => {
             let node_id = builders::pod_name(cluster_name, ordinal);
             admin.leave(&peer()?, &node_id).await?;
+            Ok(true)
+        }
+        Step::Remove { ordinal, .. } => {
+            // The node refuses (FailedPrecondition) while it can still reach the member:
+            // the pass fails and says so, and nothing is removed.
+            let node_id = builders::pod_name(cluster_name, ordinal);
+            admin.remove(&peer()?, &node_id).await?;
             Ok(true)
         }
         Step::GrowStatefulSet { .. }

@@ -3,9 +3,11 @@
 //! read from labels, annotations or memory of earlier passes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::admin::{
     AdminError, AdminTarget, MemberView, NodeAdmin, NodeStatus, RingView, merge_views,
@@ -26,6 +28,9 @@ pub struct PodStates {
     /// The StatefulSet revision each pod not being deleted was created from (its
     /// `controller-revision-hash` label).
     pub revisions: BTreeMap<u32, String>,
+    /// Since when each pod not being deleted and not Ready has been so: its Ready
+    /// condition's last transition, or its creation when it has none.
+    pub unready_since: BTreeMap<u32, Timestamp>,
 }
 
 /// The label the StatefulSet controller puts on each pod: the revision it was created
@@ -33,6 +38,19 @@ pub struct PodStates {
 pub(super) const REVISION_LABEL: &str = "controller-revision-hash";
 
 impl PodStates {
+    /// How long each pod in [`unready_since`](Self::unready_since) has not been Ready,
+    /// at `now` (zero for a time in the future: clocks disagree).
+    #[must_use]
+    pub fn unready_for(&self, now: Timestamp) -> BTreeMap<u32, Duration> {
+        self.unready_since
+            .iter()
+            .map(|(&o, &since)| {
+                let elapsed = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+                (o, elapsed)
+            })
+            .collect()
+    }
+
     /// Ordinals whose pod was created from `revision`.
     #[must_use]
     pub fn on_revision(&self, revision: &str) -> BTreeSet<u32> {
@@ -68,6 +86,19 @@ pub fn pod_states(cluster_name: &str, pods: &[Pod]) -> PodStates {
             .and_then(|labels| labels.get(REVISION_LABEL))
         {
             states.revisions.insert(ordinal, revision.clone());
+        }
+        let ready_condition = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "Ready");
+        if ready_condition.is_none_or(|c| c.status != "True") {
+            let since = ready_condition
+                .and_then(|c| c.last_transition_time.as_ref())
+                .or(pod.metadata.creation_timestamp.as_ref());
+            if let Some(since) = since {
+                states.unready_since.insert(ordinal, since.0);
+            }
         }
         let Some(status) = &pod.status else { continue };
         let started = status.phase.as_deref() == Some("Running")
@@ -255,6 +286,7 @@ mod tests {
             running: BTreeSet::from([0, 1, 2, 3]),
             ready: BTreeSet::from([0, 1, 3]),
             revisions: BTreeMap::new(),
+            unready_since: BTreeMap::new(),
         };
         // Removed (3) and unready (2) members are not asked.
         assert_eq!(status_ordinals(&members, &pods), [0, 1]);
@@ -306,6 +338,34 @@ mod tests {
         let states = pod_states("db", &pods);
         assert_eq!(states.running, BTreeSet::from([0, 1]));
         assert_eq!(states.ready, BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn unready_pods_count_from_their_ready_transition_or_their_creation() {
+        let at = |seconds| Time(Timestamp::from_second(seconds).unwrap());
+        let mut flipped = pod("db-0", "Running", true, false);
+        if let Some(conditions) = flipped.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions[0].last_transition_time = Some(at(1_000));
+        }
+        let mut pending = pod("db-1", "Pending", false, false);
+        pending.status = None;
+        pending.metadata.creation_timestamp = Some(at(1_500));
+        let mut ready = pod("db-2", "Running", true, true);
+        ready.metadata.creation_timestamp = Some(at(10));
+        let mut terminating = pod("db-3", "Running", true, false);
+        terminating.metadata.deletion_timestamp = Some(at(1_900));
+        let states = pod_states("db", &[flipped, pending, ready, terminating]);
+        let now = Timestamp::from_second(2_000).unwrap();
+        assert_eq!(
+            states.unready_for(now),
+            BTreeMap::from([
+                (0, Duration::from_secs(1_000)),
+                (1, Duration::from_secs(500))
+            ])
+        );
+        // A clock behind the API server's: no negative time.
+        let early = Timestamp::from_second(900).unwrap();
+        assert_eq!(states.unready_for(early)[&0], Duration::ZERO);
     }
 
     #[test]

@@ -48,12 +48,15 @@ pub fn step_reason(step: &Step) -> &'static str {
         Step::Join { .. } => "Join",
         Step::SetWeight { .. } => "SetWeight",
         Step::Decommission { .. } => "Decommission",
+        Step::Remove { replace: true, .. } => "ReplaceMember",
+        Step::Remove { replace: false, .. } => "RemoveDeadMember",
         Step::ShrinkStatefulSet { .. } => "ShrinkStatefulSet",
         Step::Wait { reason } => match reason {
             WaitReason::Leaving { .. } => "WaitingForLeave",
             WaitReason::Joining { .. } => "WaitingForJoin",
             WaitReason::TransfersPending { .. } => "WaitingForTransfers",
             WaitReason::MemberNotReady { .. } => "MemberNotReady",
+            WaitReason::MemberDead { .. } => "MemberDead",
             WaitReason::PodNotRunning { .. } => "WaitingForPod",
         },
         Step::Refuse { reason } => match reason {
@@ -151,7 +154,7 @@ pub fn cluster_status(
         step,
         Step::Refuse { .. }
             | Step::Wait {
-                reason: WaitReason::MemberNotReady { .. }
+                reason: WaitReason::MemberNotReady { .. } | WaitReason::MemberDead { .. }
             }
     );
     let degraded = if degraded {
@@ -297,6 +300,7 @@ mod tests {
                     (o, m)
                 })
                 .collect(),
+            unready_for: std::collections::BTreeMap::new(),
         }
     }
 
