@@ -20,7 +20,7 @@ use dynamo_e2e::k8s::{self, CLIENT_PORT, Kubectl, PodCluster, helm, repo_root, w
 use dynamo_e2e::workload::{Replicas, Settle, Workload, WorkloadConfig, final_verdict};
 use dynamo_node::history::{OpKind, Outcome};
 use dynamo_node::proto::kv_client::KvClient;
-use dynamo_node::proto::{GetRequest, PutRequest};
+use dynamo_node::proto::{GetRequest, MemberState, PutRequest};
 use tonic::transport::Channel;
 
 const OPERATOR_NAMESPACE: &str = "dynamo-system";
@@ -384,6 +384,13 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     read_keys(service, 0..KEYS).await;
 
     step(
+        "a dead member reported, then replaced (dynamo.example.org/replace)",
+        started,
+    );
+    replace_dead_member(&kubectl).await;
+    read_keys(service, 0..KEYS).await;
+
+    step(
         "kubectl delete dynamocluster: the finalizer deletes what it owns",
         started,
     );
@@ -630,6 +637,113 @@ async fn replace_pod(kubectl: &Kubectl, name: &str, with_volume: bool) {
         assert_ne!(now, claim_uid, "{claim} was not re-created");
     }
     wait_settled(kubectl, 3).await;
+}
+
+/// A member whose node will not come back: with the only Kubernetes node cordoned,
+/// `small-2`'s pod is deleted and its replacement stays Pending. After the manifest's
+/// 30 s it is reported dead (`Degraded`/`MemberDead`); the replace annotation removes it
+/// from the ring without its hand-off, deletes its claim and pod, and is cleared; once
+/// the node is uncordoned the new pod starts on a new volume, joins and pulls its ranges.
+async fn replace_dead_member(kubectl: &Kubectl) {
+    let dead = format!("{CLUSTER}-2");
+    let claim = format!("data-{dead}");
+    // Nodes are cluster-scoped: kubectl ignores the namespace it is given.
+    let node = kubectl
+        .ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])
+        .await;
+    let claim_uid = kubectl
+        .ok(&["get", "pvc", &claim, "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    kubectl.ok(&["cordon", &node]).await;
+    kubectl.ok(&["delete", "pod", &dead, "--wait=false"]).await;
+    wait(
+        &format!("{CLUSTER} reporting {dead} dead"),
+        SETTLE,
+        || async {
+            let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+            let degraded = cluster["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+                .cloned()
+                .unwrap_or_default();
+            if degraded["status"] == "True" && degraded["reason"] == "MemberDead" {
+                Ok(())
+            } else {
+                Err(format!("Degraded: {degraded}"))
+            }
+        },
+    )
+    .await;
+    let members = PodCluster::observe(kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ring = members.ring(0).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ring.members
+            .iter()
+            .any(|m| m.node_id == dead && m.state == MemberState::Member as i32),
+        "a dead member stays in the ring until it is replaced: {:?}",
+        ring.members
+    );
+    kubectl
+        .ok(&[
+            "annotate",
+            "dynamocluster",
+            CLUSTER,
+            &format!("dynamo.example.org/replace={dead}"),
+        ])
+        .await;
+    wait(
+        "the replace carried out: member removed, annotation cleared, claim re-created",
+        SETTLE,
+        || async {
+            let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+            let cleared = cluster["metadata"]["annotations"]
+                .get("dynamo.example.org/replace")
+                .is_none();
+            let ring = members.ring(0).await?;
+            let removed = ring
+                .members
+                .iter()
+                .any(|m| m.node_id == dead && m.state == MemberState::Removed as i32);
+            let uid = kubectl
+                .run(&["get", "pvc", &claim, "-o", "jsonpath={.metadata.uid}"])
+                .await
+                .unwrap_or_default();
+            if cleared && removed && uid != claim_uid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "annotation cleared {cleared}, removed {removed}, claim uid {uid:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    kubectl.ok(&["uncordon", &node]).await;
+    wait_settled(kubectl, 3).await;
+    let pods = PodCluster::observe(kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let replaced = pods
+        .pods
+        .iter()
+        .position(|(name, _)| *name == dead)
+        .expect("the replacement is ready");
+    // Joined, so it pulled its ranges: with N = 3 on 3 nodes, every key.
+    wait(
+        &format!("{dead} holding every key after its join"),
+        REFILL,
+        || async {
+            let status = pods.status(replaced).await?;
+            if status.keys >= KEYS as u64 {
+                Ok(())
+            } else {
+                Err(format!("{} keys", status.keys))
+            }
+        },
+    )
+    .await;
 }
 
 /// Runs `sample` on its state every 300 ms in the background until
