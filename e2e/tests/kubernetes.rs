@@ -391,6 +391,13 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     read_keys(service, 0..KEYS).await;
 
     step(
+        "storage.size 1Gi -> 2Gi: refused by a class without expansion, then grown in place",
+        started,
+    );
+    grow_volumes(&kubectl).await;
+    read_keys(service, 0..KEYS).await;
+
+    step(
         "kubectl delete dynamocluster: the finalizer deletes what it owns",
         started,
     );
@@ -514,18 +521,28 @@ async fn refusals(kubectl: &Kubectl) {
 /// with the CRD's transition rules (`oldSelf`), each saying what to do instead.
 async fn transition_refusals(kubectl: &Kubectl) {
     let cases = [
-        ("replication.n", r#"{"spec":{"replication":{"n":5}}}"#),
+        (
+            "replication.n",
+            r#"{"spec":{"replication":{"n":5}}}"#,
+            "replication.n cannot change on a live cluster",
+        ),
         (
             "partitioning",
             r#"{"spec":{"partitioning":{"partitions":512}}}"#,
+            "partitioning cannot change on a live cluster",
         ),
-        ("storage.size", r#"{"spec":{"storage":{"size":"2Gi"}}}"#),
+        (
+            "storage.size (smaller)",
+            r#"{"spec":{"storage":{"size":"512Mi"}}}"#,
+            "storage.size can only grow",
+        ),
         (
             "storage.storageClassName",
             r#"{"spec":{"storage":{"storageClassName":"fast"}}}"#,
+            "storage.storageClassName cannot change on a live cluster",
         ),
     ];
-    for (field, patch) in cases {
+    for (field, patch, message) in cases {
         let refused = kubectl
             .run(&[
                 "patch",
@@ -538,9 +555,8 @@ async fn transition_refusals(kubectl: &Kubectl) {
             ])
             .await
             .expect_err(&format!("the API server accepted a change of {field}"));
-        let message = format!("{field} cannot change on a live cluster");
         assert!(
-            refused.contains(&message) && refused.contains("create a new cluster"),
+            refused.contains(message) && refused.contains("create a new cluster"),
             "{field}: refused, but without \"{message}\": {refused}"
         );
         eprintln!("   refused a change of {field}");
@@ -744,6 +760,135 @@ async fn replace_dead_member(kubectl: &Kubectl) {
         },
     )
     .await;
+}
+
+/// A storage growth. The default class (local-path) does not allow volume expansion:
+/// the cluster reports it (`Degraded`/`VolumeExpansionRefused`) and keeps working with
+/// the StatefulSet as it is. Once the class allows expansion, the operator raises each
+/// claim's request and re-creates the StatefulSet around its pods with the new claim
+/// template; no pod restarts. (local-path has no resizer, so the volumes themselves do
+/// not grow here; what is checked is everything up to the resizer.)
+async fn grow_volumes(kubectl: &Kubectl) {
+    let sts_before = kubectl
+        .json(&["statefulset", CLUSTER])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pods_before: BTreeSet<String> = kubectl
+        .pods(&node_selector())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    kubectl
+        .ok(&[
+            "patch",
+            "dynamocluster",
+            CLUSTER,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
+        ])
+        .await;
+    wait("the refused expansion reported", SETTLE, || async {
+        let cluster = kubectl.json(&["dynamocluster", CLUSTER]).await?;
+        let degraded = cluster["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+            .cloned()
+            .unwrap_or_default();
+        if degraded["reason"] == "VolumeExpansionRefused" {
+            Ok(())
+        } else {
+            Err(format!("Degraded: {degraded}"))
+        }
+    })
+    .await;
+    let sts = kubectl
+        .json(&["statefulset", CLUSTER])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sts["metadata"]["uid"], sts_before["metadata"]["uid"],
+        "the StatefulSet stays while the class refuses"
+    );
+    assert_eq!(claim_template_size(&sts), "1Gi");
+
+    // Nodes and StorageClasses are cluster-scoped: kubectl ignores the namespace.
+    kubectl
+        .ok(&[
+            "patch",
+            "storageclass",
+            "local-path",
+            "-p",
+            r#"{"allowVolumeExpansion":true}"#,
+        ])
+        .await;
+    // A change of the cluster object starts the next pass now, not at the resync.
+    kubectl
+        .ok(&[
+            "annotate",
+            "dynamocluster",
+            CLUSTER,
+            "e2e.dynamo.example.org/nudge=expansion",
+        ])
+        .await;
+    wait(
+        "the StatefulSet re-created with 2Gi claims, every claim asking for 2Gi",
+        SETTLE,
+        || async {
+            let sts = kubectl.json(&["statefulset", CLUSTER]).await?;
+            let claims = kubectl.json(&["pvc"]).await?;
+            let requests: Vec<String> = claims["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|c| {
+                            c["spec"]["resources"]["requests"]["storage"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let done = sts["metadata"]["uid"] != sts_before["metadata"]["uid"]
+                && claim_template_size(&sts) == "2Gi"
+                && requests.len() == 3
+                && requests.iter().all(|r| r == "2Gi");
+            if done {
+                Ok(())
+            } else {
+                Err(format!(
+                    "statefulset uid {}, claim template {}, claims {requests:?}",
+                    sts["metadata"]["uid"],
+                    claim_template_size(&sts)
+                ))
+            }
+        },
+    )
+    .await;
+    wait_settled(kubectl, 3).await;
+    let pods_after: BTreeSet<String> = kubectl
+        .pods(&node_selector())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    assert_eq!(
+        pods_after, pods_before,
+        "no pod restarted for the expansion"
+    );
+}
+
+/// The storage request of a StatefulSet's claim template, from its JSON.
+fn claim_template_size(sts: &serde_json::Value) -> String {
+    sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Runs `sample` on its state every 300 ms in the background until

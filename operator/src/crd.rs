@@ -94,7 +94,7 @@ pub const MAX_NAME_LEN: usize = 52;
 #[x_kube(validation = Rule::new(MANAGED_NODE_KEYS_RULE).message("nodeConfig may not set a key the operator manages (listen addresses, storage, replication, partitioning, durability, weights, TLS files, secrets, identity, seeds)"))]
 #[x_kube(validation = Rule::new("self.replication.n == oldSelf.replication.n").message("replication.n cannot change on a live cluster: every key would need new replicas at once; create a new cluster with the new N and move the data to it"))]
 #[x_kube(validation = Rule::new("self.partitioning == oldSelf.partitioning").message("partitioning cannot change on a live cluster: every key would change owners at once; create a new cluster with the new partitioning and move the data to it"))]
-#[x_kube(validation = Rule::new("self.storage.size == oldSelf.storage.size").message("storage.size cannot change on a live cluster yet: the StatefulSet's volume claim template is immutable and expanding volumes in place is not supported; create a new cluster with the new size and move the data to it"))]
+#[x_kube(validation = Rule::new("quantity(self.storage.size).compareTo(quantity(oldSelf.storage.size)) >= 0").message("storage.size can only grow: a volume cannot shrink in place; create a new cluster with the smaller volumes and move the data to it"))]
 #[x_kube(validation = Rule::new("has(self.storage.storageClassName) == has(oldSelf.storage.storageClassName) && (!has(self.storage.storageClassName) || self.storage.storageClassName == oldSelf.storage.storageClassName)").message("storage.storageClassName cannot change on a live cluster: the StatefulSet's volume claim template is immutable; create a new cluster on the new class and move the data to it"))]
 #[serde(rename_all = "camelCase")]
 pub struct DynamoClusterSpec {
@@ -959,6 +959,10 @@ mod tests {
         new.weights.default = 2;
         new.durability = Durability::Buffered;
         new.node_config.insert("log".into(), "debug".into());
+        // Volumes grow in place (the operator expands the claims), in any unit.
+        new.storage.size = "10240Mi".into();
+        assert_eq!(cel_update(old.clone(), new.clone()), Ok(()));
+        new.storage.size = "11Gi".into();
         assert_eq!(cel_update(old.clone(), new), Ok(()));
         // What it cannot, each with a message saying what to do instead.
         let refused = |change: &dyn Fn(&mut DynamoClusterSpec), message: &str| {
@@ -978,8 +982,12 @@ mod tests {
             "partitioning cannot change",
         );
         refused(
-            &|s| s.storage.size = "20Gi".into(),
-            "storage.size cannot change",
+            &|s| s.storage.size = "5Gi".into(),
+            "storage.size can only grow",
+        );
+        refused(
+            &|s| s.storage.size = "10000Mi".into(),
+            "storage.size can only grow",
         );
         refused(
             &|s| s.storage.storage_class_name = Some("fast".into()),

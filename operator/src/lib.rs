@@ -13,6 +13,7 @@
 //! * [`planner`]: the membership planner, from desired and observed state to the single
 //!   next step.
 //! * [`rollout`]: health-gated pod template rollouts, one pod at a time.
+//! * [`storage`]: growing the volumes in place.
 //! * [`yaml`]: YAML that kubectl and Helm (YAML 1.1) read as serde does (YAML 1.2).
 //! * [`controller::status`]: the status a pass writes.
 //!
@@ -36,6 +37,7 @@ pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod rollout;
+pub mod storage;
 pub mod yaml;
 
 #[cfg(test)]

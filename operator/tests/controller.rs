@@ -965,7 +965,12 @@ fn the_charts_rbac_grants_nothing_beyond_what_the_operator_uses() {
     // Owner references with blockOwnerDeletion need it on the owner.
     grant(group, "dynamoclusters/finalizers", &["update"]);
     let owned = ["get", "list", "watch", "create", "patch"];
-    grant("apps", "statefulsets", &owned);
+    // Delete: orphaning its pods, to re-create it with larger volumes.
+    grant(
+        "apps",
+        "statefulsets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
     grant("", "services", &owned);
     grant("", "configmaps", &owned);
     grant("policy", "poddisruptionbudgets", &owned);
@@ -973,7 +978,11 @@ fn the_charts_rbac_grants_nothing_beyond_what_the_operator_uses() {
     grant("", "secrets", &["get", "create"]);
     // Delete: a replaced dead member's pod, after the ring removed it.
     grant("", "pods", &["list", "delete"]);
-    grant("", "persistentvolumeclaims", &["list", "delete"]);
+    grant(
+        "",
+        "persistentvolumeclaims",
+        &["get", "list", "patch", "delete"],
+    );
     grant("events.k8s.io", "events", &["create", "patch"]);
     grant("coordination.k8s.io", "leases", &["get", "create", "patch"]);
     assert_eq!(support::chart_rbac(), &expected);
@@ -1915,5 +1924,145 @@ async fn a_scale_down_past_a_dead_member_removes_it_without_its_hand_off() {
     .unwrap();
     ring.wait_for_states(0, &[("db-1", MemberState::Removed)])
         .await;
+    ring.shutdown().await;
+}
+
+/// A volume claim of `db`'s pod `ordinal` requesting `size`.
+fn claim(ordinal: u32, size: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": format!("data-db-{ordinal}"), "namespace": "prod"},
+           "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": size}}}})
+}
+
+/// The claim template size of a StatefulSet apply's body.
+fn applied_claim_size(apply: &support::Call) -> &serde_json::Value {
+    &apply.body["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+}
+
+#[tokio::test]
+async fn a_larger_storage_size_grows_the_claims_and_recreates_the_statefulset_around_its_pods() {
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    let spec = |size: &str| {
+        json!({"size": 2, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1},
+               "storage": {"size": size}})
+    };
+    let small = cluster(spec("1Gi"), true);
+    let large = cluster(spec("2Gi"), true);
+    let mut current = statefulset_observed(&small, 2, 0, 1, "db-v1");
+    current["metadata"]["uid"] = json!("sts-uid-1");
+    pass(large.clone(), ring.endpoints(), move |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v1")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        for ordinal in 0..2 {
+            let path = format!("{NS}/persistentvolumeclaims/data-db-{ordinal}");
+            server.expect("GET", &path).await.respond(200, claim(ordinal, "1Gi"));
+            let grow = server.expect("PATCH", &path).await;
+            assert_eq!(
+                grow.content_type.as_deref(),
+                Some("application/merge-patch+json")
+            );
+            assert_eq!(
+                grow.body,
+                json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+            );
+            grow.respond(200, claim(ordinal, "2Gi"));
+        }
+        // Deleted with its pods and claims orphaned, and only the one that was read.
+        let delete = server
+            .expect("DELETE", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(delete.body["propagationPolicy"], "Orphan");
+        assert_eq!(delete.body["preconditions"]["uid"], "sts-uid-1");
+        delete.respond(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+        let event = event_posted(&mut server).await;
+        assert_eq!(event["reason"], "ExpandingVolumes");
+        assert_eq!(
+            event["note"],
+            "volume claims grown from 1Gi to 2Gi; the StatefulSet is re-created around its running pods"
+        );
+        server
+    })
+    .await
+    .map(|action| assert_eq!(action, poll_again()))
+    .unwrap();
+
+    // Re-created with the new claim template, its running pods held by the partition
+    // until their revision is checked: nothing restarts.
+    pass(large, ring.endpoints(), |mut server, db| async move {
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .not_found();
+        support::passes::children_unchanged(&mut server, &db).await;
+        server.expect("GET", &format!("{NS}/pods")).await.respond(
+            200,
+            list(
+                "PodList",
+                vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v1")],
+            ),
+        );
+        generated_token_exists(&mut server).await;
+        internode_secret_exists(&mut server).await;
+        let create = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(applied_claim_size(&create), "2Gi");
+        assert_eq!(create.body["spec"]["replicas"], 2);
+        assert_eq!(applied_partition(&create), 2);
+        create.echo();
+        let event = event_posted(&mut server).await;
+        assert_eq!(event["note"], "grow statefulset to 2");
+        status_written(&mut server, &db).await;
+        server
+    })
+    .await
+    .unwrap();
+    ring.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_storage_growth_the_class_refuses_keeps_the_claim_template_and_degrades() {
+    let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
+    let spec = |size: &str| {
+        json!({"size": 2, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1},
+               "storage": {"size": size}})
+    };
+    let small = cluster(spec("1Gi"), true);
+    let large = cluster(spec("2Gi"), true);
+    let current = statefulset_observed(&small, 2, 0, 1, "db-v1");
+    pass(large, ring.endpoints(), move |mut server, db| async move {
+        let pods = vec![pod_on(0, true, "db-v1"), pod_on(1, true, "db-v1")];
+        reads_with_statefulset(&mut server, &db, current, pods).await;
+        let path = format!("{NS}/persistentvolumeclaims/data-db-0");
+        server.expect("GET", &path).await.respond(200, claim(0, "1Gi"));
+        server.expect("PATCH", &path).await.respond(
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                   "reason": "Forbidden",
+                   "message": "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"}),
+        );
+        // The StatefulSet still applies, with the claim template it has: no wedge.
+        let apply = server
+            .expect("PATCH", &format!("{APPS}/statefulsets/db"))
+            .await;
+        assert_eq!(applied_claim_size(&apply), "1Gi");
+        apply.echo();
+        let event = event_posted(&mut server).await;
+        assert_eq!((&event["type"], &event["reason"]), (&json!("Warning"), &json!("VolumeExpansionRefused")));
+        assert!(
+            event["note"].as_str().unwrap().contains("must support resize"),
+            "{event}"
+        );
+        let s = status_written(&mut server, &db).await;
+        let degraded = condition(&s, "Degraded");
+        assert_eq!(
+            (&degraded["status"], &degraded["reason"]),
+            (&json!("True"), &json!("VolumeExpansionRefused"))
+        );
+        server
+    })
+    .await
+    .unwrap();
     ring.shutdown().await;
 }

@@ -60,6 +60,7 @@ use crate::planner::{
     replace_request,
 };
 use crate::rollout::{self, RolloutView};
+use crate::storage::{self, VolumeChange};
 
 /// The server-side apply field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "dynamo-operator";
@@ -419,6 +420,54 @@ where
     Ok(true)
 }
 
+/// Reason of the Event of a storage growth carried out.
+const EXPANDING_VOLUMES: &str = "ExpandingVolumes";
+
+/// Grows the claims of the StatefulSet's `replicas` pods to `to` (those that ask for
+/// less), then deletes the StatefulSet, orphaning its pods and claims, so the next pass
+/// creates it again with the new claim template (see [`storage`]).
+///
+/// # Errors
+/// The API's refusal of a claim patch (403 or 422 when the class cannot expand), or of
+/// the deletion.
+async fn expand_volumes(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+    current: &StatefulSet,
+    to: &str,
+) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    for ordinal in 0..replicas {
+        let claim_name = claim_name(name, ordinal);
+        let Some(claim) = claims.get_opt(&claim_name).await? else {
+            continue;
+        };
+        if storage::claim_needs_growth(&claim, to) {
+            let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": to}}}});
+            claims
+                .patch(&claim_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        preconditions: current
+            .metadata
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..DeleteParams::default()
+    };
+    statefulsets.delete(name, &params).await?;
+    Ok(())
+}
+
 /// The StatefulSet's `rollingUpdate.partition`, 0 when unset.
 fn current_partition(statefulset: Option<&StatefulSet>) -> u32 {
     statefulset
@@ -751,6 +800,55 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     if let Some(current) = current_sts.as_ref().filter(|_| keep_template) {
         statefulset.spec.template = current.spec.template.clone();
     }
+    // A storage edit: grow the claims and re-create the StatefulSet around its pods, or
+    // keep its claim template (and say why) when that cannot be done.
+    let mut volume_refusal = None;
+    if let Some(current) = &current_sts {
+        let change = storage::volume_change(
+            &cluster.spec.storage.size,
+            storage::claim_template_size(current),
+        );
+        let refusal = match change {
+            VolumeChange::Unchanged => None,
+            VolumeChange::Shrink { from, to } => Some(format!(
+                "storage.size {to} is smaller than the volumes' {from}: volumes cannot shrink \
+                 in place; the volumes stay at {from}"
+            )),
+            VolumeChange::Grow { from, to } => {
+                match expand_volumes(ctx, &namespace, name, replicas, current, &to).await {
+                    Ok(()) => {
+                        publish(
+                            ctx,
+                            cluster,
+                            EventType::Normal,
+                            EXPANDING_VOLUMES,
+                            format!(
+                                "volume claims grown from {from} to {to}; the StatefulSet is \
+                                 re-created around its running pods"
+                            ),
+                        )
+                        .await;
+                        return Ok(Action::requeue(ctx.intervals.poll));
+                    }
+                    Err(Error::Kube(kube::Error::Api(refused)))
+                        if matches!(refused.code, 403 | 422) =>
+                    {
+                        Some(format!(
+                            "growing the volumes from {from} to {to} was refused: {}; the \
+                             volumes stay at {from} (the storage class must allow volume \
+                             expansion)",
+                            refused.message
+                        ))
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        };
+        if let Some(refusal) = refusal {
+            storage::keep_claim_templates(&mut statefulset, current);
+            volume_refusal = Some(refusal);
+        }
+    }
     let hint_backlogs: BTreeMap<u32, u64> = statuses
         .iter()
         .map(|(&ordinal, status)| {
@@ -765,7 +863,18 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.update_revision.as_deref());
-    let template_changes = current_sts.is_some() && !keep_template;
+    // The pods that may run another template: the StatefulSet's, or, while it is being
+    // re-created around its pods (a volume growth), the pods that are there.
+    let existing = if current_sts.is_some() {
+        replicas
+    } else {
+        pod_states
+            .revisions
+            .keys()
+            .next_back()
+            .map_or(0, |&ordinal| ordinal + 1)
+    };
+    let template_changes = existing > 0 && !keep_template;
     // After a template change no pod runs the revision it will make.
     let updated = update_revision
         .filter(|_| !template_changes)
@@ -773,7 +882,7 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         .unwrap_or_default();
     let rollout = rollout::next_partition(&RolloutView {
         replicas: sts_replicas,
-        existing: replicas,
+        existing,
         partition: current_partition(current_sts.as_ref()),
         template_changes,
         revisions_observed: current_sts.as_ref().is_some_and(|s| {
@@ -805,6 +914,25 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         tracing::info!(cluster = name, %hold, "pod template rollout held");
     }
 
+    if let Some(refusal) = &volume_refusal {
+        tracing::warn!(cluster = name, %refusal, "storage edit not carried out");
+        let reported = cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+            .is_some_and(|c| c.reason == status::VOLUME_EXPANSION_REFUSED);
+        if !reported {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                status::VOLUME_EXPANSION_REFUSED,
+                refusal.clone(),
+            )
+            .await;
+        }
+    }
+
     let took_step = execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?;
 
     let previous_step = cluster
@@ -833,6 +961,7 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         replication_factor: desired.replication_factor(),
         selector: &selector,
         rollout: rollout_status.as_deref(),
+        volume_refusal: volume_refusal.as_deref(),
     };
     let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
     write_status(ctx, cluster, &namespace, status).await?;

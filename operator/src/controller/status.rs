@@ -34,7 +34,13 @@ pub struct Pass<'a> {
     pub selector: &'a str,
     /// The pod template rollout in progress (`status.rollout`), if any.
     pub rollout: Option<&'a str>,
+    /// Why a storage edit was not carried out, if it was not.
+    pub volume_refusal: Option<&'a str>,
 }
+
+/// Reason of `Degraded` (and the Warning event) while a storage edit cannot be carried
+/// out: a shrink, or an expansion the storage class refuses.
+pub const VOLUME_EXPANSION_REFUSED: &str = "VolumeExpansionRefused";
 
 /// Reason of `Progressing` while the membership is converged but pods still wait for a
 /// new pod template.
@@ -163,6 +169,16 @@ pub fn cluster_status(
             true,
             reason,
             step.to_string(),
+            gen_,
+            previous,
+            now,
+        )
+    } else if let Some(refusal) = pass.volume_refusal {
+        condition(
+            DEGRADED,
+            true,
+            VOLUME_EXPANSION_REFUSED,
+            refusal.to_owned(),
             gen_,
             previous,
             now,
@@ -318,6 +334,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: Some("1 of 3 pods on the new template; waiting: member 1 is not ready"),
+            volume_refusal: None,
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.phase, Some(Phase::Progressing));
@@ -353,6 +370,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.observed_generation, Some(4));
@@ -387,6 +405,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.phase, Some(Phase::Degraded));
@@ -445,6 +464,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(s.phase, Some(Phase::Progressing));
@@ -471,6 +491,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let first = cluster_status(&pass(&join), None, &at(10));
         // The same pass later: identical status, so writing it is a no-op.
@@ -494,6 +515,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(find(&s, AVAILABLE).status, "False");
@@ -512,6 +534,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(
@@ -545,6 +568,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
+            volume_refusal: None,
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(
