@@ -51,6 +51,8 @@ RESOURCES = [
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False),
     ("dynamo.example.org", "v1alpha1", "dynamoclusters", "DynamoCluster", True),
+    # A cluster running prometheus-operator (metrics.serviceMonitor.enabled).
+    ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
 ]
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 

@@ -294,9 +294,27 @@ async fn tls_flags_reach_a_tls_node() {
     );
 }
 
+/// A running `dynamoctl dev`: stopped with SIGTERM when dropped, so a failing test
+/// does not leave it (and its node processes) behind.
+struct DevCluster(Option<std::process::Child>);
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Some(mut dev) = self.0.take() {
+            if let Ok(raw) = i32::try_from(dev.id())
+                && let Some(pid) = rustix::process::Pid::from_raw(raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            // dev stops its nodes on SIGTERM; waiting reaps it.
+            let _ = dev.wait();
+        }
+    }
+}
+
 /// Starts `dynamoctl dev` (three in-memory nodes, OS-chosen ports) and returns the process
 /// and the endpoints document it printed.
-fn start_dev_cluster() -> (std::process::Child, serde_json::Value) {
+fn start_dev_cluster() -> (DevCluster, serde_json::Value) {
     let mut dev = dynamoctl()
         .args([
             "dev",
@@ -318,11 +336,12 @@ fn start_dev_cluster() -> (std::process::Child, serde_json::Value) {
         .next()
         .expect("dev prints its endpoints")
         .expect("as JSON");
-    (dev, doc)
+    (DevCluster(Some(dev)), doc)
 }
 
 /// Sends SIGTERM to `dev` and waits for a clean exit.
-fn stop_dev_cluster(mut dev: std::process::Child) {
+fn stop_dev_cluster(mut guard: DevCluster) {
+    let mut dev = guard.0.take().expect("dev runs");
     let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

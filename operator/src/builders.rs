@@ -39,7 +39,9 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde::Serialize;
@@ -879,6 +881,20 @@ pub fn network_policy(
     cluster: &DynamoCluster,
     operator_namespace: &str,
 ) -> Result<NetworkPolicy, BuildError> {
+    network_policy_admitting(cluster, operator_namespace, &[])
+}
+
+/// [`network_policy`], also admitting every pod of `metrics_namespaces` (a Prometheus in
+/// a monitoring namespace) to the nodes' HTTP port, where `/metrics` is served; the
+/// client and internode ports stay closed to them.
+///
+/// # Errors
+/// [`BuildError`] when the cluster lacks a name, namespace or uid.
+pub fn network_policy_admitting(
+    cluster: &DynamoCluster,
+    operator_namespace: &str,
+    metrics_namespaces: &[String],
+) -> Result<NetworkPolicy, BuildError> {
     let owner = Owner::of(cluster)?;
     let members = NetworkPolicyPeer {
         pod_selector: Some(owner.selector()),
@@ -902,16 +918,36 @@ pub fn network_policy(
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(owner.selector()),
             policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![members, operator]),
-                    ports: Some(vec![policy_port(INTERNODE_PORT)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![same_namespace]),
-                    ports: Some(vec![policy_port(CLIENT_PORT), policy_port(HTTP_PORT)]),
-                },
-            ]),
+            ingress: Some(
+                vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![members, operator]),
+                        ports: Some(vec![policy_port(INTERNODE_PORT)]),
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![same_namespace]),
+                        ports: Some(vec![policy_port(CLIENT_PORT), policy_port(HTTP_PORT)]),
+                    },
+                ]
+                .into_iter()
+                .chain(
+                    (!metrics_namespaces.is_empty()).then(|| NetworkPolicyIngressRule {
+                        from: Some(vec![NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector {
+                                match_expressions: Some(vec![LabelSelectorRequirement {
+                                    key: NAMESPACE_NAME_LABEL.to_owned(),
+                                    operator: "In".to_owned(),
+                                    values: Some(metrics_namespaces.to_vec()),
+                                }]),
+                                ..LabelSelector::default()
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        }]),
+                        ports: Some(vec![policy_port(HTTP_PORT)]),
+                    }),
+                )
+                .collect(),
+            ),
             ..NetworkPolicySpec::default()
         }),
     })
@@ -1578,6 +1614,40 @@ mod tests {
         assert_eq!(anyone_here.ip_block, None);
         // No rule admits the internode port from the namespace at large.
         assert!(!ports(open).contains(&INTERNODE_PORT));
+    }
+
+    #[test]
+    fn metrics_namespaces_reach_only_the_http_port() {
+        let c = cluster("db", "prod", 3);
+        let plain = network_policy(&c, "ops").unwrap();
+        assert_eq!(network_policy_admitting(&c, "ops", &[]).unwrap(), plain);
+        let monitoring = ["monitoring".to_owned(), "observability".to_owned()];
+        let rules = network_policy_admitting(&c, "ops", &monitoring)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ingress
+            .unwrap();
+        assert_eq!(rules.len(), 3);
+        let scrape = &rules[2];
+        assert_eq!(ports(scrape), [HTTP_PORT]);
+        let [prometheus] = peers(scrape) else {
+            panic!("one peer");
+        };
+        let selector = prometheus.namespace_selector.as_ref().unwrap();
+        let [requirement] = selector.match_expressions.as_deref().unwrap() else {
+            panic!("one requirement");
+        };
+        assert_eq!(
+            (
+                requirement.key.as_str(),
+                requirement.operator.as_str(),
+                requirement.values.as_deref().unwrap()
+            ),
+            ("kubernetes.io/metadata.name", "In", &monitoring[..])
+        );
+        // Every pod of those namespaces, and no other port for them.
+        assert_eq!(prometheus.pod_selector, None);
     }
 
     #[test]

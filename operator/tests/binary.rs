@@ -35,6 +35,19 @@ fn bad_flags_exit_with_usage_errors() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--poll-interval"));
+    for bad in ["Monitoring", "monitoring-", "a_b", ""] {
+        let output = operator()
+            .arg(format!("--metrics-namespace={bad}"))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("is not a namespace name"),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]
@@ -67,8 +80,22 @@ fn the_charts_deployment_passes_flags_the_binary_takes() {
         .lines()
         .map(str::trim)
         .filter_map(|line| line.strip_prefix("- --"))
-        .map(|flag| format!("--{}", flag.replace("{{ .Values.metrics.port }}", "8080")))
+        .map(|flag| {
+            // The template's values, as a namespace-scoped install with a Prometheus in
+            // `monitoring` renders them.
+            let flag = flag
+                .replace("{{ .Values.metrics.port }}", "8080")
+                .replace("{{ .Release.Namespace }}", "dynamo-system")
+                .replace("{{ . }}", "monitoring");
+            format!("--{flag}")
+        })
         .collect();
+    for flag in ["--namespace", "--metrics-namespace"] {
+        assert!(
+            args.iter().any(|a| a.starts_with(&format!("{flag}="))),
+            "{flag} missing from {args:?}"
+        );
+    }
     assert!(!args.is_empty(), "no flags found in the chart's Deployment");
     assert!(args.iter().all(|a| !a.contains("{{")), "{args:?}");
     let env: Vec<&str> = template

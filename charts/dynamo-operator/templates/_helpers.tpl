@@ -34,3 +34,14 @@ app.kubernetes.io/part-of: dynamo
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Where the operator watches: "cluster" (every namespace, a ClusterRole) or "namespace"
+(the release's namespace only, a Role). Anything else fails the install.
+*/}}
+{{- define "dynamo-operator.scope" -}}
+{{- if not (has .Values.scope (list "cluster" "namespace")) -}}
+{{- fail (printf "scope must be \"cluster\" or \"namespace\", got %q" .Values.scope) -}}
+{{- end -}}
+{{- .Values.scope -}}
+{{- end }}

@@ -53,6 +53,16 @@ struct Args {
     /// unset: the operator pod's own, in a cluster).
     #[arg(long, env = "POD_NAMESPACE")]
     operator_namespace: Option<String>,
+    /// A namespace whose pods (a Prometheus) may scrape the nodes' `/metrics`: each
+    /// cluster's NetworkPolicy admits them to the nodes' HTTP port. Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "metrics-namespace",
+        env = "DYNAMO_OPERATOR_METRICS_NAMESPACES",
+        value_delimiter = ',',
+        value_parser = namespace_name
+    )]
+    metrics_namespaces: Vec<String>,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -151,22 +161,25 @@ async fn main() -> anyhow::Result<()> {
         .operator_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(GrpcAdmin::new(args.admin_timeout)),
-        Arc::new(PeerDns),
-        operator_namespace,
-        Reporter {
-            controller: "dynamo-operator".to_owned(),
-            instance: Some(identity.clone()),
-        },
-        metrics.clone(),
-        Intervals {
-            poll: args.poll_interval,
-            resync: args.resync_interval,
-            ..Intervals::default()
-        },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(GrpcAdmin::new(args.admin_timeout)),
+            Arc::new(PeerDns),
+            operator_namespace,
+            Reporter {
+                controller: "dynamo-operator".to_owned(),
+                instance: Some(identity.clone()),
+            },
+            metrics.clone(),
+            Intervals {
+                poll: args.poll_interval,
+                resync: args.resync_interval,
+                ..Intervals::default()
+            },
+        )
+        .with_metrics_namespaces(args.metrics_namespaces.clone()),
+    );
     let namespace = args.namespace.clone();
 
     if args.no_leader_election {
@@ -214,4 +227,22 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// A namespace name: a DNS-1123 label (lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit, at most 63 characters).
+fn namespace_name(name: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a namespace name (a DNS-1123 label)"
+        ))
+    }
 }

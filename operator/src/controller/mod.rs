@@ -237,6 +237,8 @@ pub struct Context {
     /// The operator's own namespace: the clusters' NetworkPolicies admit its pods from
     /// there to the nodes' admin port.
     operator_namespace: String,
+    /// Namespaces whose pods may scrape the nodes' `/metrics` (a Prometheus elsewhere).
+    metrics_namespaces: Vec<String>,
     recorder: Recorder,
     metrics: Metrics,
     intervals: Intervals,
@@ -264,9 +266,20 @@ impl Context {
             admin,
             endpoints,
             operator_namespace,
+            metrics_namespaces: Vec::new(),
             metrics,
             intervals,
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same context, with every cluster's NetworkPolicy admitting the pods of
+    /// `namespaces` to the nodes' HTTP port (`/metrics`).
+    #[must_use]
+    pub fn with_metrics_namespaces(self, namespaces: Vec<String>) -> Self {
+        Self {
+            metrics_namespaces: namespaces,
+            ..self
         }
     }
 
@@ -712,7 +725,11 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     apply_child(
         client,
         &namespace,
-        builders::network_policy(cluster, &ctx.operator_namespace)?,
+        builders::network_policy_admitting(
+            cluster,
+            &ctx.operator_namespace,
+            &ctx.metrics_namespaces,
+        )?,
     )
     .await?;
 
