@@ -2066,3 +2066,95 @@ async fn a_storage_growth_the_class_refuses_keeps_the_claim_template_and_degrade
     .unwrap();
     ring.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_child_object_the_api_refuses_is_reported_and_the_join_goes_on() {
+    // db-1 waits to join while the API refuses the NetworkPolicy (an admission webhook,
+    // say): the join does not depend on it, so it happens; the refusal shows on the
+    // cluster as Degraded and one Warning event.
+    let mut ring = Ring::start(&[("db-0", 1)], 1).await;
+    ring.add("db-1", &[]).await;
+    let c = cluster(
+        json!({"size": 2, "image": "dynamo-node:dev", "replication": {"n": 1, "r": 1, "w": 1}}),
+        true,
+    );
+    let status = pass_with(c.clone(), ring.endpoints(), |mut server, db| async move {
+        server
+            .expect("GET", &format!("{APPS}/statefulsets/db"))
+            .await
+            .respond(200, support::passes::statefulset(&db, 2));
+        for (path, built) in [
+            (
+                format!("{NS}/configmaps/db-config"),
+                serde_json::to_value(controller::with_applied_hash(
+                    dynamo_operator::builders::config_map(&db).unwrap(),
+                ).unwrap()).unwrap(),
+            ),
+            (
+                format!("{NS}/services/db-peers"),
+                serde_json::to_value(controller::with_applied_hash(
+                    dynamo_operator::builders::headless_service(&db).unwrap(),
+                ).unwrap()).unwrap(),
+            ),
+            (
+                format!("{NS}/services/db"),
+                serde_json::to_value(controller::with_applied_hash(
+                    dynamo_operator::builders::client_service(&db).unwrap(),
+                ).unwrap()).unwrap(),
+            ),
+            (
+                format!("{POLICY}/poddisruptionbudgets/db"),
+                serde_json::to_value(controller::with_applied_hash(
+                    dynamo_operator::builders::pod_disruption_budget(&db).unwrap(),
+                ).unwrap()).unwrap(),
+            ),
+        ] {
+            server.expect("GET", &path).await.respond(200, built);
+        }
+        // The NetworkPolicy is missing, and its apply is refused.
+        server.expect("GET", NETPOL).await.not_found();
+        server.expect("PATCH", NETPOL).await.respond(
+            422,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                   "reason": "Invalid", "message": "denied by policy-webhook: no NetworkPolicies here"}),
+        );
+        server
+            .expect("GET", &format!("{NS}/pods"))
+            .await
+            .respond(200, list("PodList", vec![pod(0, true), pod(1, false)]));
+        generated_token_exists(&mut server).await;
+        internode_secret_exists(&mut server).await;
+        let warning = event_posted(&mut server).await;
+        assert_eq!(
+            (&warning["type"], &warning["reason"]),
+            (&json!("Warning"), &json!("ChildObjectRefused"))
+        );
+        assert!(
+            warning["note"]
+                .as_str()
+                .unwrap()
+                .contains("the API refused the NetworkPolicy: denied by policy-webhook"),
+            "{warning}"
+        );
+        let join = event_posted(&mut server).await;
+        assert_eq!(join["note"], "join 1 with weight 1");
+        let s = status_written(&mut server, &db).await;
+        let degraded = condition(&s, "Degraded");
+        assert_eq!(
+            (&degraded["status"], &degraded["reason"]),
+            (&json!("True"), &json!("ChildObjectRefused"))
+        );
+        assert_eq!(s["currentStep"], "join 1 with weight 1");
+        (server, s)
+    })
+    .await;
+    assert_eq!(status.0.unwrap(), poll_again());
+    // Joined (and, with nothing to pull, perhaps already a member).
+    let table = ring.admin.ring(&ring.target(0)).await.unwrap();
+    assert!(
+        table.members.iter().any(|m| m.node_id == "db-1"),
+        "{:?}",
+        table.members
+    );
+    ring.shutdown().await;
+}

@@ -61,6 +61,7 @@ use crate::planner::{
 };
 use crate::rollout::{self, RolloutView};
 use crate::storage::{self, VolumeChange};
+use status::Refusal;
 
 /// The server-side apply field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "dynamo-operator";
@@ -433,6 +434,24 @@ where
     Ok(true)
 }
 
+/// The API's refusal of `kind`'s apply as a [`Refusal`] the pass goes on without: a
+/// client error (4xx) other than throttling, which no retry fixes. Other errors are the
+/// pass's.
+fn refusal_of<T>(kind: &str, result: Result<T, Error>) -> Result<Option<Refusal>, Error> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(Error::Kube(kube::Error::Api(refused)))
+            if (400..500).contains(&refused.code) && refused.code != 429 =>
+        {
+            Ok(Some(Refusal {
+                reason: status::CHILD_REFUSED,
+                message: format!("the API refused the {kind}: {}", refused.message),
+            }))
+        }
+        Err(other) => Err(other),
+    }
+}
+
 /// Reason of the Event of a storage growth carried out.
 const EXPANDING_VOLUMES: &str = "ExpandingVolumes";
 
@@ -707,31 +726,48 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     let current_sts = statefulsets.get_opt(name).await?;
     let template_inputs = builders::template_inputs_hash(cluster);
     let keep_template = rollout::keeps_template(&template_inputs, current_sts.as_ref());
-    if keep_template {
+    // What the API refuses (an invalid object, a webhook, a quota) is reported and the
+    // pass goes on: membership work that does not depend on the refused object must not
+    // wait behind it. Errors that may pass (the API unreachable, throttling) fail it.
+    let mut refusals: Vec<Refusal> = Vec::new();
+    let config = if keep_template {
         // The running pods' config stays with their template: a new operator release
         // may render keys their image does not know.
-        create_child_if_absent(client, &namespace, builders::config_map(cluster)?).await?;
+        create_child_if_absent(client, &namespace, builders::config_map(cluster)?).await
     } else {
-        apply_child(client, &namespace, builders::config_map(cluster)?).await?;
-    }
-    apply_child(client, &namespace, builders::headless_service(cluster)?).await?;
-    apply_child(client, &namespace, builders::client_service(cluster)?).await?;
-    apply_child(
-        client,
-        &namespace,
-        builders::pod_disruption_budget(cluster)?,
-    )
-    .await?;
-    apply_child(
-        client,
-        &namespace,
-        builders::network_policy_admitting(
-            cluster,
-            &ctx.operator_namespace,
-            &ctx.metrics_namespaces,
-        )?,
-    )
-    .await?;
+        apply_child(client, &namespace, builders::config_map(cluster)?).await
+    };
+    refusals.extend(refusal_of("ConfigMap", config)?);
+    refusals.extend(refusal_of(
+        "Service",
+        apply_child(client, &namespace, builders::headless_service(cluster)?).await,
+    )?);
+    refusals.extend(refusal_of(
+        "Service",
+        apply_child(client, &namespace, builders::client_service(cluster)?).await,
+    )?);
+    refusals.extend(refusal_of(
+        "PodDisruptionBudget",
+        apply_child(
+            client,
+            &namespace,
+            builders::pod_disruption_budget(cluster)?,
+        )
+        .await,
+    )?);
+    refusals.extend(refusal_of(
+        "NetworkPolicy",
+        apply_child(
+            client,
+            &namespace,
+            builders::network_policy_admitting(
+                cluster,
+                &ctx.operator_namespace,
+                &ctx.metrics_namespaces,
+            )?,
+        )
+        .await,
+    )?);
 
     let replicas = current_sts
         .as_ref()
@@ -819,7 +855,6 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     }
     // A storage edit: grow the claims and re-create the StatefulSet around its pods, or
     // keep its claim template (and say why) when that cannot be done.
-    let mut volume_refusal = None;
     if let Some(current) = &current_sts {
         let change = storage::volume_change(
             &cluster.spec.storage.size,
@@ -861,9 +896,12 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
                 }
             }
         };
-        if let Some(refusal) = refusal {
+        if let Some(message) = refusal {
             storage::keep_claim_templates(&mut statefulset, current);
-            volume_refusal = Some(refusal);
+            refusals.push(Refusal {
+                reason: status::VOLUME_EXPANSION_REFUSED,
+                message,
+            });
         }
     }
     let hint_backlogs: BTreeMap<u32, u64> = statuses
@@ -914,7 +952,12 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         health: rollout::ring_health(&observed, &hint_backlogs),
     });
     builders::set_partition(&mut statefulset, rollout.partition);
-    ensure_applied(&statefulsets, statefulset, current_sts.as_ref()).await?;
+    let sts_refused = refusal_of(
+        "StatefulSet",
+        ensure_applied(&statefulsets, statefulset, current_sts.as_ref()).await,
+    )?;
+    let sts_applied = sts_refused.is_none();
+    refusals.extend(sts_refused);
     let rollout_status = rollout.describe(updated.len(), sts_replicas);
     if rollout.hold.is_none() && rollout.partition < current_partition(current_sts.as_ref()) {
         let pod = builders::pod_name(name, rollout.partition);
@@ -931,26 +974,38 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         tracing::info!(cluster = name, %hold, "pod template rollout held");
     }
 
-    if let Some(refusal) = &volume_refusal {
-        tracing::warn!(cluster = name, %refusal, "storage edit not carried out");
-        let reported = cluster
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
-            .is_some_and(|c| c.reason == status::VOLUME_EXPANSION_REFUSED);
-        if !reported {
+    let reported = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+        .filter(|c| c.status == "True")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    for refusal in &refusals {
+        tracing::warn!(cluster = name, reason = refusal.reason, message = %refusal.message, "refused");
+        // One event per refusal, not one per pass: the status carries it meanwhile.
+        if !reported.contains(&refusal.message) {
             publish(
                 ctx,
                 cluster,
                 EventType::Warning,
-                status::VOLUME_EXPANSION_REFUSED,
-                refusal.clone(),
+                refusal.reason,
+                refusal.message.clone(),
             )
             .await;
         }
     }
 
-    let took_step = execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?;
+    // A resize needs the StatefulSet the API just refused; every other step does not.
+    let took_step = if sts_applied
+        || !matches!(
+            step,
+            Step::GrowStatefulSet { .. } | Step::ShrinkStatefulSet { .. }
+        ) {
+        execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?
+    } else {
+        false
+    };
 
     let previous_step = cluster
         .status
@@ -978,7 +1033,7 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         replication_factor: desired.replication_factor(),
         selector: &selector,
         rollout: rollout_status.as_deref(),
-        volume_refusal: volume_refusal.as_deref(),
+        refusals: &refusals,
     };
     let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
     write_status(ctx, cluster, &namespace, status).await?;

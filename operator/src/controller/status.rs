@@ -34,9 +34,22 @@ pub struct Pass<'a> {
     pub selector: &'a str,
     /// The pod template rollout in progress (`status.rollout`), if any.
     pub rollout: Option<&'a str>,
-    /// Why a storage edit was not carried out, if it was not.
-    pub volume_refusal: Option<&'a str>,
+    /// What the API refused this pass and the pass went on without.
+    pub refusals: &'a [Refusal],
 }
+
+/// Something the pass could not do and went on without: a child object the API refused,
+/// a storage edit that cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The condition's and event's reason.
+    pub reason: &'static str,
+    /// What was refused and why.
+    pub message: String,
+}
+
+/// Reason of `Degraded` (and the Warning event) while the API refuses a child object.
+pub const CHILD_REFUSED: &str = "ChildObjectRefused";
 
 /// Reason of `Degraded` (and the Warning event) while a storage edit cannot be carried
 /// out: a shrink, or an expansion the storage class refuses.
@@ -173,12 +186,13 @@ pub fn cluster_status(
             previous,
             now,
         )
-    } else if let Some(refusal) = pass.volume_refusal {
+    } else if let Some(first) = pass.refusals.first() {
+        let messages: Vec<&str> = pass.refusals.iter().map(|r| r.message.as_str()).collect();
         condition(
             DEGRADED,
             true,
-            VOLUME_EXPANSION_REFUSED,
-            refusal.to_owned(),
+            first.reason,
+            messages.join("; "),
             gen_,
             previous,
             now,
@@ -334,7 +348,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: Some("1 of 3 pods on the new template; waiting: member 1 is not ready"),
-            volume_refusal: None,
+            refusals: &[],
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.phase, Some(Phase::Progressing));
@@ -370,7 +384,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.observed_generation, Some(4));
@@ -405,7 +419,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let s = cluster_status(&pass, None, &at(10));
         assert_eq!(s.phase, Some(Phase::Degraded));
@@ -464,7 +478,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(s.phase, Some(Phase::Progressing));
@@ -491,7 +505,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let first = cluster_status(&pass(&join), None, &at(10));
         // The same pass later: identical status, so writing it is a no-op.
@@ -515,7 +529,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let s = cluster_status(&pass, None, &at(1));
         assert_eq!(find(&s, AVAILABLE).status, "False");
@@ -534,7 +548,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(
@@ -568,7 +582,7 @@ mod tests {
             replication_factor: 3,
             selector: "app=x",
             rollout: None,
-            volume_refusal: None,
+            refusals: &[],
         };
         let before = cluster_status(&pass, None, &at(1));
         let s = degraded_status(
