@@ -53,6 +53,8 @@ RESOURCES = [
     ("dynamo.example.org", "v1alpha1", "dynamoclusters", "DynamoCluster", True),
     # A cluster running prometheus-operator (metrics.serviceMonitor.enabled).
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
+    # The chart's post-install hook (cluster.enabled); the fake API server completes it.
+    ("batch", "v1", "jobs", "Job", True),
 ]
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -134,7 +136,18 @@ class FakeApiServer:
             self.unexpected.append(f"{method} {raw_path}")
             return 404, status(404, "NotFound", f"no route {url.path}")
         gv, plural, kind, namespace, name = where
+        query = parse_qs(url.query)
         with self.lock:
+            if method == "GET" and name is None and query.get("watch", [""])[0] in ("1", "true"):
+                # Helm watches a hook Job until it completes: one event with it done.
+                items = [o for (g, p, ns, _), o in self.objects.items()
+                         if (g, p) == (gv, plural) and (namespace is None or ns == namespace)]
+                return 200, WatchEvents([{"type": "ADDED", "object": o} for o in items])
+            if method == "DELETE" and name is not None:
+                obj = self.objects.pop((gv, plural, namespace, name), None)
+                if obj is None:
+                    return 404, status(404, "NotFound", f'{plural} "{name}" not found', name, plural)
+                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
             if method == "GET" and name is None:
                 selector = parse_qs(url.query).get("labelSelector", [""])[0]
                 items = [o for (g, p, ns, _), o in self.objects.items()
@@ -165,10 +178,19 @@ class FakeApiServer:
                 meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
                 if namespace:
                     meta["namespace"] = namespace
+                if kind == "Job":
+                    # Ran and succeeded, as far as Helm's hook wait can tell.
+                    obj["status"] = {"succeeded": 1, "conditions": [
+                        {"type": "Complete", "status": "True"},
+                        {"type": "SuccessCriteriaMet", "status": "True"}]}
                 self.objects[key] = obj
                 return (201 if method == "POST" else 200), obj
         self.unexpected.append(f"{method} {raw_path}")
         return 405, status(405, "MethodNotAllowed", f"{method} is not supported here")
+
+
+class WatchEvents(list):
+    """A watch response: one JSON event per line, then the end of the stream."""
 
 
 def matches(obj, selector):
@@ -193,7 +215,10 @@ def serve(api):
             body = self.rfile.read(length) if length else b""
             content_type = self.headers.get("Content-Type") or ""
             code, payload = api.handle(self.command, self.path, body, content_type)
-            data = json.dumps(payload).encode()
+            if isinstance(payload, WatchEvents):
+                data = b"".join(json.dumps(event).encode() + b"\n" for event in payload)
+            else:
+                data = json.dumps(payload).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

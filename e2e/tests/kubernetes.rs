@@ -435,6 +435,12 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     operator
         .ok(&["get", "crd", "dynamoclusters.dynamo.example.org"])
         .await;
+
+    step(
+        "a first helm install with cluster.enabled, on a cluster without the CRD",
+        started,
+    );
+    first_install_with_a_cluster(&operator, &chart).await;
     step("passed", started);
 }
 
@@ -881,6 +887,82 @@ async fn grow_volumes(kubectl: &Kubectl) {
         pods_after, pods_before,
         "no pod restarted for the expansion"
     );
+}
+
+/// `helm install` with `cluster.enabled` where no DynamoCluster CRD exists: Helm
+/// resolves every kind of a release before creating anything, so the cluster comes from
+/// the chart's post-install Job (`dynamo-operator apply-cluster`), which waits for the
+/// CRD the same release creates. The cluster must come up; then it is deleted while the
+/// operator still runs (its finalizer), and the release uninstalled.
+async fn first_install_with_a_cluster(cluster_scope: &Kubectl, chart: &std::path::Path) {
+    const FIRST: &str = "dynamo-first";
+    cluster_scope
+        .ok(&[
+            "delete",
+            "crd",
+            "dynamoclusters.dynamo.example.org",
+            "--wait",
+            "--timeout=120s",
+        ])
+        .await;
+    helm(&[
+        "install",
+        FIRST,
+        chart.to_str().expect("a UTF-8 path"),
+        "--namespace",
+        FIRST,
+        "--create-namespace",
+        "--set",
+        "image.repository=dynamo-operator",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "cluster.enabled=true",
+        "--set",
+        "cluster.name=first",
+        "--set",
+        "cluster.spec.size=1",
+        "--set",
+        "cluster.spec.image=dynamo-node:dev",
+        "--set",
+        "cluster.spec.imagePullPolicy=Never",
+        "--set",
+        "cluster.spec.replication.n=1",
+        "--set",
+        "cluster.spec.replication.r=1",
+        "--set",
+        "cluster.spec.replication.w=1",
+        "--set",
+        "cluster.spec.storage.size=1Gi",
+        "--wait",
+        "--timeout",
+        "300s",
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let first = Kubectl::new(FIRST);
+    wait(
+        "the DynamoCluster from values Running with its one member",
+        SETTLE,
+        || async {
+            let cluster = first.json(&["dynamocluster", "first"]).await?;
+            let status = &cluster["status"];
+            if status["phase"] == "Running" && status["members"] == 1 {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    )
+    .await;
+    first
+        .ok(&["delete", "dynamocluster", "first", "--timeout=300s"])
+        .await;
+    helm(&["uninstall", FIRST, "--namespace", FIRST, "--wait"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The storage request of a StatefulSet's claim template, from its JSON.

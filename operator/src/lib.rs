@@ -25,10 +25,13 @@
 //!   `/readyz`.
 //!
 //! * [`leader`]: run the controller only while holding the leader Lease.
+//! * [`apply_cluster`]: the `apply-cluster` task (a DynamoCluster from a file, once its
+//!   CRD is served), which the Helm chart runs for `cluster.enabled`.
 //!
 //! The `dynamo-operator` binary wires these together with logs and flags.
 
 pub mod admin;
+pub mod apply_cluster;
 pub mod builders;
 pub mod controller;
 pub mod crd;

@@ -156,3 +156,65 @@ fn logs_are_json_lines_by_default() {
         "{serving}"
     );
 }
+
+/// The args of the chart's `cluster.enabled` Job: `["apply-cluster", "--file", PATH]`.
+fn chart_job_args() -> Vec<String> {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/dynamo-operator/templates/cluster.yaml"
+    ))
+    .unwrap();
+    let line = template
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("args: "))
+        .expect("the Job's args");
+    serde_json::from_str(line).expect("the args as a JSON list")
+}
+
+#[test]
+fn apply_cluster_refuses_a_bad_file_before_any_api_call_and_needs_a_cluster_for_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let mut args = chart_job_args();
+    assert_eq!(args[..2], ["apply-cluster", "--file"]);
+    let file = dir.path().join("cluster.yaml");
+    args[2] = file.display().to_string();
+    let run = |contents: &str| {
+        std::fs::write(&file, contents).unwrap();
+        operator()
+            .args(&args)
+            .args(["--wait-for-crd", "1s"])
+            .env("HOME", &home)
+            .env("KUBECONFIG", home.join("missing"))
+            .output()
+            .unwrap()
+    };
+    // Exit 2 and what is wrong, without a Kubernetes API to talk to.
+    for (contents, message) in [
+        (
+            "kind: StatefulSet\napiVersion: apps/v1\n",
+            "kind DynamoCluster, got apps/v1 StatefulSet",
+        ),
+        (
+            "apiVersion: dynamo.example.org/v1alpha1\nkind: DynamoCluster\nmetadata: {name: db}\nspec: {size: 3, image: x, replication: {\"n\": 3, r: 5, w: 2}}\n",
+            "invalid spec",
+        ),
+    ] {
+        let output = run(contents);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+    // A good file gets as far as the client, which there is none of: exit 1.
+    let output = run(
+        "apiVersion: dynamo.example.org/v1alpha1\nkind: DynamoCluster\nmetadata: {name: db}\nspec: {size: 3, image: x}\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("building the Kubernetes client"),
+        "{stderr}"
+    );
+}

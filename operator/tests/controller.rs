@@ -2158,3 +2158,104 @@ async fn a_child_object_the_api_refuses_is_reported_and_the_join_goes_on() {
     );
     ring.shutdown().await;
 }
+
+/// The chart's `cluster.enabled` DynamoCluster, as its post-install Job reads it.
+const VALUES_CLUSTER: &str = r#"
+apiVersion: dynamo.example.org/v1alpha1
+kind: DynamoCluster
+metadata:
+  name: db
+  namespace: prod
+  labels: {app.kubernetes.io/managed-by: Helm}
+spec:
+  size: 3
+  image: dynamo-node:dev
+"#;
+
+#[tokio::test]
+async fn apply_cluster_waits_for_the_crd_then_applies_the_file() {
+    use dynamo_operator::apply_cluster::{apply_cluster, parse_cluster};
+    let (client, mut server) = mock_client();
+    let cluster = parse_cluster(VALUES_CLUSTER).unwrap();
+    let task = tokio::spawn(async move {
+        apply_cluster(
+            client,
+            &cluster,
+            "default",
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(10),
+        )
+        .await
+    });
+    // The CRD was created a moment ago and is not served yet.
+    server.expect("PATCH", CLUSTER).await.not_found();
+    let apply = server.expect("PATCH", CLUSTER).await;
+    assert_eq!(
+        apply.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert_eq!(
+        apply.query.get("fieldManager").map(String::as_str),
+        Some("dynamo-operator-apply-cluster")
+    );
+    assert_eq!(apply.body["spec"]["size"], 3);
+    assert_eq!(
+        apply.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    assert!(apply.body.get("status").is_none());
+    apply.echo();
+    task.await.unwrap().unwrap();
+    server.expect_no_more().await;
+}
+
+#[tokio::test]
+async fn apply_cluster_gives_up_when_the_crd_never_comes_and_stops_on_a_refusal() {
+    use dynamo_operator::apply_cluster::{ApplyError, apply_cluster, parse_cluster};
+    let cluster = parse_cluster(VALUES_CLUSTER).unwrap();
+    let (client, mut server) = mock_client();
+    let wait = std::time::Duration::from_millis(50);
+    let mut task = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            apply_cluster(
+                client,
+                &cluster,
+                "default",
+                wait,
+                std::time::Duration::from_millis(10),
+            )
+            .await
+        })
+    };
+    let result = loop {
+        tokio::select! {
+            // The task first: once it ends its client is gone too.
+            biased;
+            result = &mut task => break result.unwrap(),
+            call = server.next_call("a retried apply") => call.not_found(),
+        }
+    };
+    assert!(matches!(result, Err(ApplyError::NoCrd(_))), "{result:?}");
+
+    // Anything but a 404 is final: no retry.
+    let (client, mut server) = mock_client();
+    let task = tokio::spawn(async move {
+        apply_cluster(
+            client,
+            &cluster,
+            "default",
+            wait,
+            std::time::Duration::from_millis(10),
+        )
+        .await
+    });
+    server.expect("PATCH", CLUSTER).await.respond(
+        403,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+               "reason": "Forbidden", "message": "dynamoclusters is forbidden"}),
+    );
+    let error = task.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("forbidden"), "{error}");
+    server.expect_no_more().await;
+}

@@ -87,6 +87,24 @@ struct Args {
     /// Log format.
     #[arg(long, env = "DYNAMO_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Instead of running the controller: a one-off task.
+    #[command(subcommand)]
+    command: Option<Task>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Task {
+    /// Server-side apply a DynamoCluster from a YAML file, waiting for its CRD to be
+    /// served (the Helm chart's post-install Job for `cluster.enabled`). Exit status 2
+    /// for a bad file, 1 when the API refuses or the CRD never comes.
+    ApplyCluster {
+        /// The DynamoCluster's YAML.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// How long to wait for the API server to serve DynamoClusters.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait_for_crd: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -135,6 +153,9 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args)?;
+    if let Some(Task::ApplyCluster { file, wait_for_crd }) = &args.command {
+        return apply_cluster(file, *wait_for_crd).await;
+    }
 
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
@@ -245,4 +266,35 @@ fn namespace_name(name: &str) -> Result<String, String> {
             "{name:?} is not a namespace name (a DNS-1123 label)"
         ))
     }
+}
+
+/// `apply-cluster`: a bad file exits 2 before any API call; API failures exit 1.
+async fn apply_cluster(file: &std::path::Path, wait: Duration) -> anyhow::Result<()> {
+    use dynamo_operator::apply_cluster::{MAX_FILE_BYTES, apply_cluster, parse_cluster};
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = std::fs::File::open(file).and_then(|f| {
+        // One byte more than the bound, so a larger file is told apart.
+        f.take(u64::try_from(MAX_FILE_BYTES).unwrap_or(u64::MAX) + 1)
+            .read_to_string(&mut text)
+    });
+    let cluster = read
+        .map_err(|e| format!("reading {}: {e}", file.display()))
+        .and_then(|_| parse_cluster(&text).map_err(|e| format!("{}: {e}", file.display())));
+    let cluster = match cluster {
+        Ok(cluster) => cluster,
+        Err(message) => {
+            eprintln!("dynamo-operator apply-cluster: {message}");
+            std::process::exit(2);
+        }
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster or kubeconfig)")?;
+    let namespace = client.default_namespace().to_owned();
+    apply_cluster(client, &cluster, &namespace, wait, Duration::from_secs(1))
+        .await
+        .context("apply-cluster")?;
+    tracing::info!(cluster = %cluster.metadata.name.clone().unwrap_or_default(), "applied");
+    Ok(())
 }
