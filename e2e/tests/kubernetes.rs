@@ -246,17 +246,10 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         "   {CLUSTER}-2 came back on a new volume, holding {} keys once ready",
         first.keys
     );
-    wait(
+    wait_for_every_key(
+        &pods,
+        refilled,
         &format!("{CLUSTER}-2 holding its ranges again ({KEYS} keys and more)"),
-        REFILL,
-        || async {
-            let status = pods.status(refilled).await?;
-            if status.keys >= KEYS as u64 {
-                Ok(())
-            } else {
-                Err(format!("{} keys", status.keys))
-            }
-        },
     )
     .await;
     workload.wait_for_progress(200).await;
@@ -753,18 +746,25 @@ async fn replace_dead_member(kubectl: &Kubectl) {
         .position(|(name, _)| *name == dead)
         .expect("the replacement is ready");
     // Joined, so it pulled its ranges: with N = 3 on 3 nodes, every key.
-    wait(
+    wait_for_every_key(
+        &pods,
+        replaced,
         &format!("{dead} holding every key after its join"),
-        REFILL,
-        || async {
-            let status = pods.status(replaced).await?;
-            if status.keys >= KEYS as u64 {
-                Ok(())
-            } else {
-                Err(format!("{} keys", status.keys))
-            }
-        },
     )
+    .await;
+}
+
+/// Waits (up to [`REFILL`]) until pod `index` stores at least the [`KEYS`] keys: with
+/// N = 3 on 3 nodes, every node holds every key.
+async fn wait_for_every_key(pods: &PodCluster, index: usize, what: &str) {
+    wait(what, REFILL, || async {
+        let status = pods.status(index).await?;
+        if status.keys >= KEYS as u64 {
+            Ok(())
+        } else {
+            Err(format!("{} keys", status.keys))
+        }
+    })
     .await;
 }
 

@@ -987,21 +987,8 @@ async fn assert_every_replica_holds(
     addresses: &BTreeMap<String, String>,
     keys: &BTreeMap<String, String>,
 ) {
-    use dynamo_node::transport::Transport;
-    let transport = dynamo_e2e::cluster::replica_transport();
-    for (key, value) in keys {
-        for replica in ring.preference_list_for_key(key.as_bytes(), 3) {
-            let state = transport
-                .read(&addresses[replica.as_str()], key.as_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("reading {key} from {replica}: {e}"));
-            let values: Vec<&[u8]> = state.values().collect();
-            assert_eq!(
-                values,
-                vec![value.as_bytes()],
-                "{key} on its replica {replica}"
-            );
-        }
+    if let Some(mismatch) = replica_mismatch(ring, addresses, keys).await {
+        panic!("{mismatch}");
     }
 }
 
@@ -1227,22 +1214,34 @@ async fn every_replica_holds(
     addresses: &BTreeMap<String, String>,
     keys: &BTreeMap<String, String>,
 ) -> bool {
+    replica_mismatch(ring, addresses, keys).await.is_none()
+}
+
+/// The first of `keys` one of whose replicas under `ring` does not store exactly the
+/// key's value (a replica read, not a quorum read), described; `None` when all do.
+async fn replica_mismatch(
+    ring: &dynamo_node::ring::Ring,
+    addresses: &BTreeMap<String, String>,
+    keys: &BTreeMap<String, String>,
+) -> Option<String> {
     use dynamo_node::transport::Transport;
     let transport = dynamo_e2e::cluster::replica_transport();
     for (key, value) in keys {
         for replica in ring.preference_list_for_key(key.as_bytes(), 3) {
-            let Ok(state) = transport
+            let state = match transport
                 .read(&addresses[replica.as_str()], key.as_bytes())
                 .await
-            else {
-                return false;
+            {
+                Ok(state) => state,
+                Err(e) => return Some(format!("reading {key} from {replica}: {e}")),
             };
-            if state.values().collect::<Vec<_>>() != vec![value.as_bytes()] {
-                return false;
+            let values: Vec<&[u8]> = state.values().collect();
+            if values != vec![value.as_bytes()] {
+                return Some(format!("{key} on its replica {replica}: {values:?}"));
             }
         }
     }
-    true
+    None
 }
 
 /// `(weight, settled weight, ownership)` of `id` in the member table `node` reports.

@@ -534,12 +534,9 @@ async fn the_admin_token_comes_from_the_named_secret() {
     ring.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_pending_transfer_holds_the_pass_without_shrinking() {
-    // db-0 and db-1 know each other; db-0 goes down, then db-1 joins: it must pull its
-    // ranges from db-0, so its transfer stays pending. The spec asks for 2 nodes and
-    // the StatefulSet has 3 (db-2 never joined): a shrink is due, but nothing moves
-    // while a member reports ranges in flight.
+/// db-0 and db-1 know each other; db-0 goes down, then db-1 joins: it must pull its
+/// ranges from db-0, so its transfer stays pending.
+async fn ring_with_a_pending_transfer() -> Ring {
     let mut ring = Ring::start(&[("db-0", 1)], 1).await;
     ring.add("db-1", &[]).await;
     ring.wait_for_states(1, &[("db-0", MemberState::Member)])
@@ -554,6 +551,17 @@ async fn a_pending_transfer_holds_the_pass_without_shrinking() {
             .is_ok_and(|s| s.transfer_pending_ranges > 0)
     })
     .await;
+    ring
+}
+
+#[tokio::test]
+async fn a_pending_transfer_holds_the_pass_without_shrinking() {
+    // db-0 and db-1 know each other; db-0 goes down, then db-1 joins: it must pull its
+    // ranges from db-0, so its transfer stays pending. The spec asks for 2 nodes and
+    // the StatefulSet has 3 (db-2 never joined): a shrink is due, but nothing moves
+    // while a member reports ranges in flight.
+    let ring = ring_with_a_pending_transfer().await;
+    let t1 = ring.target(1);
 
     let spec = json!({"size": 2, "image": "dynamo-node:dev",
                       "replication": {"n": 1, "r": 1, "w": 1}});
@@ -1533,20 +1541,7 @@ async fn a_new_pod_template_restarts_one_pod_at_a_time_while_the_ring_is_healthy
 async fn a_ring_with_a_pending_transfer_holds_the_next_restart() {
     // db-1 joins while db-0 is down: its transfer stays pending, so no pod restarts
     // although the pods themselves are through.
-    let mut ring = Ring::start(&[("db-0", 1)], 1).await;
-    ring.add("db-1", &[]).await;
-    ring.wait_for_states(1, &[("db-0", MemberState::Member)])
-        .await;
-    ring.stop(0).await;
-    ring.join_via(1, "db-1", 1).await;
-    let t1 = ring.target(1);
-    support::eventually("db-1 to report its transfer pending", || async {
-        ring.admin
-            .status(&t1)
-            .await
-            .is_ok_and(|s| s.transfer_pending_ranges > 0)
-    })
-    .await;
+    let ring = ring_with_a_pending_transfer().await;
     let spec = json!({"size": 2, "image": "dynamo-node:v2",
                       "replication": {"n": 1, "r": 1, "w": 1}});
     let c = cluster(spec, true);

@@ -523,12 +523,7 @@ where
         + DeserializeOwned
         + Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
-    if api.get_opt(&name).await?.is_some() {
-        return Ok(false);
-    }
-    ensure_applied(&api, object, None).await
+    write_child(client, namespace, object, false).await
 }
 
 /// Reads the current object and applies `object` over it if it changed.
@@ -540,10 +535,30 @@ where
         + DeserializeOwned
         + Debug,
 {
+    write_child(client, namespace, object, true).await
+}
+
+/// Reads the current object; applies `object` if there is none, or if `overwrite` and
+/// its content changed. Returns whether it applied.
+async fn write_child<K>(
+    client: &Client,
+    namespace: &str,
+    object: K,
+    overwrite: bool,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
-    let current = api.get_opt(&name).await?;
-    ensure_applied(&api, object, current.as_ref()).await
+    match api.get_opt(&name).await? {
+        Some(_) if !overwrite => Ok(false),
+        current => ensure_applied(&api, object, current.as_ref()).await,
+    }
 }
 
 /// The data of a Secret, `None` when it does not exist.
