@@ -386,6 +386,11 @@ impl NodeProcess {
         rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT).expect("SIGCONT");
     }
 
+    /// SIGHUP: the node reads its TLS certificate files again.
+    pub fn hangup(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::HUP).expect("SIGHUP");
+    }
+
     /// Starts the node again on the same addresses and data directory.
     pub async fn restart(&mut self) {
         assert!(

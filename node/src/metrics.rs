@@ -171,6 +171,11 @@ struct ApiLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PathLabel {
     path: &'static str,
 }
@@ -243,6 +248,7 @@ struct Inner {
     peer_reachable: Family<PeerLabel, Gauge>,
     /// Copies too old to deliver, dropped, by the path that held them.
     stale_copies_dropped: Family<PathLabel, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
     /// Client requests refused because too many were in flight, by API.
     requests_shed: Family<ApiLabel, Counter>,
     /// Connections each listener serves now.
@@ -388,6 +394,12 @@ impl Metrics {
             "Copies held outside their key's home replicas (path=hint) dropped instead of delivered because they were older than three quarters of the tombstone grace",
             stale_copies_dropped.clone(),
         );
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "dynamo_tls_reloads",
+            "Checks of the TLS certificate files that found them changed: result=changed (served from the next handshake on) or refused (not a valid pair yet; the last one stays)",
+            tls_reloads.clone(),
+        );
         let requests_shed = Family::<ApiLabel, Counter>::default();
         registry.register(
             "dynamo_requests_shed",
@@ -441,6 +453,7 @@ impl Metrics {
                 replica_calls,
                 peer_reachable,
                 stale_copies_dropped,
+                tls_reloads,
                 requests_shed,
                 connections,
                 connection_limit,
@@ -506,6 +519,15 @@ impl Metrics {
         self.inner
             .stale_copies_dropped
             .get_or_create(&PathLabel { path })
+            .inc();
+    }
+
+    /// Counts one check of the TLS files that found them changed, by `result`
+    /// (`changed` or `refused`).
+    pub fn count_tls_reload(&self, result: &'static str) {
+        self.inner
+            .tls_reloads
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+use crate::server::tls_reload::ReloadingCert;
+
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
 use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
@@ -809,6 +811,8 @@ struct TlsMaterial {
     mutual: bool,
     /// The HTTP API's TLS settings, built here so a bad PEM fails the start.
     https: Arc<tokio_rustls::rustls::ServerConfig>,
+    /// The certificate they serve, read again when it changes (see [`watch_certificate`]).
+    https_cert: Arc<ReloadingCert>,
     /// Under mutual TLS, the name a `Replica` caller's certificate must carry.
     node_name: Option<String>,
 }
@@ -826,8 +830,14 @@ impl TlsMaterial {
             Some(ca) => (read(ca.clone()).await?, true),
             None => (cert.clone(), false),
         };
-        let https = crate::server::https::server_config(&cert, &tls.cert, &key, &tls.key)
-            .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let https_cert = Arc::new(
+            ReloadingCert::new(&cert, &tls.cert, &key, &tls.key, Arc::clone(&provider))
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
+        );
+        let https =
+            crate::server::https::reloading_server_config(Arc::clone(&https_cert), provider)
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
         let node_name = match (&tls.node_name, mutual) {
             (_, false) => None,
             (Some(name), true) => Some(name.clone()),
@@ -835,6 +845,7 @@ impl TlsMaterial {
         };
         Ok(Self {
             https,
+            https_cert,
             node_name,
             identity: Identity::from_pem(cert, key),
             trust: Certificate::from_pem(trust),
@@ -1078,6 +1089,14 @@ async fn serve(
         // In-flight requests end within the request timeout; the margin covers reading
         // bodies and writing answers.
         let drain = config.request_timeout() + Duration::from_secs(5);
+        let watcher = tls.as_ref().map(|tls| {
+            tokio::spawn(watch_certificate(
+                Arc::clone(&tls.https_cert),
+                TLS_RELOAD_INTERVAL,
+                shared.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         crate::server::https::serve(
             listener,
             tls.as_ref().map(|tls| Arc::clone(&tls.https)),
@@ -1091,6 +1110,9 @@ async fn serve(
             shared.metrics.clone(),
         )
         .await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         Ok::<(), std::io::Error>(())
     };
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
@@ -1141,6 +1163,63 @@ fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
         // Bounds the rapid-reset attack (CVE-2023-44487): streams a client opens and
         // cancels at once.
         .http2_max_pending_accept_reset_streams(Some(64))
+}
+
+/// How often the node checks its TLS files for a new certificate (also on SIGHUP).
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reads the HTTP API's certificate files again every `every` and on SIGHUP, until
+/// shutdown: a changed, valid pair is served from the next handshake on
+/// (`dynamo_tls_reloads_total{result="changed"}`); a pair that does not form a valid
+/// certificate yet (files caught mid-rotation) keeps the one served and is logged
+/// (`result="refused"`).
+async fn watch_certificate(
+    cert: Arc<ReloadingCert>,
+    every: Duration,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let refusals = crate::log_gate::LogGate::new(Duration::from_secs(60));
+    let stop = wait_for(shutdown);
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hung_up = std::future::pending::<()>();
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+            () = hung_up => {}
+        }
+        let reload = Arc::clone(&cert);
+        match tokio::task::spawn_blocking(move || reload.reload()).await {
+            Ok(Ok(true)) => {
+                metrics.count_tls_reload("changed");
+                tracing::info!("TLS certificate reloaded");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => {
+                metrics.count_tls_reload("refused");
+                if let Some(held_back) = refusals.admit() {
+                    tracing::warn!(%error, held_back, "TLS certificate not reloaded; serving the last one");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "TLS reload task failed"),
+        }
+    }
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

@@ -1124,6 +1124,48 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
     assert_all_read_r3(&cluster.nodes[0], &keys).await;
 }
 
+/// A rotated certificate (#14, TLS Secret rotation; the HTTP API part): the node
+/// serves the new pair from the next handshake on after SIGHUP (or its periodic check),
+/// without a restart, and counts the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_by_the_http_api_without_a_restart() {
+    let first = support::TestCert::generate();
+    let http = ["--http-listen", "127.0.0.1:0"];
+    let args = [&first.node_args()[..], &http, &ONE_REPLICA[..]].concat();
+    let cluster = TestCluster::start_with(1, &args, Some(first.client_tls())).await;
+    let node = &cluster.nodes[0];
+    let address = node.http.expect("HTTP port announced");
+    let health = support::https(address, &first.cert_pem, "GET", "/healthz", &[], b"").await;
+    assert_eq!(health.status, 200);
+
+    // The Secret is rewritten: a new pair under the same file names.
+    let second = support::TestCert::generate();
+    std::fs::write(&first.key_path, &second.key_pem).unwrap();
+    std::fs::write(&first.cert_path, &second.cert_pem).unwrap();
+    node.hangup();
+    eventually("new handshakes to present the new certificate", || async {
+        support::try_https(address, &second.cert_pem, "GET", "/healthz", &[], b"")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // The old certificate is served no more, and the same process still runs.
+    let old = support::try_https(address, &first.cert_pem, "GET", "/healthz", &[], b"").await;
+    assert!(
+        old.is_err(),
+        "the old certificate is still served: {:?}",
+        old.map(|r| r.status)
+    );
+    assert!(node.is_running());
+    let metrics = support::https(address, &second.cert_pem, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert_eq!(
+        metric(&text, "dynamo_tls_reloads_total{result=\"changed\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 /// A node that is gone for good (#14, dead members): `Admin.Remove` takes it out of the
 /// ring at once, only when the asking node cannot reach it; anti-entropy then fills the
 /// replicas that took over its ranges, and a replacement under the same id, started on

@@ -32,8 +32,9 @@ use tokio::net::TcpListener;
 use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::tls_reload::ReloadingCert;
+use tokio_rustls::rustls::pki_types::pem;
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// Bound on a client's TLS handshake: a peer that connects and stays silent must not
@@ -87,35 +88,37 @@ pub fn server_config(
     key_pem: &[u8],
     key_path: &Path,
 ) -> Result<Arc<ServerConfig>, HttpsError> {
-    let cert_name = || cert_path.display().to_string();
-    let key_name = || key_path.display().to_string();
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| HttpsError::Pem {
-            path: cert_name(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(HttpsError::NoCertificate { path: cert_name() });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| HttpsError::Pem {
-        path: key_name(),
-        source,
-    })?;
-    let rejected = |source| HttpsError::Rejected {
-        cert: cert_name(),
-        key: key_name(),
-        source,
-    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = ReloadingCert::new(
+        cert_pem,
+        cert_path,
+        key_pem,
+        key_path,
+        Arc::clone(&provider),
+    )?;
+    reloading_server_config(Arc::new(cert), provider)
+}
+
+/// [`server_config`] serving whatever `cert` holds at each handshake, so a reloaded
+/// certificate takes effect without a restart.
+///
+/// # Errors
+/// rustls refuses the protocol versions of `provider`.
+pub fn reloading_server_config(
+    cert: Arc<ReloadingCert>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<ServerConfig>, HttpsError> {
     // An explicit provider: the process-wide default is ambiguous when several crypto
     // backends are compiled in.
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(rejected)?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(rejected)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| HttpsError::Rejected {
+            cert: String::new(),
+            key: String::new(),
+            source,
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -417,6 +420,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
     use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
     #[derive(Clone)]

@@ -118,6 +118,11 @@ impl TestNode {
         self.process.resume();
     }
 
+    /// SIGHUP: the node reads its TLS certificate files again.
+    pub fn hangup(&self) {
+        self.process.hangup();
+    }
+
     /// Deletes the node's data dir (a wiped or replaced volume); the node must be stopped.
     pub fn wipe(&self) {
         self.process.delete_data();
@@ -375,6 +380,21 @@ pub async fn https(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    try_https(address, trusted, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`https`], with a failed connection or TLS handshake (a certificate `trusted` does
+/// not cover) as an error rather than a panic.
+pub async fn try_https(
+    address: SocketAddr,
+    trusted: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, String> {
     use std::sync::Arc;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -394,18 +414,18 @@ pub async fn https(
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
-            .expect("connecting to HTTPS");
+            .map_err(|e| format!("connecting to HTTPS: {e}"))?;
         let name = ServerName::from(address.ip());
         let stream = connector
             .connect(name, tcp)
             .await
-            .expect("TLS handshake with the HTTP API");
-        exchange(stream, address, method, path, headers, body).await
+            .map_err(|e| format!("TLS handshake with the HTTP API: {e}"))?;
+        Ok::<_, String>(exchange(stream, address, method, path, headers, body).await)
     };
     let raw = tokio::time::timeout(WAIT, exchange)
         .await
-        .expect("HTTPS request timed out");
-    parse_response(&raw)
+        .map_err(|_| "HTTPS request timed out".to_owned())??;
+    Ok(parse_response(&raw))
 }
 
 /// Writes one request and reads the whole response.
