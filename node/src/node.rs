@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::server::tls_reload::ReloadingCert;
 
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
-use crate::server::incoming::{AcceptLimits, admitted_connections};
+use crate::server::incoming::{AcceptLimits, admitted_tls_connections};
 use crate::server::limits::{InflightLimit, shed_when_busy};
 use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{
@@ -796,7 +796,9 @@ pub enum MembershipChangeError {
     Storage(#[from] StorageError),
 }
 
-/// The node's TLS certificate, key and CA, read once at start.
+/// The node's TLS certificate, key and CA, read at start. The certificate every
+/// listener serves is read again when its files change ([`watch_certificate`]); the CA
+/// and the identity internode calls present stay what they were at start.
 ///
 /// Every listener serves TLS with the node's certificate (the HTTP API through
 /// [`https`](crate::server::https), without asking clients for a certificate). Internode calls verify the
@@ -808,9 +810,13 @@ pub enum MembershipChangeError {
 struct TlsMaterial {
     identity: Identity,
     trust: Certificate,
-    mutual: bool,
     /// The HTTP API's TLS settings, built here so a bad PEM fails the start.
     https: Arc<tokio_rustls::rustls::ServerConfig>,
+    /// The client API's (gRPC): the same certificate, ALPN `h2`.
+    client_grpc: Arc<tokio_rustls::rustls::ServerConfig>,
+    /// The internode API's: the same certificate, and under mutual TLS a client
+    /// certificate signed by the CA required.
+    internode_grpc: Arc<tokio_rustls::rustls::ServerConfig>,
     /// The certificate they serve, read again when it changes (see [`watch_certificate`]).
     https_cert: Arc<ReloadingCert>,
     /// Under mutual TLS, the name a `Replica` caller's certificate must carry.
@@ -835,9 +841,14 @@ impl TlsMaterial {
             ReloadingCert::new(&cert, &tls.cert, &key, &tls.key, Arc::clone(&provider))
                 .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
         );
-        let https =
-            crate::server::https::reloading_server_config(Arc::clone(&https_cert), provider)
-                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+        let https = crate::server::https::reloading_server_config(
+            Arc::clone(&https_cert),
+            Arc::clone(&provider),
+        )
+        .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+        let client_grpc = grpc_server_tls(&https_cert, &provider, None)?;
+        let ca = mutual.then_some(trust.as_slice());
+        let internode_grpc = grpc_server_tls(&https_cert, &provider, ca)?;
         let node_name = match (&tls.node_name, mutual) {
             (_, false) => None,
             (Some(name), true) => Some(name.clone()),
@@ -845,25 +856,13 @@ impl TlsMaterial {
         };
         Ok(Self {
             https,
+            client_grpc,
+            internode_grpc,
             https_cert,
             node_name,
             identity: Identity::from_pem(cert, key),
             trust: Certificate::from_pem(trust),
-            mutual,
         })
-    }
-
-    fn client_api(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(self.identity.clone())
-    }
-
-    fn internode_api(&self) -> ServerTlsConfig {
-        let config = ServerTlsConfig::new().identity(self.identity.clone());
-        if self.mutual {
-            config.client_ca_root(self.trust.clone())
-        } else {
-            config
-        }
     }
 
     fn client(&self) -> ClientTlsConfig {
@@ -871,6 +870,42 @@ impl TlsMaterial {
             .ca_certificate(self.trust.clone())
             .identity(self.identity.clone())
     }
+}
+
+/// TLS settings of a gRPC listener: the node's (reloading) certificate, ALPN `h2`, and
+/// with `client_ca` (PEM) a client certificate signed by it required (mutual TLS).
+fn grpc_server_tls(
+    cert: &Arc<ReloadingCert>,
+    provider: &Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
+    client_ca: Option<&[u8]>,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, NodeError> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+    let refused = |e: &dyn std::fmt::Display| NodeError::Config(format!("TLS: {e}"));
+    let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refused(&e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                roots
+                    .add(certificate.map_err(|e| refused(&e))?)
+                    .map_err(|e| refused(&e))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+                    .build()
+                    .map_err(|e| refused(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::clone(cert) as _);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The default node name under mutual TLS: the first name (DNS name, else common name)
@@ -1010,23 +1045,23 @@ async fn serve(
     );
     // A client request ends within the coordinator's timeout; the margin covers reading
     // the request and writing the answer. Internode calls touch only the local store.
+    // TLS is terminated in the accept loop (admitted_tls_connections), so the
+    // certificate follows its files; tonic serves HTTP/2 over the sessions.
     let mut client_builder = grpc_server(config.request_timeout() + REQUEST_MARGIN);
     let mut internode_builder = grpc_server(INTERNODE_CALL_TIMEOUT);
-    if let Some(tls) = &tls {
-        client_builder = client_builder
-            .tls_config(tls.client_api())
-            .map_err(|e| NodeError::Config(format!("client API TLS: {e}")))?;
-        internode_builder = internode_builder
-            .tls_config(tls.internode_api())
-            .map_err(|e| NodeError::Config(format!("internode TLS: {e}")))?;
-    }
     let client_server = client_builder
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(kv)
         .serve_with_incoming_shutdown(
-            admitted_connections(client_listener, "client", accept, shared.metrics.clone()),
+            admitted_tls_connections(
+                client_listener,
+                "client",
+                accept,
+                tls.as_ref().map(|tls| Arc::clone(&tls.client_grpc)),
+                shared.metrics.clone(),
+            ),
             wait_for(shutdown.clone()),
         );
 
@@ -1048,10 +1083,11 @@ async fn serve(
         ))
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            admitted_connections(
+            admitted_tls_connections(
                 internode_listener,
                 "internode",
                 accept,
+                tls.as_ref().map(|tls| Arc::clone(&tls.internode_grpc)),
                 shared.metrics.clone(),
             ),
             wait_for(shutdown.clone()),

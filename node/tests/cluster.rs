@@ -1124,11 +1124,11 @@ async fn a_decommissioned_node_is_removed_only_after_its_data_is_on_the_new_owne
     assert_all_read_r3(&cluster.nodes[0], &keys).await;
 }
 
-/// A rotated certificate (#14, TLS Secret rotation; the HTTP API part): the node
-/// serves the new pair from the next handshake on after SIGHUP (or its periodic check),
-/// without a restart, and counts the reload.
+/// A rotated certificate (#14, TLS Secret rotation, the serving side): the node serves
+/// the new pair on the HTTP API and the gRPC ports from the next handshake on after
+/// SIGHUP (or its periodic check), without a restart, and counts the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_certificate_is_served_by_the_http_api_without_a_restart() {
+async fn a_rotated_certificate_is_served_on_every_port_without_a_restart() {
     let first = support::TestCert::generate();
     let http = ["--http-listen", "127.0.0.1:0"];
     let args = [&first.node_args()[..], &http, &ONE_REPLICA[..]].concat();
@@ -1164,6 +1164,28 @@ async fn a_rotated_certificate_is_served_by_the_http_api_without_a_restart() {
         Some(1.0),
         "{text}"
     );
+    // The gRPC client port too: a client trusting only the new certificate gets served,
+    // one trusting only the old one is refused at the handshake.
+    let health = |trusted: String| async move {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = Channel::from_shared(format!("https://{}", node.client_dial()))
+            .map_err(|e| e.to_string())?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(trusted)))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|e| e.to_string())
+            .map(drop)
+    };
+    health(second.cert_pem.clone())
+        .await
+        .expect("the gRPC port serves the new certificate");
+    assert!(health(first.cert_pem.clone()).await.is_err());
 }
 
 /// A node that is gone for good (#14, dead members): `Admin.Remove` takes it out of the

@@ -24,6 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
+use super::https::HANDSHAKE_TIMEOUT;
 use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 
@@ -49,9 +54,28 @@ pub struct AcceptLimits {
 /// An accepted connection holding one of its listener's slots until it closes.
 #[derive(Debug)]
 pub struct Admitted {
-    stream: TcpStream,
+    stream: Connection,
     _slot: OwnedSemaphorePermit,
     _open: OpenConnection,
+}
+
+/// The connection tonic speaks HTTP/2 over: the TCP stream, or the TLS session the
+/// accept loop established on it.
+#[derive(Debug)]
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// What a request knows of its connection (in its extensions): the TCP endpoints and,
+/// over TLS, the certificate chain the peer presented (mutual TLS), which the internode
+/// authentication checks.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The TCP endpoints.
+    pub tcp: TcpConnectInfo,
+    /// The peer's certificate chain, leaf first, when it presented one.
+    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
 /// Counts a connection in `dynamo_connections` while it exists.
@@ -86,9 +110,26 @@ pub fn admitted_connections(
     limits: AcceptLimits,
     metrics: Metrics,
 ) -> ReceiverStream<io::Result<Admitted>> {
+    admitted_tls_connections(listener, name, limits, None, metrics)
+}
+
+/// [`admitted_connections`], each over a TLS session established with `tls` (when
+/// given) before tonic sees it. Terminating TLS here, not in tonic, lets the
+/// certificate follow its files ([`super::tls_reload`]); a handshake that fails or does
+/// not finish within [`HANDSHAKE_TIMEOUT`] closes the connection.
+pub fn admitted_tls_connections(
+    listener: TcpListener,
+    name: &'static str,
+    limits: AcceptLimits,
+    tls: Option<Arc<ServerConfig>>,
+    metrics: Metrics,
+) -> ReceiverStream<io::Result<Admitted>> {
     let (admitted, stream) = mpsc::channel(HANDOFF_QUEUE);
     metrics.set_connection_limit(name, limits.max_connections);
-    tokio::spawn(accept_loop(listener, name, limits, metrics, admitted));
+    let acceptor = tls.map(TlsAcceptor::from);
+    tokio::spawn(accept_loop(
+        listener, name, limits, acceptor, metrics, admitted,
+    ));
     ReceiverStream::new(stream)
 }
 
@@ -96,6 +137,7 @@ async fn accept_loop(
     listener: TcpListener,
     name: &'static str,
     limits: AcceptLimits,
+    acceptor: Option<TlsAcceptor>,
     metrics: Metrics,
     admitted: mpsc::Sender<io::Result<Admitted>>,
 ) {
@@ -134,6 +176,7 @@ async fn accept_loop(
         let open = OpenConnection::new(name, &metrics);
         let admitted = admitted.clone();
         let metrics = metrics.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             // A client speaks first (the HTTP/2 preface or a TLS hello). `peek` waits
             // for a byte without taking it (`readable` may report ready spuriously),
@@ -151,6 +194,22 @@ async fn accept_loop(
                     return;
                 }
             }
+            let stream = match acceptor {
+                None => Connection::Plain(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Connection::Tls(Box::new(tls)),
+                        Ok(Err(error)) => {
+                            tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let connection = Admitted {
                 stream,
                 _slot: slot,
@@ -163,10 +222,24 @@ async fn accept_loop(
 }
 
 impl Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Connection::Plain(stream) => PeerInfo {
+                tcp: stream.connect_info(),
+                certificates: None,
+            },
+            Connection::Tls(tls) => {
+                let (stream, session) = tls.get_ref();
+                PeerInfo {
+                    tcp: stream.connect_info(),
+                    certificates: session.peer_certificates().map(|chain| {
+                        Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect())
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -176,7 +249,10 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -186,15 +262,24 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -202,11 +287,17 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Connection::Plain(stream) => stream.is_write_vectored(),
+            Connection::Tls(stream) => stream.is_write_vectored(),
+        }
     }
 }
 

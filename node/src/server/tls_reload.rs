@@ -8,8 +8,10 @@
 //! or whose key does not fit the certificate (the two files caught between writes) is
 //! refused and the last good one kept; the next check tries again.
 //!
-//! Used by the HTTP API listener today; the gRPC listeners still take their TLS settings
-//! once, at start (operator README, Next).
+//! Every listener serves through it: the HTTP API's TLS settings and the gRPC listeners'
+//! (whose TLS the accept loop terminates, `server::incoming`). The CA that verifies
+//! internode clients and the identity the node presents on its own internode calls stay
+//! what they were at start (operator README, Next).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

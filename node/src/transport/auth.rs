@@ -24,11 +24,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::server::incoming::PeerInfo;
 use tonic::Status;
 use tonic::codegen::http;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::grpc_gate::{CallGate, Gated};
 use crate::log_gate::LogGate;
@@ -390,21 +390,13 @@ impl CallGate for AuthGate {
     fn admit<B>(&self, request: &http::Request<B>) -> Result<&'static str, Status> {
         let method = method_label(request.uri().path());
         let token = request.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
-        let certificates = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
-        let leaf = certificates
-            .as_ref()
+        let connection = request.extensions().get::<PeerInfo>();
+        let leaf = connection
+            .and_then(|info| info.certificates.as_ref())
             .and_then(|chain| chain.first())
             .map(|certificate| certificate.as_ref());
         if let Err(refusal) = self.auth.check(token, leaf) {
-            let peer = request
-                .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .map(|info| info.get_ref())
-                .or_else(|| request.extensions().get::<TcpConnectInfo>())
-                .and_then(TcpConnectInfo::remote_addr);
+            let peer = connection.and_then(|info| info.tcp.remote_addr());
             self.log.refused(method, peer, &refusal);
             self.metrics
                 .replica_call(method, code_label(tonic::Code::Unauthenticated));
