@@ -796,9 +796,11 @@ pub enum MembershipChangeError {
     Storage(#[from] StorageError),
 }
 
-/// The node's TLS certificate, key and CA, read at start. The certificate every
-/// listener serves is read again when its files change ([`watch_certificate`]); the CA
-/// and the identity internode calls present stay what they were at start.
+/// The node's TLS certificate, key and CA, read at start. The certificate the HTTP API
+/// and the client port serve, and with a CA the internode port's too, is read again when
+/// its files change ([`watch_certificate`]); without a CA the internode port keeps the
+/// certificate peers pinned. The CA and the identity internode calls present stay what
+/// they were at start.
 ///
 /// Every listener serves TLS with the node's certificate (the HTTP API through
 /// [`https`](crate::server::https), without asking clients for a certificate). Internode calls verify the
@@ -848,7 +850,19 @@ impl TlsMaterial {
         .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
         let client_grpc = grpc_server_tls(&https_cert, &provider, None)?;
         let ca = mutual.then_some(trust.as_slice());
-        let internode_grpc = grpc_server_tls(&https_cert, &provider, ca)?;
+        // Without a CA, peers pin the certificate itself (they trust the one they
+        // started with), so the internode port keeps serving that one: a new one there
+        // would fail every internode call until each node restarted. With a CA, peers
+        // accept any certificate it signed, and the internode port follows the files.
+        let internode_cert = if mutual {
+            Arc::clone(&https_cert)
+        } else {
+            Arc::new(
+                ReloadingCert::new(&cert, &tls.cert, &key, &tls.key, Arc::clone(&provider))
+                    .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
+            )
+        };
+        let internode_grpc = grpc_server_tls(&internode_cert, &provider, ca)?;
         let node_name = match (&tls.node_name, mutual) {
             (_, false) => None,
             (Some(name), true) => Some(name.clone()),

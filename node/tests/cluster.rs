@@ -1188,6 +1188,38 @@ async fn a_rotated_certificate_is_served_on_every_port_without_a_restart() {
     assert!(health(first.cert_pem.clone()).await.is_err());
 }
 
+/// Without a CA, peers pin the node's certificate: after a rotation the HTTP API serves
+/// the new one, but the internode port keeps the one peers trust, so internode calls go
+/// on until every node restarts with the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_certificate_stays_on_the_internode_port_without_a_ca() {
+    let first = support::TestCert::generate();
+    let http = ["--http-listen", "127.0.0.1:0"];
+    let tls = ["--tls-cert", first.cert_arg(), "--tls-key", first.key_arg()];
+    let args = [&tls[..], &http, &ONE_REPLICA[..]].concat();
+    let cluster = TestCluster::start_with(1, &args, Some(first.client_tls())).await;
+    let node = &cluster.nodes[0];
+    let address = node.http.expect("HTTP port announced");
+    let second = support::TestCert::generate();
+    std::fs::write(&first.key_path, &second.key_pem).unwrap();
+    std::fs::write(&first.cert_path, &second.cert_pem).unwrap();
+    node.hangup();
+    eventually("the HTTP API to present the new certificate", || async {
+        support::try_https(address, &second.cert_pem, "GET", "/healthz", &[], b"")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // The internode port still answers a peer that trusts the old certificate.
+    let status = node
+        .admin()
+        .await
+        .status(proto::StatusRequest {})
+        .await
+        .expect("Admin.Status over the pinned certificate");
+    assert!(!status.into_inner().node_id.is_empty());
+}
+
 /// A node that is gone for good (#14, dead members): `Admin.Remove` takes it out of the
 /// ring at once, only when the asking node cannot reach it; anti-entropy then fills the
 /// replicas that took over its ranges, and a replacement under the same id, started on

@@ -8,10 +8,11 @@
 //! or whose key does not fit the certificate (the two files caught between writes) is
 //! refused and the last good one kept; the next check tries again.
 //!
-//! Every listener serves through it: the HTTP API's TLS settings and the gRPC listeners'
-//! (whose TLS the accept loop terminates, `server::incoming`). The CA that verifies
-//! internode clients and the identity the node presents on its own internode calls stay
-//! what they were at start (operator README, Next).
+//! The HTTP API and the gRPC listeners serve through it (the accept loop terminates
+//! their TLS, `server::incoming`); the internode port only under a CA, since without one
+//! peers pin the certificate they started with. The CA that verifies internode clients
+//! and the identity the node presents on its own internode calls stay what they were at
+//! start (operator README, Next).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
