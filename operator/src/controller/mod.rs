@@ -510,6 +510,25 @@ fn current_partition(statefulset: Option<&StatefulSet>) -> u32 {
         .unwrap_or(0)
 }
 
+/// A namespaced object the controller reads and applies.
+trait Child:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// Creates `object` unless it exists, leaving an existing one as it is.
 async fn create_child_if_absent<K>(
     client: &Client,
@@ -517,11 +536,7 @@ async fn create_child_if_absent<K>(
     object: K,
 ) -> Result<bool, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
+    K: Child,
 {
     write_child(client, namespace, object, false).await
 }
@@ -529,11 +544,7 @@ where
 /// Reads the current object and applies `object` over it if it changed.
 async fn apply_child<K>(client: &Client, namespace: &str, object: K) -> Result<bool, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
+    K: Child,
 {
     write_child(client, namespace, object, true).await
 }
@@ -547,11 +558,7 @@ async fn write_child<K>(
     overwrite: bool,
 ) -> Result<bool, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
+    K: Child,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().ok_or(BuildError::MissingName)?;
