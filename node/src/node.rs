@@ -14,16 +14,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::server::tls_reload::ReloadingCert;
+use crate::server::tls::{TLS_RELOAD_INTERVAL, TlsMaterial, watch_tls_files};
 
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
 use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
 use crate::background::BackgroundBudget;
 use crate::cluster::{ChangeError, Clock, Cluster};
-use crate::config::{InternodeAuthConfig, NodeConfig, StorageConfig, TlsConfig};
+use crate::config::{InternodeAuthConfig, NodeConfig, StorageConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
 use crate::identity::{ActorIdentity, IdentityError};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
@@ -40,7 +39,7 @@ use crate::storage::{
 };
 use crate::store::{Store, StoreError};
 use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
-use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated, certificate_names};
+use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated};
 use crate::transport::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
     ReplicaHandler, ReplicaWrite, Transport,
@@ -450,12 +449,16 @@ impl Node {
         )
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let tls = match config.tls() {
-            Some(tls) => Some(TlsMaterial::load(tls).await?),
+            Some(tls) => Some(
+                TlsMaterial::load(tls)
+                    .await
+                    .map_err(|e| NodeError::Config(e.to_string()))?,
+            ),
             None => None,
         };
         let tokens = read_internode_tokens(config.internode_auth()).await?;
         let mut grpc_transport = match &tls {
-            Some(tls) => GrpcTransport::with_tls(transport_config, tls.client()),
+            Some(tls) => GrpcTransport::with_tls(transport_config, tls.files().internode_client()),
             None => GrpcTransport::new(transport_config),
         };
         if let Some(tokens) = &tokens {
@@ -470,7 +473,8 @@ impl Node {
                  can read and overwrite every key (set internode-token-file or tls-ca)"
             );
         }
-        let transport: Arc<dyn Transport> = Arc::new(grpc_transport);
+        let grpc_transport = Arc::new(grpc_transport);
+        let transport: Arc<dyn Transport> = Arc::clone(&grpc_transport) as _;
         let mut settings = NodeSettings::from_config(&config)?;
         settings.client_advertise = config.client_advertise_for(client_addr);
         if settings.client_advertise.is_none() {
@@ -484,6 +488,15 @@ impl Node {
         let incarnation = shared.incarnation;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        if let Some(tls) = &tls {
+            tokio::spawn(watch_tls_files(
+                tls.files(),
+                grpc_transport,
+                TLS_RELOAD_INTERVAL,
+                shared.metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let task = tokio::spawn(serve(
             Arc::clone(&shared),
             config,
@@ -796,155 +809,6 @@ pub enum MembershipChangeError {
     Storage(#[from] StorageError),
 }
 
-/// The node's TLS certificate, key and CA, read at start. The certificate the HTTP API
-/// and the client port serve, and with a CA the internode port's too, is read again when
-/// its files change ([`watch_certificate`]); without a CA the internode port keeps the
-/// certificate peers pinned. The CA and the identity internode calls present stay what
-/// they were at start.
-///
-/// Every listener serves TLS with the node's certificate (the HTTP API through
-/// [`https`](crate::server::https), without asking clients for a certificate). Internode calls verify the
-/// peer against `tls-ca`, or, without a CA, against the node's own certificate (a
-/// cluster sharing one self-signed certificate). With a CA, the internode listener also
-/// requires peers (and admin tools) to present a certificate signed by it (mutual TLS);
-/// the client API never asks clients for one.
-#[derive(Debug, Clone)]
-struct TlsMaterial {
-    identity: Identity,
-    trust: Certificate,
-    /// The HTTP API's TLS settings, built here so a bad PEM fails the start.
-    https: Arc<tokio_rustls::rustls::ServerConfig>,
-    /// The client API's (gRPC): the same certificate, ALPN `h2`.
-    client_grpc: Arc<tokio_rustls::rustls::ServerConfig>,
-    /// The internode API's: the same certificate, and under mutual TLS a client
-    /// certificate signed by the CA required.
-    internode_grpc: Arc<tokio_rustls::rustls::ServerConfig>,
-    /// The certificate they serve, read again when it changes (see [`watch_certificate`]).
-    https_cert: Arc<ReloadingCert>,
-    /// Under mutual TLS, the name a `Replica` caller's certificate must carry.
-    node_name: Option<String>,
-}
-
-impl TlsMaterial {
-    async fn load(tls: &TlsConfig) -> Result<Self, NodeError> {
-        let read = |path: std::path::PathBuf| async move {
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| NodeError::Config(format!("reading {}: {e}", path.display())))
-        };
-        let cert = read(tls.cert.clone()).await?;
-        let key = read(tls.key.clone()).await?;
-        let (trust, mutual) = match &tls.ca {
-            Some(ca) => (read(ca.clone()).await?, true),
-            None => (cert.clone(), false),
-        };
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let https_cert = Arc::new(
-            ReloadingCert::new(&cert, &tls.cert, &key, &tls.key, Arc::clone(&provider))
-                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
-        );
-        let https = crate::server::https::reloading_server_config(
-            Arc::clone(&https_cert),
-            Arc::clone(&provider),
-        )
-        .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
-        let client_grpc = grpc_server_tls(&https_cert, &provider, None)?;
-        let ca = mutual.then_some(trust.as_slice());
-        // Without a CA, peers pin the certificate itself (they trust the one they
-        // started with), so the internode port keeps serving that one: a new one there
-        // would fail every internode call until each node restarted. With a CA, peers
-        // accept any certificate it signed, and the internode port follows the files.
-        let internode_cert = if mutual {
-            Arc::clone(&https_cert)
-        } else {
-            Arc::new(
-                ReloadingCert::new(&cert, &tls.cert, &key, &tls.key, Arc::clone(&provider))
-                    .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
-            )
-        };
-        let internode_grpc = grpc_server_tls(&internode_cert, &provider, ca)?;
-        let node_name = match (&tls.node_name, mutual) {
-            (_, false) => None,
-            (Some(name), true) => Some(name.clone()),
-            (None, true) => Some(own_node_name(&cert, &tls.cert)?),
-        };
-        Ok(Self {
-            https,
-            client_grpc,
-            internode_grpc,
-            https_cert,
-            node_name,
-            identity: Identity::from_pem(cert, key),
-            trust: Certificate::from_pem(trust),
-        })
-    }
-
-    fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.trust.clone())
-            .identity(self.identity.clone())
-    }
-}
-
-/// TLS settings of a gRPC listener: the node's (reloading) certificate, ALPN `h2`, and
-/// with `client_ca` (PEM) a client certificate signed by it required (mutual TLS).
-fn grpc_server_tls(
-    cert: &Arc<ReloadingCert>,
-    provider: &Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
-    client_ca: Option<&[u8]>,
-) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, NodeError> {
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::server::WebPkiClientVerifier;
-    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-    let refused = |e: &dyn std::fmt::Display| NodeError::Config(format!("TLS: {e}"));
-    let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| refused(&e))?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(pem) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in CertificateDer::pem_slice_iter(pem) {
-                roots
-                    .add(certificate.map_err(|e| refused(&e))?)
-                    .map_err(|e| refused(&e))?;
-            }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
-                    .build()
-                    .map_err(|e| refused(&e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder.with_cert_resolver(Arc::clone(cert) as _);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The default node name under mutual TLS: the first name (DNS name, else common name)
-/// of the node's own certificate, which every node shares when the cluster shares one
-/// certificate, or which per-node certificates share as a common SAN.
-fn own_node_name(cert_pem: &[u8], path: &std::path::Path) -> Result<String, NodeError> {
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let unreadable = |reason: String| {
-        NodeError::Config(format!(
-            "{}: cannot take tls-node-name from the certificate: {reason}",
-            path.display()
-        ))
-    };
-    let leaf = CertificateDer::pem_slice_iter(cert_pem)
-        .next()
-        .ok_or_else(|| unreadable("no certificate".into()))?
-        .map_err(|e| unreadable(e.to_string()))?;
-    certificate_names(&leaf)
-        .map_err(unreadable)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| unreadable("it names nothing; set tls-node-name".into()))
-}
-
 /// The cluster secret from `internode-token-file`, if one is configured.
 async fn read_internode_tokens(
     auth: &InternodeAuthConfig,
@@ -1139,14 +1003,6 @@ async fn serve(
         // In-flight requests end within the request timeout; the margin covers reading
         // bodies and writing answers.
         let drain = config.request_timeout() + Duration::from_secs(5);
-        let watcher = tls.as_ref().map(|tls| {
-            tokio::spawn(watch_certificate(
-                Arc::clone(&tls.https_cert),
-                TLS_RELOAD_INTERVAL,
-                shared.metrics.clone(),
-                shutdown.clone(),
-            ))
-        });
         crate::server::https::serve(
             listener,
             tls.as_ref().map(|tls| Arc::clone(&tls.https)),
@@ -1160,9 +1016,6 @@ async fn serve(
             shared.metrics.clone(),
         )
         .await;
-        if let Some(watcher) = watcher {
-            watcher.abort();
-        }
         Ok::<(), std::io::Error>(())
     };
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
@@ -1215,64 +1068,7 @@ fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
         .http2_max_pending_accept_reset_streams(Some(64))
 }
 
-/// How often the node checks its TLS files for a new certificate (also on SIGHUP).
-pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Reads the HTTP API's certificate files again every `every` and on SIGHUP, until
-/// shutdown: a changed, valid pair is served from the next handshake on
-/// (`dynamo_tls_reloads_total{result="changed"}`); a pair that does not form a valid
-/// certificate yet (files caught mid-rotation) keeps the one served and is logged
-/// (`result="refused"`).
-async fn watch_certificate(
-    cert: Arc<ReloadingCert>,
-    every: Duration,
-    metrics: Metrics,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let refusals = crate::log_gate::LogGate::new(Duration::from_secs(60));
-    let stop = wait_for(shutdown);
-    tokio::pin!(stop);
-    loop {
-        #[cfg(unix)]
-        let hung_up = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hung_up = std::future::pending::<()>();
-        tokio::select! {
-            () = &mut stop => return,
-            _ = tick.tick() => {}
-            () = hung_up => {}
-        }
-        let reload = Arc::clone(&cert);
-        match tokio::task::spawn_blocking(move || reload.reload()).await {
-            Ok(Ok(true)) => {
-                metrics.count_tls_reload("changed");
-                tracing::info!("TLS certificate reloaded");
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => {
-                metrics.count_tls_reload("refused");
-                if let Some(held_back) = refusals.admit() {
-                    tracing::warn!(%error, held_back, "TLS certificate not reloaded; serving the last one");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "TLS reload task failed"),
-        }
-    }
-}
-
-async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
             return;

@@ -1220,6 +1220,129 @@ async fn a_pinned_certificate_stays_on_the_internode_port_without_a_ca() {
     assert!(!status.into_inner().node_id.is_empty());
 }
 
+/// A CA rotation under mutual TLS, done as a Secret update would do it in three steps
+/// (the new CA added to the bundle, the certificate re-issued from it, the old CA
+/// dropped), each reaching every node by SIGHUP: no node restarts, every step keeps R=3
+/// reads working, and afterwards the nodes refuse a certificate from the old CA. A node
+/// restarted at the end, which trusts only the new CA, is called by its peers: their own
+/// internode calls present the re-issued certificate, not the one they started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_reaches_the_listeners_and_the_internode_calls_without_a_restart() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let (old_ca, new_ca) = (support::TestCa::generate(), support::TestCa::generate());
+    let names = ["localhost", "127.0.0.1"];
+    let old = old_ca.issue("node", &names, "dynamo-node");
+    let new = new_ca.issue("node", &names, "dynamo-node");
+    let ca_file = old_ca.ca_path.to_str().expect("utf-8 temp path");
+    let http = ["--http-listen", "127.0.0.1:0"];
+    let args = [&old.args()[..], &["--tls-ca", ca_file], &http].concat();
+    let bundle = format!("{}{}", old_ca.ca_pem(), new_ca.ca_pem());
+    let harness = |identity: &support::IssuedCert| {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&bundle))
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+    };
+    let mut cluster = TestCluster::start_with(3, &args, Some(harness(&old))).await;
+    put(&cluster.nodes[0], "k", "v", Vec::new())
+        .await
+        .expect("put over mutual TLS");
+
+    // Each step reaches every node before the next is written.
+    rotate(
+        &cluster,
+        &bundle,
+        1.0,
+        &[(old_ca.ca_path.as_path(), &bundle)],
+    )
+    .await;
+    rotate(
+        &cluster,
+        &bundle,
+        2.0,
+        &[
+            (old.key_path.as_path(), &new.key_pem),
+            (old.cert_path.as_path(), &new.cert_pem),
+        ],
+    )
+    .await;
+    for node in &mut cluster.nodes {
+        node.tls = Some(harness(&new));
+    }
+    let last = [(old_ca.ca_path.as_path(), new_ca.ca_pem())];
+    rotate(&cluster, &bundle, 3.0, &last).await;
+
+    // A caller with a certificate from the old CA is refused on every internode port.
+    for node in &cluster.nodes {
+        let admin = tonic::transport::Channel::from_shared(format!("https://{}", node.internode))
+            .expect("valid uri")
+            .tls_config(harness(&old))
+            .expect("TLS settings")
+            .connect()
+            .await;
+        let served = match admin {
+            Err(_) => false,
+            Ok(channel) => proto::admin_client::AdminClient::new(channel)
+                .status(proto::StatusRequest {})
+                .await
+                .is_ok(),
+        };
+        assert!(!served, "{} still accepts the old CA", node.id);
+        assert!(node.is_running());
+    }
+    // n3 restarts trusting only the new CA; n1's calls to it are new connections.
+    cluster.nodes[2].kill().await;
+    cluster.nodes[2].restart().await;
+    for index in [0, 2] {
+        let node = &cluster.nodes[index];
+        eventually(&format!("an R=3 get through {}", node.id), || async move {
+            get(node, "k", Some(3))
+                .await
+                .is_ok_and(|(values, _)| values == ["v"])
+        })
+        .await;
+    }
+}
+
+/// One step of a TLS rotation: rewrites `files`, sends every node SIGHUP, waits until
+/// each has counted `step` reloads (its `/metrics` over HTTPS trusting `trusted`), then
+/// reads `k` at R=3 through each node.
+async fn rotate(
+    cluster: &TestCluster,
+    trusted: &str,
+    step: f64,
+    files: &[(&std::path::Path, &str)],
+) {
+    for (path, contents) in files {
+        std::fs::write(path, contents).expect("rewriting a TLS file");
+    }
+    for node in &cluster.nodes {
+        node.hangup();
+    }
+    for node in &cluster.nodes {
+        let address = node.http.expect("HTTP port announced");
+        eventually(
+            &format!("{} to reload its TLS files ({step})", node.id),
+            || async move {
+                let Ok(response) =
+                    support::try_https(address, trusted, "GET", "/metrics", &[], b"").await
+                else {
+                    return false;
+                };
+                let text = String::from_utf8_lossy(&response.body);
+                metric(&text, "dynamo_tls_reloads_total{result=\"changed\"}")
+                    .is_some_and(|count| count >= step)
+            },
+        )
+        .await;
+    }
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "k", Some(3))
+            .await
+            .unwrap_or_else(|e| panic!("R=3 get from {} after step {step}: {e}", node.id));
+        assert_eq!(values, vec!["v"]);
+    }
+}
+
 /// A node that is gone for good (#14, dead members): `Admin.Remove` takes it out of the
 /// ring at once, only when the asking node cannot reach it; anti-entropy then fills the
 /// replicas that took over its ranges, and a replacement under the same id, started on

@@ -73,6 +73,14 @@ pub enum HttpsError {
         /// rustls's reason.
         source: rustls::Error,
     },
+    /// The CA file holds no certificate a client verifier can trust.
+    #[error("{path}: not a usable CA: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 /// The HTTP API's TLS settings from the node's certificate chain and private key

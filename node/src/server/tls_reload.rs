@@ -1,28 +1,33 @@
-//! A server certificate that follows its files, so a rotated certificate (a Kubernetes
-//! Secret volume swaps its files atomically) is served without a restart: every new
-//! TLS handshake gets the newest certificate, connections already open keep theirs.
+//! TLS material that follows its files, so a rotated certificate or CA (a Kubernetes
+//! Secret volume swaps its files atomically) takes effect without a restart: every new
+//! TLS handshake gets the newest material, connections already open keep theirs.
 //!
 //! [`ReloadingCert`] is a rustls certificate resolver over the certificate chain and
-//! key last read; [`ReloadingCert::reload`] reads the files again and swaps them in when
-//! their contents changed and they still form a valid pair. A pair that does not parse
-//! or whose key does not fit the certificate (the two files caught between writes) is
-//! refused and the last good one kept; the next check tries again.
+//! key last read; [`ReloadingClientCa`] a client-certificate verifier over the CA last
+//! read (mutual TLS on the internode port). Their `reload` reads the files again and
+//! swaps them in when their contents changed and are still valid. Material that does
+//! not parse, or a key that does not fit the certificate (the two files caught between
+//! writes), is refused and the last good one kept; the next check tries again.
 //!
-//! The HTTP API and the gRPC listeners serve through it (the accept loop terminates
-//! their TLS, `server::incoming`); the internode port only under a CA, since without one
-//! peers pin the certificate they started with. The CA that verifies internode clients
-//! and the identity the node presents on its own internode calls stay what they were at
-//! start (operator README, Next).
+//! The HTTP API and the gRPC listeners serve through them (the accept loop terminates
+//! their TLS, `server::incoming`); the internode port's certificate only under a CA,
+//! since without one peers pin the certificate they started with. The node's own
+//! internode calls are re-dialled with the new material (`server::tls`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
 use super::https::HttpsError;
 
@@ -83,12 +88,6 @@ impl ReloadingCert {
     /// # Errors
     /// A file cannot be read or the pair is not valid; the certificate served stays.
     pub fn reload(&self) -> Result<bool, ReloadError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| ReloadError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-        };
         let cert_pem = read(&self.cert_path)?;
         let key_pem = read(&self.key_path)?;
         let current = self.current();
@@ -120,6 +119,14 @@ impl ReloadingCert {
         self.current().key.cert.first().cloned()
     }
 
+    /// The certificate chain and key served now, as the PEM they were read from (the
+    /// identity the node's own internode calls present).
+    #[must_use]
+    pub fn pem_pair(&self) -> (Vec<u8>, Vec<u8>) {
+        let current = self.current();
+        (current.cert_pem.clone(), current.key_pem.clone())
+    }
+
     fn current(&self) -> Arc<Loaded> {
         // A panic while swapping leaves either the old or the new pair: both valid.
         Arc::clone(
@@ -135,6 +142,165 @@ impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current().key))
     }
+}
+
+/// The CA last read and the verifier built over it.
+struct LoadedCa {
+    pem: Vec<u8>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// A client-certificate verifier (mutual TLS) over the last valid CA read from a file:
+/// a CA bundle extended with a new CA before the certificates are re-issued, or trimmed
+/// of the old one after, applies to the next handshake.
+pub struct ReloadingClientCa {
+    path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    loaded: RwLock<Arc<LoadedCa>>,
+}
+
+impl fmt::Debug for ReloadingClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingClientCa {
+    /// A verifier requiring a client certificate that chains to a CA in `pem`, which
+    /// came from `path` (read again by [`reload`](Self::reload)).
+    ///
+    /// # Errors
+    /// [`HttpsError`] when the file is not PEM or holds no usable CA certificate.
+    pub fn new(pem: &[u8], path: &Path, provider: Arc<CryptoProvider>) -> Result<Self, HttpsError> {
+        let verifier = client_verifier(pem, path, &provider)?;
+        Ok(Self {
+            path: path.to_owned(),
+            provider,
+            loaded: RwLock::new(Arc::new(LoadedCa {
+                pem: pem.to_owned(),
+                verifier,
+            })),
+        })
+    }
+
+    /// Reads the file again; verifies clients against it from the next handshake on
+    /// when it changed and holds a usable CA. Returns whether the CA changed.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no usable CA; the CA in use stays.
+    pub fn reload(&self) -> Result<bool, ReloadError> {
+        let pem = read(&self.path)?;
+        if pem == self.current().pem {
+            return Ok(false);
+        }
+        let verifier = client_verifier(&pem, &self.path, &self.provider)?;
+        *self
+            .loaded
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(LoadedCa { pem, verifier });
+        Ok(true)
+    }
+
+    /// The CA in use, as the PEM it was read from (what the node's own internode calls
+    /// trust).
+    #[must_use]
+    pub fn pem(&self) -> Vec<u8> {
+        self.current().pem.clone()
+    }
+
+    fn current(&self) -> Arc<LoadedCa> {
+        Arc::clone(
+            &self
+                .loaded
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientCa {
+    /// No hints: the CA may change between the hint and the check, and the node's
+    /// clients hold one certificate each, so a hint would not change their choice.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, tokio_rustls::rustls::Error> {
+        self.current()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.current()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.current()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().verifier.supported_verify_schemes()
+    }
+}
+
+/// A WebPKI client verifier over the CA certificates in `pem`.
+fn client_verifier(
+    pem: &[u8],
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, HttpsError> {
+    let name = || path.display().to_string();
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(pem) {
+        let certificate = certificate.map_err(|source| HttpsError::Pem {
+            path: name(),
+            source,
+        })?;
+        roots.add(certificate).map_err(|e| HttpsError::Ca {
+            path: name(),
+            reason: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(HttpsError::NoCertificate { path: name() });
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|e| HttpsError::Ca {
+            path: name(),
+            reason: e.to_string(),
+        })
+}
+
+/// A whole TLS file, its error naming it.
+fn read(path: &Path) -> Result<Vec<u8>, ReloadError> {
+    std::fs::read(path).map_err(|source| ReloadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Why a reload kept the certificate it had.
@@ -244,5 +410,70 @@ mod tests {
         let error = resolver.reload().unwrap_err();
         assert!(error.to_string().contains("tls.key"), "{error}");
         assert_eq!(resolver.served_certificate().unwrap().as_ref(), second.der);
+    }
+
+    /// A CA and a client certificate it issued (DER).
+    fn ca_and_client(name: &str) -> (String, Vec<u8>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let client = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        (ca.pem(), client.der().to_vec())
+    }
+
+    #[test]
+    fn a_changed_ca_verifies_the_next_client_and_a_bad_one_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let (old_ca, old_client) = ca_and_client("old");
+        let (new_ca, new_client) = ca_and_client("new");
+        std::fs::write(&path, &old_ca).unwrap();
+        let verifier =
+            ReloadingClientCa::new(old_ca.as_bytes(), &path, Arc::new(default_provider())).unwrap();
+        let accepts = |der: &[u8]| {
+            verifier
+                .verify_client_cert(&CertificateDer::from(der.to_vec()), &[], UnixTime::now())
+                .is_ok()
+        };
+        assert!(accepts(&old_client));
+        assert!(!accepts(&new_client));
+        assert!(!verifier.reload().unwrap());
+
+        // The bundle step of a CA rotation: both CAs trusted.
+        std::fs::write(&path, format!("{old_ca}{new_ca}")).unwrap();
+        assert!(verifier.reload().unwrap());
+        assert!(accepts(&old_client) && accepts(&new_client));
+
+        // The old CA dropped.
+        std::fs::write(&path, &new_ca).unwrap();
+        assert!(verifier.reload().unwrap());
+        assert!(!accepts(&old_client));
+        assert!(accepts(&new_client));
+        assert_eq!(verifier.pem(), new_ca.as_bytes());
+
+        // A file caught mid-write, then an empty one: refused, the last CA kept.
+        std::fs::write(&path, &new_ca[..new_ca.len() / 2]).unwrap();
+        assert!(verifier.reload().is_err());
+        std::fs::write(&path, "").unwrap();
+        let error = verifier.reload().unwrap_err();
+        assert!(error.to_string().contains("ca.crt"), "{error}");
+        assert!(accepts(&new_client));
+        assert!(!accepts(&old_client));
+    }
+
+    #[test]
+    fn a_file_without_a_ca_certificate_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let error = ReloadingClientCa::new(b"", &path, Arc::new(default_provider())).unwrap_err();
+        assert!(matches!(error, HttpsError::NoCertificate { .. }), "{error}");
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,10 +45,8 @@ pub enum TransportConfigError {
     ZeroConnectTimeout,
 }
 
-/// Timeouts for [`GrpcTransport`], checked once at construction.
-///
-/// TLS will be configured here too (a client TLS config applied to every endpoint in
-/// `GrpcTransport::endpoint`); until then peers are called over plain HTTP/2.
+/// Timeouts for [`GrpcTransport`], checked once at construction. TLS is given to the
+/// transport itself ([`GrpcTransport::with_tls`], [`GrpcTransport::set_tls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcTransportConfig {
     call_timeout: Duration,
@@ -123,8 +121,10 @@ fn bounded_client(channel: Channel, credentials: Credentials) -> PeerClient {
 pub struct GrpcTransport {
     config: GrpcTransportConfig,
     /// TLS for every peer call (`https`), verifying peers against the configured CA and
-    /// presenting this node's certificate; `None` calls peers over plain HTTP/2.
-    tls: Option<ClientTlsConfig>,
+    /// presenting this node's certificate; `None` calls peers over plain HTTP/2. Read
+    /// when a channel is made, replaced by [`set_tls`](Self::set_tls). A std lock, never
+    /// held across an `.await`; taken inside `channels`' lock, never around it.
+    tls: RwLock<Option<ClientTlsConfig>>,
     /// What every call presents to the peer's internode authentication.
     credentials: Credentials,
     /// Channels and write batchers by peer address. A std mutex: it guards a map lookup
@@ -149,7 +149,7 @@ impl GrpcTransport {
     pub fn new(config: GrpcTransportConfig) -> Self {
         Self {
             config,
-            tls: None,
+            tls: RwLock::new(None),
             credentials: Credentials::none(),
             channels: Mutex::new(HashMap::new()),
         }
@@ -159,7 +159,7 @@ impl GrpcTransport {
     pub fn with_tls(config: GrpcTransportConfig, tls: ClientTlsConfig) -> Self {
         Self {
             config,
-            tls: Some(tls),
+            tls: RwLock::new(Some(tls)),
             credentials: Credentials::none(),
             channels: Mutex::new(HashMap::new()),
         }
@@ -174,6 +174,22 @@ impl GrpcTransport {
         }
     }
 
+    /// Calls peers with `tls` from now on (rotated TLS material): the channels made with
+    /// the old settings are dropped, so the next call to each peer dials it again; calls
+    /// in flight finish on the connection they started on.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        *self
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
+        // After the settings: a channel made between the two lines is made with the new
+        // settings or cleared here.
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     /// The configuration the transport was built with.
     pub fn config(&self) -> &GrpcTransportConfig {
         &self.config
@@ -181,12 +197,17 @@ impl GrpcTransport {
 
     /// The endpoint for a peer; the TLS seam (scheme and `tls_config`) is here.
     fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self
+            .tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true);
-        match &self.tls {
-            Some(tls) => endpoint.tls_config(tls.clone()),
+        match tls {
+            Some(tls) => endpoint.tls_config(tls),
             None => Ok(endpoint),
         }
     }

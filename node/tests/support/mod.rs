@@ -584,6 +584,11 @@ impl TestCa {
             .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
     }
 
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// The CA file as a command-line argument.
     pub fn ca_arg(&self) -> &str {
         self.ca_path.to_str().expect("utf-8 temp path")
