@@ -477,6 +477,16 @@ pub async fn final_verdict(
         converged(&dump).map(|()| dump)
     })
     .await;
+    let reads = history.read_versions();
+    eprintln!(
+        "reads: {} saw one version, {} saw siblings, {} found nothing; one version: {} of reads that found a value (Dynamo 6.3: 99.94%)",
+        reads.one,
+        reads.several,
+        reads.not_found,
+        reads
+            .one_version_pct()
+            .map_or_else(|| "-".to_owned(), |pct| format!("{pct:.2}%"))
+    );
     let verdict = check(&history, &dump);
     if !verdict.is_ok() {
         explain(&history, &verdict);

@@ -1650,9 +1650,98 @@ async fn a_stuck_peer_shows_as_unreachable_while_it_stays_a_member() {
     .await;
 }
 
+/// Dynamo §6's "high performance read engine" profile (W = N, R = 1): once a write is
+/// acknowledged by all N home replicas, an R = 1 read through any node, each reading a
+/// single replica, sees it (README, "Profiles").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_w_equal_to_n_an_r1_read_through_any_node_sees_the_acknowledged_write() {
+    let profile = [
+        "--replication-factor",
+        "3",
+        "--write-quorum",
+        "3",
+        "--read-quorum",
+        "1",
+    ];
+    let cluster = TestCluster::start(4, &profile).await;
+    for (i, writer) in cluster.nodes.iter().enumerate() {
+        for j in 0..8 {
+            let key = format!("profile-{i}-{j}");
+            let value = format!("value-{i}-{j}");
+            put(writer, &key, &value, Vec::new())
+                .await
+                .unwrap_or_else(|e| panic!("W=N put of {key} through {}: {e}", writer.id));
+            for reader in &cluster.nodes {
+                let (values, _) = get(reader, &key, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("R=1 get of {key} through {}: {e}", reader.id));
+                assert_eq!(
+                    values,
+                    std::slice::from_ref(&value),
+                    "{key} through {}",
+                    reader.id
+                );
+            }
+        }
+    }
+}
+
+/// Issue #15: at the sibling cap a put is a conflict the client resolves by reading
+/// (`ABORTED`, "read and resolve"), whichever node receives it (with N = 1 on two nodes
+/// one of them forwards the put, and the home replica's answer crosses back); a put
+/// with the read's context resolves it; a delete without a context deletes what a read
+/// finds instead of writing a tombstone that supersedes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_past_the_sibling_cap_is_aborted_and_a_delete_without_a_context_deletes() {
+    let args = [&ONE_REPLICA[..], &["--max-siblings", "3"]].concat();
+    let cluster = TestCluster::start(2, &args).await;
+    for i in 0..3 {
+        put(&cluster.nodes[i % 2], "hot", &format!("v{i}"), Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("blind put {i}: {e}"));
+    }
+    for node in &cluster.nodes {
+        let refused = put(node, "hot", "one too many", Vec::new())
+            .await
+            .expect_err("a fourth concurrent version is refused");
+        assert_eq!(
+            refused.code(),
+            Code::Aborted,
+            "through {}: {refused:?}",
+            node.id
+        );
+        assert!(
+            refused.message().contains("read and resolve"),
+            "{refused:?}"
+        );
+    }
+    let (values, context) = get(&cluster.nodes[0], "hot", None).await.expect("get");
+    assert_eq!(values, ["v0", "v1", "v2"]);
+    put(&cluster.nodes[1], "hot", "merged", context)
+        .await
+        .expect("a put with the read's context resolves the siblings");
+    let (values, _) = get(&cluster.nodes[1], "hot", None).await.expect("get");
+    assert_eq!(values, ["merged"]);
+
+    cluster.nodes[0]
+        .kv()
+        .await
+        .delete(DeleteRequest {
+            key: b"hot".to_vec().into(),
+            context: Vec::new().into(),
+            w: None,
+        })
+        .await
+        .expect("a delete without a context");
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "hot", None).await.expect("get");
+        assert!(values.is_empty(), "{} still reads {values:?}", node.id);
+    }
+}
+
 /// A key's state is bounded by what one internode message carries: a put that would
-/// outgrow it (two concurrent 9 MiB values) is refused before anything is written,
-/// with a message saying what to do, and the key stays readable and writable.
+/// outgrow it (two concurrent 9 MiB values) is refused before anything is written, as
+/// a conflict (`ABORTED`, "read and resolve"), and the key stays readable and writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_that_would_outgrow_the_key_is_refused_before_anything_is_written() {
     let mut args = ONE_REPLICA.to_vec();
@@ -1666,7 +1755,11 @@ async fn a_put_that_would_outgrow_the_key_is_refused_before_anything_is_written(
     let refused = put(node, "big", &large, Vec::new())
         .await
         .expect_err("a second, concurrent 9 MiB value does not");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    assert!(
+        refused.message().contains("read and resolve"),
+        "{refused:?}"
+    );
     assert!(
         refused.message().contains("resolve its siblings"),
         "{}",

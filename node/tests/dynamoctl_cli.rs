@@ -468,7 +468,14 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
         assert!(field("p999") <= field("max"), "{latency}");
     }
     assert!(run["operations"]["read"]["throughput"].as_f64().unwrap() > 0.0);
-    assert!(run["reads_with_siblings"].as_u64().is_some());
+    // Dynamo §6.3's figure: reads that found a value and saw one version.
+    let one = run["reads_with_one_version"].as_u64().expect("a count");
+    let several = run["reads_with_siblings"].as_u64().expect("a count");
+    let pct = run["one_version_pct"].as_f64().expect("a percentage");
+    assert!(one > 0, "{run}");
+    #[allow(clippy::cast_precision_loss)]
+    let expected = 100.0 * one as f64 / (one + several) as f64;
+    assert!((pct - expected).abs() < 1e-9, "{run}");
 }
 
 #[test]

@@ -664,7 +664,8 @@ impl Client {
     }
 
     /// Deletes `key` (writes a tombstone superseding the versions `context` covers);
-    /// returns the tombstone's context.
+    /// returns the tombstone's context. An empty context deletes what the node's read
+    /// of the key finds.
     ///
     /// # Errors
     /// As [`put`](Self::put).

@@ -51,6 +51,11 @@ pub enum CoordinatorError {
     /// The request itself is invalid (key or value size, quorum override).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The key holds more concurrent versions than a put may add to (the sibling cap,
+    /// or their size together): the client must read them and write back one merged
+    /// value with the read's context.
+    #[error("conflict: read and resolve: {0}")]
+    Conflict(String),
     /// The quorum could not be reached.
     #[error(transparent)]
     Quorum(#[from] QuorumError),
@@ -282,12 +287,44 @@ impl Coordinator {
             .record_speculative_reads(driver.machine.speculative_reads());
         driver.finish_in_background();
         match outcome {
-            Some(GetOutcome::Success { state, .. }) => Ok(state),
+            Some(GetOutcome::Success { state, .. }) => {
+                self.inner
+                    .metrics
+                    .record_get_versions(state.values().count());
+                Ok(state)
+            }
             Some(GetOutcome::Failed(error)) => Err(error.into()),
             None => Err(CoordinatorError::Unavailable(
                 "the get ended without an outcome".into(),
             )),
         }
+    }
+
+    /// Deletes `key` (writes a tombstone), superseding the versions `context` covers
+    /// (Dynamo §4.4). Without a context (a blind delete, which would supersede nothing
+    /// and leave every value readable) the key is read first, at R, and what that read
+    /// saw is deleted: what a client that sends `DELETE` alone means. A version written
+    /// concurrently and not seen by that read stays, as a sibling, as with any write. A
+    /// key with nothing to delete is not written; its read's context is returned.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get) and [`put`](Self::put).
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: Context,
+        w: Option<u32>,
+    ) -> Result<Context, CoordinatorError> {
+        if !context.is_empty() {
+            return self.put(key, context, None, w).await;
+        }
+        // W is checked before the read so a bad override costs no read.
+        self.inner.quorum.with_overrides(None, w)?;
+        let read = self.get(key, None).await?;
+        if read.is_deleted() {
+            return Ok(read.context());
+        }
+        self.put(key, read.context(), None, w).await
     }
 
     /// Writes `value` (or a tombstone when `None`) with the client's `context`, through a
@@ -459,14 +496,18 @@ impl Coordinator {
     }
 }
 
-/// A put the local store refused: the client's to fix (too many siblings, a state too
-/// large to replicate) or the node's (storage failure, corruption).
+/// A put the local store refused: a conflict the client resolves by reading (too many
+/// siblings, or siblings together too large to replicate), the client's to fix (a
+/// counter overflow from a forged context) or the node's (storage failure, corruption).
 fn put_refusal(error: StoreError) -> CoordinatorError {
     match error {
         StoreError::StateTooLarge { .. }
-        | StoreError::Version(
-            VersionError::TooManySiblings { .. } | VersionError::CounterOverflow(_),
-        ) => CoordinatorError::InvalidArgument(error.to_string()),
+        | StoreError::Version(VersionError::TooManySiblings { .. }) => {
+            CoordinatorError::Conflict(error.to_string())
+        }
+        StoreError::Version(VersionError::CounterOverflow(_)) => {
+            CoordinatorError::InvalidArgument(error.to_string())
+        }
         other => CoordinatorError::Store(other),
     }
 }

@@ -28,7 +28,8 @@ pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
     about = "Command-line client for a Dynamo cluster: get, put, delete, ring, status, admin, dev",
     after_help = "Exit codes: 0 success, 1 key not found (get) or unknown node (admin), \
                   2 usage error (bad flag, bad --context, rejected argument), \
-                  3 server error or server unreachable."
+                  3 server error or server unreachable, \
+                  4 conflict (a put past the sibling cap: get the key, then put one value with its --context)."
 )]
 pub struct Cli {
     /// Client API (gRPC Kv) endpoint; `host:port` means https:// with TLS flags, http://

@@ -12,7 +12,9 @@
 //!
 //! Exit codes: 0 success, 1 not found (a get of a missing key, an admin change naming an
 //! unknown node), 2 usage error (bad flags, a bad `--context`, an argument the server
-//! rejects as invalid), 3 server error or server unreachable.
+//! rejects as invalid), 3 server error or server unreachable, 4 conflict (a put refused
+//! because the key holds too many concurrent versions: get it, then put one value with
+//! the read's `--context`).
 
 pub mod args;
 pub mod bench;
@@ -40,6 +42,9 @@ pub const EXIT_NOT_FOUND: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a server error or an unreachable server.
 pub const EXIT_SERVER: u8 = 3;
+/// Exit code of a put refused because the key holds too many concurrent versions:
+/// read them (`dynamoctl get`) and put one value with the read's `--context`.
+pub const EXIT_CONFLICT: u8 = 4;
 
 /// Why a command failed; each maps to an exit code ([`CtlError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,7 @@ pub fn exit_code_for(code: tonic::Code) -> u8 {
         tonic::Code::Ok => 0,
         tonic::Code::InvalidArgument | tonic::Code::OutOfRange => EXIT_USAGE,
         tonic::Code::NotFound => EXIT_NOT_FOUND,
+        tonic::Code::Aborted => EXIT_CONFLICT,
         _ => EXIT_SERVER,
     }
 }
@@ -483,6 +489,7 @@ mod tests {
         assert_eq!(exit_code_for(tonic::Code::NotFound), EXIT_NOT_FOUND);
         assert_eq!(exit_code_for(tonic::Code::InvalidArgument), EXIT_USAGE);
         assert_eq!(exit_code_for(tonic::Code::OutOfRange), EXIT_USAGE);
+        assert_eq!(exit_code_for(tonic::Code::Aborted), EXIT_CONFLICT);
         for code in [
             tonic::Code::Unavailable,
             tonic::Code::DeadlineExceeded,

@@ -122,6 +122,27 @@ impl Op {
     }
 }
 
+/// Successful reads by how many versions they saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadVersions {
+    /// Reads that found nothing.
+    pub not_found: u64,
+    /// Reads that saw exactly one version.
+    pub one: u64,
+    /// Reads that saw concurrent versions (siblings).
+    pub several: u64,
+}
+
+impl ReadVersions {
+    /// Of the reads that found a value, the percentage that saw one version (Dynamo
+    /// §6.3: 99.94%); `None` when none found one.
+    pub fn one_version_pct(&self) -> Option<f64> {
+        let found = self.one + self.several;
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        (found > 0).then(|| 100.0 * self.one as f64 / found as f64)
+    }
+}
+
 /// The operations of a run, in the order their events happened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
@@ -214,6 +235,21 @@ impl History {
         &self.ops
     }
 
+    /// How many versions the successful reads saw (Dynamo §6.3's divergence figure).
+    pub fn read_versions(&self) -> ReadVersions {
+        let mut counts = ReadVersions::default();
+        for op in &self.ops {
+            if let Outcome::GetOk { values, .. } = &op.outcome {
+                match values.len() {
+                    0 => counts.not_found += 1,
+                    1 => counts.one += 1,
+                    _ => counts.several += 1,
+                }
+            }
+        }
+        counts
+    }
+
     /// Event position of the quiesced mark, if set.
     pub fn quiesced_at(&self) -> Option<usize> {
         self.quiesced_at
@@ -292,5 +328,48 @@ impl ReplicaDump {
     /// The recorded keys with each replica's versions.
     pub fn keys(&self) -> &BTreeMap<Vec<u8>, BTreeMap<String, Vec<StoredVersion>>> {
         &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_counted_by_the_versions_they_saw() {
+        let mut history = History::new();
+        let empty = Context::default();
+        for values in [
+            vec![],
+            vec![b"a".to_vec()],
+            vec![b"a".to_vec()],
+            vec![b"a".to_vec(), b"b".to_vec()],
+        ] {
+            let op = history.invoke_get(b"k");
+            history.complete(
+                op,
+                Outcome::GetOk {
+                    values,
+                    context: empty.clone(),
+                },
+            );
+        }
+        // Puts and failed reads are not reads that saw versions.
+        let put = history.invoke_put(b"k", b"c", empty.clone());
+        history.complete(put, Outcome::PutOk { context: empty });
+        let failed = history.invoke_get(b"k");
+        history.complete(failed, Outcome::Failed);
+        let counts = history.read_versions();
+        assert_eq!(
+            counts,
+            ReadVersions {
+                not_found: 1,
+                one: 2,
+                several: 1
+            }
+        );
+        let pct = counts.one_version_pct().unwrap();
+        assert!((pct - 200.0 / 3.0).abs() < 1e-9, "{pct}");
+        assert_eq!(ReadVersions::default().one_version_pct(), None);
     }
 }

@@ -5,11 +5,14 @@
 //!
 //! * `GET /v1/kv/{key}`: the key's versions (Dynamo §4.4, §5). One version: `200` with
 //!   the value as the body. Several concurrent versions (siblings): `300 Multiple
-//!   Choices` with `{"siblings": ["<base64>", ...]}`. None, or only deletes: `404`. All
+//!   Choices` with `{"siblings": ["<base64>", ...], "explanation": "..."}` (how to
+//!   resolve them). None, or only deletes: `404`. All
 //!   three carry the context covering what was read in `X-Dynamo-Context`.
 //! * `PUT /v1/kv/{key}` (body = value) and `DELETE /v1/kv/{key}`, both with an optional
-//!   `X-Dynamo-Context` (absent or empty: a blind write): `204` with the new version's
-//!   context in `X-Dynamo-Context`.
+//!   `X-Dynamo-Context`: `204` with the new version's context in `X-Dynamo-Context`. A
+//!   `PUT` without one is a blind write, concurrent with every version already there (a
+//!   sibling beside them); a `DELETE` without one deletes what a read of the key at R
+//!   finds ([`Coordinator::delete`](crate::coordinator::Coordinator::delete)).
 //! * `?r=` on gets and `?w=` on puts and deletes override the node's R and W.
 //! * `GET /metrics` (OpenMetrics text), `GET /healthz`, `GET /readyz`, and `GET /` (an
 //!   HTML page drawing the ring and listing the members).
@@ -17,7 +20,9 @@
 //! The key is the percent-decoded path after `/v1/kv/` and may hold any bytes. The
 //! context is the standard base64 of the opaque context bytes
 //! ([`version::context`](crate::version::context)). Errors answer with
-//! `{"error": "..."}`: `400` for a malformed key, context or quorum override, `413`
+//! `{"error": "..."}`: `400` for a malformed key, context or quorum override, `409`
+//! for a put refused because the key holds too many concurrent versions (read them and
+//! put one merged value with the read's context), `413`
 //! for a value over the node's limit (refused while reading the body, before it is
 //! buffered whole), `503` when the quorum cannot be reached, `500` for a failure of
 //! the node itself. Every key-value request is counted in [`Metrics`].
@@ -258,6 +263,7 @@ impl ApiError {
         let outcome = Outcome::of_error(error);
         let status = match outcome {
             Outcome::Invalid => StatusCode::BAD_REQUEST,
+            Outcome::Conflict => StatusCode::CONFLICT,
             Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -380,13 +386,24 @@ fn found(state: &SiblingSet) -> (Response, Outcome) {
         }
         several => {
             let siblings: Vec<String> = several.iter().map(|v| BASE64.encode(v)).collect();
-            let body = serde_json::json!({ "siblings": siblings }).to_string();
+            let body = serde_json::json!({
+                "siblings": siblings,
+                "explanation": SIBLINGS_EXPLANATION,
+            })
+            .to_string();
             let mut response = json_response(StatusCode::MULTIPLE_CHOICES, &body);
             response.headers_mut().insert(context.0, context.1);
             (response, Outcome::Ok)
         }
     }
 }
+
+/// What a `300` says to whoever meets siblings for the first time (a curl user whose
+/// second blind `PUT` made one).
+pub const SIBLINGS_EXPLANATION: &str = "These versions were written concurrently: no writer \
+     saw the others (a PUT without X-Dynamo-Context is concurrent with every version \
+     already there). PUT the value you want, for example a merge of these, with this \
+     response's X-Dynamo-Context header to replace them all.";
 
 impl HttpState {
     /// Counts a finished key-value request and turns it into a response.
@@ -418,11 +435,15 @@ impl HttpState {
         let key = key_of(uri);
         let params = query.map_err(|e| ApiError::query(&e))?;
         let context = context_of(headers)?;
-        let clock = self
-            .coordinator
-            .put(&key, context, value, params.w)
-            .await
-            .map_err(|e| ApiError::coordinator(&e))?;
+        let written = match value {
+            Some(value) => {
+                self.coordinator
+                    .put(&key, context, Some(value), params.w)
+                    .await
+            }
+            None => self.coordinator.delete(&key, context, params.w).await,
+        };
+        let clock = written.map_err(|e| ApiError::coordinator(&e))?;
         let response = (StatusCode::NO_CONTENT, [context_header(&clock)]).into_response();
         Ok((response, Outcome::Ok))
     }
@@ -707,6 +728,8 @@ mod tests {
             table.join(id(member), address, 1).unwrap();
             table.mark_member(&id(member)).unwrap();
         }
+        // One registry for the coordinator and the handlers, as in a node.
+        let metrics = Metrics::new();
         let cluster = Arc::new(
             Cluster::new(
                 id(me),
@@ -723,7 +746,7 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 durability: Durability::Sync,
                 limits: LIMITS,
-                metrics: Metrics::new(),
+                metrics: metrics.clone(),
                 read_fanout: crate::coordinator::ReadFanout::All,
             },
             Store::new(
@@ -742,7 +765,7 @@ mod tests {
         );
         HttpState {
             coordinator,
-            metrics: Metrics::new(),
+            metrics,
             cluster,
             admission: KvAdmission {
                 inflight: InflightLimit::new(64),
@@ -865,6 +888,7 @@ mod tests {
             .collect();
         siblings.sort();
         assert_eq!(siblings, vec![b"eggs".to_vec(), b"milk".to_vec()]);
+        assert_eq!(read.json()["explanation"], SIBLINGS_EXPLANATION);
         // The client reconciles and writes back with that context (§4.4 "semantic
         // reconciliation"): one version remains.
         let merged = put(&app, "/v1/kv/cart", Some(read.context()), "eggs,milk").await;
@@ -892,6 +916,59 @@ mod tests {
         assert_eq!(gone.status, StatusCode::NOT_FOUND);
         assert_eq!(gone.context(), deleted.context());
         assert!(!gone.context().is_empty());
+    }
+
+    /// A `DELETE` without a context deletes what a read finds (it used to write a
+    /// tombstone that superseded nothing, so the value read back 200).
+    #[tokio::test]
+    async fn a_delete_without_a_context_deletes_what_a_read_finds() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/cart", None, "milk").await;
+        put(&app, "/v1/kv/cart", None, "eggs").await;
+        let deleted = send(&app, "DELETE", "/v1/kv/cart", None, Body::empty()).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        let gone = get(&app, "/v1/kv/cart").await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
+        assert_eq!(gone.context(), deleted.context());
+        // Nothing there: nothing written, 204 all the same (a delete is idempotent).
+        let nothing = send(&app, "DELETE", "/v1/kv/never", None, Body::empty()).await;
+        assert_eq!(nothing.status, StatusCode::NO_CONTENT);
+        assert_eq!(get(&app, "/v1/kv/never").await.context(), "");
+        // A bad W override is refused before anything is read or written.
+        put(&app, "/v1/kv/kept", None, "v").await;
+        let refused = send(&app, "DELETE", "/v1/kv/kept?w=9", None, Body::empty()).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(get(&app, "/v1/kv/kept").await.status, StatusCode::OK);
+    }
+
+    /// At the sibling cap a blind put is a conflict the client resolves by reading:
+    /// `409` with a message that says so, counted as `outcome="conflict"`; a put with
+    /// the read's context then replaces every sibling.
+    #[tokio::test]
+    async fn a_put_past_the_sibling_cap_is_a_409_that_says_read_and_resolve() {
+        let app = router(single_node());
+        let cap = SiblingLimits::default().max_siblings();
+        for i in 0..cap {
+            let written = put(&app, "/v1/kv/hot", None, &format!("v{i}")).await;
+            assert_eq!(written.status, StatusCode::NO_CONTENT, "put {i}");
+        }
+        let refused = put(&app, "/v1/kv/hot", None, "one too many").await;
+        assert_eq!(refused.status, StatusCode::CONFLICT);
+        let message = refused.json()["error"].as_str().unwrap().to_owned();
+        assert!(message.contains("read and resolve"), "{message}");
+        let read = get(&app, "/v1/kv/hot").await;
+        assert_eq!(read.status, StatusCode::MULTIPLE_CHOICES);
+        assert_eq!(read.json()["siblings"].as_array().unwrap().len(), cap);
+        let resolved = put(&app, "/v1/kv/hot", Some(read.context()), "merged").await;
+        assert_eq!(resolved.status, StatusCode::NO_CONTENT);
+        let read = get(&app, "/v1/kv/hot").await;
+        assert_eq!(
+            (read.status, read.body.as_slice()),
+            (StatusCode::OK, &b"merged"[..])
+        );
+        let text = String::from_utf8(get(&app, "/metrics").await.body).unwrap();
+        let line = r#"dynamo_requests_total{api="http",op="put",outcome="conflict"} 1"#;
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
 
     #[tokio::test]
@@ -1141,6 +1218,29 @@ mod tests {
             r#"dynamo_requests_total{api="http",op="get",outcome="invalid"} 1"#,
             r#"dynamo_requests_total{api="http",op="delete",outcome="ok"} 1"#,
             r#"dynamo_request_duration_seconds_count{api="http",op="get"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    /// Dynamo §6.3's figure: how many versions each get returned, on `/metrics`.
+    #[tokio::test]
+    async fn metrics_count_the_versions_each_get_returned() {
+        let app = router(single_node());
+        put(&app, "/v1/kv/one", None, "v").await;
+        // Two blind puts of one key: two concurrent versions.
+        put(&app, "/v1/kv/two", None, "a").await;
+        put(&app, "/v1/kv/two", None, "b").await;
+        get(&app, "/v1/kv/one").await;
+        get(&app, "/v1/kv/one").await;
+        get(&app, "/v1/kv/two").await;
+        get(&app, "/v1/kv/missing").await;
+        let text = String::from_utf8(get(&app, "/metrics").await.body).unwrap();
+        for line in [
+            r#"dynamo_get_versions_bucket{le="1.0"} 2"#,
+            r#"dynamo_get_versions_bucket{le="2.0"} 3"#,
+            "dynamo_get_versions_count 3",
+            "dynamo_get_versions_sum 4.0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

@@ -209,7 +209,7 @@ impl kv_server::Kv for KvService {
         })?;
         let result = self
             .coordinator
-            .put(&request.key, context, None, request.w)
+            .delete(&request.key, context, request.w)
             .await;
         self.observe(Op::Delete, started, &result);
         let new_context = result.map_err(|e| coordinator_status(&e))?;

@@ -24,6 +24,9 @@ use crate::transport::ReplicaError;
 pub(crate) fn coordinator_status(error: &CoordinatorError) -> Status {
     match error {
         CoordinatorError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        // ABORTED is gRPC's code for a concurrency conflict the client resolves by
+        // re-running its read-modify-write.
+        CoordinatorError::Conflict(_) => Status::aborted(error.to_string()),
         CoordinatorError::Quorum(_) | CoordinatorError::Unavailable(_) => {
             Status::unavailable(error.to_string())
         }
@@ -32,6 +35,8 @@ pub(crate) fn coordinator_status(error: &CoordinatorError) -> Status {
             ReplicaError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
             ReplicaError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             ReplicaError::Internal(_) => Status::internal(error.to_string()),
+            // The home replica's own words ("conflict: read and resolve: ...").
+            ReplicaError::Conflict(m) => Status::aborted(m.clone()),
             _ => Status::unavailable(error.to_string()),
         },
     }
@@ -41,6 +46,7 @@ pub(crate) fn coordinator_status(error: &CoordinatorError) -> Status {
 pub(crate) fn coordinator_replica_error(error: &CoordinatorError) -> ReplicaError {
     match error {
         CoordinatorError::InvalidArgument(m) => ReplicaError::InvalidArgument(m.clone()),
+        CoordinatorError::Conflict(_) => ReplicaError::Conflict(error.to_string()),
         CoordinatorError::Store(_) => ReplicaError::Internal(error.to_string()),
         CoordinatorError::Forwarded { error, .. } => error.clone(),
         _ => ReplicaError::Unavailable(error.to_string()),

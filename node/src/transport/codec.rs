@@ -255,6 +255,7 @@ fn replica_error(code: Code, message: String) -> ReplicaError {
         Code::Unavailable => ReplicaError::Unavailable(message),
         Code::Unauthenticated => ReplicaError::Unauthenticated(message),
         Code::Internal => ReplicaError::Internal(message),
+        Code::Aborted => ReplicaError::Conflict(message),
         // A newer peer may use a code this version does not know; keep what it said.
         other => ReplicaError::Internal(format!("{other}: {message}")),
     }
@@ -412,6 +413,7 @@ fn error_code(error: ReplicaError) -> (Code, String) {
         ReplicaError::Unavailable(m) => (Code::Unavailable, m),
         ReplicaError::Unauthenticated(m) => (Code::Unauthenticated, m),
         ReplicaError::Internal(m) => (Code::Internal, m),
+        ReplicaError::Conflict(m) => (Code::Aborted, m),
     }
 }
 
@@ -740,6 +742,7 @@ mod tests {
             ReplicaError::Unavailable("shutting down".into()),
             ReplicaError::Unauthenticated("no token".into()),
             ReplicaError::Internal("disk full".into()),
+            ReplicaError::Conflict("conflict: read and resolve".into()),
         ] {
             let status = error_to_status(error.clone());
             assert_eq!(
@@ -1097,6 +1100,7 @@ mod tests {
             ReplicaError::Unavailable("shutting down".into()),
             ReplicaError::Unauthenticated("no credentials".into()),
             ReplicaError::Internal("disk failed".into()),
+            ReplicaError::Conflict("conflict: read and resolve".into()),
         ] {
             let reply = proto::ReplicaWriteBatchResponse {
                 results: vec![write_result(Ok(())), write_result(Err(error.clone()))],

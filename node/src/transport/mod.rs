@@ -131,6 +131,10 @@ pub enum ReplicaError {
     /// The caller lacks the credentials the node requires.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A forwarded put met a conflict the client must resolve by reading (the
+    /// sibling cap).
+    #[error("{0}")]
+    Conflict(String),
     /// The node failed (storage error).
     #[error("internal: {0}")]
     Internal(String),

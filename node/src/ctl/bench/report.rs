@@ -46,6 +46,7 @@ impl OperationRecord {
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     operations: BTreeMap<Operation, OperationRecord>,
+    reads_with_one_version: u64,
     reads_with_siblings: u64,
     reads_not_found: u64,
 }
@@ -78,7 +79,7 @@ impl Recorder {
     pub fn record_versions(&mut self, versions: usize) {
         match versions {
             0 => self.reads_not_found += 1,
-            1 => {}
+            1 => self.reads_with_one_version += 1,
             _ => self.reads_with_siblings += 1,
         }
     }
@@ -88,6 +89,7 @@ impl Recorder {
         for (operation, record) in &other.operations {
             self.entry(*operation).merge(record);
         }
+        self.reads_with_one_version += other.reads_with_one_version;
         self.reads_with_siblings += other.reads_with_siblings;
         self.reads_not_found += other.reads_not_found;
     }
@@ -144,8 +146,10 @@ impl Recorder {
             errors: count - ok,
             throughput: per_second(ok),
             operations,
+            reads_with_one_version: self.reads_with_one_version,
             reads_with_siblings: self.reads_with_siblings,
             reads_not_found: self.reads_not_found,
+            one_version_pct: one_version_pct(self.reads_with_one_version, self.reads_with_siblings),
         }
     }
 }
@@ -197,10 +201,22 @@ pub struct PhaseReport {
     pub throughput: f64,
     /// Per operation kind (`read`, `update`, `insert`, `rmw`).
     pub operations: BTreeMap<&'static str, OperationReport>,
+    /// Successful gets that returned exactly one version.
+    pub reads_with_one_version: u64,
     /// Successful gets that returned more than one version (Dynamo §6.3).
     pub reads_with_siblings: u64,
     /// Successful gets that found no value.
     pub reads_not_found: u64,
+    /// Of the gets that found a value, the percentage that saw one version: Dynamo §6.3
+    /// reports 99.94% over 24 hours of its shopping cart. Absent when no get found one.
+    pub one_version_pct: Option<f64>,
+}
+
+/// `one` as a percentage of `one + several`, if either is non-zero.
+fn one_version_pct(one: u64, several: u64) -> Option<f64> {
+    let found = one + several;
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    (found > 0).then(|| 100.0 * one as f64 / found as f64)
 }
 
 /// The whole benchmark: its settings and each phase that ran.
@@ -312,14 +328,19 @@ pub fn render(report: &BenchReport) -> String {
         }
         let _ = writeln!(
             out,
-            "{}: {} calls in {:.1} s, {:.1} ops/s, {} errors; reads with >1 version: {}, reads not found: {}",
+            "{}: {} calls in {:.1} s, {:.1} ops/s, {} errors; reads with >1 version: {}, reads not found: {}{}",
             phase.phase,
             phase.count,
             phase.elapsed_s,
             phase.throughput,
             phase.errors,
             phase.reads_with_siblings,
-            phase.reads_not_found
+            phase.reads_not_found,
+            phase
+                .one_version_pct
+                .map_or_else(String::new, |pct| format!(
+                    "; one version: {pct:.3}% of reads that found a value (Dynamo §6.3: 99.94%)"
+                ))
         );
     }
     let r = &report.routing;
@@ -389,6 +410,8 @@ mod tests {
         assert_eq!((update.count, update.ok), (3, 1));
         assert_eq!(update.errors["Unavailable"], 2);
         assert_eq!((report.reads_with_siblings, report.reads_not_found), (1, 1));
+        assert_eq!(report.reads_with_one_version, 1);
+        assert_eq!(report.one_version_pct, Some(50.0));
     }
 
     #[test]
