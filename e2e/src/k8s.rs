@@ -335,6 +335,35 @@ impl PodCluster {
         AdminClient::with_interceptor(lazy_channel(self.internode(index)), self.token.clone())
     }
 
+    /// Pod `index`'s `Admin.Status` over TLS with `tls` (which names the CA to trust,
+    /// the certificate to present, and the pod's name in its certificate), on a new
+    /// connection: the handshake is part of the answer.
+    ///
+    /// # Errors
+    /// The handshake or the call failed.
+    pub async fn status_over_tls(
+        &self,
+        index: usize,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<proto::StatusResponse, String> {
+        let pod = &self.pods[index].0;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", self.internode(index)))
+                .map_err(|e| e.to_string())?
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings for {pod}: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .map_err(|e| format!("connecting to {pod} over TLS: {e:?}"))?;
+        AdminClient::with_interceptor(channel, self.token.clone())
+            .status(proto::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("status of {pod} over TLS: {s}"))
+    }
+
     /// Pod `index`'s `Admin.Status`.
     pub async fn status(&self, index: usize) -> Result<proto::StatusResponse, String> {
         self.admin(index)

@@ -23,6 +23,9 @@ use dynamo_node::proto::kv_client::KvClient;
 use dynamo_node::proto::{GetRequest, MemberState, PutRequest};
 use tonic::transport::Channel;
 
+#[path = "kubernetes/tls.rs"]
+mod tls;
+
 const OPERATOR_NAMESPACE: &str = "dynamo-system";
 const NAMESPACE: &str = "dynamo-e2e";
 const CLUSTER: &str = "small";
@@ -414,6 +417,12 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
         },
     )
     .await;
+
+    step(
+        "a mutual-TLS cluster's CA rotated in three Secret updates under writes",
+        started,
+    );
+    tls::rotate_the_ca_under_writes(&kubectl).await;
 
     step("helm uninstall keeps the CRD", started);
     helm(&[
