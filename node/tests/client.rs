@@ -575,3 +575,140 @@ async fn client_reads_survive_a_dead_replica_and_get_local_refuses_bad_input() {
         client.stats()
     );
 }
+
+/// The items of a cart kept as comma-separated items, over every version.
+fn cart_items(versions: &[Bytes]) -> std::collections::BTreeSet<String> {
+    versions
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8(v.to_vec())
+                .expect("utf-8 cart")
+                .split(',')
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Issue #15, application reconciliation (Dynamo §4.4's shopping cart): `update` merges
+/// the siblings two blind writes made, and four clients adding items to one cart at once
+/// (through different nodes, so their writes race into siblings) lose none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_merges_siblings_and_concurrent_updates_lose_no_item() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let first = client(&cluster.nodes[0], Routing::Server, Duration::from_secs(60)).await;
+    for item in ["milk", "eggs"] {
+        first
+            .put(b"cart", &Context::empty(), item.as_bytes())
+            .await
+            .expect("a blind put");
+    }
+    assert!(first.get(b"cart").await.expect("get").has_siblings());
+    first
+        .update(b"cart", 3, |versions| {
+            let mut items = cart_items(versions);
+            items.insert("bread".to_owned());
+            items.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+        })
+        .await
+        .expect("update");
+    let read = first.get(b"cart").await.expect("get");
+    assert_eq!(read.values, [Bytes::from_static(b"bread,eggs,milk")]);
+
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let client = client(
+            &cluster.nodes[writer % 3],
+            Routing::Server,
+            Duration::from_secs(60),
+        )
+        .await;
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                let item = format!("w{writer}-{round}");
+                client
+                    .update(b"cart", 50, |versions| {
+                        let mut items = cart_items(versions);
+                        items.insert(item.clone());
+                        items.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("update adding {item}: {e}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("an updating task panicked");
+    }
+    // Every update ended with a read that saw no siblings, the last of them after every
+    // write: one version holds every item.
+    let read = first.get(b"cart").await.expect("get");
+    assert_eq!(read.values.len(), 1, "{:?}", read.values);
+    let items = cart_items(&read.values);
+    for writer in 0..4 {
+        for round in 0..10 {
+            assert!(
+                items.contains(&format!("w{writer}-{round}")),
+                "w{writer}-{round} lost: {items:?}"
+            );
+        }
+    }
+    assert!(
+        items.contains("milk") && items.contains("bread"),
+        "{items:?}"
+    );
+}
+
+/// A write that lands between `update`'s read and its write makes a sibling; the check
+/// read finds it and the next round merges it in. A key raced on every round is
+/// reported as contended after the rounds allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_merges_a_write_that_raced_it_and_reports_a_key_it_cannot_settle() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let mine = client(&cluster.nodes[0], Routing::Server, Duration::from_secs(60)).await;
+    let other = client(&cluster.nodes[1], Routing::Server, Duration::from_secs(60)).await;
+    // A blind write by another client, made from inside the merge: after `update` read.
+    let intrude = |value: String| {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(other.put(b"race", &Context::empty(), value.as_bytes()))
+                .expect("the racing put")
+        });
+    };
+    let mut rounds = 0;
+    mine.update(b"race", 3, |versions| {
+        rounds += 1;
+        if rounds == 1 {
+            intrude("theirs".to_owned());
+        }
+        let mut items = cart_items(versions);
+        items.insert("mine".to_owned());
+        items.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+    })
+    .await
+    .expect("update");
+    assert_eq!(rounds, 2, "the raced round is merged again");
+    let read = mine.get(b"race").await.expect("get");
+    assert_eq!(read.values, [Bytes::from_static(b"mine,theirs")]);
+
+    let mut rounds = 0;
+    let contended = mine
+        .update(b"race", 2, |versions| {
+            rounds += 1;
+            intrude(format!("theirs-{rounds}"));
+            let mut items = cart_items(versions);
+            items.insert("mine".to_owned());
+            items.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+        })
+        .await
+        .expect_err("raced on every round");
+    assert!(
+        matches!(
+            contended,
+            dynamo_node::client::ClientError::Contended { attempts: 2 }
+        ),
+        "{contended}"
+    );
+    assert_eq!(contended.code(), tonic::Code::Aborted);
+}

@@ -163,6 +163,30 @@ fn dev_cluster_serves_put_and_get() {
     let get = run(&["get", "greeting", "--endpoint", &client]);
     assert_eq!(text(&get.stdout), "hi\n");
 
+    // `resolve`: two blind puts make siblings again; keep the second one `get` lists.
+    for value in ["salut", "hola"] {
+        let blind = run(&["put", "greeting", value, "--endpoint", &client]);
+        assert_eq!(blind.status.code(), Some(0), "{blind:?}");
+    }
+    let get = run(&["get", "greeting", "--endpoint", &client, "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    let versions = got["values"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 3, "{got}");
+    let out_of_range = run(&["resolve", "greeting", "--pick", "4", "--endpoint", &client]);
+    assert_eq!(out_of_range.status.code(), Some(2), "{out_of_range:?}");
+    assert!(text(&out_of_range.stderr).contains("--pick takes 1..=3"));
+    let resolve = run(&["resolve", "greeting", "--pick", "2", "--endpoint", &client]);
+    assert_eq!(resolve.status.code(), Some(0), "{resolve:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client, "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(got["values"], serde_json::json!([versions[1]]), "{got}");
+    let resolve = run(&["resolve", "greeting", "merged", "--endpoint", &client]);
+    assert_eq!(resolve.status.code(), Some(0), "{resolve:?}");
+    let get = run(&["get", "greeting", "--endpoint", &client]);
+    assert_eq!(text(&get.stdout), "merged\n");
+    let nothing = run(&["resolve", "nobody", "--pick", "1", "--endpoint", &client]);
+    assert_eq!(nothing.status.code(), Some(1), "{nothing:?}");
+
     let missing = run(&["get", "nobody", "--endpoint", &client]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
     let ring = run(&["ring", "--admin-endpoint", &admin, "--json"]);

@@ -41,6 +41,15 @@ pub enum ClientError {
     /// The call's deadline passed before any node answered.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// [`Client::update`](super::Client::update) still found concurrent versions after
+    /// its last read-merge-write round: other writers keep racing on the key.
+    #[error(
+        "siblings remained after {attempts} read-merge-write rounds: writers keep racing on the key"
+    )]
+    Contended {
+        /// The rounds tried.
+        attempts: usize,
+    },
 }
 
 impl ClientError {
@@ -53,6 +62,7 @@ impl ClientError {
             ClientError::Unavailable { .. } => tonic::Code::Unavailable,
             ClientError::OutcomeUnknown { .. } => tonic::Code::Unknown,
             ClientError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            ClientError::Contended { .. } => tonic::Code::Aborted,
         }
     }
 }

@@ -73,6 +73,7 @@ mod error;
 mod pool;
 mod read;
 mod routing;
+mod update;
 
 pub use error::ClientError;
 pub use routing::{MAX_VERSION_LEN, RouteNode, RoutingTable, TopologyError};

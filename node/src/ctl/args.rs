@@ -25,7 +25,7 @@ pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
 #[command(
     name = "dynamoctl",
     version,
-    about = "Command-line client for a Dynamo cluster: get, put, delete, ring, status, admin, dev",
+    about = "Command-line client for a Dynamo cluster: get, put, delete, resolve, ring, status, admin, dev",
     after_help = "Exit codes: 0 success, 1 key not found (get) or unknown node (admin), \
                   2 usage error (bad flag, bad --context, rejected argument), \
                   3 server error or server unreachable, \
@@ -112,6 +112,26 @@ pub enum Command {
         /// Context (base64) from a previous get, so the delete supersedes what it saw.
         #[arg(long, value_name = "B64")]
         context: Option<String>,
+        /// Write quorum for this request (1..=N) [default: the node's W].
+        #[arg(long, value_name = "N")]
+        w: Option<u32>,
+    },
+    /// Resolve concurrent versions (siblings): reads the key and writes one value with
+    /// the read's context, replacing every version the read saw. The value is one of
+    /// them (`--pick N`, numbered as `get` lists them, from 1) or one you supply (as
+    /// `put` takes it, e.g. a merge). Prints the new context.
+    #[command(group(clap::ArgGroup::new("choice").required(true).args(["value", "file", "pick"])))]
+    Resolve {
+        /// The key (UTF-8).
+        key: String,
+        /// The value to keep; `-` reads it from stdin.
+        value: Option<String>,
+        /// Read the value to keep from a file.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Keep the N-th version `get` lists (from 1).
+        #[arg(long, value_name = "N")]
+        pick: Option<usize>,
         /// Write quorum for this request (1..=N) [default: the node's W].
         #[arg(long, value_name = "N")]
         w: Option<u32>,
@@ -471,6 +491,27 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn resolve_takes_exactly_one_choice() {
+        let cli = parse(&["resolve", "k", "--pick", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Resolve {
+                pick: Some(2),
+                value: None,
+                file: None,
+                ..
+            }
+        ));
+        let cli = parse(&["resolve", "k", "merged"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Resolve { value: Some(ref v), .. } if v == "merged")
+        );
+        assert!(parse(&["resolve", "k"]).is_err(), "a choice is required");
+        assert!(parse(&["resolve", "k", "v", "--pick", "1"]).is_err());
+        assert!(parse(&["resolve", "k", "--file", "/tmp/x", "--pick", "1"]).is_err());
     }
 
     #[test]

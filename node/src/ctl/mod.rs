@@ -227,6 +227,38 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 .into_inner();
             print_write(&key, &response.context, json)
         }
+        Command::Resolve {
+            key,
+            value,
+            file,
+            pick,
+            w,
+        } => {
+            let mut client = kv().await?;
+            let read = client
+                .get(proto::GetRequest {
+                    key: key.clone().into_bytes().into(),
+                    r: None,
+                })
+                .await
+                .map_err(|s| CtlError::rpc("get", &s))?
+                .into_inner();
+            let value = match pick {
+                Some(n) => chosen_version(&key, &read.values, n)?,
+                None => read_value(value.as_deref(), file.as_deref())?,
+            };
+            let response = client
+                .put(proto::PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    context: read.context,
+                    value: value.into(),
+                    w,
+                })
+                .await
+                .map_err(|s| CtlError::rpc("put", &s))?
+                .into_inner();
+            print_write(&key, &response.context, json)
+        }
         Command::Ring => {
             let ring = admin()?
                 .client()
@@ -363,6 +395,23 @@ fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Vec
         // clap requires one of the two.
         (None, None) => Err(CtlError::Usage("put needs a VALUE or --file".to_owned())),
     }
+}
+
+/// Version `n` (from 1, in the order `get` lists them) of the versions a read found.
+fn chosen_version(key: &str, versions: &[bytes::Bytes], n: usize) -> Result<Vec<u8>, CtlError> {
+    if versions.is_empty() {
+        return Err(CtlError::NotFound(key.to_owned()));
+    }
+    n.checked_sub(1)
+        .and_then(|index| versions.get(index))
+        .map(|version| version.to_vec())
+        .ok_or_else(|| {
+            CtlError::Usage(format!(
+                "{key} has {} version(s) now; --pick takes 1..={}",
+                versions.len(),
+                versions.len()
+            ))
+        })
 }
 
 /// Connects eagerly, so an unreachable server is reported as such, with its cause.
