@@ -199,6 +199,7 @@ impl Cluster {
                 node_id: node.id.clone(),
                 address: node.internode.to_string(),
                 weight: 1,
+                zone: String::new(),
             })
             .await
             .unwrap_or_else(|status| panic!("joining {}: {status}", node.id));

@@ -144,7 +144,23 @@ fn settled_ring(
     target: &Ring,
 ) -> Ring {
     Ring::build(&transfer::settled_members(table), strategy, epoch, None)
+        .map(|ring| in_zones(ring, table))
         .unwrap_or_else(|_| target.clone())
+}
+
+/// The target ring of `table`: its Joining and Member nodes, in their zones.
+fn target_ring(
+    table: &MemberTable,
+    strategy: PartitionStrategy,
+    epoch: u64,
+) -> Result<Ring, RingError> {
+    Ring::build(&table.ring_members(), strategy, epoch, None).map(|ring| in_zones(ring, table))
+}
+
+/// `ring` with each member in the zone the table gives it, so preference lists spread
+/// over zones (Dynamo §4.2).
+fn in_zones(ring: Ring, table: &MemberTable) -> Ring {
+    ring.zoned(|id| table.get(id).and_then(crate::membership::Member::zone))
 }
 
 impl Cluster {
@@ -159,7 +175,7 @@ impl Cluster {
         detector: DetectorConfig,
         clock: Clock,
     ) -> Result<Self, RingError> {
-        let ring = Ring::build(&table.ring_members(), strategy, 0, None)?;
+        let ring = target_ring(&table, strategy, 0)?;
         let settled = settled_ring(&table, strategy, 0, &ring);
         Ok(Self {
             me,
@@ -244,7 +260,7 @@ impl Cluster {
 
     fn install(&self, state: &mut ClusterState, table: MemberTable) -> Result<(), RingError> {
         let epoch = state.ring.epoch() + 1;
-        state.ring = Ring::build(&table.ring_members(), self.strategy, epoch, None)?;
+        state.ring = target_ring(&table, self.strategy, epoch)?;
         state.settled = settled_ring(&table, self.strategy, epoch, &state.ring);
         state.digest = table.digest();
         state.table = table;

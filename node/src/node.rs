@@ -97,6 +97,9 @@ pub struct NodeShared {
     /// Our client address, announced in the member table whenever it is missing or
     /// stale there (see [`announce_client_address`]).
     pub(crate) client_advertise: Option<String>,
+    /// Our zone (`--zone`), announced in the member table while we join (see
+    /// [`announce_zone`]).
+    pub(crate) zone: Option<String>,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
     /// Range transfer settings, progress status and the one-round-at-a-time lock.
@@ -147,8 +150,12 @@ impl NodeShared {
         // Once we are in the table (an admin may have joined us through another node),
         // tell clients where to reach us; gossip that lost our announcement to a
         // concurrent change at the same version brings us back here to redo it.
-        let announced = announce_client_address(&self.cluster, self.client_advertise.as_deref())
-            .map_err(|e| e.to_string())?;
+        let announced = announce_self(
+            &self.cluster,
+            self.client_advertise.as_deref(),
+            self.zone.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         match announced {
             Some(table) => self.persist_table(&table).map_err(|e| e.to_string())?,
             None if changed => self
@@ -555,6 +562,8 @@ pub struct NodeSettings {
     /// The address clients reach this node's `Kv` API at, announced in the member table
     /// for partition-aware clients; `None` announces nothing.
     pub client_advertise: Option<String>,
+    /// The node's zone, announced in the member table while it joins; `None` for none.
+    pub zone: Option<String>,
     /// Anti-entropy rounds and tombstone purge.
     pub anti_entropy: AntiEntropyConfig,
     /// The background work budget (admission control).
@@ -581,6 +590,7 @@ impl NodeSettings {
             clock: Clock::default(),
             transfer: TransferSettings::default(),
             client_advertise: None,
+            zone: None,
             anti_entropy: AntiEntropyConfig::default(),
             admission: AdmissionConfig::default(),
         }
@@ -629,6 +639,7 @@ impl NodeSettings {
             },
             // Needs the bound client address: `Node::start` fills it in.
             client_advertise: config.advertise_client().map(str::to_owned),
+            zone: config.zone().map(str::to_owned),
             anti_entropy: config.anti_entropy(),
             admission: config.admission(),
         })
@@ -682,10 +693,24 @@ impl NodeShared {
                 .map_err(|e| NodeError::Config(e.to_string()))?;
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
         }
-        if let Some(table) = announce_client_address(&cluster, settings.client_advertise.as_deref())
-            .map_err(|e| NodeError::Config(e.to_string()))?
+        if let Some(table) = announce_self(
+            &cluster,
+            settings.client_advertise.as_deref(),
+            settings.zone.as_deref(),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?
         {
             engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+        }
+        if let (Some(zone), Some(entry)) = (&settings.zone, cluster.table().get(cluster.me())) {
+            if entry.state() != MemberState::Joining && entry.zone() != Some(zone.as_str()) {
+                tracing::warn!(
+                    configured = %zone,
+                    in_table = entry.zone().unwrap_or(""),
+                    "--zone differs from this node's zone in the member table, which stays: \
+                     a member's data is laid out for its zone (leave and join again to move it)"
+                );
+            }
         }
         let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
         let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits, identity);
@@ -719,6 +744,7 @@ impl NodeShared {
             seeds: settings.seeds,
             advertise,
             client_advertise: settings.client_advertise,
+            zone: settings.zone,
             metrics,
             transfer: TransferShared::new(settings.transfer),
             antientropy,
@@ -769,10 +795,52 @@ impl NodeShared {
         change: impl FnOnce(&mut MemberTable) -> Result<Member, MembershipError>,
     ) -> Result<Member, MembershipChangeError> {
         let (member, table) = self.cluster.change(change)?;
+        // Our own join through our own Admin API: announce our zone now, since no
+        // gossip about it may reach us before we are a member.
+        let table = announce_self(
+            &self.cluster,
+            self.client_advertise.as_deref(),
+            self.zone.as_deref(),
+        )?
+        .unwrap_or(table);
         self.persist_table(&table)?;
         tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
         Ok(member)
     }
+}
+
+/// Our own entry's announcements: the client address, and the zone while we join.
+/// Returns the newest table if either changed it.
+fn announce_self(
+    cluster: &Cluster,
+    client_advertise: Option<&str>,
+    zone: Option<&str>,
+) -> Result<Option<MemberTable>, ChangeError> {
+    let client = announce_client_address(cluster, client_advertise)?;
+    Ok(announce_zone(cluster, zone)?.or(client))
+}
+
+/// Sets our zone in the member table while we are `Joining` and it differs from
+/// `zone`: an admin may have joined us without one (the zone decides where replicas
+/// go, so it is fixed once we are a member; see [`MemberTable::set_zone`]).
+fn announce_zone(
+    cluster: &Cluster,
+    zone: Option<&str>,
+) -> Result<Option<MemberTable>, ChangeError> {
+    let Some(zone) = zone else {
+        return Ok(None);
+    };
+    let me = cluster.me().clone();
+    let joining_elsewhere = cluster
+        .table()
+        .get(&me)
+        .is_some_and(|m| m.state() == MemberState::Joining && m.zone() != Some(zone));
+    if !joining_elsewhere {
+        return Ok(None);
+    }
+    let (_, table) = cluster.change(|t| t.set_zone(&me, zone))?;
+    tracing::info!(node = %me, zone, "announced the zone");
+    Ok(Some(table))
 }
 
 /// Sets our client address in the member table when we are in it (not removed) and it

@@ -137,6 +137,7 @@ async fn client_follows_a_join_and_routes_around_a_killed_node() {
             node_id: "n4".into(),
             address: n4.internode.to_string(),
             weight: 1,
+            zone: String::new(),
         })
         .await
         .expect("joining n4");

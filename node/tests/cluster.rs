@@ -309,6 +309,7 @@ async fn bad_inputs_get_invalid_argument_with_a_message() {
             node_id: "bad id".into(),
             address: "127.0.0.1:1".into(),
             weight: 1,
+            zone: String::new(),
         })
         .await;
     expect_invalid(join, "bad node id", "node_id");
@@ -1019,6 +1020,7 @@ async fn a_fourth_node_joining_a_loaded_cluster_pulls_its_ranges_and_becomes_mem
             node_id: "n4".into(),
             address: n4.internode.to_string(),
             weight: 1,
+            zone: String::new(),
         })
         .await
         .expect("joining n4");
@@ -1414,6 +1416,7 @@ async fn a_dead_node_is_removed_without_a_hand_off_and_a_replacement_rebuilds_it
             node_id: "n4".into(),
             address: cluster.nodes[3].internode.to_string(),
             weight: 1,
+            zone: String::new(),
         })
         .await
         .expect("n4 joins again");
@@ -1648,6 +1651,61 @@ async fn a_stuck_peer_shows_as_unreachable_while_it_stays_a_member() {
         watcher.metric(&reachable("n3")).await == 1.0
     })
     .await;
+}
+
+/// Issue #15, replicas across failure domains (Dynamo §4.2): six nodes in three zones of
+/// uneven size (a: n1-n3, b: n4-n5, c: n6), each announcing its own `--zone` while it
+/// joins. With N = 3 every key has one replica per zone, so stopping all of zone a
+/// (half the nodes) leaves two replicas of every key: each key written before reads
+/// back at R = 2 and takes a write at W = 2 through the surviving nodes. Without zones,
+/// keys whose three replicas all sat in zone a would read as missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_zone_down_every_key_stays_readable_and_writable() {
+    let zones = ["a", "a", "a", "b", "b", "c"];
+    let mut cluster = TestCluster::start_each(
+        zones.len(),
+        |i| vec!["--zone".to_owned(), zones[i].to_owned()],
+        None,
+    )
+    .await;
+    for node in &cluster.nodes {
+        eventually(
+            &format!("{} to see every member's zone", node.id),
+            || async {
+                let members = ring(node).await.members;
+                members.len() == zones.len()
+                    && members.iter().all(|m| {
+                        let index: usize = m.node_id[1..].parse().expect("n<i>");
+                        m.zone == zones[index - 1]
+                    })
+            },
+        )
+        .await;
+    }
+    let keys: Vec<String> = (0..150).map(|i| format!("zoned-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        put(&cluster.nodes[i % 6], key, "before", Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+    for node in &mut cluster.nodes[..3] {
+        node.kill().await;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let node = &cluster.nodes[3 + i % 3];
+        let (values, context) = get(node, key, Some(2))
+            .await
+            .unwrap_or_else(|e| panic!("R=2 get of {key} with zone a down: {e}"));
+        assert_eq!(values, ["before"], "{key} through {}", node.id);
+        put(node, key, "after", context)
+            .await
+            .unwrap_or_else(|e| panic!("W=2 put of {key} with zone a down: {e}"));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let node = &cluster.nodes[3 + (i + 1) % 3];
+        let (values, _) = get(node, key, Some(2)).await.expect("get");
+        assert_eq!(values, ["after"], "{key} through {}", node.id);
+    }
 }
 
 /// Dynamo §6's "high performance read engine" profile (W = N, R = 1): once a write is

@@ -496,6 +496,7 @@ impl NodeAdmin for GrpcAdmin {
                 node_id: node_id.to_owned(),
                 address: address.to_owned(),
                 weight,
+                zone: String::new(),
             },
         )?;
         self.change("Join", target, async move |mut c| c.join(request).await)

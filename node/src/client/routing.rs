@@ -18,7 +18,7 @@ use crate::config::MAX_REPLICATION_FACTOR;
 use crate::membership::{MAX_ADDRESS_LEN, MAX_MEMBERS, check_address};
 use crate::node_id::MAX_NODE_ID_LEN;
 use crate::proto::{self, TopologyResponse};
-use crate::ring::{MAX_VIRTUAL_NODES, Token};
+use crate::ring::{MAX_VIRTUAL_NODES, Token, ZoneInterleave};
 
 /// The longest topology version accepted: nodes send a 32-character hex digest.
 pub const MAX_VERSION_LEN: usize = 64;
@@ -93,6 +93,12 @@ pub struct RoutingTable {
     partitioning: String,
     /// The node's default R, when it serves replica-local reads (`Kv.GetLocal`).
     read_quorum: Option<usize>,
+    /// Each member's zone, as an index into the distinct zone names; preference lists
+    /// interleave by zone when the owners are in more than one (as the nodes' do).
+    zones: Vec<u32>,
+    zone_names: usize,
+    /// How many distinct zones own virtual nodes.
+    placed_zones: usize,
 }
 
 impl fmt::Debug for RoutingTable {
@@ -171,12 +177,40 @@ impl RoutingTable {
                 answer.members.len()
             )));
         }
+        let mut names: Vec<&str> = answer.members.iter().map(|m| m.zone.as_str()).collect();
+        if let Some(bad) = names
+            .iter()
+            .find(|zone| crate::membership::check_zone(zone).is_err())
+        {
+            return Err(TopologyError::Malformed(format!(
+                "zone {bad:?} is not a zone name"
+            )));
+        }
+        names.sort_unstable();
+        names.dedup();
+        let zones: Vec<u32> = answer
+            .members
+            .iter()
+            .map(|m| {
+                let index = names.binary_search(&m.zone.as_str()).unwrap_or(0);
+                u32::try_from(index).unwrap_or(0)
+            })
+            .collect();
+        let mut placed = vec![false; names.len()];
+        for &owner in &answer.vnode_owners {
+            placed[zones[owner as usize] as usize] = true;
+        }
+        let placed_zones = placed.iter().filter(|&&p| p).count();
+        let zone_names = names.len();
         let members = answer
             .members
             .into_iter()
             .map(route_node)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            zones,
+            zone_names,
+            placed_zones,
             version: answer.version,
             n: n as usize,
             members,
@@ -234,22 +268,25 @@ impl RoutingTable {
 
     /// [`preference_list`](Self::preference_list) for a ring position.
     pub fn preference_list_at(&self, token: Token) -> Vec<usize> {
-        let mut list: Vec<usize> = Vec::with_capacity(self.n);
         if self.tokens.is_empty() {
-            return list;
+            return Vec::new();
         }
         let start = self.tokens.partition_point(|t| *t < token.0);
         let start = if start == self.tokens.len() { 0 } else { start };
-        for step in 0..self.tokens.len() {
-            let owner = self.owners[(start + step) % self.tokens.len()] as usize;
-            if !list.contains(&owner) {
-                list.push(owner);
-                if list.len() == self.n {
-                    break;
-                }
-            }
+        let mut seen = vec![false; self.members.len()];
+        let walk = (0..self.tokens.len()).filter_map(move |step| {
+            let owner = self.owners[(start + step) % self.tokens.len()];
+            let fresh = !std::mem::replace(&mut seen[owner as usize], true);
+            fresh.then_some(owner)
+        });
+        if self.placed_zones > 1 {
+            ZoneInterleave::new(walk, self.zones.clone(), self.zone_names, self.placed_zones)
+                .take(self.n)
+                .map(|owner| owner as usize)
+                .collect()
+        } else {
+            walk.take(self.n).map(|owner| owner as usize).collect()
         }
-        list
     }
 }
 
@@ -311,6 +348,7 @@ mod tests {
                     client_address: format!("{m}:7000"),
                     state: proto::MemberState::Member as i32,
                     reachable: true,
+                    zone: ring.zone(m).unwrap_or_default().to_owned(),
                 })
                 .collect(),
             replication_factor: n,
@@ -325,6 +363,45 @@ mod tests {
         list.iter()
             .map(|&i| table.members()[i].id.clone())
             .collect()
+    }
+
+    /// With zones the client interleaves its walk by zone exactly as the nodes do.
+    #[test]
+    fn preference_lists_match_a_zoned_ring() {
+        let members: Vec<(NodeId, u32)> = ["a1", "a2", "b1", "b2", "c1", "c2"]
+            .iter()
+            .map(|n| (id(n), 1))
+            .collect();
+        for strategy in [
+            PartitionStrategy::random_tokens(8).unwrap(),
+            PartitionStrategy::equal_partitions(64).unwrap(),
+        ] {
+            let ring = Ring::build(&members, strategy, 1, None)
+                .unwrap()
+                .zoned(|node| Some(node.as_str()[..1].to_owned()));
+            let table = RoutingTable::from_topology(topology_of(&ring, 3)).unwrap();
+            for key in 0..300u32 {
+                let key = format!("key-{key}");
+                let expected: Vec<String> = ring
+                    .preference_list_for_key(key.as_bytes(), 3)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                assert_eq!(
+                    names(&table, &table.preference_list(key.as_bytes())),
+                    expected
+                );
+            }
+        }
+        let mut bad = topology_of(
+            &Ring::build(&members, PartitionStrategy::default(), 1, None).unwrap(),
+            3,
+        );
+        bad.members[0].zone = "not a zone".into();
+        assert!(matches!(
+            RoutingTable::from_topology(bad),
+            Err(TopologyError::Malformed(_))
+        ));
     }
 
     /// Dynamo §4.3: the client's preference list is the ring's, for either strategy.

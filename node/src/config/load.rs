@@ -361,7 +361,7 @@ mod tests {
         }
         // A config with every key set serializes to exactly the flag names.
         let file = yaml_file(
-            "node-id: n1\ndata-dir: /d\nhttp-listen: 127.0.0.1:9000\nadmin-token: t\nadvertise: n1:7001\nadvertise-client: n1:7000\n\
+            "node-id: n1\ndata-dir: /d\nhttp-listen: 127.0.0.1:9000\nadmin-token: t\nadvertise: n1:7001\nadvertise-client: n1:7000\nzone: eu-1\n\
              tls-cert: c\ntls-key: k\ntls-ca: ca\ntls-node-name: dn\npartitioning: random-tokens\n\
              internode-token-file: /t\ninsecure-internode: true\n",
         );

@@ -294,6 +294,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `zone` is not a zone name.
+    #[error("zone: {value:?} is not a zone name ({reason})")]
+    Zone {
+        /// The rejected zone.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The admin token is unusable. The message never includes the token.
     #[error("admin-token {reason}")]
     AdminToken {
@@ -369,6 +377,7 @@ pub struct NodeConfig {
     http_listen: Option<SocketAddr>,
     advertise: Option<String>,
     advertise_client: Option<String>,
+    zone: Option<String>,
     /// Kept beside `storage` so a memory node given a data dir prints it back.
     data_dir: Option<PathBuf>,
     seeds: Vec<String>,
@@ -433,6 +442,11 @@ impl NodeConfig {
     /// see [`client_advertise_for`](Self::client_advertise_for) for the default.
     pub fn advertise_client(&self) -> Option<&str> {
         self.advertise_client.as_deref()
+    }
+
+    /// The node's zone (failure domain), if it has one.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
     }
 
     /// The client address the node announces in the member table, given the address
@@ -619,6 +633,7 @@ impl NodeConfig {
             http_listen: self.http_listen,
             advertise: self.advertise.clone(),
             advertise_client: self.advertise_client.clone(),
+            zone: self.zone.clone(),
             data_dir: self.data_dir.clone(),
             seeds: Some(self.seeds.clone()),
             replication_factor: Some(self.replication_factor),
@@ -866,6 +881,17 @@ impl TryFrom<RawConfig> for NodeConfig {
         if log.trim().is_empty() {
             return Err(ConfigError::Empty { key: "log" });
         }
+        // An empty zone is no zone (a `DYNAMO_ZONE` set from an unlabelled node).
+        let zone = match raw.zone.clone().filter(|zone| !zone.is_empty()) {
+            Some(zone) => {
+                crate::membership::check_zone(&zone).map_err(|reason| ConfigError::Zone {
+                    value: zone.clone(),
+                    reason,
+                })?;
+                Some(zone)
+            }
+            None => None,
+        };
 
         Ok(NodeConfig {
             node_id,
@@ -874,6 +900,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             http_listen,
             advertise,
             advertise_client,
+            zone,
             data_dir: raw.data_dir,
             seeds,
             replication_factor,
@@ -1222,6 +1249,13 @@ mod tests {
         );
         let err = build("advertise-client: nope").unwrap_err();
         assert!(err.to_string().contains("advertise-client"), "{err}");
+        assert_eq!(
+            build("zone: eu-west-1a").unwrap().zone(),
+            Some("eu-west-1a")
+        );
+        assert_eq!(build("zone: ''").unwrap().zone(), None);
+        let err = build("zone: eu west").unwrap_err();
+        assert!(err.to_string().contains("zone"), "{err}");
     }
 
     #[test]
@@ -1728,6 +1762,7 @@ mod tests {
                         internode_listen: internode,
                         http_listen: http,
                         advertise_client: advertise.clone(),
+                        zone: None,
                         advertise,
                         data_dir: sled.then(|| "/data".into()),
                         seeds: Some(seeds),

@@ -60,6 +60,13 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_client: Option<String>,
 
+    /// The node's failure domain (a data center, an availability zone, a rack): a key's
+    /// replicas spread over as many zones as there are (Dynamo §4.2). Letters, digits,
+    /// '-', '_' and '.', at most 63 [default: none].
+    #[arg(long, env = "DYNAMO_ZONE", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+
     /// Directory of the sled database (required with storage: sled).
     #[arg(long, env = "DYNAMO_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -386,6 +393,7 @@ impl RawConfig {
             http_listen: self.http_listen.or(fallback.http_listen),
             advertise: self.advertise.or(fallback.advertise),
             advertise_client: self.advertise_client.or(fallback.advertise_client),
+            zone: self.zone.or(fallback.zone),
             data_dir: self.data_dir.or(fallback.data_dir),
             seeds: self.seeds.or(fallback.seeds),
             replication_factor: self.replication_factor.or(fallback.replication_factor),

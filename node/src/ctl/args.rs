@@ -161,6 +161,9 @@ pub enum AdminCommand {
         /// Relative capacity in virtual nodes.
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// The node's failure domain [default: the node announces its own --zone].
+        #[arg(long, value_name = "NAME", default_value = "")]
+        zone: String,
     },
     /// Decommission a node: its ranges move to the others before it is removed.
     Leave {
@@ -525,8 +528,8 @@ mod tests {
         let cli = parse(&["admin", "join", "node4", "10.0.0.4:7001", "--weight", "2"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Admin(AdminCommand::Join { ref node_id, ref address, weight: 2 })
-                if node_id == "node4" && address == "10.0.0.4:7001"
+            Command::Admin(AdminCommand::Join { ref node_id, ref address, weight: 2, ref zone })
+                if node_id == "node4" && address == "10.0.0.4:7001" && zone.is_empty()
         ));
         let cli = parse(&["admin", "weight", "node4", "3"]).unwrap();
         assert!(matches!(

@@ -580,6 +580,7 @@ async fn join_all(
             node_id: node.id.clone(),
             address: node.ready.internode.to_string(),
             weight: 1,
+            zone: String::new(),
         };
         match admin.join(request).await {
             Ok(_) => {}

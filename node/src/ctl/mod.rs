@@ -294,11 +294,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                     node_id,
                     address,
                     weight,
+                    zone,
                 } => client
                     .join(proto::JoinRequest {
                         node_id,
                         address,
                         weight,
+                        zone,
                     })
                     .await
                     .map_err(|s| CtlError::rpc("join", &s))?,

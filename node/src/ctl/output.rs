@@ -57,6 +57,8 @@ pub struct MemberJson {
     pub ownership: f64,
     /// Whether the answering node considers it reachable.
     pub reachable: bool,
+    /// Its failure domain; `null` for none.
+    pub zone: Option<String>,
 }
 
 impl From<&proto::MemberInfo> for MemberJson {
@@ -70,6 +72,7 @@ impl From<&proto::MemberInfo> for MemberJson {
             version: member.version,
             ownership: member.ownership,
             reachable: member.reachable,
+            zone: (!member.zone.is_empty()).then(|| member.zone.clone()),
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct StatusJson {
     pub transfer_pending_ranges: u64,
     /// The transfer's pending part per peer.
     pub transfers: Vec<TransferJson>,
+    /// The node's configured zone; null for none.
+    pub zone: Option<String>,
 }
 
 impl From<&proto::StatusResponse> for StatusJson {
@@ -202,6 +207,7 @@ impl From<&proto::StatusResponse> for StatusJson {
                     ranges_waiting: t.ranges_waiting,
                 })
                 .collect(),
+            zone: (!status.zone.is_empty()).then(|| status.zone.clone()),
         }
     }
 }
@@ -258,13 +264,26 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-const MEMBER_HEADERS: [&str; 6] = ["ID", "ADDRESS", "STATE", "WEIGHT", "OWNERSHIP", "REACHABLE"];
+const MEMBER_HEADERS: [&str; 7] = [
+    "ID",
+    "ADDRESS",
+    "STATE",
+    "ZONE",
+    "WEIGHT",
+    "OWNERSHIP",
+    "REACHABLE",
+];
 
 fn member_row(member: &proto::MemberInfo) -> Vec<String> {
     vec![
         member.node_id.clone(),
         member.address.clone(),
         state_name(member.state).to_owned(),
+        if member.zone.is_empty() {
+            "-".to_owned()
+        } else {
+            member.zone.clone()
+        },
         match settled_weight(member) {
             settled if settled == member.weight => member.weight.to_string(),
             settled => format!("{} (from {settled})", member.weight),
@@ -350,7 +369,7 @@ pub fn render_status(status: &proto::StatusResponse) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rows = vec![
+    let mut rows = vec![
         vec!["node".to_owned(), status.node_id.clone()],
         vec!["version".to_owned(), status.version.clone()],
         vec!["incarnation".to_owned(), status.incarnation.to_string()],
@@ -364,6 +383,9 @@ pub fn render_status(status: &proto::StatusResponse) -> String {
         vec!["durability".to_owned(), status.durability.clone()],
         vec!["transfer".to_owned(), transfer_summary(status)],
     ];
+    if !status.zone.is_empty() {
+        rows.insert(1, vec!["zone".to_owned(), status.zone.clone()]);
+    }
     // No header row: the names are the first column.
     render_table(&["", ""], &rows)
         .lines()
@@ -410,6 +432,7 @@ mod tests {
             reachable: id != "node3",
             client_address: String::new(),
             settled_weight: 1,
+            zone: String::new(),
         }
     }
 
@@ -477,10 +500,24 @@ mod tests {
             json!({
                 "node_id": "node1", "address": "127.0.0.1:705", "state": "member",
                 "weight": 1, "settled_weight": 1, "version": 2, "ownership": 0.5,
-                "reachable": true
+                "reachable": true, "zone": null
             })
         );
         assert_eq!(doc["members"][2]["state"], "joining");
+        let mut zoned = ring();
+        zoned.members[1].zone = "eu-west-1b".into();
+        let doc: Value = serde_json::from_str(&to_json(&RingJson::from(&zoned))).unwrap();
+        let zoned_id = zoned.members[1].node_id.clone();
+        let member = doc["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node_id"] == zoned_id.as_str())
+            .unwrap();
+        assert_eq!(member["zone"], "eu-west-1b");
+        let text = render_ring(&zoned);
+        assert!(text.lines().any(|l| l.contains("eu-west-1b")), "{text}");
+        assert!(text.contains("ZONE"), "{text}");
     }
 
     /// A pending weight change shows both weights; a node that predates settled
@@ -547,6 +584,7 @@ mod tests {
             transfer_pending_ranges: 0,
             transfers: vec![],
             anti_entropy: None,
+            zone: String::new(),
         }
     }
 
@@ -581,7 +619,7 @@ mod tests {
                 "node_id": "node1", "incarnation": 4, "state": "member", "keys": 120,
                 "hints": [{"target": "node2", "keys": 7}], "durability": "sync",
                 "n": 3, "r": 2, "w": 2, "version": "0.1.0",
-                "transfer": null, "transfer_pending_ranges": 0, "transfers": []
+                "transfer": null, "transfer_pending_ranges": 0, "transfers": [], "zone": null
             })
         );
         let leaving = proto::StatusResponse {

@@ -6,9 +6,14 @@
 //!
 //! Formats: 1 wrote each member as `(id, address, weight, state, version)`; 2 appends
 //! the optional client address; 3 appends the settled weight (see
-//! [`Member::settled_weight`]). The decoder reads all three: a table persisted by a
-//! node of an earlier release loads (its members have no client address until each
-//! node announces its own, and their settled weight is their weight).
+//! [`Member::settled_weight`]); 4 appends the zone ([`Member::zone`]). The decoder reads
+//! all four: a table persisted by a node of an earlier release loads (its members have
+//! no client address until each node announces its own, their settled weight is their
+//! weight, and they have no zone).
+//!
+//! Format 4 is written only while some member has a zone, so a cluster that uses no
+//! zones keeps gossiping tables the previous release reads. Give zones once every node
+//! runs a release that reads format 4 (older nodes refuse its gossip).
 //!
 //! # Rolling upgrades
 //!
@@ -32,15 +37,20 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::table::{
-    MAX_ADDRESS_LEN, MAX_MEMBERS, Member, MemberTable, RawMember, RawMemberV1, RawMemberV2,
+    MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_ZONE_LEN, Member, MemberTable, RawMember, RawMemberV1,
+    RawMemberV2, RawMemberV3,
 };
 use crate::NodeId;
 use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
 
-/// The newest format byte that starts an encoded table (written while a weight change
-/// is pending; see the [module docs](self)). A new layout gets a new number and the
-/// decoder keeps reading the old ones.
-pub const TABLE_FORMAT_VERSION: u8 = 3;
+/// The newest format byte that starts an encoded table (written while a member has a
+/// zone; see the [module docs](self)). A new layout gets a new number and the decoder
+/// keeps reading the old ones.
+pub const TABLE_FORMAT_VERSION: u8 = 4;
+
+/// The format with settled weights but no zones: written while a weight change is
+/// pending and no member has a zone.
+const TABLE_FORMAT_V3: u8 = 3;
 
 /// The format without settled weights: written while no weight change is pending, so
 /// nodes of the previous release keep reading the table.
@@ -53,8 +63,14 @@ const TABLE_FORMAT_V1: u8 = 1;
 /// and its bytes), the weight, state and version as varints (5, 1 and 10 bytes at
 /// most), the optional client address (a tag byte, a 2-byte length and its bytes),
 /// then the settled weight (a varint, 5 bytes at most).
-const MAX_MEMBER_LEN: usize =
-    (2 + MAX_NODE_ID_LEN) + (2 + MAX_ADDRESS_LEN) + 5 + 1 + 10 + (1 + 2 + MAX_ADDRESS_LEN) + 5;
+const MAX_MEMBER_LEN: usize = (2 + MAX_NODE_ID_LEN)
+    + (2 + MAX_ADDRESS_LEN)
+    + 5
+    + 1
+    + 10
+    + (1 + 2 + MAX_ADDRESS_LEN)
+    + 5
+    + (1 + MAX_ZONE_LEN);
 
 /// The longest encoded table [`MemberTable::decode`] reads: the format byte, the
 /// member count (a 2-byte varint up to [`MAX_MEMBERS`]) and [`MAX_MEMBERS`] members of
@@ -123,6 +139,14 @@ pub enum DecodeError {
         /// What is wrong with the address.
         reason: &'static str,
     },
+    /// A member's zone is not a valid zone name.
+    #[error("invalid zone for {id}: {reason}")]
+    InvalidZone {
+        /// The member.
+        id: NodeId,
+        /// What is wrong with the zone.
+        reason: &'static str,
+    },
     /// A member's weight is outside `1..=MAX_WEIGHT`.
     #[error("invalid weight {weight} for {id}")]
     InvalidWeight {
@@ -147,9 +171,26 @@ impl MemberTable {
     pub fn encode(&self) -> Vec<u8> {
         // Postcard cannot fail on strings, integers, unit enums and a sequence of
         // known length written to a growable buffer.
-        if self.iter().any(|m| m.settled_weight() != m.weight()) {
+        if self.iter().any(|m| m.zone().is_some()) {
             let members: Vec<&Member> = self.iter().collect();
             postcard::to_extend(&members, vec![TABLE_FORMAT_VERSION])
+                .expect("postcard encodes a member list")
+        } else if self.iter().any(|m| m.settled_weight() != m.weight()) {
+            let members: Vec<_> = self
+                .iter()
+                .map(|m| {
+                    (
+                        m.id().as_str(),
+                        m.address(),
+                        m.weight(),
+                        m.state(),
+                        m.version(),
+                        m.client_address(),
+                        m.settled_weight(),
+                    )
+                })
+                .collect();
+            postcard::to_extend(&members, vec![TABLE_FORMAT_V3])
                 .expect("postcard encodes a member list")
         } else {
             let members: Vec<_> = self
@@ -183,7 +224,14 @@ impl MemberTable {
             return Err(DecodeError::TooLarge { len: bytes.len() });
         }
         let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if ![TABLE_FORMAT_V1, TABLE_FORMAT_V2, TABLE_FORMAT_VERSION].contains(&format) {
+        if ![
+            TABLE_FORMAT_V1,
+            TABLE_FORMAT_V2,
+            TABLE_FORMAT_V3,
+            TABLE_FORMAT_VERSION,
+        ]
+        .contains(&format)
+        {
             return Err(DecodeError::UnsupportedFormat { found: format });
         }
         // Postcard writes a sequence's length as a varint; reading it as a u64 first
@@ -200,6 +248,8 @@ impl MemberTable {
                 TABLE_FORMAT_V1 => postcard::take_from_bytes::<RawMemberV1>(rest)
                     .map(|(raw, tail)| (RawMember::from(raw), tail)),
                 TABLE_FORMAT_V2 => postcard::take_from_bytes::<RawMemberV2>(rest)
+                    .map(|(raw, tail)| (RawMember::from(raw), tail)),
+                TABLE_FORMAT_V3 => postcard::take_from_bytes::<RawMemberV3>(rest)
                     .map(|(raw, tail)| (RawMember::from(raw), tail)),
                 _ => postcard::take_from_bytes::<RawMember>(rest),
             }
@@ -282,7 +332,7 @@ mod tests {
 
     /// Hand-encodes format 3 members, settled weight included.
     fn forged_v3(members: &[ForgedMemberV3<'_>]) -> Vec<u8> {
-        let mut bytes = vec![TABLE_FORMAT_VERSION];
+        let mut bytes = vec![TABLE_FORMAT_V3];
         bytes = postcard::to_extend(&(members.len() as u64), bytes).unwrap();
         for member in members {
             bytes = postcard::to_extend(member, bytes).unwrap();
@@ -358,7 +408,7 @@ mod tests {
         let mut t = sample();
         t.set_weight(&id("dynamo-0"), 5).unwrap();
         let bytes = t.encode();
-        assert_eq!(bytes[0], TABLE_FORMAT_VERSION);
+        assert_eq!(bytes[0], TABLE_FORMAT_V3);
         let back = MemberTable::decode(&bytes).unwrap();
         assert_eq!(back, t);
         let member = back.get(&id("dynamo-0")).unwrap();
@@ -549,14 +599,20 @@ mod tests {
         let address = format!("{}:65535", "h".repeat(MAX_ADDRESS_LEN - 6));
         for i in 0..MAX_MEMBERS {
             let name = format!("{i:0>width$}", width = MAX_NODE_ID_LEN);
-            t.join(id(&name), &address, MAX_WEIGHT - 1).unwrap();
+            t.join_in_zone(
+                id(&name),
+                &address,
+                MAX_WEIGHT - 1,
+                &"z".repeat(MAX_ZONE_LEN),
+            )
+            .unwrap();
             t.set_client_address(&id(&name), &address).unwrap();
             t.mark_member(&id(&name)).unwrap();
             t.leave(&id(&name)).unwrap();
             t.set_weight(&id(&name), MAX_WEIGHT).unwrap();
         }
         let bytes = t.encode();
-        assert_eq!(bytes[0], TABLE_FORMAT_VERSION, "weights pending: format 3");
+        assert_eq!(bytes[0], TABLE_FORMAT_VERSION, "zones: format 4");
         assert!(
             bytes.len() <= MAX_ENCODED_LEN,
             "{} > {MAX_ENCODED_LEN}",
@@ -570,24 +626,66 @@ mod tests {
     #[test]
     fn member_serde_validates_too() {
         let good =
-            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, Some("a:2"), 2u32)).unwrap();
+            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, Some("a:2"), 2u32, "eu-1"))
+                .unwrap();
         let member: Member = postcard::from_bytes(&good).unwrap();
         assert_eq!((member.id(), member.version()), (&id("a"), 1));
         assert_eq!(member.client_address(), Some("a:2"));
         assert_eq!(member.settled_weight(), 2);
+        assert_eq!(member.zone(), Some("eu-1"));
         let bad =
-            postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64, None::<&str>, 1u32)).unwrap();
+            postcard::to_allocvec(&("a", "a:1", 0u32, 0u32, 1u64, None::<&str>, 1u32, "")).unwrap();
         assert!(postcard::from_bytes::<Member>(&bad).is_err());
         let bad =
-            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, None::<&str>, 0u32)).unwrap();
+            postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, None::<&str>, 0u32, "")).unwrap();
         assert!(postcard::from_bytes::<Member>(&bad).is_err());
+        let bad = postcard::to_allocvec(&("a", "a:1", 1u32, 0u32, 1u64, None::<&str>, 1u32, "a b"))
+            .unwrap();
+        assert!(postcard::from_bytes::<Member>(&bad).is_err());
+    }
+
+    /// Zones travel in format 4, written only while a member has one, so a cluster
+    /// without zones keeps writing the formats older nodes read.
+    #[test]
+    fn zones_are_written_in_format_4_only_while_a_member_has_one() {
+        let mut t = MemberTable::new();
+        t.join_in_zone(id("a"), "a:1", 1, "eu-west-1a").unwrap();
+        t.join(id("b"), "b:1", 1).unwrap();
+        let bytes = t.encode();
+        assert_eq!(bytes[0], TABLE_FORMAT_VERSION);
+        let back = MemberTable::decode(&bytes).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.get(&id("a")).unwrap().zone(), Some("eu-west-1a"));
+        assert_eq!(back.get(&id("b")).unwrap().zone(), None);
+        let mut plain = MemberTable::new();
+        plain.join(id("a"), "a:1", 1).unwrap();
+        assert_eq!(plain.encode()[0], TABLE_FORMAT_V2);
+        // A zone that is not a zone name is refused off the wire too.
+        let forged = postcard::to_extend(
+            &vec![(
+                "a",
+                "a:1",
+                1u32,
+                0u32,
+                1u64,
+                None::<&str>,
+                1u32,
+                "x".repeat(64),
+            )],
+            vec![TABLE_FORMAT_VERSION],
+        )
+        .unwrap();
+        assert!(matches!(
+            MemberTable::decode(&forged),
+            Err(DecodeError::InvalidZone { .. })
+        ));
     }
 
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = MemberTable::decode(&bytes);
-            for format in [TABLE_FORMAT_V1, TABLE_FORMAT_V2, TABLE_FORMAT_VERSION] {
+            for format in [TABLE_FORMAT_V1, TABLE_FORMAT_V2, TABLE_FORMAT_V3, TABLE_FORMAT_VERSION] {
                 let mut framed = vec![format];
                 framed.extend_from_slice(&bytes);
                 if let Ok(t) = MemberTable::decode(&framed) {
@@ -618,7 +716,12 @@ mod tests {
             for t in &ts {
                 let bytes = t.encode();
                 let pending = t.iter().any(|m| m.settled_weight() != m.weight());
-                let format = if pending { TABLE_FORMAT_VERSION } else { TABLE_FORMAT_V2 };
+                let zoned = t.iter().any(|m| m.zone().is_some());
+                let format = match (zoned, pending) {
+                    (true, _) => TABLE_FORMAT_VERSION,
+                    (false, true) => TABLE_FORMAT_V3,
+                    (false, false) => TABLE_FORMAT_V2,
+                };
                 prop_assert_eq!(bytes[0], format);
                 let back = MemberTable::decode(&bytes).unwrap();
                 prop_assert_eq!(&back, t);

@@ -36,7 +36,8 @@ mod table;
 pub use codec::{DecodeError, MAX_ENCODED_LEN, TABLE_FORMAT_VERSION, TableDigest};
 pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerStatus};
 pub use gossip::{SEED_ONE_IN, choose_gossip_target};
-pub(crate) use table::check_address;
 pub use table::{
-    MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_WEIGHT, Member, MemberState, MemberTable, MembershipError,
+    MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN, Member, MemberState, MemberTable,
+    MembershipError,
 };
+pub(crate) use table::{check_address, check_zone};

@@ -105,10 +105,12 @@ pub struct Member {
     /// The weight the node's data is laid out for (table format 3; equal to `weight`
     /// in older formats).
     settled_weight: u32,
+    /// The node's failure domain (table format 4; `""`, no zone, in older formats).
+    zone: String,
 }
 
 /// A member as it arrives off the wire, before its fields are checked. Same field
-/// order as [`Member`], so the two share one encoding (table format 3).
+/// order as [`Member`], so the two share one encoding (table format 4).
 #[derive(Deserialize)]
 pub(super) struct RawMember {
     id: String,
@@ -118,6 +120,34 @@ pub(super) struct RawMember {
     version: u64,
     client_address: Option<String>,
     settled_weight: u32,
+    zone: String,
+}
+
+/// A member in table format 3, written before members carried a zone.
+#[derive(Deserialize)]
+pub(super) struct RawMemberV3 {
+    id: String,
+    address: String,
+    weight: u32,
+    state: MemberState,
+    version: u64,
+    client_address: Option<String>,
+    settled_weight: u32,
+}
+
+impl From<RawMemberV3> for RawMember {
+    fn from(v3: RawMemberV3) -> Self {
+        RawMember {
+            id: v3.id,
+            address: v3.address,
+            weight: v3.weight,
+            state: v3.state,
+            version: v3.version,
+            client_address: v3.client_address,
+            settled_weight: v3.settled_weight,
+            zone: String::new(),
+        }
+    }
 }
 
 /// A member in table format 2, written before members carried a settled weight.
@@ -141,6 +171,7 @@ impl From<RawMemberV2> for RawMember {
             version: v2.version,
             client_address: v2.client_address,
             settled_weight: v2.weight,
+            zone: String::new(),
         }
     }
 }
@@ -165,6 +196,7 @@ impl From<RawMemberV1> for RawMember {
             version: v1.version,
             client_address: None,
             settled_weight: v1.weight,
+            zone: String::new(),
         }
     }
 }
@@ -189,6 +221,10 @@ impl TryFrom<RawMember> for Member {
                 reason,
             })?;
         }
+        check_zone(&raw.zone).map_err(|reason| DecodeError::InvalidZone {
+            id: id.clone(),
+            reason,
+        })?;
         Ok(Member {
             id,
             address: raw.address,
@@ -197,6 +233,7 @@ impl TryFrom<RawMember> for Member {
             version: raw.version,
             client_address: raw.client_address,
             settled_weight: raw.settled_weight,
+            zone: raw.zone,
         })
     }
 }
@@ -248,9 +285,16 @@ impl Member {
         self.client_address.as_deref()
     }
 
+    /// The node's failure domain (a data center, an availability zone), if it has one:
+    /// a key's replicas spread over as many zones as there are (see [`crate::ring`]).
+    pub fn zone(&self) -> Option<&str> {
+        (!self.zone.is_empty()).then_some(self.zone.as_str())
+    }
+
     /// The total order merge uses: version first, then contents, so two different
     /// entries with equal versions still have one winner whichever side merges.
-    fn precedence(&self) -> (u64, u8, u32, u32, &str, Option<&str>) {
+    #[allow(clippy::type_complexity)]
+    fn precedence(&self) -> (u64, u8, u32, u32, &str, Option<&str>, &str) {
         (
             self.version,
             self.state.rank(),
@@ -258,6 +302,7 @@ impl Member {
             self.settled_weight,
             &self.address,
             self.client_address.as_deref(),
+            &self.zone,
         )
     }
 }
@@ -293,6 +338,12 @@ pub enum MembershipError {
     /// The address is not a valid `host:port`.
     #[error("invalid address: {reason}")]
     InvalidAddress {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The zone name is not a valid zone.
+    #[error("invalid zone: {reason}")]
+    InvalidZone {
         /// What is wrong with it.
         reason: &'static str,
     },
@@ -411,8 +462,23 @@ impl MemberTable {
         address: &str,
         weight: u32,
     ) -> Result<Member, MembershipError> {
+        self.join_in_zone(id, address, weight, "")
+    }
+
+    /// [`join`](Self::join) in `zone` (`""`: none).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join), and `InvalidZone`.
+    pub fn join_in_zone(
+        &mut self,
+        id: NodeId,
+        address: &str,
+        weight: u32,
+        zone: &str,
+    ) -> Result<Member, MembershipError> {
         check_address(address).map_err(|reason| MembershipError::InvalidAddress { reason })?;
         check_weight(weight)?;
+        check_zone(zone).map_err(|reason| MembershipError::InvalidZone { reason })?;
         let version = match self.members.get(&id) {
             None if self.members.len() >= MAX_MEMBERS => return Err(MembershipError::TableFull),
             None => 1,
@@ -432,6 +498,7 @@ impl MemberTable {
             version,
             client_address: None,
             settled_weight: weight,
+            zone: zone.to_owned(),
         };
         self.members.insert(id, member.clone());
         Ok(member)
@@ -581,6 +648,24 @@ impl MemberTable {
         )
     }
 
+    /// Sets the zone of a `Joining` node: the node announces its own `--zone` when an
+    /// admin joined it without one. Only while joining, because the zone decides which
+    /// nodes hold a key's replicas and a member's data is laid out already: changing a
+    /// member's zone means leaving and joining again.
+    ///
+    /// # Errors
+    /// `InvalidZone`, `UnknownMember`, `InvalidTransition` for any state but Joining,
+    /// `VersionExhausted`.
+    pub fn set_zone(&mut self, id: &NodeId, zone: &str) -> Result<Member, MembershipError> {
+        check_zone(zone).map_err(|reason| MembershipError::InvalidZone { reason })?;
+        self.change(
+            id,
+            "set the zone of",
+            |s| s == MemberState::Joining,
+            |m| zone.clone_into(&mut m.zone),
+        )
+    }
+
     /// Applies `edit` to member `id` if its state passes `allowed`, bumping its version.
     /// Leaves the table untouched on error.
     fn change(
@@ -635,6 +720,25 @@ fn check_weight(weight: u32) -> Result<(), MembershipError> {
     } else {
         Err(MembershipError::InvalidWeight { weight })
     }
+}
+
+/// The longest zone name: a Kubernetes label value's limit, so a node's
+/// `topology.kubernetes.io/zone` label always fits.
+pub const MAX_ZONE_LEN: usize = 63;
+
+/// Checks a zone name (`""` is no zone): at most [`MAX_ZONE_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.` (a Kubernetes label value's characters).
+pub(crate) fn check_zone(zone: &str) -> Result<(), &'static str> {
+    if zone.len() > MAX_ZONE_LEN {
+        return Err("longer than 63 bytes");
+    }
+    if !zone
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("only ASCII letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
 }
 
 /// Checks that `address` looks like `host:port`; returns why not.
@@ -931,6 +1035,36 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_zone_is_set_at_join_or_while_joining_and_checked() {
+        let mut t = MemberTable::new();
+        let joined = t.join_in_zone(id("a"), "a:1", 1, "eu-west-1a").unwrap();
+        assert_eq!(joined.zone(), Some("eu-west-1a"));
+        t.join(id("b"), "b:1", 1).unwrap();
+        assert_eq!(t.get(&id("b")).unwrap().zone(), None);
+        let announced = t.set_zone(&id("b"), "eu-west-1b").unwrap();
+        assert_eq!(
+            (announced.zone(), announced.version()),
+            (Some("eu-west-1b"), 2)
+        );
+        for bad in ["a b", "zone/1", &"z".repeat(64)] {
+            assert!(matches!(
+                t.set_zone(&id("b"), bad),
+                Err(MembershipError::InvalidZone { .. })
+            ));
+            assert!(matches!(
+                t.join_in_zone(id("c"), "c:1", 1, bad),
+                Err(MembershipError::InvalidZone { .. })
+            ));
+        }
+        // A member's data is laid out for its zone: no change once it is a member.
+        t.mark_member(&id("b")).unwrap();
+        assert!(matches!(
+            t.set_zone(&id("b"), "eu-west-1c"),
+            Err(MembershipError::InvalidTransition { .. })
+        ));
+    }
+
+    #[test]
     fn a_joining_node_may_be_abandoned() {
         let mut t = MemberTable::new();
         t.join(id("n"), "n:1", 1).unwrap();
@@ -1047,6 +1181,7 @@ pub(super) mod tests {
         SettleWeight(usize, usize, u32),
         SetAddress(usize, usize, u8),
         SetClientAddress(usize, usize, u8),
+        SetZone(usize, usize, u8),
         Gossip(usize, usize),
     }
 
@@ -1065,6 +1200,7 @@ pub(super) mod tests {
             (t.clone(), n.clone(), w).prop_map(|(t, n, w)| Op::SettleWeight(t, n, w)),
             (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetAddress(t, n, p)),
             (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetClientAddress(t, n, p)),
+            (t.clone(), n.clone(), 0..3u8).prop_map(|(t, n, p)| Op::SetZone(t, n, p)),
             (t.clone(), t).prop_map(|(a, b)| Op::Gossip(a, b)),
         ]
     }
@@ -1085,6 +1221,15 @@ pub(super) mod tests {
             Op::SetAddress(t, n, p) => tables[t].set_address(&id(NAMES[n]), &addr(p)),
             Op::SetClientAddress(t, n, p) => {
                 tables[t].set_client_address(&id(NAMES[n]), &format!("client{p}:7000"))
+            }
+            // Zone 0 is "no zone".
+            Op::SetZone(t, n, p) => {
+                let zone = if p == 0 {
+                    String::new()
+                } else {
+                    format!("zone-{p}")
+                };
+                tables[t].set_zone(&id(NAMES[n]), &zone)
             }
             Op::Gossip(from, to) => {
                 let gossip = tables[from].clone();

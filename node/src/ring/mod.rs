@@ -5,7 +5,8 @@
 //! previous ring). Keys are placed by the MD5 of their bytes; physical nodes own virtual
 //! nodes in proportion to their weight, either as pseudo-random tokens (strategy 1) or
 //! as a share of `Q` equal partitions (strategy 3). A key's preference list is the first
-//! `N` distinct physical nodes clockwise from its token.
+//! `N` distinct physical nodes clockwise from its token, interleaved by zone when the
+//! members are in several ([`Ring::zoned`]), so its replicas sit in distinct zones.
 //!
 //! ```
 //! use dynamo_node::NodeId;
@@ -33,6 +34,7 @@ mod partitions;
 mod placement;
 mod strategy;
 mod token;
+mod zones;
 
 pub use error::RingError;
 pub use placement::{RangeMove, Ring, Walk, moves};
@@ -40,3 +42,4 @@ pub use strategy::{
     DEFAULT_PARTITIONS, MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT, MAX_VIRTUAL_NODES, PartitionStrategy,
 };
 pub use token::{Token, TokenRange};
+pub use zones::ZoneInterleave;

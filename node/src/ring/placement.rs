@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::partitions;
 use super::strategy::MAX_VIRTUAL_NODES;
+use super::zones::ZoneInterleave;
 use super::{PartitionStrategy, RingError, Token, TokenRange};
 use crate::NodeId;
 
@@ -50,6 +51,14 @@ pub struct Ring {
     owners: Vec<u32>,
     /// How many members own at least one virtual node: the longest preference list.
     placed: usize,
+    /// The zone of each member (an index into `zone_names`), by member index; empty
+    /// when no member has a zone.
+    zones: Vec<u32>,
+    /// The distinct zone names, sorted (`""`: no zone).
+    zone_names: Vec<String>,
+    /// How many distinct zones the placed members are in; above one, walks interleave
+    /// by zone (see [`super::zones`]).
+    placed_zones: usize,
 }
 
 /// A range whose replica set differs between two rings; see [`moves`].
@@ -112,6 +121,68 @@ impl Ring {
             }
         };
         Ok(Self::assemble(epoch, strategy, members, assignment))
+    }
+
+    /// The same ring with each member in the zone `zone_of` gives it (`None` or `""`:
+    /// no zone). Zones change no ownership, only the order of walks: a key's preference
+    /// list then spreads over as many zones as it can (see [`super::zones`]).
+    #[must_use]
+    pub fn zoned<S: AsRef<str>>(mut self, zone_of: impl Fn(&NodeId) -> Option<S>) -> Self {
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .map(|(id, _)| {
+                zone_of(id)
+                    .map(|zone| zone.as_ref().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut zone_names: Vec<String> = names.clone();
+        zone_names.sort_unstable();
+        zone_names.dedup();
+        if zone_names.len() <= 1 && zone_names.first().is_none_or(String::is_empty) {
+            self.zones = Vec::new();
+            self.zone_names = Vec::new();
+            self.placed_zones = 1;
+            return self;
+        }
+        self.zones = names
+            .iter()
+            .map(|name| {
+                let index = zone_names.binary_search(name).unwrap_or(0);
+                u32::try_from(index).unwrap_or(u32::MAX)
+            })
+            .collect();
+        self.zone_names = zone_names;
+        self.placed_zones = self.count_placed_zones();
+        self
+    }
+
+    /// The zone of `node` (`""` for none), or `None` if it is not a member.
+    pub fn zone(&self, node: &NodeId) -> Option<&str> {
+        let index = index_of(&self.members, node)? as usize;
+        Some(
+            self.zones
+                .get(index)
+                .and_then(|&zone| self.zone_names.get(zone as usize))
+                .map_or("", String::as_str),
+        )
+    }
+
+    /// How many distinct zones hold virtual nodes (1 when no member has a zone).
+    pub fn zone_count(&self) -> usize {
+        self.placed_zones
+    }
+
+    fn count_placed_zones(&self) -> usize {
+        if self.zones.is_empty() {
+            return 1;
+        }
+        let mut placed = vec![false; self.zone_names.len()];
+        for &owner in &self.owners {
+            placed[self.zones[owner as usize] as usize] = true;
+        }
+        placed.iter().filter(|&&p| p).count().max(1)
     }
 
     /// The version the caller gave this ring.
@@ -274,6 +345,9 @@ impl Ring {
             tokens,
             owners,
             placed,
+            zones: Vec::new(),
+            zone_names: Vec::new(),
+            placed_zones: 1,
         }
     }
 
@@ -300,13 +374,24 @@ impl Ring {
     }
 
     fn walk_at(&self, position: usize) -> Walk<'_> {
-        Walk {
+        let owners = Owners {
             ring: self,
             position,
             steps_left: self.tokens.len(),
             unseen: self.placed,
             seen: Seen::for_members(self.members.len()),
-        }
+        };
+        let order = if self.placed_zones > 1 {
+            Order::Zoned(ZoneInterleave::new(
+                owners,
+                self.zones.clone(),
+                self.zone_names.len(),
+                self.placed_zones,
+            ))
+        } else {
+            Order::Plain(owners)
+        };
+        Walk { ring: self, order }
     }
 }
 
@@ -318,6 +403,7 @@ impl fmt::Debug for Ring {
             .field("strategy", &self.strategy)
             .field("members", &self.members)
             .field("vnodes", &self.tokens.len())
+            .field("zones", &self.zone_names)
             .finish()
     }
 }
@@ -349,9 +435,26 @@ pub fn moves(old: &Ring, new: &Ring, n: usize) -> Vec<RangeMove> {
         .collect()
 }
 
-/// The distinct physical nodes clockwise from a token; see [`Ring::walk`].
+/// The distinct physical nodes clockwise from a token, interleaved by zone when the
+/// members are in several; see [`Ring::walk`].
 #[derive(Debug, Clone)]
 pub struct Walk<'a> {
+    ring: &'a Ring,
+    order: Order<'a>,
+}
+
+/// The order a walk yields nodes in.
+#[derive(Debug, Clone)]
+enum Order<'a> {
+    /// Clockwise (one zone).
+    Plain(Owners<'a>),
+    /// Clockwise, interleaved by zone.
+    Zoned(ZoneInterleave<Owners<'a>>),
+}
+
+/// The distinct owners (member indices) clockwise from a position.
+#[derive(Debug, Clone)]
+struct Owners<'a> {
     ring: &'a Ring,
     /// The next virtual node to visit.
     position: usize,
@@ -362,8 +465,10 @@ pub struct Walk<'a> {
     seen: Seen,
 }
 
-impl Walk<'_> {
-    fn next_owner(&mut self) -> Option<u32> {
+impl Iterator for Owners<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
         while self.unseen > 0 && self.steps_left > 0 {
             let owner = self.ring.owners[self.position];
             self.position += 1;
@@ -380,6 +485,15 @@ impl Walk<'_> {
     }
 }
 
+impl Walk<'_> {
+    fn next_owner(&mut self) -> Option<u32> {
+        match &mut self.order {
+            Order::Plain(owners) => owners.next(),
+            Order::Zoned(interleave) => interleave.next(),
+        }
+    }
+}
+
 impl<'a> Iterator for Walk<'a> {
     type Item = &'a NodeId;
 
@@ -389,7 +503,10 @@ impl<'a> Iterator for Walk<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.unseen))
+        match &self.order {
+            Order::Plain(owners) => (0, Some(owners.unseen)),
+            Order::Zoned(_) => (0, Some(self.ring.placed)),
+        }
     }
 }
 
@@ -503,6 +620,8 @@ struct RingWireRef<'a> {
     strategy: PartitionStrategy,
     members: &'a [(NodeId, u32)],
     assignment: &'a [u32],
+    /// Each member's zone name, or empty when no member has one.
+    zones: Vec<&'a str>,
 }
 
 /// The owned wire form of a [`Ring`], before it is checked.
@@ -512,6 +631,7 @@ struct RingWire {
     strategy: PartitionStrategy,
     members: Vec<(NodeId, u32)>,
     assignment: Vec<u32>,
+    zones: Vec<String>,
 }
 
 impl Serialize for Ring {
@@ -521,6 +641,11 @@ impl Serialize for Ring {
             strategy: self.strategy,
             members: &self.members,
             assignment: &self.assignment,
+            zones: self
+                .zones
+                .iter()
+                .map(|&zone| self.zone_names[zone as usize].as_str())
+                .collect(),
         }
         .serialize(serializer)
     }
@@ -535,7 +660,11 @@ impl TryFrom<RingWire> for Ring {
             strategy,
             members,
             assignment,
+            zones,
         } = wire;
+        if !zones.is_empty() && zones.len() != members.len() {
+            return Err(RingError::Malformed("zones do not match the members"));
+        }
         strategy.validate()?;
         if members.windows(2).any(|pair| pair[0].0 > pair[1].0) {
             return Err(RingError::Malformed("members are not sorted by id"));
@@ -570,7 +699,13 @@ impl TryFrom<RingWire> for Ring {
                 }
             }
         }
-        Ok(Self::assemble(epoch, strategy, members, assignment))
+        let zone_of: BTreeMap<NodeId, String> = members
+            .iter()
+            .map(|(id, _)| id.clone())
+            .zip(zones)
+            .collect();
+        Ok(Self::assemble(epoch, strategy, members, assignment)
+            .zoned(|id| zone_of.get(id).map(String::as_str)))
     }
 }
 
@@ -801,12 +936,107 @@ mod tests {
         assert!(postcard::to_allocvec(&ring).unwrap().len() < 64);
     }
 
+    /// Six nodes in three zones, two per zone.
+    fn zoned_ring(strategy: PartitionStrategy) -> Ring {
+        let members: Vec<(NodeId, u32)> = ["a1", "a2", "b1", "b2", "c1", "c2"]
+            .iter()
+            .map(|n| (id(n), 1))
+            .collect();
+        build(&members, strategy).zoned(|node| Some(node.as_str()[..1].to_owned()))
+    }
+
+    #[test]
+    fn with_zones_every_preference_list_spans_distinct_zones() {
+        for strategy in [random(16), equal(64)] {
+            let ring = zoned_ring(strategy);
+            assert_eq!(ring.zone_count(), 3);
+            assert_eq!(ring.zone(&id("b2")), Some("b"));
+            assert_eq!(ring.zone(&id("z9")), None);
+            for key in 0..500u32 {
+                let key = format!("key-{key}");
+                let list = ring.preference_list_for_key(key.as_bytes(), 3);
+                let mut zones: Vec<&str> = list.iter().map(|n| &n.as_str()[..1]).collect();
+                zones.sort_unstable();
+                assert_eq!(zones, ["a", "b", "c"], "{key}: {list:?}");
+                // The primary (the coordinator) is still the key's first node clockwise.
+                assert_eq!(Some(&list[0]), ring.primary(Token::of(key.as_bytes())));
+                // Stand-ins after the home replicas: one more of each zone.
+                let walk: Vec<&NodeId> = ring.walk(Token::of(key.as_bytes())).collect();
+                assert_eq!(walk.len(), 6);
+                let mut next: Vec<&str> = walk[3..].iter().map(|n| &n.as_str()[..1]).collect();
+                next.sort_unstable();
+                assert_eq!(next, ["a", "b", "c"]);
+                // replica_ranges agrees with the preference lists.
+                for node in &list {
+                    let token = Token::of(key.as_bytes());
+                    assert!(
+                        ring.replica_ranges(node, 3)
+                            .iter()
+                            .any(|r| r.contains(token)),
+                        "{node} holds {key}"
+                    );
+                }
+            }
+            // The wire form carries the zones.
+            let bytes = postcard::to_allocvec(&ring).unwrap();
+            assert_eq!(postcard::from_bytes::<Ring>(&bytes).unwrap(), ring);
+        }
+    }
+
+    #[test]
+    fn without_zones_or_with_one_the_walk_is_unchanged() {
+        for strategy in [random(16), equal(64)] {
+            let members: Vec<(NodeId, u32)> =
+                ["a", "b", "c", "d"].iter().map(|n| (id(n), 1)).collect();
+            let plain = build(&members, strategy);
+            let one_zone = plain.clone().zoned(|_| Some("eu-west-1a"));
+            let no_zone = plain.clone().zoned(|_| None::<&str>);
+            assert_eq!(no_zone, plain);
+            assert_eq!(one_zone.zone_count(), 1);
+            for key in 0..200u32 {
+                let token = Token::of(format!("k{key}").as_bytes());
+                let expected: Vec<&NodeId> = plain.walk(token).collect();
+                assert_eq!(one_zone.walk(token).collect::<Vec<_>>(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn fewer_zones_than_replicas_spread_as_evenly_as_they_allow() {
+        let members: Vec<(NodeId, u32)> = ["a1", "a2", "a3", "b1", "b2", "b3"]
+            .iter()
+            .map(|n| (id(n), 1))
+            .collect();
+        let ring = build(&members, equal(64)).zoned(|node| Some(node.as_str()[..1].to_owned()));
+        for key in 0..300u32 {
+            let list = ring.preference_list_for_key(format!("k{key}").as_bytes(), 5);
+            let in_a = list.iter().filter(|n| n.as_str().starts_with('a')).count();
+            assert!(in_a == 2 || in_a == 3, "{list:?}");
+        }
+    }
+
+    #[test]
+    fn moving_a_node_to_another_zone_is_a_ring_change_with_moves() {
+        let ring = zoned_ring(equal(64));
+        let members: Vec<(NodeId, u32)> = ring.members().map(|(n, w)| (n.clone(), w)).collect();
+        let moved = build(&members, equal(64)).zoned(|node| {
+            Some(if node.as_str() == "c2" {
+                "a".to_owned()
+            } else {
+                node.as_str()[..1].to_owned()
+            })
+        });
+        assert_ne!(moved, ring);
+        assert!(!moves(&ring, &moved, 3).is_empty());
+    }
+
     fn wire(ring: &Ring) -> RingWire {
         RingWire {
             epoch: ring.epoch,
             strategy: ring.strategy,
             members: ring.members.clone(),
             assignment: ring.assignment.clone(),
+            zones: Vec::new(),
         }
     }
 
@@ -819,6 +1049,7 @@ mod tests {
                 strategy: wire.strategy,
                 members: &wire.members,
                 assignment: &wire.assignment,
+                zones: wire.zones.iter().map(String::as_str).collect(),
             })
             .unwrap();
             postcard::from_bytes::<Ring>(&bytes)

@@ -88,6 +88,7 @@ impl AdminService {
             reachable: self.node.cluster.is_available(member.id()),
             client_address: member.client_address().unwrap_or_default().to_owned(),
             settled_weight: member.settled_weight(),
+            zone: member.zone().unwrap_or_default().to_owned(),
         }
     }
 
@@ -131,7 +132,7 @@ impl admin_server::Admin for AdminService {
         } else {
             request.weight
         };
-        self.apply(|table| table.join(id, &request.address, weight))
+        self.apply(|table| table.join_in_zone(id, &request.address, weight, &request.zone))
             .await
     }
 
@@ -245,6 +246,7 @@ impl admin_server::Admin for AdminService {
                     ranges_waiting: p.ranges_waiting,
                 })
                 .collect(),
+            zone: node.zone.clone().unwrap_or_default(),
             anti_entropy: node.antientropy.config().enabled().then(|| {
                 let stats = node.metrics.anti_entropy_stats();
                 let config = node.antientropy.config();

@@ -113,6 +113,7 @@ impl KvService {
                     client_address: m.client_address().unwrap_or_default().to_owned(),
                     state: super::admin::state_to_proto(m.state()) as i32,
                     reachable: cluster.is_available(m.id()),
+                    zone: m.zone().unwrap_or_default().to_owned(),
                 })
                 .collect(),
             replication_factor: self.coordinator.quorum().n(),

@@ -198,14 +198,33 @@ impl TestCluster {
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
     ) -> TestCluster {
+        Self::start_each(
+            size,
+            |_| extra.iter().map(|a| (*a).to_owned()).collect(),
+            tls,
+        )
+        .await
+    }
+
+    /// Like [`TestCluster::start_with`], node `i` (from 0) started with `args(i)`.
+    pub async fn start_each(
+        size: usize,
+        args: impl Fn(usize) -> Vec<String>,
+        tls: Option<ClientTlsConfig>,
+    ) -> TestCluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut nodes = Vec::new();
-        let mut first = TestNode::start(root.path(), "n1", &[], extra).await;
+        let first_args = args(0);
+        let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+        let mut first = TestNode::start(root.path(), "n1", &[], &first_args).await;
         first.tls = tls.clone();
         let seed = first.internode;
         nodes.push(first);
         for i in 2..=size {
-            let mut node = TestNode::start(root.path(), &format!("n{i}"), &[seed], extra).await;
+            let node_args = args(i - 1);
+            let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+            let mut node =
+                TestNode::start(root.path(), &format!("n{i}"), &[seed], &node_args).await;
             node.tls = tls.clone();
             nodes.push(node);
         }
@@ -216,6 +235,7 @@ impl TestCluster {
                     node_id: node.id.clone(),
                     address: node.internode.to_string(),
                     weight: 1,
+                    zone: String::new(),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("joining {}: {e}", node.id));
