@@ -30,6 +30,9 @@ const OPERATOR_NAMESPACE: &str = "dynamo-system";
 const NAMESPACE: &str = "dynamo-e2e";
 const CLUSTER: &str = "small";
 const KEYS: usize = 10_000;
+/// The zone label the suite gives the cluster's node.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const ZONE: &str = "e2e-zone-a";
 /// Bound on the cluster reaching a state (pods scheduled, volumes bound, images
 /// started, joins and decommissions with their range transfers).
 const SETTLE: Duration = Duration::from_secs(300);
@@ -97,10 +100,30 @@ async fn the_operator_chart_and_images_run_a_dynamo_cluster_on_real_kubernetes()
     refusals(&kubectl).await;
 
     step("kubectl apply -f e2e/manifests/small-cluster.yaml", started);
+    // The one node is in a zone: its pods learn it from the label (copied onto each pod
+    // at binding) and announce it in the ring (#15, replicas across zones).
+    kubectl
+        .ok(&[
+            "label",
+            "nodes",
+            "--all",
+            &format!("{ZONE_LABEL}={ZONE}"),
+            "--overwrite",
+        ])
+        .await;
     let manifest = std::fs::read_to_string(repo.join("e2e/manifests/small-cluster.yaml"))
         .expect("e2e/manifests/small-cluster.yaml");
     kubectl.apply(&manifest).await;
     wait_settled(&kubectl, 3).await;
+    let pods = PodCluster::observe(&kubectl, CLUSTER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ring = pods.ring(0).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ring.members.len() == 3 && ring.members.iter().all(|m| m.zone == ZONE),
+        "every member in the node's zone: {:?}",
+        ring.members
+    );
     let columns = kubectl.ok(&["get", "dynamoclusters"]).await;
     let header: Vec<&str> = columns
         .lines()

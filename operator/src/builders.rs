@@ -62,6 +62,9 @@ pub const CONFIG_DIR: &str = "/etc/dynamo";
 pub const CONFIG_FILE: &str = "config.yaml";
 /// Where the TLS secret is mounted.
 pub const TLS_DIR: &str = "/etc/dynamo/tls";
+
+/// The well-known label holding a node's zone, copied onto pods at binding.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// How many of the first ordinals are seeds.
 pub const MAX_SEEDS: u32 = 3;
 /// Seconds a node gets after SIGTERM to finish in-flight requests and flush buffered
@@ -505,6 +508,20 @@ fn node_env(owner: &Owner<'_>) -> Vec<EnvVar> {
         env(
             "DYNAMO_SEEDS",
             seeds(owner.name, owner.namespace, size).join(","),
+        ),
+        // The pod's zone, for replicas across zones (Dynamo §4.2): the API server copies
+        // its node's `topology.kubernetes.io/zone` label onto the pod when it is bound
+        // (Kubernetes 1.35+, the PodTopologyLabelsAdmission feature); without the label
+        // the value is empty, which the node reads as no zone.
+        env_from(
+            "DYNAMO_ZONE",
+            EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.labels['{ZONE_LABEL}']"),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            },
         ),
     ];
     // Always set: without a token the Admin API would be open to anyone who can reach
@@ -1421,6 +1438,15 @@ mod tests {
                 .value
                 .as_deref(),
             Some("$(POD_NAME).db-peers.prod.svc:7001")
+        );
+        // The zone comes from the pod's copy of its node's zone label.
+        let zone = env_value(container, "DYNAMO_ZONE").unwrap();
+        assert_eq!(
+            zone.value_from
+                .as_ref()
+                .and_then(|source| source.field_ref.as_ref())
+                .map(|field| field.field_path.as_str()),
+            Some("metadata.labels['topology.kubernetes.io/zone']")
         );
         assert_eq!(
             env_value(container, "DYNAMO_SEEDS")

@@ -180,7 +180,7 @@ pub const MANAGED_NODE_KEYS_RULE: &str = "!has(self.nodeConfig) || self.nodeConf
     ['node-id', 'listen', 'internode-listen', 'http-listen', 'advertise', 'advertise-client', \
     'data-dir', 'seeds', 'storage', 'replication-factor', 'read-quorum', 'write-quorum', \
     'weight', 'partitioning', 'partitions', 'tokens-per-weight', 'durability', 'admin-token', \
-    'tls-cert', 'tls-key', 'tls-ca', 'internode-token-file', 'insecure-internode']))";
+    'tls-cert', 'tls-key', 'tls-ca', 'internode-token-file', 'insecure-internode', 'zone']))";
 
 /// Node config keys the operator sets itself (in the node config file or the pods'
 /// environment), so `nodeConfig` may not.
@@ -208,6 +208,7 @@ pub const MANAGED_NODE_KEYS: &[&str] = &[
     "tls-ca",
     "internode-token-file",
     "insecure-internode",
+    "zone",
 ];
 
 /// When the kubelet pulls the image.

@@ -40,6 +40,9 @@ fn secret_value(cluster: &DynamoCluster, name: &str, key: &str) -> String {
     }
 }
 
+/// The zone label the test pods' node carries.
+const POD_ZONE: &str = "eu-west-1b";
+
 /// Starts "pod" `db-<ordinal>` of the cluster the way the kubelet would, as far as the
 /// node's configuration goes, and returns what the node loaded.
 fn load_pod(cluster: &DynamoCluster, ordinal: u32) -> NodeConfig {
@@ -62,11 +65,12 @@ fn load_pod(cluster: &DynamoCluster, ordinal: u32) -> NodeConfig {
                 v.replace(&format!("$({name})"), val)
             }),
             (None, Some(source)) if source.field_ref.is_some() => {
-                assert_eq!(
-                    source.field_ref.as_ref().unwrap().field_path,
-                    "metadata.name"
-                );
-                pod_name.clone()
+                // The pod's name, and the zone label the API server copied from its node.
+                match source.field_ref.as_ref().unwrap().field_path.as_str() {
+                    "metadata.name" => pod_name.clone(),
+                    "metadata.labels['topology.kubernetes.io/zone']" => POD_ZONE.to_owned(),
+                    other => panic!("unexpected field path {other}"),
+                }
             }
             (None, Some(source)) if source.secret_key_ref.is_some() => {
                 let selector = source.secret_key_ref.as_ref().unwrap();
@@ -98,6 +102,8 @@ fn default_cluster_pod_config_is_accepted() {
     let config = load_pod(&cluster, 4);
     assert_eq!(config.node_id().as_str(), "db-4");
     assert_eq!(config.advertise(), Some("db-4.db-peers.prod.svc:7001"));
+    // Replicas across zones: the node's zone label reaches the node.
+    assert_eq!(config.zone(), Some(POD_ZONE));
     assert_eq!(
         config.seeds(),
         [
