@@ -1,7 +1,8 @@
 //! Prints ownership balance and data movement for both partitioning strategies
 //! (Dynamo §6.2): max/mean ownership at 10 equal nodes, and the share of keys whose
 //! primary owner (and whose N=3 replica set) changes when an 11th node joins, against the
-//! ideal 1/11.
+//! ideal 1/11; then the same with the nodes in three zones (node i in zone i mod 3), where
+//! every replica set must span the three zones.
 //!
 //! Run: `cargo run --release -p dynamo-node --example ring_balance`
 
@@ -43,13 +44,38 @@ fn moved(old: &Ring, new: &Ring) -> (f64, f64) {
     )
 }
 
+/// `ring` with node `nodeK` in zone `K mod zones` (no zones when `zones` is 0).
+fn in_zones(ring: Ring, zones: usize) -> Ring {
+    if zones == 0 {
+        return ring;
+    }
+    ring.zoned(|id| {
+        let k: usize = id.as_str()["node".len()..].parse().ok()?;
+        Some(format!("z{}", k % zones))
+    })
+}
+
+/// The share of sampled keys whose N=3 replicas sit in 3 distinct zones.
+fn spread(ring: &Ring) -> f64 {
+    let spread = (0..SAMPLE_KEYS)
+        .filter(|i| {
+            let list = ring.preference_list(Token::of(format!("key-{i}").as_bytes()), 3);
+            let mut zones: Vec<&str> = list.iter().filter_map(|n| ring.zone(n)).collect();
+            zones.sort_unstable();
+            zones.dedup();
+            zones.len() == 3
+        })
+        .count();
+    spread as f64 / f64::from(SAMPLE_KEYS)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ten = members(10);
     let eleven = members(11);
     println!("ideal share moved by an 11th node: {:.4}", 1.0 / 11.0);
     println!(
-        "{:<56} {:>12} {:>14} {:>16}",
-        "strategy", "max/mean", "primary moved", "replica set moved"
+        "{:<56} {:>6} {:>10} {:>14} {:>18} {:>12}",
+        "strategy", "zones", "max/mean", "primary moved", "replica set moved", "3 zones"
     );
     let cases: [(&str, PartitionStrategy, bool); 3] = [
         (
@@ -68,17 +94,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false,
         ),
     ];
-    for (name, strategy, from_previous) in cases {
-        let old = Ring::build(&ten, strategy, 1, None)?;
-        let previous = from_previous.then_some(&old);
-        let new = Ring::build(&eleven, strategy, 2, previous)?;
-        let (primary, replicas) = moved(&old, &new);
-        println!(
-            "{name:<56} {:>12.3} {:>14.4} {:>16.4}",
-            balance(&old),
-            primary,
-            replicas
-        );
+    for zones in [0, 3] {
+        for (name, strategy, from_previous) in cases {
+            let old = Ring::build(&ten, strategy, 1, None)?;
+            let previous = from_previous.then_some(&old);
+            let new = in_zones(Ring::build(&eleven, strategy, 2, previous)?, zones);
+            let old = in_zones(old, zones);
+            let (primary, replicas) = moved(&old, &new);
+            println!(
+                "{name:<56} {zones:>6} {:>10.3} {:>14.4} {:>18.4} {:>12.4}",
+                balance(&old),
+                primary,
+                replicas,
+                spread(&new)
+            );
+        }
     }
     Ok(())
 }

@@ -184,6 +184,9 @@ pub(crate) struct SimConfig {
     /// If set, faults come in bursts with calm spells between them (see
     /// [`FaultBursts`]).
     pub(crate) fault_bursts: Option<FaultBursts>,
+    /// Zones the nodes are spread over (node `i` in zone `z{i % zones}`); 0 for none.
+    /// A node that joins during the run announces its zone itself while it joins.
+    pub(crate) zones: usize,
 }
 
 /// Faults in bursts separated by calm spells, with background rounds on every node
@@ -409,6 +412,8 @@ struct World {
     acked_elements: BTreeMap<String, Vec<u8>>,
     /// The nodes' tombstone grace period.
     tombstone_grace: Duration,
+    /// Zones the nodes are spread over; 0 for none (see [`SimConfig::zones`]).
+    zones: usize,
     /// When the run started: wall time is `WALL_ORIGIN` then.
     started: tokio::time::Instant,
     /// Faults and membership changes, each with the number of client operations
@@ -459,6 +464,7 @@ impl World {
         settings.strategy = PartitionStrategy::equal_partitions(PARTITIONS).expect("valid Q");
         settings.durability = node.durability;
         settings.seeds = node.seeds.clone();
+        settings.zone = zone_of(self.zones, index);
         settings.transfer = TransferSettings {
             source_stall: SOURCE_STALL,
             ..TransferSettings::default()
@@ -1024,9 +1030,14 @@ fn set_key_of(i: usize) -> Vec<u8> {
     format!("set-{i}").into_bytes()
 }
 
+/// Node `index`'s zone when the nodes are spread over `zones` (0: none).
+fn zone_of(zones: usize, index: usize) -> Option<String> {
+    (zones > 0).then(|| format!("z{}", index % zones))
+}
+
 /// Nodes with `durabilities`, started, each a member in every node's table (the same
 /// membership changes, in the same order, on every node); wall time starts now.
-fn start_world(durabilities: &[Durability], tombstone_grace: Duration) -> Shared {
+fn start_world(durabilities: &[Durability], tombstone_grace: Duration, zones: usize) -> Shared {
     let started = tokio::time::Instant::now();
     let node_count = durabilities.len();
     let network = MemoryNetwork::new(CALL_TIMEOUT).expect("nonzero call timeout");
@@ -1054,6 +1065,7 @@ fn start_world(durabilities: &[Durability], tombstone_grace: Duration) -> Shared
         next_value: 0,
         acked_elements: BTreeMap::new(),
         tombstone_grace,
+        zones,
         log: Vec::new(),
         traced_holdings: Vec::new(),
         step: 0,
@@ -1067,17 +1079,21 @@ fn start_world(durabilities: &[Durability], tombstone_grace: Duration) -> Shared
             w.start(i);
         }
         // The same membership changes, in the same order, on every node.
-        let members: Vec<(NodeId, String)> = w
+        let members: Vec<(NodeId, String, String)> = w
             .nodes
             .iter()
-            .map(|n| (n.id.clone(), n.address.clone()))
+            .enumerate()
+            .map(|(i, n)| {
+                let zone = zone_of(zones, i).unwrap_or_default();
+                (n.id.clone(), n.address.clone(), zone)
+            })
             .collect();
         for i in 0..node_count {
             let (shared, _) = w.up(i).expect("just started");
-            for (id, addr) in &members {
+            for (id, addr, zone) in &members {
                 shared
                     .change_membership(|table| {
-                        table.join(id.clone(), addr, 1)?;
+                        table.join_in_zone(id.clone(), addr, 1, zone)?;
                         table.mark_member(id)
                     })
                     .expect("joining a member");
@@ -1101,7 +1117,15 @@ async fn simulate(config: SimConfig) -> SimReport {
             }
         })
         .collect();
-    let world = start_world(&durabilities, config.tombstone_grace);
+    let world = start_world(&durabilities, config.tombstone_grace, config.zones);
+    if config.zones > 0 {
+        // Every node places by zone from the start.
+        let w = lock(&world);
+        for i in 0..node_count {
+            let (shared, _) = w.up(i).expect("just started");
+            assert_eq!(shared.cluster().ring().zone_count(), config.zones);
+        }
+    }
 
     let join_at = config
         .faults

@@ -58,7 +58,7 @@ pub(crate) fn hinted_stand_in_cut_off_past_the_grace() -> ScriptedReport {
 
 async fn stand_in_script() -> ScriptedReport {
     let grace = Duration::from_secs(10);
-    let world = start_world(&[Durability::Sync; 5], grace);
+    let world = start_world(&[Durability::Sync; 5], grace, 0);
     let mut log = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let key = b"cart".to_vec();
