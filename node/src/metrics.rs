@@ -213,6 +213,40 @@ fn latency_histogram() -> Histogram {
 /// [`Metrics::set_foreground_observer`]).
 pub type ForegroundObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
+/// Client requests of one operation since the node started, by how they ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    /// Served: a value, a miss, or an acknowledged write.
+    pub served: u64,
+    /// Refused as the client's to fix (malformed, a conflict to resolve).
+    pub refused: u64,
+    /// Failed on the node's side (quorum unreachable, storage).
+    pub failed: u64,
+}
+
+/// What the status page keeps of the metrics.
+#[derive(Debug, Default)]
+struct PageCounts {
+    requests: BTreeMap<&'static str, RequestTotals>,
+    hints: BTreeMap<String, u64>,
+    transfer_pending: BTreeMap<String, u64>,
+}
+
+/// The status page's view of the metrics (see [`Metrics::page_snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageSnapshot {
+    /// Request totals by operation name (`get`, `put`, `delete`, `get_local`).
+    pub requests: BTreeMap<&'static str, RequestTotals>,
+    /// Hinted writes held per unreachable home replica.
+    pub hints: BTreeMap<String, u64>,
+    /// Ranges of this node's transfer not yet acknowledged, per peer.
+    pub transfer_pending: BTreeMap<String, u64>,
+    /// Keys stored (approximate).
+    pub keys: u64,
+    /// The p99 of recent foreground requests.
+    pub foreground_p99: Duration,
+}
+
 /// The node's metrics; cheap to clone (every clone shares one registry).
 ///
 /// Request metrics are recorded by the API handlers with [`Metrics::observe`]; the
@@ -260,6 +294,9 @@ struct Inner {
     tls_reloads: Family<ResultLabel, Counter>,
     /// Versions each get of an existing key returned (Dynamo §6.3's divergence).
     get_versions: Histogram,
+    /// What the status page shows, kept beside the Prometheus families (which cannot be
+    /// read back): request totals by operation, and the last backlogs set.
+    page: Mutex<PageCounts>,
     /// Client requests refused because too many were in flight, by API.
     requests_shed: Family<ApiLabel, Counter>,
     /// Connections each listener serves now.
@@ -472,6 +509,7 @@ impl Metrics {
                 stale_copies_dropped,
                 tls_reloads,
                 get_versions,
+                page: Mutex::new(PageCounts::default()),
                 requests_shed,
                 connections,
                 connection_limit,
@@ -622,6 +660,15 @@ impl Metrics {
             .requests
             .get_or_create(&RequestLabels { api, op, outcome })
             .inc();
+        {
+            let mut page = self.page();
+            let totals = page.requests.entry(op.as_str()).or_default();
+            match outcome {
+                Outcome::Ok | Outcome::NotFound => totals.served += 1,
+                Outcome::Invalid | Outcome::Conflict => totals.refused += 1,
+                Outcome::Unavailable | Outcome::Error => totals.failed += 1,
+            }
+        }
         self.inner
             .latency
             .get_or_create(&LatencyLabels { api, op })
@@ -667,7 +714,9 @@ impl Metrics {
     pub fn set_hint_backlogs<'a>(&self, backlogs: impl IntoIterator<Item = (&'a NodeId, u64)>) {
         let _refresh = self.refresh_lock();
         self.inner.hint_backlog.clear();
+        let mut shown = BTreeMap::new();
         for (target, keys) in backlogs {
+            shown.insert(target.to_string(), keys);
             self.inner
                 .hint_backlog
                 .get_or_create(&TargetLabel {
@@ -675,6 +724,7 @@ impl Metrics {
                 })
                 .set(saturating_i64(keys));
         }
+        self.page().hints = shown;
     }
 
     /// Replaces the peer reachability gauges: one per peer given, 1 when reachable;
@@ -742,7 +792,9 @@ impl Metrics {
     pub fn set_transfer_pending<'a>(&self, pending: impl IntoIterator<Item = (&'a NodeId, u64)>) {
         let _refresh = self.refresh_lock();
         self.inner.transfer_pending.clear();
+        let mut shown = BTreeMap::new();
         for (peer, ranges) in pending {
+            shown.insert(peer.to_string(), ranges);
             self.inner
                 .transfer_pending
                 .get_or_create(&PeerLabel {
@@ -750,6 +802,27 @@ impl Metrics {
                 })
                 .set(saturating_i64(ranges));
         }
+        self.page().transfer_pending = shown;
+    }
+
+    /// What the status page shows: request totals by operation, the hint and transfer
+    /// backlogs last set, stored keys and the foreground p99.
+    pub fn page_snapshot(&self) -> PageSnapshot {
+        let page = self.page();
+        PageSnapshot {
+            requests: page.requests.clone(),
+            hints: page.hints.clone(),
+            transfer_pending: page.transfer_pending.clone(),
+            keys: u64::try_from(self.inner.keys.get()).unwrap_or(0),
+            foreground_p99: Duration::from_secs_f64(self.inner.foreground_p99.get().max(0.0)),
+        }
+    }
+
+    fn page(&self) -> std::sync::MutexGuard<'_, PageCounts> {
+        self.inner
+            .page
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts keys and bytes a range transfer got acknowledged.

@@ -1060,6 +1060,7 @@ async fn serve(
             return Ok(());
         };
         let router = crate::server::http::router(crate::server::http::HttpState {
+            last_page: crate::server::http::LastPage::default(),
             coordinator: shared.coordinator.clone(),
             metrics: shared.metrics.clone(),
             cluster: Arc::clone(&shared.cluster),

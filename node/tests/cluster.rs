@@ -1708,6 +1708,75 @@ async fn with_a_zone_down_every_key_stays_readable_and_writable() {
     }
 }
 
+/// The browser that draws the status page in [`the_status_page_renders_in_headless_chromium`]:
+/// `DYNAMO_CHROMIUM`, else `chromium` or `chromium-browser` on the `PATH`.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("DYNAMO_CHROMIUM") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Issue #15: the status page as a browser draws it (Debian's Chromium, headless): the
+/// DOM after loading holds the node table, the requests, the ring picture, every member
+/// and the link to `/metrics`. Without Chromium the test says so and passes, unless
+/// `DYNAMO_REQUIRE_BROWSER=1` (what `.ci/run` sets after installing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("DYNAMO_REQUIRE_BROWSER").is_none(),
+            "DYNAMO_REQUIRE_BROWSER is set but no chromium was found (apt-get install chromium, or set DYNAMO_CHROMIUM)"
+        );
+        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let cluster = TestCluster::start(3, &["--http-listen", "127.0.0.1:0"]).await;
+    for i in 0..5 {
+        put(&cluster.nodes[i % 3], &format!("page-{i}"), "v", Vec::new())
+            .await
+            .expect("put");
+    }
+    let address = cluster.nodes[0].http.expect("HTTP port announced");
+    let profile = tempfile::tempdir().expect("temp dir");
+    let run = tokio::process::Command::new(&browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://{address}/"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("chromium drew the page within 120 s")
+        .expect("chromium runs");
+    assert!(output.status.success(), "chromium failed: {output:?}");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "<title>dynamo node n1</title>",
+        "<table id=\"node\">",
+        "N=3 R=2 W=2",
+        "<table id=\"requests\">",
+        "<td>put</td>",
+        "<svg",
+        "<table id=\"members\">",
+        "<a href=\"/metrics\">",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "{needle} not in the DOM Chromium built:\n{dom}"
+        );
+    }
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            dom.contains(&format!("</span>{node}</td>")),
+            "{node} missing:\n{dom}"
+        );
+    }
+}
+
 /// Dynamo §6's "high performance read engine" profile (W = N, R = 1): once a write is
 /// acknowledged by all N home replicas, an R = 1 read through any node, each reading a
 /// single replica, sees it (README, "Profiles").

@@ -254,12 +254,15 @@ fn every_fault_class_including_join_leave_wipes_and_lost_unflushed_writes() {
 /// still no acknowledged write lost and no replica left behind.
 #[test]
 fn every_fault_class_with_the_nodes_in_three_zones() {
-    let outcome = run_seeds("every_fault_class_with_the_nodes_in_three_zones", 5000, 150, |seed| {
-        SimConfig {
+    let outcome = run_seeds(
+        "every_fault_class_with_the_nodes_in_three_zones",
+        5000,
+        150,
+        |seed| SimConfig {
             zones: 3,
             ..every_fault(seed, KEEP_TOMBSTONES)
-        }
-    });
+        },
+    );
     outcome.assert_passed();
     if env_u64("DYNAMO_SIM_SEED").is_none() {
         for event in ["crash", "join", "removed", "transfer completed"] {

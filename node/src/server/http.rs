@@ -28,8 +28,6 @@
 //! the node itself. Every key-value request is counted in [`Metrics`].
 
 use std::collections::BTreeMap;
-use std::f64::consts::PI;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,12 +48,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use crate::NodeId;
 use crate::cluster::Cluster;
 use crate::coordinator::{Coordinator, CoordinatorError};
-use crate::metrics::{Api, Metrics, OPENMETRICS_CONTENT_TYPE, Op, Outcome};
-use crate::ring::{Ring, TokenRange};
+use crate::metrics::{Api, Metrics, OPENMETRICS_CONTENT_TYPE, Op, Outcome, RequestTotals};
 use crate::server::limits::InflightLimit;
+use crate::server::status_page::{self, StatusView};
 use crate::version::SiblingSet;
 use crate::version::context::{self, Context};
 
@@ -77,7 +74,12 @@ pub struct HttpState {
     /// The key-value routes' admission: the in-flight cap (shared with gRPC `Kv`) and
     /// the body-read deadline.
     pub admission: KvAdmission,
+    /// The request totals when the status page was last drawn, for its rates.
+    pub last_page: LastPage,
 }
+
+/// When the status page was last drawn and the request totals then.
+pub type LastPage = Arc<std::sync::Mutex<Option<(Instant, BTreeMap<&'static str, RequestTotals>)>>>;
 
 /// What a key-value request must get past before its handler runs.
 #[derive(Debug, Clone)]
@@ -535,154 +537,30 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 }
 
 async fn status_page(State(state): State<HttpState>) -> Response {
+    let metrics = state.metrics.page_snapshot();
+    let now = Instant::now();
+    let previous = state
+        .last_page
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .replace((now, metrics.requests.clone()))
+        .map(|(at, totals)| (totals, now.duration_since(at)));
+    let quorum = state.coordinator.quorum();
+    let view = StatusView {
+        cluster: &state.cluster,
+        version: env!("CARGO_PKG_VERSION"),
+        quorum: (quorum.n(), quorum.r(), quorum.w()),
+        metrics,
+        previous,
+    };
     (
         [(
             CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
         )],
-        render_status(&state.cluster),
+        status_page::render(&view),
     )
         .into_response()
-}
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A distinct color per ring member, hues spread by the golden angle.
-fn colors(ring: &Ring) -> BTreeMap<NodeId, String> {
-    ring.members()
-        .enumerate()
-        .map(|(index, (id, _))| {
-            let hue = (index as f64 * 137.508) % 360.0;
-            (id.clone(), format!("hsl({hue:.0},65%,50%)"))
-        })
-        .collect()
-}
-
-/// The ring's virtual nodes with adjacent ranges of one owner merged, in token order.
-fn owned_arcs(ring: &Ring) -> Vec<(TokenRange, NodeId)> {
-    let mut arcs: Vec<(TokenRange, NodeId)> = Vec::new();
-    for (range, owner) in ring.vnodes() {
-        match arcs.last_mut() {
-            Some((last, last_owner)) if last_owner == owner && last.end == range.start => {
-                last.end = range.end;
-            }
-            _ => arcs.push((range, owner.clone())),
-        }
-    }
-    arcs
-}
-
-const SVG_SIZE: f64 = 320.0;
-const RING_RADIUS: f64 = 120.0;
-
-/// A point on the ring at `fraction` of the way round, clockwise from the top.
-fn ring_point(fraction: f64) -> (f64, f64) {
-    let angle = fraction * 2.0 * PI - PI / 2.0;
-    let center = SVG_SIZE / 2.0;
-    (
-        center + RING_RADIUS * angle.cos(),
-        center + RING_RADIUS * angle.sin(),
-    )
-}
-
-/// An inline SVG of the ring: each owned arc stroked in its owner's color.
-fn ring_svg(ring: &Ring, colors: &BTreeMap<NodeId, String>) -> String {
-    let center = SVG_SIZE / 2.0;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_SIZE}\" height=\"{SVG_SIZE}\" \
-         viewBox=\"0 0 {SVG_SIZE} {SVG_SIZE}\" role=\"img\" aria-label=\"ring\">\
-         <circle cx=\"{center}\" cy=\"{center}\" r=\"{RING_RADIUS}\" fill=\"none\" \
-         stroke=\"#ddd\" stroke-width=\"28\"/>"
-    );
-    for (range, owner) in owned_arcs(ring) {
-        let color = colors.get(&owner).map_or("#888", String::as_str);
-        let title = format!(
-            "<title>{} ({:.2}%)</title>",
-            escape_html(owner.as_str()),
-            range.fraction() * 100.0
-        );
-        if range.is_full() {
-            let _ = write!(
-                svg,
-                "<circle cx=\"{center}\" cy=\"{center}\" r=\"{RING_RADIUS}\" fill=\"none\" \
-                 stroke=\"{color}\" stroke-width=\"28\">{title}</circle>"
-            );
-            continue;
-        }
-        let start = range.start.0 as f64 / 2f64.powi(128);
-        let (x1, y1) = ring_point(start);
-        let (x2, y2) = ring_point(start + range.fraction());
-        let large_arc = u8::from(range.fraction() > 0.5);
-        let _ = write!(
-            svg,
-            "<path d=\"M {x1:.2} {y1:.2} A {RING_RADIUS} {RING_RADIUS} 0 {large_arc} 1 \
-             {x2:.2} {y2:.2}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"28\">\
-             {title}</path>"
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
-/// The status page: the ring as a picture and the member table.
-fn render_status(cluster: &Cluster) -> String {
-    let ring = cluster.ring();
-    let table = cluster.table();
-    let colors = colors(&ring);
-    let ownership = ring.ownership();
-    let mut rows = String::new();
-    for member in table.iter() {
-        let id = member.id();
-        let swatch = colors.get(id).map_or("transparent", String::as_str);
-        let share = ownership.get(id).copied().unwrap_or(0.0) * 100.0;
-        let reachable = if cluster.is_available(id) {
-            "yes"
-        } else {
-            "no"
-        };
-        let _ = write!(
-            rows,
-            "<tr><td><span class=\"swatch\" style=\"background:{swatch}\"></span>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{share:.2}%</td><td>{reachable}</td></tr>",
-            escape_html(id.as_str()),
-            escape_html(member.address()),
-            member.state(),
-            member.weight(),
-        );
-    }
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>dynamo node {me}</title><style>\
-         body{{font-family:sans-serif;margin:2em}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
-         .swatch{{display:inline-block;width:10px;height:10px;margin-right:6px}}\
-         </style></head><body>\
-         <h1>Dynamo node {me}</h1>\
-         <p>Ring epoch {epoch}, {members} ring members, {vnodes} virtual nodes.</p>\
-         {svg}\
-         <table><thead><tr><th>node</th><th>address</th><th>state</th><th>weight</th>\
-         <th>ownership</th><th>reachable</th></tr></thead><tbody>{rows}</tbody></table>\
-         </body></html>\n",
-        me = escape_html(cluster.me().as_str()),
-        epoch = ring.epoch(),
-        members = ring.len(),
-        vnodes = ring.vnode_count(),
-        svg = ring_svg(&ring, &colors),
-    )
 }
 
 #[cfg(test)]
@@ -699,12 +577,14 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::NodeId;
     use crate::cluster::Clock;
     use crate::coordinator::{CoordinatorConfig, RequestLimits};
     use crate::identity::ActorIdentity;
     use crate::membership::{DetectorConfig, MemberTable};
     use crate::quorum::QuorumConfig;
     use crate::ring::PartitionStrategy;
+    use crate::server::status_page::{escape_html, owned_arcs};
     use crate::storage::{Durability, MemoryEngine};
     use crate::store::Store;
     use crate::transport::MemoryNetwork;
@@ -766,6 +646,7 @@ mod tests {
         HttpState {
             coordinator,
             metrics,
+            last_page: LastPage::default(),
             cluster,
             admission: KvAdmission {
                 inflight: InflightLimit::new(64),
@@ -1307,8 +1188,44 @@ mod tests {
         assert!(html.contains(">n2</td>"));
         assert!(html.contains("&lt;script&gt;&quot;a&amp;&#39;b:7001"));
         assert!(!html.contains("<script"));
-        // Self-contained: nothing is loaded from elsewhere.
-        assert!(!html.contains("src=") && !html.contains("href="));
+        // Self-contained: nothing is loaded from elsewhere; one link, to /metrics.
+        assert!(!html.contains("src="));
+        assert_eq!(html.matches("href=").count(), 1, "{html}");
+        assert!(html.contains("<a href=\"/metrics\">"));
+    }
+
+    /// The page an operator keeps open: quorum, version, keys, requests with rates
+    /// between two drawings, backlogs, zones, and it redraws itself.
+    #[tokio::test]
+    async fn status_page_shows_requests_rates_backlogs_and_quorum() {
+        let state = single_node();
+        let metrics = state.metrics.clone();
+        let app = router(state);
+        let first = String::from_utf8(get(&app, "/").await.body).unwrap();
+        assert!(first.contains("no requests yet"), "{first}");
+        assert!(first.contains("http-equiv=\"refresh\" content=\"5\""));
+        assert!(first.contains("N=1 R=1 W=1"));
+        assert!(first.contains(env!("CARGO_PKG_VERSION")));
+        put(&app, "/v1/kv/k", None, "v").await;
+        get(&app, "/v1/kv/k").await;
+        get(&app, "/v1/kv/k?r=0").await;
+        metrics.set_hint_backlogs([(&id("n9"), 7)]);
+        let second = String::from_utf8(get(&app, "/").await.body).unwrap();
+        // get: one served, one refused; the rate columns now have numbers.
+        let row = second
+            .split("<tr>")
+            .find(|row| row.starts_with("<td>get</td>"))
+            .unwrap_or_else(|| panic!("a get row: {second}"));
+        assert!(
+            row.starts_with("<td>get</td><td>1</td><td>1</td><td>0</td>"),
+            "{row}"
+        );
+        assert!(
+            !row.contains("<td>-</td>"),
+            "rates after a second drawing: {row}"
+        );
+        assert!(second.contains("n9 (7 keys)"), "{second}");
+        assert!(second.contains("<td>this node</td>"));
     }
 
     #[test]

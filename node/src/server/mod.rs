@@ -9,6 +9,7 @@ pub mod https;
 pub mod incoming;
 mod kv;
 pub mod limits;
+pub mod status_page;
 pub mod tls;
 pub mod tls_reload;
 
