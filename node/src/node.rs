@@ -564,6 +564,8 @@ pub struct NodeSettings {
     pub client_advertise: Option<String>,
     /// The node's zone, announced in the member table while it joins; `None` for none.
     pub zone: Option<String>,
+    /// How concurrent writes reconcile (the same on every node of a cluster).
+    pub reconciliation: crate::version::Reconciliation,
     /// Anti-entropy rounds and tombstone purge.
     pub anti_entropy: AntiEntropyConfig,
     /// The background work budget (admission control).
@@ -591,6 +593,7 @@ impl NodeSettings {
             transfer: TransferSettings::default(),
             client_advertise: None,
             zone: None,
+            reconciliation: crate::version::Reconciliation::Siblings,
             anti_entropy: AntiEntropyConfig::default(),
             admission: AdmissionConfig::default(),
         }
@@ -640,6 +643,7 @@ impl NodeSettings {
             // Needs the bound client address: `Node::start` fills it in.
             client_advertise: config.advertise_client().map(str::to_owned),
             zone: config.zone().map(str::to_owned),
+            reconciliation: config.reconciliation(),
             anti_entropy: config.anti_entropy(),
             admission: config.admission(),
         })
@@ -713,7 +717,8 @@ impl NodeShared {
             }
         }
         let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
-        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits, identity);
+        let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits, identity)
+            .with_reconciliation(settings.reconciliation);
         if settings.anti_entropy.enabled() {
             store = store.with_observer(Arc::clone(antientropy.trees()) as _);
         }

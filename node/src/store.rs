@@ -23,8 +23,8 @@ use crate::ring::TokenRange;
 use crate::storage::{Durability, GroupCommit, StorageEngine, StorageError};
 use crate::time::Millis;
 use crate::version::{
-    MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, SiblingLimits, SiblingSet, StorageFormatError,
-    Value, VersionError, context::Context,
+    MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, Reconciliation, SiblingLimits, SiblingSet,
+    StorageFormatError, Value, VersionError, context::Context,
 };
 
 /// What can go wrong reading or writing a key's versions.
@@ -102,6 +102,9 @@ pub struct Store {
     key_locks: Arc<KeyLocks>,
     /// Coalesces the async request path's waits for durability into shared flushes.
     commit: Arc<GroupCommit>,
+    /// How coordinated writes treat the versions already here (see
+    /// [`Store::coordinate`]).
+    reconciliation: Reconciliation,
 }
 
 impl std::fmt::Debug for Store {
@@ -145,7 +148,22 @@ impl Store {
             observer: None,
             key_locks: Arc::new(KeyLocks::new()),
             commit: Arc::new(GroupCommit::new()),
+            reconciliation: Reconciliation::Siblings,
         }
+    }
+
+    /// The same store, coordinating writes under `reconciliation`: with
+    /// last-write-wins a put supersedes every version this replica holds of the key,
+    /// besides those its context covers.
+    #[must_use]
+    pub fn with_reconciliation(mut self, reconciliation: Reconciliation) -> Self {
+        self.reconciliation = reconciliation;
+        self
+    }
+
+    /// How coordinated writes reconcile (see [`with_reconciliation`](Self::with_reconciliation)).
+    pub fn reconciliation(&self) -> Reconciliation {
+        self.reconciliation
     }
 
     /// Waits, without holding a thread, until every write applied so far is on disk:
@@ -212,10 +230,15 @@ impl Store {
                 let result = decode_state(current)
                     .map_err(StoreError::from)
                     .and_then(|mut state| {
+                        // Last-write-wins: the new version supersedes what is here too.
+                        let context = match self.reconciliation {
+                            Reconciliation::Siblings => context.clone(),
+                            Reconciliation::LastWriteWins => context.union(&state.context()),
+                        };
                         let written = state
-                            .put(context, value.clone(), &actor, now, &self.limits)
+                            .put(&context, value.clone(), &actor, now, &self.limits)
                             .map_err(StoreError::from)?;
-                        let context = state.put_context(context, &written.dot);
+                        let context = state.put_context(&context, &written.dot);
                         Ok(Coordinated { state, context })
                     })
                     .and_then(|coordinated| {

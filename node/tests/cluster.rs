@@ -1777,6 +1777,77 @@ async fn the_status_page_renders_in_headless_chromium() {
     }
 }
 
+/// Issue #15, timestamp reconciliation: with `--reconciliation last-write-wins` a blind
+/// put replaces what is there (a curl user's second PUT reads back 200, not 300),
+/// concurrent writes that did make siblings read as one value, the same one through
+/// every node, and a delete reads back as not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_write_wins_keeps_one_value_per_key() {
+    let args = [
+        "--reconciliation",
+        "last-write-wins",
+        "--write-quorum",
+        "3",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let cluster = TestCluster::start(3, &args).await;
+    put(&cluster.nodes[0], "k", "first", Vec::new())
+        .await
+        .expect("put");
+    // W=3: every replica holds "first", so this blind put through another node
+    // supersedes it there and everywhere.
+    put(&cluster.nodes[1], "k", "second", Vec::new())
+        .await
+        .expect("put");
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "k", Some(3)).await.expect("get");
+        assert_eq!(values, ["second"], "through {}", node.id);
+    }
+    // Over HTTP: two blind PUTs, then a GET answers 200 with the second.
+    let http = cluster.nodes[2].http.expect("HTTP port announced");
+    for value in ["one", "two"] {
+        let put = support::http(http, "PUT", "/v1/kv/curl", &[], value.as_bytes()).await;
+        assert_eq!(put.status, 204);
+    }
+    let read = support::http(http, "GET", "/v1/kv/curl", &[], b"").await;
+    assert_eq!((read.status, read.body.as_slice()), (200, &b"two"[..]));
+
+    // Concurrent blind writes of one key through every node at once: whatever the
+    // replicas store, each node reads back one value, and the same one.
+    let writes = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| async move { put(node, "raced", &format!("w{i}"), Vec::new()).await });
+    for written in futures::future::join_all(writes).await {
+        written.expect("a concurrent put");
+    }
+    let mut seen = Vec::new();
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "raced", Some(3)).await.expect("get");
+        assert_eq!(values.len(), 1, "one value through {}: {values:?}", node.id);
+        seen.push(values[0].clone());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "every node shows the same winner: {seen:?}");
+
+    cluster.nodes[0]
+        .kv()
+        .await
+        .delete(DeleteRequest {
+            key: b"k".to_vec().into(),
+            context: Vec::new().into(),
+            w: None,
+        })
+        .await
+        .expect("delete");
+    for node in &cluster.nodes {
+        let (values, _) = get(node, "k", Some(3)).await.expect("get");
+        assert!(values.is_empty(), "{} still reads {values:?}", node.id);
+    }
+}
+
 /// Dynamo §6's "high performance read engine" profile (W = N, R = 1): once a write is
 /// acknowledged by all N home replicas, an R = 1 read through any node, each reading a
 /// single replica, sees it (README, "Profiles").

@@ -324,6 +324,9 @@ struct NodeConfigFile<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_per_weight: Option<u32>,
     durability: &'a str,
+    /// Only when not the node's default, so existing clusters' config stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconciliation: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -358,6 +361,7 @@ pub fn node_config_yaml(cluster: &DynamoCluster) -> String {
         partitions: spec.partitioning.partitions,
         tokens_per_weight: spec.partitioning.tokens_per_weight,
         durability: spec.durability.as_str(),
+        reconciliation: (!spec.reconciliation.is_default()).then(|| spec.reconciliation.as_str()),
         tls_cert: tls_file("tls.crt"),
         tls_key: tls_file("tls.key"),
         tls_ca,
@@ -1174,6 +1178,10 @@ mod tests {
         assert_eq!(key("partitioning"), "random-tokens");
         assert_eq!(key("tokens-per-weight"), 64);
         assert_eq!(key("durability"), "buffered");
+        assert!(
+            !parsed.contains_key("reconciliation"),
+            "the default is not written"
+        );
         assert_eq!(key("storage"), "sled");
         assert_eq!(key("data-dir"), DATA_DIR);
         assert_eq!(key("internode-listen"), "0.0.0.0:7001");

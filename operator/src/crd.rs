@@ -128,6 +128,12 @@ pub struct DynamoClusterSpec {
     /// Whether a write is on disk before it is acknowledged (Dynamo §6.1).
     #[serde(default)]
     pub durability: Durability,
+    /// How concurrent writes of one key reconcile (Dynamo §4.4, §6): `siblings` (the
+    /// default: a read returns every concurrent version and the application merges them)
+    /// or `last-write-wins` (one value per key, the latest timestamp wins; clock skew
+    /// between nodes can let an earlier write win).
+    #[serde(default, skip_serializing_if = "Reconciliation::is_default")]
+    pub reconciliation: Reconciliation,
     /// Extras merged into the node pods' template.
     #[serde(default)]
     pub pod_template: PodTemplateExtras,
@@ -180,7 +186,8 @@ pub const MANAGED_NODE_KEYS_RULE: &str = "!has(self.nodeConfig) || self.nodeConf
     ['node-id', 'listen', 'internode-listen', 'http-listen', 'advertise', 'advertise-client', \
     'data-dir', 'seeds', 'storage', 'replication-factor', 'read-quorum', 'write-quorum', \
     'weight', 'partitioning', 'partitions', 'tokens-per-weight', 'durability', 'admin-token', \
-    'tls-cert', 'tls-key', 'tls-ca', 'internode-token-file', 'insecure-internode', 'zone']))";
+    'tls-cert', 'tls-key', 'tls-ca', 'internode-token-file', 'insecure-internode', 'zone', \
+    'reconciliation']))";
 
 /// Node config keys the operator sets itself (in the node config file or the pods'
 /// environment), so `nodeConfig` may not.
@@ -209,6 +216,7 @@ pub const MANAGED_NODE_KEYS: &[&str] = &[
     "internode-token-file",
     "insecure-internode",
     "zone",
+    "reconciliation",
 ];
 
 /// When the kubelet pulls the image.
@@ -407,6 +415,35 @@ impl Default for StorageSpec {
             retain_on_scale_down: true,
             retain_on_delete: true,
         }
+    }
+}
+
+/// The node's `reconciliation` setting.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reconciliation {
+    /// Every concurrent version is kept and returned; the application reconciles.
+    #[default]
+    Siblings,
+    /// One value per key: the version with the latest timestamp.
+    LastWriteWins,
+}
+
+impl Reconciliation {
+    /// The node's spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Siblings => "siblings",
+            Self::LastWriteWins => "last-write-wins",
+        }
+    }
+
+    /// Whether this is the default (left out of the serialized spec, so clusters made
+    /// before the field keep their template inputs).
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == Self::Siblings
     }
 }
 

@@ -105,6 +105,10 @@ fn default_cluster_pod_config_is_accepted() {
     // Replicas across zones: the node's zone label reaches the node.
     assert_eq!(config.zone(), Some(POD_ZONE));
     assert_eq!(
+        config.reconciliation(),
+        dynamo_node::version::Reconciliation::Siblings
+    );
+    assert_eq!(
         config.seeds(),
         [
             "db-0.db-peers.prod.svc:7001",
@@ -141,6 +145,7 @@ fn every_setting_the_spec_offers_is_accepted() {
         "replication": {"n": 5, "r": 3, "w": 3},
         "partitioning": {"strategy": "random-tokens", "tokensPerWeight": 64},
         "durability": "buffered",
+        "reconciliation": "last-write-wins",
         "adminTokenSecret": "db-admin",
     }));
     cluster.spec.tls = Some(TlsSpec {
@@ -165,6 +170,10 @@ fn every_setting_the_spec_offers_is_accepted() {
         PartitionStrategy::RandomTokens {
             tokens_per_weight: 64
         }
+    );
+    assert_eq!(
+        config.reconciliation(),
+        dynamo_node::version::Reconciliation::LastWriteWins
     );
 }
 

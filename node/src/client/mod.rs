@@ -603,7 +603,13 @@ impl Client {
         if merged.diverged {
             self.repair(key);
         }
-        Ok(Some(read::versions(&merged.state)))
+        // A last-write-wins cluster's get returns the winning version only.
+        let state = if table.last_write_wins() {
+            crate::version::Reconciliation::LastWriteWins.view(merged.state)
+        } else {
+            merged.state
+        };
+        Ok(Some(read::versions(&state)))
     }
 
     /// Sends an ordinary get of `key` with R = N in the background: the replica that

@@ -99,6 +99,8 @@ pub struct RoutingTable {
     zone_names: usize,
     /// How many distinct zones own virtual nodes.
     placed_zones: usize,
+    /// The cluster reconciles last-write-wins (reads show the latest version only).
+    last_write_wins: bool,
 }
 
 impl fmt::Debug for RoutingTable {
@@ -208,6 +210,7 @@ impl RoutingTable {
             .map(route_node)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            last_write_wins: answer.last_write_wins,
             zones,
             zone_names,
             placed_zones,
@@ -252,6 +255,11 @@ impl RoutingTable {
     /// client-coordinated get reads this many replicas); `None` from older nodes.
     pub fn read_quorum(&self) -> Option<usize> {
         self.read_quorum
+    }
+
+    /// Whether the cluster reconciles last-write-wins.
+    pub fn last_write_wins(&self) -> bool {
+        self.last_write_wins
     }
 
     /// Whether the table can route: it has virtual nodes.
@@ -356,6 +364,7 @@ mod tests {
             vnode_owners: owners,
             partitioning: "test".into(),
             read_quorum: n.min(2),
+            last_write_wins: false,
         }
     }
 
@@ -586,6 +595,16 @@ mod tests {
         }
         let table = RoutingTable::from_topology(good.clone()).unwrap();
         assert_eq!(table.read_quorum(), Some(2));
+        assert!(!table.last_write_wins());
+        let lww = RoutingTable::from_topology(TopologyResponse {
+            last_write_wins: true,
+            ..good.clone()
+        })
+        .unwrap();
+        assert!(
+            lww.last_write_wins(),
+            "a last-write-wins cluster's reads show one version"
+        );
         let older = RoutingTable::from_topology(TopologyResponse {
             read_quorum: 0,
             ..good

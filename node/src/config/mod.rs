@@ -389,6 +389,7 @@ pub struct NodeConfig {
     storage: StorageConfig,
     durability: Durability,
     read_fanout: ReadFanout,
+    reconciliation: crate::version::Reconciliation,
     flush_interval: Duration,
     request_timeout: Duration,
     gossip_interval: Duration,
@@ -516,6 +517,11 @@ impl NodeConfig {
     /// How many replicas a get asks at first.
     pub fn read_fanout(&self) -> ReadFanout {
         self.read_fanout
+    }
+
+    /// How concurrent writes reconcile (cluster-wide).
+    pub fn reconciliation(&self) -> crate::version::Reconciliation {
+        self.reconciliation
     }
 
     /// How often buffered writes reach disk.
@@ -649,6 +655,7 @@ impl NodeConfig {
             }),
             durability: Some(self.durability.into()),
             read_fanout: Some(self.read_fanout),
+            reconciliation: Some(self.reconciliation.into()),
             flush_interval: Some(self.flush_interval),
             request_timeout: Some(self.request_timeout),
             gossip_interval: Some(self.gossip_interval),
@@ -911,6 +918,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             storage,
             durability,
             read_fanout: raw.read_fanout.unwrap_or_default(),
+            reconciliation: raw.reconciliation.unwrap_or_default().into(),
             flush_interval,
             request_timeout,
             gossip_interval,
@@ -1763,6 +1771,7 @@ mod tests {
                         http_listen: http,
                         advertise_client: advertise.clone(),
                         zone: None,
+                        reconciliation: None,
                         advertise,
                         data_dir: sled.then(|| "/data".into()),
                         seeds: Some(seeds),

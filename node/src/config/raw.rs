@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::NodeId;
 use crate::coordinator::ReadFanout;
 use crate::storage::Durability;
+use crate::version::Reconciliation;
 
 /// What [`AdminToken`]'s `Debug` and every configuration printout show instead of it.
 pub const REDACTED: &str = "<redacted>";
@@ -126,6 +127,15 @@ pub struct RawConfig {
     #[arg(long, env = "DYNAMO_DURABILITY", value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<DurabilityMode>,
+
+    /// How concurrent writes of a key reconcile, the same on every node of a cluster:
+    /// `siblings` (a read returns every concurrent version; the client merges them and
+    /// writes back with the read's context) or `last-write-wins` (a put keeps one value,
+    /// the one with the latest timestamp; wall-clock skew between nodes can let an
+    /// earlier write win) [default: siblings].
+    #[arg(long, env = "DYNAMO_RECONCILIATION", value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<ReconciliationMode>,
 
     /// How many replicas a get asks at first: `all` N (Dynamo §4.5) or `quorum` (R
     /// first, more only on a failure, a slow read or disagreement) [default: all].
@@ -406,6 +416,7 @@ impl RawConfig {
             storage: self.storage.or(fallback.storage),
             durability: self.durability.or(fallback.durability),
             read_fanout: self.read_fanout.or(fallback.read_fanout),
+            reconciliation: self.reconciliation.or(fallback.reconciliation),
             flush_interval: self.flush_interval.or(fallback.flush_interval),
             request_timeout: self.request_timeout.or(fallback.request_timeout),
             gossip_interval: self.gossip_interval.or(fallback.gossip_interval),
@@ -500,6 +511,37 @@ pub enum StorageKind {
     Sled,
     /// Memory only: everything is lost when the process ends (tests, caches).
     Memory,
+}
+
+/// The `reconciliation` key: the name of a [`Reconciliation`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReconciliationMode {
+    /// Every concurrent version is kept and returned; the client reconciles.
+    #[default]
+    Siblings,
+    /// One value per key: the latest timestamp wins.
+    LastWriteWins,
+}
+
+impl From<ReconciliationMode> for Reconciliation {
+    fn from(mode: ReconciliationMode) -> Self {
+        match mode {
+            ReconciliationMode::Siblings => Reconciliation::Siblings,
+            ReconciliationMode::LastWriteWins => Reconciliation::LastWriteWins,
+        }
+    }
+}
+
+impl From<Reconciliation> for ReconciliationMode {
+    fn from(mode: Reconciliation) -> Self {
+        match mode {
+            Reconciliation::Siblings => ReconciliationMode::Siblings,
+            Reconciliation::LastWriteWins => ReconciliationMode::LastWriteWins,
+        }
+    }
 }
 
 /// The `durability` key: the name of a [`Durability`].

@@ -288,6 +288,8 @@ impl Coordinator {
         driver.finish_in_background();
         match outcome {
             Some(GetOutcome::Success { state, .. }) => {
+                // Under last-write-wins the client sees the winning version only.
+                let state = self.inner.store.reconciliation().view(state);
                 self.inner
                     .metrics
                     .record_get_versions(state.values().count());

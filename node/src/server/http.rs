@@ -603,6 +603,16 @@ mod tests {
     /// in-memory network (no peer answers). An empty list gives a node that has not
     /// joined.
     fn node_with(me: &str, members: &[(&str, &str)], quorum: QuorumConfig) -> HttpState {
+        node_with_store(me, members, quorum, |store| store).0
+    }
+
+    /// [`node_with`], its store shaped by `shape` and handed back too.
+    fn node_with_store(
+        me: &str,
+        members: &[(&str, &str)],
+        quorum: QuorumConfig,
+        shape: impl FnOnce(Store) -> Store,
+    ) -> (HttpState, Store) {
         let mut table = MemberTable::new();
         for (member, address) in members {
             table.join(id(member), address, 1).unwrap();
@@ -610,6 +620,11 @@ mod tests {
         }
         // One registry for the coordinator and the handlers, as in a node.
         let metrics = Metrics::new();
+        let store = shape(Store::new(
+            Arc::new(MemoryEngine::new()),
+            SiblingLimits::default(),
+            Arc::new(ActorIdentity::new(id(me), 1, Clock::default())),
+        ));
         let cluster = Arc::new(
             Cluster::new(
                 id(me),
@@ -629,11 +644,7 @@ mod tests {
                 metrics: metrics.clone(),
                 read_fanout: crate::coordinator::ReadFanout::All,
             },
-            Store::new(
-                Arc::new(MemoryEngine::new()),
-                SiblingLimits::default(),
-                Arc::new(ActorIdentity::new(id(me), 1, Clock::default())),
-            ),
+            store.clone(),
             Arc::clone(&cluster),
             // No peer is registered on the network: every call to one fails as a
             // refused connection would.
@@ -643,7 +654,7 @@ mod tests {
                     .endpoint(me),
             ),
         );
-        HttpState {
+        let state = HttpState {
             coordinator,
             metrics,
             last_page: LastPage::default(),
@@ -652,7 +663,8 @@ mod tests {
                 inflight: InflightLimit::new(64),
                 body_read_timeout: Duration::from_secs(10),
             },
-        }
+        };
+        (state, store)
     }
 
     /// A one-node ring with N = R = W = 1.
@@ -850,6 +862,46 @@ mod tests {
         let text = String::from_utf8(get(&app, "/metrics").await.body).unwrap();
         let line = r#"dynamo_requests_total{api="http",op="put",outcome="conflict"} 1"#;
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+
+    /// Last-write-wins (#15): concurrent versions a replica holds (merged in from two
+    /// coordinators) read as the later one, 200 not 300; a put with that read's context
+    /// replaces both.
+    #[tokio::test]
+    async fn under_last_write_wins_stored_siblings_read_as_the_latest() {
+        use crate::version::{Actor, Reconciliation, Value};
+        let (state, store) = node_with_store(
+            "n1",
+            &[("n1", "127.0.0.1:7000")],
+            QuorumConfig::new(1, 1, 1).unwrap(),
+            |store| store.with_reconciliation(Reconciliation::LastWriteWins),
+        );
+        let limits = SiblingLimits::default();
+        let mut siblings = SiblingSet::new();
+        for (actor, value, at) in [("a", "older", 1_000), ("b", "newer", 2_000)] {
+            let mut one = SiblingSet::new();
+            one.put(
+                &crate::version::context::Context::new(),
+                Value::data(value.as_bytes()),
+                &Actor::new(id(actor), 1),
+                crate::time::Millis(at),
+                &limits,
+            )
+            .unwrap();
+            siblings.merge(&one);
+        }
+        assert_eq!(siblings.values().count(), 2);
+        store.merge(b"cart", &siblings, Durability::Sync).unwrap();
+        let app = router(state);
+        let read = get(&app, "/v1/kv/cart").await;
+        assert_eq!(
+            (read.status, read.body.as_slice()),
+            (StatusCode::OK, &b"newer"[..])
+        );
+        let written = put(&app, "/v1/kv/cart", Some(read.context()), "latest").await;
+        assert_eq!(written.status, StatusCode::NO_CONTENT);
+        let stored = store.read(b"cart").unwrap();
+        assert_eq!(stored.values().collect::<Vec<_>>(), [&b"latest"[..]]);
     }
 
     #[tokio::test]

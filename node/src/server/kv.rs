@@ -118,6 +118,8 @@ impl KvService {
                 .collect(),
             replication_factor: self.coordinator.quorum().n(),
             read_quorum: self.coordinator.quorum().r(),
+            last_write_wins: self.store.reconciliation()
+                == crate::version::Reconciliation::LastWriteWins,
             vnode_tokens: vnode_tokens.into(),
             vnode_owners,
             partitioning: match ring.strategy() {

@@ -108,6 +108,20 @@ impl Context {
         self.clock.descends(&other.clock) && other.dots.iter().all(|dot| self.covers(dot))
     }
 
+    /// What either context has seen: the clocks merged, and the single dots neither
+    /// clock covers.
+    #[must_use]
+    pub fn union(&self, other: &Context) -> Context {
+        let mut clock = self.clock.clone();
+        clock.merge(&other.clock);
+        self.dots
+            .iter()
+            .chain(&other.dots)
+            .fold(Context::from(clock), |context, dot| {
+                context.with_dot(dot.clone())
+            })
+    }
+
     /// This context having also seen `dot`. Past [`MAX_CONTEXT_DOTS`] the dot with the
     /// smallest counter goes (seeing less is always safe).
     #[must_use]
@@ -421,6 +435,44 @@ mod tests {
     /// A context body from raw pairs, bypassing `encode`'s guarantees.
     fn raw(pairs: &[(Actor, u64)]) -> Vec<u8> {
         postcard::to_extend(&pairs.to_vec(), vec![CONTEXT_FORMAT_VERSION]).unwrap()
+    }
+
+    #[test]
+    fn a_union_has_seen_what_either_has() {
+        let (a, b) = (actor("a", 1), actor("b", 1));
+        let mut left_clock = VectorClock::new();
+        left_clock.set(
+            &a,
+            ClockEntry {
+                counter: 3,
+                timestamp: Millis(0),
+            },
+        );
+        let left = Context::from(left_clock).with_dot(Dot {
+            actor: b.clone(),
+            counter: 9,
+        });
+        let mut right_clock = VectorClock::new();
+        right_clock.set(
+            &b,
+            ClockEntry {
+                counter: 2,
+                timestamp: Millis(0),
+            },
+        );
+        let right = Context::from(right_clock);
+        let union = left.union(&right);
+        assert!(union.descends(&left) && union.descends(&right));
+        assert_eq!(union.counter(&a), 3);
+        assert_eq!(union.counter(&b), 9);
+        assert!(
+            !union.covers(&Dot {
+                actor: b,
+                counter: 5
+            }),
+            "the dot is not a range"
+        );
+        assert_eq!(Context::new().union(&Context::new()), Context::new());
     }
 
     #[test]

@@ -48,6 +48,43 @@ pub use stored::{
     MAX_STORED_CLOCK_ENTRIES, MAX_STORED_SIBLINGS, STORAGE_FORMAT_VERSION, StorageFormatError,
 };
 
+/// How a cluster reconciles concurrent writes of one key (Dynamo §4.4 and §6: the two
+/// patterns the paper's services used). The choice is per cluster: every node must
+/// run with the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reconciliation {
+    /// Business-logic reconciliation: a read returns every concurrent version
+    /// (siblings) and the client writes back one with the read's context.
+    #[default]
+    Siblings,
+    /// Timestamp reconciliation: a put supersedes every version its coordinator holds
+    /// as well as its context, and a read returns only the version with the latest
+    /// timestamp (ties broken by the write's dot, so every replica picks the same).
+    /// Wall clocks decide: a write from a node whose clock runs behind can lose to an
+    /// earlier one.
+    LastWriteWins,
+}
+
+impl Reconciliation {
+    /// The setting's name (`siblings`, `last-write-wins`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reconciliation::Siblings => "siblings",
+            Reconciliation::LastWriteWins => "last-write-wins",
+        }
+    }
+
+    /// What a read returns of `state`: all of it, or under last-write-wins only the
+    /// winning version, with the whole clock (so a put with the read's context still
+    /// supersedes every version the state holds).
+    pub fn view(self, state: SiblingSet) -> SiblingSet {
+        match self {
+            Reconciliation::Siblings => state,
+            Reconciliation::LastWriteWins => state.last_write_view(),
+        }
+    }
+}
+
 /// Sibling sets are what the quorum machines reconcile: merging replies is the replica
 /// merge (a join-semilattice: commutative, associative, idempotent).
 impl crate::quorum::Reconcile for SiblingSet {

@@ -267,6 +267,24 @@ impl SiblingSet {
         }
     }
 
+    /// The version with the latest timestamp, ties broken by the greater dot: the same
+    /// on every replica holding this state. `None` for an empty state.
+    pub fn last_write(&self) -> Option<&Sibling> {
+        self.siblings
+            .iter()
+            .max_by(|a, b| (a.timestamp, &a.dot).cmp(&(b.timestamp, &b.dot)))
+    }
+
+    /// This state as a last-write-wins read shows it: only [`last_write`]
+    /// (Self::last_write), with the whole clock.
+    #[must_use]
+    pub fn last_write_view(&self) -> SiblingSet {
+        SiblingSet {
+            clock: self.clock.clone(),
+            siblings: self.last_write().cloned().into_iter().collect(),
+        }
+    }
+
     /// The data values of the siblings (tombstones left out), in dot order.
     pub fn values(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.siblings.iter().filter_map(|s| s.value.as_data())
@@ -504,6 +522,58 @@ mod tests {
 
     fn unlimited() -> SiblingLimits {
         SiblingLimits::new(MAX_SIBLINGS_LIMIT, MAX_SIBLINGS_LIMIT, 1000).unwrap()
+    }
+
+    /// Last-write-wins (#15): of two concurrent versions a read shows the later one on
+    /// every replica, ties broken by the dot; the view keeps the whole clock, so a put
+    /// with its context supersedes both; a later delete wins as a tombstone.
+    #[test]
+    fn last_write_wins_shows_the_latest_version_and_keeps_the_clock() {
+        let (a, b) = (actor("a", 1), actor("b", 1));
+        let limits = SiblingLimits::default();
+        let (mut at_a, mut at_b) = (SiblingSet::new(), SiblingSet::new());
+        at_a.put(&Context::new(), data("early"), &a, Millis(100), &limits)
+            .unwrap();
+        at_b.put(&Context::new(), data("late"), &b, Millis(200), &limits)
+            .unwrap();
+        let (ab, ba) = (merged(&at_a, &at_b), merged(&at_b, &at_a));
+        assert_eq!(values(&ab).len(), 2, "both versions are stored");
+        for state in [&ab, &ba] {
+            let view = state.last_write_view();
+            assert_eq!(values(&view), ["late"]);
+            assert_eq!(view.clock(), state.clock());
+            assert_eq!(view.context(), state.context());
+        }
+        // A tie on the timestamp: the greater dot, the same everywhere.
+        let mut tie_a = SiblingSet::new();
+        tie_a
+            .put(&Context::new(), data("x"), &a, Millis(5), &limits)
+            .unwrap();
+        let mut tie_b = SiblingSet::new();
+        tie_b
+            .put(&Context::new(), data("y"), &b, Millis(5), &limits)
+            .unwrap();
+        let winner = values(&merged(&tie_a, &tie_b).last_write_view());
+        assert_eq!(winner, values(&merged(&tie_b, &tie_a).last_write_view()));
+        // A put with the view's context supersedes every stored version.
+        let mut written = ab.clone();
+        written
+            .put(
+                &ab.last_write_view().context(),
+                data("next"),
+                &a,
+                Millis(300),
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(values(&written), ["next"]);
+        // A delete that is the latest write reads as nothing.
+        let mut deleted = ab.clone();
+        deleted
+            .put(&Context::new(), Value::Tombstone, &a, Millis(400), &limits)
+            .unwrap();
+        assert!(deleted.last_write_view().is_deleted());
+        assert!(SiblingSet::new().last_write_view().is_empty());
     }
 
     #[test]
