@@ -1,8 +1,9 @@
 //! Prints ownership balance and data movement for both partitioning strategies
 //! (Dynamo §6.2): max/mean ownership at 10 equal nodes, and the share of keys whose
 //! primary owner (and whose N=3 replica set) changes when an 11th node joins, against the
-//! ideal 1/11; then the same with the nodes in three zones (node i in zone i mod 3), where
-//! every replica set must span the three zones.
+//! ideal 1/11, and when the 10th leaves and node1's weight doubles; then the same with the
+//! nodes in three zones (node i in zone i mod 3), where every replica set must span the
+//! three zones.
 //!
 //! Run: `cargo run --release -p dynamo-node --example ring_balance`
 
@@ -72,10 +73,13 @@ fn spread(ring: &Ring) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ten = members(10);
     let eleven = members(11);
+    let nine = members(9);
+    let mut heavier = members(10);
+    heavier[0].1 = 2;
     println!("ideal share moved by an 11th node: {:.4}", 1.0 / 11.0);
     println!(
-        "{:<56} {:>6} {:>10} {:>14} {:>18} {:>12}",
-        "strategy", "zones", "max/mean", "primary moved", "replica set moved", "3 zones"
+        "{:<56} {:<14} {:>6} {:>10} {:>14} {:>18} {:>12}",
+        "strategy", "change", "zones", "max/mean", "primary moved", "replica set moved", "3 zones"
     );
     let cases: [(&str, PartitionStrategy, bool); 3] = [
         (
@@ -94,20 +98,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false,
         ),
     ];
+    let changes: [(&str, &[(NodeId, u32)]); 3] = [
+        ("11th joins", &eleven),
+        ("10th leaves", &nine),
+        ("node1 weight 2", &heavier),
+    ];
     for zones in [0, 3] {
-        for (name, strategy, from_previous) in cases {
-            let old = Ring::build(&ten, strategy, 1, None)?;
-            let previous = from_previous.then_some(&old);
-            let new = in_zones(Ring::build(&eleven, strategy, 2, previous)?, zones);
-            let old = in_zones(old, zones);
-            let (primary, replicas) = moved(&old, &new);
-            println!(
-                "{name:<56} {zones:>6} {:>10.3} {:>14.4} {:>18.4} {:>12.4}",
-                balance(&old),
-                primary,
-                replicas,
-                spread(&new)
-            );
+        for (change, after) in changes {
+            for (name, strategy, from_previous) in cases {
+                let old = Ring::build(&ten, strategy, 1, None)?;
+                let previous = from_previous.then_some(&old);
+                let new = in_zones(Ring::build(after, strategy, 2, previous)?, zones);
+                let old = in_zones(old, zones);
+                let (primary, replicas) = moved(&old, &new);
+                println!(
+                    "{name:<56} {change:<14} {zones:>6} {:>10.3} {:>14.4} {:>18.4} {:>12.4}",
+                    balance(&old),
+                    primary,
+                    replicas,
+                    spread(&new)
+                );
+            }
         }
     }
     Ok(())

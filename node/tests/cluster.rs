@@ -1656,9 +1656,11 @@ async fn a_stuck_peer_shows_as_unreachable_while_it_stays_a_member() {
 /// Issue #15, replicas across failure domains (Dynamo §4.2): six nodes in three zones of
 /// uneven size (a: n1-n3, b: n4-n5, c: n6), each announcing its own `--zone` while it
 /// joins. With N = 3 every key has one replica per zone, so stopping all of zone a
-/// (half the nodes) leaves two replicas of every key: each key written before reads
-/// back at R = 2 and takes a write at W = 2 through the surviving nodes. Without zones,
-/// keys whose three replicas all sat in zone a would read as missing.
+/// (half the nodes), while writers keep putting through the other zones, leaves two
+/// replicas of every key: each key written before reads back at R = 2 and takes a
+/// write at W = 2 through the surviving nodes, and every write acknowledged during the
+/// outage reads back. Without zones, keys whose three replicas all sat in zone a would
+/// read as missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_zone_down_every_key_stays_readable_and_writable() {
     let zones = ["a", "a", "a", "b", "b", "c"];
@@ -1688,6 +1690,41 @@ async fn with_a_zone_down_every_key_stays_readable_and_writable() {
             .await
             .unwrap_or_else(|e| panic!("put {key}: {e}"));
     }
+    // Under load: writers keep putting fresh keys through the zones that stay while
+    // zone a is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (3..6)
+        .map(|index| {
+            let address = cluster.nodes[index].client_dial();
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+                    .expect("valid uri")
+                    .connect_lazy();
+                let mut kv = proto::kv_client::KvClient::new(channel);
+                let (mut acknowledged, mut failed) = (Vec::new(), 0usize);
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("load-{index}-{n}");
+                    let put = kv
+                        .put(PutRequest {
+                            key: key.clone().into_bytes().into(),
+                            context: Vec::new().into(),
+                            value: b"load".to_vec().into(),
+                            w: None,
+                        })
+                        .await;
+                    match put {
+                        Ok(_) => acknowledged.push(key),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (acknowledged, failed)
+            })
+        })
+        .collect();
     for node in &mut cluster.nodes[..3] {
         node.kill().await;
     }
@@ -1705,6 +1742,26 @@ async fn with_a_zone_down_every_key_stays_readable_and_writable() {
         let node = &cluster.nodes[3 + (i + 1) % 3];
         let (values, _) = get(node, key, Some(2)).await.expect("get");
         assert_eq!(values, ["after"], "{key} through {}", node.id);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    for writer in writers {
+        let (keys, failures) = writer.await.expect("a writer panicked");
+        acknowledged.extend(keys);
+        failed += failures;
+    }
+    eprintln!(
+        "{} writes acknowledged while zone a went down, {failed} failed",
+        acknowledged.len()
+    );
+    assert!(!acknowledged.is_empty(), "the load ran");
+    // Nothing acknowledged is lost: every load write reads back from the zones left.
+    for (i, key) in acknowledged.iter().enumerate() {
+        let node = &cluster.nodes[3 + i % 3];
+        let (values, _) = get(node, key, Some(2))
+            .await
+            .unwrap_or_else(|e| panic!("R=2 get of {key}: {e}"));
+        assert_eq!(values, ["load"], "{key} through {}", node.id);
     }
 }
 

@@ -150,6 +150,19 @@ async fn fresh_cluster_applies_its_objects_and_grows_the_statefulset() {
         sts.assert_server_side_apply();
         assert_eq!(sts.body["spec"]["replicas"], 3);
         assert_eq!(sts.body["spec"]["podManagementPolicy"], "Parallel");
+        // Each node's zone comes from its pod's copy of its Kubernetes node's zone label
+        // (replicas across zones, Dynamo §4.2).
+        let env = sts.body["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        let zone = env
+            .iter()
+            .find(|var| var["name"] == "DYNAMO_ZONE")
+            .expect("DYNAMO_ZONE");
+        assert_eq!(
+            zone["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.labels['topology.kubernetes.io/zone']"
+        );
         sts.echo();
         let event = event_posted(&mut server).await;
         assert_eq!(event["reason"], "GrowStatefulSet");
