@@ -85,7 +85,8 @@ pub mod merkle;
 pub mod metrics;
 pub mod node;
 pub mod node_id;
-pub mod proto;
+/// The gRPC API (`dynamo.v1`), generated in the `dynamo-proto` crate.
+pub use dynamo_proto as proto;
 pub mod quorum;
 pub mod ring;
 pub mod server;

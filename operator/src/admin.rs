@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dynamo_node::proto::{self, admin_client::AdminClient};
+use dynamo_proto::{self as proto, admin_client::AdminClient};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 

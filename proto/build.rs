@@ -4,9 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let protos = [
-        "proto/dynamo/v1/kv.proto",
-        "proto/dynamo/v1/replica.proto",
-        "proto/dynamo/v1/admin.proto",
+        "dynamo/v1/kv.proto",
+        "dynamo/v1/replica.proto",
+        "dynamo/v1/admin.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
@@ -17,6 +17,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("dynamo_v1_descriptor.bin"))
-        .compile_with_config(config, &protos, &["proto"])?;
+        .compile_with_config(config, &protos, &["."])?;
     Ok(())
 }
