@@ -374,6 +374,22 @@ mod tests {
             .collect()
     }
 
+    /// The client's N=3 preference list of `keys` sampled keys is the ring's.
+    fn assert_lists_match(ring: &Ring, table: &RoutingTable, keys: u32) {
+        for key in 0..keys {
+            let key = format!("key-{key}");
+            let expected: Vec<String> = ring
+                .preference_list_for_key(key.as_bytes(), 3)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(
+                names(table, &table.preference_list(key.as_bytes())),
+                expected
+            );
+        }
+    }
+
     /// With zones the client interleaves its walk by zone exactly as the nodes do.
     #[test]
     fn preference_lists_match_a_zoned_ring() {
@@ -389,18 +405,7 @@ mod tests {
                 .unwrap()
                 .zoned(|node| Some(node.as_str()[..1].to_owned()));
             let table = RoutingTable::from_topology(topology_of(&ring, 3)).unwrap();
-            for key in 0..300u32 {
-                let key = format!("key-{key}");
-                let expected: Vec<String> = ring
-                    .preference_list_for_key(key.as_bytes(), 3)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                assert_eq!(
-                    names(&table, &table.preference_list(key.as_bytes())),
-                    expected
-                );
-            }
+            assert_lists_match(&ring, &table, 300);
         }
         let mut bad = topology_of(
             &Ring::build(&members, PartitionStrategy::default(), 1, None).unwrap(),
@@ -424,18 +429,7 @@ mod tests {
             let ring = Ring::build(&members, strategy, 1, None).unwrap();
             let table = RoutingTable::from_topology(topology_of(&ring, 3)).unwrap();
             assert_eq!(table.vnode_count(), ring.vnode_count());
-            for key in 0..500u32 {
-                let key = format!("key-{key}");
-                let expected: Vec<String> = ring
-                    .preference_list_for_key(key.as_bytes(), 3)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                assert_eq!(
-                    names(&table, &table.preference_list(key.as_bytes())),
-                    expected
-                );
-            }
+            assert_lists_match(&ring, &table, 500);
         }
     }
 
