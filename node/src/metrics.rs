@@ -1403,13 +1403,7 @@ mod tests {
 
     #[test]
     fn coordinator_errors_map_to_outcomes() {
-        let quorum = QuorumError {
-            op: Operation::Write,
-            needed: 2,
-            got: 1,
-            errors: Vec::new(),
-            timed_out: false,
-        };
+        let quorum = QuorumError::new(Operation::Write, 2, 1, false);
         assert_eq!(
             Outcome::of_error(&CoordinatorError::Quorum(quorum)),
             Outcome::Unavailable

@@ -7,7 +7,7 @@
 //! is at or below the target (or there were no requests), it grows by a tenth of the
 //! maximum (rounded up); it always stays within `[min, max]`. The paper's nodes do the same with
 //! "background tasks" that "are allowed to run only when the foreground tasks
-//! [are] not affected" (§6.5, "Balancing background vs. foreground tasks").
+//! \[are\] not affected" (§6.5, "Balancing background vs. foreground tasks").
 //!
 //! Call order, for one [`AdmissionController`]:
 //! 1. [`handle_latency`](AdmissionController::handle_latency) for every finished
@@ -64,7 +64,7 @@ pub enum WorkKind {
     Sweep,
     /// Building a Merkle tree by scanning and hashing the local data of a range
     /// (anti-entropy, Dynamo §4.7); one unit per
-    /// [`TREE_BUILD_KEYS_PER_UNIT`](crate::antientropy::TREE_BUILD_KEYS_PER_UNIT) keys.
+    /// `TREE_BUILD_KEYS_PER_UNIT` keys (the node's `antientropy` module).
     TreeBuild,
 }
 

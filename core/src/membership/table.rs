@@ -90,7 +90,7 @@ impl fmt::Display for MemberState {
 /// weight the node's data is laid out for (the settled ring, which reads use). They
 /// differ only while a weight change is handed over: [`MemberTable::set_weight`] moves
 /// the target weight, and the node itself, once every range it gains or loses is
-/// copied, calls [`MemberTable::settle_weight`] (see [`crate::transfer`]).
+/// copied, calls [`MemberTable::settle_weight`] (see the node's `transfer` module).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawMember")]
 pub struct Member {
@@ -728,7 +728,7 @@ pub const MAX_ZONE_LEN: usize = 63;
 
 /// Checks a zone name (`""` is no zone): at most [`MAX_ZONE_LEN`] bytes of ASCII
 /// letters, digits, `-`, `_` and `.` (a Kubernetes label value's characters).
-pub(crate) fn check_zone(zone: &str) -> Result<(), &'static str> {
+pub fn check_zone(zone: &str) -> Result<(), &'static str> {
     if zone.len() > MAX_ZONE_LEN {
         return Err("longer than 63 bytes");
     }
@@ -746,7 +746,7 @@ pub(crate) fn check_zone(zone: &str) -> Result<(), &'static str> {
 /// Only the shape is checked (the shell resolves the host): printable ASCII without
 /// spaces, bounded, a non-empty host and a decimal port in `1..=65535`. The host is
 /// everything before the last `:`, so `[::1]:7000` passes.
-pub(crate) fn check_address(address: &str) -> Result<(), &'static str> {
+pub fn check_address(address: &str) -> Result<(), &'static str> {
     if address.len() > MAX_ADDRESS_LEN {
         return Err("longer than 256 bytes");
     }

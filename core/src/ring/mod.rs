@@ -9,8 +9,8 @@
 //! members are in several ([`Ring::zoned`]), so its replicas sit in distinct zones.
 //!
 //! ```
-//! use dynamo_node::NodeId;
-//! use dynamo_node::ring::{PartitionStrategy, Ring, moves};
+//! use dynamo_core::NodeId;
+//! use dynamo_core::ring::{PartitionStrategy, Ring, moves};
 //!
 //! let id = |s: &str| NodeId::new(s).unwrap();
 //! let strategy = PartitionStrategy::equal_partitions(64).unwrap();

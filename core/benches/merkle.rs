@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dynamo_node::merkle::{Exchange, MerkleTree};
-use dynamo_node::ring::TokenRange;
+use dynamo_core::merkle::{Exchange, MerkleTree};
+use dynamo_core::ring::TokenRange;
 
 const DEPTH: u8 = 10;
 const ENTRIES: u32 = 100_000;

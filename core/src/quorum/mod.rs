@@ -19,8 +19,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use dynamo_node::quorum::{PutCoordinator, PutOutcome, QuorumConfig, Reconcile};
-//! use dynamo_node::{time::Millis, NodeId};
+//! use dynamo_core::quorum::{PutCoordinator, PutOutcome, QuorumConfig, Reconcile};
+//! use dynamo_core::{time::Millis, NodeId};
 //!
 //! #[derive(Clone, PartialEq, Debug)]
 //! struct Max(u64);

@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dynamo_node::NodeId;
-use dynamo_node::ring::{PartitionStrategy, Ring, Token, moves};
+use dynamo_core::NodeId;
+use dynamo_core::ring::{PartitionStrategy, Ring, Token, moves};
 
 fn members(count: u32) -> Vec<(NodeId, u32)> {
     (0..count)

@@ -19,7 +19,7 @@
 //!   data, or a removal of a key's state that held them: stray sweep, purge) takes a
 //!   new incarnation, so it cannot make a new write cover, or look covered by, one it
 //!   no longer holds (KV679). The node's current actor lives in
-//!   [`crate::identity::ActorIdentity`].
+//!   the node's `identity::ActorIdentity`.
 //!
 //! Clocks are truncated past a threshold, oldest entry first, as in the paper, but
 //! never an entry that a live version's dot needs.

@@ -62,6 +62,20 @@ pub struct QuorumError {
     pub timed_out: bool,
 }
 
+impl QuorumError {
+    /// A shortfall counted outside the coordinator machines, with no per-node errors
+    /// (the struct is non-exhaustive, so other crates build it here).
+    pub fn new(op: Operation, needed: usize, got: usize, timed_out: bool) -> Self {
+        QuorumError {
+            op,
+            needed,
+            got,
+            errors: Vec::new(),
+            timed_out,
+        }
+    }
+}
+
 /// The reason recorded for a node still silent at the deadline.
 pub(crate) const TIMEOUT_REASON: &str = "timeout";
 

@@ -40,4 +40,4 @@ pub use table::{
     MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN, Member, MemberState, MemberTable,
     MembershipError,
 };
-pub(crate) use table::{check_address, check_zone};
+pub use table::{check_address, check_zone};

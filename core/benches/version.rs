@@ -4,10 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dynamo_node::NodeId;
-use dynamo_node::time::Millis;
-use dynamo_node::version::context::Context;
-use dynamo_node::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
+use dynamo_core::NodeId;
+use dynamo_core::time::Millis;
+use dynamo_core::version::context::Context;
+use dynamo_core::version::{Actor, SiblingLimits, SiblingSet, Value, VectorClock, context};
 
 fn actor(i: usize) -> Actor {
     Actor::new(NodeId::new(format!("dynamo-{i}")).unwrap(), 1)

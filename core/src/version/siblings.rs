@@ -275,8 +275,8 @@ impl SiblingSet {
             .max_by(|a, b| (a.timestamp, &a.dot).cmp(&(b.timestamp, &b.dot)))
     }
 
-    /// This state as a last-write-wins read shows it: only [`last_write`]
-    /// (Self::last_write), with the whole clock.
+    /// This state as a last-write-wins read shows it: only
+    /// [`last_write`](Self::last_write), with the whole clock.
     #[must_use]
     pub fn last_write_view(&self) -> SiblingSet {
         SiblingSet {
@@ -314,7 +314,7 @@ impl SiblingSet {
     }
 
     /// Whether a live sibling carries a dot of `actor`. A node that deletes such a state
-    /// for its own current actor must take a new actor first (see [`crate::identity`]):
+    /// for its own current actor must take a new actor first (see the node's `identity` module):
     /// its next dot would otherwise claim the deleted one as seen while other replicas
     /// may still hold it as a current value. An actor that appears only in the clock
     /// needs no new actor: every one of its dots the state saw was superseded there by
