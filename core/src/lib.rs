@@ -34,6 +34,7 @@
 
 pub mod admission;
 pub mod history;
+pub mod limits;
 pub mod membership;
 pub mod merkle;
 pub mod node_id;

@@ -44,7 +44,6 @@ pub mod antientropy;
 pub mod background;
 pub mod client;
 pub mod cluster;
-pub mod config;
 pub mod coordinator;
 pub mod ctl;
 #[cfg(any(test, fuzzing))]
@@ -56,6 +55,9 @@ pub mod identity;
 pub mod log_gate;
 pub mod metrics;
 pub mod node;
+/// The node's configuration, checked once (the `dynamo-config` crate, shared with the
+/// operator).
+pub use dynamo_config as config;
 /// The gRPC API (`dynamo.v1`), generated in the `dynamo-proto` crate.
 pub use dynamo_proto as proto;
 pub mod server;

@@ -53,13 +53,7 @@ pub enum StoreError {
     },
 }
 
-/// The most bytes one key's stored state may take: one internode message's worth,
-/// less room for the key and the message around it. Every replica write, replica read,
-/// hint, range transfer and anti-entropy exchange carries a key's whole state, so a
-/// larger one could be written once and never replicated, read or moved again (a put
-/// acknowledged on one copy, a leave that never completes). Puts and merges that
-/// would exceed it are refused before anything is written.
-pub const MAX_STATE_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES - 256 * 1024;
+pub use dynamo_core::limits::MAX_STATE_BYTES;
 
 /// Whether an encoded state of `bytes` bytes may be stored, and why not.
 fn check_state_size(state: &SiblingSet, bytes: usize) -> Result<(), StoreError> {

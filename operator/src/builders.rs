@@ -1201,7 +1201,7 @@ mod tests {
         ]);
         let yaml = node_config_yaml(&c);
         // What the node reads: numbers as numbers, durations as text.
-        let node = dynamo_node::config::RawConfig::from_yaml(&yaml).unwrap();
+        let node = dynamo_config::RawConfig::from_yaml(&yaml).unwrap();
         assert_eq!(node.max_connections, Some(4096));
         assert_eq!(
             node.client_read_timeout,

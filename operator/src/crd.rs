@@ -677,7 +677,7 @@ impl DynamoClusterSpec {
     /// # Errors
     /// [`SpecError::ManagedNodeKey`] or [`SpecError::NodeConfig`].
     pub fn check_node_config(&self) -> Result<(), SpecError> {
-        use dynamo_node::config::{NodeConfig, RawConfig};
+        use dynamo_config::{NodeConfig, RawConfig};
         if self.node_config.is_empty() {
             return Ok(());
         }
@@ -701,7 +701,7 @@ impl DynamoClusterSpec {
         // Checked beside what any node of the cluster has; the managed keys are the
         // operator's to get right.
         let placeholder = RawConfig {
-            node_id: dynamo_node::NodeId::new("dynamo-0").ok(),
+            node_id: dynamo_config::NodeId::new("dynamo-0").ok(),
             data_dir: Some("/var/lib/dynamo".into()),
             ..RawConfig::default()
         };

@@ -90,8 +90,11 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+pub use dynamo_config::settings::{
+    AntiEntropyConfig, DEFAULT_INTERVAL, DEFAULT_MAX_BYTES_PER_ROUND, DEFAULT_MAX_KEYS_PER_ROUND,
+    DEFAULT_TOMBSTONE_GRACE,
+};
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
 pub(crate) use round::antientropy_loop;
 pub use round::{BuildProgress, RoundReport};
@@ -99,29 +102,6 @@ pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 
 use crate::ring::TokenRange;
 
-/// Anti-entropy settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AntiEntropyConfig {
-    /// Time between rounds; zero disables anti-entropy (no trees are kept).
-    pub interval: Duration,
-    /// How old a tombstone-only state must be before it may be purged.
-    pub tombstone_grace: Duration,
-    /// The most keys one round repairs (or purges).
-    pub max_keys_per_round: u64,
-    /// The most state bytes one round moves.
-    pub max_bytes_per_round: u64,
-    /// The depth of a tree covering the whole ring ([`plan::FULL_RING_DEPTH`] by
-    /// default); narrower ranges get proportionally shallower trees (see
-    /// [`plan::depth_for`]). Every node of a cluster must use the same value: trees of
-    /// different shapes do not compare, and peers refuse an exchange with the wrong
-    /// depth. Small data sets (tests, the simulator) need far fewer buckets.
-    pub tree_depth: u8,
-}
-
-/// The default time between rounds.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// The default tombstone grace period (see the [module docs](self)).
-pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Keys a tree build hashes per unit of the background budget
 /// ([`WorkKind::TreeBuild`](crate::admission::WorkKind::TreeBuild)): reading and hashing a
 /// local key costs far less than repairing one (a unit of
@@ -129,34 +109,12 @@ pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// state over the network and writes it. At the default budget of 1,000 units a second
 /// a node hashes up to 16,000 keys a second, at the minimum of 10 units 160.
 pub const TREE_BUILD_KEYS_PER_UNIT: u64 = 16;
-/// The default keys repaired per round.
-pub const DEFAULT_MAX_KEYS_PER_ROUND: u64 = 10_000;
-/// The default bytes moved per round.
-pub const DEFAULT_MAX_BYTES_PER_ROUND: u64 = 64 * 1024 * 1024;
-
-impl Default for AntiEntropyConfig {
-    fn default() -> Self {
-        Self {
-            interval: DEFAULT_INTERVAL,
-            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
-            max_keys_per_round: DEFAULT_MAX_KEYS_PER_ROUND,
-            max_bytes_per_round: DEFAULT_MAX_BYTES_PER_ROUND,
-            tree_depth: plan::FULL_RING_DEPTH,
-        }
-    }
-}
-
-impl AntiEntropyConfig {
-    /// Whether rounds run (and trees are kept).
-    pub fn enabled(&self) -> bool {
-        !self.interval.is_zero()
-    }
-
-    /// A fresh per-round budget.
-    pub fn round_limit(&self) -> RoundLimit {
+impl RoundLimit {
+    /// A fresh per-round budget under `config`'s limits.
+    pub fn of(config: &AntiEntropyConfig) -> Self {
         RoundLimit {
-            keys: self.max_keys_per_round,
-            bytes: self.max_bytes_per_round,
+            keys: config.max_keys_per_round,
+            bytes: config.max_bytes_per_round,
         }
     }
 }

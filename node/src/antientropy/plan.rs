@@ -8,11 +8,7 @@ use crate::ring::{Ring, Token, TokenRange};
 use crate::time::Millis;
 use crate::version::SiblingSet;
 
-/// The default depth of a tree covering the whole ring: `2^14` leaf buckets (about
-/// 670 KB of hashes and counts), about 60 keys per bucket at a million keys. Narrower
-/// ranges get proportionally shallower trees, so a node's trees together hold about
-/// `2^14 × (the fraction of the ring it replicates)` buckets however the ring is cut.
-pub const FULL_RING_DEPTH: u8 = 14;
+pub use dynamo_config::settings::FULL_RING_DEPTH;
 
 /// The shallowest tree: even a sliver of the ring is split in a few buckets.
 pub const MIN_DEPTH: u8 = 2;

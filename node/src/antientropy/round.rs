@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use super::TREE_BUILD_KEYS_PER_UNIT;
 use super::plan::{
-    AdmittedLimit, RepairBudget, TreeSpec, choose_exchange, key_repair, purger, ring_position,
-    tombstone_expired, tree_specs,
+    AdmittedLimit, RepairBudget, RoundLimit, TreeSpec, choose_exchange, key_repair, purger,
+    ring_position, tombstone_expired, tree_specs,
 };
 use super::trees::TreeSet;
 use crate::NodeId;
@@ -383,7 +383,7 @@ impl NodeShared {
         let (spec, peer) = (spec.clone(), peer.clone());
         report.exchanged = Some((spec.range, peer.clone()));
         let mut budget = AdmittedLimit {
-            limit: self.antientropy.config().round_limit(),
+            limit: RoundLimit::of(self.antientropy.config()),
             shared: &self.background,
         };
         if let Err(error) = self

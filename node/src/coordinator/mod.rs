@@ -24,6 +24,7 @@
 //! request timeout. A get is driven in the request's own task up to its outcome; most
 //! leave nothing behind.
 
+pub use dynamo_config::settings::ReadFanout;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,32 +148,6 @@ struct Inner {
     read_latency: ReadLatency,
     /// How many replicas a get asks at first.
     read_fanout: ReadFanout,
-}
-
-/// How many of a key's N healthy replicas a get asks at first (the `read-fanout`
-/// setting).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadFanout {
-    /// All N at once and answer after R (Dynamo §4.5): every read repairs every replica
-    /// that answers.
-    #[default]
-    All,
-    /// R first (this node's own read among them), more only when a read fails, is slow
-    /// (past the recent p90) or two replies disagree (Cassandra's speculative retry):
-    /// fewer remote reads; an unasked stale replica waits for anti-entropy.
-    Quorum,
 }
 
 impl std::fmt::Debug for Coordinator {

@@ -15,21 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::codegen::http;
 
+pub use dynamo_config::settings::ServingLimits;
+
 use crate::grpc_gate::{CallGate, Gated};
 use crate::log_gate::LogGate;
 use crate::metrics::{Api, Metrics};
-
-/// The listeners' limits, from the node's config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServingLimits {
-    /// Most connections each listener serves at once (before [`connection_cap`]).
-    pub max_connections: usize,
-    /// Most client requests served at once; past it they are shed.
-    pub max_inflight_requests: usize,
-    /// How long a client may take to send a connection's first bytes, and over HTTP a
-    /// request's headers and then its body.
-    pub client_read_timeout: Duration,
-}
 
 /// How long a shed client is told to wait before trying again (gRPC's
 /// `grpc-retry-pushback-ms`; HTTP's `Retry-After` is in whole seconds, so 1).

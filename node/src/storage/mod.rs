@@ -44,26 +44,13 @@ mod sled_engine;
 mod suite;
 
 pub use durable_files::SyncCounts;
+pub use dynamo_config::settings::{Durability, MAX_FLUSH_INTERVAL, SledConfig, SledConfigError};
 pub(crate) use group_commit::GroupCommit;
 pub use memory::{CrashMode, MemoryEngine};
-pub use sled_engine::{MAX_FLUSH_INTERVAL, SledConfig, SledConfigError, SledEngine};
+pub use sled_engine::SledEngine;
 
 use crate::NodeId;
 use crate::ring::TokenRange;
-
-/// How durable a write must be before the call returns (Dynamo §6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Durability {
-    /// On disk before the call returns: sled's flush, then `fdatasync` of the log and
-    /// of any new blob files (see `durable_files`), so the write survives a power
-    /// failure, not only a crash. Shared by the writes that wait for one at the same
-    /// time (group commit).
-    Sync,
-    /// In the engine's memory when the call returns; on disk at the engine's next
-    /// periodic flush, at [`StorageEngine::flush`], or at the next `Sync` write, which
-    /// flushes everything before it.
-    Buffered,
-}
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

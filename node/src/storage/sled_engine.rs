@@ -1,7 +1,6 @@
 //! The on-disk engine: sled 0.34, one tree per keyspace.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -10,128 +9,12 @@ use sled::{IVec, Tree};
 use super::durable_files::{DurableFiles, SyncCounts};
 use super::group_commit::GroupCommit;
 use super::keys::{self, KeyRange};
-use super::{Durability, Result, StorageEngine, StorageError, UpdateFn, check_limit};
+use super::{Durability, Result, SledConfig, StorageEngine, StorageError, UpdateFn, check_limit};
 use crate::NodeId;
 use crate::ring::TokenRange;
 
-/// The longest accepted flush interval: past it, buffered writes would sit in memory
-/// for so long that a crash loses far more than a write buffer should.
-pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The default page cache size: 128 MiB, small enough for a modest pod.
-const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 128 * 1024 * 1024;
-
-/// The default flush interval for buffered writes (sled's own default).
-const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How long [`SledEngine::open`] waits, by default, for a directory lock still held by
-/// a handle of this process that is closing (see [`SledConfig::with_lock_wait`]).
-const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// The pause between attempts to take a directory lock that is being released.
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
-
-/// Why a [`SledConfig`] setting was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SledConfigError {
-    /// The flush interval was under one millisecond (sled counts whole milliseconds).
-    #[error("flush interval must be at least 1 ms")]
-    FlushIntervalTooShort,
-    /// The flush interval was over [`MAX_FLUSH_INTERVAL`].
-    #[error("flush interval must be at most {MAX_FLUSH_INTERVAL:?}")]
-    FlushIntervalTooLong,
-    /// The page cache was given zero bytes.
-    #[error("cache capacity must be at least 1 byte")]
-    ZeroCacheCapacity,
-}
-
-/// Where and how to open a [`SledEngine`]. Settings are checked when set, so a config
-/// value is always valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SledConfig {
-    /// The database directory (created if missing).
-    path: PathBuf,
-    /// How often sled's background thread writes buffered writes to disk; `None` runs no
-    /// such thread, for nodes that write everything with [`Durability::Sync`].
-    flush_interval: Option<Duration>,
-    /// Memory for sled's page cache.
-    cache_capacity_bytes: u64,
-    /// How long to keep retrying when the directory's lock is held.
-    lock_wait: Duration,
-}
-
-impl SledConfig {
-    /// A config for the database at `path`, flushing buffered writes every 500 ms, with
-    /// a 128 MiB page cache.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            flush_interval: Some(DEFAULT_FLUSH_INTERVAL),
-            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
-            lock_wait: DEFAULT_LOCK_WAIT,
-        }
-    }
-
-    /// Sets how long [`SledEngine::open`] keeps retrying while the directory's file lock
-    /// is held (default 5 s). sled releases the lock from its flusher thread a moment
-    /// after the last handle drops, so reopening a directory right after closing it in
-    /// the same process (a node restarted in place) can find it still locked; a lock
-    /// held by a live process is still an error once the wait runs out.
-    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
-        self.lock_wait = wait;
-        self
-    }
-
-    /// Sets the periodic flush interval (Dynamo §6.1's writer thread), or `None` for
-    /// none: then [`Durability::Buffered`] writes reach disk only at a
-    /// [`StorageEngine::flush`], a later `Sync` write, or a clean close.
-    ///
-    /// # Errors
-    /// [`SledConfigError`] for an interval under 1 ms or over [`MAX_FLUSH_INTERVAL`].
-    pub fn with_flush_interval(
-        mut self,
-        interval: Option<Duration>,
-    ) -> Result<Self, SledConfigError> {
-        if let Some(interval) = interval {
-            if interval < Duration::from_millis(1) {
-                return Err(SledConfigError::FlushIntervalTooShort);
-            }
-            if interval > MAX_FLUSH_INTERVAL {
-                return Err(SledConfigError::FlushIntervalTooLong);
-            }
-        }
-        self.flush_interval = interval;
-        Ok(self)
-    }
-
-    /// Sets the page cache size in bytes.
-    ///
-    /// # Errors
-    /// [`SledConfigError::ZeroCacheCapacity`] for zero.
-    pub fn with_cache_capacity_bytes(mut self, bytes: u64) -> Result<Self, SledConfigError> {
-        if bytes == 0 {
-            return Err(SledConfigError::ZeroCacheCapacity);
-        }
-        self.cache_capacity_bytes = bytes;
-        Ok(self)
-    }
-
-    /// The database directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The periodic flush interval, if any.
-    pub fn flush_interval(&self) -> Option<Duration> {
-        self.flush_interval
-    }
-
-    /// The page cache size in bytes.
-    pub fn cache_capacity_bytes(&self) -> u64 {
-        self.cache_capacity_bytes
-    }
-}
 
 /// A [`StorageEngine`] on sled, with trees "data", "hints" and "meta".
 ///
@@ -210,13 +93,13 @@ impl SledEngine {
     /// permissions, another process holds it, a damaged log).
     pub fn open(config: &SledConfig) -> Result<Self> {
         let flush_every_ms = config
-            .flush_interval
+            .flush_interval()
             .map(|interval| u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
         let sled_config = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
+            .path(config.path())
+            .cache_capacity(config.cache_capacity_bytes())
             .flush_every_ms(flush_every_ms);
-        let db = open_waiting_for_lock(&sled_config, config.lock_wait)
+        let db = open_waiting_for_lock(&sled_config, config.lock_wait())
             .map_err(backend("open the database"))?;
         let data = db
             .open_tree("data")
@@ -227,7 +110,7 @@ impl SledEngine {
         let meta = db
             .open_tree("meta")
             .map_err(backend("open the meta tree"))?;
-        let files = DurableFiles::open(&config.path).map_err(|e| StorageError::Backend {
+        let files = DurableFiles::open(config.path()).map_err(|e| StorageError::Backend {
             op: "open the log for fdatasync",
             source: Box::new(e),
         })?;
@@ -466,6 +349,8 @@ impl StorageEngine for SledEngine {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use tempfile::TempDir;
 
@@ -477,39 +362,6 @@ mod tests {
     }
 
     crate::storage::suite::storage_engine_suite!(engine());
-
-    #[test]
-    fn config_rejects_out_of_range_settings() {
-        let config = SledConfig::new("/tmp/x");
-        assert_eq!(
-            config.clone().with_flush_interval(Some(Duration::ZERO)),
-            Err(SledConfigError::FlushIntervalTooShort)
-        );
-        assert_eq!(
-            config
-                .clone()
-                .with_flush_interval(Some(Duration::from_micros(999))),
-            Err(SledConfigError::FlushIntervalTooShort)
-        );
-        assert_eq!(
-            config
-                .clone()
-                .with_flush_interval(Some(MAX_FLUSH_INTERVAL + Duration::from_millis(1))),
-            Err(SledConfigError::FlushIntervalTooLong)
-        );
-        assert_eq!(
-            config.clone().with_cache_capacity_bytes(0),
-            Err(SledConfigError::ZeroCacheCapacity)
-        );
-        let tuned = config
-            .with_flush_interval(None)
-            .unwrap()
-            .with_cache_capacity_bytes(1 << 20)
-            .unwrap();
-        assert_eq!(tuned.flush_interval(), None);
-        assert_eq!(tuned.cache_capacity_bytes(), 1 << 20);
-        assert_eq!(tuned.path(), Path::new("/tmp/x"));
-    }
 
     #[test]
     fn concurrent_sync_writes_share_flushes() {

@@ -31,15 +31,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use dynamo_config::settings::DEFAULT_SOURCE_STALL;
+
 use super::plan::Task;
 use crate::NodeId;
 use crate::ring::Ring;
 use crate::time::Millis;
-
-/// Default time a source may fail before its copies are taken from other replicas:
-/// long enough for a node to restart (a crashed process, a rescheduled pod), short
-/// enough that a dead node does not hold a join or leave up for long.
-pub const DEFAULT_SOURCE_STALL: Duration = Duration::from_secs(60);
 
 /// When each peer of the transfer (a source, or a destination) began failing, for the
 /// peers failing now.

@@ -21,6 +21,7 @@
 //! each HTTP/2 request before its body is read or decoded, and counts every call by
 //! method and outcome.
 
+use dynamo_config::settings::constant_time_eq;
 use std::fmt;
 use std::sync::Arc;
 
@@ -45,12 +46,6 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// The most tokens one file may hold (the current one and a few being rotated).
 pub const MAX_TOKENS: usize = 8;
-
-/// Whether `a` equals `b`, in time that depends only on the lengths, so response
-/// timing does not reveal how much of a guess was right.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
 
 /// Why a token file was refused. Messages name lines, never their content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,10 +20,7 @@ use crate::proto;
 use crate::ring::{Token, TokenRange};
 use crate::version::{SiblingSet, StorageFormatError, context};
 
-/// The largest gRPC message either side encodes or accepts. A replica state is one
-/// key's siblings, far below this; the bound stops a confused or hostile peer from
-/// making us buffer arbitrary amounts.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub use dynamo_core::limits::MAX_MESSAGE_BYTES;
 
 /// The metadata key our server sets on every status it produces from a
 /// [`ReplicaError`]. A status without it was produced by the transport (tonic, h2, a

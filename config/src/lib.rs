@@ -21,7 +21,7 @@
 //! run with.
 //!
 //! ```
-//! use dynamo_node::config::{RawConfig, NodeConfig};
+//! use dynamo_config::{RawConfig, NodeConfig};
 //!
 //! let yaml = "node-id: dynamo-0\nstorage: memory\nread-quorum: 1\n";
 //! let config = NodeConfig::try_from(RawConfig::from_yaml(yaml).unwrap()).unwrap();
@@ -36,6 +36,7 @@
 
 mod load;
 mod raw;
+pub mod settings;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -49,12 +50,13 @@ pub use raw::{
     StorageKind, YamlError,
 };
 
-use crate::NodeId;
-use crate::admission::{AdmissionConfig, AdmissionConfigError};
-use crate::coordinator::ReadFanout;
-use crate::membership::{MAX_WEIGHT, check_address};
-use crate::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
-use crate::storage::{Durability, SledConfig, SledConfigError};
+pub use dynamo_core::NodeId;
+use dynamo_core::admission::{AdmissionConfig, AdmissionConfigError};
+use dynamo_core::membership::{MAX_WEIGHT, check_address};
+use dynamo_core::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
+use settings::{
+    AntiEntropyConfig, Durability, ReadFanout, ServingLimits, SledConfig, SledConfigError,
+};
 
 /// Default client API address: loopback, so a node exposes nothing until told to.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
@@ -100,7 +102,7 @@ pub const MAX_KEY_BYTES_LIMIT: u32 = 64 * 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1024 * 1024;
 /// The largest accepted `max-value-bytes` (15.5 MiB): one value with the largest key
 /// and its versioning must fit in what a key's state may take
-/// ([`MAX_STATE_BYTES`](crate::store::MAX_STATE_BYTES), one internode message), or it
+/// ([`MAX_STATE_BYTES`](dynamo_core::limits::MAX_STATE_BYTES), one internode message), or it
 /// could be written but never replicated. (It was 64 MiB, which no replica could
 /// receive.)
 pub const MAX_VALUE_BYTES_LIMIT: u32 = 31 * 512 * 1024;
@@ -108,19 +110,19 @@ pub const MAX_VALUE_BYTES_LIMIT: u32 = 31 * 512 * 1024;
 // The value and key limits leave room for the state's clock and sibling headers.
 const _: () = assert!(
     MAX_VALUE_BYTES_LIMIT as usize + MAX_KEY_BYTES_LIMIT as usize + 64 * 1024
-        <= crate::store::MAX_STATE_BYTES
+        <= dynamo_core::limits::MAX_STATE_BYTES
 );
 /// Default most siblings kept per key.
 pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
 /// The largest accepted `max-siblings`: the most a stored state may hold
-/// ([`crate::version::MAX_SIBLINGS_LIMIT`]). It was 10,000 here while the node refused
+/// ([`dynamo_core::version::MAX_SIBLINGS_LIMIT`]). It was 10,000 here while the node refused
 /// more than 4096 at start, so a config `--check-config` passed could not run.
 #[allow(
     clippy::cast_possible_truncation,
     reason = "4096 fits a u32; the assertion below keeps it so"
 )]
-pub const MAX_SIBLINGS_LIMIT: u32 = crate::version::MAX_SIBLINGS_LIMIT as u32;
-const _: () = assert!(crate::version::MAX_SIBLINGS_LIMIT <= u32::MAX as usize);
+pub const MAX_SIBLINGS_LIMIT: u32 = dynamo_core::version::MAX_SIBLINGS_LIMIT as u32;
+const _: () = assert!(dynamo_core::version::MAX_SIBLINGS_LIMIT <= u32::MAX as usize);
 /// Default most connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// The fewest accepted `max-connections`: probes, scrapes and peers need a few.
@@ -389,7 +391,7 @@ pub struct NodeConfig {
     storage: StorageConfig,
     durability: Durability,
     read_fanout: ReadFanout,
-    reconciliation: crate::version::Reconciliation,
+    reconciliation: dynamo_core::version::Reconciliation,
     flush_interval: Duration,
     request_timeout: Duration,
     gossip_interval: Duration,
@@ -400,7 +402,7 @@ pub struct NodeConfig {
     max_key_bytes: u32,
     max_value_bytes: u32,
     max_siblings: u32,
-    serving: crate::server::limits::ServingLimits,
+    serving: ServingLimits,
     admission: AdmissionConfig,
     admin_token: Option<AdminToken>,
     tls: Option<TlsConfig>,
@@ -520,7 +522,7 @@ impl NodeConfig {
     }
 
     /// How concurrent writes reconcile (cluster-wide).
-    pub fn reconciliation(&self) -> crate::version::Reconciliation {
+    pub fn reconciliation(&self) -> dynamo_core::version::Reconciliation {
         self.reconciliation
     }
 
@@ -577,19 +579,19 @@ impl NodeConfig {
     }
 
     /// What the listeners allow clients: connections, requests in flight, read timeouts.
-    pub fn serving_limits(&self) -> crate::server::limits::ServingLimits {
+    pub fn serving_limits(&self) -> ServingLimits {
         self.serving
     }
 
     /// Anti-entropy settings: round interval (zero disables), per-round limits and
     /// the tombstone grace period.
-    pub fn anti_entropy(&self) -> crate::antientropy::AntiEntropyConfig {
-        crate::antientropy::AntiEntropyConfig {
+    pub fn anti_entropy(&self) -> AntiEntropyConfig {
+        AntiEntropyConfig {
             interval: self.anti_entropy_interval,
             tombstone_grace: self.tombstone_grace,
             max_keys_per_round: u64::from(self.anti_entropy_max_keys),
             max_bytes_per_round: u64::from(self.anti_entropy_max_bytes),
-            ..crate::antientropy::AntiEntropyConfig::default()
+            ..AntiEntropyConfig::default()
         }
     }
 
@@ -795,7 +797,7 @@ impl TryFrom<RawConfig> for NodeConfig {
         check_interval("transfer-interval", transfer_interval)?;
         let transfer_source_stall = raw
             .transfer_source_stall
-            .unwrap_or(crate::transfer::fallback::DEFAULT_SOURCE_STALL);
+            .unwrap_or(settings::DEFAULT_SOURCE_STALL);
         if !transfer_source_stall.is_zero() {
             check_interval("transfer-source-stall", transfer_source_stall)?;
         }
@@ -844,7 +846,7 @@ impl TryFrom<RawConfig> for NodeConfig {
             .client_read_timeout
             .unwrap_or(DEFAULT_CLIENT_READ_TIMEOUT);
         check_interval("client-read-timeout", client_read_timeout)?;
-        let serving = crate::server::limits::ServingLimits {
+        let serving = ServingLimits {
             max_connections: to_usize(max_connections),
             max_inflight_requests: to_usize(max_inflight_requests),
             client_read_timeout,
@@ -857,7 +859,7 @@ impl TryFrom<RawConfig> for NodeConfig {
         }
         let anti_entropy_interval = raw
             .anti_entropy_interval
-            .unwrap_or(crate::antientropy::DEFAULT_INTERVAL);
+            .unwrap_or(settings::DEFAULT_INTERVAL);
         if !anti_entropy_interval.is_zero() {
             check_interval("anti-entropy-interval", anti_entropy_interval)?;
         }
@@ -876,7 +878,7 @@ impl TryFrom<RawConfig> for NodeConfig {
         )?;
         let tombstone_grace = raw
             .tombstone_grace
-            .unwrap_or(crate::antientropy::DEFAULT_TOMBSTONE_GRACE);
+            .unwrap_or(settings::DEFAULT_TOMBSTONE_GRACE);
         let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca, raw.tls_node_name)?;
         let internode_auth = internode_auth(
             internode_listen,
@@ -891,7 +893,7 @@ impl TryFrom<RawConfig> for NodeConfig {
         // An empty zone is no zone (a `DYNAMO_ZONE` set from an unlabelled node).
         let zone = match raw.zone.clone().filter(|zone| !zone.is_empty()) {
             Some(zone) => {
-                crate::membership::check_zone(&zone).map_err(|reason| ConfigError::Zone {
+                dynamo_core::membership::check_zone(&zone).map_err(|reason| ConfigError::Zone {
                     value: zone.clone(),
                     reason,
                 })?;
@@ -1016,7 +1018,9 @@ fn partitioning(raw: &RawConfig, weight: u32) -> Result<PartitionStrategy, Confi
                     strategy: "random-tokens",
                 });
             }
-            let q = raw.partitions.unwrap_or(crate::ring::DEFAULT_PARTITIONS);
+            let q = raw
+                .partitions
+                .unwrap_or(dynamo_core::ring::DEFAULT_PARTITIONS);
             PartitionStrategy::equal_partitions(q).map_err(|error| ConfigError::Partitioning {
                 key: "partitions",
                 error,
@@ -1269,7 +1273,7 @@ mod tests {
     #[test]
     fn anti_entropy_settings_have_defaults_zero_disables_and_bad_values_are_refused() {
         let defaults = build("").unwrap().anti_entropy();
-        assert_eq!(defaults, crate::antientropy::AntiEntropyConfig::default());
+        assert_eq!(defaults, AntiEntropyConfig::default());
         assert_eq!(defaults.interval, Duration::from_secs(30));
         assert_eq!(defaults.tombstone_grace, Duration::from_secs(24 * 3600));
         let set = build(
@@ -1326,7 +1330,7 @@ mod tests {
         assert_eq!(
             config.partitioning(),
             PartitionStrategy::EqualPartitions {
-                q: crate::ring::DEFAULT_PARTITIONS
+                q: dynamo_core::ring::DEFAULT_PARTITIONS
             }
         );
         let StorageConfig::Sled(sled) = config.storage() else {
@@ -1345,7 +1349,7 @@ mod tests {
         assert_eq!(config.max_siblings(), 100);
         assert_eq!(
             config.serving_limits(),
-            crate::server::limits::ServingLimits {
+            ServingLimits {
                 max_connections: 1024,
                 max_inflight_requests: 1024,
                 client_read_timeout: Duration::from_secs(10),

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::NodeId;
-use crate::coordinator::ReadFanout;
-use crate::storage::Durability;
-use crate::version::Reconciliation;
+use crate::settings::{Durability, ReadFanout, constant_time_eq};
+use dynamo_core::NodeId;
+use dynamo_core::version::Reconciliation;
 
 /// What [`AdminToken`]'s `Debug` and every configuration printout show instead of it.
 pub const REDACTED: &str = "<redacted>";
@@ -597,7 +596,7 @@ impl AdminToken {
     /// Whether `presented` is the token, in time that depends only on the lengths, so
     /// response timing does not reveal how much of a guess was right.
     pub fn verify(&self, presented: &[u8]) -> bool {
-        crate::transport::auth::constant_time_eq(self.0.as_bytes(), presented)
+        constant_time_eq(self.0.as_bytes(), presented)
     }
 
     /// Why the token is unusable, if it is.
