@@ -28,7 +28,7 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json
 # Each image builds only its own package, so one target never waits on the other.
 FROM deps AS build-node
 COPY . .
-RUN cargo build --release --locked -p dynamo-node --bin dynamo-node --bin dynamoctl \
+RUN cargo build --release --locked -p dynamo-node -p dynamoctl --bin dynamo-node --bin dynamoctl \
  && mkdir -p /out \
  && cp target/release/dynamo-node target/release/dynamoctl /out/
 

@@ -66,9 +66,7 @@ pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 pub const DEFAULT_READ_QUORUM: u32 = 2;
 /// Default write quorum `W`.
 pub const DEFAULT_WRITE_QUORUM: u32 = 2;
-/// The largest accepted replication factor: more replicas than this cost every write
-/// far more than they add in durability.
-pub const MAX_REPLICATION_FACTOR: u32 = 16;
+pub use dynamo_core::limits::MAX_REPLICATION_FACTOR;
 /// Default node weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default tokens per unit of weight under strategy 1.

@@ -13,3 +13,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// acknowledged on one copy, a leave that never completes). Puts and merges that
 /// would exceed it are refused before anything is written.
 pub const MAX_STATE_BYTES: usize = MAX_MESSAGE_BYTES - 256 * 1024;
+
+/// The largest accepted replication factor: more replicas than this cost every write
+/// far more than they add in durability.
+pub const MAX_REPLICATION_FACTOR: u32 = 16;

@@ -182,7 +182,7 @@ busybox_image() {
 command -v umoci >/dev/null || die "umoci is missing (apt-get install umoci)"
 
 log "release binaries of the workspace (cargo build --release)"
-(cd "$REPO" && cargo build --release --locked -p dynamo-node -p dynamo-operator \
+(cd "$REPO" && cargo build --release --locked -p dynamo-node -p dynamoctl -p dynamo-operator \
   --bin dynamo-node --bin dynamoctl --bin dynamo-operator) >&2 ||
   die "cargo build --release failed"
 

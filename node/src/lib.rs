@@ -34,18 +34,14 @@
 //!   target rings, the copy plan, resumable throttled rounds.
 //! * [`node`]: the node that owns all of the above, its listeners and background loops
 //!   (gossip and failure probes, hinted handoff delivery, range transfer).
-//! * [`client`]: the partition-aware Rust client: pulls the ring from any node and
-//!   sends each request straight to a replica of its key (client-driven coordination).
-//! * [`ctl`]: `dynamoctl`, the command-line client (get, put, delete, ring, status,
-//!   admin changes), `dynamoctl dev`, a local multi-process cluster, and `dynamoctl bench`,
-//!   a YCSB-style load generator.
+//!
+//! The partition-aware client (`dynamo-client`) and `dynamoctl` (`dynamoctl`) are crates of
+//! their own: they speak the gRPC API (`dynamo-proto`) and never link this shell.
 
 pub mod antientropy;
 pub mod background;
-pub mod client;
 pub mod cluster;
 pub mod coordinator;
-pub mod ctl;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 mod gossip;

@@ -885,21 +885,16 @@ async fn a_decommission_the_remaining_volumes_cannot_hold_is_refused() {
     let ring = Ring::start(&[("db-0", 1), ("db-1", 1)], 1).await;
     let members = [("db-0", MemberState::Member), ("db-1", MemberState::Member)];
     let (t0, t1) = (ring.target(0), ring.target(1));
-    let client =
-        dynamo_node::client::Client::connect(dynamo_node::client::ClientConfig::new([ring
-            .node(0)
-            .client_addr
-            .to_string()]))
-        .await
-        .unwrap();
+    let client = dynamo_client::Client::connect(dynamo_client::ClientConfig::new([ring
+        .node(0)
+        .client_addr
+        .to_string()]))
+    .await
+    .unwrap();
     for i in 0..20 {
         let key = format!("key-{i}");
         client
-            .put(
-                key.as_bytes(),
-                &dynamo_node::client::Context::empty(),
-                b"value",
-            )
+            .put(key.as_bytes(), &dynamo_client::Context::empty(), b"value")
             .await
             .unwrap();
     }

@@ -3,9 +3,13 @@
 //! of its own so a program that only calls a cluster (the operator) need not build the
 //! node, and so the protos have one owner.
 
-#![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod wire;
 
-tonic::include_proto!("dynamo.v1");
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("dynamo.v1");
+}
+pub use generated::*;
 
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dynamo_v1_descriptor");

@@ -2,6 +2,7 @@
 //! partition-aware client routes by (§4.5), and the replica-local read a client
 //! coordinates gets with (§6.4).
 
+pub use dynamo_proto::wire::TOPOLOGY_HEADER;
 use tonic::{Request, Response, Status};
 
 use super::coordinator_status;
@@ -57,9 +58,6 @@ impl KvService {
             .observe(Api::Grpc, op, outcome, started.elapsed());
     }
 }
-
-/// The response header that carries the answering node's topology version.
-pub const TOPOLOGY_HEADER: &str = "dynamo-topology";
 
 impl KvService {
     /// `message` as a response carrying this node's topology version, so a
@@ -263,11 +261,11 @@ mod tests {
 
     use super::*;
     use crate::NodeId;
-    use crate::client::RoutingTable;
     use crate::node::{NodeSettings, NodeShared};
     use crate::proto::kv_server::Kv as _;
     use crate::storage::MemoryEngine;
     use crate::transport::MemoryNetwork;
+    use dynamo_client::RoutingTable;
 
     fn id(name: &str) -> NodeId {
         NodeId::new(name).unwrap()

@@ -16,6 +16,7 @@ use tonic::Status;
 use tonic::codegen::http;
 
 pub use dynamo_config::settings::ServingLimits;
+pub use dynamo_proto::wire::{RETRY_PUSHBACK_METADATA, is_shed};
 
 use crate::grpc_gate::{CallGate, Gated};
 use crate::log_gate::LogGate;
@@ -133,19 +134,12 @@ impl InflightLimit {
 pub fn shed_status(limit: &InflightLimit) -> Status {
     let mut status = Status::unavailable(limit.refusal());
     status.metadata_mut().insert(
-        "grpc-retry-pushback-ms",
+        RETRY_PUSHBACK_METADATA,
         tonic::metadata::MetadataValue::from(
             u64::try_from(RETRY_PUSHBACK.as_millis()).unwrap_or(100),
         ),
     );
     status
-}
-
-/// Whether `status` is a node's [`shed_status`]: nothing was done, and the request
-/// may go to another node (or this one after the pushback).
-pub fn is_shed(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && status.metadata().contains_key("grpc-retry-pushback-ms")
 }
 
 /// A gRPC service behind the [`InflightLimit`]: a call beyond it is answered at once

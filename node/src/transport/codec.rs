@@ -21,11 +21,8 @@ use crate::ring::{Token, TokenRange};
 use crate::version::{SiblingSet, StorageFormatError, context};
 
 pub use dynamo_core::limits::MAX_MESSAGE_BYTES;
-
-/// The metadata key our server sets on every status it produces from a
-/// [`ReplicaError`]. A status without it was produced by the transport (tonic, h2, a
-/// proxy), so it says nothing about what the peer decided.
-pub(crate) const ERROR_MARKER: &str = "x-dynamo-error";
+pub(crate) use dynamo_proto::wire::ERROR_MARKER;
+pub use dynamo_proto::wire::never_sent;
 
 /// A replica state on the wire. The empty set (a key never written) is the empty
 /// byte string, which the storage encoding itself never produces.
@@ -195,28 +192,6 @@ fn bad_reply(address: &str, reason: String) -> TransportError {
         address: address.to_owned(),
         reason,
     }
-}
-
-/// Whether a failed call's status says the request never left this process: tonic
-/// reports a failed connection attempt as Unavailable "tcp connect error", and hyper
-/// cancels a request still queued when its connection closes (a node shutting down
-/// closes its connections after its last answer) with a canceled error. Anything else
-/// (a reset, a timeout, an h2 error after sending) may have reached the peer.
-pub fn never_sent(status: &Status) -> bool {
-    if status.metadata().get(ERROR_MARKER).is_some() {
-        return false;
-    }
-    if status.code() == Code::Unavailable && status.message().contains("tcp connect error") {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            return hyper.is_canceled();
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// Classifies a failed call: a status carrying [`ERROR_MARKER`] is the peer's answer

@@ -2,6 +2,7 @@
 //! a bad context and a node that fails to start; and a `dev` cluster of real
 //! `dynamo-node` processes driven end to end; and the TLS flags against a TLS node.
 
+#[path = "../../node/tests/support/mod.rs"]
 mod support;
 
 use std::io::BufReader;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClientError;
-use crate::proto::kv_client::KvClient;
+use dynamo_proto::kv_client::KvClient;
 
 /// The channels to each node the client talks to.
 #[derive(Debug)]

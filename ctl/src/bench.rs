@@ -12,7 +12,7 @@
 //! context reconciles them. A blind update would be concurrent with every stored version
 //! and pile siblings up on every key.
 //!
-//! Requests go through the [`client`](crate::client) library, with either of Dynamo
+//! Requests go through the [`dynamo_client`] library, with either of Dynamo
 //! §4.5's strategies: `--routing server` (the default) sends each request to the
 //! endpoints round-robin and that node coordinates or forwards it; `--routing client`
 //! pulls the ring from an endpoint, sends each write straight to a replica of its key,
@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
 use super::{CtlError, args::normalize_endpoint};
-use crate::client::{self, Client, ClientConfig, ClientError, Context};
+use dynamo_client::{self as client, Client, ClientConfig, ClientError, Context};
 use report::{BenchReport, PhaseReport, Recorder, RoutingReport, Settings};
 use workload::{Distribution, KeyChooser, Operation, Workload, record_key};
 
@@ -549,7 +549,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::args::{Cli, Command};
+    use crate::args::{Cli, Command};
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 
 use super::{Context, RouteNode, Versions};
-use crate::version::{SiblingSet, StorageFormatError, context};
+use dynamo_core::version::{SiblingSet, StorageFormatError, context};
 
 /// What R replicas' answers say together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +94,11 @@ pub(super) fn read_targets<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeId;
-    use crate::proto::MemberState;
-    use crate::time::Millis;
-    use crate::version::context::Context;
-    use crate::version::{Actor, SiblingLimits, Value};
+    use dynamo_core::NodeId;
+    use dynamo_core::time::Millis;
+    use dynamo_core::version::context::Context;
+    use dynamo_core::version::{Actor, SiblingLimits, Value};
+    use dynamo_proto::MemberState;
 
     fn actor(name: &str) -> Actor {
         Actor::new(NodeId::new(name).unwrap(), 1)

@@ -362,7 +362,7 @@ pub fn render(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::bench::workload::{Distribution, Workload};
+    use crate::bench::workload::{Distribution, Workload};
     use proptest::prelude::*;
 
     fn settings() -> Settings {

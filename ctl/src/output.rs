@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::args::encode_context;
-use crate::proto;
+use dynamo_proto as proto;
 
 /// `get --json`: every sibling and the context, all bytes in standard base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

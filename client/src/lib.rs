@@ -32,9 +32,9 @@
 //! seeds, round-robin, which is what a client behind a load balancer does.
 //!
 //! ```no_run
-//! use dynamo_node::client::{Client, ClientConfig, Context};
+//! use dynamo_client::{Client, ClientConfig, Context};
 //!
-//! # async fn demo() -> Result<(), dynamo_node::client::ClientError> {
+//! # async fn demo() -> Result<(), dynamo_client::ClientError> {
 //! let client = Client::connect(ClientConfig::new(["127.0.0.1:7000"])).await?;
 //!
 //! // A blind write, then a read-modify-write with the context of the read, which
@@ -55,10 +55,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use dynamo_node::client::{Client, ClientConfig};
+//! use dynamo_client::{Client, ClientConfig};
 //! use tonic::transport::{Certificate, ClientTlsConfig};
 //!
-//! # async fn demo(ca_pem: &[u8]) -> Result<(), dynamo_node::client::ClientError> {
+//! # async fn demo(ca_pem: &[u8]) -> Result<(), dynamo_client::ClientError> {
 //! let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
 //! let config = ClientConfig::new(["dynamo-0.dynamo:7000", "dynamo-1.dynamo:7000"])
 //!     .with_tls(tls)
@@ -90,9 +90,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
-use crate::membership::check_address;
-use crate::proto::{self, kv_client::KvClient};
-use crate::server::TOPOLOGY_HEADER;
+use dynamo_core::membership::check_address;
+use dynamo_proto::wire::TOPOLOGY_HEADER;
+use dynamo_proto::{self as proto, kv_client::KvClient};
 use pool::Pool;
 
 /// The most bytes a topology answer may take: a ring at the virtual node limit is
@@ -605,7 +605,7 @@ impl Client {
         }
         // A last-write-wins cluster's get returns the winning version only.
         let state = if table.last_write_wins() {
-            crate::version::Reconciliation::LastWriteWins.view(merged.state)
+            dynamo_core::version::Reconciliation::LastWriteWins.view(merged.state)
         } else {
             merged.state
         };
@@ -936,7 +936,7 @@ impl Inner {
                 }
                 // An overloaded node refused it before doing anything: another node
                 // can coordinate it, and this one is up.
-                Ok(Err(status)) if crate::server::limits::is_shed(&status) => {
+                Ok(Err(status)) if dynamo_proto::wire::is_shed(&status) => {
                     self.mark_up(&address);
                     attempts.push((address, format!("shed: {}", status.message())));
                     continue;
@@ -949,7 +949,7 @@ impl Inner {
                         message: status.message().to_owned(),
                     });
                 }
-                Ok(Err(status)) if crate::transport::never_sent(&status) => {
+                Ok(Err(status)) if dynamo_proto::wire::never_sent(&status) => {
                     (pool::describe(&status), false)
                 }
                 Ok(Err(status)) => (pool::describe(&status), true),

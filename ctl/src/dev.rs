@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::args::{DevArgs, DevStorage};
 use super::{AdminTarget, BearerToken, CtlError, output};
-use crate::proto;
+use dynamo_proto as proto;
 
 /// How long a node gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);

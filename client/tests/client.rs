@@ -3,14 +3,15 @@
 //! reads itself from R replicas (Dynamo §6.4), follows membership changes, routes around
 //! a killed node, and falls back to server-driven routing when it cannot route.
 
+#[path = "../../node/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use dynamo_node::client::{Client, ClientConfig, Context, Routing};
-use dynamo_node::proto;
-use dynamo_node::version::SiblingSet;
+use dynamo_client::{Client, ClientConfig, Context, Routing};
+use dynamo_core::version::SiblingSet;
+use dynamo_proto as proto;
 use support::{TestCluster, TestNode, eventually};
 
 /// N=2 of three or more nodes, so every key has a non-replica. W=2 puts a write on
@@ -707,7 +708,7 @@ async fn update_merges_a_write_that_raced_it_and_reports_a_key_it_cannot_settle(
     assert!(
         matches!(
             contended,
-            dynamo_node::client::ClientError::Contended { attempts: 2 }
+            dynamo_client::ClientError::Contended { attempts: 2 }
         ),
         "{contended}"
     );

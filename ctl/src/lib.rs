@@ -4,7 +4,7 @@
 //! The paper's clients call `get(key)` and `put(key, context, value)` (Dynamo §4.1) and an
 //! administrator issues membership changes from "a command line tool" (§4.8.1); this is
 //! that tool. Contexts travel as standard base64 so a script can pass a get's context to
-//! the next put. The binary `src/bin/dynamoctl.rs` only calls [`main`].
+//! the next put. The binary `src/main.rs` only calls [`main`].
 //!
 //! TLS: `--tls-ca` trusts a CA (or the nodes' shared certificate), `--tls-cert` and
 //! `--tls-key` present a client certificate for mutual TLS on the admin port; with any
@@ -32,8 +32,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::proto::{self, admin_client::AdminClient, kv_client::KvClient};
 use args::{AdminCommand, Cli, Command};
+use dynamo_proto::{self as proto, admin_client::AdminClient, kv_client::KvClient};
 use output::{GetJson, RingJson, StatusJson, WriteJson};
 
 /// Exit code of a get that found nothing, or an admin change naming an unknown node.

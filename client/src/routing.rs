@@ -10,15 +10,15 @@
 //! and every index checked, so a broken or malicious node cannot make the client panic
 //! or allocate without bound.
 //!
-//! [`Ring::preference_list`]: crate::ring::Ring::preference_list
+//! [`Ring::preference_list`]: dynamo_core::ring::Ring::preference_list
 
 use std::fmt;
 
-use crate::config::MAX_REPLICATION_FACTOR;
-use crate::membership::{MAX_ADDRESS_LEN, MAX_MEMBERS, check_address};
-use crate::node_id::MAX_NODE_ID_LEN;
-use crate::proto::{self, TopologyResponse};
-use crate::ring::{MAX_VIRTUAL_NODES, Token, ZoneInterleave};
+use dynamo_core::limits::MAX_REPLICATION_FACTOR;
+use dynamo_core::membership::{MAX_ADDRESS_LEN, MAX_MEMBERS, check_address};
+use dynamo_core::node_id::MAX_NODE_ID_LEN;
+use dynamo_core::ring::{MAX_VIRTUAL_NODES, Token, ZoneInterleave};
+use dynamo_proto::{self as proto, TopologyResponse};
 
 /// The longest topology version accepted: nodes send a 32-character hex digest.
 pub const MAX_VERSION_LEN: usize = 64;
@@ -182,7 +182,7 @@ impl RoutingTable {
         let mut names: Vec<&str> = answer.members.iter().map(|m| m.zone.as_str()).collect();
         if let Some(bad) = names
             .iter()
-            .find(|zone| crate::membership::check_zone(zone).is_err())
+            .find(|zone| dynamo_core::membership::check_zone(zone).is_err())
         {
             return Err(TopologyError::Malformed(format!(
                 "zone {bad:?} is not a zone name"
@@ -330,8 +330,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::NodeId;
-    use crate::ring::{PartitionStrategy, Ring};
+    use dynamo_core::NodeId;
+    use dynamo_core::ring::{PartitionStrategy, Ring};
 
     fn id(name: &str) -> NodeId {
         NodeId::new(name).unwrap()

@@ -19,7 +19,7 @@ impl Client {
     /// check read sees the write when R + W > N (the default 2 + 2 > 3).
     ///
     /// ```no_run
-    /// # async fn demo(client: &dynamo_node::client::Client) -> Result<(), dynamo_node::client::ClientError> {
+    /// # async fn demo(client: &dynamo_client::Client) -> Result<(), dynamo_client::ClientError> {
     /// // Add an item to a cart kept as comma-separated items; concurrent carts merge.
     /// client
     ///     .update(b"cart:42", 5, |versions| {
