@@ -39,7 +39,9 @@ use tokio::time::Instant;
 
 use tonic::transport::ClientTlsConfig;
 
-use super::{CtlError, args::normalize_endpoint};
+use crate::error::CtlError;
+use crate::output::print_out;
+use crate::wire::normalize_endpoint;
 use dynamo_client::{self as client, Client, ClientConfig, ClientError, Context};
 use report::{BenchReport, PhaseReport, Recorder, RoutingReport, Settings};
 use workload::{Distribution, KeyChooser, Operation, Workload, record_key};
@@ -298,8 +300,8 @@ pub async fn run(
             read_repairs: stats.read_repairs,
         },
     };
-    super::print_out(if json {
-        super::output::to_json(&report)
+    print_out(if json {
+        crate::output::to_json(&report)
     } else {
         report::render(&report)
     })

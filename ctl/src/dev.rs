@@ -20,8 +20,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::args::{DevArgs, DevStorage};
-use super::{AdminTarget, BearerToken, CtlError, output};
+use crate::args::{DevArgs, DevStorage};
+use crate::connection::{AdminTarget, BearerToken, bearer};
+use crate::error::CtlError;
+use crate::output::{self, print_out};
 use dynamo_proto as proto;
 
 /// How long a node gets to exit after SIGTERM before it is killed.
@@ -404,7 +406,7 @@ pub async fn run(args: DevArgs, admin_token: Option<String>, json: bool) -> Resu
     };
     let mut signals = Signals::new()?;
     let mut cluster = Cluster::new();
-    let token = super::bearer(admin_token.as_deref())?;
+    let token = bearer(admin_token.as_deref())?;
     let started = tokio::select! {
         started = start(&mut cluster, &args, &node_bin, &base_dir, admin_token.as_deref(), &token) => started,
         () = signals.recv() => Err(CtlError::Dev("interrupted while starting the cluster".to_owned())),
@@ -593,7 +595,7 @@ async fn join_all(
                     status.message()
                 );
             }
-            Err(status) => return Err(super::CtlError::rpc("join", &status)),
+            Err(status) => return Err(CtlError::rpc("join", &status)),
         }
         cluster.check_exits()?;
     }
@@ -675,9 +677,9 @@ fn announce(
                 })
                 .collect(),
         };
-        return super::print_out(output::to_json(&doc));
+        return print_out(output::to_json(&doc));
     }
-    super::print_out(banner(nodes, args, base_dir, temporary))
+    print_out(banner(nodes, args, base_dir, temporary))
 }
 
 fn banner(nodes: &[DevNode], args: &DevArgs, base_dir: &Path, temporary: bool) -> String {

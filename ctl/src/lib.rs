@@ -18,101 +18,24 @@
 
 pub mod args;
 pub mod bench;
+mod connection;
 pub mod dev;
+mod error;
 pub mod output;
+mod wire;
+
+pub use error::{CtlError, EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_SERVER, EXIT_USAGE, exit_code_for};
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use args::{AdminCommand, Cli, Command};
-use dynamo_proto::{self as proto, admin_client::AdminClient, kv_client::KvClient};
-use output::{GetJson, RingJson, StatusJson, WriteJson};
-
-/// Exit code of a get that found nothing, or an admin change naming an unknown node.
-pub const EXIT_NOT_FOUND: u8 = 1;
-/// Exit code of a usage error (clap's code too).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code of a server error or an unreachable server.
-pub const EXIT_SERVER: u8 = 3;
-/// Exit code of a put refused because the key holds too many concurrent versions:
-/// read them (`dynamoctl get`) and put one value with the read's `--context`.
-pub const EXIT_CONFLICT: u8 = 4;
-
-/// Why a command failed; each maps to an exit code ([`CtlError::exit_code`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CtlError {
-    /// The command line is wrong (a flag value, a context, an input file).
-    #[error("{0}")]
-    Usage(String),
-    /// No connection to the server.
-    #[error("cannot reach {endpoint}: {reason}")]
-    Unavailable {
-        /// The URL tried.
-        endpoint: String,
-        /// The transport's explanation, causes included.
-        reason: String,
-    },
-    /// The server answered with an error status.
-    #[error("{call} failed ({code:?}): {message}")]
-    Rpc {
-        /// The call, e.g. `get`.
-        call: &'static str,
-        /// The gRPC status code.
-        code: tonic::Code,
-        /// The server's status message.
-        message: String,
-    },
-    /// A get found no value.
-    #[error("key not found: {0}")]
-    NotFound(String),
-    /// The local dev cluster failed to start or a node of it died.
-    #[error("{0}")]
-    Dev(String),
-    /// Writing to stdout failed (e.g. a closed pipe).
-    #[error("writing output: {0}")]
-    Output(#[from] std::io::Error),
-}
-
-impl CtlError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Usage(_) => EXIT_USAGE,
-            Self::NotFound(_) => EXIT_NOT_FOUND,
-            Self::Rpc { code, .. } => exit_code_for(*code),
-            Self::Unavailable { .. } | Self::Dev(_) | Self::Output(_) => EXIT_SERVER,
-        }
-    }
-
-    fn rpc(call: &'static str, status: &tonic::Status) -> Self {
-        Self::Rpc {
-            call,
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
-    }
-}
-
-/// Maps a gRPC status code to the exit code: arguments the server refuses are usage
-/// errors, a missing entity is "not found", everything else is the server's problem.
-pub fn exit_code_for(code: tonic::Code) -> u8 {
-    match code {
-        tonic::Code::Ok => 0,
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => EXIT_USAGE,
-        tonic::Code::NotFound => EXIT_NOT_FOUND,
-        tonic::Code::Aborted => EXIT_CONFLICT,
-        _ => EXIT_SERVER,
-    }
-}
+use connection::{AdminTarget, bearer, connect};
+use dynamo_proto::{self as proto, kv_client::KvClient};
+use output::{GetJson, RingJson, StatusJson, WriteJson, print_out};
 
 /// Runs `dynamoctl` with these arguments (the first is the program name): parses,
 /// runs the command on a tokio runtime, prints errors as `dynamoctl: <message>` on
@@ -374,13 +297,6 @@ fn print_write(key: &str, context: &[u8], json: bool) -> Result<(), CtlError> {
     })
 }
 
-fn print_out(text: String) -> Result<(), CtlError> {
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
-    Ok(())
-}
-
 /// The value of a put: the argument, stdin for `-`, or a file's contents.
 fn read_value(value: Option<&str>, file: Option<&std::path::Path>) -> Result<Vec<u8>, CtlError> {
     match (value, file) {
@@ -416,123 +332,12 @@ fn chosen_version(key: &str, versions: &[bytes::Bytes], n: usize) -> Result<Vec<
         })
 }
 
-/// Connects eagerly, so an unreachable server is reported as such, with its cause.
-/// `url` is a full URL ([`args::normalize_endpoint`]); an `https://` one uses `tls`, or
-/// without it trusts nothing (and says so when the handshake fails).
-pub(crate) async fn connect(
-    url: &str,
-    timeout: Duration,
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Channel, CtlError> {
-    let url = url.to_owned();
-    let invalid = |e: tonic::transport::Error| {
-        CtlError::Usage(format!("invalid endpoint {url:?}: {}", error_chain(&e)))
-    };
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(invalid)?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let https = url.starts_with("https://");
-    if https {
-        endpoint = endpoint
-            .tls_config(tls.cloned().unwrap_or_else(ClientTlsConfig::new))
-            .map_err(invalid)?;
-    }
-    match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => {
-            let mut reason = error_chain(&e);
-            if https && tls.is_none() {
-                reason.push_str(" (no --tls-ca given, so no server certificate is trusted)");
-            }
-            Err(CtlError::Unavailable {
-                endpoint: url,
-                reason,
-            })
-        }
-        Err(_) => Err(CtlError::Unavailable {
-            endpoint: url,
-            reason: format!(
-                "no connection within {}",
-                humantime::format_duration(timeout)
-            ),
-        }),
-    }
-}
-
-/// "a: b: c" from an error and its sources, without tonic's uninformative
-/// top-level "transport error".
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if text != "transport error" && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    if parts.is_empty() {
-        "transport error".to_owned()
-    } else {
-        parts.join(": ")
-    }
-}
-
-/// Where admin calls go and with which credentials.
-pub(crate) struct AdminTarget {
-    pub(crate) url: String,
-    pub(crate) token: BearerToken,
-    pub(crate) timeout: Duration,
-    /// Client TLS for `https://` admin endpoints.
-    pub(crate) tls: Option<ClientTlsConfig>,
-}
-
-/// An admin client that sends the bearer token on every call.
-pub(crate) type AdminChannel = AdminClient<InterceptedService<Channel, BearerToken>>;
-
-impl AdminTarget {
-    pub(crate) async fn client(&self) -> Result<AdminChannel, CtlError> {
-        let channel = connect(&self.url, self.timeout, self.tls.as_ref()).await?;
-        Ok(AdminClient::with_interceptor(channel, self.token.clone()))
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to each request when a token is set.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// The header value for a token.
-fn bearer(token: Option<&str>) -> Result<BearerToken, CtlError> {
-    token
-        .map(|token| {
-            format!("Bearer {token}")
-                .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| {
-                    CtlError::Usage("invalid --admin-token: must be printable ASCII".to_owned())
-                })
-        })
-        .transpose()
-        .map(BearerToken)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use tonic::service::Interceptor as _;
 
     #[test]
     fn exit_codes_follow_the_grpc_code() {

@@ -1,9 +1,12 @@
 //! Rendering answers: aligned tables for people, one JSON document (`--json`) for scripts.
 //! Pure functions from the gRPC messages to text, so every shape is unit-tested.
 
+use std::io::Write as _;
+
 use serde::Serialize;
 
-use super::args::encode_context;
+use crate::error::CtlError;
+use crate::wire::encode_context;
 use dynamo_proto as proto;
 
 /// `get --json`: every sibling and the context, all bytes in standard base64.
@@ -414,6 +417,14 @@ pub fn to_json<T: Serialize>(document: &T) -> String {
     let mut text = serde_json::to_string_pretty(document).expect("plain data serializes");
     text.push('\n');
     text
+}
+
+/// Writes `text` to stdout and flushes it (a closed pipe is an error, not a panic).
+pub(crate) fn print_out(text: String) -> Result<(), CtlError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub use dynamo_config as config;
 /// The gRPC API (`dynamo.v1`), generated in the `dynamo-proto` crate.
 pub use dynamo_proto as proto;
 pub mod server;
+mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod transfer;

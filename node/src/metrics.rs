@@ -23,9 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::NodeId;
 use crate::admission::WorkKind;
-use crate::coordinator::CoordinatorError;
 use crate::membership::{MemberState, MemberTable};
-use crate::transport::ReplicaError;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -116,24 +114,6 @@ label_values!(Outcome {
     Unavailable => "unavailable",
     Error => "error",
 });
-
-impl Outcome {
-    /// The outcome a failed coordinator call is counted under.
-    pub fn of_error(error: &CoordinatorError) -> Self {
-        match error {
-            CoordinatorError::InvalidArgument(_) => Outcome::Invalid,
-            CoordinatorError::Conflict(_) => Outcome::Conflict,
-            CoordinatorError::Quorum(_) | CoordinatorError::Unavailable(_) => Outcome::Unavailable,
-            CoordinatorError::Forwarded { error, .. } => match error {
-                ReplicaError::InvalidArgument(_) => Outcome::Invalid,
-                ReplicaError::Conflict(_) => Outcome::Conflict,
-                ReplicaError::Unavailable(_) => Outcome::Unavailable,
-                _ => Outcome::Error,
-            },
-            _ => Outcome::Error,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
@@ -895,12 +875,13 @@ impl SweepCounters {
 }
 
 impl Metrics {
-    /// Adds one stray sweep round's figures.
-    pub fn record_sweep_round(&self, report: &crate::transfer::SweepReport) {
+    /// Adds one stray sweep round's figures: keys every home replica acknowledged, and
+    /// of those the ones removed here.
+    pub fn record_sweep_round(&self, keys_handed_over: u64, keys_removed: u64) {
         let counters = &self.inner.sweep;
         counters.rounds.inc();
-        counters.keys_handed_over.inc_by(report.keys_handed_over);
-        counters.keys_removed.inc_by(report.keys_removed);
+        counters.keys_handed_over.inc_by(keys_handed_over);
+        counters.keys_removed.inc_by(keys_removed);
     }
 
     /// The stray sweep's figures so far.
@@ -912,6 +893,32 @@ impl Metrics {
             keys_removed: counters.keys_removed.get(),
         }
     }
+}
+
+/// How a round's tree exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeResult {
+    /// The trees were compared and the differences repaired.
+    Completed,
+    /// The peer was unreachable, refused or misbehaved.
+    Failed,
+}
+
+/// One anti-entropy round's figures, as the metrics count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AntiEntropyRound {
+    /// The exchange, if the round chose a range and a peer.
+    pub exchange: Option<ExchangeResult>,
+    /// Leaf buckets whose hashes differed.
+    pub differing_buckets: u64,
+    /// Keys looked at while comparing the differing buckets.
+    pub keys_compared: u64,
+    /// Keys sent to the peer.
+    pub keys_pushed: u64,
+    /// Keys of the peer merged here.
+    pub keys_pulled: u64,
+    /// Tombstone-only keys removed from every replica.
+    pub tombstones_purged: u64,
 }
 
 /// Anti-entropy's figures (Dynamo §4.7), as counted since the node started.
@@ -1010,14 +1017,16 @@ impl AntiEntropyCounters {
 
 impl Metrics {
     /// Adds one anti-entropy round's figures.
-    pub fn record_anti_entropy_round(&self, report: &crate::antientropy::RoundReport) {
+    pub fn record_anti_entropy_round(&self, report: &AntiEntropyRound) {
         let counters = &self.inner.anti_entropy;
-        if report.exchanged.is_some() {
-            if report.failed {
-                counters.exchange_failures.inc();
-            } else {
+        match report.exchange {
+            Some(ExchangeResult::Completed) => {
                 counters.exchanges.inc();
             }
+            Some(ExchangeResult::Failed) => {
+                counters.exchange_failures.inc();
+            }
+            None => {}
         }
         counters.differing_buckets.inc_by(report.differing_buckets);
         counters.keys_compared.inc_by(report.keys_compared);
@@ -1073,7 +1082,6 @@ fn saturating_i64(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quorum::{Operation, QuorumError};
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
@@ -1141,19 +1149,8 @@ mod tests {
     #[test]
     fn sweep_rounds_add_up_in_counters_and_stats() {
         let metrics = Metrics::new();
-        let report = crate::transfer::SweepReport {
-            used: crate::transfer::Allowance { keys: 7, bytes: 70 },
-            keys_handed_over: 5,
-            keys_removed: 4,
-            budget_exhausted: false,
-            errors: Vec::new(),
-        };
-        metrics.record_sweep_round(&report);
-        metrics.record_sweep_round(&crate::transfer::SweepReport {
-            keys_handed_over: 0,
-            keys_removed: 0,
-            ..report
-        });
+        metrics.record_sweep_round(5, 4);
+        metrics.record_sweep_round(0, 0);
         let text = metrics.encode();
         assert_eq!(sample(&text, "dynamo_sweep_rounds_total"), Some("2"));
         assert_eq!(
@@ -1174,19 +1171,18 @@ mod tests {
     #[test]
     fn anti_entropy_rounds_add_up_in_counters_and_stats() {
         let metrics = Metrics::new();
-        let report = crate::antientropy::RoundReport {
-            exchanged: Some((crate::ring::TokenRange::full(), id("n2"))),
+        let report = AntiEntropyRound {
+            exchange: Some(ExchangeResult::Completed),
             differing_buckets: 3,
             keys_compared: 5,
             keys_pushed: 1,
             keys_pulled: 2,
             tombstones_purged: 1,
-            ..Default::default()
         };
         metrics.record_anti_entropy_round(&report);
-        metrics.record_anti_entropy_round(&crate::antientropy::RoundReport {
-            failed: true,
-            ..report.clone()
+        metrics.record_anti_entropy_round(&AntiEntropyRound {
+            exchange: Some(ExchangeResult::Failed),
+            ..report
         });
         metrics.set_anti_entropy_trees(4, 1);
         let text = metrics.encode();
@@ -1398,31 +1394,6 @@ mod tests {
         assert_eq!(
             sample(&text, r#"dynamo_members{state="removed"}"#),
             Some("0")
-        );
-    }
-
-    #[test]
-    fn coordinator_errors_map_to_outcomes() {
-        let quorum = QuorumError::new(Operation::Write, 2, 1, false);
-        assert_eq!(
-            Outcome::of_error(&CoordinatorError::Quorum(quorum)),
-            Outcome::Unavailable
-        );
-        assert_eq!(
-            Outcome::of_error(&CoordinatorError::InvalidArgument("x".into())),
-            Outcome::Invalid
-        );
-        let forwarded = |error| CoordinatorError::Forwarded {
-            address: "a:1".into(),
-            error,
-        };
-        assert_eq!(
-            Outcome::of_error(&forwarded(ReplicaError::InvalidArgument("x".into()))),
-            Outcome::Invalid
-        );
-        assert_eq!(
-            Outcome::of_error(&forwarded(ReplicaError::Internal("x".into()))),
-            Outcome::Error
         );
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::server::tls::{TLS_RELOAD_INTERVAL, TlsMaterial, watch_tls_files};
+use crate::shutdown::wait_for;
 
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
@@ -1140,14 +1141,6 @@ fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
         // Bounds the rapid-reset attack (CVE-2023-44487): streams a client opens and
         // cancels at once.
         .http2_max_pending_accept_reset_streams(Some(64))
-}
-
-pub(crate) async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 impl NodeShared {

@@ -36,12 +36,10 @@ use std::fmt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::table::{
-    MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_ZONE_LEN, Member, MemberTable, RawMember, RawMemberV1,
-    RawMemberV2, RawMemberV3,
-};
+use super::error::DecodeError;
+use super::limits::{MAX_ENCODED_LEN, MAX_MEMBERS};
+use super::table::{Member, MemberTable, RawMember, RawMemberV1, RawMemberV2, RawMemberV3};
 use crate::NodeId;
-use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
 
 /// The newest format byte that starts an encoded table (written while a member has a
 /// zone; see the [module docs](self)). A new layout gets a new number and the decoder
@@ -59,24 +57,6 @@ const TABLE_FORMAT_V2: u8 = 2;
 /// The first format, without client addresses: still read, never written.
 const TABLE_FORMAT_V1: u8 = 1;
 
-/// The most bytes one encoded member can take: id and address (each a 2-byte length
-/// and its bytes), the weight, state and version as varints (5, 1 and 10 bytes at
-/// most), the optional client address (a tag byte, a 2-byte length and its bytes),
-/// then the settled weight (a varint, 5 bytes at most).
-const MAX_MEMBER_LEN: usize = (2 + MAX_NODE_ID_LEN)
-    + (2 + MAX_ADDRESS_LEN)
-    + 5
-    + 1
-    + 10
-    + (1 + 2 + MAX_ADDRESS_LEN)
-    + 5
-    + (1 + MAX_ZONE_LEN);
-
-/// The longest encoded table [`MemberTable::decode`] reads: the format byte, the
-/// member count (a 2-byte varint up to [`MAX_MEMBERS`]) and [`MAX_MEMBERS`] members of
-/// the largest size. About 2 MiB.
-pub const MAX_ENCODED_LEN: usize = 1 + 2 + MAX_MEMBERS * MAX_MEMBER_LEN;
-
 /// The MD5 of a table's canonical encoding: peers whose digests agree hold equal
 /// tables.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,76 +72,6 @@ impl fmt::Display for TableDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
-}
-
-/// Why bytes are not a valid encoded member table.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// No bytes at all.
-    #[error("empty member table encoding")]
-    Empty,
-    /// Longer than [`MAX_ENCODED_LEN`].
-    #[error("member table encoding is {len} bytes, the limit is {MAX_ENCODED_LEN}")]
-    TooLarge {
-        /// Length of the input.
-        len: usize,
-    },
-    /// The format byte is not one this build reads.
-    #[error("unsupported member table format {found}")]
-    UnsupportedFormat {
-        /// The format byte found.
-        found: u8,
-    },
-    /// More than [`MAX_MEMBERS`] members.
-    #[error("member table has {count} members, the limit is {MAX_MEMBERS}")]
-    TooManyMembers {
-        /// The member count the input declared.
-        count: u64,
-    },
-    /// The bytes do not parse (truncated, bad varint, unknown state, bad UTF-8, ...).
-    #[error("malformed member table: {0}")]
-    Malformed(#[source] postcard::Error),
-    /// Bytes are left after the last member.
-    #[error("{len} trailing bytes after the member table")]
-    TrailingBytes {
-        /// How many.
-        len: usize,
-    },
-    /// A member's id is not a valid node id.
-    #[error("invalid member id: {0}")]
-    InvalidId(#[from] NodeIdError),
-    /// A member's address is not a valid `host:port`.
-    #[error("invalid address for {id}: {reason}")]
-    InvalidAddress {
-        /// The member.
-        id: NodeId,
-        /// What is wrong with the address.
-        reason: &'static str,
-    },
-    /// A member's zone is not a valid zone name.
-    #[error("invalid zone for {id}: {reason}")]
-    InvalidZone {
-        /// The member.
-        id: NodeId,
-        /// What is wrong with the zone.
-        reason: &'static str,
-    },
-    /// A member's weight is outside `1..=MAX_WEIGHT`.
-    #[error("invalid weight {weight} for {id}")]
-    InvalidWeight {
-        /// The member.
-        id: NodeId,
-        /// The rejected weight.
-        weight: u32,
-    },
-    /// Members are not in strictly increasing id order (a duplicate, or a
-    /// non-canonical encoding).
-    #[error("members are not in strictly increasing id order at {id}")]
-    Unordered {
-        /// The first member out of order.
-        id: NodeId,
-    },
 }
 
 impl MemberTable {
@@ -282,8 +192,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::membership::limits::{MAX_ADDRESS_LEN, MAX_ZONE_LEN};
     use crate::membership::table::tests::{id, tables};
     use crate::membership::{MAX_WEIGHT, MemberState};
+    use crate::node_id::{MAX_NODE_ID_LEN, NodeIdError};
 
     fn sample() -> MemberTable {
         let mut t = MemberTable::new();

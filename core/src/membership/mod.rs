@@ -30,14 +30,15 @@
 
 mod codec;
 mod detector;
+mod error;
 mod gossip;
+mod limits;
 mod table;
 
-pub use codec::{DecodeError, MAX_ENCODED_LEN, TABLE_FORMAT_VERSION, TableDigest};
+pub use codec::{TABLE_FORMAT_VERSION, TableDigest};
 pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerStatus};
+pub use error::DecodeError;
 pub use gossip::{SEED_ONE_IN, choose_gossip_target};
-pub use table::{
-    MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN, Member, MemberState, MemberTable,
-    MembershipError,
-};
+pub use limits::{MAX_ADDRESS_LEN, MAX_ENCODED_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN};
+pub use table::{Member, MemberState, MemberTable, MembershipError};
 pub use table::{check_address, check_zone};

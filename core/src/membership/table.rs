@@ -6,28 +6,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::DecodeError;
+use super::error::DecodeError;
+use super::limits::{MAX_ADDRESS_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN};
 use crate::NodeId;
-
-/// The longest member address accepted, in bytes.
-pub const MAX_ADDRESS_LEN: usize = 256;
-
-/// The largest weight a member may have.
-///
-/// A weight is a node's relative capacity, which the ring turns into virtual nodes;
-/// the bound keeps a mistaken or hostile weight from making every node build a ring
-/// with billions of tokens.
-pub const MAX_WEIGHT: u32 = 10_000;
-
-/// The most members a table may hold, tombstones included.
-///
-/// [`MemberTable::join`] refuses a new member beyond it and
-/// [`MemberTable::decode`] rejects larger tables. Merge does not enforce it (a merge
-/// that dropped members would not converge), so two tables that filled up
-/// independently can merge into one that peers refuse; that needs more than 4096
-/// membership changes made concurrently, which an operator making one change at a
-/// time does not do.
-pub const MAX_MEMBERS: usize = 4096;
 
 /// Where a member is in its life cycle.
 ///
@@ -721,10 +702,6 @@ fn check_weight(weight: u32) -> Result<(), MembershipError> {
         Err(MembershipError::InvalidWeight { weight })
     }
 }
-
-/// The longest zone name: a Kubernetes label value's limit, so a node's
-/// `topology.kubernetes.io/zone` label always fits.
-pub const MAX_ZONE_LEN: usize = 63;
 
 /// Checks a zone name (`""` is no zone): at most [`MAX_ZONE_LEN`] bytes of ASCII
 /// letters, digits, `-`, `_` and `.` (a Kubernetes label value's characters).

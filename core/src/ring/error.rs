@@ -2,7 +2,7 @@
 
 use crate::NodeId;
 
-use super::strategy::{MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT, MAX_VIRTUAL_NODES};
+use super::limits::{MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT, MAX_VIRTUAL_NODES};
 
 /// Why a [`Ring`](super::Ring) or [`PartitionStrategy`](super::PartitionStrategy) was
 /// rejected.

@@ -30,6 +30,7 @@
 //! ```
 
 mod error;
+mod limits;
 mod partitions;
 mod placement;
 mod strategy;
@@ -37,9 +38,8 @@ mod token;
 mod zones;
 
 pub use error::RingError;
+pub use limits::{DEFAULT_PARTITIONS, MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT, MAX_VIRTUAL_NODES};
 pub use placement::{RangeMove, Ring, Walk, moves};
-pub use strategy::{
-    DEFAULT_PARTITIONS, MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT, MAX_VIRTUAL_NODES, PartitionStrategy,
-};
+pub use strategy::PartitionStrategy;
 pub use token::{Token, TokenRange};
 pub use zones::ZoneInterleave;

@@ -11,8 +11,8 @@ use std::iter::{self, FusedIterator};
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::MAX_VIRTUAL_NODES;
 use super::partitions;
-use super::strategy::MAX_VIRTUAL_NODES;
 use super::zones::ZoneInterleave;
 use super::{PartitionStrategy, RingError, Token, TokenRange};
 use crate::NodeId;

@@ -3,19 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::RingError;
-
-/// The largest accepted [`PartitionStrategy::RandomTokens::tokens_per_weight`].
-pub const MAX_TOKENS_PER_WEIGHT: u32 = 1024;
-
-/// The largest accepted [`PartitionStrategy::EqualPartitions::q`].
-pub const MAX_PARTITIONS: u32 = 65536;
-
-/// The most virtual nodes (tokens or partitions) a ring may hold, so that building a ring
-/// from a gossiped member table stays cheap whatever weights a peer claims.
-pub const MAX_VIRTUAL_NODES: u64 = 1 << 20;
-
-/// The default partition count of [`PartitionStrategy::EqualPartitions`].
-pub const DEFAULT_PARTITIONS: u32 = 256;
+use super::limits::{DEFAULT_PARTITIONS, MAX_PARTITIONS, MAX_TOKENS_PER_WEIGHT};
 
 /// How the ring is divided among physical nodes (Dynamo §6.2).
 ///

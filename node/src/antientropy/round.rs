@@ -16,6 +16,7 @@ use crate::NodeId;
 use crate::admission::WorkKind;
 use crate::background::BackgroundBudget;
 use crate::membership::MemberState;
+use crate::metrics::{AntiEntropyRound, ExchangeResult};
 use crate::node::NodeShared;
 use crate::ring::TokenRange;
 use crate::storage::{StorageError, run_engine_call};
@@ -60,6 +61,27 @@ pub struct RoundReport {
     pub budget_exhausted: bool,
     /// Tombstone-only keys removed from every replica.
     pub tombstones_purged: u64,
+}
+
+impl RoundReport {
+    /// What the metrics count of this round.
+    pub fn figures(&self) -> AntiEntropyRound {
+        let exchange = self.exchanged.as_ref().map(|_| {
+            if self.failed {
+                ExchangeResult::Failed
+            } else {
+                ExchangeResult::Completed
+            }
+        });
+        AntiEntropyRound {
+            exchange,
+            differing_buckets: self.differing_buckets,
+            keys_compared: self.keys_compared,
+            keys_pushed: self.keys_pushed,
+            keys_pulled: self.keys_pulled,
+            tombstones_purged: self.tombstones_purged,
+        }
+    }
 }
 
 /// A small xorshift generator for choosing ranges and peers: seeded from the
@@ -406,7 +428,7 @@ impl NodeShared {
             ?report,
             "anti-entropy round"
         );
-        self.metrics.record_anti_entropy_round(&report);
+        self.metrics.record_anti_entropy_round(&report.figures());
         report
     }
 

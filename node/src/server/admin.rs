@@ -2,13 +2,14 @@
 //! "an administrator uses a command line tool or a browser to connect to a Dynamo node
 //! and issue a membership change"), and node status.
 
+use super::state_to_proto;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::NodeId;
 use crate::cluster::ChangeError;
-use crate::membership::{Member, MemberState, MembershipError};
+use crate::membership::{Member, MembershipError};
 use crate::node::{MembershipChangeError, NodeShared};
 use crate::proto::{self, admin_server};
 use crate::transfer::TransferRole;
@@ -58,15 +59,6 @@ fn change_status(error: ChangeError) -> Status {
             MembershipError::AlreadyJoined { .. } | MembershipError::InvalidTransition { .. },
         ) => Status::failed_precondition(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
-    }
-}
-
-pub(crate) fn state_to_proto(state: MemberState) -> proto::MemberState {
-    match state {
-        MemberState::Joining => proto::MemberState::Joining,
-        MemberState::Member => proto::MemberState::Member,
-        MemberState::Leaving => proto::MemberState::Leaving,
-        MemberState::Removed => proto::MemberState::Removed,
     }
 }
 

@@ -262,7 +262,7 @@ impl ApiError {
     }
 
     fn coordinator(error: &CoordinatorError) -> Self {
-        let outcome = Outcome::of_error(error);
+        let outcome = crate::server::outcome_of(error);
         let status = match outcome {
             Outcome::Invalid => StatusCode::BAD_REQUEST,
             Outcome::Conflict => StatusCode::CONFLICT,

@@ -33,55 +33,13 @@ use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use tokio_rustls::TlsAcceptor;
 
-use super::tls_reload::ReloadingCert;
-use tokio_rustls::rustls::pki_types::pem;
+use super::limits::HANDSHAKE_TIMEOUT;
+use super::tls_reload::{HttpsError, ReloadingCert};
 use tokio_rustls::rustls::{self, ServerConfig};
-
-/// Bound on a client's TLS handshake: a peer that connects and stays silent must not
-/// hold a task forever.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (out of file descriptors, say), so a persistent
 /// failure does not spin the accept loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Why the HTTPS listener's TLS settings could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HttpsError {
-    /// A PEM file could not be parsed.
-    #[error("{path}: bad pem: {source}")]
-    Pem {
-        /// The file.
-        path: String,
-        /// What the parser found.
-        source: pem::Error,
-    },
-    /// The certificate file holds no certificate.
-    #[error("{path}: no certificate in pem")]
-    NoCertificate {
-        /// The file.
-        path: String,
-    },
-    /// rustls refused the certificate and key (for instance, they do not match).
-    #[error("certificate {cert} with key {key}: {source}")]
-    Rejected {
-        /// The certificate file.
-        cert: String,
-        /// The key file.
-        key: String,
-        /// rustls's reason.
-        source: rustls::Error,
-    },
-    /// The CA file holds no certificate a client verifier can trust.
-    #[error("{path}: not a usable CA: {reason}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// What was wrong with it.
-        reason: String,
-    },
-}
 
 /// The HTTP API's TLS settings from the node's certificate chain and private key
 /// (PEM bytes, with the files they came from for error messages). No client
@@ -313,7 +271,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_ANSWERED));
-    let at_cap = LogGate::new(super::incoming::CAP_LOG_INTERVAL);
+    let at_cap = LogGate::new(super::limits::CAP_LOG_INTERVAL);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer lets hyper bound how long a client may take to send request headers.
     builder

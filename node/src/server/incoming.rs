@@ -28,16 +28,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use super::https::HANDSHAKE_TIMEOUT;
+use super::limits::{CAP_LOG_INTERVAL, HANDSHAKE_TIMEOUT};
 use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so a persistent
 /// failure does not spin the accept loop.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How often refusals at the cap are logged at most (each is counted).
-pub const CAP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Connections accepted and waiting for tonic to take them.
 const HANDOFF_QUEUE: usize = 64;

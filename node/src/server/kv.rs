@@ -52,7 +52,7 @@ impl KvService {
     fn observe<T>(&self, op: Op, started: Instant, result: &Result<T, CoordinatorError>) {
         let outcome = match result {
             Ok(_) => Outcome::Ok,
-            Err(error) => Outcome::of_error(error),
+            Err(error) => super::outcome_of(error),
         };
         self.metrics
             .observe(Api::Grpc, op, outcome, started.elapsed());
@@ -109,7 +109,7 @@ impl KvService {
                 .map(|m| TopologyMember {
                     node_id: m.id().to_string(),
                     client_address: m.client_address().unwrap_or_default().to_owned(),
-                    state: super::admin::state_to_proto(m.state()) as i32,
+                    state: super::state_to_proto(m.state()) as i32,
                     reachable: cluster.is_available(m.id()),
                     zone: m.zone().unwrap_or_default().to_owned(),
                 })

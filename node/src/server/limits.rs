@@ -26,6 +26,13 @@ use crate::metrics::{Api, Metrics};
 /// `grpc-retry-pushback-ms`; HTTP's `Retry-After` is in whole seconds, so 1).
 pub const RETRY_PUSHBACK: Duration = Duration::from_millis(100);
 
+/// Bound on a client's TLS handshake: a peer that connects and stays silent must not
+/// hold a task forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often refusals at the cap are logged at most (each is counted).
+pub const CAP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// File descriptors kept out of the connection budget: the storage engine's files,
 /// outgoing connections to peers, value blobs being read, logs.
 pub const RESERVED_FILES: u64 = 64;

@@ -37,7 +37,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::TlsConfig;
 use crate::metrics::Metrics;
-use crate::server::https::HttpsError;
+use crate::server::tls_reload::HttpsError;
 use crate::server::tls_reload::{ReloadError, ReloadingCert, ReloadingClientCa};
 use crate::transport::GrpcTransport;
 use crate::transport::auth::certificate_names;
@@ -261,7 +261,7 @@ pub async fn watch_tls_files(
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let refusals = crate::log_gate::LogGate::new(Duration::from_secs(60));
-    let stop = crate::node::wait_for(shutdown);
+    let stop = crate::shutdown::wait_for(shutdown);
     tokio::pin!(stop);
     loop {
         #[cfg(unix)]

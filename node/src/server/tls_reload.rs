@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::CryptoProvider;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -29,7 +29,43 @@ use tokio_rustls::rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::https::HttpsError;
+/// Why the HTTPS listener's TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpsError {
+    /// A PEM file could not be parsed.
+    #[error("{path}: bad pem: {source}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What the parser found.
+        source: pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{path}: no certificate in pem")]
+    NoCertificate {
+        /// The file.
+        path: String,
+    },
+    /// rustls refused the certificate and key (for instance, they do not match).
+    #[error("certificate {cert} with key {key}: {source}")]
+    Rejected {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// rustls's reason.
+        source: tokio_rustls::rustls::Error,
+    },
+    /// The CA file holds no certificate a client verifier can trust.
+    #[error("{path}: not a usable CA: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
 
 /// The certificate and key served, and the file contents they came from.
 struct Loaded {

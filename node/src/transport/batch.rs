@@ -39,13 +39,19 @@ use std::future::Future;
 
 use prost::Message as _;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
+use super::auth::Credentials;
 use super::codec;
-use super::grpc::PeerClient;
-use super::{MAX_BATCH_ENTRIES, TransportError};
+use super::{BatchResults, MAX_BATCH_ENTRIES, TransportError};
 use crate::proto;
+use crate::proto::replica_client::ReplicaClient;
 use crate::version::SiblingSet;
+
+/// A `Replica` client that presents this node's [`Credentials`] on every call.
+pub(crate) type PeerClient = ReplicaClient<InterceptedService<Channel, Credentials>>;
 
 /// The most `WriteBatch` calls in flight to one peer. Two rather than one, so a batch
 /// can be sent and merged while the previous one waits for its flush on the peer.
@@ -97,10 +103,6 @@ pub(crate) fn take_batch<T: Batchable>(
     }
     batch
 }
-
-/// Each call's outcome from a batch reply: `None` for a call the peer did not run and
-/// that goes again as a single call.
-pub(crate) type BatchResults<R> = Vec<Option<Result<R, TransportError>>>;
 
 /// One kind of replica call that travels in batches: its single and batch RPCs and how
 /// their replies map to each call's result.

@@ -283,7 +283,7 @@ pub(crate) fn read_batch_reply(
     address: &str,
     sent: usize,
     reply: proto::ReplicaReadBatchResponse,
-) -> Result<super::batch::BatchResults<SiblingSet>, TransportError> {
+) -> Result<super::BatchResults<SiblingSet>, TransportError> {
     if reply.results.len() != sent {
         return Err(bad_reply(
             address,

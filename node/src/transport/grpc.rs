@@ -15,12 +15,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Credentials, InternodeTokens};
-use super::batch::{ReadBatcher, WriteBatcher};
+use super::batch::{PeerClient, ReadBatcher, WriteBatcher};
 use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::{
     ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
@@ -100,9 +99,6 @@ impl Default for GrpcTransportConfig {
         }
     }
 }
-
-/// A `Replica` client that presents this node's [`Credentials`] on every call.
-pub(crate) type PeerClient = ReplicaClient<InterceptedService<Channel, Credentials>>;
 
 /// A client on `channel` presenting `credentials`, with message sizes bounded by
 /// [`MAX_MESSAGE_BYTES`] both ways.

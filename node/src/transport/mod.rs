@@ -45,6 +45,10 @@ use crate::ring::TokenRange;
 use crate::version::SiblingSet;
 use crate::version::context::Context;
 
+/// Each call's outcome from a batch reply: `None` for a call the peer did not run and
+/// that goes again as a single call.
+pub(crate) type BatchResults<R> = Vec<Option<Result<R, TransportError>>>;
+
 /// The most entries one [`Transport::scan_range`] page carries, whatever the caller asks.
 pub const MAX_SCAN_ENTRIES: u32 = 1024;
 
