@@ -9,9 +9,7 @@ dependency). Test modules (`#[cfg(test)]`) are left out: tests may reach anywher
 A cycle means two files cannot be understood, changed or moved apart; each printed
 group is a strongly connected set of files. Exit status 1 when any crate has one.
 
-    python3 .ci/module-cycles.py [--explain] [--allow FILE] [CRATE_DIR ...]
-    (default: every workspace library; FILE lists cycles known and being removed, one
-    printed line each: CI fails on a new cycle, a changed one, or a listed one now gone)
+    python3 .ci/module-cycles.py [--explain] [CRATE_DIR ...]   # default: every library
     (--explain prints, for each edge inside a cycle, the paths that make it)
 """
 
@@ -245,47 +243,29 @@ def cycles(graph):
 def main(argv: list[str]) -> int:
     explain = "--explain" in argv
     argv = [a for a in argv if a != "--explain"]
-    allowed: set[str] = set()
-    if argv[:1] == ["--allow"]:
-        allowed = {
-            line.strip()
-            for line in Path(argv[1]).read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        }
-        argv = argv[2:]
     repo = Path(__file__).resolve().parent.parent
     crates = [Path(a).resolve() for a in argv] or sorted(
         p.parent.parent for p in repo.glob("*/src/lib.rs") if p.parent.parent.name != "fuzz"
     )
-    found, seen = 0, set()
+    found = 0
     for crate_dir in crates:
         crate = Crate(crate_dir / "src", "lib.rs")
         graph = crate.edges()
         crate.edges_of = lambda m, g=graph: g[m]
         for group in cycles(graph):
             names = ", ".join(str(crate.files[m].relative_to(repo)) for m in group)
-            line = f"cycle in {crate_dir.name}: {names}"
-            seen.add(line)
-            if line in allowed:
-                print(f"known {line}")
-                continue
             found += 1
-            print(line)
+            print(f"cycle in {crate_dir.name}: {names}")
             if explain:
                 members = set(group)
                 for a in group:
                     for b in sorted(crate.edges_of(a) & members):
                         refs = ", ".join(sorted(crate.why[(a, b)])[:6])
                         print(f"    {'/'.join(a) or 'lib'} -> {'/'.join(b) or 'lib'}: {refs}")
-    stale = allowed - seen
-    for line in sorted(stale):
-        print(f"no longer found, remove it from the allowed list: {line}")
     if found:
         print(f"{found} import cycle(s): move the shared items to a module both can depend on")
         return 1
-    if stale:
-        return 1
-    print(f"no import cycle in {len(crates)} crates but the {len(seen)} listed as known")
+    print(f"no import cycle in {len(crates)} crates")
     return 0
 
 

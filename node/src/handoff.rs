@@ -31,44 +31,99 @@ use tokio::sync::watch;
 
 use crate::NodeId;
 use crate::admission::WorkKind;
+use crate::antientropy::AntiEntropyConfig;
+use crate::background::BackgroundBudget;
+use crate::cluster::Cluster;
 use crate::membership::MemberState;
-use crate::node::NodeShared;
+use crate::metrics::Metrics;
+use crate::quorum::QuorumConfig;
+use crate::shutdown::wait_for;
 use crate::storage::Durability;
-use crate::store::Hint;
-use crate::transport::{ReplicaWrite, TransportError};
+use crate::store::{Hint, Store};
+use crate::transport::{ReplicaWrite, Transport, TransportError};
 
 /// Hints delivered per target per handoff round.
 const HANDOFF_BATCH: usize = 128;
 
-/// Dynamo §4.6: hand hinted writes to their home nodes once those answer again.
-pub(crate) async fn handoff_loop(
-    node: Arc<NodeShared>,
-    interval: Duration,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() {
-        ticker.tick().await;
-        node.handoff_round().await;
+/// The hinted handoff subsystem: the handles its rounds need, nothing else.
+#[derive(Clone)]
+pub struct Handoff {
+    store: Store,
+    cluster: Arc<Cluster>,
+    transport: Arc<dyn Transport>,
+    background: Arc<BackgroundBudget>,
+    metrics: Metrics,
+    /// N: a redirected hint goes to the key's N home replicas.
+    n: usize,
+    /// When anti-entropy runs, hints older than its purge horizon are dropped.
+    anti_entropy: AntiEntropyConfig,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
     }
 }
 
-impl NodeShared {
+impl Handoff {
+    /// Handoff over these handles.
+    pub(crate) fn new(
+        store: Store,
+        cluster: Arc<Cluster>,
+        transport: Arc<dyn Transport>,
+        background: Arc<BackgroundBudget>,
+        metrics: Metrics,
+        quorum: QuorumConfig,
+        anti_entropy: AntiEntropyConfig,
+    ) -> Self {
+        Handoff {
+            store,
+            cluster,
+            transport,
+            background,
+            metrics,
+            n: usize::try_from(quorum.n()).unwrap_or(usize::MAX),
+            anti_entropy,
+        }
+    }
+
+    /// Dynamo §4.6: every `interval`, hand hinted writes to their home nodes once those
+    /// answer again; `after_round` sees the hint backlog per home each round. Returns at
+    /// `shutdown`, after the round under way.
+    pub(crate) async fn run(
+        self,
+        interval: Duration,
+        shutdown: watch::Receiver<bool>,
+        after_round: impl Fn(&[(NodeId, u64)]),
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = wait_for(shutdown.clone()) => return,
+            }
+            after_round(&self.round().await);
+        }
+    }
+
     /// One round of hinted handoff (Dynamo §4.6): for every node we hold hints for that
     /// is reachable (or due for a probe), deliver a batch and delete each hint its home
     /// acknowledged. Each hint takes one unit of the background budget; the round ends
-    /// early when the budget refuses.
-    pub async fn handoff_round(&self) {
+    /// early when the budget refuses. Returns the hint backlog per home found at the
+    /// start (for the gauges).
+    pub async fn round(&self) -> Vec<(NodeId, u64)> {
         let targets = match self.store.engine().hint_targets() {
             Ok(targets) => targets,
             Err(error) => {
                 tracing::warn!(%error, "reading hint targets");
-                return;
+                return Vec::new();
             }
         };
-        self.refresh_gauges(&targets);
-        for (home, _) in targets {
+        for (home, _) in &targets {
+            let home = home.clone();
             let table = self.cluster.table();
             let state_of = |node: &NodeId| table.get(node).map(|m| m.state());
             let departing = |node: &NodeId| {
@@ -89,7 +144,7 @@ impl NodeShared {
             } else if departing(self.cluster.me()) {
                 redirect_hints(self, &home, Redirect::ToAvailable).await
             } else {
-                // Down homes come back through `probe_round`.
+                // Down homes come back through gossip's `probe_round`.
                 tracing::trace!(me = %self.cluster.me(), %home, "holding hints until the home answers");
                 continue;
             };
@@ -102,6 +157,7 @@ impl NodeShared {
                 Err(error) => tracing::debug!(%home, %error, "hint delivery paused"),
             }
         }
+        targets
     }
 }
 
@@ -136,11 +192,11 @@ impl Expired {
     /// tombstones are not purged (anti-entropy off). Returns whether it was dropped.
     fn drop_if_too_old(
         &mut self,
-        node: &NodeShared,
+        node: &Handoff,
         home: &NodeId,
         hint: &Hint,
     ) -> Result<bool, String> {
-        let config = node.antientropy.config();
+        let config = &node.anti_entropy;
         if !config.enabled()
             || crate::antientropy::plan::deliverable(
                 &hint.state,
@@ -174,7 +230,7 @@ impl Drop for Expired {
 
 /// Takes up to one batch of `home`'s hints from the background budget: the hints
 /// granted, and whether the budget covered the whole batch.
-fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget), String> {
+fn granted_hints(node: &Handoff, home: &NodeId) -> Result<(Vec<Hint>, Budget), String> {
     let mut hints = node
         .store
         .hints_for(home, None, HANDOFF_BATCH)
@@ -196,14 +252,10 @@ fn granted_hints(node: &NodeShared, home: &NodeId) -> Result<(Vec<Hint>, Budget)
 /// Delivers the hints held for `home`, which is leaving or has left, to each key's
 /// current home replicas instead (see the module docs); a hint is deleted once every one of
 /// them acknowledged, and the batch stops at the first failure (retried next round).
-async fn redirect_hints(
-    node: &NodeShared,
-    home: &NodeId,
-    mode: Redirect,
-) -> Result<Budget, String> {
+async fn redirect_hints(node: &Handoff, home: &NodeId, mode: Redirect) -> Result<Budget, String> {
     let (hints, outcome) = granted_hints(node, home)?;
     tracing::trace!(me = %node.cluster.me(), %home, ?mode, hints = hints.len(), "redirecting hints");
-    let n = usize::try_from(node.quorum.n()).unwrap_or(usize::MAX);
+    let n = node.n;
     let me = node.cluster.me().clone();
     let mut expired = Expired::default();
     for hint in hints {
@@ -255,7 +307,7 @@ async fn redirect_hints(
     Ok(outcome)
 }
 
-async fn deliver_hints(node: &NodeShared, home: &NodeId) -> Result<Budget, String> {
+async fn deliver_hints(node: &Handoff, home: &NodeId) -> Result<Budget, String> {
     let address = node
         .cluster
         .address_of(home)

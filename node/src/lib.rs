@@ -44,13 +44,15 @@ pub mod cluster;
 pub mod coordinator;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-mod gossip;
+pub mod gossip;
 pub mod grpc_gate;
-mod handoff;
+pub mod handoff;
 pub mod identity;
 pub mod log_gate;
+pub mod members;
 pub mod metrics;
 pub mod node;
+mod random;
 /// The node's configuration, checked once (the `dynamo-config` crate, shared with the
 /// operator).
 pub use dynamo_config as config;

@@ -15,14 +15,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::gossip::Gossip;
+use crate::handoff::Handoff;
+use crate::members::{META_MEMBERS, Members, MembershipChangeError, announce_self};
 use crate::server::tls::{TLS_RELOAD_INTERVAL, TlsMaterial, watch_tls_files};
-use crate::shutdown::wait_for;
+use crate::shutdown::{drain, wait_for};
 
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
-use crate::antientropy::{AntiEntropy, AntiEntropyConfig, TreeLookupError};
+use crate::antientropy::{
+    AntiEntropy, AntiEntropyConfig, AntiEntropyWorker, BuildProgress, RoundReport, WorkerHandles,
+};
 use crate::background::BackgroundBudget;
-use crate::cluster::{ChangeError, Clock, Cluster};
+use crate::cluster::{Clock, Cluster};
 use crate::config::{InternodeAuthConfig, NodeConfig, StorageConfig};
 use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
 use crate::identity::{ActorIdentity, IdentityError};
@@ -34,12 +39,15 @@ use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
 use crate::server::incoming::{AcceptLimits, admitted_tls_connections};
 use crate::server::limits::{InflightLimit, shed_when_busy};
-use crate::server::{AdminService, KvService, admin_token_interceptor};
+use crate::server::{AdminHandles, AdminService, KvService, admin_token_interceptor};
 use crate::storage::{
     Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
 };
 use crate::store::{Store, StoreError};
-use crate::transfer::{Allowance, TransferSettings, TransferShared, transfer_loop};
+use crate::transfer::{
+    Allowance, RoundReport as TransferReport, SweepReport, TransferHandles, TransferSettings,
+    TransferShared, TransferStatus, TransferWorker,
+};
 use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated};
 use crate::transport::{
     ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
@@ -49,7 +57,6 @@ use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
 use crate::version::{SiblingLimits, SiblingSet};
 
 /// Meta record names.
-const META_MEMBERS: &str = "members";
 const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
 
 /// Why a node could not start or stopped with an error.
@@ -85,7 +92,6 @@ pub struct NodeShared {
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) store: Store,
     pub(crate) coordinator: Coordinator,
-    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) quorum: QuorumConfig,
     /// The clock incarnation this start began with: seeds gossip's and anti-entropy's
     /// peer pickers. The current one, renewed at run time, is the store's
@@ -93,18 +99,20 @@ pub struct NodeShared {
     pub(crate) incarnation: u64,
     pub(crate) durability: Durability,
     pub(crate) strategy: PartitionStrategy,
-    pub(crate) seeds: Vec<String>,
-    pub(crate) advertise: String,
-    /// Our client address, announced in the member table whenever it is missing or
-    /// stale there (see [`announce_client_address`]).
-    pub(crate) client_advertise: Option<String>,
-    /// Our zone (`--zone`), announced in the member table while we join (see
-    /// [`announce_zone`]).
-    pub(crate) zone: Option<String>,
+    /// The member table's owner: learns, changes and persists it.
+    pub(crate) members: Arc<Members>,
+    /// Gossip and failure probes.
+    pub(crate) gossip: Gossip,
+    /// Hinted handoff delivery.
+    pub(crate) handoff: Handoff,
+    /// Anti-entropy rounds, tree builds and tombstone purge.
+    pub(crate) antientropy_worker: AntiEntropyWorker,
     /// Request counters and gauges, served on `/metrics`.
     pub(crate) metrics: Metrics,
     /// Range transfer settings, progress status and the one-round-at-a-time lock.
-    pub(crate) transfer: TransferShared,
+    pub(crate) transfer: Arc<TransferShared>,
+    /// Range transfer rounds and the stray sweep.
+    pub(crate) transfer_worker: TransferWorker,
     /// Merkle trees and anti-entropy settings (Dynamo §4.7); the store reports every
     /// data change to its trees.
     pub(crate) antientropy: Arc<AntiEntropy>,
@@ -123,50 +131,6 @@ impl std::fmt::Debug for NodeShared {
 }
 
 impl NodeShared {
-    /// Writes the member table to disk so a restarted node remembers membership.
-    pub(crate) fn persist_table(&self, table: &MemberTable) -> Result<(), StorageError> {
-        self.store
-            .engine()
-            .meta_put(META_MEMBERS, &table.encode(), Durability::Sync)
-    }
-
-    pub(crate) fn partitioning_name(&self) -> &'static str {
-        match self.strategy {
-            PartitionStrategy::RandomTokens { .. } => "random-tokens",
-            PartitionStrategy::EqualPartitions { .. } => "equal-partitions",
-        }
-    }
-
-    pub(crate) fn durability_name(&self) -> &'static str {
-        match self.durability {
-            Durability::Sync => "sync",
-            Durability::Buffered => "buffered",
-        }
-    }
-
-    /// Merges a table learned from a peer and persists it if it changed. Our own join
-    /// or leave finishes in [`NodeShared::transfer_round`], once our ranges moved.
-    pub(crate) fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
-        let changed = self.cluster.merge_table(table).map_err(|e| e.to_string())?;
-        // Once we are in the table (an admin may have joined us through another node),
-        // tell clients where to reach us; gossip that lost our announcement to a
-        // concurrent change at the same version brings us back here to redo it.
-        let announced = announce_self(
-            &self.cluster,
-            self.client_advertise.as_deref(),
-            self.zone.as_deref(),
-        )
-        .map_err(|e| e.to_string())?;
-        match announced {
-            Some(table) => self.persist_table(&table).map_err(|e| e.to_string())?,
-            None if changed => self
-                .persist_table(&self.cluster.table())
-                .map_err(|e| e.to_string())?,
-            None => {}
-        }
-        Ok(())
-    }
-
     /// Stores a replica write (and a hint when it stands in for another node), durably
     /// when the write asks for it or the node writes everything durably.
     ///
@@ -281,10 +245,7 @@ impl ReplicaHandler for PeerHandler {
     }
 
     async fn gossip(&self, table: MemberTable) -> Result<MemberTable, ReplicaError> {
-        self.node
-            .learn_table(&table)
-            .map_err(ReplicaError::InvalidArgument)?;
-        Ok(self.node.cluster.table())
+        self.node.gossip.answer(&table)
     }
 
     async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError> {
@@ -339,14 +300,7 @@ impl ReplicaHandler for PeerHandler {
     }
 
     async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
-        self.node
-            .antientropy
-            .trees()
-            .hashes(query.range, query.depth, query.level, &query.indices)
-            .map_err(|e| match e {
-                TreeLookupError::Building(_) => ReplicaError::Unavailable(e.to_string()),
-                other => ReplicaError::InvalidArgument(other.to_string()),
-            })
+        self.node.antientropy_worker.answer_hashes(&query)
     }
 
     async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError> {
@@ -355,13 +309,7 @@ impl ReplicaHandler for PeerHandler {
             .limits()
             .check_key(&key)
             .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store.remove_tombstone_if(&key, digest)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
+        self.node.antientropy_worker.answer_purge(key, digest).await
     }
 }
 
@@ -492,7 +440,7 @@ impl Node {
                  advertise-client is set: partition-aware clients cannot route to this node"
             );
         }
-        let shared = NodeShared::assemble(settings, engine, transport, advertise)?;
+        let shared = NodeShared::assemble(settings, engine, transport, advertise.clone())?;
         let incarnation = shared.incarnation;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -519,7 +467,7 @@ impl Node {
         ));
         tracing::info!(
             node = %shared.cluster.me(), %client_addr, %internode_addr,
-            advertise = %shared.advertise, incarnation, "node started"
+            %advertise, incarnation, "node started"
         );
         Ok(RunningNode {
             client_addr,
@@ -738,21 +686,63 @@ impl NodeShared {
             Arc::clone(&transport),
         );
         let background = BackgroundBudget::new(settings.admission, metrics.clone());
+        let members = Arc::new(Members::new(
+            Arc::clone(&cluster),
+            Arc::clone(&engine),
+            settings.client_advertise,
+            settings.zone,
+        ));
+        let gossip = Gossip::new(
+            Arc::clone(&members),
+            Arc::clone(&transport),
+            &settings.seeds,
+            &advertise,
+        );
+        let handoff = Handoff::new(
+            store.clone(),
+            Arc::clone(&cluster),
+            Arc::clone(&transport),
+            Arc::clone(&background),
+            metrics.clone(),
+            settings.quorum,
+            settings.anti_entropy,
+        );
+        let antientropy_worker = AntiEntropyWorker::new(WorkerHandles {
+            store: store.clone(),
+            cluster: Arc::clone(&cluster),
+            antientropy: Arc::clone(&antientropy),
+            transport: Arc::clone(&transport),
+            background: Arc::clone(&background),
+            quorum: settings.quorum,
+            metrics: metrics.clone(),
+            durability: settings.durability,
+        });
+        let transfer = Arc::new(TransferShared::new(settings.transfer));
+        let transfer_worker = TransferWorker::new(TransferHandles {
+            cluster: Arc::clone(&cluster),
+            store: store.clone(),
+            transport: Arc::clone(&transport),
+            metrics: metrics.clone(),
+            quorum: settings.quorum,
+            background: Arc::clone(&background),
+            transfer: Arc::clone(&transfer),
+            members: Arc::clone(&members),
+        });
         Ok(Arc::new(NodeShared {
+            transfer_worker,
+            handoff,
+            antientropy_worker,
             cluster,
             store,
             coordinator,
-            transport,
             quorum: settings.quorum,
             incarnation,
             durability: settings.durability,
             strategy: settings.strategy,
-            seeds: settings.seeds,
-            advertise,
-            client_advertise: settings.client_advertise,
-            zone: settings.zone,
+            members,
+            gossip,
             metrics,
-            transfer: TransferShared::new(settings.transfer),
+            transfer,
             antientropy,
             background,
         }))
@@ -784,15 +774,8 @@ impl NodeShared {
         &self.metrics
     }
 
-    /// What this node serves to its peers.
-    pub fn handler(self: &Arc<Self>) -> Arc<dyn ReplicaHandler> {
-        Arc::new(PeerHandler {
-            node: Arc::clone(self),
-        })
-    }
-
     /// Applies an explicit membership change here, persists it, and returns the changed
-    /// member; gossip spreads it.
+    /// member; gossip spreads it (see [`Members::change_membership`]).
     ///
     /// # Errors
     /// The change is refused, or persisting it failed.
@@ -800,87 +783,96 @@ impl NodeShared {
         &self,
         change: impl FnOnce(&mut MemberTable) -> Result<Member, MembershipError>,
     ) -> Result<Member, MembershipChangeError> {
-        let (member, table) = self.cluster.change(change)?;
-        // Our own join through our own Admin API: announce our zone now, since no
-        // gossip about it may reach us before we are a member.
-        let table = announce_self(
-            &self.cluster,
-            self.client_advertise.as_deref(),
-            self.zone.as_deref(),
-        )?
-        .unwrap_or(table);
-        self.persist_table(&table)?;
-        tracing::info!(node = %member.id(), state = %member.state(), weight = member.weight(), "membership change");
-        Ok(member)
+        self.members.change_membership(change)
     }
-}
 
-/// Our own entry's announcements: the client address, and the zone while we join.
-/// Returns the newest table if either changed it.
-fn announce_self(
-    cluster: &Cluster,
-    client_advertise: Option<&str>,
-    zone: Option<&str>,
-) -> Result<Option<MemberTable>, ChangeError> {
-    let client = announce_client_address(cluster, client_advertise)?;
-    Ok(announce_zone(cluster, zone)?.or(client))
-}
-
-/// Sets our zone in the member table while we are `Joining` and it differs from
-/// `zone`: an admin may have joined us without one (the zone decides where replicas
-/// go, so it is fixed once we are a member; see [`MemberTable::set_zone`]).
-fn announce_zone(
-    cluster: &Cluster,
-    zone: Option<&str>,
-) -> Result<Option<MemberTable>, ChangeError> {
-    let Some(zone) = zone else {
-        return Ok(None);
-    };
-    let me = cluster.me().clone();
-    let joining_elsewhere = cluster
-        .table()
-        .get(&me)
-        .is_some_and(|m| m.state() == MemberState::Joining && m.zone() != Some(zone));
-    if !joining_elsewhere {
-        return Ok(None);
+    /// Merges a table learned from a peer and persists it if it changed
+    /// ([`Members::learn_table`]).
+    ///
+    /// # Errors
+    /// A table that cannot be merged or persisted, as text.
+    pub fn learn_table(&self, table: &MemberTable) -> Result<(), String> {
+        self.members.learn_table(table)
     }
-    let (_, table) = cluster.change(|t| t.set_zone(&me, zone))?;
-    tracing::info!(node = %me, zone, "announced the zone");
-    Ok(Some(table))
-}
 
-/// Sets our client address in the member table when we are in it (not removed) and it
-/// is missing or differs from `client_advertise`; returns the new table if it changed.
-fn announce_client_address(
-    cluster: &Cluster,
-    client_advertise: Option<&str>,
-) -> Result<Option<MemberTable>, ChangeError> {
-    let Some(address) = client_advertise else {
-        return Ok(None);
-    };
-    let me = cluster.me().clone();
-    let stale = cluster
-        .table()
-        .get(&me)
-        .is_some_and(|m| m.state() != MemberState::Removed && m.client_address() != Some(address));
-    if !stale {
-        return Ok(None);
+    /// Writes the member table to disk ([`Members::persist_table`]).
+    ///
+    /// # Errors
+    /// The storage engine failed.
+    pub fn persist_table(&self, table: &MemberTable) -> Result<(), StorageError> {
+        self.members.persist_table(table)
     }
-    let (_, table) = cluster.change(|t| t.set_client_address(&me, address))?;
-    tracing::info!(node = %me, client_address = address, "announced the client address");
-    Ok(Some(table))
-}
 
-/// Why an explicit membership change failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MembershipChangeError {
-    /// The table or ring refused it.
-    #[error(transparent)]
-    Refused(#[from] ChangeError),
-    /// It could not be persisted.
-    #[error("persisting the member table: {0}")]
-    Storage(#[from] StorageError),
+    /// This node's side of membership: learning, changing and persisting the table.
+    pub fn members(&self) -> &Arc<Members> {
+        &self.members
+    }
+
+    /// One round of hinted handoff ([`Handoff::round`]), then the gauges, as the
+    /// handoff loop does.
+    pub async fn handoff_round(&self) {
+        let targets = self.handoff.round().await;
+        self.refresh_gauges(&targets);
+    }
+
+    /// One anti-entropy round ([`AntiEntropyWorker::antientropy_round`]).
+    pub async fn antientropy_round(&self, random: u64, now: crate::time::Millis) -> RoundReport {
+        self.antientropy_worker.antientropy_round(random, now).await
+    }
+
+    /// Brings the Merkle trees in line with the ring
+    /// ([`AntiEntropyWorker::refresh_trees`]).
+    pub async fn refresh_trees(&self) -> BuildProgress {
+        self.antientropy_worker.refresh_trees().await
+    }
+
+    /// The transfer allowance the background budget admits of `wanted`
+    /// ([`TransferWorker::admitted_transfer_allowance`]).
+    pub fn admitted_transfer_allowance(&self, wanted: Allowance) -> Allowance {
+        self.transfer_worker.admitted_transfer_allowance(wanted)
+    }
+
+    /// One range transfer round ([`TransferWorker::transfer_round`]).
+    pub async fn transfer_round(&self, allowance: Allowance) -> TransferReport {
+        self.transfer_worker.transfer_round(allowance).await
+    }
+
+    /// One stray sweep round ([`TransferWorker::sweep_round`]).
+    pub async fn sweep_round(&self, allowance: Allowance) -> SweepReport {
+        self.transfer_worker.sweep_round(allowance).await
+    }
+
+    /// This node's transfer status as of the last round.
+    pub fn transfer_status_snapshot(&self) -> TransferStatus {
+        self.transfer.status()
+    }
+
+    /// The `Admin` service over this node's handles.
+    pub fn admin_service(&self) -> AdminService {
+        AdminService::new(AdminHandles {
+            cluster: Arc::clone(&self.cluster),
+            members: Arc::clone(&self.members),
+            store: self.store.clone(),
+            transfer: Arc::clone(&self.transfer),
+            antientropy: Arc::clone(&self.antientropy),
+            metrics: self.metrics.clone(),
+            quorum: self.quorum,
+            durability: self.durability,
+            strategy: self.strategy,
+        })
+    }
+
+    /// The gossip subsystem (its rounds, for simulations that drive them one by one).
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// What this node serves to its peers.
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn ReplicaHandler> {
+        Arc::new(PeerHandler {
+            node: Arc::clone(self),
+        })
+    }
 }
 
 /// The cluster secret from `internode-token-file`, if one is configured.
@@ -1021,7 +1013,7 @@ async fn serve(
         node: Arc::clone(&shared),
     });
     let admin = AdminServer::with_interceptor(
-        AdminService::new(Arc::clone(&shared)),
+        shared.admin_service(),
         admin_token_interceptor(config.admin_token().cloned()),
     );
     let internode_server = internode_builder
@@ -1045,21 +1037,27 @@ async fn serve(
             wait_for(shutdown.clone()),
         );
 
-    let gossip = tokio::spawn(crate::gossip::gossip_loop(
-        Arc::clone(&shared),
+    let gossip = tokio::spawn(shared.gossip.clone().run(
         config.gossip_interval(),
+        Gossip::random(shared.incarnation),
         shutdown.clone(),
     ));
-    let handoff = tokio::spawn(crate::handoff::handoff_loop(
-        Arc::clone(&shared),
-        config.gossip_interval(),
-        shutdown.clone(),
-    ));
-    let transfer = tokio::spawn(transfer_loop(Arc::clone(&shared), shutdown.clone()));
-    let antientropy = tokio::spawn(crate::antientropy::antientropy_loop(
-        Arc::clone(&shared),
-        shutdown.clone(),
-    ));
+    let handoff = tokio::spawn({
+        let node = Arc::clone(&shared);
+        shared
+            .handoff
+            .clone()
+            .run(config.gossip_interval(), shutdown.clone(), move |targets| {
+                node.refresh_gauges(targets);
+            })
+    });
+    let transfer = tokio::spawn(shared.transfer_worker.clone().run(shutdown.clone()));
+    let antientropy = tokio::spawn(
+        shared
+            .antientropy_worker
+            .clone()
+            .run(shared.incarnation, shutdown.clone()),
+    );
 
     let http_server = async {
         let Some(listener) = http_listener else {
@@ -1094,10 +1092,19 @@ async fn serve(
         Ok::<(), std::io::Error>(())
     };
     let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
-    gossip.abort();
-    handoff.abort();
-    transfer.abort();
-    antientropy.abort();
+    // The background loops end at the shutdown signal, each after the round under way;
+    // one still busy at the bound is stopped (every round is safe to cut short: range
+    // transfer resumes from its saved progress, hints and trees stay).
+    drain(
+        vec![
+            ("gossip", gossip),
+            ("hinted handoff", handoff),
+            ("range transfer", transfer),
+            ("anti-entropy", antientropy),
+        ],
+        BACKGROUND_DRAIN,
+    )
+    .await;
     let engine = Arc::clone(shared.store.engine());
     tokio::task::spawn_blocking(move || {
         engine.flush()?;
@@ -1111,6 +1118,9 @@ async fn serve(
     http.map_err(|e| NodeError::Server(format!("HTTP API: {e}")))?;
     Ok(())
 }
+
+/// How long the node waits at shutdown for its background loops to finish their rounds.
+const BACKGROUND_DRAIN: Duration = Duration::from_secs(10);
 
 /// Added to the request timeout for the client API's per-call bound.
 const REQUEST_MARGIN: Duration = Duration::from_secs(5);

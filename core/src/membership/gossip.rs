@@ -12,24 +12,34 @@ use crate::NodeId;
 /// A node that is not a seed gossips with a seed one round in this many.
 pub const SEED_ONE_IN: u64 = 4;
 
+/// Whom a gossip round talks to: a member of the table, or one of the configured seeds
+/// (which the shell knows by address, since a seed may not be in the table yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipTarget<'a, S> {
+    /// A member, by id.
+    Member(NodeId),
+    /// A seed, as the shell listed it.
+    Seed(&'a S),
+}
+
 /// The peer to gossip with this round, or `None` when there is nobody to talk to.
 ///
 /// Candidates are the table's members other than `self_id` that are not Removed and
 /// that `available` accepts (the shell passes the failure detector's
-/// `is_available`). A node that is not itself one of `seeds` picks a seed when
+/// `is_available`). A node that is not itself a seed (`i_am_a_seed`) picks a seed when
 /// `random % SEED_ONE_IN == 0`, and whenever it has no other candidate (a freshly
 /// started node knows only itself and its seeds); otherwise it picks a candidate
 /// uniformly, using the bits of `random` above the ones that chose between the two.
-/// Seeds are node ids whose addresses the shell knows from its configuration, since
-/// a seed may not be in the table yet; seeds that are Removed in the table, equal to
-/// `self_id`, or not `available` are skipped.
-pub fn choose_gossip_target(
+/// `seeds` are the seeds the shell may contact (itself left out), in its own terms:
+/// addresses from its configuration, or ids in tests.
+pub fn choose_gossip_target<'a, S>(
     members: &MemberTable,
     self_id: &NodeId,
     random: u64,
-    seeds: &[NodeId],
+    seeds: &'a [S],
+    i_am_a_seed: bool,
     available: impl Fn(&NodeId) -> bool,
-) -> Option<NodeId> {
+) -> Option<GossipTarget<'a, S>> {
     let usable = |id: &NodeId| {
         id != self_id
             && members
@@ -38,22 +48,19 @@ pub fn choose_gossip_target(
             && available(id)
     };
     let peers = || members.iter().map(|m| m.id()).filter(|id| usable(id));
-    let live_seeds = || seeds.iter().filter(|id| usable(id));
     let index = random / SEED_ONE_IN;
 
-    let i_am_a_seed = seeds.contains(self_id);
     let peer_count = peers().count();
     let seed_round = peer_count == 0 || (!i_am_a_seed && random % SEED_ONE_IN == 0);
-    if seed_round {
-        let seed_count = live_seeds().count();
-        if seed_count > 0 {
-            return live_seeds().nth(pick(index, seed_count)).cloned();
-        }
+    if seed_round && !seeds.is_empty() {
+        return Some(GossipTarget::Seed(&seeds[pick(index, seeds.len())]));
     }
     if peer_count == 0 {
         return None;
     }
-    peers().nth(pick(index, peer_count)).cloned()
+    peers()
+        .nth(pick(index, peer_count))
+        .map(|id| GossipTarget::Member(id.clone()))
 }
 
 /// `index` reduced to `0..len`; `len` is non-zero.
@@ -83,17 +90,36 @@ mod tests {
         true
     }
 
+    /// The chooser as a shell whose seeds are node ids uses it: seeds other than itself
+    /// that are not Removed and are available (what the tests below expect of seeds).
+    fn choose(
+        t: &MemberTable,
+        me: &NodeId,
+        random: u64,
+        seeds: &[NodeId],
+        available: impl Fn(&NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let usable: Vec<NodeId> = seeds
+            .iter()
+            .filter(|s| *s != me)
+            .filter(|s| t.get(s).is_none_or(|m| m.state() != MemberState::Removed))
+            .filter(|s| available(s))
+            .cloned()
+            .collect();
+        match choose_gossip_target(t, me, random, &usable, seeds.contains(me), &available)? {
+            GossipTarget::Member(id) => Some(id),
+            GossipTarget::Seed(id) => Some(id.clone()),
+        }
+    }
+
     #[test]
     fn alone_without_seeds_there_is_nobody_to_gossip_with() {
         let t = table(&["me"]);
         for random in 0..8 {
-            assert_eq!(
-                choose_gossip_target(&t, &id("me"), random, &[], anyone),
-                None
-            );
+            assert_eq!(choose(&t, &id("me"), random, &[], anyone), None);
         }
         assert_eq!(
-            choose_gossip_target(&t, &id("me"), 0, &[id("me")], anyone),
+            choose(&t, &id("me"), 0, &[id("me")], anyone),
             None,
             "a lone seed does not gossip with itself"
         );
@@ -105,7 +131,7 @@ mod tests {
         let t = table(&["me"]);
         let seeds = [id("s1"), id("s2")];
         let chosen: BTreeSet<_> = (0..16)
-            .filter_map(|r| choose_gossip_target(&t, &id("me"), r, &seeds, anyone))
+            .filter_map(|r| choose(&t, &id("me"), r, &seeds, anyone))
             .collect();
         assert_eq!(chosen, seeds.into_iter().collect());
     }
@@ -115,7 +141,7 @@ mod tests {
         let t = table(&["me", "p1", "p2", "p3", "s"]);
         let seeds = [id("s")];
         for random in 0..64 {
-            let chosen = choose_gossip_target(&t, &id("me"), random, &seeds, anyone).unwrap();
+            let chosen = choose(&t, &id("me"), random, &seeds, anyone).unwrap();
             if random % SEED_ONE_IN == 0 {
                 assert_eq!(chosen, id("s"), "random {random}");
             }
@@ -123,7 +149,7 @@ mod tests {
         // A seed itself does not take the seed round: it only picks random peers.
         let from_seed: BTreeSet<_> = (0..64)
             .filter(|r| r % SEED_ONE_IN == 0)
-            .filter_map(|r| choose_gossip_target(&t, &id("s"), r, &seeds, anyone))
+            .filter_map(|r| choose(&t, &id("s"), r, &seeds, anyone))
             .collect();
         assert_eq!(from_seed.len(), 4);
         assert!(!from_seed.contains(&id("s")));
@@ -138,7 +164,7 @@ mod tests {
         let not_down = |p: &NodeId| p.as_str() != "down";
         for random in 0..32 {
             assert_eq!(
-                choose_gossip_target(&t, &id("me"), random, &seeds, not_down),
+                choose(&t, &id("me"), random, &seeds, not_down),
                 Some(id("up"))
             );
         }
@@ -148,10 +174,7 @@ mod tests {
     fn a_leaving_node_still_gossips() {
         let mut t = table(&["me", "leaving"]);
         t.leave(&id("leaving")).unwrap();
-        assert_eq!(
-            choose_gossip_target(&t, &id("me"), 1, &[], anyone),
-            Some(id("leaving"))
-        );
+        assert_eq!(choose(&t, &id("me"), 1, &[], anyone), Some(id("leaving")));
     }
 
     proptest! {
@@ -169,7 +192,7 @@ mod tests {
             let seeds: Vec<_> = seeds.into_iter().map(|i| id(names[i])).collect();
             let t = &ts[0];
             let removed = |p: &NodeId| t.get(p).is_some_and(|m| m.state() == MemberState::Removed);
-            let chosen = choose_gossip_target(t, &me, random, &seeds, anyone);
+            let chosen = choose(t, &me, random, &seeds, anyone);
             let any_peer = t.iter().any(|m| m.id() != &me && !removed(m.id()));
             let any_seed = seeds.iter().any(|s| s != &me && !removed(s));
             match chosen {

@@ -22,7 +22,7 @@
 //!
 //! A gossip round in the shell, each period (Dynamo uses one second):
 //!
-//! 1. `choose_gossip_target(&table, &me, rng.next_u64(), &seeds, |p| detector.is_available(p, now))`;
+//! 1. `choose_gossip_target(&table, &me, rng.next_u64(), &seeds, i_am_a_seed, |p| detector.is_available(p, now))`;
 //! 2. send `table.digest()`; if the peer's digest differs, exchange `table.encode()`;
 //! 3. `MemberTable::decode(bytes)`, then `table.merge(&theirs)`; when it returns
 //!    `true`, persist the table and rebuild the ring from `table.ring_members()`;
@@ -38,7 +38,7 @@ mod table;
 pub use codec::{TABLE_FORMAT_VERSION, TableDigest};
 pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerStatus};
 pub use error::DecodeError;
-pub use gossip::{SEED_ONE_IN, choose_gossip_target};
+pub use gossip::{GossipTarget, SEED_ONE_IN, choose_gossip_target};
 pub use limits::{MAX_ADDRESS_LEN, MAX_ENCODED_LEN, MAX_MEMBERS, MAX_WEIGHT, MAX_ZONE_LEN};
 pub use table::{Member, MemberState, MemberTable, MembershipError};
 pub use table::{check_address, check_zone};

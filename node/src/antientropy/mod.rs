@@ -96,8 +96,8 @@ pub use dynamo_config::settings::{
     DEFAULT_TOMBSTONE_GRACE,
 };
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
-pub(crate) use round::antientropy_loop;
-pub use round::{BuildProgress, RoundReport};
+pub(crate) use round::WorkerHandles;
+pub use round::{AntiEntropyWorker, BuildProgress, RoundReport};
 pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 
 use crate::ring::TokenRange;

@@ -6,25 +6,30 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::AntiEntropy;
 use super::TREE_BUILD_KEYS_PER_UNIT;
 use super::plan::{
     AdmittedLimit, RepairBudget, RoundLimit, TreeSpec, choose_exchange, key_repair, purger,
     ring_position, tombstone_expired, tree_specs,
 };
-use super::trees::TreeSet;
+use super::trees::{TreeLookupError, TreeSet};
 use crate::NodeId;
 use crate::admission::WorkKind;
 use crate::background::BackgroundBudget;
+use crate::cluster::Cluster;
 use crate::membership::MemberState;
-use crate::metrics::{AntiEntropyRound, ExchangeResult};
-use crate::node::NodeShared;
+use crate::merkle::Hash;
+use crate::metrics::{AntiEntropyRound, ExchangeResult, Metrics};
+use crate::quorum::QuorumConfig;
+use crate::random::{SeededRandom, Stream};
 use crate::ring::TokenRange;
-use crate::storage::{StorageError, run_engine_call};
+use crate::shutdown::wait_for;
+use crate::storage::{Durability, StorageError, run_engine_call};
 use crate::store::{Store, StoreError, state_digest};
 use crate::time::Millis;
 use crate::transport::{
     MAX_BATCH_ENTRIES, MAX_MERKLE_INDICES, MergeBatch, MerkleQuery, RangeEntry, RangeScan,
-    TransportError,
+    ReplicaError, Transport, TransportError,
 };
 use crate::version::SiblingSet;
 
@@ -84,53 +89,137 @@ impl RoundReport {
     }
 }
 
-/// A small xorshift generator for choosing ranges and peers: seeded from the
-/// incarnation so nodes do not move in step; no need for cryptographic randomness.
-struct Picker(u64);
+/// The anti-entropy subsystem (Dynamo §4.7): the handles its rounds need, nothing else.
+#[derive(Clone)]
+pub struct AntiEntropyWorker {
+    store: Store,
+    cluster: Arc<Cluster>,
+    antientropy: Arc<AntiEntropy>,
+    transport: Arc<dyn Transport>,
+    background: Arc<BackgroundBudget>,
+    quorum: QuorumConfig,
+    metrics: Metrics,
+    durability: Durability,
+}
 
-impl Picker {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+impl std::fmt::Debug for AntiEntropyWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AntiEntropyWorker")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
     }
 }
 
-/// Dynamo §4.7: build the trees, then every interval run one anti-entropy round.
-pub(crate) async fn antientropy_loop(node: Arc<NodeShared>, shutdown: watch::Receiver<bool>) {
-    let interval = node.antientropy.config().interval;
-    if interval.is_zero() {
-        return;
+/// The handles an [`AntiEntropyWorker`] works with.
+#[derive(Clone)]
+pub(crate) struct WorkerHandles {
+    pub(crate) store: Store,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) antientropy: Arc<AntiEntropy>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) background: Arc<BackgroundBudget>,
+    pub(crate) quorum: QuorumConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) durability: Durability,
+}
+
+impl AntiEntropyWorker {
+    /// A worker over these handles.
+    pub(crate) fn new(handles: WorkerHandles) -> Self {
+        let WorkerHandles {
+            store,
+            cluster,
+            antientropy,
+            transport,
+            background,
+            quorum,
+            metrics,
+            durability,
+        } = handles;
+        AntiEntropyWorker {
+            store,
+            cluster,
+            antientropy,
+            transport,
+            background,
+            quorum,
+            metrics,
+            durability,
+        }
     }
-    let mut picker = Picker(node.incarnation ^ 0x9e37_79b9_7f4a_7c15);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Tree builds go on between rounds, one step per budget interval: a ring change
-    // (this node joining, a neighbour leaving) gets its trees while there is little to
-    // hash, and a large range is hashed a budget's worth at a time.
-    let mut builds = tokio::time::interval(node.background.config().interval().max(MIN_BUILD_TICK));
-    builds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: build the trees at startup, exchange a period later.
-    ticker.tick().await;
-    builds.tick().await;
-    node.refresh_trees().await;
-    while !*shutdown.borrow() {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let now = node.cluster.clock().wall();
-                node.antientropy_round(picker.next(), now).await;
-            }
-            _ = builds.tick() => {
-                node.refresh_trees().await;
+
+    /// Dynamo §4.7: build the trees, then every interval run one anti-entropy round.
+    /// Returns at `shutdown`, after the round or build step under way.
+    pub(crate) async fn run(self, seed: u64, shutdown: watch::Receiver<bool>) {
+        let interval = self.antientropy.config().interval;
+        if interval.is_zero() {
+            return;
+        }
+        let mut random = SeededRandom::new(seed, Stream::AntiEntropy);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Tree builds go on between rounds, one step per budget interval: a ring change
+        // (this node joining, a neighbour leaving) gets its trees while there is little
+        // to hash, and a large range is hashed a budget's worth at a time.
+        let build_tick = self.background.config().interval().max(MIN_BUILD_TICK);
+        let mut builds = tokio::time::interval(build_tick);
+        builds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: build the trees at startup, exchange a period
+        // later.
+        ticker.tick().await;
+        builds.tick().await;
+        self.refresh_trees().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let now = self.cluster.clock().wall();
+                    self.antientropy_round(random.next_u64(), now).await;
+                }
+                _ = builds.tick() => {
+                    self.refresh_trees().await;
+                }
+                () = wait_for(shutdown.clone()) => return,
             }
         }
     }
+
+    /// The receiving side of a peer's exchange: our tree's hashes at `query`'s
+    /// positions.
+    ///
+    /// # Errors
+    /// Unavailable while the tree is being built; InvalidArgument for a query that
+    /// does not fit our trees.
+    pub(crate) fn answer_hashes(&self, query: &MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
+        self.antientropy
+            .trees()
+            .hashes(query.range, query.depth, query.level, &query.indices)
+            .map_err(|e| match e {
+                TreeLookupError::Building(_) => ReplicaError::Unavailable(e.to_string()),
+                other => ReplicaError::InvalidArgument(other.to_string()),
+            })
+    }
+
+    /// The receiving side of a purge: removes `key` if its state is still the
+    /// tombstone whose digest is `digest`; returns whether it did.
+    ///
+    /// # Errors
+    /// A storage failure, as an internal error.
+    pub(crate) async fn answer_purge(
+        &self,
+        key: Vec<u8>,
+        digest: Hash,
+    ) -> Result<bool, ReplicaError> {
+        let store = self.store.clone();
+        run_engine_call(self.store.engine().as_ref(), move || {
+            store.remove_tombstone_if(&key, digest)
+        })
+        .await
+        .map_err(|e| ReplicaError::Internal(e.to_string()))?
+        .map_err(|e| ReplicaError::Internal(e.to_string()))
+    }
 }
 
-/// What tree building did in one call of `NodeShared::refresh_trees`.
+/// What tree building did in one call of [`AntiEntropyWorker::refresh_trees`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BuildProgress {
     /// Keys read and hashed into trees.
@@ -283,7 +372,7 @@ struct Pending {
     bytes: usize,
 }
 
-impl NodeShared {
+impl AntiEntropyWorker {
     /// Brings the trees in line with the current ring: drops trees of ranges this node
     /// no longer replicates, and builds (by a local scan) those of ranges it newly
     /// replicates or whose tree drifted. Builds draw on the background budget and pause

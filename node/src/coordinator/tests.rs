@@ -941,7 +941,6 @@ async fn a_coordinator_that_removed_a_key_writes_it_again_under_a_new_actor() {
     // concurrent with e11 on n2, not a successor that drops it; and `Admin.Status`
     // reports the renewed incarnation.
     use crate::proto::{self, admin_server::Admin as _};
-    use crate::server::AdminService;
 
     let harness = Harness::new(2, QuorumConfig::new(2, 1, 2).expect("valid quorum"));
     let (n1, n2) = (id("n1"), id("n2"));
@@ -962,7 +961,9 @@ async fn a_coordinator_that_removed_a_key_writes_it_again_under_a_new_actor() {
     harness.put(&n1, key, "e12", None).await.expect("blind put");
     assert_eq!(harness.stored(&n2, key), ["e11", "e12"]);
 
-    let status = AdminService::new(Arc::clone(harness.node(&n1)))
+    let status = harness
+        .node(&n1)
+        .admin_service()
         .status(tonic::Request::new(proto::StatusRequest {}))
         .await
         .expect("status")

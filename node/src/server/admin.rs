@@ -8,22 +8,94 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::NodeId;
+use crate::antientropy::AntiEntropy;
 use crate::cluster::ChangeError;
+use crate::cluster::Cluster;
+use crate::members::{Members, MembershipChangeError};
 use crate::membership::{Member, MembershipError};
-use crate::node::{MembershipChangeError, NodeShared};
+use crate::metrics::Metrics;
 use crate::proto::{self, admin_server};
-use crate::transfer::TransferRole;
+use crate::quorum::QuorumConfig;
+use crate::ring::PartitionStrategy;
+use crate::storage::Durability;
+use crate::store::Store;
+use crate::transfer::{TransferRole, TransferShared};
 
-/// Serves `dynamo.v1.Admin`.
-#[derive(Debug, Clone)]
+/// Serves `dynamo.v1.Admin`: the member table and ring, membership changes, and the
+/// node's status, over the handles those need.
+#[derive(Clone)]
 pub struct AdminService {
-    node: Arc<NodeShared>,
+    cluster: Arc<Cluster>,
+    members: Arc<Members>,
+    store: Store,
+    transfer: Arc<TransferShared>,
+    antientropy: Arc<AntiEntropy>,
+    metrics: Metrics,
+    quorum: QuorumConfig,
+    durability: Durability,
+    strategy: PartitionStrategy,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handles an [`AdminService`] reads and changes.
+pub(crate) struct AdminHandles {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) members: Arc<Members>,
+    pub(crate) store: Store,
+    pub(crate) transfer: Arc<TransferShared>,
+    pub(crate) antientropy: Arc<AntiEntropy>,
+    pub(crate) metrics: Metrics,
+    pub(crate) quorum: QuorumConfig,
+    pub(crate) durability: Durability,
+    pub(crate) strategy: PartitionStrategy,
 }
 
 impl AdminService {
-    /// A service over the node's shared state.
-    pub fn new(node: Arc<NodeShared>) -> Self {
-        Self { node }
+    /// A service over these handles.
+    pub(crate) fn new(handles: AdminHandles) -> Self {
+        let AdminHandles {
+            cluster,
+            members,
+            store,
+            transfer,
+            antientropy,
+            metrics,
+            quorum,
+            durability,
+            strategy,
+        } = handles;
+        Self {
+            cluster,
+            members,
+            store,
+            transfer,
+            antientropy,
+            metrics,
+            quorum,
+            durability,
+            strategy,
+        }
+    }
+
+    fn partitioning_name(&self) -> &'static str {
+        match self.strategy {
+            PartitionStrategy::RandomTokens { .. } => "random-tokens",
+            PartitionStrategy::EqualPartitions { .. } => "equal-partitions",
+        }
+    }
+
+    fn durability_name(&self) -> &'static str {
+        match self.durability {
+            Durability::Sync => "sync",
+            Durability::Buffered => "buffered",
+        }
     }
 }
 
@@ -68,7 +140,7 @@ fn parse_node_id(id: &str) -> Result<NodeId, Status> {
 
 impl AdminService {
     fn member_info(&self, member: &Member) -> proto::MemberInfo {
-        let ring = self.node.cluster.ring();
+        let ring = self.cluster.ring();
         let ownership = ring.ownership();
         proto::MemberInfo {
             node_id: member.id().to_string(),
@@ -77,7 +149,7 @@ impl AdminService {
             state: state_to_proto(member.state()) as i32,
             version: member.version(),
             ownership: ownership.get(member.id()).copied().unwrap_or(0.0),
-            reachable: self.node.cluster.is_available(member.id()),
+            reachable: self.cluster.is_available(member.id()),
             client_address: member.client_address().unwrap_or_default().to_owned(),
             settled_weight: member.settled_weight(),
             zone: member.zone().unwrap_or_default().to_owned(),
@@ -88,10 +160,13 @@ impl AdminService {
         &self,
         change: impl FnOnce(&mut crate::membership::MemberTable) -> Result<Member, MembershipError>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
-        let member = self.node.change_membership(change).map_err(|e| match e {
-            MembershipChangeError::Refused(e) => change_status(e),
-            other => Status::internal(other.to_string()),
-        })?;
+        let member = self
+            .members
+            .change_membership(change)
+            .map_err(|e| match e {
+                MembershipChangeError::Refused(e) => change_status(e),
+                other => Status::internal(other.to_string()),
+            })?;
         Ok(Response::new(proto::MemberChangeResponse {
             member: Some(self.member_info(&member)),
         }))
@@ -104,12 +179,12 @@ impl admin_server::Admin for AdminService {
         &self,
         _request: Request<proto::RingRequest>,
     ) -> Result<Response<proto::RingResponse>, Status> {
-        let table = self.node.cluster.table();
+        let table = self.cluster.table();
         Ok(Response::new(proto::RingResponse {
             members: table.iter().map(|m| self.member_info(m)).collect(),
             table_digest: table.digest().to_string(),
-            partitioning: self.node.partitioning_name().to_owned(),
-            replication_factor: self.node.quorum.n(),
+            partitioning: self.partitioning_name().to_owned(),
+            replication_factor: self.quorum.n(),
         }))
     }
 
@@ -141,19 +216,19 @@ impl admin_server::Admin for AdminService {
         request: Request<proto::RemoveRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
         let id = parse_node_id(&request.into_inner().node_id)?;
-        if &id == self.node.cluster.me() {
+        if &id == self.cluster.me() {
             return Err(Status::failed_precondition(format!(
                 "{id} is this node: ask another member to remove it, or decommission it with Leave"
             )));
         }
-        if self.node.cluster.table().get(&id).is_none() {
+        if self.cluster.table().get(&id).is_none() {
             return Err(Status::not_found(format!(
                 "{id} is not in the member table"
             )));
         }
         // Only a node this one cannot reach: a live node is decommissioned with Leave,
         // which hands its data off first.
-        if self.node.cluster.is_available(&id) {
+        if self.cluster.is_available(&id) {
             return Err(Status::failed_precondition(format!(
                 "{id} is reachable: decommission it with Leave, so its data is handed off"
             )));
@@ -175,7 +250,7 @@ impl admin_server::Admin for AdminService {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let node = &self.node;
+        let node = self;
         let hints = node
             .store
             .engine()
@@ -238,7 +313,7 @@ impl admin_server::Admin for AdminService {
                     ranges_waiting: p.ranges_waiting,
                 })
                 .collect(),
-            zone: node.zone.clone().unwrap_or_default(),
+            zone: node.members.zone().unwrap_or_default().to_owned(),
             anti_entropy: node.antientropy.config().enabled().then(|| {
                 let stats = node.metrics.anti_entropy_stats();
                 let config = node.antientropy.config();

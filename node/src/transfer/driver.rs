@@ -2,8 +2,8 @@
 //! change, the loop that runs rounds on an interval, and the status it reports.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -15,15 +15,20 @@ use super::plan::{Task, plan};
 use super::progress::Progress;
 use super::throttle::{Allowance, FixedThrottle, TransferThrottle};
 use crate::NodeId;
+use crate::background::BackgroundBudget;
+use crate::cluster::Cluster;
+use crate::members::Members;
 use crate::membership::{Member, MemberState};
-use crate::node::NodeShared;
+use crate::metrics::Metrics;
+use crate::quorum::QuorumConfig;
 use crate::ring::{Ring, Token, TokenRange};
+use crate::shutdown::wait_for;
 use crate::storage::Durability;
-use crate::store::encode_state;
+use crate::store::{Store, encode_state};
 use crate::time::Millis;
 use crate::transport::{
     MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry, RangePage,
-    RangeScan, TransportError,
+    RangeScan, Transport, TransportError,
 };
 
 /// The meta record holding the driver's [`Progress`].
@@ -223,44 +228,103 @@ impl TransferShared {
     }
 }
 
-/// Runs a transfer round every interval with the fixed throttle of the settings.
-pub(crate) async fn transfer_loop(
-    node: std::sync::Arc<NodeShared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let settings = node.transfer.settings;
-    let mut throttle = FixedThrottle::new(settings.per_round);
-    let mut ticker = tokio::time::interval(settings.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*shutdown.borrow() {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => continue,
+/// The range transfer subsystem (Dynamo §4.9) and the stray sweep: the handles their
+/// rounds need, nothing else.
+#[derive(Clone)]
+pub struct TransferWorker {
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) store: Store,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) metrics: Metrics,
+    pub(super) quorum: QuorumConfig,
+    pub(super) background: Arc<BackgroundBudget>,
+    pub(super) transfer: Arc<TransferShared>,
+    pub(super) members: Arc<Members>,
+}
+
+impl std::fmt::Debug for TransferWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferWorker")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handles a [`TransferWorker`] works with.
+pub(crate) struct TransferHandles {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) store: Store,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) metrics: Metrics,
+    pub(crate) quorum: QuorumConfig,
+    pub(crate) background: Arc<BackgroundBudget>,
+    pub(crate) transfer: Arc<TransferShared>,
+    pub(crate) members: Arc<Members>,
+}
+
+impl TransferWorker {
+    /// A worker over these handles.
+    pub(crate) fn new(handles: TransferHandles) -> Self {
+        let TransferHandles {
+            cluster,
+            store,
+            transport,
+            metrics,
+            quorum,
+            background,
+            transfer,
+            members,
+        } = handles;
+        TransferWorker {
+            cluster,
+            store,
+            transport,
+            metrics,
+            quorum,
+            background,
+            transfer,
+            members,
         }
-        let wanted = throttle.allowance(node.cluster.clock().monotonic());
-        let allowance = node.admitted_transfer_allowance(wanted);
-        let report = node.transfer_round(allowance).await;
-        throttle.consumed(report.used);
-        for error in &report.errors {
-            tracing::debug!(%error, "transfer paused");
-        }
-        // What the transfer left of the round's throttle hands stray keys over; the
-        // sweep draws what it sends from the shared budget itself.
-        let sweep = node.sweep_round(wanted.minus(report.used)).await;
-        throttle.consumed(sweep.used);
-        for error in &sweep.errors {
-            tracing::debug!(%error, "stray sweep paused");
-        }
-        if sweep.keys_handed_over > 0 {
-            tracing::debug!(
-                keys = sweep.keys_handed_over,
-                "handed stray keys to their replicas"
-            );
+    }
+
+    /// Runs a transfer round every interval with the fixed throttle of the settings,
+    /// then a stray sweep in what it left. Returns at `shutdown`, after the round under
+    /// way.
+    pub(crate) async fn run(self, shutdown: watch::Receiver<bool>) {
+        let settings = self.transfer.settings;
+        let mut throttle = FixedThrottle::new(settings.per_round);
+        let mut ticker = tokio::time::interval(settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = wait_for(shutdown.clone()) => return,
+            }
+            let wanted = throttle.allowance(self.cluster.clock().monotonic());
+            let allowance = self.admitted_transfer_allowance(wanted);
+            let report = self.transfer_round(allowance).await;
+            throttle.consumed(report.used);
+            for error in &report.errors {
+                tracing::debug!(%error, "transfer paused");
+            }
+            // What the transfer left of the round's throttle hands stray keys over; the
+            // sweep draws what it sends from the shared budget itself.
+            let sweep = self.sweep_round(wanted.minus(report.used)).await;
+            throttle.consumed(sweep.used);
+            for error in &sweep.errors {
+                tracing::debug!(%error, "stray sweep paused");
+            }
+            if sweep.keys_handed_over > 0 {
+                tracing::debug!(
+                    keys = sweep.keys_handed_over,
+                    "handed stray keys to their replicas"
+                );
+            }
         }
     }
 }
 
-/// What [`NodeShared::replace_stalled_peers`] decided.
+/// What [`TransferWorker::replace_stalled_peers`] decided.
 #[derive(Debug, Default)]
 struct Replacements {
     /// A fallback or redirect was chosen or changed: the progress must be saved.
@@ -347,7 +411,7 @@ struct CallError {
     reason: String,
 }
 
-impl NodeShared {
+impl TransferWorker {
     /// What a transfer round may send: `wanted` (the round's own throttle), with its keys
     /// drawn from the node's shared background budget (admission control), so transfer
     /// backs off when foreground latency rises. Nothing is drawn while this node has no
@@ -486,13 +550,13 @@ impl NodeShared {
         self.transfer.set_status(status);
         if report.pending_tasks == 0 && can_finish {
             let change = match role {
-                TransferRole::Joining => self.change_membership(|t| t.mark_member(&me)),
-                TransferRole::Leaving => self.change_membership(|t| t.mark_removed(&me)),
+                TransferRole::Joining => self.members.change_membership(|t| t.mark_member(&me)),
+                TransferRole::Leaving => self.members.change_membership(|t| t.mark_removed(&me)),
                 // Only for the weight this round planned: if a second change arrived
                 // meanwhile, the table refuses and the next round re-plans.
-                TransferRole::Reweighting => {
-                    self.change_membership(|t| t.settle_weight(&me, planned_weight))
-                }
+                TransferRole::Reweighting => self
+                    .members
+                    .change_membership(|t| t.settle_weight(&me, planned_weight)),
             };
             match change {
                 Ok(member) => {
@@ -615,7 +679,7 @@ impl NodeShared {
             }
             match self.transport.gossip(member.address(), table.clone()).await {
                 Ok(theirs) => {
-                    if let Err(error) = self.learn_table(&theirs) {
+                    if let Err(error) = self.members.learn_table(&theirs) {
                         tracing::debug!(peer = %member.id(), %error, "announcing a change");
                     }
                 }
@@ -864,11 +928,6 @@ impl NodeShared {
             role: Some(role),
             peers: peers.into_values().collect(),
         }
-    }
-
-    /// This node's transfer status as of the last round.
-    pub fn transfer_status_snapshot(&self) -> TransferStatus {
-        self.transfer.status()
     }
 }
 

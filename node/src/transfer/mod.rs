@@ -129,8 +129,9 @@ pub mod sweep;
 mod tests;
 mod throttle;
 
+pub use driver::TransferWorker;
 pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
-pub(crate) use driver::{TransferShared, transfer_loop};
+pub(crate) use driver::{TransferHandles, TransferShared};
 pub use plan::{
     Task, WriteSet, plan, read_ring, settled_members, stray_ranges, target_members, write_set,
 };

@@ -28,11 +28,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::driver::TransferWorker;
 use super::plan::{stray_ranges, write_set};
 use super::throttle::Allowance;
 use crate::NodeId;
 use crate::admission::WorkKind;
-use crate::node::NodeShared;
 use crate::ring::{Token, TokenRange};
 use crate::storage::run_engine_call;
 use crate::store::encode_state;
@@ -63,7 +63,7 @@ enum Budget {
     Spent,
 }
 
-impl NodeShared {
+impl TransferWorker {
     /// One stray sweep round within `allowance` and what the node's shared background
     /// budget grants (kind `sweep`; see [`crate::transfer::sweep`]): hands the keys
     /// this node holds but does not replicate to their current home replicas and

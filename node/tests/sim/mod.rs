@@ -755,8 +755,8 @@ async fn background_round(world: Shared, index: usize, random: u64) {
     let Some((shared, _)) = lock(&world).up(index) else {
         return;
     };
-    shared.gossip_round(random).await;
-    shared.probe_round().await;
+    shared.gossip().round(random).await;
+    shared.gossip().probe_round().await;
     shared.handoff_round().await;
     let allowance = TransferSettings::default().per_round;
     let transfer = shared.transfer_round(allowance).await;
