@@ -241,7 +241,14 @@ async fn client_falls_back_to_server_routing_when_it_cannot_route() {
 async fn a_request_an_overloaded_node_sheds_goes_to_another_node() {
     use tokio::io::AsyncWriteExt as _;
     let mut extra = SMALL_N.to_vec();
-    extra.extend(["--max-inflight-requests", "1"]);
+    // The held put below keeps the only slot until its body times out: longer than any
+    // wait of this test, so a slow machine cannot see the slot freed before the probe.
+    extra.extend([
+        "--max-inflight-requests",
+        "1",
+        "--client-read-timeout",
+        "120s",
+    ]);
     let cluster = TestCluster::start(2, &extra).await;
     let (busy, other) = (&cluster.nodes[0], &cluster.nodes[1]);
     // An HTTP put whose body is still on its way holds the busy node's only slot.
