@@ -53,7 +53,9 @@ pub use raw::{
 pub use dynamo_core::NodeId;
 use dynamo_core::admission::{AdmissionConfig, AdmissionConfigError};
 use dynamo_core::membership::{MAX_WEIGHT, check_address};
+use dynamo_core::quorum::QuorumConfig;
 use dynamo_core::ring::{MAX_VIRTUAL_NODES, PartitionStrategy, RingError};
+use dynamo_core::version::SiblingLimits;
 use settings::{
     AntiEntropyConfig, Durability, ReadFanout, ServingLimits, SledConfig, SledConfigError,
 };
@@ -71,8 +73,7 @@ pub use dynamo_core::limits::MAX_REPLICATION_FACTOR;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Default tokens per unit of weight under strategy 1.
 pub const DEFAULT_TOKENS_PER_WEIGHT: u32 = 256;
-/// Default flush interval of buffered writes (sled's own default).
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+pub use settings::DEFAULT_FLUSH_INTERVAL;
 /// Default coordinator timeout for R or W replies.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default gossip period (Dynamo §4.8.1 gossips "every second").
@@ -294,6 +295,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// N, R and W do not make a quorum configuration.
+    #[error("quorum: {0}")]
+    Quorum(dynamo_core::quorum::ConfigError),
+    /// `max-siblings` does not make sibling bounds.
+    #[error("max-siblings: {0}")]
+    SiblingLimits(dynamo_core::version::LimitsError),
     /// `zone` is not a zone name.
     #[error("zone: {value:?} is not a zone name ({reason})")]
     Zone {
@@ -400,6 +407,8 @@ pub struct NodeConfig {
     max_key_bytes: u32,
     max_value_bytes: u32,
     max_siblings: u32,
+    sibling_limits: SiblingLimits,
+    quorum: QuorumConfig,
     serving: ServingLimits,
     admission: AdmissionConfig,
     admin_token: Option<AdminToken>,
@@ -576,6 +585,32 @@ impl NodeConfig {
         to_usize(self.max_siblings)
     }
 
+    /// The sibling and clock bounds the store keeps (`max-siblings`, a warning above a
+    /// fifth of it).
+    pub fn sibling_limits(&self) -> SiblingLimits {
+        self.sibling_limits
+    }
+
+    /// N, R and W as the quorum machines take them.
+    pub fn quorum(&self) -> QuorumConfig {
+        self.quorum
+    }
+
+    /// The default configuration of an in-memory node `node_id`: what tests and the
+    /// simulator start from, with every default from this crate.
+    pub fn in_memory(node_id: NodeId) -> NodeConfig {
+        let raw = RawConfig {
+            node_id: Some(node_id),
+            storage: Some(StorageKind::Memory),
+            ..RawConfig::default()
+        };
+        match NodeConfig::try_from(raw) {
+            Ok(config) => config,
+            // The defaults are checked by `the_in_memory_defaults_are_valid`.
+            Err(error) => unreachable!("the default configuration is invalid: {error}"),
+        }
+    }
+
     /// What the listeners allow clients: connections, requests in flight, read timeouts.
     pub fn serving_limits(&self) -> ServingLimits {
         self.serving
@@ -705,6 +740,10 @@ impl TryFrom<RawConfig> for NodeConfig {
     type Error = ConfigError;
 
     /// Fills in defaults and checks every rule; the one place a `NodeConfig` is made.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "over 80 lines: to be split (issue #16)"
+    )]
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let node_id = raw
             .node_id
@@ -824,6 +863,16 @@ impl TryFrom<RawConfig> for NodeConfig {
         in_range("max-value-bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)?;
         let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
         in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
+        // The typed forms the node runs with, built here so a configuration that passes
+        // `--check-config` cannot fail at start: a warning above a fifth of the cap.
+        let sibling_limits = SiblingLimits::new(
+            to_usize(max_siblings),
+            (to_usize(max_siblings) / 5).max(1),
+            SiblingLimits::default().max_clock_entries(),
+        )
+        .map_err(ConfigError::SiblingLimits)?;
+        let quorum = QuorumConfig::new(replication_factor, read_quorum, write_quorum)
+            .map_err(ConfigError::Quorum)?;
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         in_range(
             "max-connections",
@@ -929,6 +978,8 @@ impl TryFrom<RawConfig> for NodeConfig {
             max_key_bytes,
             max_value_bytes,
             max_siblings,
+            sibling_limits,
+            quorum,
             serving,
             admission,
             admin_token: raw.admin_token,
@@ -1202,6 +1253,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn the_in_memory_defaults_are_valid() {
+        let config = NodeConfig::in_memory(NodeId::new("n1").unwrap());
+        assert_eq!(config.quorum(), QuorumConfig::default());
+        assert_eq!(config.sibling_limits(), SiblingLimits::default());
+        assert_eq!(config.request_timeout(), DEFAULT_REQUEST_TIMEOUT);
+    }
 
     fn raw(yaml: &str) -> RawConfig {
         RawConfig::from_yaml(yaml).unwrap()

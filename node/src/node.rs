@@ -370,6 +370,10 @@ impl Node {
     ///
     /// # Errors
     /// Storage cannot be opened, persisted state is corrupt, or a port is taken.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "over 80 lines: to be split (issue #16)"
+    )]
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         let engine: Arc<dyn StorageEngine> = match config.storage() {
             StorageConfig::Sled(sled) => {
@@ -431,7 +435,7 @@ impl Node {
         }
         let grpc_transport = Arc::new(grpc_transport);
         let transport: Arc<dyn Transport> = Arc::clone(&grpc_transport) as _;
-        let mut settings = NodeSettings::from_config(&config)?;
+        let mut settings = NodeSettings::from_config(&config);
         settings.client_advertise = config.client_advertise_for(client_addr);
         if settings.client_advertise.is_none() {
             tracing::warn!(
@@ -522,54 +526,20 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
-    /// Defaults (Dynamo's common (3, 2, 2), 2 s timeouts, sync writes) for `node_id`.
+    /// The default settings of an in-memory node `node_id` (Dynamo's common (3, 2, 2),
+    /// 2 s timeouts, sync writes): those of [`NodeConfig::in_memory`], so the defaults
+    /// live in one place.
     pub fn new(node_id: NodeId) -> Self {
-        Self {
-            node_id,
-            strategy: PartitionStrategy::default(),
-            quorum: QuorumConfig::default(),
-            request_timeout: Duration::from_secs(2),
-            durability: Durability::Sync,
-            read_fanout: ReadFanout::default(),
-            limits: RequestLimits {
-                max_key_bytes: 1024,
-                max_value_bytes: 1024 * 1024,
-            },
-            sibling_limits: SiblingLimits::default(),
-            seeds: Vec::new(),
-            detector: DetectorConfig::default(),
-            clock: Clock::default(),
-            transfer: TransferSettings::default(),
-            client_advertise: None,
-            zone: None,
-            reconciliation: crate::version::Reconciliation::Siblings,
-            anti_entropy: AntiEntropyConfig::default(),
-            admission: AdmissionConfig::default(),
-        }
+        Self::from_config(&NodeConfig::in_memory(node_id))
     }
 
-    /// The settings a validated configuration describes.
-    ///
-    /// # Errors
-    /// Combinations only checked here (sibling limits).
-    pub fn from_config(config: &NodeConfig) -> Result<Self, NodeError> {
-        let max_siblings = config.max_siblings();
-        let sibling_limits = SiblingLimits::new(
-            max_siblings,
-            (max_siblings / 5).max(1),
-            SiblingLimits::default().max_clock_entries(),
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-        let quorum = QuorumConfig::new(
-            to_u32(config.replication_factor()),
-            to_u32(config.read_quorum()),
-            to_u32(config.write_quorum()),
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-        Ok(Self {
+    /// The settings a validated configuration describes; everything was checked when
+    /// the configuration was made.
+    pub fn from_config(config: &NodeConfig) -> Self {
+        Self {
             node_id: config.node_id().clone(),
             strategy: config.partitioning(),
-            quorum,
+            quorum: config.quorum(),
             request_timeout: config.request_timeout(),
             durability: config.durability(),
             read_fanout: config.read_fanout(),
@@ -577,7 +547,7 @@ impl NodeSettings {
                 max_key_bytes: config.max_key_bytes(),
                 max_value_bytes: config.max_value_bytes(),
             },
-            sibling_limits,
+            sibling_limits: config.sibling_limits(),
             seeds: config.seeds().to_vec(),
             detector: DetectorConfig::default(),
             clock: Clock::default(),
@@ -595,7 +565,7 @@ impl NodeSettings {
             reconciliation: config.reconciliation(),
             anti_entropy: config.anti_entropy(),
             admission: config.admission(),
-        })
+        }
     }
 }
 
@@ -606,6 +576,10 @@ impl NodeShared {
     ///
     /// # Errors
     /// Unreadable persisted state or storage failures.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "over 80 lines: to be split (issue #16)"
+    )]
     pub fn assemble(
         settings: NodeSettings,
         engine: Arc<dyn StorageEngine>,
@@ -890,10 +864,6 @@ async fn read_internode_tokens(
         .map_err(|e| NodeError::Config(format!("internode-token-file {}: {e}", path.display())))
 }
 
-fn to_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
     TcpListener::bind(address)
         .await
@@ -935,6 +905,10 @@ struct Listeners {
     http: Option<TcpListener>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "over 80 lines: to be split (issue #16)"
+)]
 async fn serve(
     shared: Arc<NodeShared>,
     config: NodeConfig,
@@ -1203,7 +1177,11 @@ mod tests {
     #[test]
     fn the_largest_max_siblings_the_config_accepts_starts_a_node() {
         let largest = config_with_max_siblings(MAX_SIBLINGS_LIMIT).unwrap();
-        NodeSettings::from_config(&largest).unwrap();
+        let settings = NodeSettings::from_config(&largest);
+        assert_eq!(
+            settings.sibling_limits.max_siblings(),
+            MAX_SIBLINGS_LIMIT as usize
+        );
         let refused = config_with_max_siblings(MAX_SIBLINGS_LIMIT + 1).unwrap_err();
         assert!(refused.to_string().contains("max-siblings"), "{refused}");
     }

@@ -53,10 +53,10 @@ impl Default for TransferSettings {
     /// replaced after failing for [`DEFAULT_SOURCE_STALL`].
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(250),
+            interval: crate::config::DEFAULT_TRANSFER_INTERVAL,
             per_round: Allowance {
-                keys: 4096,
-                bytes: 4 * 1024 * 1024,
+                keys: crate::config::DEFAULT_TRANSFER_BATCH_KEYS,
+                bytes: crate::config::DEFAULT_TRANSFER_BATCH_BYTES,
             },
             source_stall: DEFAULT_SOURCE_STALL,
         }
@@ -446,6 +446,10 @@ impl TransferWorker {
     ///
     /// Deterministic given the member table, the failure detector's view, the stores
     /// and the allowance: the plan is sorted and the pages follow ring order.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "over 80 lines: to be split (issue #16)"
+    )]
     pub async fn transfer_round(&self, allowance: Allowance) -> RoundReport {
         let _one_round = self.transfer.round.lock().await;
         let me = self.cluster.me().clone();
