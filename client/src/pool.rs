@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dynamo_proto::wire::error_chain;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClientError;
@@ -48,7 +49,7 @@ impl Pool {
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let invalid = |e: tonic::transport::Error| {
-            ClientError::Config(format!("address {address}: {}", chain(&e)))
+            ClientError::Config(format!("address {address}: {}", error_chain(&e)))
         };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(invalid)?
@@ -96,7 +97,7 @@ impl Pool {
         let endpoint = self.endpoint(address).map_err(|e| e.to_string())?;
         match tokio::time::timeout(self.connect_timeout, endpoint.connect()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(chain(&e)),
+            Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
         }
     }
@@ -105,25 +106,7 @@ impl Pool {
 /// A locally made status as "cause: cause: ...", without tonic's generic wrappers.
 pub(super) fn describe(status: &tonic::Status) -> String {
     match std::error::Error::source(status) {
-        Some(source) => chain(source),
+        Some(source) => error_chain(source),
         None => status.message().to_owned(),
-    }
-}
-
-/// "a: b: c" from an error and its sources, skipping tonic's bare "transport error".
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if text != "transport error" && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    if parts.is_empty() {
-        "transport error".to_owned()
-    } else {
-        parts.join(": ")
     }
 }

@@ -1,5 +1,7 @@
 //! Why a command failed, and the exit code each failure gives.
 
+pub(crate) use dynamo_proto::wire::error_chain;
+
 /// Exit code of a get that found nothing, or an admin change naming an unknown node.
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code of a usage error (clap's code too).
@@ -75,24 +77,5 @@ pub fn exit_code_for(code: tonic::Code) -> u8 {
         tonic::Code::NotFound => EXIT_NOT_FOUND,
         tonic::Code::Aborted => EXIT_CONFLICT,
         _ => EXIT_SERVER,
-    }
-}
-
-/// "a: b: c" from an error and its sources, without tonic's uninformative
-/// top-level "transport error".
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if text != "transport error" && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    if parts.is_empty() {
-        "transport error".to_owned()
-    } else {
-        parts.join(": ")
     }
 }

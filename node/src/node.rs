@@ -24,7 +24,7 @@ use crate::shutdown::{drain, wait_for};
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
 use crate::antientropy::{
-    AntiEntropy, AntiEntropyConfig, AntiEntropyWorker, BuildProgress, RoundReport, WorkerHandles,
+    AntiEntropy, AntiEntropyConfig, AntiEntropyWorker, BuildProgress, RoundReport,
 };
 use crate::background::BackgroundBudget;
 use crate::cluster::{Clock, Cluster};
@@ -39,14 +39,14 @@ use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
 use crate::server::incoming::{AcceptLimits, admitted_tls_connections};
 use crate::server::limits::{InflightLimit, shed_when_busy};
-use crate::server::{AdminHandles, AdminService, KvService, admin_token_interceptor};
+use crate::server::{AdminService, KvService, admin_token_interceptor};
 use crate::storage::{
     Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
 };
 use crate::store::{Store, StoreError};
 use crate::transfer::{
-    Allowance, RoundReport as TransferReport, SweepReport, TransferHandles, TransferSettings,
-    TransferShared, TransferStatus, TransferWorker,
+    Allowance, RoundReport as TransferReport, SweepReport, TransferSettings, TransferShared,
+    TransferStatus, TransferWorker,
 };
 use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated};
 use crate::transport::{
@@ -681,7 +681,7 @@ impl NodeShared {
             settings.quorum,
             settings.anti_entropy,
         );
-        let antientropy_worker = AntiEntropyWorker::new(WorkerHandles {
+        let antientropy_worker = AntiEntropyWorker {
             store: store.clone(),
             cluster: Arc::clone(&cluster),
             antientropy: Arc::clone(&antientropy),
@@ -690,9 +690,9 @@ impl NodeShared {
             quorum: settings.quorum,
             metrics: metrics.clone(),
             durability: settings.durability,
-        });
+        };
         let transfer = Arc::new(TransferShared::new(settings.transfer));
-        let transfer_worker = TransferWorker::new(TransferHandles {
+        let transfer_worker = TransferWorker {
             cluster: Arc::clone(&cluster),
             store: store.clone(),
             transport: Arc::clone(&transport),
@@ -701,7 +701,7 @@ impl NodeShared {
             background: Arc::clone(&background),
             transfer: Arc::clone(&transfer),
             members: Arc::clone(&members),
-        });
+        };
         Ok(Arc::new(NodeShared {
             transfer_worker,
             handoff,
@@ -823,7 +823,7 @@ impl NodeShared {
 
     /// The `Admin` service over this node's handles.
     pub fn admin_service(&self) -> AdminService {
-        AdminService::new(AdminHandles {
+        AdminService {
             cluster: Arc::clone(&self.cluster),
             members: Arc::clone(&self.members),
             store: self.store.clone(),
@@ -833,7 +833,7 @@ impl NodeShared {
             quorum: self.quorum,
             durability: self.durability,
             strategy: self.strategy,
-        })
+        }
     }
 
     /// The gossip subsystem (its rounds, for simulations that drive them one by one).

@@ -284,12 +284,12 @@ impl GrpcAdmin {
             }
             endpoint = endpoint
                 .tls_config(config)
-                .map_err(|e| AdminError::Tls(error_chain(&e)))?;
+                .map_err(|e| AdminError::Tls(dynamo_proto::wire::error_chain(&e)))?;
         }
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(dynamo_proto::wire::error_chain(&e)))?;
         Ok(AdminClient::new(channel)
             .max_decoding_message_size(MAX_REPLY_BYTES)
             .max_encoding_message_size(64 * 1024))
@@ -321,7 +321,7 @@ impl GrpcAdmin {
             }
             _ if local => AdminError::Unreachable {
                 url: target.url.clone(),
-                reason: format!("{call}: {}", error_chain(status)),
+                reason: format!("{call}: {}", dynamo_proto::wire::error_chain(status)),
             },
             code => AdminError::Rpc {
                 call,
@@ -388,24 +388,6 @@ fn member_view(
         version: member.version,
         reachable: member.reachable,
     })
-}
-
-/// "a: b: c" from an error and its sources, without tonic's bare "transport error".
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if text != "transport error" && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    if parts.is_empty() {
-        "transport error".to_owned()
-    } else {
-        parts.join(": ")
-    }
 }
 
 #[async_trait::async_trait]

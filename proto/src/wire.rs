@@ -45,3 +45,22 @@ pub fn never_sent(status: &Status) -> bool {
     }
     false
 }
+
+/// "a: b: c" from an error and its sources, without tonic's bare "transport error"
+/// wrapper: what a caller prints when a call fails on its side.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if text != "transport error" && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    if parts.is_empty() {
+        "transport error".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}

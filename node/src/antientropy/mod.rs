@@ -96,7 +96,6 @@ pub use dynamo_config::settings::{
     DEFAULT_TOMBSTONE_GRACE,
 };
 pub use plan::{KeyRepair, RepairBudget, RoundLimit, TreeSpec};
-pub(crate) use round::WorkerHandles;
 pub use round::{AntiEntropyWorker, BuildProgress, RoundReport};
 pub use trees::{TreeCounts, TreeLookupError, TreeSet};
 

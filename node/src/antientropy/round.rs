@@ -91,28 +91,8 @@ impl RoundReport {
 
 /// The anti-entropy subsystem (Dynamo §4.7): the handles its rounds need, nothing else.
 #[derive(Clone)]
+/// The node wires it with a struct literal: each field is a handle it shares.
 pub struct AntiEntropyWorker {
-    store: Store,
-    cluster: Arc<Cluster>,
-    antientropy: Arc<AntiEntropy>,
-    transport: Arc<dyn Transport>,
-    background: Arc<BackgroundBudget>,
-    quorum: QuorumConfig,
-    metrics: Metrics,
-    durability: Durability,
-}
-
-impl std::fmt::Debug for AntiEntropyWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AntiEntropyWorker")
-            .field("node", self.cluster.me())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The handles an [`AntiEntropyWorker`] works with.
-#[derive(Clone)]
-pub(crate) struct WorkerHandles {
     pub(crate) store: Store,
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) antientropy: Arc<AntiEntropy>,
@@ -123,31 +103,15 @@ pub(crate) struct WorkerHandles {
     pub(crate) durability: Durability,
 }
 
-impl AntiEntropyWorker {
-    /// A worker over these handles.
-    pub(crate) fn new(handles: WorkerHandles) -> Self {
-        let WorkerHandles {
-            store,
-            cluster,
-            antientropy,
-            transport,
-            background,
-            quorum,
-            metrics,
-            durability,
-        } = handles;
-        AntiEntropyWorker {
-            store,
-            cluster,
-            antientropy,
-            transport,
-            background,
-            quorum,
-            metrics,
-            durability,
-        }
+impl std::fmt::Debug for AntiEntropyWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AntiEntropyWorker")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
     }
+}
 
+impl AntiEntropyWorker {
     /// Dynamo §4.7: build the trees, then every interval run one anti-entropy round.
     /// Returns at `shutdown`, after the round or build step under way.
     pub(crate) async fn run(self, seed: u64, shutdown: watch::Receiver<bool>) {

@@ -22,30 +22,9 @@ use crate::store::Store;
 use crate::transfer::{TransferRole, TransferShared};
 
 /// Serves `dynamo.v1.Admin`: the member table and ring, membership changes, and the
-/// node's status, over the handles those need.
+/// node's status, over the handles those need (the node wires it with a struct literal).
 #[derive(Clone)]
 pub struct AdminService {
-    cluster: Arc<Cluster>,
-    members: Arc<Members>,
-    store: Store,
-    transfer: Arc<TransferShared>,
-    antientropy: Arc<AntiEntropy>,
-    metrics: Metrics,
-    quorum: QuorumConfig,
-    durability: Durability,
-    strategy: PartitionStrategy,
-}
-
-impl std::fmt::Debug for AdminService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminService")
-            .field("node", self.cluster.me())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The handles an [`AdminService`] reads and changes.
-pub(crate) struct AdminHandles {
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) members: Arc<Members>,
     pub(crate) store: Store,
@@ -57,33 +36,15 @@ pub(crate) struct AdminHandles {
     pub(crate) strategy: PartitionStrategy,
 }
 
-impl AdminService {
-    /// A service over these handles.
-    pub(crate) fn new(handles: AdminHandles) -> Self {
-        let AdminHandles {
-            cluster,
-            members,
-            store,
-            transfer,
-            antientropy,
-            metrics,
-            quorum,
-            durability,
-            strategy,
-        } = handles;
-        Self {
-            cluster,
-            members,
-            store,
-            transfer,
-            antientropy,
-            metrics,
-            quorum,
-            durability,
-            strategy,
-        }
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
     }
+}
 
+impl AdminService {
     fn partitioning_name(&self) -> &'static str {
         match self.strategy {
             PartitionStrategy::RandomTokens { .. } => "random-tokens",

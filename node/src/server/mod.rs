@@ -13,7 +13,6 @@ pub mod status_page;
 pub mod tls;
 pub mod tls_reload;
 
-pub(crate) use admin::AdminHandles;
 pub use admin::{AdminService, admin_token_interceptor};
 pub use kv::{KvService, TOPOLOGY_HEADER};
 

@@ -231,27 +231,8 @@ impl TransferShared {
 /// The range transfer subsystem (Dynamo §4.9) and the stray sweep: the handles their
 /// rounds need, nothing else.
 #[derive(Clone)]
+/// The node wires it with a struct literal: each field is a handle it shares.
 pub struct TransferWorker {
-    pub(super) cluster: Arc<Cluster>,
-    pub(super) store: Store,
-    pub(super) transport: Arc<dyn Transport>,
-    pub(super) metrics: Metrics,
-    pub(super) quorum: QuorumConfig,
-    pub(super) background: Arc<BackgroundBudget>,
-    pub(super) transfer: Arc<TransferShared>,
-    pub(super) members: Arc<Members>,
-}
-
-impl std::fmt::Debug for TransferWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransferWorker")
-            .field("node", self.cluster.me())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The handles a [`TransferWorker`] works with.
-pub(crate) struct TransferHandles {
     pub(crate) cluster: Arc<Cluster>,
     pub(crate) store: Store,
     pub(crate) transport: Arc<dyn Transport>,
@@ -262,31 +243,15 @@ pub(crate) struct TransferHandles {
     pub(crate) members: Arc<Members>,
 }
 
-impl TransferWorker {
-    /// A worker over these handles.
-    pub(crate) fn new(handles: TransferHandles) -> Self {
-        let TransferHandles {
-            cluster,
-            store,
-            transport,
-            metrics,
-            quorum,
-            background,
-            transfer,
-            members,
-        } = handles;
-        TransferWorker {
-            cluster,
-            store,
-            transport,
-            metrics,
-            quorum,
-            background,
-            transfer,
-            members,
-        }
+impl std::fmt::Debug for TransferWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferWorker")
+            .field("node", self.cluster.me())
+            .finish_non_exhaustive()
     }
+}
 
+impl TransferWorker {
     /// Runs a transfer round every interval with the fixed throttle of the settings,
     /// then a stray sweep in what it left. Returns at `shutdown`, after the round under
     /// way.

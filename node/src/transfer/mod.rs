@@ -129,9 +129,9 @@ pub mod sweep;
 mod tests;
 mod throttle;
 
+pub(crate) use driver::TransferShared;
 pub use driver::TransferWorker;
 pub use driver::{PeerTransfer, RoundReport, TransferRole, TransferSettings, TransferStatus};
-pub(crate) use driver::{TransferHandles, TransferShared};
 pub use plan::{
     Task, WriteSet, plan, read_ring, settled_members, stray_ranges, target_members, write_set,
 };
