@@ -331,11 +331,15 @@ clusterDNS: [$DNS_SERVICE_IP]
 clusterDomain: cluster.local
 resolvConf: $RUN/etc/resolv.conf
 podLogsDir: $RUN/pod-logs
-# The images were imported, not pulled: never garbage-collect them, and no evictions
-# for a busy shared disk.
+# The images were imported, not pulled: never garbage-collect them. And no eviction
+# for disk at all (as kind does): the node shares the host's disk with the build, and a
+# CI machine can have under 1% of it free; the kubelet then taints the node
+# (disk-pressure) and nothing schedules, though the suite needs only a few hundred MB.
+# A full disk still fails loudly, as a write error. Leaving out a signal here means no
+# threshold for it (mergeDefaultEvictionSettings is off).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%", imagefs.inodesFree: "0%"}
 serializeImagePulls: false
 # How often the kubelet syncs each pod, and with it re-projects Secret volumes: 15 s
 # instead of 1 min, so each step of the suite's TLS rotation reaches the pods in seconds
