@@ -458,10 +458,6 @@ impl Client {
     /// when a node has to coordinate it: client coordination is off or not served, fewer
     /// than R replicas are reachable, or a replica refused (its ring differs from the
     /// client's).
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     async fn coordinate_get(&self, key: &[u8]) -> Result<Option<Versions>, ClientError> {
         let inner = &self.inner;
         if inner.routing != Routing::Client || !inner.coordinate_reads {
@@ -496,55 +492,9 @@ impl Client {
         let Some(targets) = read::read_targets(&replicas, r, turn, up) else {
             return Ok(None);
         };
-        let request = proto::GetLocalRequest {
-            key: Bytes::copy_from_slice(key),
-        };
-        let mut pending = FuturesUnordered::new();
-        for address in &targets[..r] {
-            pending.push(inner.get_local(address, request.clone()));
-        }
-        let mut next = r;
-        let mut replies: Vec<Bytes> = Vec::with_capacity(r);
-        let mut failed_over = false;
-        while let Some(answer) = pending.next().await {
-            match answer {
-                Ok(state) => {
-                    replies.push(state);
-                    if replies.len() == r {
-                        break;
-                    }
-                }
-                Err(LocalReadFailure::Unreachable) => {
-                    failed_over = true;
-                    if let Some(address) = targets.get(next) {
-                        pending.push(inner.get_local(address, request.clone()));
-                        next += 1;
-                    }
-                    if replies.len() + pending.len() < r {
-                        return Ok(None);
-                    }
-                }
-                Err(LocalReadFailure::Refused(address, status)) => {
-                    if status.code() == tonic::Code::InvalidArgument {
-                        // The key itself is refused: a node would refuse it too.
-                        return Err(ClientError::Status {
-                            address,
-                            code: status.code(),
-                            message: status.message().to_owned(),
-                        });
-                    }
-                    if status.code() == tonic::Code::FailedPrecondition {
-                        // Not a replica by the node's ring: ours is behind.
-                        inner.refresh_wanted.notify_one();
-                    }
-                    return Ok(None);
-                }
-            }
-        }
-        drop(pending);
-        if replies.len() < r {
+        let Some((replies, failed_over)) = inner.local_states(key, &targets, r).await? else {
             return Ok(None);
-        }
+        };
         let merged = match read::merge_replies(&replies) {
             Ok(merged) => merged,
             Err(error) => {
@@ -747,6 +697,64 @@ impl Inner {
     }
 
     /// One replica's own state of a key (`Kv.GetLocal`), encoded.
+    /// The local states of `key` from the first `r` of `targets`, going on to the next
+    /// target when one is unreachable; with whether any was. `None` when fewer than `r`
+    /// can answer or a replica refused (its ring differs from ours: a refresh is asked
+    /// for); an error when the key itself is refused.
+    async fn local_states(
+        &self,
+        key: &[u8],
+        targets: &[&str],
+        r: usize,
+    ) -> Result<Option<(Vec<Bytes>, bool)>, ClientError> {
+        let request = proto::GetLocalRequest {
+            key: Bytes::copy_from_slice(key),
+        };
+        let mut pending = FuturesUnordered::new();
+        for address in &targets[..r] {
+            pending.push(self.get_local(address, request.clone()));
+        }
+        let mut next = r;
+        let mut replies: Vec<Bytes> = Vec::with_capacity(r);
+        let mut failed_over = false;
+        while let Some(answer) = pending.next().await {
+            match answer {
+                Ok(state) => {
+                    replies.push(state);
+                    if replies.len() == r {
+                        return Ok(Some((replies, failed_over)));
+                    }
+                }
+                Err(LocalReadFailure::Unreachable) => {
+                    failed_over = true;
+                    if let Some(address) = targets.get(next) {
+                        pending.push(self.get_local(address, request.clone()));
+                        next += 1;
+                    }
+                    if replies.len() + pending.len() < r {
+                        return Ok(None);
+                    }
+                }
+                Err(LocalReadFailure::Refused(address, status)) => {
+                    if status.code() == tonic::Code::InvalidArgument {
+                        // The key itself is refused: a node would refuse it too.
+                        return Err(ClientError::Status {
+                            address,
+                            code: status.code(),
+                            message: status.message().to_owned(),
+                        });
+                    }
+                    if status.code() == tonic::Code::FailedPrecondition {
+                        // Not a replica by the node's ring: ours is behind.
+                        self.refresh_wanted.notify_one();
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn get_local(
         &self,
         address: &str,

@@ -115,74 +115,85 @@ impl fmt::Debug for RoutingTable {
     }
 }
 
-impl RoutingTable {
-    /// Builds the table from a `Kv.Topology` answer, checking every bound.
-    ///
-    /// # Errors
-    /// [`TopologyError::Unchanged`] for an `unchanged` answer; the other variants for
-    /// input that breaks a bound or does not describe a ring.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
-    pub fn from_topology(answer: TopologyResponse) -> Result<Self, TopologyError> {
-        if answer.unchanged {
-            return Err(TopologyError::Unchanged);
-        }
-        if answer.version.is_empty() || answer.version.len() > MAX_VERSION_LEN {
-            return Err(TopologyError::BadVersion {
-                len: answer.version.len(),
-            });
-        }
-        if answer.members.len() > MAX_MEMBERS {
-            return Err(TopologyError::TooManyMembers {
-                count: answer.members.len(),
-            });
-        }
-        let n = answer.replication_factor;
-        if n == 0 || n > MAX_REPLICATION_FACTOR {
-            return Err(TopologyError::BadReplicationFactor { n });
-        }
-        if answer.read_quorum > n {
-            return Err(TopologyError::BadReadQuorum {
-                r: answer.read_quorum,
-                n,
-            });
-        }
-        let count = answer.vnode_owners.len();
-        if count as u64 > MAX_VIRTUAL_NODES {
-            return Err(TopologyError::TooManyVirtualNodes { count });
-        }
-        if answer.vnode_tokens.len() != count * 16 {
-            return Err(TopologyError::Malformed(format!(
-                "{} token bytes for {count} virtual nodes",
-                answer.vnode_tokens.len()
-            )));
-        }
-        let tokens: Vec<u128> = answer
-            .vnode_tokens
-            .chunks_exact(16)
-            .map(|chunk| {
-                let mut bytes = [0u8; 16];
-                bytes.copy_from_slice(chunk);
-                u128::from_be_bytes(bytes)
-            })
-            .collect();
-        if tokens.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err(TopologyError::Malformed(
-                "virtual node tokens are not strictly increasing".into(),
-            ));
-        }
-        if let Some(bad) = answer
-            .vnode_owners
-            .iter()
-            .find(|&&owner| owner as usize >= answer.members.len())
-        {
-            return Err(TopologyError::Malformed(format!(
-                "virtual node owner {bad} is not one of the {} members",
-                answer.members.len()
-            )));
-        }
+/// The answer's version, member count, N and R, within their bounds.
+fn check_header(answer: &TopologyResponse) -> Result<(), TopologyError> {
+    if answer.unchanged {
+        return Err(TopologyError::Unchanged);
+    }
+    if answer.version.is_empty() || answer.version.len() > MAX_VERSION_LEN {
+        return Err(TopologyError::BadVersion {
+            len: answer.version.len(),
+        });
+    }
+    if answer.members.len() > MAX_MEMBERS {
+        return Err(TopologyError::TooManyMembers {
+            count: answer.members.len(),
+        });
+    }
+    let n = answer.replication_factor;
+    if n == 0 || n > MAX_REPLICATION_FACTOR {
+        return Err(TopologyError::BadReplicationFactor { n });
+    }
+    if answer.read_quorum > n {
+        return Err(TopologyError::BadReadQuorum {
+            r: answer.read_quorum,
+            n,
+        });
+    }
+    Ok(())
+}
+
+/// The virtual nodes' tokens, checked: as many as owners, strictly increasing, each
+/// owned by a member.
+fn ring_tokens(answer: &TopologyResponse) -> Result<Vec<u128>, TopologyError> {
+    let count = answer.vnode_owners.len();
+    if count as u64 > MAX_VIRTUAL_NODES {
+        return Err(TopologyError::TooManyVirtualNodes { count });
+    }
+    if answer.vnode_tokens.len() != count * 16 {
+        return Err(TopologyError::Malformed(format!(
+            "{} token bytes for {count} virtual nodes",
+            answer.vnode_tokens.len()
+        )));
+    }
+    let tokens: Vec<u128> = answer
+        .vnode_tokens
+        .chunks_exact(16)
+        .map(|chunk| {
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(chunk);
+            u128::from_be_bytes(bytes)
+        })
+        .collect();
+    if tokens.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(TopologyError::Malformed(
+            "virtual node tokens are not strictly increasing".into(),
+        ));
+    }
+    if let Some(bad) = answer
+        .vnode_owners
+        .iter()
+        .find(|&&owner| owner as usize >= answer.members.len())
+    {
+        return Err(TopologyError::Malformed(format!(
+            "virtual node owner {bad} is not one of the {} members",
+            answer.members.len()
+        )));
+    }
+    Ok(tokens)
+}
+
+/// The members' zones as indexes into their sorted distinct names, how many names
+/// there are, and how many of them own a virtual node.
+struct Zoning {
+    zones: Vec<u32>,
+    names: usize,
+    placed: usize,
+}
+
+impl Zoning {
+    /// Expects the owners checked ([`ring_tokens`]).
+    fn of(answer: &TopologyResponse) -> Result<Self, TopologyError> {
         let mut names: Vec<&str> = answer.members.iter().map(|m| m.zone.as_str()).collect();
         if let Some(bad) = names
             .iter()
@@ -206,8 +217,24 @@ impl RoutingTable {
         for &owner in &answer.vnode_owners {
             placed[zones[owner as usize] as usize] = true;
         }
-        let placed_zones = placed.iter().filter(|&&p| p).count();
-        let zone_names = names.len();
+        Ok(Self {
+            placed: placed.iter().filter(|&&p| p).count(),
+            names: names.len(),
+            zones,
+        })
+    }
+}
+
+impl RoutingTable {
+    /// Builds the table from a `Kv.Topology` answer, checking every bound.
+    ///
+    /// # Errors
+    /// [`TopologyError::Unchanged`] for an `unchanged` answer; the other variants for
+    /// input that breaks a bound or does not describe a ring.
+    pub fn from_topology(answer: TopologyResponse) -> Result<Self, TopologyError> {
+        check_header(&answer)?;
+        let tokens = ring_tokens(&answer)?;
+        let zoning = Zoning::of(&answer)?;
         let members = answer
             .members
             .into_iter()
@@ -215,11 +242,11 @@ impl RoutingTable {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             last_write_wins: answer.last_write_wins,
-            zones,
-            zone_names,
-            placed_zones,
+            zones: zoning.zones,
+            zone_names: zoning.names,
+            placed_zones: zoning.placed,
             version: answer.version,
-            n: n as usize,
+            n: answer.replication_factor as usize,
             members,
             tokens,
             owners: answer.vnode_owners,

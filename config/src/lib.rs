@@ -740,92 +740,186 @@ impl TryFrom<RawConfig> for NodeConfig {
     type Error = ConfigError;
 
     /// Fills in defaults and checks every rule; the one place a `NodeConfig` is made.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let node_id = raw
             .node_id
             .clone()
             .ok_or(ConfigError::Missing { key: "node-id" })?;
-
         let (listen, internode_listen, http_listen) = listeners(&raw)?;
-        // Unset means "the internode address actually bound", which the node resolves
-        // at start: with internode-listen on port 0 (tests) the port is only known then.
-        let advertise = match raw.advertise.clone() {
-            Some(advertise) => {
-                check_address(&advertise).map_err(|reason| ConfigError::Address {
-                    key: "advertise",
-                    value: advertise.clone(),
-                    reason,
-                })?;
-                Some(advertise)
-            }
-            None if internode_listen.ip().is_unspecified() => {
-                return Err(ConfigError::WildcardAdvertise { internode_listen });
-            }
-            None => None,
-        };
-        let advertise_client = raw
-            .advertise_client
-            .clone()
-            .map(|address| {
-                check_address(&address).map_err(|reason| ConfigError::Address {
-                    key: "advertise-client",
-                    value: address.clone(),
-                    reason,
-                })?;
-                Ok(address)
-            })
-            .transpose()?;
-        let seeds = raw.seeds.clone().unwrap_or_default();
-        for seed in &seeds {
-            check_address(seed).map_err(|reason| ConfigError::Address {
-                key: "seeds",
-                value: seed.clone(),
-                reason,
-            })?;
-        }
+        let (advertise, advertise_client) = advertised(&raw, internode_listen)?;
+        let seeds = seeds(&raw)?;
 
-        let replication_factor = raw.replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR);
-        in_range(
-            "replication-factor",
-            replication_factor,
-            1,
-            MAX_REPLICATION_FACTOR,
-        )?;
-        let read_quorum = raw.read_quorum.unwrap_or(DEFAULT_READ_QUORUM);
-        check_quorum("read-quorum", read_quorum, replication_factor)?;
-        let write_quorum = raw.write_quorum.unwrap_or(DEFAULT_WRITE_QUORUM);
-        check_quorum("write-quorum", write_quorum, replication_factor)?;
-
+        let quorum = quorum(&raw)?;
         let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
         in_range("weight", weight, 1, MAX_WEIGHT)?;
         let partitioning = partitioning(&raw, weight)?;
-
-        let flush_interval = raw.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
-        // Sled's builder owns the flush interval's bounds; checking with it here keeps
-        // one rule for both engines.
-        let sled = SledConfig::new(raw.data_dir.clone().unwrap_or_default())
-            .with_flush_interval(Some(flush_interval))
-            .map_err(ConfigError::FlushInterval)?;
-        if raw
-            .data_dir
-            .as_ref()
-            .is_some_and(|d| d.as_os_str().is_empty())
-        {
-            return Err(ConfigError::Empty { key: "data-dir" });
+        let (storage, flush_interval) = storage(&raw)?;
+        let timings = Timings::of(&raw)?;
+        let values = ValueLimits::of(&raw)?;
+        let anti_entropy = AntiEntropyFlags::of(&raw)?;
+        if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
+            return Err(ConfigError::AdminToken { reason });
         }
-        let storage = match raw.storage.unwrap_or_default() {
-            StorageKind::Sled if raw.data_dir.is_none() => {
-                return Err(ConfigError::SledWithoutDataDir);
-            }
-            StorageKind::Sled => StorageConfig::Sled(sled),
-            StorageKind::Memory => StorageConfig::Memory,
-        };
-        let durability = raw.durability.unwrap_or_default().into();
+        let tls = tls(
+            raw.tls_cert.clone(),
+            raw.tls_key.clone(),
+            raw.tls_ca.clone(),
+            raw.tls_node_name.clone(),
+        )?;
+        let internode_auth = internode_auth(
+            internode_listen,
+            tls.as_ref(),
+            raw.internode_token_file.clone(),
+            raw.insecure_internode.unwrap_or(false),
+        )?;
+        let log = raw.log.clone().unwrap_or_else(|| DEFAULT_LOG.to_owned());
+        if log.trim().is_empty() {
+            return Err(ConfigError::Empty { key: "log" });
+        }
+        Ok(NodeConfig {
+            node_id,
+            listen,
+            internode_listen,
+            http_listen,
+            advertise,
+            advertise_client,
+            zone: zone(&raw)?,
+            seeds,
+            replication_factor: quorum.n(),
+            read_quorum: quorum.r(),
+            write_quorum: quorum.w(),
+            weight,
+            partitioning,
+            storage,
+            durability: raw.durability.unwrap_or_default().into(),
+            read_fanout: raw.read_fanout.unwrap_or_default(),
+            reconciliation: raw.reconciliation.unwrap_or_default().into(),
+            flush_interval,
+            request_timeout: timings.request_timeout,
+            gossip_interval: timings.gossip_interval,
+            transfer_interval: timings.transfer_interval,
+            transfer_source_stall: timings.transfer_source_stall,
+            transfer_batch_bytes: timings.transfer_batch_bytes,
+            transfer_batch_keys: timings.transfer_batch_keys,
+            max_key_bytes: values.max_key_bytes,
+            max_value_bytes: values.max_value_bytes,
+            max_siblings: values.max_siblings,
+            sibling_limits: values.sibling_limits,
+            quorum,
+            serving: serving_limits(&raw)?,
+            admission: admission(&raw)?,
+            tls,
+            internode_auth,
+            log,
+            anti_entropy_interval: anti_entropy.interval,
+            anti_entropy_max_keys: anti_entropy.max_keys,
+            anti_entropy_max_bytes: anti_entropy.max_bytes,
+            tombstone_grace: raw
+                .tombstone_grace
+                .unwrap_or(settings::DEFAULT_TOMBSTONE_GRACE),
+            admin_token: raw.admin_token,
+            data_dir: raw.data_dir,
+        })
+    }
+}
 
+/// N, R and W, checked, in the typed form the node runs with: built here so a
+/// configuration that passes `--check-config` cannot fail at start.
+fn quorum(raw: &RawConfig) -> Result<QuorumConfig, ConfigError> {
+    let replication_factor = raw.replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR);
+    in_range(
+        "replication-factor",
+        replication_factor,
+        1,
+        MAX_REPLICATION_FACTOR,
+    )?;
+    let read_quorum = raw.read_quorum.unwrap_or(DEFAULT_READ_QUORUM);
+    check_quorum("read-quorum", read_quorum, replication_factor)?;
+    let write_quorum = raw.write_quorum.unwrap_or(DEFAULT_WRITE_QUORUM);
+    check_quorum("write-quorum", write_quorum, replication_factor)?;
+    QuorumConfig::new(replication_factor, read_quorum, write_quorum).map_err(ConfigError::Quorum)
+}
+
+/// `advertise` and `advertise-client`, checked. Unset `advertise` means "the internode
+/// address actually bound", which the node resolves at start: with internode-listen on
+/// port 0 (tests) the port is only known then.
+fn advertised(
+    raw: &RawConfig,
+    internode_listen: SocketAddr,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let checked = |key: &'static str, address: &String| {
+        check_address(address).map_err(|reason| ConfigError::Address {
+            key,
+            value: address.clone(),
+            reason,
+        })
+    };
+    let advertise = match &raw.advertise {
+        Some(advertise) => {
+            checked("advertise", advertise)?;
+            Some(advertise.clone())
+        }
+        None if internode_listen.ip().is_unspecified() => {
+            return Err(ConfigError::WildcardAdvertise { internode_listen });
+        }
+        None => None,
+    };
+    if let Some(address) = &raw.advertise_client {
+        checked("advertise-client", address)?;
+    }
+    Ok((advertise, raw.advertise_client.clone()))
+}
+
+/// The seeds, each a checked `host:port`.
+fn seeds(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
+    let seeds = raw.seeds.clone().unwrap_or_default();
+    for seed in &seeds {
+        check_address(seed).map_err(|reason| ConfigError::Address {
+            key: "seeds",
+            value: seed.clone(),
+            reason,
+        })?;
+    }
+    Ok(seeds)
+}
+
+/// The storage engine and the buffered writes' flush interval.
+fn storage(raw: &RawConfig) -> Result<(StorageConfig, Duration), ConfigError> {
+    let flush_interval = raw.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
+    // Sled's builder owns the flush interval's bounds; checking with it here keeps one
+    // rule for both engines.
+    let sled = SledConfig::new(raw.data_dir.clone().unwrap_or_default())
+        .with_flush_interval(Some(flush_interval))
+        .map_err(ConfigError::FlushInterval)?;
+    if raw
+        .data_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        return Err(ConfigError::Empty { key: "data-dir" });
+    }
+    let storage = match raw.storage.unwrap_or_default() {
+        StorageKind::Sled if raw.data_dir.is_none() => {
+            return Err(ConfigError::SledWithoutDataDir);
+        }
+        StorageKind::Sled => StorageConfig::Sled(sled),
+        StorageKind::Memory => StorageConfig::Memory,
+    };
+    Ok((storage, flush_interval))
+}
+
+/// The request, gossip and transfer timings and the transfer batch bounds, checked.
+struct Timings {
+    request_timeout: Duration,
+    gossip_interval: Duration,
+    transfer_interval: Duration,
+    transfer_source_stall: Duration,
+    transfer_batch_bytes: u64,
+    transfer_batch_keys: u64,
+}
+
+impl Timings {
+    fn of(raw: &RawConfig) -> Result<Self, ConfigError> {
         let request_timeout = raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         check_interval("request-timeout", request_timeout)?;
         let gossip_interval = raw.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
@@ -856,141 +950,122 @@ impl TryFrom<RawConfig> for NodeConfig {
             1,
             MAX_TRANSFER_BATCH_KEYS,
         )?;
-
-        let max_key_bytes = raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES);
-        in_range("max-key-bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT)?;
-        let max_value_bytes = raw.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES);
-        in_range("max-value-bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)?;
-        let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
-        in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
-        // The typed forms the node runs with, built here so a configuration that passes
-        // `--check-config` cannot fail at start: a warning above a fifth of the cap.
-        let sibling_limits = SiblingLimits::new(
-            to_usize(max_siblings),
-            (to_usize(max_siblings) / 5).max(1),
-            SiblingLimits::default().max_clock_entries(),
-        )
-        .map_err(ConfigError::SiblingLimits)?;
-        let quorum = QuorumConfig::new(replication_factor, read_quorum, write_quorum)
-            .map_err(ConfigError::Quorum)?;
-        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        in_range(
-            "max-connections",
-            max_connections,
-            MIN_MAX_CONNECTIONS,
-            MAX_CONNECTIONS_LIMIT,
-        )?;
-        let max_inflight_requests = raw
-            .max_inflight_requests
-            .unwrap_or(DEFAULT_MAX_INFLIGHT_REQUESTS);
-        in_range(
-            "max-inflight-requests",
-            max_inflight_requests,
-            1,
-            MAX_CONNECTIONS_LIMIT,
-        )?;
-        let client_read_timeout = raw
-            .client_read_timeout
-            .unwrap_or(DEFAULT_CLIENT_READ_TIMEOUT);
-        check_interval("client-read-timeout", client_read_timeout)?;
-        let serving = ServingLimits {
-            max_connections: to_usize(max_connections),
-            max_inflight_requests: to_usize(max_inflight_requests),
-            client_read_timeout,
-        };
-
-        let admission = admission(&raw)?;
-
-        if let Some(reason) = raw.admin_token.as_ref().and_then(AdminToken::problem) {
-            return Err(ConfigError::AdminToken { reason });
-        }
-        let anti_entropy_interval = raw
-            .anti_entropy_interval
-            .unwrap_or(settings::DEFAULT_INTERVAL);
-        if !anti_entropy_interval.is_zero() {
-            check_interval("anti-entropy-interval", anti_entropy_interval)?;
-        }
-        let anti_entropy_max_keys = raw
-            .anti_entropy_max_keys
-            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_KEYS);
-        in_range("anti-entropy-max-keys", anti_entropy_max_keys, 1, u32::MAX)?;
-        let anti_entropy_max_bytes = raw
-            .anti_entropy_max_bytes
-            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_BYTES);
-        in_range(
-            "anti-entropy-max-bytes",
-            anti_entropy_max_bytes,
-            1,
-            u32::MAX,
-        )?;
-        let tombstone_grace = raw
-            .tombstone_grace
-            .unwrap_or(settings::DEFAULT_TOMBSTONE_GRACE);
-        let tls = tls(raw.tls_cert, raw.tls_key, raw.tls_ca, raw.tls_node_name)?;
-        let internode_auth = internode_auth(
-            internode_listen,
-            tls.as_ref(),
-            raw.internode_token_file,
-            raw.insecure_internode.unwrap_or(false),
-        )?;
-        let log = raw.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
-        if log.trim().is_empty() {
-            return Err(ConfigError::Empty { key: "log" });
-        }
-        // An empty zone is no zone (a `DYNAMO_ZONE` set from an unlabelled node).
-        let zone = match raw.zone.clone().filter(|zone| !zone.is_empty()) {
-            Some(zone) => {
-                dynamo_core::membership::check_zone(&zone).map_err(|reason| ConfigError::Zone {
-                    value: zone.clone(),
-                    reason,
-                })?;
-                Some(zone)
-            }
-            None => None,
-        };
-
-        Ok(NodeConfig {
-            node_id,
-            listen,
-            internode_listen,
-            http_listen,
-            advertise,
-            advertise_client,
-            zone,
-            data_dir: raw.data_dir,
-            seeds,
-            replication_factor,
-            read_quorum,
-            write_quorum,
-            weight,
-            partitioning,
-            storage,
-            durability,
-            read_fanout: raw.read_fanout.unwrap_or_default(),
-            reconciliation: raw.reconciliation.unwrap_or_default().into(),
-            flush_interval,
+        Ok(Self {
             request_timeout,
             gossip_interval,
             transfer_interval,
             transfer_source_stall,
             transfer_batch_bytes,
             transfer_batch_keys,
+        })
+    }
+}
+
+/// The key, value and sibling bounds, checked, with the typed sibling limits.
+struct ValueLimits {
+    max_key_bytes: u32,
+    max_value_bytes: u32,
+    max_siblings: u32,
+    sibling_limits: SiblingLimits,
+}
+
+impl ValueLimits {
+    fn of(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let max_key_bytes = raw.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES);
+        in_range("max-key-bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT)?;
+        let max_value_bytes = raw.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES);
+        in_range("max-value-bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)?;
+        let max_siblings = raw.max_siblings.unwrap_or(DEFAULT_MAX_SIBLINGS);
+        in_range("max-siblings", max_siblings, 1, MAX_SIBLINGS_LIMIT)?;
+        // Built here so a configuration that passes `--check-config` cannot fail at
+        // start: a warning above a fifth of the cap.
+        let sibling_limits = SiblingLimits::new(
+            to_usize(max_siblings),
+            (to_usize(max_siblings) / 5).max(1),
+            SiblingLimits::default().max_clock_entries(),
+        )
+        .map_err(ConfigError::SiblingLimits)?;
+        Ok(Self {
             max_key_bytes,
             max_value_bytes,
             max_siblings,
             sibling_limits,
-            quorum,
-            serving,
-            admission,
-            admin_token: raw.admin_token,
-            tls,
-            internode_auth,
-            log,
-            anti_entropy_interval,
-            anti_entropy_max_keys,
-            anti_entropy_max_bytes,
-            tombstone_grace,
         })
+    }
+}
+
+/// The connection and in-flight request caps and the client read timeout, checked.
+fn serving_limits(raw: &RawConfig) -> Result<ServingLimits, ConfigError> {
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    in_range(
+        "max-connections",
+        max_connections,
+        MIN_MAX_CONNECTIONS,
+        MAX_CONNECTIONS_LIMIT,
+    )?;
+    let max_inflight_requests = raw
+        .max_inflight_requests
+        .unwrap_or(DEFAULT_MAX_INFLIGHT_REQUESTS);
+    in_range(
+        "max-inflight-requests",
+        max_inflight_requests,
+        1,
+        MAX_CONNECTIONS_LIMIT,
+    )?;
+    let client_read_timeout = raw
+        .client_read_timeout
+        .unwrap_or(DEFAULT_CLIENT_READ_TIMEOUT);
+    check_interval("client-read-timeout", client_read_timeout)?;
+    Ok(ServingLimits {
+        max_connections: to_usize(max_connections),
+        max_inflight_requests: to_usize(max_inflight_requests),
+        client_read_timeout,
+    })
+}
+
+/// The anti-entropy interval (0 disables it) and per-round bounds, checked.
+struct AntiEntropyFlags {
+    interval: Duration,
+    max_keys: u32,
+    max_bytes: u32,
+}
+
+impl AntiEntropyFlags {
+    fn of(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let interval = raw
+            .anti_entropy_interval
+            .unwrap_or(settings::DEFAULT_INTERVAL);
+        if !interval.is_zero() {
+            check_interval("anti-entropy-interval", interval)?;
+        }
+        let max_keys = raw
+            .anti_entropy_max_keys
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_KEYS);
+        in_range("anti-entropy-max-keys", max_keys, 1, u32::MAX)?;
+        let max_bytes = raw
+            .anti_entropy_max_bytes
+            .unwrap_or(DEFAULT_ANTI_ENTROPY_MAX_BYTES);
+        in_range("anti-entropy-max-bytes", max_bytes, 1, u32::MAX)?;
+        Ok(Self {
+            interval,
+            max_keys,
+            max_bytes,
+        })
+    }
+}
+
+/// The zone, checked; an empty one is no zone (a `DYNAMO_ZONE` set from an unlabelled
+/// node).
+fn zone(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    match raw.zone.clone().filter(|zone| !zone.is_empty()) {
+        Some(zone) => {
+            dynamo_core::membership::check_zone(&zone).map_err(|reason| ConfigError::Zone {
+                value: zone.clone(),
+                reason,
+            })?;
+            Ok(Some(zone))
+        }
+        None => Ok(None),
     }
 }
 

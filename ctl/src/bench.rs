@@ -10,7 +10,8 @@
 //! latest context any task has seen for the key (from a read or a previous write), so
 //! siblings appear only where writes really race, and a later write that carries a read's
 //! context reconciles them. A blind update would be concurrent with every stored version
-//! and pile siblings up on every key.
+//! and pile siblings up on every key; so an update of a key this run has no context for
+//! yet (after `--skip-load`) reads it first.
 //!
 //! Requests go through the [`dynamo_client`] library, with either of Dynamo
 //! §4.5's strategies: `--routing server` (the default) sends each request to the
@@ -114,7 +115,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub skip_load: bool,
     /// Run-phase mix: a (50% read, 50% update), b (95/5), c (read only), f (50% read,
-    /// 50% read-modify-write).
+    /// 50% read-modify-write), w (update only; not a YCSB workload).
     #[arg(long, value_enum, default_value_t = Workload::A)]
     pub workload: Workload,
     /// How run-phase keys are picked.
@@ -193,10 +194,6 @@ pub fn scheduled_offset(slot: u64, rate: f64) -> Duration {
 ///
 /// [`CtlError::Unavailable`] when an endpoint cannot be reached at the start; failed
 /// calls during the run are counted in the report, not returned.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub async fn run(
     endpoint: &str,
     args: BenchArgs,
@@ -214,47 +211,7 @@ pub async fn run(
             .collect::<Result<_, _>>()?
     };
     let tasks = usize::try_from(args.concurrency).expect("at most 100,000 tasks");
-    let channels = channel_count(tasks, endpoints.len());
-    let connect = |per_node: usize| {
-        let mut config = ClientConfig::new(endpoints.iter().cloned())
-            .with_routing(args.routing.mode())
-            .with_client_reads(args.read_coordinator == ReadCoordinator::Client)
-            .with_request_timeout(timeout)
-            .with_connect_timeout(timeout)
-            .with_connections_per_node(per_node.clamp(1, client::MAX_CONNECTIONS_PER_NODE));
-        if let Some(tls) = tls {
-            config = config.with_tls(tls.clone());
-        }
-        async {
-            Client::connect(config).await.map_err(|error| match error {
-                ClientError::Config(reason) => CtlError::Usage(reason),
-                other => CtlError::Unavailable {
-                    endpoint: endpoints.join(","),
-                    reason: other.to_string(),
-                },
-            })
-        }
-    };
-    let mut per_node = channels.div_ceil(endpoints.len());
-    let mut client = connect(per_node).await?;
-    let nodes = match client.routing_table() {
-        Some(table) if args.routing == Routing::Client => table
-            .members()
-            .iter()
-            .filter(|n| n.client_address.is_some())
-            .count()
-            .max(1),
-        _ => endpoints.len(),
-    };
-    if args.routing == Routing::Client && channels.div_ceil(nodes) != per_node {
-        // Both routings get the same connections in all, spread over the nodes the
-        // client routes to: each of 20 connections (4 to each of 5 nodes) would carry
-        // 3 of 64 requests in flight, and the fewer requests a connection carries, the
-        // fewer frames each read and write system call moves (measured: more client
-        // CPU per operation). Channels connect lazily, so the first client cost nothing.
-        per_node = channels.div_ceil(nodes);
-        client = connect(per_node).await?;
-    }
+    let (client, channels) = connect_client(&endpoints, &args, timeout, tls, tasks).await?;
     let settings = Settings {
         routing: args.routing.mode().as_str().to_owned(),
         read_coordinator: match args.routing {
@@ -267,7 +224,7 @@ pub async fn run(
         records: args.records,
         value_size: usize::try_from(args.value_size).expect("at most 16 MiB"),
         concurrency: tasks,
-        channels: nodes * per_node,
+        channels,
         target_rate: args.target_rate,
         seed: args.seed,
     };
@@ -309,6 +266,60 @@ pub async fn run(
     } else {
         report::render(&report)
     })
+}
+
+/// The client every task shares, and the connections it opens in all: one per
+/// [`TASKS_PER_CHANNEL`] tasks, the same number under both routings, spread over the
+/// endpoints (server routing) or over the nodes the client routes to (client routing).
+async fn connect_client(
+    endpoints: &[String],
+    args: &BenchArgs,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+    tasks: usize,
+) -> Result<(Client, usize), CtlError> {
+    let channels = channel_count(tasks, endpoints.len());
+    let connect = |per_node: usize| {
+        let mut config = ClientConfig::new(endpoints.iter().cloned())
+            .with_routing(args.routing.mode())
+            .with_client_reads(args.read_coordinator == ReadCoordinator::Client)
+            .with_request_timeout(timeout)
+            .with_connect_timeout(timeout)
+            .with_connections_per_node(per_node.clamp(1, client::MAX_CONNECTIONS_PER_NODE));
+        if let Some(tls) = tls {
+            config = config.with_tls(tls.clone());
+        }
+        async {
+            Client::connect(config).await.map_err(|error| match error {
+                ClientError::Config(reason) => CtlError::Usage(reason),
+                other => CtlError::Unavailable {
+                    endpoint: endpoints.join(","),
+                    reason: other.to_string(),
+                },
+            })
+        }
+    };
+    let mut per_node = channels.div_ceil(endpoints.len());
+    let mut client = connect(per_node).await?;
+    let nodes = match client.routing_table() {
+        Some(table) if args.routing == Routing::Client => table
+            .members()
+            .iter()
+            .filter(|n| n.client_address.is_some())
+            .count()
+            .max(1),
+        _ => endpoints.len(),
+    };
+    if args.routing == Routing::Client && channels.div_ceil(nodes) != per_node {
+        // Both routings get the same connections in all, spread over the nodes the
+        // client routes to: each of 20 connections (4 to each of 5 nodes) would carry
+        // 3 of 64 requests in flight, and the fewer requests a connection carries, the
+        // fewer frames each read and write system call moves (measured: more client
+        // CPU per operation). Channels connect lazily, so the first client cost nothing.
+        per_node = channels.div_ceil(nodes);
+        client = connect(per_node).await?;
+    }
+    Ok((client, nodes * per_node))
 }
 
 /// The latest context seen for each record, shared by every task: a write carries it
@@ -492,8 +503,8 @@ async fn client_task(
 }
 
 /// One operation on record `index`; the number of versions a read saw, if it read. An
-/// update carries the latest context seen for the key, a read-modify-write the context
-/// its own get returned, an insert none.
+/// update carries the latest context seen for the key (reading the key first when none
+/// was), a read-modify-write the context its own get returned, an insert none.
 async fn perform(
     shared: &Shared,
     client: &Client,
@@ -507,11 +518,19 @@ async fn perform(
             let (versions, _) = read(shared, client, key, index).await?;
             Ok(Some(versions))
         }
-        Operation::Insert | Operation::Update => {
-            let context = match operation {
-                Operation::Update => shared.contexts.get(index),
-                _ => Bytes::new(),
-            };
+        Operation::Insert => {
+            write(shared, client, rng, key, index, Bytes::new()).await?;
+            Ok(None)
+        }
+        Operation::Update => {
+            let mut context = shared.contexts.get(index);
+            if context.is_empty() {
+                // A record this run has not seen (after --skip-load, or an insert that
+                // failed): read it first, as a client that lost its context would, so
+                // the update replaces the stored version instead of becoming its
+                // sibling. The read's time counts in the update's latency, once per key.
+                context = read(shared, client, key.clone(), index).await?.1;
+            }
             write(shared, client, rng, key, index, context).await?;
             Ok(None)
         }

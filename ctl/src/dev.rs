@@ -458,10 +458,6 @@ async fn start(
 }
 
 /// Starts one node and reads its ready line.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 async fn spawn_node(
     spec: &NodeSpec,
     args: &DevArgs,
@@ -470,32 +466,7 @@ async fn spawn_node(
     admin_token: Option<&str>,
 ) -> Result<(DevNode, Child), CtlError> {
     let log_path = base_dir.join(format!("{}.log", spec.id));
-    let open_log = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| CtlError::Dev(format!("opening {}: {e}", log_path.display())))
-    };
-    let mut command = Command::new(node_bin);
-    command
-        .args(node_args(spec, args))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(open_log()?)
-        .kill_on_drop(true);
-    // The cluster is self-contained: a DYNAMO_* setting meant for a real node (seeds,
-    // advertise, data dir) must not leak into it. Logging filters may.
-    for (name, _) in std::env::vars_os() {
-        let name_text = name.to_string_lossy();
-        if name_text.starts_with("DYNAMO_") && name_text != "DYNAMO_LOG" {
-            command.env_remove(&name);
-        }
-    }
-    if let Some(token) = admin_token {
-        // Through the environment, not argv, so `ps` does not show it.
-        command.env("DYNAMO_ADMIN_TOKEN", token);
-    }
+    let mut command = node_command(spec, args, node_bin, &open_log(&log_path)?, admin_token)?;
     let mut child = command.spawn().map_err(|e| {
         CtlError::Dev(format!(
             "starting {} for {}: {e}",
@@ -541,7 +512,7 @@ async fn spawn_node(
         }
     };
     // Keep draining stdout into the log so the node never blocks on a full pipe.
-    let mut log = open_log()?;
+    let mut log = open_log(&log_path)?;
     tokio::spawn(async move {
         // Ends when the node exits. The writes are small appends to a local file; a
         // failed one only loses a log line.
@@ -557,6 +528,49 @@ async fn spawn_node(
         },
         child,
     ))
+}
+
+/// A node's log file, opened for appending.
+fn open_log(path: &Path) -> Result<std::fs::File, CtlError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| CtlError::Dev(format!("opening {}: {e}", path.display())))
+}
+
+/// The command that starts one node: its flags, stderr to `log`, stdout piped for the
+/// ready line, and an environment without the caller's `DYNAMO_*` settings.
+fn node_command(
+    spec: &NodeSpec,
+    args: &DevArgs,
+    node_bin: &Path,
+    log: &std::fs::File,
+    admin_token: Option<&str>,
+) -> Result<Command, CtlError> {
+    let stderr = log
+        .try_clone()
+        .map_err(|e| CtlError::Dev(format!("sharing the log of {}: {e}", spec.id)))?;
+    let mut command = Command::new(node_bin);
+    command
+        .args(node_args(spec, args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    // The cluster is self-contained: a DYNAMO_* setting meant for a real node (seeds,
+    // advertise, data dir) must not leak into it. Logging filters may.
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("DYNAMO_") && name_text != "DYNAMO_LOG" {
+            command.env_remove(&name);
+        }
+    }
+    if let Some(token) = admin_token {
+        // Through the environment, not argv, so `ps` does not show it.
+        command.env("DYNAMO_ADMIN_TOKEN", token);
+    }
+    Ok(command)
 }
 
 /// The admin endpoint of a node.

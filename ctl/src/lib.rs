@@ -75,10 +75,6 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 ///
 /// See [`CtlError`]; a get of a missing key is [`CtlError::NotFound`] after its output
 /// (the JSON document, or the context on stderr) has been printed.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let Cli {
         endpoint,
@@ -89,35 +85,15 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         tls,
         command,
     } = cli;
-    // TLS files are read when a command connects (`dev` never does).
-    let kv = || async {
-        let url = args::normalize_endpoint(&endpoint, tls.enabled())?;
-        let config = tls.client_config()?;
-        Ok::<_, CtlError>(KvClient::new(
-            connect(&url, timeout, config.as_ref()).await?,
-        ))
-    };
-    let admin = || -> Result<AdminTarget, CtlError> {
-        Ok(AdminTarget {
-            url: args::admin_endpoint(&endpoint, admin_endpoint.as_deref(), tls.enabled())?,
-            token: bearer(admin_token.as_deref())?,
-            timeout,
-            tls: tls.client_config()?,
-        })
+    let target = Target {
+        endpoint,
+        admin_endpoint,
+        admin_token,
+        timeout,
+        tls,
     };
     match command {
-        Command::Get { key, r } => {
-            let mut client = kv().await?;
-            let response = client
-                .get(proto::GetRequest {
-                    key: key.clone().into_bytes().into(),
-                    r,
-                })
-                .await
-                .map_err(|s| CtlError::rpc("get", &s))?
-                .into_inner();
-            print_get(&key, &response, json)
-        }
+        Command::Get { key, r } => get(&target, &key, r, json).await,
         Command::Put {
             key,
             value,
@@ -127,32 +103,11 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         } => {
             let context = args::decode_context(context.as_deref())?;
             let value = read_value(value.as_deref(), file.as_deref())?;
-            let mut client = kv().await?;
-            let response = client
-                .put(proto::PutRequest {
-                    key: key.clone().into_bytes().into(),
-                    context: context.into(),
-                    value: value.into(),
-                    w,
-                })
-                .await
-                .map_err(|s| CtlError::rpc("put", &s))?
-                .into_inner();
-            print_write(&key, &response.context, json)
+            put(&target, &key, context, value, w, json).await
         }
         Command::Delete { key, context, w } => {
             let context = args::decode_context(context.as_deref())?;
-            let mut client = kv().await?;
-            let response = client
-                .delete(proto::DeleteRequest {
-                    key: key.clone().into_bytes().into(),
-                    context: context.into(),
-                    w,
-                })
-                .await
-                .map_err(|s| CtlError::rpc("delete", &s))?
-                .into_inner();
-            print_write(&key, &response.context, json)
+            delete(&target, &key, context, w, json).await
         }
         Command::Resolve {
             key,
@@ -161,111 +116,237 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             pick,
             w,
         } => {
-            let mut client = kv().await?;
-            let read = client
-                .get(proto::GetRequest {
-                    key: key.clone().into_bytes().into(),
-                    r: None,
-                })
-                .await
-                .map_err(|s| CtlError::rpc("get", &s))?
-                .into_inner();
-            let value = match pick {
-                Some(n) => chosen_version(&key, &read.values, n)?,
-                None => read_value(value.as_deref(), file.as_deref())?,
+            let choice = match pick {
+                Some(n) => Choice::Pick(n),
+                None => Choice::Value(read_value(value.as_deref(), file.as_deref())?),
             };
-            let response = client
-                .put(proto::PutRequest {
-                    key: key.clone().into_bytes().into(),
-                    context: read.context,
-                    value: value.into(),
-                    w,
-                })
-                .await
-                .map_err(|s| CtlError::rpc("put", &s))?
-                .into_inner();
-            print_write(&key, &response.context, json)
+            resolve(&target, &key, choice, w, json).await
         }
-        Command::Ring => {
-            let ring = admin()?
-                .client()
-                .await?
-                .ring(proto::RingRequest {})
-                .await
-                .map_err(|s| CtlError::rpc("ring", &s))?
-                .into_inner();
-            print_out(if json {
-                output::to_json(&RingJson::from(&ring))
-            } else {
-                output::render_ring(&ring)
-            })
-        }
-        Command::Status => {
-            let status = admin()?
-                .client()
-                .await?
-                .status(proto::StatusRequest {})
-                .await
-                .map_err(|s| CtlError::rpc("status", &s))?
-                .into_inner();
-            print_out(if json {
-                output::to_json(&StatusJson::from(&status))
-            } else {
-                output::render_status(&status)
-            })
-        }
-        Command::Admin(change) => {
-            let mut client = admin()?.client().await?;
-            let response = match change {
-                AdminCommand::Join {
-                    node_id,
-                    address,
-                    weight,
-                    zone,
-                } => client
-                    .join(proto::JoinRequest {
-                        node_id,
-                        address,
-                        weight,
-                        zone,
-                    })
-                    .await
-                    .map_err(|s| CtlError::rpc("join", &s))?,
-                AdminCommand::Leave { node_id } => client
-                    .leave(proto::LeaveRequest { node_id })
-                    .await
-                    .map_err(|s| CtlError::rpc("leave", &s))?,
-                AdminCommand::Remove { node_id } => client
-                    .remove(proto::RemoveRequest { node_id })
-                    .await
-                    .map_err(|s| CtlError::rpc("remove", &s))?,
-                AdminCommand::Weight { node_id, weight } => client
-                    .set_weight(proto::SetWeightRequest { node_id, weight })
-                    .await
-                    .map_err(|s| CtlError::rpc("weight", &s))?,
-            }
-            .into_inner();
-            let member = response.member.unwrap_or_default();
-            print_out(if json {
-                output::to_json(&output::MemberJson::from(&member))
-            } else {
-                output::render_member(&member)
-            })
-        }
-        Command::Dev(dev_args) => dev::run(dev_args, admin_token, json).await,
+        Command::Ring => ring(&target, json).await,
+        Command::Status => status(&target, json).await,
+        Command::Admin(change) => admin_change(&target, change, json).await,
+        Command::Dev(dev_args) => dev::run(dev_args, target.admin_token, json).await,
         Command::Bench(bench_args) => {
-            let config = tls.client_config()?;
+            let config = target.tls.client_config()?;
             bench::run(
-                &endpoint,
+                &target.endpoint,
                 bench_args,
-                timeout,
+                target.timeout,
                 json,
-                tls.enabled(),
+                target.tls.enabled(),
                 config.as_ref(),
             )
             .await
         }
     }
+}
+
+/// Where a command connects, from the global flags. TLS files are read when a command
+/// connects (`dev` never does).
+struct Target {
+    endpoint: String,
+    admin_endpoint: Option<String>,
+    admin_token: Option<String>,
+    timeout: std::time::Duration,
+    tls: args::TlsArgs,
+}
+
+impl Target {
+    /// A connected client of the `Kv` API.
+    async fn kv(&self) -> Result<KvClient<tonic::transport::Channel>, CtlError> {
+        let url = args::normalize_endpoint(&self.endpoint, self.tls.enabled())?;
+        let config = self.tls.client_config()?;
+        Ok(KvClient::new(
+            connect(&url, self.timeout, config.as_ref()).await?,
+        ))
+    }
+
+    /// A connected client of the `Admin` API, sending the admin token.
+    async fn admin(&self) -> Result<connection::AdminChannel, CtlError> {
+        AdminTarget {
+            url: args::admin_endpoint(
+                &self.endpoint,
+                self.admin_endpoint.as_deref(),
+                self.tls.enabled(),
+            )?,
+            token: bearer(self.admin_token.as_deref())?,
+            timeout: self.timeout,
+            tls: self.tls.client_config()?,
+        }
+        .client()
+        .await
+    }
+}
+
+async fn get(target: &Target, key: &str, r: Option<u32>, json: bool) -> Result<(), CtlError> {
+    let response = target
+        .kv()
+        .await?
+        .get(proto::GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            r,
+        })
+        .await
+        .map_err(|s| CtlError::rpc("get", &s))?
+        .into_inner();
+    print_get(key, &response, json)
+}
+
+async fn put(
+    target: &Target,
+    key: &str,
+    context: Vec<u8>,
+    value: Vec<u8>,
+    w: Option<u32>,
+    json: bool,
+) -> Result<(), CtlError> {
+    let response = target
+        .kv()
+        .await?
+        .put(proto::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            context: context.into(),
+            value: value.into(),
+            w,
+        })
+        .await
+        .map_err(|s| CtlError::rpc("put", &s))?
+        .into_inner();
+    print_write(key, &response.context, json)
+}
+
+async fn delete(
+    target: &Target,
+    key: &str,
+    context: Vec<u8>,
+    w: Option<u32>,
+    json: bool,
+) -> Result<(), CtlError> {
+    let response = target
+        .kv()
+        .await?
+        .delete(proto::DeleteRequest {
+            key: key.as_bytes().to_vec().into(),
+            context: context.into(),
+            w,
+        })
+        .await
+        .map_err(|s| CtlError::rpc("delete", &s))?
+        .into_inner();
+    print_write(key, &response.context, json)
+}
+
+/// The value `resolve` keeps.
+enum Choice {
+    /// The N-th version the read finds (from 1).
+    Pick(usize),
+    /// A value the user supplied.
+    Value(Vec<u8>),
+}
+
+/// Reads `key` and writes one value with the read's context, replacing every version
+/// the read saw.
+async fn resolve(
+    target: &Target,
+    key: &str,
+    choice: Choice,
+    w: Option<u32>,
+    json: bool,
+) -> Result<(), CtlError> {
+    let mut client = target.kv().await?;
+    let read = client
+        .get(proto::GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            r: None,
+        })
+        .await
+        .map_err(|s| CtlError::rpc("get", &s))?
+        .into_inner();
+    let value = match choice {
+        Choice::Pick(n) => chosen_version(key, &read.values, n)?,
+        Choice::Value(value) => value,
+    };
+    let response = client
+        .put(proto::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            context: read.context,
+            value: value.into(),
+            w,
+        })
+        .await
+        .map_err(|s| CtlError::rpc("put", &s))?
+        .into_inner();
+    print_write(key, &response.context, json)
+}
+
+async fn ring(target: &Target, json: bool) -> Result<(), CtlError> {
+    let ring = target
+        .admin()
+        .await?
+        .ring(proto::RingRequest {})
+        .await
+        .map_err(|s| CtlError::rpc("ring", &s))?
+        .into_inner();
+    print_out(if json {
+        output::to_json(&RingJson::from(&ring))
+    } else {
+        output::render_ring(&ring)
+    })
+}
+
+async fn status(target: &Target, json: bool) -> Result<(), CtlError> {
+    let status = target
+        .admin()
+        .await?
+        .status(proto::StatusRequest {})
+        .await
+        .map_err(|s| CtlError::rpc("status", &s))?
+        .into_inner();
+    print_out(if json {
+        output::to_json(&StatusJson::from(&status))
+    } else {
+        output::render_status(&status)
+    })
+}
+
+/// An explicit membership change (Dynamo §4.8.1); prints the member it changed.
+async fn admin_change(target: &Target, change: AdminCommand, json: bool) -> Result<(), CtlError> {
+    let mut client = target.admin().await?;
+    let response = match change {
+        AdminCommand::Join {
+            node_id,
+            address,
+            weight,
+            zone,
+        } => client
+            .join(proto::JoinRequest {
+                node_id,
+                address,
+                weight,
+                zone,
+            })
+            .await
+            .map_err(|s| CtlError::rpc("join", &s))?,
+        AdminCommand::Leave { node_id } => client
+            .leave(proto::LeaveRequest { node_id })
+            .await
+            .map_err(|s| CtlError::rpc("leave", &s))?,
+        AdminCommand::Remove { node_id } => client
+            .remove(proto::RemoveRequest { node_id })
+            .await
+            .map_err(|s| CtlError::rpc("remove", &s))?,
+        AdminCommand::Weight { node_id, weight } => client
+            .set_weight(proto::SetWeightRequest { node_id, weight })
+            .await
+            .map_err(|s| CtlError::rpc("weight", &s))?,
+    }
+    .into_inner();
+    let member = response.member.unwrap_or_default();
+    print_out(if json {
+        output::to_json(&output::MemberJson::from(&member))
+    } else {
+        output::render_member(&member)
+    })
 }
 
 fn print_get(key: &str, response: &proto::GetResponse, json: bool) -> Result<(), CtlError> {

@@ -171,6 +171,52 @@ pub struct StatusJson {
     pub transfers: Vec<TransferJson>,
     /// The node's configured zone; null for none.
     pub zone: Option<String>,
+    /// The storage engine's size; null from a node that does not report it.
+    pub storage: Option<StorageJson>,
+}
+
+/// `status --json`'s storage size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageJson {
+    /// Bytes of the stored keys and values (every version, with its clock).
+    pub live_bytes: u64,
+    /// Bytes of the engine's files on disk; null for the in-memory engine.
+    pub disk_bytes: Option<u64>,
+    /// Disk bytes per live byte; null without both.
+    pub amplification: Option<f64>,
+}
+
+impl From<&proto::StorageSpace> for StorageJson {
+    fn from(space: &proto::StorageSpace) -> Self {
+        Self {
+            live_bytes: space.live_bytes,
+            disk_bytes: space.disk_bytes,
+            amplification: amplification(space),
+        }
+    }
+}
+
+/// Disk bytes per live byte, when both are known and something is live.
+fn amplification(space: &proto::StorageSpace) -> Option<f64> {
+    let disk = space.disk_bytes?;
+    (space.live_bytes > 0).then(|| disk as f64 / space.live_bytes as f64)
+}
+
+/// Bytes for people, in MiB with one decimal (sizes here are of data directories).
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The `storage` line of `status`.
+fn storage_summary(space: &proto::StorageSpace) -> String {
+    let live = mebibytes(space.live_bytes);
+    match (space.disk_bytes, amplification(space)) {
+        (Some(disk), Some(ratio)) => {
+            format!("{live} live, {} on disk ({ratio:.2}x)", mebibytes(disk))
+        }
+        (Some(disk), None) => format!("{live} live, {} on disk", mebibytes(disk)),
+        (None, _) => format!("{live} live, in memory"),
+    }
 }
 
 impl From<&proto::StatusResponse> for StatusJson {
@@ -211,6 +257,7 @@ impl From<&proto::StatusResponse> for StatusJson {
                 })
                 .collect(),
             zone: (!status.zone.is_empty()).then(|| status.zone.clone()),
+            storage: status.storage.as_ref().map(StorageJson::from),
         }
     }
 }
@@ -378,6 +425,13 @@ pub fn render_status(status: &proto::StatusResponse) -> String {
         vec!["incarnation".to_owned(), status.incarnation.to_string()],
         vec!["state".to_owned(), state_name(status.state).to_owned()],
         vec!["keys".to_owned(), status.keys.to_string()],
+        vec![
+            "storage".to_owned(),
+            status
+                .storage
+                .as_ref()
+                .map_or_else(|| "not reported".to_owned(), storage_summary),
+        ],
         vec!["hints".to_owned(), hints],
         vec![
             "quorum".to_owned(),
@@ -596,6 +650,10 @@ mod tests {
             transfers: vec![],
             anti_entropy: None,
             zone: String::new(),
+            storage: Some(proto::StorageSpace {
+                live_bytes: 3 << 20,
+                disk_bytes: Some(9 << 20),
+            }),
         }
     }
 
@@ -609,6 +667,7 @@ mod tests {
              incarnation  4\n\
              state        member\n\
              keys         120\n\
+             storage      3.0 MiB live, 9.0 MiB on disk (3.00x)\n\
              hints        node2 (7 keys)\n\
              quorum       N=3 R=2 W=2\n\
              durability   sync\n\
@@ -619,6 +678,29 @@ mod tests {
             ..status()
         };
         assert!(render_status(&empty).contains("hints        none\n"));
+        let in_memory = proto::StatusResponse {
+            storage: Some(proto::StorageSpace {
+                live_bytes: 0,
+                disk_bytes: None,
+            }),
+            ..status()
+        };
+        assert!(render_status(&in_memory).contains("storage      0.0 MiB live, in memory\n"));
+        let empty_disk = proto::StatusResponse {
+            storage: Some(proto::StorageSpace {
+                live_bytes: 0,
+                disk_bytes: Some(1 << 20),
+            }),
+            ..status()
+        };
+        assert!(
+            render_status(&empty_disk).contains("storage      0.0 MiB live, 1.0 MiB on disk\n")
+        );
+        let older_node = proto::StatusResponse {
+            storage: None,
+            ..status()
+        };
+        assert!(render_status(&older_node).contains("storage      not reported\n"));
     }
 
     #[test]
@@ -630,7 +712,8 @@ mod tests {
                 "node_id": "node1", "incarnation": 4, "state": "member", "keys": 120,
                 "hints": [{"target": "node2", "keys": 7}], "durability": "sync",
                 "n": 3, "r": 2, "w": 2, "version": "0.1.0",
-                "transfer": null, "transfer_pending_ranges": 0, "transfers": [], "zone": null
+                "transfer": null, "transfer_pending_ranges": 0, "transfers": [], "zone": null,
+                "storage": {"live_bytes": 3 << 20, "disk_bytes": 9 << 20, "amplification": 3.0}
             })
         );
         let leaving = proto::StatusResponse {

@@ -503,6 +503,47 @@ fn bench_loads_and_runs_workload_a_against_a_dev_cluster() {
     assert!((pct - expected).abs() < 1e-9, "{run}");
 }
 
+/// After `--skip-load` the bench knows no key's context, so an update reads the key first
+/// instead of writing blind: one task updating loaded records never makes a sibling (a
+/// blind write would be concurrent with the stored version and kept beside it, §4.4).
+#[test]
+fn bench_updates_after_skip_load_replace_the_loaded_versions() {
+    let (dev, doc) = start_dev_cluster();
+    let client = doc["nodes"][0]["client"].as_str().unwrap().to_owned();
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "--endpoint",
+            &client,
+            "bench",
+            "--records",
+            "100",
+            "--concurrency",
+            "1",
+            "--value-size",
+            "10",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let load = bench(&["--operations", "1", "--workload", "c"]);
+    let updates = bench(&["--skip-load", "--operations", "400", "--workload", "a"]);
+    stop_dev_cluster(dev);
+    assert_eq!(load.status.code(), Some(0), "{load:?}");
+    assert_eq!(updates.status.code(), Some(0), "{updates:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&updates.stdout).expect("one JSON document");
+    let run = &report["run"];
+    let count = |op: &str| run["operations"][op]["count"].as_u64().unwrap_or(0);
+    assert!(count("update") > 100 && count("read") > 100, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    assert_eq!(run["reads_not_found"], 0, "{run}");
+    assert_eq!(
+        run["reads_with_siblings"], 0,
+        "an update after --skip-load wrote blind: {run}"
+    );
+}
+
 #[test]
 fn bench_with_nothing_listening_exits_3() {
     let out = run(&[

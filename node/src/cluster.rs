@@ -319,6 +319,21 @@ impl Cluster {
         }
     }
 
+    /// Records what a call to `node` says of its health: an answer, a refusal included
+    /// ([`TransportError::is_answer`]), is a success; no answer is a failure. Every
+    /// internode caller feeds the failure detector through here, so one rule decides
+    /// what counts.
+    pub fn record_call<T>(
+        &self,
+        node: &NodeId,
+        result: &Result<T, crate::transport::TransportError>,
+    ) {
+        match result {
+            Err(error) if !error.is_answer() => self.record_failure(node),
+            _ => self.record_success(node),
+        }
+    }
+
     /// Records that a call to `node` failed (no answer).
     pub fn record_failure(&self, node: &NodeId) {
         if node != &self.me {

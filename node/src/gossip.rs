@@ -101,23 +101,17 @@ impl Gossip {
             // Alone: nothing to exchange (our own join finishes in the transfer loop).
             None => return,
         };
-        match self.transport.gossip(&address, table).await {
+        let result = self.transport.gossip(&address, table).await;
+        if let Some(peer) = &peer {
+            cluster.record_call(peer, &result);
+        }
+        match result {
             Ok(theirs) => {
-                if let Some(peer) = &peer {
-                    cluster.record_success(peer);
-                }
                 if let Err(error) = self.members.learn_table(&theirs) {
                     tracing::warn!(%address, %error, "gossip brought an unusable member table");
                 }
             }
-            Err(error) => {
-                if let Some(peer) = &peer {
-                    if !error.is_answer() {
-                        cluster.record_failure(peer);
-                    }
-                }
-                tracing::debug!(%address, %error, "gossip failed");
-            }
+            Err(error) => tracing::debug!(%address, %error, "gossip failed"),
         }
     }
 
@@ -131,18 +125,15 @@ impl Gossip {
             let Some(address) = cluster.address_of(&peer) else {
                 continue;
             };
-            match self.transport.gossip(&address, cluster.table()).await {
+            let result = self.transport.gossip(&address, cluster.table()).await;
+            cluster.record_call(&peer, &result);
+            match result {
                 Ok(theirs) => {
-                    cluster.record_success(&peer);
                     if let Err(error) = self.members.learn_table(&theirs) {
                         tracing::warn!(%peer, %error, "probe brought an unusable member table");
                     }
                 }
-                Err(error) if error.is_answer() => cluster.record_success(&peer),
-                Err(error) => {
-                    cluster.record_failure(&peer);
-                    tracing::debug!(%peer, %error, "probe failed; still down");
-                }
+                Err(error) => tracing::debug!(%peer, %error, "probe failed"),
             }
         }
     }

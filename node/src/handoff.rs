@@ -40,7 +40,7 @@ use crate::quorum::QuorumConfig;
 use crate::shutdown::wait_for;
 use crate::storage::Durability;
 use crate::store::{Hint, Store};
-use crate::transport::{ReplicaWrite, Transport, TransportError};
+use crate::transport::{ReplicaWrite, Transport};
 
 /// Hints delivered per target per handoff round.
 const HANDOFF_BATCH: usize = 128;
@@ -290,15 +290,9 @@ async fn redirect_hints(node: &Handoff, home: &NodeId, mode: Redirect) -> Result
                 durable: true,
                 hint_for: None,
             };
-            match node.transport.write(&address, write).await {
-                Ok(()) => node.cluster.record_success(replica),
-                Err(error) => {
-                    if !matches!(error, TransportError::Rejected { .. }) {
-                        node.cluster.record_failure(replica);
-                    }
-                    return Err(format!("redirecting a hint to {replica}: {error}"));
-                }
-            }
+            let result = node.transport.write(&address, write).await;
+            node.cluster.record_call(replica, &result);
+            result.map_err(|error| format!("redirecting a hint to {replica}: {error}"))?;
         }
         node.store
             .remove_hint(home, &hint)
@@ -325,20 +319,12 @@ async fn deliver_hints(node: &Handoff, home: &NodeId) -> Result<Budget, String> 
             durable: true,
             hint_for: None,
         };
-        match node.transport.write(&address, write).await {
-            Ok(()) => {
-                node.cluster.record_success(home);
-                node.store
-                    .remove_hint(home, &hint)
-                    .map_err(|e| e.to_string())?;
-            }
-            Err(error) => {
-                if !matches!(error, TransportError::Rejected { .. }) {
-                    node.cluster.record_failure(home);
-                }
-                return Err(error.to_string());
-            }
-        }
+        let result = node.transport.write(&address, write).await;
+        node.cluster.record_call(home, &result);
+        result.map_err(|error| error.to_string())?;
+        node.store
+            .remove_hint(home, &hint)
+            .map_err(|e| e.to_string())?;
     }
     Ok(outcome)
 }

@@ -52,6 +52,7 @@ pub mod log_gate;
 pub mod members;
 pub mod metrics;
 pub mod node;
+mod peer;
 mod random;
 /// The node's configuration, checked once (the `dynamo-config` crate, shared with the
 /// operator).
@@ -59,7 +60,9 @@ pub use dynamo_config as config;
 /// The gRPC API (`dynamo.v1`), generated in the `dynamo-proto` crate.
 pub use dynamo_proto as proto;
 pub mod server;
+mod serving;
 mod shutdown;
+mod start;
 pub mod storage;
 pub mod store;
 pub mod transfer;

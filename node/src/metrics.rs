@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::NodeId;
 use crate::admission::WorkKind;
@@ -240,52 +240,20 @@ pub struct Metrics {
 struct Inner {
     /// Owns the descriptors; every metric below is registered in it.
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    hint_backlog: Family<TargetLabel, Gauge>,
-    members: Family<StateLabel, Gauge>,
-    ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
-    keys: Gauge,
-    transfer_pending: Family<PeerLabel, Gauge>,
-    transfer_keys_sent: Counter,
-    transfer_bytes_sent: Counter,
-    /// Client puts this node received without being a home replica of the key, and
-    /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
-    forwarded_puts: Counter,
-    /// Spare replica reads a get sent because no quorum answered within the recent p90
-    /// (`--read-fanout quorum`'s speculative retry).
-    speculative_reads: Counter,
-    /// Clock incarnations this node took since it started (see `identity`), and the
-    /// count already added to the counter.
-    actor_renewals: Counter,
-    actor_renewals_seen: std::sync::atomic::AtomicU64,
+    request: RequestMetrics,
+    cluster: ClusterMetrics,
+    serving: ServingMetrics,
+    background: BackgroundMetrics,
+    storage: StorageGauges,
     /// Anti-entropy's counters and tree gauges.
     anti_entropy: AntiEntropyCounters,
     /// The stray sweep's counters.
     sweep: SweepCounters,
-    background_budget: Gauge,
-    background_granted: Family<KindLabel, Counter>,
-    /// `Replica` calls this node served or refused, by method and gRPC outcome.
-    replica_calls: Family<ReplicaCallLabels, Counter>,
-    /// Whether the failure detector takes each peer to be up.
-    peer_reachable: Family<PeerLabel, Gauge>,
-    /// Copies too old to deliver, dropped, by the path that held them.
-    stale_copies_dropped: Family<PathLabel, Counter>,
-    tls_reloads: Family<ResultLabel, Counter>,
-    /// Versions each get of an existing key returned (Dynamo §6.3's divergence).
-    get_versions: Histogram,
+    /// Clock incarnations already added to `background.actor_renewals`.
+    actor_renewals_seen: std::sync::atomic::AtomicU64,
     /// What the status page shows, kept beside the Prometheus families (which cannot be
     /// read back): request totals by operation, and the last backlogs set.
     page: Mutex<PageCounts>,
-    /// Client requests refused because too many were in flight, by API.
-    requests_shed: Family<ApiLabel, Counter>,
-    /// Connections each listener serves now.
-    connections: Family<ListenerLabel, Gauge>,
-    /// The connection cap each listener enforces.
-    connection_limit: Family<ListenerLabel, Gauge>,
-    /// Connections closed unserved, by listener and reason.
-    connections_refused: Family<RefusedConnectionLabels, Counter>,
-    foreground_p99: Gauge<f64, AtomicU64>,
     /// Told every foreground latency [`Metrics::observe`] records (the node's
     /// background budget); set once.
     foreground_observer: OnceLock<ForegroundObserver>,
@@ -293,6 +261,246 @@ struct Inner {
     /// encoding, so a scrape never sees a family half refilled. A std `Mutex`: neither
     /// critical section awaits.
     refresh: Mutex<()>,
+}
+
+/// Registers `metric` in `registry` and returns it (clones share its series).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The client requests: counts, latency, versions returned, what was shed or forwarded.
+struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Versions each get of an existing key returned (Dynamo §6.3's divergence).
+    get_versions: Histogram,
+    /// Client requests refused because too many were in flight, by API.
+    requests_shed: Family<ApiLabel, Counter>,
+    /// Client puts this node received without being a home replica of the key, and
+    /// handed to one (server-driven routing's extra hop, Dynamo §4.5).
+    forwarded_puts: Counter,
+    /// Spare replica reads a get sent because no quorum answered within the recent p90
+    /// (`--read-fanout quorum`'s speculative retry).
+    speculative_reads: Counter,
+}
+
+impl RequestMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            requests: registered(
+                registry,
+                "dynamo_requests",
+                "Client requests by API, operation and outcome",
+                Family::default(),
+            ),
+            latency: registered(
+                registry,
+                "dynamo_request_duration_seconds",
+                "Client request latency by API and operation",
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            get_versions: registered(
+                registry,
+                "dynamo_get_versions",
+                "Versions (concurrent siblings) each successful get of an existing key returned: the share at le=1 is the share of reads that saw one version (Dynamo 6.3 reports 99.94%)",
+                Histogram::new(VERSION_BUCKETS),
+            ),
+            requests_shed: registered(
+                registry,
+                "dynamo_requests_shed",
+                "Client requests refused at once (UNAVAILABLE or 503 with a retry hint) because max-inflight-requests were in flight, by API",
+                Family::default(),
+            ),
+            forwarded_puts: registered(
+                registry,
+                "dynamo_forwarded_puts",
+                "Client puts received by a node outside the key's preference list and forwarded to a home replica",
+                Counter::default(),
+            ),
+            speculative_reads: registered(
+                registry,
+                "dynamo_speculative_reads",
+                "Spare replica reads gets sent after waiting the recent p90 without a quorum (read fan-out quorum)",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// What this node knows of the cluster: members, ownership, peers' reachability, hint
+/// backlogs, keys held, and its range transfers.
+struct ClusterMetrics {
+    hint_backlog: Family<TargetLabel, Gauge>,
+    members: Family<StateLabel, Gauge>,
+    ownership: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    keys: Gauge,
+    /// Whether the failure detector takes each peer to be up.
+    peer_reachable: Family<PeerLabel, Gauge>,
+    transfer_pending: Family<PeerLabel, Gauge>,
+    transfer_keys_sent: Counter,
+    transfer_bytes_sent: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            hint_backlog: registered(
+                registry,
+                "dynamo_hint_backlog_keys",
+                "Hinted writes held for each unreachable home replica",
+                Family::default(),
+            ),
+            members: registered(
+                registry,
+                "dynamo_members",
+                "Members of this node's member table by state",
+                Family::default(),
+            ),
+            ownership: registered(
+                registry,
+                "dynamo_ring_ownership",
+                "Fraction of the ring each member owns as primary",
+                Family::default(),
+            ),
+            keys: registered(
+                registry,
+                "dynamo_keys",
+                "Keys stored on this node (approximate)",
+                Gauge::default(),
+            ),
+            peer_reachable: registered(
+                registry,
+                "dynamo_peer_reachable",
+                "1 while the failure detector takes the peer (a member other than this node) to be up, 0 while it takes it to be down",
+                Family::default(),
+            ),
+            transfer_pending: registered(
+                registry,
+                "dynamo_transfer_pending_ranges",
+                "Ranges of this node's join or leave not yet acknowledged, by peer",
+                Family::default(),
+            ),
+            transfer_keys_sent: registered(
+                registry,
+                "dynamo_transfer_keys_sent",
+                "Keys this node's range transfers got acknowledged",
+                Counter::default(),
+            ),
+            transfer_bytes_sent: registered(
+                registry,
+                "dynamo_transfer_bytes_sent",
+                "Key and state bytes this node's range transfers got acknowledged",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The listeners and the internode service: connections, refusals, TLS reloads.
+struct ServingMetrics {
+    /// Connections each listener serves now.
+    connections: Family<ListenerLabel, Gauge>,
+    /// The connection cap each listener enforces.
+    connection_limit: Family<ListenerLabel, Gauge>,
+    /// Connections closed unserved, by listener and reason.
+    connections_refused: Family<RefusedConnectionLabels, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
+    /// `Replica` calls this node served or refused, by method and gRPC outcome.
+    replica_calls: Family<ReplicaCallLabels, Counter>,
+}
+
+impl ServingMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            connections: registered(
+                registry,
+                "dynamo_connections",
+                "Connections each listener (client, internode, http) serves now",
+                Family::default(),
+            ),
+            connection_limit: registered(
+                registry,
+                "dynamo_connection_limit",
+                "Most connections each listener serves at once (max-connections, lowered to fit the open-files limit)",
+                Family::default(),
+            ),
+            connections_refused: registered(
+                registry,
+                "dynamo_connections_refused",
+                "Connections closed unserved, by listener and reason (cap: at the connection cap; silent: sent nothing within client-read-timeout)",
+                Family::default(),
+            ),
+            tls_reloads: registered(
+                registry,
+                "dynamo_tls_reloads",
+                "Checks of the TLS certificate files that found them changed: result=changed (served from the next handshake on) or refused (not a valid pair yet; the last one stays)",
+                Family::default(),
+            ),
+            replica_calls: registered(
+                registry,
+                "dynamo_replica_calls",
+                "Internode Replica calls this node answered, by method and gRPC outcome (unauthenticated: refused by internode authentication)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Background work: its budget and grants, the foreground latency it yields to, stale
+/// copies dropped, clock incarnations taken.
+struct BackgroundMetrics {
+    background_budget: Gauge,
+    background_granted: Family<KindLabel, Counter>,
+    foreground_p99: Gauge<f64, AtomicU64>,
+    /// Copies too old to deliver, dropped, by the path that held them.
+    stale_copies_dropped: Family<PathLabel, Counter>,
+    /// Clock incarnations this node took since it started (see `identity`).
+    actor_renewals: Counter,
+}
+
+impl BackgroundMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            background_budget: registered(
+                registry,
+                "dynamo_background_budget",
+                "Background work units (hints delivered, ...) allowed per interval",
+                Gauge::default(),
+            ),
+            background_granted: registered(
+                registry,
+                "dynamo_background_granted",
+                "Background work units granted, by kind of work",
+                Family::default(),
+            ),
+            foreground_p99: registered(
+                registry,
+                "dynamo_foreground_latency_p99_seconds",
+                "p99 of client request latency over the admission window, which the background budget reacts to (0 without requests)",
+                Gauge::default(),
+            ),
+            stale_copies_dropped: registered(
+                registry,
+                "dynamo_stale_copies_dropped",
+                "Copies held outside their key's home replicas (path=hint) dropped instead of delivered because they were older than three quarters of the tombstone grace",
+                Family::default(),
+            ),
+            actor_renewals: registered(
+                registry,
+                "dynamo_actor_renewals",
+                "Fresh clock incarnations taken since start, each before removing a key state holding a live sibling with the node's own dot",
+                Counter::default(),
+            ),
+        };
+        for kind in WorkKind::ALL {
+            // Every kind shows from the start, so a rate over it is never missing.
+            let _ = metrics.background_granted.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        metrics
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -309,196 +517,28 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric registered and no observations.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "dynamo_requests",
-            "Client requests by API, operation and outcome",
-            requests.clone(),
-        );
-        let latency: Family<LatencyLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "dynamo_request_duration_seconds",
-            "Client request latency by API and operation",
-            latency.clone(),
-        );
-        let hint_backlog = Family::<TargetLabel, Gauge>::default();
-        registry.register(
-            "dynamo_hint_backlog_keys",
-            "Hinted writes held for each unreachable home replica",
-            hint_backlog.clone(),
-        );
-        let members = Family::<StateLabel, Gauge>::default();
-        registry.register(
-            "dynamo_members",
-            "Members of this node's member table by state",
-            members.clone(),
-        );
-        let ownership = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "dynamo_ring_ownership",
-            "Fraction of the ring each member owns as primary",
-            ownership.clone(),
-        );
-        let keys = Gauge::default();
-        registry.register(
-            "dynamo_keys",
-            "Keys stored on this node (approximate)",
-            keys.clone(),
-        );
-        let transfer_pending = Family::<PeerLabel, Gauge>::default();
-        registry.register(
-            "dynamo_transfer_pending_ranges",
-            "Ranges of this node's join or leave not yet acknowledged, by peer",
-            transfer_pending.clone(),
-        );
-        let transfer_keys_sent = Counter::default();
-        registry.register(
-            "dynamo_transfer_keys_sent",
-            "Keys this node's range transfers got acknowledged",
-            transfer_keys_sent.clone(),
-        );
-        let transfer_bytes_sent = Counter::default();
-        registry.register(
-            "dynamo_transfer_bytes_sent",
-            "Key and state bytes this node's range transfers got acknowledged",
-            transfer_bytes_sent.clone(),
-        );
-        let forwarded_puts = Counter::default();
-        registry.register(
-            "dynamo_forwarded_puts",
-            "Client puts received by a node outside the key's preference list and forwarded to a home replica",
-            forwarded_puts.clone(),
-        );
-        let speculative_reads = Counter::default();
-        registry.register(
-            "dynamo_speculative_reads",
-            "Spare replica reads gets sent after waiting the recent p90 without a quorum (read fan-out quorum)",
-            speculative_reads.clone(),
-        );
-        let actor_renewals = Counter::default();
-        registry.register(
-            "dynamo_actor_renewals",
-            "Fresh clock incarnations taken since start, each before removing a key state holding a live sibling with the node's own dot",
-            actor_renewals.clone(),
-        );
+        // Registration order is the order `/metrics` lists the families in.
+        let request = RequestMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
         let anti_entropy = AntiEntropyCounters::register(&mut registry);
+        let storage = StorageGauges::register(&mut registry);
         let sweep = SweepCounters::register(&mut registry);
-        let background_budget = Gauge::default();
-        registry.register(
-            "dynamo_background_budget",
-            "Background work units (hints delivered, ...) allowed per interval",
-            background_budget.clone(),
-        );
-        let background_granted = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "dynamo_background_granted",
-            "Background work units granted, by kind of work",
-            background_granted.clone(),
-        );
-        for kind in WorkKind::ALL {
-            // Every kind shows from the start, so a rate over it is never missing.
-            let _ = background_granted.get_or_create(&KindLabel {
-                kind: kind.as_str(),
-            });
-        }
-        let replica_calls = Family::<ReplicaCallLabels, Counter>::default();
-        registry.register(
-            "dynamo_replica_calls",
-            "Internode Replica calls this node answered, by method and gRPC outcome (unauthenticated: refused by internode authentication)",
-            replica_calls.clone(),
-        );
-        let peer_reachable = Family::<PeerLabel, Gauge>::default();
-        registry.register(
-            "dynamo_peer_reachable",
-            "1 while the failure detector takes the peer (a member other than this node) to be up, 0 while it takes it to be down",
-            peer_reachable.clone(),
-        );
-        let stale_copies_dropped = Family::<PathLabel, Counter>::default();
-        registry.register(
-            "dynamo_stale_copies_dropped",
-            "Copies held outside their key's home replicas (path=hint) dropped instead of delivered because they were older than three quarters of the tombstone grace",
-            stale_copies_dropped.clone(),
-        );
-        let tls_reloads = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "dynamo_tls_reloads",
-            "Checks of the TLS certificate files that found them changed: result=changed (served from the next handshake on) or refused (not a valid pair yet; the last one stays)",
-            tls_reloads.clone(),
-        );
-        let get_versions = Histogram::new(VERSION_BUCKETS);
-        registry.register(
-            "dynamo_get_versions",
-            "Versions (concurrent siblings) each successful get of an existing key returned: the share at le=1 is the share of reads that saw one version (Dynamo 6.3 reports 99.94%)",
-            get_versions.clone(),
-        );
-        let requests_shed = Family::<ApiLabel, Counter>::default();
-        registry.register(
-            "dynamo_requests_shed",
-            "Client requests refused at once (UNAVAILABLE or 503 with a retry hint) because max-inflight-requests were in flight, by API",
-            requests_shed.clone(),
-        );
-        let connections = Family::<ListenerLabel, Gauge>::default();
-        registry.register(
-            "dynamo_connections",
-            "Connections each listener (client, internode, http) serves now",
-            connections.clone(),
-        );
-        let connection_limit = Family::<ListenerLabel, Gauge>::default();
-        registry.register(
-            "dynamo_connection_limit",
-            "Most connections each listener serves at once (max-connections, lowered to fit the open-files limit)",
-            connection_limit.clone(),
-        );
-        let connections_refused = Family::<RefusedConnectionLabels, Counter>::default();
-        registry.register(
-            "dynamo_connections_refused",
-            "Connections closed unserved, by listener and reason (cap: at the connection cap; silent: sent nothing within client-read-timeout)",
-            connections_refused.clone(),
-        );
-        let foreground_p99 = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "dynamo_foreground_latency_p99_seconds",
-            "p99 of client request latency over the admission window, which the background budget reacts to (0 without requests)",
-            foreground_p99.clone(),
-        );
+        let background = BackgroundMetrics::register(&mut registry);
+        let serving = ServingMetrics::register(&mut registry);
         Self {
             inner: Arc::new(Inner {
                 registry,
-                forwarded_puts,
-                speculative_reads,
-                actor_renewals,
-                actor_renewals_seen: std::sync::atomic::AtomicU64::new(0),
-                requests,
-                latency,
-                hint_backlog,
-                members,
-                ownership,
-                keys,
-                transfer_pending,
-                transfer_keys_sent,
-                transfer_bytes_sent,
+                request,
+                cluster,
+                serving,
+                background,
+                storage,
                 anti_entropy,
                 sweep,
-                background_budget,
-                background_granted,
-                replica_calls,
-                peer_reachable,
-                stale_copies_dropped,
-                tls_reloads,
-                get_versions,
+                actor_renewals_seen: std::sync::atomic::AtomicU64::new(0),
                 page: Mutex::new(PageCounts::default()),
-                requests_shed,
-                connections,
-                connection_limit,
-                connections_refused,
-                foreground_p99,
                 foreground_observer: OnceLock::new(),
                 refresh: Mutex::new(()),
             }),
@@ -521,8 +561,12 @@ impl Metrics {
     /// Shows the background budget (units per interval) and the foreground p99 it
     /// reacts to (`None`, shown as 0: no requests in the window).
     pub fn set_background(&self, budget: u64, foreground_p99: Option<Duration>) {
-        self.inner.background_budget.set(saturating_i64(budget));
         self.inner
+            .background
+            .background_budget
+            .set(saturating_i64(budget));
+        self.inner
+            .background
             .foreground_p99
             .set(foreground_p99.map_or(0.0, |d| d.as_secs_f64()));
     }
@@ -530,6 +574,7 @@ impl Metrics {
     /// Counts `units` of background work granted to `kind`.
     pub fn count_background_granted(&self, kind: WorkKind, units: u64) {
         self.inner
+            .background
             .background_granted
             .get_or_create(&KindLabel {
                 kind: kind.as_str(),
@@ -541,6 +586,7 @@ impl Metrics {
     /// [`transport::auth`](crate::transport::auth): a fixed set of methods and codes).
     pub fn replica_call(&self, method: &'static str, outcome: &'static str) {
         self.inner
+            .serving
             .replica_calls
             .get_or_create(&ReplicaCallLabels { method, outcome })
             .inc();
@@ -549,6 +595,7 @@ impl Metrics {
     /// `Replica` calls counted with `method` and `outcome` so far.
     pub fn replica_calls(&self, method: &'static str, outcome: &'static str) -> u64 {
         self.inner
+            .serving
             .replica_calls
             .get_or_create(&ReplicaCallLabels { method, outcome })
             .get()
@@ -557,6 +604,7 @@ impl Metrics {
     /// Counts one copy dropped as too old to deliver, held by `path` (`hint`).
     pub fn count_stale_copy(&self, path: &'static str) {
         self.inner
+            .background
             .stale_copies_dropped
             .get_or_create(&PathLabel { path })
             .inc();
@@ -566,6 +614,7 @@ impl Metrics {
     /// (`changed` or `refused`).
     pub fn count_tls_reload(&self, result: &'static str) {
         self.inner
+            .serving
             .tls_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
@@ -576,13 +625,14 @@ impl Metrics {
     pub fn record_get_versions(&self, versions: usize) {
         if versions > 0 {
             #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-            self.inner.get_versions.observe(versions as f64);
+            self.inner.request.get_versions.observe(versions as f64);
         }
     }
 
     /// Copies dropped as too old to deliver so far, held by `path`.
     pub fn stale_copies(&self, path: &'static str) -> u64 {
         self.inner
+            .background
             .stale_copies_dropped
             .get_or_create(&PathLabel { path })
             .get()
@@ -591,6 +641,7 @@ impl Metrics {
     /// Counts one client request shed at the in-flight cap.
     pub fn count_shed(&self, api: Api) {
         self.inner
+            .request
             .requests_shed
             .get_or_create(&ApiLabel { api })
             .inc();
@@ -599,6 +650,7 @@ impl Metrics {
     /// Client requests shed so far through `api`.
     pub fn shed(&self, api: Api) -> u64 {
         self.inner
+            .request
             .requests_shed
             .get_or_create(&ApiLabel { api })
             .get()
@@ -607,6 +659,7 @@ impl Metrics {
     /// Shows `listener`'s connection cap.
     pub fn set_connection_limit(&self, listener: &'static str, limit: usize) {
         self.inner
+            .serving
             .connection_limit
             .get_or_create(&ListenerLabel { listener })
             .set(saturating_i64(u64::try_from(limit).unwrap_or(u64::MAX)));
@@ -616,6 +669,7 @@ impl Metrics {
     pub fn connection_changed(&self, listener: &'static str, opened: bool) {
         let gauge = self
             .inner
+            .serving
             .connections
             .get_or_create(&ListenerLabel { listener });
         if opened {
@@ -628,6 +682,7 @@ impl Metrics {
     /// Counts one connection `listener` closed unserved, for `reason`.
     pub fn count_refused_connection(&self, listener: &'static str, reason: &'static str) {
         self.inner
+            .serving
             .connections_refused
             .get_or_create(&RefusedConnectionLabels { listener, reason })
             .inc();
@@ -641,6 +696,7 @@ impl Metrics {
             }
         }
         self.inner
+            .request
             .requests
             .get_or_create(&RequestLabels { api, op, outcome })
             .inc();
@@ -654,6 +710,7 @@ impl Metrics {
             }
         }
         self.inner
+            .request
             .latency
             .get_or_create(&LatencyLabels { api, op })
             .observe(duration.as_secs_f64());
@@ -661,24 +718,27 @@ impl Metrics {
 
     /// Counts a client put forwarded to a home replica of its key.
     pub fn record_forwarded_put(&self) {
-        self.inner.forwarded_puts.inc();
+        self.inner.request.forwarded_puts.inc();
     }
 
     /// Client puts forwarded to a home replica so far.
     pub fn forwarded_puts(&self) -> u64 {
-        self.inner.forwarded_puts.get()
+        self.inner.request.forwarded_puts.get()
     }
 
     /// Counts the speculative reads one get sent.
     pub fn record_speculative_reads(&self, reads: u32) {
         if reads > 0 {
-            self.inner.speculative_reads.inc_by(u64::from(reads));
+            self.inner
+                .request
+                .speculative_reads
+                .inc_by(u64::from(reads));
         }
     }
 
     /// Speculative reads sent so far.
     pub fn speculative_reads(&self) -> u64 {
-        self.inner.speculative_reads.get()
+        self.inner.request.speculative_reads.get()
     }
 
     /// Brings the renewal counter up to `total`, the identity's count since start (a
@@ -689,7 +749,7 @@ impl Metrics {
             .actor_renewals_seen
             .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
         if total > seen {
-            self.inner.actor_renewals.inc_by(total - seen);
+            self.inner.background.actor_renewals.inc_by(total - seen);
         }
     }
 
@@ -697,11 +757,12 @@ impl Metrics {
     /// Targets left out (their hints delivered) disappear from the output.
     pub fn set_hint_backlogs<'a>(&self, backlogs: impl IntoIterator<Item = (&'a NodeId, u64)>) {
         let _refresh = self.refresh_lock();
-        self.inner.hint_backlog.clear();
+        self.inner.cluster.hint_backlog.clear();
         let mut shown = BTreeMap::new();
         for (target, keys) in backlogs {
             shown.insert(target.to_string(), keys);
             self.inner
+                .cluster
                 .hint_backlog
                 .get_or_create(&TargetLabel {
                     target: target.to_string(),
@@ -715,9 +776,10 @@ impl Metrics {
     /// peers left out disappear.
     pub fn set_peer_reachability<'a>(&self, peers: impl IntoIterator<Item = (&'a NodeId, bool)>) {
         let _refresh = self.refresh_lock();
-        self.inner.peer_reachable.clear();
+        self.inner.cluster.peer_reachable.clear();
         for (peer, up) in peers {
             self.inner
+                .cluster
                 .peer_reachable
                 .get_or_create(&PeerLabel {
                     peer: peer.to_string(),
@@ -742,9 +804,10 @@ impl Metrics {
             *counts.entry(member.state().to_string()).or_default() += 1;
         }
         let _refresh = self.refresh_lock();
-        self.inner.members.clear();
+        self.inner.cluster.members.clear();
         for (state, count) in counts {
             self.inner
+                .cluster
                 .members
                 .get_or_create(&StateLabel { state })
                 .set(count);
@@ -755,9 +818,10 @@ impl Metrics {
     /// [`Ring::ownership`](crate::ring::Ring::ownership)); nodes left out disappear.
     pub fn set_ring_ownership(&self, ownership: &BTreeMap<NodeId, f64>) {
         let _refresh = self.refresh_lock();
-        self.inner.ownership.clear();
+        self.inner.cluster.ownership.clear();
         for (node, fraction) in ownership {
             self.inner
+                .cluster
                 .ownership
                 .get_or_create(&NodeLabel {
                     node: node.to_string(),
@@ -768,18 +832,29 @@ impl Metrics {
 
     /// Sets the approximate number of keys stored on this node.
     pub fn set_keys(&self, keys: u64) {
-        self.inner.keys.set(saturating_i64(keys));
+        self.inner.cluster.keys.set(saturating_i64(keys));
+    }
+
+    /// Sets the storage size gauges: live bytes, and bytes on disk (`None`, shown as 0,
+    /// for an engine without files).
+    pub fn set_storage_space(&self, live_bytes: u64, disk_bytes: Option<u64>) {
+        let storage = &self.inner.storage;
+        storage.live_bytes.set(saturating_i64(live_bytes));
+        storage
+            .disk_bytes
+            .set(saturating_i64(disk_bytes.unwrap_or(0)));
     }
 
     /// Replaces the pending transfer gauges: ranges not yet acknowledged, per peer.
     /// Peers left out (done) disappear from the output.
     pub fn set_transfer_pending<'a>(&self, pending: impl IntoIterator<Item = (&'a NodeId, u64)>) {
         let _refresh = self.refresh_lock();
-        self.inner.transfer_pending.clear();
+        self.inner.cluster.transfer_pending.clear();
         let mut shown = BTreeMap::new();
         for (peer, ranges) in pending {
             shown.insert(peer.to_string(), ranges);
             self.inner
+                .cluster
                 .transfer_pending
                 .get_or_create(&PeerLabel {
                     peer: peer.to_string(),
@@ -797,8 +872,10 @@ impl Metrics {
             requests: page.requests.clone(),
             hints: page.hints.clone(),
             transfer_pending: page.transfer_pending.clone(),
-            keys: u64::try_from(self.inner.keys.get()).unwrap_or(0),
-            foreground_p99: Duration::from_secs_f64(self.inner.foreground_p99.get().max(0.0)),
+            keys: u64::try_from(self.inner.cluster.keys.get()).unwrap_or(0),
+            foreground_p99: Duration::from_secs_f64(
+                self.inner.background.foreground_p99.get().max(0.0),
+            ),
         }
     }
 
@@ -811,8 +888,8 @@ impl Metrics {
 
     /// Counts keys and bytes a range transfer got acknowledged.
     pub fn add_transfer_sent(&self, keys: u64, bytes: u64) {
-        self.inner.transfer_keys_sent.inc_by(keys);
-        self.inner.transfer_bytes_sent.inc_by(bytes);
+        self.inner.cluster.transfer_keys_sent.inc_by(keys);
+        self.inner.cluster.transfer_bytes_sent.inc_by(bytes);
     }
 
     /// Renders every metric in the OpenMetrics text format
@@ -840,6 +917,33 @@ pub struct SweepStats {
     pub keys_handed_over: u64,
     /// Handed-over keys removed here (unchanged since they were sent).
     pub keys_removed: u64,
+}
+
+/// The storage engine's size: what amplification costs, watched (sled can grow well
+/// past its live data).
+struct StorageGauges {
+    live_bytes: Gauge,
+    disk_bytes: Gauge,
+}
+
+impl StorageGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let gauges = Self {
+            live_bytes: Gauge::default(),
+            disk_bytes: Gauge::default(),
+        };
+        registry.register(
+            "dynamo_storage_live_bytes",
+            "Bytes of the stored keys and values (each key's every version and clock)",
+            gauges.live_bytes.clone(),
+        );
+        registry.register(
+            "dynamo_storage_disk_bytes",
+            "Bytes the storage engine's files take on disk (0 for the in-memory engine)",
+            gauges.disk_bytes.clone(),
+        );
+        gauges
+    }
 }
 
 struct SweepCounters {
@@ -1139,6 +1243,8 @@ mod tests {
                 r#"dynamo_get_versions_sum 0.0"#,
                 r#"dynamo_keys 0"#,
                 r#"dynamo_speculative_reads_total 0"#,
+                r#"dynamo_storage_disk_bytes 0"#,
+                r#"dynamo_storage_live_bytes 0"#,
                 r#"dynamo_sweep_keys_handed_over_total 0"#,
                 r#"dynamo_sweep_keys_removed_total 0"#,
                 r#"dynamo_sweep_rounds_total 0"#,
@@ -1367,6 +1473,7 @@ mod tests {
         metrics.set_hint_backlogs([(&b, 3)]);
         metrics.set_ring_ownership(&BTreeMap::from([(a.clone(), 0.25), (b.clone(), 0.75)]));
         metrics.set_keys(u64::MAX);
+        metrics.set_storage_space(1000, Some(3500));
         let mut table = MemberTable::new();
         table.join(a.clone(), "a:1", 1).unwrap();
         table.join(b.clone(), "b:1", 1).unwrap();
@@ -1387,6 +1494,8 @@ mod tests {
             Some("0.75")
         );
         assert_eq!(sample(&text, "dynamo_keys"), Some(&*i64::MAX.to_string()));
+        assert_eq!(sample(&text, "dynamo_storage_live_bytes"), Some("1000"));
+        assert_eq!(sample(&text, "dynamo_storage_disk_bytes"), Some("3500"));
         assert_eq!(
             sample(&text, r#"dynamo_members{state="joining"}"#),
             Some("1")

@@ -11,15 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 use crate::gossip::Gossip;
 use crate::handoff::Handoff;
 use crate::members::{META_MEMBERS, Members, MembershipChangeError, announce_self};
-use crate::server::tls::{TLS_RELOAD_INTERVAL, TlsMaterial, watch_tls_files};
-use crate::shutdown::{drain, wait_for};
 
 use crate::NodeId;
 use crate::admission::AdmissionConfig;
@@ -28,36 +22,25 @@ use crate::antientropy::{
 };
 use crate::background::BackgroundBudget;
 use crate::cluster::{Clock, Cluster};
-use crate::config::{InternodeAuthConfig, NodeConfig, StorageConfig};
+use crate::config::NodeConfig;
 use crate::coordinator::{Coordinator, CoordinatorConfig, ReadFanout, RequestLimits};
 use crate::identity::{ActorIdentity, IdentityError};
 use crate::membership::{DetectorConfig, Member, MemberState, MemberTable, MembershipError};
-use crate::merkle::Hash;
 use crate::metrics::Metrics;
-use crate::proto::{admin_server::AdminServer, kv_server::KvServer};
 use crate::quorum::QuorumConfig;
 use crate::ring::PartitionStrategy;
-use crate::server::incoming::{AcceptLimits, admitted_tls_connections};
-use crate::server::limits::{InflightLimit, shed_when_busy};
-use crate::server::{AdminService, KvService, admin_token_interceptor};
-use crate::storage::{
-    Durability, MemoryEngine, SledEngine, StorageEngine, StorageError, run_engine_call,
-};
+use crate::server::AdminService;
+use crate::storage::{Durability, StorageEngine, StorageError};
 use crate::store::{Store, StoreError};
 use crate::transfer::{
     Allowance, RoundReport as TransferReport, SweepReport, TransferSettings, TransferShared,
     TransferStatus, TransferWorker,
 };
-use crate::transport::auth::{InternodeAuth, InternodeTokens, authenticated};
-use crate::transport::{
-    ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
-    ReplicaHandler, ReplicaWrite, Transport,
-};
-use crate::transport::{GrpcTransport, GrpcTransportConfig, replica_server};
-use crate::version::{SiblingLimits, SiblingSet};
+use crate::transport::{ReplicaWrite, Transport};
+use crate::version::SiblingLimits;
 
 /// Meta record names.
-const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
+pub(crate) const META_CLEAN_SHUTDOWN: &str = "clean-shutdown";
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +119,7 @@ impl NodeShared {
     ///
     /// The merge is an in-memory update done inline; a durable write then waits for a
     /// flush shared with concurrent writes (group commit) without holding a thread.
-    async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+    pub(crate) async fn store_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
         self.apply_write(write)?;
         if self.must_flush(write) {
             self.store.make_durable().await?;
@@ -146,7 +129,7 @@ impl NodeShared {
 
     /// Applies a replica write in memory (the merge, and the hint when it stands in for
     /// another node), without waiting for durability.
-    fn apply_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
+    pub(crate) fn apply_write(&self, write: &ReplicaWrite) -> Result<(), StoreError> {
         self.store
             .merge(&write.key, &write.state, Durability::Buffered)?;
         if let Some(home) = &write.hint_for {
@@ -159,329 +142,68 @@ impl NodeShared {
     }
 
     /// Whether a replica write must be on disk before it is acknowledged.
-    fn must_flush(&self, write: &ReplicaWrite) -> bool {
+    pub(crate) fn must_flush(&self, write: &ReplicaWrite) -> bool {
         write.durable || self.durability == Durability::Sync
     }
 }
 
-/// Serves peers: the receiving end of the transport.
-#[derive(Debug)]
-struct PeerHandler {
-    node: Arc<NodeShared>,
-}
+pub use crate::start::{Node, RunningNode};
 
-fn internal(e: impl std::fmt::Display) -> ReplicaError {
-    ReplicaError::Internal(e.to_string())
-}
-
-#[async_trait::async_trait]
-impl ReplicaHandler for PeerHandler {
-    async fn read(&self, key: Vec<u8>) -> Result<SiblingSet, ReplicaError> {
-        // Inline, like the coordinator's local read: a read is served from sled's page
-        // cache, and a blocking-pool hop per replica read cost more than the read.
-        self.node.store.read(&key).map_err(internal)
-    }
-
-    async fn write(&self, write: ReplicaWrite) -> Result<(), ReplicaError> {
-        let limits = self.node.coordinator.limits();
-        limits
-            .check_key(&write.key)
-            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        self.node.store_write(&write).await.map_err(internal)
-    }
-
-    /// Applies every write in memory, then waits once for a flush that covers all of
-    /// them (shared with concurrent writers: group commit), so a batch of sync writes
-    /// costs one flush wait instead of one each. A failed flush fails exactly the writes
-    /// that needed it.
-    async fn write_batch(&self, writes: Vec<ReplicaWrite>) -> Vec<Result<(), ReplicaError>> {
-        let limits = self.node.coordinator.limits();
-        let mut results: Vec<Result<(), ReplicaError>> = writes
-            .iter()
-            .map(|write| {
-                limits
-                    .check_key(&write.key)
-                    .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-                self.node.apply_write(write).map_err(internal)
-            })
-            .collect();
-        let durable: Vec<usize> = writes
-            .iter()
-            .zip(&results)
-            .enumerate()
-            .filter(|(_, (write, result))| result.is_ok() && self.node.must_flush(write))
-            .map(|(index, _)| index)
-            .collect();
-        if !durable.is_empty() {
-            if let Err(error) = self.node.store.make_durable().await {
-                for index in durable {
-                    results[index] = Err(internal(&error));
-                }
-            }
-        }
-        results
-    }
-
-    async fn coordinate_put(&self, put: ForwardedPut) -> Result<Vec<u8>, ReplicaError> {
-        if let Some(deadline) = put.deadline {
-            let now = self.node.cluster.clock().wall();
-            if now > deadline {
-                // The forwarding node has given up and told its client the outcome is
-                // unknown; coordinating now would write the value as a new version
-                // that the client may already have replaced.
-                return Err(ReplicaError::Unavailable(format!(
-                    "forwarded put arrived {} ms after its deadline",
-                    now.0 - deadline.0
-                )));
-            }
-        }
-        let context = self
-            .node
-            .coordinator
-            .coordinate_put(&put.key, put.context, put.value, put.w)
-            .await
-            .map_err(|e| crate::server::coordinator_replica_error(&e))?;
-        Ok(crate::version::context::encode(&context))
-    }
-
-    async fn gossip(&self, table: MemberTable) -> Result<MemberTable, ReplicaError> {
-        self.node.gossip.answer(&table)
-    }
-
-    async fn scan_range(&self, scan: RangeScan) -> Result<RangePage, ReplicaError> {
-        let node = Arc::clone(&self.node);
-        let page = run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store.scan(
-                scan.range,
-                scan.after.as_deref(),
-                scan.max_entries as usize,
-                scan.max_bytes as usize,
-            )
-        })
-        .await
-        .map_err(internal)?
-        .map_err(|e| match e {
-            StoreError::Storage(
-                e @ (StorageError::CursorOutsideRange | StorageError::ZeroLimit),
-            ) => ReplicaError::InvalidArgument(e.to_string()),
-            other => internal(other),
-        })?;
-        Ok(RangePage {
-            entries: page
-                .entries
-                .into_iter()
-                .map(|(key, state)| RangeEntry { key, state })
-                .collect(),
-            done: page.done,
-        })
-    }
-
-    async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError> {
-        let limits = self.node.coordinator.limits();
-        let mut entries = Vec::with_capacity(batch.entries.len());
-        for entry in batch.entries {
-            limits
-                .check_key(&entry.key)
-                .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-            entries.push((entry.key, entry.state));
-        }
-        let durability = if batch.durable {
-            Durability::Sync
-        } else {
-            self.node.durability
-        };
-        let node = Arc::clone(&self.node);
-        run_engine_call(self.node.store.engine().as_ref(), move || {
-            node.store.merge_batch(&entries, durability)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
-    }
-
-    async fn merkle_hashes(&self, query: MerkleQuery) -> Result<Vec<Hash>, ReplicaError> {
-        self.node.antientropy_worker.answer_hashes(&query)
-    }
-
-    async fn purge_tombstone(&self, key: Vec<u8>, digest: Hash) -> Result<bool, ReplicaError> {
-        self.node
-            .coordinator
-            .limits()
-            .check_key(&key)
-            .map_err(|e| ReplicaError::InvalidArgument(e.to_string()))?;
-        self.node.antientropy_worker.answer_purge(key, digest).await
-    }
-}
-
-/// A started node.
-#[derive(Debug)]
-pub struct RunningNode {
-    /// Where the client API (`Kv`) listens.
-    pub client_addr: SocketAddr,
-    /// Where the internode API (`Replica`, `Admin`) listens.
-    pub internode_addr: SocketAddr,
-    /// Where the HTTP API (kv, `/metrics`, probes, status page) listens, if enabled.
-    pub http_addr: Option<SocketAddr>,
-    shared: Arc<NodeShared>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<Result<(), NodeError>>,
-}
-
-impl RunningNode {
-    /// The node's shared state (for in-process tests and tools).
-    pub fn shared(&self) -> &Arc<NodeShared> {
-        &self.shared
-    }
-
-    /// Stops serving, drains in-flight requests, flushes storage, and waits for it.
-    ///
-    /// # Errors
-    /// A server or the final flush failed.
-    pub async fn shutdown(self) -> Result<(), NodeError> {
-        let _ = self.shutdown.send(true);
-        self.task
-            .await
-            .map_err(|e| NodeError::Server(e.to_string()))?
-    }
-
-    /// Waits until the node stops (it only stops through [`RunningNode::shutdown`] or a
-    /// server failure).
-    ///
-    /// # Errors
-    /// A server failed.
-    pub async fn wait(self) -> Result<(), NodeError> {
-        self.task
-            .await
-            .map_err(|e| NodeError::Server(e.to_string()))?
-    }
-
-    /// A handle that triggers shutdown from elsewhere (a signal handler).
-    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
-    }
-}
-
-/// Entry point of the node.
-#[derive(Debug)]
-pub struct Node;
-
-impl Node {
-    /// Opens storage, binds the listeners, and starts serving.
-    ///
-    /// # Errors
-    /// Storage cannot be opened, persisted state is corrupt, or a port is taken.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
-    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
-        let engine: Arc<dyn StorageEngine> = match config.storage() {
-            StorageConfig::Sled(sled) => {
-                let sled = sled.clone();
-                Arc::new(
-                    tokio::task::spawn_blocking(move || SledEngine::open(&sled))
-                        .await
-                        .map_err(|e| NodeError::Server(e.to_string()))??,
-                )
-            }
-            StorageConfig::Memory => Arc::new(MemoryEngine::new()),
-        };
-        let client_listener = bind("client API", config.listen()).await?;
-        let internode_listener = bind("internode API", config.internode_listen()).await?;
-        let http_listener = match config.http_listen() {
-            Some(address) => Some(bind("HTTP API", address).await?),
-            None => None,
-        };
-        let http_addr = match (&http_listener, config.http_listen()) {
-            (Some(listener), Some(address)) => Some(local_addr(listener, address)?),
-            _ => None,
-        };
-        let client_addr = local_addr(&client_listener, config.listen())?;
-        let internode_addr = local_addr(&internode_listener, config.internode_listen())?;
-        // Without an explicit advertise address, peers reach us where we actually bound
-        // (which also resolves a configured port 0).
-        let advertise = config
-            .advertise()
-            .map_or_else(|| internode_addr.to_string(), str::to_owned);
-        let transport_config = GrpcTransportConfig::new(
-            config.request_timeout(),
-            config.request_timeout().min(Duration::from_secs(1)),
+/// The cluster view from the persisted member table, with this node's current address,
+/// client address and zone announced in it (and persisted) where they changed.
+fn restore_cluster(
+    settings: &NodeSettings,
+    engine: &dyn StorageEngine,
+    advertise: &str,
+) -> Result<Arc<Cluster>, NodeError> {
+    let table = match engine.meta_get(META_MEMBERS)? {
+        Some(bytes) => MemberTable::decode(&bytes)
+            .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
+        None => MemberTable::new(),
+    };
+    let cluster = Arc::new(
+        Cluster::new(
+            settings.node_id.clone(),
+            table,
+            settings.strategy,
+            settings.detector,
+            settings.clock,
         )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-        let tls = match config.tls() {
-            Some(tls) => Some(
-                TlsMaterial::load(tls)
-                    .await
-                    .map_err(|e| NodeError::Config(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let tokens = read_internode_tokens(config.internode_auth()).await?;
-        let mut grpc_transport = match &tls {
-            Some(tls) => GrpcTransport::with_tls(transport_config, tls.files().internode_client()),
-            None => GrpcTransport::new(transport_config),
-        };
-        if let Some(tokens) = &tokens {
-            grpc_transport = grpc_transport.with_token(tokens);
-        }
-        let internode_auth =
-            InternodeAuth::new(tokens, tls.as_ref().and_then(|tls| tls.node_name.clone()));
-        if internode_auth.is_open() {
-            tracing::warn!(
-                internode_listen = %internode_addr,
-                "internode calls are not authenticated: whoever reaches the internode port \
-                 can read and overwrite every key (set internode-token-file or tls-ca)"
-            );
-        }
-        let grpc_transport = Arc::new(grpc_transport);
-        let transport: Arc<dyn Transport> = Arc::clone(&grpc_transport) as _;
-        let mut settings = NodeSettings::from_config(&config);
-        settings.client_advertise = config.client_advertise_for(client_addr);
-        if settings.client_advertise.is_none() {
-            tracing::warn!(
-                %client_addr,
-                "the client API listens on a wildcard address and neither advertise nor \
-                 advertise-client is set: partition-aware clients cannot route to this node"
-            );
-        }
-        let shared = NodeShared::assemble(settings, engine, transport, advertise.clone())?;
-        let incarnation = shared.incarnation;
-
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        if let Some(tls) = &tls {
-            tokio::spawn(watch_tls_files(
-                tls.files(),
-                grpc_transport,
-                TLS_RELOAD_INTERVAL,
-                shared.metrics.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
-        let task = tokio::spawn(serve(
-            Arc::clone(&shared),
-            config,
-            tls,
-            internode_auth,
-            Listeners {
-                client: client_listener,
-                internode: internode_listener,
-                http: http_listener,
-            },
-            shutdown_rx,
-        ));
-        tracing::info!(
-            node = %shared.cluster.me(), %client_addr, %internode_addr,
-            %advertise, incarnation, "node started"
-        );
-        Ok(RunningNode {
-            client_addr,
-            internode_addr,
-            http_addr,
-            shared,
-            shutdown: shutdown_tx,
-            task,
-        })
+        .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
+    );
+    // Our address may have changed since the table was saved (a restarted pod gets a new
+    // IP); announce the current one.
+    let me = settings.node_id.clone();
+    let moved = cluster
+        .table()
+        .get(&me)
+        .is_some_and(|m| m.state() != MemberState::Removed && m.address() != advertise);
+    if moved {
+        let (_, table) = cluster
+            .change(|t| t.set_address(&me, advertise))
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
     }
+    if let Some(table) = announce_self(
+        &cluster,
+        settings.client_advertise.as_deref(),
+        settings.zone.as_deref(),
+    )
+    .map_err(|e| NodeError::Config(e.to_string()))?
+    {
+        engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
+    }
+    if let (Some(zone), Some(entry)) = (&settings.zone, cluster.table().get(cluster.me())) {
+        if entry.state() != MemberState::Joining && entry.zone() != Some(zone.as_str()) {
+            tracing::warn!(
+                configured = %zone,
+                in_table = entry.zone().unwrap_or(""),
+                "--zone differs from this node's zone in the member table, which stays: \
+                 a member's data is laid out for its zone (leave and join again to move it)"
+            );
+        }
+    }
+    Ok(cluster)
 }
 
 /// A node's protocol settings, free of listeners and files, so tests and the simulator
@@ -526,6 +248,18 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
+    /// The coordinator's part of the settings.
+    fn coordinator_config(&self, metrics: &Metrics) -> CoordinatorConfig {
+        CoordinatorConfig {
+            quorum: self.quorum,
+            timeout: self.request_timeout,
+            durability: self.durability,
+            limits: self.limits,
+            metrics: metrics.clone(),
+            read_fanout: self.read_fanout,
+        }
+    }
+
     /// The default settings of an in-memory node `node_id` (Dynamo's common (3, 2, 2),
     /// 2 s timeouts, sync writes): those of [`NodeConfig::in_memory`], so the defaults
     /// live in one place.
@@ -576,85 +310,25 @@ impl NodeShared {
     ///
     /// # Errors
     /// Unreadable persisted state or storage failures.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     pub fn assemble(
         settings: NodeSettings,
         engine: Arc<dyn StorageEngine>,
         transport: Arc<dyn Transport>,
         advertise: String,
     ) -> Result<Arc<NodeShared>, NodeError> {
-        let identity = Arc::new(open_identity(
-            engine.as_ref(),
-            &settings.node_id,
-            settings.clock,
-        )?);
+        let identity = Arc::new(open_identity(engine.as_ref(), &settings)?);
         let incarnation = identity.incarnation();
-        let table = match engine.meta_get(META_MEMBERS)? {
-            Some(bytes) => MemberTable::decode(&bytes)
-                .map_err(|e| NodeError::Corrupt(format!("member table: {e}")))?,
-            None => MemberTable::new(),
-        };
-        let cluster = Arc::new(
-            Cluster::new(
-                settings.node_id.clone(),
-                table,
-                settings.strategy,
-                settings.detector,
-                settings.clock,
-            )
-            .map_err(|e| NodeError::Corrupt(format!("persisted members form no ring: {e}")))?,
-        );
-        // Our address may have changed since the table was saved (a restarted pod gets a
-        // new IP); announce the current one.
-        let me = settings.node_id.clone();
-        let moved = cluster
-            .table()
-            .get(&me)
-            .is_some_and(|m| m.state() != MemberState::Removed && m.address() != advertise);
-        if moved {
-            let (_, table) = cluster
-                .change(|t| t.set_address(&me, &advertise))
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
-        }
-        if let Some(table) = announce_self(
-            &cluster,
-            settings.client_advertise.as_deref(),
-            settings.zone.as_deref(),
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?
-        {
-            engine.meta_put(META_MEMBERS, &table.encode(), Durability::Sync)?;
-        }
-        if let (Some(zone), Some(entry)) = (&settings.zone, cluster.table().get(cluster.me())) {
-            if entry.state() != MemberState::Joining && entry.zone() != Some(zone.as_str()) {
-                tracing::warn!(
-                    configured = %zone,
-                    in_table = entry.zone().unwrap_or(""),
-                    "--zone differs from this node's zone in the member table, which stays: \
-                     a member's data is laid out for its zone (leave and join again to move it)"
-                );
-            }
-        }
+        let cluster = restore_cluster(&settings, engine.as_ref(), &advertise)?;
         let antientropy = Arc::new(AntiEntropy::new(settings.anti_entropy));
         let mut store = Store::new(Arc::clone(&engine), settings.sibling_limits, identity)
             .with_reconciliation(settings.reconciliation);
         if settings.anti_entropy.enabled() {
+            // Every data change reaches the Merkle trees.
             store = store.with_observer(Arc::clone(antientropy.trees()) as _);
         }
         let metrics = Metrics::new();
         let coordinator = Coordinator::new(
-            CoordinatorConfig {
-                quorum: settings.quorum,
-                timeout: settings.request_timeout,
-                durability: settings.durability,
-                limits: settings.limits,
-                metrics: metrics.clone(),
-                read_fanout: settings.read_fanout,
-            },
+            settings.coordinator_config(&metrics),
             store.clone(),
             Arc::clone(&cluster),
             Arc::clone(&transport),
@@ -840,46 +514,6 @@ impl NodeShared {
     pub fn gossip(&self) -> &Gossip {
         &self.gossip
     }
-
-    /// What this node serves to its peers.
-    pub fn handler(self: &Arc<Self>) -> Arc<dyn ReplicaHandler> {
-        Arc::new(PeerHandler {
-            node: Arc::clone(self),
-        })
-    }
-}
-
-/// The cluster secret from `internode-token-file`, if one is configured.
-async fn read_internode_tokens(
-    auth: &InternodeAuthConfig,
-) -> Result<Option<InternodeTokens>, NodeError> {
-    let Some(path) = &auth.token_file else {
-        return Ok(None);
-    };
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| NodeError::Config(format!("reading {}: {e}", path.display())))?;
-    InternodeTokens::parse(&text)
-        .map(Some)
-        .map_err(|e| NodeError::Config(format!("internode-token-file {}: {e}", path.display())))
-}
-
-async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| NodeError::Bind {
-            what,
-            address,
-            source,
-        })
-}
-
-fn local_addr(listener: &TcpListener, address: SocketAddr) -> Result<SocketAddr, NodeError> {
-    listener.local_addr().map_err(|source| NodeError::Bind {
-        what: "listener",
-        address,
-        source,
-    })
 }
 
 /// The node's clock actor at this start: its persisted incarnation after a clean stop,
@@ -887,244 +521,15 @@ fn local_addr(listener: &TcpListener, address: SocketAddr) -> Result<SocketAddr,
 /// mode, see [`ActorIdentity::open`]). Consumes the clean-shutdown marker.
 fn open_identity(
     engine: &dyn StorageEngine,
-    node: &NodeId,
-    clock: Clock,
+    settings: &NodeSettings,
 ) -> Result<ActorIdentity, NodeError> {
+    let (node, clock) = (&settings.node_id, settings.clock);
     let clean = engine.meta_get(META_CLEAN_SHUTDOWN)?.is_some();
     engine.meta_remove(META_CLEAN_SHUTDOWN)?;
     ActorIdentity::open(engine, node.clone(), clock, clean).map_err(|e| match e {
         IdentityError::Storage(e) => NodeError::Storage(e),
         other => NodeError::Corrupt(other.to_string()),
     })
-}
-
-/// The node's bound sockets.
-struct Listeners {
-    client: TcpListener,
-    internode: TcpListener,
-    http: Option<TcpListener>,
-}
-
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
-async fn serve(
-    shared: Arc<NodeShared>,
-    config: NodeConfig,
-    tls: Option<TlsMaterial>,
-    internode_auth: InternodeAuth,
-    listeners: Listeners,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), NodeError> {
-    let Listeners {
-        client: client_listener,
-        internode: internode_listener,
-        http: http_listener,
-    } = listeners;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KvServer<KvService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| NodeError::Server(e.to_string()))?;
-    // Python's grpcio-reflection and older grpcurl speak only `v1alpha`.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| NodeError::Server(e.to_string()))?;
-
-    let serving = config.serving_limits();
-    let open_files = crate::server::limits::raise_open_files_limit();
-    let (max_connections, lowered) =
-        crate::server::limits::connection_cap(serving.max_connections, open_files);
-    if lowered {
-        tracing::warn!(
-            configured = serving.max_connections,
-            max_connections,
-            open_files,
-            "max-connections lowered to fit the open-files limit (raise `ulimit -n` to serve more)"
-        );
-    }
-    let accept = AcceptLimits {
-        max_connections,
-        first_bytes_timeout: serving.client_read_timeout,
-    };
-    let inflight = InflightLimit::new(serving.max_inflight_requests);
-    let kv = shed_when_busy(
-        KvServer::new(KvService::new(
-            shared.coordinator.clone(),
-            shared.store.clone(),
-            shared.metrics.clone(),
-        ))
-        .max_decoding_message_size(config.max_value_bytes() + config.max_key_bytes() + 64 * 1024),
-        inflight.clone(),
-        shared.metrics.clone(),
-    );
-    // A client request ends within the coordinator's timeout; the margin covers reading
-    // the request and writing the answer. Internode calls touch only the local store.
-    // TLS is terminated in the accept loop (admitted_tls_connections), so the
-    // certificate follows its files; tonic serves HTTP/2 over the sessions.
-    let mut client_builder = grpc_server(config.request_timeout() + REQUEST_MARGIN);
-    let mut internode_builder = grpc_server(INTERNODE_CALL_TIMEOUT);
-    let client_server = client_builder
-        .add_service(health_service.clone())
-        .add_service(reflection.clone())
-        .add_service(reflection_v1alpha.clone())
-        .add_service(kv)
-        .serve_with_incoming_shutdown(
-            admitted_tls_connections(
-                client_listener,
-                "client",
-                accept,
-                tls.as_ref().map(|tls| Arc::clone(&tls.client_grpc)),
-                shared.metrics.clone(),
-            ),
-            wait_for(shutdown.clone()),
-        );
-
-    let handler = Arc::new(PeerHandler {
-        node: Arc::clone(&shared),
-    });
-    let admin = AdminServer::with_interceptor(
-        shared.admin_service(),
-        admin_token_interceptor(config.admin_token().cloned()),
-    );
-    let internode_server = internode_builder
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(authenticated(
-            replica_server(handler),
-            Arc::new(internode_auth),
-            shared.metrics.clone(),
-        ))
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
-            admitted_tls_connections(
-                internode_listener,
-                "internode",
-                accept,
-                tls.as_ref().map(|tls| Arc::clone(&tls.internode_grpc)),
-                shared.metrics.clone(),
-            ),
-            wait_for(shutdown.clone()),
-        );
-
-    let gossip = tokio::spawn(shared.gossip.clone().run(
-        config.gossip_interval(),
-        Gossip::random(shared.incarnation),
-        shutdown.clone(),
-    ));
-    let handoff = tokio::spawn({
-        let node = Arc::clone(&shared);
-        shared
-            .handoff
-            .clone()
-            .run(config.gossip_interval(), shutdown.clone(), move |targets| {
-                node.refresh_gauges(targets);
-            })
-    });
-    let transfer = tokio::spawn(shared.transfer_worker.clone().run(shutdown.clone()));
-    let antientropy = tokio::spawn(
-        shared
-            .antientropy_worker
-            .clone()
-            .run(shared.incarnation, shutdown.clone()),
-    );
-
-    let http_server = async {
-        let Some(listener) = http_listener else {
-            return Ok(());
-        };
-        let router = crate::server::http::router(crate::server::http::HttpState {
-            last_page: crate::server::http::LastPage::default(),
-            coordinator: shared.coordinator.clone(),
-            metrics: shared.metrics.clone(),
-            cluster: Arc::clone(&shared.cluster),
-            admission: crate::server::http::KvAdmission {
-                inflight,
-                body_read_timeout: serving.client_read_timeout,
-            },
-        });
-        // In-flight requests end within the request timeout; the margin covers reading
-        // bodies and writing answers.
-        let drain = config.request_timeout() + Duration::from_secs(5);
-        crate::server::https::serve(
-            listener,
-            tls.as_ref().map(|tls| Arc::clone(&tls.https)),
-            router,
-            wait_for(shutdown.clone()),
-            crate::server::https::ServeLimits {
-                drain,
-                max_connections,
-                header_read_timeout: serving.client_read_timeout,
-            },
-            shared.metrics.clone(),
-        )
-        .await;
-        Ok::<(), std::io::Error>(())
-    };
-    let (client, internode, http) = tokio::join!(client_server, internode_server, http_server);
-    // The background loops end at the shutdown signal, each after the round under way;
-    // one still busy at the bound is stopped (every round is safe to cut short: range
-    // transfer resumes from its saved progress, hints and trees stay).
-    drain(
-        vec![
-            ("gossip", gossip),
-            ("hinted handoff", handoff),
-            ("range transfer", transfer),
-            ("anti-entropy", antientropy),
-        ],
-        BACKGROUND_DRAIN,
-    )
-    .await;
-    let engine = Arc::clone(shared.store.engine());
-    tokio::task::spawn_blocking(move || {
-        engine.flush()?;
-        engine.meta_put(META_CLEAN_SHUTDOWN, &[1], Durability::Sync)
-    })
-    .await
-    .map_err(|e| NodeError::Server(e.to_string()))??;
-    tracing::info!(node = %shared.cluster.me(), "node stopped");
-    client.map_err(|e| NodeError::Server(format!("client API: {e}")))?;
-    internode.map_err(|e| NodeError::Server(format!("internode API: {e}")))?;
-    http.map_err(|e| NodeError::Server(format!("HTTP API: {e}")))?;
-    Ok(())
-}
-
-/// How long the node waits at shutdown for its background loops to finish their rounds.
-const BACKGROUND_DRAIN: Duration = Duration::from_secs(10);
-
-/// Added to the request timeout for the client API's per-call bound.
-const REQUEST_MARGIN: Duration = Duration::from_secs(5);
-
-/// Bound on one internode call (a replica read or write, a batch merge, a gossip
-/// exchange): they touch only the callee's store. A stream's later messages are
-/// bounded by the caller.
-const INTERNODE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Most concurrent calls (HTTP/2 streams) on one connection: a client that opens more
-/// waits for its own calls to finish, so one connection cannot monopolise the node.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
-
-/// How often an idle HTTP/2 connection is pinged, and how long the answer may take
-/// before the connection is closed: a peer that vanished (a powered-off host, a cut
-/// network) stops holding a connection slot.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A gRPC server with the node's per-connection bounds; calls taking longer than
-/// `call_timeout` are cancelled (a client's shorter `grpc-timeout` still applies).
-fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .timeout(call_timeout)
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        // Bounds the rapid-reset attack (CVE-2023-44487): streams a client opens and
-        // cancels at once.
-        .http2_max_pending_accept_reset_streams(Some(64))
 }
 
 impl NodeShared {
@@ -1148,6 +553,17 @@ impl NodeShared {
         self.metrics
             .set_ring_ownership(&self.cluster.ring().ownership());
         self.metrics.set_keys(self.store.engine().approximate_len());
+        // A walk of the data directory: a few dozen entries, more with many large values
+        // in blob files, once per refresh (the handoff interval).
+        match self.store.engine().space() {
+            Ok(space) => self
+                .metrics
+                .set_storage_space(space.live_bytes, space.disk_bytes),
+            Err(error) => tracing::warn!(
+                error = %crate::proto::wire::error_chain(&error),
+                "cannot measure the storage size"
+            ),
+        }
         self.metrics
             .set_actor_renewals(self.store.identity().renewals());
         self.background.refresh();
@@ -1165,6 +581,7 @@ impl NodeShared {
 mod tests {
     use super::*;
     use crate::config::{MAX_SIBLINGS_LIMIT, RawConfig};
+    use crate::storage::MemoryEngine;
     use crate::transport::MemoryNetwork;
 
     fn config_with_max_siblings(max: u32) -> Result<NodeConfig, crate::config::ConfigError> {

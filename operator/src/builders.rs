@@ -738,10 +738,6 @@ fn retention(retain: bool) -> String {
 ///
 /// # Errors
 /// [`BuildError`] when the cluster lacks a name, namespace or uid.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet, BuildError> {
     let owner = Owner::of(cluster)?;
     let spec = &cluster.spec;
@@ -754,83 +750,6 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
         CONFIG_HASH_ANNOTATION.to_owned(),
         format!("{:016x}", fnv1a(node_config_yaml(cluster).as_bytes())),
     );
-
-    let mut volumes = vec![Volume {
-        name: CONFIG_VOLUME.to_owned(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: config_map_name(owner.name),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
-    if let Some(tls) = &spec.tls {
-        volumes.push(Volume {
-            name: TLS_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    }
-
-    volumes.push(Volume {
-        name: INTERNODE_TOKEN_VOLUME.to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(internode_token_secret_name(owner.name)),
-            // Readable by the node's user only (fsGroup makes the group the node's).
-            default_mode: Some(0o440),
-            optional: Some(false),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
-
-    let pod_spec = PodSpec {
-        containers: vec![node_container(&owner)],
-        volumes: Some(volumes),
-        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NODE_UID),
-            run_as_group: Some(NODE_UID),
-            // Makes the volume writable by the non-root user.
-            fs_group: Some(NODE_UID),
-            ..PodSecurityContext::default()
-        }),
-        affinity: Some(
-            extras
-                .affinity
-                .clone()
-                .unwrap_or_else(|| default_affinity(owner.name)),
-        ),
-        topology_spread_constraints: Some(vec![zone_spread(owner.name)]),
-        node_selector: (!extras.node_selector.is_empty()).then(|| extras.node_selector.clone()),
-        tolerations: (!extras.tolerations.is_empty()).then(|| extras.tolerations.clone()),
-        ..PodSpec::default()
-    };
-
-    let claim = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(DATA_VOLUME.to_owned()),
-            labels: Some(selector_labels(owner.name)),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: spec.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity(spec.storage.size.clone()),
-                )])),
-                ..VolumeResourceRequirements::default()
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        ..PersistentVolumeClaim::default()
-    };
-
     let mut metadata = owner.metadata(owner.name.to_owned());
     metadata.annotations = Some(BTreeMap::from([(
         TEMPLATE_INPUTS_ANNOTATION.to_owned(),
@@ -855,9 +774,9 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
                     annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec),
+                spec: Some(node_pod_spec(cluster, &owner)),
             },
-            volume_claim_templates: Some(vec![claim]),
+            volume_claim_templates: Some(vec![data_claim(cluster, &owner)]),
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_scaled: Some(retention(spec.storage.retain_on_scale_down)),
@@ -868,6 +787,95 @@ pub fn statefulset(cluster: &DynamoCluster, replicas: u32) -> Result<StatefulSet
         },
         ..StatefulSet::default()
     })
+}
+
+/// The node pods' volumes: the node config, the TLS Secret (with `spec.tls`) and the
+/// internode token.
+fn node_volumes(cluster: &DynamoCluster, owner: &Owner<'_>) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: CONFIG_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(owner.name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(tls) = &cluster.spec.tls {
+        volumes.push(Volume {
+            name: TLS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes.push(Volume {
+        name: INTERNODE_TOKEN_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(internode_token_secret_name(owner.name)),
+            // Readable by the node's user only (fsGroup makes the group the node's).
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    volumes
+}
+
+/// The node pods' spec: one container, non-root, spread over zones, placed as the
+/// pod template extras say.
+fn node_pod_spec(cluster: &DynamoCluster, owner: &Owner<'_>) -> PodSpec {
+    let extras = &cluster.spec.pod_template;
+    PodSpec {
+        containers: vec![node_container(owner)],
+        volumes: Some(node_volumes(cluster, owner)),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NODE_UID),
+            run_as_group: Some(NODE_UID),
+            // Makes the volume writable by the non-root user.
+            fs_group: Some(NODE_UID),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(
+            extras
+                .affinity
+                .clone()
+                .unwrap_or_else(|| default_affinity(owner.name)),
+        ),
+        topology_spread_constraints: Some(vec![zone_spread(owner.name)]),
+        node_selector: (!extras.node_selector.is_empty()).then(|| extras.node_selector.clone()),
+        tolerations: (!extras.tolerations.is_empty()).then(|| extras.tolerations.clone()),
+        ..PodSpec::default()
+    }
+}
+
+/// The claim template of each node's data volume.
+fn data_claim(cluster: &DynamoCluster, owner: &Owner<'_>) -> PersistentVolumeClaim {
+    let storage = &cluster.spec.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_owned()),
+            labels: Some(selector_labels(owner.name)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
 }
 
 fn policy_port(port: i32) -> NetworkPolicyPort {

@@ -864,22 +864,49 @@ pub enum Violation {
 ///
 /// # Errors
 /// The [`Violation`] the step commits.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), Violation> {
-    let size = desired.size;
-    let in_flight = observed.in_flight().is_some();
-    let active_count = observed.active().count();
     let changes_membership = matches!(
         step,
         Step::Join { .. } | Step::SetWeight { .. } | Step::Decommission { .. }
     );
-    if changes_membership && in_flight {
+    if changes_membership && observed.in_flight().is_some() {
         return Err(Violation::ConcurrentChange { step: *step });
     }
     let ok = match *step {
+        Step::Join { .. }
+        | Step::SetWeight { .. }
+        | Step::Decommission { .. }
+        | Step::Remove { .. } => membership_step_allowed(desired, observed, step),
+        Step::ShrinkStatefulSet { .. } | Step::GrowStatefulSet { .. } => {
+            resize_allowed(desired, observed, step)
+        }
+        Step::Done => {
+            if !converged(desired, observed) {
+                return Err(Violation::NotConverged);
+            }
+            true
+        }
+        Step::Wait { .. } | Step::Refuse { .. } => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match step {
+        Step::Join { .. } => Violation::BadJoin { step: *step },
+        Step::SetWeight { .. } => Violation::BadSetWeight { step: *step },
+        Step::Decommission { .. } => Violation::BadDecommission { step: *step },
+        Step::Remove { .. } => Violation::BadRemove { step: *step },
+        Step::ShrinkStatefulSet { .. } => Violation::BadShrink { step: *step },
+        _ => Violation::BadGrow { step: *step },
+    })
+}
+
+/// Whether a join, weight change, decommission or removal is one the desired state
+/// asks for and the ring can take.
+fn membership_step_allowed(desired: &Desired, observed: &Observed, step: &Step) -> bool {
+    let size = desired.size;
+    let active_count = observed.active().count();
+    match *step {
         Step::Join { ordinal, weight } => {
             ordinal < size
                 && ordinal < observed.statefulset_replicas
@@ -919,6 +946,15 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
                     .in_flight()
                     .is_none_or(|reason| reason.ordinal() == ordinal)
         }
+        _ => false,
+    }
+}
+
+/// Whether a StatefulSet resize keeps every active node's pod (shrink) or grows to the
+/// size the ring needs (grow).
+fn resize_allowed(desired: &Desired, observed: &Observed, step: &Step) -> bool {
+    let size = desired.size;
+    match *step {
         Step::ShrinkStatefulSet { to } => {
             to >= size
                 && to < observed.statefulset_replicas
@@ -930,38 +966,27 @@ pub fn check(desired: &Desired, observed: &Observed, step: &Step) -> Result<(), 
         }
         Step::GrowStatefulSet { to } => {
             let highest_active = observed.active().map(|(o, _)| o).next_back();
-            !in_flight
+            observed.in_flight().is_none()
                 && to == replicas_target(size, highest_active)
                 && observed.statefulset_replicas < to
         }
-        Step::Done => {
-            let converged = observed.statefulset_replicas == size
-                && active_count == size as usize
-                && (0..size).all(|o| {
-                    observed.members.get(&o).is_some_and(|m| {
-                        m.state == MemberState::Member
-                            && !m.transfers_pending
-                            && desired.weight(o) == Some(m.weight)
-                    })
-                });
-            if !converged {
-                return Err(Violation::NotConverged);
-            }
-            true
-        }
-        Step::Wait { .. } | Step::Refuse { .. } => true,
-    };
-    if ok {
-        return Ok(());
+        _ => false,
     }
-    Err(match step {
-        Step::Join { .. } => Violation::BadJoin { step: *step },
-        Step::SetWeight { .. } => Violation::BadSetWeight { step: *step },
-        Step::Decommission { .. } => Violation::BadDecommission { step: *step },
-        Step::Remove { .. } => Violation::BadRemove { step: *step },
-        Step::ShrinkStatefulSet { .. } => Violation::BadShrink { step: *step },
-        _ => Violation::BadGrow { step: *step },
-    })
+}
+
+/// Whether the cluster is as desired: every pod a member at its weight, nothing
+/// moving.
+fn converged(desired: &Desired, observed: &Observed) -> bool {
+    let size = desired.size;
+    observed.statefulset_replicas == size
+        && observed.active().count() == size as usize
+        && (0..size).all(|o| {
+            observed.members.get(&o).is_some_and(|m| {
+                m.state == MemberState::Member
+                    && !m.transfers_pending
+                    && desired.weight(o) == Some(m.weight)
+            })
+        })
 }
 
 #[cfg(test)]

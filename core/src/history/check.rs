@@ -262,10 +262,6 @@ fn converged(replicas: &BTreeMap<String, Vec<StoredVersion>>) -> bool {
 }
 
 /// Judges a history and the replicas' final state (see the [module docs](super)).
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
     let mut verdict = Verdict::default();
     let mut violations = Vec::new();
@@ -275,97 +271,11 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
         verdict.violations = violations;
         return verdict;
     };
-    let acknowledged = |outcome: &Outcome| matches!(outcome, Outcome::PutOk { .. });
-    let may_have_landed = |outcome: &Outcome| !matches!(outcome, Outcome::Failed);
     for key in &keys {
-        // Phantoms: every value read must have been written.
-        for (id, op) in &key.ops {
-            if let Outcome::GetOk { values, .. } = &op.outcome {
-                for value in values {
-                    if !key.writer.contains_key(value.as_slice()) {
-                        violations.push(Violation::Phantom {
-                            key: key.key.to_vec(),
-                            value: value.clone(),
-                            read: *id,
-                        });
-                    }
-                }
-            }
-        }
-        // Verdict 1: acknowledged values are in every final read unless superseded.
+        phantoms(key, &mut violations);
         let final_reads = key.final_reads(quiesced_at);
-        let mut missing_final_read = false;
-        for (value, &write) in &key.writer {
-            if !acknowledged(
-                &key.ops
-                    .iter()
-                    .find(|(id, _)| *id == write)
-                    .map_or(Outcome::Pending, |(_, op)| op.outcome.clone()),
-            ) {
-                continue;
-            }
-            verdict.acknowledged_values += 1;
-            if key
-                .superseded_by(value, may_have_landed, Coverage::Any)
-                .is_some()
-            {
-                verdict.superseded_values += 1;
-                continue;
-            }
-            if final_reads.is_empty() {
-                missing_final_read = true;
-                continue;
-            }
-            for (read, values) in &final_reads {
-                if !values.iter().any(|v| v.as_slice() == *value) {
-                    violations.push(Violation::LostWrite {
-                        key: key.key.to_vec(),
-                        value: value.to_vec(),
-                        write,
-                        read: *read,
-                    });
-                }
-            }
-        }
-        if missing_final_read {
-            violations.push(Violation::NoFinalRead {
-                key: key.key.to_vec(),
-            });
-        }
-        // Verdict 3: values an acknowledged write superseded stay gone.
-        let mut seen: Vec<(&[u8], String)> = Vec::new();
-        for (read, values) in &final_reads {
-            seen.extend(
-                values
-                    .iter()
-                    .map(|v| (v.as_slice(), format!("read #{read}"))),
-            );
-        }
-        // On replicas only once they agree: a stale replica of a divergent key holds
-        // old versions by definition, and verdict 2 reports that.
-        if let Some(replicas) = dump.keys().get(key.key).filter(|r| converged(r)) {
-            for (replica, versions) in replicas {
-                for value in versions.iter().flatten() {
-                    seen.push((value.as_slice(), format!("replica {replica}")));
-                }
-            }
-        }
-        let mut reported = BTreeSet::new();
-        for (value, seen_in) in seen {
-            if reported.contains(value) {
-                continue;
-            }
-            if let Some((by, op)) = key.superseded_by(value, acknowledged, Coverage::Clock) {
-                reported.insert(value);
-                violations.push(Violation::Resurrected {
-                    key: key.key.to_vec(),
-                    value: value.to_vec(),
-                    superseded_by: by,
-                    by_delete: op.is_delete(),
-                    seen_in,
-                });
-            }
-        }
+        lost_writes(key, &final_reads, &mut verdict, &mut violations);
+        resurrections(key, &final_reads, dump, &mut violations);
     }
     // Verdict 2: replicas converge.
     for (key, replicas) in dump.keys() {
@@ -379,6 +289,121 @@ pub fn check(history: &History, dump: &ReplicaDump) -> Verdict {
     }
     verdict.violations = violations;
     verdict
+}
+
+fn acknowledged(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::PutOk { .. })
+}
+
+fn may_have_landed(outcome: &Outcome) -> bool {
+    !matches!(outcome, Outcome::Failed)
+}
+
+/// Phantoms: every value read must have been written.
+fn phantoms(key: &KeyOps<'_>, violations: &mut Vec<Violation>) {
+    for (id, op) in &key.ops {
+        if let Outcome::GetOk { values, .. } = &op.outcome {
+            for value in values {
+                if !key.writer.contains_key(value.as_slice()) {
+                    violations.push(Violation::Phantom {
+                        key: key.key.to_vec(),
+                        value: value.clone(),
+                        read: *id,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Verdict 1: acknowledged values are in every final read unless superseded.
+fn lost_writes(
+    key: &KeyOps<'_>,
+    final_reads: &[(OpId, &[Vec<u8>])],
+    verdict: &mut Verdict,
+    violations: &mut Vec<Violation>,
+) {
+    let mut missing_final_read = false;
+    for (value, &write) in &key.writer {
+        if !acknowledged(
+            &key.ops
+                .iter()
+                .find(|(id, _)| *id == write)
+                .map_or(Outcome::Pending, |(_, op)| op.outcome.clone()),
+        ) {
+            continue;
+        }
+        verdict.acknowledged_values += 1;
+        if key
+            .superseded_by(value, may_have_landed, Coverage::Any)
+            .is_some()
+        {
+            verdict.superseded_values += 1;
+            continue;
+        }
+        if final_reads.is_empty() {
+            missing_final_read = true;
+            continue;
+        }
+        for (read, values) in final_reads {
+            if !values.iter().any(|v| v.as_slice() == *value) {
+                violations.push(Violation::LostWrite {
+                    key: key.key.to_vec(),
+                    value: value.to_vec(),
+                    write,
+                    read: *read,
+                });
+            }
+        }
+    }
+    if missing_final_read {
+        violations.push(Violation::NoFinalRead {
+            key: key.key.to_vec(),
+        });
+    }
+}
+
+/// Verdict 3: values an acknowledged write superseded stay gone, from the final reads
+/// and from the replicas.
+fn resurrections(
+    key: &KeyOps<'_>,
+    final_reads: &[(OpId, &[Vec<u8>])],
+    dump: &ReplicaDump,
+    violations: &mut Vec<Violation>,
+) {
+    let mut seen: Vec<(&[u8], String)> = Vec::new();
+    for (read, values) in final_reads {
+        seen.extend(
+            values
+                .iter()
+                .map(|v| (v.as_slice(), format!("read #{read}"))),
+        );
+    }
+    // On replicas only once they agree: a stale replica of a divergent key holds old
+    // versions by definition, and verdict 2 reports that.
+    if let Some(replicas) = dump.keys().get(key.key).filter(|r| converged(r)) {
+        for (replica, versions) in replicas {
+            for value in versions.iter().flatten() {
+                seen.push((value.as_slice(), format!("replica {replica}")));
+            }
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for (value, seen_in) in seen {
+        if reported.contains(value) {
+            continue;
+        }
+        if let Some((by, op)) = key.superseded_by(value, acknowledged, Coverage::Clock) {
+            reported.insert(value);
+            violations.push(Violation::Resurrected {
+                key: key.key.to_vec(),
+                value: value.to_vec(),
+                superseded_by: by,
+                by_delete: op.is_delete(),
+                seen_in,
+            });
+        }
+    }
 }
 
 #[cfg(test)]

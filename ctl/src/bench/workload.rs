@@ -61,6 +61,10 @@ pub enum Workload {
     C,
     /// Read-modify-write: 50% reads, 50% get-then-put with the get's context.
     F,
+    /// Write only: 100% updates. Not a YCSB core workload: the overwrite-heavy phase of
+    /// `bench/growth.py`, which measures the disk a store takes per live byte after its
+    /// records were rewritten.
+    W,
 }
 
 impl Workload {
@@ -70,6 +74,7 @@ impl Workload {
             Self::A | Self::F => 0.5,
             Self::B => 0.95,
             Self::C => 1.0,
+            Self::W => 0.0,
         }
     }
 
@@ -317,6 +322,7 @@ mod tests {
             (Workload::B, 0.95, Operation::Update),
             (Workload::C, 1.0, Operation::Update),
             (Workload::F, 0.5, Operation::Rmw),
+            (Workload::W, 0.0, Operation::Update),
         ] {
             let draws = 10_000;
             let mut read_count = 0;

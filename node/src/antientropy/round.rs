@@ -328,6 +328,38 @@ impl Side {
     }
 }
 
+/// The next key of `range` in ring order over both sides' buffers, with our state and
+/// the peer's (empty on the side that lacks the key); `None` when both are empty.
+fn next_key(
+    range: TokenRange,
+    local: &mut Side,
+    remote: &mut Side,
+) -> Option<(Vec<u8>, SiblingSet, SiblingSet)> {
+    let order = match (local.buffer.front(), remote.buffer.front()) {
+        (None, None) => return None,
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (Some((ours, _)), Some((theirs, _))) => {
+            ring_position(range, ours).cmp(&ring_position(range, theirs))
+        }
+    };
+    match order {
+        std::cmp::Ordering::Less => {
+            let (key, ours) = local.buffer.pop_front()?;
+            Some((key, ours, SiblingSet::new()))
+        }
+        std::cmp::Ordering::Greater => {
+            let (key, theirs) = remote.buffer.pop_front()?;
+            Some((key, SiblingSet::new(), theirs))
+        }
+        std::cmp::Ordering::Equal => {
+            let (key, ours) = local.buffer.pop_front()?;
+            let (_, theirs) = remote.buffer.pop_front()?;
+            Some((key, ours, theirs))
+        }
+    }
+}
+
 /// Repairs gathered while comparing, sent in batches.
 #[derive(Default)]
 struct Pending {
@@ -491,11 +523,7 @@ impl AntiEntropyWorker {
         peer: &NodeId,
         result: Result<T, TransportError>,
     ) -> Result<T, TransportError> {
-        match &result {
-            Ok(_) => self.cluster.record_success(peer),
-            Err(error) if error.is_answer() => self.cluster.record_success(peer),
-            Err(_) => self.cluster.record_failure(peer),
-        }
+        self.cluster.record_call(peer, &result);
         result
     }
 
@@ -555,10 +583,6 @@ impl AntiEntropyWorker {
 
     /// Compares our keys of `range` with the peer's, in ring order, and repairs each key
     /// both ways. Returns `false` if the budget ran out first.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     async fn repair_range(
         &self,
         peer: &NodeId,
@@ -570,54 +594,10 @@ impl AntiEntropyWorker {
         let (mut local, mut remote) = (Side::default(), Side::default());
         let mut pending = Pending::default();
         loop {
-            if local.buffer.is_empty() && !local.done {
-                let store = self.store.clone();
-                let after = local.after.clone();
-                let page = blocking(&self.store, move || {
-                    Ok(store.scan(
-                        range,
-                        after.as_deref(),
-                        REPAIR_PAGE as usize,
-                        REPAIR_PAGE_BYTES as usize,
-                    )?)
-                })
+            self.refill(peer, address, range, &mut local, &mut remote)
                 .await?;
-                local.absorb(page.entries, page.done);
-            }
-            if remote.buffer.is_empty() && !remote.done {
-                let scan = RangeScan {
-                    range,
-                    after: remote.after.clone(),
-                    max_entries: REPAIR_PAGE,
-                    max_bytes: REPAIR_PAGE_BYTES,
-                };
-                let page = self.observed(peer, self.transport.scan_range(address, scan).await)?;
-                let entries = page.entries.into_iter().map(|e| (e.key, e.state)).collect();
-                remote.absorb(entries, page.done);
-            }
-            let order = match (local.buffer.front(), remote.buffer.front()) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some((ours, _)), Some((theirs, _))) => {
-                    ring_position(range, ours).cmp(&ring_position(range, theirs))
-                }
-            };
-            let empty = SiblingSet::new();
-            let (key, ours, theirs) = match order {
-                std::cmp::Ordering::Less => {
-                    let (key, ours) = local.buffer.pop_front().expect("front checked");
-                    (key, ours, empty)
-                }
-                std::cmp::Ordering::Greater => {
-                    let (key, theirs) = remote.buffer.pop_front().expect("front checked");
-                    (key, empty, theirs)
-                }
-                std::cmp::Ordering::Equal => {
-                    let (key, ours) = local.buffer.pop_front().expect("front checked");
-                    let (_, theirs) = remote.buffer.pop_front().expect("front checked");
-                    (key, ours, theirs)
-                }
+            let Some((key, ours, theirs)) = next_key(range, &mut local, &mut remote) else {
+                break;
             };
             report.keys_compared += 1;
             let repair = key_repair(&ours, &theirs);
@@ -654,6 +634,44 @@ impl AntiEntropyWorker {
         self.flush_repairs(peer, address, &mut pending, report)
             .await?;
         Ok(true)
+    }
+
+    /// Reads the next page of `range` into each side whose buffer ran empty: ours from
+    /// the store, the peer's with a range scan.
+    async fn refill(
+        &self,
+        peer: &NodeId,
+        address: &str,
+        range: TokenRange,
+        local: &mut Side,
+        remote: &mut Side,
+    ) -> Result<(), RoundError> {
+        if local.buffer.is_empty() && !local.done {
+            let store = self.store.clone();
+            let after = local.after.clone();
+            let page = blocking(&self.store, move || {
+                Ok(store.scan(
+                    range,
+                    after.as_deref(),
+                    REPAIR_PAGE as usize,
+                    REPAIR_PAGE_BYTES as usize,
+                )?)
+            })
+            .await?;
+            local.absorb(page.entries, page.done);
+        }
+        if remote.buffer.is_empty() && !remote.done {
+            let scan = RangeScan {
+                range,
+                after: remote.after.clone(),
+                max_entries: REPAIR_PAGE,
+                max_bytes: REPAIR_PAGE_BYTES,
+            };
+            let page = self.observed(peer, self.transport.scan_range(address, scan).await)?;
+            let entries = page.entries.into_iter().map(|e| (e.key, e.state)).collect();
+            remote.absorb(entries, page.done);
+        }
+        Ok(())
     }
 
     /// Merges the pulled states here and sends the pushed ones to the peer.

@@ -355,26 +355,24 @@ impl Coordinator {
             let Some(address) = self.inner.cluster.address_of(node) else {
                 continue;
             };
-            match self
+            let result = self
                 .inner
                 .transport
                 .coordinate_put(&address, put.clone())
-                .await
-            {
+                .await;
+            self.inner.cluster.record_call(node, &result);
+            match result {
                 Ok(context) => {
-                    self.inner.cluster.record_success(node);
                     return crate::version::context::decode(&context).map_err(|e| {
                         CoordinatorError::Unavailable(format!("bad context from {node}: {e}"))
                     });
                 }
                 Err(TransportError::Rejected { address, error }) => {
-                    self.inner.cluster.record_success(node);
                     return Err(CoordinatorError::Forwarded { address, error });
                 }
                 Err(never_sent @ TransportError::NotConnected { .. }) => {
                     // No connection, so the peer never saw the put: the next home
                     // replica may coordinate it.
-                    self.inner.cluster.record_failure(node);
                     failures.push(format!("{node}: {never_sent}"));
                 }
                 Err(other) => {
@@ -385,7 +383,6 @@ impl Coordinator {
                     // since: a value the client has meanwhile overwritten would come
                     // back as a sibling (found by the simulator for timeouts, and by the
                     // e2e suite for a node killed mid-call). The outcome is unknown; say so.
-                    self.inner.cluster.record_failure(node);
                     return Err(CoordinatorError::Unavailable(format!(
                         "the home replica {node} failed mid-call ({other}); the write may or may not have been applied"
                     )));
@@ -519,7 +516,7 @@ impl Inner {
         let clock = self.cluster.clock();
         let sent = clock.monotonic();
         let result = self.transport.read(&address, key).await;
-        self.observe(node, result.as_ref().err());
+        self.cluster.record_call(node, &result);
         if result.is_ok() {
             self.read_latency.record(
                 clock
@@ -563,7 +560,7 @@ impl Inner {
             .address_of(node)
             .ok_or_else(|| format!("no address for {node}"))?;
         let result = self.transport.write(&address, write).await;
-        self.observe(node, result.as_ref().err());
+        self.cluster.record_call(node, &result);
         result.map_err(|e| e.to_string())
     }
 
@@ -574,13 +571,6 @@ impl Inner {
             .make_durable()
             .await
             .map_err(|error| format!("local write not durable: {error}"))
-    }
-
-    fn observe(&self, node: &NodeId, error: Option<&TransportError>) {
-        match error {
-            Some(e) if !e.is_answer() => self.cluster.record_failure(node),
-            _ => self.cluster.record_success(node),
-        }
     }
 
     /// Runs the put machine to its end. The replica calls run as futures of this one

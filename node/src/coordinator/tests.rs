@@ -725,6 +725,9 @@ impl StorageEngine for FailingFlush {
     fn approximate_len(&self) -> u64 {
         self.inner.approximate_len()
     }
+    fn space(&self) -> Result<crate::storage::StorageSpace, StorageError> {
+        self.inner.space()
+    }
     fn hint_update(
         &self,
         target: &NodeId,

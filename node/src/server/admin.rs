@@ -134,6 +134,48 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Anti-entropy's figures since start, with its settings; `None` when disabled.
+    fn anti_entropy_status(&self) -> Option<proto::AntiEntropyStatus> {
+        let config = self.antientropy.config();
+        config.enabled().then(|| {
+            let stats = self.metrics.anti_entropy_stats();
+            proto::AntiEntropyStatus {
+                exchanges: stats.exchanges,
+                exchange_failures: stats.exchange_failures,
+                differing_buckets: stats.differing_buckets,
+                keys_pushed: stats.keys_pushed,
+                keys_pulled: stats.keys_pulled,
+                tombstones_purged: stats.tombstones_purged,
+                trees_ready: stats.trees_ready,
+                trees_building: stats.trees_building,
+                interval_ms: millis(config.interval),
+                tombstone_grace_ms: millis(config.tombstone_grace),
+            }
+        })
+    }
+}
+
+/// One peer's part of this node's transfer, for `Admin.Status`.
+fn transfer_pending(peer: &crate::transfer::PeerTransfer) -> proto::TransferPending {
+    proto::TransferPending {
+        peer: peer.peer.to_string(),
+        ranges: peer.pending_ranges,
+        ring_fraction: peer.ring_fraction_remaining,
+        estimated_keys: peer.estimated_keys_remaining,
+        keys_sent: peer.keys_sent,
+        bytes_sent: peer.bytes_sent,
+        unreachable_ms: peer.unreachable_for.map(millis),
+        ranges_on_fallback: peer.ranges_on_fallback,
+        ranges_waiting: peer.ranges_waiting,
+    }
+}
+
+/// Whole milliseconds, saturating.
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
     async fn ring(
@@ -217,6 +259,11 @@ impl admin_server::Admin for AdminService {
             .engine()
             .hint_targets()
             .map_err(|e| Status::internal(format!("reading hint backlog: {e}")))?;
+        let space = node
+            .store
+            .engine()
+            .space()
+            .map_err(|e| Status::internal(format!("measuring the storage: {e}")))?;
         let state = node
             .cluster
             .table()
@@ -257,42 +304,13 @@ impl admin_server::Admin for AdminService {
                 .map(|role| role.name().to_owned())
                 .unwrap_or_default(),
             transfer_pending_ranges: transfer.pending_ranges(),
-            transfers: transfer
-                .peers
-                .iter()
-                .map(|p| proto::TransferPending {
-                    peer: p.peer.to_string(),
-                    ranges: p.pending_ranges,
-                    ring_fraction: p.ring_fraction_remaining,
-                    estimated_keys: p.estimated_keys_remaining,
-                    keys_sent: p.keys_sent,
-                    bytes_sent: p.bytes_sent,
-                    unreachable_ms: p
-                        .unreachable_for
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    ranges_on_fallback: p.ranges_on_fallback,
-                    ranges_waiting: p.ranges_waiting,
-                })
-                .collect(),
+            transfers: transfer.peers.iter().map(transfer_pending).collect(),
             zone: node.members.zone().unwrap_or_default().to_owned(),
-            anti_entropy: node.antientropy.config().enabled().then(|| {
-                let stats = node.metrics.anti_entropy_stats();
-                let config = node.antientropy.config();
-                let millis =
-                    |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                proto::AntiEntropyStatus {
-                    exchanges: stats.exchanges,
-                    exchange_failures: stats.exchange_failures,
-                    differing_buckets: stats.differing_buckets,
-                    keys_pushed: stats.keys_pushed,
-                    keys_pulled: stats.keys_pulled,
-                    tombstones_purged: stats.tombstones_purged,
-                    trees_ready: stats.trees_ready,
-                    trees_building: stats.trees_building,
-                    interval_ms: millis(config.interval),
-                    tombstone_grace_ms: millis(config.tombstone_grace),
-                }
+            storage: Some(proto::StorageSpace {
+                live_bytes: space.live_bytes,
+                disk_bytes: space.disk_bytes,
             }),
+            anti_entropy: node.anti_entropy_status(),
         }))
     }
 }

@@ -258,10 +258,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FirstBytesWithin<T> {
 /// [`server_config`]), until `shutdown` completes; then stops accepting and gives open
 /// connections up to `limits.drain` to finish their requests. Connections still open
 /// after that are dropped: a half-sent request cannot keep the node from stopping.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -276,22 +272,10 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_ANSWERED));
     let at_cap = LogGate::new(super::limits::CAP_LOG_INTERVAL);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer lets hyper bound how long a client may take to send request headers.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    // Pings find HTTP/2 clients that vanished, so they stop holding a slot.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
+    let builder = connection_builder(&limits);
     tokio::pin!(shutdown);
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -316,6 +300,7 @@ pub async fn serve(
             // once the connection is just closed, or a flood of refusals would use up
             // the descriptors the cap is there to save.
             if let (None, Ok(refusing)) = (&acceptor, Arc::clone(&refusals).try_acquire_owned()) {
+                let mut stream = stream;
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(OVERLOADED_LINGER, refuse_overloaded(&mut stream))
                         .await;
@@ -328,29 +313,85 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "setting TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
-        let builder = Arc::clone(&builder);
-        let service = TowerToHyperService::new(router.clone());
-        // Taken before the handshake, so a shutdown during it still reaches this
-        // connection (and the drain waits for it).
-        let watcher = graceful.watcher();
-        let open = OpenConnection::new(&metrics);
-        let metrics = metrics.clone();
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            builder: Arc::clone(&builder),
+            service: TowerToHyperService::new(router.clone()),
+            // Taken before the handshake, so a shutdown during it still reaches this
+            // connection (and the drain waits for it).
+            watcher: graceful.watcher(),
+            open: OpenConnection::new(&metrics),
+            metrics: metrics.clone(),
+            header_read_timeout: limits.header_read_timeout,
+        };
         tokio::spawn(async move {
             // Held until the connection ends.
             let _slot = slot;
-            let _open = open;
-            let result = match acceptor {
-                None => {
-                    let io = FirstBytesWithin::new(stream, limits.header_read_timeout, &metrics);
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    watcher.watch(connection).await
-                }
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                        .await
-                    {
+            connection.serve(stream, peer).await;
+        });
+    }
+    // Stop accepting before draining: new clients get a refused connection.
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.drain) => {
+            tracing::debug!(drain = ?limits.drain, "HTTP connections still open after the drain bound");
+        }
+    }
+}
+
+/// The HTTP/1 and HTTP/2 connection builder: a bound on how long a client may take to
+/// send request headers, and pings that find HTTP/2 clients that vanished, so they stop
+/// holding a slot.
+fn connection_builder(limits: &ServeLimits) -> Arc<auto::Builder<TokioExecutor>> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    Arc::new(builder)
+}
+
+/// One admitted connection, with what serving it needs.
+struct Connection {
+    acceptor: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Counts the connection open until it is dropped.
+    open: OpenConnection,
+    metrics: Metrics,
+    header_read_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves `stream` (after the TLS handshake, when there is an acceptor) until it
+    /// closes or the shutdown's drain ends it.
+    async fn serve(self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let Self {
+            acceptor,
+            builder,
+            service,
+            watcher,
+            open,
+            metrics,
+            header_read_timeout,
+        } = self;
+        let _open = open;
+        let result = match acceptor {
+            None => {
+                let io = FirstBytesWithin::new(stream, header_read_timeout, &metrics);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                watcher.watch(connection).await
+            }
+            Some(acceptor) => {
+                let tls =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "HTTPS handshake failed");
@@ -361,23 +402,13 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let io = FirstBytesWithin::new(tls, limits.header_read_timeout, &metrics);
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    watcher.watch(connection).await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+                let io = FirstBytesWithin::new(tls, header_read_timeout, &metrics);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                watcher.watch(connection).await
             }
-        });
-    }
-    // Stop accepting before draining: new clients get a refused connection.
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(limits.drain) => {
-            tracing::debug!(drain = ?limits.drain, "HTTP connections still open after the drain bound");
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "HTTP connection ended with an error");
         }
     }
 }

@@ -33,8 +33,11 @@
 //! **Sled's disk use.** sled 0.34 is a log-structured store whose files can grow well
 //! past the live data (garage dropped sled in v1.0 after databases reached tens of GB).
 //! The engine is behind [`StorageEngine`] so it can be replaced without touching the
-//! protocol; operators should watch the data directory's size.
+//! protocol; [`StorageEngine::space`] reports the data directory's size beside the live
+//! bytes it holds (`dynamoctl status`, the `dynamo_storage_*_bytes` gauges), so the
+//! amplification is watched, not guessed.
 
+mod disk_usage;
 mod durable_files;
 mod group_commit;
 mod keys;
@@ -83,6 +86,27 @@ pub enum StorageError {
 
 /// The result of a storage operation.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What the data keyspace holds, and what the engine's files take on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StorageSpace {
+    /// Bytes of the data keyspace's entries: each internal key (token and user key) plus
+    /// its stored value (every sibling with its clock). Kept by every write, so
+    /// approximate in the way [`StorageEngine::approximate_len`] is.
+    pub live_bytes: u64,
+    /// Bytes allocated to the engine's files (every keyspace, its log, pages not yet
+    /// reclaimed), as `du` counts them; `None` for an engine without files.
+    pub disk_bytes: Option<u64>,
+}
+
+impl StorageSpace {
+    /// Disk bytes per live byte (sled's space amplification), when both are known and
+    /// there is live data.
+    pub fn amplification(&self) -> Option<f64> {
+        let disk = self.disk_bytes?;
+        (self.live_bytes > 0).then(|| disk as f64 / self.live_bytes as f64)
+    }
+}
 
 /// An atomic read-modify-write step: given the current value (`None` if absent), the
 /// new value (`None` deletes).
@@ -154,6 +178,14 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// The number of keys in the data keyspace. Approximate: an engine may count entries
     /// it cannot decode, and concurrent writes move it.
     fn approximate_len(&self) -> u64;
+
+    /// Live bytes of the data keyspace and the engine's size on disk.
+    ///
+    /// Cost: a walk of the data directory's entries (a few dozen files for sled).
+    ///
+    /// # Errors
+    /// [`StorageError::Backend`] when the directory cannot be read.
+    fn space(&self) -> Result<StorageSpace>;
 
     /// Atomically updates the hint for `key` meant for `target`, like
     /// [`update`](Self::update). The typed layer merges repeated hints for one key into

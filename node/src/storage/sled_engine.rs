@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use sled::{IVec, Tree};
 
+use super::disk_usage::disk_usage;
 use super::durable_files::{DurableFiles, SyncCounts};
 use super::group_commit::GroupCommit;
 use super::keys::{self, KeyRange};
-use super::{Durability, Result, SledConfig, StorageEngine, StorageError, UpdateFn, check_limit};
+use super::{
+    Durability, Result, SledConfig, StorageEngine, StorageError, StorageSpace, UpdateFn,
+    check_limit,
+};
 use crate::NodeId;
 use crate::ring::TokenRange;
 
@@ -37,6 +41,8 @@ pub struct SledEngine {
     /// own `len` walks the whole tree. Signed so that a transiently reordered decrement
     /// cannot wrap.
     data_len: AtomicI64,
+    /// Bytes of those entries (internal key plus value), kept the same way.
+    data_bytes: AtomicI64,
     /// Coalesces the flushes of concurrent durable writes and [`StorageEngine::flush`]
     /// calls.
     commit: GroupCommit,
@@ -75,10 +81,18 @@ fn backend(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
     }
 }
 
+/// The bytes one data entry counts for in [`SledEngine`]'s live bytes: key plus value,
+/// nothing for an absent value.
+fn entry_bytes(key: &[u8], value: Option<&[u8]>) -> i64 {
+    value.map_or(0, |value| {
+        i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX)
+    })
+}
+
 /// What a compare-and-swap update did.
 struct Updated {
-    /// Whether the key held a value before.
-    existed: bool,
+    /// The key's value before, if any.
+    previous: Option<IVec>,
     /// The stored value after the update.
     value: Option<Vec<u8>>,
 }
@@ -114,10 +128,13 @@ impl SledEngine {
             op: "open the log for fdatasync",
             source: Box::new(e),
         })?;
-        let mut data_len = 0i64;
-        for entry in data.iter().keys() {
-            entry.map_err(backend("count data entries"))?;
+        // sled reads whole pages either way, so summing the values' sizes costs no more
+        // than counting the keys.
+        let (mut data_len, mut data_bytes) = (0i64, 0i64);
+        for entry in data.iter() {
+            let (key, value) = entry.map_err(backend("count data entries"))?;
             data_len += 1;
+            data_bytes += entry_bytes(&key, Some(&value));
         }
         Ok(Self {
             db,
@@ -125,6 +142,7 @@ impl SledEngine {
             hints,
             meta,
             data_len: AtomicI64::new(data_len),
+            data_bytes: AtomicI64::new(data_bytes),
             commit: GroupCommit::new(),
             files,
             config: config.clone(),
@@ -163,7 +181,7 @@ impl SledEngine {
             if value.as_deref() == current.as_deref() {
                 // Nothing to write; the read was a consistent snapshot.
                 return Ok(Updated {
-                    existed: current.is_some(),
+                    previous: current,
                     value,
                 });
             }
@@ -174,7 +192,7 @@ impl SledEngine {
             match swapped {
                 Ok(()) => {
                     return Ok(Updated {
-                        existed: current.is_some(),
+                        previous: current,
                         value,
                     });
                 }
@@ -183,13 +201,18 @@ impl SledEngine {
         }
     }
 
-    /// Moves the data entry count by what an update or removal did.
-    fn count(&self, existed: bool, exists: bool) {
-        match (existed, exists) {
+    /// Moves the data entry count and live bytes by what an update or removal of the
+    /// entry `key` did.
+    fn count(&self, key: &[u8], before: Option<&[u8]>, after: Option<&[u8]>) {
+        match (before.is_some(), after.is_some()) {
             (false, true) => self.data_len.fetch_add(1, Ordering::Relaxed),
             (true, false) => self.data_len.fetch_sub(1, Ordering::Relaxed),
-            _ => return,
+            _ => 0,
         };
+        let change = entry_bytes(key, after) - entry_bytes(key, before);
+        if change != 0 {
+            self.data_bytes.fetch_add(change, Ordering::Relaxed);
+        }
     }
 
     /// Up to `limit` entries of `tree` in `ranges`, in order, keys mapped by `user_key`.
@@ -237,20 +260,25 @@ impl StorageEngine for SledEngine {
         f: UpdateFn<'_>,
         durability: Durability,
     ) -> Result<Option<Vec<u8>>> {
-        let updated = Self::cas_update(&self.data, &keys::data_key(key), f)?;
-        self.count(updated.existed, updated.value.is_some());
+        let internal = keys::data_key(key);
+        let updated = Self::cas_update(&self.data, &internal, f)?;
+        self.count(
+            &internal,
+            updated.previous.as_deref(),
+            updated.value.as_deref(),
+        );
         self.settle(durability)?;
         Ok(updated.value)
     }
 
     fn remove(&self, key: &[u8]) -> Result<bool> {
+        let internal = keys::data_key(key);
         let removed = self
             .data
-            .remove(keys::data_key(key))
-            .map_err(backend("remove a data entry"))?
-            .is_some();
-        self.count(removed, false);
-        Ok(removed)
+            .remove(&internal)
+            .map_err(backend("remove a data entry"))?;
+        self.count(&internal, removed.as_deref(), None);
+        Ok(removed.is_some())
     }
 
     fn scan(
@@ -267,6 +295,17 @@ impl StorageEngine for SledEngine {
 
     fn approximate_len(&self) -> u64 {
         u64::try_from(self.data_len.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn space(&self) -> Result<StorageSpace> {
+        let disk_bytes = disk_usage(self.config.path()).map_err(|e| StorageError::Backend {
+            op: "measure the data directory",
+            source: Box::new(e),
+        })?;
+        Ok(StorageSpace {
+            live_bytes: u64::try_from(self.data_bytes.load(Ordering::Relaxed)).unwrap_or(0),
+            disk_bytes: Some(disk_bytes),
+        })
     }
 
     fn hint_update(
@@ -352,6 +391,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::storage::keys::TOKEN_LEN;
     use tempfile::TempDir;
 
     /// A fresh engine in a temporary directory, removed when the guard drops.
@@ -386,6 +426,37 @@ mod tests {
             reopened.approximate_len(),
             (SYNC_WRITERS * SYNC_WRITES_EACH) as u64
         );
+    }
+
+    #[test]
+    fn space_counts_the_files_and_reopening_recounts_the_live_bytes() {
+        let (engine, dir) = engine();
+        let empty = engine.space().unwrap();
+        assert_eq!(empty.live_bytes, 0);
+        assert_eq!(empty.amplification(), None, "nothing live, no ratio");
+        // 256 values of 4 KiB, durable: on disk, in sled's log.
+        let value = vec![3u8; 4096];
+        for i in 0..256u32 {
+            engine
+                .update(
+                    &i.to_be_bytes(),
+                    &mut |_| Some(value.clone()),
+                    Durability::Sync,
+                )
+                .unwrap();
+        }
+        let written = engine.space().unwrap();
+        let live = 256 * (TOKEN_LEN + 4 + 4096) as u64;
+        assert_eq!(written.live_bytes, live);
+        let disk = written.disk_bytes.expect("sled has files");
+        assert!(
+            disk >= live && disk > empty.disk_bytes.unwrap(),
+            "{disk} bytes on disk for {live} live"
+        );
+        assert!(written.amplification().unwrap() >= 1.0);
+        drop(engine);
+        let reopened = SledEngine::open(&SledConfig::new(dir.path())).unwrap();
+        assert_eq!(reopened.space().unwrap().live_bytes, live);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
+use super::keys::TOKEN_LEN;
 use super::{Durability, StorageEngine, StorageError};
 use crate::NodeId;
 use crate::ring::{Token, TokenRange};
@@ -101,6 +102,31 @@ pub(crate) fn update_returning_none_deletes(engine: &dyn StorageEngine) {
         .unwrap();
     assert_eq!(stored, None);
     assert_eq!(engine.hints_for(&n1, None, 10).unwrap(), vec![]);
+}
+
+/// The live bytes are each entry's internal key (token and user key) plus its value,
+/// kept through inserts, overwrites, deletes and removals; hints and meta records are
+/// not data.
+pub(crate) fn live_bytes_follow_every_write(engine: &dyn StorageEngine) {
+    let live = || engine.space().unwrap().live_bytes;
+    let entry = |key: &[u8], value: &[u8]| (TOKEN_LEN + key.len() + value.len()) as u64;
+    assert_eq!(live(), 0);
+    put(engine, b"key", b"12345");
+    assert_eq!(live(), entry(b"key", b"12345"));
+    put(engine, b"key", b"1234567890");
+    put(engine, b"other", b"");
+    assert_eq!(live(), entry(b"key", b"1234567890") + entry(b"other", b""));
+    put_hint(engine, &id("n1"), b"hinted", &[0; 100]);
+    engine
+        .meta_put("record", &[0; 100], Durability::Buffered)
+        .unwrap();
+    assert_eq!(live(), entry(b"key", b"1234567890") + entry(b"other", b""));
+    engine
+        .update(b"key", &mut |_| None, Durability::Buffered)
+        .unwrap();
+    assert_eq!(live(), entry(b"other", b""));
+    assert!(engine.remove(b"other").unwrap());
+    assert_eq!(live(), 0);
 }
 
 /// Dynamo §4.4: a replica merges concurrent writes of one key; the engine's part is that
@@ -492,6 +518,12 @@ macro_rules! storage_engine_suite {
             fn hint_targets_counts_the_backlog() {
                 let (engine, _guard) = $new;
                 s::hint_targets_counts_the_backlog(&engine);
+            }
+
+            #[test]
+            fn live_bytes_follow_every_write() {
+                let (engine, _guard) = $new;
+                s::live_bytes_follow_every_write(&engine);
             }
 
             #[test]

@@ -28,7 +28,7 @@ use crate::store::{Store, encode_state};
 use crate::time::Millis;
 use crate::transport::{
     MAX_BATCH_ENTRIES, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES, MergeBatch, RangeEntry, RangePage,
-    RangeScan, Transport, TransportError,
+    RangeScan, Transport,
 };
 
 /// The meta record holding the driver's [`Progress`].
@@ -411,10 +411,6 @@ impl TransferWorker {
     ///
     /// Deterministic given the member table, the failure detector's view, the stores
     /// and the allowance: the plan is sorted and the pages follow ring order.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "over 80 lines: to be split (issue #16)"
-    )]
     pub async fn transfer_round(&self, allowance: Allowance) -> RoundReport {
         let _one_round = self.transfer.round.lock().await;
         let me = self.cluster.me().clone();
@@ -465,29 +461,9 @@ impl TransferWorker {
         if self.transfer.announced.load(Ordering::Acquire) != my_version && self.announce().await {
             self.transfer.announced.store(my_version, Ordering::Release);
         }
-        let mut left = allowance;
-        let mut failed: BTreeSet<NodeId> = BTreeSet::new();
-        for task in &progress.copies(&tasks) {
-            if left.is_exhausted() {
-                break;
-            }
-            if progress.of(task).done
-                || failed.contains(&task.source)
-                || failed.contains(&task.dest)
-            {
-                continue;
-            }
-            if let Err(error) = self.copy(task, &mut progress, &mut left).await {
-                report.errors.push(format!(
-                    "copying {:?} from {} to {}: {}",
-                    task.range, task.source, task.dest, error.reason
-                ));
-                if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
-                    self.transfer.stalls().handle_failure(&error.peer, now);
-                }
-                failed.insert(error.peer);
-            }
-        }
+        let left = self
+            .copy_tasks(&tasks, &mut progress, allowance, now, &mut report)
+            .await;
         // When the failing peers began failing goes with the progress, so a restarted
         // driver does not wait the whole stall time again.
         let failing = self.transfer.stalls().failing_since();
@@ -498,9 +474,24 @@ impl TransferWorker {
         }
         report.used = allowance.minus(left);
         report.pending_tasks = tasks.iter().filter(|t| !progress.is_complete(t)).count();
-        // The last node cannot leave: there is no one to hand its data to. Nor can a
-        // node leave while it holds hints: they are writes no one else may hold, which
-        // hinted handoff redirects to the keys' replicas first.
+        let can_finish = self.may_finish(role, target.is_empty(), &mut report);
+        // Published before the membership change below, so no one reads the new state
+        // (a leaver's "removed") next to the previous round's pending ranges.
+        let status = self.transfer_status(role, &tasks, &progress, &settled, n, &waiting, now);
+        self.metrics
+            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
+        self.transfer.set_status(status);
+        if report.pending_tasks == 0 && can_finish {
+            self.complete(role, planned_weight, &mut report).await;
+        }
+        report
+    }
+
+    /// Whether the change may complete once every range is moved. The last node cannot
+    /// leave: there is no one to hand its data to. Nor can a node leave while it holds
+    /// hints: they are writes no one else may hold, which hinted handoff redirects to
+    /// the keys' replicas first (a wait that is reported).
+    fn may_finish(&self, role: TransferRole, target_empty: bool, report: &mut RoundReport) -> bool {
         let hints_left = match role {
             TransferRole::Joining | TransferRole::Reweighting => 0,
             TransferRole::Leaving => self.hints_held().unwrap_or(1),
@@ -510,38 +501,71 @@ impl TransferWorker {
                 .errors
                 .push(format!("waiting for {hints_left} hints to be handed off"));
         }
-        let can_finish = role != TransferRole::Leaving || (!target.is_empty() && hints_left == 0);
-        // Published before the membership change below, so no one reads the new state
-        // (a leaver's "removed") next to the previous round's pending ranges.
-        let status = self.transfer_status(role, &tasks, &progress, &settled, n, &waiting, now);
-        self.metrics
-            .set_transfer_pending(status.peers.iter().map(|p| (&p.peer, p.pending_ranges)));
-        self.transfer.set_status(status);
-        if report.pending_tasks == 0 && can_finish {
-            let change = match role {
-                TransferRole::Joining => self.members.change_membership(|t| t.mark_member(&me)),
-                TransferRole::Leaving => self.members.change_membership(|t| t.mark_removed(&me)),
-                // Only for the weight this round planned: if a second change arrived
-                // meanwhile, the table refuses and the next round re-plans.
-                TransferRole::Reweighting => self
-                    .members
-                    .change_membership(|t| t.settle_weight(&me, planned_weight)),
-            };
-            match change {
-                Ok(member) => {
-                    tracing::info!(node = %me, state = %member.state(), weight = member.weight(), "range transfer complete");
-                    report.completed = true;
-                    self.finish_transfer();
-                    // The result does not matter: gossip spreads the rest.
-                    let _ = self.announce().await;
-                    return report;
+        role != TransferRole::Leaving || (!target_empty && hints_left == 0)
+    }
+
+    /// Copies the plan's unfinished tasks in plan order until `allowance` runs out,
+    /// skipping the tasks of a peer that failed this round; returns what is left.
+    async fn copy_tasks(
+        &self,
+        tasks: &[Task],
+        progress: &mut Progress,
+        allowance: Allowance,
+        now: Millis,
+        report: &mut RoundReport,
+    ) -> Allowance {
+        let me = self.cluster.me().clone();
+        let mut left = allowance;
+        let mut failed: BTreeSet<NodeId> = BTreeSet::new();
+        for task in &progress.copies(tasks) {
+            if left.is_exhausted() {
+                break;
+            }
+            if progress.of(task).done
+                || failed.contains(&task.source)
+                || failed.contains(&task.dest)
+            {
+                continue;
+            }
+            if let Err(error) = self.copy(task, progress, &mut left).await {
+                report.errors.push(format!(
+                    "copying {:?} from {} to {}: {}",
+                    task.range, task.source, task.dest, error.reason
+                ));
+                if error.peer != me && (error.peer == task.source || error.peer == task.dest) {
+                    self.transfer.stalls().handle_failure(&error.peer, now);
                 }
-                Err(error) => report
-                    .errors
-                    .push(format!("finishing the transfer: {error}")),
+                failed.insert(error.peer);
             }
         }
-        report
+        left
+    }
+
+    /// Every range is moved: marks this node Member (joining) or Removed (leaving), or
+    /// settles its weight, and announces it.
+    async fn complete(&self, role: TransferRole, planned_weight: u32, report: &mut RoundReport) {
+        let me = self.cluster.me().clone();
+        let change = match role {
+            TransferRole::Joining => self.members.change_membership(|t| t.mark_member(&me)),
+            TransferRole::Leaving => self.members.change_membership(|t| t.mark_removed(&me)),
+            // Only for the weight this round planned: if a second change arrived
+            // meanwhile, the table refuses and the next round re-plans.
+            TransferRole::Reweighting => self
+                .members
+                .change_membership(|t| t.settle_weight(&me, planned_weight)),
+        };
+        match change {
+            Ok(member) => {
+                tracing::info!(node = %me, state = %member.state(), weight = member.weight(), "range transfer complete");
+                report.completed = true;
+                self.finish_transfer();
+                // The result does not matter: gossip spreads the rest.
+                let _ = self.announce().await;
+            }
+            Err(error) => report
+                .errors
+                .push(format!("finishing the transfer: {error}")),
+        }
     }
 
     /// Works around the peers that have failed for the stall time, recording the
@@ -781,7 +805,7 @@ impl TransferWorker {
         }
         let address = self.peer_address(source)?;
         let result = self.transport.scan_range(&address, scan).await;
-        self.observe_peer(source, result.as_ref().err());
+        self.cluster.record_call(source, &result);
         result.map_err(|e| CallError {
             peer: source.clone(),
             reason: e.to_string(),
@@ -806,7 +830,7 @@ impl TransferWorker {
             durable: true,
         };
         let result = self.transport.merge_batch(&address, batch).await;
-        self.observe_peer(dest, result.as_ref().err());
+        self.cluster.record_call(dest, &result);
         result.map_err(|e| CallError {
             peer: dest.clone(),
             reason: e.to_string(),
@@ -818,13 +842,6 @@ impl TransferWorker {
             peer: peer.clone(),
             reason: "no address in the member table".into(),
         })
-    }
-
-    fn observe_peer(&self, peer: &NodeId, error: Option<&TransportError>) {
-        match error {
-            Some(e) if !e.is_answer() => self.cluster.record_failure(peer),
-            _ => self.cluster.record_success(peer),
-        }
     }
 
     /// The per-peer view of the pending copies (a replaced task's fallback copies are

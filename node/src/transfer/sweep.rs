@@ -217,10 +217,7 @@ impl TransferWorker {
                 durable: true,
             };
             let result = self.transport.merge_batch(&address, batch).await;
-            match &result {
-                Err(e) if !e.is_answer() => self.cluster.record_failure(&home),
-                _ => self.cluster.record_success(&home),
-            }
+            self.cluster.record_call(&home, &result);
             result.map_err(|e| format!("handing keys to {home}: {e}"))?;
         }
         report.keys_handed_over += sent.len() as u64;

@@ -150,10 +150,6 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args)?;
@@ -163,17 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
-    let listener = tokio::net::TcpListener::bind(args.http_listen)
-        .await
-        .with_context(|| format!("binding {}", args.http_listen))?;
-    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let app = router(health.clone());
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    });
-
+    serve_http(args.http_listen, health.clone()).await?;
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (in-cluster or kubeconfig)")?;
@@ -182,29 +168,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("dynamo-operator-{}", std::process::id()));
-    let operator_namespace = args
-        .operator_namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            Arc::new(GrpcAdmin::new(args.admin_timeout)),
-            Arc::new(PeerDns),
-            operator_namespace,
-            Reporter {
-                controller: "dynamo-operator".to_owned(),
-                instance: Some(identity.clone()),
-            },
-            metrics.clone(),
-            Intervals {
-                poll: args.poll_interval,
-                resync: args.resync_interval,
-                ..Intervals::default()
-            },
-        )
-        .with_metrics_namespaces(args.metrics_namespaces.clone()),
-    );
+    let ctx = context(&args, &client, &identity, &metrics);
     let namespace = args.namespace.clone();
 
     if args.no_leader_election {
@@ -252,6 +216,48 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address` in the background.
+async fn serve_http(address: std::net::SocketAddr, health: Health) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let app = router(health);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// What every reconcile pass shares.
+fn context(args: &Args, client: &kube::Client, identity: &str, metrics: &Metrics) -> Arc<Context> {
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(GrpcAdmin::new(args.admin_timeout)),
+            Arc::new(PeerDns),
+            operator_namespace,
+            Reporter {
+                controller: "dynamo-operator".to_owned(),
+                instance: Some(identity.to_owned()),
+            },
+            metrics.clone(),
+            Intervals {
+                poll: args.poll_interval,
+                resync: args.resync_interval,
+                ..Intervals::default()
+            },
+        )
+        .with_metrics_namespaces(args.metrics_namespaces.clone()),
+    )
 }
 
 /// A namespace name: a DNS-1123 label (lowercase letters, digits and `-`, starting and

@@ -51,7 +51,7 @@ pub use observe::{
     PodStates, RingRead, apply_statuses, pod_states, read_ring, read_statuses, status_ordinals,
 };
 
-use crate::admin::{AdminError, AdminTarget, AdminTls, NodeAdmin};
+use crate::admin::{AdminError, AdminTarget, AdminTls, NodeAdmin, NodeStatus};
 use crate::builders::{self, BuildError};
 use crate::crd::DynamoCluster;
 use crate::metrics::Metrics;
@@ -710,11 +710,9 @@ async fn credentials(
     Ok((Some(token), tls))
 }
 
-/// The pass for a live cluster.
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
+/// The pass for a live cluster: apply the children, observe the pods and the ring,
+/// plan one step, apply the StatefulSet (its size, its volumes, the rollout's partition),
+/// take the step, and report it in the status.
 async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
     let name = cluster
         .metadata
@@ -722,90 +720,22 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         .as_deref()
         .ok_or(BuildError::MissingName)?;
     let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
-    let client = &ctx.client;
     let selector = builders::selector_string(name);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-
     let desired = match Desired::from_spec(&cluster.spec) {
         Ok(desired) => desired,
         Err(error) => {
-            tracing::warn!(cluster = name, %error, "invalid spec");
-            let message = error.to_string();
-            let status = status::degraded_status(
-                status::Degradation {
-                    generation: cluster.metadata.generation,
-                    reason: "InvalidSpec",
-                    message: &message,
-                    progressing: Some(false),
-                },
-                &selector,
-                cluster.status.as_ref(),
-                &now,
-            );
-            write_status(ctx, cluster, &namespace, status).await?;
+            report_invalid_spec(ctx, cluster, &namespace, &selector, &now, &error).await?;
             return Ok(Action::requeue(ctx.intervals.resync));
         }
     };
-
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     // Read first: whether the pod template is kept decides whether the node config is.
-    let current_sts = statefulsets.get_opt(name).await?;
-    let template_inputs = builders::template_inputs_hash(cluster);
-    let keep_template = rollout::keeps_template(&template_inputs, current_sts.as_ref());
-    // What the API refuses (an invalid object, a webhook, a quota) is reported and the
-    // pass goes on: membership work that does not depend on the refused object must not
-    // wait behind it. Errors that may pass (the API unreachable, throttling) fail it.
-    let mut refusals: Vec<Refusal> = Vec::new();
-    let config = if keep_template {
-        // The running pods' config stays with their template: a new operator release
-        // may render keys their image does not know.
-        create_child_if_absent(client, &namespace, builders::config_map(cluster)?).await
-    } else {
-        apply_child(client, &namespace, builders::config_map(cluster)?).await
-    };
-    refusals.extend(refusal_of("ConfigMap", config)?);
-    refusals.extend(refusal_of(
-        "Service",
-        apply_child(client, &namespace, builders::headless_service(cluster)?).await,
-    )?);
-    refusals.extend(refusal_of(
-        "Service",
-        apply_child(client, &namespace, builders::client_service(cluster)?).await,
-    )?);
-    refusals.extend(refusal_of(
-        "PodDisruptionBudget",
-        apply_child(
-            client,
-            &namespace,
-            builders::pod_disruption_budget(cluster)?,
-        )
-        .await,
-    )?);
-    refusals.extend(refusal_of(
-        "NetworkPolicy",
-        apply_child(
-            client,
-            &namespace,
-            builders::network_policy_admitting(
-                cluster,
-                &ctx.operator_namespace,
-                &ctx.metrics_namespaces,
-            )?,
-        )
-        .await,
-    )?);
+    let current = CurrentSet::read(cluster, &statefulsets).await?;
+    let mut refusals = apply_children(ctx, cluster, &namespace, current.keep_template).await?;
+    let pod_states = list_pods(ctx, &namespace, name, &selector).await?;
 
-    let replicas = current_sts
-        .as_ref()
-        .and_then(|s| s.spec.replicas)
-        .and_then(|r| u32::try_from(r).ok())
-        .unwrap_or(0);
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pod_list = pods.list(&ListParams::default().labels(&selector)).await?;
-    let pod_states = pod_states(name, &pod_list.items);
-
-    let (token, tls) = credentials(client, &namespace, cluster).await?;
+    let (token, tls) = credentials(&ctx.client, &namespace, cluster).await?;
     let target = |ordinal: u32| AdminTarget {
         url: ctx
             .endpoints
@@ -813,7 +743,256 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         token: token.clone(),
         tls: tls.clone(),
     };
-    let ring = read_ring(ctx.admin.as_ref(), &pod_states, &target)
+    let seen = observe(ctx, name, pod_states, current.replicas, now.0, &target).await?;
+    let replace = replace_requested(ctx, cluster, &namespace, &seen.observed).await?;
+    let desired = desired.with_replace(replace);
+    let step = plan(&desired, &seen.observed);
+    tracing::info!(cluster = name, namespace, %step, detail = ?step, "planned");
+
+    let Some(applied) = apply_statefulset(
+        ctx,
+        cluster,
+        &statefulsets,
+        &current,
+        &seen,
+        &step,
+        &mut refusals,
+    )
+    .await?
+    else {
+        // The StatefulSet is being re-created around its pods (a volume growth).
+        return Ok(Action::requeue(ctx.intervals.poll));
+    };
+    publish_refusals(ctx, cluster, &refusals).await;
+
+    // A resize needs the StatefulSet the API just refused; every other step does not.
+    let took_step = if applied.statefulset_applied
+        || !matches!(
+            step,
+            Step::GrowStatefulSet { .. } | Step::ShrinkStatefulSet { .. }
+        ) {
+        let replicas = current.replicas;
+        execute(
+            ctx, cluster, &namespace, &step, replicas, &seen.ring, &target,
+        )
+        .await?
+    } else {
+        false
+    };
+    publish_step(ctx, cluster, &step, took_step).await;
+
+    let pass = status::Pass {
+        generation: cluster.metadata.generation,
+        observed: &seen.observed,
+        step: &step,
+        replication_factor: desired.replication_factor(),
+        selector: &selector,
+        rollout: applied.rollout_status.as_deref(),
+        refusals: &refusals,
+    };
+    let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
+    write_status(ctx, cluster, &namespace, status).await?;
+
+    // Node-side conditions (transfers, hints) change without Kubernetes events, so a
+    // pass that waits on one polls.
+    Ok(match step {
+        Step::Done | Step::Refuse { .. } if !applied.rollout.in_progress() => {
+            Action::requeue(ctx.intervals.resync)
+        }
+        _ => Action::requeue(ctx.intervals.poll),
+    })
+}
+
+/// The StatefulSet as the pass found it.
+struct CurrentSet {
+    statefulset: Option<StatefulSet>,
+    /// Its `spec.replicas` (0 without one).
+    replicas: u32,
+    /// Whether its pod template stays this pass (see [`rollout::keeps_template`]).
+    keep_template: bool,
+}
+
+impl CurrentSet {
+    async fn read(cluster: &DynamoCluster, statefulsets: &Api<StatefulSet>) -> Result<Self, Error> {
+        let statefulset = statefulsets.get_opt(&cluster.name_any()).await?;
+        let replicas = statefulset
+            .as_ref()
+            .and_then(|s| s.spec.replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0);
+        let keep_template = rollout::keeps_template(
+            &builders::template_inputs_hash(cluster),
+            statefulset.as_ref(),
+        );
+        Ok(Self {
+            statefulset,
+            replicas,
+            keep_template,
+        })
+    }
+}
+
+/// What the pass read before planning.
+struct Observation {
+    pod_states: PodStates,
+    ring: RingRead,
+    statuses: BTreeMap<u32, NodeStatus>,
+    observed: Observed,
+}
+
+/// What applying the StatefulSet did.
+struct StatefulSetApplied {
+    /// False when the API refused it (the refusal is in the pass's list).
+    statefulset_applied: bool,
+    rollout: rollout::Rollout,
+    /// The rollout for the status, while one is in progress.
+    rollout_status: Option<String>,
+}
+
+/// Applies the StatefulSet: the planner's replica count, the storage edit, the
+/// rollout's partition. `None` when the StatefulSet is being re-created around its pods
+/// after its claims grew (the pass ends there); refusals go to `refusals`.
+async fn apply_statefulset(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    statefulsets: &Api<StatefulSet>,
+    current: &CurrentSet,
+    seen: &Observation,
+    step: &Step,
+    refusals: &mut Vec<Refusal>,
+) -> Result<Option<StatefulSetApplied>, Error> {
+    let sts_replicas = match *step {
+        Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => to,
+        _ => current.replicas,
+    };
+    let mut statefulset = builders::statefulset(cluster, sts_replicas)?;
+    let existing = current.statefulset.as_ref();
+    if let Some(running) = existing.filter(|_| current.keep_template) {
+        statefulset.spec.template = running.spec.template.clone();
+    }
+    if let Some(running) = existing {
+        match storage_edit(ctx, cluster, current.replicas, running).await? {
+            StorageEdit::None => {}
+            StorageEdit::Recreating => return Ok(None),
+            StorageEdit::Refused(message) => {
+                storage::keep_claim_templates(&mut statefulset, running);
+                refusals.push(Refusal {
+                    reason: status::VOLUME_EXPANSION_REFUSED,
+                    message,
+                });
+            }
+        }
+    }
+    let (rollout, updated) = plan_rollout(cluster, current, seen, sts_replicas);
+    builders::set_partition(&mut statefulset, rollout.partition);
+    let refused = refusal_of(
+        "StatefulSet",
+        ensure_applied(statefulsets, statefulset, existing).await,
+    )?;
+    let statefulset_applied = refused.is_none();
+    refusals.extend(refused);
+    announce_rollout(ctx, cluster, &rollout, current_partition(existing)).await;
+    Ok(Some(StatefulSetApplied {
+        statefulset_applied,
+        rollout_status: rollout.describe(updated, sts_replicas),
+        rollout,
+    }))
+}
+
+/// A spec the planner cannot read: the status says why, and nothing else changes.
+async fn report_invalid_spec(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+    selector: &str,
+    now: &Time,
+    error: &impl std::fmt::Display,
+) -> Result<(), Error> {
+    tracing::warn!(cluster = %cluster.name_any(), %error, "invalid spec");
+    let message = error.to_string();
+    let status = status::degraded_status(
+        status::Degradation {
+            generation: cluster.metadata.generation,
+            reason: "InvalidSpec",
+            message: &message,
+            progressing: Some(false),
+        },
+        selector,
+        cluster.status.as_ref(),
+        now,
+    );
+    write_status(ctx, cluster, namespace, status).await
+}
+
+/// Applies the children beside the StatefulSet (config, Services, disruption budget,
+/// network policy); returns what the API refused.
+///
+/// What the API refuses (an invalid object, a webhook, a quota) is reported and the
+/// pass goes on: membership work that does not depend on the refused object must not
+/// wait behind it. Errors that may pass (the API unreachable, throttling) fail it.
+async fn apply_children(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+    keep_template: bool,
+) -> Result<Vec<Refusal>, Error> {
+    let client = &ctx.client;
+    let mut refusals: Vec<Refusal> = Vec::new();
+    let config = if keep_template {
+        // The running pods' config stays with their template: a new operator release
+        // may render keys their image does not know.
+        create_child_if_absent(client, namespace, builders::config_map(cluster)?).await
+    } else {
+        apply_child(client, namespace, builders::config_map(cluster)?).await
+    };
+    refusals.extend(refusal_of("ConfigMap", config)?);
+    refusals.extend(refusal_of(
+        "Service",
+        apply_child(client, namespace, builders::headless_service(cluster)?).await,
+    )?);
+    refusals.extend(refusal_of(
+        "Service",
+        apply_child(client, namespace, builders::client_service(cluster)?).await,
+    )?);
+    refusals.extend(refusal_of(
+        "PodDisruptionBudget",
+        apply_child(client, namespace, builders::pod_disruption_budget(cluster)?).await,
+    )?);
+    let policy = builders::network_policy_admitting(
+        cluster,
+        &ctx.operator_namespace,
+        &ctx.metrics_namespaces,
+    )?;
+    refusals.extend(refusal_of(
+        "NetworkPolicy",
+        apply_child(client, namespace, policy).await,
+    )?);
+    Ok(refusals)
+}
+
+/// The cluster's pods, by ordinal.
+async fn list_pods(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    selector: &str,
+) -> Result<PodStates, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pod_list = pods.list(&ListParams::default().labels(selector)).await?;
+    Ok(pod_states(name, &pod_list.items))
+}
+
+/// What the planner sees: the pods (listed by the caller), the ring as the nodes report
+/// it, and each member's status.
+async fn observe(
+    ctx: &Context,
+    name: &str,
+    pod_states: PodStates,
+    replicas: u32,
+    now: k8s_openapi::jiff::Timestamp,
+    target: &impl Fn(u32) -> AdminTarget,
+) -> Result<Observation, Error> {
+    let ring = read_ring(ctx.admin.as_ref(), &pod_states, target)
         .await
         .map_err(|unanswered| {
             Error::RingUnreadable(
@@ -825,13 +1004,13 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
             )
         })?;
     for (ordinal, error) in &ring.unanswered {
-        tracing::warn!(cluster = name, ordinal, %error, "node did not answer Admin.Ring");
+        tracing::warn!(cluster = %name, ordinal, %error, "node did not answer Admin.Ring");
     }
     let mut members = members_from_ring(name, ring.members.iter().map(|m| m.ring_member()))?;
     let statuses = read_statuses(
         ctx.admin.as_ref(),
         status_ordinals(&members, &pod_states),
-        &target,
+        target,
     )
     .await
     .map_err(|(ordinal, error)| Error::StatusUnreadable {
@@ -844,93 +1023,117 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         running: pod_states.running.clone(),
         ready: pod_states.ready.clone(),
         members,
-        unready_for: pod_states.unready_for(now.0),
+        unready_for: pod_states.unready_for(now),
     };
-    let replace = match cluster.annotations().get(REPLACE_ANNOTATION) {
-        None => None,
-        Some(value) => match replace_request(name, value, &observed) {
-            Ok(ordinal) => Some(ordinal),
-            Err(refusal) => {
-                tracing::warn!(cluster = name, %refusal, "replace refused");
-                publish(
-                    ctx,
-                    cluster,
-                    EventType::Warning,
-                    "ReplaceRefused",
-                    refusal.to_string(),
-                )
-                .await;
-                clear_replace_annotation(ctx, cluster, &namespace).await?;
-                None
-            }
-        },
-    };
-    let desired = desired.with_replace(replace);
-    let step = plan(&desired, &observed);
-    tracing::info!(cluster = name, namespace, %step, detail = ?step, "planned");
+    Ok(Observation {
+        pod_states,
+        ring,
+        statuses,
+        observed,
+    })
+}
 
-    // The StatefulSet is applied every pass (when changed): its replica count is the
-    // planner's, its partition the rollout's.
-    let sts_replicas = match step {
-        Step::GrowStatefulSet { to } | Step::ShrinkStatefulSet { to } => to,
-        _ => replicas,
+/// The node the replace annotation asks to replace, if the request is valid; an
+/// invalid one is reported (an event) and its annotation cleared.
+async fn replace_requested(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    namespace: &str,
+    observed: &Observed,
+) -> Result<Option<u32>, Error> {
+    let Some(value) = cluster.annotations().get(REPLACE_ANNOTATION) else {
+        return Ok(None);
     };
-    let mut statefulset = builders::statefulset(cluster, sts_replicas)?;
-    if let Some(current) = current_sts.as_ref().filter(|_| keep_template) {
-        statefulset.spec.template = current.spec.template.clone();
-    }
-    // A storage edit: grow the claims and re-create the StatefulSet around its pods, or
-    // keep its claim template (and say why) when that cannot be done.
-    if let Some(current) = &current_sts {
-        let change = storage::volume_change(
-            &cluster.spec.storage.size,
-            storage::claim_template_size(current),
-        );
-        let refusal = match change {
-            VolumeChange::Unchanged => None,
-            VolumeChange::Shrink { from, to } => Some(format!(
-                "storage.size {to} is smaller than the volumes' {from}: volumes cannot shrink \
-                 in place; the volumes stay at {from}"
-            )),
-            VolumeChange::Grow { from, to } => {
-                match expand_volumes(ctx, &namespace, name, replicas, current, &to).await {
-                    Ok(()) => {
-                        publish(
-                            ctx,
-                            cluster,
-                            EventType::Normal,
-                            EXPANDING_VOLUMES,
-                            format!(
-                                "volume claims grown from {from} to {to}; the StatefulSet is \
-                                 re-created around its running pods"
-                            ),
-                        )
-                        .await;
-                        return Ok(Action::requeue(ctx.intervals.poll));
-                    }
-                    Err(Error::Kube(kube::Error::Api(refused)))
-                        if matches!(refused.code, 403 | 422) =>
-                    {
-                        Some(format!(
-                            "growing the volumes from {from} to {to} was refused: {}; the \
-                             volumes stay at {from} (the storage class must allow volume \
-                             expansion)",
-                            refused.message
-                        ))
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
-        };
-        if let Some(message) = refusal {
-            storage::keep_claim_templates(&mut statefulset, current);
-            refusals.push(Refusal {
-                reason: status::VOLUME_EXPANSION_REFUSED,
-                message,
-            });
+    let name = cluster.name_any();
+    match replace_request(&name, value, observed) {
+        Ok(ordinal) => Ok(Some(ordinal)),
+        Err(refusal) => {
+            tracing::warn!(cluster = %name, %refusal, "replace refused");
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "ReplaceRefused",
+                refusal.to_string(),
+            )
+            .await;
+            clear_replace_annotation(ctx, cluster, namespace).await?;
+            Ok(None)
         }
     }
-    let hint_backlogs: BTreeMap<u32, u64> = statuses
+}
+
+/// What a storage size edit does this pass.
+enum StorageEdit {
+    /// The size is unchanged.
+    None,
+    /// The claims were grown and the StatefulSet is being re-created around its pods.
+    Recreating,
+    /// The edit cannot be made; the claim template stays and this says why.
+    Refused(String),
+}
+
+/// A storage edit: grow the claims and re-create the StatefulSet around its pods, or
+/// keep its claim template (and say why) when that cannot be done.
+async fn storage_edit(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    replicas: u32,
+    current: &StatefulSet,
+) -> Result<StorageEdit, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().ok_or(BuildError::MissingNamespace)?;
+    let change = storage::volume_change(
+        &cluster.spec.storage.size,
+        storage::claim_template_size(current),
+    );
+    match change {
+        VolumeChange::Unchanged => Ok(StorageEdit::None),
+        VolumeChange::Shrink { from, to } => Ok(StorageEdit::Refused(format!(
+            "storage.size {to} is smaller than the volumes' {from}: volumes cannot shrink \
+             in place; the volumes stay at {from}"
+        ))),
+        VolumeChange::Grow { from, to } => {
+            match expand_volumes(ctx, &namespace, &name, replicas, current, &to).await {
+                Ok(()) => {
+                    publish(
+                        ctx,
+                        cluster,
+                        EventType::Normal,
+                        EXPANDING_VOLUMES,
+                        format!(
+                            "volume claims grown from {from} to {to}; the StatefulSet is \
+                             re-created around its running pods"
+                        ),
+                    )
+                    .await;
+                    Ok(StorageEdit::Recreating)
+                }
+                Err(Error::Kube(kube::Error::Api(refused)))
+                    if matches!(refused.code, 403 | 422) =>
+                {
+                    Ok(StorageEdit::Refused(format!(
+                        "growing the volumes from {from} to {to} was refused: {}; the \
+                         volumes stay at {from} (the storage class must allow volume \
+                         expansion)",
+                        refused.message
+                    )))
+                }
+                Err(other) => Err(other),
+            }
+        }
+    }
+}
+
+/// The pod template rollout's next partition, and how many pods run the new template.
+fn plan_rollout(
+    cluster: &DynamoCluster,
+    current: &CurrentSet,
+    seen: &Observation,
+    sts_replicas: u32,
+) -> (rollout::Rollout, usize) {
+    let hint_backlogs: BTreeMap<u32, u64> = seen
+        .statuses
         .iter()
         .map(|(&ordinal, status)| {
             let hints = status
@@ -940,54 +1143,57 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
             (ordinal, hints)
         })
         .collect();
-    let update_revision = current_sts
-        .as_ref()
+    let existing_sts = current.statefulset.as_ref();
+    let update_revision = existing_sts
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.update_revision.as_deref());
     // The pods that may run another template: the StatefulSet's, or, while it is being
     // re-created around its pods (a volume growth), the pods that are there.
-    let existing = if current_sts.is_some() {
-        replicas
+    let existing = if existing_sts.is_some() {
+        current.replicas
     } else {
-        pod_states
+        seen.pod_states
             .revisions
             .keys()
             .next_back()
             .map_or(0, |&ordinal| ordinal + 1)
     };
-    let template_changes = existing > 0 && !keep_template;
+    let template_changes = existing > 0 && !current.keep_template;
     // After a template change no pod runs the revision it will make.
     let updated = update_revision
         .filter(|_| !template_changes)
-        .map(|revision| pod_states.on_revision(revision))
+        .map(|revision| seen.pod_states.on_revision(revision))
         .unwrap_or_default();
     let rollout = rollout::next_partition(&RolloutView {
         replicas: sts_replicas,
         existing,
-        partition: current_partition(current_sts.as_ref()),
+        partition: current_partition(existing_sts),
         template_changes,
-        revisions_observed: current_sts.as_ref().is_some_and(|s| {
+        revisions_observed: existing_sts.is_some_and(|s| {
             s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
         }),
         updated: &updated,
-        ready: &pod_states.ready,
+        ready: &seen.pod_states.ready,
         paused: cluster
             .annotations()
             .get(rollout::PAUSE_ANNOTATION)
             .is_some_and(|v| v == "true"),
-        health: rollout::ring_health(&observed, &hint_backlogs),
+        health: rollout::ring_health(&seen.observed, &hint_backlogs),
     });
-    builders::set_partition(&mut statefulset, rollout.partition);
-    let sts_refused = refusal_of(
-        "StatefulSet",
-        ensure_applied(&statefulsets, statefulset, current_sts.as_ref()).await,
-    )?;
-    let sts_applied = sts_refused.is_none();
-    refusals.extend(sts_refused);
-    let rollout_status = rollout.describe(updated.len(), sts_replicas);
-    if rollout.hold.is_none() && rollout.partition < current_partition(current_sts.as_ref()) {
-        let pod = builders::pod_name(name, rollout.partition);
-        tracing::info!(cluster = name, pod, "rolling out the pod template");
+    (rollout, updated.len())
+}
+
+/// Says when the rollout restarts a pod, and logs why it holds.
+async fn announce_rollout(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    rollout: &rollout::Rollout,
+    partition_before: u32,
+) {
+    let name = cluster.name_any();
+    if rollout.hold.is_none() && rollout.partition < partition_before {
+        let pod = builders::pod_name(&name, rollout.partition);
+        tracing::info!(cluster = %name, pod, "rolling out the pod template");
         publish(
             ctx,
             cluster,
@@ -997,9 +1203,13 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
     } else if let Some(hold) = rollout.hold {
-        tracing::info!(cluster = name, %hold, "pod template rollout held");
+        tracing::info!(cluster = %name, %hold, "pod template rollout held");
     }
+}
 
+/// One warning event per refusal, not one per pass: the status carries it meanwhile.
+async fn publish_refusals(ctx: &Context, cluster: &DynamoCluster, refusals: &[Refusal]) {
+    let name = cluster.name_any();
     let reported = cluster
         .status
         .as_ref()
@@ -1007,9 +1217,8 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
         .filter(|c| c.status == "True")
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    for refusal in &refusals {
-        tracing::warn!(cluster = name, reason = refusal.reason, message = %refusal.message, "refused");
-        // One event per refusal, not one per pass: the status carries it meanwhile.
+    for refusal in refusals {
+        tracing::warn!(cluster = %name, reason = refusal.reason, message = %refusal.message, "refused");
         if !reported.contains(&refusal.message) {
             publish(
                 ctx,
@@ -1021,23 +1230,16 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
             .await;
         }
     }
+}
 
-    // A resize needs the StatefulSet the API just refused; every other step does not.
-    let took_step = if sts_applied
-        || !matches!(
-            step,
-            Step::GrowStatefulSet { .. } | Step::ShrinkStatefulSet { .. }
-        ) {
-        execute(ctx, cluster, &namespace, &step, replicas, &ring, &target).await?
-    } else {
-        false
-    };
-
+/// An event for a step taken, and a warning, once, for a step that refuses or waits on
+/// a dead member.
+async fn publish_step(ctx: &Context, cluster: &DynamoCluster, step: &Step, took_step: bool) {
     let previous_step = cluster
         .status
         .as_ref()
         .and_then(|s| s.current_step.as_deref());
-    let reason = status::step_reason(&step);
+    let reason = status::step_reason(step);
     if took_step {
         ctx.metrics.step_taken(reason);
         publish(ctx, cluster, EventType::Normal, reason, step.to_string()).await;
@@ -1051,27 +1253,6 @@ async fn apply(cluster: &DynamoCluster, ctx: &Context) -> Result<Action, Error> 
     {
         publish(ctx, cluster, EventType::Warning, reason, step.to_string()).await;
     }
-
-    let pass = status::Pass {
-        generation: cluster.metadata.generation,
-        observed: &observed,
-        step: &step,
-        replication_factor: desired.replication_factor(),
-        selector: &selector,
-        rollout: rollout_status.as_deref(),
-        refusals: &refusals,
-    };
-    let status = status::cluster_status(&pass, cluster.status.as_ref(), &now);
-    write_status(ctx, cluster, &namespace, status).await?;
-
-    // Node-side conditions (transfers, hints) change without Kubernetes events, so a
-    // pass that waits on one polls.
-    Ok(match step {
-        Step::Done | Step::Refuse { .. } if !rollout.in_progress() => {
-            Action::requeue(ctx.intervals.resync)
-        }
-        _ => Action::requeue(ctx.intervals.poll),
-    })
 }
 
 /// Executes a step (StatefulSet resizes were applied already, volumes of shrunk-away

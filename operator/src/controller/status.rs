@@ -113,10 +113,6 @@ fn condition(
 /// The status after a pass. `previous` is the status the object had, so unchanged
 /// conditions keep their transition time; `now` is used for changed ones.
 #[must_use]
-#[allow(
-    clippy::too_many_lines,
-    reason = "over 80 lines: to be split (issue #16)"
-)]
 pub fn cluster_status(
     pass: &Pass<'_>,
     previous: Option<&DynamoClusterStatus>,
@@ -133,9 +129,6 @@ pub fn cluster_status(
     let ready_members = active.iter().filter(|o| observed.ready.contains(o)).count();
     let n = usize::try_from(pass.replication_factor).unwrap_or(usize::MAX);
     let available = ready_members >= n;
-    let reason = step_reason(step);
-    let gen_ = pass.generation;
-
     let available = condition(
         AVAILABLE,
         available,
@@ -148,83 +141,93 @@ pub fn cluster_status(
             "{ready_members} of {} members ready, replication factor {n}",
             active.len()
         ),
-        gen_,
+        pass.generation,
         previous,
         now,
     );
     let rolling_out = matches!(step, Step::Done).then_some(pass.rollout).flatten();
-    let progressing = match rolling_out {
-        Some(rollout) => condition(
-            PROGRESSING,
-            true,
-            ROLLING_OUT,
-            rollout.to_owned(),
-            gen_,
-            previous,
-            now,
-        ),
-        None => condition(
-            PROGRESSING,
-            !matches!(step, Step::Done | Step::Refuse { .. }),
-            reason,
-            step.to_string(),
-            gen_,
-            previous,
-            now,
-        ),
-    };
-    let degraded = matches!(
-        step,
-        Step::Refuse { .. }
-            | Step::Wait {
-                reason: WaitReason::MemberNotReady { .. } | WaitReason::MemberDead { .. }
-            }
-    );
-    let degraded = if degraded {
-        condition(
-            DEGRADED,
-            true,
-            reason,
-            step.to_string(),
-            gen_,
-            previous,
-            now,
-        )
-    } else if let Some(first) = pass.refusals.first() {
-        let messages: Vec<&str> = pass.refusals.iter().map(|r| r.message.as_str()).collect();
-        condition(
-            DEGRADED,
-            true,
-            first.reason,
-            messages.join("; "),
-            gen_,
-            previous,
-            now,
-        )
-    } else {
-        condition(
-            DEGRADED,
-            false,
-            "AsExpected",
-            String::new(),
-            gen_,
-            previous,
-            now,
-        )
-    };
     DynamoClusterStatus {
-        observed_generation: gen_,
+        observed_generation: pass.generation,
         ready_nodes: count(observed.ready.len()),
         members: count(active.len()),
         phase: Some(match step.phase(observed) {
             Phase::Running if rolling_out.is_some() => Phase::Progressing,
             phase => phase,
         }),
-        conditions: vec![available, progressing, degraded],
+        conditions: vec![
+            available,
+            progressing_condition(pass, rolling_out, previous, now),
+            degraded_condition(pass, previous, now),
+        ],
         current_step: (!matches!(step, Step::Done)).then(|| step.to_string()),
         rollout: pass.rollout.map(str::to_owned),
         selector: Some(pass.selector.to_owned()),
     }
+}
+
+/// Progressing: a rollout under way once the ring is done, else whether a step other
+/// than done or a refusal is under way.
+fn progressing_condition(
+    pass: &Pass<'_>,
+    rolling_out: Option<&str>,
+    previous: Option<&DynamoClusterStatus>,
+    now: &Time,
+) -> Condition {
+    let step = pass.step;
+    match rolling_out {
+        Some(rollout) => condition(
+            PROGRESSING,
+            true,
+            ROLLING_OUT,
+            rollout.to_owned(),
+            pass.generation,
+            previous,
+            now,
+        ),
+        None => condition(
+            PROGRESSING,
+            !matches!(step, Step::Done | Step::Refuse { .. }),
+            step_reason(step),
+            step.to_string(),
+            pass.generation,
+            previous,
+            now,
+        ),
+    }
+}
+
+/// Degraded: a refused step or a wait on an unready or dead member, else the pass's
+/// refusals (every message, the first's reason), else as expected.
+fn degraded_condition(
+    pass: &Pass<'_>,
+    previous: Option<&DynamoClusterStatus>,
+    now: &Time,
+) -> Condition {
+    let step = pass.step;
+    let stuck = matches!(
+        step,
+        Step::Refuse { .. }
+            | Step::Wait {
+                reason: WaitReason::MemberNotReady { .. } | WaitReason::MemberDead { .. }
+            }
+    );
+    let (degraded, reason, message) = if stuck {
+        (true, step_reason(step), step.to_string())
+    } else if let Some(first) = pass.refusals.first() {
+        let messages: Vec<&str> = pass.refusals.iter().map(|r| r.message.as_str()).collect();
+        (true, first.reason, messages.join("; "))
+    } else {
+        (false, "AsExpected", String::new())
+    };
+    condition(
+        DEGRADED,
+        degraded,
+        reason,
+        message,
+        pass.generation,
+        previous,
+        now,
+    )
 }
 
 /// Why a cluster is degraded outside a planned step: a spec that cannot be planned
