@@ -15,7 +15,8 @@ Phases, in order (``--phases`` picks some):
 * ``join``: a fourth node joins the loaded cluster (``dynamoctl admin join``) while a
   paced foreground workload runs. Reports the time until the new node is a member (it
   becomes one only after every range it takes over is transferred and acknowledged), the
-  MB/s it received, and the foreground p99 in 10 s windows before and during the move.
+  MB/s it received, and the foreground p99 in 10 s windows before and during the move
+  (the last window may end after it).
 * ``large``: a fresh three-node cluster with N=3 R=2 W=2 and values of ``--large-value-size``
   (1 MiB, the paper's upper size): put and get throughput and p99 (workloads W and C).
 
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,6 +81,7 @@ class Cluster:
         self.quorum = (n, r, w)
         self.durability = durability
         self.nodes = []
+        os.makedirs(base_dir, exist_ok=True)
 
     def ctl(self, node, *args, check=True):
         """Runs dynamoctl against `node`; returns its stdout."""
@@ -259,28 +262,35 @@ def run_join(cluster, args, results):
     log(f"foreground before the join: {before}")
     sent_before = transfer_bytes_sent(cluster)
     newcomer = cluster.start_node()
+    during = []
+    moving = threading.Event()
+    moving.set()
+
+    def foreground():
+        """Paced windows against the old nodes until the move is over."""
+        seed = 300
+        while moving.is_set():
+            window = paced_window(cluster, args, 10, seed, old)
+            window["ended_at_s"] = time.monotonic() - started
+            during.append(window)
+            log(f"during the join: {window}")
+            seed += 1
+
     started = time.monotonic()
     cluster.join(newcomer)
-    during = []
-    member_after = None
-    seed = 300
-    while member_after is None:
-        window = paced_window(cluster, args, 10, seed, old)
-        seed += 1
-        status = cluster.status(newcomer)
-        if status["state"] == "member" and not status["transfer"]:
-            member_after = time.monotonic() - started
-        window["newcomer_live_bytes"] = status["storage"]["live_bytes"]
-        window["at_s"] = time.monotonic() - started
-        during.append(window)
-        log(f"during the join: {window}")
-        if time.monotonic() - started > args.join_timeout:
-            sys.exit(f"growth.py: {newcomer['id']} not a member after {args.join_timeout}s")
-    # The windows end every 10 s: the exact time comes from polling until member.
-    status = cluster.status(newcomer)
+    worker = threading.Thread(target=foreground, daemon=True)
+    worker.start()
+    # Polled every half second: the time to member is exact to that, not to a window.
+    status = wait_for(f"{newcomer['id']} to be a member",
+                      lambda: (lambda st: st if st["state"] == "member" and not st["transfer"]
+                               else None)(cluster.status(newcomer)),
+                      args.join_timeout)
+    member_after = time.monotonic() - started
+    moving.clear()
+    worker.join()
     received = status["storage"]["live_bytes"]
     results["join"] = {
-        "seconds_to_member_bounded_by_window": member_after,
+        "seconds_to_member": member_after,
         "newcomer_live_bytes": received,
         "mib_per_s": received / MIB / member_after,
         "transfer_bytes_sent": transfer_bytes_sent(cluster) - sent_before,
@@ -288,7 +298,7 @@ def run_join(cluster, args, results):
         "foreground_during": during,
         "space_after": cluster.space(),
     }
-    log(f"join: {newcomer['id']} member within {member_after:.0f}s, "
+    log(f"join: {newcomer['id']} member after {member_after:.1f}s, "
         f"{received / MIB:,.0f} MiB received, {received / MIB / member_after:.1f} MiB/s")
 
 

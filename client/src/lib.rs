@@ -574,7 +574,7 @@ impl Client {
                 async move { kv.put(request).await }
             })
             .await?;
-        Ok(Context(answer.context))
+        Ok(Context::received(&answer.context))
     }
 
     /// Deletes `key` (writes a tombstone superseding the versions `context` covers);
@@ -596,7 +596,7 @@ impl Client {
                 async move { kv.delete(request).await }
             })
             .await?;
-        Ok(Context(answer.context))
+        Ok(Context::received(&answer.context))
     }
 
     /// Asks a node for the topology now; returns whether the routing table changed.
@@ -692,7 +692,7 @@ impl Inner {
             .await?;
         Ok(Versions {
             values: answer.values,
-            context: Context(answer.context),
+            context: Context::received(&answer.context),
         })
     }
 

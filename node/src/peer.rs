@@ -11,8 +11,8 @@ use crate::node::NodeShared;
 use crate::storage::{Durability, StorageError, run_engine_call};
 use crate::store::StoreError;
 use crate::transport::{
-    ForwardedPut, MergeBatch, MerkleQuery, RangeEntry, RangePage, RangeScan, ReplicaError,
-    ReplicaHandler, ReplicaWrite,
+    ForwardedPut, MergeBatch, MerkleQuery, RangePage, RangeScan, ReplicaError, ReplicaHandler,
+    ReplicaWrite,
 };
 use crate::version::SiblingSet;
 
@@ -118,14 +118,7 @@ impl ReplicaHandler for PeerHandler {
             ) => ReplicaError::InvalidArgument(e.to_string()),
             other => internal(other),
         })?;
-        Ok(RangePage {
-            entries: page
-                .entries
-                .into_iter()
-                .map(|(key, state)| RangeEntry { key, state })
-                .collect(),
-            done: page.done,
-        })
+        Ok(RangePage::from(page))
     }
 
     async fn merge_batch(&self, batch: MergeBatch) -> Result<(), ReplicaError> {

@@ -330,6 +330,20 @@ pub struct ScanPage {
     pub done: bool,
 }
 
+impl From<ScanPage> for crate::transport::RangePage {
+    /// A page of the local store, as a peer receives it.
+    fn from(page: ScanPage) -> Self {
+        Self {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(key, state)| crate::transport::RangeEntry { key, state })
+                .collect(),
+            done: page.done,
+        }
+    }
+}
+
 /// How many entries [`Store::scan`] reads from the engine at a time, so a page's byte
 /// budget bounds memory even when values are large.
 const SCAN_CHUNK: usize = 64;
