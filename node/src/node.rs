@@ -742,7 +742,11 @@ mod tests {
         node.change_membership(|t| t.join(id("n1"), "n1:7001", 1))
             .unwrap();
         let first = node.admitted_transfer_allowance(wanted);
-        assert_eq!(first.keys, 5, "the whole budget of the interval");
+        assert_eq!(
+            first.keys,
+            5 * crate::transfer::TRANSFER_KEYS_PER_UNIT,
+            "the whole budget of the interval: 5 units of 16 keys"
+        );
         assert_eq!(first.bytes, wanted.bytes);
         let spent = node.admitted_transfer_allowance(wanted);
         assert_eq!(

@@ -378,7 +378,8 @@ struct CallError {
 
 impl TransferWorker {
     /// What a transfer round may send: `wanted` (the round's own throttle), with its keys
-    /// drawn from the node's shared background budget (admission control), so transfer
+    /// drawn from the node's shared background budget (admission control), one unit per
+    /// [`TRANSFER_KEYS_PER_UNIT`](super::TRANSFER_KEYS_PER_UNIT) keys, so transfer
     /// backs off when foreground latency rises. Nothing is drawn while this node has no
     /// transfer to drive (it is not joining, leaving or changing its weight), so an idle
     /// transfer loop never eats the budget that hinted handoff and anti-entropy share.
@@ -393,9 +394,13 @@ impl TransferWorker {
         if !transferring {
             return wanted;
         }
-        let keys = self
-            .background
-            .take(crate::admission::WorkKind::Transfer, wanted.keys);
+        let units = self.background.take(
+            crate::admission::WorkKind::Transfer,
+            wanted.keys.div_ceil(super::TRANSFER_KEYS_PER_UNIT),
+        );
+        let keys = units
+            .saturating_mul(super::TRANSFER_KEYS_PER_UNIT)
+            .min(wanted.keys);
         Allowance {
             keys,
             bytes: if keys == 0 { 0 } else { wanted.bytes },
@@ -794,14 +799,7 @@ impl TransferWorker {
                     peer: source.clone(),
                     reason: format!("local scan: {e}"),
                 })?;
-            return Ok(RangePage {
-                entries: page
-                    .entries
-                    .into_iter()
-                    .map(|(key, state)| RangeEntry { key, state })
-                    .collect(),
-                done: page.done,
-            });
+            return Ok(RangePage::from(page));
         }
         let address = self.peer_address(source)?;
         let result = self.transport.scan_range(&address, scan).await;

@@ -138,3 +138,14 @@ pub use plan::{
 pub use progress::{PROGRESS_FORMAT_VERSION, Progress, ProgressError, TaskProgress};
 pub use sweep::SweepReport;
 pub use throttle::{Allowance, FixedThrottle, TransferThrottle};
+
+/// Keys a range transfer moves per unit of the background budget
+/// ([`WorkKind::Transfer`](crate::admission::WorkKind::Transfer)). Keys move in batches
+/// (a page scanned, one call, one merge and flush at the destination), so a key costs far
+/// less than a hint or an anti-entropy repair, which each take a call of their own. At
+/// one key a unit, the default budget of 1,000 units a second held a join to 1,000 keys
+/// (1 MiB of 1 KiB values) a second whatever the foreground did (`bench/growth.py`: a
+/// fourth node took 254 s for 265 MiB); at 16 the default budget allows 16,000 keys a
+/// second, what the round's own throttle allows (`--transfer-batch-keys` 4,096 every
+/// 250 ms), and the budget still halves while the foreground p99 is over its target.
+pub const TRANSFER_KEYS_PER_UNIT: u64 = 16;
