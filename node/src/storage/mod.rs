@@ -99,15 +99,6 @@ pub struct StorageSpace {
     pub disk_bytes: Option<u64>,
 }
 
-impl StorageSpace {
-    /// Disk bytes per live byte (sled's space amplification), when both are known and
-    /// there is live data.
-    pub fn amplification(&self) -> Option<f64> {
-        let disk = self.disk_bytes?;
-        (self.live_bytes > 0).then(|| disk as f64 / self.live_bytes as f64)
-    }
-}
-
 /// An atomic read-modify-write step: given the current value (`None` if absent), the
 /// new value (`None` deletes).
 ///
